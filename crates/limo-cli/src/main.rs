@@ -1,0 +1,47 @@
+//! The `limo` binary: one command line for every job limo does.
+
+mod cmd_data;
+mod cmd_debug;
+mod cmd_init;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "limo", version, about = "Full-parameter SFT of Qwen2-family models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect datasets exactly as the trainer will see them.
+    #[command(subcommand)]
+    Data(cmd_data::DataCommand),
+    /// Write a random-initialized Qwen2.5-shaped checkpoint in Hugging Face format.
+    InitModel(cmd_init::InitModelArgs),
+    /// Developer tools: loss and gradients of one batch.
+    #[command(subcommand)]
+    Debug(cmd_debug::DebugCommand),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(cmd) => cmd_data::run(cmd),
+        Command::InitModel(args) => cmd_init::run(args),
+        Command::Debug(cmd) => cmd_debug::run(cmd),
+    };
+    if let Err(err) = result {
+        // One line, the whole cause chain: users grep logs for it.
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

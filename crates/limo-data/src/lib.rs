@@ -1,0 +1,1 @@
+//! Datasets, chat template, tokenization and batching for limo.
