@@ -1,0 +1,1 @@
+//! End-to-end tests of `limo data` (filled in by the data work).

@@ -1,0 +1,1 @@
+//! End-to-end tests of `limo init-model` and `limo debug loss-grad`.
