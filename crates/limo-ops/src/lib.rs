@@ -1,1 +1,40 @@
-//! ops
+//! Fused training operations of limo, each with an explicit forward and backward.
+//!
+//! Every operation here is written with candle tensor ops, so the same code runs on any candle
+//! device and dtype: it is the CPU reference (f32 and f64 for exact parity with transformers)
+//! and the oracle that the CUDA kernels are checked against. Half-precision inputs are computed
+//! in f32 and cast back, as the kernels do (fp32 accumulation everywhere).
+//!
+//! Shapes use the flattened token layout of the trainer: `N` tokens of all rows of a batch
+//! concatenated, documents given by cumulative offsets (`cu_seqlens`), heads as
+//! `[N, heads, head_dim]`.
+
+pub mod attention;
+pub mod linear_cross_entropy;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
+#[cfg(test)]
+mod testing;
+
+use candle_core::{DType, Result, Tensor};
+
+pub use attention::{attention_backward, attention_forward, AttentionGrads};
+pub use linear_cross_entropy::{linear_cross_entropy, LinearCrossEntropy, IGNORE_INDEX};
+pub use rms_norm::{rms_norm_backward, rms_norm_forward};
+pub use rope::{rope_backward, rope_forward, RopeTables};
+pub use swiglu::{swiglu_backward, swiglu_forward};
+
+/// The dtype an operation computes in: f32 for half inputs, the input dtype otherwise.
+pub fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
+/// `t` in its compute dtype (a no-op for f32 and f64).
+pub(crate) fn upcast(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(compute_dtype(t.dtype()))
+}

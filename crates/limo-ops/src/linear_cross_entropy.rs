@@ -1,0 +1,164 @@
+//! The head and the loss in one pass over token chunks: `logits = h W^T`, cross-entropy against
+//! the targets, and the gradients of `h` and `W`, without ever holding `[N, vocab]` logits.
+//!
+//! At 16k tokens and a 152k vocabulary whole logits would take 4.6 GiB in bf16 (23 GiB on the
+//! usual fp32 loss path); one chunk of `chunk_tokens` rows takes `chunk_tokens * vocab` floats.
+//! Forward and backward run together (as Liger's fused linear cross-entropy does) because the
+//! caller knows the loss scale up front: the step's target count (DESIGN.md choice 5).
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::upcast;
+
+/// Label value of a token that is not a target (PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// What one pass produces.
+pub struct LinearCrossEntropy {
+    /// Sum of the per-token losses of all targets (f64, accumulated chunk by chunk).
+    pub loss_sum: f64,
+    /// Number of targets (labels other than [`IGNORE_INDEX`]).
+    pub n_targets: usize,
+    /// `[N]` per-token cross-entropy in the compute dtype, 0 where not a target.
+    pub per_token_loss: Tensor,
+    /// `grad_scale * d loss_sum / d hidden`, `[N, H]` in the dtype of `hidden`
+    /// (`None` when no gradient was asked for).
+    pub d_hidden: Option<Tensor>,
+    /// `grad_scale * d loss_sum / d weight`, `[V, H]` in the compute dtype.
+    pub d_weight: Option<Tensor>,
+}
+
+/// Cross-entropy of `hidden [N, H] @ weight [V, H]^T` against `targets` (already shifted: token
+/// t's target, [`IGNORE_INDEX`] where none). With `grad_scale = Some(s)` the gradients of
+/// `s * loss_sum` are returned too; the trainer passes `1 / targets_in_step`.
+pub fn linear_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[i64],
+    grad_scale: Option<f64>,
+    chunk_tokens: usize,
+) -> Result<LinearCrossEntropy> {
+    let (n, _h) = hidden.dims2()?;
+    let vocab = weight.dim(0)?;
+    if targets.len() != n {
+        candle_core::bail!("linear_cross_entropy: {} targets for {n} tokens", targets.len())
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t)) {
+        candle_core::bail!("linear_cross_entropy: target {bad} outside the vocabulary of {vocab}")
+    }
+    let device = hidden.device();
+    let w = upcast(weight)?;
+    let dtype = w.dtype();
+    let chunk_tokens = chunk_tokens.max(1);
+
+    let mut loss_sum = 0.0;
+    let mut per_token = Vec::new();
+    let mut d_hidden = Vec::new();
+    let mut d_weight: Option<Tensor> = None;
+    for start in (0..n).step_by(chunk_tokens) {
+        let len = chunk_tokens.min(n - start);
+        let chunk_targets = &targets[start..start + len];
+        let is_target: Vec<f32> = chunk_targets
+            .iter()
+            .map(|&t| if t == IGNORE_INDEX { 0.0 } else { 1.0 })
+            .collect();
+        let is_target = Tensor::from_vec(is_target, (len, 1), device)?.to_dtype(dtype)?;
+        let index: Vec<u32> = chunk_targets.iter().map(|&t| t.max(0) as u32).collect();
+        let index = Tensor::from_vec(index, (len, 1), device)?;
+
+        let h = upcast(&hidden.narrow(0, start, len)?)?;
+        let logits = h.matmul(&w.t()?)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+        let target_logit = logits.gather(&index, 1)?;
+        let loss = ((lse.clone() - target_logit)? * &is_target)?;
+        loss_sum += loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        per_token.push(loss.squeeze(1)?);
+
+        if let Some(scale) = grad_scale {
+            // d loss / d logits = softmax - one_hot(target), zero for non-targets.
+            let row_scale = (is_target * scale)?;
+            let probs = logits.broadcast_sub(&lse)?.exp()?;
+            let d_logits = probs.broadcast_mul(&row_scale)?.scatter_add(&index, &row_scale.neg()?, 1)?;
+            d_hidden.push(d_logits.matmul(&w)?.to_dtype(hidden.dtype())?);
+            let dw = d_logits.t()?.matmul(&h)?;
+            d_weight = Some(match d_weight {
+                Some(acc) => (acc + dw)?,
+                None => dw,
+            });
+        }
+    }
+    let n_targets = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    let per_token_loss = if per_token.is_empty() {
+        Tensor::zeros(0, dtype, device)?
+    } else {
+        Tensor::cat(&per_token, 0)?
+    };
+    let d_hidden = match grad_scale {
+        Some(_) if !d_hidden.is_empty() => Some(Tensor::cat(&d_hidden, 0)?),
+        Some(_) => Some(hidden.zeros_like()?),
+        None => None,
+    };
+    let d_weight = match (grad_scale, d_weight) {
+        (Some(_), None) => Some(w.zeros_like()?),
+        (_, dw) => dw,
+    };
+    Ok(LinearCrossEntropy { loss_sum, n_targets, per_token_loss, d_hidden, d_weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, autograd, rand_tensor};
+    use candle_core::{Device, Var};
+
+    fn naive_loss_sum(h: &Tensor, w: &Tensor, targets: &[i64]) -> Result<Tensor> {
+        let logits = h.matmul(&w.t()?)?;
+        let m = logits.max_keepdim(D::Minus1)?.detach();
+        let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + m)?;
+        let mut total = Tensor::zeros((), DType::F64, h.device())?;
+        for (t, &target) in targets.iter().enumerate() {
+            if target != IGNORE_INDEX {
+                let term = (lse.get(t)?.get(0)? - logits.get(t)?.get(target as usize)?)?;
+                total = (total + term)?;
+            }
+        }
+        Ok(total)
+    }
+
+    #[test]
+    fn chunked_matches_autograd_for_every_chunk_size() -> Result<()> {
+        let dev = Device::Cpu;
+        let h = (rand_tensor(&[7, 6], 20, &dev)? * 3.0)?;
+        let w = rand_tensor(&[11, 6], 21, &dev)?;
+        let targets = [3, IGNORE_INDEX, 10, 0, IGNORE_INDEX, 7, 7];
+        let scale = 0.2;
+        let (grads, loss_ref) = autograd(&[&h, &w], &Tensor::new(scale, &dev)?, |v: &[Var]| {
+            naive_loss_sum(v[0].as_tensor(), v[1].as_tensor(), &targets)
+        })?;
+        let loss_ref = loss_ref.to_scalar::<f64>()?;
+        for chunk in [1, 2, 3, 7, 100] {
+            let out = linear_cross_entropy(&h, &w, &targets, Some(scale), chunk)?;
+            assert_eq!(out.n_targets, 5);
+            assert!((out.loss_sum - loss_ref).abs() <= 1e-13 * loss_ref.abs(), "chunk {chunk}");
+            assert_close(out.d_hidden.as_ref().unwrap(), &grads[0], 1e-13, "d_hidden")?;
+            assert_close(out.d_weight.as_ref().unwrap(), &grads[1], 1e-13, "d_weight")?;
+            let per_token: Vec<f64> = out.per_token_loss.to_vec1()?;
+            assert_eq!(per_token[1], 0.0);
+            assert_eq!(per_token[4], 0.0);
+            assert!((per_token.iter().sum::<f64>() - loss_ref).abs() < 1e-12);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn targets_outside_the_vocabulary_are_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let h = rand_tensor(&[2, 4], 1, &dev)?;
+        let w = rand_tensor(&[5, 4], 2, &dev)?;
+        assert!(linear_cross_entropy(&h, &w, &[1, 5], None, 8).is_err());
+        assert!(linear_cross_entropy(&h, &w, &[1, -3], None, 8).is_err());
+        assert!(linear_cross_entropy(&h, &w, &[1], None, 8).is_err());
+        Ok(())
+    }
+}
