@@ -1,0 +1,227 @@
+//! The data section of a training configuration: which file, which format, which columns, and
+//! what to do with bad or over-long rows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+/// LIMO's system prompt (GAIR-NLP/LIMO eval/prompts/qwen-instruct), used for training too.
+pub const LIMO_SYSTEM_PROMPT: &str =
+    "Please reason step by step, and put your final answer within \\boxed{}.";
+
+/// The LIMO paper trains with 16384-token sequences.
+pub const DEFAULT_CUTOFF_LEN: usize = 16384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `question`, `solution`, optional `answer` (GAIR/LIMO).
+    Limo,
+    /// A list of `{role, content}` messages, multi-turn, optional system message.
+    Messages,
+    /// `instruction`, `input`, `output` (Stanford Alpaca).
+    Alpaca,
+}
+
+impl std::str::FromStr for Format {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "limo" => Ok(Format::Limo),
+            "messages" => Ok(Format::Messages),
+            "alpaca" => Ok(Format::Alpaca),
+            other => Err(DataError::Config(format!(
+                "unknown format `{other}` (expected limo, messages or alpaca)"
+            ))),
+        }
+    }
+}
+
+/// Column (field) names in the source records. Only the ones of the chosen format are read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Columns {
+    pub question: String,
+    pub solution: String,
+    pub answer: String,
+    pub messages: String,
+    pub role: String,
+    pub content: String,
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
+    /// Per-example system prompt, any format; overrides [`DataConfig::system`] when non-empty.
+    pub system: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            question: "question".into(),
+            solution: "solution".into(),
+            answer: "answer".into(),
+            messages: "messages".into(),
+            role: "role".into(),
+            content: "content".into(),
+            instruction: "instruction".into(),
+            input: "input".into(),
+            output: "output".into(),
+            system: "system".into(),
+        }
+    }
+}
+
+impl Columns {
+    /// Sets one column from a `key=name` pair, as the CLI's `--column` takes it.
+    pub fn set(&mut self, key: &str, name: &str) -> Result<()> {
+        let slot = match key {
+            "question" => &mut self.question,
+            "solution" => &mut self.solution,
+            "answer" => &mut self.answer,
+            "messages" => &mut self.messages,
+            "role" => &mut self.role,
+            "content" => &mut self.content,
+            "instruction" => &mut self.instruction,
+            "input" => &mut self.input,
+            "output" => &mut self.output,
+            "system" => &mut self.system,
+            other => {
+                return Err(DataError::Config(format!(
+                    "unknown column key `{other}` (expected one of question, solution, answer, \
+                     messages, role, content, instruction, input, output, system)"
+                )))
+            }
+        };
+        if name.is_empty() {
+            return Err(DataError::Config(format!(
+                "column `{key}` mapped to an empty name"
+            )));
+        }
+        *slot = name.to_string();
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBadRow {
+    /// Stop at the first malformed row (the default: silent data loss is worse than a stop).
+    #[default]
+    Fail,
+    /// Skip malformed rows and count them in the load report.
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlong {
+    /// Keep the first `cutoff_len` tokens.
+    #[default]
+    Truncate,
+    /// Leave examples longer than `cutoff_len` out.
+    Drop,
+}
+
+fn default_system() -> Option<String> {
+    Some(LIMO_SYSTEM_PROMPT.to_string())
+}
+
+fn default_cutoff_len() -> usize {
+    DEFAULT_CUTOFF_LEN
+}
+
+/// How to turn a dataset into training examples.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A local file or folder, or a Hub dataset id such as `GAIR/LIMO`.
+    pub path: String,
+    pub format: Format,
+    #[serde(default)]
+    pub columns: Columns,
+    /// System prompt for examples that carry none. `null` falls back to the Qwen2.5 template's
+    /// own default ("You are Qwen, created by Alibaba Cloud. ...").
+    #[serde(default = "default_system")]
+    pub system: Option<String>,
+    #[serde(default = "default_cutoff_len")]
+    pub cutoff_len: usize,
+    #[serde(default)]
+    pub overlong: Overlong,
+    #[serde(default)]
+    pub packing: bool,
+    #[serde(default)]
+    pub on_bad_row: OnBadRow,
+    /// Read at most this many examples (useful for quick checks).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl DataConfig {
+    pub fn new(path: impl Into<String>, format: Format) -> Self {
+        DataConfig {
+            path: path.into(),
+            format,
+            columns: Columns::default(),
+            system: default_system(),
+            cutoff_len: DEFAULT_CUTOFF_LEN,
+            overlong: Overlong::default(),
+            packing: false,
+            on_bad_row: OnBadRow::default(),
+            limit: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.cutoff_len < 2 {
+            return Err(DataError::Config(format!(
+                "cutoff_len must be at least 2, got {}",
+                self.cutoff_len
+            )));
+        }
+        if self.path.is_empty() {
+            return Err(DataError::Config("data path is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let cfg: DataConfig = serde_json::from_str(
+            r#"{"path": "x.jsonl", "format": "limo", "columns": {"question": "problem"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.columns.question, "problem");
+        assert_eq!(cfg.columns.solution, "solution");
+        assert_eq!(cfg.system.as_deref(), Some(LIMO_SYSTEM_PROMPT));
+        assert_eq!(cfg.cutoff_len, 16384);
+        assert_eq!(cfg.on_bad_row, OnBadRow::Fail);
+
+        let null_system: DataConfig =
+            serde_json::from_str(r#"{"path": "x", "format": "alpaca", "system": null}"#).unwrap();
+        assert_eq!(null_system.system, None);
+
+        let err =
+            serde_json::from_str::<DataConfig>(r#"{"path": "x", "format": "limo", "cutof": 1}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field `cutof`"), "{err}");
+        let err = serde_json::from_str::<DataConfig>(
+            r#"{"path": "x", "format": "limo", "columns": {"questoin": "q"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("questoin"), "{err}");
+    }
+
+    #[test]
+    fn column_keys_are_checked() {
+        let mut columns = Columns::default();
+        columns.set("question", "problem").unwrap();
+        assert_eq!(columns.question, "problem");
+        assert!(columns.set("questoin", "x").is_err());
+        assert!(columns.set("answer", "").is_err());
+    }
+}

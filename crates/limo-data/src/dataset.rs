@@ -1,0 +1,128 @@
+//! The whole path from a data path to training examples: resolve, read, parse, render,
+//! tokenize, apply the cutoff.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{DataConfig, OnBadRow};
+use crate::cutoff::{apply_cutoff, CutoffCounts};
+use crate::error::{DataError, FieldError, Result};
+use crate::example::Example;
+use crate::format::parse_record;
+use crate::hub::{resolve_data_files, HubSettings};
+use crate::packing::{pack, PackedRow};
+use crate::reader::read_records;
+use crate::template::render;
+use crate::tokenize::ChatTokenizer;
+
+/// How many skipped-row messages a report keeps (the count is always exact).
+const KEPT_SKIP_MESSAGES: usize = 10;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    pub files: Vec<PathBuf>,
+    /// Records read (valid or not), up to `limit` valid ones.
+    pub rows: usize,
+    /// Malformed records skipped under `on_bad_row = skip`.
+    pub skipped: usize,
+    /// The first few skip reasons, with file and row.
+    pub skipped_examples: Vec<String>,
+    pub cutoff: CutoffCounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Examples after the cutoff, in file order.
+    pub examples: Vec<Example>,
+    pub report: LoadReport,
+}
+
+impl Dataset {
+    /// Packs the examples into rows of at most `cutoff_len` tokens (see [`crate::packing`]).
+    pub fn packed(&self, cutoff_len: usize) -> Result<Vec<PackedRow>> {
+        pack(&self.examples, cutoff_len)
+    }
+}
+
+/// Resolves, reads and tokenizes, with the cutoff applied. The trainer's entry point.
+pub fn load_dataset(config: &DataConfig, tokenizer: &ChatTokenizer) -> Result<Dataset> {
+    let (examples, mut report) = tokenize_untruncated(config, tokenizer, &HubSettings::from_env())?;
+    let (examples, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
+    report.cutoff = cutoff;
+    if examples.is_empty() {
+        return Err(DataError::Config(format!(
+            "no examples left after the cutoff of {} tokens ({} over it)",
+            config.cutoff_len, cutoff.over_cutoff
+        )));
+    }
+    Ok(Dataset { examples, report })
+}
+
+/// Every valid record as a full-length example (no cutoff), with the read report.
+pub fn tokenize_untruncated(
+    config: &DataConfig,
+    tokenizer: &ChatTokenizer,
+    hub: &HubSettings,
+) -> Result<(Vec<Example>, LoadReport)> {
+    config.validate()?;
+    let files = resolve_data_files(&config.path, hub)?;
+    let mut report = LoadReport {
+        files: files.clone(),
+        ..LoadReport::default()
+    };
+    let mut examples = Vec::new();
+    let limit = config.limit.unwrap_or(usize::MAX);
+    'files: for file in &files {
+        for record in read_records(file)? {
+            if examples.len() >= limit {
+                break 'files;
+            }
+            report.rows += 1;
+            match record
+                .value
+                .and_then(|value| encode_record(&value, config, tokenizer))
+            {
+                Ok(example) => examples.push(example),
+                Err(problem) => {
+                    let error = problem.at(record.location);
+                    match config.on_bad_row {
+                        OnBadRow::Fail => return Err(error),
+                        OnBadRow::Skip => {
+                            report.skipped += 1;
+                            if report.skipped_examples.len() < KEPT_SKIP_MESSAGES {
+                                report.skipped_examples.push(error.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if examples.is_empty() {
+        let why = report
+            .skipped_examples
+            .first()
+            .map(|e| format!("; first problem: {e}"))
+            .unwrap_or_default();
+        return Err(DataError::Config(format!(
+            "no usable examples in {} ({} rows read, {} skipped{why})",
+            config.path, report.rows, report.skipped
+        )));
+    }
+    Ok((examples, report))
+}
+
+/// One record to one example; problems are per-record so a bad row can be skipped.
+pub fn encode_record(
+    record: &Value,
+    config: &DataConfig,
+    tokenizer: &ChatTokenizer,
+) -> Result<Example, FieldError> {
+    let conversation = parse_record(record, config.format, &config.columns)?;
+    let segments = render(&conversation, config.system.as_deref());
+    tokenizer
+        .encode_segments(&segments)
+        .map_err(|e| FieldError::record(format!("tokenization failed: {e}")))
+}
