@@ -1,0 +1,291 @@
+//! Bad input gives an error naming file, row and field, or is skipped and counted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use limo_data::{tokenize_untruncated, DataConfig, Format, HubSettings, OnBadRow};
+use parquet::basic::Compression;
+use parquet::data_type::{ByteArray, ByteArrayType};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+
+fn offline() -> HubSettings {
+    HubSettings {
+        cache_dir: PathBuf::from("/nonexistent"),
+        offline: true,
+        endpoint: None,
+    }
+}
+
+fn load(
+    path: &Path,
+    format: Format,
+    on_bad_row: OnBadRow,
+) -> limo_data::Result<(usize, limo_data::LoadReport)> {
+    let mut config = DataConfig::new(path.display().to_string(), format);
+    config.on_bad_row = on_bad_row;
+    tokenize_untruncated(&config, common::tokenizer(), &offline())
+        .map(|(examples, report)| (examples.len(), report))
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+const GOOD: &str = r#"{"question": "1+1?", "solution": "\\boxed{2}"}"#;
+
+#[test]
+fn bad_json_line_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "bad.jsonl",
+        format!("{GOOD}\n{GOOD}\n{{\"question\": \"q\",\n{GOOD}\n").as_bytes(),
+    );
+    let err = load(&path, Format::Limo, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad.jsonl: row 3: invalid JSON"), "{err}");
+    let (examples, report) = load(&path, Format::Limo, OnBadRow::Skip).unwrap();
+    assert_eq!((examples, report.rows, report.skipped), (3, 4, 1));
+    assert!(
+        report.skipped_examples[0].contains("bad.jsonl: row 3"),
+        "{:?}",
+        report.skipped_examples
+    );
+}
+
+#[test]
+fn missing_field_wrong_type_empty_answer_and_unknown_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Format, &str); 5] = [
+        (
+            r#"{"question": "q"}"#,
+            Format::Limo,
+            "row 2: field `solution`: missing",
+        ),
+        (
+            r#"{"question": "q", "solution": 42}"#,
+            Format::Limo,
+            "row 2: field `solution`: expected a string, found a number",
+        ),
+        (
+            r#"{"question": "q", "solution": ""}"#,
+            Format::Limo,
+            "row 2: field `solution`: empty",
+        ),
+        (
+            r#"{"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}"#,
+            Format::Messages,
+            "row 2: field `messages[1].role`: unknown role `bot`",
+        ),
+        (
+            r#"{"instruction": "i", "output": ["o"]}"#,
+            Format::Alpaca,
+            "row 2: field `output`: expected a string, found a list",
+        ),
+    ];
+    let first_row = |format: Format| {
+        match format {
+        Format::Limo => GOOD.to_string(),
+        Format::Messages => r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#.into(),
+        Format::Alpaca => r#"{"instruction": "i", "output": "o"}"#.into(),
+    }
+    };
+    for (i, (bad, format, expected)) in cases.iter().enumerate() {
+        let path = write(
+            &dir,
+            &format!("case{i}.jsonl"),
+            format!("{}\n{bad}\n", first_row(*format)).as_bytes(),
+        );
+        let err = load(&path, *format, OnBadRow::Fail)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("case{i}.jsonl: {expected}")), "{err}");
+        let (examples, report) = load(&path, *format, OnBadRow::Skip).unwrap();
+        assert_eq!((examples, report.skipped), (1, 1));
+    }
+}
+
+#[test]
+fn non_utf8_line_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "latin1.jsonl",
+        b"{\"question\": \"caf\xe9\", \"solution\": \"s\"}\n",
+    );
+    let err = load(&path, Format::Limo, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("latin1.jsonl: row 1: not valid UTF-8"),
+        "{err}"
+    );
+    // Skipping everything leaves nothing: that is an error too, with the first reason.
+    let err = load(&path, Format::Limo, OnBadRow::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no usable examples") && err.contains("UTF-8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_array_rows_are_element_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "a.json",
+        format!("[{GOOD}, {{\"question\": \"q\", \"solution\": null}}]").as_bytes(),
+    );
+    let err = load(&path, Format::Limo, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a.json: row 2: field `solution`: expected a string, found null"),
+        "{err}"
+    );
+}
+
+/// Writes a Parquet file of required UTF-8 string columns.
+fn write_string_parquet(path: &Path, columns: &[(&str, Vec<&str>)]) {
+    let fields: String = columns
+        .iter()
+        .map(|(name, _)| format!("REQUIRED BYTE_ARRAY {name} (UTF8);"))
+        .collect();
+    let schema = Arc::new(parse_message_type(&format!("message schema {{ {fields} }}")).unwrap());
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let mut writer =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut index = 0;
+    while let Some(mut column) = group.next_column().unwrap() {
+        let values: Vec<ByteArray> = columns[index]
+            .1
+            .iter()
+            .map(|v| ByteArray::from(*v))
+            .collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, None, None)
+            .unwrap();
+        column.close().unwrap();
+        index += 1;
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+/// Writes `messages: list<struct<role, content>>` the way Hub chat datasets store it.
+fn write_messages_parquet(path: &Path, rows: &[Vec<(&str, &str)>]) {
+    let schema = Arc::new(
+        parse_message_type(
+            "message schema { OPTIONAL group messages (LIST) { REPEATED group list { OPTIONAL group element { \
+             OPTIONAL BYTE_ARRAY role (UTF8); OPTIONAL BYTE_ARRAY content (UTF8); } } } }",
+        )
+        .unwrap(),
+    );
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::ZSTD(Default::default()))
+            .build(),
+    );
+    let mut writer =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut leaf = 0;
+    while let Some(mut column) = group.next_column().unwrap() {
+        let (mut values, mut defs, mut reps) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows {
+            for (i, message) in row.iter().enumerate() {
+                values.push(ByteArray::from(if leaf == 0 {
+                    message.0
+                } else {
+                    message.1
+                }));
+                defs.push(4); // messages, list, element and the leaf all present
+                reps.push(if i == 0 { 0 } else { 1 });
+            }
+        }
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, Some(&defs), Some(&reps))
+            .unwrap();
+        column.close().unwrap();
+        leaf += 1;
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_limo_and_messages_read_like_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train-00000.parquet");
+    write_string_parquet(
+        &path,
+        &[
+            ("question", vec!["1+1?", "2+2?"]),
+            ("solution", vec!["\\boxed{2}", "\\boxed{4}"]),
+        ],
+    );
+    let mut config = DataConfig::new(path.display().to_string(), Format::Limo);
+    let (from_parquet, _) = tokenize_untruncated(&config, common::tokenizer(), &offline()).unwrap();
+    let json = write(&dir, "same.jsonl", b"{\"question\": \"1+1?\", \"solution\": \"\\\\boxed{2}\"}\n{\"question\": \"2+2?\", \"solution\": \"\\\\boxed{4}\"}\n");
+    config.path = json.display().to_string();
+    let (from_json, _) = tokenize_untruncated(&config, common::tokenizer(), &offline()).unwrap();
+    assert_eq!(from_parquet, from_json);
+
+    let chat = dir.path().join("chat.parquet");
+    write_messages_parquet(
+        &chat,
+        &[
+            vec![("user", "Hi"), ("assistant", "Hello")],
+            vec![("system", "S"), ("user", "a"), ("assistant", "b")],
+        ],
+    );
+    let config = DataConfig::new(chat.display().to_string(), Format::Messages);
+    let (examples, _) = tokenize_untruncated(&config, common::tokenizer(), &offline()).unwrap();
+    let text = common::tokenizer().decode(&examples[1].input_ids).unwrap();
+    assert_eq!(text, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n");
+}
+
+#[test]
+fn parquet_with_wrong_columns_names_file_row_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrong.parquet");
+    write_string_parquet(&path, &[("prompt", vec!["q"]), ("response", vec!["a"])]);
+    let err = load(&path, Format::Limo, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "wrong.parquet: row 1: field `question`: missing (record has: prompt, response"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_parquet_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "broken.parquet", b"PAR1 definitely not parquet");
+    let err = load(&path, Format::Limo, OnBadRow::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("broken.parquet: not a readable Parquet file"),
+        "{err}"
+    );
+}
