@@ -1,10 +1,120 @@
-//! `limo debug ...`.
+//! `limo debug loss-grad`: the loss and every parameter's gradient of one batch, written as
+//! safetensors in the layout of the transformers goldens, so parity is one file comparison.
 
-use clap::Subcommand;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand};
+use limo_model::checkpoint::load_checkpoint;
+use limo_model::model::{parse_dtype, DEFAULT_LOSS_CHUNK};
+use limo_model::{loss_and_grads, Batch};
+use serde::Deserialize;
 
 #[derive(Subcommand)]
-pub enum DebugCommand {}
+pub enum DebugCommand {
+    /// Loss, per-token loss and gradients of one batch (HF label convention).
+    LossGrad(LossGradArgs),
+}
+
+#[derive(Args)]
+pub struct LossGradArgs {
+    /// Hugging Face checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// JSON with "input_ids" and "labels" ([[...]] per row), optional "position_ids".
+    #[arg(long)]
+    batch: PathBuf,
+    /// Output safetensors: loss, per_token_loss and grad.<parameter name>.
+    #[arg(long)]
+    out: PathBuf,
+    /// Compute dtype (CPU): f32 or f64.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Tokens per chunk of the fused head + loss.
+    #[arg(long, default_value_t = DEFAULT_LOSS_CHUNK)]
+    loss_chunk: usize,
+}
 
 pub fn run(cmd: DebugCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        DebugCommand::LossGrad(args) => loss_grad(args),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    input_ids: Vec<Vec<u32>>,
+    labels: Vec<Vec<i64>>,
+    position_ids: Option<Vec<Vec<u32>>>,
+}
+
+pub fn read_batch(path: &Path) -> anyhow::Result<Batch> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let file: BatchFile =
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    Batch::from_rows(&file.input_ids, &file.labels, file.position_ids.as_deref())
+        .with_context(|| format!("{}", path.display()))
+}
+
+fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
+    let dtype = parse_dtype(&args.dtype)?;
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        bail!(
+            "--dtype {}: the CPU reference runs in f32 or f64",
+            args.dtype
+        );
+    }
+    let batch = read_batch(&args.batch)?;
+    if batch.n_targets() == 0 {
+        bail!(
+            "{}: the batch has no target tokens (every shifted label is -100)",
+            args.batch.display()
+        );
+    }
+    let (cfg, weights) = load_checkpoint(&args.model, dtype, &Device::Cpu)?;
+    let started = std::time::Instant::now();
+    let out = loss_and_grads(
+        &cfg,
+        &weights,
+        &batch,
+        1.0 / batch.n_targets() as f64,
+        args.loss_chunk,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        (
+            "loss".into(),
+            Tensor::new(out.loss(), &Device::Cpu)?.to_dtype(dtype)?,
+        ),
+        ("per_token_loss".into(), out.per_token_loss.clone()),
+    ];
+    let mut norm_sq = 0.0;
+    for (name, grad) in out.grads.named(&cfg) {
+        norm_sq += grad
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        tensors.push((format!("grad.{name}"), grad.clone()));
+    }
+    let summary = serde_json::json!({
+        "loss": out.loss(),
+        "n_target_tokens": out.n_targets,
+        "grad_global_l2_norm": norm_sq.sqrt(),
+        "dtype": args.dtype,
+        "seconds": seconds,
+    });
+    let metadata = HashMap::from([("summary".to_string(), summary.to_string())]);
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &args.out,
+    )
+    .with_context(|| format!("{}", args.out.display()))?;
+    println!("{summary}");
+    Ok(())
 }

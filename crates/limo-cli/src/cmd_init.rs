@@ -1,8 +1,56 @@
-//! `limo init-model`.
+//! `limo init-model`: a random-initialized Qwen2.5-shaped checkpoint in Hugging Face format.
 
-#[derive(clap::Args)]
-pub struct InitModelArgs {}
+use std::path::PathBuf;
 
-pub fn run(_args: InitModelArgs) -> anyhow::Result<()> {
-    anyhow::bail!("init-model: not built yet")
+use anyhow::{bail, Context};
+use clap::Args;
+use limo_model::init::{preset_config, write_random_checkpoint, SHAPES};
+use limo_model::model::parse_dtype;
+
+#[derive(Args)]
+pub struct InitModelArgs {
+    /// Model shape: tiny, 0.5b, 1.5b, 3b, 7b, 14b or 32b (Qwen2.5-Instruct configs).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SHAPES))]
+    shape: String,
+    /// Keep only the first K decoder layers (for quick tests of large shapes).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Weight dtype: bf16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Largest safetensors shard, in bytes (default 5 GB as transformers writes).
+    #[arg(long, default_value_t = 5_000_000_000)]
+    max_shard_bytes: usize,
+    /// Output directory (must not hold a checkpoint already).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: InitModelArgs) -> anyhow::Result<()> {
+    let mut config = preset_config(&args.shape)?;
+    if let Some(layers) = args.layers {
+        if layers == 0 {
+            bail!("--layers must be at least 1");
+        }
+        config["num_hidden_layers"] = layers.into();
+        config["max_window_layers"] = layers.into();
+    }
+    let dtype = parse_dtype(&args.dtype)?;
+    if args.out.join("config.json").exists() {
+        bail!(
+            "{}: already holds a checkpoint; choose an empty directory",
+            args.out.display()
+        );
+    }
+    write_random_checkpoint(&args.out, &config, dtype, args.seed, args.max_shard_bytes)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "wrote a random {} checkpoint to {}",
+        args.shape,
+        args.out.display()
+    );
+    Ok(())
 }

@@ -1,1 +1,17 @@
-//! model
+//! The Qwen2 decoder of limo: Hugging Face config and checkpoints in and out, and an explicit
+//! forward and backward per decoder layer (DESIGN.md choice 1), written with candle tensor ops
+//! and the fused operations of `limo-ops`, so the same code runs on CPU and CUDA tensors.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod layer;
+pub mod model;
+pub mod params;
+pub mod writer;
+
+pub use config::Qwen2Config;
+pub use error::{Error, Result};
+pub use model::{loss_and_grads, Batch, LossAndGrads};
+pub use params::{LayerWeights, ModelWeights};

@@ -77,7 +77,9 @@ pub fn attention_backward(
         let od = heads_first(out, start, len)?;
         let lse_d = lse.narrow(1, start, len)?.unsqueeze(D::Minus1)?;
 
-        let probs = causal_scores(&qd, &kd, scale)?.broadcast_sub(&lse_d)?.exp()?;
+        let probs = causal_scores(&qd, &kd, scale)?
+            .broadcast_sub(&lse_d)?
+            .exp()?;
         let dv = probs.t()?.matmul(&dod)?;
         let dp = dod.matmul(&vd.t()?)?;
         let delta = (&dod * &od)?.sum_keepdim(D::Minus1)?;
@@ -191,7 +193,13 @@ mod tests {
         let (out, lse) = attention_forward(&q, &k, &v, cu, scale)?;
         let g = attention_backward(&dout, &q, &k, &v, &out, &lse, cu, scale)?;
         let (grads, out_ref) = autograd(&[&q, &k, &v], &dout, |x: &[Var]| {
-            naive(x[0].as_tensor(), x[1].as_tensor(), x[2].as_tensor(), &doc_of, scale)
+            naive(
+                x[0].as_tensor(),
+                x[1].as_tensor(),
+                x[2].as_tensor(),
+                &doc_of,
+                scale,
+            )
         })?;
         assert_close(&out, &out_ref, 1e-13, "out")?;
         assert_close(&g.dq, &grads[0], 1e-12, "dq")?;
@@ -220,9 +228,20 @@ mod tests {
         let v = rand_tensor(&[9, 1, 4], 3, &dev)?;
         let (out, _) = attention_forward(&q, &k, &v, &cu, 0.5)?;
         // Perturb the keys and values of the first document only.
-        let bump = Tensor::cat(&[&Tensor::ones((4, 1, 4), DType::F64, &dev)?, &Tensor::zeros((5, 1, 4), DType::F64, &dev)?], 0)?;
+        let bump = Tensor::cat(
+            &[
+                &Tensor::ones((4, 1, 4), DType::F64, &dev)?,
+                &Tensor::zeros((5, 1, 4), DType::F64, &dev)?,
+            ],
+            0,
+        )?;
         let (out2, _) = attention_forward(&q, &(&k + &bump)?, &(&v + &bump)?, &cu, 0.5)?;
-        assert_close(&out2.narrow(0, 4, 5)?, &out.narrow(0, 4, 5)?, 0.0, "second document")?;
+        assert_close(
+            &out2.narrow(0, 4, 5)?,
+            &out.narrow(0, 4, 5)?,
+            0.0,
+            "second document",
+        )?;
         assert!(crate::testing::rel_l2(&out2.narrow(0, 0, 4)?, &out.narrow(0, 0, 4)?)? > 1e-3);
         Ok(())
     }

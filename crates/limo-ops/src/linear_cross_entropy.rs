@@ -41,9 +41,15 @@ pub fn linear_cross_entropy(
     let (n, _h) = hidden.dims2()?;
     let vocab = weight.dim(0)?;
     if targets.len() != n {
-        candle_core::bail!("linear_cross_entropy: {} targets for {n} tokens", targets.len())
+        candle_core::bail!(
+            "linear_cross_entropy: {} targets for {n} tokens",
+            targets.len()
+        )
     }
-    if let Some(bad) = targets.iter().find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t)) {
+    if let Some(bad) = targets
+        .iter()
+        .find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t))
+    {
         candle_core::bail!("linear_cross_entropy: target {bad} outside the vocabulary of {vocab}")
     }
     let device = hidden.device();
@@ -69,7 +75,12 @@ pub fn linear_cross_entropy(
         let h = upcast(&hidden.narrow(0, start, len)?)?;
         let logits = h.matmul(&w.t()?)?;
         let max = logits.max_keepdim(D::Minus1)?;
-        let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+        let lse = (logits
+            .broadcast_sub(&max)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            + max)?;
         let target_logit = logits.gather(&index, 1)?;
         let loss = ((lse.clone() - target_logit)? * &is_target)?;
         loss_sum += loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
@@ -79,7 +90,10 @@ pub fn linear_cross_entropy(
             // d loss / d logits = softmax - one_hot(target), zero for non-targets.
             let row_scale = (is_target * scale)?;
             let probs = logits.broadcast_sub(&lse)?.exp()?;
-            let d_logits = probs.broadcast_mul(&row_scale)?.scatter_add(&index, &row_scale.neg()?, 1)?;
+            let d_logits =
+                probs
+                    .broadcast_mul(&row_scale)?
+                    .scatter_add(&index, &row_scale.neg()?, 1)?;
             d_hidden.push(d_logits.matmul(&w)?.to_dtype(hidden.dtype())?);
             let dw = d_logits.t()?.matmul(&h)?;
             d_weight = Some(match d_weight {
@@ -103,7 +117,13 @@ pub fn linear_cross_entropy(
         (Some(_), None) => Some(w.zeros_like()?),
         (_, dw) => dw,
     };
-    Ok(LinearCrossEntropy { loss_sum, n_targets, per_token_loss, d_hidden, d_weight })
+    Ok(LinearCrossEntropy {
+        loss_sum,
+        n_targets,
+        per_token_loss,
+        d_hidden,
+        d_weight,
+    })
 }
 
 #[cfg(test)]
@@ -115,7 +135,12 @@ mod tests {
     fn naive_loss_sum(h: &Tensor, w: &Tensor, targets: &[i64]) -> Result<Tensor> {
         let logits = h.matmul(&w.t()?)?;
         let m = logits.max_keepdim(D::Minus1)?.detach();
-        let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + m)?;
+        let lse = (logits
+            .broadcast_sub(&m)?
+            .exp()?
+            .sum_keepdim(D::Minus1)?
+            .log()?
+            + m)?;
         let mut total = Tensor::zeros((), DType::F64, h.device())?;
         for (t, &target) in targets.iter().enumerate() {
             if target != IGNORE_INDEX {
@@ -140,7 +165,10 @@ mod tests {
         for chunk in [1, 2, 3, 7, 100] {
             let out = linear_cross_entropy(&h, &w, &targets, Some(scale), chunk)?;
             assert_eq!(out.n_targets, 5);
-            assert!((out.loss_sum - loss_ref).abs() <= 1e-13 * loss_ref.abs(), "chunk {chunk}");
+            assert!(
+                (out.loss_sum - loss_ref).abs() <= 1e-13 * loss_ref.abs(),
+                "chunk {chunk}"
+            );
             assert_close(out.d_hidden.as_ref().unwrap(), &grads[0], 1e-13, "d_hidden")?;
             assert_close(out.d_weight.as_ref().unwrap(), &grads[1], 1e-13, "d_weight")?;
             let per_token: Vec<f64> = out.per_token_loss.to_vec1()?;

@@ -8,7 +8,9 @@ use crate::upcast;
 /// per row (compute dtype, shape `[.., 1]`), which the backward needs.
 pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let xc = upcast(x)?;
-    let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
     // transformers rounds the normalized value to the input dtype before the weight multiply.
     let normed = xc.broadcast_mul(&rstd)?.to_dtype(x.dtype())?;
     let y = normed.broadcast_mul(&weight.to_dtype(x.dtype())?)?;

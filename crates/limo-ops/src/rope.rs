@@ -9,9 +9,9 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// Tables for the given per-token positions. They are computed in f32 whatever `dtype`,
-    /// exactly as transformers does (its rotary module forces f32 and casts the result), so that
-    /// an f64 run reproduces an f64 transformers run to the last bits.
+    /// Tables for the given per-token positions, computed in f64 for an f64 model (as the f64
+    /// transformers goldens are) and in f32 otherwise (as transformers' rotary module does,
+    /// whatever the model dtype), then cast to `dtype`.
     pub fn new(
         positions: &[u32],
         head_dim: usize,
@@ -19,28 +19,47 @@ impl RopeTables {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(positions.len() * head_dim);
-        let mut sin = Vec::with_capacity(positions.len() * head_dim);
-        for &p in positions {
-            // emb = cat(freqs, freqs): both halves use the same frequencies.
-            for _ in 0..2 {
-                for f in &inv_freq {
-                    let angle = p as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
         let shape = (positions.len(), head_dim);
+        if dtype == DType::F64 {
+            let (cos, sin) = tables::<f64>(positions, head_dim, theta);
+            return Ok(Self {
+                cos: Tensor::from_vec(cos, shape, device)?,
+                sin: Tensor::from_vec(sin, shape, device)?,
+            });
+        }
+        let (cos, sin) = tables::<f32>(positions, head_dim, theta as f32);
         Ok(Self {
             cos: Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
             sin: Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
         })
     }
+}
+
+/// Row-major `[positions, head_dim]` cos and sin of `position * inv_freq`, with
+/// `inv_freq_i = theta^(-2i/head_dim)` and both halves of a row using the same frequencies.
+fn tables<F: candle_core::WithDType + num_traits::Float>(
+    positions: &[u32],
+    head_dim: usize,
+    theta: F,
+) -> (Vec<F>, Vec<F>) {
+    let half = head_dim / 2;
+    let dim = F::from(head_dim).expect("head_dim fits a float");
+    let inv_freq: Vec<F> = (0..half)
+        .map(|i| F::one() / theta.powf(F::from(2 * i).expect("fits") / dim))
+        .collect();
+    let mut cos = Vec::with_capacity(positions.len() * head_dim);
+    let mut sin = Vec::with_capacity(positions.len() * head_dim);
+    for &p in positions {
+        let p = F::from(p).expect("position fits a float");
+        for _ in 0..2 {
+            for &f in &inv_freq {
+                let angle = p * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    (cos, sin)
 }
 
 /// `[-x2, x1]` for `x = [x1, x2]` split in halves of the last dimension.
@@ -88,7 +107,9 @@ mod tests {
         let dy = rand_tensor(&[6, 3, 8], 5, &dev)?;
         let y = rope_forward(&x, &tables)?;
         let dx = rope_backward(&dy, &tables)?;
-        let (grads, y_ref) = autograd(&[&x], &dy, |v: &[Var]| rope_forward(v[0].as_tensor(), &tables))?;
+        let (grads, y_ref) = autograd(&[&x], &dy, |v: &[Var]| {
+            rope_forward(v[0].as_tensor(), &tables)
+        })?;
         assert_close(&y, &y_ref, 0.0, "y")?;
         assert_close(&dx, &grads[0], 1e-14, "dx")?;
         Ok(())
@@ -105,7 +126,10 @@ mod tests {
         let nx = x.get(1)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
         let ny = y.get(1)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
         assert!((nx - ny).abs() / nx < 1e-6, "{nx} vs {ny}");
-        assert!(crate::testing::rel_l2(&y.get(1)?, &x.get(1)?)? > 1e-3, "position 5 rotates");
+        assert!(
+            crate::testing::rel_l2(&y.get(1)?, &x.get(1)?)? > 1e-3,
+            "position 5 rotates"
+        );
         Ok(())
     }
 }

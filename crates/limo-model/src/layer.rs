@@ -1,0 +1,174 @@
+//! One Qwen2 decoder layer, forward and backward side by side.
+//!
+//! ```text
+//! n1 = rms_norm(x)                 q, k, v = n1 Wq^T + bq, n1 Wk^T + bk, n1 Wv^T + bv
+//! q, k = rope(q), rope(k)          a = attention(q, k, v)          x1 = x + a Wo^T
+//! n2 = rms_norm(x1)                h = silu(n2 Wg^T) * (n2 Wu^T)   y = x1 + h Wd^T
+//! ```
+//! Tokens are flattened to `[N, hidden]`; `cu_seqlens` delimits the documents attention may
+//! not cross. The forward returns what the backward needs; ZeRO-3 activation checkpointing
+//! drops it and calls the forward again.
+
+use candle_core::{Result, Tensor};
+use limo_ops::{
+    attention_backward, attention_forward, rms_norm_backward, rms_norm_forward, rope_backward,
+    rope_forward, swiglu_backward, swiglu_forward, RopeTables,
+};
+
+use crate::{LayerWeights, Qwen2Config};
+
+/// Per-batch inputs every layer shares.
+pub struct LayerContext<'a> {
+    pub config: &'a Qwen2Config,
+    pub rope: &'a RopeTables,
+    pub cu_seqlens: &'a [usize],
+}
+
+impl LayerContext<'_> {
+    fn scale(&self) -> f64 {
+        1.0 / (self.config.head_dim as f64).sqrt()
+    }
+}
+
+/// Activations saved by the forward for the backward.
+pub struct LayerActivations {
+    x: Tensor,
+    rstd1: Tensor,
+    n1: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn: Tensor,
+    lse: Tensor,
+    x1: Tensor,
+    rstd2: Tensor,
+    n2: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    h: Tensor,
+}
+
+/// `x W^T (+ b)` for `x [N, in]`, `W [out, in]`.
+fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&weight.t()?)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Gradients of `linear`: `(dx, dW)` with `dx = dy W`, `dW = dy^T x` (`db = sum_rows(dy)`).
+fn linear_backward(dy: &Tensor, x: &Tensor, weight: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((dy.matmul(weight)?, dy.t()?.matmul(x)?))
+}
+
+pub fn layer_forward(
+    w: &LayerWeights,
+    x: &Tensor,
+    ctx: &LayerContext,
+) -> Result<(Tensor, LayerActivations)> {
+    let cfg = ctx.config;
+    let n = x.dim(0)?;
+    let (n1, rstd1) = rms_norm_forward(x, &w.input_norm, cfg.rms_norm_eps)?;
+    let heads = |t: Tensor, h: usize| t.reshape((n, h, cfg.head_dim));
+    let q = heads(
+        linear(&n1, &w.q_weight, Some(&w.q_bias))?,
+        cfg.num_attention_heads,
+    )?;
+    let k = heads(
+        linear(&n1, &w.k_weight, Some(&w.k_bias))?,
+        cfg.num_key_value_heads,
+    )?;
+    let v = heads(
+        linear(&n1, &w.v_weight, Some(&w.v_bias))?,
+        cfg.num_key_value_heads,
+    )?;
+    let q = rope_forward(&q, ctx.rope)?;
+    let k = rope_forward(&k, ctx.rope)?;
+    let (attn, lse) = attention_forward(&q, &k, &v, ctx.cu_seqlens, ctx.scale())?;
+    let attn = attn.reshape((n, cfg.q_dim()))?;
+    let x1 = (x + linear(&attn, &w.o_weight, None)?)?;
+
+    let (n2, rstd2) = rms_norm_forward(&x1, &w.post_norm, cfg.rms_norm_eps)?;
+    let gate = linear(&n2, &w.gate_weight, None)?;
+    let up = linear(&n2, &w.up_weight, None)?;
+    let h = swiglu_forward(&gate, &up)?;
+    let y = (&x1 + linear(&h, &w.down_weight, None)?)?;
+    let saved = LayerActivations {
+        x: x.clone(),
+        rstd1,
+        n1,
+        q,
+        k,
+        v,
+        attn,
+        lse,
+        x1,
+        rstd2,
+        n2,
+        gate,
+        up,
+        h,
+    };
+    Ok((y, saved))
+}
+
+/// Returns `dx` and the gradients of every weight of the layer.
+pub fn layer_backward(
+    w: &LayerWeights,
+    dy: &Tensor,
+    s: &LayerActivations,
+    ctx: &LayerContext,
+) -> Result<(Tensor, LayerWeights)> {
+    let cfg = ctx.config;
+    let n = dy.dim(0)?;
+
+    // MLP: y = x1 + down(swiglu(gate(n2), up(n2)))
+    let (dh, d_down) = linear_backward(dy, &s.h, &w.down_weight)?;
+    let (d_gate_out, d_up_out) = swiglu_backward(&dh, &s.gate, &s.up)?;
+    let (dn2_gate, d_gate) = linear_backward(&d_gate_out, &s.n2, &w.gate_weight)?;
+    let (dn2_up, d_up) = linear_backward(&d_up_out, &s.n2, &w.up_weight)?;
+    let (dx1_norm, d_post_norm) =
+        rms_norm_backward(&(dn2_gate + dn2_up)?, &s.x1, &w.post_norm, &s.rstd2)?;
+    let dx1 = (dy + dx1_norm)?;
+
+    // Attention: x1 = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1)))
+    let (d_attn, d_o) = linear_backward(&dx1, &s.attn, &w.o_weight)?;
+    let d_attn = d_attn.reshape((n, cfg.num_attention_heads, cfg.head_dim))?;
+    let attn = s.attn.reshape((n, cfg.num_attention_heads, cfg.head_dim))?;
+    let g = attention_backward(
+        &d_attn,
+        &s.q,
+        &s.k,
+        &s.v,
+        &attn,
+        &s.lse,
+        ctx.cu_seqlens,
+        ctx.scale(),
+    )?;
+    let dq = rope_backward(&g.dq, ctx.rope)?.reshape((n, cfg.q_dim()))?;
+    let dk = rope_backward(&g.dk, ctx.rope)?.reshape((n, cfg.kv_dim()))?;
+    let dv = g.dv.reshape((n, cfg.kv_dim()))?;
+    let (dn1_q, d_q) = linear_backward(&dq, &s.n1, &w.q_weight)?;
+    let (dn1_k, d_k) = linear_backward(&dk, &s.n1, &w.k_weight)?;
+    let (dn1_v, d_v) = linear_backward(&dv, &s.n1, &w.v_weight)?;
+    let dn1 = ((dn1_q + dn1_k)? + dn1_v)?;
+    let (dx_norm, d_input_norm) = rms_norm_backward(&dn1, &s.x, &w.input_norm, &s.rstd1)?;
+    let dx = (dx1 + dx_norm)?;
+
+    let grads = LayerWeights {
+        input_norm: d_input_norm,
+        q_weight: d_q,
+        q_bias: dq.sum(0)?,
+        k_weight: d_k,
+        k_bias: dk.sum(0)?,
+        v_weight: d_v,
+        v_bias: dv.sum(0)?,
+        o_weight: d_o,
+        post_norm: d_post_norm,
+        gate_weight: d_gate,
+        up_weight: d_up,
+        down_weight: d_down,
+    };
+    Ok((dx, grads))
+}

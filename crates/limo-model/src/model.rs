@@ -1,0 +1,236 @@
+//! The whole causal LM: embedding, decoder layers, final norm, head and loss, with the backward
+//! run layer by layer in reverse.
+
+use candle_core::{DType, Tensor};
+use limo_ops::{
+    linear_cross_entropy, rms_norm_backward, rms_norm_forward, RopeTables, IGNORE_INDEX,
+};
+
+use crate::layer::{layer_backward, layer_forward, LayerContext};
+use crate::{Error, ModelWeights, Qwen2Config, Result};
+
+/// Token chunk of the fused head + loss: 1024 x 152k vocabulary is 600 MiB of f32 logits.
+pub const DEFAULT_LOSS_CHUNK: usize = 1024;
+
+/// A batch flattened to the token layout of the model.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub rows: usize,
+    pub seq_len: usize,
+    /// `[rows * seq_len]` token ids.
+    pub input_ids: Vec<u32>,
+    /// `[rows * seq_len]` targets after the causal shift: token t predicts `targets[t]`,
+    /// which is `labels[t + 1]` of the same row; [`IGNORE_INDEX`] at the end of every row.
+    pub targets: Vec<i64>,
+    /// `[rows * seq_len]` rotary positions.
+    pub positions: Vec<u32>,
+    /// Document boundaries over the flattened tokens: every row starts a document, and so does
+    /// every token whose position restarts at 0 (packed rows).
+    pub cu_seqlens: Vec<usize>,
+}
+
+impl Batch {
+    /// Builds a batch from rows in the Hugging Face convention: `labels` aligned with
+    /// `input_ids` (-100 = not a target) and optional `position_ids` restarting at 0 for every
+    /// packed document. Rows must have equal length.
+    pub fn from_rows(
+        input_ids: &[Vec<u32>],
+        labels: &[Vec<i64>],
+        position_ids: Option<&[Vec<u32>]>,
+    ) -> Result<Self> {
+        let rows = input_ids.len();
+        let seq_len = input_ids.first().map_or(0, Vec::len);
+        let bad = |m: String| Err(Error::Config(m));
+        if rows == 0 || seq_len == 0 {
+            return bad("batch: no tokens".into());
+        }
+        if labels.len() != rows {
+            return bad(format!(
+                "batch: {rows} rows of input_ids but {} rows of labels",
+                labels.len()
+            ));
+        }
+        if let Some(p) = position_ids {
+            if p.len() != rows {
+                return bad(format!(
+                    "batch: {rows} rows of input_ids but {} rows of position_ids",
+                    p.len()
+                ));
+            }
+        }
+        let mut batch = Batch {
+            rows,
+            seq_len,
+            input_ids: Vec::with_capacity(rows * seq_len),
+            targets: Vec::with_capacity(rows * seq_len),
+            positions: Vec::with_capacity(rows * seq_len),
+            cu_seqlens: vec![0],
+        };
+        for r in 0..rows {
+            let (ids, lab) = (&input_ids[r], &labels[r]);
+            if ids.len() != seq_len || lab.len() != seq_len {
+                return bad(format!(
+                    "batch: row {r} has {} input_ids and {} labels; every row needs {seq_len}",
+                    ids.len(),
+                    lab.len()
+                ));
+            }
+            if let Some(&l) = lab.iter().find(|&&l| l < 0 && l != IGNORE_INDEX) {
+                return bad(format!(
+                    "batch: row {r} has label {l}; labels are token ids or -100"
+                ));
+            }
+            let pos: Vec<u32> = match position_ids {
+                Some(p) if p[r].len() != seq_len => {
+                    return bad(format!(
+                        "batch: row {r} has {} position_ids; expected {seq_len}",
+                        p[r].len()
+                    ));
+                }
+                Some(p) => p[r].clone(),
+                None => (0..seq_len as u32).collect(),
+            };
+            let row_start = r * seq_len;
+            for t in 0..seq_len {
+                if t > 0 && pos[t] == 0 {
+                    batch.cu_seqlens.push(row_start + t);
+                }
+            }
+            batch.cu_seqlens.push(row_start + seq_len);
+            batch.input_ids.extend_from_slice(ids);
+            batch
+                .targets
+                .extend(lab[1..].iter().copied().chain([IGNORE_INDEX]));
+            batch.positions.extend(pos);
+        }
+        Ok(batch)
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.rows * self.seq_len
+    }
+
+    pub fn n_targets(&self) -> usize {
+        self.targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
+    }
+}
+
+/// Loss and gradients of one batch.
+pub struct LossAndGrads {
+    /// Sum of per-token losses of the batch's targets.
+    pub loss_sum: f64,
+    pub n_targets: usize,
+    /// `[rows, seq_len]` per-token cross-entropy, 0 where not a target.
+    pub per_token_loss: Tensor,
+    /// Gradients of `grad_scale * loss_sum`, one per parameter.
+    pub grads: ModelWeights,
+}
+
+impl LossAndGrads {
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.n_targets as f64
+    }
+}
+
+/// Forward and backward of a batch. The gradients are those of `grad_scale * loss_sum`; pass
+/// `1 / n_targets` for the mean loss of this batch, or `1 / targets_in_step` when the step has
+/// several micro-batches or ranks (DESIGN.md choice 5).
+pub fn loss_and_grads(
+    cfg: &Qwen2Config,
+    w: &ModelWeights,
+    batch: &Batch,
+    grad_scale: f64,
+    loss_chunk: usize,
+) -> Result<LossAndGrads> {
+    let device = w.embed.device().clone();
+    let dtype = w.embed.dtype();
+    if let Some(&bad) = batch
+        .input_ids
+        .iter()
+        .find(|&&id| id as usize >= cfg.vocab_size)
+    {
+        return Err(Error::Config(format!(
+            "batch: token id {bad} is outside the vocabulary of {}",
+            cfg.vocab_size
+        )));
+    }
+    let ids = Tensor::from_slice(&batch.input_ids, batch.tokens(), &device)?;
+    let rope = RopeTables::new(
+        &batch.positions,
+        cfg.head_dim,
+        cfg.rope_theta,
+        dtype,
+        &device,
+    )?;
+    let ctx = LayerContext {
+        config: cfg,
+        rope: &rope,
+        cu_seqlens: &batch.cu_seqlens,
+    };
+
+    let mut x = w.embed.index_select(&ids, 0)?;
+    let mut saved = Vec::with_capacity(w.layers.len());
+    for layer in &w.layers {
+        let (y, activations) = layer_forward(layer, &x, &ctx)?;
+        saved.push(activations);
+        x = y;
+    }
+    let (normed, rstd) = rms_norm_forward(&x, &w.final_norm, cfg.rms_norm_eps)?;
+    let head = linear_cross_entropy(
+        &normed,
+        w.head(),
+        &batch.targets,
+        Some(grad_scale),
+        loss_chunk,
+    )?;
+    let (d_normed, d_head) = (
+        head.d_hidden.expect("asked for"),
+        head.d_weight.expect("asked for"),
+    );
+
+    let (mut dx, d_final_norm) = rms_norm_backward(&d_normed, &x, &w.final_norm, &rstd)?;
+    let mut layer_grads = Vec::with_capacity(w.layers.len());
+    for (layer, activations) in w.layers.iter().zip(saved).rev() {
+        let (d_in, grads) = layer_backward(layer, &dx, &activations, &ctx)?;
+        layer_grads.push(grads);
+        dx = d_in;
+    }
+    layer_grads.reverse();
+    let d_embed = embedding_backward(&ids, &dx, &w.embed)?;
+    let d_head = d_head.to_dtype(dtype)?;
+    let (d_embed, d_lm_head) = match w.lm_head {
+        Some(_) => (d_embed, Some(d_head)),
+        None => ((d_embed + d_head)?, None),
+    };
+    Ok(LossAndGrads {
+        loss_sum: head.loss_sum,
+        n_targets: head.n_targets,
+        per_token_loss: head.per_token_loss.reshape((batch.rows, batch.seq_len))?,
+        grads: ModelWeights {
+            embed: d_embed,
+            layers: layer_grads,
+            final_norm: d_final_norm,
+            lm_head: d_lm_head,
+        },
+    })
+}
+
+/// Scatter-adds the rows of `dx` into a zero gradient of the embedding table.
+fn embedding_backward(ids: &Tensor, dx: &Tensor, embed: &Tensor) -> Result<Tensor> {
+    Ok(embed
+        .zeros_like()?
+        .index_add(ids, &dx.to_dtype(embed.dtype())?, 0)?)
+}
+
+/// A dtype from the names users type.
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name {
+        "f32" | "float32" => Ok(DType::F32),
+        "f64" | "float64" => Ok(DType::F64),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(Error::Config(format!(
+            "unknown dtype {other:?}; expected f32, f64, bf16 or f16"
+        ))),
+    }
+}
