@@ -7,7 +7,11 @@ mod cmd_init;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "limo", version, about = "Full-parameter SFT of Qwen2-family models")]
+#[command(
+    name = "limo",
+    version,
+    about = "Full-parameter SFT of Qwen2-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
