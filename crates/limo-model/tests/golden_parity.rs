@@ -1,0 +1,131 @@
+//! Parity with Hugging Face transformers: loss and every gradient of the golden tiny Qwen2 on a
+//! plain and a packed batch (fixtures computed by transformers in float64, see
+//! tests/fixtures/golden/README.md).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use limo_model::checkpoint::load_checkpoint;
+use limo_model::{loss_and_grads, Batch};
+use serde::Deserialize;
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/qwen2-tiny")
+}
+
+#[derive(Deserialize)]
+struct BatchFile {
+    input_ids: Vec<Vec<u32>>,
+    labels: Vec<Vec<i64>>,
+    position_ids: Option<Vec<Vec<u32>>>,
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let norm = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (diff / norm).sqrt()
+}
+
+/// Worst relative errors (loss, gradients) against the golden for one batch and dtype.
+fn errors(batch_name: &str, dtype: DType, loss_chunk: usize) -> (f64, f64) {
+    let dir = golden_dir();
+    let text = std::fs::read_to_string(dir.join(format!("{batch_name}.json"))).unwrap();
+    let file: BatchFile = serde_json::from_str(&text).unwrap();
+    let batch =
+        Batch::from_rows(&file.input_ids, &file.labels, file.position_ids.as_deref()).unwrap();
+    let reference = candle_core::safetensors::load(
+        dir.join(format!("{batch_name}.ref.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
+
+    let (cfg, weights) = load_checkpoint(&dir.join("model"), dtype, &Device::Cpu).unwrap();
+    let out = loss_and_grads(
+        &cfg,
+        &weights,
+        &batch,
+        1.0 / batch.n_targets() as f64,
+        loss_chunk,
+    )
+    .unwrap();
+
+    let ref_loss = reference["loss"].to_scalar::<f64>().unwrap();
+    let loss_err = (out.loss() - ref_loss).abs() / ref_loss.abs();
+    let token_err = rel_l2(&out.per_token_loss, &reference["per_token_loss"]);
+    assert!(
+        token_err < 1e-5,
+        "per-token loss rel L2 error {token_err:e}"
+    );
+    let named = out.grads.named(&cfg);
+    let n_ref_grads = reference.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(named.len(), n_ref_grads, "one gradient per golden gradient");
+    let mut worst = 0.0f64;
+    for (name, grad) in named {
+        let golden = &reference[&format!("grad.{name}")];
+        assert_eq!(grad.dims(), golden.dims(), "{name}");
+        let err = rel_l2(grad, golden);
+        assert!(err.is_finite(), "{name}");
+        worst = worst.max(err);
+    }
+    (loss_err, worst)
+}
+
+#[test]
+fn plain_batch_f32() {
+    let (loss, grads) = errors("batch", DType::F32, 1024);
+    assert!(loss <= 1e-6, "loss rel error {loss:e}");
+    assert!(grads <= 1e-5, "worst gradient rel L2 error {grads:e}");
+}
+
+#[test]
+fn packed_batch_f32() {
+    let (loss, grads) = errors("packed", DType::F32, 1024);
+    assert!(loss <= 1e-6, "loss rel error {loss:e}");
+    assert!(grads <= 1e-5, "worst gradient rel L2 error {grads:e}");
+}
+
+#[test]
+fn plain_batch_f64() {
+    let (loss, grads) = errors("batch", DType::F64, 1024);
+    assert!(loss <= 1e-12, "loss rel error {loss:e}");
+    assert!(grads <= 1e-12, "worst gradient rel L2 error {grads:e}");
+}
+
+#[test]
+fn packed_batch_f64_with_small_loss_chunks() {
+    // Chunks of 5 tokens split documents and rows: the chunked loss must not care.
+    let (loss, grads) = errors("packed", DType::F64, 5);
+    assert!(loss <= 1e-12, "loss rel error {loss:e}");
+    assert!(grads <= 1e-12, "worst gradient rel L2 error {grads:e}");
+}
+
+#[test]
+fn packed_positions_make_documents() {
+    let text = std::fs::read_to_string(golden_dir().join("packed.json")).unwrap();
+    let file: BatchFile = serde_json::from_str(&text).unwrap();
+    let batch =
+        Batch::from_rows(&file.input_ids, &file.labels, file.position_ids.as_deref()).unwrap();
+    assert_eq!(batch.cu_seqlens, vec![0, 10, 17, 32]);
+    // Ignoring the positions would let documents attend to each other: the loss must change.
+    let plain = Batch::from_rows(&file.input_ids, &file.labels, None).unwrap();
+    assert_eq!(plain.cu_seqlens, vec![0, 32]);
+    let (cfg, w) = load_checkpoint(&golden_dir().join("model"), DType::F64, &Device::Cpu).unwrap();
+    let packed = loss_and_grads(&cfg, &w, &batch, 1.0, 64).unwrap().loss();
+    let unpacked = loss_and_grads(&cfg, &w, &plain, 1.0, 64).unwrap().loss();
+    assert!((packed - unpacked).abs() > 1e-3, "{packed} vs {unpacked}");
+}
