@@ -1,1 +1,437 @@
-//! End-to-end tests of `limo data` (filled in by the data work).
+//! End-to-end tests of `limo data dump` and `limo data stats` on the repository's fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use limo_data::{load_dataset, ChatTokenizer, DataConfig, Format, IGNORE_INDEX};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tokenizer_dir() -> PathBuf {
+    fixtures().join("qwen2.5-tokenizer")
+}
+
+fn data(name: &str) -> String {
+    fixtures().join("data").join(name).display().to_string()
+}
+
+/// A fresh scratch folder per test (no tempfile dependency in limo-cli).
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("limo-data-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn limo(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_limo"));
+    command
+        .arg("data")
+        .args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HUB_CACHE");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("limo runs")
+}
+
+fn ok(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "limo failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn dump_math500_equals_the_library_examples() {
+    let dir = scratch("dump-math");
+    let out = dir.join("math.jsonl");
+    let tok = tokenizer_dir().display().to_string();
+    let math = data("math.jsonl");
+    ok(limo(
+        &[
+            "dump",
+            "--data",
+            &math,
+            "--format",
+            "limo",
+            "--column",
+            "question=problem",
+            "--tokenizer",
+            &tok,
+            "--out",
+            out.to_str().unwrap(),
+            "--limit",
+            "25",
+        ],
+        &[],
+    ));
+    let rows = read_jsonl(&out);
+    assert_eq!(rows.len(), 25);
+
+    let mut config = DataConfig::new(math, Format::Limo);
+    config.columns.set("question", "problem").unwrap();
+    config.limit = Some(25);
+    let tokenizer = ChatTokenizer::from_path(&tokenizer_dir()).unwrap();
+    let expected = load_dataset(&config, &tokenizer).unwrap().examples;
+    for (row, example) in rows.iter().zip(&expected) {
+        let input_ids = ids(&row["input_ids"]);
+        let labels = ids(&row["labels"]);
+        assert_eq!(
+            input_ids,
+            example
+                .input_ids
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(labels, example.labels);
+        // <|im_start|>system\n ... and the learned tail <|im_end|>\n.
+        assert_eq!(&input_ids[..3], &[151644, 8948, 198]);
+        assert_eq!(&labels[labels.len() - 2..], &[151645, 198]);
+        assert_eq!(labels[0], IGNORE_INDEX);
+    }
+}
+
+#[test]
+fn stats_math500_counts_lengths_and_cutoff() {
+    let tok = tokenizer_dir().display().to_string();
+    let math = data("math.jsonl");
+    let common = [
+        "--data",
+        math.as_str(),
+        "--format",
+        "limo",
+        "--column",
+        "question=problem",
+        "--tokenizer",
+        tok.as_str(),
+        "--cutoff-len",
+        "512",
+    ];
+    let output = ok(limo(&[&["stats", "--json"], &common[..]].concat(), &[]));
+    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats["examples"], 500);
+    assert_eq!(stats["rows"], 500);
+
+    // Recount from the library with no cutoff in the way.
+    let mut config = DataConfig::new(math.clone(), Format::Limo);
+    config.columns.set("question", "problem").unwrap();
+    config.cutoff_len = usize::MAX;
+    let tokenizer = ChatTokenizer::from_path(&tokenizer_dir()).unwrap();
+    let examples = load_dataset(&config, &tokenizer).unwrap().examples;
+    let over = examples.iter().filter(|e| e.len() > 512).count();
+    assert!(over > 0);
+    assert_eq!(stats["over_cutoff"], over);
+    // Over-long examples whose prompt alone fills the cutoff keep no target and are dropped.
+    let prompt_too_long = examples
+        .iter()
+        .filter(|e| e.labels.iter().position(|&l| l != IGNORE_INDEX).unwrap() >= 512)
+        .count();
+    assert_eq!(stats["truncated"], over - prompt_too_long);
+    assert_eq!(stats["dropped"], prompt_too_long);
+    assert_eq!(stats["examples_after_cutoff"], 500 - prompt_too_long);
+    let total: usize = examples.iter().map(|e| e.len()).sum();
+    let targets: usize = examples.iter().map(|e| e.num_targets()).sum();
+    assert_eq!(stats["total_tokens"], total);
+    assert_eq!(stats["target_tokens"], targets);
+    assert_eq!(
+        stats["max"],
+        examples.iter().map(|e| e.len()).max().unwrap()
+    );
+    let binned: u64 = stats["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(binned, 500);
+
+    let text =
+        String::from_utf8(ok(limo(&[&["stats"], &common[..]].concat(), &[])).stdout).unwrap();
+    assert!(text.contains("examples: 500\n"), "{text}");
+    assert!(
+        text.contains(&format!("over cutoff_len 512: {over} ")),
+        "{text}"
+    );
+    assert!(text.contains("length percentiles: p10 "), "{text}");
+}
+
+#[test]
+fn dump_packing_restarts_positions_per_document() {
+    let dir = scratch("dump-packing");
+    let out = dir.join("packed.jsonl");
+    let tok = tokenizer_dir().display().to_string();
+    ok(limo(
+        &[
+            "dump",
+            "--data",
+            &data("math.jsonl"),
+            "--format",
+            "limo",
+            "--column",
+            "question=problem",
+            "--tokenizer",
+            &tok,
+            "--out",
+            out.to_str().unwrap(),
+            "--limit",
+            "40",
+            "--cutoff-len",
+            "2048",
+            "--packing",
+        ],
+        &[],
+    ));
+    let rows = read_jsonl(&out);
+    assert!(!rows.is_empty() && rows.len() < 40);
+    let mut documents = 0;
+    for row in &rows {
+        let positions = ids(&row["position_ids"]);
+        let labels = ids(&row["labels"]);
+        assert!(positions.len() <= 2048 && positions.len() == labels.len());
+        for (t, &p) in positions.iter().enumerate() {
+            if p == 0 {
+                documents += 1;
+                assert_eq!(
+                    labels[t], IGNORE_INDEX,
+                    "first token of a document is never a target"
+                );
+            } else {
+                assert_eq!(p, positions[t - 1] + 1);
+            }
+        }
+    }
+    assert_eq!(documents, 40);
+}
+
+#[test]
+fn system_prompt_flags_and_other_formats() {
+    let dir = scratch("formats");
+    let tok = tokenizer_dir().display().to_string();
+    let tokenizer = ChatTokenizer::from_path(&tokenizer_dir()).unwrap();
+    let decode_first = |path: &Path| {
+        let rows = read_jsonl(path);
+        let ids: Vec<u32> = ids(&rows[0]["input_ids"])
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        tokenizer.decode(&ids).unwrap()
+    };
+    let out = dir.join("alpaca.jsonl");
+    ok(limo(
+        &[
+            "dump",
+            "--data",
+            &data("alpaca.json"),
+            "--format",
+            "alpaca",
+            "--tokenizer",
+            &tok,
+            "--out",
+            out.to_str().unwrap(),
+            "--system",
+            "Be brief.",
+        ],
+        &[],
+    ));
+    assert_eq!(
+        decode_first(&out),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAdd the numbers.\n4 and 9<|im_end|>\n\
+         <|im_start|>assistant\n13<|im_end|>\n"
+    );
+    let out = dir.join("messages.jsonl");
+    ok(limo(
+        &[
+            "dump",
+            "--data",
+            &data("messages.jsonl"),
+            "--format",
+            "messages",
+            "--tokenizer",
+            &tok,
+            "--out",
+            out.to_str().unwrap(),
+            "--qwen-default-system",
+        ],
+        &[],
+    ));
+    assert!(decode_first(&out)
+        .starts_with("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."));
+    assert_eq!(read_jsonl(&out).len(), 3);
+}
+
+#[test]
+fn bad_rows_fail_with_file_row_and_field_or_are_skipped() {
+    let dir = scratch("bad-rows");
+    let tok = tokenizer_dir().display().to_string();
+    let math = data("math.jsonl");
+    let output = limo(
+        &[
+            "stats",
+            "--data",
+            &math,
+            "--format",
+            "limo",
+            "--tokenizer",
+            &tok,
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("math.jsonl: row 1: field `question`: missing"),
+        "{stderr}"
+    );
+
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"question\": \"q\", \"solution\": \"s\"}\nnot json\n{\"question\": \"q2\", \"solution\": 7}\n").unwrap();
+    let output = limo(
+        &[
+            "stats",
+            "--data",
+            bad.to_str().unwrap(),
+            "--format",
+            "limo",
+            "--tokenizer",
+            &tok,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.jsonl: row 2: invalid JSON"),
+        "{stderr}"
+    );
+    let output = ok(limo(
+        &[
+            "stats",
+            "--json",
+            "--on-bad-row",
+            "skip",
+            "--data",
+            bad.to_str().unwrap(),
+            "--format",
+            "limo",
+            "--tokenizer",
+            &tok,
+        ],
+        &[],
+    ));
+    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (
+            stats["rows"].as_u64(),
+            stats["skipped"].as_u64(),
+            stats["examples"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+}
+
+/// A Hub cache laid out as huggingface_hub writes it, holding our LIMO-format sample.
+fn fake_hub_home(dir: &Path) -> PathBuf {
+    let home = dir.join("hf-home");
+    let repo = home.join("hub/datasets--GAIR--LIMO");
+    let sha = "5f0c9f2a1b3c4d5e6f708192a3b4c5d6e7f80912";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(sha)).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    std::fs::copy(data("limo_sample.jsonl"), repo.join("blobs/0a1b2c")).unwrap();
+    std::os::unix::fs::symlink(
+        repo.join("blobs/0a1b2c"),
+        repo.join("snapshots").join(sha).join("limo.jsonl"),
+    )
+    .unwrap();
+    home
+}
+
+#[test]
+fn hub_dataset_id_resolves_from_hf_home_offline() {
+    let dir = scratch("hub");
+    let home = fake_hub_home(&dir);
+    let tok = tokenizer_dir().display().to_string();
+    let out = dir.join("limo.jsonl");
+    let env = [("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
+    ok(limo(
+        &[
+            "dump",
+            "--data",
+            "GAIR/LIMO",
+            "--format",
+            "limo",
+            "--tokenizer",
+            &tok,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &env,
+    ));
+    let hub_rows = read_jsonl(&out);
+    let local = dir.join("local.jsonl");
+    ok(limo(
+        &[
+            "dump",
+            "--data",
+            &data("limo_sample.jsonl"),
+            "--format",
+            "limo",
+            "--tokenizer",
+            &tok,
+            "--out",
+            local.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(hub_rows, read_jsonl(&local));
+    assert_eq!(hub_rows.len(), 4);
+
+    let empty = dir.join("empty-home");
+    let output = limo(
+        &[
+            "stats",
+            "--data",
+            "GAIR/LIMO",
+            "--format",
+            "limo",
+            "--tokenizer",
+            &tok,
+        ],
+        &[
+            ("HF_HOME", empty.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("HF_HUB_OFFLINE")
+            && stderr.contains("GAIR/LIMO"),
+        "{stderr}"
+    );
+}

@@ -1,10 +1,280 @@
-//! `limo data ...` (placeholder until limo-data lands).
+//! `limo data dump` and `limo data stats`: the dataset exactly as the trainer will see it.
 
-use clap::Subcommand;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use limo_data::{
+    apply_cutoff, length_stats, pack, tokenize_untruncated, ChatTokenizer, DataConfig, Example,
+    HubSettings, LengthStats, LoadReport, Overlong, DEFAULT_CUTOFF_LEN,
+};
+use serde::Serialize;
 
 #[derive(Subcommand)]
-pub enum DataCommand {}
+pub enum DataCommand {
+    /// Write one {"input_ids": [...], "labels": [...]} JSON line per example (labels: -100 = not learned).
+    Dump(DumpArgs),
+    /// Examples, token-length percentiles and histogram, share of target tokens, how many exceed the cutoff.
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+pub struct DataArgs {
+    /// A .json/.jsonl/.parquet file, a folder of them, or a Hub dataset id such as GAIR/LIMO
+    /// (HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE are respected).
+    #[arg(long)]
+    data: String,
+    /// Record format: limo (question, solution[, answer]), messages (role/content list) or
+    /// alpaca (instruction, input, output).
+    #[arg(long, value_parser = ["limo", "messages", "alpaca"])]
+    format: String,
+    /// tokenizer.json, or a folder holding one.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// System prompt for examples without one (default: LIMO's "Please reason step by step, ...").
+    #[arg(long, conflicts_with = "qwen_default_system")]
+    system: Option<String>,
+    /// Use the Qwen2.5 template's own default system prompt ("You are Qwen, ...") instead.
+    #[arg(long)]
+    qwen_default_system: bool,
+    /// Longest example in tokens; longer ones are truncated (or dropped with --drop-overlong).
+    #[arg(long, default_value_t = DEFAULT_CUTOFF_LEN)]
+    cutoff_len: usize,
+    /// Drop examples longer than --cutoff-len instead of truncating them.
+    #[arg(long)]
+    drop_overlong: bool,
+    /// Read at most N examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Map a field to a column of the data, e.g. --column question=problem (repeatable).
+    /// Keys: question, solution, answer, messages, role, content, instruction, input, output, system.
+    #[arg(long = "column", value_name = "KEY=NAME")]
+    columns: Vec<String>,
+    /// What to do with a malformed row: fail (default) or skip and count it.
+    #[arg(long, value_parser = ["fail", "skip"], default_value = "fail")]
+    on_bad_row: String,
+}
+
+#[derive(Args)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output JSONL file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write packed rows (input_ids, labels, position_ids) of up to --cutoff-len tokens instead.
+    #[arg(long)]
+    packing: bool,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print the statistics as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        DataCommand::Dump(args) => dump(args),
+        DataCommand::Stats(args) => stats(args),
+    }
+}
+
+impl DataArgs {
+    fn config(&self) -> anyhow::Result<DataConfig> {
+        let mut config = DataConfig::new(self.data.clone(), self.format.parse()?);
+        for mapping in &self.columns {
+            let Some((key, name)) = mapping.split_once('=') else {
+                bail!("--column expects KEY=NAME, got `{mapping}`");
+            };
+            config.columns.set(key.trim(), name.trim())?;
+        }
+        if self.qwen_default_system {
+            config.system = None;
+        } else if let Some(system) = &self.system {
+            config.system = Some(system.clone());
+        }
+        config.cutoff_len = self.cutoff_len;
+        config.overlong = if self.drop_overlong {
+            Overlong::Drop
+        } else {
+            Overlong::Truncate
+        };
+        config.limit = self.limit;
+        config.on_bad_row =
+            serde_json::from_value(serde_json::Value::String(self.on_bad_row.clone()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Full-length examples, with the tokenization time logged (the number the issue asks for).
+    fn tokenize(&self, config: &DataConfig) -> anyhow::Result<(Vec<Example>, LoadReport)> {
+        let started = Instant::now();
+        let tokenizer = ChatTokenizer::from_path(&self.tokenizer)?;
+        let loaded = Instant::now();
+        let (examples, report) =
+            tokenize_untruncated(config, &tokenizer, &HubSettings::from_env())?;
+        let tokens: usize = examples.iter().map(Example::len).sum();
+        tracing::info!(
+            "tokenizer loaded in {:.3} s; read and tokenized {} examples ({} tokens) in {:.3} s",
+            (loaded - started).as_secs_f64(),
+            examples.len(),
+            tokens,
+            loaded.elapsed().as_secs_f64()
+        );
+        if report.skipped > 0 {
+            tracing::warn!(
+                "skipped {} malformed rows; first: {}",
+                report.skipped,
+                report.skipped_examples[0]
+            );
+        }
+        Ok((examples, report))
+    }
+}
+
+#[derive(Serialize)]
+struct DumpRow<'a> {
+    input_ids: &'a [u32],
+    labels: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position_ids: Option<&'a [u32]>,
+}
+
+fn dump(args: DumpArgs) -> anyhow::Result<()> {
+    let config = args.data.config()?;
+    let (examples, _) = args.data.tokenize(&config)?;
+    let (examples, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
+    let mut out = create(&args.out)?;
+    let write_error = || format!("cannot write {}", args.out.display());
+    let written = if args.packing {
+        let rows = pack(&examples, config.cutoff_len)?;
+        for row in &rows {
+            let line = DumpRow {
+                input_ids: &row.input_ids,
+                labels: &row.labels,
+                position_ids: Some(&row.position_ids),
+            };
+            serde_json::to_writer(&mut out, &line).with_context(write_error)?;
+            out.write_all(b"\n").with_context(write_error)?;
+        }
+        rows.len()
+    } else {
+        for example in &examples {
+            let line = DumpRow {
+                input_ids: &example.input_ids,
+                labels: &example.labels,
+                position_ids: None,
+            };
+            serde_json::to_writer(&mut out, &line).with_context(write_error)?;
+            out.write_all(b"\n").with_context(write_error)?;
+        }
+        examples.len()
+    };
+    out.flush().with_context(write_error)?;
+    eprintln!(
+        "wrote {written} {} to {} ({} examples; {} over the cutoff of {}: {} truncated, {} dropped)",
+        if args.packing { "packed rows" } else { "examples" },
+        args.out.display(),
+        examples.len(),
+        cutoff.over_cutoff,
+        config.cutoff_len,
+        cutoff.truncated,
+        cutoff.dropped_overlong + cutoff.dropped_no_target,
+    );
+    Ok(())
+}
+
+fn create(path: &Path) -> anyhow::Result<BufWriter<std::fs::File>> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(BufWriter::new(file))
+}
+
+#[derive(Serialize)]
+struct StatsOutput {
+    files: Vec<PathBuf>,
+    rows: usize,
+    skipped: usize,
+    #[serde(flatten)]
+    lengths: LengthStats,
+    truncated: usize,
+    dropped: usize,
+    examples_after_cutoff: usize,
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let config = args.data.config()?;
+    let (examples, report) = args.data.tokenize(&config)?;
+    let lengths = length_stats(&examples, config.cutoff_len);
+    let (kept, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
+    let output = StatsOutput {
+        files: report.files,
+        rows: report.rows,
+        skipped: report.skipped,
+        lengths,
+        truncated: cutoff.truncated,
+        dropped: cutoff.dropped_overlong + cutoff.dropped_no_target,
+        examples_after_cutoff: kept.len(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    } else {
+        print!("{}", render_stats(&output));
+    }
+    Ok(())
+}
+
+fn render_stats(s: &StatsOutput) -> String {
+    let l = &s.lengths;
+    let mut text = String::new();
+    let files: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+    text += &format!("files: {}\n", files.join(", "));
+    text += &format!(
+        "rows read: {}, skipped as malformed: {}\n",
+        s.rows, s.skipped
+    );
+    text += &format!("examples: {}\n", l.examples);
+    text += &format!(
+        "tokens: {} (min {}, mean {:.1}, max {})\n",
+        l.total_tokens, l.min, l.mean, l.max
+    );
+    let percentiles: Vec<String> = l
+        .percentiles
+        .iter()
+        .map(|(p, v)| format!("p{p} {v}"))
+        .collect();
+    text += &format!("length percentiles: {}\n", percentiles.join(", "));
+    text += &format!(
+        "target tokens: {} ({:.2}% of all tokens)\n",
+        l.target_tokens,
+        100.0 * l.target_share
+    );
+    text += &format!(
+        "over cutoff_len {}: {} ({} truncated, {} dropped; {} examples remain)\n",
+        l.cutoff_len, l.over_cutoff, s.truncated, s.dropped, s.examples_after_cutoff
+    );
+    text += "length histogram (tokens):\n";
+    let widest = l
+        .histogram
+        .iter()
+        .map(|b| b.count)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    for bin in &l.histogram {
+        let bar = "#".repeat((bin.count * 40).div_ceil(widest));
+        text += &format!(
+            "  {:>6} - {:<6} {:>7}  {bar}\n",
+            bin.from,
+            bin.to - 1,
+            bin.count
+        );
+    }
+    text
 }
