@@ -1,1 +1,300 @@
 //! End-to-end tests of `limo init-model` and `limo debug loss-grad`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+
+fn limo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_limo"))
+}
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/qwen2-tiny")
+}
+
+/// Runs limo and returns stdout; panics with stderr when it fails.
+fn run_ok(args: &[&str]) -> String {
+    let out = limo().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "limo {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs limo expecting failure; returns stderr after checking it is one clean error line.
+fn run_err(args: &[&str]) -> String {
+    let out = limo().args(args).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "limo {args:?} should fail cleanly:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{stderr}");
+    lines[0].to_string()
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (diff
+        / b.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap())
+    .sqrt()
+}
+
+#[test]
+fn loss_grad_matches_transformers_for_both_batches_and_dtypes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (batch, dtype, loss_tol, grad_tol) in [
+        ("batch", "f32", 1e-6, 1e-5),
+        ("packed", "f32", 1e-6, 1e-5),
+        ("batch", "f64", 1e-9, 1e-8),
+        ("packed", "f64", 1e-9, 1e-8),
+    ] {
+        let out = tmp.path().join(format!("{batch}-{dtype}.safetensors"));
+        let model = golden().join("model");
+        let batch_file = golden().join(format!("{batch}.json"));
+        run_ok(&[
+            "debug",
+            "loss-grad",
+            "--model",
+            model.to_str().unwrap(),
+            "--batch",
+            batch_file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--dtype",
+            dtype,
+        ]);
+        let ours = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let reference = candle_core::safetensors::load(
+            golden().join(format!("{batch}.ref.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let loss_err = rel_l2(&ours["loss"], &reference["loss"]);
+        assert!(
+            loss_err <= loss_tol,
+            "{batch} {dtype}: loss rel error {loss_err:e}"
+        );
+        let mut checked = 0;
+        for (name, golden_grad) in reference.iter().filter(|(k, _)| k.starts_with("grad.")) {
+            let err = rel_l2(&ours[name], golden_grad);
+            assert!(
+                err <= grad_tol,
+                "{batch} {dtype}: {name} rel L2 error {err:e}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 26, "every parameter of the tied 2-layer model");
+        assert_eq!(ours.keys().filter(|k| k.starts_with("grad.")).count(), 26);
+        assert!(rel_l2(&ours["per_token_loss"], &reference["per_token_loss"]) <= grad_tol);
+    }
+}
+
+#[test]
+fn init_model_then_loss_grad_gives_uniform_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    run_ok(&[
+        "init-model",
+        "--shape",
+        "tiny",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], 151936);
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let batch = tmp.path().join("batch.json");
+    let ids: Vec<u32> = (0..40).map(|i| 1000 + 37 * i).collect();
+    let labels: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(t, &id)| if t < 10 { -100 } else { id as i64 })
+        .collect();
+    std::fs::write(
+        &batch,
+        serde_json::json!({"input_ids": [ids], "labels": [labels]}).to_string(),
+    )
+    .unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let summary = run_ok(&[
+        "debug",
+        "loss-grad",
+        "--model",
+        model.to_str().unwrap(),
+        "--batch",
+        batch.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    // Weights of std 0.02 give near-zero logits: the loss of a fresh model is ln(vocab).
+    let loss = summary["loss"].as_f64().unwrap();
+    assert!((loss - (151936f64).ln()).abs() < 0.05, "loss {loss}");
+    assert_eq!(summary["n_target_tokens"], 30);
+    assert!(summary["grad_global_l2_norm"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn broken_checkpoints_fail_with_one_line_naming_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let batch = golden().join("batch.json");
+    let out = tmp.path().join("out.safetensors");
+    let copy = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(golden().join("model").join(f), dir.join(f)).unwrap();
+        }
+        dir
+    };
+    let loss_grad = |dir: &Path| {
+        run_err(&[
+            "debug",
+            "loss-grad",
+            "--model",
+            dir.to_str().unwrap(),
+            "--batch",
+            batch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    let truncated = copy("truncated");
+    let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
+    std::fs::write(
+        truncated.join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let err = loss_grad(&truncated);
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
+
+    let wrong_hidden = copy("wrong-hidden");
+    let config = std::fs::read_to_string(wrong_hidden.join("config.json")).unwrap();
+    std::fs::write(
+        wrong_hidden.join("config.json"),
+        config.replace("\"hidden_size\": 64", "\"hidden_size\": 128"),
+    )
+    .unwrap();
+    let err = loss_grad(&wrong_hidden);
+    assert!(
+        err.contains("model.embed_tokens.weight") && err.contains("[512, 128]"),
+        "{err}"
+    );
+
+    let wrong_shape = copy("wrong-shape");
+    let weights =
+        candle_core::safetensors::load(wrong_shape.join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let mut weights: Vec<(String, Tensor)> = weights.into_iter().collect();
+    for (name, t) in weights.iter_mut() {
+        if name == "model.layers.0.self_attn.q_proj.bias" {
+            *t = t.narrow(0, 0, 63).unwrap();
+        }
+    }
+    let map: std::collections::HashMap<String, Tensor> = weights.into_iter().collect();
+    candle_core::safetensors::save(&map, wrong_shape.join("model.safetensors")).unwrap();
+    let err = loss_grad(&wrong_shape);
+    assert!(
+        err.contains("model.layers.0.self_attn.q_proj.bias") && err.contains("[63]"),
+        "{err}"
+    );
+
+    let not_qwen = copy("not-qwen");
+    let config = std::fs::read_to_string(not_qwen.join("config.json")).unwrap();
+    std::fs::write(
+        not_qwen.join("config.json"),
+        config
+            .replace("\"qwen2\"", "\"llama\"")
+            .replace("Qwen2ForCausalLM", "LlamaForCausalLM"),
+    )
+    .unwrap();
+    let err = loss_grad(&not_qwen);
+    assert!(
+        err.contains("config.json") && err.contains("llama"),
+        "{err}"
+    );
+
+    let err = run_err(&[
+        "debug",
+        "loss-grad",
+        "--model",
+        tmp.path().join("nope").to_str().unwrap(),
+        "--batch",
+        batch.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn bad_batches_are_reported_with_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let model = golden().join("model");
+    let cases = [
+        (
+            "ragged.json",
+            r#"{"input_ids": [[1, 2, 3]], "labels": [[1, 2]]}"#,
+            "row 0",
+        ),
+        (
+            "oov.json",
+            r#"{"input_ids": [[1, 600, 3]], "labels": [[1, 2, 3]]}"#,
+            "token id 600",
+        ),
+        (
+            "no-targets.json",
+            r#"{"input_ids": [[1, 2, 3]], "labels": [[1, -100, -100]]}"#,
+            "no target",
+        ),
+        (
+            "typo.json",
+            r#"{"input_ids": [[1, 2]], "label": [[1, 2]]}"#,
+            "label",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let err = run_err(&[
+            "debug",
+            "loss-grad",
+            "--model",
+            model.to_str().unwrap(),
+            "--batch",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(err.contains(name), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}

@@ -82,7 +82,8 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
         &batch,
         1.0 / batch.n_targets() as f64,
         args.loss_chunk,
-    )?;
+    )
+    .with_context(|| format!("{}", args.batch.display()))?;
     let seconds = started.elapsed().as_secs_f64();
 
     let mut tensors: Vec<(String, Tensor)> = vec![
