@@ -91,8 +91,8 @@ impl Batch {
                 None => (0..seq_len as u32).collect(),
             };
             let row_start = r * seq_len;
-            for t in 0..seq_len {
-                if t > 0 && pos[t] == 0 {
+            for (t, &p) in pos.iter().enumerate().skip(1) {
+                if p == 0 {
                     batch.cu_seqlens.push(row_start + t);
                 }
             }

@@ -45,8 +45,7 @@ fn assert_same_weights(a: &ModelWeights, b: &ModelWeights, cfg: &limo_model::Qwe
 
 fn load_err(dir: &Path) -> String {
     load_checkpoint(dir, DType::F32, &Device::Cpu)
-        .err()
-        .expect("load must fail")
+        .expect_err("load must fail")
         .to_string()
 }
 
