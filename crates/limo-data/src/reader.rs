@@ -120,6 +120,22 @@ fn read_json_array(path: &Path) -> Result<Vec<RawRecord>> {
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<RawRecord>> {
+    // The parquet crate's row API panics (`unimplemented!`) on some column types instead of
+    // returning an error; a bad file must give an error, not a crash.
+    std::panic::catch_unwind(|| read_parquet_rows(path)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown reason".into());
+        Err(DataError::file(
+            path,
+            format!("the Parquet reader failed: {why}"),
+        ))
+    })
+}
+
+fn read_parquet_rows(path: &Path) -> Result<Vec<RawRecord>> {
     use parquet::file::reader::SerializedFileReader;
 
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
