@@ -135,3 +135,41 @@ fn build_row(examples: &[Example], members: Vec<usize>) -> PackedRow {
     }
     row
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(len: usize, id: u32) -> Example {
+        Example {
+            input_ids: vec![id; len],
+            labels: vec![i64::from(id); len],
+        }
+    }
+
+    #[test]
+    fn best_fit_decreasing_fills_the_tightest_row() {
+        // Lengths 5, 4, 3, 2, 1 into rows of 6: 5 | 4 | 3 open three rows; 2 goes to the row with
+        // room 2 (not room 3), 1 to the row with room 1.
+        let examples: Vec<Example> = [5, 4, 3, 2, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| example(n, i as u32))
+            .collect();
+        let rows = pack(&examples, 6).unwrap();
+        let members: Vec<Vec<usize>> = rows.iter().map(|r| r.examples.clone()).collect();
+        assert_eq!(members, vec![vec![0, 4], vec![1, 3], vec![2]]);
+        assert_eq!(rows[0].position_ids, vec![0, 1, 2, 3, 4, 0]);
+        assert_eq!(rows[0].labels, vec![-100, 0, 0, 0, 0, -100]);
+        assert_eq!(rows[1].cu_seqlens(), vec![0, 4, 6]);
+        assert_eq!(document_ids(&rows[1].position_ids), vec![0, 0, 0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn empty_examples_are_refused() {
+        let err = pack(&[example(2, 1), example(0, 2)], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("example 1 is empty"), "{err}");
+    }
+}
