@@ -91,7 +91,10 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
             "loss".into(),
             Tensor::new(out.loss(), &Device::Cpu)?.to_dtype(dtype)?,
         ),
-        ("per_token_loss".into(), out.per_token_loss.clone()),
+        (
+            "per_token_loss".into(),
+            per_token_rows(&out.per_token_loss, &batch)?,
+        ),
     ];
     let mut norm_sq = 0.0;
     for (name, grad) in out.grads.named(&cfg) {
@@ -118,4 +121,14 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
     .with_context(|| format!("{}", args.out.display()))?;
     println!("{summary}");
     Ok(())
+}
+
+/// `[rows, T]` when every row has the same length (the goldens' layout), else the flat `[N]`.
+fn per_token_rows(per_token: &Tensor, batch: &Batch) -> anyhow::Result<Tensor> {
+    let lengths: Vec<usize> = batch.row_offsets.windows(2).map(|w| w[1] - w[0]).collect();
+    if lengths.windows(2).all(|w| w[0] == w[1]) {
+        Ok(per_token.reshape((batch.rows(), lengths[0]))?)
+    } else {
+        Ok(per_token.clone())
+    }
 }

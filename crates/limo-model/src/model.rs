@@ -12,17 +12,17 @@ use crate::{Error, ModelWeights, Qwen2Config, Result};
 /// Token chunk of the fused head + loss: 1024 x 152k vocabulary is 600 MiB of f32 logits.
 pub const DEFAULT_LOSS_CHUNK: usize = 1024;
 
-/// A batch flattened to the token layout of the model.
+/// A batch flattened to the token layout of the model: rows (of any lengths) concatenated.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    pub rows: usize,
-    pub seq_len: usize,
-    /// `[rows * seq_len]` token ids.
+    /// Where each row starts and ends on the flat token axis: `[0, end_0, end_1, ..]`.
+    pub row_offsets: Vec<usize>,
+    /// `[N]` token ids.
     pub input_ids: Vec<u32>,
-    /// `[rows * seq_len]` targets after the causal shift: token t predicts `targets[t]`,
-    /// which is `labels[t + 1]` of the same row; [`IGNORE_INDEX`] at the end of every row.
+    /// `[N]` targets after the causal shift: token t predicts `targets[t]`, which is
+    /// `labels[t + 1]` of the same row; [`IGNORE_INDEX`] at the end of every row.
     pub targets: Vec<i64>,
-    /// `[rows * seq_len]` rotary positions.
+    /// `[N]` rotary positions.
     pub positions: Vec<u32>,
     /// Document boundaries over the flattened tokens: every row starts a document, and so does
     /// every token whose position restarts at 0 (packed rows).
@@ -32,17 +32,16 @@ pub struct Batch {
 impl Batch {
     /// Builds a batch from rows in the Hugging Face convention: `labels` aligned with
     /// `input_ids` (-100 = not a target) and optional `position_ids` restarting at 0 for every
-    /// packed document. Rows must have equal length.
+    /// packed document. Rows may differ in length; none may be empty.
     pub fn from_rows(
         input_ids: &[Vec<u32>],
         labels: &[Vec<i64>],
         position_ids: Option<&[Vec<u32>]>,
     ) -> Result<Self> {
         let rows = input_ids.len();
-        let seq_len = input_ids.first().map_or(0, Vec::len);
         let bad = |m: String| Err(Error::Config(m));
-        if rows == 0 || seq_len == 0 {
-            return bad("batch: no tokens".into());
+        if rows == 0 {
+            return bad("batch: no rows".into());
         }
         if labels.len() != rows {
             return bad(format!(
@@ -59,18 +58,18 @@ impl Batch {
             }
         }
         let mut batch = Batch {
-            rows,
-            seq_len,
-            input_ids: Vec::with_capacity(rows * seq_len),
-            targets: Vec::with_capacity(rows * seq_len),
-            positions: Vec::with_capacity(rows * seq_len),
+            row_offsets: vec![0],
+            input_ids: Vec::new(),
+            targets: Vec::new(),
+            positions: Vec::new(),
             cu_seqlens: vec![0],
         };
         for r in 0..rows {
             let (ids, lab) = (&input_ids[r], &labels[r]);
-            if ids.len() != seq_len || lab.len() != seq_len {
+            let seq_len = ids.len();
+            if seq_len == 0 || lab.len() != seq_len {
                 return bad(format!(
-                    "batch: row {r} has {} input_ids and {} labels; every row needs {seq_len}",
+                    "batch: row {r} has {} input_ids and {} labels; they must match and not be empty",
                     ids.len(),
                     lab.len()
                 ));
@@ -90,7 +89,7 @@ impl Batch {
                 Some(p) => p[r].clone(),
                 None => (0..seq_len as u32).collect(),
             };
-            let row_start = r * seq_len;
+            let row_start = batch.input_ids.len();
             for (t, &p) in pos.iter().enumerate().skip(1) {
                 if p == 0 {
                     batch.cu_seqlens.push(row_start + t);
@@ -102,12 +101,17 @@ impl Batch {
                 .targets
                 .extend(lab[1..].iter().copied().chain([IGNORE_INDEX]));
             batch.positions.extend(pos);
+            batch.row_offsets.push(batch.input_ids.len());
         }
         Ok(batch)
     }
 
     pub fn tokens(&self) -> usize {
-        self.rows * self.seq_len
+        self.input_ids.len()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.row_offsets.len() - 1
     }
 
     pub fn n_targets(&self) -> usize {
@@ -120,7 +124,7 @@ pub struct LossAndGrads {
     /// Sum of per-token losses of the batch's targets.
     pub loss_sum: f64,
     pub n_targets: usize,
-    /// `[rows, seq_len]` per-token cross-entropy, 0 where not a target.
+    /// `[N]` per-token cross-entropy on the flat token axis, 0 where not a target.
     pub per_token_loss: Tensor,
     /// Gradients of `grad_scale * loss_sum`, one per parameter.
     pub grads: ModelWeights,
@@ -205,7 +209,7 @@ pub fn loss_and_grads(
     Ok(LossAndGrads {
         loss_sum: head.loss_sum,
         n_targets: head.n_targets,
-        per_token_loss: head.per_token_loss.reshape((batch.rows, batch.seq_len))?,
+        per_token_loss: head.per_token_loss,
         grads: ModelWeights {
             embed: d_embed,
             layers: layer_grads,
