@@ -2,7 +2,9 @@
 
 mod cmd_data;
 mod cmd_debug;
+mod cmd_export;
 mod cmd_init;
+mod cmd_train;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a model (with no --config: the embedded default run on generated data).
+    Train(cmd_train::TrainArgs),
+    /// Write a checkpoint as a Hugging Face model directory.
+    Export(cmd_export::ExportArgs),
     /// Inspect datasets exactly as the trainer will see them.
     #[command(subcommand)]
     Data(cmd_data::DataCommand),
@@ -39,6 +45,8 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => cmd_train::run(args),
+        Command::Export(args) => cmd_export::run(args),
         Command::Data(cmd) => cmd_data::run(cmd),
         Command::InitModel(args) => cmd_init::run(args),
         Command::Debug(cmd) => cmd_debug::run(cmd),

@@ -21,6 +21,9 @@ pub enum Format {
     Messages,
     /// `instruction`, `input`, `output` (Stanford Alpaca).
     Alpaca,
+    /// Already tokenized: `{"input_ids", "labels", "position_ids"?}` per line, as
+    /// `limo data dump` writes it. Taken as is by the trainer (no template, no tokenizer).
+    Tokenized,
 }
 
 impl std::str::FromStr for Format {
@@ -30,8 +33,9 @@ impl std::str::FromStr for Format {
             "limo" => Ok(Format::Limo),
             "messages" => Ok(Format::Messages),
             "alpaca" => Ok(Format::Alpaca),
+            "tokenized" => Ok(Format::Tokenized),
             other => Err(DataError::Config(format!(
-                "unknown format `{other}` (expected limo, messages or alpaca)"
+                "unknown format `{other}` (expected limo, messages, alpaca or tokenized)"
             ))),
         }
     }

@@ -55,6 +55,11 @@ pub fn parse_record(
         Format::Limo => limo_turns(object, columns)?,
         Format::Alpaca => alpaca_turns(object, columns)?,
         Format::Messages => return messages_conversation(object, columns, system),
+        Format::Tokenized => {
+            return Err(FieldError::record(
+                "tokenized rows carry no conversation; the trainer reads them as they are",
+            ))
+        }
     };
     Ok(Conversation { system, turns })
 }

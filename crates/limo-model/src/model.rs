@@ -238,3 +238,32 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         ))),
     }
 }
+
+/// Logits `[vocab]` of the next token after `ids` (one sequence, positions from 0), forward
+/// only: what greedy decoding needs. No cache: each call runs the whole sequence.
+pub fn next_token_logits(cfg: &Qwen2Config, w: &ModelWeights, ids: &[u32]) -> Result<Tensor> {
+    let device = w.embed.device().clone();
+    let positions: Vec<u32> = (0..ids.len() as u32).collect();
+    let rope = RopeTables::new(
+        &positions,
+        cfg.head_dim,
+        cfg.rope_theta,
+        w.embed.dtype(),
+        &device,
+    )?;
+    let cu_seqlens = [0, ids.len()];
+    let ctx = LayerContext {
+        config: cfg,
+        rope: &rope,
+        cu_seqlens: &cu_seqlens,
+    };
+    let mut x = w
+        .embed
+        .index_select(&Tensor::from_slice(ids, ids.len(), &device)?, 0)?;
+    for layer in &w.layers {
+        x = layer_forward(layer, &x, &ctx)?.0;
+    }
+    let last = x.narrow(0, ids.len() - 1, 1)?;
+    let (normed, _) = rms_norm_forward(&last, &w.final_norm, cfg.rms_norm_eps)?;
+    Ok(normed.matmul(&w.head().t()?)?.squeeze(0)?)
+}

@@ -1,0 +1,41 @@
+//! `limo train`: the main job.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use limo_train::config::TINY_TOML;
+use limo_train::{train, RunOptions, TrainConfig};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Run configuration (TOML). Without it, the embedded default (configs/tiny.toml) runs.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config field, e.g. --set train.lr=1e-5 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Resume from `latest` (the default when given without a value) or a checkpoint directory.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    resume: Option<String>,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => TrainConfig::from_file(path, &args.overrides)?,
+        None => TrainConfig::parse(TINY_TOML, "configs/tiny.toml (embedded)", &args.overrides)?,
+    };
+    let options = RunOptions {
+        resume: args.resume,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let summary = train(&config, &options)?;
+    println!(
+        "trained {} steps: loss {:.4} -> {:.4}; output in {}",
+        summary.steps,
+        summary.first_loss,
+        summary.last_loss,
+        summary.output.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The run configuration: a TOML file with `[model]`, `[data]`, `[train]` and `[output]`
+//! sections. Unknown keys are errors that name the key; `--set section.key=value` overrides any
+//! field before validation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use limo_data::DataConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    /// The dataset, as `limo data` reads it (see limo-data's `DataConfig`). A `path` of
+    /// `builtin:arithmetic` generates the embedded default's arithmetic word problems.
+    pub data: DataConfig,
+    pub train: TrainSection,
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face checkpoint directory to fine-tune. Leave out to start from random weights
+    /// of `init` (tests, benchmarks, the embedded default).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Qwen2.5 shape for random initialization: tiny, 0.5b, 1.5b, 3b, 7b, 14b, 32b.
+    #[serde(default)]
+    pub init: Option<String>,
+    /// Overrides of the `init` shape's config.json fields (e.g. `{ hidden_size = 128 }`).
+    #[serde(default)]
+    pub init_overrides: toml::Table,
+    /// Seed of the random initialization.
+    #[serde(default)]
+    pub init_seed: u64,
+    /// tokenizer.json (or a directory holding one); default: the model directory's. The
+    /// embedded default uses `builtin:qwen2.5`, the Qwen2.5 tokenizer compiled into limo.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// Compute dtype: f32 or f64 on CPU. Master weights and Adam moments are f32 (f64 for f64).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// cosine, linear or constant (after warmup).
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Linear warmup steps: update k < warmup uses lr * k / warmup (update 0 uses lr 0).
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Passes over the dataset.
+    #[serde(default = "one")]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (default: epochs x steps per epoch).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Examples (rows) per micro-batch.
+    #[serde(default = "one")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step. The step's loss is the sum over all its target
+    /// tokens divided by their count, not a mean of micro-batch means.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Decoupled weight decay (AdamW), applied to every parameter.
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    #[serde(default = "default_eps")]
+    pub adam_eps: f64,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Seed of the data order.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Shuffle the examples every epoch (false: file order, wrapping around).
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Tokens per chunk of the fused head + loss.
+    #[serde(default = "default_loss_chunk")]
+    pub loss_chunk: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// Run directory: metrics.jsonl, loss.png, checkpoints/, model/ (the export).
+    pub dir: PathBuf,
+    /// Save a checkpoint every N optimizer steps (0 = only at epoch ends if enabled).
+    #[serde(default)]
+    pub save_steps: usize,
+    /// Save a checkpoint at the end of every epoch.
+    #[serde(default = "yes")]
+    pub save_every_epoch: bool,
+    /// Keep the last K checkpoints (older ones are deleted once a newer one is complete).
+    #[serde(default = "default_keep")]
+    pub keep_last: usize,
+    /// Export the final model to `<dir>/model` in this dtype (bf16 or f32); "none" skips it.
+    #[serde(default = "default_export_dtype")]
+    pub export_dtype: String,
+    /// Largest safetensors shard of the export, e.g. "5GB" or "500MB".
+    #[serde(default = "default_shard_size")]
+    pub max_shard_size: String,
+    /// After training, greedy-decode this many held-out examples and report boxed-answer
+    /// accuracy before and after (0 = off).
+    #[serde(default)]
+    pub eval_examples: usize,
+    /// Tokens generated per evaluated example.
+    #[serde(default = "default_max_new_tokens")]
+    pub eval_max_new_tokens: usize,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_schedule() -> String {
+    "cosine".into()
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_loss_chunk() -> usize {
+    limo_model::model::DEFAULT_LOSS_CHUNK
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_export_dtype() -> String {
+    "bf16".into()
+}
+fn default_shard_size() -> String {
+    "5GB".into()
+}
+fn default_max_new_tokens() -> usize {
+    64
+}
+
+/// The embedded default run (`limo train` with no `--config`).
+pub const TINY_TOML: &str = include_str!("../../../configs/tiny.toml");
+
+impl TrainConfig {
+    /// Parses TOML text, applies `section.key=value` overrides, and validates. `origin` names
+    /// the file in errors.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).with_context(|| origin.to_string())?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        // Round-trip through text so that serde errors carry the key and its position.
+        let merged = toml::to_string(&table)?;
+        let config: TrainConfig = toml::from_str(&merged).map_err(|e| {
+            let message = e.message().to_string();
+            anyhow::anyhow!("{origin}: {message}")
+        })?;
+        config.validate().with_context(|| origin.to_string())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let t = &self.train;
+        match (&self.model.path, &self.model.init) {
+            (Some(_), Some(_)) => bail!("model: give either path or init, not both"),
+            (None, None) => bail!("model: give path (a Hugging Face checkpoint) or init (a shape)"),
+            (Some(path), None) if !path.join("config.json").exists() => {
+                bail!("model.path: {} has no config.json", path.display())
+            }
+            _ => {}
+        }
+        if !matches!(self.model.dtype.as_str(), "f32" | "f64") {
+            bail!(
+                "model.dtype: {:?} is not supported on CPU (f32 or f64)",
+                self.model.dtype
+            );
+        }
+        if !matches!(t.schedule.as_str(), "cosine" | "linear" | "constant") {
+            bail!(
+                "train.schedule: {:?} (expected cosine, linear or constant)",
+                t.schedule
+            );
+        }
+        if !(t.lr >= 0.0 && t.lr.is_finite()) {
+            bail!("train.lr: {} must be a non-negative number", t.lr);
+        }
+        for (name, v) in [
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum", t.grad_accum),
+            ("train.epochs", t.epochs),
+        ] {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
+            bail!("train.adam_beta1/adam_beta2 must be in [0, 1)");
+        }
+        if !matches!(self.output.export_dtype.as_str(), "bf16" | "f32" | "none") {
+            bail!(
+                "output.export_dtype: {:?} (expected bf16, f32 or none)",
+                self.output.export_dtype
+            );
+        }
+        parse_size(&self.output.max_shard_size).context("output.max_shard_size")?;
+        self.data.validate().context("data")?;
+        Ok(())
+    }
+
+    /// A hash of everything that shapes the trajectory (model, data, train; not output), kept in
+    /// every checkpoint so a resume with a different recipe is refused.
+    pub fn trajectory_hash(&self) -> String {
+        let text =
+            serde_json::to_string(&(&self.model, &self.data, &self.train)).expect("serializable");
+        format!("{:016x}", fnv1a(text.as_bytes()))
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `section.key=value` (value in TOML syntax; bare words are strings).
+fn apply_override(table: &mut toml::Table, item: &str) -> anyhow::Result<()> {
+    let (path, raw) = item
+        .split_once('=')
+        .with_context(|| format!("--set {item}: expected section.key=value"))?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let (last, parents) = keys.split_last().expect("split gives one item");
+    let mut node = table;
+    for key in parents {
+        node = node
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {item}: {key} is not a section"))?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// "5GB", "500MB", "1.5GiB" or a plain byte count.
+pub fn parse_size(text: &str) -> anyhow::Result<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .with_context(|| format!("{text:?} is not a size like 5GB"))?;
+    let scale = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("{text:?}: unknown unit {other:?}"),
+    };
+    Ok((number * scale) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &[]).unwrap();
+        assert!(c.train.lr > 0.0);
+    }
+
+    #[test]
+    fn overrides_apply_and_unknown_keys_are_named() {
+        let c = TrainConfig::parse(
+            TINY_TOML,
+            "tiny.toml",
+            &["train.lr=1e-5".into(), "train.schedule=linear".into()],
+        )
+        .unwrap();
+        assert_eq!(c.train.lr, 1e-5);
+        assert_eq!(c.train.schedule, "linear");
+        let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.lrr=1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("lrr"), "{err:#}");
+        let err =
+            TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.lr=\"fast\"".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 * 1024 * 1024);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The limo trainer: run configuration, AdamW on fp32 master weights, learning-rate schedules,
+//! the training loop, checkpoints with exact resume, and export to Hugging Face format.
+
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod export;
+pub mod metrics;
+pub mod optim;
+pub mod order;
+pub mod schedule;
+pub mod source;
+pub mod synthetic;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{train, RunOptions, RunSummary};

@@ -1,0 +1,157 @@
+//! Where a run's model, tokenizer and rows come from: a Hugging Face checkpoint or a random
+//! initialization; a tokenizer file or the Qwen2.5 tokenizer built into limo; a dataset read by
+//! limo-data, a pre-tokenized JSONL file, or the generated arithmetic set of the default run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::DType;
+use limo_data::{load_dataset, ChatTokenizer, Format};
+
+use crate::config::TrainConfig;
+use crate::synthetic;
+
+/// The Qwen2.5 tokenizer, compiled in so the default run works from any directory.
+const QWEN25_TOKENIZER: &[u8] =
+    include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
+pub const BUILTIN_TOKENIZER: &str = "builtin:qwen2.5";
+pub const BUILTIN_ARITHMETIC: &str = "builtin:arithmetic";
+
+/// One training row: a single example, or several packed ones with positions restarting at 0.
+#[derive(Debug, Clone)]
+pub struct TrainingRow {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub position_ids: Option<Vec<u32>>,
+}
+
+pub struct PreparedModel {
+    pub dir: PathBuf,
+    /// tokenizer.json to use, if any.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Resolves the model directory (writing the random initialization into `<out>/init-model`
+/// when asked for one) and the tokenizer.
+pub fn prepare_model(config: &TrainConfig, out: &Path) -> anyhow::Result<PreparedModel> {
+    let dir = match (&config.model.path, &config.model.init) {
+        (Some(path), _) => path.clone(),
+        (None, Some(shape)) => {
+            let dir = out.join("init-model");
+            if !dir.join("config.json").exists() {
+                let mut model_config = limo_model::init::preset_config(shape)?;
+                for (key, value) in &config.model.init_overrides {
+                    model_config[key] = serde_json::to_value(value)?;
+                }
+                let tmp = out.join(".init-model.tmp");
+                let _ = std::fs::remove_dir_all(&tmp);
+                limo_model::init::write_random_checkpoint(
+                    &tmp,
+                    &model_config,
+                    DType::F32,
+                    config.model.init_seed,
+                    usize::MAX,
+                )?;
+                std::fs::rename(&tmp, &dir)?;
+            }
+            dir
+        }
+        (None, None) => bail!("model: give path or init"),
+    };
+    let tokenizer = match config.model.tokenizer.as_deref() {
+        Some(BUILTIN_TOKENIZER) => {
+            let path = out.join("tokenizer").join("tokenizer.json");
+            std::fs::create_dir_all(path.parent().expect("has parent"))?;
+            std::fs::write(&path, QWEN25_TOKENIZER)?;
+            Some(path)
+        }
+        Some(path) => Some(PathBuf::from(path)),
+        None if dir.join("tokenizer.json").exists() => Some(dir.join("tokenizer.json")),
+        None => None,
+    };
+    Ok(PreparedModel { dir, tokenizer })
+}
+
+/// Reads (or generates) the dataset and turns it into training rows.
+pub fn prepare_rows(
+    config: &TrainConfig,
+    tokenizer: Option<&ChatTokenizer>,
+    out: &Path,
+) -> anyhow::Result<Vec<TrainingRow>> {
+    let mut data = config.data.clone();
+    if data.path == BUILTIN_ARITHMETIC {
+        let path = out.join("data").join("arithmetic-train.jsonl");
+        synthetic::write_jsonl(
+            &path,
+            &synthetic::problems(config.train.seed, synthetic::TRAIN_PROBLEMS),
+        )?;
+        data.path = path.display().to_string();
+    }
+    if data.format == Format::Tokenized {
+        return read_tokenized(Path::new(&data.path));
+    }
+    let tokenizer = tokenizer.context("data: this format needs a tokenizer (model.tokenizer or tokenizer.json in the model directory)")?;
+    let dataset = load_dataset(&data, tokenizer)?;
+    let r = &dataset.report;
+    tracing::info!(report = ?r, "data loaded");
+    if data.packing {
+        let packed = dataset.packed(data.cutoff_len)?;
+        return Ok(packed
+            .into_iter()
+            .map(|p| TrainingRow {
+                input_ids: p.input_ids,
+                labels: p.labels,
+                position_ids: Some(p.position_ids),
+            })
+            .collect());
+    }
+    Ok(dataset
+        .examples
+        .into_iter()
+        .map(|e| TrainingRow {
+            input_ids: e.input_ids,
+            labels: e.labels,
+            position_ids: None,
+        })
+        .collect())
+}
+
+/// JSONL of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
+/// dump` writes), taken as is.
+pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        input_ids: Vec<u32>,
+        labels: Vec<i64>,
+        position_ids: Option<Vec<u32>>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = || format!("{}: row {}", path.display(), i + 1);
+        let l: Line = serde_json::from_str(line).with_context(at)?;
+        if l.input_ids.is_empty() || l.labels.len() != l.input_ids.len() {
+            bail!(
+                "{}: input_ids and labels must be non-empty and of equal length",
+                at()
+            );
+        }
+        if l.position_ids
+            .as_ref()
+            .is_some_and(|p| p.len() != l.input_ids.len())
+        {
+            bail!("{}: position_ids must have one entry per token", at());
+        }
+        rows.push(TrainingRow {
+            input_ids: l.input_ids,
+            labels: l.labels,
+            position_ids: l.position_ids,
+        });
+    }
+    Ok(rows)
+}
