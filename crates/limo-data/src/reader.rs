@@ -51,6 +51,9 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
     })?;
     match kind {
         FileKind::Jsonl => read_jsonl(path),
+        // Hub repositories often name JSON Lines files `.json`; like HF `datasets`, a `.json`
+        // file that starts with an object is read as JSON Lines.
+        FileKind::Json if starts_with_object(path)? => read_jsonl(path),
         FileKind::Json => read_json_array(path),
         FileKind::Parquet => read_parquet(path),
     }
@@ -61,6 +64,15 @@ fn location(path: &Path, row: usize) -> RowLocation {
         file: path.to_path_buf(),
         row,
     }
+}
+
+fn starts_with_object(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .map_err(|e| DataError::io(path, e))?;
+    Ok(head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>> {
@@ -229,12 +241,18 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].location.row, 2);
 
-        let object = write(&dir, "object.json", br#"{"a": 1}"#);
-        let err = read_records(&object).unwrap_err().to_string();
+        let number = write(&dir, "number.json", b"42");
+        let err = read_records(&number).unwrap_err().to_string();
         assert!(
-            err.contains("object.json") && err.contains("JSON array"),
+            err.contains("number.json") && err.contains("JSON array"),
             "{err}"
         );
+
+        // JSON Lines under a .json name, as on the Hub.
+        let lines = write(&dir, "lines.json", b"{\"a\": 1}\n{\"a\": 2}\n");
+        let records = read_records(&lines).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].value.as_ref().unwrap()["a"], 2);
 
         let broken = write(&dir, "broken.json", b"[{\"a\": 1},\n {\"a\" 2}]");
         let err = read_records(&broken).unwrap_err().to_string();
