@@ -90,12 +90,15 @@ fn missing_field_wrong_type_empty_answer_and_unknown_role() {
             "row 2: field `output`: expected a string, found a list",
         ),
     ];
+    // A valid first row of the same format, so the bad one is row 2.
     let first_row = |format: Format| {
-        match format {
-        Format::Limo => GOOD.to_string(),
-        Format::Messages => r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#.into(),
-        Format::Alpaca => r#"{"instruction": "i", "output": "o"}"#.into(),
-    }
+        if format == Format::Messages {
+            r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#
+        } else if format == Format::Alpaca {
+            r#"{"instruction": "i", "output": "o"}"#
+        } else {
+            GOOD
+        }
     };
     for (i, (bad, format, expected)) in cases.iter().enumerate() {
         let path = write(
