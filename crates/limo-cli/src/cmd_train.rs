@@ -30,6 +30,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let summary = train(&config, &options)?;
+    if let Some((before, after)) = &summary.evaluation {
+        for (question, answer) in after.samples.iter().take(3) {
+            println!("Q: {question}\nA (greedy, after training): {answer}\n");
+        }
+        println!(
+            "boxed-answer accuracy on {} held-out problems: {:.1}% before training, {:.1}% after",
+            after.total,
+            100.0 * before.accuracy(),
+            100.0 * after.accuracy()
+        );
+    }
     println!(
         "trained {} steps: loss {:.4} -> {:.4}; output in {}",
         summary.steps,

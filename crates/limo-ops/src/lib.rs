@@ -9,6 +9,7 @@
 //! concatenated, documents given by cumulative offsets (`cu_seqlens`), heads as
 //! `[N, heads, head_dim]`.
 
+pub mod adamw;
 pub mod attention;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
@@ -20,6 +21,7 @@ mod testing;
 
 use candle_core::{DType, Result, Tensor};
 
+pub use adamw::{adamw_update, sum_of_squares, AdamWStep};
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
 pub use linear_cross_entropy::{linear_cross_entropy, LinearCrossEntropy, IGNORE_INDEX};
 pub use rms_norm::{rms_norm_backward, rms_norm_forward};

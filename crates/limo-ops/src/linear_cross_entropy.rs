@@ -7,6 +7,7 @@
 //! caller knows the loss scale up front: the step's target count (DESIGN.md choice 5).
 
 use candle_core::{DType, Result, Tensor, D};
+use rayon::prelude::*;
 
 use crate::upcast;
 
@@ -64,36 +65,13 @@ pub fn linear_cross_entropy(
     for start in (0..n).step_by(chunk_tokens) {
         let len = chunk_tokens.min(n - start);
         let chunk_targets = &targets[start..start + len];
-        let is_target: Vec<f32> = chunk_targets
-            .iter()
-            .map(|&t| if t == IGNORE_INDEX { 0.0 } else { 1.0 })
-            .collect();
-        let is_target = Tensor::from_vec(is_target, (len, 1), device)?.to_dtype(dtype)?;
-        let index: Vec<u32> = chunk_targets.iter().map(|&t| t.max(0) as u32).collect();
-        let index = Tensor::from_vec(index, (len, 1), device)?;
-
         let h = upcast(&hidden.narrow(0, start, len)?)?;
         let logits = h.matmul(&w.t()?)?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let lse = (logits
-            .broadcast_sub(&max)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            + max)?;
-        let target_logit = logits.gather(&index, 1)?;
-        let loss = ((lse.clone() - target_logit)? * &is_target)?;
+        let (loss, d_logits) = softmax_cross_entropy(&logits, chunk_targets, grad_scale)?;
         loss_sum += loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        per_token.push(loss.squeeze(1)?);
+        per_token.push(loss);
 
-        if let Some(scale) = grad_scale {
-            // d loss / d logits = softmax - one_hot(target), zero for non-targets.
-            let row_scale = (is_target * scale)?;
-            let probs = logits.broadcast_sub(&lse)?.exp()?;
-            let d_logits =
-                probs
-                    .broadcast_mul(&row_scale)?
-                    .scatter_add(&index, &row_scale.neg()?, 1)?;
+        if let Some(d_logits) = d_logits {
             d_hidden.push(d_logits.matmul(&w)?.to_dtype(hidden.dtype())?);
             let dw = d_logits.t()?.matmul(&h)?;
             d_weight = Some(match d_weight {
@@ -124,6 +102,123 @@ pub fn linear_cross_entropy(
         d_hidden,
         d_weight,
     })
+}
+
+/// Per-row cross-entropy `[len]` of `logits [len, V]` against `targets`, and, with
+/// `grad_scale = Some(s)`, `d logits = s * (softmax - one_hot(target))` (zero rows for
+/// non-targets). On CPU one fused pass per row does it (the candle version makes ~8 full
+/// `[len, V]` temporaries, which dominated CPU training time); elsewhere, tensor ops.
+pub fn softmax_cross_entropy(
+    logits: &Tensor,
+    targets: &[i64],
+    grad_scale: Option<f64>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let logits = logits.contiguous()?;
+    if logits.device().is_cpu() {
+        match logits.dtype() {
+            DType::F32 => return fused_cpu::<f32>(&logits, targets, grad_scale),
+            DType::F64 => return fused_cpu::<f64>(&logits, targets, grad_scale),
+            _ => {}
+        }
+    }
+    softmax_cross_entropy_tensor_ops(&logits, targets, grad_scale)
+}
+
+/// The device-generic version: the reference the fused ones are checked against.
+pub fn softmax_cross_entropy_tensor_ops(
+    logits: &Tensor,
+    targets: &[i64],
+    grad_scale: Option<f64>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (len, _) = logits.dims2()?;
+    let (device, dtype) = (logits.device(), logits.dtype());
+    let is_target: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t == IGNORE_INDEX { 0.0 } else { 1.0 })
+        .collect();
+    let is_target = Tensor::from_vec(is_target, (len, 1), device)?.to_dtype(dtype)?;
+    let index: Vec<u32> = targets.iter().map(|&t| t.max(0) as u32).collect();
+    let index = Tensor::from_vec(index, (len, 1), device)?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let lse = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + max)?;
+    let target_logit = logits.gather(&index, 1)?;
+    let loss = ((lse.clone() - target_logit)? * &is_target)?.squeeze(1)?;
+    let d_logits = match grad_scale {
+        Some(scale) => {
+            let row_scale = (is_target * scale)?;
+            let probs = logits.broadcast_sub(&lse)?.exp()?;
+            Some(
+                probs
+                    .broadcast_mul(&row_scale)?
+                    .scatter_add(&index, &row_scale.neg()?, 1)?,
+            )
+        }
+        None => None,
+    };
+    Ok((loss, d_logits))
+}
+
+fn fused_cpu<F>(
+    logits: &Tensor,
+    targets: &[i64],
+    grad_scale: Option<f64>,
+) -> Result<(Tensor, Option<Tensor>)>
+where
+    F: candle_core::WithDType + num_traits::Float + num_traits::NumAssign + Send + Sync,
+{
+    let (len, vocab) = logits.dims2()?;
+    let values = logits.flatten_all()?.to_vec1::<F>()?;
+    let scale = F::from(grad_scale.unwrap_or(0.0)).expect("representable");
+    let mut losses = vec![F::zero(); len];
+    let mut grads = vec![F::zero(); if grad_scale.is_some() { len * vocab } else { 0 }];
+    // Rows are independent: one task per row, on all cores.
+    let row_grads: Vec<&mut [F]> = if grad_scale.is_some() {
+        grads.chunks_mut(vocab).collect()
+    } else {
+        (0..len).map(|_| Default::default()).collect()
+    };
+    losses
+        .par_iter_mut()
+        .zip(row_grads)
+        .enumerate()
+        .for_each(|(row, (loss, d))| {
+            let target = targets[row];
+            if target == IGNORE_INDEX {
+                return;
+            }
+            let x = &values[row * vocab..(row + 1) * vocab];
+            let max = x
+                .iter()
+                .copied()
+                .fold(F::neg_infinity(), num_traits::Float::max);
+            let sum = if d.is_empty() {
+                x.iter().fold(F::zero(), |acc, &v| acc + (v - max).exp())
+            } else {
+                // Keep exp(x - max) for the gradient: one exp per logit.
+                let mut sum = F::zero();
+                for (d, &v) in d.iter_mut().zip(x) {
+                    *d = (v - max).exp();
+                    sum += *d;
+                }
+                let factor = scale / sum;
+                d.iter_mut().for_each(|d| *d *= factor);
+                d[target as usize] -= scale;
+                sum
+            };
+            *loss = max + sum.ln() - x[target as usize];
+        });
+    let grads = grad_scale.map(|_| grads);
+    let device = logits.device();
+    let loss = Tensor::from_vec(losses, len, device)?;
+    let d_logits = grads
+        .map(|g| Tensor::from_vec(g, (len, vocab), device))
+        .transpose()?;
+    Ok((loss, d_logits))
 }
 
 #[cfg(test)]
@@ -175,6 +270,30 @@ mod tests {
             assert_eq!(per_token[1], 0.0);
             assert_eq!(per_token[4], 0.0);
             assert!((per_token.iter().sum::<f64>() - loss_ref).abs() < 1e-12);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_cpu_softmax_matches_tensor_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = (rand_tensor(&[6, 50], 30, &dev)? * 8.0)?;
+        let targets = [4, IGNORE_INDEX, 49, 0, 17, IGNORE_INDEX];
+        for dtype in [DType::F64, DType::F32] {
+            let logits = logits.to_dtype(dtype)?;
+            let (loss, grad) = softmax_cross_entropy(&logits, &targets, Some(0.3))?;
+            let (loss_ref, grad_ref) =
+                softmax_cross_entropy_tensor_ops(&logits, &targets, Some(0.3))?;
+            let tol = if dtype == DType::F64 { 1e-14 } else { 1e-6 };
+            assert_close(&loss, &loss_ref, tol, "loss")?;
+            assert_close(
+                grad.as_ref().unwrap(),
+                grad_ref.as_ref().unwrap(),
+                tol,
+                "d_logits",
+            )?;
+            let (_, none) = softmax_cross_entropy(&logits, &targets, None)?;
+            assert!(none.is_none());
         }
         Ok(())
     }

@@ -1,10 +1,9 @@
-//! AdamW with decoupled weight decay over master weights and moments kept in f32 (f64 when
-//! the run is in f64), one tensor per parameter in checkpoint order. Matches
-//! `torch.optim.AdamW`:
-//! `p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;`
-//! `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+//! AdamW with decoupled weight decay over master weights and moments kept as flat f32 buffers
+//! (f64 when the run is in f64), one per parameter in checkpoint order. The update itself is
+//! limo-ops' fused `adamw_update`, which follows `torch.optim.AdamW` exactly.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use limo_ops::{adamw_update, sum_of_squares, AdamWStep};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWSettings {
@@ -14,14 +13,43 @@ pub struct AdamWSettings {
     pub weight_decay: f64,
 }
 
-/// Optimizer state: master weights, first and second moments, and the update count.
-pub struct AdamW {
-    pub settings: AdamWSettings,
-    pub master: Vec<Tensor>,
-    pub exp_avg: Vec<Tensor>,
-    pub exp_avg_sq: Vec<Tensor>,
-    /// Updates applied so far (t of the bias corrections is `updates + 1` for the next one).
-    pub updates: u64,
+/// A flat host buffer in the master dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Flat {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Flat {
+    /// `t` flattened, converted to `dtype` (f32 or f64).
+    pub fn from_tensor(t: &Tensor, dtype: DType) -> Result<Self> {
+        let flat = t.flatten_all()?.to_dtype(dtype)?;
+        Ok(match dtype {
+            DType::F64 => Flat::F64(flat.to_vec1()?),
+            _ => Flat::F32(flat.to_vec1()?),
+        })
+    }
+
+    pub fn to_tensor(&self, shape: &[usize], device: &Device) -> Result<Tensor> {
+        match self {
+            Flat::F32(v) => Tensor::from_slice(v, shape, device),
+            Flat::F64(v) => Tensor::from_slice(v, shape, device),
+        }
+    }
+
+    fn zeros_like(&self) -> Self {
+        match self {
+            Flat::F32(v) => Flat::F32(vec![0.0; v.len()]),
+            Flat::F64(v) => Flat::F64(vec![0.0; v.len()]),
+        }
+    }
+
+    fn sum_of_squares(&self) -> f64 {
+        match self {
+            Flat::F32(v) => sum_of_squares(v),
+            Flat::F64(v) => sum_of_squares(v),
+        }
+    }
 }
 
 /// The dtype of master weights and moments for a compute dtype.
@@ -33,18 +61,28 @@ pub fn master_dtype(compute: DType) -> DType {
     }
 }
 
+/// Optimizer state: master weights, first and second moments, and the update count.
+pub struct AdamW {
+    pub settings: AdamWSettings,
+    pub shapes: Vec<Vec<usize>>,
+    pub master: Vec<Flat>,
+    pub exp_avg: Vec<Flat>,
+    pub exp_avg_sq: Vec<Flat>,
+    /// Updates applied so far.
+    pub updates: u64,
+}
+
 impl AdamW {
     pub fn new(settings: AdamWSettings, weights: &[&Tensor]) -> Result<Self> {
-        let master: Vec<Tensor> = weights
+        let master: Vec<Flat> = weights
             .iter()
-            .map(|w| w.to_dtype(master_dtype(w.dtype())))
+            .map(|w| Flat::from_tensor(w, master_dtype(w.dtype())))
             .collect::<Result<_>>()?;
-        let zeros: Vec<Tensor> = master
-            .iter()
-            .map(|m| m.zeros_like())
-            .collect::<Result<_>>()?;
+        let zeros: Vec<Flat> = master.iter().map(Flat::zeros_like).collect();
+        let shapes = weights.iter().map(|w| w.dims().to_vec()).collect();
         Ok(Self {
             settings,
+            shapes,
             exp_avg: zeros.clone(),
             exp_avg_sq: zeros,
             master,
@@ -52,49 +90,57 @@ impl AdamW {
         })
     }
 
-    /// Applies one update with learning rate `lr` to every parameter, given gradients already
-    /// clipped, in the same order as the master weights.
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
-        let AdamWSettings {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.settings;
-        let t = (self.updates + 1) as i32;
-        let bias1 = 1.0 - beta1.powi(t);
-        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
-        let step_size = lr / bias1;
+    pub fn master_dtype(&self) -> DType {
+        match self.master.first() {
+            Some(Flat::F64(_)) => DType::F64,
+            _ => DType::F32,
+        }
+    }
+
+    /// One update with learning rate `lr` from gradients (flat, master dtype, checkpoint
+    /// order), each multiplied by `grad_scale` (the clipping coefficient) first.
+    pub fn step(&mut self, grads: &[Flat], lr: f64, grad_scale: f64) {
+        let s = self.settings;
+        let hyper = AdamWStep {
+            lr,
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+            weight_decay: s.weight_decay,
+            t: self.updates + 1,
+            grad_scale,
+        };
         for (i, grad) in grads.iter().enumerate() {
-            let g = grad.to_dtype(self.master[i].dtype())?;
-            let p = if weight_decay != 0.0 {
-                (&self.master[i] * (1.0 - lr * weight_decay))?
-            } else {
-                self.master[i].clone()
-            };
-            let m = ((&self.exp_avg[i] * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((&self.exp_avg_sq[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let denom = ((v.sqrt()? / bias2_sqrt)? + eps)?;
-            self.master[i] = (p - ((&m / denom)? * step_size)?)?;
-            self.exp_avg[i] = m;
-            self.exp_avg_sq[i] = v;
+            match (
+                &mut self.master[i],
+                grad,
+                &mut self.exp_avg[i],
+                &mut self.exp_avg_sq[i],
+            ) {
+                (Flat::F32(p), Flat::F32(g), Flat::F32(m), Flat::F32(v)) => {
+                    adamw_update(p, g, m, v, &hyper)
+                }
+                (Flat::F64(p), Flat::F64(g), Flat::F64(m), Flat::F64(v)) => {
+                    adamw_update(p, g, m, v, &hyper)
+                }
+                _ => panic!("AdamW::step: gradient {i} is not in the master dtype"),
+            }
         }
         self.updates += 1;
-        Ok(())
+    }
+
+    /// Tensors of one of the state lists, shaped like the parameters.
+    pub fn tensors(&self, list: &[Flat], device: &Device) -> Result<Vec<Tensor>> {
+        list.iter()
+            .zip(&self.shapes)
+            .map(|(f, shape)| f.to_tensor(shape, device))
+            .collect()
     }
 }
 
 /// Global L2 norm of all gradients, accumulated in f64.
-pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sum = 0.0;
-    for g in grads {
-        sum += g
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-    }
-    Ok(sum.sqrt())
+pub fn global_norm(grads: &[Flat]) -> f64 {
+    grads.iter().map(Flat::sum_of_squares).sum::<f64>().sqrt()
 }
 
 /// transformers' clipping coefficient: `min(1, max_norm / (norm + 1e-6))`.
@@ -108,13 +154,12 @@ pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn one_update_matches_the_closed_form() -> Result<()> {
         let dev = Device::Cpu;
         let w = Tensor::new(&[1.0f64, -2.0], &dev)?;
-        let g = Tensor::new(&[0.5f64, 0.25], &dev)?;
+        let g = Flat::F64(vec![0.5, 0.25]);
         let settings = AdamWSettings {
             beta1: 0.9,
             beta2: 0.999,
@@ -122,9 +167,9 @@ mod tests {
             weight_decay: 0.1,
         };
         let mut opt = AdamW::new(settings, &[&w])?;
-        opt.step(std::slice::from_ref(&g), 0.01)?;
+        opt.step(std::slice::from_ref(&g), 0.01, 1.0);
         // After one update m/(1-b1) = g and sqrt(v/(1-b2)) = |g|: p' = p(1 - lr wd) - lr g/(|g| + eps).
-        let got: Vec<f64> = opt.master[0].to_vec1()?;
+        let got: Vec<f64> = opt.tensors(&opt.master, &dev)?[0].to_vec1()?;
         let expect = [
             1.0 * (1.0 - 0.001) - 0.01 * 0.5 / (0.5 + 1e-8),
             -2.0 * (1.0 - 0.001) - 0.01 * 0.25 / (0.25 + 1e-8),
@@ -133,6 +178,10 @@ mod tests {
             assert!((a - b).abs() < 1e-15, "{a} vs {b}");
         }
         assert_eq!(opt.updates, 1);
+        assert_eq!(
+            global_norm(&[Flat::F32(vec![3.0]), Flat::F64(vec![4.0])]),
+            5.0
+        );
         Ok(())
     }
 

@@ -14,11 +14,13 @@ use limo_model::{loss_and_grads, Batch, ModelWeights, Qwen2Config};
 
 use crate::checkpoint::{self, Manifest, RankState, SideFile};
 use crate::config::{parse_size, TrainConfig};
+use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{self, StepMetrics};
-use crate::optim::{clip_coefficient, global_norm, master_dtype, AdamW, AdamWSettings};
+use crate::optim::{clip_coefficient, global_norm, master_dtype, AdamW, AdamWSettings, Flat};
 use crate::order::DataOrder;
 use crate::schedule::Schedule;
-use crate::source::{prepare_model, prepare_rows, TrainingRow};
+use crate::source::{prepare_model, prepare_rows, TrainingRow, BUILTIN_ARITHMETIC};
+use crate::synthetic;
 
 /// How `limo train` was asked to run.
 #[derive(Default)]
@@ -35,6 +37,8 @@ pub struct RunSummary {
     pub first_loss: f64,
     pub last_loss: f64,
     pub output: PathBuf,
+    /// Held-out greedy evaluation before and after training (generated data only).
+    pub evaluation: Option<(Evaluation, Evaluation)>,
 }
 
 /// Everything the loop carries from step to step.
@@ -110,6 +114,19 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
         let _ = std::fs::remove_file(&metrics_path);
     }
 
+    let held_out = held_out_problems(config);
+    let eval_before = match (&tokenizer, held_out.is_empty()) {
+        (Some(tok), false) => Some(evaluate(
+            &state.cfg,
+            &state.weights,
+            tok,
+            config.data.system.as_deref(),
+            &held_out,
+            config.output.eval_max_new_tokens,
+        )?),
+        _ => None,
+    };
+
     let side_files = side_files(&model.dir, model.tokenizer.as_deref())?;
     let bar = progress_bar(options.progress, total_steps, state.step);
     tracing::info!(rows = rows.len(), total_steps, per_step, "training");
@@ -155,7 +172,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
         tracing::debug!(step = m.step, loss, lr, grad_norm, "step");
 
         let epoch_end = state.step.is_multiple_of(steps_per_epoch);
-        let due = (config.output.save_steps > 0 && state.step.is_multiple_of(config.output.save_steps))
+        let due = (config.output.save_steps > 0
+            && state.step.is_multiple_of(config.output.save_steps))
             || (config.output.save_every_epoch && epoch_end)
             || state.step == total_steps;
         if due {
@@ -180,7 +198,33 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
             parse_size(&config.output.max_shard_size)?,
         )?;
     }
+    let evaluation = match (eval_before, &tokenizer) {
+        (Some(before), Some(tok)) => {
+            let system = config.data.system.as_deref();
+            let after = evaluate(
+                &state.cfg,
+                &state.weights,
+                tok,
+                system,
+                &held_out,
+                config.output.eval_max_new_tokens,
+            )?;
+            let report = serde_json::json!({
+                "problems": held_out.len(),
+                "accuracy_before": before.accuracy(),
+                "accuracy_after": after.accuracy(),
+                "samples_after": after.samples.iter().map(|(q, a)| serde_json::json!({"question": q, "generated": a})).collect::<Vec<_>>(),
+            });
+            std::fs::write(
+                out.join("eval.json"),
+                serde_json::to_string_pretty(&report)?,
+            )?;
+            Some((before, after))
+        }
+        _ => None,
+    };
     Ok(RunSummary {
+        evaluation,
         steps: total_steps,
         first_loss: history.first().map_or(f64::NAN, |m| m.loss),
         last_loss: history.last().map_or(f64::NAN, |m| m.loss),
@@ -225,7 +269,12 @@ fn optimizer_step(
         });
     }
     let grads = grads.expect("at least one micro-batch");
-    let norm = global_norm(&grads)?;
+    let master = state.optimizer.master_dtype();
+    let grads: Vec<Flat> = grads
+        .iter()
+        .map(|g| Flat::from_tensor(g, master))
+        .collect::<candle_core::Result<_>>()?;
+    let norm = global_norm(&grads);
     if !norm.is_finite() {
         bail!(
             "step {}: gradient norm is {norm}; stopping before the weights are damaged",
@@ -233,26 +282,20 @@ fn optimizer_step(
         );
     }
     let coef = clip_coefficient(norm, config.train.max_grad_norm);
-    let grads: Vec<Tensor> = if coef < 1.0 {
-        grads
-            .iter()
-            .map(|g| g * coef)
-            .collect::<candle_core::Result<_>>()?
-    } else {
-        grads
-    };
-    state.optimizer.step(&grads, lr)?;
-    state.weights = compute_weights(&state.cfg, &state.optimizer.master, dtype)?;
+    state.optimizer.step(&grads, lr, coef);
+    state.weights = compute_weights(&state.cfg, &state.optimizer, dtype)?;
     Ok((loss_sum * scale, norm, coef))
 }
 
 /// The compute copy of the master weights.
 fn compute_weights(
     cfg: &Qwen2Config,
-    master: &[Tensor],
+    optimizer: &AdamW,
     dtype: DType,
 ) -> anyhow::Result<ModelWeights> {
-    let mut tensors = master.iter();
+    let mut tensors = optimizer
+        .tensors(&optimizer.master, &Device::Cpu)?
+        .into_iter();
     Ok(ModelWeights::build(cfg, |_| {
         Ok(tensors
             .next()
@@ -285,13 +328,14 @@ fn save(
         config_hash: config.trajectory_hash(),
         data_order: state.order.save(),
         params: params.to_vec(),
-        master_dtype: format!("{:?}", state.optimizer.master[0].dtype()).to_lowercase(),
+        master_dtype: format!("{:?}", state.optimizer.master_dtype()).to_lowercase(),
         files: Default::default(),
     };
+    let opt = &state.optimizer;
     let rank = RankState {
-        master: state.optimizer.master.clone(),
-        exp_avg: state.optimizer.exp_avg.clone(),
-        exp_avg_sq: state.optimizer.exp_avg_sq.clone(),
+        master: opt.tensors(&opt.master, &Device::Cpu)?,
+        exp_avg: opt.tensors(&opt.exp_avg, &Device::Cpu)?,
+        exp_avg_sq: opt.tensors(&opt.exp_avg_sq, &Device::Cpu)?,
     };
     let path = checkpoint::save(dir, manifest, &rank, side, config.output.keep_last)?;
     tracing::info!(step = state.step, path = %path.display(), "checkpoint saved");
@@ -325,13 +369,18 @@ fn restore(
     if rank.master.iter().any(|t| t.dtype() != want) {
         bail!("{}: master weights are not {want:?}", dir.display());
     }
-    state.optimizer.master = rank.master;
-    state.optimizer.exp_avg = rank.exp_avg;
-    state.optimizer.exp_avg_sq = rank.exp_avg_sq;
+    let flat = |list: Vec<Tensor>| {
+        list.iter()
+            .map(|t| Flat::from_tensor(t, want))
+            .collect::<candle_core::Result<Vec<_>>>()
+    };
+    state.optimizer.master = flat(rank.master)?;
+    state.optimizer.exp_avg = flat(rank.exp_avg)?;
+    state.optimizer.exp_avg_sq = flat(rank.exp_avg_sq)?;
     state.optimizer.updates = manifest.step as u64;
     state.order = DataOrder::restore(&manifest.data_order, rows)?;
     state.step = manifest.step;
-    state.weights = compute_weights(&state.cfg, &state.optimizer.master, dtype)?;
+    state.weights = compute_weights(&state.cfg, &state.optimizer, dtype)?;
     Ok(())
 }
 
@@ -387,4 +436,24 @@ fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
     );
     bar.set_position(done as u64);
     bar
+}
+
+/// Held-out problems for the generated data set: another seed, minus any training question.
+fn held_out_problems(config: &TrainConfig) -> Vec<synthetic::Problem> {
+    if config.data.path != BUILTIN_ARITHMETIC || config.output.eval_examples == 0 {
+        return Vec::new();
+    }
+    let train: std::collections::HashSet<String> =
+        synthetic::problems(config.train.seed, synthetic::TRAIN_PROBLEMS)
+            .into_iter()
+            .map(|p| p.question)
+            .collect();
+    synthetic::problems(
+        config.train.seed.wrapping_add(1),
+        4 * config.output.eval_examples,
+    )
+    .into_iter()
+    .filter(|p| !train.contains(&p.question))
+    .take(config.output.eval_examples)
+    .collect()
 }
