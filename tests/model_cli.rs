@@ -1,64 +1,11 @@
 //! End-to-end tests of `limo init-model` and `limo debug loss-grad`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use candle_core::{DType, Device, Tensor};
+use std::path::Path;
 
-fn limo() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_limo"))
-}
-
-fn golden() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/qwen2-tiny")
-}
-
-/// Runs limo and returns stdout; panics with stderr when it fails.
-fn run_ok(args: &[&str]) -> String {
-    let out = limo().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "limo {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs limo expecting failure; returns stderr after checking it is one clean error line.
-fn run_err(args: &[&str]) -> String {
-    let out = limo().args(args).output().unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "limo {args:?} should fail cleanly:\n{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line:\n{stderr}");
-    lines[0].to_string()
-}
-
-fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let diff = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (diff
-        / b.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap())
-    .sqrt()
-}
+use candle_core::{Device, Tensor};
+use common::{golden, rel_l2, run_err, run_ok};
 
 #[test]
 fn loss_grad_matches_transformers_for_both_batches_and_dtypes() {

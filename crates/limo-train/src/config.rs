@@ -177,8 +177,11 @@ impl TrainConfig {
         // Round-trip through text so that serde errors carry the key and its position.
         let merged = toml::to_string(&table)?;
         let config: TrainConfig = toml::from_str(&merged).map_err(|e| {
-            let message = e.message().to_string();
-            anyhow::anyhow!("{origin}: {message}")
+            let key = e
+                .span()
+                .map(|span| key_at(&merged, span.start))
+                .unwrap_or_default();
+            anyhow::anyhow!("{origin}: {key}{}", e.message())
         })?;
         config.validate().with_context(|| origin.to_string())?;
         Ok(config)
@@ -244,6 +247,24 @@ impl TrainConfig {
             serde_json::to_string(&(&self.model, &self.data, &self.train)).expect("serializable");
         format!("{:016x}", fnv1a(text.as_bytes()))
     }
+}
+
+/// `section.key: ` of the TOML line holding byte `offset` (empty when there is none), so that
+/// a type error names the field like an unknown-key error does.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+        .map(|s| format!("{s}."))
+        .unwrap_or_default();
+    format!("{section}{}: ", key.trim())
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -1,0 +1,64 @@
+//! Helpers shared by the end-to-end tests of the `limo` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Tensor};
+
+pub fn limo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_limo"))
+}
+
+pub fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/qwen2-tiny")
+}
+
+/// Runs limo and returns stdout; panics with stderr when it fails.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = limo().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "limo {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs limo expecting failure; returns the error line after checking it is the only one and
+/// that nothing panicked.
+pub fn run_err(args: &[&str]) -> String {
+    let out = limo().args(args).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "limo {args:?} should fail cleanly:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{stderr}");
+    lines[0].to_string()
+}
+
+/// Relative L2 error `|a - b| / |b|` in f64.
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (diff
+        / b.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap())
+    .sqrt()
+}
