@@ -25,6 +25,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(path) => TrainConfig::from_file(path, &args.overrides)?,
         None => TrainConfig::parse(TINY_TOML, "configs/tiny.toml (embedded)", &args.overrides)?,
     };
+    let origin = args
+        .config
+        .as_ref()
+        .map_or("configs/tiny.toml (embedded)".into(), |p| {
+            p.display().to_string()
+        });
+    config
+        .preflight()
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let options = RunOptions {
         resume: args.resume,
         progress: std::io::stderr().is_terminal(),

@@ -197,14 +197,11 @@ impl TrainConfig {
         match (&self.model.path, &self.model.init) {
             (Some(_), Some(_)) => bail!("model: give either path or init, not both"),
             (None, None) => bail!("model: give path (a Hugging Face checkpoint) or init (a shape)"),
-            (Some(path), None) if !path.join("config.json").exists() => {
-                bail!("model.path: {} has no config.json", path.display())
-            }
             _ => {}
         }
-        if !matches!(self.model.dtype.as_str(), "f32" | "f64") {
+        if !matches!(self.model.dtype.as_str(), "f32" | "f64" | "bf16") {
             bail!(
-                "model.dtype: {:?} is not supported on CPU (f32 or f64)",
+                "model.dtype: {:?} (expected f32, f64 or bf16)",
                 self.model.dtype
             );
         }
@@ -237,6 +234,24 @@ impl TrainConfig {
         }
         parse_size(&self.output.max_shard_size).context("output.max_shard_size")?;
         self.data.validate().context("data")?;
+        Ok(())
+    }
+
+    /// What must hold on this machine before a run starts: the model directory exists and the
+    /// dtype runs on this build. Separate from `validate` so recipes for GPU clusters still
+    /// parse (and are tested) anywhere.
+    pub fn preflight(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.model.path {
+            if !path.join("config.json").exists() {
+                bail!(
+                    "model.path: {} has no config.json (a Hugging Face checkpoint directory)",
+                    path.display()
+                );
+            }
+        }
+        if self.model.dtype == "bf16" {
+            bail!("model.dtype: bf16 training runs on CUDA, which this build does not have yet; use f32 or f64 on CPU");
+        }
         Ok(())
     }
 
@@ -343,6 +358,32 @@ mod tests {
         let err =
             TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.lr=\"fast\"".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = TrainConfig::from_file(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(config.train.lr > 0.0);
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "tiny + LIMO recipes for 0.5B, 1.5B, 7B, 32B");
+        let limo = TrainConfig::from_file(&dir.join("limo-qwen2.5-32b.toml"), &[]).unwrap();
+        assert_eq!(
+            (limo.train.lr, limo.train.epochs, limo.train.batch_size),
+            (5e-6, 15, 1)
+        );
+        assert_eq!((limo.train.warmup_steps, limo.data.cutoff_len), (0, 16384));
+        assert_eq!(
+            (limo.train.schedule.as_str(), limo.model.dtype.as_str()),
+            ("cosine", "bf16")
+        );
+        assert!(limo.preflight().is_err(), "bf16 needs CUDA");
     }
 
     #[test]

@@ -51,6 +51,7 @@ struct State {
 }
 
 pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSummary> {
+    config.preflight()?;
     let out = &config.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
     std::fs::write(out.join("config.toml"), toml::to_string(config)?)?;
