@@ -494,3 +494,43 @@ fn embedded_default_runs_end_to_end() {
     let png = std::fs::read(out.join("loss.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 }
+
+#[test]
+fn gradient_accumulation_is_a_sum_over_the_step_not_a_mean_of_means() {
+    // Rows with different target counts: a mean of micro-batch means would weight them wrongly.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("uneven.jsonl");
+    let mut text = String::new();
+    for (r, targets) in [3usize, 12, 5, 9].iter().enumerate() {
+        let ids: Vec<u32> = (0..16).map(|t| ((r * 53 + t * 29) % 512) as u32).collect();
+        let labels: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .map(|(t, &i)| if t >= 16 - targets { i as i64 } else { -100 })
+            .collect();
+        text.push_str(&serde_json::json!({"input_ids": ids, "labels": labels}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    let run = |name: &str, set: &[&str]| {
+        let out = tmp.path().join(name);
+        let config = golden_config(tmp.path(), &path, &out, "f64", set);
+        run_ok(&["train", "--config", config.to_str().unwrap()]);
+        (
+            read_jsonl(&out.join("metrics.jsonl")),
+            master_weights(&latest_checkpoint(&out)),
+        )
+    };
+    let (one_batch, w_batch) = run("batch", &["train.max_steps=2", "train.batch_size=2"]);
+    let (accumulated, w_accum) = run("accum", &["train.max_steps=2", "train.grad_accum=2"]);
+    for (a, b) in one_batch.iter().zip(&accumulated) {
+        let (la, lb) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((la - lb).abs() < 1e-13 * la, "{la} vs {lb}");
+        assert_eq!(a["n_target_tokens"], b["n_target_tokens"]);
+    }
+    for (name, t) in &w_batch {
+        assert!(rel_l2(&w_accum[name], t) < 1e-12, "{name}");
+    }
+    // The first step holds rows of 3 and 12 targets: its loss is their sum over 15 tokens.
+    assert_eq!(one_batch[0]["n_target_tokens"], 15);
+}

@@ -40,8 +40,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let summary = train(&config, &options)?;
     if let Some((before, after)) = &summary.evaluation {
-        for (question, answer) in after.samples.iter().take(3) {
-            println!("Q: {question}\nA (greedy, after training): {answer}\n");
+        let shown = before.samples.iter().zip(&after.samples).take(3);
+        for ((question, answer_before), (_, answer_after)) in shown {
+            println!("Q: {question}");
+            println!("greedy answer before training: {}", answer_before.trim());
+            println!(
+                "greedy answer after training:  {}\n",
+                answer_after.replace('\n', " ")
+            );
         }
         println!(
             "boxed-answer accuracy on {} held-out problems: {:.1}% before training, {:.1}% after",
