@@ -4,6 +4,7 @@ mod cmd_data;
 mod cmd_debug;
 mod cmd_export;
 mod cmd_init;
+mod cmd_plan;
 mod cmd_train;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Data(cmd_data::DataCommand),
     /// Write a random-initialized Qwen2.5-shaped checkpoint in Hugging Face format.
     InitModel(cmd_init::InitModelArgs),
+    /// Per-GPU memory and step time of a run config under ZeRO-3 on N GPUs.
+    Plan(cmd_plan::PlanArgs),
     /// Developer tools: loss and gradients of one batch.
     #[command(subcommand)]
     Debug(cmd_debug::DebugCommand),
@@ -49,6 +52,7 @@ fn main() {
         Command::Export(args) => cmd_export::run(args),
         Command::Data(cmd) => cmd_data::run(cmd),
         Command::InitModel(args) => cmd_init::run(args),
+        Command::Plan(args) => cmd_plan::run(args),
         Command::Debug(cmd) => cmd_debug::run(cmd),
     };
     if let Err(err) = result {

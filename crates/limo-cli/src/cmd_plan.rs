@@ -1,0 +1,169 @@
+//! `limo plan`: will a run config fit on N GPUs under ZeRO-3, and how long is a step?
+//! The arithmetic lives in `limo_dist::plan`; this file resolves the model shape and prints.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use limo_dist::plan::{infer_shape, parse_bytes, plan, Estimate, Hardware, Plan, Workload, GIB};
+use limo_model::init::preset_config;
+use limo_model::Qwen2Config;
+use limo_train::TrainConfig;
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// Run configuration (TOML): its model, data.cutoff_len and train.batch_size are planned.
+    #[arg(long)]
+    config: PathBuf,
+    /// GPUs the run shards over (the ZeRO-3 world size).
+    #[arg(long)]
+    gpus: u64,
+    /// Memory of one GPU: 80GiB, 141GB, 81920MiB (a bare number is GiB).
+    #[arg(long, default_value = "80GiB")]
+    gpu_mem: String,
+    /// Model FLOP utilization assumed for the step time.
+    #[arg(long, default_value_t = 0.4)]
+    mfu: f64,
+    /// Peak dense bf16 TFLOP/s of one GPU (989: H100 SXM).
+    #[arg(long, default_value_t = 989.0)]
+    gpu_tflops: f64,
+    /// Override a config field, e.g. --set data.cutoff_len=32768 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Print the plan as JSON (bytes and seconds) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    let config = TrainConfig::from_file(&args.config, &args.overrides)?;
+    let (model, source) = model_config(&config, &args.config)?;
+    let work = Workload {
+        seq_len: config.data.cutoff_len as u64,
+        micro_batch: config.train.batch_size as u64,
+        grad_accum: config.train.grad_accum as u64,
+        loss_chunk: config.train.loss_chunk as u64,
+    };
+    let hw = Hardware {
+        gpus: args.gpus,
+        gpu_mem: parse_bytes(&args.gpu_mem).context("--gpu-mem")?,
+        peak_tflops: args.gpu_tflops,
+        mfu: args.mfu,
+    };
+    let plan = plan(&model, work, hw)?;
+    if args.json {
+        let mut value = serde_json::to_value(&plan)?;
+        value["config"] = args.config.display().to_string().into();
+        value["model_source"] = source.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", render(&plan, &args.config, &source));
+    }
+    Ok(())
+}
+
+/// The model's shape: its config.json when the directory exists, else the Qwen2.5 preset
+/// named in the path or the config file name (recipes name checkpoints that are not here).
+fn model_config(config: &TrainConfig, file: &Path) -> anyhow::Result<(Qwen2Config, String)> {
+    let (json, source) = match (&config.model.path, &config.model.init) {
+        (Some(dir), _) if dir.join("config.json").exists() => {
+            let path = dir.join("config.json");
+            let cfg = Qwen2Config::from_file(&path)?;
+            return Ok((cfg, path.display().to_string()));
+        }
+        (Some(dir), _) => {
+            let name = dir.display().to_string();
+            let shape = infer_shape(&name)
+                .or_else(|| infer_shape(&file.display().to_string()))
+                .with_context(|| {
+                    format!(
+                        "{}: model.path {name:?} has no config.json and names no Qwen2.5 size \
+                         (0.5b, 1.5b, 3b, 7b, 14b, 32b) in it or the file name",
+                        file.display()
+                    )
+                })?;
+            let source = format!(
+                "Qwen2.5-{} preset (model.path {name:?} is not here)",
+                shape.to_uppercase()
+            );
+            (preset_config(shape)?, source)
+        }
+        (None, Some(shape)) => {
+            let mut json = preset_config(shape).context("model.init")?;
+            for (key, value) in &config.model.init_overrides {
+                json[key] = serde_json::to_value(value)?;
+            }
+            (json, format!("model.init {shape:?} with its overrides"))
+        }
+        (None, None) => bail!("{}: model: give path or init", file.display()),
+    };
+    let cfg = Qwen2Config::from_json(&json.to_string())
+        .with_context(|| format!("{}: model", file.display()))?;
+    Ok((cfg, source))
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / GIB as f64)
+}
+
+fn render(p: &Plan, file: &Path, source: &str) -> String {
+    let (hw, work) = (&p.hardware, &p.workload);
+    let (a, b) = (&p.with_checkpointing, &p.without_checkpointing);
+    let n = hw.gpus;
+    let mut out = format!(
+        "limo plan: {} on {n} GPUs of {}\n\
+         model: {:.2}B parameters ({} layers, hidden {}, vocab {}) from {source}\n\
+         groups: {} flat groups padded to a multiple of {n}: {} parameters per GPU\n\
+         work per GPU: {} x {} tokens per micro-batch, grad_accum {}, loss chunk {}\n\n",
+        file.display(),
+        gib(hw.gpu_mem),
+        p.params as f64 / 1e9,
+        p.layers,
+        p.hidden,
+        p.vocab,
+        p.groups,
+        p.shard_params,
+        work.micro_batch,
+        work.seq_len,
+        work.grad_accum,
+        work.loss_chunk,
+    );
+    let row = |label: &str, f: &dyn Fn(&Estimate) -> u64| {
+        format!("{label:<44}{:>14}{:>14}\n", gib(f(a)), gib(f(b)))
+    };
+    out += &format!("{:<44}{:>14}{:>14}\n", "per GPU", "checkpointing", "none");
+    out += &row(&format!("bf16 weight shard (2 B/param / {n})"), &|e| {
+        e.memory.weight_shard
+    });
+    out += &row(&format!("fp32 gradient shard (4 B/param / {n})"), &|e| {
+        e.memory.grad_shard
+    });
+    out += &row(&format!("fp32 master weights (4 B/param / {n})"), &|e| {
+        e.memory.master
+    });
+    out += &row(&format!("Adam m + v (8 B/param / {n})"), &|e| e.memory.adam);
+    out += &row("gathered layers + vocab group", &|e| e.memory.gathered);
+    out += &row("activations", &|e| e.memory.activations);
+    out += &row("loss chunk + final hidden", &|e| e.memory.loss);
+    out += &row("workspace (1 GiB + 10%)", &|e| e.memory.workspace);
+    out += &row("total", &|e| e.memory.total);
+    let fits = |e: &Estimate| if e.memory.fits { "yes" } else { "NO" };
+    out += &format!(
+        "{:<44}{:>14}{:>14}\n\n",
+        format!("fits in {}", gib(hw.gpu_mem)),
+        fits(a),
+        fits(b)
+    );
+    out += &format!(
+        "step: {} tokens over {n} GPUs; at MFU {} of {} TFLOP/s per GPU:\n  \
+         {:.1} s with checkpointing ({:.3e} FLOP, recompute included), {:.1} s without ({:.3e} FLOP)\n",
+        p.tokens_per_step,
+        hw.mfu,
+        hw.peak_tflops,
+        a.step_seconds,
+        a.step_flops,
+        b.step_seconds,
+        b.step_flops,
+    );
+    out
+}

@@ -1,0 +1,419 @@
+//! The memory planner behind `limo plan`: bytes per GPU of a ZeRO-3 run of limo, term by term,
+//! and a rough step time. Every term follows limo's own design (DESIGN.md choices 2-4), not a
+//! generic rule of thumb, so the numbers move when the design does; `docs/PLAN.md` states the
+//! formulas and their assumptions.
+
+use anyhow::{bail, Context};
+use limo_model::params::LayerWeights;
+use limo_model::Qwen2Config;
+use serde::Serialize;
+
+pub const GIB: u64 = 1 << 30;
+
+/// Fixed part of the workspace allowance: CUDA context, cuBLAS workspace, NCCL buffers.
+const WORKSPACE_FIXED: u64 = GIB;
+/// Proportional part: caching-allocator fragmentation and short-lived temporaries.
+const WORKSPACE_FRACTION: f64 = 0.10;
+
+/// Bytes per parameter of the state each rank holds 1/N of.
+const BF16: u64 = 2;
+const FP32: u64 = 4;
+
+/// What one GPU processes per micro-batch, from the run config.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Workload {
+    /// Tokens per row (data.cutoff_len): the planner assumes full-length rows, the worst case.
+    pub seq_len: u64,
+    /// Rows per GPU per micro-batch (train.batch_size).
+    pub micro_batch: u64,
+    /// Micro-batches per optimizer step (train.grad_accum).
+    pub grad_accum: u64,
+    /// Tokens per chunk of the fused head + loss (train.loss_chunk).
+    pub loss_chunk: u64,
+}
+
+/// The cluster: world size, memory per GPU and the throughput assumption.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Hardware {
+    pub gpus: u64,
+    pub gpu_mem: u64,
+    /// Peak dense bf16 TFLOP/s of one GPU (989 for an H100 SXM).
+    pub peak_tflops: f64,
+    /// Model FLOP utilization assumed for the step time, in (0, 1].
+    pub mfu: f64,
+}
+
+/// Bytes per GPU, one field per term of the estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// bf16 compute weights, 2 B per parameter / N.
+    pub weight_shard: u64,
+    /// fp32 gradient accumulator, 4 B per parameter / N.
+    pub grad_shard: u64,
+    /// fp32 master weights, 4 B per parameter / N.
+    pub master: u64,
+    /// Adam m and v in fp32, 8 B per parameter / N.
+    pub adam: u64,
+    /// Gathered full tensors: two layers' bf16 weights (double buffer), one layer's bf16
+    /// gradient before its reduce-scatter, and the vocab-sized group (head, or the embedding
+    /// when tied) with its fp32 gradient accumulated over the loss chunks.
+    pub gathered: u64,
+    pub activations: u64,
+    /// One chunk of fp32 logits and their gradient, plus the final hidden states and their
+    /// gradient (bf16) that the chunked loss reads and writes.
+    pub loss: u64,
+    /// WORKSPACE_FIXED + WORKSPACE_FRACTION of all the above.
+    pub workspace: u64,
+    pub total: u64,
+    pub fits: bool,
+}
+
+/// Memory and time of one way of running the step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    pub activation_checkpointing: bool,
+    pub memory: Memory,
+    /// FLOPs of one optimizer step over all GPUs, recomputation included.
+    pub step_flops: f64,
+    pub step_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub params: u64,
+    /// Parameters after padding every group to a multiple of the world size.
+    pub padded_params: u64,
+    pub groups: usize,
+    /// Parameters each rank owns (padded / N).
+    pub shard_params: u64,
+    pub layers: u64,
+    pub hidden: u64,
+    pub vocab: u64,
+    pub workload: Workload,
+    pub hardware: Hardware,
+    pub tokens_per_micro_batch: u64,
+    /// Tokens of one optimizer step over all GPUs.
+    pub tokens_per_step: u64,
+    pub with_checkpointing: Estimate,
+    pub without_checkpointing: Estimate,
+}
+
+/// Parameter counts of the flat groups, in order: embedding, one per decoder layer, final
+/// norm + lm_head (the norm alone when the head is tied to the embedding).
+pub fn group_sizes(cfg: &Qwen2Config) -> Vec<u64> {
+    let vocab_hidden = (cfg.vocab_size * cfg.hidden_size) as u64;
+    let mut groups = vec![vocab_hidden];
+    for layer in 0..cfg.num_hidden_layers {
+        let n: usize = LayerWeights::specs(cfg, layer)
+            .iter()
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum();
+        groups.push(n as u64);
+    }
+    let head = if cfg.tie_word_embeddings {
+        0
+    } else {
+        vocab_hidden
+    };
+    groups.push(cfg.hidden_size as u64 + head);
+    groups
+}
+
+/// `n` rounded up to a multiple of the world size, as each flat group buffer is.
+pub fn padded(n: u64, world: u64) -> u64 {
+    n.div_ceil(world) * world
+}
+
+/// Bytes one token keeps for the backward of one decoder layer: limo's `LayerActivations`
+/// (crates/limo-model/src/layer.rs). bf16 except the attention log-sum-exp (fp32 per query
+/// head) and the two RMSNorm reciprocal RMS values (fp32). Flash attention: no T x T scores.
+pub fn layer_activation_bytes_per_token(cfg: &Qwen2Config) -> u64 {
+    let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (q, kv) = (cfg.q_dim() as u64, cfg.kv_dim() as u64);
+    // x, n1, q, k, v, attn, x1, n2, gate, up, h
+    let bf16 = h + h + q + kv + kv + q + h + h + i + i + i;
+    // lse per query head, rstd1, rstd2
+    let fp32 = cfg.num_attention_heads as u64 + 2;
+    bf16 * BF16 + fp32 * FP32
+}
+
+/// The plan of running `work` on `hw`.
+pub fn plan(cfg: &Qwen2Config, work: Workload, hw: Hardware) -> anyhow::Result<Plan> {
+    if hw.gpus == 0 {
+        bail!("--gpus must be at least 1");
+    }
+    if !(hw.mfu > 0.0 && hw.mfu <= 1.0) {
+        bail!("--mfu: {} must be in (0, 1]", hw.mfu);
+    }
+    if !(hw.peak_tflops > 0.0 && hw.peak_tflops.is_finite()) {
+        bail!("--gpu-tflops: {} must be a positive number", hw.peak_tflops);
+    }
+    if work.seq_len == 0 || work.micro_batch == 0 || work.grad_accum == 0 || work.loss_chunk == 0 {
+        bail!("data.cutoff_len, train.batch_size, train.grad_accum and train.loss_chunk must be at least 1");
+    }
+    let n = hw.gpus;
+    let groups = group_sizes(cfg);
+    let params: u64 = groups.iter().sum();
+    let padded_params: u64 = groups.iter().map(|&g| padded(g, n)).sum();
+    let shard = padded_params / n;
+    let layer_group = padded(
+        groups[1..groups.len() - 1]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0),
+        n,
+    );
+    // The group gathered at the loss and at the embedding: the head, or the tied embedding.
+    let vocab_group = padded(groups[0].max(groups[groups.len() - 1]), n);
+    let (h, v) = (cfg.hidden_size as u64, cfg.vocab_size as u64);
+    let layers = cfg.num_hidden_layers as u64;
+    let tokens = work.seq_len * work.micro_batch;
+    let chunk = work.loss_chunk.min(tokens);
+
+    let gathered = 2 * layer_group * BF16 + layer_group * BF16 + vocab_group * (BF16 + FP32);
+    let loss = 2 * chunk * v * FP32 + 2 * tokens * h * BF16;
+    let per_layer = tokens * layer_activation_bytes_per_token(cfg);
+    let memory = |activations: u64| {
+        let sum = shard * (BF16 + FP32 + FP32 + 2 * FP32) + gathered + activations + loss;
+        let workspace = WORKSPACE_FIXED + (sum as f64 * WORKSPACE_FRACTION) as u64;
+        let total = sum + workspace;
+        Memory {
+            weight_shard: shard * BF16,
+            grad_shard: shard * FP32,
+            master: shard * FP32,
+            adam: shard * 2 * FP32,
+            gathered,
+            activations,
+            loss,
+            workspace,
+            total,
+            fits: total <= hw.gpu_mem,
+        }
+    };
+    // Checkpointing keeps each layer's input; the layer being recomputed holds its saved
+    // activations and, during its backward, gradients of the same size.
+    let ckpt_act = layers * tokens * h * BF16 + 2 * per_layer;
+    // Without it every layer keeps its saved activations, plus one layer's gradients.
+    let full_act = layers * per_layer + per_layer;
+
+    // FLOPs of one micro-batch on one GPU. Dense: 2 per weight per token forward (the head
+    // counts once even when tied; the embedding lookup is free). Causal attention forward:
+    // QK^T and AV at 2 * T^2 * q_dim each, halved by the mask, per layer per row.
+    let layer_params: u64 = groups[1..groups.len() - 1].iter().sum();
+    let t = work.seq_len as f64;
+    let attn_fwd = work.micro_batch as f64 * layers as f64 * 2.0 * t * t * cfg.q_dim() as f64;
+    let layers_fwd = 2.0 * layer_params as f64 * tokens as f64 + attn_fwd;
+    let head_fwd = 2.0 * (v * h) as f64 * tokens as f64;
+    let micro_steps = (n * work.grad_accum) as f64;
+    // Backward costs two forwards; checkpointing adds one more forward of the layers.
+    let train_flops = 3.0 * (layers_fwd + head_fwd) * micro_steps;
+    let recompute_flops = layers_fwd * micro_steps;
+    let flops_per_s = n as f64 * hw.peak_tflops * 1e12 * hw.mfu;
+    let estimate = |ckpt: bool, activations: u64| {
+        let step_flops = train_flops + if ckpt { recompute_flops } else { 0.0 };
+        Estimate {
+            activation_checkpointing: ckpt,
+            memory: memory(activations),
+            step_flops,
+            step_seconds: step_flops / flops_per_s,
+        }
+    };
+    Ok(Plan {
+        params,
+        padded_params,
+        groups: groups.len(),
+        shard_params: shard,
+        layers,
+        hidden: h,
+        vocab: v,
+        workload: work,
+        hardware: hw,
+        tokens_per_micro_batch: tokens,
+        tokens_per_step: tokens * n * work.grad_accum,
+        with_checkpointing: estimate(true, ckpt_act),
+        without_checkpointing: estimate(false, full_act),
+    })
+}
+
+/// The Qwen2.5 shape named in a model path or file name ("Qwen2.5-32B-Instruct" -> "32b"),
+/// matched case-insensitively at word boundaries so "32b" is not read as "2b".
+pub fn infer_shape(name: &str) -> Option<&'static str> {
+    let name = name.to_lowercase();
+    ["0.5b", "1.5b", "3b", "7b", "14b", "32b"]
+        .into_iter()
+        .find(|shape| {
+            name.match_indices(shape).any(|(at, _)| {
+                let before = name[..at].chars().next_back();
+                let after = name[at + shape.len()..].chars().next();
+                !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+                    && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+            })
+        })
+}
+
+/// A memory size: "80GiB", "80 GB", "81920MiB", "1.5TiB"; a bare number is GiB. GB/MB/TB
+/// are decimal, as vendors print them; GiB/MiB/TiB binary.
+pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim());
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a memory size like 80GiB"))?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "gib" | "g" => GIB as f64,
+        "mib" | "m" => (1u64 << 20) as f64,
+        "tib" | "t" => (1u64 << 40) as f64,
+        "gb" => 1e9,
+        "mb" => 1e6,
+        "tb" => 1e12,
+        _ => bail!("{text:?}: unknown unit {unit:?} (expected GiB, MiB, TiB, GB, MB or TB)"),
+    };
+    if !(value > 0.0 && value.is_finite()) {
+        bail!("{text:?}: a memory size must be positive");
+    }
+    Ok((value * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limo_model::init::preset_config;
+    use limo_model::ModelWeights;
+
+    fn preset(shape: &str) -> Qwen2Config {
+        Qwen2Config::from_json(&preset_config(shape).unwrap().to_string()).unwrap()
+    }
+
+    /// The LIMO recipe: one 16384-token row per GPU, no accumulation.
+    fn limo(shape: &str, gpus: u64) -> Plan {
+        let work = Workload {
+            seq_len: 16384,
+            micro_batch: 1,
+            grad_accum: 1,
+            loss_chunk: 1024,
+        };
+        let hw = Hardware {
+            gpus,
+            gpu_mem: 80 * GIB,
+            peak_tflops: 989.0,
+            mfu: 0.4,
+        };
+        plan(&preset(shape), work, hw).unwrap()
+    }
+
+    #[test]
+    fn groups_cover_every_parameter_of_the_checkpoint() {
+        for shape in ["tiny", "0.5b", "7b", "32b"] {
+            let cfg = preset(shape);
+            let from_specs: usize = ModelWeights::specs(&cfg)
+                .iter()
+                .map(|s| s.shape.iter().product::<usize>())
+                .sum();
+            assert_eq!(group_sizes(&cfg).iter().sum::<u64>(), from_specs as u64);
+            assert_eq!(group_sizes(&cfg).len(), cfg.num_hidden_layers + 2);
+        }
+    }
+
+    #[test]
+    fn parameter_counts_match_the_published_sizes() {
+        for (shape, billions) in [("0.5b", 0.49), ("7b", 7.62), ("32b", 32.76)] {
+            let params = limo(shape, 8).params as f64 / 1e9;
+            assert!(
+                (params - billions).abs() < 0.1,
+                "{shape}: {params:.3}B, expected {billions}B"
+            );
+        }
+    }
+
+    #[test]
+    fn groups_pad_to_a_multiple_of_the_world_size() {
+        assert_eq!(padded(10, 4), 12);
+        assert_eq!(padded(12, 4), 12);
+        assert_eq!(padded(1, 1), 1);
+        // The 32B final norm + head group (5120 + 152064 * 5120) is not a multiple of 3.
+        let p = limo("32b", 3);
+        assert_eq!(p.padded_params % 3, 0);
+        assert!(p.padded_params > p.params && p.padded_params - p.params < 3 * p.groups as u64);
+        assert_eq!(p.shard_params * 3, p.padded_params);
+    }
+
+    #[test]
+    fn sharded_state_halves_when_gpus_double() {
+        let (a, b) = (limo("32b", 16), limo("32b", 32));
+        let (ma, mb) = (&a.with_checkpointing.memory, &b.with_checkpointing.memory);
+        for (x, y) in [
+            (ma.weight_shard, mb.weight_shard),
+            (ma.grad_shard, mb.grad_shard),
+            (ma.master, mb.master),
+            (ma.adam, mb.adam),
+        ] {
+            // Padding may add a few elements per group; everything else halves exactly.
+            assert!((x as f64 / y as f64 - 2.0).abs() < 1e-6, "{x} vs {y}");
+        }
+        // 18 bytes per parameter in all.
+        let state = ma.weight_shard + ma.grad_shard + ma.master + ma.adam;
+        assert_eq!(state, 18 * a.shard_params);
+        // Per-GPU work does not shard: the same activations at any world size.
+        assert_eq!(ma.activations, mb.activations);
+        assert_eq!(ma.gathered, mb.gathered);
+    }
+
+    #[test]
+    fn checkpointing_trades_memory_for_a_recomputed_forward() {
+        let p = limo("32b", 32);
+        let (with, without) = (&p.with_checkpointing, &p.without_checkpointing);
+        assert!(with.memory.activations * 5 < without.memory.activations);
+        // One extra forward of the layers: about 4/3 of the FLOPs.
+        let ratio = with.step_flops / without.step_flops;
+        assert!(ratio > 1.25 && ratio < 4.0 / 3.0 + 1e-9, "{ratio}");
+    }
+
+    #[test]
+    fn the_32b_recipe_needs_more_than_8_gpus_of_80_gib() {
+        let at = |gpus| limo("32b", gpus).with_checkpointing.memory.fits;
+        assert!(!at(8));
+        assert!(at(16));
+        assert!(at(32));
+        // Without checkpointing 16k tokens of 64 layers do not fit at any world size.
+        assert!(!limo("32b", 32).without_checkpointing.memory.fits);
+    }
+
+    #[test]
+    fn step_time_follows_six_flops_per_parameter_per_token() {
+        let p = limo("7b", 8);
+        let dense = 6.0 * (p.params - p.vocab * p.hidden) as f64 * p.tokens_per_step as f64;
+        let flops = p.without_checkpointing.step_flops;
+        // Attention adds a share at 16k tokens, never less than the dense part.
+        assert!(
+            flops > dense && flops < 1.5 * dense,
+            "{flops:e} vs {dense:e}"
+        );
+        let seconds = flops / (8.0 * 989e12 * 0.4);
+        assert!((p.without_checkpointing.step_seconds - seconds).abs() < 1e-9);
+    }
+
+    #[test]
+    fn shapes_are_inferred_from_names() {
+        assert_eq!(infer_shape("Qwen2.5-32B-Instruct"), Some("32b"));
+        assert_eq!(infer_shape("/models/qwen2.5-1.5b"), Some("1.5b"));
+        assert_eq!(infer_shape("configs/limo-qwen2.5-0.5b.toml"), Some("0.5b"));
+        assert_eq!(infer_shape("Qwen2.5-7B"), Some("7b"));
+        assert_eq!(infer_shape("Qwen2.5-72B-Instruct"), None);
+        assert_eq!(infer_shape("my-model"), None);
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_bytes("80GiB").unwrap(), 80 * GIB);
+        assert_eq!(parse_bytes("80").unwrap(), 80 * GIB);
+        assert_eq!(parse_bytes("80 GB").unwrap(), 80_000_000_000);
+        assert_eq!(parse_bytes("1.5TiB").unwrap(), 1536 * GIB);
+        assert!(parse_bytes("80XB").is_err());
+        assert!(parse_bytes("GiB").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+}
