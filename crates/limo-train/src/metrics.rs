@@ -59,16 +59,28 @@ pub fn truncate_after(path: &Path, step: usize) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("{}", path.display()))
 }
 
-/// Draws loss per step (thin) and its moving average (thick) on a white 800x500 canvas with a
-/// frame. Text needs system fonts, which servers lack, so the figure carries no labels; the
-/// numbers are in metrics.jsonl.
+/// The font of the plot, compiled in: servers often have no fonts installed.
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() -> anyhow::Result<()> {
+    static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *ONCE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
+    });
+    anyhow::ensure!(ok, "the embedded plot font did not load");
+    Ok(())
+}
+
+/// Draws loss per step (thin) and its moving average (thick), with labelled axes, as
+/// LLaMA-Factory's `plot_loss` does.
 pub fn plot_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
     if metrics.is_empty() {
         return Ok(());
     }
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x0, x1) = (
         metrics[0].step as f64,
         metrics[metrics.len() - 1].step as f64,
@@ -80,13 +92,25 @@ pub fn plot_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
         .fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.05).max(1e-6);
     let mut chart = ChartBuilder::on(&root)
-        .margin(20)
+        .caption("training loss", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (lo - pad)..(hi + pad))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("loss")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
     let raw = metrics.iter().map(|m| (m.step as f64, m.loss));
     chart
         .draw_series(LineSeries::new(raw, RGBColor(150, 180, 230)))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| err(&e))?
+        .label("loss")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(150, 180, 230)));
     let window = (metrics.len() / 20).max(1);
     let smooth = metrics.iter().enumerate().map(|(i, m)| {
         let start = i.saturating_sub(window - 1);
@@ -95,13 +119,52 @@ pub fn plot_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
     });
     chart
         .draw_series(LineSeries::new(smooth, BLUE.stroke_width(3)))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.draw(&Rectangle::new(
-        [(19, 19), (781, 481)],
-        BLACK.stroke_width(1),
-    ))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| err(&e))?
+        .label(format!("moving average ({window} steps)"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(3)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plot_writes_a_png_and_metrics_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics: Vec<StepMetrics> = (1..=30)
+            .map(|step| StepMetrics {
+                step,
+                epoch: step as f64 / 30.0,
+                lr: 1e-3,
+                loss: 5.0 / step as f64,
+                grad_norm: 1.0,
+                clip_coef: 1.0,
+                n_target_tokens: 10,
+                tokens: 20,
+                seconds: 0.1,
+                tokens_per_second: 200.0,
+            })
+            .collect();
+        let jsonl = dir.path().join("metrics.jsonl");
+        for m in &metrics {
+            append(&jsonl, m).unwrap();
+        }
+        truncate_after(&jsonl, 20).unwrap();
+        let back = read(&jsonl).unwrap();
+        assert_eq!(back.len(), 20);
+        assert_eq!(back[19].loss, metrics[19].loss);
+        let png = dir.path().join("loss.png");
+        plot_loss(&back, &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    }
 }
