@@ -3,4 +3,5 @@
 //! the NCCL backend will live here too.
 
 pub mod comm;
+pub mod groups;
 pub mod plan;

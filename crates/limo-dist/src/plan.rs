@@ -4,7 +4,6 @@
 //! formulas and their assumptions.
 
 use anyhow::{bail, Context};
-use limo_model::params::LayerWeights;
 use limo_model::Qwen2Config;
 use serde::Serialize;
 
@@ -101,22 +100,10 @@ pub struct Plan {
 /// Parameter counts of the flat groups, in order: embedding, one per decoder layer, final
 /// norm + lm_head (the norm alone when the head is tied to the embedding).
 pub fn group_sizes(cfg: &Qwen2Config) -> Vec<u64> {
-    let vocab_hidden = (cfg.vocab_size * cfg.hidden_size) as u64;
-    let mut groups = vec![vocab_hidden];
-    for layer in 0..cfg.num_hidden_layers {
-        let n: usize = LayerWeights::specs(cfg, layer)
-            .iter()
-            .map(|s| s.shape.iter().product::<usize>())
-            .sum();
-        groups.push(n as u64);
-    }
-    let head = if cfg.tie_word_embeddings {
-        0
-    } else {
-        vocab_hidden
-    };
-    groups.push(cfg.hidden_size as u64 + head);
-    groups
+    crate::groups::groups(cfg)
+        .iter()
+        .map(|g| g.numel() as u64)
+        .collect()
 }
 
 /// `n` rounded up to a multiple of the world size, as each flat group buffer is.
