@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{golden, rel_l2, run_err, run_ok};
+use common::{golden, loss_grad_args, loss_grad_summary, rel_l2, run_err, run_ok};
 
 #[test]
 fn loss_grad_matches_transformers_for_both_batches_and_dtypes() {
@@ -19,18 +19,9 @@ fn loss_grad_matches_transformers_for_both_batches_and_dtypes() {
         let out = tmp.path().join(format!("{batch}-{dtype}.safetensors"));
         let model = golden().join("model");
         let batch_file = golden().join(format!("{batch}.json"));
-        run_ok(&[
-            "debug",
-            "loss-grad",
-            "--model",
-            model.to_str().unwrap(),
-            "--batch",
-            batch_file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--dtype",
-            dtype,
-        ]);
+        let mut args = loss_grad_args(&model, &batch_file, &out);
+        args.extend(["--dtype".to_string(), dtype.to_string()]);
+        run_ok(&args);
         let ours = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
         let reference = candle_core::safetensors::load(
             golden().join(format!("{batch}.ref.safetensors")),
@@ -85,17 +76,7 @@ fn init_model_then_loss_grad_gives_uniform_loss() {
     )
     .unwrap();
     let out = tmp.path().join("out.safetensors");
-    let summary = run_ok(&[
-        "debug",
-        "loss-grad",
-        "--model",
-        model.to_str().unwrap(),
-        "--batch",
-        batch.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    let summary = loss_grad_summary(&model, &batch, &out);
     // Weights of std 0.02 give near-zero logits: the loss of a fresh model is ln(vocab).
     let loss = summary["loss"].as_f64().unwrap();
     assert!((loss - (151936f64).ln()).abs() < 0.05, "loss {loss}");
@@ -116,18 +97,7 @@ fn broken_checkpoints_fail_with_one_line_naming_the_problem() {
         }
         dir
     };
-    let loss_grad = |dir: &Path| {
-        run_err(&[
-            "debug",
-            "loss-grad",
-            "--model",
-            dir.to_str().unwrap(),
-            "--batch",
-            batch.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
+    let loss_grad = |dir: &Path| run_err(&loss_grad_args(dir, &batch, &out));
 
     let truncated = copy("truncated");
     let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
@@ -188,16 +158,7 @@ fn broken_checkpoints_fail_with_one_line_naming_the_problem() {
         "{err}"
     );
 
-    let err = run_err(&[
-        "debug",
-        "loss-grad",
-        "--model",
-        tmp.path().join("nope").to_str().unwrap(),
-        "--batch",
-        batch.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let err = run_err(&loss_grad_args(&tmp.path().join("nope"), &batch, &out));
     assert!(err.contains("nope"), "{err}");
 }
 
@@ -231,16 +192,7 @@ fn bad_batches_are_reported_with_the_file() {
     for (name, text, expected) in cases {
         let path = tmp.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let err = run_err(&[
-            "debug",
-            "loss-grad",
-            "--model",
-            model.to_str().unwrap(),
-            "--batch",
-            path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let err = run_err(&loss_grad_args(&model, &path, &out));
         assert!(err.contains(name), "{err}");
         assert!(err.contains(expected), "{err}");
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use common::{golden, limo, rel_l2, run_err, run_ok};
+use common::{golden, limo, loss_grad_summary, rel_l2, run_err, run_ok};
 
 /// A config training the golden tiny model on `data` (tokenized JSONL) into `out`, with the
 /// golden's settings unless `set` (`section.key=value`, TOML values) says otherwise.
@@ -324,17 +324,7 @@ fn export_round_trips_through_loss_grad() {
     let batch = golden().join("batch.json");
     let loss_of = |model: &Path| -> f64 {
         let grads = tmp.path().join("grads.safetensors");
-        let summary = run_ok(&[
-            "debug",
-            "loss-grad",
-            "--model",
-            model.to_str().unwrap(),
-            "--batch",
-            batch.to_str().unwrap(),
-            "--out",
-            grads.to_str().unwrap(),
-        ]);
-        serde_json::from_str::<serde_json::Value>(summary.trim()).unwrap()["loss"]
+        loss_grad_summary(model, &batch, &grads)["loss"]
             .as_f64()
             .unwrap()
     };

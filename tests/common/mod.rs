@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests of the `limo` binary.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,7 +17,7 @@ pub fn golden() -> PathBuf {
 }
 
 /// Runs limo and returns stdout; panics with stderr when it fails.
-pub fn run_ok(args: &[&str]) -> String {
+pub fn run_ok<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = limo().args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -27,7 +29,7 @@ pub fn run_ok(args: &[&str]) -> String {
 
 /// Runs limo expecting failure; returns the error line after checking it is the only one and
 /// that nothing panicked.
-pub fn run_err(args: &[&str]) -> String {
+pub fn run_err<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = limo().args(args).output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(
@@ -61,4 +63,19 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
             .to_scalar::<f64>()
             .unwrap())
     .sqrt()
+}
+
+/// Arguments of `limo debug loss-grad --model M --batch B --out O`.
+pub fn loss_grad_args(model: &Path, batch: &Path, out: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec!["debug".into(), "loss-grad".into()];
+    for (flag, path) in [("--model", model), ("--batch", batch), ("--out", out)] {
+        args.push(flag.into());
+        args.push(path.display().to_string());
+    }
+    args
+}
+
+/// The JSON summary `limo debug loss-grad` prints (loss, n_target_tokens, grad norm).
+pub fn loss_grad_summary(model: &Path, batch: &Path, out: &Path) -> serde_json::Value {
+    serde_json::from_str(run_ok(&loss_grad_args(model, batch, out)).trim()).unwrap()
 }
