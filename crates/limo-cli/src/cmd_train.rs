@@ -43,7 +43,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let shown = before.samples.iter().zip(&after.samples).take(3);
         for ((question, answer_before), (_, answer_after)) in shown {
             println!("Q: {question}");
-            println!("greedy answer before training: {}", answer_before.trim());
+            println!("greedy answer before training: {answer_before:?}");
             println!(
                 "greedy answer after training:  {}\n",
                 answer_after.replace('\n', " ")

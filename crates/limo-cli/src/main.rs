@@ -9,6 +9,10 @@ mod cmd_train;
 
 use clap::{Parser, Subcommand};
 
+/// See Cargo.toml: large per-step buffers are reused instead of faulted in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "limo",
