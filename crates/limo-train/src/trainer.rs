@@ -172,12 +172,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
         bar.inc(1);
         tracing::debug!(step = m.step, loss, lr, grad_norm, "step");
 
-        let epoch_end = state.step.is_multiple_of(steps_per_epoch);
-        let due = (config.output.save_steps > 0
-            && state.step.is_multiple_of(config.output.save_steps))
-            || (config.output.save_every_epoch && epoch_end)
-            || state.step == total_steps;
-        if due {
+        if checkpoint_due(config, state.step, steps_per_epoch, total_steps) {
             save(&state, &checkpoints_dir, config, &params, &side_files)?;
         }
     }
@@ -186,42 +181,13 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
     let history = metrics::read(&metrics_path)?;
     metrics::plot_loss(&history, &out.join("loss.png"))?;
     if config.output.export_dtype != "none" {
-        let final_dir = checkpoints_dir.join(checkpoint::step_dir_name(total_steps));
-        let export_dir = out.join("model");
-        if export_dir.exists() {
-            std::fs::remove_dir_all(&export_dir)?;
-        }
-        let export_dtype = parse_dtype(&config.output.export_dtype)?;
-        crate::export::export(
-            &final_dir,
-            &export_dir,
-            export_dtype,
-            parse_size(&config.output.max_shard_size)?,
+        export_final(
+            config,
+            &checkpoints_dir.join(checkpoint::step_dir_name(total_steps)),
         )?;
     }
     let evaluation = match (eval_before, &tokenizer) {
-        (Some(before), Some(tok)) => {
-            let system = config.data.system.as_deref();
-            let after = evaluate(
-                &state.cfg,
-                &state.weights,
-                tok,
-                system,
-                &held_out,
-                config.output.eval_max_new_tokens,
-            )?;
-            let report = serde_json::json!({
-                "problems": held_out.len(),
-                "accuracy_before": before.accuracy(),
-                "accuracy_after": after.accuracy(),
-                "samples_after": after.samples.iter().map(|(q, a)| serde_json::json!({"question": q, "generated": a})).collect::<Vec<_>>(),
-            });
-            std::fs::write(
-                out.join("eval.json"),
-                serde_json::to_string_pretty(&report)?,
-            )?;
-            Some((before, after))
-        }
+        (Some(before), Some(tok)) => Some(evaluate_after(config, &state, tok, &held_out, before)?),
         _ => None,
     };
     Ok(RunSummary {
@@ -231,6 +197,66 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
         last_loss: history.last().map_or(f64::NAN, |m| m.loss),
         output: out.clone(),
     })
+}
+
+/// Checkpoint every `save_steps`, at epoch ends if asked, and always after the last step.
+fn checkpoint_due(
+    config: &TrainConfig,
+    step: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+) -> bool {
+    let every = config.output.save_steps;
+    (every > 0 && step.is_multiple_of(every))
+        || (config.output.save_every_epoch && step.is_multiple_of(steps_per_epoch))
+        || step == total_steps
+}
+
+/// Writes `<output>/model` from the final checkpoint.
+fn export_final(config: &TrainConfig, final_checkpoint: &Path) -> anyhow::Result<()> {
+    let export_dir = config.output.dir.join("model");
+    if export_dir.exists() {
+        std::fs::remove_dir_all(&export_dir)?;
+    }
+    let dtype = parse_dtype(&config.output.export_dtype)?;
+    let shard = parse_size(&config.output.max_shard_size)?;
+    crate::export::export(final_checkpoint, &export_dir, dtype, shard)
+}
+
+/// Evaluates the trained weights and writes `<output>/eval.json`.
+fn evaluate_after(
+    config: &TrainConfig,
+    state: &State,
+    tokenizer: &ChatTokenizer,
+    held_out: &[synthetic::Problem],
+    before: Evaluation,
+) -> anyhow::Result<(Evaluation, Evaluation)> {
+    let system = config.data.system.as_deref();
+    let max_new = config.output.eval_max_new_tokens;
+    let after = evaluate(
+        &state.cfg,
+        &state.weights,
+        tokenizer,
+        system,
+        held_out,
+        max_new,
+    )?;
+    let samples: Vec<serde_json::Value> = after
+        .samples
+        .iter()
+        .map(|(q, a)| serde_json::json!({"question": q, "generated": a}))
+        .collect();
+    let report = serde_json::json!({
+        "problems": held_out.len(),
+        "accuracy_before": before.accuracy(),
+        "accuracy_after": after.accuracy(),
+        "samples_after": samples,
+    });
+    std::fs::write(
+        config.output.dir.join("eval.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok((before, after))
 }
 
 /// One optimizer step over its micro-batches; returns (loss, grad norm, clip coefficient).
