@@ -197,3 +197,13 @@ fn bad_batches_are_reported_with_the_file() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+#[test]
+fn doctor_says_what_is_missing_without_a_gpu() {
+    // The default build has no CUDA; a CUDA build on a machine without a GPU names the device.
+    let err = run_err(&["doctor"]);
+    assert!(
+        err.contains("--features cuda") || err.contains("no usable GPU"),
+        "{err}"
+    );
+}

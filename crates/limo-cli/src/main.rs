@@ -2,6 +2,7 @@
 
 mod cmd_data;
 mod cmd_debug;
+mod cmd_doctor;
 mod cmd_export;
 mod cmd_init;
 mod cmd_plan;
@@ -37,6 +38,8 @@ enum Command {
     InitModel(cmd_init::InitModelArgs),
     /// Per-GPU memory and step time of a run config under ZeRO-3 on N GPUs.
     Plan(cmd_plan::PlanArgs),
+    /// Check every operation on the GPU against the CPU reference.
+    Doctor(cmd_doctor::DoctorArgs),
     /// Developer tools: loss and gradients of one batch.
     #[command(subcommand)]
     Debug(cmd_debug::DebugCommand),
@@ -57,6 +60,7 @@ fn main() {
         Command::Data(cmd) => cmd_data::run(cmd),
         Command::InitModel(args) => cmd_init::run(args),
         Command::Plan(args) => cmd_plan::run(args),
+        Command::Doctor(args) => cmd_doctor::run(args),
         Command::Debug(cmd) => cmd_debug::run(cmd),
     };
     if let Err(err) = result {

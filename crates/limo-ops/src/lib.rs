@@ -11,6 +11,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod crosscheck;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;
