@@ -57,8 +57,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn open_gpu(ordinal: usize) -> anyhow::Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("no usable GPU (CUDA device {ordinal}): {e}"))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
+        let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+        anyhow::anyhow!("no usable GPU (CUDA device {ordinal}): {cause}")
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
