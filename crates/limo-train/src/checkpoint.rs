@@ -273,3 +273,89 @@ fn fsync_dir(path: &Path) -> anyhow::Result<()> {
         .sync_all()
         .with_context(|| format!("{}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(step: usize) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            step,
+            world_size: 1,
+            config_hash: "h".into(),
+            data_order: serde_json::Value::Null,
+            params: vec![("w".into(), vec![3])],
+            master_dtype: "f32".into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    fn state(value: f32) -> RankState {
+        let t = Tensor::new(&[value; 3], &Device::Cpu).unwrap();
+        RankState {
+            master: vec![t.clone()],
+            exp_avg: vec![t.clone()],
+            exp_avg_sq: vec![t],
+        }
+    }
+
+    #[test]
+    fn a_write_interrupted_at_any_stage_leaves_latest_on_a_complete_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpts = dir.path();
+        save(ckpts, manifest(1), &state(1.0), &[], 3).unwrap();
+        // A crash while step 2 was being written: a half-written temporary directory and a
+        // temporary `latest` that was never renamed.
+        std::fs::create_dir_all(ckpts.join(".step-00000002.tmp")).unwrap();
+        std::fs::write(ckpts.join(".step-00000002.tmp").join(rank_file(0)), b"torn").unwrap();
+        std::fs::write(ckpts.join(".latest.tmp"), b"step-00000002").unwrap();
+        let latest = resolve(ckpts, "latest").unwrap();
+        assert!(latest.ends_with("step-00000001"));
+        let (m, s) = load(&latest).unwrap();
+        assert_eq!(m.step, 1);
+        assert_eq!(s.master[0].to_vec1::<f32>().unwrap(), vec![1.0; 3]);
+        assert_eq!(
+            list(ckpts).unwrap().len(),
+            1,
+            "temporary directories are not checkpoints"
+        );
+        // The resumed run writes step 2 again over the debris.
+        save(ckpts, manifest(2), &state(2.0), &[], 3).unwrap();
+        assert!(resolve(ckpts, "latest").unwrap().ends_with("step-00000002"));
+        assert_eq!(
+            load(&resolve(ckpts, "latest").unwrap()).unwrap().1.master[0]
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![2.0; 3]
+        );
+    }
+
+    #[test]
+    fn damaged_files_and_old_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpts = dir.path();
+        for step in 1..=4 {
+            save(ckpts, manifest(step), &state(step as f32), &[], 2).unwrap();
+        }
+        let kept: Vec<_> = list(ckpts)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(kept, ["step-00000003", "step-00000004"], "keep_last = 2");
+        let rank = ckpts.join("step-00000004").join(rank_file(0));
+        let mut bytes = std::fs::read(&rank).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&rank, bytes).unwrap();
+        let err = load(&ckpts.join("step-00000004"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("checksum mismatch") && err.contains("rank-00000.safetensors"),
+            "{err}"
+        );
+    }
+}
