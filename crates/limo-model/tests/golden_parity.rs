@@ -88,33 +88,38 @@ fn errors(batch_name: &str, dtype: DType, loss_chunk: usize) -> (f64, f64) {
     (loss_err, worst)
 }
 
+/// Asserts the loss and the worst gradient of `batch_name` are within the tolerances.
+fn assert_parity(batch_name: &str, dtype: DType, loss_chunk: usize, loss_tol: f64, grad_tol: f64) {
+    let (loss, grads) = errors(batch_name, dtype, loss_chunk);
+    assert!(
+        loss <= loss_tol,
+        "{batch_name} {dtype:?}: loss rel error {loss:e}"
+    );
+    assert!(
+        grads <= grad_tol,
+        "{batch_name} {dtype:?}: worst gradient rel L2 error {grads:e}"
+    );
+}
+
 #[test]
 fn plain_batch_f32() {
-    let (loss, grads) = errors("batch", DType::F32, 1024);
-    assert!(loss <= 1e-6, "loss rel error {loss:e}");
-    assert!(grads <= 1e-5, "worst gradient rel L2 error {grads:e}");
+    assert_parity("batch", DType::F32, 1024, 1e-6, 1e-5);
 }
 
 #[test]
 fn packed_batch_f32() {
-    let (loss, grads) = errors("packed", DType::F32, 1024);
-    assert!(loss <= 1e-6, "loss rel error {loss:e}");
-    assert!(grads <= 1e-5, "worst gradient rel L2 error {grads:e}");
+    assert_parity("packed", DType::F32, 1024, 1e-6, 1e-5);
 }
 
 #[test]
 fn plain_batch_f64() {
-    let (loss, grads) = errors("batch", DType::F64, 1024);
-    assert!(loss <= 1e-12, "loss rel error {loss:e}");
-    assert!(grads <= 1e-12, "worst gradient rel L2 error {grads:e}");
+    assert_parity("batch", DType::F64, 1024, 1e-12, 1e-12);
 }
 
 #[test]
 fn packed_batch_f64_with_small_loss_chunks() {
     // Chunks of 5 tokens split documents and rows: the chunked loss must not care.
-    let (loss, grads) = errors("packed", DType::F64, 5);
-    assert!(loss <= 1e-12, "loss rel error {loss:e}");
-    assert!(grads <= 1e-12, "worst gradient rel L2 error {grads:e}");
+    assert_parity("packed", DType::F64, 5, 1e-12, 1e-12);
 }
 
 #[test]
