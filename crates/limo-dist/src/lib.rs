@@ -1,7 +1,18 @@
-//! Distributed training for limo (DESIGN.md choices 2 and 9). Today: the `Communicator` trait
-//! with its in-process backend, and the memory planner behind `limo plan`; ZeRO-3 sharding and
-//! the NCCL backend will live here too.
+//! Distributed training for limo (DESIGN.md choices 2 and 9): the `Communicator` trait with its
+//! backends (threads in one process, TCP across processes and machines, NCCL on GPUs), the
+//! run's placement from torchrun's or Slurm's variables, the `limo launch` process supervisor,
+//! and the memory planner behind `limo plan`.
 
 pub mod comm;
+pub mod connect;
+pub mod env;
 pub mod groups;
 pub mod plan;
+pub mod socket;
+#[cfg(test)]
+mod socket_tests;
+mod wire;
+
+pub use connect::{connect, SoloComm};
+pub use env::DistEnv;
+pub use socket::SocketComm;
