@@ -73,11 +73,11 @@ fn latest_checkpoint(out: &Path) -> PathBuf {
     out.join("checkpoints").join(name.trim())
 }
 
+/// The final master weights of a checkpoint, merged from its ranks' slices.
 fn master_weights(checkpoint: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(checkpoint.join("rank-00000.safetensors"), &Device::Cpu)
+    limo_train::checkpoint::load_params(checkpoint, "master")
         .unwrap()
         .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("master.").map(|n| (n.to_string(), v)))
         .collect()
 }
 

@@ -37,8 +37,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let options = RunOptions {
         resume: args.resume,
         progress: std::io::stderr().is_terminal(),
+        comm: None,
     };
-    let summary = train(&config, &options)?;
+    let summary = train(&config, options)?;
     if let Some((before, after)) = &summary.evaluation {
         let shown = before.samples.iter().zip(&after.samples).take(3);
         for ((question, answer_before), (_, answer_after)) in shown {

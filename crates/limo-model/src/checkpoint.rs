@@ -7,12 +7,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::params::{ModelWeights, LM_HEAD};
+use crate::params::{ModelWeights, ParamSpec, LM_HEAD};
 use crate::{Error, Qwen2Config, Result};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -137,6 +137,14 @@ impl SafetensorFiles {
         dtype: DType,
         device: &Device,
     ) -> Result<ModelWeights> {
+        self.check_names(config)?;
+        ModelWeights::build(config, |spec| {
+            Ok(self.load_param(spec, dtype)?.to_device(device)?)
+        })
+    }
+
+    /// Fails on a tensor that is not a parameter of `config` (a checkpoint of another model).
+    pub fn check_names(&self, config: &Qwen2Config) -> Result<()> {
         let specs = ModelWeights::specs(config);
         let expected: HashMap<&str, &[usize]> = specs
             .iter()
@@ -150,54 +158,53 @@ impl SafetensorFiles {
                 ));
             }
         }
-        let files: Vec<SafeTensors> = self
-            .paths
-            .iter()
-            .zip(&self.maps)
-            .map(|(p, m)| deserialize(p, m))
-            .collect::<Result<_>>()?;
-        ModelWeights::build(config, |spec| {
-            let Some(&file) = self.location.get(&spec.name) else {
-                let where_ = self
-                    .paths
-                    .first()
-                    .map(|p| p.parent().unwrap_or(p).to_path_buf())
-                    .unwrap_or_default();
-                return Err(Error::file(where_, format!("missing tensor {}", spec.name)));
-            };
-            let path = &self.paths[file];
-            let view = files[file]
-                .tensor(&spec.name)
-                .map_err(|e| Error::file(path, e.to_string()))?;
-            if view.shape() != spec.shape.as_slice() {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "tensor {} has shape {:?}, but config.json implies {:?}",
-                        spec.name,
-                        view.shape(),
-                        spec.shape
-                    ),
-                ));
-            }
-            if !matches!(
-                view.dtype(),
-                Dtype::BF16 | Dtype::F16 | Dtype::F32 | Dtype::F64
-            ) {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "tensor {} has dtype {:?}; expected bf16, f16, f32 or f64",
-                        spec.name,
-                        view.dtype()
-                    ),
-                ));
-            }
-            let tensor = view
-                .load(&Device::Cpu)
-                .map_err(|e| Error::file(path, format!("tensor {}: {e}", spec.name)))?;
-            Ok(tensor.to_dtype(dtype)?.to_device(device)?)
-        })
+        Ok(())
+    }
+
+    /// One parameter, shape- and dtype-checked, as `dtype` on the CPU. Reading parameters one
+    /// at a time lets ZeRO-3 ranks keep only their slices.
+    pub fn load_param(&self, spec: &ParamSpec, dtype: DType) -> Result<Tensor> {
+        let Some(&file) = self.location.get(&spec.name) else {
+            let where_ = self
+                .paths
+                .first()
+                .map(|p| p.parent().unwrap_or(p).to_path_buf())
+                .unwrap_or_default();
+            return Err(Error::file(where_, format!("missing tensor {}", spec.name)));
+        };
+        let path = &self.paths[file];
+        let tensors = deserialize(path, &self.maps[file])?;
+        let view = tensors
+            .tensor(&spec.name)
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        if view.shape() != spec.shape.as_slice() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor {} has shape {:?}, but config.json implies {:?}",
+                    spec.name,
+                    view.shape(),
+                    spec.shape
+                ),
+            ));
+        }
+        if !matches!(
+            view.dtype(),
+            Dtype::BF16 | Dtype::F16 | Dtype::F32 | Dtype::F64
+        ) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor {} has dtype {:?}; expected bf16, f16, f32 or f64",
+                    spec.name,
+                    view.dtype()
+                ),
+            ));
+        }
+        let tensor = view
+            .load(&Device::Cpu)
+            .map_err(|e| Error::file(path, format!("tensor {}: {e}", spec.name)))?;
+        Ok(tensor.to_dtype(dtype)?)
     }
 }
 

@@ -1,24 +1,36 @@
 //! Training checkpoints: `<output>/checkpoints/step-NNNNNNNN/` holding `manifest.json` (step,
-//! world size, config hash, data order, parameter layout, checksums), one
-//! `rank-RRRRR.safetensors` per rank with the fp32 master weights and Adam moments, and the
+//! world size, config hash, data order, parameter and group layout, checksums), one
+//! `rank-RRRRR.safetensors` per rank with that rank's ZeRO-3 slices of the fp32 master weights
+//! and Adam moments (`master.<group>`, `exp_avg.<group>`, `exp_avg_sq.<group>`, flat), and the
 //! model's `config.json` plus tokenizer so that `limo export` needs nothing else.
 //!
-//! A checkpoint is written to a hidden temporary directory, every file and the directory are
-//! fsynced, then it is renamed into place, and only then is `checkpoints/latest` replaced (also
-//! by rename). A crash at any moment leaves `latest` naming a complete checkpoint.
+//! A slice is a range of a group's flat layout, so a checkpoint written at one world size is
+//! read at another by re-slicing ([`ShardReader`]): no conversion step.
+//!
+//! A checkpoint is written to a hidden temporary directory (every rank writes its own file
+//! there), every file and the directory are fsynced, then rank 0 renames it into place, and
+//! only then replaces `checkpoints/latest` (also by rename). A crash at any moment leaves
+//! `latest` naming a complete checkpoint.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use limo_dist::comm::Communicator;
+use limo_dist::groups::Group;
 use serde::{Deserialize, Serialize};
+
+use crate::optim::Flat;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
-pub const FORMAT: &str = "limo-checkpoint-v1";
+pub const FORMAT: &str = "limo-checkpoint-v2";
+/// The three per-rank state lists, as named in the rank files.
+pub const KINDS: [&str; 3] = ["master", "exp_avg", "exp_avg_sq"];
 
 /// What a checkpoint says about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,10 +44,37 @@ pub struct Manifest {
     pub data_order: serde_json::Value,
     /// Parameter names and shapes in checkpoint order.
     pub params: Vec<(String, Vec<usize>)>,
+    /// ZeRO-3 groups: their names and the parameters flattened into each, in order.
+    pub groups: Vec<GroupLayout>,
     /// dtype of the master weights and moments ("f32" or "f64").
     pub master_dtype: String,
     /// For every file of the checkpoint: size in bytes and CRC-32.
     pub files: BTreeMap<String, FileSum>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupLayout {
+    pub name: String,
+    pub params: Vec<String>,
+    /// Elements before padding.
+    pub numel: usize,
+}
+
+impl GroupLayout {
+    pub fn of(groups: &[Group]) -> Vec<Self> {
+        groups
+            .iter()
+            .map(|g| GroupLayout {
+                name: g.name.clone(),
+                params: g.params.iter().map(|p| p.name.clone()).collect(),
+                numel: g.numel(),
+            })
+            .collect()
+    }
+
+    fn shard_len(&self, world: usize) -> usize {
+        self.numel.div_ceil(world)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,11 +91,17 @@ pub fn step_dir_name(step: usize) -> String {
     format!("step-{step:08}")
 }
 
-/// Tensors of one rank: `master.<name>`, `exp_avg.<name>`, `exp_avg_sq.<name>`.
+/// One rank's slices, one flat tensor per group for each of the three lists.
 pub struct RankState {
     pub master: Vec<Tensor>,
     pub exp_avg: Vec<Tensor>,
     pub exp_avg_sq: Vec<Tensor>,
+}
+
+impl RankState {
+    fn lists(&self) -> [&Vec<Tensor>; 3] {
+        [&self.master, &self.exp_avg, &self.exp_avg_sq]
+    }
 }
 
 /// Files copied into every checkpoint beside the state (model config, tokenizer).
@@ -66,43 +111,109 @@ pub struct SideFile {
 }
 
 /// Writes checkpoint `manifest.step` under `checkpoints_dir` atomically, points `latest` at it
-/// and deletes all but the newest `keep_last` complete checkpoints.
+/// and deletes all but the newest `keep_last` complete checkpoints. A collective: every rank
+/// calls it with its own `state`; rank 0 writes the manifest and side files and publishes the
+/// checkpoint once every rank's file is on disk. A failure on any rank fails every rank, and
+/// `latest` keeps naming the previous checkpoint.
 pub fn save(
+    comm: &dyn Communicator,
+    device: &Device,
     checkpoints_dir: &Path,
     mut manifest: Manifest,
     state: &RankState,
     side_files: &[SideFile],
     keep_last: usize,
 ) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(checkpoints_dir)
-        .with_context(|| format!("{}", checkpoints_dir.display()))?;
+    let (rank, world) = (comm.rank(), comm.world_size());
     let name = step_dir_name(manifest.step);
     let tmp = checkpoints_dir.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp)?;
+    let prepared = if rank == 0 {
+        prepare_tmp(checkpoints_dir, &tmp)
+    } else {
+        Ok(())
+    };
+    crate::zero3::agree(comm, device, prepared, "creating the checkpoint directory")?;
 
-    let rank_path = tmp.join(rank_file(0));
-    let names: Vec<&str> = manifest.params.iter().map(|(n, _)| n.as_str()).collect();
-    let mut tensors: Vec<(String, &Tensor)> = Vec::with_capacity(3 * names.len());
-    for (kind, list) in [
-        ("master", &state.master),
-        ("exp_avg", &state.exp_avg),
-        ("exp_avg_sq", &state.exp_avg_sq),
-    ] {
-        for (n, t) in names.iter().zip(list) {
-            tensors.push((format!("{kind}.{n}"), t));
+    let written = write_rank_file(&tmp, rank, &manifest, state);
+    let sum = written
+        .as_ref()
+        .map_or(FileSum { bytes: 0, crc32: 0 }, |s| s.clone());
+    let sums = comm
+        .all_gather(&Tensor::new(
+            &[sum.bytes as f64, f64::from(sum.crc32)],
+            device,
+        )?)?
+        .to_vec1::<f64>()?;
+    let written = crate::zero3::agree(comm, device, written, "writing a rank file");
+    written?;
+
+    let published = if rank == 0 {
+        for r in 0..world {
+            let file_sum = FileSum {
+                bytes: sums[2 * r] as u64,
+                crc32: sums[2 * r + 1] as u32,
+            };
+            manifest.files.insert(rank_file(r), file_sum);
+        }
+        publish(
+            checkpoints_dir,
+            &tmp,
+            &name,
+            &manifest,
+            side_files,
+            keep_last,
+        )
+    } else {
+        Ok(())
+    };
+    crate::zero3::agree(comm, device, published, "publishing the checkpoint")?;
+    Ok(checkpoints_dir.join(name))
+}
+
+fn prepare_tmp(checkpoints_dir: &Path, tmp: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(checkpoints_dir)
+        .with_context(|| format!("{}", checkpoints_dir.display()))?;
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).with_context(|| format!("{}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(tmp).with_context(|| format!("{}", tmp.display()))
+}
+
+fn write_rank_file(
+    tmp: &Path,
+    rank: usize,
+    manifest: &Manifest,
+    state: &RankState,
+) -> anyhow::Result<FileSum> {
+    let path = tmp.join(rank_file(rank));
+    let mut tensors: Vec<(String, &Tensor)> = Vec::with_capacity(3 * manifest.groups.len());
+    for (kind, list) in KINDS.iter().zip(state.lists()) {
+        if list.len() != manifest.groups.len() {
+            bail!(
+                "rank {rank}: {} {kind} slices for {} groups",
+                list.len(),
+                manifest.groups.len()
+            );
+        }
+        for (group, t) in manifest.groups.iter().zip(list) {
+            tensors.push((format!("{kind}.{}", group.name), t));
         }
     }
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), *t)),
-        None,
-        &rank_path,
-    )
-    .with_context(|| format!("{}", rank_path.display()))?;
-    fsync_file(&rank_path)?;
-    manifest.files.insert(rank_file(0), checksum(&rank_path)?);
+    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), *t)), None, &path)
+        .with_context(|| format!("{}", path.display()))?;
+    fsync_file(&path)?;
+    checksum(&path)
+}
+
+fn publish(
+    checkpoints_dir: &Path,
+    tmp: &Path,
+    name: &str,
+    manifest: &Manifest,
+    side_files: &[SideFile],
+    keep_last: usize,
+) -> anyhow::Result<()> {
+    let mut manifest = manifest.clone();
     for side in side_files {
         let path = tmp.join(&side.name);
         write_synced(&path, &side.bytes)?;
@@ -112,20 +223,19 @@ pub fn save(
         &tmp.join(MANIFEST),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    fsync_dir(&tmp)?;
+    fsync_dir(tmp)?;
 
-    let final_dir = checkpoints_dir.join(&name);
+    let final_dir = checkpoints_dir.join(name);
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir)?;
     }
-    std::fs::rename(&tmp, &final_dir).with_context(|| format!("{}", final_dir.display()))?;
+    std::fs::rename(tmp, &final_dir).with_context(|| format!("{}", final_dir.display()))?;
     fsync_dir(checkpoints_dir)?;
     let latest_tmp = checkpoints_dir.join(".latest.tmp");
     write_synced(&latest_tmp, name.as_bytes())?;
     std::fs::rename(&latest_tmp, checkpoints_dir.join(LATEST))?;
     fsync_dir(checkpoints_dir)?;
-    prune(checkpoints_dir, keep_last.max(1))?;
-    Ok(final_dir)
+    prune(checkpoints_dir, keep_last.max(1))
 }
 
 /// Complete checkpoints (`step-*` with a manifest), oldest first.
@@ -168,8 +278,8 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
     Ok(checkpoints_dir.join(name.trim()))
 }
 
-/// Reads and verifies a checkpoint: manifest, checksums of every file, and the rank state.
-pub fn load(dir: &Path) -> anyhow::Result<(Manifest, RankState)> {
+/// Reads a checkpoint's manifest and checks its format.
+pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     let manifest_path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&manifest_path)
         .with_context(|| format!("{}", manifest_path.display()))?;
@@ -182,53 +292,175 @@ pub fn load(dir: &Path) -> anyhow::Result<(Manifest, RankState)> {
             manifest.format
         );
     }
-    verify(dir, &manifest)?;
-    let rank_path = dir.join(rank_file(0));
-    let tensors = candle_core::safetensors::load(&rank_path, &Device::Cpu)
-        .with_context(|| format!("{}", rank_path.display()))?;
-    let take = |kind: &str| -> anyhow::Result<Vec<Tensor>> {
-        manifest
-            .params
-            .iter()
-            .map(|(n, shape)| {
-                let key = format!("{kind}.{n}");
-                let t = tensors
-                    .get(&key)
-                    .with_context(|| format!("{}: missing tensor {key}", rank_path.display()))?;
-                if t.dims() != shape.as_slice() {
-                    bail!(
-                        "{}: tensor {key} has shape {:?}, manifest says {shape:?}",
-                        rank_path.display(),
-                        t.dims()
-                    );
-                }
-                Ok(t.clone())
-            })
-            .collect()
-    };
-    let state = RankState {
-        master: take("master")?,
-        exp_avg: take("exp_avg")?,
-        exp_avg_sq: take("exp_avg_sq")?,
-    };
-    Ok((manifest, state))
+    if manifest.world_size == 0 {
+        bail!("{}: world_size is 0", manifest_path.display());
+    }
+    Ok(manifest)
+}
+
+/// Reads ranges of the groups' flat layouts from a checkpoint written at any world size. Each
+/// rank file is checksummed the first time it is read, so a rank verifies only what it uses.
+pub struct ShardReader {
+    dir: PathBuf,
+    pub manifest: Manifest,
+    maps: Vec<Option<memmap2::Mmap>>,
+}
+
+impl ShardReader {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let manifest = read_manifest(dir)?;
+        let maps = (0..manifest.world_size).map(|_| None).collect();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            maps,
+        })
+    }
+
+    pub fn master_dtype(&self) -> DType {
+        if self.manifest.master_dtype == "f64" {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
+    fn map(&mut self, rank: usize) -> anyhow::Result<&memmap2::Mmap> {
+        if self.maps[rank].is_none() {
+            let name = rank_file(rank);
+            let path = self.dir.join(&name);
+            let expected = self
+                .manifest
+                .files
+                .get(&name)
+                .with_context(|| format!("{}: not in the manifest", path.display()))?;
+            verify_file(&path, expected)?;
+            let file = File::open(&path).with_context(|| format!("{}", path.display()))?;
+            // SAFETY: a read-only map of a checkpoint file whose checksum was just verified;
+            // checkpoints are never modified in place.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("{}", path.display()))?;
+            self.maps[rank] = Some(map);
+        }
+        Ok(self.maps[rank].as_ref().expect("just mapped"))
+    }
+
+    /// Elements `range` of group `group`'s flat layout of list `kind` (zero past its end: the
+    /// padding of a new world size).
+    pub fn range(&mut self, kind: &str, group: usize, range: Range<usize>) -> anyhow::Result<Flat> {
+        let layout = self.manifest.groups[group].clone();
+        let old_len = layout.shard_len(self.manifest.world_size);
+        let dtype = self.master_dtype();
+        let mut out = match dtype {
+            DType::F64 => Flat::F64(Vec::with_capacity(range.len())),
+            _ => Flat::F32(Vec::with_capacity(range.len())),
+        };
+        let end = range.end.min(layout.numel);
+        let mut i = range.start;
+        while i < end {
+            let rank = i / old_len;
+            let stop = end.min((rank + 1) * old_len);
+            let key = format!("{kind}.{}", layout.name);
+            let path = self.dir.join(rank_file(rank));
+            let map = self.map(rank)?;
+            let tensors = safetensors::SafeTensors::deserialize(map)
+                .with_context(|| format!("{}", path.display()))?;
+            let view = tensors
+                .tensor(&key)
+                .with_context(|| format!("{}: missing tensor {key}", path.display()))?;
+            if view.shape() != [old_len] {
+                bail!(
+                    "{}: tensor {key} has shape {:?}, expected [{old_len}]",
+                    path.display(),
+                    view.shape()
+                );
+            }
+            let (from, to) = (i - rank * old_len, stop - rank * old_len);
+            append_elements(&mut out, view, from..to)
+                .with_context(|| format!("{}: tensor {key}", path.display()))?;
+            i = stop;
+        }
+        out.resize(range.len());
+        Ok(out)
+    }
+
+    /// The parameters of list `kind` as full tensors (what export writes), one group at a time.
+    pub fn params(
+        &mut self,
+        kind: &str,
+        mut each: impl FnMut(&str, Tensor) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let shapes: BTreeMap<String, Vec<usize>> = self.manifest.params.iter().cloned().collect();
+        for g in 0..self.manifest.groups.len() {
+            let layout = self.manifest.groups[g].clone();
+            let mut start = 0;
+            for name in &layout.params {
+                let shape = shapes.get(name).with_context(|| {
+                    format!("manifest: group {} names unknown {name}", layout.name)
+                })?;
+                let n: usize = shape.iter().product();
+                let flat = self.range(kind, g, start..start + n)?;
+                each(name, flat.to_tensor(shape, &Device::Cpu)?)?;
+                start += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn append_elements(
+    out: &mut Flat,
+    view: safetensors::tensor::TensorView,
+    range: Range<usize>,
+) -> anyhow::Result<()> {
+    let bytes = view.data();
+    match (out, view.dtype()) {
+        (Flat::F32(v), safetensors::Dtype::F32) => v.extend(
+            bytes[4 * range.start..4 * range.end]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+        ),
+        (Flat::F64(v), safetensors::Dtype::F64) => v.extend(
+            bytes[8 * range.start..8 * range.end]
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        ),
+        (_, dtype) => bail!("dtype {dtype:?} does not match the manifest's master dtype"),
+    }
+    Ok(())
+}
+
+/// The full tensors of list `kind` ("master", "exp_avg" or "exp_avg_sq") by parameter name,
+/// merged from every rank's slices.
+pub fn load_params(dir: &Path, kind: &str) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    let mut reader = ShardReader::open(dir)?;
+    let mut out = BTreeMap::new();
+    reader.params(kind, |name, t| {
+        out.insert(name.to_string(), t);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Checks size and CRC-32 of every file the manifest lists.
 pub fn verify(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
     for (name, expected) in &manifest.files {
-        let path = dir.join(name);
-        let actual = checksum(&path)?;
-        if &actual != expected {
-            bail!(
-                "{}: checksum mismatch ({} bytes, crc {:08x}; manifest says {} bytes, crc {:08x}): the checkpoint is damaged",
-                path.display(),
-                actual.bytes,
-                actual.crc32,
-                expected.bytes,
-                expected.crc32
-            );
-        }
+        verify_file(&dir.join(name), expected)?;
+    }
+    Ok(())
+}
+
+fn verify_file(path: &Path, expected: &FileSum) -> anyhow::Result<()> {
+    let actual = checksum(path)?;
+    if &actual != expected {
+        bail!(
+            "{}: checksum mismatch ({} bytes, crc {:08x}; manifest says {} bytes, crc {:08x}): the checkpoint is damaged",
+            path.display(),
+            actual.bytes,
+            actual.crc32,
+            expected.bytes,
+            expected.crc32
+        );
     }
     Ok(())
 }
@@ -276,27 +508,98 @@ fn fsync_dir(path: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use limo_dist::comm::{thread_group, ThreadComm};
+
     use super::*;
 
-    fn manifest(step: usize) -> Manifest {
+    /// One group "g" of 5 elements and one "h" of 2.
+    fn manifest(step: usize, world: usize) -> Manifest {
         Manifest {
             format: FORMAT.into(),
             step,
-            world_size: 1,
+            world_size: world,
             config_hash: "h".into(),
             data_order: serde_json::Value::Null,
-            params: vec![("w".into(), vec![3])],
+            params: vec![("a".into(), vec![5]), ("b".into(), vec![2])],
+            groups: vec![
+                GroupLayout {
+                    name: "g".into(),
+                    params: vec!["a".into()],
+                    numel: 5,
+                },
+                GroupLayout {
+                    name: "h".into(),
+                    params: vec!["b".into()],
+                    numel: 2,
+                },
+            ],
             master_dtype: "f32".into(),
             files: BTreeMap::new(),
         }
     }
 
-    fn state(value: f32) -> RankState {
-        let t = Tensor::new(&[value; 3], &Device::Cpu).unwrap();
+    /// Rank `rank`'s slices at `world` ranks of the layouts [v, v+1, .., v+4] and [v+10, v+11]
+    /// (moments: the same plus 100 and 200), zero-padded.
+    fn state(value: f32, world: usize, rank: usize) -> RankState {
+        let slice = |base: f32, numel: usize| {
+            let len = numel.div_ceil(world);
+            let v: Vec<f32> = (rank * len..(rank + 1) * len)
+                .map(|i| if i < numel { base + i as f32 } else { 0.0 })
+                .collect();
+            Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+        };
+        let list = |add: f32| vec![slice(value + add, 5), slice(value + 10.0 + add, 2)];
         RankState {
-            master: vec![t.clone()],
-            exp_avg: vec![t.clone()],
-            exp_avg_sq: vec![t],
+            master: list(0.0),
+            exp_avg: list(100.0),
+            exp_avg_sq: list(200.0),
+        }
+    }
+
+    fn save_at(ckpts: &Path, world: usize, step: usize, value: f32, keep: usize) {
+        on_ranks(
+            world,
+            move |c, dir| {
+                let s = state(value, c.world_size(), c.rank());
+                save(
+                    c,
+                    &Device::Cpu,
+                    &dir,
+                    manifest(step, c.world_size()),
+                    &s,
+                    &[],
+                    keep,
+                )
+                .map(|_| ())
+            },
+            ckpts,
+        )
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    }
+
+    fn on_ranks<T: Send + 'static>(
+        world: usize,
+        f: impl Fn(&ThreadComm, PathBuf) -> T + Send + Sync + 'static,
+        dir: &Path,
+    ) -> Vec<T> {
+        let f = std::sync::Arc::new(f);
+        let handles: Vec<_> = thread_group(world, Duration::from_secs(10))
+            .into_iter()
+            .map(|c| {
+                let (f, dir) = (f.clone(), dir.to_path_buf());
+                std::thread::spawn(move || f(&c, dir))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    fn values(flat: Flat) -> Vec<f32> {
+        match flat {
+            Flat::F32(v) => v,
+            Flat::F64(_) => panic!("f32 expected"),
         }
     }
 
@@ -304,7 +607,7 @@ mod tests {
     fn a_write_interrupted_at_any_stage_leaves_latest_on_a_complete_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let ckpts = dir.path();
-        save(ckpts, manifest(1), &state(1.0), &[], 3).unwrap();
+        save_at(ckpts, 1, 1, 1.0, 3);
         // A crash while step 2 was being written: a half-written temporary directory and a
         // temporary `latest` that was never renamed.
         std::fs::create_dir_all(ckpts.join(".step-00000002.tmp")).unwrap();
@@ -312,22 +615,25 @@ mod tests {
         std::fs::write(ckpts.join(".latest.tmp"), b"step-00000002").unwrap();
         let latest = resolve(ckpts, "latest").unwrap();
         assert!(latest.ends_with("step-00000001"));
-        let (m, s) = load(&latest).unwrap();
-        assert_eq!(m.step, 1);
-        assert_eq!(s.master[0].to_vec1::<f32>().unwrap(), vec![1.0; 3]);
+        let params = load_params(&latest, "master").unwrap();
+        assert_eq!(
+            params["a"].to_vec1::<f32>().unwrap(),
+            [1.0, 2.0, 3.0, 4.0, 5.0]
+        );
         assert_eq!(
             list(ckpts).unwrap().len(),
             1,
             "temporary directories are not checkpoints"
         );
         // The resumed run writes step 2 again over the debris.
-        save(ckpts, manifest(2), &state(2.0), &[], 3).unwrap();
-        assert!(resolve(ckpts, "latest").unwrap().ends_with("step-00000002"));
+        save_at(ckpts, 1, 2, 2.0, 3);
+        let latest = resolve(ckpts, "latest").unwrap();
+        assert!(latest.ends_with("step-00000002"));
         assert_eq!(
-            load(&resolve(ckpts, "latest").unwrap()).unwrap().1.master[0]
+            load_params(&latest, "master").unwrap()["b"]
                 .to_vec1::<f32>()
                 .unwrap(),
-            vec![2.0; 3]
+            [12.0, 13.0]
         );
     }
 
@@ -336,7 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ckpts = dir.path();
         for step in 1..=4 {
-            save(ckpts, manifest(step), &state(step as f32), &[], 2).unwrap();
+            save_at(ckpts, 2, step, step as f32, 2);
         }
         let kept: Vec<_> = list(ckpts)
             .unwrap()
@@ -344,18 +650,88 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_owned())
             .collect();
         assert_eq!(kept, ["step-00000003", "step-00000004"], "keep_last = 2");
-        let rank = ckpts.join("step-00000004").join(rank_file(0));
+        let rank = ckpts.join("step-00000004").join(rank_file(1));
         let mut bytes = std::fs::read(&rank).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&rank, bytes).unwrap();
-        let err = load(&ckpts.join("step-00000004"))
+        let err = load_params(&ckpts.join("step-00000004"), "master")
             .err()
             .unwrap()
             .to_string();
         assert!(
-            err.contains("checksum mismatch") && err.contains("rank-00000.safetensors"),
+            err.contains("checksum mismatch") && err.contains("rank-00001.safetensors"),
             "{err}"
         );
+        // Rank 0's slices alone are still readable: a rank verifies only the files it reads.
+        let mut reader = ShardReader::open(&ckpts.join("step-00000004")).unwrap();
+        assert_eq!(
+            values(reader.range("master", 0, 0..3).unwrap()),
+            [4.0, 5.0, 6.0]
+        );
+    }
+
+    #[test]
+    fn slices_written_at_one_world_size_read_back_at_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        for world in [1, 2, 3, 4] {
+            let ckpts = dir.path().join(format!("w{world}"));
+            save_at(&ckpts, world, 7, 0.0, 1);
+            let checkpoint = resolve(&ckpts, "latest").unwrap();
+            let manifest = read_manifest(&checkpoint).unwrap();
+            assert_eq!(manifest.world_size, world);
+            assert_eq!(manifest.files.len(), world, "one file per rank");
+            let mut reader = ShardReader::open(&checkpoint).unwrap();
+            for new_world in [1, 2, 3, 4] {
+                for rank in 0..new_world {
+                    let expected = state(0.0, new_world, rank);
+                    for (kind, list) in KINDS.iter().zip(expected.lists()) {
+                        for (g, numel) in [5usize, 2].into_iter().enumerate() {
+                            let len = numel.div_ceil(new_world);
+                            let got = values(
+                                reader.range(kind, g, rank * len..(rank + 1) * len).unwrap(),
+                            );
+                            assert_eq!(
+                                got,
+                                list[g].to_vec1::<f32>().unwrap(),
+                                "{world} -> {new_world}, rank {rank}, {kind}, group {g}"
+                            );
+                        }
+                    }
+                }
+            }
+            let exp_avg = load_params(&checkpoint, "exp_avg").unwrap();
+            assert_eq!(exp_avg["b"].to_vec1::<f32>().unwrap(), [110.0, 111.0]);
+        }
+    }
+
+    #[test]
+    fn a_rank_that_fails_to_write_fails_every_rank_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpts = dir.path();
+        save_at(ckpts, 2, 1, 1.0, 3);
+        let errors = on_ranks(
+            2,
+            |c, dir| {
+                let mut s = state(2.0, 2, c.rank());
+                if c.rank() == 1 {
+                    s.exp_avg.pop(); // a slice short: rank 1 cannot write its file
+                }
+                save(c, &Device::Cpu, &dir, manifest(2, 2), &s, &[], 3)
+                    .err()
+                    .map(|e| e.to_string())
+            },
+            ckpts,
+        );
+        assert!(
+            errors[1].as_deref().unwrap().contains("rank 1"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].as_deref().unwrap().contains("rank(s) [1]"),
+            "{errors:?}"
+        );
+        assert!(resolve(ckpts, "latest").unwrap().ends_with("step-00000001"));
+        assert_eq!(list(ckpts).unwrap().len(), 1);
     }
 }

@@ -61,7 +61,8 @@ pub struct TrainSection {
     /// Stop after this many optimizer steps (default: epochs x steps per epoch).
     #[serde(default)]
     pub max_steps: Option<usize>,
-    /// Examples (rows) per micro-batch.
+    /// Examples (rows) per micro-batch on each rank (per GPU). A step consumes
+    /// `batch_size x grad_accum x world size` rows.
     #[serde(default = "one")]
     pub batch_size: usize,
     /// Micro-batches per optimizer step. The step's loss is the sum over all its target
@@ -89,6 +90,10 @@ pub struct TrainSection {
     /// Tokens per chunk of the fused head + loss.
     #[serde(default = "default_loss_chunk")]
     pub loss_chunk: usize,
+    /// Keep only each layer's input in the forward and recompute the layer in the backward
+    /// (less activation memory, one more forward). Does not change the numbers.
+    #[serde(default = "yes")]
+    pub activation_checkpointing: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,9 +262,21 @@ impl TrainConfig {
 
     /// A hash of everything that shapes the trajectory (model, data, train; not output), kept in
     /// every checkpoint so a resume with a different recipe is refused.
-    pub fn trajectory_hash(&self) -> String {
-        let text =
-            serde_json::to_string(&(&self.model, &self.data, &self.train)).expect("serializable");
+    /// Identifies the training trajectory, to refuse resuming a different run. It depends on
+    /// the rows per step (`batch_size x grad_accum x world_size`), not on how they are split,
+    /// so a run may resume at another world size with the same global batch; settings that do
+    /// not change the numbers (activation checkpointing) are left out.
+    pub fn trajectory_hash(&self, world_size: usize) -> String {
+        let mut train = serde_json::to_value(&self.train).expect("serializable");
+        let map = train.as_object_mut().expect("a struct");
+        for key in ["batch_size", "grad_accum", "activation_checkpointing"] {
+            map.remove(key);
+        }
+        map.insert(
+            "rows_per_step".into(),
+            (self.train.batch_size * self.train.grad_accum * world_size).into(),
+        );
+        let text = serde_json::to_string(&(&self.model, &self.data, &train)).expect("serializable");
         format!("{:016x}", fnv1a(text.as_bytes()))
     }
 }

@@ -4,12 +4,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use candle_core::safetensors::Load;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use limo_model::writer::{write_json, ShardedWriter};
-use safetensors::SafeTensors;
 
-use crate::checkpoint::{self, rank_file};
+use crate::checkpoint::{self, ShardReader};
 
 /// Files of a checkpoint that an exported model carries along.
 const CARRIED: [&str; 4] = [
@@ -19,37 +17,32 @@ const CARRIED: [&str; 4] = [
     "chat_template.jinja",
 ];
 
-/// Writes `out` (created; must not hold a model) from checkpoint `dir`.
+/// Writes `out` (created; must not hold a model) from checkpoint `dir`, merging the ranks'
+/// slices one parameter at a time, whatever world size wrote it.
 pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> anyhow::Result<()> {
-    let manifest_path = dir.join(checkpoint::MANIFEST);
-    let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("{}", manifest_path.display()))?;
-    let manifest: checkpoint::Manifest =
-        serde_json::from_str(&text).with_context(|| format!("{}", manifest_path.display()))?;
-    checkpoint::verify(dir, &manifest)?;
+    let mut reader = ShardReader::open(dir)?;
+    // Side files are checked here; rank files as they are read.
+    for (name, sum) in &reader.manifest.files {
+        if !name.starts_with("rank-") {
+            let one = [(name.clone(), sum.clone())].into_iter().collect();
+            let manifest = checkpoint::Manifest {
+                files: one,
+                ..reader.manifest.clone()
+            };
+            checkpoint::verify(dir, &manifest)?;
+        }
+    }
     if out.join("config.json").exists() {
         bail!(
             "{}: already holds a model; export into an empty directory",
             out.display()
         );
     }
-    let rank_path = dir.join(rank_file(0));
-    let file =
-        std::fs::File::open(&rank_path).with_context(|| format!("{}", rank_path.display()))?;
-    // SAFETY: read-only map of a checkpoint file whose checksum was just verified.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{}", rank_path.display()))?;
-    let tensors =
-        SafeTensors::deserialize(&map).with_context(|| format!("{}", rank_path.display()))?;
-
     let mut writer = ShardedWriter::new(out, max_shard_bytes)?;
-    for (name, _) in &manifest.params {
-        let key = format!("master.{name}");
-        let view = tensors
-            .tensor(&key)
-            .with_context(|| format!("{}: missing {key}", rank_path.display()))?;
-        writer.add(name, view.load(&Device::Cpu)?.to_dtype(dtype)?)?;
-    }
+    reader.params("master", |name, tensor| {
+        writer.add(name, tensor.to_dtype(dtype)?)?;
+        Ok(())
+    })?;
     writer.finish()?;
 
     let config_path = dir.join("config.json");

@@ -1,5 +1,6 @@
 //! The limo trainer: run configuration, AdamW on fp32 master weights, learning-rate schedules,
-//! the training loop, checkpoints with exact resume, and export to Hugging Face format.
+//! the training loop over ZeRO-3 shards, sharded checkpoints with exact resume at any world
+//! size, and export to Hugging Face format.
 
 pub mod checkpoint;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod schedule;
 pub mod source;
 pub mod synthetic;
 pub mod trainer;
+pub mod zero3;
 
 pub use config::TrainConfig;
 pub use trainer::{train, RunOptions, RunSummary};

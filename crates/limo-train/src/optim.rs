@@ -37,14 +37,52 @@ impl Flat {
         }
     }
 
-    fn zeros_like(&self) -> Self {
+    pub fn zeros_like(&self) -> Self {
         match self {
             Flat::F32(v) => Flat::F32(vec![0.0; v.len()]),
             Flat::F64(v) => Flat::F64(vec![0.0; v.len()]),
         }
     }
 
-    fn sum_of_squares(&self) -> f64 {
+    pub fn len(&self) -> usize {
+        match self {
+            Flat::F32(v) => v.len(),
+            Flat::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Truncates or pads with zeros (ZeRO-3's padding of a group to a multiple of the world).
+    pub fn resize(&mut self, len: usize) {
+        match self {
+            Flat::F32(v) => v.resize(len, 0.0),
+            Flat::F64(v) => v.resize(len, 0.0),
+        }
+    }
+
+    /// Adds `t` (same length, any dtype and device) element-wise, in this buffer's dtype.
+    pub fn add_tensor(&mut self, t: &Tensor) -> Result<()> {
+        let n = t.elem_count();
+        if n != self.len() {
+            candle_core::bail!("adding {n} values to a buffer of {}", self.len());
+        }
+        match self {
+            Flat::F32(v) => {
+                let t: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                v.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+            }
+            Flat::F64(v) => {
+                let t: Vec<f64> = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+                v.iter_mut().zip(t).for_each(|(a, b)| *a += b);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sum_of_squares(&self) -> f64 {
         match self {
             Flat::F32(v) => sum_of_squares(v),
             Flat::F64(v) => sum_of_squares(v),
@@ -88,6 +126,19 @@ impl AdamW {
             master,
             updates: 0,
         })
+    }
+
+    /// Optimizer state for the given master buffers, moments at zero.
+    pub fn from_flats(settings: AdamWSettings, master: Vec<Flat>) -> Self {
+        let zeros: Vec<Flat> = master.iter().map(Flat::zeros_like).collect();
+        Self {
+            settings,
+            shapes: master.iter().map(|m| vec![m.len()]).collect(),
+            exp_avg: zeros.clone(),
+            exp_avg_sq: zeros,
+            master,
+            updates: 0,
+        }
     }
 
     pub fn master_dtype(&self) -> DType {

@@ -32,13 +32,18 @@ pub struct PreparedModel {
 }
 
 /// Resolves the model directory (writing the random initialization into `<out>/init-model`
-/// when asked for one) and the tokenizer.
-pub fn prepare_model(config: &TrainConfig, out: &Path) -> anyhow::Result<PreparedModel> {
+/// when asked for one) and the tokenizer. With `write` false nothing is written: the ranks of a
+/// distributed run other than rank 0 read what rank 0 wrote.
+pub fn prepare_model(
+    config: &TrainConfig,
+    out: &Path,
+    write: bool,
+) -> anyhow::Result<PreparedModel> {
     let dir = match (&config.model.path, &config.model.init) {
         (Some(path), _) => path.clone(),
         (None, Some(shape)) => {
             let dir = out.join("init-model");
-            if !dir.join("config.json").exists() {
+            if write && !dir.join("config.json").exists() {
                 let mut model_config = limo_model::init::preset_config(shape)?;
                 for (key, value) in &config.model.init_overrides {
                     model_config[key] = serde_json::to_value(value)?;
@@ -61,8 +66,10 @@ pub fn prepare_model(config: &TrainConfig, out: &Path) -> anyhow::Result<Prepare
     let tokenizer = match config.model.tokenizer.as_deref() {
         Some(BUILTIN_TOKENIZER) => {
             let path = out.join("tokenizer").join("tokenizer.json");
-            std::fs::create_dir_all(path.parent().expect("has parent"))?;
-            std::fs::write(&path, QWEN25_TOKENIZER)?;
+            if write {
+                std::fs::create_dir_all(path.parent().expect("has parent"))?;
+                std::fs::write(&path, QWEN25_TOKENIZER)?;
+            }
             Some(path)
         }
         Some(path) => Some(PathBuf::from(path)),
@@ -72,19 +79,22 @@ pub fn prepare_model(config: &TrainConfig, out: &Path) -> anyhow::Result<Prepare
     Ok(PreparedModel { dir, tokenizer })
 }
 
-/// Reads (or generates) the dataset and turns it into training rows.
+/// Reads (or generates, when `write`) the dataset and turns it into training rows.
 pub fn prepare_rows(
     config: &TrainConfig,
     tokenizer: Option<&ChatTokenizer>,
     out: &Path,
+    write: bool,
 ) -> anyhow::Result<Vec<TrainingRow>> {
     let mut data = config.data.clone();
     if data.path == BUILTIN_ARITHMETIC {
         let path = out.join("data").join("arithmetic-train.jsonl");
-        synthetic::write_jsonl(
-            &path,
-            &synthetic::problems(config.train.seed, synthetic::TRAIN_PROBLEMS),
-        )?;
+        if write {
+            synthetic::write_jsonl(
+                &path,
+                &synthetic::problems(config.train.seed, synthetic::TRAIN_PROBLEMS),
+            )?;
+        }
         data.path = path.display().to_string();
     }
     if data.format == Format::Tokenized {

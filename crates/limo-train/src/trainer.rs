@@ -1,26 +1,33 @@
 //! The training loop: load, then for every optimizer step gather micro-batches, forward and
 //! backward, clip, update, log, checkpoint; at the end plot and export.
+//!
+//! Every run is a ZeRO-3 run over a `Communicator` (a single process is world size 1). Each
+//! step consumes `batch_size x grad_accum x world_size` rows; every rank follows the same data
+//! order and takes its own `batch_size` rows of every micro-batch. Rank 0 alone writes the run
+//! directory (metrics, plot, export, evaluation); every rank writes its checkpoint slice.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use limo_data::ChatTokenizer;
-use limo_model::checkpoint::load_checkpoint;
+use limo_dist::comm::{thread_group, Communicator};
+use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::model::parse_dtype;
-use limo_model::{loss_and_grads, Batch, ModelWeights, Qwen2Config};
+use limo_model::{Batch, ModelWeights, Qwen2Config};
 
-use crate::checkpoint::{self, Manifest, RankState, SideFile};
+use crate::checkpoint::{self, GroupLayout, Manifest, RankState, ShardReader, SideFile, KINDS};
 use crate::config::{parse_size, TrainConfig};
 use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{self, StepMetrics};
-use crate::optim::{clip_coefficient, global_norm, master_dtype, AdamW, AdamWSettings, Flat};
+use crate::optim::{master_dtype, AdamWSettings, Flat};
 use crate::order::DataOrder;
 use crate::schedule::Schedule;
-use crate::source::{prepare_model, prepare_rows, TrainingRow, BUILTIN_ARITHMETIC};
+use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow, BUILTIN_ARITHMETIC};
 use crate::synthetic;
+use crate::zero3::{agree, load_shards, ShardedModel};
 
 /// How `limo train` was asked to run.
 #[derive(Default)]
@@ -29,43 +36,65 @@ pub struct RunOptions {
     pub resume: Option<String>,
     /// Draw the progress bar (off in tests and when stderr is not a terminal).
     pub progress: bool,
+    /// This process's rank of a distributed run; `None` trains alone (world size 1).
+    pub comm: Option<Box<dyn Communicator>>,
 }
 
 /// What a finished run reports.
 pub struct RunSummary {
+    pub rank: usize,
+    pub world_size: usize,
     pub steps: usize,
     pub first_loss: f64,
     pub last_loss: f64,
     pub output: PathBuf,
-    /// Held-out greedy evaluation before and after training (generated data only).
+    /// Held-out greedy evaluation before and after training (generated data only; rank 0).
     pub evaluation: Option<(Evaluation, Evaluation)>,
 }
 
 /// Everything the loop carries from step to step.
 struct State {
-    cfg: Qwen2Config,
-    weights: ModelWeights,
-    optimizer: AdamW,
+    model: ShardedModel,
     order: DataOrder,
     step: usize,
 }
 
-pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSummary> {
-    config.preflight()?;
-    let out = &config.output.dir;
-    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    std::fs::write(out.join("config.toml"), toml::to_string(config)?)?;
-    let dtype = parse_dtype(&config.model.dtype)?;
-    let device = Device::Cpu;
+/// What rank 0 prepares and every rank reads: model location, tokenizer, training rows.
+struct Inputs {
+    model: PreparedModel,
+    tokenizer: Option<ChatTokenizer>,
+    rows: Vec<TrainingRow>,
+}
 
-    let model = prepare_model(config, out)?;
-    let (cfg, weights) = load_checkpoint(&model.dir, dtype, &device)?;
+fn prepare_inputs(config: &TrainConfig, write: bool) -> anyhow::Result<Inputs> {
+    let out = &config.output.dir;
+    if write {
+        std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+        std::fs::write(out.join("config.toml"), toml::to_string(config)?)?;
+    }
+    let model = prepare_model(config, out, write)?;
     let tokenizer = model
         .tokenizer
         .as_deref()
         .map(ChatTokenizer::from_path)
         .transpose()?;
-    let rows = prepare_rows(config, tokenizer.as_ref(), out)?;
+    let rows = prepare_rows(config, tokenizer.as_ref(), out, write)?;
+    Ok(Inputs {
+        model,
+        tokenizer,
+        rows,
+    })
+}
+
+/// Reads the model's config and this rank's slices of its weights.
+fn load_model(
+    dir: &Path,
+    rows: &[TrainingRow],
+    dtype: DType,
+    world: usize,
+    rank: usize,
+) -> anyhow::Result<(Qwen2Config, Vec<Flat>)> {
+    let cfg = Qwen2Config::from_file(&dir.join(CONFIG_FILE))?;
     if let Some(bad) = rows
         .iter()
         .flat_map(|r| &r.input_ids)
@@ -76,9 +105,40 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
             cfg.vocab_size
         );
     }
+    let files = SafetensorFiles::open(dir)?;
+    files.check_names(&cfg)?;
+    let shards = load_shards(&cfg, &files, dtype, world, rank)?;
+    Ok((cfg, shards))
+}
+
+pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSummary> {
+    config.preflight()?;
+    let comm = match options.comm {
+        Some(comm) => comm,
+        // Alone, no collective ever waits: the timeout is never reached.
+        None => Box::new(thread_group(1, Duration::from_secs(60)).remove(0)),
+    };
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let lead = rank == 0;
+    let out = &config.output.dir;
+    let dtype = parse_dtype(&config.model.dtype)?;
+    let device = Device::Cpu;
+
+    // Rank 0 writes the run directory's inputs first; then every rank reads them.
+    let first = lead.then(|| prepare_inputs(config, true)).transpose();
+    let first = agree(comm.as_ref(), &device, first, "preparing the run")?;
+    let inputs = first.map_or_else(|| prepare_inputs(config, false), Ok);
+    let inputs = agree(comm.as_ref(), &device, inputs, "reading the model and data")?;
+    let Inputs {
+        model: prepared,
+        tokenizer,
+        rows,
+    } = inputs;
+    let loaded = load_model(&prepared.dir, &rows, dtype, world, rank);
+    let (cfg, shards) = agree(comm.as_ref(), &device, loaded, "loading the model")?;
 
     let t = &config.train;
-    let per_step = t.batch_size * t.grad_accum;
+    let per_step = t.batch_size * t.grad_accum * world;
     let steps_per_epoch = rows.len().div_ceil(per_step);
     let total_steps = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
     let schedule = Schedule::from_name(&t.schedule).expect("validated");
@@ -88,58 +148,70 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
         eps: t.adam_eps,
         weight_decay: t.weight_decay,
     };
-    let named = weights.named(&cfg);
-    let params: Vec<(String, Vec<usize>)> = named
-        .iter()
-        .map(|(n, w)| (n.clone(), w.dims().to_vec()))
-        .collect();
-    let optimizer = AdamW::new(settings, &named.iter().map(|(_, w)| *w).collect::<Vec<_>>())?;
-    drop(named);
+    let model = ShardedModel::new(
+        cfg,
+        shards,
+        dtype,
+        &device,
+        settings,
+        t.activation_checkpointing,
+        comm,
+    )?;
     let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
     let mut state = State {
-        optimizer,
+        model,
         order,
-        cfg,
-        weights,
         step: 0,
     };
 
     let checkpoints_dir = out.join("checkpoints");
     let metrics_path = out.join("metrics.jsonl");
     if let Some(which) = &options.resume {
-        let dir = checkpoint::resolve(&checkpoints_dir, which)?;
-        restore(&mut state, &dir, config, rows.len(), dtype)?;
-        metrics::truncate_after(&metrics_path, state.step)?;
-        tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
-    } else {
+        let restored = checkpoint::resolve(&checkpoints_dir, which)
+            .and_then(|dir| restore(&mut state, &dir, config, rows.len()).map(|()| dir));
+        let dir = agree(
+            state.model.comm(),
+            &device,
+            restored,
+            "resuming from the checkpoint",
+        )?;
+        if lead {
+            metrics::truncate_after(&metrics_path, state.step)?;
+        }
+        tracing::info!(step = state.step, checkpoint = %dir.display(), rank, "resumed");
+    } else if lead {
         let _ = std::fs::remove_file(&metrics_path);
     }
 
     let held_out = held_out_problems(config);
     let eval_before = match (&tokenizer, held_out.is_empty()) {
-        (Some(tok), false) => Some(evaluate(
-            &state.cfg,
-            &state.weights,
-            tok,
-            config.data.system.as_deref(),
-            &held_out,
-            config.output.eval_max_new_tokens,
-        )?),
+        (Some(tok), false) => evaluate_on_lead(config, &state.model, tok, &held_out)?,
         _ => None,
     };
 
-    let side_files = side_files(&model.dir, model.tokenizer.as_deref())?;
-    let bar = progress_bar(options.progress, total_steps, state.step);
-    tracing::info!(rows = rows.len(), total_steps, per_step, "training");
+    let side_files = side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
+    let bar = progress_bar(options.progress && lead, total_steps, state.step);
+    if lead {
+        tracing::info!(
+            rows = rows.len(),
+            total_steps,
+            rows_per_step = per_step,
+            world,
+            "training"
+        );
+    }
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
     while state.step < total_steps {
         let started = Instant::now();
         let indices = state.order.next_indices(per_step);
-        let micro: Vec<Batch> = indices
-            .chunks(t.batch_size)
-            .map(|c| to_batch(&rows, c))
+        let micro: Vec<Batch> = rank_micro_batches(&indices, t.batch_size, world, rank)
+            .iter()
+            .map(|rows_of_batch| to_batch(&rows, rows_of_batch))
             .collect::<anyhow::Result<_>>()?;
-        let n_targets: usize = micro.iter().map(Batch::n_targets).sum();
-        let tokens: usize = micro.iter().map(Batch::tokens).sum();
+        let local_targets: usize = micro.iter().map(Batch::n_targets).sum();
+        let local_tokens: usize = micro.iter().map(Batch::tokens).sum();
+        let n_targets = state.model.sum_over_ranks(local_targets as f64)? as usize;
+        let tokens = state.model.sum_over_ranks(local_tokens as f64)? as usize;
         let lr = schedule.lr(t.lr, state.step, t.warmup_steps, total_steps);
         let (loss, grad_norm, clip_coef) = if n_targets == 0 {
             tracing::warn!(
@@ -148,9 +220,13 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
             );
             (0.0, 0.0, 1.0)
         } else {
-            optimizer_step(&mut state, &micro, n_targets, lr, config, dtype)?
+            optimizer_step(&mut state, &micro, n_targets, lr, config)?
         };
         state.step += 1;
+        if first_loss.is_nan() {
+            first_loss = loss;
+        }
+        last_loss = loss;
         let seconds = started.elapsed().as_secs_f64();
         let m = StepMetrics {
             step: state.step,
@@ -164,39 +240,67 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> anyhow::Result<RunSu
             seconds,
             tokens_per_second: tokens as f64 / seconds.max(1e-9),
         };
-        metrics::append(&metrics_path, &m)?;
+        if lead {
+            metrics::append(&metrics_path, &m)?;
+        }
         bar.set_message(format!(
             "loss {loss:.4} lr {lr:.2e} gnorm {grad_norm:.3} {:.0} tok/s",
             m.tokens_per_second
         ));
         bar.inc(1);
-        tracing::debug!(step = m.step, loss, lr, grad_norm, "step");
+        tracing::debug!(step = m.step, loss, lr, grad_norm, rank, "step");
 
         if checkpoint_due(config, state.step, steps_per_epoch, total_steps) {
-            save(&state, &checkpoints_dir, config, &params, &side_files)?;
+            save(&state, &checkpoints_dir, config, &side_files)?;
         }
     }
     bar.finish_and_clear();
 
-    let history = metrics::read(&metrics_path)?;
-    metrics::plot_loss(&history, &out.join("loss.png"))?;
-    if config.output.export_dtype != "none" {
-        export_final(
-            config,
-            &checkpoints_dir.join(checkpoint::step_dir_name(total_steps)),
-        )?;
+    if lead {
+        let history = metrics::read(&metrics_path)?;
+        metrics::plot_loss(&history, &out.join("loss.png"))?;
+        if let (Some(first), Some(last)) = (history.first(), history.last()) {
+            (first_loss, last_loss) = (first.loss, last.loss);
+        }
+        if config.output.export_dtype != "none" {
+            export_final(
+                config,
+                &checkpoints_dir.join(checkpoint::step_dir_name(total_steps)),
+            )?;
+        }
     }
     let evaluation = match (eval_before, &tokenizer) {
-        (Some(before), Some(tok)) => Some(evaluate_after(config, &state, tok, &held_out, before)?),
+        (Some(before), Some(tok)) => evaluate_after(config, &state, tok, &held_out, before)?,
         _ => None,
     };
+    // Nobody leaves while rank 0 still exports: a launcher may stop the job when one exits.
+    state.model.comm().barrier()?;
     Ok(RunSummary {
+        rank,
+        world_size: world,
         evaluation,
         steps: total_steps,
-        first_loss: history.first().map_or(f64::NAN, |m| m.loss),
-        last_loss: history.last().map_or(f64::NAN, |m| m.loss),
+        first_loss,
+        last_loss,
         output: out.clone(),
     })
+}
+
+/// The rows of `indices` (one step) that `rank` trains on: micro-batch `m` of the step is
+/// `indices[(m * world + r) * batch_size..][..batch_size]` on rank `r`, so the step covers the
+/// same rows in any split.
+fn rank_micro_batches(
+    indices: &[usize],
+    batch_size: usize,
+    world: usize,
+    rank: usize,
+) -> Vec<Vec<usize>> {
+    indices
+        .chunks(batch_size)
+        .skip(rank)
+        .step_by(world)
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 /// Checkpoint every `save_steps`, at epoch ends if asked, and always after the last step.
@@ -223,24 +327,38 @@ fn export_final(config: &TrainConfig, final_checkpoint: &Path) -> anyhow::Result
     crate::export::export(final_checkpoint, &export_dir, dtype, shard)
 }
 
-/// Evaluates the trained weights and writes `<output>/eval.json`.
+/// Gathers the whole model (every rank takes part) and evaluates it on rank 0.
+fn evaluate_on_lead(
+    config: &TrainConfig,
+    model: &ShardedModel,
+    tokenizer: &ChatTokenizer,
+    held_out: &[synthetic::Problem],
+) -> anyhow::Result<Option<Evaluation>> {
+    let weights: ModelWeights = model.full_weights()?;
+    if model.rank() != 0 {
+        return Ok(None);
+    }
+    Ok(Some(evaluate(
+        &model.cfg,
+        &weights,
+        tokenizer,
+        config.data.system.as_deref(),
+        held_out,
+        config.output.eval_max_new_tokens,
+    )?))
+}
+
+/// Evaluates the trained weights and writes `<output>/eval.json` (rank 0).
 fn evaluate_after(
     config: &TrainConfig,
     state: &State,
     tokenizer: &ChatTokenizer,
     held_out: &[synthetic::Problem],
     before: Evaluation,
-) -> anyhow::Result<(Evaluation, Evaluation)> {
-    let system = config.data.system.as_deref();
-    let max_new = config.output.eval_max_new_tokens;
-    let after = evaluate(
-        &state.cfg,
-        &state.weights,
-        tokenizer,
-        system,
-        held_out,
-        max_new,
-    )?;
+) -> anyhow::Result<Option<(Evaluation, Evaluation)>> {
+    let Some(after) = evaluate_on_lead(config, &state.model, tokenizer, held_out)? else {
+        return Ok(None);
+    };
     let samples: Vec<serde_json::Value> = after
         .samples
         .iter()
@@ -256,79 +374,32 @@ fn evaluate_after(
         config.output.dir.join("eval.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    Ok((before, after))
+    Ok(Some((before, after)))
 }
 
-/// One optimizer step over its micro-batches; returns (loss, grad norm, clip coefficient).
+/// One optimizer step over this rank's micro-batches; returns (loss, grad norm, clip
+/// coefficient), the same on every rank. `n_targets` counts the targets of all ranks.
 fn optimizer_step(
     state: &mut State,
     micro: &[Batch],
     n_targets: usize,
     lr: f64,
     config: &TrainConfig,
-    dtype: DType,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let scale = 1.0 / n_targets as f64;
+    let mut grads = state.model.zero_grads();
     let mut loss_sum = 0.0;
-    let mut grads: Option<Vec<Tensor>> = None;
     for batch in micro {
-        let out = loss_and_grads(
-            &state.cfg,
-            &state.weights,
-            batch,
-            scale,
-            config.train.loss_chunk,
-        )?;
-        loss_sum += out.loss_sum;
-        let g: Vec<Tensor> = out
-            .grads
-            .named(&state.cfg)
-            .into_iter()
-            .map(|(_, t)| t.clone())
-            .collect();
-        grads = Some(match grads {
-            None => g,
-            Some(acc) => acc
-                .iter()
-                .zip(&g)
-                .map(|(a, b)| a + b)
-                .collect::<candle_core::Result<_>>()?,
-        });
+        loss_sum +=
+            state
+                .model
+                .loss_and_grads(batch, scale, config.train.loss_chunk, &mut grads)?;
     }
-    let grads = grads.expect("at least one micro-batch");
-    let master = state.optimizer.master_dtype();
-    let grads: Vec<Flat> = grads
-        .iter()
-        .map(|g| Flat::from_tensor(g, master))
-        .collect::<candle_core::Result<_>>()?;
-    let norm = global_norm(&grads);
-    if !norm.is_finite() {
-        bail!(
-            "step {}: gradient norm is {norm}; stopping before the weights are damaged",
-            state.step + 1
-        );
-    }
-    let coef = clip_coefficient(norm, config.train.max_grad_norm);
-    state.optimizer.step(&grads, lr, coef);
-    state.weights = compute_weights(&state.cfg, &state.optimizer, dtype)?;
+    let loss_sum = state.model.sum_over_ranks(loss_sum)?;
+    let (norm, coef) = state
+        .model
+        .step(&grads, lr, config.train.max_grad_norm, state.step + 1)?;
     Ok((loss_sum * scale, norm, coef))
-}
-
-/// The compute copy of the master weights.
-fn compute_weights(
-    cfg: &Qwen2Config,
-    optimizer: &AdamW,
-    dtype: DType,
-) -> anyhow::Result<ModelWeights> {
-    let mut tensors = optimizer
-        .tensors(&optimizer.master, &Device::Cpu)?
-        .into_iter();
-    Ok(ModelWeights::build(cfg, |_| {
-        Ok(tensors
-            .next()
-            .expect("one master per parameter")
-            .to_dtype(dtype)?)
-    })?)
 }
 
 fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {
@@ -341,73 +412,84 @@ fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {
     Ok(Batch::from_rows(&ids, &labels, positions.as_deref())?)
 }
 
-fn save(
-    state: &State,
-    dir: &Path,
-    config: &TrainConfig,
-    params: &[(String, Vec<usize>)],
-    side: &[SideFile],
-) -> anyhow::Result<()> {
+fn save(state: &State, dir: &Path, config: &TrainConfig, side: &[SideFile]) -> anyhow::Result<()> {
+    let model = &state.model;
     let manifest = Manifest {
         format: checkpoint::FORMAT.into(),
         step: state.step,
-        world_size: 1,
-        config_hash: config.trajectory_hash(),
+        world_size: model.world_size(),
+        config_hash: config.trajectory_hash(model.world_size()),
         data_order: state.order.save(),
-        params: params.to_vec(),
-        master_dtype: format!("{:?}", state.optimizer.master_dtype()).to_lowercase(),
+        params: ModelWeights::specs(&model.cfg)
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect(),
+        groups: GroupLayout::of(&model.groups),
+        master_dtype: format!("{:?}", model.optimizer.master_dtype()).to_lowercase(),
         files: Default::default(),
     };
-    let opt = &state.optimizer;
-    let rank = RankState {
+    let opt = &model.optimizer;
+    let rank_state = RankState {
         master: opt.tensors(&opt.master, &Device::Cpu)?,
         exp_avg: opt.tensors(&opt.exp_avg, &Device::Cpu)?,
         exp_avg_sq: opt.tensors(&opt.exp_avg_sq, &Device::Cpu)?,
     };
-    let path = checkpoint::save(dir, manifest, &rank, side, config.output.keep_last)?;
-    tracing::info!(step = state.step, path = %path.display(), "checkpoint saved");
+    let path = checkpoint::save(
+        model.comm(),
+        &model.device,
+        dir,
+        manifest,
+        &rank_state,
+        side,
+        config.output.keep_last,
+    )?;
+    if model.rank() == 0 {
+        tracing::info!(step = state.step, path = %path.display(), "checkpoint saved");
+    }
     Ok(())
 }
 
-fn restore(
-    state: &mut State,
-    dir: &Path,
-    config: &TrainConfig,
-    rows: usize,
-    dtype: DType,
-) -> anyhow::Result<()> {
-    let (manifest, rank) = checkpoint::load(dir)?;
-    if manifest.config_hash != config.trajectory_hash() {
+/// Loads this rank's slices from a checkpoint written at any world size with the same rows
+/// per step.
+fn restore(state: &mut State, dir: &Path, config: &TrainConfig, rows: usize) -> anyhow::Result<()> {
+    let mut reader = ShardReader::open(dir)?;
+    let manifest = reader.manifest.clone();
+    let model = &mut state.model;
+    let world = model.world_size();
+    if manifest.config_hash != config.trajectory_hash(world) {
         bail!(
-            "{}: written by a run with a different model, data or train configuration; resume with the same config",
+            "{}: written by a run with a different model, data or train configuration (or a different number of rows per step: batch_size x grad_accum x world size); resume with the same config",
             dir.display()
         );
     }
-    let expected: Vec<(String, Vec<usize>)> = state
-        .weights
-        .named(&state.cfg)
-        .iter()
-        .map(|(n, w)| (n.clone(), w.dims().to_vec()))
+    let expected: Vec<(String, Vec<usize>)> = ModelWeights::specs(&model.cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
         .collect();
-    if manifest.params != expected {
+    if manifest.params != expected || manifest.groups != GroupLayout::of(&model.groups) {
         bail!("{}: its parameters do not match the model", dir.display());
     }
-    let want = master_dtype(dtype);
-    if rank.master.iter().any(|t| t.dtype() != want) {
+    let want = master_dtype(model.dtype);
+    if reader.master_dtype() != want {
         bail!("{}: master weights are not {want:?}", dir.display());
     }
-    let flat = |list: Vec<Tensor>| {
-        list.iter()
-            .map(|t| Flat::from_tensor(t, want))
-            .collect::<candle_core::Result<Vec<_>>>()
-    };
-    state.optimizer.master = flat(rank.master)?;
-    state.optimizer.exp_avg = flat(rank.exp_avg)?;
-    state.optimizer.exp_avg_sq = flat(rank.exp_avg_sq)?;
-    state.optimizer.updates = manifest.step as u64;
+    let rank = model.rank();
+    let mut lists: Vec<Vec<Flat>> = Vec::new();
+    for kind in KINDS {
+        let slices = (0..model.groups.len())
+            .map(|g| reader.range(kind, g, model.groups[g].shard_range(world, rank)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        lists.push(slices);
+    }
+    let [master, exp_avg, exp_avg_sq]: [Vec<Flat>; 3] =
+        lists.try_into().expect("three state lists");
+    model.optimizer.master = master;
+    model.optimizer.exp_avg = exp_avg;
+    model.optimizer.exp_avg_sq = exp_avg_sq;
+    model.optimizer.updates = manifest.step as u64;
+    model.refresh_compute()?;
     state.order = DataOrder::restore(&manifest.data_order, rows)?;
     state.step = manifest.step;
-    state.weights = compute_weights(&state.cfg, &state.optimizer, dtype)?;
     Ok(())
 }
 

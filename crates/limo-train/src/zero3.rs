@@ -1,0 +1,364 @@
+//! ZeRO-3 (DESIGN.md choice 2): the model's parameters live in flat groups (the embedding, one
+//! group per decoder layer, the final norm with the head), and each rank keeps only its slice of
+//! every group: the compute weights, the fp32 master, the Adam moments and the fp32 gradient
+//! accumulator. The forward and the backward all-gather a group just before they use it and
+//! drop it right after; gradients leave a layer through a reduce-scatter, so no rank ever holds
+//! more than one layer's full weights and gradients.
+//!
+//! With activation checkpointing (the default) the forward keeps only each layer's input and
+//! the backward runs the layer's forward again, gathered a second time; without it the forward
+//! keeps every layer's activations.
+//!
+//! The arithmetic is the single-process trainer's: at world size 1 the gathers and scatters are
+//! copies and a run reproduces the transformers trajectory as before. At other world sizes the
+//! only difference is the order in which partial gradient sums are added.
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use limo_dist::comm::Communicator;
+use limo_dist::groups::{groups, Group};
+use limo_model::checkpoint::SafetensorFiles;
+use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerContext};
+use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
+use limo_ops::{linear_cross_entropy, rms_norm_backward, rms_norm_forward, RopeTables};
+
+use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat};
+
+/// One rank's part of a ZeRO-3 model and its optimizer.
+pub struct ShardedModel {
+    pub cfg: Qwen2Config,
+    pub groups: Vec<Group>,
+    /// The dtype the forward and backward compute in.
+    pub dtype: DType,
+    pub device: Device,
+    /// One "parameter" per group: this rank's flat slice of it.
+    pub optimizer: AdamW,
+    /// This rank's slices in the compute dtype, on the device: what the all-gathers send.
+    compute: Vec<Tensor>,
+    /// Keep only layer inputs in the forward and recompute the layer in the backward.
+    pub checkpointing: bool,
+    comm: Box<dyn Communicator>,
+}
+
+/// Index of the embedding group, and of the head group counted from the end.
+const EMBED_GROUP: usize = 0;
+
+impl ShardedModel {
+    /// A model over this rank's master slices (from [`load_shards`] or a checkpoint).
+    pub fn new(
+        cfg: Qwen2Config,
+        shards: Vec<Flat>,
+        dtype: DType,
+        device: &Device,
+        settings: AdamWSettings,
+        checkpointing: bool,
+        comm: Box<dyn Communicator>,
+    ) -> anyhow::Result<Self> {
+        let mut model = Self {
+            groups: groups(&cfg),
+            cfg,
+            dtype,
+            device: device.clone(),
+            optimizer: AdamW::from_flats(settings, shards),
+            compute: Vec::new(),
+            checkpointing,
+            comm,
+        };
+        model.refresh_compute()?;
+        Ok(model)
+    }
+
+    pub fn comm(&self) -> &dyn Communicator {
+        self.comm.as_ref()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// The compute slices from the master slices (after an update or a restore).
+    pub fn refresh_compute(&mut self) -> anyhow::Result<()> {
+        self.compute = self
+            .optimizer
+            .master
+            .iter()
+            .map(|m| {
+                Ok(m.to_tensor(&[m.len()], &Device::Cpu)?
+                    .to_dtype(self.dtype)?
+                    .to_device(&self.device)?)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// The full parameters of group `g`, in the compute dtype (a collective).
+    fn gather(&self, g: usize) -> anyhow::Result<Vec<Tensor>> {
+        let group = &self.groups[g];
+        let flat = self
+            .comm
+            .all_gather(&self.compute[g])
+            .with_context(|| format!("all-gather of group {}", group.name))?;
+        group
+            .params
+            .iter()
+            .zip(group.offsets())
+            .map(|(p, at)| {
+                Ok(flat
+                    .narrow(0, at.start, at.len())?
+                    .reshape(p.shape.as_slice())?)
+            })
+            .collect()
+    }
+
+    fn gather_layer(&self, layer: usize) -> anyhow::Result<LayerWeights> {
+        let tensors: [Tensor; 12] = self
+            .gather(layer + 1)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("a layer group holds 12 tensors"))?;
+        Ok(LayerWeights::from_tensors(tensors))
+    }
+
+    /// Every parameter, gathered (a collective): for evaluation, not for training.
+    pub fn full_weights(&self) -> anyhow::Result<ModelWeights> {
+        let mut tensors = Vec::new();
+        for g in 0..self.groups.len() {
+            tensors.extend(self.gather(g)?);
+        }
+        let mut tensors = tensors.into_iter();
+        Ok(ModelWeights::build(&self.cfg, |_| {
+            Ok(tensors.next().expect("groups cover every parameter"))
+        })?)
+    }
+
+    /// Zero gradient accumulators, one per group slice, in the master dtype.
+    pub fn zero_grads(&self) -> Vec<Flat> {
+        self.optimizer.master.iter().map(Flat::zeros_like).collect()
+    }
+
+    /// Forward and backward of this rank's micro-batch; adds this rank's slice of the gradient
+    /// of `grad_scale * loss_sum`, summed over all ranks, to `grads`. Returns this rank's loss
+    /// sum. Every rank must call it the same number of times (it is made of collectives).
+    pub fn loss_and_grads(
+        &self,
+        batch: &Batch,
+        grad_scale: f64,
+        loss_chunk: usize,
+        grads: &mut [Flat],
+    ) -> anyhow::Result<f64> {
+        let cfg = &self.cfg;
+        let layers = cfg.num_hidden_layers;
+        let head_group = layers + 1;
+        let ids = Tensor::from_slice(&batch.input_ids, batch.tokens(), &self.device)?;
+        let rope = RopeTables::new(
+            &batch.positions,
+            cfg.head_dim,
+            cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        let ctx = LayerContext {
+            config: cfg,
+            rope: &rope,
+            cu_seqlens: &batch.cu_seqlens,
+        };
+
+        let embed = self.gather(EMBED_GROUP)?.remove(0);
+        let mut x = embed.index_select(&ids, 0)?;
+        // A tied head is the embedding: keep it for the loss instead of gathering it twice.
+        let tied_head = cfg.tie_word_embeddings.then_some(embed);
+        let mut saved: Vec<Saved> = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let w = self.gather_layer(i)?;
+            let (y, activations) = layer_forward(&w, &x, &ctx)?;
+            saved.push(if self.checkpointing {
+                Saved::Input(x)
+            } else {
+                Saved::Activations(activations)
+            });
+            x = y;
+        }
+
+        let mut head_params = self.gather(head_group)?;
+        let final_norm = head_params.remove(0);
+        let head_weight = match &tied_head {
+            Some(embed) => embed.clone(),
+            None => head_params.remove(0),
+        };
+        let (normed, rstd) = rms_norm_forward(&x, &final_norm, cfg.rms_norm_eps)?;
+        let head = linear_cross_entropy(
+            &normed,
+            &head_weight,
+            &batch.targets,
+            Some(grad_scale),
+            loss_chunk,
+        )?;
+        drop((tied_head, head_weight));
+        let d_normed = head.d_hidden.context("the loss returns d_hidden")?;
+        let d_head = head.d_weight.context("the loss returns d_weight")?;
+        let d_head = d_head.to_dtype(self.dtype)?;
+        let (mut dx, d_final_norm) = rms_norm_backward(&d_normed, &x, &final_norm, &rstd)?;
+        drop(x);
+        let d_head = if cfg.tie_word_embeddings {
+            self.scatter_grads(head_group, &[d_final_norm], grads)?;
+            Some(d_head)
+        } else {
+            self.scatter_grads(head_group, &[d_final_norm, d_head], grads)?;
+            None
+        };
+
+        for i in (0..layers).rev() {
+            let w = self.gather_layer(i)?;
+            let activations = match saved.pop().expect("one per layer") {
+                Saved::Input(input) => layer_forward(&w, &input, &ctx)?.1,
+                Saved::Activations(a) => a,
+            };
+            let (d_in, layer_grads) = layer_backward(&w, &dx, &activations, &ctx)?;
+            drop((w, activations));
+            self.scatter_grads(i + 1, &layer_grads.tensors().map(Tensor::clone), grads)?;
+            dx = d_in;
+        }
+
+        // The embedding's gradient scatters the token rows of dx into a zero table.
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+        let d_embed = Tensor::zeros((vocab, hidden), self.dtype, &self.device)?.index_add(
+            &ids,
+            &dx.to_dtype(self.dtype)?,
+            0,
+        )?;
+        let d_embed = match d_head {
+            Some(d_head) => (d_embed + d_head)?,
+            None => d_embed,
+        };
+        self.scatter_grads(EMBED_GROUP, &[d_embed], grads)?;
+        Ok(head.loss_sum)
+    }
+
+    /// Flattens a group's full gradients in the master dtype, reduce-scatters them (a sum over
+    /// ranks) and adds this rank's slice to its accumulator. Reducing in fp32 rather than the
+    /// compute dtype doubles the bytes of a bf16 run's scatter and keeps every rank's partial
+    /// sum exact to fp32.
+    fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut [Flat]) -> anyhow::Result<()> {
+        let group = &self.groups[g];
+        let master = self.optimizer.master_dtype();
+        let mut pieces: Vec<Tensor> = full
+            .iter()
+            .map(|t| t.flatten_all()?.to_dtype(master))
+            .collect::<candle_core::Result<_>>()?;
+        let padded = group.shard_len(self.world_size()) * self.world_size();
+        if padded > group.numel() {
+            pieces.push(Tensor::zeros(
+                padded - group.numel(),
+                master,
+                full[0].device(),
+            )?);
+        }
+        let flat = Tensor::cat(&pieces, 0)?;
+        let mine = self
+            .comm
+            .reduce_scatter(&flat)
+            .with_context(|| format!("reduce-scatter of group {}", group.name))?;
+        grads[g].add_tensor(&mine)?;
+        Ok(())
+    }
+
+    /// Clips and applies one AdamW update to this rank's slices; returns the global gradient
+    /// norm and the clipping coefficient. The norm's square is all-reduced over ranks.
+    pub fn step(
+        &mut self,
+        grads: &[Flat],
+        lr: f64,
+        max_grad_norm: f64,
+        step: usize,
+    ) -> anyhow::Result<(f64, f64)> {
+        let local: f64 = grads.iter().map(Flat::sum_of_squares).sum();
+        let total = self
+            .comm
+            .all_reduce(&Tensor::new(&[local], &self.device)?)
+            .context("all-reduce of the gradient norm")?
+            .to_vec1::<f64>()?[0];
+        let norm = total.sqrt();
+        if !norm.is_finite() {
+            bail!("step {step}: gradient norm is {norm}; stopping before the weights are damaged");
+        }
+        let coef = clip_coefficient(norm, max_grad_norm);
+        self.optimizer.step(grads, lr, coef);
+        self.refresh_compute()?;
+        Ok((norm, coef))
+    }
+
+    /// Sums a scalar over ranks (target counts, losses), in rank order.
+    pub fn sum_over_ranks(&self, value: f64) -> anyhow::Result<f64> {
+        Ok(self
+            .comm
+            .all_reduce(&Tensor::new(&[value], &self.device)?)?
+            .to_vec1::<f64>()?[0])
+    }
+}
+
+/// Makes every rank fail when any rank's `result` is an error, so that one rank's bad input
+/// stops the job at once instead of leaving the others waiting in a collective. A failed rank
+/// returns its own error; the others return one naming the failed ranks.
+pub fn agree<T>(
+    comm: &dyn Communicator,
+    device: &Device,
+    result: anyhow::Result<T>,
+    what: &str,
+) -> anyhow::Result<T> {
+    let flag = f64::from(u8::from(result.is_err()));
+    let failed = comm.all_gather(&Tensor::new(&[flag], device)?);
+    let value = result?;
+    let failed = failed?.to_vec1::<f64>()?;
+    let ranks: Vec<usize> = (0..failed.len()).filter(|&r| failed[r] != 0.0).collect();
+    if !ranks.is_empty() {
+        bail!("{what} failed on rank(s) {ranks:?}; see their errors");
+    }
+    Ok(value)
+}
+
+/// Rank `rank`'s slices (of `world`) of every group's master weights, read from a Hugging Face
+/// checkpoint one parameter at a time, so a rank never holds more than one full parameter.
+pub fn load_shards(
+    cfg: &Qwen2Config,
+    files: &SafetensorFiles,
+    compute: DType,
+    world: usize,
+    rank: usize,
+) -> anyhow::Result<Vec<Flat>> {
+    let master = master_dtype(compute);
+    let mut shards = Vec::new();
+    for group in groups(cfg) {
+        let want = group.shard_range(world, rank);
+        let mut pieces = Vec::new();
+        for (spec, at) in group.params.iter().zip(group.offsets()) {
+            let (start, end) = (at.start.max(want.start), at.end.min(want.end));
+            if start >= end {
+                continue;
+            }
+            let full = files.load_param(spec, master)?.flatten_all()?;
+            pieces.push(full.narrow(0, start - at.start, end - start)?);
+        }
+        let mut shard = Flat::from_tensor(&cat_or_empty(&pieces, master)?, master)?;
+        shard.resize(want.len());
+        shards.push(shard);
+    }
+    Ok(shards)
+}
+
+/// What the forward keeps of a layer for its backward.
+enum Saved {
+    /// The layer's input: the backward recomputes the rest.
+    Input(Tensor),
+    Activations(LayerActivations),
+}
+
+fn cat_or_empty(pieces: &[Tensor], dtype: DType) -> candle_core::Result<Tensor> {
+    if pieces.is_empty() {
+        Tensor::zeros(0, dtype, &Device::Cpu)
+    } else {
+        Tensor::cat(pieces, 0)
+    }
+}
