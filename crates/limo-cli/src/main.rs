@@ -1,10 +1,12 @@
 //! The `limo` binary: one command line for every job limo does.
 
+mod cmd_comm_check;
 mod cmd_data;
 mod cmd_debug;
 mod cmd_doctor;
 mod cmd_export;
 mod cmd_init;
+mod cmd_launch;
 mod cmd_plan;
 mod cmd_train;
 
@@ -43,6 +45,11 @@ enum Command {
     /// Developer tools: loss and gradients of one batch.
     #[command(subcommand)]
     Debug(cmd_debug::DebugCommand),
+    /// Run a limo command as N processes of a distributed job (torchrun's variables).
+    Launch(cmd_launch::LaunchArgs),
+    /// Check the communicator: fixed collectives with known results (a test workload).
+    #[command(hide = true)]
+    CommCheck(cmd_comm_check::CommCheckArgs),
 }
 
 fn main() {
@@ -62,6 +69,8 @@ fn main() {
         Command::Plan(args) => cmd_plan::run(args),
         Command::Doctor(args) => cmd_doctor::run(args),
         Command::Debug(cmd) => cmd_debug::run(cmd),
+        Command::Launch(args) => cmd_launch::run(args),
+        Command::CommCheck(args) => cmd_comm_check::run(args),
     };
     if let Err(err) = result {
         // One line, the whole cause chain: users grep logs for it.

@@ -7,6 +7,7 @@ pub mod comm;
 pub mod connect;
 pub mod env;
 pub mod groups;
+pub mod launch;
 pub mod plan;
 pub mod socket;
 #[cfg(test)]

@@ -1,0 +1,423 @@
+//! `limo launch`: one child process per local rank with torchrun's variables, their output
+//! forwarded line by line with a `[rank R]` prefix, and all-or-nothing supervision: the first
+//! child to fail (non-zero exit or a signal) brings the others down (SIGTERM, then SIGKILL after
+//! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT and
+//! SIGTERM sent to the launcher are forwarded to the children. Unix only (signals).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::env::{DEFAULT_MASTER_PORT, TIMEOUT_VAR};
+
+/// What to launch and where it sits in the job.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub nproc_per_node: usize,
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub master_addr: String,
+    /// `None`: a free port when the job is this machine alone, torchrun's 29500 otherwise
+    /// (every node must agree on it, and only rank 0's machine could pick a free one).
+    pub master_port: Option<u16>,
+    /// Passed to the children as `LIMO_DIST_TIMEOUT` (their rendezvous and collective timeout).
+    pub timeout: Option<Duration>,
+    /// How long stopped children get between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// How often the supervisor looks at its children and at the signals it received.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The last SIGINT/SIGTERM the launcher received, 0 for none (set by the signal handler).
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only an atomic store: the one kind of work that is safe in a signal handler.
+    RECEIVED.store(sig, Ordering::SeqCst);
+}
+
+struct Rank {
+    rank: usize,
+    child: Child,
+    /// Set once the child has been reaped.
+    status: Option<ExitStatus>,
+}
+
+impl Rank {
+    fn describe(&self, status: ExitStatus) -> String {
+        format!(
+            "rank {} (pid {}) {}",
+            self.rank,
+            self.child.id(),
+            how_it_ended(status)
+        )
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if self.status.is_none() {
+            // SAFETY: kill(2) has no memory effects; the pid is our unreaped child, so it cannot
+            // have been reused by another process.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    fn poll(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait()?;
+        }
+        Ok(self.status)
+    }
+}
+
+/// Runs the job's local ranks to completion; `Err` names the rank that failed first.
+pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
+    if spec.nproc_per_node == 0 || spec.nnodes == 0 {
+        bail!("--nproc-per-node and --nnodes must be at least 1");
+    }
+    if spec.node_rank >= spec.nnodes {
+        bail!(
+            "--node-rank {} is not below --nnodes {}",
+            spec.node_rank,
+            spec.nnodes
+        );
+    }
+    let port = match spec.master_port {
+        Some(p) => p,
+        None if spec.nnodes == 1 => free_port()?,
+        None => DEFAULT_MASTER_PORT,
+    };
+    let world = spec.nproc_per_node * spec.nnodes;
+    install_handlers();
+
+    let mut ranks: Vec<Rank> = Vec::new();
+    let mut forwarders: Vec<JoinHandle<()>> = Vec::new();
+    for local in 0..spec.nproc_per_node {
+        let rank = spec.node_rank * spec.nproc_per_node + local;
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("LOCAL_WORLD_SIZE", spec.nproc_per_node.to_string())
+            .env("GROUP_RANK", spec.node_rank.to_string())
+            .env("MASTER_ADDR", &spec.master_addr)
+            .env("MASTER_PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = spec.timeout {
+            cmd.env(TIMEOUT_VAR, t.as_secs_f64().to_string());
+        }
+        die_with_parent(&mut cmd);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                stop(&mut ranks, spec.grace);
+                return Err(e)
+                    .with_context(|| format!("starting rank {rank}: {}", spec.program.display()));
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            forwarders.push(forward(rank, out, false));
+        }
+        if let Some(err) = child.stderr.take() {
+            forwarders.push(forward(rank, err, true));
+        }
+        ranks.push(Rank {
+            rank,
+            child,
+            status: None,
+        });
+    }
+
+    let outcome = supervise(&mut ranks, spec.grace);
+    // The children are gone, so their pipes are closed: the forwarders finish their last lines
+    // before the launcher prints its verdict.
+    for f in forwarders {
+        let _ = f.join();
+    }
+    outcome
+}
+
+fn supervise(ranks: &mut [Rank], grace: Duration) -> anyhow::Result<()> {
+    loop {
+        let sig = RECEIVED.swap(0, Ordering::SeqCst);
+        if sig != 0 {
+            ranks.iter().for_each(|r| r.signal(sig));
+            let killed = wait_or_kill(ranks, grace);
+            let mut msg = format!(
+                "interrupted by signal {sig} ({}): forwarded to the ranks",
+                signal_name(sig)
+            );
+            if killed > 0 {
+                msg += &format!("; killed {killed} that had not stopped after {grace:?}");
+            }
+            bail!(msg);
+        }
+        let mut failed: Vec<(usize, ExitStatus)> = Vec::new();
+        let mut running = 0;
+        for (i, r) in ranks.iter_mut().enumerate() {
+            match r.poll()? {
+                Some(status) if !status.success() => failed.push((i, status)),
+                Some(_) => {}
+                None => running += 1,
+            }
+        }
+        if !failed.is_empty() {
+            // Ranks that died of a signal come first: the others most likely failed because of
+            // them (a peer's lost connection), a moment later.
+            failed.sort_by_key(|&(i, s)| (s.signal().is_none(), i));
+            let mut msg = failed
+                .iter()
+                .map(|&(i, s)| ranks[i].describe(s))
+                .collect::<Vec<_>>()
+                .join("; also ");
+            if running > 0 {
+                msg += &format!(
+                    "; stopping the other {running} rank{}",
+                    if running == 1 { "" } else { "s" }
+                );
+                let killed = wait_or_kill_after_term(ranks, grace);
+                if killed > 0 {
+                    msg += &format!(" ({killed} killed after {grace:?})");
+                }
+            }
+            bail!(msg);
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// SIGTERM to every running rank, then `wait_or_kill`.
+fn wait_or_kill_after_term(ranks: &mut [Rank], grace: Duration) -> usize {
+    ranks.iter().for_each(|r| r.signal(libc::SIGTERM));
+    wait_or_kill(ranks, grace)
+}
+
+/// Waits up to `grace` for every rank to exit, then SIGKILLs and reaps the rest; returns how
+/// many had to be killed.
+fn wait_or_kill(ranks: &mut [Rank], grace: Duration) -> usize {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if ranks.iter_mut().all(|r| !matches!(r.poll(), Ok(None))) {
+            return 0;
+        }
+        std::thread::sleep(POLL);
+    }
+    let mut killed = 0;
+    for r in ranks.iter_mut() {
+        if matches!(r.poll(), Ok(None)) {
+            r.signal(libc::SIGKILL);
+            killed += 1;
+            r.status = r.child.wait().ok();
+        }
+    }
+    killed
+}
+
+/// Stops the ranks started so far (a later one could not start).
+fn stop(ranks: &mut [Rank], grace: Duration) {
+    wait_or_kill_after_term(ranks, grace);
+}
+
+/// Copies a child's output to ours line by line, each line prefixed with its rank; whole lines
+/// are written under the lock, so ranks never interleave within a line.
+fn forward(rank: usize, from: impl Read + Send + 'static, to_stderr: bool) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(from);
+        let mut line = Vec::new();
+        let prefix = format!("[rank {rank}] ");
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if !line.ends_with(b"\n") {
+                line.push(b'\n');
+            }
+            let result = if to_stderr {
+                let mut e = std::io::stderr().lock();
+                e.write_all(prefix.as_bytes())
+                    .and_then(|_| e.write_all(&line))
+            } else {
+                let mut o = std::io::stdout().lock();
+                o.write_all(prefix.as_bytes())
+                    .and_then(|_| o.write_all(&line))
+                    .and_then(|_| o.flush())
+            };
+            // Our own output is gone (a closed pipe): keep draining so the child never blocks.
+            let _ = result;
+        }
+    })
+}
+
+fn install_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+/// On Linux, a child gets SIGTERM if the launcher itself dies (even by SIGKILL), so no rank
+/// outlives its supervisor.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent process.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// A port nobody listens on now (the kernel's pick), for a single-machine job's rendezvous.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// "exited with status 1", "was killed by signal 9 (SIGKILL)".
+pub fn how_it_ended(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+        (None, None) => format!("ended with {status}"),
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "unnamed signal",
+    }
+}
+
+/// Ends this process at once with SIGKILL, as a crash or the OOM killer would (used by
+/// `limo comm-check --die-rank` to test how the others react).
+pub fn kill_self() -> ! {
+    // SAFETY: kill(2) on our own pid; nothing runs after it.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, nproc: usize) -> anyhow::Result<()> {
+        launch(&LaunchSpec {
+            nproc_per_node: nproc,
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: None,
+            timeout: None,
+            grace: Duration::from_secs(2),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        })
+    }
+
+    #[test]
+    fn success_when_every_rank_succeeds() {
+        sh(
+            "test \"$WORLD_SIZE\" = 3 && test \"$LOCAL_RANK\" = \"$RANK\"",
+            3,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failing_rank_is_named_and_the_others_are_stopped() {
+        let start = Instant::now();
+        // Rank 1 exits 3 at once; the others would sleep for a minute.
+        let err = sh("if [ $RANK = 1 ]; then exit 3; fi; exec sleep 60", 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.starts_with("rank 1 (pid "), "{err}");
+        assert!(err.contains("exited with status 3"), "{err}");
+        assert!(err.contains("stopping the other 2 ranks"), "{err}");
+    }
+
+    #[test]
+    fn a_signal_death_is_named_with_the_signal() {
+        let err = sh("if [ $RANK = 0 ]; then kill -9 $$; fi; exec sleep 60", 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rank 0 (pid ") && err.contains("was killed by signal 9 (SIGKILL)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        let mut spec = LaunchSpec {
+            nproc_per_node: 0,
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: None,
+            timeout: None,
+            grace: Duration::from_secs(1),
+            program: "/nonexistent/limo".into(),
+            args: vec![],
+        };
+        assert!(launch(&spec).is_err());
+        spec.nproc_per_node = 1;
+        spec.node_rank = 1;
+        assert!(launch(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("--node-rank"));
+        spec.node_rank = 0;
+        let err = format!("{:#}", launch(&spec).unwrap_err());
+        assert!(err.contains("starting rank 0: /nonexistent/limo"), "{err}");
+    }
+}

@@ -1,0 +1,213 @@
+//! `limo launch` end to end, with `limo comm-check` as the workload: a healthy job, a rank that
+//! is SIGKILLed mid-run (with and without the launcher), and a rank that never starts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::limo;
+
+/// The error line of a failed limo run, after checking it failed cleanly (exit 1, no panic).
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "should fail cleanly:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{stderr}");
+    lines[0].to_string()
+}
+
+/// Pids the ranks announced (`comm-check: rank R of W, pid P`), by rank.
+fn pids(stderr: &str) -> BTreeMap<usize, u32> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("comm-check: rank ").nth(1)?;
+            let (rank, rest) = rest.split_once(" of ")?;
+            let pid = rest.split("pid ").nth(1)?;
+            Some((rank.parse().ok()?, pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether `pid` is still a live (not zombie) process running limo.
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+    !state.starts_with('Z') && stat.contains("(limo)")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `limo comm-check` as rank `rank` of `world`, placed by torchrun's variables.
+fn rank_process(rank: usize, world: usize, port: u16, args: &[&str]) -> Command {
+    let mut cmd = limo();
+    cmd.arg("comm-check")
+        .args(args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string());
+    cmd
+}
+
+#[test]
+fn three_ranks_agree() {
+    let out = limo()
+        .args(["launch", "--nproc-per-node", "3", "--timeout", "60", "--"])
+        .args(["comm-check", "--iterations", "200"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let mut checksums = BTreeMap::new();
+    for line in stdout.lines() {
+        // "[rank R] comm-check: rank R world 3 iterations 200 checksum X ok"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.len(), 12, "{line}");
+        assert_eq!(words[0..2], ["[rank", &format!("{}]", words[4])], "{line}");
+        assert_eq!(words[5..9], ["world", "3", "iterations", "200"], "{line}");
+        assert_eq!(words[11], "ok", "{line}");
+        checksums.insert(words[4].to_string(), words[10].to_string());
+    }
+    assert_eq!(checksums.len(), 3, "{stdout}");
+    assert!(
+        checksums.values().all(|c| c == &checksums["0"]),
+        "{checksums:?}"
+    );
+    // One process per rank.
+    let pids = pids(&stderr);
+    assert_eq!(pids.len(), 3, "{stderr}");
+    assert_eq!(
+        pids.values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn a_killed_rank_fails_the_launch_promptly_and_leaves_no_process() {
+    let timeout = Duration::from_secs(30);
+    let start = Instant::now();
+    let out = limo()
+        .args(["launch", "--nproc-per-node", "3", "--timeout", "30", "--"])
+        .args(["comm-check", "--iterations", "100000000"])
+        .args(["--die-rank", "1", "--die-after-ms", "700"])
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let err = error_line(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pids = pids(&stderr);
+    assert_eq!(pids.len(), 3, "{stderr}");
+    assert!(
+        err.contains(&format!(
+            "rank 1 (pid {}) was killed by signal 9 (SIGKILL)",
+            pids[&1]
+        )),
+        "{err}"
+    );
+    assert!(took < timeout, "took {took:?}");
+    eprintln!("launch failed {took:?} after start: {err}");
+    for (rank, pid) in pids {
+        assert!(!alive(pid), "rank {rank} (pid {pid}) outlived the launch");
+    }
+}
+
+#[test]
+fn without_a_launcher_the_survivors_name_the_dead_rank() {
+    let port = free_port();
+    let start = Instant::now();
+    let children: Vec<_> = (0..3)
+        .map(|rank| {
+            rank_process(
+                rank,
+                3,
+                port,
+                &["--iterations", "100000000", "--timeout", "30"],
+            )
+            .args(["--die-rank", "2", "--die-after-ms", "700"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(outs[2].status.signal(), Some(9));
+    for out in &outs[..2] {
+        let err = error_line(out);
+        // Rank 0 saw the connection close; rank 1 hears it from rank 0 (or sees rank 0 go).
+        assert!(err.contains("rank 2 closed its connection"), "{err}");
+    }
+}
+
+#[test]
+fn a_rank_that_never_starts_is_named_within_the_timeout() {
+    let start = Instant::now();
+    let out = rank_process(0, 2, free_port(), &[])
+        .env("LIMO_DIST_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let err = error_line(&out);
+    assert!(
+        err.contains("rendezvous timed out after 2s waiting for ranks [1]"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn launch_refuses_bad_arguments() {
+    let out = limo()
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--timeout",
+            "soon",
+            "--",
+            "comm-check",
+        ])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("--timeout soon"));
+    let out = limo()
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "1",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "2",
+        ])
+        .args(["--", "comm-check"])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("--node-rank 2 is not below --nnodes 2"));
+}
