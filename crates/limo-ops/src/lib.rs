@@ -12,6 +12,8 @@
 pub mod adamw;
 pub mod attention;
 pub mod crosscheck;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;

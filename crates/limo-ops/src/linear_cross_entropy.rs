@@ -54,8 +54,17 @@ pub fn linear_cross_entropy(
         candle_core::bail!("linear_cross_entropy: target {bad} outside the vocabulary of {vocab}")
     }
     let device = hidden.device();
-    let w = upcast(weight)?;
-    let dtype = w.dtype();
+    // On CUDA with bf16 (or f32) hidden and weight, the matmuls run in that dtype (cuBLAS
+    // accumulates in f32) and the softmax/loss kernel writes `d logits` over the logits, so a
+    // chunk costs one `[chunk, vocab]` buffer of the model dtype. Elsewhere everything is
+    // upcast to the compute dtype, the reference.
+    let on_kernel = kernel_path(hidden, weight);
+    let w = if on_kernel {
+        weight.clone()
+    } else {
+        upcast(weight)?
+    };
+    let dtype = crate::compute_dtype(weight.dtype());
     let chunk_tokens = chunk_tokens.max(1);
 
     let mut loss_sum = 0.0;
@@ -65,15 +74,16 @@ pub fn linear_cross_entropy(
     for start in (0..n).step_by(chunk_tokens) {
         let len = chunk_tokens.min(n - start);
         let chunk_targets = &targets[start..start + len];
-        let h = upcast(&hidden.narrow(0, start, len)?)?;
+        let h = hidden.narrow(0, start, len)?;
+        let h = if on_kernel { h } else { upcast(&h)? };
         let logits = h.matmul(&w.t()?)?;
-        let (loss, d_logits) = softmax_cross_entropy(&logits, chunk_targets, grad_scale)?;
+        let (loss, d_logits) = chunk_loss(logits, chunk_targets, grad_scale, on_kernel)?;
         loss_sum += loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         per_token.push(loss);
 
         if let Some(d_logits) = d_logits {
             d_hidden.push(d_logits.matmul(&w)?.to_dtype(hidden.dtype())?);
-            let dw = d_logits.t()?.matmul(&h)?;
+            let dw = d_logits.t()?.matmul(&h)?.to_dtype(dtype)?;
             d_weight = Some(match d_weight {
                 Some(acc) => (acc + dw)?,
                 None => dw,
@@ -92,7 +102,7 @@ pub fn linear_cross_entropy(
         None => None,
     };
     let d_weight = match (grad_scale, d_weight) {
-        (Some(_), None) => Some(w.zeros_like()?),
+        (Some(_), None) => Some(Tensor::zeros(weight.shape(), dtype, device)?),
         (_, dw) => dw,
     };
     Ok(LinearCrossEntropy {
@@ -104,6 +114,35 @@ pub fn linear_cross_entropy(
     })
 }
 
+/// Whether the chunked loss takes the CUDA kernel path (see [`linear_cross_entropy`]).
+#[cfg(feature = "cuda")]
+fn kernel_path(hidden: &Tensor, weight: &Tensor) -> bool {
+    crate::cuda::cross_entropy::supported(hidden) && hidden.dtype() == weight.dtype()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn kernel_path(_hidden: &Tensor, _weight: &Tensor) -> bool {
+    false
+}
+
+/// The loss of one chunk's logits: in place by the CUDA kernel on the kernel path (the logits
+/// are a fresh matmul output nothing else views), else [`softmax_cross_entropy`].
+fn chunk_loss(
+    logits: Tensor,
+    targets: &[i64],
+    grad_scale: Option<f64>,
+    on_kernel: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    #[cfg(feature = "cuda")]
+    if on_kernel {
+        return crate::cuda::cross_entropy::softmax_cross_entropy_in_place(
+            logits, targets, grad_scale,
+        );
+    }
+    let _ = on_kernel;
+    softmax_cross_entropy(&logits, targets, grad_scale)
+}
+
 /// Per-row cross-entropy `[len]` of `logits [len, V]` against `targets`, and, with
 /// `grad_scale = Some(s)`, `d logits = s * (softmax - one_hot(target))` (zero rows for
 /// non-targets). On CPU one fused pass per row does it (the candle version makes ~8 full
@@ -113,6 +152,10 @@ pub fn softmax_cross_entropy(
     targets: &[i64],
     grad_scale: Option<f64>,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::cross_entropy::supported(logits) {
+        return crate::cuda::cross_entropy::softmax_cross_entropy(logits, targets, grad_scale);
+    }
     let logits = logits.contiguous()?;
     if logits.device().is_cpu() {
         match logits.dtype() {

@@ -7,6 +7,10 @@ use crate::upcast;
 /// Forward over the last dimension. Returns `y` (input dtype) and `rstd = 1/sqrt(mean(x^2)+eps)`
 /// per row (compute dtype, shape `[.., 1]`), which the backward needs.
 pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::rms_norm::supported(x, weight) {
+        return crate::cuda::rms_norm::rms_norm_forward(x, weight, eps);
+    }
     let xc = upcast(x)?;
     let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
         .sqrt()?
@@ -25,6 +29,10 @@ pub fn rms_norm_backward(
     weight: &Tensor,
     rstd: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::rms_norm::supported(x, weight) && dy.dtype() == x.dtype() {
+        return crate::cuda::rms_norm::rms_norm_backward(dy, x, weight, rstd);
+    }
     let xc = upcast(x)?;
     let dyc = upcast(dy)?;
     let wc = upcast(weight)?;

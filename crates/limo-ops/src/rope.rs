@@ -80,6 +80,10 @@ fn rotate_half_transposed(z: &Tensor) -> Result<Tensor> {
 
 /// `y = x * cos + rotate_half(x) * sin` for `x` of shape `[N, heads, head_dim]`.
 pub fn rope_forward(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::rope::supported(x, tables) {
+        return crate::cuda::rope::rope_forward(x, tables);
+    }
     let cos = tables.cos.unsqueeze(1)?;
     let sin = tables.sin.unsqueeze(1)?;
     x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?
@@ -87,6 +91,10 @@ pub fn rope_forward(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
 
 /// `dx = dy * cos + rotate_half^T(dy * sin)`.
 pub fn rope_backward(dy: &Tensor, tables: &RopeTables) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::rope::supported(dy, tables) {
+        return crate::cuda::rope::rope_backward(dy, tables);
+    }
     let cos = tables.cos.unsqueeze(1)?;
     let sin = tables.sin.unsqueeze(1)?;
     dy.broadcast_mul(&cos)? + rotate_half_transposed(&dy.broadcast_mul(&sin)?)?

@@ -6,6 +6,10 @@ use crate::upcast;
 
 /// `h = silu(g) * u` with `silu(g) = g * sigmoid(g)`.
 pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::swiglu::supported(&[gate, up]) {
+        return crate::cuda::swiglu::swiglu_forward(gate, up);
+    }
     let g = upcast(gate)?;
     let silu = (&g * sigmoid(&g)?)?;
     (silu * upcast(up)?)?.to_dtype(gate.dtype())
@@ -13,6 +17,10 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// `dg = dh * u * s * (1 + g * (1 - s))`, `du = dh * silu(g)`, with `s = sigmoid(g)`.
 pub fn swiglu_backward(dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::swiglu::supported(&[dh, gate, up]) {
+        return crate::cuda::swiglu::swiglu_backward(dh, gate, up);
+    }
     let g = upcast(gate)?;
     let u = upcast(up)?;
     let dh = upcast(dh)?;

@@ -1,0 +1,122 @@
+//! Fused AdamW on the GPU (`kernels/adamw.cu`): the CUDA form of [`crate::adamw_update`] over
+//! flat fp32 shards held in candle tensors, updated in place.
+
+use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::{bail, DType, Result, Tensor};
+use half::bf16;
+
+use super::{cuda_device, grid_1d, load, ptx, view, wrap, Ptx};
+use crate::AdamWStep;
+
+static PTX: Ptx = ptx!("adamw");
+
+/// Updates `param`, `exp_avg` and `exp_avg_sq` (flat f32, same length, contiguous) in place from
+/// `grad` (f32), exactly as [`crate::adamw_update`] does in f32 (bit-identical), and writes the
+/// updated weights rounded to bf16 into `param_bf16` when given.
+///
+/// The tensors are written through their storage: they must not share memory with each other
+/// (checked) and every view of them sees the update, which is the point for flat shards.
+pub fn adamw_update(
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    s: &AdamWStep,
+    param_bf16: Option<&Tensor>,
+) -> Result<()> {
+    let n = param.elem_count();
+    for (name, t) in [
+        ("grad", grad),
+        ("exp_avg", exp_avg),
+        ("exp_avg_sq", exp_avg_sq),
+    ]
+    .into_iter()
+    .chain(std::iter::once(("param", param)))
+    {
+        if t.dtype() != DType::F32 || t.elem_count() != n || !t.is_contiguous() {
+            bail!(
+                "adamw kernel: {name} must be contiguous f32 of {n} elements, got {:?} {:?}",
+                t.dtype(),
+                t.dims()
+            );
+        }
+    }
+    if let Some(w) = param_bf16 {
+        if w.dtype() != DType::BF16 || w.elem_count() != n || !w.is_contiguous() {
+            bail!("adamw kernel: the bf16 copy must be contiguous bf16 of {n} elements");
+        }
+    }
+    let dev = cuda_device(param)?;
+    let stream = dev.cuda_stream();
+    let (ps, pl) = param.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (ms, ml) = exp_avg.storage_and_layout();
+    let (vs, vl) = exp_avg_sq.storage_and_layout();
+    let pv = view::<f32>(&ps, pl)?;
+    let gv = view::<f32>(&gs, gl)?;
+    let mv = view::<f32>(&ms, ml)?;
+    let vv = view::<f32>(&vs, vl)?;
+    let bf = param_bf16.map(|w| w.storage_and_layout());
+    let bv = match &bf {
+        Some((s, l)) => Some(view::<bf16>(s, l)?),
+        None => None,
+    };
+    // Overlapping buffers would make the in-place update read what it has just written.
+    let mut ranges = vec![
+        range(&pv, &stream),
+        range(&gv, &stream),
+        range(&mv, &stream),
+        range(&vv, &stream),
+    ];
+    if let Some(b) = &bv {
+        ranges.push(range(b, &stream));
+    }
+    ranges.sort();
+    if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+        bail!("adamw kernel: param, grad, exp_avg, exp_avg_sq and the bf16 copy must not overlap");
+    }
+
+    // The reference's constants, computed in f64 and rounded to f32 (adamw.rs, F = f32).
+    let f = |x: f64| x as f32;
+    let t = s.t as i32;
+    let args = [
+        f(s.beta1),
+        f(s.beta2),
+        f(1.0 - s.beta1),
+        f(1.0 - s.beta2),
+        f(1.0 - s.lr * s.weight_decay),
+        f(s.lr / (1.0 - s.beta1.powi(t))),
+        f((1.0 - s.beta2.powi(t)).sqrt()),
+        f(s.eps),
+        f(s.grad_scale),
+    ];
+    let apply_scale = i32::from(s.grad_scale != 1.0);
+    let apply_decay = i32::from(s.weight_decay != 0.0);
+    let null: u64 = 0;
+    let func = load(&dev, &PTX, "adamw_f32")?;
+    let mut b = func.builder();
+    b.arg(&pv).arg(&gv).arg(&mv).arg(&vv);
+    match &bv {
+        Some(v) => b.arg(v),
+        None => b.arg(&null),
+    };
+    b.arg(&n);
+    for a in &args {
+        b.arg(a);
+    }
+    b.arg(&apply_scale).arg(&apply_decay);
+    // SAFETY: argument types and order match adamw_f32 in kernels/adamw.cu (a null pointer for
+    // a missing bf16 copy, which the kernel tests); the buffers were checked not to overlap.
+    unsafe { b.launch(grid_1d(n, 256)) }.map_err(wrap)?;
+    Ok(())
+}
+
+/// The byte range `[start, end)` of a view on the device.
+fn range<T>(
+    v: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, T>,
+    stream: &candle_core::cuda_backend::cudarc::driver::CudaStream,
+) -> (u64, u64) {
+    let (ptr, _sync) = v.device_ptr(stream);
+    (ptr, ptr + (v.len() * std::mem::size_of::<T>()) as u64)
+}

@@ -1,0 +1,215 @@
+//! Our CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`) and the small API their
+//! wrappers share.
+//!
+//! Each `kernels/<stem>.cu` is built twice, `$OUT_DIR/<stem>.sm80.ptx` and
+//! `$OUT_DIR/<stem>.sm90.ptx`; [`ptx!`](crate::cuda::ptx) embeds both and [`load`] picks the one
+//! for the device (compute capability >= 9.0 takes sm90). Functions are loaded through candle's
+//! `CudaDevice::get_or_load_custom_func`, so a module is JIT-compiled once per device and
+//! kernels run on candle's stream, in order with its own kernels and cuBLAS calls.
+//!
+//! A wrapper (one file per operation) has the signature of the CPU operation of the same name
+//! and is called by it when the input lives on a CUDA device in a supported dtype; the CPU
+//! (candle tensor-op) code stays the reference that `limo doctor` checks the kernels against.
+//!
+//! Typical wrapper body:
+//! ```ignore
+//! static PTX: Ptx = ptx!("rms_norm");
+//! let dev = cuda_device(x)?;                         // the tensor's CudaDevice
+//! let (xs, xl) = x.storage_and_layout();
+//! let x_view = view::<bf16>(&xs, xl)?;               // contiguous view, checked
+//! let mut y = unsafe { alloc::<bf16>(&dev, n) }?;    // every element written by the kernel
+//! let f = load(&dev, &PTX, "rms_norm_fwd_bf16")?;
+//! let mut b = f.builder();
+//! b.arg(&x_view).arg(&mut y).arg(&n_i32);
+//! unsafe { b.launch(grid_1d(n, 256)) }.map_err(wrap)?;
+//! let y = to_tensor(y, &dev, (rows, cols))?;
+//! ```
+
+pub mod adamw;
+pub mod cross_entropy;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
+    ValidAsZeroBits,
+};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, DType, Layout, Result, Shape, Storage, Tensor};
+
+/// A loaded kernel function and the stream (candle's) it launches on.
+pub struct CudaFunc {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl std::ops::Deref for CudaFunc {
+    type Target = CudaFunction;
+
+    /// The function itself, e.g. for `set_attribute` (more dynamic shared memory).
+    fn deref(&self) -> &CudaFunction {
+        &self.func
+    }
+}
+
+impl CudaFunc {
+    /// Arguments of one launch, to be pushed in the kernel's parameter order.
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
+
+pub mod flash_attention;
+
+/// The two PTX builds of one kernel file.
+pub struct Ptx {
+    /// Module name in candle's cache: the file stem (unique per kernel file).
+    pub name: &'static str,
+    pub sm80: &'static str,
+    pub sm90: &'static str,
+}
+
+/// `ptx!("stem")`: the [`Ptx`] of `kernels/stem.cu`, embedded at compile time.
+macro_rules! ptx {
+    ($stem:literal) => {
+        $crate::cuda::Ptx {
+            name: $stem,
+            sm80: include_str!(concat!(env!("OUT_DIR"), "/", $stem, ".sm80.ptx")),
+            sm90: include_str!(concat!(env!("OUT_DIR"), "/", $stem, ".sm90.ptx")),
+        }
+    };
+}
+pub(crate) use ptx;
+
+/// A candle error from anything printable (driver errors, launch failures).
+pub(crate) fn wrap(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Cuda(e.to_string().into())
+}
+
+/// The PTX text for this device: sm90 from compute capability 9.0 up, sm80 below.
+pub(crate) fn ptx_for(dev: &CudaDevice, ptx: &Ptx) -> Result<&'static str> {
+    let (major, _minor) = dev
+        .cuda_stream()
+        .context()
+        .compute_capability()
+        .map_err(wrap)?;
+    if major < 8 {
+        bail!("limo's kernels need compute capability 8.0 or newer, this GPU has {major}.x");
+    }
+    Ok(if major >= 9 { ptx.sm90 } else { ptx.sm80 })
+}
+
+/// Function `fn_name` of the kernel file `ptx`, loaded (once per device) into candle's cache.
+pub(crate) fn load(dev: &CudaDevice, ptx: &Ptx, fn_name: &str) -> Result<CudaFunc> {
+    let func = dev.get_or_load_custom_func(fn_name, ptx.name, ptx_for(dev, ptx)?)?;
+    Ok(CudaFunc {
+        func: func.into_cuda_function(),
+        stream: dev.cuda_stream(),
+    })
+}
+
+/// The CUDA device `t` lives on, or an error for any other device.
+pub(crate) fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+    Ok(t.device().as_cuda_device()?.clone())
+}
+
+/// Whether `t` is on a CUDA device with a dtype in `dtypes`: the dispatch test of the ops.
+pub(crate) fn runs_on_kernel(t: &Tensor, dtypes: &[DType]) -> bool {
+    t.device().is_cuda() && dtypes.contains(&t.dtype())
+}
+
+/// Element types our kernels are instantiated for; `SUFFIX` ends the exported function name
+/// (`rms_norm_fwd_bf16`, `rms_norm_fwd_f32`).
+pub(crate) trait KernelType:
+    CudaDType + DeviceRepr + ValidAsZeroBits + Copy + 'static
+{
+    const SUFFIX: &'static str;
+}
+
+impl KernelType for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+impl KernelType for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+
+/// `base_<suffix>`, the name of the instantiation of kernel `base` for `T`.
+pub(crate) fn kernel_name<T: KernelType>(base: &str) -> String {
+    format!("{base}_{}", T::SUFFIX)
+}
+
+/// A view of the elements of a contiguous tensor's storage (its offset applied). Errors for
+/// non-contiguous layouts: the kernels index rows directly.
+pub(crate) fn view<'a, T: CudaDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+) -> Result<CudaView<'a, T>> {
+    let Storage::Cuda(cs) = storage else {
+        bail!("expected a tensor on a CUDA device");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("the CUDA kernels need contiguous tensors (layout {layout:?})");
+    };
+    Ok(cs.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// An uninitialised device buffer of `len` elements.
+///
+/// # Safety
+/// The caller must write every element (a kernel does) before it is read.
+pub(crate) unsafe fn alloc<T: KernelType>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    dev.alloc::<T>(len)
+}
+
+/// A zero-filled device buffer of `len` elements (accumulators, atomics).
+pub(crate) fn zeros<T: KernelType>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    dev.alloc_zeros::<T>(len)
+}
+
+/// A contiguous tensor of `shape` owning `slice` (no copy).
+pub(crate) fn to_tensor<T: KernelType>(
+    slice: CudaSlice<T>,
+    dev: &CudaDevice,
+    shape: impl Into<Shape>,
+) -> Result<Tensor> {
+    let shape = shape.into();
+    if shape.elem_count() != slice.len() {
+        bail!("buffer of {} elements for shape {shape:?}", slice.len());
+    }
+    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+    Ok(Tensor::from_storage(
+        Storage::Cuda(storage),
+        shape,
+        BackpropOp::none(),
+        false,
+    ))
+}
+
+/// `n` as the `int` most kernels take for sizes, refusing sizes that would overflow it.
+pub(crate) fn as_i32(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| wrap(format!("{what} = {n} does not fit the kernels' int32")))
+}
+
+/// One thread per element: `ceil(n / block)` blocks of `block` threads.
+pub(crate) fn grid_1d(n: usize, block: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(block as usize).max(1);
+    LaunchConfig {
+        grid_dim: (blocks.min(u32::MAX as usize) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block of `block` threads per row.
+pub(crate) fn grid_rows(rows: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}

@@ -1,0 +1,146 @@
+//! RMSNorm on the GPU (`kernels/rms_norm.cu`), the signatures of [`crate::rms_norm`].
+
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::{bail, DType, Result, Tensor, D};
+use half::bf16;
+
+use super::{alloc, as_i32, cuda_device, grid_1d, grid_rows, kernel_name, load, ptx, to_tensor};
+use super::{view, wrap, KernelType, Ptx};
+
+static PTX: Ptx = ptx!("rms_norm");
+/// Threads per row: hidden sizes are 896 to 8192, so each thread handles 4 to 32 elements.
+const BLOCK: u32 = 256;
+/// Blocks of the backward; each owns one row of dw partial sums. A constant (not the SM count)
+/// so that dw is summed in the same order, and thus bit-identical, on every GPU.
+const BWD_BLOCKS: usize = 256;
+
+/// Whether the kernels take these inputs (else the tensor-op reference runs).
+pub(crate) fn supported(x: &Tensor, weight: &Tensor) -> bool {
+    super::runs_on_kernel(x, &[DType::BF16, DType::F32]) && weight.dtype() == x.dtype()
+}
+
+/// See [`crate::rms_norm_forward`]; `rstd` is f32 `[.., 1]`.
+pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    match x.dtype() {
+        DType::BF16 => forward::<bf16>(x, weight, eps),
+        DType::F32 => forward::<f32>(x, weight, eps),
+        other => bail!("rms_norm kernel: unsupported dtype {other:?}"),
+    }
+}
+
+/// See [`crate::rms_norm_backward`].
+pub fn rms_norm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    rstd: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    match x.dtype() {
+        DType::BF16 => backward::<bf16>(dy, x, weight, rstd),
+        DType::F32 => backward::<f32>(dy, x, weight, rstd),
+        other => bail!("rms_norm kernel: unsupported dtype {other:?}"),
+    }
+}
+
+/// `(rows, hidden)` of `x`, checking `weight` is `[hidden]` of the same dtype.
+fn dims(x: &Tensor, weight: &Tensor) -> Result<(usize, usize)> {
+    let hidden = x.dim(D::Minus1)?;
+    if weight.dims() != [hidden] || weight.dtype() != x.dtype() {
+        bail!(
+            "rms_norm kernel: weight {:?} {:?} for x {:?} {:?}",
+            weight.dims(),
+            weight.dtype(),
+            x.dims(),
+            x.dtype()
+        );
+    }
+    Ok((x.elem_count() / hidden.max(1), hidden))
+}
+
+fn forward<T: KernelType>(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(x)?;
+    let (rows, hidden) = dims(x, weight)?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = weight.storage_and_layout();
+    let (xv, wv) = (view::<T>(&xs, xl)?, view::<T>(&ws, wl)?);
+    // SAFETY: the kernel writes every element of y (all of each row) and rstd (one per row).
+    let mut y = unsafe { alloc::<T>(&dev, rows * hidden) }?;
+    let mut rstd = unsafe { alloc::<f32>(&dev, rows) }?;
+    let f = load(&dev, &PTX, &kernel_name::<T>("rms_norm_fwd"))?;
+    let (rows_i, hidden_i) = (as_i32(rows, "rows")?, as_i32(hidden, "hidden")?);
+    let eps = eps as f32;
+    let mut b = f.builder();
+    b.arg(&xv)
+        .arg(&wv)
+        .arg(&mut y)
+        .arg(&mut rstd)
+        .arg(&rows_i)
+        .arg(&hidden_i)
+        .arg(&eps);
+    // SAFETY: argument types and order match rms_norm_fwd in kernels/rms_norm.cu.
+    unsafe { b.launch(grid_rows(rows, BLOCK)) }.map_err(wrap)?;
+    let mut rstd_shape = x.dims().to_vec();
+    *rstd_shape.last_mut().expect("x has a last dimension") = 1;
+    Ok((
+        to_tensor(y, &dev, x.dims())?,
+        to_tensor(rstd, &dev, rstd_shape)?,
+    ))
+}
+
+fn backward<T: KernelType>(
+    dy: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    rstd: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(x)?;
+    let (rows, hidden) = dims(x, weight)?;
+    if dy.dims() != x.dims() || dy.dtype() != x.dtype() || rstd.elem_count() != rows {
+        bail!(
+            "rms_norm kernel: dy {:?} {:?}, rstd {:?} for x {:?}",
+            dy.dims(),
+            dy.dtype(),
+            rstd.dims(),
+            x.dims()
+        );
+    }
+    let (dy, x, weight) = (dy.contiguous()?, x.contiguous()?, weight.contiguous()?);
+    let rstd = rstd.to_dtype(DType::F32)?.contiguous()?;
+    let (dys, dyl) = dy.storage_and_layout();
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = weight.storage_and_layout();
+    let (rs, rl) = rstd.storage_and_layout();
+    let dyv = view::<T>(&dys, dyl)?;
+    let xv = view::<T>(&xs, xl)?;
+    let wv = view::<T>(&ws, wl)?;
+    let rv = view::<f32>(&rs, rl)?;
+    let parts = BWD_BLOCKS.min(rows.max(1));
+    // SAFETY: the kernels write all of dx, all of every partial row (zeroed first) and all of dw.
+    let mut dx = unsafe { alloc::<T>(&dev, rows * hidden) }?;
+    let mut partial = unsafe { alloc::<f32>(&dev, parts * hidden) }?;
+    let mut dw = unsafe { alloc::<T>(&dev, hidden) }?;
+    let (rows_i, hidden_i, parts_i) = (
+        as_i32(rows, "rows")?,
+        as_i32(hidden, "hidden")?,
+        as_i32(parts, "parts")?,
+    );
+    let f = load(&dev, &PTX, &kernel_name::<T>("rms_norm_bwd"))?;
+    let mut b = f.builder();
+    b.arg(&dyv)
+        .arg(&xv)
+        .arg(&wv)
+        .arg(&rv)
+        .arg(&mut dx)
+        .arg(&mut partial)
+        .arg(&rows_i)
+        .arg(&hidden_i);
+    // SAFETY: argument types and order match rms_norm_bwd; grid = parts blocks.
+    unsafe { b.launch(grid_rows(parts, BLOCK)) }.map_err(wrap)?;
+    let f = load(&dev, &PTX, &kernel_name::<T>("rms_norm_dw_reduce"))?;
+    let mut b = f.builder();
+    b.arg(&partial).arg(&mut dw).arg(&parts_i).arg(&hidden_i);
+    // SAFETY: argument types and order match rms_norm_dw_reduce; one thread per column.
+    unsafe { b.launch(grid_1d(hidden, BLOCK)) }.map_err(wrap)?;
+    Ok((to_tensor(dx, &dev, x.dims())?, to_tensor(dw, &dev, hidden)?))
+}

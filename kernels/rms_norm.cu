@@ -1,0 +1,88 @@
+// RMSNorm forward and backward (Qwen2): y = w * round_T(x * rstd), rstd = 1/sqrt(mean(x^2)+eps).
+// CPU reference: crates/limo-ops/src/rms_norm.rs. One block per row; statistics in f32.
+#include "common.cuh"
+
+using limo::from_f32;
+using limo::to_f32;
+
+// x, y: [rows, hidden] (T); w: [hidden] (T); rstd: [rows] f32.
+template <typename T>
+__device__ void rms_norm_fwd(const T* x, const T* w, T* y, float* rstd, int rows, int hidden,
+                             float eps) {
+  __shared__ float scratch[32];
+  const int row = blockIdx.x;
+  if (row >= rows) return;
+  const T* xr = x + (size_t)row * hidden;
+  T* yr = y + (size_t)row * hidden;
+  float ss = 0.0f;
+  for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+    const float v = to_f32(xr[j]);
+    ss += v * v;
+  }
+  ss = limo::block_sum(ss, scratch);
+  // sqrt then reciprocal, as the reference does (rsqrtf is approximate).
+  const float r = 1.0f / sqrtf(ss / (float)hidden + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+    // transformers rounds the normalized value to the input dtype before the weight multiply.
+    const float n = to_f32(from_f32<T>(to_f32(xr[j]) * r));
+    yr[j] = from_f32<T>(n * to_f32(w[j]));
+  }
+}
+
+// dx = rstd * (dy*w - n * mean(dy*w*n)) with n = x * rstd (unrounded, f32). Block b also adds
+// dy*n of its rows (rows b, b + gridDim.x, ...) to dw_partial[b, :], which it alone owns; a
+// second kernel sums the partials in a fixed order, so dw is deterministic.
+template <typename T>
+__device__ void rms_norm_bwd(const T* dy, const T* x, const T* w, const float* rstd, T* dx,
+                             float* dw_partial, int rows, int hidden) {
+  __shared__ float scratch[32];
+  float* part = dw_partial + (size_t)blockIdx.x * hidden;
+  for (int j = threadIdx.x; j < hidden; j += blockDim.x) part[j] = 0.0f;
+  for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + (size_t)row * hidden;
+    const T* dyr = dy + (size_t)row * hidden;
+    const float r = rstd[row];
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+      const float n = to_f32(xr[j]) * r;
+      const float g = to_f32(dyr[j]);
+      dot += g * to_f32(w[j]) * n;
+      part[j] += g * n;
+    }
+    const float proj = limo::block_sum(dot, scratch) / (float)hidden;
+    T* dxr = dx + (size_t)row * hidden;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
+      const float n = to_f32(xr[j]) * r;
+      dxr[j] = from_f32<T>((to_f32(dyr[j]) * to_f32(w[j]) - n * proj) * r);
+    }
+  }
+}
+
+// dw[j] = sum over partial rows p of dw_partial[p, j], in order of p.
+template <typename T>
+__device__ void rms_norm_dw_reduce(const float* dw_partial, T* dw, int parts, int hidden) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= hidden) return;
+  float acc = 0.0f;
+  for (int p = 0; p < parts; ++p) acc += dw_partial[(size_t)p * hidden + j];
+  dw[j] = from_f32<T>(acc);
+}
+
+#define LIMO_RMS_NORM(T, S)                                                                     \
+  extern "C" __global__ void rms_norm_fwd_##S(const T* x, const T* w, T* y, float* rstd,       \
+                                              int rows, int hidden, float eps) {               \
+    rms_norm_fwd<T>(x, w, y, rstd, rows, hidden, eps);                                          \
+  }                                                                                             \
+  extern "C" __global__ void rms_norm_bwd_##S(const T* dy, const T* x, const T* w,             \
+                                              const float* rstd, T* dx, float* dw_partial,      \
+                                              int rows, int hidden) {                           \
+    rms_norm_bwd<T>(dy, x, w, rstd, dx, dw_partial, rows, hidden);                              \
+  }                                                                                             \
+  extern "C" __global__ void rms_norm_dw_reduce_##S(const float* dw_partial, T* dw, int parts, \
+                                                    int hidden) {                               \
+    rms_norm_dw_reduce<T>(dw_partial, dw, parts, hidden);                                       \
+  }
+
+LIMO_RMS_NORM(__nv_bfloat16, bf16)
+LIMO_RMS_NORM(float, f32)
