@@ -2,10 +2,17 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+use limo_dist::env::timeout_from_env;
+use limo_dist::{connect, DistEnv};
 use limo_train::config::TINY_TOML;
 use limo_train::{train, RunOptions, TrainConfig};
+
+/// How long a rank waits in a collective for the others (`LIMO_DIST_TIMEOUT` overrides):
+/// longer than rank 0's evaluation and the slowest checkpoint write.
+const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(900);
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -34,12 +41,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     config
         .preflight()
         .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    // Under `limo launch`, torchrun or Slurm: this process is one rank of the job.
+    let comm = match DistEnv::from_env()? {
+        Some(env) if env.world_size > 1 => {
+            let timeout = timeout_from_env(DEFAULT_DIST_TIMEOUT)?;
+            Some(connect(&env, timeout)?)
+        }
+        _ => None,
+    };
     let options = RunOptions {
         resume: args.resume,
         progress: std::io::stderr().is_terminal(),
-        comm: None,
+        comm,
     };
     let summary = train(&config, options)?;
+    if summary.rank != 0 {
+        return Ok(());
+    }
     if let Some((before, after)) = &summary.evaluation {
         let shown = before.samples.iter().zip(&after.samples).take(3);
         for ((question, answer_before), (_, answer_after)) in shown {
@@ -58,8 +76,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "trained {} steps: loss {:.4} -> {:.4}; output in {}",
+        "trained {} steps on {} rank(s): loss {:.4} -> {:.4}; output in {}",
         summary.steps,
+        summary.world_size,
         summary.first_loss,
         summary.last_loss,
         summary.output.display()

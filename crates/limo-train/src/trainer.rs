@@ -7,13 +7,14 @@
 //! directory (metrics, plot, export, evaluation); every rank writes its checkpoint slice.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use limo_data::ChatTokenizer;
-use limo_dist::comm::{thread_group, Communicator};
+use limo_dist::comm::Communicator;
+use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::model::parse_dtype;
 use limo_model::{Batch, ModelWeights, Qwen2Config};
@@ -115,8 +116,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     config.preflight()?;
     let comm = match options.comm {
         Some(comm) => comm,
-        // Alone, no collective ever waits: the timeout is never reached.
-        None => Box::new(thread_group(1, Duration::from_secs(60)).remove(0)),
+        None => Box::new(SoloComm),
     };
     let (rank, world) = (comm.rank(), comm.world_size());
     let lead = rank == 0;
