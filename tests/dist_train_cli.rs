@@ -1,0 +1,169 @@
+//! `limo launch -- train`: ranks in separate processes over the TCP communicator train the
+//! single-process trajectory, and a killed rank stops the whole job with its name.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use common::{golden, limo, run_ok};
+
+/// A run of the golden tiny model on its tokenized data, f32, into `out`.
+fn config(dir: &Path, out: &Path, batch: usize, accum: usize, steps: usize) -> PathBuf {
+    let text = format!(
+        r#"
+[model]
+path = {model:?}
+dtype = "f32"
+[data]
+path = {data:?}
+format = "tokenized"
+[train]
+lr = 1e-3
+warmup_steps = 2
+max_steps = {steps}
+batch_size = {batch}
+grad_accum = {accum}
+weight_decay = 0.01
+shuffle = false
+[output]
+dir = {out:?}
+save_steps = 1
+export_dtype = "none"
+"#,
+        model = golden().join("model").display().to_string(),
+        data = golden().join("train/data.jsonl").display().to_string(),
+        out = out.display().to_string(),
+    );
+    let path = dir.join(format!(
+        "{}.toml",
+        out.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    limo_train::metrics::read(&out.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.loss)
+        .collect()
+}
+
+fn master(out: &Path) -> BTreeMap<String, Tensor> {
+    let latest = limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
+    limo_train::checkpoint::load_params(&latest, "master").unwrap()
+}
+
+#[test]
+fn two_processes_train_exactly_what_one_process_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One process, 2 micro-batches of 1 row per step; two processes, 1 row each. Both add the
+    // same two partial gradients once, so the results are bit-identical.
+    let single = tmp.path().join("single");
+    run_ok(&[
+        "train",
+        "--config",
+        config(tmp.path(), &single, 1, 2, 6).to_str().unwrap(),
+    ]);
+    let launched = tmp.path().join("launched");
+    let stdout = run_ok(&[
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--",
+        "train",
+        "--config",
+        config(tmp.path(), &launched, 1, 1, 6).to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("on 2 rank(s)"), "{stdout}");
+    assert_eq!(losses(&launched), losses(&single));
+    let (a, b) = (master(&launched), master(&single));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &b {
+        let diff = (&a[name] - t)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{name}");
+    }
+    let latest = limo_train::checkpoint::resolve(&launched.join("checkpoints"), "latest").unwrap();
+    assert!(latest.join("rank-00000.safetensors").exists());
+    assert!(latest.join("rank-00001.safetensors").exists());
+}
+
+/// Pids of the direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("killed");
+    let config = config(tmp.path(), &out, 1, 1, 100_000);
+    let mut launcher = limo()
+        .args(["launch", "--nproc-per-node", "3", "--timeout", "60", "--"])
+        .args(["train", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training runs (a few steps logged), then SIGKILL rank 1.
+    let started = Instant::now();
+    while limo_train::metrics::read(&out.join("metrics.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never trained"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ranks = children(launcher.id());
+    assert_eq!(ranks.len(), 3, "one child per rank: {ranks:?}");
+    // The launcher starts ranks in order, so the second child is rank 1.
+    let victim = ranks[1];
+    let killed_at = Instant::now();
+    // SAFETY: kill(2) on a pid we just read from the launcher's children.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let status = launcher.wait().unwrap();
+    let waited = killed_at.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(launcher.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        waited < Duration::from_secs(30),
+        "the job took {waited:?} to stop"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("rank 1") && last.contains(&victim.to_string()),
+        "{last}"
+    );
+    for pid in ranks {
+        assert!(
+            !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "rank pid {pid} still runs"
+        );
+    }
+    // Every checkpoint that `latest` can name is complete.
+    let latest = limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
+    assert!(limo_train::checkpoint::load_params(&latest, "master").is_ok());
+}
