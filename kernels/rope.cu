@@ -51,5 +51,4 @@ __device__ void rope_bwd(const T* dy, const C* cos, const C* sin, T* dx, int tok
   }
 
 LIMO_ROPE(__nv_bfloat16, __nv_bfloat16, bf16_bf16)
-LIMO_ROPE(__nv_bfloat16, float, bf16_f32)
 LIMO_ROPE(float, float, f32_f32)

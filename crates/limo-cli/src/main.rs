@@ -1,5 +1,6 @@
 //! The `limo` binary: one command line for every job limo does.
 
+mod cmd_bench;
 mod cmd_comm_check;
 mod cmd_data;
 mod cmd_debug;
@@ -42,6 +43,9 @@ enum Command {
     Plan(cmd_plan::PlanArgs),
     /// Check every operation on the GPU against the CPU reference.
     Doctor(cmd_doctor::DoctorArgs),
+    /// Time our CUDA kernels (CUDA events, median of repeats).
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCommand),
     /// Developer tools: loss and gradients of one batch.
     #[command(subcommand)]
     Debug(cmd_debug::DebugCommand),
@@ -68,6 +72,7 @@ fn main() {
         Command::InitModel(args) => cmd_init::run(args),
         Command::Plan(args) => cmd_plan::run(args),
         Command::Doctor(args) => cmd_doctor::run(args),
+        Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Debug(cmd) => cmd_debug::run(cmd),
         Command::Launch(args) => cmd_launch::run(args),
         Command::CommCheck(args) => cmd_comm_check::run(args),

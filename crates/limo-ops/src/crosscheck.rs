@@ -1,12 +1,16 @@
 //! Runs every operation on two devices with the same random inputs and compares the results:
-//! the engine of `limo doctor` (CPU reference against the GPU). Outputs are compared by relative
-//! L2 error and checked for NaN and infinity.
+//! the engine of `limo doctor` (CPU reference against the GPU, where the operations dispatch to
+//! our CUDA kernels). Outputs are compared by relative L2 error against a bound per dtype and
+//! checked for NaN and infinity; on a CUDA test device the kernels' output buffers are filled
+//! with NaN before each run, so an element a kernel does not write fails the NaN check.
 
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::{
-    attention_backward, attention_forward, linear_cross_entropy, rms_norm_backward,
-    rms_norm_forward, rope_backward, rope_forward, swiglu_backward, swiglu_forward, RopeTables,
+    adamw_update, attention_backward, attention_forward, linear_cross_entropy,
+    linear_cross_entropy::softmax_cross_entropy, rms_norm_backward, rms_norm_forward,
+    rope_backward, rope_forward, swiglu_backward, swiglu_forward, AdamWStep, RopeTables,
+    IGNORE_INDEX,
 };
 
 /// One compared output.
@@ -14,19 +18,57 @@ use crate::{
 pub struct Check {
     pub op: String,
     pub shape: String,
+    pub dtype: DType,
     pub output: String,
     pub rel_error: f64,
+    /// No NaN or infinity in either result.
     pub finite: bool,
+    /// Largest accepted `rel_error`.
+    pub tolerance: f64,
 }
 
 impl Check {
-    pub fn passed(&self, tolerance: f64) -> bool {
-        self.finite && self.rel_error <= tolerance
+    pub fn passed(&self) -> bool {
+        self.finite && self.rel_error <= self.tolerance
     }
 }
 
+/// The relative L2 error accepted for outputs of `dtype`. bf16 keeps 8 significant bits (a
+/// rounding is up to 2^-9 relative) and the reference rounds after every candle op while the
+/// kernels round once, so bf16 results differ by a few roundings; f32 by accumulation order.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-12,
+        DType::F32 => 1e-4,
+        _ => 1e-2,
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Input dtypes (f32 and bf16 for the doctor).
+    pub dtypes: Vec<DType>,
+    /// Also the training-size shapes (16k tokens, a 152k vocabulary): seconds on a GPU, but
+    /// the CPU reference needs a few minutes and ~20 GB of memory.
+    pub large: bool,
+    /// Seed of the random inputs (the doctor draws a fresh one every run).
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dtypes: vec![DType::F32, DType::BF16],
+            large: true,
+            seed: 1,
+        }
+    }
+}
+
+/// Uniform values in `[-scale, scale)` from a small LCG: the same inputs on every machine and
+/// no RNG state shared with anything else; `seed` makes every run draw fresh ones.
 fn random(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
-    // A small LCG: the same inputs on every machine, no RNG state shared with anything else.
     let n: usize = shape.iter().product();
     let mut state = seed
         .wrapping_mul(6364136223846793005)
@@ -42,6 +84,7 @@ fn random(shape: &[usize], seed: u64, scale: f64) -> Result<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
+/// Relative L2 error of `a` against `b`, and whether both are free of NaN and infinity.
 fn rel_l2(a: &Tensor, b: &Tensor) -> Result<(f64, bool)> {
     let a = a
         .to_device(&Device::Cpu)?
@@ -51,7 +94,14 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> Result<(f64, bool)> {
         .to_device(&Device::Cpu)?
         .to_dtype(DType::F64)?
         .flatten_all()?;
-    let finite = a.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
+    if a.dims() != b.dims() {
+        return Ok((f64::INFINITY, false));
+    }
+    let finite = a
+        .to_vec1::<f64>()?
+        .iter()
+        .chain(b.to_vec1::<f64>()?.iter())
+        .all(|v| v.is_finite());
     let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     let norm = b
         .sqr()?
@@ -62,145 +112,411 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> Result<(f64, bool)> {
     Ok((diff / norm, finite))
 }
 
-/// Compares `test` against `reference` for every operation at a few shapes (attention with
-/// 40/8 and 12/2 heads, head_dim 128 and 64, packed documents). Inputs are f32.
-pub fn crosscheck(reference: &Device, test: &Device) -> Result<Vec<Check>> {
-    let mut checks = Vec::new();
-    let mut push = |op: &str, shape: String, outputs: Vec<(&str, Tensor, Tensor)>| -> Result<()> {
-        for (name, r, t) in outputs {
-            let (rel_error, finite) = rel_l2(&t, &r)?;
-            checks.push(Check {
+/// Collects the checks of one run.
+struct Checks {
+    out: Vec<Check>,
+}
+
+impl Checks {
+    fn push(
+        &mut self,
+        op: &str,
+        shape: String,
+        dtype: DType,
+        tol: f64,
+        outputs: Vec<(&str, Tensor, Tensor)>,
+    ) -> Result<()> {
+        for (name, reference, test) in outputs {
+            // Shapes must match too: a wrong layout is a failure, not a reshape.
+            let (rel_error, finite) = if reference.dims() == test.dims() {
+                rel_l2(&test, &reference)?
+            } else {
+                (f64::INFINITY, false)
+            };
+            self.out.push(Check {
                 op: op.into(),
                 shape: shape.clone(),
+                dtype,
                 output: name.into(),
                 rel_error,
                 finite,
+                tolerance: tol,
             });
         }
         Ok(())
-    };
-    let on = |t: &Tensor, d: &Device| t.to_device(d);
+    }
+}
 
-    for (tokens, hidden) in [(512, 1536), (64, 5120)] {
-        let x = random(&[tokens, hidden], 1, 2.0)?;
-        let w = (random(&[hidden], 2, 0.2)? + 1.0)?;
-        let dy = random(&[tokens, hidden], 3, 1.0)?;
-        let run = |d: &Device| -> Result<(Tensor, Tensor, Tensor)> {
-            let (y, rstd) = rms_norm_forward(&on(&x, d)?, &on(&w, d)?, 1e-6)?;
-            let (dx, dw) = rms_norm_backward(&on(&dy, d)?, &on(&x, d)?, &on(&w, d)?, &rstd)?;
-            Ok((y, dx, dw))
-        };
-        let (r, t) = (run(reference)?, run(test)?);
-        push(
+/// Runs `f` on both devices and zips the outputs with their names.
+fn both<'a>(
+    names: &[&'a str],
+    reference: &Device,
+    test: &Device,
+    f: impl Fn(&Device) -> Result<Vec<Tensor>>,
+) -> Result<Vec<(&'a str, Tensor, Tensor)>> {
+    let r = f(reference)?;
+    let t = f(test)?;
+    Ok(names
+        .iter()
+        .zip(r)
+        .zip(t)
+        .map(|((n, r), t)| (*n, r, t))
+        .collect())
+}
+
+/// Compares `test` against `reference` for every operation at several shapes and dtypes.
+pub fn crosscheck(reference: &Device, test: &Device, opts: &Options) -> Result<Vec<Check>> {
+    #[cfg(feature = "cuda")]
+    crate::cuda::set_poison_outputs(test.is_cuda());
+    let result = run_all(reference, test, opts);
+    #[cfg(feature = "cuda")]
+    crate::cuda::set_poison_outputs(false);
+    result
+}
+
+fn run_all(reference: &Device, test: &Device, opts: &Options) -> Result<Vec<Check>> {
+    let mut checks = Checks { out: Vec::new() };
+    for &dtype in &opts.dtypes {
+        norm_rope_swiglu(&mut checks, reference, test, opts, dtype)?;
+        attention(&mut checks, reference, test, opts, dtype)?;
+        losses(&mut checks, reference, test, opts, dtype)?;
+    }
+    adamw(&mut checks, reference, test, opts)?;
+    Ok(checks.out)
+}
+
+/// Packed documents of `n` tokens: lengths cycle through `lens`, the last one cut to fit.
+fn packed(n: usize, lens: &[usize]) -> Vec<usize> {
+    let mut cu = vec![0];
+    let mut i = 0;
+    while *cu.last().expect("non-empty") < n {
+        let next = (cu.last().expect("non-empty") + lens[i % lens.len()]).min(n);
+        cu.push(next);
+        i += 1;
+    }
+    cu
+}
+
+/// Positions restarting at 0 at every document start of `cu`.
+fn positions(cu: &[usize]) -> Vec<u32> {
+    cu.windows(2)
+        .flat_map(|w| (0..(w[1] - w[0]) as u32).collect::<Vec<_>>())
+        .collect()
+}
+
+fn norm_rope_swiglu(
+    c: &mut Checks,
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    dtype: DType,
+) -> Result<()> {
+    let tol = tolerance(dtype);
+    let s = opts.seed * 1000;
+    let input = |shape: &[usize], seed: u64, scale: f64| -> Result<Tensor> {
+        random(shape, s + seed, scale)?.to_dtype(dtype)
+    };
+
+    let mut norm_shapes = vec![(512, 1536), (64, 5120), (7, 896)];
+    if opts.large {
+        norm_shapes.push((16384, 5120));
+    }
+    for (tokens, hidden) in norm_shapes {
+        let x = input(&[tokens, hidden], 1, 2.0)?;
+        let w = (random(&[hidden], s + 2, 0.2)? + 1.0)?.to_dtype(dtype)?;
+        let dy = input(&[tokens, hidden], 3, 1.0)?;
+        let outputs = both(&["y", "rstd", "dx", "dw"], reference, test, |d| {
+            let (x, w) = (x.to_device(d)?, w.to_device(d)?);
+            let (y, rstd) = rms_norm_forward(&x, &w, 1e-6)?;
+            let (dx, dw) = rms_norm_backward(&dy.to_device(d)?, &x, &w, &rstd)?;
+            Ok(vec![y, rstd, dx, dw])
+        })?;
+        c.push(
             "rms_norm",
             format!("{tokens}x{hidden}"),
-            vec![("y", r.0, t.0), ("dx", r.1, t.1), ("dw", r.2, t.2)],
-        )?;
-    }
-
-    for (heads, head_dim) in [(40, 128), (12, 128), (14, 64)] {
-        let positions: Vec<u32> = (0..300).chain(0..212).collect();
-        let x = random(&[512, heads, head_dim], 4, 1.0)?;
-        let run = |d: &Device| -> Result<(Tensor, Tensor)> {
-            let tables = RopeTables::new(&positions, head_dim, 1e6, DType::F32, d)?;
-            Ok((
-                rope_forward(&on(&x, d)?, &tables)?,
-                rope_backward(&on(&x, d)?, &tables)?,
-            ))
-        };
-        let (r, t) = (run(reference)?, run(test)?);
-        push(
-            "rope",
-            format!("512x{heads}x{head_dim}"),
-            vec![("y", r.0, t.0), ("dx", r.1, t.1)],
-        )?;
-    }
-
-    let (g, u, dh) = (
-        random(&[256, 8960], 5, 4.0)?,
-        random(&[256, 8960], 6, 1.0)?,
-        random(&[256, 8960], 7, 1.0)?,
-    );
-    let run = |d: &Device| -> Result<(Tensor, Tensor, Tensor)> {
-        let h = swiglu_forward(&on(&g, d)?, &on(&u, d)?)?;
-        let (dg, du) = swiglu_backward(&on(&dh, d)?, &on(&g, d)?, &on(&u, d)?)?;
-        Ok((h, dg, du))
-    };
-    let (r, t) = (run(reference)?, run(test)?);
-    push(
-        "swiglu",
-        "256x8960".into(),
-        vec![("h", r.0, t.0), ("dg", r.1, t.1), ("du", r.2, t.2)],
-    )?;
-
-    for (q_heads, kv_heads, head_dim, cu) in [
-        (40, 8, 128, vec![0, 384]),
-        (12, 2, 128, vec![0, 100, 101, 384]),
-        (14, 2, 64, vec![0, 200, 384]),
-    ] {
-        let n = *cu.last().expect("documents");
-        let q = random(&[n, q_heads, head_dim], 8, 1.0)?;
-        let k = random(&[n, kv_heads, head_dim], 9, 1.0)?;
-        let v = random(&[n, kv_heads, head_dim], 10, 1.0)?;
-        let d_out = random(&[n, q_heads, head_dim], 11, 1.0)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let run = |d: &Device| -> Result<Vec<Tensor>> {
-            let (q, k, v) = (on(&q, d)?, on(&k, d)?, on(&v, d)?);
-            let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
-            let g = attention_backward(&on(&d_out, d)?, &q, &k, &v, &out, &lse, &cu, scale)?;
-            Ok(vec![out, lse, g.dq, g.dk, g.dv])
-        };
-        let (r, t) = (run(reference)?, run(test)?);
-        let names = ["out", "lse", "dq", "dk", "dv"];
-        let outputs = names
-            .iter()
-            .zip(r)
-            .zip(t)
-            .map(|((n, r), t)| (*n, r, t))
-            .collect();
-        push(
-            "attention",
-            format!("{n} tokens {q_heads}/{kv_heads}x{head_dim}, docs {cu:?}"),
+            dtype,
+            tol,
             outputs,
         )?;
     }
 
-    let hidden = random(&[300, 256], 12, 1.0)?;
-    let weight = random(&[32000, 256], 13, 0.1)?;
-    let targets: Vec<i64> = (0..300)
+    // (tokens, heads, head_dim, document lengths, table dtype)
+    let mut rope_shapes = vec![
+        (512, 40, 128, vec![300, 212], dtype),
+        (512, 12, 128, vec![100, 1, 411], dtype),
+        (512, 14, 64, vec![512], dtype),
+    ];
+    if opts.large {
+        rope_shapes.push((16384, 40, 128, vec![4000, 1, 2500, 9883], dtype));
+        rope_shapes.push((16384, 2, 64, vec![16384], dtype));
+    }
+    for (tokens, heads, head_dim, lens, table_dtype) in rope_shapes {
+        let cu = packed(tokens, &lens);
+        let pos = positions(&cu);
+        let x = input(&[tokens, heads, head_dim], 4, 1.0)?;
+        let dy = input(&[tokens, heads, head_dim], 5, 1.0)?;
+        let outputs = both(&["y", "dx"], reference, test, |d| {
+            let tables = RopeTables::new(&pos, head_dim, 1e6, table_dtype, d)?;
+            Ok(vec![
+                rope_forward(&x.to_device(d)?, &tables)?,
+                rope_backward(&dy.to_device(d)?, &tables)?,
+            ])
+        })?;
+        let shape = format!(
+            "{tokens}x{heads}x{head_dim}, {} docs, tables {table_dtype:?}",
+            cu.len() - 1
+        );
+        c.push("rope", shape, dtype, tol, outputs)?;
+    }
+
+    let mut mlp_shapes = vec![(256, 8960), (3, 4864)];
+    if opts.large {
+        mlp_shapes.push((16384, 4864));
+    }
+    for (tokens, inter) in mlp_shapes {
+        let g = input(&[tokens, inter], 6, 4.0)?;
+        let u = input(&[tokens, inter], 7, 1.0)?;
+        let dh = input(&[tokens, inter], 8, 1.0)?;
+        let outputs = both(&["h", "dg", "du"], reference, test, |d| {
+            let (g, u) = (g.to_device(d)?, u.to_device(d)?);
+            let h = swiglu_forward(&g, &u)?;
+            let (dg, du) = swiglu_backward(&dh.to_device(d)?, &g, &u)?;
+            Ok(vec![h, dg, du])
+        })?;
+        c.push("swiglu", format!("{tokens}x{inter}"), dtype, tol, outputs)?;
+    }
+    Ok(())
+}
+
+fn attention(
+    c: &mut Checks,
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    dtype: DType,
+) -> Result<()> {
+    let tol = tolerance(dtype);
+    let s = opts.seed * 1000 + 100;
+    // (q heads, kv heads, head_dim, cu_seqlens)
+    let mut shapes = vec![
+        (40, 8, 128, vec![0, 384]),
+        (12, 2, 128, vec![0, 100, 101, 384]),
+        (14, 2, 64, vec![0, 200, 384]),
+    ];
+    if opts.large {
+        // 16k packed tokens; documents of at most 2k keep the CPU reference to seconds.
+        shapes.push((12, 2, 128, packed(16384, &[2048, 1, 777, 1500])));
+        shapes.push((40, 8, 128, packed(4096, &[1024, 3, 1000])));
+    }
+    for (q_heads, kv_heads, head_dim, cu) in shapes {
+        let n = *cu.last().expect("documents");
+        let input = |shape: &[usize], seed: u64| -> Result<Tensor> {
+            random(shape, s + seed, 1.0)?.to_dtype(dtype)
+        };
+        let q = input(&[n, q_heads, head_dim], 1)?;
+        let k = input(&[n, kv_heads, head_dim], 2)?;
+        let v = input(&[n, kv_heads, head_dim], 3)?;
+        let d_out = input(&[n, q_heads, head_dim], 4)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let names = ["out", "lse", "dq", "dk", "dv"];
+        let outputs = both(&names, reference, test, |d| {
+            let (q, k, v) = (q.to_device(d)?, k.to_device(d)?, v.to_device(d)?);
+            let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
+            let g = attention_backward(&d_out.to_device(d)?, &q, &k, &v, &out, &lse, &cu, scale)?;
+            Ok(vec![out, lse, g.dq, g.dk, g.dv])
+        })?;
+        let shape = format!(
+            "{n} tokens {q_heads}/{kv_heads}x{head_dim}, {} docs",
+            cu.len() - 1
+        );
+        c.push("attention", shape.clone(), dtype, tol, outputs)?;
+
+        // The flash-attention backward's faster, non-deterministic variant (atomic dK/dV
+        // accumulation), which the training path does not take, against the same reference.
+        #[cfg(feature = "cuda")]
+        if crate::cuda::flash_attention::dispatches(
+            &q.to_device(test)?,
+            &k.to_device(test)?,
+            &v.to_device(test)?,
+        ) {
+            use crate::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
+            let outputs = both(&["dq", "dk", "dv"], reference, test, |d| {
+                let (q, k, v) = (q.to_device(d)?, k.to_device(d)?, v.to_device(d)?);
+                let dout = d_out.to_device(d)?;
+                if d.is_cuda() {
+                    let (out, lse) = flash_attention_forward(&q, &k, &v, &cu, scale)?;
+                    let g =
+                        flash_attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale, false)?;
+                    return Ok(vec![g.dq, g.dk, g.dv]);
+                }
+                let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
+                let g = attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale)?;
+                Ok(vec![g.dq, g.dk, g.dv])
+            })?;
+            c.push("attention (atomic bwd)", shape, dtype, tol, outputs)?;
+        }
+    }
+    Ok(())
+}
+
+/// Targets for `n` tokens: every fifth ignored, the rest spread over the vocabulary (the last
+/// token id included).
+fn targets(n: usize, vocab: usize) -> Vec<i64> {
+    (0..n)
         .map(|i| {
             if i % 5 == 0 {
-                -100
+                IGNORE_INDEX
+            } else if i % 7 == 0 {
+                vocab as i64 - 1
             } else {
-                (i * 97 % 32000) as i64
+                (i * 7919 % vocab) as i64
             }
         })
-        .collect();
-    let run = |d: &Device| -> Result<(Tensor, Tensor, Tensor)> {
-        let out = linear_cross_entropy(
-            &on(&hidden, d)?,
-            &on(&weight, d)?,
-            &targets,
-            Some(1.0 / 240.0),
-            128,
+        .collect()
+}
+
+fn losses(
+    c: &mut Checks,
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    dtype: DType,
+) -> Result<()> {
+    let tol = tolerance(dtype);
+    let s = opts.seed * 1000 + 200;
+
+    // The softmax/loss kernel alone, at the real vocabulary, with and without gradients.
+    let mut rows_list = vec![64];
+    if opts.large {
+        rows_list.push(1024);
+    }
+    for rows in rows_list {
+        let vocab = 151936;
+        let logits = random(&[rows, vocab], s + 1, 8.0)?.to_dtype(dtype)?;
+        let t = targets(rows, vocab);
+        let outputs = both(
+            &["loss", "d_logits", "loss (no grad)"],
+            reference,
+            test,
+            |d| {
+                let logits = logits.to_device(d)?;
+                let (loss, d_logits) = softmax_cross_entropy(&logits, &t, Some(1.0 / 37.0))?;
+                let (loss2, none) = softmax_cross_entropy(&logits, &t, None)?;
+                if none.is_some() {
+                    candle_core::bail!("softmax_cross_entropy: gradient without a scale");
+                }
+                Ok(vec![
+                    loss.to_dtype(DType::F32)?,
+                    d_logits.expect("asked"),
+                    loss2.to_dtype(DType::F32)?,
+                ])
+            },
         )?;
-        Ok((
-            out.per_token_loss,
-            out.d_hidden.expect("asked"),
-            out.d_weight.expect("asked"),
-        ))
+        c.push(
+            "softmax_cross_entropy",
+            format!("{rows}x{vocab}"),
+            dtype,
+            tol,
+            outputs,
+        )?;
+    }
+
+    // The whole chunked head + loss (cuBLAS matmuls around the kernel, logits overwritten by
+    // their gradient), chunk boundaries not dividing the token count.
+    let mut shapes = vec![(300, 256, 32000, 128)];
+    if opts.large {
+        shapes.push((1100, 896, 151936, 512));
+    }
+    for (tokens, hidden, vocab, chunk) in shapes {
+        let h = random(&[tokens, hidden], s + 2, 1.0)?.to_dtype(dtype)?;
+        let w = random(&[vocab, hidden], s + 3, 0.1)?.to_dtype(dtype)?;
+        let t = targets(tokens, vocab);
+        let n_targets = t.iter().filter(|&&x| x != IGNORE_INDEX).count();
+        let names = ["loss sum", "per-token loss", "d_hidden", "d_weight"];
+        let outputs = both(&names, reference, test, |d| {
+            let out = linear_cross_entropy(
+                &h.to_device(d)?,
+                &w.to_device(d)?,
+                &t,
+                Some(1.0 / n_targets as f64),
+                chunk,
+            )?;
+            Ok(vec![
+                Tensor::new(&[out.loss_sum], d)?,
+                out.per_token_loss.to_dtype(DType::F32)?,
+                out.d_hidden.expect("asked"),
+                out.d_weight.expect("asked"),
+            ])
+        })?;
+        let shape = format!("{tokens} tokens x {hidden} -> {vocab}, chunks of {chunk}");
+        c.push("linear_cross_entropy", shape, dtype, tol, outputs)?;
+    }
+    Ok(())
+}
+
+/// Fused AdamW over flat f32 shards: the kernel must be bit-identical to the CPU loop.
+fn adamw(c: &mut Checks, reference: &Device, test: &Device, opts: &Options) -> Result<()> {
+    let s = opts.seed * 1000 + 300;
+    let mut sizes = vec![1_000_003];
+    if opts.large {
+        sizes.push(64 << 20);
+    }
+    let step = AdamWStep {
+        lr: 3e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        t: 7,
+        grad_scale: 0.73,
     };
-    let (r, t) = (run(reference)?, run(test)?);
-    push(
-        "linear_cross_entropy",
-        "300 tokens x 256 -> 32000, chunks of 128".into(),
-        vec![
-            ("loss", r.0, t.0),
-            ("d_hidden", r.1, t.1),
-            ("d_weight", r.2, t.2),
-        ],
-    )?;
-    Ok(checks)
+    for n in sizes {
+        let p = random(&[n], s + 1, 0.05)?;
+        let g = random(&[n], s + 2, 1e-2)?;
+        let m = random(&[n], s + 3, 1e-3)?;
+        // Second moments are non-negative.
+        let v = random(&[n], s + 4, 1e-5)?.abs()?;
+        let outputs = both(
+            &["param", "exp_avg", "exp_avg_sq", "bf16 copy"],
+            reference,
+            test,
+            |d| adamw_on(d, &[&p, &g, &m, &v], &step),
+        )?;
+        c.push("adamw", format!("{n} params"), DType::F32, 0.0, outputs)?;
+    }
+    Ok(())
+}
+
+/// One AdamW step on `device`: the CPU loop for the CPU, the kernel on a CUDA device (its bf16
+/// copy poisoned with NaN first). Returns param, exp_avg, exp_avg_sq and the bf16 copy.
+fn adamw_on(device: &Device, inputs: &[&Tensor; 4], step: &AdamWStep) -> Result<Vec<Tensor>> {
+    let n = inputs[0].elem_count();
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        let [p, g, m, v] = inputs.map(|t| t.to_device(device));
+        let (p, g, m, v) = (p?, g?, m?, v?);
+        // Fresh copies: the update is in place and must not touch the inputs' storage.
+        let (p, m, v) = (p.copy()?, m.copy()?, v.copy()?);
+        let bf = Tensor::full(f32::NAN, n, device)?.to_dtype(DType::BF16)?;
+        crate::cuda::adamw::adamw_update(&p, &g, &m, &v, step, Some(&bf))?;
+        return Ok(vec![p, m, v, bf]);
+    }
+    let vec = |t: &Tensor| t.to_device(&Device::Cpu)?.to_vec1::<f32>();
+    let (mut p, g, mut m, mut v) = (
+        vec(inputs[0])?,
+        vec(inputs[1])?,
+        vec(inputs[2])?,
+        vec(inputs[3])?,
+    );
+    adamw_update(&mut p, &g, &mut m, &mut v, step);
+    let p = Tensor::from_vec(p, n, device)?;
+    let bf = p.to_dtype(DType::BF16)?;
+    Ok(vec![
+        p,
+        Tensor::from_vec(m, n, device)?,
+        Tensor::from_vec(v, n, device)?,
+        bf,
+    ])
 }
 
 #[cfg(test)]
@@ -209,12 +525,18 @@ mod tests {
 
     #[test]
     fn the_cpu_agrees_with_itself_on_every_check() {
-        let checks = crosscheck(&Device::Cpu, &Device::Cpu).unwrap();
+        let opts = Options {
+            large: false,
+            ..Options::default()
+        };
+        let checks = crosscheck(&Device::Cpu, &Device::Cpu, &opts).unwrap();
         let ops: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.op.as_str()).collect();
-        assert_eq!(ops.len(), 5, "{ops:?}");
-        assert!(checks.len() >= 20);
+        assert_eq!(ops.len(), 7, "{ops:?}");
+        for dtype in [DType::F32, DType::BF16] {
+            assert!(checks.iter().filter(|c| c.dtype == dtype).count() >= 40);
+        }
         for c in &checks {
-            assert!(c.passed(0.0), "{c:?}");
+            assert!(c.finite && c.rel_error == 0.0, "{c:?}");
         }
     }
 
@@ -224,13 +546,40 @@ mod tests {
         let (err, finite) = rel_l2(&(&a * 1.001).unwrap(), &a).unwrap();
         assert!(finite && err > 5e-4 && err < 2e-3);
         let nan = Tensor::new(&[f32::NAN, 1.0], &Device::Cpu).unwrap();
-        let check = Check {
+        let (_, finite) = rel_l2(&nan, &a.narrow(0, 0, 2).unwrap()).unwrap();
+        assert!(!finite);
+        let check = |rel_error, finite| Check {
             op: "x".into(),
             shape: "".into(),
+            dtype: DType::F32,
             output: "".into(),
-            rel_error: rel_l2(&nan, &nan).unwrap().0,
-            finite: false,
+            rel_error,
+            finite,
+            tolerance: tolerance(DType::F32),
         };
-        assert!(!check.passed(1.0));
+        assert!(check(5e-5, true).passed());
+        assert!(!check(2e-4, true).passed());
+        assert!(!check(0.0, false).passed());
+        // A shape mismatch is a failure, not a comparison of flattened values.
+        let (err, finite) = {
+            let mut c = Checks { out: Vec::new() };
+            let t = a.reshape((2, 5)).unwrap();
+            c.push(
+                "x",
+                "".into(),
+                DType::F32,
+                1.0,
+                vec![("o", t.clone(), t.t().unwrap())],
+            )
+            .unwrap();
+            (c.out[0].rel_error, c.out[0].finite)
+        };
+        assert!(!finite && err.is_infinite());
+    }
+
+    #[test]
+    fn packed_documents_cover_the_tokens() {
+        assert_eq!(packed(10, &[4, 1]), vec![0, 4, 5, 9, 10]);
+        assert_eq!(positions(&[0, 2, 5]), vec![0, 1, 0, 1, 2]);
     }
 }

@@ -31,10 +31,13 @@ pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use candle_core::cuda_backend::cudarc;
+
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
     ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
@@ -158,12 +161,38 @@ pub(crate) fn view<'a, T: CudaDType>(
     Ok(cs.as_cuda_slice::<T>()?.slice(start..end))
 }
 
-/// An uninitialised device buffer of `len` elements.
+/// Whether [`alloc`] fills new buffers with NaN (see [`set_poison_outputs`]).
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// With `on`, every output buffer the kernels allocate is filled with NaN (all bits set, a NaN
+/// in f32 and bf16) before the kernel runs, so an element a kernel forgets to write shows up
+/// in `limo doctor`'s NaN check instead of passing with whatever memory held. Costs a memset
+/// per output: for checking, not training.
+pub fn set_poison_outputs(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+/// An uninitialised device buffer of `len` elements (NaN-filled when poisoning is on).
 ///
 /// # Safety
 /// The caller must write every element (a kernel does) before it is read.
 pub(crate) unsafe fn alloc<T: KernelType>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
-    dev.alloc::<T>(len)
+    let slice = dev.alloc::<T>(len)?;
+    if POISON.load(Ordering::Relaxed) {
+        let stream = dev.cuda_stream();
+        let (ptr, _sync) = slice.device_ptr(&stream);
+        // SAFETY: the range is exactly the allocation, on the stream that will use it.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                ptr,
+                0xFF,
+                len * std::mem::size_of::<T>(),
+                stream.cu_stream(),
+            )
+        }
+        .map_err(wrap)?;
+    }
+    Ok(slice)
 }
 
 /// A zero-filled device buffer of `len` elements (accumulators, atomics).

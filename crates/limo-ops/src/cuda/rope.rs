@@ -11,15 +11,12 @@ use crate::RopeTables;
 static PTX: Ptx = ptx!("rope");
 use super::Ptx;
 
-/// The kernels exist for bf16 activations with bf16 or f32 tables and f32 with f32 tables.
+/// The kernels exist for tables of the activations' dtype (bf16 or f32), as the reference.
 pub(crate) fn supported(x: &Tensor, tables: &RopeTables) -> bool {
     let tab = tables.cos.dtype();
     super::runs_on_kernel(x, &[DType::BF16, DType::F32])
         && tables.sin.dtype() == tab
-        && matches!(
-            (x.dtype(), tab),
-            (DType::BF16, DType::BF16) | (DType::BF16, DType::F32) | (DType::F32, DType::F32)
-        )
+        && tab == x.dtype()
 }
 
 /// See [`crate::rope_forward`].
@@ -35,7 +32,6 @@ pub fn rope_backward(dy: &Tensor, tables: &RopeTables) -> Result<Tensor> {
 fn dispatch(x: &Tensor, tables: &RopeTables, base: &str) -> Result<Tensor> {
     match (x.dtype(), tables.cos.dtype()) {
         (DType::BF16, DType::BF16) => run::<bf16, bf16>(x, tables, base),
-        (DType::BF16, DType::F32) => run::<bf16, f32>(x, tables, base),
         (DType::F32, DType::F32) => run::<f32, f32>(x, tables, base),
         (a, b) => bail!("rope kernel: no instantiation for x {a:?} with tables {b:?}"),
     }

@@ -1,0 +1,334 @@
+//! `limo bench kernels`: times each of our CUDA kernels at training shapes (Qwen2.5-32B: hidden
+//! 5120, MLP 27648, 40/8 heads of 128, vocabulary 152064, 16k tokens) with CUDA events: warm-up
+//! launches first, then the median of the repeats, the inputs rotated over several buffer sets
+//! so that no launch finds its inputs in L2. Memory-bound kernels report GB/s (bytes each must
+//! move at least once), attention reports TFLOP/s (causal, the useful half of the scores).
+
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time each CUDA kernel (needs a GPU and a build with `--features cuda`).
+    Kernels(KernelArgs),
+}
+
+#[derive(Args)]
+pub struct KernelArgs {
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Launches before timing.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed launches; the median is reported.
+    #[arg(long, default_value_t = 20)]
+    repeats: usize,
+    /// Input sets the launches rotate over.
+    #[arg(long, default_value_t = 3)]
+    rotate: usize,
+    /// Tokens per step (the flattened batch).
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Kernels(args) => {
+            let gpu = crate::cmd_doctor::open_gpu(args.device)?;
+            kernels(&gpu, &args)
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn kernels(_gpu: &candle_core::Device, _args: &KernelArgs) -> anyhow::Result<()> {
+    unreachable!("open_gpu fails without the cuda feature")
+}
+
+#[cfg(feature = "cuda")]
+fn kernels(gpu: &candle_core::Device, args: &KernelArgs) -> anyhow::Result<()> {
+    cuda::run(gpu, args)
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use anyhow::{ensure, Result};
+    use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+    use candle_core::{DType, Device, Tensor};
+    use limo_ops::linear_cross_entropy::softmax_cross_entropy;
+    use limo_ops::{
+        rms_norm_backward, rms_norm_forward, rope_backward, rope_forward, swiglu_backward,
+        swiglu_forward, AdamWStep, RopeTables,
+    };
+
+    use super::KernelArgs;
+
+    const HIDDEN: usize = 5120;
+    const MLP: usize = 27648;
+    const Q_HEADS: usize = 40;
+    const KV_HEADS: usize = 8;
+    const HEAD_DIM: usize = 128;
+    const VOCAB: usize = 152064;
+    /// Rows of one loss chunk (the trainer's chunk size).
+    const LOSS_CHUNK: usize = 1024;
+
+    /// What a kernel's time is divided by.
+    enum Work {
+        Bytes(f64),
+        Flops(f64),
+    }
+
+    struct Bench<'a> {
+        gpu: &'a Device,
+        args: &'a KernelArgs,
+    }
+
+    impl Bench<'_> {
+        /// Median milliseconds of `f(i)` (i picks the input set) between two CUDA events.
+        fn time(&self, mut f: impl FnMut(usize) -> candle_core::Result<()>) -> Result<f64> {
+            let stream = self.gpu.as_cuda_device()?.cuda_stream();
+            let ctx = stream.context();
+            for i in 0..self.args.warmup {
+                f(i)?;
+            }
+            let mut times = Vec::with_capacity(self.args.repeats);
+            for i in 0..self.args.repeats {
+                let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+                let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+                start.record(&stream)?;
+                f(self.args.warmup + i)?;
+                end.record(&stream)?;
+                times.push(start.elapsed_ms(&end)? as f64);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(times[times.len() / 2])
+        }
+
+        /// `rotate` sets of bf16 inputs of these shapes, uniform in [-scale, scale).
+        fn inputs(&self, shapes: &[&[usize]], scale: f64) -> Result<Vec<Vec<Tensor>>> {
+            (0..self.args.rotate.max(1))
+                .map(|_| {
+                    shapes
+                        .iter()
+                        .map(|s| {
+                            Ok(Tensor::rand(-scale as f32, scale as f32, *s, self.gpu)?
+                                .to_dtype(DType::BF16)?)
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+
+        fn report(&self, name: &str, shape: &str, ms: f64, work: Work) {
+            let rate = match work {
+                Work::Bytes(b) => format!("{:>8.0} GB/s", b / (ms * 1e-3) / 1e9),
+                Work::Flops(f) => format!("{:>8.1} TFLOP/s", f / (ms * 1e-3) / 1e12),
+            };
+            println!("{name:<26} {shape:<40} {ms:>9.3} ms  {rate}");
+        }
+    }
+
+    pub fn run(gpu: &Device, args: &KernelArgs) -> Result<()> {
+        ensure!(args.repeats > 0, "--repeats must be at least 1");
+        let b = Bench { gpu, args };
+        let n = args.tokens;
+        println!(
+            "bf16 inputs, median of {} launches after {} warm-up, inputs rotated over {} sets",
+            args.repeats, args.warmup, args.rotate
+        );
+        println!(
+            "{:<26} {:<40} {:>12}  throughput",
+            "kernel", "shape", "median"
+        );
+        let bf = 2.0; // bytes per bf16 element
+
+        // RMSNorm: reads x and writes y (w and rstd are small).
+        let sets = b.inputs(&[&[n, HIDDEN], &[HIDDEN], &[n, HIDDEN]], 1.0)?;
+        let shape = format!("{n}x{HIDDEN}");
+        let elems = (n * HIDDEN) as f64;
+        let ms = b.time(|i| {
+            let s = &sets[i % sets.len()];
+            rms_norm_forward(&s[0], &s[1], 1e-6).map(drop)
+        })?;
+        b.report(
+            "rms_norm forward",
+            &shape,
+            ms,
+            Work::Bytes(2.0 * elems * bf),
+        );
+        let rstds: Vec<Tensor> = sets
+            .iter()
+            .map(|s| Ok(rms_norm_forward(&s[0], &s[1], 1e-6)?.1))
+            .collect::<Result<_>>()?;
+        let ms = b.time(|i| {
+            let s = &sets[i % sets.len()];
+            rms_norm_backward(&s[2], &s[0], &s[1], &rstds[i % sets.len()]).map(drop)
+        })?;
+        b.report(
+            "rms_norm backward",
+            &shape,
+            ms,
+            Work::Bytes(3.0 * elems * bf),
+        );
+
+        // RoPE on the queries: reads x and writes y, plus the cos/sin tables.
+        let positions: Vec<u32> = (0..n as u32).map(|p| p % 4096).collect();
+        let tables = RopeTables::new(&positions, HEAD_DIM, 1e6, DType::BF16, gpu)?;
+        let sets = b.inputs(&[&[n, Q_HEADS, HEAD_DIM]], 1.0)?;
+        let shape = format!("{n}x{Q_HEADS}x{HEAD_DIM}");
+        let bytes = (2 * n * Q_HEADS * HEAD_DIM + 2 * n * HEAD_DIM) as f64 * bf;
+        let ms = b.time(|i| rope_forward(&sets[i % sets.len()][0], &tables).map(drop))?;
+        b.report("rope forward", &shape, ms, Work::Bytes(bytes));
+        let ms = b.time(|i| rope_backward(&sets[i % sets.len()][0], &tables).map(drop))?;
+        b.report("rope backward", &shape, ms, Work::Bytes(bytes));
+
+        // SwiGLU: forward reads g, u and writes h; backward reads dh, g, u and writes dg, du.
+        let sets = b.inputs(&[&[n, MLP], &[n, MLP], &[n, MLP]], 4.0)?;
+        let shape = format!("{n}x{MLP}");
+        let elems = (n * MLP) as f64;
+        let ms = b.time(|i| {
+            let s = &sets[i % sets.len()];
+            swiglu_forward(&s[0], &s[1]).map(drop)
+        })?;
+        b.report("swiglu forward", &shape, ms, Work::Bytes(3.0 * elems * bf));
+        let ms = b.time(|i| {
+            let s = &sets[i % sets.len()];
+            swiglu_backward(&s[2], &s[0], &s[1]).map(drop)
+        })?;
+        b.report("swiglu backward", &shape, ms, Work::Bytes(5.0 * elems * bf));
+        drop(sets);
+
+        // Softmax cross-entropy of one loss chunk: two reads of the logits, one write of
+        // d_logits (the training path writes it in place; this times the out-of-place form).
+        let sets = b.inputs(&[&[LOSS_CHUNK, VOCAB]], 8.0)?;
+        let targets: Vec<i64> = (0..LOSS_CHUNK)
+            .map(|i| {
+                if i % 9 == 0 {
+                    -100
+                } else {
+                    (i * 7919 % VOCAB) as i64
+                }
+            })
+            .collect();
+        let shape = format!("{LOSS_CHUNK}x{VOCAB}");
+        let elems = (LOSS_CHUNK * VOCAB) as f64;
+        let ms = b.time(|i| {
+            softmax_cross_entropy(&sets[i % sets.len()][0], &targets, Some(1e-4)).map(drop)
+        })?;
+        b.report(
+            "softmax_cross_entropy",
+            &shape,
+            ms,
+            Work::Bytes(3.0 * elems * bf),
+        );
+        drop(sets);
+
+        // AdamW over a 64M-parameter flat f32 shard: reads p, g, m, v; writes p, m, v and bf16.
+        let len = 64 << 20;
+        let shards: Vec<Vec<Tensor>> = (0..args.rotate.max(1))
+            .map(|_| {
+                (0..4)
+                    .map(|k| {
+                        let t = Tensor::rand(0f32, 1e-2, len, gpu)?;
+                        Ok(if k == 1 { (t * 0.1)? } else { t })
+                    })
+                    .chain(std::iter::once(Ok(Tensor::zeros(len, DType::BF16, gpu)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let mut step = AdamWStep {
+            lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: 1,
+            grad_scale: 0.5,
+        };
+        let ms = b.time(|i| {
+            let s = &shards[i % shards.len()];
+            step.t = i as u64 + 1;
+            limo_ops::cuda::adamw::adamw_update(&s[0], &s[1], &s[2], &s[3], &step, Some(&s[4]))
+        })?;
+        b.report(
+            "adamw (+ bf16 copy)",
+            &format!("{len} params"),
+            ms,
+            Work::Bytes(len as f64 * 30.0),
+        );
+        drop(shards);
+
+        attention(&b, n)?;
+        Ok(())
+    }
+
+    // ---- flash attention plugs in here ----
+    // The flash-attention kernels (limo_ops::cuda::flash_attention, written alongside these)
+    // are timed with the same harness: 16k tokens packed as documents, 40/8 heads of 128.
+    fn attention(b: &Bench, n: usize) -> Result<()> {
+        use limo_ops::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
+        for doc in [n, 4096] {
+            let cu: Vec<usize> = (0..n).step_by(doc).chain(std::iter::once(n)).collect();
+            let sets = b.inputs(
+                &[
+                    &[n, Q_HEADS, HEAD_DIM],
+                    &[n, KV_HEADS, HEAD_DIM],
+                    &[n, KV_HEADS, HEAD_DIM],
+                    &[n, Q_HEADS, HEAD_DIM],
+                ],
+                1.0,
+            )?;
+            let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+            // Causal: each document does len*(len+1)/2 score entries, 2 matmuls of 2 flops.
+            let pairs: f64 = cu
+                .windows(2)
+                .map(|w| {
+                    let l = (w[1] - w[0]) as f64;
+                    l * (l + 1.0) / 2.0
+                })
+                .sum();
+            let fwd_flops = 4.0 * pairs * (Q_HEADS * HEAD_DIM) as f64;
+            let shape = format!("{n} tok, docs of {doc}, {Q_HEADS}/{KV_HEADS}x{HEAD_DIM}");
+            let ms = b.time(|i| {
+                let s = &sets[i % sets.len()];
+                flash_attention_forward(&s[0], &s[1], &s[2], &cu, scale).map(drop)
+            })?;
+            b.report(
+                "flash_attention forward",
+                &shape,
+                ms,
+                Work::Flops(fwd_flops),
+            );
+            let saved: Vec<(Tensor, Tensor)> = sets
+                .iter()
+                .map(|s| Ok(flash_attention_forward(&s[0], &s[1], &s[2], &cu, scale)?))
+                .collect::<Result<_>>()?;
+            for deterministic in [true, false] {
+                let ms = b.time(|i| {
+                    let s = &sets[i % sets.len()];
+                    let (out, lse) = &saved[i % sets.len()];
+                    flash_attention_backward(
+                        &s[3],
+                        &s[0],
+                        &s[1],
+                        &s[2],
+                        out,
+                        lse,
+                        &cu,
+                        scale,
+                        deterministic,
+                    )
+                    .map(drop)
+                })?;
+                let name = if deterministic {
+                    "flash_attention bwd (det.)"
+                } else {
+                    "flash_attention bwd"
+                };
+                // Backward: 5 matmuls of the forward's size (S, dP, dV, dQ, dK) = 2.5x.
+                b.report(name, &shape, ms, Work::Flops(2.5 * fwd_flops));
+            }
+        }
+        Ok(())
+    }
+}
