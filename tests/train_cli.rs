@@ -414,6 +414,16 @@ fn bad_configs_fail_before_any_work() {
             text.replace("\"cosine\"", "\"zigzag\""),
             "train.schedule",
         ),
+        (
+            "bad-device.toml",
+            text.replacen("dtype = \"f32\"", "dtype = \"f32\"\ndevice = \"tpu\"", 1),
+            "model.device",
+        ),
+        (
+            "bf16-on-cpu.toml",
+            text.replacen("dtype = \"f32\"", "dtype = \"bf16\"", 1),
+            "model.device = \"cuda\"",
+        ),
     ];
     for (name, body, expected) in cases {
         let path = tmp.path().join(name);

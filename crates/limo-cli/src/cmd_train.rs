@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use candle_core::Device;
 use clap::Args;
 use limo_dist::env::timeout_from_env;
 use limo_dist::{connect, DistEnv};
@@ -42,10 +43,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .preflight()
         .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     // Under `limo launch`, torchrun or Slurm: this process is one rank of the job.
-    let comm = match DistEnv::from_env()? {
+    let env = DistEnv::from_env()?;
+    let device = open_device(
+        &config.model.device,
+        env.as_ref().map_or(0, |e| e.local_rank),
+    )?;
+    let comm = match env {
         Some(env) if env.world_size > 1 => {
             let timeout = timeout_from_env(DEFAULT_DIST_TIMEOUT)?;
-            Some(connect(&env, timeout)?)
+            Some(connect_ranks(&env, &device, timeout)?)
         }
         _ => None,
     };
@@ -53,6 +59,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         resume: args.resume,
         progress: std::io::stderr().is_terminal(),
         comm,
+        device: Some(device),
     };
     let summary = train(&config, options)?;
     if summary.rank != 0 {
@@ -84,4 +91,30 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         summary.output.display()
     );
     Ok(())
+}
+
+/// The device of this rank: the CPU, or GPU `local_rank` of this machine.
+fn open_device(name: &str, local_rank: usize) -> anyhow::Result<Device> {
+    match name {
+        "cuda" => Device::new_cuda(local_rank).map_err(|e| {
+            // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
+            let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+            anyhow::anyhow!("model.device: no usable GPU (CUDA device {local_rank}): {cause}")
+        }),
+        _ => Ok(Device::Cpu),
+    }
+}
+
+/// NCCL between GPUs, TCP between CPU ranks.
+fn connect_ranks(
+    env: &DistEnv,
+    device: &Device,
+    timeout: Duration,
+) -> anyhow::Result<Box<dyn limo_dist::comm::Communicator>> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return limo_dist::connect_nccl(env, device, timeout);
+    }
+    let _ = device;
+    connect(env, timeout)
 }

@@ -39,9 +39,14 @@ pub struct ModelSection {
     /// embedded default uses `builtin:qwen2.5`, the Qwen2.5 tokenizer compiled into limo.
     #[serde(default)]
     pub tokenizer: Option<String>,
-    /// Compute dtype: f32 or f64 on CPU. Master weights and Adam moments are f32 (f64 for f64).
+    /// Compute dtype: f32 or f64 on CPU; bf16 (or f32) on CUDA. Master weights and Adam
+    /// moments are f32 (f64 for f64).
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// Where the forward and backward run: "cpu", or "cuda" (rank r of a node uses GPU
+    /// LOCAL_RANK; needs a build with `--features cuda`).
+    #[serde(default = "default_device")]
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +133,9 @@ pub struct OutputSection {
 fn default_dtype() -> String {
     "f32".into()
 }
+fn default_device() -> String {
+    "cpu".into()
+}
 fn default_schedule() -> String {
     "cosine".into()
 }
@@ -204,6 +212,12 @@ impl TrainConfig {
             (None, None) => bail!("model: give path (a Hugging Face checkpoint) or init (a shape)"),
             _ => {}
         }
+        if !matches!(self.model.device.as_str(), "cpu" | "cuda") {
+            bail!(
+                "model.device: {:?} (expected cpu or cuda)",
+                self.model.device
+            );
+        }
         if !matches!(self.model.dtype.as_str(), "f32" | "f64" | "bf16") {
             bail!(
                 "model.dtype: {:?} (expected f32, f64 or bf16)",
@@ -254,8 +268,13 @@ impl TrainConfig {
                 );
             }
         }
-        if self.model.dtype == "bf16" {
-            bail!("model.dtype: bf16 training runs on CUDA, which this build does not have yet; use f32 or f64 on CPU");
+        if self.model.device == "cuda" && !cfg!(feature = "cuda") {
+            bail!("model.device: \"cuda\" needs a build with --features cuda (docs/CUDA.md)");
+        }
+        if self.model.dtype == "bf16" && self.model.device == "cpu" {
+            bail!(
+                "model.dtype: bf16 training runs on model.device = \"cuda\"; use f32 or f64 on CPU"
+            );
         }
         Ok(())
     }
@@ -265,7 +284,7 @@ impl TrainConfig {
     /// Identifies the training trajectory, to refuse resuming a different run. It depends on
     /// the rows per step (`batch_size x grad_accum x world_size`), not on how they are split,
     /// so a run may resume at another world size with the same global batch; settings that do
-    /// not change the numbers (activation checkpointing) are left out.
+    /// not change the trajectory (activation checkpointing, the device) are left out.
     pub fn trajectory_hash(&self, world_size: usize) -> String {
         let mut train = serde_json::to_value(&self.train).expect("serializable");
         let map = train.as_object_mut().expect("a struct");
@@ -276,7 +295,9 @@ impl TrainConfig {
             "rows_per_step".into(),
             (self.train.batch_size * self.train.grad_accum * world_size).into(),
         );
-        let text = serde_json::to_string(&(&self.model, &self.data, &train)).expect("serializable");
+        let mut model = serde_json::to_value(&self.model).expect("serializable");
+        model.as_object_mut().expect("a struct").remove("device");
+        let text = serde_json::to_string(&(&model, &self.data, &train)).expect("serializable");
         format!("{:016x}", fnv1a(text.as_bytes()))
     }
 }

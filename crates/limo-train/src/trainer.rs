@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// This process's rank of a distributed run; `None` trains alone (world size 1).
     pub comm: Option<Box<dyn Communicator>>,
+    /// Where this rank computes; `None` is the CPU.
+    pub device: Option<Device>,
 }
 
 /// What a finished run reports.
@@ -122,7 +124,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let lead = rank == 0;
     let out = &config.output.dir;
     let dtype = parse_dtype(&config.model.dtype)?;
-    let device = Device::Cpu;
+    let device = options.device.clone().unwrap_or(Device::Cpu);
 
     // Rank 0 writes the run directory's inputs first; then every rank reads them.
     let first = lead.then(|| prepare_inputs(config, true)).transpose();

@@ -60,6 +60,7 @@ fn run(config: TrainConfig, world: usize, resume: Option<PathBuf>) {
                     resume: resume.map(|p| p.display().to_string()),
                     progress: false,
                     comm: Some(Box::new(comm)),
+                    device: None,
                 };
                 train(&config, options).map(|s| (s.rank, s.world_size))
             })
@@ -270,6 +271,7 @@ fn checkpoints_resume_at_another_world_size_on_the_same_trajectory() {
                     resume: Some("latest".into()),
                     progress: false,
                     comm: Some(Box::new(comm)),
+                    device: None,
                 };
                 train(&config, options).err().map(|e| format!("{e:#}"))
             })
