@@ -13,6 +13,7 @@ pub enum BenchCommand {
 }
 
 #[derive(Args)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub struct KernelArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
@@ -29,6 +30,41 @@ pub struct KernelArgs {
     /// Tokens per step (the flattened batch).
     #[arg(long, default_value_t = 16384)]
     tokens: usize,
+    /// Only this kernel.
+    #[arg(long, default_value = "all", value_parser = OPS)]
+    op: String,
+    /// Attention query heads.
+    #[arg(long, default_value_t = 40)]
+    q_heads: usize,
+    /// Attention key/value heads.
+    #[arg(long, default_value_t = 8)]
+    kv_heads: usize,
+    /// Attention head dimension (64 or 128).
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Attention over this many equal-length packed documents (default: one, then 4k-token
+    /// documents).
+    #[arg(long)]
+    docs: Option<usize>,
+}
+
+/// Values of `--op`.
+const OPS: [&str; 7] = [
+    "all",
+    "rms_norm",
+    "rope",
+    "swiglu",
+    "cross_entropy",
+    "adamw",
+    "attention",
+];
+
+// Without the cuda feature the command stops at open_gpu and reads no option but --device.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl KernelArgs {
+    fn wants(&self, op: &str) -> bool {
+        self.op == "all" || self.op == op
+    }
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -66,7 +102,6 @@ mod cuda {
     const HIDDEN: usize = 5120;
     const MLP: usize = 27648;
     const Q_HEADS: usize = 40;
-    const KV_HEADS: usize = 8;
     const HEAD_DIM: usize = 128;
     const VOCAB: usize = 152064;
     /// Rows of one loss chunk (the trainer's chunk size).
@@ -140,9 +175,32 @@ mod cuda {
             "{:<26} {:<40} {:>12}  throughput",
             "kernel", "shape", "median"
         );
-        let bf = 2.0; // bytes per bf16 element
+        if args.wants("rms_norm") {
+            rms_norm(&b, n)?;
+        }
+        if args.wants("rope") {
+            rope(&b, n)?;
+        }
+        if args.wants("swiglu") {
+            swiglu(&b, n)?;
+        }
+        if args.wants("cross_entropy") {
+            cross_entropy(&b)?;
+        }
+        if args.wants("adamw") {
+            adamw(&b)?;
+        }
+        if args.wants("attention") {
+            attention(&b, n)?;
+        }
+        Ok(())
+    }
 
-        // RMSNorm: reads x and writes y (w and rstd are small).
+    /// Bytes per bf16 element.
+    const BF: f64 = 2.0;
+
+    /// RMSNorm: reads x and writes y (w and rstd are small); the backward also reads dy.
+    fn rms_norm(b: &Bench, n: usize) -> Result<()> {
         let sets = b.inputs(&[&[n, HIDDEN], &[HIDDEN], &[n, HIDDEN]], 1.0)?;
         let shape = format!("{n}x{HIDDEN}");
         let elems = (n * HIDDEN) as f64;
@@ -154,7 +212,7 @@ mod cuda {
             "rms_norm forward",
             &shape,
             ms,
-            Work::Bytes(2.0 * elems * bf),
+            Work::Bytes(2.0 * elems * BF),
         );
         let rstds: Vec<Tensor> = sets
             .iter()
@@ -168,21 +226,27 @@ mod cuda {
             "rms_norm backward",
             &shape,
             ms,
-            Work::Bytes(3.0 * elems * bf),
+            Work::Bytes(3.0 * elems * BF),
         );
+        Ok(())
+    }
 
-        // RoPE on the queries: reads x and writes y, plus the cos/sin tables.
+    /// RoPE on the queries: reads x and writes y, plus the cos/sin tables.
+    fn rope(b: &Bench, n: usize) -> Result<()> {
         let positions: Vec<u32> = (0..n as u32).map(|p| p % 4096).collect();
-        let tables = RopeTables::new(&positions, HEAD_DIM, 1e6, DType::BF16, gpu)?;
+        let tables = RopeTables::new(&positions, HEAD_DIM, 1e6, DType::BF16, b.gpu)?;
         let sets = b.inputs(&[&[n, Q_HEADS, HEAD_DIM]], 1.0)?;
         let shape = format!("{n}x{Q_HEADS}x{HEAD_DIM}");
-        let bytes = (2 * n * Q_HEADS * HEAD_DIM + 2 * n * HEAD_DIM) as f64 * bf;
+        let bytes = (2 * n * Q_HEADS * HEAD_DIM + 2 * n * HEAD_DIM) as f64 * BF;
         let ms = b.time(|i| rope_forward(&sets[i % sets.len()][0], &tables).map(drop))?;
         b.report("rope forward", &shape, ms, Work::Bytes(bytes));
         let ms = b.time(|i| rope_backward(&sets[i % sets.len()][0], &tables).map(drop))?;
         b.report("rope backward", &shape, ms, Work::Bytes(bytes));
+        Ok(())
+    }
 
-        // SwiGLU: forward reads g, u and writes h; backward reads dh, g, u and writes dg, du.
+    /// SwiGLU: forward reads g, u and writes h; backward reads dh, g, u and writes dg, du.
+    fn swiglu(b: &Bench, n: usize) -> Result<()> {
         let sets = b.inputs(&[&[n, MLP], &[n, MLP], &[n, MLP]], 4.0)?;
         let shape = format!("{n}x{MLP}");
         let elems = (n * MLP) as f64;
@@ -190,16 +254,18 @@ mod cuda {
             let s = &sets[i % sets.len()];
             swiglu_forward(&s[0], &s[1]).map(drop)
         })?;
-        b.report("swiglu forward", &shape, ms, Work::Bytes(3.0 * elems * bf));
+        b.report("swiglu forward", &shape, ms, Work::Bytes(3.0 * elems * BF));
         let ms = b.time(|i| {
             let s = &sets[i % sets.len()];
             swiglu_backward(&s[2], &s[0], &s[1]).map(drop)
         })?;
-        b.report("swiglu backward", &shape, ms, Work::Bytes(5.0 * elems * bf));
-        drop(sets);
+        b.report("swiglu backward", &shape, ms, Work::Bytes(5.0 * elems * BF));
+        Ok(())
+    }
 
-        // Softmax cross-entropy of one loss chunk: two reads of the logits, one write of
-        // d_logits (the training path writes it in place; this times the out-of-place form).
+    /// Softmax cross-entropy of one loss chunk: two reads of the logits, one write of d_logits
+    /// (the training path writes it in place; this times the out-of-place form).
+    fn cross_entropy(b: &Bench) -> Result<()> {
         let sets = b.inputs(&[&[LOSS_CHUNK, VOCAB]], 8.0)?;
         let targets: Vec<i64> = (0..LOSS_CHUNK)
             .map(|i| {
@@ -219,20 +285,22 @@ mod cuda {
             "softmax_cross_entropy",
             &shape,
             ms,
-            Work::Bytes(3.0 * elems * bf),
+            Work::Bytes(3.0 * elems * BF),
         );
-        drop(sets);
+        Ok(())
+    }
 
-        // AdamW over a 64M-parameter flat f32 shard: reads p, g, m, v; writes p, m, v and bf16.
+    /// AdamW over a 64M-parameter flat f32 shard: reads p, g, m, v; writes p, m, v and bf16.
+    fn adamw(b: &Bench) -> Result<()> {
         let len = 64 << 20;
-        let shards: Vec<Vec<Tensor>> = (0..args.rotate.max(1))
+        let shards: Vec<Vec<Tensor>> = (0..b.args.rotate.max(1))
             .map(|_| {
                 (0..4)
                     .map(|k| {
-                        let t = Tensor::rand(0f32, 1e-2, len, gpu)?;
+                        let t = Tensor::rand(0f32, 1e-2, len, b.gpu)?;
                         Ok(if k == 1 { (t * 0.1)? } else { t })
                     })
-                    .chain(std::iter::once(Ok(Tensor::zeros(len, DType::BF16, gpu)?)))
+                    .chain(std::iter::once(Ok(Tensor::zeros(len, DType::BF16, b.gpu)?)))
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
@@ -250,35 +318,43 @@ mod cuda {
             step.t = i as u64 + 1;
             limo_ops::cuda::adamw::adamw_update(&s[0], &s[1], &s[2], &s[3], &step, Some(&s[4]))
         })?;
+        let shape = format!("{len} params");
         b.report(
             "adamw (+ bf16 copy)",
-            &format!("{len} params"),
+            &shape,
             ms,
             Work::Bytes(len as f64 * 30.0),
         );
-        drop(shards);
-
-        attention(&b, n)?;
         Ok(())
     }
 
     // ---- flash attention plugs in here ----
     // The flash-attention kernels (limo_ops::cuda::flash_attention, written alongside these)
-    // are timed with the same harness: 16k tokens packed as documents, 40/8 heads of 128.
+    // are timed with the same harness: 16k tokens packed as documents, 40/8 heads of 128 by
+    // default; scripts/gpu/attention_vs_torch.py passes its shapes (--q-heads ... --docs).
     fn attention(b: &Bench, n: usize) -> Result<()> {
         use limo_ops::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
-        for doc in [n, 4096] {
+        let (q_heads, kv_heads, head_dim) = (b.args.q_heads, b.args.kv_heads, b.args.head_dim);
+        ensure!(
+            kv_heads > 0 && q_heads % kv_heads == 0,
+            "--q-heads must be a multiple of --kv-heads"
+        );
+        let doc_lens: Vec<usize> = match b.args.docs {
+            Some(d) => vec![n.div_ceil(d.max(1))],
+            None => vec![n, 4096],
+        };
+        for doc in doc_lens {
             let cu: Vec<usize> = (0..n).step_by(doc).chain(std::iter::once(n)).collect();
             let sets = b.inputs(
                 &[
-                    &[n, Q_HEADS, HEAD_DIM],
-                    &[n, KV_HEADS, HEAD_DIM],
-                    &[n, KV_HEADS, HEAD_DIM],
-                    &[n, Q_HEADS, HEAD_DIM],
+                    &[n, q_heads, head_dim],
+                    &[n, kv_heads, head_dim],
+                    &[n, kv_heads, head_dim],
+                    &[n, q_heads, head_dim],
                 ],
                 1.0,
             )?;
-            let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+            let scale = 1.0 / (head_dim as f64).sqrt();
             // Causal: each document does len*(len+1)/2 score entries, 2 matmuls of 2 flops.
             let pairs: f64 = cu
                 .windows(2)
@@ -287,8 +363,8 @@ mod cuda {
                     l * (l + 1.0) / 2.0
                 })
                 .sum();
-            let fwd_flops = 4.0 * pairs * (Q_HEADS * HEAD_DIM) as f64;
-            let shape = format!("{n} tok, docs of {doc}, {Q_HEADS}/{KV_HEADS}x{HEAD_DIM}");
+            let fwd_flops = 4.0 * pairs * (q_heads * head_dim) as f64;
+            let shape = format!("{n} tok, docs of {doc}, {q_heads}/{kv_heads}x{head_dim}");
             let ms = b.time(|i| {
                 let s = &sets[i % sets.len()];
                 flash_attention_forward(&s[0], &s[1], &s[2], &cu, scale).map(drop)
