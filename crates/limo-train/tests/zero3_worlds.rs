@@ -85,15 +85,16 @@ fn final_master(out: &Path) -> BTreeMap<String, Tensor> {
     checkpoint::load_params(&latest, "master").unwrap()
 }
 
-/// Relative L2 distance of two tensors, in f64.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (
-        a.to_dtype(DType::F64).unwrap(),
-        b.to_dtype(DType::F64).unwrap(),
-    );
-    let diff = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
-    let norm = b.sqr().unwrap().sum_all().unwrap();
-    (diff.to_scalar::<f64>().unwrap() / norm.to_scalar::<f64>().unwrap()).sqrt()
+/// Squared L2 norm of `a - b` and of `b`, in f64.
+fn squares(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    let sum_sq = |t: &Tensor| -> f64 {
+        let t = t.to_dtype(DType::F64).unwrap();
+        t.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap()
+    };
+    (
+        sum_sq(&(a.to_dtype(b.dtype()).unwrap() - b).unwrap()),
+        sum_sq(b),
+    )
 }
 
 /// Same step count, per-step loss and grad norm within `tol` (relative) of the reference.
@@ -118,24 +119,10 @@ fn weight_errors(
     assert_eq!(ours.len(), reference.len());
     let (mut worst, mut diff2, mut norm2) = (0.0f64, 0.0, 0.0);
     for (name, r) in reference {
-        let o = &ours[name];
-        worst = worst.max(rel(o, r));
-        let r64 = r.to_dtype(DType::F64).unwrap();
-        let d = (&o.to_dtype(DType::F64).unwrap() - &r64).unwrap();
-        diff2 += d
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        norm2 += r64
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let (d, n) = squares(&ours[name], r);
+        worst = worst.max((d / n).sqrt());
+        diff2 += d;
+        norm2 += n;
     }
     (worst, (diff2 / norm2).sqrt())
 }
