@@ -161,6 +161,13 @@ pub fn softmax_cross_entropy(
         match logits.dtype() {
             DType::F32 => return fused_cpu::<f32>(&logits, targets, grad_scale),
             DType::F64 => return fused_cpu::<f64>(&logits, targets, grad_scale),
+            // Half logits compute in f32, as the kernel does (loss in f32, d logits cast back):
+            // a bf16 sum over a 152k vocabulary would lose most of its digits.
+            DType::BF16 | DType::F16 => {
+                let (loss, d) = fused_cpu::<f32>(&upcast(&logits)?, targets, grad_scale)?;
+                let d = d.map(|d| d.to_dtype(logits.dtype())).transpose()?;
+                return Ok((loss, d));
+            }
             _ => {}
         }
     }
@@ -349,6 +356,23 @@ mod tests {
         assert!(linear_cross_entropy(&h, &w, &[1, 5], None, 8).is_err());
         assert!(linear_cross_entropy(&h, &w, &[1, -3], None, 8).is_err());
         assert!(linear_cross_entropy(&h, &w, &[1], None, 8).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_logits_compute_in_f32() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = (rand_tensor(&[3, 50000], 11, &dev)? * 8.0)?.to_dtype(DType::BF16)?;
+        let targets = [7, IGNORE_INDEX, 49999];
+        let (loss, d) = softmax_cross_entropy(&logits, &targets, Some(0.5))?;
+        let f32_logits = logits.to_dtype(DType::F32)?;
+        let (loss32, d32) = softmax_cross_entropy(&f32_logits, &targets, Some(0.5))?;
+        // Exactly the f32 computation on the same values: loss in f32, d logits rounded once.
+        assert_eq!(loss.dtype(), DType::F32);
+        assert_close(&loss, &loss32, 0.0, "loss")?;
+        let (d, d32) = (d.expect("asked"), d32.expect("asked"));
+        assert_eq!(d.dtype(), DType::BF16);
+        assert_close(&d, &d32.to_dtype(DType::BF16)?, 0.0, "d logits")?;
         Ok(())
     }
 }
