@@ -211,3 +211,45 @@ fn launch_refuses_bad_arguments() {
         .unwrap();
     assert!(error_line(&out).contains("--node-rank 2 is not below --nnodes 2"));
 }
+
+#[test]
+fn sigterm_to_the_launcher_reaches_every_rank() {
+    use std::io::{BufRead, BufReader};
+    let mut launcher = limo()
+        .args(["launch", "--nproc-per-node", "2", "--"])
+        .args(["comm-check", "--iterations", "100000000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both ranks announced themselves, then signal the launcher alone.
+    let mut stderr = BufReader::new(launcher.stderr.take().unwrap());
+    let mut seen = String::new();
+    while pids(&seen).len() < 2 {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen += &line;
+    }
+    let start = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &launcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = launcher.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{seen}{rest}");
+    assert!(
+        rest.contains("error: interrupted by signal 15 (SIGTERM): forwarded to the ranks"),
+        "{rest}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    for (rank, pid) in pids(&seen) {
+        assert!(!alive(pid), "rank {rank} (pid {pid}) outlived the launch");
+    }
+}
