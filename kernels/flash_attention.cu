@@ -39,7 +39,7 @@
 // Kernels (each instantiated for T in {bf16, f32} and D in {64, 128}; names end in
 // _{bf16,f32}_hd{64,128}):
 //   flash_fwd_*           forward: 4 warps, 64 query rows per CTA (16 per warp), kv tiles of 64.
-//                         Q fragments live in registers, K and V tiles in static shared memory
+//                         Q fragments live in registers, K and V tiles in shared memory
 //                         (2 x 64 x (D+8) bf16 = 34 KiB at D=128). Online softmax in the exp2
 //                         domain (scores pre-multiplied by scale*log2 e); O is rescaled in
 //                         registers when the running max grows and divided by the row sum once at
@@ -63,10 +63,17 @@
 //                         FLOPs) compared to the atomic variant.
 //   flash_convert_dq_bf16 fp32 dQ accumulator -> bf16 output (atomic variant, bf16 only).
 //
-// Resource usage (ptxas -v, CUDA 13.0, sm_90; see the table at the end of this file).
+// Resource usage (ptxas -v): the table at the end of this file. Checked on the CPU without a GPU:
+// flash_attention_emulate.cuh runs these kernels' code under an emulation of the CUDA built-ins.
 
+#ifdef LIMO_FLASH_EMULATE
+// CPU emulation of the CUDA built-ins this file uses (one std::thread per CUDA thread), so the
+// kernel logic can be checked on a machine without a GPU; see flash_attention_emulate.cuh.
+#include "flash_attention_emulate.cuh"
+#else
 #include <cuda_bf16.h>
 #include <stdint.h>
+#endif
 
 typedef __nv_bfloat16 bf16;
 
@@ -81,11 +88,15 @@ constexpr int kTile = 64;  // rows of every query and kv tile (the wrapper's blo
 // Small helpers
 
 __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_mma_bf16_16816(c, a, b);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -179,14 +190,23 @@ __device__ __forceinline__ void stage_rows(bf16* dst, int ld, const T* src, long
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// Forward dynamic shared memory: K and V tiles [64][D+8] bf16 (34,816 bytes at D=128).
+template <int D>
+struct FwdSmem {
+    static constexpr int bytes = 2 * kTile * (D + 8) * 2;
+};
+
 template <typename T, int D>
 __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __restrict__ k,
                                           const T* __restrict__ v, T* __restrict__ out,
                                           float* __restrict__ lse, const int* __restrict__ tiles,
                                           int n, int q_heads, int kv_heads, float scale) {
     constexpr int BR = kTile, BC = kTile, LD = D + 8, NT = 128;
-    __shared__ __align__(16) bf16 ks[BC * LD];
-    __shared__ __align__(16) bf16 vs[BC * LD];
+    // Dynamic (FwdSmem::bytes, under the 48 KiB default) so every kernel shares one layout
+    // mechanism, which the CPU emulation relies on.
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16* ks = reinterpret_cast<bf16*>(smem_raw);
+    bf16* vs = ks + BC * LD;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
@@ -678,3 +698,20 @@ extern "C" __global__ void flash_convert_dq_bf16(const float* src, bf16* dst, lo
          i += (long long)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[i]);
 }
+
+// Resource usage, ptxas -v (CUDA 13.0; no spills anywhere; registers per thread, dynamic shared
+// memory per CTA as set by the wrapper):
+//
+//   kernel (bf16 and f32 alike)   threads  smem hd64/hd128    regs sm_90 hd64/hd128  sm_80
+//   flash_fwd                       128    18,432 / 34,816       128 / 175         128 / 168
+//   flash_bwd_dkdv_atomic           256    55,808 / 88,576       127 / 126         127 / 165
+//   flash_bwd_dkdv                  256    55,808 / 88,576       126 / 126         125 / 128
+//   flash_bwd_dq                    128    36,864 / 69,632       127 / 175         156 / 164
+//   flash_bwd_preprocess            256         0                   30                30
+//
+// Not yet done for speed (correctness first): cp.async double buffering of the K/V tiles,
+// ldmatrix for the fragment loads, 128-row query tiles in the forward, a persistent grid.
+
+#ifdef LIMO_FLASH_EMULATE
+#include "flash_attention_emulate_test.cuh"
+#endif

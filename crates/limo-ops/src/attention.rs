@@ -30,6 +30,11 @@ pub fn attention_forward(
     cu_seqlens: &[usize],
     scale: f64,
 ) -> Result<(Tensor, Tensor)> {
+    // bf16 on a GPU with head_dim 64 or 128: the FlashAttention-2 kernel (same contract).
+    #[cfg(feature = "cuda")]
+    if crate::cuda::flash_attention::dispatches(q, k, v) {
+        return crate::cuda::flash_attention::flash_attention_forward(q, k, v, cu_seqlens, scale);
+    }
     check_seqlens(q, cu_seqlens)?;
     let mut outs = Vec::new();
     let mut lses = Vec::new();
@@ -64,6 +69,13 @@ pub fn attention_backward(
     cu_seqlens: &[usize],
     scale: f64,
 ) -> Result<AttentionGrads> {
+    // The kernel's deterministic variant (no atomics): training runs stay bit-reproducible.
+    #[cfg(feature = "cuda")]
+    if crate::cuda::flash_attention::dispatches(q, k, v) {
+        return crate::cuda::flash_attention::flash_attention_backward(
+            d_out, q, k, v, out, lse, cu_seqlens, scale, true,
+        );
+    }
     check_seqlens(q, cu_seqlens)?;
     let kv_heads = k.dim(1)?;
     let (mut dqs, mut dks, mut dvs) = (Vec::new(), Vec::new(), Vec::new());

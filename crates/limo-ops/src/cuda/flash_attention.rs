@@ -1,0 +1,490 @@
+//! FlashAttention-2 forward and backward on the GPU (`kernels/flash_attention.cu`): causal
+//! grouped-query attention over packed documents, the contract of
+//! [`attention_forward`](crate::attention_forward) / [`attention_backward`](crate::attention_backward)
+//! (the CPU reference they are checked against).
+//!
+//! Inputs: `q` `[N, q_heads, head_dim]`, `k`/`v` `[N, kv_heads, head_dim]`, bf16 or f32 (f32 is
+//! rounded to bf16 for the tensor-core products; softmax and accumulation are fp32 in both),
+//! head_dim 64 or 128, `q_heads` a multiple of `kv_heads`, `cu_seqlens = [0, .., N]` strictly
+//! increasing. Outputs in the input dtype; the log-sum-exp is `[q_heads, N]` f32.
+//!
+//! The wrapper cuts every document into tiles of [`TILE`] rows starting at the document's first
+//! token and uploads one `(tile start, document start, document end)` triple per tile: the
+//! kernels then never look across a document and skip the kv tiles outside the causal range.
+//! The tiles are ordered longest-work first (for the forward and dQ a tile's work grows with
+//! its distance from the document start, for dK/dV with its distance to the document end), so
+//! the long causal rows start in the first wave and the short ones fill the end of the grid.
+
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::{bail, DType, Result, Tensor};
+
+use super::{as_i32, cuda_device, load, ptx, to_tensor, view, wrap, zeros, KernelType, Ptx};
+use crate::AttentionGrads;
+
+static PTX: Ptx = ptx!("flash_attention");
+
+/// Rows of every query and kv tile (`kTile` in the kernel file).
+const TILE: usize = 64;
+/// Threads of the forward and deterministic dQ kernels (4 warps) and of dK/dV (8 warps).
+const THREADS_4W: u32 = 128;
+const THREADS_8W: u32 = 256;
+
+/// Dynamic shared memory of `flash_fwd*` (`FwdSmem` in the kernel file): K and V tiles
+/// `[64][D+8]` bf16, under the default 48 KiB limit.
+fn fwd_smem_bytes(head_dim: usize) -> usize {
+    2 * TILE * (head_dim + 8) * 2
+}
+
+/// Dynamic shared memory of `flash_bwd_dkdv*` (`BwdSmem` in the kernel file): K, V, Q, dO tiles
+/// `[64][D+8]` bf16, P and dS tiles `[64][72]` bf16, lse and D `[64]` f32.
+fn dkdv_smem_bytes(head_dim: usize) -> usize {
+    4 * TILE * (head_dim + 8) * 2 + 2 * TILE * (TILE + 8) * 2 + 2 * TILE * 4
+}
+
+/// Dynamic shared memory of `flash_bwd_dq*` (`DqSmem`): Q, dO, K, V tiles `[64][D+8]` bf16.
+fn dq_smem_bytes(head_dim: usize) -> usize {
+    4 * TILE * (head_dim + 8) * 2
+}
+
+/// Whether the kernels take these inputs: the dispatch test of the public attention ops.
+/// Only bf16 dispatches there (f32 on a GPU keeps the candle path and its f32 products); the
+/// two functions below also take f32 directly.
+pub(crate) fn dispatches(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    let on_gpu = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cuda() && t.dtype() == DType::BF16);
+    let head_dim_ok = matches!(q.dims(), [_, _, 64] | [_, _, 128]);
+    on_gpu && head_dim_ok
+}
+
+/// Sizes shared by the forward and the backward, validated.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+fn dims3(t: &Tensor, name: &str) -> Result<(usize, usize, usize)> {
+    match t.dims() {
+        &[a, b, c] => Ok((a, b, c)),
+        other => bail!("flash attention: {name} must be [tokens, heads, head_dim], got {other:?}"),
+    }
+}
+
+fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &[usize]) -> Result<Dims> {
+    let (n, q_heads, head_dim) = dims3(q, "q")?;
+    let (nk, kv_heads, dk) = dims3(k, "k")?;
+    if v.dims() != k.dims() {
+        bail!(
+            "flash attention: v {:?} must have the shape of k {:?}",
+            v.dims(),
+            k.dims()
+        )
+    }
+    if nk != n || dk != head_dim {
+        bail!(
+            "flash attention: k {:?} does not match q {:?} (tokens and head_dim must agree)",
+            k.dims(),
+            q.dims()
+        )
+    }
+    if head_dim != 64 && head_dim != 128 {
+        bail!("flash attention: head_dim {head_dim} is not supported (64 or 128)")
+    }
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        bail!("flash attention: q_heads {q_heads} is not a multiple of kv_heads {kv_heads}")
+    }
+    if q_heads > 65535 || kv_heads > 65535 {
+        bail!("flash attention: {q_heads} heads exceed the grid's 65535")
+    }
+    let dtype = q.dtype();
+    if !matches!(dtype, DType::BF16 | DType::F32) {
+        bail!("flash attention: dtype {dtype:?} is not supported (bf16 or f32)")
+    }
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dtype() != dtype {
+            bail!(
+                "flash attention: {name} is {:?} but q is {dtype:?}",
+                t.dtype()
+            )
+        }
+    }
+    check_device(q, q, "q")?;
+    check_device(q, k, "k")?;
+    check_device(q, v, "v")?;
+    let ordered = cu_seqlens.windows(2).all(|w| w[0] < w[1]);
+    if cu_seqlens.first() != Some(&0) || cu_seqlens.last() != Some(&n) || !ordered {
+        bail!("flash attention: cu_seqlens {cu_seqlens:?} do not partition {n} tokens")
+    }
+    // Token indices and tile starts are int32 in the kernels (element offsets are 64-bit).
+    as_i32(n, "tokens")?;
+    Ok(Dims {
+        n,
+        q_heads,
+        kv_heads,
+        head_dim,
+    })
+}
+
+fn check_device(q: &Tensor, t: &Tensor, name: &str) -> Result<()> {
+    if !t.device().is_cuda() {
+        bail!(
+            "flash attention: {name} is on {:?}, the kernels need a CUDA device",
+            t.device().location()
+        )
+    }
+    if !t.device().same_device(q.device()) {
+        bail!(
+            "flash attention: {name} is on {:?} but q is on {:?}",
+            t.device().location(),
+            q.device().location()
+        )
+    }
+    Ok(())
+}
+
+/// `t` contiguous with its first element 16-byte aligned (the kernels load 8 elements at a time;
+/// rows are multiples of 64 elements, so only the start offset matters).
+fn prepare(t: &Tensor) -> Result<Tensor> {
+    let t = t.contiguous()?;
+    if t.layout().start_offset() % 8 == 0 {
+        Ok(t)
+    } else {
+        t.force_contiguous()
+    }
+}
+
+/// Which end of a document a tile's work grows towards (see the module docs).
+#[derive(Clone, Copy)]
+enum Order {
+    /// Forward and dQ: work ~ keys before the tile, so tiles far from the document start first.
+    Queries,
+    /// dK/dV: work ~ queries after the tile, so tiles far from the document end first.
+    Keys,
+}
+
+/// The `(tile start, document start, document end)` triples of all documents, uploaded.
+fn tile_table(
+    dev: &CudaDevice,
+    cu_seqlens: &[usize],
+    order: Order,
+) -> Result<(CudaSlice<i32>, u32)> {
+    let mut tiles: Vec<[usize; 3]> = cu_seqlens
+        .windows(2)
+        .flat_map(|w| (w[0]..w[1]).step_by(TILE).map(move |s| [s, w[0], w[1]]))
+        .collect();
+    // A stable sort: equal-work tiles keep document order, so the launch is the same every run.
+    match order {
+        Order::Queries => tiles.sort_by_key(|t| std::cmp::Reverse(t[0] - t[1])),
+        Order::Keys => tiles.sort_by_key(|t| std::cmp::Reverse(t[2] - t[0])),
+    }
+    let count = u32::try_from(tiles.len())
+        .ok()
+        .filter(|&c| c < i32::MAX as u32)
+        .ok_or_else(|| {
+            wrap(format!(
+                "flash attention: {} tiles exceed the grid",
+                tiles.len()
+            ))
+        })?;
+    let flat: Vec<i32> = tiles
+        .iter()
+        .flatten()
+        .map(|&x| as_i32(x, "token index"))
+        .collect::<Result<_>>()?;
+    Ok((dev.clone_htod(&flat)?, count))
+}
+
+fn config(tiles: u32, heads: usize, threads: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (tiles, heads as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
+}
+
+/// Allows a kernel more than the default 48 KiB of dynamic shared memory.
+fn allow_smem(f: &super::CudaFunc, bytes: usize) -> Result<()> {
+    f.set_attribute(
+        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(wrap)
+}
+
+/// Causal varlen grouped-query attention: the output `[N, q_heads, head_dim]` (input dtype)
+/// and the log-sum-exp `[q_heads, N]` f32 (natural log of the row's sum of `exp(scale q.k)`).
+pub fn flash_attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &[usize],
+    scale: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let dims = check_inputs(q, k, v, cu_seqlens)?;
+    match q.dtype() {
+        DType::BF16 => forward::<half::bf16>(q, k, v, cu_seqlens, scale, dims),
+        _ => forward::<f32>(q, k, v, cu_seqlens, scale, dims),
+    }
+}
+
+fn forward<T: KernelType>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &[usize],
+    scale: f64,
+    d: Dims,
+) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(q)?;
+    let (q, k, v) = (prepare(q)?, prepare(k)?, prepare(v)?);
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (qv, kv, vv) = (
+        view::<T>(&qs, ql)?,
+        view::<T>(&ks, kl)?,
+        view::<T>(&vs, vl)?,
+    );
+    let (tiles, count) = tile_table(&dev, cu_seqlens, Order::Queries)?;
+    // Every element is written: the tiles cover every token of every head.
+    let mut out = unsafe { super::alloc::<T>(&dev, d.n * d.q_heads * d.head_dim) }?;
+    let mut lse = unsafe { super::alloc::<f32>(&dev, d.q_heads * d.n) }?;
+    let (n, hq, hkv) = (d.n as i32, d.q_heads as i32, d.kv_heads as i32);
+    let scale = scale as f32;
+    let f = load(
+        &dev,
+        &PTX,
+        &format!("flash_fwd_{}_hd{}", T::SUFFIX, d.head_dim),
+    )?;
+    let mut b = f.builder();
+    b.arg(&qv)
+        .arg(&kv)
+        .arg(&vv)
+        .arg(&mut out)
+        .arg(&mut lse)
+        .arg(&tiles);
+    b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
+    unsafe {
+        b.launch(config(
+            count,
+            d.q_heads,
+            THREADS_4W,
+            fwd_smem_bytes(d.head_dim),
+        ))
+    }
+    .map_err(wrap)?;
+    drop(b);
+    Ok((
+        to_tensor(out, &dev, (d.n, d.q_heads, d.head_dim))?,
+        to_tensor(lse, &dev, (d.q_heads, d.n))?,
+    ))
+}
+
+/// Backward of [`flash_attention_forward`]: `D = rowsum(dO * O)`, then dK/dV per kv tile
+/// (summed over the query heads of the group in a fixed order), and dQ either by fp32 atomics
+/// from the same kernel (`deterministic = false`, faster, last bits vary run to run) or by a
+/// separate kernel per query tile with no atomics (`deterministic = true`, bit-reproducible).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_backward(
+    d_out: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &[usize],
+    scale: f64,
+    deterministic: bool,
+) -> candle_core::Result<AttentionGrads> {
+    let dims = check_inputs(q, k, v, cu_seqlens)?;
+    for (name, t) in [("d_out", d_out), ("out", out)] {
+        if t.dims() != q.dims() || t.dtype() != q.dtype() {
+            bail!(
+                "flash attention backward: {name} is {:?} {:?}, expected q's {:?} {:?}",
+                t.dims(),
+                t.dtype(),
+                q.dims(),
+                q.dtype()
+            )
+        }
+        check_device(q, t, name)?;
+    }
+    if lse.dims() != [dims.q_heads, dims.n] || lse.dtype() != DType::F32 {
+        bail!(
+            "flash attention backward: lse is {:?} {:?}, expected [{}, {}] F32",
+            lse.dims(),
+            lse.dtype(),
+            dims.q_heads,
+            dims.n
+        )
+    }
+    check_device(q, lse, "lse")?;
+    let args = BwdArgs {
+        d_out,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens,
+        scale,
+        deterministic,
+        d: dims,
+    };
+    match q.dtype() {
+        DType::BF16 => backward::<half::bf16>(&args),
+        _ => backward::<f32>(&args),
+    }
+}
+
+struct BwdArgs<'a> {
+    d_out: &'a Tensor,
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    out: &'a Tensor,
+    lse: &'a Tensor,
+    cu_seqlens: &'a [usize],
+    scale: f64,
+    deterministic: bool,
+    d: Dims,
+}
+
+fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
+    let d = a.d;
+    let dev = cuda_device(a.q)?;
+    let (q, k, v) = (prepare(a.q)?, prepare(a.k)?, prepare(a.v)?);
+    let (d_out, out, lse) = (prepare(a.d_out)?, prepare(a.out)?, a.lse.contiguous()?);
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (dos, dol) = d_out.storage_and_layout();
+    let (os, ol) = out.storage_and_layout();
+    let (ls, ll) = lse.storage_and_layout();
+    let (qv, kv, vv) = (
+        view::<T>(&qs, ql)?,
+        view::<T>(&ks, kl)?,
+        view::<T>(&vs, vl)?,
+    );
+    let (dov, ov) = (view::<T>(&dos, dol)?, view::<T>(&os, ol)?);
+    let lsev = view::<f32>(&ls, ll)?;
+    let (n, hq, hkv, hd) = (
+        d.n as i32,
+        d.q_heads as i32,
+        d.kv_heads as i32,
+        d.head_dim as i32,
+    );
+    let scale = a.scale as f32;
+    let q_elems = d.n * d.q_heads * d.head_dim;
+    let kv_elems = d.n * d.kv_heads * d.head_dim;
+
+    // D_i = rowsum(dO * O): one warp per (token, head), 8 warps per block, grid-stride.
+    let mut delta = unsafe { super::alloc::<f32>(&dev, d.q_heads * d.n) }?;
+    {
+        let f = load(&dev, &PTX, &format!("flash_bwd_preprocess_{}", T::SUFFIX))?;
+        let rows = d.n * d.q_heads;
+        let blocks = rows.div_ceil(8).clamp(1, 1 << 16) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS_8W, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&dov)
+            .arg(&ov)
+            .arg(&mut delta)
+            .arg(&n)
+            .arg(&hq)
+            .arg(&hd);
+        unsafe { b.launch(cfg) }.map_err(wrap)?;
+    }
+
+    // Every element of dK and dV is written: the kv tiles cover every token of every kv head.
+    let mut dk = unsafe { super::alloc::<T>(&dev, kv_elems) }?;
+    let mut dv = unsafe { super::alloc::<T>(&dev, kv_elems) }?;
+    let (kv_tiles, kv_count) = tile_table(&dev, a.cu_seqlens, Order::Keys)?;
+    let dkdv_smem = dkdv_smem_bytes(d.head_dim);
+    let kv_cfg = config(kv_count, d.kv_heads, THREADS_8W, dkdv_smem);
+    let suffix = format!("{}_hd{}", T::SUFFIX, d.head_dim);
+
+    let dq = if a.deterministic {
+        let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_{suffix}"))?;
+        allow_smem(&f, dkdv_smem)?;
+        let mut b = f.builder();
+        b.arg(&qv)
+            .arg(&kv)
+            .arg(&vv)
+            .arg(&dov)
+            .arg(&lsev)
+            .arg(&delta);
+        b.arg(&mut dk).arg(&mut dv).arg(&kv_tiles);
+        b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
+        unsafe { b.launch(kv_cfg) }.map_err(wrap)?;
+        drop(b);
+
+        // Every element written: the query tiles cover every token of every query head.
+        let mut dq = unsafe { super::alloc::<T>(&dev, q_elems) }?;
+        let (q_tiles, q_count) = tile_table(&dev, a.cu_seqlens, Order::Queries)?;
+        let smem = dq_smem_bytes(d.head_dim);
+        let f = load(&dev, &PTX, &format!("flash_bwd_dq_{suffix}"))?;
+        allow_smem(&f, smem)?;
+        let mut b = f.builder();
+        b.arg(&qv)
+            .arg(&kv)
+            .arg(&vv)
+            .arg(&dov)
+            .arg(&lsev)
+            .arg(&delta);
+        b.arg(&mut dq).arg(&q_tiles);
+        b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
+        unsafe { b.launch(config(q_count, d.q_heads, THREADS_4W, smem)) }.map_err(wrap)?;
+        drop(b);
+        to_tensor(dq, &dev, (d.n, d.q_heads, d.head_dim))?
+    } else {
+        let mut dq_accum = zeros::<f32>(&dev, q_elems)?;
+        let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_atomic_{suffix}"))?;
+        allow_smem(&f, dkdv_smem)?;
+        let mut b = f.builder();
+        b.arg(&qv)
+            .arg(&kv)
+            .arg(&vv)
+            .arg(&dov)
+            .arg(&lsev)
+            .arg(&delta);
+        b.arg(&mut dk)
+            .arg(&mut dv)
+            .arg(&mut dq_accum)
+            .arg(&kv_tiles);
+        b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
+        unsafe { b.launch(kv_cfg) }.map_err(wrap)?;
+        drop(b);
+        if q.dtype() == DType::F32 {
+            to_tensor(dq_accum, &dev, (d.n, d.q_heads, d.head_dim))?
+        } else {
+            let mut dq = unsafe { super::alloc::<half::bf16>(&dev, q_elems) }?;
+            let f = load(&dev, &PTX, "flash_convert_dq_bf16")?;
+            let len = q_elems as i64;
+            let blocks = q_elems.div_ceil(256).clamp(1, 1 << 16) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (THREADS_8W, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = f.builder();
+            b.arg(&dq_accum).arg(&mut dq).arg(&len);
+            unsafe { b.launch(cfg) }.map_err(wrap)?;
+            drop(b);
+            to_tensor(dq, &dev, (d.n, d.q_heads, d.head_dim))?
+        }
+    };
+    Ok(AttentionGrads {
+        dq,
+        dk: to_tensor(dk, &dev, (d.n, d.kv_heads, d.head_dim))?,
+        dv: to_tensor(dv, &dev, (d.n, d.kv_heads, d.head_dim))?,
+    })
+}
