@@ -8,20 +8,20 @@ Runs on the GPU machine (torch installed, no network, no Rust). Shapes are the L
 packed documents.
 
 Usage:
-    python3 scripts/gpu/attention_vs_torch.py [--iters 20] [--limo-cmd TEMPLATE]
+    python3 scripts/gpu/attention_vs_torch.py [--iters 20] [--limo ./limo | --limo-cmd TEMPLATE]
 
 The torch side needs nothing else. The limo side: our kernels have no Python binding, they run
 from the `limo` binary built on the development machine and carried here (docs/CUDA.md:
 `CARGO_TARGET_DIR=/tmp/cuda-target cargo build --release --features cuda -p limo-cli`, strip
 it, carry it in the working tree). `limo bench kernels --op attention` (crates/limo-cli/src/
-cmd_bench.rs, owned by the bench work) times flash_attention_forward / _backward; pass its
-command line as a template, e.g.
+cmd_bench.rs) times flash_attention_forward and both backward variants with CUDA events.
+`--limo ./limo` runs, once per shape,
 
-    --limo-cmd "./limo bench kernels --op attention --tokens {tokens} --q-heads {q_heads} \
-                --kv-heads {kv_heads} --head-dim {head_dim} --docs {docs}"
+    ./limo bench kernels --op attention --tokens {tokens} --q-heads {q_heads} \
+        --kv-heads {kv_heads} --head-dim {head_dim} --docs {docs}
 
-(placeholders: {tokens} {q_heads} {kv_heads} {head_dim} {docs} = number of equal-length
-documents; use the flag names cmd_bench.rs actually has). The script runs it once per shape
+({docs} = number of equal-length documents); `--limo-cmd TEMPLATE` takes any other command
+line with those placeholders. The script runs it once per shape
 with LD_LIBRARY_PATH pointing at the CUDA 13 libraries of this torch install (libcuda.so.1
 comes from the driver) and prints its output under the torch numbers. Without --limo-cmd only
 the torch side is measured.
@@ -153,9 +153,14 @@ def run_limo(template, tokens, q_heads, kv_heads, head_dim, docs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--limo", default=None, help="path of the carried limo binary")
     ap.add_argument("--limo-cmd", default=None,
                     help="command template for `limo bench kernels --op attention` (see the top)")
     args = ap.parse_args()
+    if args.limo and not args.limo_cmd:
+        args.limo_cmd = (shlex.quote(args.limo) + " bench kernels --op attention --tokens {tokens}"
+                         " --q-heads {q_heads} --kv-heads {kv_heads} --head-dim {head_dim}"
+                         " --docs {docs}")
     if not torch.cuda.is_available():
         sys.exit("no CUDA device visible to torch")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, "
@@ -181,7 +186,7 @@ def main():
         if args.limo_cmd:
             print(run_limo(args.limo_cmd, tokens, hq, hkv, hd, docs))
     if not args.limo_cmd:
-        print("\nlimo side not run: pass --limo-cmd (see the top of this script)")
+        print("\nlimo side not run: pass --limo ./limo (see the top of this script)")
 
 
 if __name__ == "__main__":
