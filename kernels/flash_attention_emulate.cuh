@@ -2,8 +2,11 @@
 // logic (tiling, masks, online softmax, fragment layouts, the backward) without a GPU.
 // Never part of the PTX build: flash_attention.cu includes it only under LIMO_FLASH_EMULATE.
 //
-//   g++ -std=c++20 -O2 -x c++ -DLIMO_FLASH_EMULATE -Ikernels kernels/flash_attention.cu \
-//       -o /tmp/flash_emulate -lpthread && /tmp/flash_emulate
+//   g++ -std=c++20 -O2 -fno-strict-aliasing -Wno-unknown-pragmas -x c++ -DLIMO_FLASH_EMULATE \
+//       -Ikernels kernels/flash_attention.cu -o /tmp/flash_emulate -lpthread && /tmp/flash_emulate
+//
+// (about 2.5 minutes on 2 cores, most of it creating threads; 2026-11-25: all checks passed,
+// relative L2 errors 0.9e-3..2.7e-3 against float64, bf16-level as expected.)
 //
 // Every CUDA thread of a block is a std::thread; __syncthreads is a std::barrier over the
 // block, warp collectives (shuffles, mma.sync) exchange values through per-warp arrays between
