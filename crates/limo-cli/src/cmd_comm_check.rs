@@ -27,6 +27,9 @@ pub struct CommCheckArgs {
     /// The rank that kills itself (SIGKILL), simulating a crash.
     #[arg(long, value_name = "R", requires = "die_after_ms")]
     die_rank: Option<usize>,
+    /// Use NCCL on GPU LOCAL_RANK instead of the CPU backend (cuda build).
+    #[arg(long)]
+    nccl: bool,
 }
 
 pub fn run(args: CommCheckArgs) -> anyhow::Result<()> {
@@ -63,8 +66,12 @@ pub fn run(args: CommCheckArgs) -> anyhow::Result<()> {
         }
     }
     let start = Instant::now();
-    let comm = connect(&env, timeout)?;
-    let checksum = check(comm.as_ref(), args.iterations)?;
+    let (comm, device) = if args.nccl {
+        nccl(&env, timeout)?
+    } else {
+        (connect(&env, timeout)?, Device::Cpu)
+    };
+    let checksum = check(comm.as_ref(), args.iterations, &device)?;
     println!(
         "comm-check: rank {} world {} iterations {} checksum {checksum:016x} ok",
         env.rank, env.world_size, args.iterations
@@ -77,10 +84,22 @@ pub fn run(args: CommCheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the program and returns an FNV-1a hash of the results that are the same on every rank.
-fn check(c: &dyn Communicator, iterations: usize) -> anyhow::Result<u64> {
+#[cfg(feature = "cuda")]
+fn nccl(env: &DistEnv, timeout: Duration) -> anyhow::Result<(Box<dyn Communicator>, Device)> {
+    let device = crate::cmd_doctor::open_gpu(env.local_rank)?;
+    Ok((limo_dist::connect_nccl(env, &device, timeout)?, device))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl(_: &DistEnv, _: Duration) -> anyhow::Result<(Box<dyn Communicator>, Device)> {
+    bail!("--nccl needs the cuda build (cargo build --features cuda, docs/CUDA.md)")
+}
+
+/// Runs the program on tensors of `device` and returns an FNV-1a hash of the results that are
+/// the same on every rank. The values are small integers, exact whatever the summation order,
+/// so every backend (NCCL included) must match the closed forms exactly.
+fn check(c: &dyn Communicator, iterations: usize, device: &Device) -> anyhow::Result<u64> {
     let (rank, world) = (c.rank(), c.world_size());
-    let cpu = &Device::Cpu;
     let tri = (world * (world + 1) / 2) as f64;
     let mut hash = Fnv::default();
     for i in 0..iterations {
@@ -89,26 +108,26 @@ fn check(c: &dyn Communicator, iterations: usize) -> anyhow::Result<u64> {
         let mine: Vec<f32> = (0..n)
             .map(|j| ((rank + 1) * ((i + j) % 97)) as f32)
             .collect();
-        let got = values(c.all_reduce(&Tensor::new(mine, cpu)?)?)?;
+        let got = values(c.all_reduce(&Tensor::new(mine, device)?)?)?;
         let want: Vec<f64> = (0..n).map(|j| tri * ((i + j) % 97) as f64).collect();
         expect(i, "all_reduce", &got, &want)?;
         hash.add(&got);
 
-        let got = values(c.all_gather(&Tensor::new(&[rank as f64, i as f64], cpu)?)?)?;
+        let got = values(c.all_gather(&Tensor::new(&[rank as f64, i as f64], device)?)?)?;
         let want: Vec<f64> = (0..world).flat_map(|r| [r as f64, i as f64]).collect();
         expect(i, "all_gather", &got, &want)?;
         hash.add(&got);
 
         // Rank r contributes r + j: the sum of element j is world(world-1)/2 + world * j.
         let mine: Vec<f32> = (0..2 * world).map(|j| (rank + j) as f32).collect();
-        let got = values(c.reduce_scatter(&Tensor::new(mine, cpu)?)?)?;
+        let got = values(c.reduce_scatter(&Tensor::new(mine, device)?)?)?;
         let want: Vec<f64> = (2 * rank..2 * rank + 2)
             .map(|j| ((world * (world - 1) / 2) + world * j) as f64)
             .collect();
         expect(i, "reduce_scatter", &got, &want)?;
 
         let root = i % world;
-        let mine = Tensor::new(&[rank as f32, (i % 128) as f32], cpu)?.to_dtype(DType::BF16)?;
+        let mine = Tensor::new(&[rank as f32, (i % 128) as f32], device)?.to_dtype(DType::BF16)?;
         let got = values(c.broadcast(&mine, root)?)?;
         expect(i, "broadcast", &got, &[root as f64, (i % 128) as f64])?;
         hash.add(&got);

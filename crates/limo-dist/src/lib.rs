@@ -8,6 +8,8 @@ pub mod connect;
 pub mod env;
 pub mod groups;
 pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod plan;
 pub mod socket;
 #[cfg(test)]
@@ -16,4 +18,6 @@ mod wire;
 
 pub use connect::{connect, SoloComm};
 pub use env::DistEnv;
+#[cfg(feature = "cuda")]
+pub use nccl::{connect_nccl, NcclComm};
 pub use socket::SocketComm;
