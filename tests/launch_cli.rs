@@ -155,11 +155,17 @@ fn without_a_launcher_the_survivors_name_the_dead_rank() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(outs[2].status.signal(), Some(9));
-    for out in &outs[..2] {
-        let err = error_line(out);
-        // Rank 0 saw the connection close; rank 1 hears it from rank 0 (or sees rank 0 go).
-        assert!(err.contains("rank 2 closed its connection"), "{err}");
-    }
+    // Rank 0 saw the connection close. Rank 1 usually hears it from rank 0, but rank 0 exits
+    // right after telling it, and the close can reach rank 1 first (a TCP reset drops the
+    // unread notice): then rank 1 names rank 0. Either way it fails promptly, naming a rank.
+    let err = error_line(&outs[0]);
+    assert!(err.contains("rank 2 closed its connection"), "{err}");
+    let err = error_line(&outs[1]);
+    assert!(
+        err.contains("rank 2 closed its connection")
+            || err.contains("rank 0 closed its connection"),
+        "{err}"
+    );
 }
 
 #[test]
