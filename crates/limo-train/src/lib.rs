@@ -3,6 +3,7 @@
 //! size, and export to Hugging Face format.
 
 pub mod checkpoint;
+pub mod comm_thread;
 pub mod config;
 pub mod eval;
 pub mod export;

@@ -22,6 +22,7 @@ use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerCo
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
 use limo_ops::{linear_cross_entropy, rms_norm_backward, rms_norm_forward, RopeTables};
 
+use crate::comm_thread::{CommThread, Pending};
 use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat};
 
 /// One rank's part of a ZeRO-3 model and its optimizer.
@@ -37,7 +38,7 @@ pub struct ShardedModel {
     compute: Vec<Tensor>,
     /// Keep only layer inputs in the forward and recompute the layer in the backward.
     pub checkpointing: bool,
-    comm: Box<dyn Communicator>,
+    comm: CommThread,
 }
 
 /// Index of the embedding group, and of the head group counted from the end.
@@ -54,6 +55,13 @@ impl ShardedModel {
         checkpointing: bool,
         comm: Box<dyn Communicator>,
     ) -> anyhow::Result<Self> {
+        // Alone there is nothing to overlap; on a GPU, NCCL shares candle's stream (see
+        // comm_thread.rs).
+        let comm = if comm.world_size() == 1 || device.is_cuda() {
+            CommThread::inline(comm)
+        } else {
+            CommThread::spawn(comm)
+        };
         let mut model = Self {
             groups: groups(&cfg),
             cfg,
@@ -69,7 +77,7 @@ impl ShardedModel {
     }
 
     pub fn comm(&self) -> &dyn Communicator {
-        self.comm.as_ref()
+        &self.comm
     }
 
     pub fn rank(&self) -> usize {
@@ -95,13 +103,20 @@ impl ShardedModel {
         Ok(())
     }
 
-    /// The full parameters of group `g`, in the compute dtype (a collective).
-    fn gather(&self, g: usize) -> anyhow::Result<Vec<Tensor>> {
+    /// Starts the all-gather of group `g` (in the compute dtype); [`Self::unflatten`] its
+    /// result. Started one group ahead, it runs while the current group computes.
+    fn start_gather(&self, g: usize) -> Pending<Tensor> {
+        let (mine, name) = (self.compute[g].clone(), self.groups[g].name.clone());
+        self.comm.submit(move |c| {
+            c.all_gather(&mine)
+                .with_context(|| format!("all-gather of group {name}"))
+        })
+    }
+
+    /// The parameters of group `g` from its gathered flat buffer.
+    fn unflatten(&self, g: usize, flat: anyhow::Result<Tensor>) -> anyhow::Result<Vec<Tensor>> {
+        let flat = flat?;
         let group = &self.groups[g];
-        let flat = self
-            .comm
-            .all_gather(&self.compute[g])
-            .with_context(|| format!("all-gather of group {}", group.name))?;
         group
             .params
             .iter()
@@ -114,9 +129,18 @@ impl ShardedModel {
             .collect()
     }
 
-    fn gather_layer(&self, layer: usize) -> anyhow::Result<LayerWeights> {
+    /// The full parameters of group `g` (a collective).
+    fn gather(&self, g: usize) -> anyhow::Result<Vec<Tensor>> {
+        self.unflatten(g, self.start_gather(g).wait())
+    }
+
+    fn layer_weights(
+        &self,
+        layer: usize,
+        flat: anyhow::Result<Tensor>,
+    ) -> anyhow::Result<LayerWeights> {
         let tensors: [Tensor; 12] = self
-            .gather(layer + 1)?
+            .unflatten(layer + 1, flat)?
             .try_into()
             .map_err(|_| anyhow::anyhow!("a layer group holds 12 tensors"))?;
         Ok(LayerWeights::from_tensors(tensors))
@@ -166,13 +190,16 @@ impl ShardedModel {
             cu_seqlens: &batch.cu_seqlens,
         };
 
+        // Group g + 1's all-gather is always in flight while group g computes.
+        let mut next = self.start_gather(1);
         let embed = self.gather(EMBED_GROUP)?.remove(0);
         let mut x = embed.index_select(&ids, 0)?;
         // A tied head is the embedding: keep it for the loss instead of gathering it twice.
         let tied_head = cfg.tie_word_embeddings.then_some(embed);
         let mut saved: Vec<Saved> = Vec::with_capacity(layers);
         for i in 0..layers {
-            let w = self.gather_layer(i)?;
+            let w = self.layer_weights(i, next.wait())?;
+            next = self.start_gather(i + 2);
             let (y, activations) = layer_forward(&w, &x, &ctx)?;
             saved.push(if self.checkpointing {
                 Saved::Input(x)
@@ -182,7 +209,7 @@ impl ShardedModel {
             x = y;
         }
 
-        let mut head_params = self.gather(head_group)?;
+        let mut head_params = self.unflatten(head_group, next.wait())?;
         let final_norm = head_params.remove(0);
         let head_weight = match &tied_head {
             Some(embed) => embed.clone(),
@@ -210,16 +237,29 @@ impl ShardedModel {
             None
         };
 
+        // Backward: layer i - 1's all-gather and layer i + 1's reduce-scatter run while layer
+        // i computes.
+        let mut next = (layers > 0).then(|| self.start_gather(layers));
+        let mut scattering: Option<(usize, Pending<Tensor>)> = None;
         for i in (0..layers).rev() {
-            let w = self.gather_layer(i)?;
+            let w = self.layer_weights(i, next.take().expect("started").wait())?;
+            if i > 0 {
+                next = Some(self.start_gather(i));
+            }
             let activations = match saved.pop().expect("one per layer") {
                 Saved::Input(input) => layer_forward(&w, &input, &ctx)?.1,
                 Saved::Activations(a) => a,
             };
             let (d_in, layer_grads) = layer_backward(&w, &dx, &activations, &ctx)?;
             drop((w, activations));
-            self.scatter_grads(i + 1, &layer_grads.tensors().map(Tensor::clone), grads)?;
+            let started = self.start_scatter(i + 1, &layer_grads.tensors().map(Tensor::clone))?;
+            if let Some((g, pending)) = scattering.replace((i + 1, started)) {
+                grads[g].add_tensor(&pending.wait()?)?;
+            }
             dx = d_in;
+        }
+        if let Some((g, pending)) = scattering {
+            grads[g].add_tensor(&pending.wait()?)?;
         }
 
         // The embedding's gradient scatters the token rows of dx into a zero table.
@@ -242,6 +282,13 @@ impl ShardedModel {
     /// compute dtype doubles the bytes of a bf16 run's scatter and keeps every rank's partial
     /// sum exact to fp32.
     fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut [Flat]) -> anyhow::Result<()> {
+        let mine = self.start_scatter(g, full)?.wait()?;
+        grads[g].add_tensor(&mine)?;
+        Ok(())
+    }
+
+    /// Starts the reduce-scatter of [`Self::scatter_grads`]; the result is this rank's slice.
+    fn start_scatter(&self, g: usize, full: &[Tensor]) -> anyhow::Result<Pending<Tensor>> {
         let group = &self.groups[g];
         let master = self.optimizer.master_dtype();
         let mut pieces: Vec<Tensor> = full
@@ -257,12 +304,11 @@ impl ShardedModel {
             )?);
         }
         let flat = Tensor::cat(&pieces, 0)?;
-        let mine = self
-            .comm
-            .reduce_scatter(&flat)
-            .with_context(|| format!("reduce-scatter of group {}", group.name))?;
-        grads[g].add_tensor(&mine)?;
-        Ok(())
+        let name = group.name.clone();
+        Ok(self.comm.submit(move |c| {
+            c.reduce_scatter(&flat)
+                .with_context(|| format!("reduce-scatter of group {name}"))
+        }))
     }
 
     /// Clips and applies one AdamW update to this rank's slices; returns the global gradient
