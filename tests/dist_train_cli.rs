@@ -98,6 +98,23 @@ fn two_processes_train_exactly_what_one_process_trains() {
     let latest = limo_train::checkpoint::resolve(&launched.join("checkpoints"), "latest").unwrap();
     assert!(latest.join("rank-00000.safetensors").exists());
     assert!(latest.join("rank-00001.safetensors").exists());
+    // `limo export` merges the two ranks' slices into the same file one rank writes.
+    let export = |out: &Path| -> Vec<u8> {
+        let checkpoint =
+            limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
+        let model = out.join("exported");
+        run_ok(&[
+            "export",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--dtype",
+            "f32",
+        ]);
+        std::fs::read(model.join("model.safetensors")).unwrap()
+    };
+    assert!(export(&launched) == export(&single), "exports differ");
 }
 
 /// Pids of the direct children of `pid`.
