@@ -120,6 +120,15 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
         if let Some(t) = spec.timeout {
             cmd.env(TIMEOUT_VAR, t.as_secs_f64().to_string());
         }
+        // Each rank's CPU work (rayon, candle's matmuls) would start one thread per core;
+        // N ranks on a machine would run N threads per core. As torchrun does for OpenMP,
+        // split the cores unless the user chose.
+        if std::env::var_os(THREADS_VAR).is_none() {
+            cmd.env(
+                THREADS_VAR,
+                threads_per_rank(spec.nproc_per_node).to_string(),
+            );
+        }
         die_with_parent(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -341,9 +350,26 @@ pub fn kill_self() -> ! {
     std::process::abort()
 }
 
+/// The thread count of rayon and of candle's CPU kernels.
+const THREADS_VAR: &str = "RAYON_NUM_THREADS";
+
+/// This machine's cores split over `ranks` processes, at least one each.
+fn threads_per_rank(ranks: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / ranks.max(1)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_split_the_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(threads_per_rank(1), cores);
+        assert_eq!(threads_per_rank(cores), 1);
+        assert_eq!(threads_per_rank(4 * cores), 1, "never zero");
+    }
 
     fn sh(script: &str, nproc: usize) -> anyhow::Result<()> {
         launch(&LaunchSpec {
