@@ -422,10 +422,7 @@ fn save(state: &State, dir: &Path, config: &TrainConfig, side: &[SideFile]) -> a
         world_size: model.world_size(),
         config_hash: config.trajectory_hash(model.world_size()),
         data_order: state.order.save(),
-        params: ModelWeights::specs(&model.cfg)
-            .into_iter()
-            .map(|s| (s.name, s.shape))
-            .collect(),
+        params: param_layout(&model.cfg),
         groups: GroupLayout::of(&model.groups),
         master_dtype: format!("{:?}", model.optimizer.master_dtype()).to_lowercase(),
         files: Default::default(),
@@ -451,6 +448,14 @@ fn save(state: &State, dir: &Path, config: &TrainConfig, side: &[SideFile]) -> a
     Ok(())
 }
 
+/// Parameter names and shapes in checkpoint order, as a manifest lists them.
+fn param_layout(cfg: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
+    ModelWeights::specs(cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect()
+}
+
 /// Loads this rank's slices from a checkpoint written at any world size with the same rows
 /// per step.
 fn restore(state: &mut State, dir: &Path, config: &TrainConfig, rows: usize) -> anyhow::Result<()> {
@@ -464,11 +469,9 @@ fn restore(state: &mut State, dir: &Path, config: &TrainConfig, rows: usize) -> 
             dir.display()
         );
     }
-    let expected: Vec<(String, Vec<usize>)> = ModelWeights::specs(&model.cfg)
-        .into_iter()
-        .map(|s| (s.name, s.shape))
-        .collect();
-    if manifest.params != expected || manifest.groups != GroupLayout::of(&model.groups) {
+    if manifest.params != param_layout(&model.cfg)
+        || manifest.groups != GroupLayout::of(&model.groups)
+    {
         bail!("{}: its parameters do not match the model", dir.display());
     }
     let want = master_dtype(model.dtype);

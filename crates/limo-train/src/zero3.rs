@@ -41,7 +41,7 @@ pub struct ShardedModel {
     comm: CommThread,
 }
 
-/// Index of the embedding group, and of the head group counted from the end.
+/// Index of the embedding group (layer i is group i + 1, the head group comes last).
 const EMBED_GROUP: usize = 0;
 
 impl ShardedModel {
