@@ -1,4 +1,4 @@
-//! `limo bench kernels`: times each of our CUDA kernels at training shapes (Qwen2.5-32B: hidden
+//! `limo bench kernels` (and `limo bench step`, in cmd_bench_step.rs): times each of our CUDA kernels at training shapes (Qwen2.5-32B: hidden
 //! 5120, MLP 27648, 40/8 heads of 128, vocabulary 152064, 16k tokens) with CUDA events: warm-up
 //! launches first, then the median of the repeats, the inputs rotated over several buffer sets
 //! so that no launch finds its inputs in L2. Memory-bound kernels report GB/s (bytes each must
@@ -10,6 +10,9 @@ use clap::{Args, Subcommand};
 pub enum BenchCommand {
     /// Time each CUDA kernel (needs a GPU and a build with `--features cuda`).
     Kernels(KernelArgs),
+    /// Time whole training steps of a Qwen2.5 shape on random weights, by phase, with peak
+    /// memory (CPU or GPU; --simulate-world plays one rank of a larger job).
+    Step(crate::cmd_bench_step::StepArgs),
 }
 
 #[derive(Args)]
@@ -73,6 +76,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let gpu = crate::cmd_doctor::open_gpu(args.device)?;
             kernels(&gpu, &args)
         }
+        BenchCommand::Step(args) => crate::cmd_bench_step::run(args),
     }
 }
 

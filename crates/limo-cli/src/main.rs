@@ -1,6 +1,7 @@
 //! The `limo` binary: one command line for every job limo does.
 
 mod cmd_bench;
+mod cmd_bench_step;
 mod cmd_comm_check;
 mod cmd_data;
 mod cmd_debug;
@@ -80,6 +81,7 @@ fn main() {
     if let Err(err) = result {
         // One line, the whole cause chain: users grep logs for it.
         eprintln!("error: {err:#}");
-        std::process::exit(1);
+        let out_of_memory = err.downcast_ref::<cmd_bench_step::OutOfMemory>().is_some();
+        std::process::exit(if out_of_memory { 3 } else { 1 });
     }
 }

@@ -11,6 +11,7 @@ pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod plan;
+pub mod simulated;
 pub mod socket;
 #[cfg(test)]
 mod socket_tests;
@@ -18,6 +19,7 @@ mod wire;
 
 pub use connect::{connect, SoloComm};
 pub use env::DistEnv;
+pub use simulated::SimulatedComm;
 #[cfg(feature = "cuda")]
 pub use nccl::{connect_nccl, NcclComm};
 pub use socket::SocketComm;

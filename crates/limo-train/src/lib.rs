@@ -2,6 +2,7 @@
 //! the training loop over ZeRO-3 shards, sharded checkpoints with exact resume at any world
 //! size, and export to Hugging Face format.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod comm_thread;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod export;
 pub mod metrics;
 pub mod optim;
 pub mod order;
+pub mod profile;
 pub mod schedule;
 pub mod source;
 pub mod synthetic;

@@ -20,7 +20,7 @@ use limo_model::model::parse_dtype;
 use limo_model::{Batch, ModelWeights, Qwen2Config};
 
 use crate::checkpoint::{self, GroupLayout, Manifest, RankState, ShardReader, SideFile, KINDS};
-use crate::config::{parse_size, TrainConfig};
+use crate::config::{parse_size, TrainConfig, TrainSection};
 use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{master_dtype, AdamWSettings, Flat};
@@ -222,7 +222,14 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
             );
             (0.0, 0.0, 1.0)
         } else {
-            optimizer_step(&mut state, &micro, n_targets, lr, config)?
+            optimizer_step(
+                &mut state.model,
+                &micro,
+                n_targets,
+                lr,
+                state.step + 1,
+                &config.train,
+            )?
         };
         state.step += 1;
         if first_loss.is_nan() {
@@ -379,28 +386,26 @@ fn evaluate_after(
     Ok(Some((before, after)))
 }
 
-/// One optimizer step over this rank's micro-batches; returns (loss, grad norm, clip
+/// Optimizer step number `step` (from 1) over this rank's micro-batches: zero the gradients,
+/// forward and backward each micro-batch, clip and update. Returns (loss, grad norm, clip
 /// coefficient), the same on every rank. `n_targets` counts the targets of all ranks.
-fn optimizer_step(
-    state: &mut State,
+/// `limo bench step` times this same function.
+pub fn optimizer_step(
+    model: &mut ShardedModel,
     micro: &[Batch],
     n_targets: usize,
     lr: f64,
-    config: &TrainConfig,
+    step: usize,
+    train: &TrainSection,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let scale = 1.0 / n_targets as f64;
-    let mut grads = state.model.zero_grads();
+    let mut grads = model.zero_grads();
     let mut loss_sum = 0.0;
     for batch in micro {
-        loss_sum +=
-            state
-                .model
-                .loss_and_grads(batch, scale, config.train.loss_chunk, &mut grads)?;
+        loss_sum += model.loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?;
     }
-    let loss_sum = state.model.sum_over_ranks(loss_sum)?;
-    let (norm, coef) = state
-        .model
-        .step(&grads, lr, config.train.max_grad_norm, state.step + 1)?;
+    let loss_sum = model.sum_over_ranks(loss_sum)?;
+    let (norm, coef) = model.step(&grads, lr, train.max_grad_norm, step)?;
     Ok((loss_sum * scale, norm, coef))
 }
 

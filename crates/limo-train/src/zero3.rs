@@ -24,6 +24,7 @@ use limo_ops::{linear_cross_entropy, rms_norm_backward, rms_norm_forward, RopeTa
 
 use crate::comm_thread::{CommThread, Pending};
 use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat};
+use crate::profile::{Phase, Profiler};
 
 /// One rank's part of a ZeRO-3 model and its optimizer.
 pub struct ShardedModel {
@@ -39,6 +40,8 @@ pub struct ShardedModel {
     /// Keep only layer inputs in the forward and recompute the layer in the backward.
     pub checkpointing: bool,
     comm: CommThread,
+    /// Phase timing of a step, for `limo bench step` (off unless started).
+    pub profiler: Profiler,
 }
 
 /// Index of the embedding group (layer i is group i + 1, the head group comes last).
@@ -71,6 +74,7 @@ impl ShardedModel {
             compute: Vec::new(),
             checkpointing,
             comm,
+            profiler: Profiler::default(),
         };
         model.refresh_compute()?;
         Ok(model)
@@ -90,7 +94,8 @@ impl ShardedModel {
 
     /// The compute slices from the master slices (after an update or a restore).
     pub fn refresh_compute(&mut self) -> anyhow::Result<()> {
-        self.compute = self
+        let _copy = self.profiler.phase(Phase::Copy);
+        let compute = self
             .optimizer
             .master
             .iter()
@@ -100,13 +105,39 @@ impl ShardedModel {
                     .to_device(&self.device)?)
             })
             .collect::<anyhow::Result<_>>()?;
+        self.compute = compute;
         Ok(())
+    }
+
+    /// Byte counts of the state this rank holds (its slices of every group).
+    pub fn state_bytes(&self) -> StateBytes {
+        let slices: usize = self.compute.iter().map(Tensor::elem_count).sum();
+        let master = self.optimizer.master_dtype().size_in_bytes() * slices;
+        StateBytes {
+            compute: slices * self.dtype.size_in_bytes(),
+            master,
+            adam: 2 * master,
+            grads: master,
+        }
+    }
+
+    /// Waits for a collective started with `submit` (time spent in communication).
+    fn wait<T>(&self, pending: Pending<T>) -> anyhow::Result<T> {
+        let _comm = self.profiler.phase(Phase::Comm);
+        pending.wait()
+    }
+
+    /// Adds a reduce-scattered gradient slice to group `g`'s accumulator.
+    fn accumulate(&self, grads: &mut [Flat], g: usize, slice: &Tensor) -> anyhow::Result<()> {
+        let _copy = self.profiler.phase(Phase::Copy);
+        Ok(grads[g].add_tensor(slice)?)
     }
 
     /// Starts the all-gather of group `g` (in the compute dtype); [`Self::unflatten`] its
     /// result. Started one group ahead, it runs while the current group computes.
     fn start_gather(&self, g: usize) -> Pending<Tensor> {
         let (mine, name) = (self.compute[g].clone(), self.groups[g].name.clone());
+        let _comm = self.profiler.phase(Phase::Comm);
         self.comm.submit(move |c| {
             c.all_gather(&mine)
                 .with_context(|| format!("all-gather of group {name}"))
@@ -131,7 +162,7 @@ impl ShardedModel {
 
     /// The full parameters of group `g` (a collective).
     fn gather(&self, g: usize) -> anyhow::Result<Vec<Tensor>> {
-        self.unflatten(g, self.start_gather(g).wait())
+        self.unflatten(g, self.wait(self.start_gather(g)))
     }
 
     fn layer_weights(
@@ -176,6 +207,8 @@ impl ShardedModel {
         let cfg = &self.cfg;
         let layers = cfg.num_hidden_layers;
         let head_group = layers + 1;
+        let prof = &self.profiler;
+        let copy = prof.phase(Phase::Copy);
         let ids = Tensor::from_slice(&batch.input_ids, batch.tokens(), &self.device)?;
         let rope = RopeTables::new(
             &batch.positions,
@@ -184,6 +217,7 @@ impl ShardedModel {
             self.dtype,
             &self.device,
         )?;
+        drop(copy);
         let ctx = LayerContext {
             config: cfg,
             rope: &rope,
@@ -191,6 +225,7 @@ impl ShardedModel {
         };
 
         // Group g + 1's all-gather is always in flight while group g computes.
+        let forward = prof.phase(Phase::Forward);
         let mut next = self.start_gather(1);
         let embed = self.gather(EMBED_GROUP)?.remove(0);
         let mut x = embed.index_select(&ids, 0)?;
@@ -198,7 +233,7 @@ impl ShardedModel {
         let tied_head = cfg.tie_word_embeddings.then_some(embed);
         let mut saved: Vec<Saved> = Vec::with_capacity(layers);
         for i in 0..layers {
-            let w = self.layer_weights(i, next.wait())?;
+            let w = self.layer_weights(i, self.wait(next))?;
             next = self.start_gather(i + 2);
             let (y, activations) = layer_forward(&w, &x, &ctx)?;
             saved.push(if self.checkpointing {
@@ -209,7 +244,9 @@ impl ShardedModel {
             x = y;
         }
 
-        let mut head_params = self.unflatten(head_group, next.wait())?;
+        drop(forward);
+        let head_loss = prof.phase(Phase::HeadLoss);
+        let mut head_params = self.unflatten(head_group, self.wait(next))?;
         let final_norm = head_params.remove(0);
         let head_weight = match &tied_head {
             Some(embed) => embed.clone(),
@@ -236,13 +273,15 @@ impl ShardedModel {
             self.scatter_grads(head_group, &[d_final_norm, d_head], grads)?;
             None
         };
+        drop(head_loss);
+        let _backward = prof.phase(Phase::Backward);
 
         // Backward: layer i - 1's all-gather and layer i + 1's reduce-scatter run while layer
         // i computes.
         let mut next = (layers > 0).then(|| self.start_gather(layers));
         let mut scattering: Option<(usize, Pending<Tensor>)> = None;
         for i in (0..layers).rev() {
-            let w = self.layer_weights(i, next.take().expect("started").wait())?;
+            let w = self.layer_weights(i, self.wait(next.take().expect("started")))?;
             if i > 0 {
                 next = Some(self.start_gather(i));
             }
@@ -254,12 +293,12 @@ impl ShardedModel {
             drop((w, activations));
             let started = self.start_scatter(i + 1, &layer_grads.tensors().map(Tensor::clone))?;
             if let Some((g, pending)) = scattering.replace((i + 1, started)) {
-                grads[g].add_tensor(&pending.wait()?)?;
+                self.accumulate(grads, g, &self.wait(pending)?)?;
             }
             dx = d_in;
         }
         if let Some((g, pending)) = scattering {
-            grads[g].add_tensor(&pending.wait()?)?;
+            self.accumulate(grads, g, &self.wait(pending)?)?;
         }
 
         // The embedding's gradient scatters the token rows of dx into a zero table.
@@ -282,9 +321,8 @@ impl ShardedModel {
     /// compute dtype doubles the bytes of a bf16 run's scatter and keeps every rank's partial
     /// sum exact to fp32.
     fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut [Flat]) -> anyhow::Result<()> {
-        let mine = self.start_scatter(g, full)?.wait()?;
-        grads[g].add_tensor(&mine)?;
-        Ok(())
+        let mine = self.wait(self.start_scatter(g, full)?)?;
+        self.accumulate(grads, g, &mine)
     }
 
     /// Starts the reduce-scatter of [`Self::scatter_grads`]; the result is this rank's slice.
@@ -305,6 +343,7 @@ impl ShardedModel {
         }
         let flat = Tensor::cat(&pieces, 0)?;
         let name = group.name.clone();
+        let _comm = self.profiler.phase(Phase::Comm);
         Ok(self.comm.submit(move |c| {
             c.reduce_scatter(&flat)
                 .with_context(|| format!("reduce-scatter of group {name}"))
@@ -320,28 +359,52 @@ impl ShardedModel {
         max_grad_norm: f64,
         step: usize,
     ) -> anyhow::Result<(f64, f64)> {
+        let optimizer = self.profiler.phase(Phase::Optimizer);
         let local: f64 = grads.iter().map(Flat::sum_of_squares).sum();
+        let comm = self.profiler.phase(Phase::Comm);
         let total = self
             .comm
             .all_reduce(&Tensor::new(&[local], &self.device)?)
             .context("all-reduce of the gradient norm")?
             .to_vec1::<f64>()?[0];
+        drop(comm);
         let norm = total.sqrt();
         if !norm.is_finite() {
             bail!("step {step}: gradient norm is {norm}; stopping before the weights are damaged");
         }
         let coef = clip_coefficient(norm, max_grad_norm);
         self.optimizer.step(grads, lr, coef);
+        drop(optimizer);
         self.refresh_compute()?;
         Ok((norm, coef))
     }
 
     /// Sums a scalar over ranks (target counts, losses), in rank order.
     pub fn sum_over_ranks(&self, value: f64) -> anyhow::Result<f64> {
+        let _comm = self.profiler.phase(Phase::Comm);
         Ok(self
             .comm
             .all_reduce(&Tensor::new(&[value], &self.device)?)?
             .to_vec1::<f64>()?[0])
+    }
+}
+
+/// Bytes of one rank's state, by kind.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StateBytes {
+    /// The compute-dtype slices the all-gathers send.
+    pub compute: usize,
+    /// Master weights (fp32, f64 for f64 runs).
+    pub master: usize,
+    /// Both Adam moments.
+    pub adam: usize,
+    /// The gradient accumulators.
+    pub grads: usize,
+}
+
+impl StateBytes {
+    pub fn total(&self) -> usize {
+        self.compute + self.master + self.adam + self.grads
     }
 }
 

@@ -1,0 +1,150 @@
+//! End-to-end tests of `limo bench step` on the CPU: the report's fields, a simulated rank's
+//! share of the state, and one-line errors for bad flags.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn limo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the limo binary runs")
+}
+
+/// Runs `bench step` on the tiny shape with `extra` flags; returns the JSON report and stdout.
+fn bench(extra: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("step.json");
+    let mut args = vec![
+        "bench", "step", "--device", "cpu", "--shape", "tiny", "--tokens", "96", "--docs", "3",
+        "--warmup", "1", "--steps", "2", "--json",
+    ];
+    args.push(json.to_str().unwrap());
+    args.extend_from_slice(extra);
+    let out = limo(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (report, String::from_utf8(out.stdout).unwrap())
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn the_report_has_every_field_and_adds_up() {
+    let (r, table) = bench(&["--peak-tflops", "1"]);
+    for key in [
+        "step time",
+        "tokens/s",
+        "model TFLOP/s",
+        "MFU",
+        "peak memory",
+        "forward",
+    ] {
+        assert!(table.contains(key), "{key} missing from\n{table}");
+    }
+    let step = &r["step_s"];
+    let (median, min, max) = (f(&step["median"]), f(&step["min"]), f(&step["max"]));
+    assert!(0.0 < min && min <= median && median <= max, "{step}");
+    assert!((f(&r["tokens_per_s"]) - 96.0 / median).abs() < 1e-9 * f(&r["tokens_per_s"]));
+    // The peer's formula on the tiny shape: 2 layers, hidden 64, 4/2 heads of 16, MLP 128.
+    let n_mm = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128) + 151936 * 64;
+    assert_eq!(r["n_matmul_params"], n_mm);
+    let flops = 6.0 * n_mm as f64 * 96.0 + 6.0 * 2.0 * 64.0 * 3.0 * 32.0 * 32.0;
+    assert_eq!(f(&r["flops_per_step"]), flops);
+    assert!((f(&r["model_tflops"]) - flops / median / 1e12).abs() < 1e-12);
+    assert_eq!(f(&r["mfu"]), f(&r["model_tflops"]));
+    let phases = r["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "forward",
+            "backward",
+            "head + loss",
+            "optimizer",
+            "communication",
+            "host<->device copies",
+            "other"
+        ]
+    );
+    let shares: f64 = phases.iter().map(|p| f(&p["share"])).sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+    for busy in &phases[..4] {
+        assert!(f(&busy["seconds"]) > 0.0, "{busy}");
+    }
+    assert!(f(&r["peak_mem"]["host_rss_gib"]) > 0.0);
+    assert!(f(&r["peak_mem"]["plan_estimate_gib"]) > 0.0);
+    // The same batch every step: training on it lowers its loss.
+    let losses: Vec<f64> = r["losses"].as_array().unwrap().iter().map(f).collect();
+    assert_eq!(losses.len(), 3);
+    assert!((losses[0] - (151936f64).ln()).abs() < 0.5, "{losses:?}");
+    assert!(losses[2] < losses[0], "{losses:?}");
+}
+
+#[test]
+fn a_simulated_rank_of_four_holds_a_quarter_of_the_state() {
+    let (one, _) = bench(&[]);
+    let (four, table) = bench(&["--simulate-world", "4", "--rank", "3"]);
+    assert!(table.contains("rank 3 of 4 (simulated)"), "{table}");
+    assert_eq!(four["world"], 4);
+    assert_eq!(four["rank"], 3);
+    let kinds = ["compute", "master", "adam", "grads"];
+    for kind in kinds {
+        let (a, b) = (f(&one["state_bytes"][kind]), f(&four["state_bytes"][kind]));
+        // A quarter, up to the padding of each group to a multiple of 4 elements.
+        assert!((b - a / 4.0).abs() <= 3.0 * 16.0, "{kind}: {b} vs {a}/4");
+    }
+    assert!(f(&four["state_bytes_total"]) < f(&one["state_bytes_total"]) / 3.9);
+    // The rank still computes a whole micro-batch: the same FLOPs.
+    assert_eq!(four["flops_per_step"], one["flops_per_step"]);
+    assert!(f(&four["peak_mem"]["plan_estimate_gib"]) < f(&one["peak_mem"]["plan_estimate_gib"]));
+}
+
+#[test]
+fn bad_flags_are_one_line_errors() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--rank", "1"], "--rank needs --simulate-world"),
+        (
+            &["--simulate-world", "2", "--rank", "2"],
+            "not a rank of a 2-way job",
+        ),
+        (&["--dtype", "bf16"], "bf16 runs on --device cuda"),
+        (
+            &["--mem-cap", "80GiB"],
+            "--mem-cap applies to --device cuda",
+        ),
+        (&["--docs", "0"], "--docs must be between 1 and --tokens"),
+    ];
+    for (extra, expect) in cases {
+        let mut args = vec![
+            "bench", "step", "--shape", "tiny", "--tokens", "16", "--steps", "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = limo(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(expect), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
+    }
+}
+
+#[test]
+fn cuda_without_a_gpu_build_says_so() {
+    let out = limo(&[
+        "bench", "step", "--shape", "tiny", "--tokens", "16", "--device", "cuda",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("GPU"), "{err}");
+}
