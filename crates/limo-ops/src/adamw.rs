@@ -8,6 +8,7 @@
 //! `p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;`
 //! `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
 
+use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
 use num_traits::Float;
 
 /// Hyper-parameters of one update.
@@ -72,6 +73,103 @@ pub fn sum_of_squares<F: Float>(x: &[F]) -> f64 {
     x.iter()
         .map(|v| v.to_f64().expect("finite or not, a float").powi(2))
         .sum()
+}
+
+/// AdamW over one ZeRO-3 group's optimizer state held on its device as one flat tensor
+/// `[master | exp_avg | exp_avg_sq]` (3 x n elements, f32 or f64, contiguous), updated in place
+/// from `grad` (n elements, same dtype). The same call runs [`adamw_update`] on the CPU and the
+/// fused kernel on CUDA (f32), which also writes the updated weights as bf16 into `bf16_out`
+/// (the compute shard the next all-gathers send) in the same pass.
+pub fn adamw_update_state(
+    state: &Tensor,
+    grad: &Tensor,
+    s: &AdamWStep,
+    bf16_out: Option<&Tensor>,
+) -> Result<()> {
+    let n = grad.elem_count();
+    if state.elem_count() != 3 * n || state.dtype() != grad.dtype() {
+        bail!(
+            "adamw: the state must hold 3 x {n} {:?} values, got {} {:?}",
+            grad.dtype(),
+            state.elem_count(),
+            state.dtype()
+        );
+    }
+    #[cfg(feature = "cuda")]
+    if state.device().is_cuda() {
+        let part = |k: usize| state.flatten_all()?.narrow(0, k * n, n);
+        return crate::cuda::adamw::adamw_update(
+            &part(0)?,
+            &grad.flatten_all()?,
+            &part(1)?,
+            &part(2)?,
+            s,
+            bf16_out,
+        );
+    }
+    if bf16_out.is_some() {
+        bail!("adamw: only the CUDA kernel writes a bf16 copy");
+    }
+    state.inplace_op2(grad, &AdamWOp(*s))
+}
+
+/// [`adamw_update`] as an in-place candle op on CPU storage.
+struct AdamWOp(AdamWStep);
+
+impl InplaceOp2 for AdamWOp {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        state: &mut CpuStorage,
+        sl: &Layout,
+        grad: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (Some((s0, s1)), Some((g0, g1))) = (sl.contiguous_offsets(), gl.contiguous_offsets())
+        else {
+            bail!("adamw: state and gradient must be contiguous");
+        };
+        fn split<F: Float>(state: &mut [F], grad: &[F], s: &AdamWStep) {
+            let n = grad.len();
+            let (p, rest) = state.split_at_mut(n);
+            let (m, v) = rest.split_at_mut(n);
+            adamw_update(p, grad, m, v, s);
+        }
+        match (state, grad) {
+            (CpuStorage::F32(st), CpuStorage::F32(g)) => {
+                split(&mut st[s0..s1], &g[g0..g1], &self.0)
+            }
+            (CpuStorage::F64(st), CpuStorage::F64(g)) => {
+                split(&mut st[s0..s1], &g[g0..g1], &self.0)
+            }
+            _ => bail!("adamw: state and gradient must both be f32 or both f64"),
+        }
+        Ok(())
+    }
+}
+
+/// The sum of squares of `t`'s elements as a `[1]` f64 tensor on `t`'s device (no copy to the
+/// host): on the CPU exactly [`sum_of_squares`] (f32 or f64); on CUDA in f64 on the device.
+pub fn sum_of_squares_tensor(t: &Tensor) -> Result<Tensor> {
+    if t.device().is_cpu() {
+        let (storage, layout) = t.storage_and_layout();
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            bail!("sum_of_squares: the tensor must be contiguous");
+        };
+        let sum = match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => sum_of_squares(&v[a..b]),
+            Storage::Cpu(CpuStorage::F64(v)) => sum_of_squares(&v[a..b]),
+            _ => {
+                drop(storage);
+                return t.to_dtype(DType::F64)?.sqr()?.sum_all()?.reshape(1);
+            }
+        };
+        return Tensor::new(&[sum], t.device());
+    }
+    t.to_dtype(DType::F64)?.sqr()?.sum_all()?.reshape(1)
 }
 
 #[cfg(test)]

@@ -24,11 +24,11 @@ mod testing;
 
 use candle_core::{DType, Result, Tensor};
 
-pub use adamw::{adamw_update, sum_of_squares, AdamWStep};
+pub use adamw::{adamw_update, adamw_update_state, sum_of_squares, sum_of_squares_tensor, AdamWStep};
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
 pub use linear_cross_entropy::{linear_cross_entropy, LinearCrossEntropy, IGNORE_INDEX};
 pub use rms_norm::{rms_norm_backward, rms_norm_forward};
-pub use rope::{rope_backward, rope_forward, RopeTables};
+pub use rope::{rope_backward, rope_forward, RopeCache, RopeTables};
 pub use swiglu::{swiglu_backward, swiglu_forward};
 
 /// The dtype an operation computes in: f32 for half inputs, the input dtype otherwise.

@@ -67,7 +67,10 @@ pub fn linear_cross_entropy(
     let dtype = crate::compute_dtype(weight.dtype());
     let chunk_tokens = chunk_tokens.max(1);
 
-    let mut loss_sum = 0.0;
+    // The per-chunk sums add up on the device, in f64 (as the host sum did: on the CPU the
+    // same additions in the same order, so bit-identical), and are read back once at the end:
+    // one synchronization per call instead of one per chunk.
+    let mut loss_acc: Option<Tensor> = None;
     let mut per_token = Vec::new();
     let mut d_hidden = Vec::new();
     let mut d_weight: Option<Tensor> = None;
@@ -78,7 +81,11 @@ pub fn linear_cross_entropy(
         let h = if on_kernel { h } else { upcast(&h)? };
         let logits = h.matmul(&w.t()?)?;
         let (loss, d_logits) = chunk_loss(logits, chunk_targets, grad_scale, on_kernel)?;
-        loss_sum += loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        let chunk_sum = loss.to_dtype(DType::F64)?.sum_all()?;
+        loss_acc = Some(match loss_acc {
+            Some(acc) => (acc + chunk_sum)?,
+            None => chunk_sum,
+        });
         per_token.push(loss);
 
         if let Some(d_logits) = d_logits {
@@ -90,6 +97,10 @@ pub fn linear_cross_entropy(
             });
         }
     }
+    let loss_sum = match loss_acc {
+        Some(acc) => acc.to_scalar::<f64>()?,
+        None => 0.0,
+    };
     let n_targets = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     let per_token_loss = if per_token.is_empty() {
         Tensor::zeros(0, dtype, device)?
@@ -321,6 +332,44 @@ mod tests {
             assert_eq!(per_token[4], 0.0);
             assert!((per_token.iter().sum::<f64>() - loss_ref).abs() < 1e-12);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn loss_sum_is_the_host_sum_of_chunk_sums_to_the_bit() -> Result<()> {
+        // The sum accumulated on the device equals the former host accumulation exactly:
+        // `0.0 + chunk_0 + chunk_1 + ...` in f64, each chunk summed by candle in f64.
+        let dev = Device::Cpu;
+        let h = (rand_tensor(&[23, 6], 40, &dev)? * 3.0)?;
+        let w = rand_tensor(&[13, 6], 41, &dev)?;
+        let targets: Vec<i64> = (0..23)
+            .map(|t| {
+                if t % 5 == 2 {
+                    IGNORE_INDEX
+                } else {
+                    (t * 7) % 13
+                }
+            })
+            .collect();
+        for dtype in [DType::F64, DType::F32] {
+            let (h, w) = (h.to_dtype(dtype)?, w.to_dtype(dtype)?);
+            for chunk in [1, 4, 5, 23, 64] {
+                let out = linear_cross_entropy(&h, &w, &targets, Some(0.1), chunk)?;
+                let mut host = 0.0;
+                for start in (0..23).step_by(chunk) {
+                    let len = chunk.min(23 - start);
+                    host += out
+                        .per_token_loss
+                        .narrow(0, start, len)?
+                        .to_dtype(DType::F64)?
+                        .sum_all()?
+                        .to_scalar::<f64>()?;
+                }
+                assert_eq!(out.loss_sum.to_bits(), host.to_bits(), "{dtype:?} {chunk}");
+            }
+        }
+        let none = linear_cross_entropy(&h.narrow(0, 0, 0)?, &w, &[], Some(0.1), 4)?;
+        assert_eq!(none.loss_sum, 0.0);
         Ok(())
     }
 

@@ -35,6 +35,86 @@ impl RopeTables {
     }
 }
 
+/// [`RopeTables`] for many batches of one model: the tables of positions `0..capacity` are
+/// built once (on the host, by the same computation as [`RopeTables::new`], then uploaded and
+/// cast on the device) and each batch's rows are gathered on the device by `index_select` with
+/// its positions, so a batch uploads only `N` u32 positions. The capacity doubles when a batch
+/// reaches past it. Row `p` is bit-identical to `RopeTables::new(&[p], ..)`, so the cache
+/// changes no number. Shared by reference across threads (`Send + Sync`).
+pub struct RopeCache {
+    head_dim: usize,
+    theta: f64,
+    dtype: DType,
+    device: Device,
+    /// `(capacity, cos, sin)`, `cos`/`sin` of shape `[capacity, head_dim]` in `dtype`.
+    full: std::sync::Mutex<Option<(usize, Tensor, Tensor)>>,
+}
+
+impl RopeCache {
+    /// Smallest table built (positions), so short batches do not rebuild it doubling by doubling.
+    const MIN_CAPACITY: usize = 1024;
+
+    /// An empty cache; the tables are built by the first [`RopeCache::tables`] call.
+    pub fn new(head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Self {
+        Self {
+            head_dim,
+            theta,
+            dtype,
+            device: device.clone(),
+            full: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The tables for the given per-token positions (`[N, head_dim]` in the cache's dtype, on
+    /// its device), equal bit for bit to `RopeTables::new(positions, ..)`.
+    pub fn tables(&self, positions: &[u32]) -> Result<RopeTables> {
+        let needed = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        let (cos, sin) = self.full_tables(needed)?;
+        let index = Tensor::from_slice(positions, positions.len(), &self.device)?;
+        Ok(RopeTables {
+            cos: cos.index_select(&index, 0)?,
+            sin: sin.index_select(&index, 0)?,
+        })
+    }
+
+    /// The number of positions the tables cover now (0 before the first call).
+    pub fn capacity(&self) -> usize {
+        self.lock().as_ref().map_or(0, |(capacity, _, _)| *capacity)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(usize, Tensor, Tensor)>> {
+        // The guarded value is replaced whole or not at all: a poisoned lock still holds a
+        // consistent table.
+        self.full.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The whole tables, grown (capacity doubled until it covers `needed`) when too short.
+    fn full_tables(&self, needed: usize) -> Result<(Tensor, Tensor)> {
+        let mut full = self.lock();
+        if let Some((capacity, cos, sin)) = full.as_ref() {
+            if *capacity >= needed {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let mut capacity = full
+            .as_ref()
+            .map_or(Self::MIN_CAPACITY, |(capacity, _, _)| *capacity);
+        while capacity < needed {
+            capacity *= 2;
+        }
+        let positions: Vec<u32> = (0..capacity).map(|p| p as u32).collect();
+        let RopeTables { cos, sin } = RopeTables::new(
+            &positions,
+            self.head_dim,
+            self.theta,
+            self.dtype,
+            &self.device,
+        )?;
+        *full = Some((capacity, cos.clone(), sin.clone()));
+        Ok((cos, sin))
+    }
+}
+
 /// Row-major `[positions, head_dim]` cos and sin of `position * inv_freq`, with
 /// `inv_freq_i = theta^(-2i/head_dim)` and both halves of a row using the same frequencies.
 fn tables<F: candle_core::WithDType + num_traits::Float>(
@@ -120,6 +200,94 @@ mod tests {
         })?;
         assert_close(&y, &y_ref, 0.0, "y")?;
         assert_close(&dx, &grads[0], 1e-14, "dx")?;
+        Ok(())
+    }
+
+    /// Packed documents of random lengths: positions restart at 0 at each document.
+    fn packed_positions(seed: u64, tokens: usize, max_doc: usize) -> Vec<u32> {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut positions = Vec::with_capacity(tokens);
+        while positions.len() < tokens {
+            let len = rng.random_range(1..=max_doc).min(tokens - positions.len());
+            positions.extend(0..len as u32);
+        }
+        positions
+    }
+
+    fn bits(t: &Tensor) -> Result<Vec<u64>> {
+        let t = t.flatten_all()?;
+        Ok(match t.dtype() {
+            DType::F64 => t.to_vec1::<f64>()?.iter().map(|v| v.to_bits()).collect(),
+            DType::F32 => t
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits() as u64)
+                .collect(),
+            DType::BF16 => t
+                .to_vec1::<half::bf16>()?
+                .iter()
+                .map(|v| v.to_bits() as u64)
+                .collect(),
+            other => panic!("dtype {other:?}"),
+        })
+    }
+
+    #[test]
+    fn cache_is_bit_identical_to_new_tables() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F64, DType::F32, DType::BF16] {
+            for (head_dim, theta) in [(8, 10000.0), (64, 1e6), (128, 1e6)] {
+                let cache = RopeCache::new(head_dim, theta, dtype, &dev);
+                assert_eq!(cache.capacity(), 0);
+                // Short packed documents, then longer ones that grow the tables (twice: 1024
+                // -> 4096), then short ones again from the grown tables.
+                let batches = [
+                    packed_positions(1, 300, 40),
+                    packed_positions(2, 3000, 2500),
+                    vec![0, 1, 2, 3, 0, 1, 4095, 0],
+                    packed_positions(3, 500, 200),
+                ];
+                for (i, positions) in batches.iter().enumerate() {
+                    let cached = cache.tables(positions)?;
+                    let fresh = RopeTables::new(positions, head_dim, theta, dtype, &dev)?;
+                    assert_eq!(cached.cos.dims(), &[positions.len(), head_dim]);
+                    assert_eq!(cached.cos.dtype(), dtype);
+                    assert!(bits(&cached.cos)? == bits(&fresh.cos)?, "{dtype:?} {i} cos");
+                    assert!(bits(&cached.sin)? == bits(&fresh.sin)?, "{dtype:?} {i} sin");
+                }
+                assert_eq!(cache.capacity(), 4096);
+            }
+        }
+        let empty = RopeCache::new(8, 1e4, DType::F32, &dev).tables(&[])?;
+        assert_eq!(empty.cos.dims(), &[0, 8]);
+        Ok(())
+    }
+
+    #[test]
+    fn cache_is_shared_across_threads() -> Result<()> {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RopeCache>();
+        let cache = RopeCache::new(16, 1e6, DType::F32, &Device::Cpu);
+        // Every thread needs the tables grown past 1024 (one long document each).
+        let positions: Vec<Vec<u32>> = (0..4)
+            .map(|t| {
+                let mut p = packed_positions(t, 700, 300);
+                p.extend(0..1100 + 100 * t as u32);
+                p
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for p in &positions {
+                let cache = &cache;
+                s.spawn(move || {
+                    let cached = cache.tables(p).unwrap();
+                    let fresh = RopeTables::new(p, 16, 1e6, DType::F32, &Device::Cpu).unwrap();
+                    assert!(bits(&cached.sin).unwrap() == bits(&fresh.sin).unwrap());
+                });
+            }
+        });
+        assert_eq!(cache.capacity(), 2048);
         Ok(())
     }
 

@@ -1,9 +1,10 @@
-//! AdamW with decoupled weight decay over master weights and moments kept as flat f32 buffers
-//! (f64 when the run is in f64), one per parameter in checkpoint order. The update itself is
-//! limo-ops' fused `adamw_update`, which follows `torch.optim.AdamW` exactly.
+//! AdamW with decoupled weight decay over master weights and moments kept as flat f32 tensors
+//! (f64 when the run is in f64) on the compute device, one per ZeRO-3 group slice. The update
+//! itself is limo-ops' fused `adamw_update` (CPU) or its CUDA kernel, which follow
+//! `torch.optim.AdamW` exactly. `Flat` is the host form of a slice, for checkpoint files.
 
 use candle_core::{DType, Device, Result, Tensor};
-use limo_ops::{adamw_update, sum_of_squares, AdamWStep};
+use limo_ops::{adamw_update_state, sum_of_squares, AdamWStep};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWSettings {
@@ -99,58 +100,91 @@ pub fn master_dtype(compute: DType) -> DType {
     }
 }
 
-/// Optimizer state: master weights, first and second moments, and the update count.
+/// The three lists of optimizer state, in the order of checkpoint files.
+pub const MASTER: usize = 0;
+pub const EXP_AVG: usize = 1;
+pub const EXP_AVG_SQ: usize = 2;
+
+/// Optimizer state of this rank's slices, on the device the model computes on: per group one
+/// flat tensor `[master | exp_avg | exp_avg_sq]` in the master dtype, updated in place by
+/// `limo_ops::adamw_update_state` (the fused CPU loop on the CPU, the fused kernel on CUDA).
+/// It reaches the host only when a checkpoint is written.
 pub struct AdamW {
     pub settings: AdamWSettings,
-    pub shapes: Vec<Vec<usize>>,
-    pub master: Vec<Flat>,
-    pub exp_avg: Vec<Flat>,
-    pub exp_avg_sq: Vec<Flat>,
+    state: Vec<Tensor>,
+    lens: Vec<usize>,
     /// Updates applied so far.
     pub updates: u64,
 }
 
 impl AdamW {
-    pub fn new(settings: AdamWSettings, weights: &[&Tensor]) -> Result<Self> {
-        let master: Vec<Flat> = weights
-            .iter()
-            .map(|w| Flat::from_tensor(w, master_dtype(w.dtype())))
-            .collect::<Result<_>>()?;
+    /// State for the given master slices (moments at zero), placed on `device`.
+    pub fn new(settings: AdamWSettings, master: &[Flat], device: &Device) -> Result<Self> {
         let zeros: Vec<Flat> = master.iter().map(Flat::zeros_like).collect();
-        let shapes = weights.iter().map(|w| w.dims().to_vec()).collect();
-        Ok(Self {
+        let mut opt = Self {
             settings,
-            shapes,
-            exp_avg: zeros.clone(),
-            exp_avg_sq: zeros,
-            master,
+            state: Vec::new(),
+            lens: master.iter().map(Flat::len).collect(),
             updates: 0,
-        })
+        };
+        opt.restore(master, &zeros, &zeros, device)?;
+        Ok(opt)
     }
 
-    /// Optimizer state for the given master buffers, moments at zero.
-    pub fn from_flats(settings: AdamWSettings, master: Vec<Flat>) -> Self {
-        let zeros: Vec<Flat> = master.iter().map(Flat::zeros_like).collect();
-        Self {
-            settings,
-            shapes: master.iter().map(|m| vec![m.len()]).collect(),
-            exp_avg: zeros.clone(),
-            exp_avg_sq: zeros,
-            master,
-            updates: 0,
+    /// Replaces the state (a checkpoint's slices) on `device`; the slice lengths must not change.
+    pub fn restore(
+        &mut self,
+        master: &[Flat],
+        exp_avg: &[Flat],
+        exp_avg_sq: &[Flat],
+        device: &Device,
+    ) -> Result<()> {
+        let mut state = Vec::with_capacity(master.len());
+        for (g, ((p, m), v)) in master.iter().zip(exp_avg).zip(exp_avg_sq).enumerate() {
+            let n = self.lens[g];
+            if [p.len(), m.len(), v.len()] != [n; 3] {
+                candle_core::bail!("optimizer state of group {g}: expected 3 x {n} values");
+            }
+            let parts = [p, m, v].map(|f| f.to_tensor(&[n], device));
+            let [p, m, v] = parts;
+            state.push(Tensor::cat(&[p?, m?, v?], 0)?);
         }
+        self.state = state;
+        Ok(())
+    }
+
+    /// Group `g`'s slice of one state list (`MASTER`, `EXP_AVG`, `EXP_AVG_SQ`), on the device.
+    pub fn part(&self, g: usize, list: usize) -> Result<Tensor> {
+        let n = self.lens[g];
+        self.state[g].narrow(0, list * n, n)
+    }
+
+    /// One state list, every group's slice copied to the host (for a checkpoint).
+    pub fn host(&self, list: usize) -> Result<Vec<Tensor>> {
+        (0..self.state.len())
+            .map(|g| self.part(g, list)?.to_device(&Device::Cpu))
+            .collect()
+    }
+
+    /// Elements of each group's slice.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
     }
 
     pub fn master_dtype(&self) -> DType {
-        match self.master.first() {
-            Some(Flat::F64(_)) => DType::F64,
-            _ => DType::F32,
-        }
+        self.state.first().map_or(DType::F32, Tensor::dtype)
     }
 
-    /// One update with learning rate `lr` from gradients (flat, master dtype, checkpoint
-    /// order), each multiplied by `grad_scale` (the clipping coefficient) first.
-    pub fn step(&mut self, grads: &[Flat], lr: f64, grad_scale: f64) {
+    /// One update with learning rate `lr` from gradients (flat, master dtype, on the device),
+    /// each multiplied by `grad_scale` (the clipping coefficient) first. With `bf16_out` (CUDA)
+    /// the kernel also writes each group's updated weights there, in bf16.
+    pub fn step(
+        &mut self,
+        grads: &[Tensor],
+        lr: f64,
+        grad_scale: f64,
+        bf16_out: Option<&[Tensor]>,
+    ) -> Result<()> {
         let s = self.settings;
         let hyper = AdamWStep {
             lr,
@@ -161,31 +195,11 @@ impl AdamW {
             t: self.updates + 1,
             grad_scale,
         };
-        for (i, grad) in grads.iter().enumerate() {
-            match (
-                &mut self.master[i],
-                grad,
-                &mut self.exp_avg[i],
-                &mut self.exp_avg_sq[i],
-            ) {
-                (Flat::F32(p), Flat::F32(g), Flat::F32(m), Flat::F32(v)) => {
-                    adamw_update(p, g, m, v, &hyper)
-                }
-                (Flat::F64(p), Flat::F64(g), Flat::F64(m), Flat::F64(v)) => {
-                    adamw_update(p, g, m, v, &hyper)
-                }
-                _ => panic!("AdamW::step: gradient {i} is not in the master dtype"),
-            }
+        for (g, grad) in grads.iter().enumerate() {
+            adamw_update_state(&self.state[g], grad, &hyper, bf16_out.map(|o| &o[g]))?;
         }
         self.updates += 1;
-    }
-
-    /// Tensors of one of the state lists, shaped like the parameters.
-    pub fn tensors(&self, list: &[Flat], device: &Device) -> Result<Vec<Tensor>> {
-        list.iter()
-            .zip(&self.shapes)
-            .map(|(f, shape)| f.to_tensor(shape, device))
-            .collect()
+        Ok(())
     }
 }
 
@@ -209,18 +223,18 @@ mod tests {
     #[test]
     fn one_update_matches_the_closed_form() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::new(&[1.0f64, -2.0], &dev)?;
-        let g = Flat::F64(vec![0.5, 0.25]);
+        let w = Flat::F64(vec![1.0, -2.0]);
+        let g = Tensor::new(&[0.5f64, 0.25], &dev)?;
         let settings = AdamWSettings {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.1,
         };
-        let mut opt = AdamW::new(settings, &[&w])?;
-        opt.step(std::slice::from_ref(&g), 0.01, 1.0);
+        let mut opt = AdamW::new(settings, &[w], &dev)?;
+        opt.step(std::slice::from_ref(&g), 0.01, 1.0, None)?;
         // After one update m/(1-b1) = g and sqrt(v/(1-b2)) = |g|: p' = p(1 - lr wd) - lr g/(|g| + eps).
-        let got: Vec<f64> = opt.tensors(&opt.master, &dev)?[0].to_vec1()?;
+        let got: Vec<f64> = opt.host(MASTER)?[0].to_vec1()?;
         let expect = [
             1.0 * (1.0 - 0.001) - 0.01 * 0.5 / (0.5 + 1e-8),
             -2.0 * (1.0 - 0.001) - 0.01 * 0.25 / (0.25 + 1e-8),

@@ -23,7 +23,7 @@ use crate::checkpoint::{self, GroupLayout, Manifest, RankState, ShardReader, Sid
 use crate::config::{parse_size, TrainConfig, TrainSection};
 use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{self, StepMetrics};
-use crate::optim::{master_dtype, AdamWSettings, Flat};
+use crate::optim::{master_dtype, AdamWSettings, Flat, EXP_AVG, EXP_AVG_SQ, MASTER};
 use crate::order::DataOrder;
 use crate::schedule::Schedule;
 use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow, BUILTIN_ARITHMETIC};
@@ -399,7 +399,7 @@ pub fn optimizer_step(
     train: &TrainSection,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let scale = 1.0 / n_targets as f64;
-    let mut grads = model.zero_grads();
+    let mut grads = model.zero_grads()?;
     let mut loss_sum = 0.0;
     for batch in micro {
         loss_sum += model.loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?;
@@ -434,9 +434,9 @@ fn save(state: &State, dir: &Path, config: &TrainConfig, side: &[SideFile]) -> a
     };
     let opt = &model.optimizer;
     let rank_state = RankState {
-        master: opt.tensors(&opt.master, &Device::Cpu)?,
-        exp_avg: opt.tensors(&opt.exp_avg, &Device::Cpu)?,
-        exp_avg_sq: opt.tensors(&opt.exp_avg_sq, &Device::Cpu)?,
+        master: opt.host(MASTER)?,
+        exp_avg: opt.host(EXP_AVG)?,
+        exp_avg_sq: opt.host(EXP_AVG_SQ)?,
     };
     let path = checkpoint::save(
         model.comm(),
@@ -493,11 +493,7 @@ fn restore(state: &mut State, dir: &Path, config: &TrainConfig, rows: usize) -> 
     }
     let [master, exp_avg, exp_avg_sq]: [Vec<Flat>; 3] =
         lists.try_into().expect("three state lists");
-    model.optimizer.master = master;
-    model.optimizer.exp_avg = exp_avg;
-    model.optimizer.exp_avg_sq = exp_avg_sq;
-    model.optimizer.updates = manifest.step as u64;
-    model.refresh_compute()?;
+    model.restore_state(&master, &exp_avg, &exp_avg_sq, manifest.step as u64)?;
     state.order = DataOrder::restore(&manifest.data_order, rows)?;
     state.step = manifest.step;
     Ok(())

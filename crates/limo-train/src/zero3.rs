@@ -1,7 +1,8 @@
 //! ZeRO-3 (DESIGN.md choice 2): the model's parameters live in flat groups (the embedding, one
 //! group per decoder layer, the final norm with the head), and each rank keeps only its slice of
 //! every group: the compute weights, the fp32 master, the Adam moments and the fp32 gradient
-//! accumulator. The forward and the backward all-gather a group just before they use it and
+//! accumulator, all on the device it computes on (a GPU's memory in CUDA runs; only checkpoints
+//! copy them to the host). The forward and the backward all-gather a group just before they use it and
 //! drop it right after; gradients leave a layer through a reduce-scatter, so no rank ever holds
 //! more than one layer's full weights and gradients.
 //!
@@ -20,10 +21,12 @@ use limo_dist::groups::{groups, Group};
 use limo_model::checkpoint::SafetensorFiles;
 use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerContext};
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
-use limo_ops::{linear_cross_entropy, rms_norm_backward, rms_norm_forward, RopeTables};
+use limo_ops::{
+    linear_cross_entropy, rms_norm_backward, rms_norm_forward, sum_of_squares_tensor, RopeCache,
+};
 
 use crate::comm_thread::{CommThread, Pending};
-use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat};
+use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat, MASTER};
 use crate::profile::{Phase, Profiler};
 
 /// One rank's part of a ZeRO-3 model and its optimizer.
@@ -42,6 +45,8 @@ pub struct ShardedModel {
     comm: CommThread,
     /// Phase timing of a step, for `limo bench step` (off unless started).
     pub profiler: Profiler,
+    /// Rotary tables built once on the device; a batch gathers its rows by position.
+    rope: RopeCache,
 }
 
 /// Index of the embedding group (layer i is group i + 1, the head group comes last).
@@ -66,11 +71,12 @@ impl ShardedModel {
             CommThread::spawn(comm)
         };
         let mut model = Self {
+            rope: RopeCache::new(cfg.head_dim, cfg.rope_theta, dtype, device),
             groups: groups(&cfg),
             cfg,
             dtype,
             device: device.clone(),
-            optimizer: AdamW::from_flats(settings, shards),
+            optimizer: AdamW::new(settings, &shards, device)?,
             compute: Vec::new(),
             checkpointing,
             comm,
@@ -92,21 +98,38 @@ impl ShardedModel {
         self.comm.world_size()
     }
 
-    /// The compute slices from the master slices (after an update or a restore).
+    /// The compute slices from the master slices (after an update or a restore), on the device.
     pub fn refresh_compute(&mut self) -> anyhow::Result<()> {
-        let _copy = self.profiler.phase(Phase::Copy);
-        let compute = self
-            .optimizer
-            .master
-            .iter()
-            .map(|m| {
-                Ok(m.to_tensor(&[m.len()], &Device::Cpu)?
-                    .to_dtype(self.dtype)?
-                    .to_device(&self.device)?)
-            })
-            .collect::<anyhow::Result<_>>()?;
-        self.compute = compute;
+        self.compute = self.compute_slices()?;
         Ok(())
+    }
+
+    fn compute_slices(&self) -> anyhow::Result<Vec<Tensor>> {
+        (0..self.groups.len())
+            .map(|g| {
+                let master = self.optimizer.part(g, MASTER)?;
+                // A copy even in the master dtype: the update writes the master in place.
+                Ok(if self.dtype == master.dtype() {
+                    master.copy()?
+                } else {
+                    master.to_dtype(self.dtype)?
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the optimizer state with a checkpoint's slices.
+    pub fn restore_state(
+        &mut self,
+        master: &[Flat],
+        exp_avg: &[Flat],
+        exp_avg_sq: &[Flat],
+        updates: u64,
+    ) -> anyhow::Result<()> {
+        self.optimizer
+            .restore(master, exp_avg, exp_avg_sq, &self.device)?;
+        self.optimizer.updates = updates;
+        self.refresh_compute()
     }
 
     /// Byte counts of the state this rank holds (its slices of every group).
@@ -127,10 +150,10 @@ impl ShardedModel {
         pending.wait()
     }
 
-    /// Adds a reduce-scattered gradient slice to group `g`'s accumulator.
-    fn accumulate(&self, grads: &mut [Flat], g: usize, slice: &Tensor) -> anyhow::Result<()> {
-        let _copy = self.profiler.phase(Phase::Copy);
-        Ok(grads[g].add_tensor(slice)?)
+    /// Adds a reduce-scattered gradient slice to group `g`'s accumulator, on the device.
+    fn accumulate(&self, grads: &mut [Tensor], g: usize, slice: &Tensor) -> anyhow::Result<()> {
+        grads[g] = (&grads[g] + slice.to_dtype(grads[g].dtype())?)?;
+        Ok(())
     }
 
     /// Starts the all-gather of group `g` (in the compute dtype); [`Self::unflatten`] its
@@ -189,9 +212,15 @@ impl ShardedModel {
         })?)
     }
 
-    /// Zero gradient accumulators, one per group slice, in the master dtype.
-    pub fn zero_grads(&self) -> Vec<Flat> {
-        self.optimizer.master.iter().map(Flat::zeros_like).collect()
+    /// Zero gradient accumulators, one per group slice, in the master dtype, on the device.
+    pub fn zero_grads(&self) -> anyhow::Result<Vec<Tensor>> {
+        let dtype = self.optimizer.master_dtype();
+        Ok(self
+            .optimizer
+            .lens()
+            .iter()
+            .map(|&n| Tensor::zeros(n, dtype, &self.device))
+            .collect::<candle_core::Result<_>>()?)
     }
 
     /// Forward and backward of this rank's micro-batch; adds this rank's slice of the gradient
@@ -202,7 +231,7 @@ impl ShardedModel {
         batch: &Batch,
         grad_scale: f64,
         loss_chunk: usize,
-        grads: &mut [Flat],
+        grads: &mut [Tensor],
     ) -> anyhow::Result<f64> {
         let cfg = &self.cfg;
         let layers = cfg.num_hidden_layers;
@@ -210,13 +239,7 @@ impl ShardedModel {
         let prof = &self.profiler;
         let copy = prof.phase(Phase::Copy);
         let ids = Tensor::from_slice(&batch.input_ids, batch.tokens(), &self.device)?;
-        let rope = RopeTables::new(
-            &batch.positions,
-            cfg.head_dim,
-            cfg.rope_theta,
-            self.dtype,
-            &self.device,
-        )?;
+        let rope = self.rope.tables(&batch.positions)?;
         drop(copy);
         let ctx = LayerContext {
             config: cfg,
@@ -263,7 +286,10 @@ impl ShardedModel {
         drop((tied_head, head_weight));
         let d_normed = head.d_hidden.context("the loss returns d_hidden")?;
         let d_head = head.d_weight.context("the loss returns d_weight")?;
-        let d_head = d_head.to_dtype(self.dtype)?;
+        // Vocabulary-sized gradients add up in the master dtype: in bf16 a frequent token's
+        // row would lose most of its many contributions.
+        let master = self.optimizer.master_dtype();
+        let d_head = d_head.to_dtype(master)?;
         let (mut dx, d_final_norm) = rms_norm_backward(&d_normed, &x, &final_norm, &rstd)?;
         drop(x);
         let d_head = if cfg.tie_word_embeddings {
@@ -303,9 +329,9 @@ impl ShardedModel {
 
         // The embedding's gradient scatters the token rows of dx into a zero table.
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-        let d_embed = Tensor::zeros((vocab, hidden), self.dtype, &self.device)?.index_add(
+        let d_embed = Tensor::zeros((vocab, hidden), master, &self.device)?.index_add(
             &ids,
-            &dx.to_dtype(self.dtype)?,
+            &dx.to_dtype(master)?,
             0,
         )?;
         let d_embed = match d_head {
@@ -320,7 +346,7 @@ impl ShardedModel {
     /// ranks) and adds this rank's slice to its accumulator. Reducing in fp32 rather than the
     /// compute dtype doubles the bytes of a bf16 run's scatter and keeps every rank's partial
     /// sum exact to fp32.
-    fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut [Flat]) -> anyhow::Result<()> {
+    fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut [Tensor]) -> anyhow::Result<()> {
         let mine = self.wait(self.start_scatter(g, full)?)?;
         self.accumulate(grads, g, &mine)
     }
@@ -354,28 +380,37 @@ impl ShardedModel {
     /// norm and the clipping coefficient. The norm's square is all-reduced over ranks.
     pub fn step(
         &mut self,
-        grads: &[Flat],
+        grads: &[Tensor],
         lr: f64,
         max_grad_norm: f64,
         step: usize,
     ) -> anyhow::Result<(f64, f64)> {
         let optimizer = self.profiler.phase(Phase::Optimizer);
-        let local: f64 = grads.iter().map(Flat::sum_of_squares).sum();
+        // The squared norm stays on the device: one f64 per rank is all-reduced and read back.
+        let mut local = Tensor::zeros(1, DType::F64, &self.device)?;
+        for g in grads {
+            local = (local + sum_of_squares_tensor(g)?)?;
+        }
         let comm = self.profiler.phase(Phase::Comm);
         let total = self
             .comm
-            .all_reduce(&Tensor::new(&[local], &self.device)?)
-            .context("all-reduce of the gradient norm")?
-            .to_vec1::<f64>()?[0];
+            .all_reduce(&local)
+            .context("all-reduce of the gradient norm")?;
         drop(comm);
+        let total = total.to_vec1::<f64>()?[0];
         let norm = total.sqrt();
         if !norm.is_finite() {
             bail!("step {step}: gradient norm is {norm}; stopping before the weights are damaged");
         }
         let coef = clip_coefficient(norm, max_grad_norm);
-        self.optimizer.step(grads, lr, coef);
+        // On CUDA in bf16 the kernel writes the compute slices too; elsewhere they are copied.
+        let fused = self.device.is_cuda() && self.dtype == DType::BF16;
+        self.optimizer
+            .step(grads, lr, coef, fused.then_some(self.compute.as_slice()))?;
+        if !fused {
+            self.compute = self.compute_slices()?;
+        }
         drop(optimizer);
-        self.refresh_compute()?;
         Ok((norm, coef))
     }
 
