@@ -358,6 +358,7 @@ pub fn run(
         comm,
     )
     .context("placing the model's slices on the device")?;
+    model.reduce_dtype = t.reduce_dtype;
     device.synchronize()?;
     let setup_s = started.elapsed().as_secs_f64();
     tracing::info!(setup_s, "slices generated and placed");

@@ -99,6 +99,34 @@ pub struct TrainSection {
     /// (less activation memory, one more forward). Does not change the numbers.
     #[serde(default = "yes")]
     pub activation_checkpointing: bool,
+    /// The dtype gradients cross the reduce-scatter in: "fp32" (the default: every rank's
+    /// partial sum exact to fp32) or "bf16" (half the bytes on the wire, FSDP's reduce_dtype;
+    /// each partial sum rounded to bf16 before it is added).
+    #[serde(default, skip_serializing_if = "ReduceDtype::is_fp32")]
+    pub reduce_dtype: ReduceDtype,
+}
+
+/// `train.reduce_dtype`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceDtype {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl ReduceDtype {
+    pub fn is_fp32(&self) -> bool {
+        *self == ReduceDtype::Fp32
+    }
+
+    /// The wire dtype for gradients whose master dtype is `master` (fp32 keeps f64 runs f64).
+    pub fn wire(self, master: candle_core::DType) -> candle_core::DType {
+        match self {
+            ReduceDtype::Fp32 => master,
+            ReduceDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

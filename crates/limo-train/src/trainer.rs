@@ -150,7 +150,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         eps: t.adam_eps,
         weight_decay: t.weight_decay,
     };
-    let model = ShardedModel::new(
+    let mut model = ShardedModel::new(
         cfg,
         shards,
         dtype,
@@ -159,6 +159,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         t.activation_checkpointing,
         comm,
     )?;
+    model.reduce_dtype = t.reduce_dtype;
     let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
     let mut state = State {
         model,

@@ -26,6 +26,7 @@ use limo_ops::{
 };
 
 use crate::comm_thread::{CommThread, Pending};
+use crate::config::ReduceDtype;
 use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat, MASTER};
 use crate::profile::{Phase, Profiler};
 
@@ -47,6 +48,8 @@ pub struct ShardedModel {
     pub profiler: Profiler,
     /// Rotary tables built once on the device; a batch gathers its rows by position.
     rope: RopeCache,
+    /// The dtype gradients cross the reduce-scatter in (`train.reduce_dtype`).
+    pub reduce_dtype: ReduceDtype,
 }
 
 /// Index of the embedding group (layer i is group i + 1, the head group comes last).
@@ -81,6 +84,7 @@ impl ShardedModel {
             checkpointing,
             comm,
             profiler: Profiler::default(),
+            reduce_dtype: ReduceDtype::Fp32,
         };
         model.refresh_compute()?;
         Ok(model)
@@ -354,16 +358,16 @@ impl ShardedModel {
     /// Starts the reduce-scatter of [`Self::scatter_grads`]; the result is this rank's slice.
     fn start_scatter(&self, g: usize, full: &[Tensor]) -> anyhow::Result<Pending<Tensor>> {
         let group = &self.groups[g];
-        let master = self.optimizer.master_dtype();
+        let wire = self.reduce_dtype.wire(self.optimizer.master_dtype());
         let mut pieces: Vec<Tensor> = full
             .iter()
-            .map(|t| t.flatten_all()?.to_dtype(master))
+            .map(|t| t.flatten_all()?.to_dtype(wire))
             .collect::<candle_core::Result<_>>()?;
         let padded = group.shard_len(self.world_size()) * self.world_size();
         if padded > group.numel() {
             pieces.push(Tensor::zeros(
                 padded - group.numel(),
-                master,
+                wire,
                 full[0].device(),
             )?);
         }

@@ -272,3 +272,24 @@ fn checkpoints_resume_at_another_world_size_on_the_same_trajectory() {
         );
     }
 }
+
+#[test]
+fn a_bf16_reduce_scatter_rounds_the_gradients_but_keeps_the_trajectory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fp32_out, bf16_out) = (tmp.path().join("fp32"), tmp.path().join("bf16"));
+    run(config(&fp32_out, "f32", 2, 0), 2, None);
+    let mut bf16 = config(&bf16_out, "f32", 2, 0);
+    bf16.train.reduce_dtype = limo_train::config::ReduceDtype::Bf16;
+    run(bf16, 2, None);
+    // bf16 keeps 8 bits of mantissa: each partial sum moves by up to 2^-9 relative.
+    assert_same_steps(
+        "bf16 reduce",
+        &metrics(&bf16_out),
+        &metrics(&fp32_out),
+        1e-2,
+    );
+    let (worst, model) = weight_errors(&final_master(&bf16_out), &final_master(&fp32_out));
+    eprintln!("bf16 reduce vs fp32: final weights rel L2 {model:e}, worst parameter {worst:e}");
+    assert!(model > 0.0, "the bf16 wire must round something");
+    assert!(model < 1e-2, "bf16 reduce: final weights rel L2 {model:e}");
+}
