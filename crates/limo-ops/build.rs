@@ -1,17 +1,24 @@
-//! Compiles `kernels/*.cu` (workspace root) to PTX when the `cuda` feature is on.
+//! Compiles `kernels/*.cu` (workspace root) to PTX and cubins when the `cuda` feature is on.
 //!
-//! Every kernel file `kernels/<stem>.cu` becomes two files in `$OUT_DIR`: `<stem>.sm80.ptx`
-//! (`-arch=sm_80`, A100) and `<stem>.sm90.ptx` (`-arch=sm_90`, H100/H200). The loader in
-//! `src/cuda/mod.rs` picks one by the device's compute capability. This naming is a contract
-//! that other kernel files (flash attention) rely on: do not change it.
+//! Every kernel file `kernels/<stem>.cu` becomes three files in `$OUT_DIR`: `<stem>.sm80.ptx`
+//! (`-ptx -arch=sm_80`, A100), `<stem>.sm90.ptx` (`-ptx -arch=sm_90`) and `<stem>.sm90.cubin`
+//! (`-cubin -arch=sm_90`: machine code for H100/H200, loaded without any JIT), all with the
+//! same flags. The `ptx!` macro in `src/cuda/mod.rs` embeds the three and its loader picks one
+//! by the device's compute capability (9.x: the cubin). This naming is a contract that every
+//! kernel wrapper (flash attention included) relies on through `ptx!`: do not change it.
 //!
-//! Without the feature this script does nothing, so the default build needs no CUDA.
+//! The nvcc runs go in parallel, up to cargo's `NUM_JOBS`. Without the feature this script
+//! does nothing, so the default build needs no CUDA.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The architectures we emit PTX for, as (file tag, nvcc `-arch`).
-const ARCHS: [(&str, &str); 2] = [("sm80", "sm_80"), ("sm90", "sm_90")];
+/// The outputs per kernel file, as (file suffix, nvcc output kind, nvcc `-arch`).
+const TARGETS: [(&str, &str, &str); 3] = [
+    ("sm80.ptx", "-ptx", "sm_80"),
+    ("sm90.ptx", "-ptx", "sm_90"),
+    ("sm90.cubin", "-cubin", "sm_90"),
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -41,17 +48,48 @@ fn main() {
     sources.sort();
 
     let nvcc = find_nvcc();
+    let mut jobs = Vec::new();
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
         let stem = src
             .file_stem()
             .and_then(|s| s.to_str())
             .expect("utf-8 kernel name");
-        for (tag, arch) in ARCHS {
-            let ptx = out.join(format!("{stem}.{tag}.ptx"));
-            compile(&nvcc, src, &kernels, arch, &ptx);
+        for (suffix, kind, arch) in TARGETS {
+            jobs.push((
+                src.as_path(),
+                kind,
+                arch,
+                out.join(format!("{stem}.{suffix}")),
+            ));
         }
     }
+    // The flash-attention file dominates; start it first so the small ones fill in around it.
+    jobs.sort_by_key(|(src, ..)| std::cmp::Reverse(std::fs::metadata(src).map_or(0, |m| m.len())));
+    let workers = std::env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((src, kind, arch, dst)) = jobs.get(i) else {
+                        return;
+                    };
+                    compile(&nvcc, src, &kernels, kind, arch, dst);
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
 }
 
 /// `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on `PATH`; panics with the fix if none runs.
@@ -80,22 +118,24 @@ fn find_nvcc() -> PathBuf {
     );
 }
 
-fn compile(nvcc: &Path, src: &Path, include: &Path, arch: &str, ptx: &Path) {
+/// `nvcc <kind> -arch=<arch>` of `src` into `dst` (`kind`: `-ptx` or `-cubin`).
+fn compile(nvcc: &Path, src: &Path, include: &Path, kind: &str, arch: &str, dst: &Path) {
     // No --use_fast_math: the kernels are checked against the CPU reference by relative error,
     // and approximate exp/log/division would spend part of that budget for little speed.
     let output = Command::new(nvcc)
-        .args(["-ptx", "-O3", "-std=c++17", "-lineinfo"])
+        .arg(kind)
+        .args(["-O3", "-std=c++17", "-lineinfo"])
         .arg(format!("-arch={arch}"))
         .arg("-I")
         .arg(include)
         .arg(src)
         .arg("-o")
-        .arg(ptx)
+        .arg(dst)
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
     if !output.status.success() {
         panic!(
-            "nvcc failed on {} ({arch}):\n{}{}",
+            "nvcc {kind} failed on {} ({arch}):\n{}{}",
             src.display(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)

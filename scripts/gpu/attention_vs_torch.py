@@ -9,6 +9,11 @@ packed documents.
 
 Usage:
     python3 scripts/gpu/attention_vs_torch.py [--iters 20] [--limo ./limo | --limo-cmd TEMPLATE]
+        [--shapes 40/8:128:1,12/2:128:1] [--json-out FILE]
+
+`--shapes` keeps only the listed shapes, each `Q/KV:HEAD_DIM:DOCS` (default: all five below);
+`--json-out` also writes every timing (torch rows, and the limo rows parsed from its output) as
+JSON, which scripts/gpu/check.sh reads for its summary.
 
 The torch side needs nothing else. The limo side: our kernels have no Python binding, they run
 from the `limo` binary built on the development machine and carried here (docs/CUDA.md:
@@ -32,7 +37,9 @@ recomputed S).
 """
 
 import argparse
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -140,14 +147,42 @@ def torch_lib_path():
     return dirs
 
 
+# A result line of `limo bench kernels`: the kernel name padded to 26 columns, the shape, then
+# "<median> ms  <rate> TFLOP/s".
+LIMO_ROW = re.compile(r"\s([0-9.]+) ms\s+([0-9.]+) TFLOP/s\s*$")
+
+
 def run_limo(template, tokens, q_heads, kv_heads, head_dim, docs):
+    """(printable transcript, exit status, parsed rows [{kernel, ms, tflops}])."""
     cmd = template.format(tokens=tokens, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
                           docs=docs)
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = ":".join(torch_lib_path() + [env.get("LD_LIBRARY_PATH", "")])
     proc = subprocess.run(shlex.split(cmd), capture_output=True, text=True, env=env)
     text = (proc.stdout + proc.stderr).strip()
-    return f"$ {cmd}\n{text}\n(exit {proc.returncode})"
+    rows = []
+    for line in proc.stdout.splitlines():
+        m = LIMO_ROW.search(line)
+        if line.startswith("flash_attention") and m:
+            rows.append({"kernel": line[:26].strip(), "ms": float(m.group(1)),
+                         "tflops": float(m.group(2))})
+    return f"$ {cmd}\n{text}\n(exit {proc.returncode})", proc.returncode, rows
+
+
+def parse_shapes(spec):
+    """`Q/KV:HD:DOCS,...` -> the matching entries of SHAPES (an error for one not listed)."""
+    wanted = []
+    for item in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)/(\d+):(\d+):(\d+)\s*", item)
+        if not m:
+            sys.exit(f"--shapes: {item!r} is not Q/KV:HEAD_DIM:DOCS (e.g. 40/8:128:1)")
+        key = tuple(int(g) for g in m.groups())
+        found = [s for s in SHAPES if (s[2], s[3], s[4], s[5]) == key]
+        if not found:
+            known = ", ".join(f"{s[2]}/{s[3]}:{s[4]}:{s[5]}" for s in SHAPES)
+            sys.exit(f"--shapes: no shape {item.strip()} (known: {known})")
+        wanted += found
+    return wanted
 
 
 def main():
@@ -156,7 +191,11 @@ def main():
     ap.add_argument("--limo", default=None, help="path of the carried limo binary")
     ap.add_argument("--limo-cmd", default=None,
                     help="command template for `limo bench kernels --op attention` (see the top)")
+    ap.add_argument("--shapes", default=None,
+                    help="only these shapes, Q/KV:HEAD_DIM:DOCS,... (e.g. 40/8:128:1,12/2:128:1)")
+    ap.add_argument("--json-out", default=None, help="also write all timings here as JSON")
     args = ap.parse_args()
+    shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
     if args.limo and not args.limo_cmd:
         args.limo_cmd = (shlex.quote(args.limo) + " bench kernels --op attention --tokens {tokens}"
                          " --q-heads {q_heads} --kv-heads {kv_heads} --head-dim {head_dim}"
@@ -169,7 +208,12 @@ def main():
     header = f"{'shape':28} {'backend':7} {'fwd ms':>8} {'fwd TF/s':>9} {'f+b ms':>8} {'f+b TF/s':>9}  gqa"
     print(header)
     print("-" * len(header))
-    for name, tokens, hq, hkv, hd, docs in SHAPES:
+    results = []
+    failed = False
+    for name, tokens, hq, hkv, hd, docs in shapes:
+        entry = {"shape": name, "tokens": tokens, "q_heads": hq, "kv_heads": hkv, "head_dim": hd,
+                 "docs": docs, "torch": {}, "limo": None}
+        results.append(entry)
         flops = causal_fwd_flops(tokens, hq, hd, docs)
         q, k, v, do = make_inputs(tokens, hq, hkv, hd, docs)
         for bname, backend in BACKENDS:
@@ -178,16 +222,28 @@ def main():
             except RuntimeError as e:  # backend unavailable for this shape / build
                 first = str(e).strip().splitlines()[0][:60] if str(e).strip() else "error"
                 print(f"{name:28} {bname:7} {'n/a':>8} {'':>9} {'':>8} {'':>9}  {first}")
+                entry["torch"][bname] = {"error": first}
                 continue
             print(f"{name:28} {bname:7} {f_ms:8.3f} {flops / f_ms / 1e9:9.1f} "
                   f"{fb_ms:8.3f} {3.5 * flops / fb_ms / 1e9:9.1f}  {note}")
+            entry["torch"][bname] = {"fwd_ms": f_ms, "fwd_tflops": flops / f_ms / 1e9,
+                                     "fwd_bwd_ms": fb_ms, "fwd_bwd_tflops": 3.5 * flops / fb_ms / 1e9,
+                                     "gqa": note}
         del q, k, v, do
         torch.cuda.empty_cache()
         if args.limo_cmd:
-            print(run_limo(args.limo_cmd, tokens, hq, hkv, hd, docs))
+            text, rc, rows = run_limo(args.limo_cmd, tokens, hq, hkv, hd, docs)
+            print(text)
+            entry["limo"] = {"exit": rc, "rows": rows}
+            failed |= rc != 0
     if not args.limo_cmd:
         print("\nlimo side not run: pass --limo ./limo (see the top of this script)")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"torch": torch.__version__, "device": torch.cuda.get_device_name(0),
+                       "shapes": results}, f, indent=1)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,11 +1,15 @@
-//! Our CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`) and the small API their
-//! wrappers share.
+//! Our CUDA kernels (`kernels/*.cu`, compiled by `build.rs`) and the small API their wrappers
+//! share.
 //!
-//! Each `kernels/<stem>.cu` is built twice, `$OUT_DIR/<stem>.sm80.ptx` and
-//! `$OUT_DIR/<stem>.sm90.ptx`; [`ptx!`](crate::cuda::ptx) embeds both and [`load`] picks the one
-//! for the device (compute capability >= 9.0 takes sm90). Functions are loaded through candle's
-//! `CudaDevice::get_or_load_custom_func`, so a module is JIT-compiled once per device and
-//! kernels run on candle's stream, in order with its own kernels and cuBLAS calls.
+//! Each `kernels/<stem>.cu` is built three times: `$OUT_DIR/<stem>.sm90.cubin` (machine code for
+//! compute capability 9.x: H100/H200), `$OUT_DIR/<stem>.sm90.ptx` and `$OUT_DIR/<stem>.sm80.ptx`.
+//! [`ptx!`](crate::cuda::ptx) embeds all three and [`load`] picks one for the device: the cubin
+//! on compute capability 9.x (no JIT at all; if the driver refuses it, the sm90 PTX, with a
+//! warning), the sm90 PTX from 10.0 up (the driver JIT-compiles it, once, into its cache
+//! `~/.nv/ComputeCache`), the sm80 PTX on 8.x, an error below 8.0. Modules are loaded through
+//! the device's cudarc context, once per device and kernel file, and kept in a cache of our
+//! own (candle's `get_or_load_custom_func` takes PTX text only, no binary image); kernels run
+//! on candle's stream, in order with its own kernels and cuBLAS calls.
 //!
 //! A wrapper (one file per operation) has the signature of the CPU operation of the same name
 //! and is called by it when the input lives on a CUDA device in a supported dtype; the CPU
@@ -31,16 +35,18 @@ pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::cuda_backend::cudarc;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
-    ValidAsZeroBits,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs,
+    LaunchConfig, ValidAsZeroBits,
 };
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -67,13 +73,19 @@ impl CudaFunc {
 }
 
 pub mod flash_attention;
+pub mod pool;
 
-/// The two PTX builds of one kernel file.
+/// The three builds of one kernel file (the name `Ptx` predates the cubin).
 pub struct Ptx {
-    /// Module name in candle's cache: the file stem (unique per kernel file).
+    /// The file stem (unique per kernel file): the module's key in the cache.
     pub name: &'static str,
+    /// PTX for `-arch=sm_80` (A100 and any 8.x).
     pub sm80: &'static str,
+    /// PTX for `-arch=sm_90`, JIT-compiled by the driver on 10.0 and newer, and the fallback
+    /// should a 9.x driver refuse the cubin.
     pub sm90: &'static str,
+    /// Machine code for `-arch=sm_90` (H100/H200, any 9.x), loaded as is.
+    pub sm90_cubin: &'static [u8],
 }
 
 /// `ptx!("stem")`: the [`Ptx`] of `kernels/stem.cu`, embedded at compile time.
@@ -83,6 +95,7 @@ macro_rules! ptx {
             name: $stem,
             sm80: include_str!(concat!(env!("OUT_DIR"), "/", $stem, ".sm80.ptx")),
             sm90: include_str!(concat!(env!("OUT_DIR"), "/", $stem, ".sm90.ptx")),
+            sm90_cubin: include_bytes!(concat!(env!("OUT_DIR"), "/", $stem, ".sm90.cubin")),
         }
     };
 }
@@ -93,24 +106,108 @@ pub(crate) fn wrap(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Cuda(e.to_string().into())
 }
 
-/// The PTX text for this device: sm90 from compute capability 9.0 up, sm80 below.
-pub(crate) fn ptx_for(dev: &CudaDevice, ptx: &Ptx) -> Result<&'static str> {
+/// Which build of the kernels a device loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelImage {
+    /// The sm_90 cubin: compute capability 9.x, no JIT.
+    Sm90Cubin,
+    /// The sm_90 PTX, JIT-compiled by the driver: 10.0 and newer.
+    Sm90Ptx,
+    /// The sm_80 PTX, JIT-compiled by the driver: 8.x.
+    Sm80Ptx,
+}
+
+impl std::fmt::Display for KernelImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelImage::Sm90Cubin => "sm90 cubin",
+            KernelImage::Sm90Ptx => "sm90 PTX",
+            KernelImage::Sm80Ptx => "sm80 PTX",
+        })
+    }
+}
+
+/// The build for a compute capability: the cubin on 9.x, sm90 PTX from 10.0 up, sm80 PTX on
+/// 8.x; below 8.0 is an error (the kernels use bf16 `mma.sync`).
+pub fn kernel_image_for(major: i32) -> Result<KernelImage> {
+    match major {
+        ..=7 => {
+            bail!("limo's kernels need compute capability 8.0 or newer, this GPU has {major}.x")
+        }
+        8 => Ok(KernelImage::Sm80Ptx),
+        9 => Ok(KernelImage::Sm90Cubin),
+        _ => Ok(KernelImage::Sm90Ptx),
+    }
+}
+
+/// The build of the kernels this device loads (see [`kernel_image_for`]).
+pub fn kernel_image(dev: &CudaDevice) -> Result<KernelImage> {
     let (major, _minor) = dev
         .cuda_stream()
         .context()
         .compute_capability()
         .map_err(wrap)?;
-    if major < 8 {
-        bail!("limo's kernels need compute capability 8.0 or newer, this GPU has {major}.x");
-    }
-    Ok(if major >= 9 { ptx.sm90 } else { ptx.sm80 })
+    kernel_image_for(major)
 }
 
-/// Function `fn_name` of the kernel file `ptx`, loaded (once per device) into candle's cache.
+/// One loaded kernel file on one device, and the functions taken from it so far.
+struct LoadedModule {
+    module: Arc<CudaModule>,
+    funcs: HashMap<String, CudaFunction>,
+}
+
+/// Modules loaded so far, by (device, kernel file). Kept for the life of the process, like
+/// candle's own per-device module cache (a module holds its context alive).
+static MODULES: Mutex<Option<HashMap<(DeviceId, &'static str), LoadedModule>>> = Mutex::new(None);
+
+/// Loads the build of `ptx` for this device into its context: the cubin on 9.x (falling back
+/// to the sm90 PTX, with a warning on stderr, if the driver refuses it), else the PTX.
+fn load_module(dev: &CudaDevice, ptx: &Ptx) -> Result<Arc<CudaModule>> {
+    let ctx = dev.cuda_stream().context().clone();
+    match kernel_image(dev)? {
+        KernelImage::Sm90Cubin => {
+            let image = cudarc::nvrtc::Ptx::from_binary(ptx.sm90_cubin.to_vec());
+            match ctx.load_module(image) {
+                Ok(module) => Ok(module),
+                Err(e) => {
+                    eprintln!(
+                        "warning: kernels/{}.cu: the driver refused the sm_90 cubin ({e}); \
+                         JIT-compiling the sm_90 PTX instead",
+                        ptx.name
+                    );
+                    ctx.load_module(ptx.sm90.into()).map_err(wrap)
+                }
+            }
+        }
+        KernelImage::Sm90Ptx => ctx.load_module(ptx.sm90.into()).map_err(wrap),
+        KernelImage::Sm80Ptx => ctx.load_module(ptx.sm80.into()).map_err(wrap),
+    }
+}
+
+/// Function `fn_name` of the kernel file `ptx`, its module loaded once per device.
 pub(crate) fn load(dev: &CudaDevice, ptx: &Ptx, fn_name: &str) -> Result<CudaFunc> {
-    let func = dev.get_or_load_custom_func(fn_name, ptx.name, ptx_for(dev, ptx)?)?;
+    let mut guard = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+    let modules = guard.get_or_insert_with(HashMap::new);
+    let loaded = match modules.entry((dev.id(), ptx.name)) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => e.insert(LoadedModule {
+            module: load_module(dev, ptx)?,
+            funcs: HashMap::new(),
+        }),
+    };
+    let func = match loaded.funcs.get(fn_name) {
+        Some(f) => f.clone(),
+        None => {
+            let f = loaded
+                .module
+                .load_function(fn_name)
+                .map_err(|e| wrap(format!("kernels/{}.cu: function {fn_name}: {e}", ptx.name)))?;
+            loaded.funcs.insert(fn_name.to_string(), f.clone());
+            f
+        }
+    };
     Ok(CudaFunc {
-        func: func.into_cuda_function(),
+        func,
         stream: dev.cuda_stream(),
     })
 }

@@ -1,0 +1,506 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # stage_*/key_* are called by name: "stage_${s//[-.]/_}"
+# The whole GPU visit in one device call (scripts/gpu/README.md). Runs from the repository root
+# on the GPU machine, with target/gpu carried (scripts/gpu/package.sh): prints the machine, then
+# runs the stages below, each under its own timeout with its own log, going on after a stage
+# fails or times out, and ends with ONE summary table (stdout and $OUT/summary.txt).
+#
+#   bash scripts/gpu/check.sh                      # every stage: fits one call of timeout_s 590
+#   bash scripts/gpu/check.sh --only doctor,step-1.5b
+#   bash scripts/gpu/check.sh --dry-run [--only ...]   # the plan and the timeout sum; runs nothing
+#
+# Stages (the --only keys), in order, with their timeouts in seconds:
+#   doctor 45       limo doctor --quick: every kernel against the CPU reference
+#   kernels 40      limo bench kernels: kernel timings at Qwen2.5-32B shapes
+#   attention 60    scripts/gpu/attention_vs_torch.py: torch SDPA vs our flash attention, 16k
+#                   tokens, hd128, causal, 40/8 and 12/2 heads
+#   step-1.5b 140   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
+#                   bf16 state) on the same shape: tokens/s and their ratio
+#   loss-parity 60  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2
+#   step-32b-w8 110 limo bench step 32b as rank 0 of a simulated world of 8 under an 80 GiB
+#                   cap (exit 3 = out of device memory: status OOM)
+#   nccl 20         limo launch --nproc-per-node 1 -- comm-check --nccl
+#   train 35        a 30-step bf16 `limo train` of the embedded tiny config: the loss must fall
+# Stages sum to 510 s; with 30 s for the machine section the whole run is held to 540 s (a
+# fresh H200 included: the driver JIT-compiles candle's PTX on first use), so a 590 s call has
+# room for the transfers. --dry-run prints `budget: ... total=N limit=540` and exits 1 when over.
+#
+# Results in $OUT (default ./check-out; the device tool sets it), at most 8 files, as the tool
+# returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, the small JSONs),
+# step-1.5b.json, peer-1.5b-fp32.json, peer-1.5b-bf16.json, step-32b-w8.json, attention.json.
+# Scratch (models, run directories): $LIMO_CHECK_WORK, default a new /tmp/limo-check.XXXXXX.
+# Exit status: 0 when every stage run is ok or OOM, 1 when one failed or timed out, 2 on bad
+# arguments.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 2
+
+STAGES=(doctor kernels attention step-1.5b loss-parity step-32b-w8 nccl train)
+declare -A TIMEOUT=(
+    [doctor]=45 [kernels]=40 [attention]=60 [step-1.5b]=140
+    [loss-parity]=60 [step-32b-w8]=110 [nccl]=20 [train]=35
+)
+MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
+LIMIT_S=540
+
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+DRY=0
+ONLY=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) DRY=1 ;;
+        --only)
+            [ $# -ge 2 ] || { echo "check.sh: --only needs a comma-separated list of stages" >&2; exit 2; }
+            ONLY=$2
+            shift
+            ;;
+        --only=*) ONLY=${1#--only=} ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "check.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+SELECTED=()
+if [ -n "$ONLY" ]; then
+    IFS=, read -r -a wanted <<<"$ONLY"
+    for w in "${wanted[@]}"; do
+        if [ -z "$w" ] || [ -z "${TIMEOUT[$w]+x}" ]; then
+            echo "check.sh: no stage '$w' (stages: ${STAGES[*]})" >&2
+            exit 2
+        fi
+    done
+    for s in "${STAGES[@]}"; do # keep the canonical order
+        for w in "${wanted[@]}"; do [ "$s" = "$w" ] && SELECTED+=("$s") && break; done
+    done
+else
+    SELECTED=("${STAGES[@]}")
+fi
+
+OUT=${OUT:-$PWD/check-out}
+if [ "$DRY" = 1 ]; then
+    W=${LIMO_CHECK_WORK:-/tmp/limo-check.XXXXXX}
+else
+    W=${LIMO_CHECK_WORK:-$(mktemp -d /tmp/limo-check.XXXXXX)}
+fi
+LOGS=$W/logs
+if [ "$DRY" = 1 ]; then # the run takes it from env.sh (which may unpack target/gpu/limo.xz)
+    LIMO_BIN=${LIMO_BIN:-target/gpu/limo}
+fi
+PEER=${LIMO_PEER_DIR:-$PWD/target/gpu/peer}
+export PYTHONUNBUFFERED=1
+
+now_ms() { date +%s%3N; }
+secs() { awk -v ms="$1" 'BEGIN { printf "%.1f", ms / 1000 }'; }
+
+# ---- one command of a stage ---------------------------------------------------------------------
+# x [--stdout FILE] CMD ARG...: runs CMD under what is left of the stage's timeout (its whole
+# process group is killed at the deadline), output appended to the stage's log (with --stdout,
+# stdout goes to FILE and then to the log too). Records a timeout and the first failure for the
+# stage. In --dry-run it prints the command instead.
+STAGE_LOG=/dev/null
+STAGE_DEADLINE=0
+STAGE_RC=0
+STAGE_TIMEDOUT=0
+x() {
+    local stdout=""
+    if [ "$1" = --stdout ]; then
+        stdout=$2
+        shift 2
+    fi
+    if [ "$DRY" = 1 ]; then
+        printf '      $'
+        printf ' %q' "$@"
+        [ -n "$stdout" ] && printf ' > %q' "$stdout"
+        printf '\n'
+        return 0
+    fi
+    local left rc
+    left=$((STAGE_DEADLINE - $(now_ms)))
+    {
+        printf '$'
+        printf ' %q' "$@"
+        printf '\n'
+    } >>"$STAGE_LOG"
+    if [ "$left" -le 0 ]; then
+        echo "(not run: the stage is out of time)" >>"$STAGE_LOG"
+        STAGE_TIMEDOUT=1
+        [ "$STAGE_RC" = 0 ] && STAGE_RC=124
+        return 124
+    fi
+    left=$(awk -v ms="$left" 'BEGIN { printf "%.3f", ms / 1000 }')
+    if [ -n "$stdout" ]; then
+        timeout -k 5 "$left" "$@" >"$stdout" 2>>"$STAGE_LOG"
+        rc=$?
+        cat "$stdout" >>"$STAGE_LOG" 2>/dev/null
+    else
+        timeout -k 5 "$left" "$@" >>"$STAGE_LOG" 2>&1
+        rc=$?
+    fi
+    echo "(exit $rc)" >>"$STAGE_LOG"
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        STAGE_TIMEDOUT=1
+    fi
+    [ "$rc" != 0 ] && [ "$STAGE_RC" = 0 ] && STAGE_RC=$rc
+    return "$rc"
+}
+
+# In --dry-run, a line of explanation in the plan; otherwise a line in the stage's log.
+note() {
+    if [ "$DRY" = 1 ]; then
+        echo "      # $*"
+    else
+        echo "# $*" >>"$STAGE_LOG"
+    fi
+}
+
+# py 'PYTHON' ARG...: prints what the snippet prints, with j(path, key) reading a JSON file
+# defensively (None when the file or key is missing; "a.b" also walks nested objects) and
+# f(value, fmt) formatting None as "?". Prints "?" if the snippet itself fails.
+PY_PRELUDE='
+import json, sys
+def j(path, key):
+    try:
+        with open(path) as fh:
+            v = json.load(fh)
+    except Exception:
+        return None
+    if isinstance(v, dict) and key in v:
+        return v[key]
+    for k in key.split("."):
+        if isinstance(v, dict) and k in v:
+            v = v[k]
+        else:
+            return None
+    return v
+def num(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def f(v, fmt="{:.0f}"):
+    try:
+        return fmt.format(v) if num(v) is not None else "?"
+    except Exception:
+        return "?"
+'
+py() {
+    local code=$1 out
+    shift
+    out=$(python3 -c "$PY_PRELUDE
+$code" "$@" 2>/dev/null)
+    printf '%s\n' "${out:-?}"
+}
+
+# ---- the stages -------------------------------------------------------------------------------
+# Each stage_X runs its commands through x; key_X prints the summary's key number(s) afterwards.
+# A stage may set STAGE_OOM=1 (bench step's exit 3) or STAGE_CHECK_FAILED=1 (a check of its own).
+
+stage_doctor() { x "$LIMO_BIN" doctor --quick; }
+# The last line of the stage's log that a command printed (not x's own lines), shortened.
+lastline() {
+    grep -v -e '^(exit [0-9]*)$' -e '^(not run: ' -e '^\$ ' -e '^# ' "$STAGE_LOG" | grep . |
+        tail -1 | cut -c1-110
+}
+
+key_doctor() {
+    grep -E '^(all [0-9]+ checks passed|error: .*checks failed)' "$STAGE_LOG" | tail -1 |
+        sed 's/^error: //' | grep . || lastline
+}
+
+stage_kernels() { x "$LIMO_BIN" bench kernels; }
+key_kernels() {
+    awk '/ ms  / && / (GB|TFLOP)\/s/ { n++ }
+         /^flash_attention forward/ && !fa { fa = $(NF-1) " TFLOP/s" }
+         /^rms_norm/ && !rn { rn = $(NF-1) " GB/s" }
+         END { printf "%d timings; rms_norm %s, attn fwd %s\n", n, rn ? rn : "?", fa ? fa : "?" }' \
+        "$STAGE_LOG"
+}
+
+stage_attention() {
+    x python3 scripts/gpu/attention_vs_torch.py --shapes 40/8:128:1,12/2:128:1 --iters 10 \
+        --limo "$LIMO_BIN" --json-out "$OUT/attention.json"
+}
+key_attention() {
+    py '
+d = j(sys.argv[1], "shapes") or []
+parts = []
+for s in d:
+    if not isinstance(s, dict):
+        continue
+    fl = ((s.get("torch") or {}).get("flash") or {}).get("fwd_tflops")
+    rows = ((s.get("limo") or {}).get("rows")) or []
+    lf = next((r.get("tflops") for r in rows if r.get("kernel") == "flash_attention forward"), None)
+    parts.append("%s/%s fwd limo %s torch %s" % (s.get("q_heads"), s.get("kv_heads"), f(lf), f(fl)))
+print("; ".join(parts) + " TF/s" if parts else "?")
+' "$OUT/attention.json"
+}
+
+stage_step_1_5b() {
+    x "$LIMO_BIN" bench step --device cuda --shape 1.5b --tokens 16384 --docs 1 --dtype bf16 \
+        --warmup 2 --steps 5 --json "$OUT/step-1.5b.json"
+    [ $? = 3 ] && STAGE_OOM=1
+    if [ "$DRY" = 1 ] || [ -f "$PEER/gpu_peer_bench.py" ]; then
+        note "the PyTorch peer (HF transformers Qwen2, SDPA flash, fused AdamW), like for like first"
+        x python3 "$PEER/gpu_peer_bench.py" --config 1.5b --seq 16384 --steps 5 --warmup 2 \
+            --master-fp32 --json-out "$OUT/peer-1.5b-fp32.json"
+        x python3 "$PEER/gpu_peer_bench.py" --config 1.5b --seq 16384 --steps 5 --warmup 2 \
+            --json-out "$OUT/peer-1.5b-bf16.json"
+    else
+        note "no peer at $PEER (package.sh copies ../shared/tools/peer there)"
+        STAGE_CHECK_FAILED=1
+    fi
+}
+key_step_1_5b() {
+    py '
+a = num(j(sys.argv[1], "tokens_per_s"))
+b = num(j(sys.argv[2], "tokens_per_s"))
+c = num(j(sys.argv[3], "tokens_per_s"))
+r = a / b if a is not None and b else None
+print("limo %s tok/s (mfu %s), peer %s (fp32 master) / %s (bf16) tok/s, limo/peer %s"
+      % (f(a), f(j(sys.argv[1], "mfu"), "{:.3f}"), f(b), f(c), f(r, "{:.2f}")))
+' "$OUT/step-1.5b.json" "$OUT/peer-1.5b-fp32.json" "$OUT/peer-1.5b-bf16.json"
+}
+
+stage_loss_parity() {
+    x "$LIMO_BIN" init-model --shape 1.5b --layers 2 --dtype f32 --out "$W/m15"
+    note "batch: 2 rows of 512 random token ids < 151936, labels = ids with the first 64 = -100"
+    x python3 - "$W/batch.json" <<'PY'
+import json, random, sys
+rng = random.Random(1234)
+ids = [[rng.randrange(151936) for _ in range(512)] for _ in range(2)]
+labels = [[-100] * 64 + row[64:] for row in ids]
+with open(sys.argv[1], "w") as fh:
+    json.dump({"input_ids": ids, "labels": labels}, fh)
+PY
+    x --stdout "$LOGS/loss-cpu.json" "$LIMO_BIN" debug loss-grad --model "$W/m15" \
+        --batch "$W/batch.json" --out "$W/cpu.safetensors" --dtype f32
+    x --stdout "$LOGS/loss-gpu.json" "$LIMO_BIN" debug loss-grad --model "$W/m15" \
+        --batch "$W/batch.json" --out "$W/gpu.safetensors" --device cuda --dtype bf16
+    [ "$STAGE_RC" = 0 ] || return
+    note "pass: |gpu - cpu| / |cpu| <= 1e-2 (the last JSON line with \"loss\" of each)"
+    x python3 - "$LOGS/loss-cpu.json" "$LOGS/loss-gpu.json" "$LOGS/loss-parity.json" <<'PY' ||
+import json, sys
+def loss(path):
+    for line in reversed(open(path).read().splitlines()):
+        try:
+            v = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(v, dict) and "loss" in v:
+            return float(v["loss"])
+    raise SystemExit(f"{path}: no JSON line with a loss")
+cpu, gpu = loss(sys.argv[1]), loss(sys.argv[2])
+rel = abs(gpu - cpu) / abs(cpu)
+ok = rel <= 1e-2
+json.dump({"cpu_f32": cpu, "gpu_bf16": gpu, "rel": rel, "ok": ok}, open(sys.argv[3], "w"))
+print(f"loss cpu f32 {cpu:.6f}, gpu bf16 {gpu:.6f}, rel {rel:.2e}: {'ok' if ok else 'FAIL (> 1e-2)'}")
+sys.exit(0 if ok else 1)
+PY
+        STAGE_CHECK_FAILED=1
+}
+key_loss_parity() {
+    py '
+p = sys.argv[1]
+print("cpu %s gpu %s rel %s" % (f(j(p, "cpu_f32"), "{:.5f}"), f(j(p, "gpu_bf16"), "{:.5f}"),
+                                f(j(p, "rel"), "{:.1e}")))
+' "$LOGS/loss-parity.json"
+}
+
+stage_step_32b_w8() {
+    x "$LIMO_BIN" bench step --device cuda --shape 32b --tokens 16384 --docs 1 --dtype bf16 \
+        --simulate-world 8 --rank 0 --mem-cap 80GiB --warmup 1 --steps 3 \
+        --json "$OUT/step-32b-w8.json"
+    [ $? = 3 ] && STAGE_OOM=1
+    note "exit 3 = out of device memory (one line with the plan's estimate): status OOM"
+}
+key_step_32b_w8() {
+    if [ "${STAGE_OOM:-0}" = 1 ]; then
+        lastline
+        return
+    fi
+    py '
+p = sys.argv[1]
+print("%s tok/s, step %s s, mfu %s, peak %s GiB (plan %s)" % (
+    f(j(p, "tokens_per_s")), f(j(p, "step_s.median"), "{:.2f}"), f(j(p, "mfu"), "{:.3f}"),
+    f(j(p, "peak_mem.allocator_high_gib"), "{:.1f}"), f(j(p, "peak_mem.plan_estimate_gib"), "{:.1f}")))
+' "$OUT/step-32b-w8.json"
+}
+
+stage_nccl() {
+    x "$LIMO_BIN" launch --nproc-per-node 1 -- comm-check --nccl --iterations 100 --timeout 15
+}
+key_nccl() { grep -o 'comm-check: rank 0 world 1 .*' "$STAGE_LOG" | tail -1 | grep . || lastline; }
+
+stage_train() {
+    x "$LIMO_BIN" train --set 'model.device="cuda"' --set 'model.dtype="bf16"' \
+        --set train.max_steps=30 --set output.eval_examples=0 --set "output.dir=\"$W/train\"" ||
+        return
+    note "pass: the last step's loss is below the first's (metrics.jsonl)"
+    x python3 - "$W/train/metrics.jsonl" "$LOGS/train.json" <<'PY' ||
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+first, last = rows[0]["loss"], rows[-1]["loss"]
+ok = last < first
+json.dump({"steps": len(rows), "loss_first": first, "loss_last": last, "ok": ok,
+           "tokens_per_second_last": rows[-1].get("tokens_per_second")}, open(sys.argv[2], "w"))
+print(f"{len(rows)} steps, loss {first:.4f} -> {last:.4f}: {'falls' if ok else 'does NOT fall'}")
+sys.exit(0 if ok else 1)
+PY
+        STAGE_CHECK_FAILED=1
+}
+key_train() {
+    py '
+p = sys.argv[1]
+print("loss %s -> %s over %s steps" % (f(j(p, "loss_first"), "{:.3f}"), f(j(p, "loss_last"), "{:.3f}"),
+                                       f(j(p, "steps"))))
+' "$LOGS/train.json"
+}
+
+# ---- the plan (--dry-run) ---------------------------------------------------------------------
+stage_sum=0
+for s in "${SELECTED[@]}"; do stage_sum=$((stage_sum + TIMEOUT[$s])); done
+total=$((stage_sum + MACHINE_S))
+
+if [ "$DRY" = 1 ]; then
+    echo "check.sh --dry-run: the plan (nothing is run)"
+    echo "  OUT=$OUT  LIMO_BIN=$LIMO_BIN  work=$W  peer=$PEER"
+    echo "  machine (${MACHINE_S} s): source scripts/gpu/env.sh (unpacks target/gpu/limo.xz), nvidia-smi," \
+        "torch version, target/gpu/MANIFEST, ldd \$LIMO_BIN (a 'not found' library fails it)"
+    for s in "${SELECTED[@]}"; do
+        printf '  %-12s timeout %3d s   log %s\n' "$s" "${TIMEOUT[$s]}" "logs/$s.log"
+        STAGE_OOM=0
+        STAGE_CHECK_FAILED=0
+        "stage_${s//[-.]/_}"
+    done
+    echo "budget: stages=$stage_sum machine=$MACHINE_S total=$total limit=$LIMIT_S"
+    if [ "$total" -gt "$LIMIT_S" ]; then
+        echo "check.sh: the timeouts sum to $total s, over the $LIMIT_S s budget" >&2
+        exit 1
+    fi
+    exit 0
+fi
+
+# ---- the run ------------------------------------------------------------------------------------
+exec 2>&1 # one stream, in order: the device tool returns the tail of stdout and stderr together
+mkdir -p "$OUT" "$LOGS" || exit 1
+ROWS=()  # "stage|status|seconds|key"
+FAILED=0
+
+pack() {
+    if command -v tar >/dev/null; then
+        tar -czf "$OUT/logs.tar.gz" -C "$W" logs 2>/dev/null
+    else
+        (cd "$W" && python3 -m tarfile -c "$OUT/logs.tar.gz" logs >/dev/null 2>&1)
+    fi
+}
+
+summary() {
+    {
+        echo "limo GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ): ${GPU_LINE:-GPU ?}"
+        [ -n "${BUILD_LINE:-}" ] && echo "$BUILD_LINE"
+        printf '%-12s %-7s %7s  %s\n' stage status seconds key
+        printf '%-12s %-7s %7s  %s\n' ------------ ------- ------- ---
+        local r stage status sec key
+        for r in "${ROWS[@]}"; do
+            IFS='|' read -r stage status sec key <<<"$r"
+            printf '%-12s %-7s %7s  %s\n' "$stage" "$status" "$sec" "$key"
+        done
+    } >"$OUT/summary.txt"
+}
+
+# -- the machine
+STAGE_LOG=$LOGS/machine.txt
+t0=$(now_ms)
+machine_status=ok
+machine_problem=""
+{
+    echo "== machine: $(hostname) $(uname -srm), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    [ -f target/gpu/MANIFEST ] && sed 's/^/build: /' target/gpu/MANIFEST
+} | tee -a "$STAGE_LOG"
+# shellcheck disable=SC1091
+if ! source scripts/gpu/env.sh 2>"$W/env.err"; then
+    machine_status=FAIL
+    machine_problem="env.sh: $(tail -1 "$W/env.err")"
+fi
+LIMO_BIN=${LIMO_BIN:-$PWD/target/gpu/limo}
+tee -a "$STAGE_LOG" <"$W/env.err" >&2
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >>"$STAGE_LOG"
+{
+    timeout 10 nvidia-smi || echo "nvidia-smi failed"
+    timeout 15 python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible to torch)")' ||
+        echo "torch: could not import or query"
+} 2>&1 | tee -a "$STAGE_LOG"
+GPU_LINE=$(timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total \
+    --format=csv,noheader 2>/dev/null | head -1)
+GPU_LINE=${GPU_LINE:-GPU ?}
+BUILD_LINE=$(grep -E '^(commit|binary):' target/gpu/MANIFEST 2>/dev/null | tr '\n' ' ')
+if [ -x "$LIMO_BIN" ]; then
+    echo "ldd $LIMO_BIN:" | tee -a "$STAGE_LOG"
+    lddout=$(timeout 10 ldd "$LIMO_BIN" 2>&1)
+    printf '%s\n' "$lddout" | tee -a "$STAGE_LOG"
+    missing=$(printf '%s\n' "$lddout" | grep 'not found' | awk '{print $1}' | tr '\n' ' ')
+    if [ -n "$missing" ]; then
+        machine_status=FAIL
+        machine_problem="libraries not found: $missing"
+    fi
+else
+    machine_status=FAIL
+    machine_problem=${machine_problem:-"no binary at $LIMO_BIN"}
+fi
+if [ "$machine_status" = FAIL ]; then
+    echo "MACHINE: FAIL: $machine_problem (every stage that runs limo will fail)" | tee -a "$STAGE_LOG"
+    FAILED=1
+fi
+ROWS+=("machine|$machine_status|$(secs $(($(now_ms) - t0)))|${machine_problem:-$GPU_LINE}")
+summary
+pack
+
+# -- the stages
+for s in "${SELECTED[@]}"; do
+    STAGE_LOG=$LOGS/$s.log
+    : >"$STAGE_LOG"
+    STAGE_RC=0
+    STAGE_TIMEDOUT=0
+    STAGE_OOM=0
+    STAGE_CHECK_FAILED=0
+    t0=$(now_ms)
+    STAGE_DEADLINE=$((t0 + TIMEOUT[$s] * 1000))
+    echo "== $s (timeout ${TIMEOUT[$s]} s, log logs/$s.log)"
+    "stage_${s//[-.]/_}"
+    sec=$(secs $(($(now_ms) - t0)))
+    if [ "$STAGE_TIMEDOUT" = 1 ]; then
+        status=timeout
+    elif [ "$STAGE_OOM" = 1 ]; then
+        status=OOM
+    elif [ "$STAGE_RC" != 0 ] || [ "$STAGE_CHECK_FAILED" = 1 ]; then
+        status=FAIL
+    else
+        status=ok
+    fi
+    key=$("key_${s//[-.]/_}" 2>/dev/null | head -1)
+    # A failed command's own words say more than a key with nothing in it.
+    case $status in
+        FAIL | timeout) [ "$STAGE_RC" != 0 ] && key="$(lastline) [exit $STAGE_RC]" ;;
+    esac
+    key=$(printf '%s' "${key:-?}" | tr '|' '/')
+    case $status in
+        ok | OOM) ;;
+        *)
+            FAILED=1
+            echo "   last lines of logs/$s.log:"
+            tail -n 6 "$STAGE_LOG" | cut -c1-160 | sed 's/^/   | /'
+            ;;
+    esac
+    echo "   $status in $sec s: $key"
+    ROWS+=("$s|$status|$sec|$key")
+    summary
+    pack
+done
+
+# The large scratch files (a 1.3 GB model, gradients) go; logs stay (and are in $OUT).
+if [ -z "${LIMO_CHECK_WORK:-}" ]; then
+    rm -rf "$W/m15" "$W/train" "$W/cpu.safetensors" "$W/gpu.safetensors"
+fi
+
+echo
+cat "$OUT/summary.txt"
+exit "$FAILED"
