@@ -207,3 +207,79 @@ fn doctor_says_what_is_missing_without_a_gpu() {
         "{err}"
     );
 }
+
+#[test]
+fn loss_grad_on_cuda_needs_the_feature_and_a_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = golden().join("model");
+    let batch = golden().join("batch.json");
+    let out = tmp.path().join("out.safetensors");
+    let mut args = loss_grad_args(&model, &batch, &out);
+    args.extend(["--device", "cuda", "--dtype", "f32"].map(String::from));
+    if cfg!(feature = "cuda")
+        && common::limo()
+            .args(&args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    {
+        // A CUDA build on a machine with a GPU: the f32 kernels against the f64 goldens.
+        let ours = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+        let reference =
+            candle_core::safetensors::load(golden().join("batch.ref.safetensors"), &Device::Cpu)
+                .unwrap();
+        assert!(rel_l2(&ours["loss"], &reference["loss"]) <= 1e-4);
+        for (name, golden_grad) in reference.iter().filter(|(k, _)| k.starts_with("grad.")) {
+            let err = rel_l2(&ours[name], golden_grad);
+            assert!(err <= 1e-3, "{name} rel L2 error {err:e}");
+        }
+        return;
+    }
+    // The default build has no CUDA; a CUDA build on a machine without a GPU names the device.
+    let err = run_err(&args);
+    assert!(
+        err.contains("--features cuda") || err.contains("no usable GPU"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn loss_grad_refuses_dtypes_and_devices_it_does_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = golden().join("model");
+    let batch = golden().join("batch.json");
+    let out = tmp.path().join("out.safetensors");
+    for (extra, expected) in [
+        // bf16 is the GPU's dtype; the CPU reference is f32/f64 (checked before any GPU).
+        (&["--dtype", "bf16"][..], "bf16 needs --device cuda"),
+        (
+            &["--dtype", "bf16", "--device", "cpu"][..],
+            "bf16 needs --device cuda",
+        ),
+        (
+            &["--dtype", "f64", "--device", "cuda"][..],
+            "--device cuda runs in bf16 or f32",
+        ),
+        (
+            &["--device", "tpu"][..],
+            "--device tpu: expected cpu or cuda",
+        ),
+    ] {
+        let mut args = loss_grad_args(&model, &batch, &out);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let err = run_err(&args);
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn loss_grad_summary_names_the_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let summary = loss_grad_summary(&golden().join("model"), &golden().join("batch.json"), &out);
+    assert_eq!(summary["device"], "cpu");
+    assert_eq!(summary["dtype"], "f32");
+}

@@ -1,5 +1,7 @@
 //! `limo debug loss-grad`: the loss and every parameter's gradient of one batch, written as
 //! safetensors in the layout of the transformers goldens, so parity is one file comparison.
+//! `--device cuda` runs the same code on a GPU (our kernels, bf16 or f32) and writes the same
+//! file, the tensors moved to the CPU: the GPU path checked against the same goldens.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +31,15 @@ pub struct LossGradArgs {
     /// Output safetensors: loss, per_token_loss and grad.<parameter name>.
     #[arg(long)]
     out: PathBuf,
-    /// Compute dtype (CPU): f32 or f64.
+    /// Compute dtype: f32 or f64 on the CPU, bf16 or f32 on CUDA.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Where to compute: cpu (the reference) or cuda (needs a --features cuda build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CUDA device ordinal (with --device cuda).
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
     /// Tokens per chunk of the fused head + loss.
     #[arg(long, default_value_t = DEFAULT_LOSS_CHUNK)]
     loss_chunk: usize,
@@ -61,11 +69,18 @@ pub fn read_batch(path: &Path) -> anyhow::Result<Batch> {
 
 fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
-    if !matches!(dtype, DType::F32 | DType::F64) {
-        bail!(
-            "--dtype {}: the CPU reference runs in f32 or f64",
+    let on_cuda = match args.device.as_str() {
+        "cpu" => false,
+        "cuda" => true,
+        other => bail!("--device {other}: expected cpu or cuda"),
+    };
+    match (on_cuda, dtype) {
+        (false, DType::F32 | DType::F64) | (true, DType::BF16 | DType::F32) => {}
+        (false, _) => bail!(
+            "--dtype {}: the CPU reference runs in f32 or f64 (bf16 needs --device cuda)",
             args.dtype
-        );
+        ),
+        (true, _) => bail!("--dtype {}: --device cuda runs in bf16 or f32", args.dtype),
     }
     let batch = read_batch(&args.batch)?;
     if batch.n_targets() == 0 {
@@ -74,7 +89,13 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
             args.batch.display()
         );
     }
-    let (cfg, weights) = load_checkpoint(&args.model, dtype, &Device::Cpu)?;
+    let (device, device_name) = if on_cuda {
+        let gpu = crate::cmd_doctor::open_gpu(args.gpu)?;
+        (gpu, format!("cuda:{}", args.gpu))
+    } else {
+        (Device::Cpu, "cpu".to_string())
+    };
+    let (cfg, weights) = load_checkpoint(&args.model, dtype, &device)?;
     let started = std::time::Instant::now();
     let out = loss_and_grads(
         &cfg,
@@ -84,32 +105,39 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
         args.loss_chunk,
     )
     .with_context(|| format!("{}", args.batch.display()))?;
+    // The backward is queued on the GPU's stream: wait for it before reading the clock.
+    device.synchronize()?;
     let seconds = started.elapsed().as_secs_f64();
 
+    // The loss in the compute dtype: f32 for bf16 (the kernels accumulate it in f32).
+    let loss_dtype = limo_ops::compute_dtype(dtype);
     let mut tensors: Vec<(String, Tensor)> = vec![
         (
             "loss".into(),
-            Tensor::new(out.loss(), &Device::Cpu)?.to_dtype(dtype)?,
+            Tensor::new(out.loss(), &Device::Cpu)?.to_dtype(loss_dtype)?,
         ),
         (
             "per_token_loss".into(),
-            per_token_rows(&out.per_token_loss, &batch)?,
+            per_token_rows(&out.per_token_loss.to_device(&Device::Cpu)?, &batch)?,
         ),
     ];
     let mut norm_sq = 0.0;
     for (name, grad) in out.grads.named(&cfg) {
+        // Gradients keep their dtype; the norm is summed in f64 on the CPU.
+        let grad = grad.to_device(&Device::Cpu)?;
         norm_sq += grad
             .to_dtype(DType::F64)?
             .sqr()?
             .sum_all()?
             .to_scalar::<f64>()?;
-        tensors.push((format!("grad.{name}"), grad.clone()));
+        tensors.push((format!("grad.{name}"), grad));
     }
     let summary = serde_json::json!({
         "loss": out.loss(),
         "n_target_tokens": out.n_targets,
         "grad_global_l2_norm": norm_sq.sqrt(),
         "dtype": args.dtype,
+        "device": device_name,
         "seconds": seconds,
     });
     let metadata = HashMap::from([("summary".to_string(), summary.to_string())]);

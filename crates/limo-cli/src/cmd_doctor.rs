@@ -70,7 +70,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line about the GPU: name and compute capability (which PTX build the kernels load).
+/// One line about the GPU: name and compute capability (which kernel build it loads).
 #[cfg(feature = "cuda")]
 fn describe(gpu: &Device) -> String {
     let Ok(dev) = gpu.as_cuda_device() else {
@@ -81,8 +81,13 @@ fn describe(gpu: &Device) -> String {
     let name = ctx.name().unwrap_or_else(|e| format!("? ({e})"));
     match ctx.compute_capability() {
         Ok((major, minor)) => {
-            let ptx = if major >= 9 { "sm90" } else { "sm80" };
-            format!("GPU: {name}, compute capability {major}.{minor} (kernels: {ptx} PTX)")
+            let image = match limo_ops::cuda::kernel_image_for(major) {
+                Ok(limo_ops::cuda::KernelImage::Sm90Cubin) => "sm90 cubin".to_string(),
+                Ok(limo_ops::cuda::KernelImage::Sm90Ptx) => "sm90 PTX, JIT".to_string(),
+                Ok(limo_ops::cuda::KernelImage::Sm80Ptx) => "sm80 PTX, JIT".to_string(),
+                Err(e) => e.to_string(),
+            };
+            format!("GPU: {name}, compute capability {major}.{minor} (kernels: {image})")
         }
         Err(e) => format!("GPU: {name}, compute capability unknown ({e})"),
     }
@@ -96,11 +101,15 @@ fn describe(_gpu: &Device) -> String {
 /// Device `ordinal`, or a one-line error (no GPU, the stub driver, no cuda feature).
 #[cfg(feature = "cuda")]
 pub fn open_gpu(ordinal: usize) -> anyhow::Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| {
-        // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
+    // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
+    let first_line = |e: candle_core::Error| {
         let cause = e.to_string().lines().next().unwrap_or_default().to_string();
         anyhow::anyhow!("no usable GPU (CUDA device {ordinal}): {cause}")
-    })
+    };
+    let device = Device::new_cuda(ordinal).map_err(first_line)?;
+    // Freed memory stays in candle's pool instead of going back to the driver at each sync.
+    limo_ops::cuda::pool::keep_freed_memory(&device).map_err(first_line)?;
+    Ok(device)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -96,11 +96,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// The device of this rank: the CPU, or GPU `local_rank` of this machine.
 fn open_device(name: &str, local_rank: usize) -> anyhow::Result<Device> {
     match name {
-        "cuda" => Device::new_cuda(local_rank).map_err(|e| {
+        "cuda" => {
             // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
-            let cause = e.to_string().lines().next().unwrap_or_default().to_string();
-            anyhow::anyhow!("model.device: no usable GPU (CUDA device {local_rank}): {cause}")
-        }),
+            let first_line = |e: candle_core::Error| {
+                let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+                anyhow::anyhow!("model.device: no usable GPU (CUDA device {local_rank}): {cause}")
+            };
+            let device = Device::new_cuda(local_rank).map_err(first_line)?;
+            // Freed memory stays in candle's pool instead of going back to the driver at each
+            // sync (cuda builds only; without the feature new_cuda has already failed).
+            #[cfg(feature = "cuda")]
+            limo_ops::cuda::pool::keep_freed_memory(&device).map_err(first_line)?;
+            Ok(device)
+        }
         _ => Ok(Device::Cpu),
     }
 }

@@ -120,15 +120,22 @@ pub struct AdamW {
 impl AdamW {
     /// State for the given master slices (moments at zero), placed on `device`.
     pub fn new(settings: AdamWSettings, master: &[Flat], device: &Device) -> Result<Self> {
-        let zeros: Vec<Flat> = master.iter().map(Flat::zeros_like).collect();
-        let mut opt = Self {
+        // Only the master crosses to the device; the moments start as zeros there.
+        let state = master
+            .iter()
+            .map(|p| {
+                let n = p.len();
+                let p = p.to_tensor(&[n], device)?;
+                let zeros = Tensor::zeros(2 * n, p.dtype(), device)?;
+                Tensor::cat(&[p, zeros], 0)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
             settings,
-            state: Vec::new(),
+            state,
             lens: master.iter().map(Flat::len).collect(),
             updates: 0,
-        };
-        opt.restore(master, &zeros, &zeros, device)?;
-        Ok(opt)
+        })
     }
 
     /// Replaces the state (a checkpoint's slices) on `device`; the slice lengths must not change.
