@@ -10,34 +10,37 @@
 #   bash scripts/gpu/check.sh --dry-run [--only ...]   # the plan and the timeout sum; runs nothing
 #
 # Stages (the --only keys), in order, with their timeouts in seconds:
-#   doctor 45       limo doctor --quick: every kernel against the CPU reference
-#   kernels 40      limo bench kernels: kernel timings at Qwen2.5-32B shapes
-#   attention 60    scripts/gpu/attention_vs_torch.py: torch SDPA vs our flash attention, 16k
+#   doctor 40       limo doctor --quick: every kernel against the CPU reference
+#   kernels 35      limo bench kernels: kernel timings at Qwen2.5-32B shapes
+#   attention 45    scripts/gpu/attention_vs_torch.py: torch SDPA vs our flash attention, 16k
 #                   tokens, hd128, causal, 40/8 and 12/2 heads
-#   step-1.5b 140   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
+#   step-1.5b 130   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
 #                   bf16 state) on the same shape: tokens/s and their ratio
-#   loss-parity 60  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2
-#   step-32b-w8 110 limo bench step 32b as rank 0 of a simulated world of 8 under an 80 GiB
-#                   cap (exit 3 = out of device memory: status OOM)
-#   nccl 20         limo launch --nproc-per-node 1 -- comm-check --nccl
-#   train 35        a 30-step bf16 `limo train` of the embedded tiny config: the loss must fall
+#   loss-parity 50  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2
+#   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, optimizer on the
+#                   GPU, uncapped (limo plan: ~105 GiB, more than an 80 GB card holds)
+#   step-32b-off 85 the same rank with train.optimizer_offload = "cpu" under an 80 GiB cap
+#                   (exit 3 = out of device memory: status OOM)
+#   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl
+#   train 25        a 30-step bf16 `limo train` of the embedded tiny config: the loss must fall
 # Stages sum to 510 s; with 30 s for the machine section the whole run is held to 540 s (a
 # fresh H200 included: the driver JIT-compiles candle's PTX on first use), so a 590 s call has
 # room for the transfers. --dry-run prints `budget: ... total=N limit=540` and exits 1 when over.
 #
 # Results in $OUT (default ./check-out; the device tool sets it), at most 8 files, as the tool
 # returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, the small JSONs),
-# step-1.5b.json, peer-1.5b-fp32.json, peer-1.5b-bf16.json, step-32b-w8.json, attention.json.
+# step-1.5b.json, peer-1.5b-fp32.json, peer-1.5b-bf16.json, step-32b-w8.json,
+# step-32b-off.json, attention.json.
 # Scratch (models, run directories): $LIMO_CHECK_WORK, default a new /tmp/limo-check.XXXXXX.
 # Exit status: 0 when every stage run is ok or OOM, 1 when one failed or timed out, 2 on bad
 # arguments.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
-STAGES=(doctor kernels attention step-1.5b loss-parity step-32b-w8 nccl train)
+STAGES=(doctor kernels attention step-1.5b loss-parity step-32b-w8 step-32b-off nccl train)
 declare -A TIMEOUT=(
-    [doctor]=45 [kernels]=40 [attention]=60 [step-1.5b]=140
-    [loss-parity]=60 [step-32b-w8]=110 [nccl]=20 [train]=35
+    [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=130 [loss-parity]=50
+    [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25
 )
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
 LIMIT_S=540
@@ -306,12 +309,23 @@ print("cpu %s gpu %s rel %s" % (f(j(p, "cpu_f32"), "{:.5f}"), f(j(p, "gpu_bf16")
 
 stage_step_32b_w8() {
     x "$LIMO_BIN" bench step --device cuda --shape 32b --tokens 16384 --docs 1 --dtype bf16 \
-        --simulate-world 8 --rank 0 --mem-cap 80GiB --warmup 1 --steps 3 \
+        --simulate-world 8 --rank 0 --warmup 1 --steps 2 \
         --json "$OUT/step-32b-w8.json"
     [ $? = 3 ] && STAGE_OOM=1
     note "exit 3 = out of device memory (one line with the plan's estimate): status OOM"
 }
-key_step_32b_w8() {
+key_step_32b_w8() { key_step_32b "$OUT/step-32b-w8.json"; }
+
+stage_step_32b_off() {
+    x "$LIMO_BIN" bench step --device cuda --shape 32b --tokens 16384 --docs 1 --dtype bf16 \
+        --simulate-world 8 --rank 0 --mem-cap 80GiB --set train.optimizer_offload=cpu \
+        --warmup 1 --steps 2 --json "$OUT/step-32b-off.json"
+    [ $? = 3 ] && STAGE_OOM=1
+    note "exit 3 = out of device memory (one line with the plan's estimate): status OOM"
+}
+key_step_32b_off() { key_step_32b "$OUT/step-32b-off.json"; }
+
+key_step_32b() {
     if [ "${STAGE_OOM:-0}" = 1 ]; then
         lastline
         return
@@ -321,7 +335,7 @@ p = sys.argv[1]
 print("%s tok/s, step %s s, mfu %s, peak %s GiB (plan %s)" % (
     f(j(p, "tokens_per_s")), f(j(p, "step_s.median"), "{:.2f}"), f(j(p, "mfu"), "{:.3f}"),
     f(j(p, "peak_mem.allocator_high_gib"), "{:.1f}"), f(j(p, "peak_mem.plan_estimate_gib"), "{:.1f}")))
-' "$OUT/step-32b-w8.json"
+' "$1"
 }
 
 stage_nccl() {

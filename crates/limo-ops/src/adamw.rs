@@ -10,6 +10,7 @@
 
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
 use num_traits::Float;
+use rayon::prelude::*;
 
 /// Hyper-parameters of one update.
 #[derive(Debug, Clone, Copy)]
@@ -132,11 +133,17 @@ impl InplaceOp2 for AdamWOp {
         else {
             bail!("adamw: state and gradient must be contiguous");
         };
-        fn split<F: Float>(state: &mut [F], grad: &[F], s: &AdamWStep) {
+        fn split<F: Float + Send + Sync>(state: &mut [F], grad: &[F], s: &AdamWStep) {
             let n = grad.len();
             let (p, rest) = state.split_at_mut(n);
             let (m, v) = rest.split_at_mut(n);
-            adamw_update(p, grad, m, v, s);
+            // Element-wise, so chunks on all cores give the sequential loop's bits.
+            const CHUNK: usize = 1 << 16;
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(grad.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| adamw_update(p, g, m, v, s));
         }
         match (state, grad) {
             (CpuStorage::F32(st), CpuStorage::F32(g)) => {

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::TrainSection;
-use crate::optim::{master_dtype, AdamWSettings, Flat};
+use crate::optim::{master_dtype, Flat};
 use crate::profile::{PhaseTimes, PHASES};
 use crate::trainer::optimizer_step;
 use crate::zero3::{ShardedModel, StateBytes};
@@ -342,23 +342,8 @@ pub fn run(
 
     let started = Instant::now();
     let shards = random_shards(&cfg, master_dtype(bench.dtype), world, rank, bench.seed);
-    let settings = AdamWSettings {
-        beta1: t.adam_beta1,
-        beta2: t.adam_beta2,
-        eps: t.adam_eps,
-        weight_decay: t.weight_decay,
-    };
-    let mut model = ShardedModel::new(
-        cfg.clone(),
-        shards,
-        bench.dtype,
-        device,
-        settings,
-        t.activation_checkpointing,
-        comm,
-    )
-    .context("placing the model's slices on the device")?;
-    model.reduce_dtype = t.reduce_dtype;
+    let mut model = ShardedModel::new(cfg.clone(), shards, bench.dtype, device, t, comm)
+        .context("placing the model's slices on the device")?;
     device.synchronize()?;
     let setup_s = started.elapsed().as_secs_f64();
     tracing::info!(setup_s, "slices generated and placed");

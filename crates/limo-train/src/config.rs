@@ -104,6 +104,26 @@ pub struct TrainSection {
     /// each partial sum rounded to bf16 before it is added).
     #[serde(default, skip_serializing_if = "ReduceDtype::is_fp32")]
     pub reduce_dtype: ReduceDtype,
+    /// Where each rank keeps its fp32 master weights and Adam moments: "none" (on its device,
+    /// the default) or "cpu" (host memory; AdamW runs on the host's cores, the device keeps the
+    /// compute slice and the gradient accumulator). Changes no number.
+    #[serde(default, skip_serializing_if = "OptimizerOffload::is_none")]
+    pub optimizer_offload: OptimizerOffload,
+}
+
+/// `train.optimizer_offload`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerOffload {
+    #[default]
+    None,
+    Cpu,
+}
+
+impl OptimizerOffload {
+    pub fn is_none(&self) -> bool {
+        *self == OptimizerOffload::None
+    }
 }
 
 /// `train.reduce_dtype`.
@@ -312,11 +332,17 @@ impl TrainConfig {
     /// Identifies the training trajectory, to refuse resuming a different run. It depends on
     /// the rows per step (`batch_size x grad_accum x world_size`), not on how they are split,
     /// so a run may resume at another world size with the same global batch; settings that do
-    /// not change the trajectory (activation checkpointing, the device) are left out.
+    /// not change the trajectory (activation checkpointing, optimizer offload, the device) are
+    /// left out.
     pub fn trajectory_hash(&self, world_size: usize) -> String {
         let mut train = serde_json::to_value(&self.train).expect("serializable");
         let map = train.as_object_mut().expect("a struct");
-        for key in ["batch_size", "grad_accum", "activation_checkpointing"] {
+        for key in [
+            "batch_size",
+            "grad_accum",
+            "activation_checkpointing",
+            "optimizer_offload",
+        ] {
             map.remove(key);
         }
         map.insert(

@@ -105,13 +105,16 @@ pub const MASTER: usize = 0;
 pub const EXP_AVG: usize = 1;
 pub const EXP_AVG_SQ: usize = 2;
 
-/// Optimizer state of this rank's slices, on the device the model computes on: per group one
-/// flat tensor `[master | exp_avg | exp_avg_sq]` in the master dtype, updated in place by
-/// `limo_ops::adamw_update_state` (the fused CPU loop on the CPU, the fused kernel on CUDA).
-/// It reaches the host only when a checkpoint is written.
+/// Optimizer state of this rank's slices: per group one flat tensor `[master | exp_avg |
+/// exp_avg_sq]` in the master dtype, updated in place by `limo_ops::adamw_update_state` (the
+/// fused CPU loop on all cores, or the fused kernel on CUDA). It lives on the device the model
+/// computes on and reaches the host only when a checkpoint is written; with optimizer offload
+/// it lives in host memory and the update runs on the host (the same code, the same bits).
 pub struct AdamW {
     pub settings: AdamWSettings,
     state: Vec<Tensor>,
+    /// Where `state` lives: the compute device, or the CPU when offloaded.
+    home: Device,
     lens: Vec<usize>,
     /// Updates applied so far.
     pub updates: u64,
@@ -119,7 +122,8 @@ pub struct AdamW {
 
 impl AdamW {
     /// State for the given master slices (moments at zero), placed on `device`.
-    pub fn new(settings: AdamWSettings, master: &[Flat], device: &Device) -> Result<Self> {
+    pub fn new(settings: AdamWSettings, master: &[Flat], home: &Device) -> Result<Self> {
+        let device = home;
         // Only the master crosses to the device; the moments start as zeros there.
         let state = master
             .iter()
@@ -133,19 +137,20 @@ impl AdamW {
         Ok(Self {
             settings,
             state,
+            home: home.clone(),
             lens: master.iter().map(Flat::len).collect(),
             updates: 0,
         })
     }
 
-    /// Replaces the state (a checkpoint's slices) on `device`; the slice lengths must not change.
+    /// Replaces the state (a checkpoint's slices); the slice lengths must not change.
     pub fn restore(
         &mut self,
         master: &[Flat],
         exp_avg: &[Flat],
         exp_avg_sq: &[Flat],
-        device: &Device,
     ) -> Result<()> {
+        let device = &self.home.clone();
         let mut state = Vec::with_capacity(master.len());
         for (g, ((p, m), v)) in master.iter().zip(exp_avg).zip(exp_avg_sq).enumerate() {
             let n = self.lens[g];
@@ -160,7 +165,7 @@ impl AdamW {
         Ok(())
     }
 
-    /// Group `g`'s slice of one state list (`MASTER`, `EXP_AVG`, `EXP_AVG_SQ`), on the device.
+    /// Group `g`'s slice of one state list (`MASTER`, `EXP_AVG`, `EXP_AVG_SQ`), where it lives.
     pub fn part(&self, g: usize, list: usize) -> Result<Tensor> {
         let n = self.lens[g];
         self.state[g].narrow(0, list * n, n)
@@ -182,9 +187,10 @@ impl AdamW {
         self.state.first().map_or(DType::F32, Tensor::dtype)
     }
 
-    /// One update with learning rate `lr` from gradients (flat, master dtype, on the device),
-    /// each multiplied by `grad_scale` (the clipping coefficient) first. With `bf16_out` (CUDA)
-    /// the kernel also writes each group's updated weights there, in bf16.
+    /// One update with learning rate `lr` from gradients (flat, master dtype, on any device:
+    /// they are copied to where the state lives), each multiplied by `grad_scale` (the clipping
+    /// coefficient) first. With `bf16_out` (CUDA) the kernel also writes each group's updated
+    /// weights there, in bf16.
     pub fn step(
         &mut self,
         grads: &[Tensor],
@@ -203,7 +209,8 @@ impl AdamW {
             grad_scale,
         };
         for (g, grad) in grads.iter().enumerate() {
-            adamw_update_state(&self.state[g], grad, &hyper, bf16_out.map(|o| &o[g]))?;
+            let grad = grad.to_device(&self.home)?;
+            adamw_update_state(&self.state[g], &grad, &hyper, bf16_out.map(|o| &o[g]))?;
         }
         self.updates += 1;
         Ok(())

@@ -23,7 +23,7 @@ use crate::checkpoint::{self, GroupLayout, Manifest, RankState, ShardReader, Sid
 use crate::config::{parse_size, TrainConfig, TrainSection};
 use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{self, StepMetrics};
-use crate::optim::{master_dtype, AdamWSettings, Flat, EXP_AVG, EXP_AVG_SQ, MASTER};
+use crate::optim::{master_dtype, Flat, EXP_AVG, EXP_AVG_SQ, MASTER};
 use crate::order::DataOrder;
 use crate::schedule::Schedule;
 use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow, BUILTIN_ARITHMETIC};
@@ -144,22 +144,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let steps_per_epoch = rows.len().div_ceil(per_step);
     let total_steps = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
     let schedule = Schedule::from_name(&t.schedule).expect("validated");
-    let settings = AdamWSettings {
-        beta1: t.adam_beta1,
-        beta2: t.adam_beta2,
-        eps: t.adam_eps,
-        weight_decay: t.weight_decay,
-    };
-    let mut model = ShardedModel::new(
-        cfg,
-        shards,
-        dtype,
-        &device,
-        settings,
-        t.activation_checkpointing,
-        comm,
-    )?;
-    model.reduce_dtype = t.reduce_dtype;
+    let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
     let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
     let mut state = State {
         model,

@@ -26,7 +26,7 @@ use limo_ops::{
 };
 
 use crate::comm_thread::{CommThread, Pending};
-use crate::config::ReduceDtype;
+use crate::config::{OptimizerOffload, ReduceDtype, TrainSection};
 use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat, MASTER};
 use crate::profile::{Phase, Profiler};
 
@@ -50,22 +50,31 @@ pub struct ShardedModel {
     rope: RopeCache,
     /// The dtype gradients cross the reduce-scatter in (`train.reduce_dtype`).
     pub reduce_dtype: ReduceDtype,
+    /// Where the optimizer state lives (`train.optimizer_offload`).
+    offload: OptimizerOffload,
 }
 
 /// Index of the embedding group (layer i is group i + 1, the head group comes last).
 const EMBED_GROUP: usize = 0;
 
 impl ShardedModel {
-    /// A model over this rank's master slices (from [`load_shards`] or a checkpoint).
+    /// A model over this rank's master slices (from [`load_shards`] or a checkpoint), set up
+    /// by `train`: Adam settings, activation checkpointing, reduce dtype, optimizer offload.
     pub fn new(
         cfg: Qwen2Config,
         shards: Vec<Flat>,
         dtype: DType,
         device: &Device,
-        settings: AdamWSettings,
-        checkpointing: bool,
+        train: &TrainSection,
         comm: Box<dyn Communicator>,
     ) -> anyhow::Result<Self> {
+        let settings = AdamWSettings {
+            beta1: train.adam_beta1,
+            beta2: train.adam_beta2,
+            eps: train.adam_eps,
+            weight_decay: train.weight_decay,
+        };
+        let offload = train.optimizer_offload;
         // Alone there is nothing to overlap; on a GPU, NCCL shares candle's stream (see
         // comm_thread.rs).
         let comm = if comm.world_size() == 1 || device.is_cuda() {
@@ -79,12 +88,20 @@ impl ShardedModel {
             cfg,
             dtype,
             device: device.clone(),
-            optimizer: AdamW::new(settings, &shards, device)?,
+            optimizer: AdamW::new(
+                settings,
+                &shards,
+                match offload {
+                    OptimizerOffload::None => device,
+                    OptimizerOffload::Cpu => &Device::Cpu,
+                },
+            )?,
+            offload,
             compute: Vec::new(),
-            checkpointing,
+            checkpointing: train.activation_checkpointing,
             comm,
             profiler: Profiler::default(),
-            reduce_dtype: ReduceDtype::Fp32,
+            reduce_dtype: train.reduce_dtype,
         };
         model.refresh_compute()?;
         Ok(model)
@@ -113,11 +130,13 @@ impl ShardedModel {
             .map(|g| {
                 let master = self.optimizer.part(g, MASTER)?;
                 // A copy even in the master dtype: the update writes the master in place.
-                Ok(if self.dtype == master.dtype() {
+                let compute = if self.dtype == master.dtype() {
                     master.copy()?
                 } else {
                     master.to_dtype(self.dtype)?
-                })
+                };
+                // Offloaded: cast on the host, and only the compute dtype crosses to the device.
+                Ok(compute.to_device(&self.device)?)
             })
             .collect()
     }
@@ -130,8 +149,7 @@ impl ShardedModel {
         exp_avg_sq: &[Flat],
         updates: u64,
     ) -> anyhow::Result<()> {
-        self.optimizer
-            .restore(master, exp_avg, exp_avg_sq, &self.device)?;
+        self.optimizer.restore(master, exp_avg, exp_avg_sq)?;
         self.optimizer.updates = updates;
         self.refresh_compute()
     }
@@ -408,7 +426,9 @@ impl ShardedModel {
         }
         let coef = clip_coefficient(norm, max_grad_norm);
         // On CUDA in bf16 the kernel writes the compute slices too; elsewhere they are copied.
-        let fused = self.device.is_cuda() && self.dtype == DType::BF16;
+        let fused = self.device.is_cuda()
+            && self.dtype == DType::BF16
+            && self.offload == OptimizerOffload::None;
         self.optimizer
             .step(grads, lr, coef, fused.then_some(self.compute.as_slice()))?;
         if !fused {
