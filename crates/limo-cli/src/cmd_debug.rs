@@ -1,5 +1,6 @@
-//! `limo debug loss-grad`: the loss and every parameter's gradient of one batch, written as
-//! safetensors in the layout of the transformers goldens, so parity is one file comparison.
+//! `limo debug loss-grad`: the loss and every parameter's gradient of one batch, computed by the
+//! training step's own forward and backward (limo_train::parity), written as safetensors in the
+//! layout of the transformers goldens, so parity is one file comparison.
 //! `--device cuda` runs the same code on a GPU (our kernels, bf16 or f32) and writes the same
 //! file, the tensors moved to the CPU: the GPU path checked against the same goldens.
 
@@ -9,9 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand};
-use limo_model::checkpoint::load_checkpoint;
 use limo_model::model::{parse_dtype, DEFAULT_LOSS_CHUNK};
-use limo_model::{loss_and_grads, Batch};
+use limo_model::Batch;
+use limo_train::parity::batch_loss_and_grads;
 use serde::Deserialize;
 
 #[derive(Subcommand)]
@@ -95,16 +96,9 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
     } else {
         (Device::Cpu, "cpu".to_string())
     };
-    let (cfg, weights) = load_checkpoint(&args.model, dtype, &device)?;
     let started = std::time::Instant::now();
-    let out = loss_and_grads(
-        &cfg,
-        &weights,
-        &batch,
-        1.0 / batch.n_targets() as f64,
-        args.loss_chunk,
-    )
-    .with_context(|| format!("{}", args.batch.display()))?;
+    let out = batch_loss_and_grads(&args.model, dtype, &device, &batch, args.loss_chunk)
+        .with_context(|| format!("{}", args.batch.display()))?;
     // The backward is queued on the GPU's stream: wait for it before reading the clock.
     device.synchronize()?;
     let seconds = started.elapsed().as_secs_f64();
@@ -122,7 +116,7 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
         ),
     ];
     let mut norm_sq = 0.0;
-    for (name, grad) in out.grads.named(&cfg) {
+    for (name, grad) in &out.grads {
         // Gradients keep their dtype; the norm is summed in f64 on the CPU.
         let grad = grad.to_device(&Device::Cpu)?;
         norm_sq += grad

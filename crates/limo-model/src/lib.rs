@@ -13,5 +13,5 @@ pub mod writer;
 
 pub use config::Qwen2Config;
 pub use error::{Error, Result};
-pub use model::{loss_and_grads, Batch, LossAndGrads};
+pub use model::Batch;
 pub use params::{LayerWeights, ModelWeights};

@@ -1,12 +1,12 @@
-//! The whole causal LM: embedding, decoder layers, final norm, head and loss, with the backward
-//! run layer by layer in reverse.
+//! The flat batch layout, dtype names and the inference forward (next-token logits) of the
+//! causal LM. The training forward and backward, layer by layer over ZeRO-3 groups, is written
+//! once, in limo-train's `ShardedModel` (`limo debug loss-grad` and the golden-parity tests use
+//! it at world size 1).
 
 use candle_core::{DType, Tensor};
-use limo_ops::{
-    linear_cross_entropy, rms_norm_backward, rms_norm_forward, RopeTables, IGNORE_INDEX,
-};
+use limo_ops::{rms_norm_forward, RopeTables, IGNORE_INDEX};
 
-use crate::layer::{layer_backward, layer_forward, LayerContext};
+use crate::layer::{layer_forward, LayerContext};
 use crate::{Error, ModelWeights, Qwen2Config, Result};
 
 /// Token chunk of the fused head + loss: 1024 x 152k vocabulary is 600 MiB of f32 logits.
@@ -117,113 +117,6 @@ impl Batch {
     pub fn n_targets(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
     }
-}
-
-/// Loss and gradients of one batch.
-pub struct LossAndGrads {
-    /// Sum of per-token losses of the batch's targets.
-    pub loss_sum: f64,
-    pub n_targets: usize,
-    /// `[N]` per-token cross-entropy on the flat token axis, 0 where not a target.
-    pub per_token_loss: Tensor,
-    /// Gradients of `grad_scale * loss_sum`, one per parameter.
-    pub grads: ModelWeights,
-}
-
-impl LossAndGrads {
-    pub fn loss(&self) -> f64 {
-        self.loss_sum / self.n_targets as f64
-    }
-}
-
-/// Forward and backward of a batch. The gradients are those of `grad_scale * loss_sum`; pass
-/// `1 / n_targets` for the mean loss of this batch, or `1 / targets_in_step` when the step has
-/// several micro-batches or ranks (DESIGN.md choice 5).
-pub fn loss_and_grads(
-    cfg: &Qwen2Config,
-    w: &ModelWeights,
-    batch: &Batch,
-    grad_scale: f64,
-    loss_chunk: usize,
-) -> Result<LossAndGrads> {
-    let device = w.embed.device().clone();
-    let dtype = w.embed.dtype();
-    if let Some(&bad) = batch
-        .input_ids
-        .iter()
-        .find(|&&id| id as usize >= cfg.vocab_size)
-    {
-        return Err(Error::Config(format!(
-            "batch: token id {bad} is outside the vocabulary of {}",
-            cfg.vocab_size
-        )));
-    }
-    let ids = Tensor::from_slice(&batch.input_ids, batch.tokens(), &device)?;
-    let rope = RopeTables::new(
-        &batch.positions,
-        cfg.head_dim,
-        cfg.rope_theta,
-        dtype,
-        &device,
-    )?;
-    let ctx = LayerContext {
-        config: cfg,
-        rope: &rope,
-        cu_seqlens: &batch.cu_seqlens,
-    };
-
-    let mut x = w.embed.index_select(&ids, 0)?;
-    let mut saved = Vec::with_capacity(w.layers.len());
-    for layer in &w.layers {
-        let (y, activations) = layer_forward(layer, &x, &ctx)?;
-        saved.push(activations);
-        x = y;
-    }
-    let (normed, rstd) = rms_norm_forward(&x, &w.final_norm, cfg.rms_norm_eps)?;
-    let head = linear_cross_entropy(
-        &normed,
-        w.head(),
-        &batch.targets,
-        Some(grad_scale),
-        loss_chunk,
-    )?;
-    let (d_normed, d_head) = (
-        head.d_hidden.expect("asked for"),
-        head.d_weight.expect("asked for"),
-    );
-
-    let (mut dx, d_final_norm) = rms_norm_backward(&d_normed, &x, &w.final_norm, &rstd)?;
-    let mut layer_grads = Vec::with_capacity(w.layers.len());
-    for (layer, activations) in w.layers.iter().zip(saved).rev() {
-        let (d_in, grads) = layer_backward(layer, &dx, &activations, &ctx)?;
-        layer_grads.push(grads);
-        dx = d_in;
-    }
-    layer_grads.reverse();
-    let d_embed = embedding_backward(&ids, &dx, &w.embed)?;
-    let d_head = d_head.to_dtype(dtype)?;
-    let (d_embed, d_lm_head) = match w.lm_head {
-        Some(_) => (d_embed, Some(d_head)),
-        None => ((d_embed + d_head)?, None),
-    };
-    Ok(LossAndGrads {
-        loss_sum: head.loss_sum,
-        n_targets: head.n_targets,
-        per_token_loss: head.per_token_loss,
-        grads: ModelWeights {
-            embed: d_embed,
-            layers: layer_grads,
-            final_norm: d_final_norm,
-            lm_head: d_lm_head,
-        },
-    })
-}
-
-/// Scatter-adds the rows of `dx` into a zero gradient of the embedding table.
-fn embedding_backward(ids: &Tensor, dx: &Tensor, embed: &Tensor) -> Result<Tensor> {
-    Ok(embed
-        .zeros_like()?
-        .index_add(ids, &dx.to_dtype(embed.dtype())?, 0)?)
 }
 
 /// A dtype from the names users type.

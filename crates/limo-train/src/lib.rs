@@ -11,6 +11,7 @@ pub mod export;
 pub mod metrics;
 pub mod optim;
 pub mod order;
+pub mod parity;
 pub mod profile;
 pub mod schedule;
 pub mod source;

@@ -388,7 +388,9 @@ pub fn optimizer_step(
     let mut grads = model.zero_grads()?;
     let mut loss_sum = 0.0;
     for batch in micro {
-        loss_sum += model.loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?;
+        loss_sum += model
+            .loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?
+            .loss_sum;
     }
     let loss_sum = model.sum_over_ranks(loss_sum)?;
     let (norm, coef) = model.step(&grads, lr, train.max_grad_norm, step)?;

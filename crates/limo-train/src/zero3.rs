@@ -254,7 +254,7 @@ impl ShardedModel {
         grad_scale: f64,
         loss_chunk: usize,
         grads: &mut [Tensor],
-    ) -> anyhow::Result<f64> {
+    ) -> anyhow::Result<MicroBatchLoss> {
         let cfg = &self.cfg;
         let layers = cfg.num_hidden_layers;
         let head_group = layers + 1;
@@ -361,7 +361,26 @@ impl ShardedModel {
             None => d_embed,
         };
         self.scatter_grads(EMBED_GROUP, &[d_embed], grads)?;
-        Ok(head.loss_sum)
+        Ok(MicroBatchLoss {
+            loss_sum: head.loss_sum,
+            per_token_loss: head.per_token_loss,
+        })
+    }
+
+    /// The full gradient of every parameter under its Hugging Face name, from the accumulators
+    /// of a world-size-1 model (where this rank's slices are the whole groups).
+    pub fn named_grads(&self, grads: &[Tensor]) -> anyhow::Result<Vec<(String, Tensor)>> {
+        if self.world_size() != 1 {
+            bail!("named_grads needs the whole gradient: world size 1");
+        }
+        let mut named = Vec::new();
+        for (group, grad) in self.groups.iter().zip(grads) {
+            for (p, at) in group.params.iter().zip(group.offsets()) {
+                let t = grad.narrow(0, at.start, at.len())?;
+                named.push((p.name.clone(), t.reshape(p.shape.as_slice())?));
+            }
+        }
+        Ok(named)
     }
 
     /// Flattens a group's full gradients in the master dtype, reduce-scatters them (a sum over
@@ -446,6 +465,14 @@ impl ShardedModel {
             .all_reduce(&Tensor::new(&[value], &self.device)?)?
             .to_vec1::<f64>()?[0])
     }
+}
+
+/// What the forward and backward of one micro-batch return besides the gradients.
+pub struct MicroBatchLoss {
+    /// Sum of this rank's per-token losses over its targets.
+    pub loss_sum: f64,
+    /// `[N]` cross-entropy per token of the flat batch, 0 where not a target.
+    pub per_token_loss: Tensor,
 }
 
 /// Bytes of one rank's state, by kind.

@@ -1,12 +1,13 @@
 //! Parity with Hugging Face transformers: loss and every gradient of the golden tiny Qwen2 on a
 //! plain and a packed batch (fixtures computed by transformers in float64, see
-//! tests/fixtures/golden/README.md).
+//! tests/fixtures/golden/README.md), through the training step's forward and backward (a
+//! world-size-1 ZeRO-3 model, `limo_train::parity`).
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use limo_model::checkpoint::load_checkpoint;
-use limo_model::{loss_and_grads, Batch};
+use limo_model::Batch;
+use limo_train::parity::batch_loss_and_grads;
 use serde::Deserialize;
 
 fn golden_dir() -> PathBuf {
@@ -54,15 +55,8 @@ fn errors(batch_name: &str, dtype: DType, loss_chunk: usize) -> (f64, f64) {
     )
     .unwrap();
 
-    let (cfg, weights) = load_checkpoint(&dir.join("model"), dtype, &Device::Cpu).unwrap();
-    let out = loss_and_grads(
-        &cfg,
-        &weights,
-        &batch,
-        1.0 / batch.n_targets() as f64,
-        loss_chunk,
-    )
-    .unwrap();
+    let out =
+        batch_loss_and_grads(&dir.join("model"), dtype, &Device::Cpu, &batch, loss_chunk).unwrap();
 
     let ref_loss = reference["loss"].to_scalar::<f64>().unwrap();
     let loss_err = (out.loss() - ref_loss).abs() / ref_loss.abs();
@@ -74,7 +68,7 @@ fn errors(batch_name: &str, dtype: DType, loss_chunk: usize) -> (f64, f64) {
         token_err < 1e-5,
         "per-token loss rel L2 error {token_err:e}"
     );
-    let named = out.grads.named(&cfg);
+    let named = &out.grads;
     let n_ref_grads = reference.keys().filter(|k| k.starts_with("grad.")).count();
     assert_eq!(named.len(), n_ref_grads, "one gradient per golden gradient");
     let mut worst = 0.0f64;
@@ -132,8 +126,12 @@ fn packed_positions_make_documents() {
     // Ignoring the positions would let documents attend to each other: the loss must change.
     let plain = Batch::from_rows(&file.input_ids, &file.labels, None).unwrap();
     assert_eq!(plain.cu_seqlens, vec![0, 32]);
-    let (cfg, w) = load_checkpoint(&golden_dir().join("model"), DType::F64, &Device::Cpu).unwrap();
-    let packed = loss_and_grads(&cfg, &w, &batch, 1.0, 64).unwrap().loss();
-    let unpacked = loss_and_grads(&cfg, &w, &plain, 1.0, 64).unwrap().loss();
+    let model = golden_dir().join("model");
+    let loss = |b: &Batch| {
+        batch_loss_and_grads(&model, DType::F64, &Device::Cpu, b, 64)
+            .unwrap()
+            .loss()
+    };
+    let (packed, unpacked) = (loss(&batch), loss(&plain));
     assert!((packed - unpacked).abs() > 1e-3, "{packed} vs {unpacked}");
 }
