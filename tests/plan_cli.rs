@@ -19,7 +19,22 @@ fn recipe() -> String {
 }
 
 fn plan_json(gpus: &str) -> Value {
-    let out = limo(&["plan", "--config", &recipe(), "--gpus", gpus, "--json"]);
+    plan_json_with(gpus, &[])
+}
+
+/// `limo plan --json` of the recipe on `gpus` GPUs with `extra` arguments.
+fn plan_json_with(gpus: &str, extra: &[&str]) -> Value {
+    let recipe = recipe();
+    let mut args = vec![
+        "plan",
+        "--config",
+        recipe.as_str(),
+        "--gpus",
+        gpus,
+        "--json",
+    ];
+    args.extend(extra);
+    let out = limo(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -92,6 +107,12 @@ fn bad_arguments_are_one_line_errors() {
         (vec!["--gpus", "0"], "--gpus"),
         (vec!["--gpus", "8", "--gpu-mem", "80XB"], "--gpu-mem"),
         (vec!["--gpus", "8", "--mfu", "1.5"], "--mfu"),
+        (vec!["--gpus", "8", "--offload", "bogus"], "--offload"),
+        (vec!["--gpus", "8", "--host-mem", "lots"], "--host-mem"),
+        (
+            vec!["--gpus", "8", "--gpus-per-node", "0"],
+            "--gpus-per-node",
+        ),
     ] {
         let recipe = recipe();
         let mut all = vec!["plan", "--config", recipe.as_str()];
@@ -150,4 +171,141 @@ fn a_local_checkpoint_is_read_from_its_config_json() {
     // Two layers of the 0.5B shape, not the 32B preset the recipe's file name suggests.
     assert_eq!(plan["layers"], 2);
     assert_eq!(plan["hidden"], 896);
+}
+
+fn bytes(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{v} is not a byte count"))
+}
+
+#[test]
+fn offload_moves_12_bytes_per_shard_parameter_off_the_gpu_and_8_gpus_fit() {
+    for gpus in ["8", "16", "32"] {
+        let (on, off) = (plan_json(gpus), plan_json_with(gpus, &["--offload", "cpu"]));
+        let shard = bytes(&on["shard_params"]);
+        assert_eq!(on["optimizer_offload"], false);
+        assert_eq!(off["optimizer_offload"], true);
+        for estimate in ["with_checkpointing", "without_checkpointing"] {
+            let (a, b) = (&on[estimate]["memory"], &off[estimate]["memory"]);
+            assert_eq!((bytes(&b["master"]), bytes(&b["adam"])), (0, 0));
+            // Before the workspace allowance (10% of what is on the GPU), exactly 12 B per
+            // shard parameter less: the fp32 master (4) and Adam m, v (8).
+            let before = |m: &Value| bytes(&m["total"]) - bytes(&m["workspace"]);
+            assert_eq!(before(a) - before(b), 12 * shard, "{gpus} GPUs, {estimate}");
+            let saved = (bytes(&a["total"]) - bytes(&b["total"])) as f64;
+            assert!((saved - 1.1 * 12.0 * shard as f64).abs() <= 1.0, "{saved}");
+            // The margin is what is left of 80 GiB, signed.
+            let margin = b["margin"].as_i64().unwrap();
+            assert_eq!(margin, (80u64 << 30) as i64 - bytes(&b["total"]) as i64);
+        }
+    }
+    // The 32B recipe on 8 x 80 GiB: does not fit without offload, fits with it.
+    let (on, off) = (plan_json("8"), plan_json_with("8", &["--offload", "cpu"]));
+    assert_eq!(on["with_checkpointing"]["memory"]["fits"], false);
+    assert!(
+        on["with_checkpointing"]["memory"]["margin"]
+            .as_i64()
+            .unwrap()
+            < 0
+    );
+    assert_eq!(off["with_checkpointing"]["memory"]["fits"], true);
+    assert!(
+        off["with_checkpointing"]["memory"]["margin"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(off["without_checkpointing"]["memory"]["fits"], false);
+}
+
+#[test]
+fn host_memory_per_node_is_per_gpu_times_the_gpus_of_a_node() {
+    for gpus in ["8", "16", "32"] {
+        let p = plan_json_with(gpus, &["--offload", "cpu", "--host-mem", "2TiB"]);
+        let shard = bytes(&p["shard_params"]);
+        let h = &p["host"];
+        // Master 4 + moments 8 + pinned staging 4 (gradient down) + 2 (bf16 up).
+        assert_eq!(bytes(&h["pinned_per_gpu"]), 6 * shard);
+        assert_eq!(bytes(&h["total_per_gpu"]), 18 * shard);
+        assert_eq!(h["gpus_per_node"], 8);
+        assert_eq!(bytes(&h["total_per_node"]), 8 * bytes(&h["total_per_gpu"]));
+        assert_eq!(
+            bytes(&h["pinned_per_node"]),
+            8 * bytes(&h["pinned_per_gpu"])
+        );
+        assert_eq!(h["fits"], true);
+        let margin = h["margin"].as_i64().unwrap();
+        assert_eq!(
+            margin,
+            (2u64 << 40) as i64 - bytes(&h["total_per_node"]) as i64
+        );
+    }
+    // Fewer GPUs than --gpus-per-node: one node holds them all.
+    let p = plan_json_with("4", &["--offload", "cpu", "--gpus-per-node", "8"]);
+    assert_eq!(p["host"]["gpus_per_node"], 4);
+    let h = &p["host"];
+    assert_eq!(bytes(&h["total_per_node"]), 4 * bytes(&h["total_per_gpu"]));
+    assert!(h["fits"].is_null());
+    // Without offload the plan puts nothing in host memory.
+    assert_eq!(bytes(&plan_json("8")["host"]["total_per_node"]), 0);
+
+    // The table says it too.
+    let recipe = recipe();
+    let args = [
+        "plan",
+        "--config",
+        &recipe,
+        "--gpus",
+        "8",
+        "--offload",
+        "cpu",
+    ];
+    let out = limo(&[&args[..], &["--host-mem", "1TiB"]].concat());
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for term in [
+        "optimizer offload: cpu",
+        "on the host",
+        "per node (8 GPUs)",
+        "pinned staging",
+        "fits in 1024.00 GiB per node",
+        "margin",
+    ] {
+        assert!(text.contains(term), "{term:?} missing from\n{text}");
+    }
+}
+
+#[test]
+fn the_config_field_is_honoured_and_the_flag_overrides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(recipe()).unwrap();
+    // Keep the file name: the 32B shape comes from model.path, "Qwen2.5-32B-Instruct".
+    let config = tmp.path().join("recipe.toml");
+    let with_field = text.replace("[train]\n", "[train]\noptimizer_offload = \"cpu\"\n");
+    assert_ne!(with_field, text, "the recipe has a [train] section");
+    std::fs::write(&config, with_field).unwrap();
+    let run = |extra: &[&str]| -> Value {
+        let path = config.to_str().unwrap();
+        let mut args = vec!["plan", "--config", path, "--gpus", "8", "--json"];
+        args.extend(extra);
+        let out = limo(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let from_file = run(&[]);
+    assert_eq!(from_file["optimizer_offload"], true);
+    assert_eq!(from_file["with_checkpointing"]["memory"]["adam"], 0);
+    assert_eq!(from_file["with_checkpointing"]["memory"]["fits"], true);
+    // --offload none wins over the file.
+    let flag = run(&["--offload", "none"]);
+    assert_eq!(flag["optimizer_offload"], false);
+    assert_eq!(flag["with_checkpointing"]["memory"]["fits"], false);
+    // And --set reaches the same field.
+    let set = plan_json_with("8", &["--set", "train.optimizer_offload=cpu"]);
+    assert_eq!(set["optimizer_offload"], true);
+    assert_eq!(set["host"], from_file["host"]);
 }

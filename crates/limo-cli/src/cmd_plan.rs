@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use limo_dist::plan::{infer_shape, parse_bytes, plan, Estimate, Hardware, Plan, Workload, GIB};
+use limo_dist::plan::{
+    infer_shape, parse_bytes, plan_with_offload, Estimate, Hardware, Offload, Plan, Workload, GIB,
+};
 use limo_model::init::preset_config;
 use limo_model::Qwen2Config;
+use limo_train::config::OptimizerOffload;
 use limo_train::TrainConfig;
 
 #[derive(Args)]
@@ -27,6 +30,16 @@ pub struct PlanArgs {
     /// Peak dense bf16 TFLOP/s of one GPU (989: H100 SXM).
     #[arg(long, default_value_t = 989.0)]
     gpu_tflops: f64,
+    /// Where the fp32 master weights and Adam moments live: none (on the GPU) or cpu (host
+    /// memory, AdamW on the host). Overrides train.optimizer_offload.
+    #[arg(long, value_name = "none|cpu")]
+    offload: Option<String>,
+    /// GPUs per node, for host memory per node (capped at --gpus).
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u64,
+    /// Host memory of one node (2TiB, 1536GiB, 2000GB): whether the offloaded state fits.
+    #[arg(long)]
+    host_mem: Option<String>,
     /// Override a config field, e.g. --set data.cutoff_len=32768 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
@@ -50,7 +63,23 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         peak_tflops: args.gpu_tflops,
         mfu: args.mfu,
     };
-    let plan = plan(&model, work, hw)?;
+    let offload = match args.offload.as_deref() {
+        None => config.train.optimizer_offload,
+        Some("none") => OptimizerOffload::None,
+        Some("cpu") => OptimizerOffload::Cpu,
+        Some(other) => bail!("--offload: {other:?} is not none or cpu"),
+    };
+    let offload = Offload {
+        optimizer_offload: offload == OptimizerOffload::Cpu,
+        gpus_per_node: args.gpus_per_node,
+        host_mem: args
+            .host_mem
+            .as_deref()
+            .map(parse_bytes)
+            .transpose()
+            .context("--host-mem")?,
+    };
+    let plan = plan_with_offload(&model, work, hw, offload)?;
     if args.json {
         let mut value = serde_json::to_value(&plan)?;
         value["config"] = args.config.display().to_string().into();
@@ -106,6 +135,59 @@ fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB as f64)
 }
 
+/// A signed byte count in GiB with its sign: "+13.06 GiB", "-24.70 GiB".
+fn signed_gib(bytes: i64) -> String {
+    format!("{:+.2} GiB", bytes as f64 / GIB as f64)
+}
+
+/// The host side: what optimizer offload puts in host memory, per GPU and per node.
+fn host(p: &Plan) -> String {
+    let h = &p.host;
+    let n = p.hardware.gpus;
+    if !p.optimizer_offload {
+        return "optimizer offload: none (master weights and Adam moments on the GPU; \
+                --offload cpu moves them to host memory)\n\n"
+            .to_string();
+    }
+    let mut out = format!(
+        "optimizer offload: cpu (fp32 master weights and Adam m, v in host memory, AdamW on \
+         the host; {} moved over PCIe per GPU per step)\n",
+        gib(h.pcie_bytes_per_step)
+    );
+    let node = format!("per node ({} GPUs)", h.gpus_per_node);
+    out += &format!("{:<44}{:>14}{:>20}\n", "host memory", "per GPU", node);
+    let row = |label: String, per_gpu: u64, per_node: u64| {
+        format!("{label:<44}{:>14}{:>20}\n", gib(per_gpu), gib(per_node))
+    };
+    let k = h.gpus_per_node;
+    out += &row(
+        format!("fp32 master + Adam m, v (12 B/param / {n})"),
+        h.master + h.adam,
+        (h.master + h.adam) * k,
+    );
+    out += &row(
+        format!("pinned staging (4 + 2 B/param / {n})"),
+        h.pinned_per_gpu,
+        h.pinned_per_node,
+    );
+    out += &row("total".to_string(), h.total_per_gpu, h.total_per_node);
+    if let (Some(mem), Some(fits), Some(margin)) = (h.host_mem, h.fits, h.margin) {
+        out += &format!(
+            "{:<44}{:>14}{:>20}\n",
+            format!("fits in {} per node", gib(mem)),
+            "",
+            if fits { "yes" } else { "NO" }
+        );
+        out += &format!(
+            "{:<44}{:>14}{:>20}\n",
+            "margin (spare, or - missing)",
+            "",
+            signed_gib(margin)
+        );
+    }
+    out + "\n"
+}
+
 fn render(p: &Plan, file: &Path, source: &str) -> String {
     let (hw, work) = (&p.hardware, &p.workload);
     let (a, b) = (&p.with_checkpointing, &p.without_checkpointing);
@@ -138,10 +220,19 @@ fn render(p: &Plan, file: &Path, source: &str) -> String {
     out += &row(&format!("fp32 gradient shard (4 B/param / {n})"), &|e| {
         e.memory.grad_shard
     });
-    out += &row(&format!("fp32 master weights (4 B/param / {n})"), &|e| {
-        e.memory.master
-    });
-    out += &row(&format!("Adam m + v (8 B/param / {n})"), &|e| e.memory.adam);
+    let (master, adam) = if p.optimizer_offload {
+        (
+            "fp32 master weights (on the host)".to_string(),
+            "Adam m + v (on the host)".to_string(),
+        )
+    } else {
+        (
+            format!("fp32 master weights (4 B/param / {n})"),
+            format!("Adam m + v (8 B/param / {n})"),
+        )
+    };
+    out += &row(&master, &|e| e.memory.master);
+    out += &row(&adam, &|e| e.memory.adam);
     out += &row("gathered layers + vocab group", &|e| e.memory.gathered);
     out += &row("activations", &|e| e.memory.activations);
     out += &row("loss chunk + final hidden", &|e| e.memory.loss);
@@ -149,11 +240,18 @@ fn render(p: &Plan, file: &Path, source: &str) -> String {
     out += &row("total", &|e| e.memory.total);
     let fits = |e: &Estimate| if e.memory.fits { "yes" } else { "NO" };
     out += &format!(
-        "{:<44}{:>14}{:>14}\n\n",
+        "{:<44}{:>14}{:>14}\n",
         format!("fits in {}", gib(hw.gpu_mem)),
         fits(a),
         fits(b)
     );
+    out += &format!(
+        "{:<44}{:>14}{:>14}\n\n",
+        "margin (spare, or - missing)",
+        signed_gib(a.memory.margin),
+        signed_gib(b.memory.margin)
+    );
+    out += &host(p);
     out += &format!(
         "step: {} tokens over {n} GPUs; at MFU {} of {} TFLOP/s per GPU:\n  \
          {:.1} s with checkpointing ({:.3e} FLOP, recompute included), {:.1} s without ({:.3e} FLOP)\n",

@@ -42,6 +42,60 @@ pub struct Hardware {
     pub mfu: f64,
 }
 
+/// Where the optimizer state lives and what the hosts hold (`train.optimizer_offload`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Offload {
+    /// `train.optimizer_offload = "cpu"`: each rank keeps its fp32 master weights and Adam
+    /// moments in host memory and runs AdamW on the host; the GPU keeps the bf16 compute shard
+    /// and the fp32 gradient accumulator.
+    pub optimizer_offload: bool,
+    /// GPUs (ranks) per node, for host memory per node; capped at the world size.
+    pub gpus_per_node: u64,
+    /// Host memory of one node, when given: whether the host side fits.
+    pub host_mem: Option<u64>,
+}
+
+impl Default for Offload {
+    /// No offload, 8 GPUs per node, host memory not given.
+    fn default() -> Self {
+        Offload {
+            optimizer_offload: false,
+            gpus_per_node: 8,
+            host_mem: None,
+        }
+    }
+}
+
+/// Host memory of the optimizer offload, per GPU (rank) and per node. All zero without
+/// offload: the planner counts no host memory then (data loader, checkpoint writing and the
+/// process itself are never counted).
+#[derive(Debug, Clone, Serialize)]
+pub struct HostMemory {
+    pub optimizer_offload: bool,
+    /// fp32 master weights, 4 B per shard parameter (host, pageable or pinned).
+    pub master: u64,
+    /// Adam m and v in fp32, 8 B per shard parameter (host).
+    pub adam: u64,
+    /// Pinned staging per GPU: the fp32 gradient slice coming down (4 B per shard parameter)
+    /// and the bf16 compute slice going up (2 B).
+    pub pinned_per_gpu: u64,
+    /// Everything the host holds for one GPU: master + adam + pinned staging.
+    pub total_per_gpu: u64,
+    /// min(--gpus-per-node, world size).
+    pub gpus_per_node: u64,
+    pub pinned_per_node: u64,
+    pub total_per_node: u64,
+    /// Host memory of one node, when given.
+    pub host_mem: Option<u64>,
+    /// `total_per_node <= host_mem`, when host_mem is given.
+    pub fits: Option<bool>,
+    /// host_mem - total_per_node (negative: short by that much), when host_mem is given.
+    pub margin: Option<i64>,
+    /// Bytes each GPU moves over PCIe per optimizer step: its fp32 gradient slice down and
+    /// its bf16 compute slice up (6 B per shard parameter).
+    pub pcie_bytes_per_step: u64,
+}
+
 /// Bytes per GPU, one field per term of the estimate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Memory {
@@ -49,9 +103,9 @@ pub struct Memory {
     pub weight_shard: u64,
     /// fp32 gradient accumulator, 4 B per parameter / N.
     pub grad_shard: u64,
-    /// fp32 master weights, 4 B per parameter / N.
+    /// fp32 master weights, 4 B per parameter / N; 0 with optimizer offload (on the host).
     pub master: u64,
-    /// Adam m and v in fp32, 8 B per parameter / N.
+    /// Adam m and v in fp32, 8 B per parameter / N; 0 with optimizer offload (on the host).
     pub adam: u64,
     /// Gathered full tensors: two layers' bf16 weights (double buffer), one layer's bf16
     /// gradient before its reduce-scatter, and the vocab-sized group (head, or the embedding
@@ -65,6 +119,8 @@ pub struct Memory {
     pub workspace: u64,
     pub total: u64,
     pub fits: bool,
+    /// gpu_mem - total in bytes: spare memory, or (negative) how much is missing.
+    pub margin: i64,
 }
 
 /// Memory and time of one way of running the step.
@@ -95,6 +151,10 @@ pub struct Plan {
     pub tokens_per_step: u64,
     pub with_checkpointing: Estimate,
     pub without_checkpointing: Estimate,
+    /// `train.optimizer_offload = "cpu"` was planned: master and Adam moments on the host.
+    pub optimizer_offload: bool,
+    /// Host memory of the offload (zeros without it); the same with or without checkpointing.
+    pub host: HostMemory,
 }
 
 /// Parameter counts of the flat groups, in order: embedding, one per decoder layer, final
@@ -124,8 +184,23 @@ pub fn layer_activation_bytes_per_token(cfg: &Qwen2Config) -> u64 {
     bf16 * BF16 + fp32 * FP32
 }
 
-/// The plan of running `work` on `hw`.
+/// `a - b` in bytes as a signed number, saturating (gpu_mem may be u64::MAX: no cap).
+fn signed_diff(a: u64, b: u64) -> i64 {
+    (a as i128 - b as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+/// The plan of running `work` on `hw` with the optimizer state on the GPUs.
 pub fn plan(cfg: &Qwen2Config, work: Workload, hw: Hardware) -> anyhow::Result<Plan> {
+    plan_with_offload(cfg, work, hw, Offload::default())
+}
+
+/// The plan of running `work` on `hw`, the optimizer state where `offload` puts it.
+pub fn plan_with_offload(
+    cfg: &Qwen2Config,
+    work: Workload,
+    hw: Hardware,
+    offload: Offload,
+) -> anyhow::Result<Plan> {
     if hw.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
@@ -137,6 +212,9 @@ pub fn plan(cfg: &Qwen2Config, work: Workload, hw: Hardware) -> anyhow::Result<P
     }
     if work.seq_len == 0 || work.micro_batch == 0 || work.grad_accum == 0 || work.loss_chunk == 0 {
         bail!("data.cutoff_len, train.batch_size, train.grad_accum and train.loss_chunk must be at least 1");
+    }
+    if offload.gpus_per_node == 0 {
+        bail!("--gpus-per-node must be at least 1");
     }
     let n = hw.gpus;
     let groups = group_sizes(cfg);
@@ -161,21 +239,48 @@ pub fn plan(cfg: &Qwen2Config, work: Workload, hw: Hardware) -> anyhow::Result<P
     let gathered = 2 * layer_group * BF16 + layer_group * BF16 + vocab_group * (BF16 + FP32);
     let loss = 2 * chunk * v * FP32 + 2 * tokens * h * BF16;
     let per_layer = tokens * layer_activation_bytes_per_token(cfg);
+    // With offload the fp32 master and the moments (12 B per shard parameter) leave the GPU;
+    // the gradient accumulator stays (the gradient slice is copied down from it).
+    let on_gpu = |bytes: u64| if offload.optimizer_offload { 0 } else { bytes };
+    let (master, adam) = (on_gpu(shard * FP32), on_gpu(shard * 2 * FP32));
     let memory = |activations: u64| {
-        let sum = shard * (BF16 + FP32 + FP32 + 2 * FP32) + gathered + activations + loss;
+        let sum = shard * (BF16 + FP32) + master + adam + gathered + activations + loss;
         let workspace = WORKSPACE_FIXED + (sum as f64 * WORKSPACE_FRACTION) as u64;
         let total = sum + workspace;
         Memory {
             weight_shard: shard * BF16,
             grad_shard: shard * FP32,
-            master: shard * FP32,
-            adam: shard * 2 * FP32,
+            master,
+            adam,
             gathered,
             activations,
             loss,
             workspace,
             total,
             fits: total <= hw.gpu_mem,
+            margin: signed_diff(hw.gpu_mem, total),
+        }
+    };
+    let host = {
+        let on_host = |bytes: u64| if offload.optimizer_offload { bytes } else { 0 };
+        let (master, adam) = (on_host(shard * FP32), on_host(shard * 2 * FP32));
+        let pinned_per_gpu = on_host(shard * (FP32 + BF16));
+        let total_per_gpu = master + adam + pinned_per_gpu;
+        let per_node = offload.gpus_per_node.min(n);
+        let total_per_node = total_per_gpu * per_node;
+        HostMemory {
+            optimizer_offload: offload.optimizer_offload,
+            master,
+            adam,
+            pinned_per_gpu,
+            total_per_gpu,
+            gpus_per_node: per_node,
+            pinned_per_node: pinned_per_gpu * per_node,
+            total_per_node,
+            host_mem: offload.host_mem,
+            fits: offload.host_mem.map(|mem| total_per_node <= mem),
+            margin: offload.host_mem.map(|mem| signed_diff(mem, total_per_node)),
+            pcie_bytes_per_step: pinned_per_gpu,
         }
     };
     // Checkpointing keeps each layer's input; the layer being recomputed holds its saved
@@ -220,6 +325,8 @@ pub fn plan(cfg: &Qwen2Config, work: Workload, hw: Hardware) -> anyhow::Result<P
         tokens_per_step: tokens * n * work.grad_accum,
         with_checkpointing: estimate(true, ckpt_act),
         without_checkpointing: estimate(false, full_act),
+        optimizer_offload: offload.optimizer_offload,
+        host,
     })
 }
 
@@ -381,6 +488,92 @@ mod tests {
         );
         let seconds = flops / (8.0 * 989e12 * 0.4);
         assert!((p.without_checkpointing.step_seconds - seconds).abs() < 1e-9);
+    }
+
+    /// The LIMO recipe with the optimizer state on the host.
+    fn limo_offload(shape: &str, gpus: u64, host_mem: Option<u64>) -> Plan {
+        let base = limo(shape, gpus);
+        let offload = Offload {
+            optimizer_offload: true,
+            host_mem,
+            ..Offload::default()
+        };
+        plan_with_offload(&preset(shape), base.workload, base.hardware, offload).unwrap()
+    }
+
+    #[test]
+    fn offload_moves_master_and_moments_to_the_host() {
+        for gpus in [8, 16, 32] {
+            let (on, off) = (limo("32b", gpus), limo_offload("32b", gpus, None));
+            let shard = on.shard_params;
+            for (a, b) in [
+                (
+                    &on.with_checkpointing.memory,
+                    &off.with_checkpointing.memory,
+                ),
+                (
+                    &on.without_checkpointing.memory,
+                    &off.without_checkpointing.memory,
+                ),
+            ] {
+                assert_eq!((b.master, b.adam), (0, 0));
+                assert_eq!(
+                    (a.weight_shard, a.grad_shard),
+                    (b.weight_shard, b.grad_shard)
+                );
+                // Before the workspace allowance the GPU holds exactly 12 B per shard
+                // parameter less; the allowance is 10% of what is there.
+                let (sa, sb) = (a.total - a.workspace, b.total - b.workspace);
+                assert_eq!(sa - sb, 12 * shard);
+                let saved = (a.total - b.total) as f64;
+                assert!((saved - 1.1 * 12.0 * shard as f64).abs() <= 1.0, "{saved}");
+                assert_eq!(b.margin, 80 * GIB as i64 - b.total as i64);
+            }
+            // Host: master 4 + moments 8 + pinned staging 4 + 2 bytes per shard parameter.
+            let h = &off.host;
+            assert_eq!(
+                (h.master, h.adam, h.pinned_per_gpu),
+                (4 * shard, 8 * shard, 6 * shard)
+            );
+            assert_eq!(h.total_per_gpu, 18 * shard);
+            assert_eq!(h.gpus_per_node, 8);
+            assert_eq!(h.total_per_node, 8 * h.total_per_gpu);
+            assert_eq!(h.pinned_per_node, 8 * h.pinned_per_gpu);
+            assert_eq!((h.fits, h.margin), (None, None));
+            // Without offload the plan counts no host memory.
+            assert_eq!(on.host.total_per_node, 0);
+            assert!(!on.optimizer_offload && off.optimizer_offload);
+        }
+    }
+
+    #[test]
+    fn with_offload_the_32b_recipe_fits_on_8_gpus_of_80_gib() {
+        let (on, off) = (limo("32b", 8), limo_offload("32b", 8, None));
+        assert!(!on.with_checkpointing.memory.fits && on.with_checkpointing.memory.margin < 0);
+        assert!(off.with_checkpointing.memory.fits && off.with_checkpointing.memory.margin > 0);
+        assert!(!off.without_checkpointing.memory.fits);
+    }
+
+    #[test]
+    fn nodes_smaller_than_gpus_per_node_and_the_host_limit() {
+        // 4 GPUs: one node of 4, not 8.
+        let p = limo_offload("7b", 4, Some(GIB));
+        assert_eq!(p.host.gpus_per_node, 4);
+        assert_eq!(p.host.total_per_node, 4 * p.host.total_per_gpu);
+        assert_eq!(p.host.fits, Some(false));
+        assert!(p.host.margin.unwrap() < 0);
+        let p = limo_offload("7b", 4, Some(2048 * GIB));
+        assert_eq!(p.host.fits, Some(true));
+        assert_eq!(
+            p.host.margin.unwrap(),
+            (2048 * GIB - p.host.total_per_node) as i64
+        );
+        let bad = Offload {
+            gpus_per_node: 0,
+            ..Offload::default()
+        };
+        let base = limo("7b", 4);
+        assert!(plan_with_offload(&preset("7b"), base.workload, base.hardware, bad).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use limo_dist::comm::Communicator;
 use limo_dist::groups::groups;
-use limo_dist::plan::{plan, Hardware, Workload};
+use limo_dist::plan::{plan_with_offload, Hardware, Offload, Workload};
 use limo_dist::{SimulatedComm, SoloComm};
 use limo_model::init::preset_config;
 use limo_model::{Batch, Qwen2Config};
@@ -21,7 +21,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::config::TrainSection;
+use crate::config::{OptimizerOffload, TrainSection};
 use crate::optim::{master_dtype, Flat};
 use crate::profile::{PhaseTimes, PHASES};
 use crate::trainer::optimizer_step;
@@ -128,6 +128,8 @@ pub struct StepReport {
     pub rank: usize,
     pub simulated: bool,
     pub activation_checkpointing: bool,
+    /// Master weights and Adam moments in host memory (`train.optimizer_offload = "cpu"`).
+    pub optimizer_offload: bool,
     pub loss_chunk: usize,
     pub warmup: usize,
     pub steps: usize,
@@ -293,11 +295,11 @@ pub fn host_peak_rss() -> u64 {
 }
 
 /// `limo plan`'s per-GPU memory estimate (GiB) for this run: its world size, tokens, loss
-/// chunk and checkpointing.
+/// chunk, checkpointing and optimizer offload.
 pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
     let cfg = shape_config(&bench.shape, bench.layers)?;
     let t = &bench.train;
-    let estimate = plan(
+    let estimate = plan_with_offload(
         &cfg,
         Workload {
             seq_len: bench.tokens as u64,
@@ -310,6 +312,10 @@ pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
             gpu_mem: bench.mem_cap.unwrap_or(u64::MAX),
             peak_tflops: 989.0,
             mfu: 0.5,
+        },
+        Offload {
+            optimizer_offload: t.optimizer_offload == OptimizerOffload::Cpu,
+            ..Offload::default()
         },
     )?;
     let chosen = if t.activation_checkpointing {
@@ -415,6 +421,7 @@ pub fn run(
         rank,
         simulated: bench.simulate.is_some(),
         activation_checkpointing: t.activation_checkpointing,
+        optimizer_offload: t.optimizer_offload == OptimizerOffload::Cpu,
         loss_chunk: t.loss_chunk,
         warmup: bench.warmup,
         steps: bench.steps,
@@ -466,8 +473,9 @@ impl StepReport {
             self.device
         ));
         line(format!(
-            "activation checkpointing {}, loss chunk {}, {} warm-up + {} timed steps, set-up {:.1} s",
+            "activation checkpointing {}, optimizer {}, loss chunk {}, {} warm-up + {} timed steps, set-up {:.1} s",
             if self.activation_checkpointing { "on" } else { "off" },
+            if self.optimizer_offload { "offloaded to the host" } else { "on the device" },
             self.loss_chunk,
             self.warmup,
             self.steps,
