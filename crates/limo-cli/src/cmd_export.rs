@@ -8,7 +8,8 @@ use limo_train::config::parse_size;
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Checkpoint directory (runs/NAME/checkpoints/step-N).
+    /// The checkpoint: a step directory (runs/NAME/checkpoints/step-N), `checkpoints/latest`,
+    /// the `checkpoints/` directory or the run directory (their latest checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Output directory for the Hugging Face model.
@@ -28,10 +29,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         anyhow::bail!("--dtype {}: export writes bf16 or f32", args.dtype);
     }
     let shard = parse_size(&args.max_shard_size)?;
-    limo_train::export::export(&args.checkpoint, &args.out, dtype, shard)?;
+    let checkpoint = limo_train::checkpoint::find(&args.checkpoint)?;
+    limo_train::export::export(&checkpoint, &args.out, dtype, shard)?;
     println!(
         "exported {} to {}",
-        args.checkpoint.display(),
+        checkpoint.display(),
         args.out.display()
     );
     Ok(())

@@ -23,7 +23,9 @@ pub struct TrainArgs {
     /// Override a config field, e.g. --set train.lr=1e-5 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// Resume from `latest` (the default when given without a value) or a checkpoint directory.
+    /// Resume from `latest` (the default when given without a value) or a checkpoint directory;
+    /// `auto`: from the latest checkpoint if the run has one, else start fresh (one command line
+    /// for a job a scheduler restarts).
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<String>,
 }
@@ -55,8 +57,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let resume = match args.resume.as_deref() {
+        Some("auto") => {
+            let latest = config.output.dir.join("checkpoints").join("latest");
+            latest.is_file().then(|| "latest".to_string())
+        }
+        _ => args.resume,
+    };
     let options = RunOptions {
-        resume: args.resume,
+        resume,
         progress: std::io::stderr().is_terminal(),
         comm,
         device: Some(device),

@@ -57,6 +57,12 @@ enum Command {
     CommCheck(cmd_comm_check::CommCheckArgs),
 }
 
+/// Colour in log lines only on a terminal, and never with NO_COLOR set (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -64,6 +70,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -172,3 +172,48 @@ pub fn layer_backward(
     };
     Ok((dx, grads))
 }
+
+/// The first half of [`layer_forward`] for inference: `q [N, heads, head_dim]` and
+/// `k, v [N, kv_heads, head_dim]` of the tokens `x [N, hidden]`, after RoPE with `rope`'s rows.
+/// The same operations in the same order as the forward, so the results are bit-identical.
+pub fn layer_qkv(
+    w: &LayerWeights,
+    x: &Tensor,
+    config: &Qwen2Config,
+    rope: &RopeTables,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let n = x.dim(0)?;
+    let (n1, _) = rms_norm_forward(x, &w.input_norm, config.rms_norm_eps)?;
+    let heads = |t: Tensor, h: usize| t.reshape((n, h, config.head_dim));
+    let q = heads(
+        linear(&n1, &w.q_weight, Some(&w.q_bias))?,
+        config.num_attention_heads,
+    )?;
+    let k = heads(
+        linear(&n1, &w.k_weight, Some(&w.k_bias))?,
+        config.num_key_value_heads,
+    )?;
+    let v = heads(
+        linear(&n1, &w.v_weight, Some(&w.v_bias))?,
+        config.num_key_value_heads,
+    )?;
+    Ok((rope_forward(&q, rope)?, rope_forward(&k, rope)?, v))
+}
+
+/// The second half of [`layer_forward`] for inference: from the attention output
+/// `attn [N, heads, head_dim]` of the tokens `x [N, hidden]`, the output projection, the
+/// residual, the MLP and its residual: the layer's output `[N, hidden]`.
+pub fn layer_output(
+    w: &LayerWeights,
+    x: &Tensor,
+    attn: &Tensor,
+    config: &Qwen2Config,
+) -> Result<Tensor> {
+    let attn = attn.reshape((x.dim(0)?, config.q_dim()))?;
+    let x1 = (x + linear(&attn, &w.o_weight, None)?)?;
+    let (n2, _) = rms_norm_forward(&x1, &w.post_norm, config.rms_norm_eps)?;
+    let gate = linear(&n2, &w.gate_weight, None)?;
+    let up = linear(&n2, &w.up_weight, None)?;
+    let h = swiglu_forward(&gate, &up)?;
+    &x1 + linear(&h, &w.down_weight, None)?
+}

@@ -72,13 +72,13 @@ impl ShardedWriter {
         if count == 1 {
             let (tmp, _) = &self.shards[0];
             let target = self.dir.join(SINGLE_FILE);
-            return std::fs::rename(tmp, &target).map_err(|e| Error::file(&target, e.to_string()));
+            return publish(tmp, &target);
         }
         let mut weight_map = BTreeMap::new();
         for (k, (tmp, names)) in self.shards.iter().enumerate() {
             let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, count);
             let target = self.dir.join(&file);
-            std::fs::rename(tmp, &target).map_err(|e| Error::file(&target, e.to_string()))?;
+            publish(tmp, &target)?;
             for name in names {
                 weight_map.insert(name.clone(), file.clone());
             }
@@ -86,6 +86,18 @@ impl ShardedWriter {
         let index = json!({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map});
         write_json(&self.dir.join(INDEX_FILE), &index)
     }
+}
+
+/// Renames a finished shard into place, readable by everyone (0644) as other tools write model
+/// files: the safetensors writer creates its file private to the owner.
+fn publish(tmp: &Path, target: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::file(tmp, e.to_string()))?;
+    }
+    std::fs::rename(tmp, target).map_err(|e| Error::file(target, e.to_string()))
 }
 
 /// Writes pretty JSON the way transformers does (2-space indent).

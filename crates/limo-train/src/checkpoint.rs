@@ -278,6 +278,26 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
     Ok(checkpoints_dir.join(name.trim()))
 }
 
+/// The checkpoint `path` names: a checkpoint (step) directory, a `latest` pointer file, a
+/// `checkpoints/` directory (its latest) or a run directory (its `checkpoints/` latest).
+pub fn find(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join(MANIFEST).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.is_file() && path.file_name().is_some_and(|n| n == LATEST) {
+        return resolve(path.parent().unwrap_or(Path::new(".")), "latest");
+    }
+    for dir in [path.to_path_buf(), path.join("checkpoints")] {
+        if dir.join(LATEST).is_file() {
+            return resolve(&dir, "latest");
+        }
+    }
+    bail!(
+        "{}: not a checkpoint (no {MANIFEST}), a checkpoints directory or a run directory (no {LATEST})",
+        path.display()
+    )
+}
+
 /// Reads a checkpoint's manifest and checks its format.
 pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     let manifest_path = dir.join(MANIFEST);

@@ -14,6 +14,12 @@ use crate::synthetic;
 /// The Qwen2.5 tokenizer, compiled in so the default run works from any directory.
 const QWEN25_TOKENIZER: &[u8] =
     include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
+/// Its tokenizer_config.json (eos, pad, the chat template) and the template alone, as the Hub
+/// ships them beside it.
+const QWEN25_TOKENIZER_CONFIG: &[u8] =
+    include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer_config.json");
+const QWEN25_CHAT_TEMPLATE: &[u8] =
+    include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/chat_template.jinja");
 pub const BUILTIN_TOKENIZER: &str = "builtin:qwen2.5";
 pub const BUILTIN_ARITHMETIC: &str = "builtin:arithmetic";
 
@@ -69,6 +75,11 @@ pub fn prepare_model(
             if write {
                 std::fs::create_dir_all(path.parent().expect("has parent"))?;
                 std::fs::write(&path, QWEN25_TOKENIZER)?;
+                // With the chat template, so an export loads with AutoTokenizer and renders
+                // conversations as training saw them.
+                let dir = path.parent().expect("has parent");
+                std::fs::write(dir.join("tokenizer_config.json"), QWEN25_TOKENIZER_CONFIG)?;
+                std::fs::write(dir.join("chat_template.jinja"), QWEN25_CHAT_TEMPLATE)?;
             }
             Some(path)
         }

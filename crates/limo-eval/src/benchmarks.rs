@@ -1,0 +1,282 @@
+//! LIMO's nine evaluation sets, embedded in the binary (`benchmarks/*.jsonl`, copied unchanged
+//! from GAIR-NLP/LIMO `eval/data/<name>/test.jsonl`), and user JSONL files.
+//!
+//! Field mapping (the question / the id / the reference answer):
+//!
+//! | name | file | question | id | answer |
+//! | --- | --- | --- | --- | --- |
+//! | aime | aime.jsonl | problem | id | answer |
+//! | math500 | math.jsonl | problem | unique_id | answer |
+//! | amc23 | amc.jsonl | problem | id | answer (a JSON number: `27.0` -> `27`) |
+//! | cn_math_2024 | cn_math_2024.jsonl | problem | id | answer |
+//! | gaokao | gaokao.jsonl | question | idx | choice_answer when not empty, else answer |
+//! | grade_school_math | grade_school_math.jsonl | problem | row index | answer |
+//! | kaoyan | kaoyan.jsonl | problem | id | answer |
+//! | minerva | minerva.jsonl | question | row index | answer |
+//! | olympiadbench | olympiadbench.jsonl | question | id | answer |
+//!
+//! Answers that are JSON arrays or objects (a few in grade_school_math and kaoyan: several
+//! answers, or named parts) become their values joined with `, `, which the grader compares as
+//! an unordered list. Embedded rows without a reference answer are skipped and counted (there
+//! are none in the shipped files); in user files they are an error naming the row.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{Map, Value};
+
+use crate::grader::value_text;
+
+/// The benchmarks' short names, in LIMO's table order.
+pub const NAMES: [&str; 9] = [
+    "aime",
+    "math500",
+    "amc23",
+    "cn_math_2024",
+    "gaokao",
+    "grade_school_math",
+    "kaoyan",
+    "minerva",
+    "olympiadbench",
+];
+
+/// One evaluation problem.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// The benchmark's short name (for a user file: the file's stem).
+    pub benchmark: String,
+    /// The row's id field, or its 0-based row index.
+    pub id: String,
+    /// The question as the model sees it (LIMO's prompt puts it as the user message).
+    pub question: String,
+    /// The reference answer (non-empty).
+    pub answer: String,
+}
+
+struct Spec {
+    name: &'static str,
+    file: &'static str,
+    text: &'static str,
+    question: &'static str,
+    id: Option<&'static str>,
+    /// The answer fields, first non-empty wins.
+    answer: &'static [&'static str],
+}
+
+const SPECS: [Spec; 9] = [
+    Spec {
+        name: "aime",
+        file: "aime.jsonl",
+        text: include_str!("../benchmarks/aime.jsonl"),
+        question: "problem",
+        id: Some("id"),
+        answer: &["answer"],
+    },
+    Spec {
+        name: "math500",
+        file: "math.jsonl",
+        text: include_str!("../benchmarks/math.jsonl"),
+        question: "problem",
+        id: Some("unique_id"),
+        answer: &["answer"],
+    },
+    Spec {
+        name: "amc23",
+        file: "amc.jsonl",
+        text: include_str!("../benchmarks/amc.jsonl"),
+        question: "problem",
+        id: Some("id"),
+        answer: &["answer"],
+    },
+    Spec {
+        name: "cn_math_2024",
+        file: "cn_math_2024.jsonl",
+        text: include_str!("../benchmarks/cn_math_2024.jsonl"),
+        question: "problem",
+        id: Some("id"),
+        answer: &["answer"],
+    },
+    Spec {
+        name: "gaokao",
+        file: "gaokao.jsonl",
+        text: include_str!("../benchmarks/gaokao.jsonl"),
+        question: "question",
+        id: Some("idx"),
+        answer: &["choice_answer", "answer"],
+    },
+    Spec {
+        name: "grade_school_math",
+        file: "grade_school_math.jsonl",
+        text: include_str!("../benchmarks/grade_school_math.jsonl"),
+        question: "problem",
+        id: None,
+        answer: &["answer"],
+    },
+    Spec {
+        name: "kaoyan",
+        file: "kaoyan.jsonl",
+        text: include_str!("../benchmarks/kaoyan.jsonl"),
+        question: "problem",
+        id: Some("id"),
+        answer: &["answer"],
+    },
+    Spec {
+        name: "minerva",
+        file: "minerva.jsonl",
+        text: include_str!("../benchmarks/minerva.jsonl"),
+        question: "question",
+        id: None,
+        answer: &["answer"],
+    },
+    Spec {
+        name: "olympiadbench",
+        file: "olympiadbench.jsonl",
+        text: include_str!("../benchmarks/olympiadbench.jsonl"),
+        question: "question",
+        id: Some("id"),
+        answer: &["answer"],
+    },
+];
+
+fn spec(name: &str) -> Result<&'static Spec> {
+    // the file stems work too
+    let name = match name {
+        "math" => "math500",
+        "amc" => "amc23",
+        n => n,
+    };
+    SPECS.iter().find(|s| s.name == name).ok_or_else(|| {
+        anyhow!(
+            "unknown benchmark {name:?}: the benchmarks are {}",
+            NAMES.join(", ")
+        )
+    })
+}
+
+/// The embedded file a benchmark is read from (`math500` -> `math.jsonl`).
+pub fn file_name(name: &str) -> Result<&'static str> {
+    Ok(spec(name)?.file)
+}
+
+/// The problems of an embedded benchmark (one of [`NAMES`]). Rows without a reference answer are
+/// skipped with a warning (see [`load_counted`]).
+pub fn load(name: &str) -> Result<Vec<Problem>> {
+    let (problems, skipped) = load_counted(name)?;
+    if skipped > 0 {
+        tracing::warn!(
+            benchmark = name,
+            skipped,
+            "rows without a reference answer skipped"
+        );
+    }
+    Ok(problems)
+}
+
+/// [`load`], and how many rows were skipped for having no reference answer.
+pub fn load_counted(name: &str) -> Result<(Vec<Problem>, usize)> {
+    let spec = spec(name)?;
+    let origin = format!("benchmarks/{}", spec.file);
+    let mut problems = Vec::new();
+    let mut skipped = 0;
+    for (row, (line_no, obj)) in rows(spec.text, &origin)?.into_iter().enumerate() {
+        let question = question_text(&obj, spec.question, &origin, line_no)?;
+        let answer = spec
+            .answer
+            .iter()
+            .map(|f| obj.get(*f).map(value_text).unwrap_or_default())
+            .find(|a| !a.is_empty());
+        let Some(answer) = answer else {
+            skipped += 1;
+            continue;
+        };
+        let id = match spec.id {
+            Some(f) => id_text(&obj, f, &origin, line_no)?,
+            None => row.to_string(),
+        };
+        problems.push(Problem {
+            benchmark: spec.name.to_string(),
+            id,
+            question,
+            answer,
+        });
+    }
+    Ok((problems, skipped))
+}
+
+/// The problems of a user JSONL file: `question_field` and `answer_field` name the fields, ids
+/// come from `id_field` or are the 0-based row index. Every row needs a non-empty question and
+/// reference answer; errors name the file and line.
+pub fn load_file(
+    path: &Path,
+    question_field: &str,
+    answer_field: &str,
+    id_field: Option<&str>,
+) -> Result<Vec<Problem>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let origin = path.display().to_string();
+    let benchmark = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for (row, (line_no, obj)) in rows(&text, &origin)?.into_iter().enumerate() {
+        let question = question_text(&obj, question_field, &origin, line_no)?;
+        let answer = match obj.get(answer_field) {
+            None => bail!("{origin}: line {line_no}: no field {answer_field:?}"),
+            Some(v) => value_text(v),
+        };
+        if answer.is_empty() {
+            bail!("{origin}: line {line_no}: no reference answer ({answer_field:?} is empty)");
+        }
+        let id = match id_field {
+            Some(f) => id_text(&obj, f, &origin, line_no)?,
+            None => row.to_string(),
+        };
+        problems.push(Problem {
+            benchmark: benchmark.clone(),
+            id,
+            question,
+            answer,
+        });
+    }
+    if problems.is_empty() {
+        bail!("{origin}: no rows");
+    }
+    Ok(problems)
+}
+
+/// The JSON objects of a JSONL text with their 1-based line numbers; blank lines skipped.
+fn rows(text: &str, origin: &str) -> Result<Vec<(usize, Map<String, Value>)>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let obj: Map<String, Value> = serde_json::from_str(line)
+            .map_err(|e| anyhow!("{origin}: line {}: not a JSON object: {e}", n + 1))?;
+        out.push((n + 1, obj));
+    }
+    Ok(out)
+}
+
+fn question_text(
+    obj: &Map<String, Value>,
+    field: &str,
+    origin: &str,
+    line_no: usize,
+) -> Result<String> {
+    match obj.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Some(Value::String(_)) => bail!("{origin}: line {line_no}: empty question ({field:?})"),
+        Some(_) => bail!("{origin}: line {line_no}: the question field {field:?} is not a string"),
+        None => bail!("{origin}: line {line_no}: no field {field:?}"),
+    }
+}
+
+fn id_text(obj: &Map<String, Value>, field: &str, origin: &str, line_no: usize) -> Result<String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => bail!("{origin}: line {line_no}: no id field {field:?}"),
+        Some(v) => Ok(value_text(v)),
+    }
+}

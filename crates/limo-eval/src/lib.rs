@@ -1,0 +1,9 @@
+//! `limo eval`: LIMO's evaluation in the same binary as training. The benchmark files
+//! (`benchmarks/`, from LIMO's repository), the rule-based grader LIMO scores with
+//! (`grader.rs`: last `\boxed{}` answer, normalization, numeric / symbolic / choice equivalence),
+//! and the evaluation run over a model (`run.rs`: chat-template prompts, batched KV-cache
+//! generation, results streamed and resumable).
+
+pub mod benchmarks;
+pub mod grader;
+pub mod run;

@@ -1,0 +1,713 @@
+//! The evaluation run: every (problem, sample) of the chosen benchmarks is rendered with the
+//! Qwen2.5 chat template (LIMO's system prompt, the question as the user turn, then the
+//! assistant header), generated with batched KV-cache decoding (continuous batching: a
+//! finished sequence's slot goes to the next prompt), graded, and appended to
+//! `out_dir/results.jsonl` as it finishes. A rerun with the same `out_dir` skips what is
+//! already there (a torn last line is dropped and redone), then writes `summary.json` and
+//! prints the table.
+//!
+//! Each sample draws from its own stream seeded by (seed, benchmark, id, sample), so its
+//! response does not depend on the batch it ran in, and a resumed run samples what an
+//! uninterrupted one would have.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+use limo_data::format::{Conversation, Message, Role};
+use limo_data::template::{render, rendered_text, IM_START};
+use limo_data::ChatTokenizer;
+use limo_model::checkpoint::load_checkpoint;
+use limo_model::generate::{derive_seed, Generator, Sampling};
+use limo_model::Qwen2Config;
+use serde::{Deserialize, Serialize};
+
+use crate::benchmarks::{self, Problem, NAMES};
+use crate::grader::{extract_answer, is_equivalent};
+
+/// LIMO's evaluation system prompt.
+pub const LIMO_SYSTEM_PROMPT: &str =
+    "Please reason step by step, and put your final answer within \\boxed{}.";
+/// `<|im_end|>` and `<|endoftext|>` of the Qwen2.5 vocabulary: generation stops at either.
+pub const QWEN_STOP_IDS: [u32; 2] = [151645, 151643];
+pub const RESULTS_FILE: &str = "results.jsonl";
+pub const SUMMARY_FILE: &str = "summary.json";
+/// The settings that make the responses what they are, kept so that a rerun in the same
+/// out_dir resumes only a run with the same settings.
+pub const RUN_FILE: &str = "run.json";
+
+/// A benchmark from a user's JSONL file (see [`benchmarks::load_file`]).
+#[derive(Debug, Clone)]
+pub struct UserBenchmark {
+    pub path: PathBuf,
+    pub question_field: String,
+    pub answer_field: String,
+    /// The field that names a problem; its row number when `None`.
+    pub id_field: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// A Hugging Face Qwen2 model directory (config.json, safetensors).
+    pub model_dir: PathBuf,
+    /// tokenizer.json (the file or its folder); the model directory's when `None`.
+    pub tokenizer: Option<PathBuf>,
+    /// Built-in benchmarks by name ([`NAMES`]).
+    pub benchmarks: Vec<String>,
+    /// Benchmarks from the user's files, after the built-in ones.
+    pub files: Vec<UserBenchmark>,
+    /// The first `limit` problems of each benchmark.
+    pub limit: Option<usize>,
+    pub device: Device,
+    /// The dtype the weights are loaded in and the model computes in.
+    pub dtype: DType,
+    pub max_new_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// Responses per problem; pass@k is reported for k up to it.
+    pub samples: usize,
+    pub seed: u64,
+    /// Sequences decoded together.
+    pub batch_size: usize,
+    /// The system prompt; `None` leaves the Qwen2.5 template's default.
+    pub system_prompt: Option<String>,
+    pub out_dir: PathBuf,
+    /// A progress bar on stderr.
+    pub progress: bool,
+}
+
+impl EvalOptions {
+    /// LIMO's settings: all nine benchmarks, greedy, one sample, 32768 new tokens, f32 on the
+    /// CPU.
+    pub fn new(model_dir: impl Into<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            model_dir: model_dir.into(),
+            tokenizer: None,
+            benchmarks: NAMES.iter().map(|s| s.to_string()).collect(),
+            files: Vec::new(),
+            limit: None,
+            device: Device::Cpu,
+            dtype: DType::F32,
+            max_new_tokens: 32768,
+            temperature: 0.0,
+            top_p: 1.0,
+            samples: 1,
+            seed: 0,
+            batch_size: 32,
+            system_prompt: Some(LIMO_SYSTEM_PROMPT.to_string()),
+            out_dir: out_dir.into(),
+            progress: false,
+        }
+    }
+}
+
+/// One line of `results.jsonl`: one sample of one problem.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultRecord {
+    pub id: String,
+    pub benchmark: String,
+    pub sample: usize,
+    pub question: String,
+    pub response: String,
+    pub extracted: Option<String>,
+    pub reference: String,
+    pub correct: bool,
+    /// Generated tokens, without the stop token.
+    pub tokens: usize,
+    /// Whether a stop token ended the response (false: cut at max_new_tokens).
+    #[serde(default)]
+    pub stopped: bool,
+    /// From the prompt's entry into the batch to its last token.
+    pub seconds: f64,
+}
+
+impl ResultRecord {
+    fn key(&self) -> (String, String, usize) {
+        (self.benchmark.clone(), self.id.clone(), self.sample)
+    }
+}
+
+/// The scores of one benchmark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchmarkSummary {
+    pub benchmark: String,
+    /// Problems with results.
+    pub problems: usize,
+    /// Results (problems x samples).
+    pub results: usize,
+    /// Mean over problems of the share of correct samples.
+    pub pass_at_1: f64,
+    /// `pass@k` (unbiased estimator) for k = 2, 4, .. and the number of samples, when > 1.
+    pub pass_at_k: BTreeMap<usize, f64>,
+    pub mean_tokens: f64,
+    /// Share of responses cut at max_new_tokens.
+    pub truncated: f64,
+    /// Generated tokens over summed per-sequence seconds: each sequence's decoding speed.
+    pub tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub dtype: String,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub samples: usize,
+    pub seed: u64,
+    pub benchmarks: Vec<BenchmarkSummary>,
+    /// Results generated by this invocation, and found in results.jsonl from before.
+    pub generated: usize,
+    pub resumed: usize,
+    /// Wall time of this invocation's generation, and its tokens per second over all
+    /// sequences.
+    pub seconds: f64,
+    pub throughput_tokens_per_s: f64,
+}
+
+/// The token ids of the prompt: system, user question, assistant header (as the default
+/// run's evaluation renders it).
+pub fn prompt_ids(
+    tokenizer: &ChatTokenizer,
+    system: Option<&str>,
+    question: &str,
+) -> anyhow::Result<Vec<u32>> {
+    let conversation = Conversation {
+        system: None,
+        turns: vec![Message {
+            role: Role::User,
+            content: question.to_string(),
+        }],
+    };
+    let text = format!(
+        "{}{IM_START}assistant\n",
+        rendered_text(&render(&conversation, system))
+    );
+    Ok(tokenizer.encode(&text)?)
+}
+
+/// The ids generation stops at: `<|im_end|>`, `<|endoftext|>`, and the eos ids of
+/// config.json and generation_config.json, those inside the vocabulary.
+fn stop_ids(config: &Qwen2Config, model_dir: &Path, tokenizer: &ChatTokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = QWEN_STOP_IDS.to_vec();
+    ids.push(tokenizer.im_end_id());
+    let mut eos = |v: &serde_json::Value| match v {
+        serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|x| x as u32)),
+        serde_json::Value::Array(a) => {
+            ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+        }
+        _ => {}
+    };
+    eos(&config.raw["eos_token_id"]);
+    if let Some(generation) = std::fs::read_to_string(model_dir.join("generation_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    {
+        eos(&generation["eos_token_id"]);
+    }
+    ids.retain(|&id| (id as usize) < config.vocab_size);
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Reads `results.jsonl` (if any): the complete records, in order. A torn or unreadable last
+/// line (a run killed mid-write) is cut from the file, to be generated again; a malformed line
+/// before it is an error.
+fn read_results(path: &Path) -> anyhow::Result<Vec<ResultRecord>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let mut records = Vec::new();
+    let mut good_end = 0;
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < bytes.len() {
+        line_no += 1;
+        let Some(nl) = bytes[start..].iter().position(|&b| b == b'\n') else {
+            break; // no newline: torn
+        };
+        let end = start + nl;
+        let line = &bytes[start..end];
+        let is_last = end + 1 >= bytes.len();
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            start = end + 1;
+            good_end = start;
+            continue;
+        }
+        match serde_json::from_slice::<ResultRecord>(line) {
+            Ok(r) => {
+                records.push(r);
+                start = end + 1;
+                good_end = start;
+            }
+            Err(_) if is_last => break,
+            Err(e) => bail!("{} line {line_no}: malformed result ({e})", path.display()),
+        }
+    }
+    if good_end < bytes.len() {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("{}", path.display()))?;
+        file.set_len(good_end as u64)
+            .with_context(|| format!("{}: cutting the torn last line", path.display()))?;
+    }
+    Ok(records)
+}
+
+/// The problems of every requested benchmark, in order, each cut to `limit`.
+fn load_problems(opts: &EvalOptions) -> anyhow::Result<Vec<Vec<Problem>>> {
+    let mut all = Vec::new();
+    for name in &opts.benchmarks {
+        if !NAMES.contains(&name.as_str()) {
+            bail!(
+                "unknown benchmark {name:?}; expected one of {}",
+                NAMES.join(", ")
+            );
+        }
+    }
+    let mut names: Vec<&String> = Vec::new();
+    for name in &opts.benchmarks {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        all.push(benchmarks::load(name)?);
+    }
+    for f in &opts.files {
+        all.push(benchmarks::load_file(
+            &f.path,
+            &f.question_field,
+            &f.answer_field,
+            f.id_field.as_deref(),
+        )?);
+    }
+    if let Some(limit) = opts.limit {
+        for problems in &mut all {
+            problems.truncate(limit);
+        }
+    }
+    Ok(all)
+}
+
+fn check_options(opts: &EvalOptions) -> anyhow::Result<()> {
+    if opts.samples == 0 || opts.batch_size == 0 {
+        bail!("samples and batch_size must be at least 1");
+    }
+    if opts.benchmarks.is_empty() && opts.files.is_empty() {
+        bail!("no benchmark to run");
+    }
+    if opts.device.is_cpu() && matches!(opts.dtype, DType::BF16 | DType::F16) {
+        bail!(
+            "dtype {:?} is not supported on the CPU; use f32 (or f64)",
+            opts.dtype
+        );
+    }
+    if opts.temperature == 0.0 && opts.samples > 1 {
+        tracing::warn!(
+            "{} samples at temperature 0 are {} identical greedy responses",
+            opts.samples,
+            opts.samples
+        );
+    }
+    Ok(())
+}
+
+/// The settings of [`RUN_FILE`]: benchmarks, limit and samples may change between runs of one
+/// out_dir (results add up); these may not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunSettings {
+    model: String,
+    dtype: String,
+    max_new_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    seed: u64,
+    system_prompt: Option<String>,
+}
+
+/// Writes `run.json` on the first run of `out_dir`; later runs must match it.
+fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
+    let model = std::fs::canonicalize(&opts.model_dir).unwrap_or_else(|_| opts.model_dir.clone());
+    let settings = RunSettings {
+        model: model.display().to_string(),
+        dtype: format!("{:?}", opts.dtype).to_lowercase(),
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        seed: opts.seed,
+        system_prompt: opts.system_prompt.clone(),
+    };
+    let path = opts.out_dir.join(RUN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let before: RunSettings = serde_json::from_str(&text)
+                .with_context(|| format!("{}: malformed", path.display()))?;
+            if before != settings {
+                let (a, b) = (
+                    serde_json::to_value(&before)?,
+                    serde_json::to_value(&settings)?,
+                );
+                let changed: Vec<String> = a
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| format!("{k} {v} -> {}", b[k.as_str()]))
+                    .collect();
+                bail!(
+                    "{} holds results of a run with other settings ({}); use another output \
+                     directory",
+                    opts.out_dir.display(),
+                    changed.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_string_pretty(&settings)? + "\n";
+            std::fs::write(&path, text).with_context(|| format!("{}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    }
+}
+
+struct Job<'a> {
+    problem: &'a Problem,
+    sample: usize,
+    prompt: Vec<u32>,
+}
+
+/// Runs the evaluation (see the module documentation) and returns its summary.
+pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
+    check_options(opts)?;
+    let config_path = opts.model_dir.join("config.json");
+    if !config_path.is_file() {
+        bail!(
+            "model {}: no config.json (expected a Hugging Face model directory)",
+            opts.model_dir.display()
+        );
+    }
+    let problems = load_problems(opts)?;
+    let tokenizer_path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| opts.model_dir.clone());
+    let tokenizer = ChatTokenizer::from_path(&tokenizer_path)?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let results_path = opts.out_dir.join(RESULTS_FILE);
+    check_same_run(opts)?;
+    let previous = read_results(&results_path)?;
+    let done: HashSet<(String, String, usize)> = previous.iter().map(ResultRecord::key).collect();
+
+    let mut wanted: HashSet<(String, String, usize)> = HashSet::new();
+    let mut jobs = Vec::new();
+    for problem in problems.iter().flatten() {
+        for sample in 0..opts.samples {
+            let key = (problem.benchmark.clone(), problem.id.clone(), sample);
+            if !wanted.insert(key.clone()) {
+                bail!(
+                    "benchmark {}: problem id {:?} appears twice",
+                    problem.benchmark,
+                    problem.id
+                );
+            }
+            if !done.contains(&key) {
+                jobs.push(Job {
+                    problem,
+                    sample,
+                    prompt: Vec::new(),
+                });
+            }
+        }
+    }
+    let resumed = wanted.len() - jobs.len();
+
+    let started = Instant::now();
+    let mut fresh: Vec<ResultRecord> = Vec::new();
+    if !jobs.is_empty() {
+        let (config, weights) = load_checkpoint(&opts.model_dir, opts.dtype, &opts.device)
+            .with_context(|| format!("model {}", opts.model_dir.display()))?;
+        for job in &mut jobs {
+            job.prompt = prompt_ids(
+                &tokenizer,
+                opts.system_prompt.as_deref(),
+                &job.problem.question,
+            )?;
+        }
+        let stops = stop_ids(&config, &opts.model_dir, &tokenizer);
+        let sampling = Sampling {
+            temperature: opts.temperature,
+            top_p: opts.top_p,
+            seed: opts.seed,
+        };
+        let mut generator =
+            Generator::new(&config, &weights, opts.max_new_tokens, &stops, sampling)?;
+        let mut out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&results_path)
+            .with_context(|| format!("{}", results_path.display()))?;
+        let bar = progress_bar(opts.progress, jobs.len());
+        let mut next = 0;
+        let mut entered: Vec<Option<Instant>> = vec![None; jobs.len()];
+        while next < jobs.len() || !generator.is_empty() {
+            while next < jobs.len() && generator.in_flight() < opts.batch_size {
+                let job = &jobs[next];
+                let seed = derive_seed(
+                    opts.seed,
+                    format!(
+                        "{}\0{}\0{}",
+                        job.problem.benchmark, job.problem.id, job.sample
+                    )
+                    .as_bytes(),
+                );
+                generator.add(next, job.prompt.clone(), seed)?;
+                entered[next] = Some(Instant::now());
+                next += 1;
+            }
+            for (key, generated) in generator.step()? {
+                let job = &jobs[key];
+                let response = tokenizer.decode(&generated.ids)?;
+                let extracted = extract_answer(&response);
+                let correct = extracted
+                    .as_deref()
+                    .is_some_and(|e| is_equivalent(e, &job.problem.answer));
+                let record = ResultRecord {
+                    id: job.problem.id.clone(),
+                    benchmark: job.problem.benchmark.clone(),
+                    sample: job.sample,
+                    question: job.problem.question.clone(),
+                    response,
+                    extracted,
+                    reference: job.problem.answer.clone(),
+                    correct,
+                    tokens: generated.ids.len(),
+                    stopped: generated.stopped,
+                    seconds: entered[key].expect("entered").elapsed().as_secs_f64(),
+                };
+                let mut line = serde_json::to_string(&record)?;
+                line.push('\n');
+                out.write_all(line.as_bytes())
+                    .and_then(|_| out.flush())
+                    .with_context(|| format!("writing {}", results_path.display()))?;
+                fresh.push(record);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let generated_tokens: usize = fresh.iter().map(|r| r.tokens).sum();
+    let mut records = previous;
+    records.extend(fresh.iter().cloned());
+    let mut seen = HashSet::new();
+    records.retain(|r| wanted.contains(&r.key()) && seen.insert(r.key()));
+    let order: Vec<String> = problems
+        .iter()
+        .filter_map(|p| p.first().map(|p| p.benchmark.clone()))
+        .collect();
+    let summary = Summary {
+        model: opts.model_dir.display().to_string(),
+        dtype: format!("{:?}", opts.dtype).to_lowercase(),
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        samples: opts.samples,
+        seed: opts.seed,
+        benchmarks: summarize(&records, &order),
+        generated: fresh.len(),
+        resumed,
+        seconds,
+        throughput_tokens_per_s: if seconds > 0.0 {
+            generated_tokens as f64 / seconds
+        } else {
+            0.0
+        },
+    };
+    write_summary(&opts.out_dir.join(SUMMARY_FILE), &summary)?;
+    print!("{}", format_table(&summary));
+    Ok(summary)
+}
+
+fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} responses [{elapsed} < {eta}]",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn write_summary(path: &Path, summary: &Summary) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
+    serde_json::to_writer_pretty(&mut file, summary)?;
+    file.write_all(b"\n")?;
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))
+}
+
+/// Unbiased pass@k of a problem with `n` samples of which `c` are correct:
+/// `1 - C(n - c, k) / C(n, k)`.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if n < k || k == 0 {
+        return f64::NAN;
+    }
+    if n - c < k {
+        return 1.0;
+    }
+    1.0 - (n - c + 1..=n)
+        .map(|i| 1.0 - k as f64 / i as f64)
+        .product::<f64>()
+}
+
+/// Per-benchmark scores over `records`, benchmarks in `order` (then any others by name).
+pub fn summarize(records: &[ResultRecord], order: &[String]) -> Vec<BenchmarkSummary> {
+    // benchmark -> problem id -> (samples, correct)
+    let mut by_benchmark: BTreeMap<&str, Vec<&ResultRecord>> = BTreeMap::new();
+    for r in records {
+        by_benchmark.entry(&r.benchmark).or_default().push(r);
+    }
+    let mut names: Vec<&str> = order
+        .iter()
+        .map(String::as_str)
+        .filter(|n| by_benchmark.contains_key(n))
+        .collect();
+    names.extend(
+        by_benchmark
+            .keys()
+            .filter(|n| !order.iter().any(|o| o == *n)),
+    );
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let rs = &by_benchmark[name];
+            let mut problems: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+            for r in rs {
+                let e = problems.entry(&r.id).or_default();
+                e.0 += 1;
+                e.1 += usize::from(r.correct);
+            }
+            let n_problems = problems.len().max(1) as f64;
+            let pass_at_1 = problems
+                .values()
+                .map(|&(n, c)| c as f64 / n as f64)
+                .sum::<f64>()
+                / n_problems;
+            let min_samples = problems.values().map(|&(n, _)| n).min().unwrap_or(0);
+            let mut ks: Vec<usize> = (1..)
+                .map(|e| 1usize << e)
+                .take_while(|&k| k < min_samples)
+                .collect();
+            if min_samples > 1 {
+                ks.push(min_samples);
+            }
+            let pass_at_k = ks
+                .into_iter()
+                .map(|k| {
+                    let mean = problems
+                        .values()
+                        .map(|&(n, c)| pass_at_k(n, c, k))
+                        .sum::<f64>()
+                        / n_problems;
+                    (k, mean)
+                })
+                .collect();
+            let tokens: usize = rs.iter().map(|r| r.tokens).sum();
+            let seconds: f64 = rs.iter().map(|r| r.seconds).sum();
+            BenchmarkSummary {
+                benchmark: name.to_string(),
+                problems: problems.len(),
+                results: rs.len(),
+                pass_at_1,
+                pass_at_k,
+                mean_tokens: tokens as f64 / rs.len().max(1) as f64,
+                truncated: rs.iter().filter(|r| !r.stopped).count() as f64 / rs.len().max(1) as f64,
+                tokens_per_s: if seconds > 0.0 {
+                    tokens as f64 / seconds
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
+/// The table `run` prints: one row per benchmark, pass@k columns when there are samples.
+pub fn format_table(summary: &Summary) -> String {
+    let ks: Vec<usize> = summary
+        .benchmarks
+        .iter()
+        .flat_map(|b| b.pass_at_k.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut header = format!("{:<20} {:>5} {:>8}", "benchmark", "n", "pass@1");
+    for k in &ks {
+        header.push_str(&format!(" {:>8}", format!("pass@{k}")));
+    }
+    header.push_str(&format!(
+        " {:>10} {:>6} {:>9}",
+        "tokens", "cut", "tok/s/seq"
+    ));
+    let mut out = format!("{header}\n{}\n", "-".repeat(header.len()));
+    for b in &summary.benchmarks {
+        let mut row = format!(
+            "{:<20} {:>5} {:>7.1}%",
+            b.benchmark,
+            b.problems,
+            100.0 * b.pass_at_1
+        );
+        for k in &ks {
+            match b.pass_at_k.get(k) {
+                Some(v) => row.push_str(&format!(" {:>7.1}%", 100.0 * v)),
+                None => row.push_str(&format!(" {:>8}", "-")),
+            }
+        }
+        row.push_str(&format!(
+            " {:>10.1} {:>5.0}% {:>9.1}",
+            b.mean_tokens,
+            100.0 * b.truncated,
+            b.tokens_per_s
+        ));
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} responses generated, {} resumed; {:.1} s, {:.1} tokens/s over the batch\n",
+        summary.generated, summary.resumed, summary.seconds, summary.throughput_tokens_per_s
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_at_k_is_the_unbiased_estimator() {
+        assert_eq!(pass_at_k(4, 0, 2), 0.0);
+        assert_eq!(pass_at_k(4, 4, 2), 1.0);
+        // 1 - C(2,2)/C(4,2) = 1 - 1/6
+        assert!((pass_at_k(4, 2, 2) - 5.0 / 6.0).abs() < 1e-12);
+        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
+        assert_eq!(pass_at_k(3, 1, 3), 1.0);
+    }
+}

@@ -1,0 +1,216 @@
+//! The evaluation run end to end on a random tiny model with the real Qwen2.5 tokenizer: all
+//! nine benchmarks, results streamed and resumed, and one-line errors.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use limo_eval::benchmarks::NAMES;
+use limo_eval::run::{run, EvalOptions, ResultRecord, UserBenchmark, RESULTS_FILE, SUMMARY_FILE};
+use limo_model::init::{preset_config, write_random_checkpoint};
+
+fn tokenizer_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json")
+}
+
+/// The `tiny` preset made smaller (one layer, hidden 32), real vocabulary and tokenizer.
+fn write_model(dir: &Path) {
+    let mut config = preset_config("tiny").unwrap();
+    config["hidden_size"] = 32.into();
+    config["intermediate_size"] = 64.into();
+    config["num_hidden_layers"] = 1.into();
+    config["initializer_range"] = 0.2.into();
+    write_random_checkpoint(dir, &config, DType::F32, 3, usize::MAX).unwrap();
+    std::fs::copy(tokenizer_fixture(), dir.join("tokenizer.json")).unwrap();
+}
+
+fn options(model: &Path, out: &Path) -> EvalOptions {
+    let mut opts = EvalOptions::new(model, out);
+    opts.limit = Some(3);
+    opts.max_new_tokens = 8;
+    opts.batch_size = 5;
+    opts
+}
+
+fn read_records(out: &Path) -> Vec<ResultRecord> {
+    std::fs::read_to_string(out.join(RESULTS_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn all_benchmarks_run_end_to_end_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
+    write_model(&model);
+    let opts = options(&model, &out);
+
+    let summary = run(&opts).unwrap();
+    let records = read_records(&out);
+    assert_eq!(records.len(), 27);
+    assert_eq!(summary.generated, 27);
+    assert_eq!(summary.resumed, 0);
+    assert_eq!(summary.benchmarks.len(), 9);
+    for (b, name) in summary.benchmarks.iter().zip(NAMES) {
+        assert_eq!(b.benchmark, name);
+        assert_eq!((b.problems, b.results), (3, 3));
+        assert!(b.pass_at_k.is_empty(), "one sample: no pass@k");
+        assert!(b.mean_tokens <= 8.0);
+    }
+    for r in &records {
+        assert!(r.tokens <= 8 && (r.stopped || r.tokens == 8), "{r:?}");
+        assert!(!r.question.is_empty() && !r.reference.is_empty());
+        assert_eq!(r.sample, 0);
+    }
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(SUMMARY_FILE)).unwrap()).unwrap();
+    assert_eq!(on_disk["benchmarks"].as_array().unwrap().len(), 9);
+    println!(
+        "greedy decoding, tiny model on the CPU: {:.0} tokens/s over the batch",
+        summary.throughput_tokens_per_s
+    );
+
+    // A second run finds everything done.
+    let before = std::fs::read(out.join(RESULTS_FILE)).unwrap();
+    let again = run(&opts).unwrap();
+    assert_eq!((again.generated, again.resumed), (0, 27));
+    assert_eq!(std::fs::read(out.join(RESULTS_FILE)).unwrap(), before);
+    assert_eq!(again.benchmarks.len(), 9);
+
+    // A run killed mid-line: the torn line is dropped and generated again, identically.
+    let cut = before.len() - 10;
+    std::fs::write(out.join(RESULTS_FILE), &before[..cut]).unwrap();
+    let resumed = run(&opts).unwrap();
+    assert_eq!((resumed.generated, resumed.resumed), (1, 26));
+    let after = read_records(&out);
+    assert_eq!(after.len(), 27);
+    let (old, new) = (&records[26], &after[26]);
+    assert_eq!(
+        (&old.benchmark, &old.id, &old.response, old.tokens),
+        (&new.benchmark, &new.id, &new.response, new.tokens)
+    );
+}
+
+#[test]
+fn samples_give_pass_at_k() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
+    write_model(&model);
+    let mut opts = options(&model, &out);
+    opts.benchmarks = vec!["aime".into(), "math500".into()];
+    opts.limit = Some(2);
+    opts.samples = 4;
+    opts.temperature = 1.0;
+    opts.top_p = 0.95;
+    opts.seed = 11;
+    let summary = run(&opts).unwrap();
+    assert_eq!(summary.benchmarks.len(), 2);
+    for b in &summary.benchmarks {
+        assert_eq!((b.problems, b.results), (2, 8));
+        assert_eq!(b.pass_at_k.keys().copied().collect::<Vec<_>>(), vec![2, 4]);
+    }
+    let records = read_records(&out);
+    assert_eq!(records.len(), 16);
+    // Samples of one problem differ (their streams are seeded apart).
+    let first: Vec<&ResultRecord> = records
+        .iter()
+        .filter(|r| r.benchmark == "aime" && r.id == records[0].id)
+        .collect();
+    assert_eq!(first.len(), 4);
+    assert!(first.iter().any(|r| r.response != first[0].response));
+}
+
+fn one_line_error(opts: &EvalOptions) -> String {
+    let err = format!("{:#}", run(opts).unwrap_err());
+    assert!(!err.contains('\n'), "{err}");
+    err
+}
+
+#[test]
+fn errors_are_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
+    write_model(&model);
+
+    let mut opts = options(&model, &out);
+    opts.benchmarks = vec!["aime".into(), "nope".into()];
+    let err = one_line_error(&opts);
+    assert!(err.contains("unknown benchmark \"nope\""), "{err}");
+
+    let opts = options(&tmp.path().join("missing"), &out);
+    let err = one_line_error(&opts);
+    assert!(
+        err.contains("missing") && err.contains("config.json"),
+        "{err}"
+    );
+
+    let mut opts = options(&model, &out);
+    opts.tokenizer = Some(tmp.path().join("nowhere"));
+    let err = one_line_error(&opts);
+    assert!(err.contains("nowhere"), "{err}");
+
+    // An out_dir holds one run's settings: another temperature is refused.
+    let mut first = options(&model, &out);
+    first.benchmarks = vec!["aime".into()];
+    first.limit = Some(1);
+    first.max_new_tokens = 2;
+    run(&first).unwrap();
+    let mut hot = first.clone();
+    hot.temperature = 0.7;
+    let err = one_line_error(&hot);
+    assert!(err.contains("temperature 0.0 -> 0.7"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // A malformed line before the last one of results.jsonl is named, not skipped.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(RESULTS_FILE), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+    let err = one_line_error(&options(&model, &out));
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn user_files_are_benchmarks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
+    write_model(&model);
+    let file = tmp.path().join("mine.jsonl");
+    std::fs::write(
+        &file,
+        "{\"q\": \"What is 1+1?\", \"a\": 2, \"name\": \"one\"}\n\
+         {\"q\": \"What is 2+2?\", \"a\": \"4\", \"name\": \"two\"}\n",
+    )
+    .unwrap();
+    let mut opts = options(&model, &out);
+    opts.benchmarks.clear();
+    opts.files = vec![UserBenchmark {
+        path: file.clone(),
+        question_field: "q".into(),
+        answer_field: "a".into(),
+        id_field: Some("name".into()),
+    }];
+    let summary = run(&opts).unwrap();
+    assert_eq!(summary.benchmarks.len(), 1);
+    assert_eq!(summary.benchmarks[0].benchmark, "mine");
+    let records = read_records(&out);
+    let ids: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.id.as_str(), r.reference.as_str()))
+        .collect();
+    assert_eq!(ids, [("one", "2"), ("two", "4")]);
+
+    std::fs::write(&file, "{\"q\": \"What is 1+1?\"}\n").unwrap();
+    let err = one_line_error(&options_with(&opts, tmp.path().join("eval2")));
+    assert!(
+        err.contains("mine.jsonl") && err.contains("line 1"),
+        "{err}"
+    );
+}
+
+fn options_with(opts: &EvalOptions, out: PathBuf) -> EvalOptions {
+    EvalOptions {
+        out_dir: out,
+        ..opts.clone()
+    }
+}

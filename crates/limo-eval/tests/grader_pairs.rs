@@ -1,0 +1,379 @@
+//! The grader against hand-labelled pairs built on real reference answers of all nine
+//! benchmarks (`fixtures/grader_pairs.jsonl`: `prediction`, `reference`, `equivalent`, `note`),
+//! the benchmark loader, `grade_pairs`, and a small fuzz for panics.
+
+use std::path::Path;
+
+use limo_eval::benchmarks::{self, NAMES};
+use limo_eval::grader::{extract_answer, extract_or_raw, grade_pairs, is_equivalent, normalize};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const FIXTURE: &str = include_str!("fixtures/grader_pairs.jsonl");
+
+fn pairs() -> Vec<(String, String, bool, String)> {
+    FIXTURE
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("fixture line {}: {e}", i + 1));
+            let s = |k: &str| {
+                v[k].as_str()
+                    .unwrap_or_else(|| panic!("fixture line {}: {k}", i + 1))
+                    .to_string()
+            };
+            let eq = v["equivalent"]
+                .as_bool()
+                .unwrap_or_else(|| panic!("fixture line {}: equivalent", i + 1));
+            (s("prediction"), s("reference"), eq, s("note"))
+        })
+        .collect()
+}
+
+#[test]
+fn labelled_pairs() {
+    let pairs = pairs();
+    let equivalent = pairs.iter().filter(|p| p.2).count();
+    let not = pairs.len() - equivalent;
+    assert!(pairs.len() >= 150, "{} pairs", pairs.len());
+    for name in NAMES {
+        assert!(
+            pairs.iter().any(|p| p.3.starts_with(&format!("{name}:"))),
+            "no pair for {name}"
+        );
+    }
+    let mut failures = Vec::new();
+    for (i, (pred, reference, want, note)) in pairs.iter().enumerate() {
+        let extracted = extract_or_raw(pred);
+        let got = is_equivalent(&extracted, reference);
+        if got != *want {
+            failures.push(format!(
+                "line {}: {note}: is_equivalent({extracted:?}, {reference:?}) = {got}, want {want} \
+                 (normalized {:?} vs {:?})",
+                i + 1,
+                normalize(&extracted),
+                normalize(reference)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} pairs wrong:\n{}",
+        failures.len(),
+        pairs.len(),
+        failures.join("\n")
+    );
+    assert!(
+        equivalent.abs_diff(not) * 10 <= pairs.len(),
+        "unbalanced fixture: {equivalent} equivalent, {not} not"
+    );
+}
+
+#[test]
+fn every_reference_matches_itself_boxed() {
+    for name in NAMES {
+        for p in benchmarks::load(name).unwrap() {
+            let response = format!("Reasoning...\nSo the result is $\\boxed{{{}}}$.", p.answer);
+            assert!(
+                is_equivalent(&extract_or_raw(&response), &p.answer),
+                "{name} {}: {:?}",
+                p.id,
+                p.answer
+            );
+        }
+    }
+}
+
+#[test]
+fn load_all_nine() {
+    let expected = [
+        ("aime", 30),
+        ("amc23", 40),
+        ("cn_math_2024", 30),
+        ("gaokao", 79),
+        ("grade_school_math", 210),
+        ("kaoyan", 199),
+        ("math500", 500),
+        ("minerva", 272),
+        ("olympiadbench", 675),
+    ];
+    for (name, rows) in expected {
+        let (problems, skipped) = benchmarks::load_counted(name).unwrap();
+        // no shipped row lacks a reference answer
+        assert_eq!(skipped, 0, "{name}");
+        assert_eq!(problems.len(), rows, "{name}");
+        for p in &problems {
+            assert_eq!(p.benchmark, name);
+            assert!(
+                !p.question.trim().is_empty(),
+                "{name} {}: empty question",
+                p.id
+            );
+            assert!(!p.answer.trim().is_empty(), "{name} {}: empty answer", p.id);
+            assert!(!p.id.is_empty());
+        }
+        let ids: std::collections::BTreeSet<&str> =
+            problems.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids.len(), problems.len(), "{name}: ids not unique");
+    }
+    assert_eq!(NAMES.len(), expected.len());
+    // field mapping spot checks
+    let amc = benchmarks::load("amc23").unwrap();
+    assert_eq!(amc[0].answer, "27");
+    let gaokao = benchmarks::load("gaokao").unwrap();
+    assert_eq!(gaokao[0].answer, "C");
+    assert_eq!(gaokao[0].id, "0");
+    assert_eq!(gaokao[9].answer, "(4,0)");
+    let gsm = benchmarks::load("grade_school_math").unwrap();
+    assert_eq!(gsm[44].answer, "3568, 5880, 6512, 864");
+    assert_eq!(gsm[91].answer, "42, 84");
+    assert_eq!(gsm[3].id, "3");
+    let math = benchmarks::load("math500").unwrap();
+    assert_eq!(math[0].id, "test/precalculus/807.json");
+    assert!(math[0].question.starts_with("Convert the point"));
+    assert_eq!(benchmarks::load("math").unwrap().len(), 500);
+    let err = benchmarks::load("gsm8k").unwrap_err().to_string();
+    assert!(
+        err.contains("gsm8k") && err.contains("olympiadbench") && err.contains("math500"),
+        "{err}"
+    );
+}
+
+#[test]
+fn load_user_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine.jsonl");
+    std::fs::write(&path, "{\"q\": \"1+1?\", \"a\": 2.0, \"k\": 7}\n\n{\"q\": \"2+2?\", \"a\": \"4\", \"k\": \"x\"}\n").unwrap();
+    let ps = benchmarks::load_file(&path, "q", "a", Some("k")).unwrap();
+    assert_eq!(ps.len(), 2);
+    assert_eq!(
+        (
+            ps[0].id.as_str(),
+            ps[0].answer.as_str(),
+            ps[0].benchmark.as_str()
+        ),
+        ("7", "2", "mine")
+    );
+    assert_eq!(ps[1].id, "x");
+    let ps = benchmarks::load_file(&path, "q", "a", None).unwrap();
+    assert_eq!(ps[1].id, "1");
+
+    let cases = [
+        (
+            "{\"q\": \"x\", \"a\": \"\"}\n",
+            "line 1",
+            "no reference answer",
+        ),
+        (
+            "{\"q\": \"x\", \"a\": \"1\"}\n{\"q\": \"y\"}\n",
+            "line 2",
+            "\"a\"",
+        ),
+        (
+            "{\"q\": \"x\", \"a\": \"1\"}\nnot json\n",
+            "line 2",
+            "not a JSON object",
+        ),
+        ("{\"q\": \"\", \"a\": \"1\"}\n", "line 1", "empty question"),
+        (
+            "{\"q\": \"x\", \"a\": null}\n",
+            "line 1",
+            "no reference answer",
+        ),
+    ];
+    for (text, line, what) in cases {
+        std::fs::write(&path, text).unwrap();
+        let err = benchmarks::load_file(&path, "q", "a", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mine.jsonl") && err.contains(line) && err.contains(what),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+#[test]
+fn grade_pairs_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("pairs.jsonl");
+    let output = dir.path().join("out.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prediction\": \"so \\\\boxed{\\\\frac{1}{2}}\", \"reference\": \"0.5\", \"id\": 1}\n\
+         \n\
+         {\"prediction\": \"7\", \"reference\": 8}\n\
+         {\"prediction\": \"The answer is 27.\", \"reference\": 27.0}\n",
+    )
+    .unwrap();
+    assert_eq!(grade_pairs(&input, &output).unwrap(), (2, 3));
+    let lines: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["extracted"], "\\frac{1}{2}");
+    assert_eq!(lines[0]["correct"], true);
+    assert_eq!(lines[0]["id"], 1);
+    assert_eq!(lines[1]["correct"], false);
+    assert_eq!(lines[2]["extracted"], "27");
+    assert_eq!(lines[2]["correct"], true);
+
+    std::fs::write(
+        &input,
+        "{\"prediction\": \"1\", \"reference\": \"1\"}\n{\"prediction\": \"1\"}\n",
+    )
+    .unwrap();
+    let err = grade_pairs(&input, &output).unwrap_err().to_string();
+    assert!(
+        err.contains("pairs.jsonl") && err.contains("line 2") && err.contains("reference"),
+        "{err}"
+    );
+    std::fs::write(&input, "[1]\n").unwrap();
+    let err = grade_pairs(&input, &output).unwrap_err().to_string();
+    assert!(err.contains("line 1"), "{err}");
+    let missing = grade_pairs(Path::new("/nonexistent/p.jsonl"), &output)
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("/nonexistent/p.jsonl"), "{missing}");
+}
+
+#[test]
+fn extraction_on_responses() {
+    let r = "Let $x = \\frac{a}{b}$ with $\\boxed{2}$ as a guess.\n\nActually:\n$$\\boxed{\\left\\{1, \\frac{\\sqrt{5}}{2}\\right\\}}$$";
+    assert_eq!(
+        extract_answer(r).as_deref(),
+        Some("\\left\\{1, \\frac{\\sqrt{5}}{2}\\right\\}")
+    );
+    assert!(is_equivalent(
+        &extract_or_raw(r),
+        "\\{\\frac{\\sqrt5}{2}, 1\\}"
+    ));
+    assert_eq!(
+        extract_answer("**Final Answer**\n\\[\n\\boxed{\n42\n}\n\\]").as_deref(),
+        Some("42")
+    );
+    assert_eq!(extract_answer("nothing to see"), None);
+    assert_eq!(extract_or_raw("  17  "), "17");
+}
+
+/// Random strings of LaTeX-ish pieces: nothing panics, overflows the stack or hangs.
+#[test]
+fn fuzz_never_panics() {
+    let pieces = [
+        "\\boxed{",
+        "\\fbox",
+        "{",
+        "}",
+        "\\frac",
+        "\\dfrac",
+        "\\sqrt",
+        "[",
+        "]",
+        "(",
+        ")",
+        "^",
+        "_",
+        "\\",
+        "\\\\",
+        "$",
+        ",",
+        ".",
+        "=",
+        "-",
+        "+",
+        "*",
+        "/",
+        "%",
+        "\\%",
+        "!",
+        "1",
+        "2",
+        "0",
+        "9",
+        "e",
+        "x",
+        "i",
+        "A",
+        "C",
+        "\\pi",
+        "\\infty",
+        "\\cup",
+        "\\pm",
+        "\\left(",
+        "\\right]",
+        "\\text{",
+        "\\mbox{ cm}",
+        " ",
+        "\n",
+        "π",
+        "。",
+        "中",
+        "或",
+        "°",
+        "^\\circ",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "&",
+        "\\sin",
+        "\\log_",
+        "\\lfloor",
+        "\\binom",
+        "1,000",
+        "the answer is",
+        "m",
+        "\\mid",
+        "\\in",
+        "\\!",
+        "~",
+        ":",
+        "(C)",
+        "e-5",
+        "\\,",
+        "√",
+        "∞",
+    ];
+    let mut rng = StdRng::seed_from_u64(16);
+    for _ in 0..3000 {
+        let n = rng.random_range(0..40);
+        let a: String = (0..n)
+            .map(|_| pieces[rng.random_range(0..pieces.len())])
+            .collect();
+        let m = rng.random_range(0..40);
+        let b: String = (0..m)
+            .map(|_| pieces[rng.random_range(0..pieces.len())])
+            .collect();
+        let _ = extract_answer(&a);
+        let _ = normalize(&a);
+        let _ = is_equivalent(&a, &b);
+        let _ = is_equivalent(&a, &a);
+        let _ = is_equivalent(&extract_or_raw(&b), &a);
+    }
+    // arbitrary characters
+    for _ in 0..2000 {
+        let n = rng.random_range(0..60);
+        let s: String = (0..n)
+            .map(|_| char::from_u32(rng.random_range(0..0x3100)).unwrap_or('?'))
+            .collect();
+        let _ = extract_answer(&s);
+        let _ = is_equivalent(&s, "1");
+        let _ = is_equivalent("(1,2)", &s);
+    }
+    // deep nesting and long inputs
+    let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert!(!is_equivalent(&deep, "2"));
+    let deep = format!("{}1{}", "\\frac{".repeat(3000), "}{2}".repeat(3000));
+    let _ = is_equivalent(&deep, "0");
+    let deep = "\\sqrt".repeat(3000) + "2";
+    let _ = is_equivalent(&deep, "1");
+    let long = "1+".repeat(20000) + "1";
+    let _ = is_equivalent(&long, "20001");
+    let commas = "1,".repeat(5000) + "1";
+    let _ = is_equivalent(&commas, &commas.replace("1,1", "1,2"));
+    let _ = extract_answer(&"\\boxed{".repeat(10000));
+}

@@ -1,0 +1,129 @@
+//! What users trip on: `limo export --checkpoint` takes any way of naming a checkpoint, `limo
+//! train --resume auto` works with or without one, exports of a run on the built-in tokenizer
+//! carry the chat template and are readable by everyone, and logs have no colour codes off a
+//! terminal.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn limo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .output()
+        .expect("the limo binary runs")
+}
+
+/// The embedded default, 2 steps, a checkpoint after each, resumable with `resume`.
+fn train(out: &Path, resume: Option<&str>) -> Output {
+    let dir = format!("output.dir={:?}", out.display().to_string());
+    let mut args = vec![
+        "train",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "output.save_steps=1",
+        "--set",
+        "output.eval_examples=0",
+        "--set",
+        &dir,
+    ];
+    if let Some(r) = resume {
+        args.extend(["--resume", r]);
+    }
+    limo(&args)
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+#[test]
+fn export_takes_a_run_its_checkpoints_latest_or_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let log = ok(&train(&run, None));
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {log}"
+    );
+
+    let step = run.join("checkpoints").join("step-00000002");
+    let names = [
+        run.clone(),
+        run.join("checkpoints"),
+        run.join("checkpoints").join("latest"),
+        step.clone(),
+    ];
+    let mut exports = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        let out = tmp.path().join(format!("export-{k}"));
+        ok(&limo(&[
+            "export",
+            "--checkpoint",
+            name.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        exports.push(std::fs::read(out.join("model.safetensors")).unwrap());
+    }
+    assert!(
+        exports.windows(2).all(|w| w[0] == w[1]),
+        "every name is the same checkpoint"
+    );
+
+    let bad = limo(&[
+        "export",
+        "--checkpoint",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        "x",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not a checkpoint") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
+    // The run's own export: the chat template travels with the tokenizer, files are 0644.
+    let model = run.join("model");
+    let config = std::fs::read_to_string(model.join("tokenizer_config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(config["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
+    assert_eq!(config["eos_token"], "<|im_end|>");
+    assert!(model.join("chat_template.jinja").is_file());
+    #[cfg(unix)]
+    for entry in std::fs::read_dir(&model).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o044, 0o044, "{:?} is {mode:o}", entry.file_name());
+    }
+}
+
+#[test]
+fn resume_auto_starts_fresh_then_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let first = ok(&train(&run, Some("auto")));
+    assert!(!first.contains("resumed"), "{first}");
+    let metrics = || std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let after_first = metrics();
+    assert_eq!(after_first.lines().count(), 2);
+    let second = ok(&train(&run, Some("auto")));
+    assert!(second.contains("resumed"), "{second}");
+    assert_eq!(
+        metrics(),
+        after_first,
+        "nothing left to train: the metrics stay"
+    );
+    // A plain --resume with no checkpoint still says so.
+    let fresh = tmp.path().join("fresh");
+    let out = train(&fresh, Some("latest"));
+    assert_eq!(out.status.code(), Some(1));
+}
