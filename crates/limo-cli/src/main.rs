@@ -6,6 +6,7 @@ mod cmd_comm_check;
 mod cmd_data;
 mod cmd_debug;
 mod cmd_doctor;
+mod cmd_eval;
 mod cmd_export;
 mod cmd_init;
 mod cmd_launch;
@@ -50,6 +51,8 @@ enum Command {
     /// Developer tools: loss and gradients of one batch.
     #[command(subcommand)]
     Debug(cmd_debug::DebugCommand),
+    /// LIMO's benchmarks on a model (greedy or sampled, graded as LIMO grades), or `eval grade`.
+    Eval(cmd_eval::EvalArgs),
     /// Run a limo command as N processes of a distributed job (torchrun's variables).
     Launch(cmd_launch::LaunchArgs),
     /// Check the communicator: fixed collectives with known results (a test workload).
@@ -82,6 +85,7 @@ fn main() {
         Command::Doctor(args) => cmd_doctor::run(args),
         Command::Bench(cmd) => cmd_bench::run(cmd),
         Command::Debug(cmd) => cmd_debug::run(cmd),
+        Command::Eval(args) => cmd_eval::run_cmd(args),
         Command::Launch(args) => cmd_launch::run(args),
         Command::CommCheck(args) => cmd_comm_check::run(args),
     };

@@ -1,0 +1,213 @@
+//! End-to-end tests of `limo eval` on a random tiny model: all nine benchmarks, resume, the
+//! grader alone, and one-line errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn limo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .output()
+        .expect("the limo binary runs")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A random tiny Qwen2.5-shaped model with the real tokenizer.
+fn tiny_model(dir: &Path) {
+    let out = limo(&["init-model", "--shape", "tiny", "--out", s(dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
+    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+}
+
+fn one_line_error(out: &Output, expect: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(expect), "expected {expect:?} in {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn nine_benchmarks_run_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, out) = (tmp.path().join("m"), tmp.path().join("out"));
+    tiny_model(&model);
+    let args = [
+        "eval",
+        "--model",
+        s(&model),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "9",
+        "--out",
+        s(&out),
+    ];
+    let first = limo(&args);
+    let table = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for name in [
+        "aime",
+        "math500",
+        "amc23",
+        "cn_math_2024",
+        "gaokao",
+        "grade_school_math",
+        "kaoyan",
+        "minerva",
+        "olympiadbench",
+    ] {
+        assert!(table.contains(name), "{name} missing from\n{table}");
+    }
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 27);
+    let line: serde_json::Value = serde_json::from_str(results.lines().next().unwrap()).unwrap();
+    for key in [
+        "id",
+        "benchmark",
+        "question",
+        "response",
+        "extracted",
+        "reference",
+        "correct",
+        "tokens",
+        "seconds",
+    ] {
+        assert!(line.get(key).is_some(), "{key} missing from {line}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(summary.to_string().contains("olympiadbench"), "{summary}");
+    // The same command again: everything is there already.
+    let second = limo(&args);
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("0 responses generated, 27 resumed"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        results
+    );
+}
+
+#[test]
+fn the_grader_alone_grades_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        concat!(
+            r#"{"prediction": "so the answer is \\boxed{\\dfrac{1}{2}}.", "reference": "0.5"}"#,
+            "\n",
+            r#"{"prediction": "\\boxed{(C)}", "reference": "C"}"#,
+            "\n",
+            r#"{"prediction": "\\boxed{3}", "reference": "4"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("graded.jsonl");
+    let run = limo(&["eval", "grade", "--pairs", s(&pairs), "--out", s(&out)]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("2 of 3 correct"));
+    let verdicts: Vec<bool> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["correct"]
+                .as_bool()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(verdicts, [true, true, false]);
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    tiny_model(&model);
+    let out = tmp.path().join("out");
+    one_line_error(
+        &limo(&[
+            "eval",
+            "--model",
+            s(&tmp.path().join("none")),
+            "--out",
+            s(&out),
+        ]),
+        "config.json",
+    );
+    one_line_error(
+        &limo(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--benchmarks",
+            "aime,gpqa",
+            "--out",
+            s(&out),
+        ]),
+        "unknown benchmark \"gpqa\"",
+    );
+    let data = tmp.path().join("mine.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"1+1?\", \"answer\": \"2\"}\n{not json\n",
+    )
+    .unwrap();
+    one_line_error(
+        &limo(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+        ]),
+        "mine.jsonl",
+    );
+    std::fs::write(&data, "{\"question\": \"1+1?\", \"answer\": \"\"}\n").unwrap();
+    one_line_error(
+        &limo(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&tmp.path().join("o2")),
+        ]),
+        "mine.jsonl",
+    );
+    let pairs = tmp.path().join("pairs.jsonl");
+    std::fs::write(&pairs, "{\"prediction\": \"1\"}\n").unwrap();
+    one_line_error(
+        &limo(&[
+            "eval",
+            "grade",
+            "--pairs",
+            s(&pairs),
+            "--out",
+            s(&tmp.path().join("g")),
+        ]),
+        "pairs.jsonl",
+    );
+}
