@@ -19,7 +19,7 @@ mod wire;
 
 pub use connect::{connect, SoloComm};
 pub use env::DistEnv;
-pub use simulated::SimulatedComm;
 #[cfg(feature = "cuda")]
 pub use nccl::{connect_nccl, NcclComm};
+pub use simulated::SimulatedComm;
 pub use socket::SocketComm;

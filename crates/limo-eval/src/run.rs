@@ -170,8 +170,8 @@ pub struct Summary {
     pub throughput_tokens_per_s: f64,
 }
 
-/// The token ids of the prompt: system, user question, assistant header (as the default
-/// run's evaluation renders it).
+/// The token ids of the prompt: system, user question, assistant header (`limo eval` and the
+/// default run's evaluation).
 pub fn prompt_ids(
     tokenizer: &ChatTokenizer,
     system: Option<&str>,

@@ -24,7 +24,9 @@ mod testing;
 
 use candle_core::{DType, Result, Tensor};
 
-pub use adamw::{adamw_update, adamw_update_state, sum_of_squares, sum_of_squares_tensor, AdamWStep};
+pub use adamw::{
+    adamw_update, adamw_update_state, sum_of_squares, sum_of_squares_tensor, AdamWStep,
+};
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
 pub use linear_cross_entropy::{linear_cross_entropy, LinearCrossEntropy, IGNORE_INDEX};
 pub use rms_norm::{rms_norm_backward, rms_norm_forward};

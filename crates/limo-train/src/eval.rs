@@ -1,13 +1,13 @@
-//! Greedy decoding of held-out problems and boxed-answer accuracy: how the default run shows
-//! what training changed.
+//! Greedy decoding of held-out problems and boxed-answer accuracy, through limo-eval's
+//! generation and grader: how the default run shows what training changed.
 
-use limo_data::format::{Conversation, Message, Role};
-use limo_data::template::{render, rendered_text, IM_START};
 use limo_data::ChatTokenizer;
-use limo_model::model::next_token_logits;
+use limo_eval::grader::{extract_answer, is_equivalent};
+use limo_eval::run::prompt_ids;
+use limo_model::generate::{generate, Sampling};
 use limo_model::{ModelWeights, Qwen2Config};
 
-use crate::synthetic::{boxed_answer, Problem};
+use crate::synthetic::Problem;
 
 pub struct Evaluation {
     pub correct: usize,
@@ -22,49 +22,6 @@ impl Evaluation {
     }
 }
 
-/// The token ids of the prompt the model answers: system, user question, assistant header.
-pub fn prompt_ids(
-    tokenizer: &ChatTokenizer,
-    system: Option<&str>,
-    question: &str,
-) -> anyhow::Result<Vec<u32>> {
-    let conversation = Conversation {
-        system: None,
-        turns: vec![Message {
-            role: Role::User,
-            content: question.to_string(),
-        }],
-    };
-    let text = format!(
-        "{}{IM_START}assistant\n",
-        rendered_text(&render(&conversation, system))
-    );
-    Ok(tokenizer.encode(&text)?)
-}
-
-/// Greedy continuation of `prompt` until `<|im_end|>` or `max_new` tokens.
-pub fn greedy(
-    cfg: &Qwen2Config,
-    w: &ModelWeights,
-    prompt: &[u32],
-    stop: u32,
-    max_new: usize,
-) -> anyhow::Result<Vec<u32>> {
-    let mut ids = prompt.to_vec();
-    let mut generated = Vec::new();
-    for _ in 0..max_new {
-        let next = next_token_logits(cfg, w, &ids)?
-            .argmax(0)?
-            .to_scalar::<u32>()?;
-        if next == stop {
-            break;
-        }
-        generated.push(next);
-        ids.push(next);
-    }
-    Ok(generated)
-}
-
 pub fn evaluate(
     cfg: &Qwen2Config,
     w: &ModelWeights,
@@ -73,13 +30,19 @@ pub fn evaluate(
     problems: &[Problem],
     max_new: usize,
 ) -> anyhow::Result<Evaluation> {
+    // LIMO's evaluation path (limo-eval): batched KV-cache greedy decoding, graded by the rule-
+    // based grader; the generated problems are one more benchmark.
+    let prompts = problems
+        .iter()
+        .map(|p| prompt_ids(tokenizer, system, &p.question))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stop = [tokenizer.im_end_id()];
+    let outputs = generate(cfg, w, &prompts, max_new, &stop, Sampling::greedy())?;
     let mut correct = 0;
     let mut samples = Vec::new();
-    for p in problems {
-        let prompt = prompt_ids(tokenizer, system, &p.question)?;
-        let out = greedy(cfg, w, &prompt, tokenizer.im_end_id(), max_new)?;
-        let text = tokenizer.decode(&out)?;
-        if boxed_answer(&text).as_deref() == Some(p.answer.as_str()) {
+    for (p, out) in problems.iter().zip(outputs) {
+        let text = tokenizer.decode(&out.ids)?;
+        if extract_answer(&text).is_some_and(|a| is_equivalent(&a, &p.answer)) {
             correct += 1;
         }
         samples.push((p.question.clone(), text));
