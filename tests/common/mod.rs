@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 pub fn limo() -> Command {
     Command::new(env!("CARGO_BIN_EXE_limo"))
@@ -43,26 +43,9 @@ pub fn run_err<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     lines[0].to_string()
 }
 
-/// Relative L2 error `|a - b| / |b|` in f64.
+/// Relative L2 error `|a - b| / |b|` in f64 (`limo_ops::rel_l2`).
 pub fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let diff = (&a - &b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    (diff
-        / b.sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap())
-    .sqrt()
+    limo_ops::rel_l2(a, b).unwrap()
 }
 
 /// Arguments of `limo debug loss-grad --model M --batch B --out O`.

@@ -159,11 +159,11 @@ pub fn layer_backward(
     let grads = LayerWeights {
         input_norm: d_input_norm,
         q_weight: d_q,
-        q_bias: dq.sum(0)?,
+        q_bias: sum_tokens(&dq)?,
         k_weight: d_k,
-        k_bias: dk.sum(0)?,
+        k_bias: sum_tokens(&dk)?,
         v_weight: d_v,
-        v_bias: dv.sum(0)?,
+        v_bias: sum_tokens(&dv)?,
         o_weight: d_o,
         post_norm: d_post_norm,
         gate_weight: d_gate,
@@ -171,6 +171,13 @@ pub fn layer_backward(
         down_weight: d_down,
     };
     Ok((dx, grads))
+}
+
+/// A bias gradient: the sum over all tokens, accumulated in f32 when the activations are bf16
+/// (thousands of bf16 additions would lose most of the small contributions); the same
+/// operation in f32 and f64.
+fn sum_tokens(d: &Tensor) -> Result<Tensor> {
+    Ok(d.to_dtype(limo_ops::compute_dtype(d.dtype()))?.sum(0)?)
 }
 
 /// The first half of [`layer_forward`] for inference: `q [N, heads, head_dim]` and

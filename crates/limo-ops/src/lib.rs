@@ -24,6 +24,16 @@ mod testing;
 
 use candle_core::{DType, Result, Tensor};
 
+/// Relative L2 error `|a - b| / |b|`, computed in f64: the measure of every parity check in
+/// limo (tests, `limo doctor`'s neighbours, the golden comparisons).
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F64)?.flatten_all()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?;
+    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    Ok(diff / norm.max(f64::MIN_POSITIVE))
+}
+
 pub use adamw::{
     adamw_update, adamw_update_state, sum_of_squares, sum_of_squares_tensor, AdamWStep,
 };

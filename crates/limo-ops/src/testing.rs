@@ -11,14 +11,7 @@ pub fn rand_tensor(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
     Tensor::from_vec(data, shape, dev)
 }
 
-/// Relative L2 error `|a - b| / |b|`, computed in f64.
-pub fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F64)?.flatten_all()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?;
-    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    Ok(diff / norm.max(f64::MIN_POSITIVE))
-}
+pub use crate::rel_l2;
 
 pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) -> Result<()> {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
