@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// for a job a scheduler restarts).
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Print the resolved configuration (TOML, after a LLaMA-Factory YAML's mapping, --set and
+    /// validation) and exit without training.
+    #[arg(long)]
+    print_config: bool,
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -35,6 +39,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(path) => TrainConfig::from_file(path, &args.overrides)?,
         None => TrainConfig::parse(TINY_TOML, "configs/tiny.toml (embedded)", &args.overrides)?,
     };
+    if args.print_config {
+        print!("{}", limo_train::llamafactory::resolved_toml(&config)?);
+        return Ok(());
+    }
     let origin = args
         .config
         .as_ref()

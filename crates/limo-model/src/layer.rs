@@ -177,7 +177,7 @@ pub fn layer_backward(
 /// (thousands of bf16 additions would lose most of the small contributions); the same
 /// operation in f32 and f64.
 fn sum_tokens(d: &Tensor) -> Result<Tensor> {
-    Ok(d.to_dtype(limo_ops::compute_dtype(d.dtype()))?.sum(0)?)
+    d.to_dtype(limo_ops::compute_dtype(d.dtype()))?.sum(0)
 }
 
 /// The first half of [`layer_forward`] for inference: `q [N, heads, head_dim]` and

@@ -176,6 +176,22 @@ pub struct OutputSection {
     /// Tokens generated per evaluated example.
     #[serde(default = "default_max_new_tokens")]
     pub eval_max_new_tokens: usize,
+    /// Where step metrics go: "jsonl" (`metrics.jsonl`, always written: resume and the plot
+    /// read it) and "tensorboard" (event files under `<dir>/tensorboard/`).
+    #[serde(default = "default_report_to")]
+    pub report_to: Vec<ReportTo>,
+}
+
+/// A destination of `output.report_to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    Jsonl,
+    Tensorboard,
+}
+
+fn default_report_to() -> Vec<ReportTo> {
+    vec![ReportTo::Jsonl]
 }
 
 fn default_dtype() -> String {
@@ -249,6 +265,13 @@ impl TrainConfig {
     }
 
     pub fn from_file(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        // LLaMA-Factory's training YAML, read as it is (crate::llamafactory).
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+        {
+            return crate::llamafactory::from_yaml(path, overrides);
+        }
         let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
         Self::parse(&text, &path.display().to_string(), overrides)
     }

@@ -8,6 +8,7 @@ pub mod comm_thread;
 pub mod config;
 pub mod eval;
 pub mod export;
+pub mod llamafactory;
 pub mod metrics;
 pub mod optim;
 pub mod order;
@@ -16,6 +17,7 @@ pub mod profile;
 pub mod schedule;
 pub mod source;
 pub mod synthetic;
+pub mod tensorboard;
 pub mod trainer;
 pub mod zero3;
 

@@ -20,7 +20,7 @@ use limo_model::model::parse_dtype;
 use limo_model::{Batch, ModelWeights, Qwen2Config};
 
 use crate::checkpoint::{self, GroupLayout, Manifest, RankState, ShardReader, SideFile, KINDS};
-use crate::config::{parse_size, TrainConfig, TrainSection};
+use crate::config::{parse_size, ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate, Evaluation};
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{master_dtype, Flat, EXP_AVG, EXP_AVG_SQ, MASTER};
@@ -28,6 +28,7 @@ use crate::order::DataOrder;
 use crate::schedule::Schedule;
 use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow, BUILTIN_ARITHMETIC};
 use crate::synthetic;
+use crate::tensorboard::EventWriter;
 use crate::zero3::{agree, load_shards, ShardedModel};
 
 /// How `limo train` was asked to run.
@@ -177,6 +178,10 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         _ => None,
     };
 
+    let tb = (lead && config.output.report_to.contains(&ReportTo::Tensorboard))
+        .then(|| EventWriter::create(&out.join("tensorboard")))
+        .transpose();
+    let mut tensorboard = agree(state.model.comm(), &device, tb, "opening TensorBoard")?;
     let side_files = side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
     let bar = progress_bar(options.progress && lead, total_steps, state.step);
     if lead {
@@ -237,6 +242,9 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         };
         if lead {
             metrics::append(&metrics_path, &m)?;
+            if let Some(events) = tensorboard.as_mut() {
+                events.step(&m)?;
+            }
         }
         bar.set_message(format!(
             "loss {loss:.4} lr {lr:.2e} gnorm {grad_norm:.3} {:.0} tok/s",

@@ -1,0 +1,898 @@
+//! LLaMA-Factory's training YAML (`llamafactory-cli train x.yaml`), read as it is: its
+//! arguments become limo's [`TrainConfig`], the dataset named by `dataset` is looked up in
+//! `<dataset_dir>/dataset_info.json` (LLaMA-Factory's format), and `--set section.key=value`
+//! applies on top, to limo's fields. Arguments that do not apply to limo (DeepSpeed, flash
+//! attention, caching, worker counts, ...) are accepted with one note each on stderr; values
+//! limo cannot train (LoRA, DPO, another chat template) and unknown arguments are errors naming
+//! the key and the file. Absent arguments take LLaMA-Factory's (transformers') defaults, not
+//! limo's: `cutoff_len` 2048, `learning_rate` 5e-5, 3 epochs, a linear schedule, batch 8,
+//! a checkpoint every 500 steps.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde_yaml::Value;
+
+use crate::config::TrainConfig;
+
+/// The arguments mapped onto limo's fields (everything else is a note or an error).
+const MAPPED: &[&str] = &[
+    "model_name_or_path",
+    "dataset",
+    "dataset_dir",
+    "cutoff_len",
+    "max_samples",
+    "packing",
+    "neat_packing",
+    "default_system",
+    "output_dir",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "fp16",
+    "disable_gradient_checkpointing",
+];
+
+/// What a LLaMA-Factory YAML becomes before `--set` and validation.
+#[derive(Debug)]
+pub struct Translation {
+    /// limo's config as a TOML table (`[model]`, `[data]`, `[train]`, `[output]`).
+    pub table: toml::Table,
+    /// One line per argument that limo accepts without using it, saying why.
+    pub notes: Vec<String>,
+    /// `warmup_ratio` when no `warmup_steps` was given (turned into steps once the data is
+    /// counted, see [`from_yaml`]).
+    pub warmup_ratio: f64,
+    /// `data.system`: `default_system`, else none (LLaMA-Factory's qwen template then uses
+    /// Qwen2.5's own default system prompt). Set after parsing, since TOML has no null.
+    pub system: Option<String>,
+}
+
+/// Reads a LLaMA-Factory training YAML as limo's config, applies `overrides` (limo's
+/// `section.key=value`) and validates. Prints one note per not-applicable argument on stderr.
+///
+/// `warmup_ratio` becomes `train.warmup_steps = ceil(ratio x total steps)` as transformers
+/// computes it, with limo's total steps: `max_steps`, else epochs x ceil(rows / rows per step),
+/// where rows are the dataset's records (after `data.limit`) and rows per step are
+/// `batch_size x grad_accum x WORLD_SIZE` (1 without a launcher). `--set train.warmup_steps=N`
+/// takes precedence.
+pub fn from_yaml(path: &Path, overrides: &[String]) -> anyhow::Result<TrainConfig> {
+    let origin = path.display().to_string();
+    let translation = translate(path)?;
+    for note in &translation.notes {
+        eprintln!("note: {origin}: {note}");
+    }
+    let text = toml::to_string(&translation.table)?;
+    let mut config = TrainConfig::parse(&text, &origin, overrides)?;
+    let overridden = |key: &str| overrides.iter().any(|o| o.trim_start().starts_with(key));
+    if !overridden("data.system") {
+        config.data.system = translation.system.clone();
+    }
+    if translation.warmup_ratio > 0.0 && !overridden("train.warmup_steps") {
+        let world = std::env::var("WORLD_SIZE")
+            .ok()
+            .and_then(|w| w.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        let steps = warmup_steps(&config, translation.warmup_ratio, world)
+            .with_context(|| format!("{origin}: warmup_ratio"))?;
+        eprintln!(
+            "note: {origin}: warmup_ratio: {} -> train.warmup_steps = {steps} (world size {world})",
+            translation.warmup_ratio
+        );
+        config.train.warmup_steps = steps;
+    }
+    Ok(config)
+}
+
+/// `config` as the TOML `limo train --print-config` prints. TOML has no null: a `data.system`
+/// of none (the Qwen2.5 template's own default system prompt, as LLaMA-Factory's qwen template
+/// uses it) is written as a comment.
+pub fn resolved_toml(config: &TrainConfig) -> anyhow::Result<String> {
+    let mut text = toml::to_string(config)?;
+    if config.data.system.is_none() {
+        text.push_str("# data.system: none (the Qwen2.5 template's default system prompt)\n");
+    }
+    Ok(text)
+}
+
+/// `ceil(ratio x total steps)` for the run `config` describes at `world` ranks.
+fn warmup_steps(config: &TrainConfig, ratio: f64, world: usize) -> anyhow::Result<usize> {
+    let t = &config.train;
+    let total = match t.max_steps {
+        Some(steps) => steps,
+        None => {
+            if config.data.packing {
+                bail!("the step count of a packed run is known only after tokenization; give --set train.warmup_steps=N");
+            }
+            if limo_data::hub::hub_dataset_id(&config.data.path).is_some()
+                && !Path::new(&config.data.path).exists()
+            {
+                bail!("counting the rows of Hub dataset {} is not supported; give --set train.warmup_steps=N", config.data.path);
+            }
+            let path = Path::new(&config.data.path);
+            let files = if path.is_dir() {
+                limo_data::reader::data_files_in(path)?
+            } else {
+                vec![path.to_path_buf()]
+            };
+            let mut rows = 0;
+            for file in files {
+                rows += limo_data::reader::read_records(&file)?.len();
+            }
+            if let Some(limit) = config.data.limit {
+                rows = rows.min(limit);
+            }
+            let per_step = t.batch_size * t.grad_accum * world;
+            t.epochs * rows.div_ceil(per_step)
+        }
+    };
+    Ok((ratio * total as f64).ceil() as usize)
+}
+
+/// The YAML's arguments as limo's config table, without `--set` or validation.
+pub fn translate(path: &Path) -> anyhow::Result<Translation> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| origin.clone())?;
+    let yaml: Value = serde_yaml::from_str(&text).map_err(|e| anyhow!("{origin}: {e}"))?;
+    let entries = match yaml {
+        Value::Mapping(map) => map,
+        Value::Null => serde_yaml::Mapping::new(),
+        _ => bail!("{origin}: expected a mapping of LLaMA-Factory arguments (key: value)"),
+    };
+    let mut args = Args {
+        origin: origin.clone(),
+        entries: Vec::new(),
+    };
+    for (key, value) in entries {
+        let Value::String(key) = key else {
+            bail!("{origin}: {key:?}: argument names are strings");
+        };
+        args.entries.push((key, value));
+    }
+
+    let mut notes = Vec::new();
+    for (key, value) in &args.entries {
+        if MAPPED.contains(&key.as_str()) {
+            continue;
+        }
+        match not_applicable(key, value) {
+            Ok(Some(note)) => notes.push(format!("{key}: {note}")),
+            Ok(None) => {}
+            Err(why) => bail!("{origin}: {key}: {why}"),
+        }
+    }
+
+    let mut model = toml::Table::new();
+    let mut data = toml::Table::new();
+    let mut train = toml::Table::new();
+    let mut output = toml::Table::new();
+
+    // model
+    let name = args
+        .str("model_name_or_path")?
+        .ok_or_else(|| anyhow!("{origin}: model_name_or_path: required"))?;
+    let (model_path, note) = resolve_model(&name);
+    notes.extend(note.map(|n| format!("model_name_or_path: {n}")));
+    model.insert("path".into(), model_path.display().to_string().into());
+    if args.bool("fp16")?.unwrap_or(false) {
+        bail!("{origin}: fp16: limo computes in bf16 (bf16: true) or f32, not fp16");
+    }
+    if args.bool("bf16")?.unwrap_or(false) {
+        // limo's bf16 runs on the GPU, as LLaMA-Factory's does.
+        model.insert("dtype".into(), "bf16".into());
+        model.insert("device".into(), "cuda".into());
+    }
+
+    // data
+    let dataset = args
+        .str("dataset")?
+        .ok_or_else(|| anyhow!("{origin}: dataset: required (a name in dataset_info.json)"))?;
+    let dataset_dir = args.str("dataset_dir")?.unwrap_or_else(|| "data".into());
+    dataset_entry(
+        &dataset,
+        &dataset_dir_path(&dataset_dir, path),
+        &mut data,
+        &mut notes,
+    )
+    .map_err(|e| anyhow!("{origin}: dataset: {e:#}"))?;
+    data.insert(
+        "cutoff_len".into(),
+        to_int(args.uint("cutoff_len")?.unwrap_or(2048)),
+    );
+    if let Some(limit) = args.uint("max_samples")? {
+        data.insert("limit".into(), to_int(limit));
+    }
+    let packing = args.bool("packing")?.unwrap_or(false);
+    let neat = args.bool("neat_packing")?.unwrap_or(false);
+    if packing || neat {
+        data.insert("packing".into(), true.into());
+        if !neat {
+            notes.push(
+                "packing: limo's packed rows never attend across documents (LLaMA-Factory's neat_packing)".into(),
+            );
+        }
+    }
+    let system = match args.get("default_system") {
+        Some(Value::String(system)) => Some(system.clone()),
+        None => None,
+        Some(_) => bail!("{origin}: default_system: expected a string"),
+    };
+
+    // train
+    let lr = args.float("learning_rate")?.unwrap_or(5e-5);
+    train.insert("lr".into(), lr.into());
+    let epochs = args.float("num_train_epochs")?.unwrap_or(3.0);
+    if epochs.fract() != 0.0 || epochs < 1.0 {
+        bail!("{origin}: num_train_epochs: {epochs}: limo trains whole epochs (1, 2, ...); use --set train.max_steps=N for part of one");
+    }
+    train.insert("epochs".into(), to_int(epochs as u64));
+    match args.int("max_steps")? {
+        Some(steps) if steps > 0 => {
+            train.insert("max_steps".into(), steps.into());
+        }
+        _ => {}
+    }
+    train.insert(
+        "batch_size".into(),
+        to_int(args.uint("per_device_train_batch_size")?.unwrap_or(8)),
+    );
+    train.insert(
+        "grad_accum".into(),
+        to_int(args.uint("gradient_accumulation_steps")?.unwrap_or(1)),
+    );
+    let scheduler = args
+        .str("lr_scheduler_type")?
+        .unwrap_or_else(|| "linear".into());
+    let warmup = args.uint("warmup_steps")?.unwrap_or(0);
+    let mut warmup_ratio = args.float("warmup_ratio")?.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&warmup_ratio) {
+        bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
+    }
+    let (schedule, warms_up) = match scheduler.as_str() {
+        "cosine" => ("cosine", true),
+        "linear" => ("linear", true),
+        "constant_with_warmup" => ("constant", true),
+        // transformers' constant schedule has no warmup, whatever warmup_* says.
+        "constant" => ("constant", false),
+        other => bail!(
+            "{origin}: lr_scheduler_type: {other}: limo schedules cosine, linear, constant and constant_with_warmup"
+        ),
+    };
+    train.insert("schedule".into(), schedule.into());
+    if !warms_up {
+        if warmup > 0 || warmup_ratio > 0.0 {
+            notes.push("lr_scheduler_type: constant has no warmup in transformers, so limo's warmup is 0 (constant_with_warmup warms up)".into());
+        }
+        warmup_ratio = 0.0;
+    } else if warmup > 0 {
+        // transformers: warmup_steps > 0 wins over warmup_ratio.
+        train.insert("warmup_steps".into(), to_int(warmup));
+        warmup_ratio = 0.0;
+    }
+    for (key, field) in [
+        ("weight_decay", "weight_decay"),
+        ("adam_beta1", "adam_beta1"),
+        ("adam_beta2", "adam_beta2"),
+        ("adam_epsilon", "adam_eps"),
+        ("max_grad_norm", "max_grad_norm"),
+    ] {
+        if let Some(v) = args.float(key)? {
+            train.insert(field.into(), v.into());
+        }
+    }
+    if let Some(seed) = args.uint("seed")? {
+        train.insert("seed".into(), to_int(seed));
+    }
+    if args
+        .bool("disable_gradient_checkpointing")?
+        .unwrap_or(false)
+    {
+        train.insert("activation_checkpointing".into(), false.into());
+    }
+
+    // output
+    let dir = args
+        .str("output_dir")?
+        .ok_or_else(|| anyhow!("{origin}: output_dir: required"))?;
+    output.insert("dir".into(), dir.into());
+    let strategy = args.str("save_strategy")?.unwrap_or_else(|| "steps".into());
+    let (save_steps, every_epoch) = match strategy.as_str() {
+        "steps" => (args.uint("save_steps")?.unwrap_or(500), false),
+        "epoch" => (0, true),
+        "no" => {
+            notes.push(
+                "save_strategy: no: limo still checkpoints the last step (and exports the model)"
+                    .into(),
+            );
+            (0, false)
+        }
+        "best" => bail!("{origin}: save_strategy: best needs evaluation during training, which limo does not run (steps, epoch or no)"),
+        other => bail!("{origin}: save_strategy: {other} (expected steps, epoch or no)"),
+    };
+    if strategy != "steps" && args.get("save_steps").is_some() {
+        notes.push(format!(
+            "save_steps: not used with save_strategy: {strategy}"
+        ));
+    }
+    output.insert("save_steps".into(), to_int(save_steps));
+    output.insert("save_every_epoch".into(), every_epoch.into());
+    if let Some(limit) = args.uint("save_total_limit")? {
+        if limit > 0 {
+            output.insert("keep_last".into(), to_int(limit));
+        }
+    }
+
+    let mut table = toml::Table::new();
+    table.insert("model".into(), model.into());
+    table.insert("data".into(), data.into());
+    table.insert("train".into(), train.into());
+    table.insert("output".into(), output.into());
+    Ok(Translation {
+        table,
+        notes,
+        warmup_ratio,
+        system,
+    })
+}
+
+/// The note for an argument limo accepts without using it (None: nothing worth saying), or why
+/// its value cannot be trained, or that the argument is unknown.
+fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => String::new(),
+        _ => String::from("?"),
+    };
+    let is_true = matches!(value, Value::Bool(true)) || text == "true";
+    let note = |s: &str| Ok(Some(s.to_string()));
+    match key {
+        "stage" if text == "sft" => note("limo trains supervised fine-tuning (sft)"),
+        "stage" => Err(format!("{text}: limo trains stage sft only")),
+        "do_train" if is_true => note("limo train always trains"),
+        "do_train" => Err("false: limo train trains (remove the key or set it to true)".into()),
+        "finetuning_type" if text == "full" => note("limo fine-tunes every parameter (full)"),
+        "finetuning_type" => Err(format!(
+            "{text}: limo does full fine-tuning only (finetuning_type: full)"
+        )),
+        "template" if matches!(text.as_str(), "qwen" | "default_qwen" | "") => note(
+            "limo renders the Qwen2.5 chat template (LLaMA-Factory's qwen) with the model's tokenizer",
+        ),
+        "template" => Err(format!(
+            "{text}: limo renders the Qwen2.5 chat template only (template: qwen)"
+        )),
+        "deepspeed" => note("limo shards with its own ZeRO-3 (limo launch); the DeepSpeed config is not read"),
+        "flash_attn" => note("limo uses its own attention kernels (flash attention on CUDA)"),
+        "overwrite_cache" => note("limo keeps no preprocessing cache"),
+        "preprocessing_num_workers" | "dataloader_num_workers" => {
+            note("limo tokenizes on all cores")
+        }
+        "ddp_timeout" => note("limo's collective timeout is LIMO_DIST_TIMEOUT (default 900 s)"),
+        "overwrite_output_dir" => note("limo writes into output.dir; pass --resume to continue a run there"),
+        "plot_loss" => note("limo always writes loss.png"),
+        "logging_steps" => note("limo logs every step to metrics.jsonl"),
+        "report_to" => note("limo writes metrics.jsonl (see output.report_to)"),
+        "save_only_model" => note("limo's checkpoints keep the optimizer state for exact resume; the final model is exported to output.dir/model"),
+        "trust_remote_code" => note("limo reads Qwen2 checkpoints itself; no remote code runs"),
+        "optim" if matches!(text.as_str(), "adamw_torch" | "adamw_torch_fused" | "adamw_hf") => {
+            note("limo's AdamW on fp32 master weights")
+        }
+        "optim" => Err(format!("{text}: limo trains with AdamW (adamw_torch)")),
+        "resume_from_checkpoint" => {
+            Err("use limo train --resume [latest|PATH] instead".into())
+        }
+        _ => Err(
+            "not a LLaMA-Factory argument limo knows (docs/CONFIG.md, \"LLaMA-Factory YAML\")"
+                .into(),
+        ),
+    }
+}
+
+/// The checkpoint directory behind `model_name_or_path`: a local directory, or a Hub model id
+/// found in the Hub cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub). limo does not
+/// download models: an id not in the cache is kept as given, with a note, and the run stops
+/// before any work at preflight.
+fn resolve_model(name: &str) -> (PathBuf, Option<String>) {
+    let local = PathBuf::from(name);
+    if local.exists() || limo_data::hub::hub_dataset_id(name).is_none() {
+        return (local, None);
+    }
+    let cache = limo_data::HubSettings::from_env().cache_dir;
+    let repo = cache.join(format!("models--{}", name.replace('/', "--")));
+    let snapshot = std::fs::read_to_string(repo.join("refs").join("main"))
+        .ok()
+        .map(|sha| repo.join("snapshots").join(sha.trim()))
+        .filter(|dir| dir.join("config.json").exists());
+    match snapshot {
+        Some(dir) => {
+            let note = format!("{name} from the Hub cache: {}", dir.display());
+            (dir, Some(note))
+        }
+        None => (
+            local,
+            Some(format!(
+                "{name} is neither a local directory nor in the Hub cache ({}); limo does not download models (huggingface-cli download {name})",
+                cache.display()
+            )),
+        ),
+    }
+}
+
+/// `dataset_dir` as LLaMA-Factory reads it (relative to the working directory), else relative to
+/// the YAML's folder.
+fn dataset_dir_path(dir: &str, yaml: &Path) -> PathBuf {
+    let given = PathBuf::from(dir);
+    if given.is_absolute() || given.exists() {
+        return given;
+    }
+    match yaml.parent() {
+        Some(parent) if parent.join(&given).exists() => parent.join(&given),
+        _ => given,
+    }
+}
+
+/// Fills `data` (path, format, columns) from the `dataset` entry of `dir/dataset_info.json`.
+fn dataset_entry(
+    dataset: &str,
+    dir: &Path,
+    data: &mut toml::Table,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let names: Vec<&str> = dataset.split(',').map(str::trim).collect();
+    if names.len() != 1 {
+        bail!("{dataset}: limo trains on one dataset (merge the files, or name a folder in dataset_info.json)");
+    }
+    let info_path = dir.join("dataset_info.json");
+    let text = std::fs::read_to_string(&info_path)
+        .with_context(|| format!("{} (dataset_dir)", info_path.display()))?;
+    let info: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| info_path.display().to_string())?;
+    let entry = info
+        .get(dataset)
+        .and_then(|e| e.as_object())
+        .ok_or_else(|| anyhow!("{dataset}: not in {}", info_path.display()))?;
+    let at = |key: &str| format!("{}: {dataset}.{key}", info_path.display());
+    let string = |key: &str| -> anyhow::Result<Option<String>> {
+        match entry.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => bail!("{}: expected a string", at(key)),
+        }
+    };
+    for key in entry.keys() {
+        match key.as_str() {
+            "file_name" | "hf_hub_url" | "formatting" | "columns" | "tags" | "split" => {}
+            "ms_hub_url" | "om_hub_url" | "script_url" | "cloud_file_name" => {}
+            "ranking" if entry[key] == serde_json::Value::Bool(false) => {}
+            "ranking" => bail!("{}: preference data; limo trains sft", at(key)),
+            other => bail!("{}: not supported by limo", at(other)),
+        }
+    }
+    if let Some(split) = string("split")? {
+        if split != "train" {
+            bail!("{}: {split}: limo reads the train split", at("split"));
+        }
+    }
+    let path = if let Some(id) = string("hf_hub_url")? {
+        id
+    } else if let Some(file) = string("file_name")? {
+        dir.join(file).display().to_string()
+    } else {
+        bail!(
+            "{dataset}: limo reads file_name or hf_hub_url ({})",
+            info_path.display()
+        );
+    };
+    data.insert("path".into(), path.into());
+
+    let column = |key: &str| -> anyhow::Result<Option<String>> {
+        match entry.get("columns").and_then(|c| c.get(key)) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => bail!("{}: expected a string", at(&format!("columns.{key}"))),
+        }
+    };
+    let tag = |key: &str| -> anyhow::Result<Option<String>> {
+        match entry.get("tags").and_then(|c| c.get(key)) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => bail!("{}: expected a string", at(&format!("tags.{key}"))),
+        }
+    };
+    let formatting = string("formatting")?.unwrap_or_else(|| "alpaca".into());
+    let (format, known_columns): (&str, &[&str]) = match formatting.as_str() {
+        "alpaca" => ("alpaca", &["prompt", "query", "response", "system"]),
+        "sharegpt" => ("messages", &["messages", "system"]),
+        other => bail!(
+            "{}: {other} (expected alpaca or sharegpt)",
+            at("formatting")
+        ),
+    };
+    if let Some(columns) = entry.get("columns").and_then(|c| c.as_object()) {
+        for key in columns.keys() {
+            if !known_columns.contains(&key.as_str()) {
+                bail!(
+                    "{}: not supported by limo ({formatting} columns: {})",
+                    at(&format!("columns.{key}")),
+                    known_columns.join(", ")
+                );
+            }
+        }
+    }
+    data.insert("format".into(), format.into());
+    let mut columns = toml::Table::new();
+    if format == "alpaca" {
+        if entry.get("tags").is_some() {
+            notes.push(format!(
+                "dataset_info.json: {dataset}.tags: not used by alpaca formatting"
+            ));
+        }
+        columns.insert(
+            "instruction".into(),
+            column("prompt")?
+                .unwrap_or_else(|| "instruction".into())
+                .into(),
+        );
+        columns.insert(
+            "input".into(),
+            column("query")?.unwrap_or_else(|| "input".into()).into(),
+        );
+        columns.insert(
+            "output".into(),
+            column("response")?
+                .unwrap_or_else(|| "output".into())
+                .into(),
+        );
+    } else {
+        columns.insert(
+            "messages".into(),
+            column("messages")?
+                .unwrap_or_else(|| "conversations".into())
+                .into(),
+        );
+        columns.insert(
+            "role".into(),
+            tag("role_tag")?.unwrap_or_else(|| "from".into()).into(),
+        );
+        columns.insert(
+            "content".into(),
+            tag("content_tag")?.unwrap_or_else(|| "value".into()).into(),
+        );
+        for (key, default, limo_role) in [
+            ("user_tag", "human", "user"),
+            ("assistant_tag", "gpt", "assistant"),
+            ("system_tag", "system", "system"),
+        ] {
+            let value = tag(key)?.unwrap_or_else(|| default.into());
+            if value != limo_role {
+                bail!(
+                    "{}: {value}: limo's messages format reads the roles user, assistant and system (set tags.user_tag \"user\", assistant_tag \"assistant\", or convert the file)",
+                    at(&format!("tags.{key}"))
+                );
+            }
+        }
+        if let Some(tags) = entry.get("tags").and_then(|c| c.as_object()) {
+            for key in tags.keys() {
+                if !matches!(
+                    key.as_str(),
+                    "role_tag"
+                        | "content_tag"
+                        | "user_tag"
+                        | "assistant_tag"
+                        | "system_tag"
+                        | "observation_tag"
+                        | "function_tag"
+                ) {
+                    bail!("{}: not supported by limo", at(&format!("tags.{key}")));
+                }
+            }
+        }
+    }
+    if let Some(system) = column("system")? {
+        columns.insert("system".into(), system.into());
+    }
+    data.insert("columns".into(), columns.into());
+    Ok(())
+}
+
+fn to_int(v: u64) -> toml::Value {
+    toml::Value::Integer(v as i64)
+}
+
+/// The YAML's arguments, with typed getters that name the key and the file on a wrong type.
+/// Numbers and booleans may be written as strings (as HfArgumentParser accepts them).
+struct Args {
+    origin: String,
+    entries: Vec<(String, Value)>,
+}
+
+impl Args {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    }
+
+    fn wrong(&self, key: &str, what: &str, value: &Value) -> anyhow::Error {
+        let shown = serde_yaml::to_string(value).unwrap_or_default();
+        anyhow!(
+            "{}: {key}: expected {what}, got {}",
+            self.origin,
+            shown.trim()
+        )
+    }
+
+    fn str(&self, key: &str) -> anyhow::Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(v) => Err(self.wrong(key, "a string", v)),
+        }
+    }
+
+    fn float(&self, key: &str) -> anyhow::Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(v @ Value::String(s)) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| self.wrong(key, "a number", v)),
+            Some(v) => Err(self.wrong(key, "a number", v)),
+        }
+    }
+
+    fn int(&self, key: &str) -> anyhow::Result<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64()),
+            Some(v @ Value::String(s)) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| self.wrong(key, "an integer", v)),
+            Some(v) => Err(self.wrong(key, "an integer", v)),
+        }
+    }
+
+    fn uint(&self, key: &str) -> anyhow::Result<Option<u64>> {
+        match self.int(key)? {
+            None => Ok(None),
+            Some(v) if v >= 0 => Ok(Some(v as u64)),
+            Some(v) => bail!("{}: {key}: {v} must not be negative", self.origin),
+        }
+    }
+
+    fn bool(&self, key: &str) -> anyhow::Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            Some(v) => Err(self.wrong(key, "true or false", v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMO_YAML: &str = r#"
+### model
+model_name_or_path: MODEL
+### method
+stage: sft
+do_train: true
+finetuning_type: full
+deepspeed: examples/deepspeed/ds_z3_config.json
+flash_attn: fa2
+### dataset
+dataset: limo
+dataset_dir: DATA
+template: qwen
+cutoff_len: 16384
+overwrite_cache: true
+preprocessing_num_workers: 16
+### output
+output_dir: saves/limo
+logging_steps: 1
+save_strategy: epoch
+plot_loss: true
+overwrite_output_dir: true
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 1
+learning_rate: 5.0e-6
+num_train_epochs: 15
+lr_scheduler_type: cosine
+warmup_ratio: 0.0
+bf16: true
+ddp_timeout: 180000000
+"#;
+
+    fn setup(yaml: &str, info: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("dataset_info.json"), info).unwrap();
+        let rows: Vec<String> = (0..5)
+            .map(|i| format!(r#"{{"question": "q{i}", "solution": "s{i}"}}"#))
+            .collect();
+        std::fs::write(data.join("limo.json"), format!("[{}]", rows.join(","))).unwrap();
+        let yaml = yaml
+            .replace("MODEL", &dir.path().join("model").display().to_string())
+            .replace("DATA", &data.display().to_string());
+        let path = dir.path().join("train.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        (dir, path)
+    }
+
+    const INFO: &str = r#"{"limo": {"file_name": "limo.json", "columns": {"prompt": "question", "response": "solution"}}}"#;
+
+    #[test]
+    fn limo_recipe_maps() {
+        let (dir, path) = setup(LIMO_YAML, INFO);
+        let t = translate(&path).unwrap();
+        assert_eq!(t.notes.len(), 12, "{:#?}", t.notes);
+        let c = from_yaml(&path, &[]).unwrap();
+        assert_eq!(c.model.path, Some(dir.path().join("model")));
+        assert_eq!(
+            (c.model.dtype.as_str(), c.model.device.as_str()),
+            ("bf16", "cuda")
+        );
+        assert_eq!(c.data.format, limo_data::Format::Alpaca);
+        assert_eq!(c.data.columns.instruction, "question");
+        assert_eq!(c.data.columns.output, "solution");
+        assert_eq!(c.data.cutoff_len, 16384);
+        assert_eq!(
+            c.data.system, None,
+            "the qwen template's default system prompt"
+        );
+        assert_eq!(
+            (
+                c.train.lr,
+                c.train.epochs,
+                c.train.batch_size,
+                c.train.grad_accum
+            ),
+            (5e-6, 15, 1, 1)
+        );
+        assert_eq!(
+            (c.train.schedule.as_str(), c.train.warmup_steps),
+            ("cosine", 0)
+        );
+        assert_eq!(c.output.dir, PathBuf::from("saves/limo"));
+        assert!(c.output.save_every_epoch);
+        assert_eq!(c.output.save_steps, 0);
+    }
+
+    #[test]
+    fn warmup_ratio_counts_rows_and_overrides_apply() {
+        let yaml = LIMO_YAML
+            .replace("warmup_ratio: 0.0", "warmup_ratio: 0.1")
+            .replace(
+                "per_device_train_batch_size: 1",
+                "per_device_train_batch_size: 2",
+            );
+        let (_dir, path) = setup(&yaml, INFO);
+        // 5 rows, 2 per step: 3 steps per epoch, 45 steps, ceil(4.5) = 5.
+        let c = from_yaml(&path, &[]).unwrap();
+        assert_eq!(c.train.warmup_steps, 5);
+        let c = from_yaml(&path, &["train.max_steps=20".into()]).unwrap();
+        assert_eq!(c.train.warmup_steps, 2);
+        let c = from_yaml(
+            &path,
+            &["train.warmup_steps=7".into(), "train.lr=1e-5".into()],
+        )
+        .unwrap();
+        assert_eq!((c.train.warmup_steps, c.train.lr), (7, 1e-5));
+    }
+
+    #[test]
+    fn schedules_and_save_strategies() {
+        let yaml = LIMO_YAML
+            .replace(
+                "lr_scheduler_type: cosine",
+                "lr_scheduler_type: constant_with_warmup",
+            )
+            .replace("warmup_ratio: 0.0", "warmup_steps: 3")
+            .replace(
+                "save_strategy: epoch",
+                "save_strategy: steps\nsave_steps: 50",
+            );
+        let (_dir, path) = setup(&yaml, INFO);
+        let c = from_yaml(&path, &[]).unwrap();
+        assert_eq!(
+            (c.train.schedule.as_str(), c.train.warmup_steps),
+            ("constant", 3)
+        );
+        assert_eq!(
+            (c.output.save_steps, c.output.save_every_epoch),
+            (50, false)
+        );
+
+        let yaml = LIMO_YAML
+            .replace("lr_scheduler_type: cosine", "lr_scheduler_type: constant")
+            .replace("warmup_ratio: 0.0", "warmup_steps: 3")
+            .replace("save_strategy: epoch", "save_strategy: \"no\"");
+        let (_dir, path) = setup(&yaml, INFO);
+        let c = from_yaml(&path, &[]).unwrap();
+        assert_eq!(
+            (c.train.schedule.as_str(), c.train.warmup_steps),
+            ("constant", 0)
+        );
+        assert_eq!((c.output.save_steps, c.output.save_every_epoch), (0, false));
+    }
+
+    #[test]
+    fn unsupported_values_and_unknown_keys_are_named() {
+        for (from, to, needle) in [
+            (
+                "finetuning_type: full",
+                "finetuning_type: lora",
+                "finetuning_type: lora",
+            ),
+            ("stage: sft", "stage: dpo", "stage: dpo"),
+            ("template: qwen", "template: llama3", "template: llama3"),
+            (
+                "flash_attn: fa2",
+                "flash_attn: fa2\nlora_rank: 8",
+                "lora_rank",
+            ),
+            (
+                "lr_scheduler_type: cosine",
+                "lr_scheduler_type: polynomial",
+                "polynomial",
+            ),
+        ] {
+            let (_dir, path) = setup(&LIMO_YAML.replace(from, to), INFO);
+            let err = format!("{:#}", from_yaml(&path, &[]).unwrap_err());
+            assert!(err.contains(needle) && err.contains("train.yaml"), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+
+    #[test]
+    fn sharegpt_needs_openai_roles() {
+        let info = r#"{"limo": {"file_name": "limo.json", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}"#;
+        let (_dir, path) = setup(LIMO_YAML, info);
+        let c = from_yaml(&path, &[]).unwrap();
+        assert_eq!(c.data.format, limo_data::Format::Messages);
+        assert_eq!(
+            (
+                c.data.columns.messages.as_str(),
+                c.data.columns.role.as_str()
+            ),
+            ("messages", "role")
+        );
+        let info = r#"{"limo": {"file_name": "limo.json", "formatting": "sharegpt"}}"#;
+        let (_dir, path) = setup(LIMO_YAML, info);
+        let err = format!("{:#}", from_yaml(&path, &[]).unwrap_err());
+        assert!(err.contains("user_tag: human"), "{err}");
+        let info = r#"{"limo": {"hf_hub_url": "GAIR/LIMO", "columns": {"prompt": "question", "response": "solution"}}}"#;
+        let (_dir, path) = setup(LIMO_YAML, info);
+        assert_eq!(from_yaml(&path, &[]).unwrap().data.path, "GAIR/LIMO");
+    }
+}

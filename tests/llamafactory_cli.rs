@@ -1,0 +1,277 @@
+//! `limo train --config x.yaml`: LLaMA-Factory's training YAML read as it is, `--print-config`,
+//! the notes for arguments that do not apply, one-line errors for what limo cannot train, and a
+//! short real run from such a YAML.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{limo, run_err, run_ok};
+use limo_train::TrainConfig;
+
+/// LIMO's LLaMA-Factory recipe (GAIR-NLP/LIMO), with `MODEL`, `DATA` and `OUT` to fill in.
+const LIMO_YAML: &str = r#"### model
+model_name_or_path: MODEL
+### method
+stage: sft
+do_train: true
+finetuning_type: full
+deepspeed: examples/deepspeed/ds_z3_config.json
+flash_attn: fa2
+### dataset
+dataset: limo
+dataset_dir: DATA          # holds dataset_info.json
+template: qwen
+cutoff_len: 16384
+overwrite_cache: true
+preprocessing_num_workers: 16
+### output
+output_dir: OUT
+logging_steps: 1
+save_strategy: epoch
+plot_loss: true
+overwrite_output_dir: true
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 1
+learning_rate: 5.0e-6
+num_train_epochs: 15
+lr_scheduler_type: cosine
+warmup_ratio: 0.0
+bf16: true
+ddp_timeout: 180000000
+"#;
+
+/// The arguments that do not apply to limo in LIMO_YAML: each gets one note.
+const NOT_APPLICABLE: [&str; 12] = [
+    "stage",
+    "do_train",
+    "finetuning_type",
+    "deepspeed",
+    "flash_attn",
+    "template",
+    "overwrite_cache",
+    "preprocessing_num_workers",
+    "logging_steps",
+    "plot_loss",
+    "overwrite_output_dir",
+    "ddp_timeout",
+];
+
+/// A tempdir with `data/dataset_info.json` naming `limo` (alpaca formatting, LIMO's columns),
+/// `data/limo.json` (6 question/solution rows) and `train.yaml` from `yaml` (LIMO_YAML edited).
+fn setup(yaml: &str, model: &Path) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("dataset_info.json"),
+        r#"{"limo": {"file_name": "limo.json", "formatting": "alpaca",
+            "columns": {"prompt": "question", "response": "solution"}}}"#,
+    )
+    .unwrap();
+    let rows: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                r#"{{"question": "What is {i} + {i}?", "solution": "{i} + {i} = \\boxed{{{}}}."}}"#,
+                2 * i
+            )
+        })
+        .collect();
+    std::fs::write(data.join("limo.json"), format!("[{}]", rows.join(",\n"))).unwrap();
+    let text = yaml
+        .replace("MODEL", &model.display().to_string())
+        .replace("DATA", &data.display().to_string())
+        .replace("OUT", &dir.path().join("out").display().to_string());
+    let path = dir.path().join("train.yaml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+fn print_config(yaml: &Path, set: &[&str]) -> (TrainConfig, String, String) {
+    let mut args = vec![
+        "train".to_string(),
+        "--print-config".into(),
+        "--config".into(),
+        yaml.display().to_string(),
+    ];
+    for s in set {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let out = limo().args(&args).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    let config = TrainConfig::parse(&stdout, "--print-config output", &[])
+        .unwrap_or_else(|e| panic!("{e:#}\n{stdout}"));
+    (config, stdout, stderr)
+}
+
+#[test]
+fn limo_recipe_maps_to_limo_config() {
+    let model = Path::new("/models/Qwen2.5-32B-Instruct");
+    let (dir, yaml) = setup(LIMO_YAML, model);
+    let (c, stdout, stderr) = print_config(&yaml, &[]);
+    assert_eq!(c.model.path.as_deref(), Some(model));
+    assert_eq!(
+        (c.model.dtype.as_str(), c.model.device.as_str()),
+        ("bf16", "cuda")
+    );
+    assert_eq!(
+        c.data.path,
+        dir.path().join("data/limo.json").display().to_string()
+    );
+    assert_eq!(c.data.format, limo_data::Format::Alpaca);
+    assert_eq!(
+        (
+            c.data.columns.instruction.as_str(),
+            c.data.columns.output.as_str()
+        ),
+        ("question", "solution")
+    );
+    assert_eq!(c.data.cutoff_len, 16384);
+    assert!(
+        stdout.contains("# data.system: none"),
+        "the qwen template's default system prompt, as LLaMA-Factory:\n{stdout}"
+    );
+    let t = &c.train;
+    assert_eq!(
+        (t.lr, t.epochs, t.batch_size, t.grad_accum),
+        (5e-6, 15, 1, 1)
+    );
+    assert_eq!(
+        (t.schedule.as_str(), t.warmup_steps, t.max_steps),
+        ("cosine", 0, None)
+    );
+    assert_eq!(c.output.dir, dir.path().join("out"));
+    assert!(c.output.save_every_epoch);
+    assert_eq!(c.output.save_steps, 0);
+
+    // One note per argument that does not apply, and nothing else on stderr.
+    let notes: Vec<&str> = stderr.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), NOT_APPLICABLE.len(), "{stderr}");
+    for key in NOT_APPLICABLE {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(&format!("train.yaml: {key}: "))),
+            "{key}:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), notes.len(), "{stderr}");
+
+    // --set applies on top, to limo's fields.
+    let (c, _, _) = print_config(
+        &yaml,
+        &[
+            "train.lr=1e-5",
+            "model.device=cpu",
+            "model.dtype=f32",
+            "data.packing=true",
+        ],
+    );
+    assert_eq!(c.train.lr, 1e-5);
+    assert_eq!(
+        (c.model.dtype.as_str(), c.model.device.as_str()),
+        ("f32", "cpu")
+    );
+    assert!(c.data.packing);
+
+    // warmup_ratio becomes steps: 6 rows, 2 per step, 15 epochs = 45 steps; ceil(0.1 x 45).
+    let (_dir, yaml) = setup(
+        &LIMO_YAML
+            .replace("warmup_ratio: 0.0", "warmup_ratio: 0.1")
+            .replace(
+                "gradient_accumulation_steps: 1",
+                "gradient_accumulation_steps: 2",
+            ),
+        model,
+    );
+    let (c, _, stderr) = print_config(&yaml, &[]);
+    assert_eq!(c.train.warmup_steps, 5, "{stderr}");
+}
+
+#[test]
+fn unsupported_values_and_unknown_keys_are_one_line_errors() {
+    let model = Path::new("/models/m");
+    for (from, to, key) in [
+        (
+            "finetuning_type: full",
+            "finetuning_type: lora",
+            "finetuning_type: lora",
+        ),
+        ("stage: sft", "stage: dpo", "stage: dpo"),
+        ("template: qwen", "template: llama3", "template: llama3"),
+        (
+            "flash_attn: fa2",
+            "flash_attn: fa2\nlora_rank: 8",
+            "lora_rank",
+        ),
+        (
+            "num_train_epochs: 15",
+            "num_train_epochs: 2.5",
+            "num_train_epochs",
+        ),
+    ] {
+        let (_dir, yaml) = setup(&LIMO_YAML.replace(from, to), model);
+        let line = run_err(&[
+            "train",
+            "--print-config",
+            "--config",
+            yaml.to_str().unwrap(),
+        ]);
+        assert!(
+            line.contains(key) && line.contains("train.yaml"),
+            "{key}: {line}"
+        );
+    }
+    // A dataset missing from dataset_info.json.
+    let (_dir, yaml) = setup(&LIMO_YAML.replace("dataset: limo", "dataset: gsm8k"), model);
+    let line = run_err(&["train", "--config", yaml.to_str().unwrap()]);
+    assert!(
+        line.contains("gsm8k") && line.contains("dataset_info.json"),
+        "{line}"
+    );
+}
+
+#[test]
+fn trains_two_steps_from_a_llamafactory_yaml() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("tiny");
+    run_ok(&[
+        "init-model",
+        "--shape",
+        "tiny",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    // A local model directory brings its tokenizer, as a Hub checkpoint does.
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2.5-tokenizer");
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixtures.join(file), model.join(file)).unwrap();
+    }
+    let yaml_text = LIMO_YAML.replace("cutoff_len: 16384", "cutoff_len: 64");
+    let (dir, yaml) = setup(&yaml_text, &model);
+    let stdout = run_ok(&[
+        "train",
+        "--config",
+        yaml.to_str().unwrap(),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        "model.dtype=f32",
+        "--set",
+        "output.export_dtype=none",
+    ]);
+    assert!(stdout.contains("trained 2 steps"), "{stdout}");
+    let metrics = std::fs::read_to_string(dir.path().join("out").join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
+        2,
+        "{metrics}"
+    );
+}
