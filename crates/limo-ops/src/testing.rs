@@ -1,6 +1,6 @@
 //! Test helpers: random tensors, relative errors and candle autograd as the oracle.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// A deterministic f64 tensor with entries uniform in [-1, 1).
