@@ -211,3 +211,88 @@ fn bad_inputs_are_one_line_errors() {
         "pairs.jsonl",
     );
 }
+
+#[test]
+fn data_takes_json_files_and_hub_ids_as_training_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    tiny_model(&model);
+    // A .json array with LIMO's field names.
+    let json = tmp.path().join("limo.json");
+    std::fs::write(
+        &json,
+        r#"[{"question": "What is 2+3?", "solution": "...", "answer": "5"},
+            {"question": "What is 4*4?", "solution": "...", "answer": "16"}]"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out-json");
+    let run = limo(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&json),
+        "--max-new-tokens",
+        "4",
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(lines.contains("\"reference\":\"16\""), "{lines}");
+
+    // The same rows as a Hub dataset in the Hugging Face cache, offline.
+    let repo = tmp.path().join("hf/hub/datasets--GAIR--LIMO");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(sha)).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    std::fs::copy(&json, repo.join("snapshots").join(sha).join("limo.json")).unwrap();
+    let out = tmp.path().join("out-hub");
+    let run = Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args([
+            "eval",
+            "--model",
+            s(&model),
+            "--data",
+            "GAIR/LIMO",
+            "--max-new-tokens",
+            "4",
+        ])
+        .args(["--out", s(&out)])
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    // A row without its answer, in a .json file: one line naming the file and row.
+    std::fs::write(&json, r#"[{"question": "What is 2+3?"}]"#).unwrap();
+    one_line_error(
+        &limo(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--data",
+            s(&json),
+            "--out",
+            s(&tmp.path().join("o3")),
+        ]),
+        "limo.json: row",
+    );
+}

@@ -45,7 +45,8 @@ struct RunArgs {
     /// gaokao, grade_school_math, kaoyan, minerva, olympiadbench.
     #[arg(long, value_delimiter = ',')]
     benchmarks: Vec<String>,
-    /// Your own benchmark: a JSONL file (instead of --benchmarks).
+    /// Your own benchmark (instead of --benchmarks): a .jsonl, .json or .parquet file, a folder
+    /// of them, or a Hub dataset id like GAIR/LIMO, resolved as `limo train` resolves data.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Fields of --data: question and answer (and optionally id), e.g. question=problem.

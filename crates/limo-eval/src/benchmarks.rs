@@ -23,6 +23,8 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use limo_data::hub::{resolve_data_files, HubSettings};
+use limo_data::reader::{read_records, FileKind};
 use serde_json::{Map, Value};
 
 use crate::grader::value_text;
@@ -242,6 +244,61 @@ pub fn load_file(
     }
     if problems.is_empty() {
         bail!("{origin}: no rows");
+    }
+    Ok(problems)
+}
+
+/// A user's benchmark from anything `limo train` reads as data: a JSONL file (read by
+/// [`load_file`], errors by line), a .json or .parquet file, a folder of them, or a Hub dataset
+/// id like `GAIR/LIMO` (from the Hugging Face cache, or downloaded, as in training); errors name
+/// the file and row.
+pub fn load_data(
+    spec: &str,
+    question_field: &str,
+    answer_field: &str,
+    id_field: Option<&str>,
+) -> Result<Vec<Problem>> {
+    let path = Path::new(spec);
+    if path.is_file() && FileKind::from_path(path) == Some(FileKind::Jsonl) {
+        return load_file(path, question_field, answer_field, id_field);
+    }
+    let files = resolve_data_files(spec, &HubSettings::from_env()).map_err(|e| anyhow!("{e}"))?;
+    let benchmark = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for file in files {
+        let origin = file.display().to_string();
+        for record in read_records(&file).map_err(|e| anyhow!("{e}"))? {
+            let row = record.location.row;
+            let obj = match record.value {
+                Ok(Value::Object(obj)) => obj,
+                Ok(_) => bail!("{}: not a JSON object", record.location),
+                Err(e) => bail!("{}: {}", record.location, e.message),
+            };
+            let question = question_text(&obj, question_field, &origin, row)?;
+            let answer = obj.get(answer_field).map(value_text).unwrap_or_default();
+            if answer.is_empty() {
+                bail!(
+                    "{}: no reference answer ({answer_field:?})",
+                    record.location
+                );
+            }
+            let id = match id_field {
+                Some(f) => id_text(&obj, f, &origin, row)?,
+                None => problems.len().to_string(),
+            };
+            problems.push(Problem {
+                benchmark: benchmark.clone(),
+                id,
+                question,
+                answer,
+            });
+        }
+    }
+    if problems.is_empty() {
+        bail!("{spec}: no rows");
     }
     Ok(problems)
 }

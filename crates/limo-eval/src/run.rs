@@ -40,7 +40,8 @@ pub const SUMMARY_FILE: &str = "summary.json";
 /// out_dir resumes only a run with the same settings.
 pub const RUN_FILE: &str = "run.json";
 
-/// A benchmark from a user's JSONL file (see [`benchmarks::load_file`]).
+/// A benchmark from a user's data: a file, a folder or a Hub dataset id (see
+/// [`benchmarks::load_data`]).
 #[derive(Debug, Clone)]
 pub struct UserBenchmark {
     pub path: PathBuf,
@@ -284,8 +285,8 @@ fn load_problems(opts: &EvalOptions) -> anyhow::Result<Vec<Vec<Problem>>> {
         all.push(benchmarks::load(name)?);
     }
     for f in &opts.files {
-        all.push(benchmarks::load_file(
-            &f.path,
+        all.push(benchmarks::load_data(
+            &f.path.to_string_lossy(),
             &f.question_field,
             &f.answer_field,
             f.id_field.as_deref(),
