@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything needed to *build* (and start) limo's CUDA flavour on a machine with no GPU
-# and no CUDA toolkit, from PyPI only. See docs/CUDA.md; the facts behind every pin and path
-# are in the CUDA build notes (CUDA_BUILD.md).
+# and no CUDA toolkit, from PyPI only. See docs/CUDA.md for the facts behind every pin and path.
 #
 # Usage: scripts/setup-cuda.sh            then:  source "${LIMO_CUDA_DIR:-$HOME/.cache/limo-cuda}/env.sh"
 # Env:   LIMO_CUDA_DIR     target directory (default $HOME/.cache/limo-cuda); it becomes CUDA_HOME

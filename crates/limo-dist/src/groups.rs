@@ -1,4 +1,4 @@
-//! ZeRO-3's flat parameter groups (DESIGN.md choice 2): the embedding, one group per decoder
+//! ZeRO-3's flat parameter groups: the embedding, one group per decoder
 //! layer, and the final norm with the head. A group's parameters are concatenated in checkpoint
 //! order into one flat buffer, padded to a multiple of the world size; rank r owns slice r.
 //! Because a shard is a slice of a known layout, a checkpoint written at one world size is

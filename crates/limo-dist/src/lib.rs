@@ -1,4 +1,4 @@
-//! Distributed training for limo (DESIGN.md choices 2 and 9): the `Communicator` trait with its
+//! Distributed training for limo: the `Communicator` trait with its
 //! backends (threads in one process, TCP across processes and machines, NCCL on GPUs), the
 //! run's placement from torchrun's or Slurm's variables, the `limo launch` process supervisor,
 //! and the memory planner behind `limo plan`.

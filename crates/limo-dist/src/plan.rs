@@ -1,5 +1,5 @@
 //! The memory planner behind `limo plan`: bytes per GPU of a ZeRO-3 run of limo, term by term,
-//! and a rough step time. Every term follows limo's own design (DESIGN.md choices 2-4), not a
+//! and a rough step time. Every term follows limo's own design, not a
 //! generic rule of thumb, so the numbers move when the design does; `docs/PLAN.md` states the
 //! formulas and their assumptions.
 

@@ -1,5 +1,5 @@
 //! The Qwen2 decoder of limo: Hugging Face config and checkpoints in and out, and an explicit
-//! forward and backward per decoder layer (DESIGN.md choice 1), written with candle tensor ops
+//! forward and backward per decoder layer, written with candle tensor ops
 //! and the fused operations of `limo-ops`, so the same code runs on CPU and CUDA tensors.
 
 pub mod checkpoint;

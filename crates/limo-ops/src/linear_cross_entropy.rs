@@ -4,7 +4,7 @@
 //! At 16k tokens and a 152k vocabulary whole logits would take 4.6 GiB in bf16 (23 GiB on the
 //! usual fp32 loss path); one chunk of `chunk_tokens` rows takes `chunk_tokens * vocab` floats.
 //! Forward and backward run together (as Liger's fused linear cross-entropy does) because the
-//! caller knows the loss scale up front: the step's target count (DESIGN.md choice 5).
+//! caller knows the loss scale up front: the step's target count.
 
 use candle_core::{DType, Result, Tensor, D};
 use rayon::prelude::*;

@@ -1,6 +1,6 @@
 //! Collectives on a thread of their own, so that ZeRO-3 can start the all-gather of the next
 //! layer (and the reduce-scatter of the last one's gradient) and compute meanwhile: the
-//! prefetch of DESIGN.md choice 2. Jobs run one at a time in submission order, so every rank
+//! prefetch of docs/ARCHITECTURE.md. Jobs run one at a time in submission order, so every rank
 //! still issues the same collectives in the same order, which is all the backends require.
 //!
 //! On a GPU the thread buys nothing yet: NCCL runs on candle's compute stream, so transfers and

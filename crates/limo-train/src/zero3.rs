@@ -1,4 +1,4 @@
-//! ZeRO-3 (DESIGN.md choice 2): the model's parameters live in flat groups (the embedding, one
+//! ZeRO-3: the model's parameters live in flat groups (the embedding, one
 //! group per decoder layer, the final norm with the head), and each rank keeps only its slice of
 //! every group: the compute weights, the fp32 master, the Adam moments and the fp32 gradient
 //! accumulator, all on the device it computes on (a GPU's memory in CUDA runs; only checkpoints
