@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::Args;
-use limo_dist::plan::parse_bytes;
 use limo_model::init::SHAPES;
 use limo_model::model::parse_dtype;
 use limo_train::bench::{self, StepBench};
 use limo_train::config::TINY_TOML;
+use limo_train::zero3::plan::parse_bytes;
 use limo_train::TrainConfig;
 
 #[derive(Args)]

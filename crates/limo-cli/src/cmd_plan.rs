@@ -1,16 +1,16 @@
 //! `limo plan`: will a run config fit on N GPUs under ZeRO-3, and how long is a step?
-//! The arithmetic lives in `limo_dist::plan`; this file resolves the model shape and prints.
+//! The arithmetic lives in `limo_train::zero3::plan`; this file resolves the model shape and prints.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use limo_dist::plan::{
-    infer_shape, parse_bytes, plan_with_offload, Estimate, Hardware, Offload, Plan, Workload, GIB,
-};
 use limo_model::init::preset_config;
 use limo_model::Qwen2Config;
 use limo_train::config::OptimizerOffload;
+use limo_train::zero3::plan::{
+    infer_shape, parse_bytes, plan_with_offload, Estimate, Hardware, Offload, Plan, Workload, GIB,
+};
 use limo_train::TrainConfig;
 
 #[derive(Args)]

@@ -12,8 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use limo_dist::comm::Communicator;
-use limo_dist::groups::groups;
-use limo_dist::plan::{plan_with_offload, Hardware, Offload, Workload};
+
 use limo_dist::{SimulatedComm, SoloComm};
 use limo_model::init::preset_config;
 use limo_model::{Batch, Qwen2Config};
@@ -25,6 +24,8 @@ use crate::config::{OptimizerOffload, TrainSection};
 use crate::optim::{master_dtype, Flat};
 use crate::profile::{PhaseTimes, PHASES};
 use crate::trainer::optimizer_step;
+use crate::zero3::groups::groups;
+use crate::zero3::plan::{plan_with_offload, Hardware, Offload, Workload};
 use crate::zero3::{ShardedModel, StateBytes};
 
 const GIB: f64 = (1u64 << 30) as f64;

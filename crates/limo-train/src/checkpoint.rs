@@ -18,10 +18,10 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::zero3::groups::Group;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use limo_dist::comm::Communicator;
-use limo_dist::groups::Group;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::Flat;

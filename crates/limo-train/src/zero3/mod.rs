@@ -17,7 +17,10 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use limo_dist::comm::Communicator;
-use limo_dist::groups::{groups, Group};
+pub mod groups;
+pub mod plan;
+
+use groups::{groups, Group};
 use limo_model::checkpoint::SafetensorFiles;
 use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerContext};
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};

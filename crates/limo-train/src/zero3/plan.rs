@@ -160,7 +160,7 @@ pub struct Plan {
 /// Parameter counts of the flat groups, in order: embedding, one per decoder layer, final
 /// norm + lm_head (the norm alone when the head is tied to the embedding).
 pub fn group_sizes(cfg: &Qwen2Config) -> Vec<u64> {
-    crate::groups::groups(cfg)
+    super::groups::groups(cfg)
         .iter()
         .map(|g| g.numel() as u64)
         .collect()
