@@ -18,13 +18,17 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::zero3::groups::Group;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use limo_dist::comm::Communicator;
+use limo_model::{ModelWeights, Qwen2Config};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::Flat;
+use crate::config::TrainConfig;
+use crate::optim::{master_dtype, Flat, EXP_AVG, EXP_AVG_SQ, MASTER};
+use crate::order::DataOrder;
+use crate::zero3::groups::Group;
+use crate::zero3::ShardedModel;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const LATEST: &str = "latest";
@@ -524,6 +528,137 @@ fn fsync_dir(path: &Path) -> anyhow::Result<()> {
     File::open(path)?
         .sync_all()
         .with_context(|| format!("{}", path.display()))
+}
+
+// ---- a training run's checkpoints: what `train` saves and restores ----
+
+pub fn save_run(
+    model: &ShardedModel,
+    order: &DataOrder,
+    step: usize,
+    dir: &Path,
+    config: &TrainConfig,
+    side: &[SideFile],
+) -> anyhow::Result<()> {
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        step,
+        world_size: model.world_size(),
+        config_hash: config.trajectory_hash(model.world_size()),
+        data_order: order.save(),
+        params: param_layout(&model.cfg),
+        groups: GroupLayout::of(&model.groups),
+        master_dtype: format!("{:?}", model.optimizer.master_dtype()).to_lowercase(),
+        files: Default::default(),
+    };
+    let opt = &model.optimizer;
+    let rank_state = RankState {
+        master: opt.host(MASTER)?,
+        exp_avg: opt.host(EXP_AVG)?,
+        exp_avg_sq: opt.host(EXP_AVG_SQ)?,
+    };
+    let path = save(
+        model.comm(),
+        &model.device,
+        dir,
+        manifest,
+        &rank_state,
+        side,
+        config.output.keep_last,
+    )?;
+    if model.rank() == 0 {
+        tracing::info!(step = step, path = %path.display(), "checkpoint saved");
+    }
+    Ok(())
+}
+
+/// Parameter names and shapes in checkpoint order, as a manifest lists them.
+pub fn param_layout(cfg: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
+    ModelWeights::specs(cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect()
+}
+
+/// Loads this rank's slices from a checkpoint written at any world size with the same rows
+/// per step.
+pub fn restore_run(
+    model: &mut ShardedModel,
+    dir: &Path,
+    config: &TrainConfig,
+    rows: usize,
+) -> anyhow::Result<(DataOrder, usize)> {
+    let mut reader = ShardReader::open(dir)?;
+    let manifest = reader.manifest.clone();
+    let world = model.world_size();
+    if manifest.config_hash != config.trajectory_hash(world) {
+        bail!(
+            "{}: written by a run with a different model, data or train configuration (or a different number of rows per step: batch_size x grad_accum x world size); resume with the same config",
+            dir.display()
+        );
+    }
+    if manifest.params != param_layout(&model.cfg)
+        || manifest.groups != GroupLayout::of(&model.groups)
+    {
+        bail!("{}: its parameters do not match the model", dir.display());
+    }
+    let want = master_dtype(model.dtype);
+    if reader.master_dtype() != want {
+        bail!("{}: master weights are not {want:?}", dir.display());
+    }
+    let rank = model.rank();
+    let mut lists: Vec<Vec<Flat>> = Vec::new();
+    for kind in KINDS {
+        let slices = (0..model.groups.len())
+            .map(|g| reader.range(kind, g, model.groups[g].shard_range(world, rank)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        lists.push(slices);
+    }
+    let [master, exp_avg, exp_avg_sq]: [Vec<Flat>; 3] =
+        lists.try_into().expect("three state lists");
+    model.restore_state(&master, &exp_avg, &exp_avg_sq, manifest.step as u64)?;
+    Ok((
+        DataOrder::restore(&manifest.data_order, rows)?,
+        manifest.step,
+    ))
+}
+
+pub fn side_files(model_dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Vec<SideFile>> {
+    let mut files = Vec::new();
+    for name in ["config.json", "generation_config.json"] {
+        let path = model_dir.join(name);
+        if path.exists() {
+            files.push(SideFile {
+                name: name.into(),
+                bytes: std::fs::read(&path)?,
+            });
+        }
+    }
+    if let Some(tok) = tokenizer {
+        let dir = if tok.is_dir() {
+            tok.to_path_buf()
+        } else {
+            tok.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
+        let json = if tok.is_dir() {
+            tok.join("tokenizer.json")
+        } else {
+            tok.to_path_buf()
+        };
+        files.push(SideFile {
+            name: "tokenizer.json".into(),
+            bytes: std::fs::read(&json)?,
+        });
+        for name in ["tokenizer_config.json", "chat_template.jinja"] {
+            if dir.join(name).exists() {
+                files.push(SideFile {
+                    name: name.into(),
+                    bytes: std::fs::read(dir.join(name))?,
+                });
+            }
+        }
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -17,17 +17,16 @@ use limo_dist::comm::Communicator;
 use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::model::parse_dtype;
-use limo_model::{Batch, ModelWeights, Qwen2Config};
+use limo_model::{Batch, Qwen2Config};
 
-use crate::checkpoint::{self, GroupLayout, Manifest, RankState, ShardReader, SideFile, KINDS};
+use crate::checkpoint;
 use crate::config::{parse_size, ReportTo, TrainConfig, TrainSection};
-use crate::eval::{evaluate, Evaluation};
+use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
 use crate::metrics::{self, StepMetrics};
-use crate::optim::{master_dtype, Flat, EXP_AVG, EXP_AVG_SQ, MASTER};
+use crate::optim::Flat;
 use crate::order::DataOrder;
 use crate::schedule::Schedule;
-use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow, BUILTIN_ARITHMETIC};
-use crate::synthetic;
+use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow};
 use crate::tensorboard::EventWriter;
 use crate::zero3::{agree, load_shards, ShardedModel};
 
@@ -156,14 +155,16 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let checkpoints_dir = out.join("checkpoints");
     let metrics_path = out.join("metrics.jsonl");
     if let Some(which) = &options.resume {
-        let restored = checkpoint::resolve(&checkpoints_dir, which)
-            .and_then(|dir| restore(&mut state, &dir, config, rows.len()).map(|()| dir));
-        let dir = agree(
+        let restored = checkpoint::resolve(&checkpoints_dir, which).and_then(|dir| {
+            checkpoint::restore_run(&mut state.model, &dir, config, rows.len()).map(|r| (dir, r))
+        });
+        let (dir, (order, step)) = agree(
             state.model.comm(),
             &device,
             restored,
             "resuming from the checkpoint",
         )?;
+        (state.order, state.step) = (order, step);
         if lead {
             metrics::truncate_after(&metrics_path, state.step)?;
         }
@@ -182,7 +183,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         .then(|| EventWriter::create(&out.join("tensorboard")))
         .transpose();
     let mut tensorboard = agree(state.model.comm(), &device, tb, "opening TensorBoard")?;
-    let side_files = side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
+    let side_files = checkpoint::side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
     let bar = progress_bar(options.progress && lead, total_steps, state.step);
     if lead {
         tracing::info!(
@@ -254,7 +255,14 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         tracing::debug!(step = m.step, loss, lr, grad_norm, rank, "step");
 
         if checkpoint_due(config, state.step, steps_per_epoch, total_steps) {
-            save(&state, &checkpoints_dir, config, &side_files)?;
+            checkpoint::save_run(
+                &state.model,
+                &state.order,
+                state.step,
+                &checkpoints_dir,
+                config,
+                &side_files,
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -273,7 +281,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         }
     }
     let evaluation = match (eval_before, &tokenizer) {
-        (Some(before), Some(tok)) => evaluate_after(config, &state, tok, &held_out, before)?,
+        (Some(before), Some(tok)) => evaluate_after(config, &state.model, tok, &held_out, before)?,
         _ => None,
     };
     // Nobody leaves while rank 0 still exports: a launcher may stop the job when one exits.
@@ -330,56 +338,6 @@ fn export_final(config: &TrainConfig, final_checkpoint: &Path) -> anyhow::Result
     crate::export::export(final_checkpoint, &export_dir, dtype, shard)
 }
 
-/// Gathers the whole model (every rank takes part) and evaluates it on rank 0.
-fn evaluate_on_lead(
-    config: &TrainConfig,
-    model: &ShardedModel,
-    tokenizer: &ChatTokenizer,
-    held_out: &[synthetic::Problem],
-) -> anyhow::Result<Option<Evaluation>> {
-    let weights: ModelWeights = model.full_weights()?;
-    if model.rank() != 0 {
-        return Ok(None);
-    }
-    Ok(Some(evaluate(
-        &model.cfg,
-        &weights,
-        tokenizer,
-        config.data.system.as_deref(),
-        held_out,
-        config.output.eval_max_new_tokens,
-    )?))
-}
-
-/// Evaluates the trained weights and writes `<output>/eval.json` (rank 0).
-fn evaluate_after(
-    config: &TrainConfig,
-    state: &State,
-    tokenizer: &ChatTokenizer,
-    held_out: &[synthetic::Problem],
-    before: Evaluation,
-) -> anyhow::Result<Option<(Evaluation, Evaluation)>> {
-    let Some(after) = evaluate_on_lead(config, &state.model, tokenizer, held_out)? else {
-        return Ok(None);
-    };
-    let samples: Vec<serde_json::Value> = after
-        .samples
-        .iter()
-        .map(|(q, a)| serde_json::json!({"question": q, "generated": a}))
-        .collect();
-    let report = serde_json::json!({
-        "problems": held_out.len(),
-        "accuracy_before": before.accuracy(),
-        "accuracy_after": after.accuracy(),
-        "samples_after": samples,
-    });
-    std::fs::write(
-        config.output.dir.join("eval.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    Ok(Some((before, after)))
-}
-
 /// Optimizer step number `step` (from 1) over this rank's micro-batches: zero the gradients,
 /// forward and backward each micro-batch, clip and update. Returns (loss, grad norm, clip
 /// coefficient), the same on every rank. `n_targets` counts the targets of all ranks.
@@ -415,124 +373,6 @@ fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {
     Ok(Batch::from_rows(&ids, &labels, positions.as_deref())?)
 }
 
-fn save(state: &State, dir: &Path, config: &TrainConfig, side: &[SideFile]) -> anyhow::Result<()> {
-    let model = &state.model;
-    let manifest = Manifest {
-        format: checkpoint::FORMAT.into(),
-        step: state.step,
-        world_size: model.world_size(),
-        config_hash: config.trajectory_hash(model.world_size()),
-        data_order: state.order.save(),
-        params: param_layout(&model.cfg),
-        groups: GroupLayout::of(&model.groups),
-        master_dtype: format!("{:?}", model.optimizer.master_dtype()).to_lowercase(),
-        files: Default::default(),
-    };
-    let opt = &model.optimizer;
-    let rank_state = RankState {
-        master: opt.host(MASTER)?,
-        exp_avg: opt.host(EXP_AVG)?,
-        exp_avg_sq: opt.host(EXP_AVG_SQ)?,
-    };
-    let path = checkpoint::save(
-        model.comm(),
-        &model.device,
-        dir,
-        manifest,
-        &rank_state,
-        side,
-        config.output.keep_last,
-    )?;
-    if model.rank() == 0 {
-        tracing::info!(step = state.step, path = %path.display(), "checkpoint saved");
-    }
-    Ok(())
-}
-
-/// Parameter names and shapes in checkpoint order, as a manifest lists them.
-fn param_layout(cfg: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
-    ModelWeights::specs(cfg)
-        .into_iter()
-        .map(|s| (s.name, s.shape))
-        .collect()
-}
-
-/// Loads this rank's slices from a checkpoint written at any world size with the same rows
-/// per step.
-fn restore(state: &mut State, dir: &Path, config: &TrainConfig, rows: usize) -> anyhow::Result<()> {
-    let mut reader = ShardReader::open(dir)?;
-    let manifest = reader.manifest.clone();
-    let model = &mut state.model;
-    let world = model.world_size();
-    if manifest.config_hash != config.trajectory_hash(world) {
-        bail!(
-            "{}: written by a run with a different model, data or train configuration (or a different number of rows per step: batch_size x grad_accum x world size); resume with the same config",
-            dir.display()
-        );
-    }
-    if manifest.params != param_layout(&model.cfg)
-        || manifest.groups != GroupLayout::of(&model.groups)
-    {
-        bail!("{}: its parameters do not match the model", dir.display());
-    }
-    let want = master_dtype(model.dtype);
-    if reader.master_dtype() != want {
-        bail!("{}: master weights are not {want:?}", dir.display());
-    }
-    let rank = model.rank();
-    let mut lists: Vec<Vec<Flat>> = Vec::new();
-    for kind in KINDS {
-        let slices = (0..model.groups.len())
-            .map(|g| reader.range(kind, g, model.groups[g].shard_range(world, rank)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        lists.push(slices);
-    }
-    let [master, exp_avg, exp_avg_sq]: [Vec<Flat>; 3] =
-        lists.try_into().expect("three state lists");
-    model.restore_state(&master, &exp_avg, &exp_avg_sq, manifest.step as u64)?;
-    state.order = DataOrder::restore(&manifest.data_order, rows)?;
-    state.step = manifest.step;
-    Ok(())
-}
-
-fn side_files(model_dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Vec<SideFile>> {
-    let mut files = Vec::new();
-    for name in ["config.json", "generation_config.json"] {
-        let path = model_dir.join(name);
-        if path.exists() {
-            files.push(SideFile {
-                name: name.into(),
-                bytes: std::fs::read(&path)?,
-            });
-        }
-    }
-    if let Some(tok) = tokenizer {
-        let dir = if tok.is_dir() {
-            tok.to_path_buf()
-        } else {
-            tok.parent().unwrap_or(Path::new(".")).to_path_buf()
-        };
-        let json = if tok.is_dir() {
-            tok.join("tokenizer.json")
-        } else {
-            tok.to_path_buf()
-        };
-        files.push(SideFile {
-            name: "tokenizer.json".into(),
-            bytes: std::fs::read(&json)?,
-        });
-        for name in ["tokenizer_config.json", "chat_template.jinja"] {
-            if dir.join(name).exists() {
-                files.push(SideFile {
-                    name: name.into(),
-                    bytes: std::fs::read(dir.join(name))?,
-                });
-            }
-        }
-    }
-    Ok(files)
-}
-
 fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
@@ -547,24 +387,4 @@ fn progress_bar(enabled: bool, total: usize, done: usize) -> ProgressBar {
     );
     bar.set_position(done as u64);
     bar
-}
-
-/// Held-out problems for the generated data set: another seed, minus any training question.
-fn held_out_problems(config: &TrainConfig) -> Vec<synthetic::Problem> {
-    if config.data.path != BUILTIN_ARITHMETIC || config.output.eval_examples == 0 {
-        return Vec::new();
-    }
-    let train: std::collections::HashSet<String> =
-        synthetic::problems(config.train.seed, synthetic::TRAIN_PROBLEMS)
-            .into_iter()
-            .map(|p| p.question)
-            .collect();
-    synthetic::problems(
-        config.train.seed.wrapping_add(1),
-        4 * config.output.eval_examples,
-    )
-    .into_iter()
-    .filter(|p| !train.contains(&p.question))
-    .take(config.output.eval_examples)
-    .collect()
 }
