@@ -8,7 +8,6 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 use clap::Args;
 use limo_model::init::SHAPES;
-use limo_model::model::parse_dtype;
 use limo_train::bench::{self, StepBench};
 use limo_train::config::TINY_TOML;
 use limo_train::zero3::plan::parse_bytes;
@@ -89,14 +88,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         None => TrainConfig::parse(TINY_TOML, "configs/tiny.toml (embedded)", &args.overrides)?,
     };
     let cuda = args.device == "cuda";
-    let dtype = parse_dtype(
-        args.dtype
-            .as_deref()
-            .unwrap_or(if cuda { "bf16" } else { "f32" }),
-    )?;
-    if !cuda && dtype == DType::BF16 {
-        bail!("--dtype bf16 runs on --device cuda; the CPU computes in f32 or f64");
-    }
+    let dtype = crate::cmd_doctor::compute_dtype(cuda, args.dtype.as_deref())?;
     if cuda && dtype == DType::F64 {
         bail!("--dtype f64 runs on --device cpu");
     }

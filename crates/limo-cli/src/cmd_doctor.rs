@@ -98,6 +98,16 @@ fn describe(_gpu: &Device) -> String {
     unreachable!("open_gpu fails without the cuda feature")
 }
 
+/// The compute dtype of a command's `--dtype` (default bf16 on a GPU, f32 on the CPU); bf16 on
+/// the CPU is refused, as the CPU reference computes in f32 or f64.
+pub fn compute_dtype(cuda: bool, dtype: Option<&str>) -> anyhow::Result<DType> {
+    let dtype = limo_model::model::parse_dtype(dtype.unwrap_or(if cuda { "bf16" } else { "f32" }))?;
+    if !cuda && dtype == DType::BF16 {
+        bail!("--dtype bf16 runs on --device cuda; the CPU computes in f32 or f64");
+    }
+    Ok(dtype)
+}
+
 /// Device `ordinal`, or a one-line error (no GPU, the stub driver, no cuda feature).
 #[cfg(feature = "cuda")]
 pub fn open_gpu(ordinal: usize) -> anyhow::Result<Device> {

@@ -5,11 +5,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::{Args, Subcommand};
 use limo_eval::benchmarks::NAMES;
 use limo_eval::run::{run, EvalOptions, UserBenchmark};
-use limo_model::model::parse_dtype;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -113,14 +112,7 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     };
     let mut opts = EvalOptions::new(model, out);
     let cuda = a.device == "cuda";
-    let dtype = parse_dtype(
-        a.dtype
-            .as_deref()
-            .unwrap_or(if cuda { "bf16" } else { "f32" }),
-    )?;
-    if !cuda && dtype == DType::BF16 {
-        bail!("--dtype bf16 runs on --device cuda; the CPU computes in f32 or f64");
-    }
+    let dtype = crate::cmd_doctor::compute_dtype(cuda, a.dtype.as_deref())?;
     opts.device = if cuda {
         crate::cmd_doctor::open_gpu(a.gpu)?
     } else {
