@@ -6,6 +6,11 @@
 // _rn intrinsics so nvcc cannot contract a*b+c into an FMA: the result is bit-identical to the
 // CPU f32 implementation (the doctor checks this with tolerance 0). The constants are computed
 // on the host in f64 and rounded to f32, as the reference does.
+//
+// Clipping: with `norm_sq` (the global squared gradient norm, one f64 on the device) the kernel
+// computes the clipping coefficient itself, in f64 exactly as the host does (clip_coefficient in
+// crates/limo-ops/src/adamw.rs), so the host never waits for the norm before the update. A norm
+// that is not finite skips the update: the host reads the norm after the step and stops.
 #include "common.cuh"
 
 extern "C" __global__ void adamw_f32(float* param, const float* grad, float* exp_avg,
@@ -13,7 +18,15 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* exp
                                      float beta1, float beta2, float one_minus_beta1,
                                      float one_minus_beta2, float decay, float step_size,
                                      float bias2_sqrt, float eps, float grad_scale,
-                                     int apply_scale, int apply_decay) {
+                                     int apply_scale, int apply_decay, const double* norm_sq,
+                                     double max_norm) {
+  if (norm_sq != nullptr) {
+    const double norm = __dsqrt_rn(*norm_sq);
+    if (!isfinite(norm)) return;
+    const double coef = max_norm <= 0.0 ? 1.0 : fmin(__ddiv_rn(max_norm, __dadd_rn(norm, 1e-6)), 1.0);
+    grad_scale = __double2float_rn(coef);
+    apply_scale = coef != 1.0;
+  }
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     const float g = apply_scale ? __fmul_rn(grad[i], grad_scale) : grad[i];

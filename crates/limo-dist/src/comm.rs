@@ -23,6 +23,68 @@ pub trait Communicator: Send {
     /// Rank `root`'s `input` on every rank.
     fn broadcast(&self, input: &Tensor, root: usize) -> anyhow::Result<Tensor>;
     fn barrier(&self) -> anyhow::Result<()>;
+
+    /// Starts [`Self::all_gather`]; the result may be used only after [`Started::finish`].
+    /// Backends that run collectives beside the computation (NCCL on its own CUDA stream)
+    /// return at once; the others finish before returning.
+    fn start_all_gather(&self, input: &Tensor) -> anyhow::Result<Started> {
+        Ok(Started::ready(self.all_gather(input)?))
+    }
+
+    /// Starts [`Self::reduce_scatter`], as [`Self::start_all_gather`].
+    fn start_reduce_scatter(&self, input: &Tensor) -> anyhow::Result<Started> {
+        Ok(Started::ready(self.reduce_scatter(input)?))
+    }
+
+    /// Starts [`Self::all_reduce`], as [`Self::start_all_gather`].
+    fn start_all_reduce(&self, input: &Tensor) -> anyhow::Result<Started> {
+        Ok(Started::ready(self.all_reduce(input)?))
+    }
+}
+
+/// The result of a started collective: a tensor that may still be being written, and the fence
+/// that orders the caller's later work after the write (on CUDA, the compute stream waits for
+/// the communication stream; no host thread waits). Dropped unfinished, it still runs the fence,
+/// so the buffers the collective reads are never freed under it.
+pub struct Started {
+    tensor: Option<Tensor>,
+    fence: Option<Fence>,
+}
+
+type Fence = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
+
+impl Started {
+    /// A result that is already complete.
+    pub fn ready(tensor: Tensor) -> Self {
+        Self {
+            tensor: Some(tensor),
+            fence: None,
+        }
+    }
+
+    /// `tensor`, usable after `fence` has run.
+    pub fn fenced(tensor: Tensor, fence: Fence) -> Self {
+        Self {
+            tensor: Some(tensor),
+            fence: Some(fence),
+        }
+    }
+
+    /// The result, ordered before everything the caller does next.
+    pub fn finish(mut self) -> anyhow::Result<Tensor> {
+        if let Some(fence) = self.fence.take() {
+            fence()?;
+        }
+        Ok(self.tensor.take().expect("taken only here"))
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(fence) = self.fence.take() {
+            let _ = fence();
+        }
+    }
 }
 
 /// State shared by the threads of one group: one slot per rank and a generation counter.

@@ -1,8 +1,9 @@
 //! The GPU backend: NCCL through cudarc, one process per GPU. Rank 0 creates the NCCL unique id
 //! and hands it to the others over the TCP rendezvous of the CPU backend (`SocketComm`, with its
 //! timeouts and its errors naming missing ranks); then every rank joins the NCCL communicator.
-//! Collectives run on candle's CUDA stream, so they are ordered with the kernels around them
-//! without extra synchronisation, and take bf16, f16, f32 or f64 tensors.
+//! Collectives run on a communication stream of their own, so an all-gather or a reduce-scatter
+//! runs while kernels run on candle's compute stream; events order the two (see `start`), and
+//! no host thread waits for either. They take bf16, f16, f32 or f64 tensors.
 //!
 //! Unlike the CPU backends, NCCL cannot check that ranks agree on lengths and operations (a
 //! mismatch hangs or corrupts), and a peer that dies mid-collective leaves the others blocked in
@@ -17,13 +18,15 @@ use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 use cudarc::driver::DeviceRepr;
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
-use crate::comm::Communicator;
+use crate::comm::{Communicator, Started};
 use crate::env::DistEnv;
 use crate::socket::SocketComm;
 
 /// One rank of an NCCL communicator over the GPU of `device`.
 pub struct NcclComm {
+    /// Bound to the communication stream.
     comm: Comm,
+    /// candle's device: its stream is the compute stream.
     device: CudaDevice,
 }
 
@@ -50,7 +53,16 @@ pub fn connect_nccl(
         let rendezvous = SocketComm::connect(env, timeout)?;
         share_id(&rendezvous)?
     };
-    let comm = Comm::from_rank(cuda.cuda_stream(), env.rank, env.world_size, id)
+    // The ordering between the two streams is explicit (events in `start`): cudarc's automatic
+    // tracking would add an event wait and record to every kernel argument of every launch
+    // once a second stream exists. candle itself uses one stream and never relied on it.
+    let ctx = cuda.cuda_stream().context().clone();
+    // SAFETY: every buffer shared between the streams is ordered by the events of `start`.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| anyhow!("rank {}: creating the NCCL stream: {e:?}", env.rank))?;
+    let comm = Comm::from_rank(stream, env.rank, env.world_size, id)
         .map_err(|e| anyhow!("rank {}: NCCL communicator init: {e:?}", env.rank))?;
     Ok(Box::new(NcclComm { comm, device: cuda }))
 }
@@ -87,16 +99,26 @@ enum Kind {
 
 impl NcclComm {
     fn run(&self, kind: Kind, input: &Tensor) -> anyhow::Result<Tensor> {
+        self.start(kind, input)?.finish()
+    }
+
+    /// Enqueues the collective on the communication stream after everything enqueued so far on
+    /// the compute stream (which wrote `input`), and returns its output with a fence that makes
+    /// the compute stream wait for it. The output is allocated on the compute stream before the
+    /// collective (so its memory is ordered like any other buffer of that stream), and `input`
+    /// is kept alive until the fence: freed earlier, the compute stream could reuse its memory
+    /// while NCCL still reads it.
+    fn start(&self, kind: Kind, input: &Tensor) -> anyhow::Result<Started> {
         match input.dtype() {
-            DType::F32 => self.run_typed::<f32>(kind, input),
-            DType::BF16 => self.run_typed::<half::bf16>(kind, input),
-            DType::F16 => self.run_typed::<half::f16>(kind, input),
-            DType::F64 => self.run_typed::<f64>(kind, input),
+            DType::F32 => self.start_typed::<f32>(kind, input),
+            DType::BF16 => self.start_typed::<half::bf16>(kind, input),
+            DType::F16 => self.start_typed::<half::f16>(kind, input),
+            DType::F64 => self.start_typed::<f64>(kind, input),
             other => bail!("NCCL collectives take f32, bf16, f16 or f64, not {other:?}"),
         }
     }
 
-    fn run_typed<T>(&self, kind: Kind, input: &Tensor) -> anyhow::Result<Tensor>
+    fn start_typed<T>(&self, kind: Kind, input: &Tensor) -> anyhow::Result<Started>
     where
         T: CudaDType + NcclType + DeviceRepr,
     {
@@ -127,9 +149,15 @@ impl NcclComm {
         };
         let start = layout.start_offset();
         let src = storage.as_cuda_slice::<T>()?.slice(start..start + n);
-        // SAFETY: every element is written by the collective before the tensor is read; the
-        // allocation and the collective are on the same stream, in that order.
+        // SAFETY: every element is written by the collective before the tensor is read (the
+        // fence below orders every read after it).
         let mut dst = unsafe { self.device.alloc::<T>(out_len)? };
+        let compute = self.device.cuda_stream();
+        let comm_stream = self.comm.stream();
+        let nccl_err = |e| anyhow!("rank {}: NCCL stream: {e:?}", self.comm.rank());
+        comm_stream
+            .wait(&compute.record_event(None).map_err(nccl_err)?)
+            .map_err(nccl_err)?;
         let status = match kind {
             Kind::AllGather => self.comm.all_gather(&src, &mut dst),
             Kind::ReduceScatter => self.comm.reduce_scatter(&src, &mut dst, &ReduceOp::Sum),
@@ -137,12 +165,19 @@ impl NcclComm {
             Kind::Broadcast(root) => self.comm.broadcast(Some(&src), &mut dst, root as i32),
         };
         status.map_err(|e| anyhow!("rank {}: NCCL: {e:?}", self.comm.rank()))?;
+        let done = comm_stream.record_event(None).map_err(nccl_err)?;
         let storage = CudaStorage::wrap_cuda_slice(dst, self.device.clone());
-        Ok(Tensor::from_storage(
-            Storage::Cuda(storage),
-            out_len,
-            BackpropOp::none(),
-            false,
+        let out = Tensor::from_storage(Storage::Cuda(storage), out_len, BackpropOp::none(), false);
+        let (keep, rank) = (input.clone(), self.comm.rank());
+        Ok(Started::fenced(
+            out,
+            Box::new(move || {
+                compute
+                    .wait(&done)
+                    .map_err(|e| anyhow!("rank {rank}: waiting for NCCL: {e:?}"))?;
+                drop(keep);
+                Ok(())
+            }),
         ))
     }
 }
@@ -170,6 +205,18 @@ impl Communicator for NcclComm {
 
     fn broadcast(&self, input: &Tensor, root: usize) -> anyhow::Result<Tensor> {
         self.run(Kind::Broadcast(root), input)
+    }
+
+    fn start_all_gather(&self, input: &Tensor) -> anyhow::Result<Started> {
+        self.start(Kind::AllGather, input)
+    }
+
+    fn start_reduce_scatter(&self, input: &Tensor) -> anyhow::Result<Started> {
+        self.start(Kind::ReduceScatter, input)
+    }
+
+    fn start_all_reduce(&self, input: &Tensor) -> anyhow::Result<Started> {
+        self.start(Kind::AllReduce, input)
     }
 
     fn barrier(&self) -> anyhow::Result<()> {

@@ -26,6 +26,25 @@ pub struct AdamWStep {
     pub grad_scale: f64,
 }
 
+/// Global-norm clipping whose norm stays where it was computed: the update reads the squared
+/// norm (a `[1]` f64 tensor on the state's device, or any device when the state is on the
+/// host) and scales the gradient by [`clip_coefficient`]. A norm that is not finite skips the
+/// update, leaving the state untouched: the caller reads the norm after the step and stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Clip<'a> {
+    pub norm_sq: &'a Tensor,
+    pub max_norm: f64,
+}
+
+/// transformers' clipping coefficient: `min(1, max_norm / (norm + 1e-6))` (1 when clipping is
+/// off, `max_norm <= 0`). The CUDA kernel computes the same in f64 from the squared norm.
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
+    if max_norm <= 0.0 {
+        return 1.0;
+    }
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
 /// Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad`.
 pub fn adamw_update<F: Float>(
     param: &mut [F],
@@ -80,11 +99,14 @@ pub fn sum_of_squares<F: Float>(x: &[F]) -> f64 {
 /// `[master | exp_avg | exp_avg_sq]` (3 x n elements, f32 or f64, contiguous), updated in place
 /// from `grad` (n elements, same dtype). The same call runs [`adamw_update`] on the CPU and the
 /// fused kernel on CUDA (f32), which also writes the updated weights as bf16 into `bf16_out`
-/// (the compute shard the next all-gathers send) in the same pass.
+/// (the compute shard the next all-gathers send) in the same pass. With `clip`, the gradient
+/// scale comes from the squared norm on the device (`s.grad_scale` is ignored): no host read
+/// between the backward and the update.
 pub fn adamw_update_state(
     state: &Tensor,
     grad: &Tensor,
     s: &AdamWStep,
+    clip: Option<Clip>,
     bf16_out: Option<&Tensor>,
 ) -> Result<()> {
     let n = grad.elem_count();
@@ -99,19 +121,29 @@ pub fn adamw_update_state(
     #[cfg(feature = "cuda")]
     if state.device().is_cuda() {
         let part = |k: usize| state.flatten_all()?.narrow(0, k * n, n);
-        return crate::cuda::adamw::adamw_update(
+        return crate::cuda::adamw::adamw_update_clipped(
             &part(0)?,
             &grad.flatten_all()?,
             &part(1)?,
             &part(2)?,
             s,
+            clip,
             bf16_out,
         );
     }
     if bf16_out.is_some() {
         bail!("adamw: only the CUDA kernel writes a bf16 copy");
     }
-    state.inplace_op2(grad, &AdamWOp(*s))
+    let mut s = *s;
+    if let Some(clip) = clip {
+        // On the host this read costs nothing (a CPU tensor) or is the copy offloading needs.
+        let norm = clip.norm_sq.flatten_all()?.to_vec1::<f64>()?[0].sqrt();
+        if !norm.is_finite() {
+            return Ok(());
+        }
+        s.grad_scale = clip_coefficient(norm, clip.max_norm);
+    }
+    state.inplace_op2(grad, &AdamWOp(s))
 }
 
 /// [`adamw_update`] as an in-place candle op on CPU storage.
@@ -276,5 +308,50 @@ mod tests {
             "{p:?}"
         );
         assert_eq!(sum_of_squares(&[3.0f32, 4.0]), 25.0);
+    }
+
+    #[test]
+    fn clipping_by_the_norm_on_the_device_equals_the_host_coefficient() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let s = AdamWStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: 3,
+            grad_scale: 1.0,
+        };
+        let grad = [0.5f64, -0.25, 3.0];
+        let norm_sq: f64 = grad.iter().map(|g| g * g).sum();
+        let state = || Tensor::new(&[1.0f64, -2.0, 0.5, 0.1, 0.2, -0.3, 0.4, 0.5, 0.6], &dev);
+        let g = Tensor::new(&grad, &dev)?;
+        for max_norm in [0.0, 1.0, 100.0] {
+            let (clipped, host) = (state()?, state()?);
+            let clip = Clip {
+                norm_sq: &Tensor::new(&[norm_sq], &dev)?,
+                max_norm,
+            };
+            adamw_update_state(&clipped, &g, &s, Some(clip), None)?;
+            let scaled = AdamWStep {
+                grad_scale: clip_coefficient(norm_sq.sqrt(), max_norm),
+                ..s
+            };
+            adamw_update_state(&host, &g, &scaled, None, None)?;
+            let (a, b) = (clipped.to_vec1::<f64>()?, host.to_vec1::<f64>()?);
+            assert_eq!(a, b, "max_norm {max_norm}");
+            assert_ne!(a, state()?.to_vec1::<f64>()?);
+        }
+        // A norm that is not finite leaves the state as it was.
+        for bad in [f64::NAN, f64::INFINITY] {
+            let st = state()?;
+            let clip = Clip {
+                norm_sq: &Tensor::new(&[bad], &dev)?,
+                max_norm: 1.0,
+            };
+            adamw_update_state(&st, &g, &s, Some(clip), None)?;
+            assert_eq!(st.to_vec1::<f64>()?, state()?.to_vec1::<f64>()?);
+        }
+        Ok(())
     }
 }

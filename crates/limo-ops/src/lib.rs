@@ -35,10 +35,13 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 pub use adamw::{
-    adamw_update, adamw_update_state, sum_of_squares, sum_of_squares_tensor, AdamWStep,
+    adamw_update, adamw_update_state, clip_coefficient, sum_of_squares, sum_of_squares_tensor,
+    AdamWStep, Clip,
 };
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
-pub use linear_cross_entropy::{linear_cross_entropy, LinearCrossEntropy, IGNORE_INDEX};
+pub use linear_cross_entropy::{
+    linear_cross_entropy, linear_cross_entropy_on_device, LinearCrossEntropy, IGNORE_INDEX,
+};
 pub use rms_norm::{rms_norm_backward, rms_norm_forward};
 pub use rope::{rope_backward, rope_forward, RopeCache, RopeTables};
 pub use swiglu::{swiglu_backward, swiglu_forward};

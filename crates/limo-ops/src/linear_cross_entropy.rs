@@ -11,13 +11,15 @@ use rayon::prelude::*;
 
 use crate::upcast;
 
-/// Label value of a token that is not a target (PyTorch's `ignore_index`).
+/// Label value of a token that is not a target (PyTorch's `ignore_index`). The workspace's one
+/// definition: limo-data re-exports it for the labels it writes.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// What one pass produces.
-pub struct LinearCrossEntropy {
+/// What one pass produces. `Loss` is f64 read back to the host, or (from
+/// [`linear_cross_entropy_on_device`]) a `[1]` f64 tensor that stays on the device.
+pub struct LinearCrossEntropy<Loss = f64> {
     /// Sum of the per-token losses of all targets (f64, accumulated chunk by chunk).
-    pub loss_sum: f64,
+    pub loss_sum: Loss,
     /// Number of targets (labels other than [`IGNORE_INDEX`]).
     pub n_targets: usize,
     /// `[N]` per-token cross-entropy in the compute dtype, 0 where not a target.
@@ -39,6 +41,25 @@ pub fn linear_cross_entropy(
     grad_scale: Option<f64>,
     chunk_tokens: usize,
 ) -> Result<LinearCrossEntropy> {
+    let out = linear_cross_entropy_on_device(hidden, weight, targets, grad_scale, chunk_tokens)?;
+    Ok(LinearCrossEntropy {
+        loss_sum: out.loss_sum.to_vec1::<f64>()?[0],
+        n_targets: out.n_targets,
+        per_token_loss: out.per_token_loss,
+        d_hidden: out.d_hidden,
+        d_weight: out.d_weight,
+    })
+}
+
+/// [`linear_cross_entropy`] without reading the loss back: the trainer adds the loss sums of a
+/// step on the device and reads them once, with the gradient norm, at the step's end.
+pub fn linear_cross_entropy_on_device(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[i64],
+    grad_scale: Option<f64>,
+    chunk_tokens: usize,
+) -> Result<LinearCrossEntropy<Tensor>> {
     let (n, _h) = hidden.dims2()?;
     let vocab = weight.dim(0)?;
     if targets.len() != n {
@@ -68,8 +89,7 @@ pub fn linear_cross_entropy(
     let chunk_tokens = chunk_tokens.max(1);
 
     // The per-chunk sums add up on the device, in f64 (as the host sum did: on the CPU the
-    // same additions in the same order, so bit-identical), and are read back once at the end:
-    // one synchronization per call instead of one per chunk.
+    // same additions in the same order, so bit-identical).
     let mut loss_acc: Option<Tensor> = None;
     let mut per_token = Vec::new();
     let mut d_hidden = Vec::new();
@@ -98,8 +118,8 @@ pub fn linear_cross_entropy(
         }
     }
     let loss_sum = match loss_acc {
-        Some(acc) => acc.to_scalar::<f64>()?,
-        None => 0.0,
+        Some(acc) => acc.reshape(1)?,
+        None => Tensor::zeros(1, DType::F64, device)?,
     };
     let n_targets = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     let per_token_loss = if per_token.is_empty() {

@@ -3,9 +3,11 @@
 //! prefetch of docs/ARCHITECTURE.md. Jobs run one at a time in submission order, so every rank
 //! still issues the same collectives in the same order, which is all the backends require.
 //!
-//! On a GPU the thread buys nothing yet: NCCL runs on candle's compute stream, so transfers and
-//! kernels serialize there anyway (overlap needs a second CUDA stream). `CommThread::inline`
-//! runs the jobs on the caller's thread instead, with the same interface.
+//! On a GPU the thread is not needed: NCCL's collectives are enqueued on a communication stream
+//! and return at once (`Communicator::start_*`), so the overlap happens on the device, and
+//! candle's compute stream is the calling thread's own stream, which events recorded from
+//! another thread would not name. `CommThread::inline` runs the jobs on the caller's thread
+//! instead, with the same interface.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;

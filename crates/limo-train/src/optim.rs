@@ -4,7 +4,8 @@
 //! `torch.optim.AdamW` exactly. `Flat` is the host form of a slice, for checkpoint files.
 
 use candle_core::{DType, Device, Result, Tensor};
-use limo_ops::{adamw_update_state, sum_of_squares, AdamWStep};
+pub use limo_ops::clip_coefficient;
+use limo_ops::{adamw_update_state, sum_of_squares, AdamWStep, Clip};
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWSettings {
@@ -198,6 +199,29 @@ impl AdamW {
         grad_scale: f64,
         bf16_out: Option<&[Tensor]>,
     ) -> Result<()> {
+        self.update(grads, lr, grad_scale, None, bf16_out)
+    }
+
+    /// [`Self::step`] with the gradients clipped by the global norm, read by the update itself
+    /// from `clip.norm_sq` where it lies (see [`Clip`]).
+    pub fn step_clipped(
+        &mut self,
+        grads: &[Tensor],
+        lr: f64,
+        clip: Clip,
+        bf16_out: Option<&[Tensor]>,
+    ) -> Result<()> {
+        self.update(grads, lr, 1.0, Some(clip), bf16_out)
+    }
+
+    fn update(
+        &mut self,
+        grads: &[Tensor],
+        lr: f64,
+        grad_scale: f64,
+        clip: Option<Clip>,
+        bf16_out: Option<&[Tensor]>,
+    ) -> Result<()> {
         let s = self.settings;
         let hyper = AdamWStep {
             lr,
@@ -210,7 +234,7 @@ impl AdamW {
         };
         for (g, grad) in grads.iter().enumerate() {
             let grad = grad.to_device(&self.home)?;
-            adamw_update_state(&self.state[g], &grad, &hyper, bf16_out.map(|o| &o[g]))?;
+            adamw_update_state(&self.state[g], &grad, &hyper, clip, bf16_out.map(|o| &o[g]))?;
         }
         self.updates += 1;
         Ok(())
@@ -220,14 +244,6 @@ impl AdamW {
 /// Global L2 norm of all gradients, accumulated in f64.
 pub fn global_norm(grads: &[Flat]) -> f64 {
     grads.iter().map(Flat::sum_of_squares).sum::<f64>().sqrt()
-}
-
-/// transformers' clipping coefficient: `min(1, max_norm / (norm + 1e-6))`.
-pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
-    if max_norm <= 0.0 {
-        return 1.0;
-    }
-    (max_norm / (norm + 1e-6)).min(1.0)
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ pub fn batch_loss_and_grads(
     let grads = model.named_grads(&grads)?;
     Ok(BatchGrads {
         cfg,
-        loss_sum: out.loss_sum,
+        loss_sum: out.loss_sum.to_vec1::<f64>()?[0],
         n_targets,
         per_token_loss: out.per_token_loss,
         grads,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use limo_data::ChatTokenizer;
 use limo_dist::comm::Communicator;
@@ -23,7 +23,7 @@ use crate::checkpoint;
 use crate::config::{parse_size, ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
 use crate::metrics::{self, StepMetrics};
-use crate::optim::Flat;
+use crate::optim::{clip_coefficient, Flat};
 use crate::order::DataOrder;
 use crate::schedule::Schedule;
 use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow};
@@ -204,8 +204,10 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
             .collect::<anyhow::Result<_>>()?;
         let local_targets: usize = micro.iter().map(Batch::n_targets).sum();
         let local_tokens: usize = micro.iter().map(Batch::tokens).sum();
-        let n_targets = state.model.sum_over_ranks(local_targets as f64)? as usize;
-        let tokens = state.model.sum_over_ranks(local_tokens as f64)? as usize;
+        let [n_targets, tokens] = state
+            .model
+            .sum_over_ranks([local_targets as f64, local_tokens as f64])?
+            .map(|n| n as usize);
         let lr = schedule.lr(t.lr, state.step, t.warmup_steps, total_steps);
         let (loss, grad_norm, clip_coef) = if n_targets == 0 {
             tracing::warn!(
@@ -352,15 +354,14 @@ pub fn optimizer_step(
 ) -> anyhow::Result<(f64, f64, f64)> {
     let scale = 1.0 / n_targets as f64;
     let mut grads = model.zero_grads()?;
-    let mut loss_sum = 0.0;
+    let mut loss_sum = Tensor::zeros(1, DType::F64, &model.device)?;
     for batch in micro {
-        loss_sum += model
-            .loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?
-            .loss_sum;
+        let micro_loss = model.loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?;
+        loss_sum = (loss_sum + micro_loss.loss_sum)?;
     }
-    let loss_sum = model.sum_over_ranks(loss_sum)?;
-    let (norm, coef) = model.step(&grads, lr, train.max_grad_norm, step)?;
-    Ok((loss_sum * scale, norm, coef))
+    let norm_sq = model.step(&grads, lr, train.max_grad_norm)?;
+    let (loss_sum, norm) = model.read_step(&loss_sum, &norm_sq, step)?;
+    Ok((loss_sum * scale, norm, clip_coefficient(norm, train.max_grad_norm)))
 }
 
 fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {

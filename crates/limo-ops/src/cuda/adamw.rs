@@ -7,7 +7,7 @@ use candle_core::{bail, DType, Result, Tensor};
 use half::bf16;
 
 use super::{cuda_device, grid_1d, load, ptx, view, wrap, Ptx};
-use crate::AdamWStep;
+use crate::{AdamWStep, Clip};
 
 static PTX: Ptx = ptx!("adamw");
 
@@ -25,7 +25,34 @@ pub fn adamw_update(
     s: &AdamWStep,
     param_bf16: Option<&Tensor>,
 ) -> Result<()> {
+    adamw_update_clipped(param, grad, exp_avg, exp_avg_sq, s, None, param_bf16)
+}
+
+/// [`adamw_update`] whose gradient scale, with `clip`, the kernel computes from the squared
+/// norm on the device (`s.grad_scale` is then ignored; a non-finite norm skips the update).
+pub fn adamw_update_clipped(
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    s: &AdamWStep,
+    clip: Option<Clip>,
+    param_bf16: Option<&Tensor>,
+) -> Result<()> {
     let n = param.elem_count();
+    let norm_sq = match clip {
+        Some(c) => {
+            let t = c.norm_sq.flatten_all()?.contiguous()?;
+            if t.dtype() != DType::F64
+                || t.elem_count() != 1
+                || !t.device().same_device(param.device())
+            {
+                bail!("adamw kernel: the squared norm must be one f64 on the parameters' GPU");
+            }
+            Some((t, c.max_norm))
+        }
+        None => None,
+    };
     for (name, t) in [
         ("grad", grad),
         ("exp_avg", exp_avg),
@@ -106,8 +133,20 @@ pub fn adamw_update(
         b.arg(a);
     }
     b.arg(&apply_scale).arg(&apply_decay);
-    // SAFETY: argument types and order match adamw_f32 in kernels/adamw.cu (a null pointer for
-    // a missing bf16 copy, which the kernel tests); the buffers were checked not to overlap.
+    let ns = norm_sq.as_ref().map(|(t, _)| t.storage_and_layout());
+    let nv = match &ns {
+        Some((s, l)) => Some(view::<f64>(s, l)?),
+        None => None,
+    };
+    match &nv {
+        Some(v) => b.arg(v),
+        None => b.arg(&null),
+    };
+    let max_norm = norm_sq.as_ref().map_or(0.0, |(_, m)| *m);
+    b.arg(&max_norm);
+    // SAFETY: argument types and order match adamw_f32 in kernels/adamw.cu (null pointers for
+    // a missing bf16 copy or norm, which the kernel tests); the buffers were checked not to
+    // overlap, and the norm is only read.
     unsafe { b.launch(grid_1d(n, 256)) }.map_err(wrap)?;
     Ok(())
 }

@@ -16,7 +16,7 @@
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
-use limo_dist::comm::Communicator;
+use limo_dist::comm::{Communicator, Started};
 pub mod groups;
 pub mod plan;
 
@@ -25,12 +25,13 @@ use limo_model::checkpoint::SafetensorFiles;
 use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerContext};
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
 use limo_ops::{
-    linear_cross_entropy, rms_norm_backward, rms_norm_forward, sum_of_squares_tensor, RopeCache,
+    linear_cross_entropy_on_device, rms_norm_backward, rms_norm_forward, sum_of_squares_tensor,
+    Clip, RopeCache,
 };
 
 use crate::comm_thread::{CommThread, Pending};
 use crate::config::{OptimizerOffload, ReduceDtype, TrainSection};
-use crate::optim::{clip_coefficient, master_dtype, AdamW, AdamWSettings, Flat, MASTER};
+use crate::optim::{master_dtype, AdamW, AdamWSettings, Flat, MASTER};
 use crate::profile::{Phase, Profiler};
 
 /// One rank's part of a ZeRO-3 model and its optimizer.
@@ -78,8 +79,9 @@ impl ShardedModel {
             weight_decay: train.weight_decay,
         };
         let offload = train.optimizer_offload;
-        // Alone there is nothing to overlap; on a GPU, NCCL shares candle's stream (see
-        // comm_thread.rs).
+        // Alone there is nothing to overlap. On a GPU the collectives are only enqueued (NCCL
+        // runs them on its own stream) and must be issued from the thread whose stream candle
+        // computes on: inline, the overlap happens on the device.
         let comm = if comm.world_size() == 1 || device.is_cuda() {
             CommThread::inline(comm)
         } else {
@@ -169,10 +171,12 @@ impl ShardedModel {
         }
     }
 
-    /// Waits for a collective started with `submit` (time spent in communication).
-    fn wait<T>(&self, pending: Pending<T>) -> anyhow::Result<T> {
+    /// The result of a collective started with `submit`, ordered before what comes next. On
+    /// CPU ranks this waits for the communication thread; on CUDA it only makes the compute
+    /// stream wait for the communication stream.
+    fn wait(&self, pending: Pending<Started>) -> anyhow::Result<Tensor> {
         let _comm = self.profiler.phase(Phase::Comm);
-        pending.wait()
+        pending.wait()?.finish()
     }
 
     /// Adds a reduce-scattered gradient slice to group `g`'s accumulator, on the device.
@@ -183,11 +187,11 @@ impl ShardedModel {
 
     /// Starts the all-gather of group `g` (in the compute dtype); [`Self::unflatten`] its
     /// result. Started one group ahead, it runs while the current group computes.
-    fn start_gather(&self, g: usize) -> Pending<Tensor> {
+    fn start_gather(&self, g: usize) -> Pending<Started> {
         let (mine, name) = (self.compute[g].clone(), self.groups[g].name.clone());
         let _comm = self.profiler.phase(Phase::Comm);
         self.comm.submit(move |c| {
-            c.all_gather(&mine)
+            c.start_all_gather(&mine)
                 .with_context(|| format!("all-gather of group {name}"))
         })
     }
@@ -250,7 +254,8 @@ impl ShardedModel {
 
     /// Forward and backward of this rank's micro-batch; adds this rank's slice of the gradient
     /// of `grad_scale * loss_sum`, summed over all ranks, to `grads`. Returns this rank's loss
-    /// sum. Every rank must call it the same number of times (it is made of collectives).
+    /// sum, on the device. Every rank must call it the same number of times (it is made of
+    /// collectives).
     pub fn loss_and_grads(
         &self,
         batch: &Batch,
@@ -301,7 +306,7 @@ impl ShardedModel {
             None => head_params.remove(0),
         };
         let (normed, rstd) = rms_norm_forward(&x, &final_norm, cfg.rms_norm_eps)?;
-        let head = linear_cross_entropy(
+        let head = linear_cross_entropy_on_device(
             &normed,
             &head_weight,
             &batch.targets,
@@ -330,7 +335,7 @@ impl ShardedModel {
         // Backward: layer i - 1's all-gather and layer i + 1's reduce-scatter run while layer
         // i computes.
         let mut next = (layers > 0).then(|| self.start_gather(layers));
-        let mut scattering: Option<(usize, Pending<Tensor>)> = None;
+        let mut scattering: Option<(usize, Pending<Started>)> = None;
         for i in (0..layers).rev() {
             let w = self.layer_weights(i, self.wait(next.take().expect("started")))?;
             if i > 0 {
@@ -396,7 +401,7 @@ impl ShardedModel {
     }
 
     /// Starts the reduce-scatter of [`Self::scatter_grads`]; the result is this rank's slice.
-    fn start_scatter(&self, g: usize, full: &[Tensor]) -> anyhow::Result<Pending<Tensor>> {
+    fn start_scatter(&self, g: usize, full: &[Tensor]) -> anyhow::Result<Pending<Started>> {
         let group = &self.groups[g];
         let wire = self.reduce_dtype.wire(self.optimizer.master_dtype());
         let mut pieces: Vec<Tensor> = full
@@ -415,65 +420,88 @@ impl ShardedModel {
         let name = group.name.clone();
         let _comm = self.profiler.phase(Phase::Comm);
         Ok(self.comm.submit(move |c| {
-            c.reduce_scatter(&flat)
+            c.start_reduce_scatter(&flat)
                 .with_context(|| format!("reduce-scatter of group {name}"))
         }))
     }
 
-    /// Clips and applies one AdamW update to this rank's slices; returns the global gradient
-    /// norm and the clipping coefficient. The norm's square is all-reduced over ranks.
+    /// Clips and applies one AdamW update to this rank's slices. Returns the global squared
+    /// gradient norm (all-reduced over ranks), still on the device: the update reads it there,
+    /// so nothing waits for the GPU between the backward and the update. A norm that is not
+    /// finite leaves the weights untouched; [`Self::read_step`] then stops the run.
     pub fn step(
         &mut self,
         grads: &[Tensor],
         lr: f64,
         max_grad_norm: f64,
-        step: usize,
-    ) -> anyhow::Result<(f64, f64)> {
+    ) -> anyhow::Result<Tensor> {
         let optimizer = self.profiler.phase(Phase::Optimizer);
-        // The squared norm stays on the device: one f64 per rank is all-reduced and read back.
         let mut local = Tensor::zeros(1, DType::F64, &self.device)?;
         for g in grads {
             local = (local + sum_of_squares_tensor(g)?)?;
         }
         let comm = self.profiler.phase(Phase::Comm);
-        let total = self
+        let norm_sq = self
             .comm
             .all_reduce(&local)
             .context("all-reduce of the gradient norm")?;
         drop(comm);
-        let total = total.to_vec1::<f64>()?[0];
-        let norm = total.sqrt();
-        if !norm.is_finite() {
-            bail!("step {step}: gradient norm is {norm}; stopping before the weights are damaged");
-        }
-        let coef = clip_coefficient(norm, max_grad_norm);
         // On CUDA in bf16 the kernel writes the compute slices too; elsewhere they are copied.
         let fused = self.device.is_cuda()
             && self.dtype == DType::BF16
             && self.offload == OptimizerOffload::None;
+        let clip = Clip {
+            norm_sq: &norm_sq,
+            max_norm: max_grad_norm,
+        };
         self.optimizer
-            .step(grads, lr, coef, fused.then_some(self.compute.as_slice()))?;
+            .step_clipped(grads, lr, clip, fused.then_some(self.compute.as_slice()))?;
         if !fused {
             self.compute = self.compute_slices()?;
         }
         drop(optimizer);
-        Ok((norm, coef))
+        Ok(norm_sq)
     }
 
-    /// Sums a scalar over ranks (target counts, losses), in rank order.
-    pub fn sum_over_ranks(&self, value: f64) -> anyhow::Result<f64> {
-        let _comm = self.profiler.phase(Phase::Comm);
-        Ok(self
+    /// The step's one read from the device: the loss sum over all ranks (from this rank's
+    /// `loss_sum`) and the global gradient norm (from [`Self::step`]'s squared norm). Stops the
+    /// run when the norm is not finite (the update has skipped it).
+    pub fn read_step(
+        &self,
+        loss_sum: &Tensor,
+        norm_sq: &Tensor,
+        step: usize,
+    ) -> anyhow::Result<(f64, f64)> {
+        let comm = self.profiler.phase(Phase::Comm);
+        let total = self
             .comm
-            .all_reduce(&Tensor::new(&[value], &self.device)?)?
-            .to_vec1::<f64>()?[0])
+            .all_reduce(loss_sum)
+            .context("all-reduce of the loss")?;
+        drop(comm);
+        let read = Tensor::cat(&[total, norm_sq.to_device(&self.device)?], 0)?.to_vec1::<f64>()?;
+        let norm = read[1].sqrt();
+        if !norm.is_finite() {
+            bail!("step {step}: gradient norm is {norm}; stopping before the weights are damaged");
+        }
+        Ok((read[0], norm))
+    }
+
+    /// Sums scalars over ranks (target and token counts), in rank order: one collective and
+    /// one read for all of them.
+    pub fn sum_over_ranks<const N: usize>(&self, values: [f64; N]) -> anyhow::Result<[f64; N]> {
+        let _comm = self.profiler.phase(Phase::Comm);
+        let sums = self
+            .comm
+            .all_reduce(&Tensor::new(&values, &self.device)?)?
+            .to_vec1::<f64>()?;
+        Ok(sums.try_into().expect("an all-reduce keeps the length"))
     }
 }
 
 /// What the forward and backward of one micro-batch return besides the gradients.
 pub struct MicroBatchLoss {
-    /// Sum of this rank's per-token losses over its targets.
-    pub loss_sum: f64,
+    /// Sum of this rank's per-token losses over its targets: `[1]` f64 on the device.
+    pub loss_sum: Tensor,
     /// `[N]` cross-entropy per token of the flat batch, 0 where not a target.
     pub per_token_loss: Tensor,
 }
