@@ -59,14 +59,16 @@ __device__ void rms_norm_bwd(const T* dy, const T* x, const T* w, const float* r
   }
 }
 
-// dw[j] = sum over partial rows p of dw_partial[p, j], in order of p.
-template <typename T>
-__device__ void rms_norm_dw_reduce(const float* dw_partial, T* dw, int parts, int hidden) {
+// dw[j] = sum over partial rows p of dw_partial[p, j], in order of p. Written in fp32 whatever
+// the input dtype: the gradient of a norm weight sums over every token of the batch, and the
+// optimizer accumulates it in fp32; rounding it to bf16 here would keep 8 bits of that sum.
+extern "C" __global__ void rms_norm_dw_reduce(const float* dw_partial, float* dw, int parts,
+                                              int hidden) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= hidden) return;
   float acc = 0.0f;
   for (int p = 0; p < parts; ++p) acc += dw_partial[(size_t)p * hidden + j];
-  dw[j] = from_f32<T>(acc);
+  dw[j] = acc;
 }
 
 #define LIMO_RMS_NORM(T, S)                                                                     \
@@ -78,10 +80,6 @@ __device__ void rms_norm_dw_reduce(const float* dw_partial, T* dw, int parts, in
                                               const float* rstd, T* dx, float* dw_partial,      \
                                               int rows, int hidden) {                           \
     rms_norm_bwd<T>(dy, x, w, rstd, dx, dw_partial, rows, hidden);                              \
-  }                                                                                             \
-  extern "C" __global__ void rms_norm_dw_reduce_##S(const float* dw_partial, T* dw, int parts, \
-                                                    int hidden) {                               \
-    rms_norm_dw_reduce<T>(dw_partial, dw, parts, hidden);                                       \
   }
 
 LIMO_RMS_NORM(__nv_bfloat16, bf16)

@@ -22,7 +22,8 @@ pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor
 }
 
 /// Backward: with `n = x * rstd`, `dw = sum_rows(dy * n)` and
-/// `dx = rstd * (dy*w - n * mean(dy*w*n))`.
+/// `dx = rstd * (dy*w - n * mean(dy*w*n))`. `dx` comes in the dtype of `x`, `dw` in the compute
+/// dtype (fp32 for bf16): it sums over every token, and the optimizer adds it up in fp32.
 pub fn rms_norm_backward(
     dy: &Tensor,
     x: &Tensor,
@@ -43,7 +44,7 @@ pub fn rms_norm_backward(
     let dyw = dyc.broadcast_mul(&wc)?;
     let proj = (&dyw * &normed)?.mean_keepdim(D::Minus1)?;
     let dx = (dyw - normed.broadcast_mul(&proj)?)?.broadcast_mul(rstd)?;
-    Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(weight.dtype())?))
+    Ok((dx.to_dtype(x.dtype())?, dw))
 }
 
 #[cfg(test)]

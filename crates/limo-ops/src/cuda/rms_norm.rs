@@ -119,7 +119,7 @@ fn backward<T: KernelType>(
     // SAFETY: the kernels write all of dx, all of every partial row (zeroed first) and all of dw.
     let mut dx = unsafe { alloc::<T>(&dev, rows * hidden) }?;
     let mut partial = unsafe { alloc::<f32>(&dev, parts * hidden) }?;
-    let mut dw = unsafe { alloc::<T>(&dev, hidden) }?;
+    let mut dw = unsafe { alloc::<f32>(&dev, hidden) }?;
     let (rows_i, hidden_i, parts_i) = (
         as_i32(rows, "rows")?,
         as_i32(hidden, "hidden")?,
@@ -137,7 +137,7 @@ fn backward<T: KernelType>(
         .arg(&hidden_i);
     // SAFETY: argument types and order match rms_norm_bwd; grid = parts blocks.
     unsafe { b.launch(grid_rows(parts, BLOCK)) }.map_err(wrap)?;
-    let f = load(&dev, &PTX, &kernel_name::<T>("rms_norm_dw_reduce"))?;
+    let f = load(&dev, &PTX, "rms_norm_dw_reduce")?;
     let mut b = f.builder();
     b.arg(&partial).arg(&mut dw).arg(&parts_i).arg(&hidden_i);
     // SAFETY: argument types and order match rms_norm_dw_reduce; one thread per column.
