@@ -116,10 +116,8 @@ pub fn open_gpu(ordinal: usize) -> anyhow::Result<Device> {
         let cause = e.to_string().lines().next().unwrap_or_default().to_string();
         anyhow::anyhow!("no usable GPU (CUDA device {ordinal}): {cause}")
     };
-    let device = Device::new_cuda(ordinal).map_err(first_line)?;
-    // Freed memory stays in candle's pool instead of going back to the driver at each sync.
-    limo_ops::cuda::pool::keep_freed_memory(&device).map_err(first_line)?;
-    Ok(device)
+    // Its own stream, freed memory kept in the pool (see open_device).
+    limo_ops::cuda::pool::open_device(ordinal).map_err(first_line)
 }
 
 #[cfg(not(feature = "cuda"))]

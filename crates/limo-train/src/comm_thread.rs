@@ -4,10 +4,8 @@
 //! still issues the same collectives in the same order, which is all the backends require.
 //!
 //! On a GPU the thread is not needed: NCCL's collectives are enqueued on a communication stream
-//! and return at once (`Communicator::start_*`), so the overlap happens on the device, and
-//! candle's compute stream is the calling thread's own stream, which events recorded from
-//! another thread would not name. `CommThread::inline` runs the jobs on the caller's thread
-//! instead, with the same interface.
+//! and return at once (`Communicator::start_*`), so the overlap happens on the device.
+//! `CommThread::inline` runs the jobs on the caller's thread instead, with the same interface.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;

@@ -74,6 +74,20 @@ fn set(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, mut value: u64) 
         .map_err(wrap)
 }
 
+/// GPU `ordinal` as limo computes on it: candle's device on a stream of its own (not the
+/// per-thread default stream, whose identity depends on the calling thread, so events recorded
+/// on it from one thread and waited for from another would name different streams), with
+/// cudarc's automatic per-buffer event tracking off (limo orders its streams with explicit
+/// events: the NCCL stream in limo-dist, the copy streams of offloading) and freed memory kept
+/// in the pool ([`keep_freed_memory`]).
+pub fn open_device(ordinal: usize) -> Result<Device> {
+    let device = Device::new_cuda_with_stream(ordinal)?;
+    // SAFETY: every buffer shared between streams is ordered by explicit events.
+    unsafe { device.as_cuda_device()?.disable_event_tracking() };
+    keep_freed_memory(&device)?;
+    Ok(device)
+}
+
 /// Keeps memory freed by candle in the device's pool instead of returning it to the OS at each
 /// synchronization (release threshold `u64::MAX`). Call it right after opening the device. A
 /// no-op for a non-CUDA device and for a GPU without memory pools (candle then uses

@@ -80,8 +80,7 @@ impl ShardedModel {
         };
         let offload = train.optimizer_offload;
         // Alone there is nothing to overlap. On a GPU the collectives are only enqueued (NCCL
-        // runs them on its own stream) and must be issued from the thread whose stream candle
-        // computes on: inline, the overlap happens on the device.
+        // runs them on its own stream): inline, the overlap happens on the device.
         let comm = if comm.world_size() == 1 || device.is_cuda() {
             CommThread::inline(comm)
         } else {
