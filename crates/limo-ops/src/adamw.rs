@@ -190,6 +190,74 @@ impl InplaceOp2 for AdamWOp {
     }
 }
 
+/// [`adamw_update_state`] for an fp32 state in host memory whose gradient is a host slice (the
+/// pinned staging buffer of optimizer offload), writing the updated weights rounded to bf16 into
+/// `bf16_out` in the same pass: the CPU form of the CUDA kernel's fused copy, so an offloaded
+/// step reads and writes each byte of host memory once. Runs on all cores; bit-identical to
+/// [`adamw_update_state`] followed by a cast.
+pub fn adamw_update_host(
+    state: &Tensor,
+    grad: &[f32],
+    s: &AdamWStep,
+    bf16_out: Option<&mut [half::bf16]>,
+) -> Result<()> {
+    let n = grad.len();
+    if !state.device().is_cpu() || state.dtype() != DType::F32 || state.elem_count() != 3 * n {
+        bail!("adamw (host): the state must be 3 x {n} f32 values in host memory");
+    }
+    if bf16_out.as_ref().is_some_and(|o| o.len() != n) {
+        bail!("adamw (host): the bf16 copy must hold {n} values");
+    }
+    let op = AdamWHostOp {
+        step: *s,
+        grad,
+        out: std::sync::Mutex::new(bf16_out),
+    };
+    state.inplace_op1(&op)
+}
+
+/// [`adamw_update_host`] as an in-place candle op (the output slice is written once, by the
+/// one call of `cpu_fwd`; the mutex only makes it reachable through `&self`).
+struct AdamWHostOp<'a> {
+    step: AdamWStep,
+    grad: &'a [f32],
+    out: std::sync::Mutex<Option<&'a mut [half::bf16]>>,
+}
+
+impl candle_core::InplaceOp1 for AdamWHostOp<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-host"
+    }
+
+    fn cpu_fwd(&self, state: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (Some((s0, s1)), CpuStorage::F32(st)) = (layout.contiguous_offsets(), state) else {
+            bail!("adamw (host): the state must be contiguous f32");
+        };
+        let n = self.grad.len();
+        let (p, rest) = st[s0..s1].split_at_mut(n);
+        let (m, v) = rest.split_at_mut(n);
+        let mut out = self.out.lock().expect("not poisoned");
+        const CHUNK: usize = 1 << 16;
+        let chunks = p
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(self.grad.par_chunks(CHUNK));
+        match out.as_deref_mut() {
+            Some(out) => chunks
+                .zip(out.par_chunks_mut(CHUNK))
+                .for_each(|((((p, m), v), g), o)| {
+                    adamw_update(p, g, m, v, &self.step);
+                    for (o, p) in o.iter_mut().zip(p.iter()) {
+                        *o = half::bf16::from_f32(*p);
+                    }
+                }),
+            None => chunks.for_each(|(((p, m), v), g)| adamw_update(p, g, m, v, &self.step)),
+        }
+        Ok(())
+    }
+}
+
 /// The sum of squares of `t`'s elements as a `[1]` f64 tensor on `t`'s device (no copy to the
 /// host): on the CPU exactly [`sum_of_squares`] (f32 or f64); on CUDA in f64 on the device.
 pub fn sum_of_squares_tensor(t: &Tensor) -> Result<Tensor> {
@@ -342,6 +410,22 @@ mod tests {
             assert_eq!(a, b, "max_norm {max_norm}");
             assert_ne!(a, state()?.to_vec1::<f64>()?);
         }
+        // The host form with its fused bf16 copy: the same bits, and the cast of the master.
+        let st32 = state()?.to_dtype(DType::F32)?;
+        let (host, reference) = (st32.copy()?, st32.copy()?);
+        let g32: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
+        let mut out = vec![half::bf16::ZERO; 3];
+        adamw_update_host(&host, &g32, &s, Some(&mut out))?;
+        adamw_update_state(
+            &reference,
+            &Tensor::new(g32.as_slice(), &dev)?,
+            &s,
+            None,
+            None,
+        )?;
+        assert_eq!(host.to_vec1::<f32>()?, reference.to_vec1::<f32>()?);
+        let master = reference.narrow(0, 0, 3)?.to_dtype(DType::BF16)?;
+        assert_eq!(out, master.to_vec1::<half::bf16>()?);
         // A norm that is not finite leaves the state as it was.
         for bad in [f64::NAN, f64::INFINITY] {
             let st = state()?;

@@ -35,8 +35,8 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 pub use adamw::{
-    adamw_update, adamw_update_state, clip_coefficient, sum_of_squares, sum_of_squares_tensor,
-    AdamWStep, Clip,
+    adamw_update, adamw_update_host, adamw_update_state, clip_coefficient, sum_of_squares,
+    sum_of_squares_tensor, AdamWStep, Clip,
 };
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
 pub use linear_cross_entropy::{

@@ -548,10 +548,10 @@ pub fn save_run(
         data_order: order.save(),
         params: param_layout(&model.cfg),
         groups: GroupLayout::of(&model.groups),
-        master_dtype: format!("{:?}", model.optimizer.master_dtype()).to_lowercase(),
+        master_dtype: format!("{:?}", model.optimizer()?.master_dtype()).to_lowercase(),
         files: Default::default(),
     };
-    let opt = &model.optimizer;
+    let opt = model.optimizer()?;
     let rank_state = RankState {
         master: opt.host(MASTER)?,
         exp_avg: opt.host(EXP_AVG)?,

@@ -222,22 +222,39 @@ impl AdamW {
         clip: Option<Clip>,
         bf16_out: Option<&[Tensor]>,
     ) -> Result<()> {
+        let hyper = self.next_update(lr, grad_scale);
+        for (g, grad) in grads.iter().enumerate() {
+            let grad = grad.to_device(&self.home)?;
+            adamw_update_state(&self.state[g], &grad, &hyper, clip, bf16_out.map(|o| &o[g]))?;
+        }
+        Ok(())
+    }
+
+    /// The hyper-parameters of the next update, counted as applied: for a caller that runs
+    /// the update itself, on [`Self::shared_state`] (the offloaded step's host thread).
+    pub fn next_update(&mut self, lr: f64, grad_scale: f64) -> AdamWStep {
         let s = self.settings;
-        let hyper = AdamWStep {
+        self.updates += 1;
+        AdamWStep {
             lr,
             beta1: s.beta1,
             beta2: s.beta2,
             eps: s.eps,
             weight_decay: s.weight_decay,
-            t: self.updates + 1,
+            t: self.updates,
             grad_scale,
-        };
-        for (g, grad) in grads.iter().enumerate() {
-            let grad = grad.to_device(&self.home)?;
-            adamw_update_state(&self.state[g], &grad, &hyper, clip, bf16_out.map(|o| &o[g]))?;
         }
-        self.updates += 1;
-        Ok(())
+    }
+
+    /// The state tensors themselves (candle shares their storage), for an update in place on
+    /// another thread; nothing may read the state until that update has finished.
+    pub fn shared_state(&self) -> Vec<Tensor> {
+        self.state.clone()
+    }
+
+    /// Where the state lives.
+    pub fn home(&self) -> &Device {
+        &self.home
     }
 }
 

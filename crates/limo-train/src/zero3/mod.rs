@@ -18,7 +18,10 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use limo_dist::comm::{Communicator, Started};
 pub mod groups;
+mod offload;
 pub mod plan;
+
+use std::sync::{Mutex, MutexGuard};
 
 use groups::{groups, Group};
 use limo_model::checkpoint::SafetensorFiles;
@@ -41,10 +44,17 @@ pub struct ShardedModel {
     /// The dtype the forward and backward compute in.
     pub dtype: DType,
     pub device: Device,
-    /// One "parameter" per group: this rank's flat slice of it.
-    pub optimizer: AdamW,
+    /// One "parameter" per group: this rank's flat slice of it. Read it through
+    /// [`Self::optimizer`], which first waits for an offloaded update in progress.
+    optimizer: AdamW,
     /// This rank's slices in the compute dtype, on the device: what the all-gathers send.
-    compute: Vec<Tensor>,
+    /// Behind a lock because an offloaded update hands them back while the forward runs.
+    compute: Mutex<Vec<Tensor>>,
+    /// An offloaded update still running on the host ([`offload`]).
+    in_flight: Mutex<Option<offload::InFlight>>,
+    /// Offload's pinned staging buffers and copy stream, between steps.
+    #[cfg(feature = "cuda")]
+    link: Mutex<Option<limo_ops::cuda::offload::HostLink>>,
     /// Keep only layer inputs in the forward and recompute the layer in the backward.
     pub checkpointing: bool,
     comm: CommThread,
@@ -101,7 +111,10 @@ impl ShardedModel {
                 },
             )?,
             offload,
-            compute: Vec::new(),
+            compute: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(None),
+            #[cfg(feature = "cuda")]
+            link: Mutex::new(None),
             checkpointing: train.activation_checkpointing,
             comm,
             profiler: Profiler::default(),
@@ -125,7 +138,60 @@ impl ShardedModel {
 
     /// The compute slices from the master slices (after an update or a restore), on the device.
     pub fn refresh_compute(&mut self) -> anyhow::Result<()> {
-        self.compute = self.compute_slices()?;
+        self.settle(self.groups.len())?;
+        let slices = self.compute_slices()?;
+        *self.slices() = slices;
+        Ok(())
+    }
+
+    fn slices(&self) -> MutexGuard<'_, Vec<Tensor>> {
+        self.compute
+            .lock()
+            .expect("no thread panicked holding the compute slices")
+    }
+
+    /// The optimizer, once any offloaded update has finished (checkpoints read it).
+    pub fn optimizer(&self) -> anyhow::Result<&AdamW> {
+        self.settle(self.groups.len())?;
+        Ok(&self.optimizer)
+    }
+
+    /// Takes the arrivals of an offloaded update until groups `0..upto` are in place. Group g's
+    /// all-gather calls it first: the host update of later groups overlaps the forward.
+    fn settle(&self, upto: usize) -> anyhow::Result<()> {
+        let mut in_flight = self.in_flight.lock().expect("not poisoned");
+        let Some(update) = in_flight.as_mut() else {
+            return Ok(());
+        };
+        while update.received < upto.min(self.groups.len()) {
+            let g = update.received;
+            let arrival = match update.next() {
+                Ok(a) => a,
+                Err(e) => {
+                    // Gone: the thread's own error, or its panic.
+                    let update = in_flight.take().expect("present");
+                    update.join()?;
+                    return Err(
+                        e.context(format!("optimizer offload, group {}", self.groups[g].name))
+                    );
+                }
+            };
+            match arrival {
+                offload::Arrival::Slice(t) => self.slices()[g] = t.to_device(&self.device)?,
+                #[cfg(feature = "cuda")]
+                offload::Arrival::Uploaded(event) => {
+                    limo_ops::cuda::offload::HostLink::before_compute(&self.device, &event)?
+                }
+            }
+        }
+        if update.received == self.groups.len() {
+            let returned = in_flight.take().expect("present").join()?;
+            #[cfg(feature = "cuda")]
+            if let Some(link) = returned.link {
+                *self.link.lock().expect("not poisoned") = Some(link);
+            }
+            let _ = returned;
+        }
         Ok(())
     }
 
@@ -153,6 +219,7 @@ impl ShardedModel {
         exp_avg_sq: &[Flat],
         updates: u64,
     ) -> anyhow::Result<()> {
+        self.settle(self.groups.len())?;
         self.optimizer.restore(master, exp_avg, exp_avg_sq)?;
         self.optimizer.updates = updates;
         self.refresh_compute()
@@ -160,7 +227,7 @@ impl ShardedModel {
 
     /// Byte counts of the state this rank holds (its slices of every group).
     pub fn state_bytes(&self) -> StateBytes {
-        let slices: usize = self.compute.iter().map(Tensor::elem_count).sum();
+        let slices: usize = self.optimizer.lens().iter().sum();
         let master = self.optimizer.master_dtype().size_in_bytes() * slices;
         StateBytes {
             compute: slices * self.dtype.size_in_bytes(),
@@ -186,13 +253,14 @@ impl ShardedModel {
 
     /// Starts the all-gather of group `g` (in the compute dtype); [`Self::unflatten`] its
     /// result. Started one group ahead, it runs while the current group computes.
-    fn start_gather(&self, g: usize) -> Pending<Started> {
-        let (mine, name) = (self.compute[g].clone(), self.groups[g].name.clone());
+    fn start_gather(&self, g: usize) -> anyhow::Result<Pending<Started>> {
+        self.settle(g + 1)?;
+        let (mine, name) = (self.slices()[g].clone(), self.groups[g].name.clone());
         let _comm = self.profiler.phase(Phase::Comm);
-        self.comm.submit(move |c| {
+        Ok(self.comm.submit(move |c| {
             c.start_all_gather(&mine)
                 .with_context(|| format!("all-gather of group {name}"))
-        })
+        }))
     }
 
     /// The parameters of group `g` from its gathered flat buffer.
@@ -213,7 +281,7 @@ impl ShardedModel {
 
     /// The full parameters of group `g` (a collective).
     fn gather(&self, g: usize) -> anyhow::Result<Vec<Tensor>> {
-        self.unflatten(g, self.wait(self.start_gather(g)))
+        self.unflatten(g, self.wait(self.start_gather(g)?))
     }
 
     fn layer_weights(
@@ -278,7 +346,7 @@ impl ShardedModel {
 
         // Group g + 1's all-gather is always in flight while group g computes.
         let forward = prof.phase(Phase::Forward);
-        let mut next = self.start_gather(1);
+        let mut next = self.start_gather(1)?;
         let embed = self.gather(EMBED_GROUP)?.remove(0);
         let mut x = embed.index_select(&ids, 0)?;
         // A tied head is the embedding: keep it for the loss instead of gathering it twice.
@@ -286,7 +354,7 @@ impl ShardedModel {
         let mut saved: Vec<Saved> = Vec::with_capacity(layers);
         for i in 0..layers {
             let w = self.layer_weights(i, self.wait(next))?;
-            next = self.start_gather(i + 2);
+            next = self.start_gather(i + 2)?;
             let (y, activations) = layer_forward(&w, &x, &ctx)?;
             saved.push(if self.checkpointing {
                 Saved::Input(x)
@@ -333,12 +401,14 @@ impl ShardedModel {
 
         // Backward: layer i - 1's all-gather and layer i + 1's reduce-scatter run while layer
         // i computes.
-        let mut next = (layers > 0).then(|| self.start_gather(layers));
+        let mut next = (layers > 0)
+            .then(|| self.start_gather(layers))
+            .transpose()?;
         let mut scattering: Option<(usize, Pending<Started>)> = None;
         for i in (0..layers).rev() {
             let w = self.layer_weights(i, self.wait(next.take().expect("started")))?;
             if i > 0 {
-                next = Some(self.start_gather(i));
+                next = Some(self.start_gather(i)?);
             }
             let activations = match saved.pop().expect("one per layer") {
                 Saved::Input(input) => layer_forward(&w, &input, &ctx)?.1,
@@ -445,6 +515,12 @@ impl ShardedModel {
             .all_reduce(&local)
             .context("all-reduce of the gradient norm")?;
         drop(comm);
+        self.settle(self.groups.len())?;
+        if self.offload == OptimizerOffload::Cpu && self.offload_overlaps() {
+            drop(optimizer);
+            self.start_offloaded(grads, lr, max_grad_norm, &norm_sq)?;
+            return Ok(norm_sq);
+        }
         // On CUDA in bf16 the kernel writes the compute slices too; elsewhere they are copied.
         let fused = self.device.is_cuda()
             && self.dtype == DType::BF16
@@ -453,13 +529,80 @@ impl ShardedModel {
             norm_sq: &norm_sq,
             max_norm: max_grad_norm,
         };
+        let compute = self.slices().clone();
         self.optimizer
-            .step_clipped(grads, lr, clip, fused.then_some(self.compute.as_slice()))?;
+            .step_clipped(grads, lr, clip, fused.then_some(compute.as_slice()))?;
         if !fused {
-            self.compute = self.compute_slices()?;
+            *self.slices() = self.compute_slices()?;
         }
         drop(optimizer);
         Ok(norm_sq)
+    }
+
+    /// Whether an offloaded update runs on the host thread beside the next forward: on the CPU
+    /// device, and on CUDA for bf16 compute over an fp32 master (the pinned path). Other CUDA
+    /// runs (f32 compute) take the synchronous path.
+    fn offload_overlaps(&self) -> bool {
+        self.device.is_cpu()
+            || (self.dtype == DType::BF16 && self.optimizer.master_dtype() == DType::F32)
+    }
+
+    /// Hands an offloaded update to the host thread: the gradients go down (on CUDA, pinned, on
+    /// the copy stream), the host reads the global norm (it waits for the backward here, as it
+    /// must before any host update) and the thread updates group after group while this one
+    /// returns to the next forward. A norm that is not finite starts nothing.
+    fn start_offloaded(
+        &mut self,
+        grads: &[Tensor],
+        lr: f64,
+        max_grad_norm: f64,
+        norm_sq: &Tensor,
+    ) -> anyhow::Result<()> {
+        let work = if self.device.is_cpu() {
+            offload::Work::Host {
+                grads: grads.to_vec(),
+                dtype: self.dtype,
+            }
+        } else {
+            self.pinned_work(grads)?
+        };
+        let norm = norm_sq.to_vec1::<f64>()?[0].sqrt();
+        if !norm.is_finite() {
+            #[cfg(feature = "cuda")]
+            if let offload::Work::Pinned { link, events, .. } = work {
+                for e in &events {
+                    e.synchronize().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                }
+                *self.link.lock().expect("not poisoned") = Some(link);
+            }
+            return Ok(());
+        }
+        let hyper = self
+            .optimizer
+            .next_update(lr, limo_ops::clip_coefficient(norm, max_grad_norm));
+        let update = offload::start(self.optimizer.shared_state(), hyper, work);
+        *self.in_flight.lock().expect("not poisoned") = Some(update);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn pinned_work(&self, grads: &[Tensor]) -> anyhow::Result<offload::Work> {
+        let mut link = match self.link.lock().expect("not poisoned").take() {
+            Some(link) => link,
+            None => limo_ops::cuda::offload::HostLink::new(&self.device, self.optimizer.lens())?,
+        };
+        let events = link.download(grads)?;
+        Ok(offload::Work::Pinned {
+            link,
+            events,
+            grads: grads.to_vec(),
+            slices: self.slices().clone(),
+        })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn pinned_work(&self, _grads: &[Tensor]) -> anyhow::Result<offload::Work> {
+        bail!("optimizer offload on a GPU needs the cuda build")
     }
 
     /// The step's one read from the device: the loss sum over all ranks (from this rank's

@@ -1,0 +1,143 @@
+//! The PCIe side of optimizer offload (`train.optimizer_offload = "cpu"`): per ZeRO-3 group a
+//! pinned fp32 staging buffer for the gradient slice going down and a pinned bf16 buffer for the
+//! updated compute slice going up, both copied on a stream of their own, so the copies run beside
+//! the compute stream and the host optimizer reads and writes DMA-able memory directly (a
+//! pageable copy goes through a driver bounce buffer and blocks the calling thread).
+//!
+//! Ordering is explicit (the device runs with cudarc's event tracking off, see `pool.rs`):
+//! [`HostLink::download`] starts after everything queued on the compute stream so far (the
+//! backward, and the fences of every collective that read the compute slices) and returns one
+//! event per group; [`HostLink::upload`] returns the event that the compute stream must wait for
+//! before the group's next all-gather ([`HostLink::before_compute`]).
+
+use std::sync::Arc;
+
+pub use candle_core::cuda_backend::cudarc::driver::CudaEvent;
+use candle_core::cuda_backend::cudarc::driver::{result, CudaStream, DevicePtr, PinnedHostSlice};
+use candle_core::{bail, DType, Device, Result, Tensor};
+use half::bf16;
+
+use super::{view, wrap};
+
+/// Staging buffers and the copy stream of one rank.
+pub struct HostLink {
+    compute: Arc<CudaStream>,
+    copy: Arc<CudaStream>,
+    /// fp32 gradients, in cached pinned memory: the host reads them.
+    down: Vec<PinnedHostSlice<f32>>,
+    /// bf16 compute slices, write-combined: the host only writes them, the DMA engine reads.
+    up: Vec<PinnedHostSlice<bf16>>,
+}
+
+// SAFETY: the pinned buffers and streams are Send; a `HostLink` is used by one thread at a time
+// (moved to the optimizer thread for a step and back).
+unsafe impl Send for HostLink {}
+
+impl HostLink {
+    /// Buffers for groups of `lens` elements on the GPU of `device`, with a new copy stream.
+    pub fn new(device: &Device, lens: &[usize]) -> Result<Self> {
+        let compute = device.as_cuda_device()?.cuda_stream();
+        let ctx = compute.context().clone();
+        let copy = ctx.new_stream().map_err(wrap)?;
+        let mut down = Vec::with_capacity(lens.len());
+        let mut up = Vec::with_capacity(lens.len());
+        for &n in lens {
+            // SAFETY: pinned allocations; every element is written by a copy or the optimizer
+            // before it is read.
+            unsafe {
+                down.push(ctx.alloc_pinned_with_flags::<f32>(n, 0).map_err(wrap)?);
+                up.push(ctx.alloc_pinned::<bf16>(n).map_err(wrap)?);
+            }
+        }
+        Ok(Self {
+            compute,
+            copy,
+            down,
+            up,
+        })
+    }
+
+    /// Starts copying each group's fp32 gradient slice into its staging buffer, after all work
+    /// queued on the compute stream so far; one event per group marks its copy done. The
+    /// caller keeps `grads` alive until the events complete.
+    pub fn download(&mut self, grads: &[Tensor]) -> Result<Vec<CudaEvent>> {
+        if grads.len() != self.down.len() {
+            bail!(
+                "offload: {} gradients for {} groups",
+                grads.len(),
+                self.down.len()
+            );
+        }
+        let after_backward = self.compute.record_event(None).map_err(wrap)?;
+        self.copy.wait(&after_backward).map_err(wrap)?;
+        let mut events = Vec::with_capacity(grads.len());
+        for (g, (grad, dst)) in grads.iter().zip(&mut self.down).enumerate() {
+            if grad.dtype() != DType::F32 || grad.elem_count() != dst.len() {
+                bail!(
+                    "offload: gradient of group {g} must be {} f32 values",
+                    dst.len()
+                );
+            }
+            let (storage, layout) = grad.storage_and_layout();
+            let src = view::<f32>(&storage, layout)?;
+            let (ptr, _sync) = src.device_ptr(&self.copy);
+            // SAFETY: `dst` is pinned and holds exactly the view's elements; the host does not
+            // touch it until the event below completes.
+            unsafe {
+                let host =
+                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().map_err(wrap)?, dst.len());
+                result::memcpy_dtoh_async(host, ptr, self.copy.cu_stream()).map_err(wrap)?;
+            }
+            events.push(self.copy.record_event(None).map_err(wrap)?);
+        }
+        Ok(events)
+    }
+
+    /// Group `g`'s staged gradient and its bf16 output buffer, once `done` (its download event)
+    /// has completed: this thread waits for it.
+    pub fn staged(&mut self, g: usize, done: &CudaEvent) -> Result<(&[f32], &mut [bf16])> {
+        done.synchronize().map_err(wrap)?;
+        let (down, up) = (&self.down[g], &mut self.up[g]);
+        // SAFETY: the download has completed (above) and the previous upload from `up` was
+        // waited for by the compute stream before the backward whose end the download followed.
+        unsafe {
+            Ok((
+                std::slice::from_raw_parts(down.as_ptr().map_err(wrap)?, down.len()),
+                std::slice::from_raw_parts_mut(up.as_mut_ptr().map_err(wrap)?, up.len()),
+            ))
+        }
+    }
+
+    /// Starts copying group `g`'s bf16 buffer into `slice` (the group's compute slice on the
+    /// GPU, written in place); the returned event marks it done.
+    pub fn upload(&self, g: usize, slice: &Tensor) -> Result<CudaEvent> {
+        let src = &self.up[g];
+        if slice.dtype() != DType::BF16 || slice.elem_count() != src.len() {
+            bail!(
+                "offload: compute slice of group {g} must be {} bf16 values",
+                src.len()
+            );
+        }
+        let (storage, layout) = slice.storage_and_layout();
+        let dst = view::<bf16>(&storage, layout)?;
+        let (ptr, _sync) = dst.device_ptr(&self.copy);
+        // SAFETY: the slice was last read by the all-gathers of the previous step, which the
+        // download's wait on the compute stream ordered before this copy stream's work.
+        unsafe {
+            let host = std::slice::from_raw_parts(src.as_ptr().map_err(wrap)?, src.len());
+            result::memcpy_htod_async(ptr, host, self.copy.cu_stream()).map_err(wrap)?;
+        }
+        self.copy.record_event(None).map_err(wrap)
+    }
+
+    /// Makes the compute stream wait (on the GPU) for an upload's event.
+    pub fn before_compute(compute: &Device, uploaded: &CudaEvent) -> Result<()> {
+        let stream = compute.as_cuda_device()?.cuda_stream();
+        stream.wait(uploaded).map_err(wrap)
+    }
+}
+
+/// Pinned bytes one rank's [`HostLink`] holds for groups of `lens` elements (6 B per element).
+pub fn pinned_bytes(lens: &[usize]) -> usize {
+    lens.iter().sum::<usize>() * (std::mem::size_of::<f32>() + std::mem::size_of::<bf16>())
+}

@@ -1,0 +1,167 @@
+//! The update of `train.optimizer_offload = "cpu"`: the fp32 master weights and Adam moments
+//! live in host memory and AdamW runs on the host's cores, on a thread of its own, group by group
+//! in group order, while the device goes on with the next step's forward. Each group's new
+//! compute slice "arrives" as soon as it is ready, and the forward takes it just before the
+//! group's first all-gather ([`super::ShardedModel`]'s `settle`): the host update of the last
+//! layers overlaps the forward of the first ones.
+//!
+//! On CUDA (bf16 compute, fp32 master) the gradient slices go down to pinned buffers on a copy
+//! stream right after the backward, the update reads them there, writes the bf16 slice into a
+//! pinned buffer in the same pass, and the copy stream uploads it in place into the group's
+//! compute slice on the GPU (`limo_ops::cuda::offload`). On the CPU device the same thread, the
+//! same order and the same arithmetic run with the gradients already in host memory, so every
+//! CPU test of offload (bit-identical to no offload, resume) exercises this code.
+
+use std::sync::mpsc::{channel, Receiver};
+use std::thread::JoinHandle;
+
+use anyhow::anyhow;
+use candle_core::{DType, Tensor};
+use limo_ops::{adamw_update_state, AdamWStep};
+
+#[cfg(feature = "cuda")]
+use limo_ops::cuda::offload::HostLink;
+
+/// A group's updated compute slice, as handed back to the model.
+pub(super) enum Arrival {
+    /// A new tensor on the compute device (the CPU device: a copy or cast of the master).
+    Slice(Tensor),
+    /// Written in place on the GPU by the copy stream; the compute stream waits for the event.
+    #[cfg(feature = "cuda")]
+    Uploaded(limo_ops::cuda::offload::CudaEvent),
+}
+
+/// What the host thread works from.
+pub(super) enum Work {
+    /// Gradients already in host memory (the CPU device); slices come back in `dtype`.
+    Host { grads: Vec<Tensor>, dtype: DType },
+    /// Gradients being copied down into `link`'s pinned buffers (`events`, one per group);
+    /// `grads` stay alive until their copies are done; `slices` are the GPU compute slices the
+    /// uploads write.
+    #[cfg(feature = "cuda")]
+    Pinned {
+        link: HostLink,
+        events: Vec<limo_ops::cuda::offload::CudaEvent>,
+        grads: Vec<Tensor>,
+        slices: Vec<Tensor>,
+    },
+}
+
+/// What the host thread gives back when it is done: the staging buffers, for the next step.
+#[derive(Default)]
+pub(super) struct Returned {
+    #[cfg(feature = "cuda")]
+    pub link: Option<HostLink>,
+}
+
+/// An update in progress on the host thread.
+pub(super) struct InFlight {
+    arrivals: Receiver<anyhow::Result<Arrival>>,
+    /// Groups handed back so far (they come in group order).
+    pub received: usize,
+    worker: Option<JoinHandle<Returned>>,
+}
+
+impl InFlight {
+    /// The next group's arrival; waits for the host thread.
+    pub fn next(&mut self) -> anyhow::Result<Arrival> {
+        let arrival = self
+            .arrivals
+            .recv()
+            .map_err(|_| anyhow!("the optimizer offload thread stopped"))??;
+        self.received += 1;
+        Ok(arrival)
+    }
+
+    /// Waits for the host thread to end and returns what it kept.
+    pub fn join(mut self) -> anyhow::Result<Returned> {
+        let worker = self.worker.take().expect("joined once");
+        worker
+            .join()
+            .map_err(|_| anyhow!("the optimizer offload thread panicked"))
+    }
+}
+
+/// Starts the update `hyper` of every group's `state` (`[master | m | v]` in host memory) on a
+/// new thread.
+pub(super) fn start(state: Vec<Tensor>, hyper: AdamWStep, work: Work) -> InFlight {
+    let (tx, arrivals) = channel();
+    let worker = std::thread::Builder::new()
+        .name("limo-offload".into())
+        .spawn(move || {
+            match work {
+                Work::Host { grads, dtype } => {
+                    for (st, grad) in state.iter().zip(&grads) {
+                        let arrival = host_group(st, grad, &hyper, dtype);
+                        let failed = arrival.is_err();
+                        if tx.send(arrival).is_err() || failed {
+                            break;
+                        }
+                    }
+                    Returned::default()
+                }
+                #[cfg(feature = "cuda")]
+                Work::Pinned {
+                    mut link,
+                    events,
+                    grads,
+                    slices,
+                } => {
+                    for g in 0..events.len() {
+                        let arrival =
+                            pinned_group(&mut link, g, &events[g], &state[g], &slices[g], &hyper);
+                        let failed = arrival.is_err();
+                        if tx.send(arrival).is_err() || failed {
+                            break;
+                        }
+                    }
+                    // The gradients may be freed only once no copy reads them any more.
+                    for e in &events {
+                        let _ = e.synchronize();
+                    }
+                    drop(grads);
+                    Returned { link: Some(link) }
+                }
+            }
+        })
+        .expect("spawning the optimizer offload thread");
+    InFlight {
+        arrivals,
+        received: 0,
+        worker: Some(worker),
+    }
+}
+
+/// One group on the CPU device: the update in place, then the compute slice as the
+/// non-offloaded step makes it (a copy of the master, or its cast).
+fn host_group(
+    state: &Tensor,
+    grad: &Tensor,
+    hyper: &AdamWStep,
+    dtype: DType,
+) -> anyhow::Result<Arrival> {
+    adamw_update_state(state, grad, hyper, None, None)?;
+    let master = state.narrow(0, 0, grad.elem_count())?;
+    let slice = if master.dtype() == dtype {
+        master.copy()?
+    } else {
+        master.to_dtype(dtype)?
+    };
+    Ok(Arrival::Slice(slice))
+}
+
+/// One group on CUDA: wait for its gradient's copy, update (writing the bf16 slice into the
+/// pinned buffer in the same pass), start the upload.
+#[cfg(feature = "cuda")]
+fn pinned_group(
+    link: &mut HostLink,
+    g: usize,
+    downloaded: &limo_ops::cuda::offload::CudaEvent,
+    state: &Tensor,
+    slice: &Tensor,
+    hyper: &AdamWStep,
+) -> anyhow::Result<Arrival> {
+    let (grad, out) = link.staged(g, downloaded)?;
+    limo_ops::adamw_update_host(state, grad, hyper, Some(out))?;
+    Ok(Arrival::Uploaded(link.upload(g, slice)?))
+}
