@@ -15,18 +15,26 @@ pub trait Communicator: Send {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Every rank's `input` (same length on all ranks) concatenated in rank order.
-    fn all_gather(&self, input: &Tensor) -> anyhow::Result<Tensor>;
+    fn all_gather(&self, input: &Tensor) -> anyhow::Result<Tensor> {
+        self.start_all_gather(input)?.finish()
+    }
     /// Sums `input` (length divisible by the world size) over ranks; rank r gets chunk r.
-    fn reduce_scatter(&self, input: &Tensor) -> anyhow::Result<Tensor>;
+    fn reduce_scatter(&self, input: &Tensor) -> anyhow::Result<Tensor> {
+        self.start_reduce_scatter(input)?.finish()
+    }
     /// Sums `input` over ranks; every rank gets the whole sum.
-    fn all_reduce(&self, input: &Tensor) -> anyhow::Result<Tensor>;
+    fn all_reduce(&self, input: &Tensor) -> anyhow::Result<Tensor> {
+        self.start_all_reduce(input)?.finish()
+    }
     /// Rank `root`'s `input` on every rank.
     fn broadcast(&self, input: &Tensor, root: usize) -> anyhow::Result<Tensor>;
     fn barrier(&self) -> anyhow::Result<()>;
 
     /// Starts [`Self::all_gather`]; the result may be used only after [`Started::finish`].
     /// Backends that run collectives beside the computation (NCCL on its own CUDA stream)
-    /// return at once; the others finish before returning.
+    /// return at once and implement the `start_*` methods; the others finish before returning
+    /// and implement the plain ones. Each backend implements one of each pair (the defaults
+    /// call each other).
     fn start_all_gather(&self, input: &Tensor) -> anyhow::Result<Started> {
         Ok(Started::ready(self.all_gather(input)?))
     }

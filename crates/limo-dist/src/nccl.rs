@@ -98,10 +98,6 @@ enum Kind {
 }
 
 impl NcclComm {
-    fn run(&self, kind: Kind, input: &Tensor) -> anyhow::Result<Tensor> {
-        self.start(kind, input)?.finish()
-    }
-
     /// Enqueues the collective on the communication stream after everything enqueued so far on
     /// the compute stream (which wrote `input`), and returns its output with a fence that makes
     /// the compute stream wait for it. The output is allocated on the compute stream before the
@@ -191,20 +187,8 @@ impl Communicator for NcclComm {
         self.comm.world_size()
     }
 
-    fn all_gather(&self, input: &Tensor) -> anyhow::Result<Tensor> {
-        self.run(Kind::AllGather, input)
-    }
-
-    fn reduce_scatter(&self, input: &Tensor) -> anyhow::Result<Tensor> {
-        self.run(Kind::ReduceScatter, input)
-    }
-
-    fn all_reduce(&self, input: &Tensor) -> anyhow::Result<Tensor> {
-        self.run(Kind::AllReduce, input)
-    }
-
     fn broadcast(&self, input: &Tensor, root: usize) -> anyhow::Result<Tensor> {
-        self.run(Kind::Broadcast(root), input)
+        self.start(Kind::Broadcast(root), input)?.finish()
     }
 
     fn start_all_gather(&self, input: &Tensor) -> anyhow::Result<Started> {

@@ -189,40 +189,17 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from gradients (flat, master dtype, on any device:
-    /// they are copied to where the state lives), each multiplied by `grad_scale` (the clipping
-    /// coefficient) first. With `bf16_out` (CUDA) the kernel also writes each group's updated
-    /// weights there, in bf16.
+    /// they are copied to where the state lives), clipped by the global norm with `clip`, which
+    /// the update reads where it lies (see [`Clip`]). With `bf16_out` (CUDA) the kernel also
+    /// writes each group's updated weights there, in bf16.
     pub fn step(
         &mut self,
         grads: &[Tensor],
         lr: f64,
-        grad_scale: f64,
-        bf16_out: Option<&[Tensor]>,
-    ) -> Result<()> {
-        self.update(grads, lr, grad_scale, None, bf16_out)
-    }
-
-    /// [`Self::step`] with the gradients clipped by the global norm, read by the update itself
-    /// from `clip.norm_sq` where it lies (see [`Clip`]).
-    pub fn step_clipped(
-        &mut self,
-        grads: &[Tensor],
-        lr: f64,
-        clip: Clip,
-        bf16_out: Option<&[Tensor]>,
-    ) -> Result<()> {
-        self.update(grads, lr, 1.0, Some(clip), bf16_out)
-    }
-
-    fn update(
-        &mut self,
-        grads: &[Tensor],
-        lr: f64,
-        grad_scale: f64,
         clip: Option<Clip>,
         bf16_out: Option<&[Tensor]>,
     ) -> Result<()> {
-        let hyper = self.next_update(lr, grad_scale);
+        let hyper = self.next_update(lr, 1.0);
         for (g, grad) in grads.iter().enumerate() {
             let grad = grad.to_device(&self.home)?;
             adamw_update_state(&self.state[g], &grad, &hyper, clip, bf16_out.map(|o| &o[g]))?;
@@ -279,7 +256,7 @@ mod tests {
             weight_decay: 0.1,
         };
         let mut opt = AdamW::new(settings, &[w], &dev)?;
-        opt.step(std::slice::from_ref(&g), 0.01, 1.0, None)?;
+        opt.step(std::slice::from_ref(&g), 0.01, None, None)?;
         // After one update m/(1-b1) = g and sqrt(v/(1-b2)) = |g|: p' = p(1 - lr wd) - lr g/(|g| + eps).
         let got: Vec<f64> = opt.host(MASTER)?[0].to_vec1()?;
         let expect = [

@@ -531,7 +531,7 @@ impl ShardedModel {
         };
         let compute = self.slices().clone();
         self.optimizer
-            .step_clipped(grads, lr, clip, fused.then_some(compute.as_slice()))?;
+            .step(grads, lr, Some(clip), fused.then_some(compute.as_slice()))?;
         if !fused {
             *self.slices() = self.compute_slices()?;
         }
