@@ -416,10 +416,13 @@ impl ShardedModel {
             };
             let (d_in, layer_grads) = layer_backward(&w, &dx, &activations, &ctx)?;
             drop((w, activations));
-            let started = self.start_scatter(i + 1, &layer_grads.tensors().map(Tensor::clone))?;
-            if let Some((g, pending)) = scattering.replace((i + 1, started)) {
+            // The previous layer's reduce-scatter ran during this layer's backward; finishing it
+            // before starting this one frees its staging buffer for this one to reuse.
+            if let Some((g, pending)) = scattering.take() {
                 self.accumulate(grads, g, &self.wait(pending)?)?;
             }
+            let started = self.start_scatter(i + 1, &layer_grads.tensors().map(Tensor::clone))?;
+            scattering = Some((i + 1, started));
             dx = d_in;
         }
         if let Some((g, pending)) = scattering {
