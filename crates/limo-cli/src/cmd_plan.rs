@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use limo_model::init::preset_config;
 use limo_model::Qwen2Config;
-use limo_train::config::OptimizerOffload;
+use limo_train::config::{from_name, OptimizerOffload};
 use limo_train::zero3::plan::{
     infer_shape, parse_bytes, plan_with_offload, Estimate, Hardware, Offload, Plan, Workload, GIB,
 };
@@ -65,9 +65,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     };
     let offload = match args.offload.as_deref() {
         None => config.train.optimizer_offload,
-        Some("none") => OptimizerOffload::None,
-        Some("cpu") => OptimizerOffload::Cpu,
-        Some(other) => bail!("--offload: {other:?} is not none or cpu"),
+        Some(name) => from_name(name).context("--offload")?,
     };
     let offload = Offload {
         optimizer_offload: offload == OptimizerOffload::Cpu,

@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::Args;
 use limo_dist::env::timeout_from_env;
 use limo_dist::{connect, DistEnv};
-use limo_train::config::TINY_TOML;
+use limo_train::config::{DeviceKind, TINY_TOML};
 use limo_train::{train, RunOptions, TrainConfig};
 
 /// How long a rank waits in a collective for the others (`LIMO_DIST_TIMEOUT` overrides):
@@ -55,7 +55,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     // Under `limo launch`, torchrun or Slurm: this process is one rank of the job.
     let env = DistEnv::from_env()?;
     let device = open_device(
-        &config.model.device,
+        config.model.device,
         env.as_ref().map_or(0, |e| e.local_rank),
     )?;
     let comm = match env {
@@ -111,22 +111,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// The device of this rank: the CPU, or GPU `local_rank` of this machine.
-fn open_device(name: &str, local_rank: usize) -> anyhow::Result<Device> {
-    match name {
-        "cuda" => {
+fn open_device(kind: DeviceKind, local_rank: usize) -> anyhow::Result<Device> {
+    match kind {
+        DeviceKind::Cuda => {
             // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
             let first_line = |e: candle_core::Error| {
                 let cause = e.to_string().lines().next().unwrap_or_default().to_string();
                 anyhow::anyhow!("model.device: no usable GPU (CUDA device {local_rank}): {cause}")
             };
-            let device = Device::new_cuda(local_rank).map_err(first_line)?;
-            // Freed memory stays in candle's pool instead of going back to the driver at each
-            // sync (cuda builds only; without the feature new_cuda has already failed).
+            // Its own stream, freed memory kept in the pool (see open_device); without the
+            // cuda feature new_cuda fails with candle's "not compiled with cuda" error.
             #[cfg(feature = "cuda")]
-            limo_ops::cuda::pool::keep_freed_memory(&device).map_err(first_line)?;
+            let device = limo_ops::cuda::pool::open_device(local_rank).map_err(first_line)?;
+            #[cfg(not(feature = "cuda"))]
+            let device = Device::new_cuda(local_rank).map_err(first_line)?;
             Ok(device)
         }
-        _ => Ok(Device::Cpu),
+        DeviceKind::Cpu => Ok(Device::Cpu),
     }
 }
 

@@ -26,18 +26,13 @@ pub enum Format {
     Tokenized,
 }
 
+/// `--format` of `limo data`: the serde names are the only list of formats.
 impl std::str::FromStr for Format {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "limo" => Ok(Format::Limo),
-            "messages" => Ok(Format::Messages),
-            "alpaca" => Ok(Format::Alpaca),
-            "tokenized" => Ok(Format::Tokenized),
-            other => Err(DataError::Config(format!(
-                "unknown format `{other}` (expected limo, messages, alpaca or tokenized)"
-            ))),
-        }
+        use serde::de::{value::Error, IntoDeserializer};
+        Format::deserialize(IntoDeserializer::<Error>::into_deserializer(s))
+            .map_err(|e| DataError::Config(format!("format: {e}")))
     }
 }
 
@@ -218,6 +213,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("questoin"), "{err}");
+    }
+
+    #[test]
+    fn formats_parse_by_their_serde_names() {
+        assert_eq!("tokenized".parse::<Format>().unwrap(), Format::Tokenized);
+        let err = "csv".parse::<Format>().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown variant `csv`, expected one of `limo`, `messages`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Label of a position that is not learned (PyTorch's `CrossEntropyLoss` ignore_index).
-pub const IGNORE_INDEX: i64 = -100;
+/// Defined once, by the loss that ignores it; limo-ops is the lowest crate of the workspace.
+pub use limo_ops::IGNORE_INDEX;
 
 /// `labels[t]` is the target for `input_ids[t]` itself, or -100; as in HF, the loss shifts
 /// (position t predicts `labels[t + 1]`).

@@ -5,8 +5,50 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use candle_core::DType;
 use limo_data::DataConfig;
 use serde::{Deserialize, Serialize};
+
+pub use crate::schedule::Schedule;
+
+/// A config value that is one of a few names. The serde names are the only list of them: a
+/// bad value fails the parse with "unknown variant `x`, expected one of ..." (named by file and
+/// key), so `validate` never matches strings; `as_str` and Display give the name back.
+macro_rules! config_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        $vis enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// The value as the config file spells it.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Compares with the config file's spelling (`schedule == "cosine"`).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+pub(crate) use config_enum;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,12 +83,43 @@ pub struct ModelSection {
     pub tokenizer: Option<String>,
     /// Compute dtype: f32 or f64 on CPU; bf16 (or f32) on CUDA. Master weights and Adam
     /// moments are f32 (f64 for f64).
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: ModelDtype,
     /// Where the forward and backward run: "cpu", or "cuda" (rank r of a node uses GPU
     /// LOCAL_RANK; needs a build with `--features cuda`).
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceKind,
+}
+
+config_enum! {
+    /// `model.dtype`.
+    #[derive(Default)]
+    pub enum ModelDtype {
+        #[default]
+        F32 = "f32",
+        F64 = "f64",
+        Bf16 = "bf16",
+    }
+}
+
+impl ModelDtype {
+    pub fn dtype(self) -> DType {
+        match self {
+            ModelDtype::F32 => DType::F32,
+            ModelDtype::F64 => DType::F64,
+            ModelDtype::Bf16 => DType::BF16,
+        }
+    }
+}
+
+config_enum! {
+    /// `model.device`: the kind of device; which GPU a rank uses comes from LOCAL_RANK.
+    #[derive(Default)]
+    pub enum DeviceKind {
+        #[default]
+        Cpu = "cpu",
+        Cuda = "cuda",
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,8 +128,8 @@ pub struct TrainSection {
     /// Peak learning rate.
     pub lr: f64,
     /// cosine, linear or constant (after warmup).
-    #[serde(default = "default_schedule")]
-    pub schedule: String,
+    #[serde(default)]
+    pub schedule: Schedule,
     /// Linear warmup steps: update k < warmup uses lr * k / warmup (update 0 uses lr 0).
     #[serde(default)]
     pub warmup_steps: usize,
@@ -111,13 +184,14 @@ pub struct TrainSection {
     pub optimizer_offload: OptimizerOffload,
 }
 
-/// `train.optimizer_offload`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerOffload {
-    #[default]
-    None,
-    Cpu,
+config_enum! {
+    /// `train.optimizer_offload`.
+    #[derive(Default)]
+    pub enum OptimizerOffload {
+        #[default]
+        None = "none",
+        Cpu = "cpu",
+    }
 }
 
 impl OptimizerOffload {
@@ -126,13 +200,14 @@ impl OptimizerOffload {
     }
 }
 
-/// `train.reduce_dtype`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReduceDtype {
-    #[default]
-    Fp32,
-    Bf16,
+config_enum! {
+    /// `train.reduce_dtype`.
+    #[derive(Default)]
+    pub enum ReduceDtype {
+        #[default]
+        Fp32 = "fp32",
+        Bf16 = "bf16",
+    }
 }
 
 impl ReduceDtype {
@@ -141,10 +216,10 @@ impl ReduceDtype {
     }
 
     /// The wire dtype for gradients whose master dtype is `master` (fp32 keeps f64 runs f64).
-    pub fn wire(self, master: candle_core::DType) -> candle_core::DType {
+    pub fn wire(self, master: DType) -> DType {
         match self {
             ReduceDtype::Fp32 => master,
-            ReduceDtype::Bf16 => candle_core::DType::BF16,
+            ReduceDtype::Bf16 => DType::BF16,
         }
     }
 }
@@ -164,8 +239,8 @@ pub struct OutputSection {
     #[serde(default = "default_keep")]
     pub keep_last: usize,
     /// Export the final model to `<dir>/model` in this dtype (bf16 or f32); "none" skips it.
-    #[serde(default = "default_export_dtype")]
-    pub export_dtype: String,
+    #[serde(default)]
+    pub export_dtype: ExportDtype,
     /// Largest safetensors shard of the export, e.g. "5GB" or "500MB".
     #[serde(default = "default_shard_size")]
     pub max_shard_size: String,
@@ -182,27 +257,40 @@ pub struct OutputSection {
     pub report_to: Vec<ReportTo>,
 }
 
-/// A destination of `output.report_to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReportTo {
-    Jsonl,
-    Tensorboard,
+config_enum! {
+    /// `output.export_dtype`.
+    #[derive(Default)]
+    pub enum ExportDtype {
+        #[default]
+        Bf16 = "bf16",
+        F32 = "f32",
+        None = "none",
+    }
+}
+
+impl ExportDtype {
+    /// The dtype of the exported weights; `None` when no export is wanted.
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            ExportDtype::Bf16 => Some(DType::BF16),
+            ExportDtype::F32 => Some(DType::F32),
+            ExportDtype::None => None,
+        }
+    }
+}
+
+config_enum! {
+    /// A destination of `output.report_to`.
+    pub enum ReportTo {
+        Jsonl = "jsonl",
+        Tensorboard = "tensorboard",
+    }
 }
 
 fn default_report_to() -> Vec<ReportTo> {
     vec![ReportTo::Jsonl]
 }
 
-fn default_dtype() -> String {
-    "f32".into()
-}
-fn default_device() -> String {
-    "cpu".into()
-}
-fn default_schedule() -> String {
-    "cosine".into()
-}
 fn one() -> usize {
     1
 }
@@ -229,9 +317,6 @@ fn default_loss_chunk() -> usize {
 }
 fn default_keep() -> usize {
     2
-}
-fn default_export_dtype() -> String {
-    "bf16".into()
 }
 fn default_shard_size() -> String {
     "5GB".into()
@@ -283,24 +368,6 @@ impl TrainConfig {
             (None, None) => bail!("model: give path (a Hugging Face checkpoint) or init (a shape)"),
             _ => {}
         }
-        if !matches!(self.model.device.as_str(), "cpu" | "cuda") {
-            bail!(
-                "model.device: {:?} (expected cpu or cuda)",
-                self.model.device
-            );
-        }
-        if !matches!(self.model.dtype.as_str(), "f32" | "f64" | "bf16") {
-            bail!(
-                "model.dtype: {:?} (expected f32, f64 or bf16)",
-                self.model.dtype
-            );
-        }
-        if !matches!(t.schedule.as_str(), "cosine" | "linear" | "constant") {
-            bail!(
-                "train.schedule: {:?} (expected cosine, linear or constant)",
-                t.schedule
-            );
-        }
         if !(t.lr >= 0.0 && t.lr.is_finite()) {
             bail!("train.lr: {} must be a non-negative number", t.lr);
         }
@@ -315,12 +382,6 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
             bail!("train.adam_beta1/adam_beta2 must be in [0, 1)");
-        }
-        if !matches!(self.output.export_dtype.as_str(), "bf16" | "f32" | "none") {
-            bail!(
-                "output.export_dtype: {:?} (expected bf16, f32 or none)",
-                self.output.export_dtype
-            );
         }
         parse_size(&self.output.max_shard_size).context("output.max_shard_size")?;
         self.data.validate().context("data")?;
@@ -339,10 +400,10 @@ impl TrainConfig {
                 );
             }
         }
-        if self.model.device == "cuda" && !cfg!(feature = "cuda") {
+        if self.model.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
             bail!("model.device: \"cuda\" needs a build with --features cuda (docs/CUDA.md)");
         }
-        if self.model.dtype == "bf16" && self.model.device == "cpu" {
+        if self.model.dtype == ModelDtype::Bf16 && self.model.device == DeviceKind::Cpu {
             bail!(
                 "model.dtype: bf16 training runs on model.device = \"cuda\"; use f32 or f64 on CPU"
             );
@@ -426,6 +487,15 @@ fn apply_override(table: &mut toml::Table, item: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A config enum from its name as a command-line flag gives it: the serde names stay the one
+/// list, and a bad name reads "unknown variant `x`, expected ...".
+pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> anyhow::Result<T> {
+    use serde::de::{value::Error, IntoDeserializer};
+    Ok(T::deserialize(
+        IntoDeserializer::<Error>::into_deserializer(name),
+    )?)
+}
+
 /// "5GB", "500MB", "1.5GiB" or a plain byte count.
 pub fn parse_size(text: &str) -> anyhow::Result<usize> {
     let t = text.trim();
@@ -499,6 +569,113 @@ mod tests {
             ("cosine", "bf16")
         );
         assert!(limo.preflight().is_err(), "bf16 needs CUDA");
+    }
+
+    /// The trajectory hash and the TOML a run writes (`config.toml`, `--print-config`), pinned
+    /// as they were when these fields were strings: resuming existing runs depends on both.
+    #[test]
+    fn hash_and_written_toml_are_pinned() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let tiny: [(&[&str], [&str; 3]); 4] = [
+            (
+                &[],
+                ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
+            ),
+            (
+                &[
+                    "train.schedule=linear",
+                    "model.dtype=f64",
+                    "output.export_dtype=none",
+                    "data.overlong=drop",
+                ],
+                ["5c6bf4b52524e0b0", "6068c7160487e8cb", "0678527e6529faee"],
+            ),
+            (
+                &[
+                    "model.device=cuda",
+                    "model.dtype=bf16",
+                    "train.schedule=constant",
+                    "output.export_dtype=f32",
+                ],
+                ["ca68c6b1a97a8353", "39c9d3a561c59060", "5a0f430fdf2c4b4d"],
+            ),
+            (
+                &[
+                    "data.format=tokenized",
+                    "train.reduce_dtype=bf16",
+                    "train.optimizer_offload=cpu",
+                ],
+                ["83589e345d3b10c4", "72eae4d379f6ebf3", "5adc499fd3e21cdc"],
+            ),
+        ];
+        // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
+        let pins = |c: &TrainConfig, world: usize| {
+            let text = toml::to_string(c).unwrap();
+            [
+                c.trajectory_hash(1),
+                c.trajectory_hash(world),
+                format!("{:016x}", fnv1a(text.as_bytes())),
+            ]
+        };
+        for (set, want) in tiny {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &set).unwrap();
+            assert_eq!(pins(&c, 4), want, "{set:?}");
+        }
+        for (name, want) in [
+            (
+                "limo-qwen2.5-0.5b",
+                ["84e146820f1a6e92", "df2e599cc5b50723", "60db60aa0548311e"],
+            ),
+            (
+                "limo-qwen2.5-1.5b",
+                ["03b9e96c21c90d57", "0c4cb86c0ff0ce86", "f595c830d15aedf4"],
+            ),
+            (
+                "limo-qwen2.5-7b",
+                ["8a24f2ffce5134c0", "3dea639895b40789", "48abf5dd1c44c8ca"],
+            ),
+            (
+                "limo-qwen2.5-32b",
+                ["5e19be3501995f36", "9bdbfe6ac1b7aa07", "3ac024a8124ac36e"],
+            ),
+        ] {
+            let c = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &[]).unwrap();
+            assert_eq!(pins(&c, 8), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_are_errors_that_name_the_key_and_the_choices() {
+        for (set, key, choices) in [
+            ("model.dtype=f16", "model.dtype", "`f32`, `f64`, `bf16`"),
+            ("model.device=tpu", "model.device", "`cpu` or `cuda`"),
+            (
+                "train.schedule=zigzag",
+                "train.schedule",
+                "`cosine`, `linear`, `constant`",
+            ),
+            (
+                "output.export_dtype=f64",
+                "output.export_dtype",
+                "`bf16`, `f32`, `none`",
+            ),
+            (
+                "data.overlong=wrap",
+                "data.overlong",
+                "`truncate` or `drop`",
+            ),
+            ("data.format=csv", "data.format", "`limo`, `messages`"),
+        ] {
+            let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[set.into()]).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.starts_with(&format!("tiny.toml: {key}: ")), "{text}");
+            assert!(text.contains(choices), "{text}");
+        }
+        let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &[]).unwrap();
+        assert_eq!(c.model.dtype.dtype(), DType::F32);
+        assert_eq!(c.output.export_dtype.to_string(), "bf16");
+        assert_eq!(ExportDtype::None.dtype(), None);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 use serde_yaml::Value;
 
-use crate::config::TrainConfig;
+use limo_data::Format;
+
+use crate::config::{DeviceKind, ModelDtype, Schedule, TrainConfig};
 
 /// The arguments mapped onto limo's fields (everything else is a note or an error).
 const MAPPED: &[&str] = &[
@@ -195,8 +197,8 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     }
     if args.bool("bf16")?.unwrap_or(false) {
         // limo's bf16 runs on the GPU, as LLaMA-Factory's does.
-        model.insert("dtype".into(), "bf16".into());
-        model.insert("device".into(), "cuda".into());
+        model.insert("dtype".into(), ModelDtype::Bf16.as_str().into());
+        model.insert("device".into(), DeviceKind::Cuda.as_str().into());
     }
 
     // data
@@ -265,16 +267,16 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
     }
     let (schedule, warms_up) = match scheduler.as_str() {
-        "cosine" => ("cosine", true),
-        "linear" => ("linear", true),
-        "constant_with_warmup" => ("constant", true),
+        "cosine" => (Schedule::Cosine, true),
+        "linear" => (Schedule::Linear, true),
+        "constant_with_warmup" => (Schedule::Constant, true),
         // transformers' constant schedule has no warmup, whatever warmup_* says.
-        "constant" => ("constant", false),
+        "constant" => (Schedule::Constant, false),
         other => bail!(
             "{origin}: lr_scheduler_type: {other}: limo schedules cosine, linear, constant and constant_with_warmup"
         ),
     };
-    train.insert("schedule".into(), schedule.into());
+    train.insert("schedule".into(), schedule.as_str().into());
     if !warms_up {
         if warmup > 0 || warmup_ratio > 0.0 {
             notes.push("lr_scheduler_type: constant has no warmup in transformers, so limo's warmup is 0 (constant_with_warmup warms up)".into());
@@ -517,9 +519,9 @@ fn dataset_entry(
         }
     };
     let formatting = string("formatting")?.unwrap_or_else(|| "alpaca".into());
-    let (format, known_columns): (&str, &[&str]) = match formatting.as_str() {
-        "alpaca" => ("alpaca", &["prompt", "query", "response", "system"]),
-        "sharegpt" => ("messages", &["messages", "system"]),
+    let (format, known_columns): (Format, &[&str]) = match formatting.as_str() {
+        "alpaca" => (Format::Alpaca, &["prompt", "query", "response", "system"]),
+        "sharegpt" => (Format::Messages, &["messages", "system"]),
         other => bail!(
             "{}: {other} (expected alpaca or sharegpt)",
             at("formatting")
@@ -536,9 +538,9 @@ fn dataset_entry(
             }
         }
     }
-    data.insert("format".into(), format.into());
+    data.insert("format".into(), toml::Value::try_from(format)?);
     let mut columns = toml::Table::new();
-    if format == "alpaca" {
+    if format == Format::Alpaca {
         if entry.get("tags").is_some() {
             notes.push(format!(
                 "dataset_info.json: {dataset}.tags: not used by alpaca formatting"

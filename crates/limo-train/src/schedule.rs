@@ -6,23 +6,18 @@
 
 use std::f64::consts::PI;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Schedule {
-    Cosine,
-    Linear,
-    Constant,
+crate::config::config_enum! {
+    /// `train.schedule`: the decay after warmup.
+    #[derive(Default)]
+    pub enum Schedule {
+        #[default]
+        Cosine = "cosine",
+        Linear = "linear",
+        Constant = "constant",
+    }
 }
 
 impl Schedule {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "cosine" => Some(Schedule::Cosine),
-            "linear" => Some(Schedule::Linear),
-            "constant" => Some(Schedule::Constant),
-            _ => None,
-        }
-    }
-
     pub fn lr(self, peak: f64, update: usize, warmup: usize, total: usize) -> f64 {
         if update < warmup {
             return peak * update as f64 / warmup as f64;

@@ -16,7 +16,6 @@ use limo_data::ChatTokenizer;
 use limo_dist::comm::Communicator;
 use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
-use limo_model::model::parse_dtype;
 use limo_model::{Batch, Qwen2Config};
 
 use crate::checkpoint;
@@ -25,7 +24,6 @@ use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluatio
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{clip_coefficient, Flat};
 use crate::order::DataOrder;
-use crate::schedule::Schedule;
 use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow};
 use crate::tensorboard::EventWriter;
 use crate::zero3::{agree, load_shards, ShardedModel};
@@ -123,7 +121,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let (rank, world) = (comm.rank(), comm.world_size());
     let lead = rank == 0;
     let out = &config.output.dir;
-    let dtype = parse_dtype(&config.model.dtype)?;
+    let dtype = config.model.dtype.dtype();
     let device = options.device.clone().unwrap_or(Device::Cpu);
 
     // Rank 0 writes the run directory's inputs first; then every rank reads them.
@@ -143,7 +141,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let per_step = t.batch_size * t.grad_accum * world;
     let steps_per_epoch = rows.len().div_ceil(per_step);
     let total_steps = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
-    let schedule = Schedule::from_name(&t.schedule).expect("validated");
+    let schedule = t.schedule;
     let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
     let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
     let mut state = State {
@@ -275,9 +273,10 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         if let (Some(first), Some(last)) = (history.first(), history.last()) {
             (first_loss, last_loss) = (first.loss, last.loss);
         }
-        if config.output.export_dtype != "none" {
+        if let Some(dtype) = config.output.export_dtype.dtype() {
             export_final(
                 config,
+                dtype,
                 &checkpoints_dir.join(checkpoint::step_dir_name(total_steps)),
             )?;
         }
@@ -330,12 +329,11 @@ fn checkpoint_due(
 }
 
 /// Writes `<output>/model` from the final checkpoint.
-fn export_final(config: &TrainConfig, final_checkpoint: &Path) -> anyhow::Result<()> {
+fn export_final(config: &TrainConfig, dtype: DType, final_checkpoint: &Path) -> anyhow::Result<()> {
     let export_dir = config.output.dir.join("model");
     if export_dir.exists() {
         std::fs::remove_dir_all(&export_dir)?;
     }
-    let dtype = parse_dtype(&config.output.export_dtype)?;
     let shard = parse_size(&config.output.max_shard_size)?;
     crate::export::export(final_checkpoint, &export_dir, dtype, shard)
 }
@@ -361,7 +359,11 @@ pub fn optimizer_step(
     }
     let norm_sq = model.step(&grads, lr, train.max_grad_norm)?;
     let (loss_sum, norm) = model.read_step(&loss_sum, &norm_sq, step)?;
-    Ok((loss_sum * scale, norm, clip_coefficient(norm, train.max_grad_norm)))
+    Ok((
+        loss_sum * scale,
+        norm,
+        clip_coefficient(norm, train.max_grad_norm),
+    ))
 }
 
 fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {
