@@ -14,8 +14,10 @@
 #   kernels 35      limo bench kernels: kernel timings at Qwen2.5-32B shapes
 #   attention 45    scripts/gpu/attention_vs_torch.py: torch SDPA vs our flash attention, 16k
 #                   tokens, hd128, causal, 40/8 and 12/2 heads
-#   step-1.5b 130   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
+#   step-1.5b 105   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
 #                   bf16 state) on the same shape: tokens/s and their ratio
+#   generate 25     scripts/gpu/generate_vs_transformers.py: greedy generation of the 1.5b shape,
+#                   batch 32, 64-token prompts, 128 new tokens: limo vs transformers, tokens/s
 #   loss-parity 50  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2
 #   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, optimizer on the
 #                   GPU, uncapped (limo plan: ~105 GiB, more than an 80 GB card holds)
@@ -23,12 +25,17 @@
 #                   (exit 3 = out of device memory: status OOM)
 #   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl
 #   train 25        a 30-step bf16 `limo train` of the embedded tiny config: the loss must fall
+# generate took its 25 s from step-1.5b (130 -> 105), an estimate as no stage has run on a GPU
+# yet: limo's 7 steps of 16k tokens of the 1.5b shape are seconds, each peer run is 7 steps plus
+# torch's start (~30 s); 105 s keeps a margin over that. The full generation measurement (1k new
+# tokens) is its own device call (scripts/gpu/README.md).
 # Stages sum to 510 s; with 30 s for the machine section the whole run is held to 540 s (a
 # fresh H200 included: the driver JIT-compiles candle's PTX on first use), so a 590 s call has
 # room for the transfers. --dry-run prints `budget: ... total=N limit=540` and exits 1 when over.
 #
 # Results in $OUT (default ./check-out; the device tool sets it), at most 8 files, as the tool
-# returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, the small JSONs),
+# returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, the small JSONs
+# such as generate.json),
 # step-1.5b.json, peer-1.5b-fp32.json, peer-1.5b-bf16.json, step-32b-w8.json,
 # step-32b-off.json, attention.json.
 # Scratch (models, run directories): $LIMO_CHECK_WORK, default a new /tmp/limo-check.XXXXXX.
@@ -37,9 +44,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
-STAGES=(doctor kernels attention step-1.5b loss-parity step-32b-w8 step-32b-off nccl train)
+STAGES=(doctor kernels attention step-1.5b generate loss-parity step-32b-w8 step-32b-off nccl train)
 declare -A TIMEOUT=(
-    [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=130 [loss-parity]=50
+    [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=105 [generate]=25 [loss-parity]=50
     [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25
 )
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
@@ -260,6 +267,20 @@ r = a / b if a is not None and b else None
 print("limo %s tok/s (mfu %s), peer %s (fp32 master) / %s (bf16) tok/s, limo/peer %s"
       % (f(a), f(j(sys.argv[1], "mfu"), "{:.3f}"), f(b), f(c), f(r, "{:.2f}")))
 ' "$OUT/step-1.5b.json" "$OUT/peer-1.5b-fp32.json" "$OUT/peer-1.5b-bf16.json"
+}
+
+stage_generate() {
+    note "short enough for the visit's budget; the 1k-token measurement: scripts/gpu/README.md"
+    x python3 scripts/gpu/generate_vs_transformers.py --limo "$LIMO_BIN" --shape 1.5b \
+        --batch 32 --prompt-tokens 64 --new-tokens 128 --json-out "$LOGS/generate.json"
+}
+key_generate() {
+    py '
+p = sys.argv[1]
+print("limo %s tok/s (%s ms/step), transformers %s tok/s, limo/transformers %s" % (
+    f(j(p, "limo_tokens_per_s")), f(j(p, "limo.ms_per_step"), "{:.1f}"),
+    f(j(p, "transformers_tokens_per_s")), f(j(p, "ratio"), "{:.2f}")))
+' "$LOGS/generate.json"
 }
 
 stage_loss_parity() {

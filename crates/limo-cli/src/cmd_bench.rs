@@ -1,10 +1,15 @@
-//! `limo bench kernels` (and `limo bench step`, in cmd_bench_step.rs): times each of our CUDA kernels at training shapes (Qwen2.5-32B: hidden
+//! `limo bench kernels` (and `limo bench step`, in cmd_bench_step.rs; `limo bench generate`, in
+//! cmd_bench_generate.rs): times each of our CUDA kernels at training shapes (Qwen2.5-32B: hidden
 //! 5120, MLP 27648, 40/8 heads of 128, vocabulary 152064, 16k tokens) with CUDA events: warm-up
 //! launches first, then the median of the repeats, the inputs rotated over several buffer sets
 //! so that no launch finds its inputs in L2. Memory-bound kernels report GB/s (bytes each must
 //! move at least once), attention reports TFLOP/s (causal, the useful half of the scores).
 
 use clap::{Args, Subcommand};
+
+// Declared here, beside its subcommand, rather than in main.rs.
+#[path = "cmd_bench_generate.rs"]
+mod cmd_bench_generate;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -13,6 +18,9 @@ pub enum BenchCommand {
     /// Time whole training steps of a Qwen2.5 shape on random weights, by phase, with peak
     /// memory (CPU or GPU; --simulate-world plays one rank of a larger job).
     Step(crate::cmd_bench_step::StepArgs),
+    /// Time batched greedy generation (prefill, then KV-cache decode steps) of a Qwen2.5 shape
+    /// on random weights: tokens/s (CPU or GPU).
+    Generate(cmd_bench_generate::GenerateArgs),
 }
 
 #[derive(Args)]
@@ -52,7 +60,7 @@ pub struct KernelArgs {
 }
 
 /// Values of `--op`.
-const OPS: [&str; 7] = [
+const OPS: [&str; 8] = [
     "all",
     "rms_norm",
     "rope",
@@ -60,6 +68,7 @@ const OPS: [&str; 7] = [
     "cross_entropy",
     "adamw",
     "attention",
+    "decode_attention",
 ];
 
 // Without the cuda feature the command stops at open_gpu and reads no option but --device.
@@ -77,6 +86,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             kernels(&gpu, &args)
         }
         BenchCommand::Step(args) => crate::cmd_bench_step::run(args),
+        BenchCommand::Generate(args) => cmd_bench_generate::run(args),
     }
 }
 
@@ -197,6 +207,9 @@ mod cuda {
         if args.wants("attention") {
             attention(&b, n)?;
         }
+        if args.wants("decode_attention") {
+            decode_attention(&b)?;
+        }
         Ok(())
     }
 
@@ -274,7 +287,7 @@ mod cuda {
         let targets: Vec<i64> = (0..LOSS_CHUNK)
             .map(|i| {
                 if i % 9 == 0 {
-                    -100
+                    limo_ops::IGNORE_INDEX
                 } else {
                     (i * 7919 % VOCAB) as i64
                 }
@@ -329,6 +342,31 @@ mod cuda {
             ms,
             Work::Bytes(len as f64 * 30.0),
         );
+        Ok(())
+    }
+
+    /// Decode attention (kernels/decode_attention.cu) over full caches: memory-bound, so GB/s
+    /// of the keys and values it must read once (queries and outputs are negligible).
+    fn decode_attention(b: &Bench) -> Result<()> {
+        use limo_ops::decode_attention::{decode_attention, CacheIndex};
+        // (q heads, kv heads, sequences, keys each): 32B and 1.5B heads at eval batch sizes,
+        // and one long cache (the split-K case).
+        for (q_heads, kv_heads, batch, len) in
+            [(Q_HEADS, 8, 32, 4096), (12, 2, 32, 1024), (12, 2, 1, 16384)]
+        {
+            let cache = [batch, kv_heads, len, HEAD_DIM];
+            let sets = b.inputs(&[&cache, &cache, &[batch, q_heads, HEAD_DIM]], 1.0)?;
+            let slots: Vec<usize> = (0..batch).collect();
+            let index = CacheIndex::new(&slots, &vec![len; batch], b.gpu)?;
+            let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+            let ms = b.time(|i| {
+                let s = &sets[i % sets.len()];
+                decode_attention(&s[2], &s[0], &s[1], &index, scale).map(drop)
+            })?;
+            let shape = format!("{batch} seqs x {len} keys, {q_heads}/{kv_heads}x{HEAD_DIM}");
+            let bytes = 2.0 * (batch * kv_heads * len * HEAD_DIM) as f64 * BF;
+            b.report("decode_attention", &shape, ms, Work::Bytes(bytes));
+        }
         Ok(())
     }
 

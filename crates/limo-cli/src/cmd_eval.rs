@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::{Args, Subcommand};
+use limo_data::config::{Columns, Format};
+use limo_eval::benchmarks::ConversationRows;
 use limo_eval::benchmarks::NAMES;
 use limo_eval::run::{run, EvalOptions, UserBenchmark};
 
@@ -48,7 +50,15 @@ struct RunArgs {
     /// of them, or a Hub dataset id like GAIR/LIMO, resolved as `limo train` resolves data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Fields of --data: question and answer (and optionally id), e.g. question=problem.
+    /// Format of --data's rows, named as `limo train`'s data.format: limo (a question and an
+    /// answer field; the default), alpaca (instruction [+ input] is the question, output the
+    /// reference) or messages (the last user message is the question, the last assistant
+    /// message the reference: its last \boxed{} when it has one).
+    #[arg(long, value_name = "FORMAT")]
+    format: Option<String>,
+    /// Fields of --data: question and answer (and optionally id), e.g. question=problem. With
+    /// --format alpaca, question and answer name the instruction and output columns; alpaca and
+    /// messages also take limo train's column keys (input, messages, role, content, ...).
     #[arg(long = "field", value_name = "ROLE=NAME")]
     fields: Vec<String>,
     /// tokenizer.json or its folder (default: the model directory's).
@@ -123,13 +133,17 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         (Some(_), false) => bail!("give --benchmarks or --data, not both"),
         (Some(path), true) => {
             opts.benchmarks.clear();
-            opts.files.push(user_benchmark(path, &a.fields)?);
+            opts.files
+                .push(user_benchmark(path, a.format.as_deref(), &a.fields)?);
         }
         (None, false) => opts.benchmarks = a.benchmarks,
         (None, true) => {}
     }
     if a.data.is_none() && !a.fields.is_empty() {
         bail!("--field applies to --data");
+    }
+    if a.data.is_none() && a.format.is_some() {
+        bail!("--format applies to --data");
     }
     if let Some(unknown) = opts.benchmarks.iter().find(|b| !known(b)) {
         bail!(
@@ -158,24 +172,114 @@ fn known(name: &str) -> bool {
     limo_eval::benchmarks::file_name(name).is_ok()
 }
 
-/// `--data FILE --field question=problem --field answer=answer [--field id=id]`.
-fn user_benchmark(path: &std::path::Path, fields: &[String]) -> anyhow::Result<UserBenchmark> {
-    let (mut question, mut answer, mut id) = ("question".to_string(), "answer".to_string(), None);
+/// The format of `--format` (default limo): a format of limo's training data that has a
+/// question and an answer.
+fn data_format(name: Option<&str>) -> anyhow::Result<Format> {
+    let Some(name) = name else {
+        return Ok(Format::Limo);
+    };
+    match name.parse::<Format>() {
+        Ok(Format::Tokenized) => bail!(
+            "--format tokenized: tokenized rows carry no question text to prompt with; use limo, \
+             alpaca or messages"
+        ),
+        Ok(format) => Ok(format),
+        Err(_) => bail!("--format {name}: unknown format (expected limo, alpaca or messages)"),
+    }
+}
+
+/// `--data FILE [--format F] --field question=problem --field answer=answer [--field id=id]`.
+fn user_benchmark(
+    path: &std::path::Path,
+    format: Option<&str>,
+    fields: &[String],
+) -> anyhow::Result<UserBenchmark> {
+    let format = data_format(format)?;
+    let (mut question, mut answer, mut id) = (None, None, None);
+    let mut columns = Columns::default();
     for f in fields {
         let (role, name) = f
             .split_once('=')
             .with_context(|| format!("--field {f}: expected ROLE=NAME"))?;
-        match role {
-            "question" => question = name.to_string(),
-            "answer" => answer = name.to_string(),
-            "id" => id = Some(name.to_string()),
-            other => bail!("--field {other}=...: the roles are question, answer and id"),
+        if name.is_empty() {
+            bail!("--field {f}: empty name");
+        }
+        match (role, format) {
+            ("id", _) => id = Some(name.to_string()),
+            ("question", Format::Limo | Format::Alpaca) => question = Some(name.to_string()),
+            ("answer", Format::Limo | Format::Alpaca) => answer = Some(name.to_string()),
+            ("question" | "answer", _) => bail!(
+                "--field {role}=...: with --format messages the question and answer come from \
+                 the messages list (map it with --field messages=NAME)"
+            ),
+            (_, Format::Limo) => {
+                bail!("--field {role}=...: the roles are question, answer and id")
+            }
+            (key, _) => columns
+                .set(key, name)
+                .map_err(|e| anyhow::anyhow!("--field {f}: {e}"))?,
         }
     }
+    let conversation = match format {
+        Format::Limo => None,
+        _ => {
+            if let Some(q) = &question {
+                columns.instruction = q.clone();
+            }
+            if let Some(a) = &answer {
+                columns.output = a.clone();
+            }
+            Some(ConversationRows { format, columns })
+        }
+    };
     Ok(UserBenchmark {
         path: path.to_path_buf(),
-        question_field: question,
-        answer_field: answer,
+        question_field: question.unwrap_or_else(|| "question".into()),
+        answer_field: answer.unwrap_or_else(|| "answer".into()),
         id_field: id,
+        conversation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(f: &[&str]) -> Vec<String> {
+        f.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn formats_and_fields() {
+        let p = std::path::Path::new("x.jsonl");
+        let limo = user_benchmark(p, None, &fields(&["question=problem", "id=k"])).unwrap();
+        assert_eq!(
+            (limo.question_field.as_str(), limo.answer_field.as_str()),
+            ("problem", "answer")
+        );
+        assert!(limo.conversation.is_none() && limo.id_field.as_deref() == Some("k"));
+        let alpaca = user_benchmark(p, Some("alpaca"), &fields(&["answer=response"])).unwrap();
+        let c = alpaca.conversation.unwrap();
+        assert_eq!(c.format, Format::Alpaca);
+        assert_eq!(
+            (c.columns.instruction.as_str(), c.columns.output.as_str()),
+            ("instruction", "response")
+        );
+        let msgs =
+            user_benchmark(p, Some("messages"), &fields(&["messages=conversations"])).unwrap();
+        assert_eq!(msgs.conversation.unwrap().columns.messages, "conversations");
+
+        let err = |format: Option<&str>, f: &[&str]| {
+            user_benchmark(p, format, &fields(f))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(Some("sharegpt"), &[]).contains("--format sharegpt: unknown format"));
+        assert!(err(Some("tokenized"), &[]).contains("no question text"));
+        assert!(err(Some("messages"), &["question=q"]).contains("messages list"));
+        assert!(err(None, &["messages=m"]).contains("the roles are"));
+        assert!(err(Some("alpaca"), &["bogus=x"]).contains("unknown column key"));
+        // Each is one line: main prints it after "error: ".
+        assert!(!err(Some("tokenized"), &[]).contains('\n'));
+    }
 }

@@ -23,11 +23,90 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use limo_data::config::{Columns, Format};
+use limo_data::format::{parse_record, Role};
 use limo_data::hub::{resolve_data_files, HubSettings};
 use limo_data::reader::{read_records, FileKind};
 use serde_json::{Map, Value};
 
-use crate::grader::value_text;
+use crate::grader::{extract_answer, value_text};
+
+/// A user's rows in one of the conversation formats of limo's training data (`limo eval
+/// --format alpaca|messages`): the last user turn before the final assistant turn is the
+/// question, the final assistant turn the reference answer (its last `\boxed{}` when it has
+/// one, else the whole turn). Columns are named as in `limo train`'s `data.columns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRows {
+    pub format: Format,
+    pub columns: Columns,
+}
+
+impl ConversationRows {
+    /// The question and reference answer of one row, or what is wrong with it.
+    fn question_answer(
+        &self,
+        obj: &Map<String, Value>,
+    ) -> std::result::Result<(String, String), String> {
+        let record = Value::Object(obj.clone());
+        let conv =
+            parse_record(&record, self.format, &self.columns).map_err(|e| match e.field {
+                Some(f) => format!("{f}: {}", e.message),
+                None => e.message,
+            })?;
+        let (reply, before) = conv
+            .turns
+            .split_last()
+            .ok_or_else(|| "no assistant turn".to_string())?;
+        let question = before
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .ok_or_else(|| "no user turn before the last assistant turn".to_string())?;
+        let answer =
+            extract_answer(&reply.content).unwrap_or_else(|| reply.content.trim().to_string());
+        if answer.is_empty() {
+            return Err("empty reference answer (the last assistant turn)".into());
+        }
+        Ok((question, answer))
+    }
+}
+
+/// How the rows of a user's benchmark give their question and reference answer.
+#[derive(Debug, Clone, Copy)]
+pub enum RowsAs<'a> {
+    /// Two fields (LIMO's test files; `limo eval --format limo`, the default).
+    Fields { question: &'a str, answer: &'a str },
+    /// A conversation ([`ConversationRows`]).
+    Conversation(&'a ConversationRows),
+}
+
+impl RowsAs<'_> {
+    /// The question and answer of `obj`, errors prefixed with `at` (file and line or row).
+    fn question_answer(
+        &self,
+        obj: &Map<String, Value>,
+        origin: &str,
+        line_no: usize,
+        at: &str,
+    ) -> Result<(String, String)> {
+        match self {
+            RowsAs::Fields { question, answer } => {
+                let q = question_text(obj, question, origin, line_no)?;
+                let a = obj.get(*answer).map(value_text);
+                match a {
+                    None => bail!("{at}: no field {answer:?}"),
+                    Some(a) if a.is_empty() => {
+                        bail!("{at}: no reference answer ({answer:?} is empty)")
+                    }
+                    Some(a) => Ok((q, a)),
+                }
+            }
+            RowsAs::Conversation(c) => c.question_answer(obj).map_err(|e| anyhow!("{at}: {e}")),
+        }
+    }
+}
 
 /// The benchmarks' short names, in LIMO's table order.
 pub const NAMES: [&str; 9] = [
@@ -214,6 +293,15 @@ pub fn load_file(
     answer_field: &str,
     id_field: Option<&str>,
 ) -> Result<Vec<Problem>> {
+    let rows = RowsAs::Fields {
+        question: question_field,
+        answer: answer_field,
+    };
+    load_file_as(path, rows, id_field)
+}
+
+/// [`load_file`] with the rows read as `rows_as` says.
+pub fn load_file_as(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let origin = path.display().to_string();
@@ -223,14 +311,8 @@ pub fn load_file(
         .unwrap_or_default();
     let mut problems = Vec::new();
     for (row, (line_no, obj)) in rows(&text, &origin)?.into_iter().enumerate() {
-        let question = question_text(&obj, question_field, &origin, line_no)?;
-        let answer = match obj.get(answer_field) {
-            None => bail!("{origin}: line {line_no}: no field {answer_field:?}"),
-            Some(v) => value_text(v),
-        };
-        if answer.is_empty() {
-            bail!("{origin}: line {line_no}: no reference answer ({answer_field:?} is empty)");
-        }
+        let at = format!("{origin}: line {line_no}");
+        let (question, answer) = rows_as.question_answer(&obj, &origin, line_no, &at)?;
         let id = match id_field {
             Some(f) => id_text(&obj, f, &origin, line_no)?,
             None => row.to_string(),
@@ -258,9 +340,18 @@ pub fn load_data(
     answer_field: &str,
     id_field: Option<&str>,
 ) -> Result<Vec<Problem>> {
+    let rows = RowsAs::Fields {
+        question: question_field,
+        answer: answer_field,
+    };
+    load_data_as(spec, rows, id_field)
+}
+
+/// [`load_data`] with the rows read as `rows_as` says (`limo eval --format`).
+pub fn load_data_as(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
     let path = Path::new(spec);
     if path.is_file() && FileKind::from_path(path) == Some(FileKind::Jsonl) {
-        return load_file(path, question_field, answer_field, id_field);
+        return load_file_as(path, rows_as, id_field);
     }
     let files = resolve_data_files(spec, &HubSettings::from_env()).map_err(|e| anyhow!("{e}"))?;
     let benchmark = path
@@ -277,14 +368,8 @@ pub fn load_data(
                 Ok(_) => bail!("{}: not a JSON object", record.location),
                 Err(e) => bail!("{}: {}", record.location, e.message),
             };
-            let question = question_text(&obj, question_field, &origin, row)?;
-            let answer = obj.get(answer_field).map(value_text).unwrap_or_default();
-            if answer.is_empty() {
-                bail!(
-                    "{}: no reference answer ({answer_field:?})",
-                    record.location
-                );
-            }
+            let at = record.location.to_string();
+            let (question, answer) = rows_as.question_answer(&obj, &origin, row, &at)?;
             let id = match id_field {
                 Some(f) => id_text(&obj, f, &origin, row)?,
                 None => problems.len().to_string(),
@@ -335,5 +420,60 @@ fn id_text(obj: &Map<String, Value>, field: &str, origin: &str, line_no: usize) 
     match obj.get(field) {
         None | Some(Value::Null) => bail!("{origin}: line {line_no}: no id field {field:?}"),
         Some(v) => Ok(value_text(v)),
+    }
+}
+
+#[cfg(test)]
+mod conversation_tests {
+    use super::*;
+
+    fn rows(format: Format) -> ConversationRows {
+        ConversationRows {
+            format,
+            columns: Columns::default(),
+        }
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn alpaca_and_messages_rows_give_question_and_reference() {
+        let alpaca = rows(Format::Alpaca);
+        let (q, a) = alpaca
+            .question_answer(&obj(serde_json::json!({
+                "instruction": "Add.", "input": "1+1", "output": "So \\boxed{2}."
+            })))
+            .unwrap();
+        assert_eq!((q.as_str(), a.as_str()), ("Add.\n1+1", "2"));
+        let (_, a) = alpaca
+            .question_answer(&obj(
+                serde_json::json!({"instruction": "x", "output": " 7 "}),
+            ))
+            .unwrap();
+        assert_eq!(a, "7", "no boxed answer: the whole output");
+
+        let messages = rows(Format::Messages);
+        let conv = serde_json::json!({"messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": " What is 2+2? "},
+            {"role": "assistant", "content": "It is \\boxed{4}"}
+        ]});
+        let (q, a) = messages.question_answer(&obj(conv)).unwrap();
+        assert_eq!((q.as_str(), a.as_str()), ("What is 2+2?", "4"));
+
+        let err = alpaca
+            .question_answer(&obj(serde_json::json!({"instruction": "x"})))
+            .unwrap_err();
+        assert!(err.starts_with("output: missing"), "{err}");
+        let err = messages
+            .question_answer(&obj(serde_json::json!({"messages": [
+                {"role": "assistant", "content": "\\boxed{1}"}
+            ]})))
+            .unwrap_err();
+        assert!(err.contains("no user turn"), "{err}");
     }
 }

@@ -49,6 +49,9 @@ pub struct UserBenchmark {
     pub answer_field: String,
     /// The field that names a problem; its row number when `None`.
     pub id_field: Option<String>,
+    /// Rows in a conversation format of limo's training data (`--format alpaca|messages`)
+    /// instead of the two fields above.
+    pub conversation: Option<crate::benchmarks::ConversationRows>,
 }
 
 #[derive(Debug, Clone)]
@@ -285,10 +288,16 @@ fn load_problems(opts: &EvalOptions) -> anyhow::Result<Vec<Vec<Problem>>> {
         all.push(benchmarks::load(name)?);
     }
     for f in &opts.files {
-        all.push(benchmarks::load_data(
+        let rows_as = match &f.conversation {
+            Some(c) => benchmarks::RowsAs::Conversation(c),
+            None => benchmarks::RowsAs::Fields {
+                question: &f.question_field,
+                answer: &f.answer_field,
+            },
+        };
+        all.push(benchmarks::load_data_as(
             &f.path.to_string_lossy(),
-            &f.question_field,
-            &f.answer_field,
+            rows_as,
             f.id_field.as_deref(),
         )?);
     }

@@ -189,6 +189,7 @@ fn user_files_are_benchmarks() {
         question_field: "q".into(),
         answer_field: "a".into(),
         id_field: Some("name".into()),
+        conversation: None,
     }];
     let summary = run(&opts).unwrap();
     assert_eq!(summary.benchmarks.len(), 1);

@@ -7,18 +7,27 @@
 //! prefill:  x = embed[prompts packed]; per layer: q, k, v = qkv(x); cache += k, v;
 //!           x = output(attention(q, k, v, cu_seqlens))            -> logits of each last token
 //! decode:   x = embed[last tokens]; per layer: q, k, v = qkv(x) at position len(cache);
-//!           cache += k, v; per sequence: softmax(q K^T * scale) V over its cache (GQA groups)
+//!           cache += k, v; decode_attention(q, cache): every sequence over its own cache
 //! ```
 //! The layer's own pieces ([`layer_qkv`], [`layer_output`]) run both, so cached logits equal
 //! the no-cache forward ([`crate::model::next_token_logits`]) to rounding (f64: ~1e-15).
+//!
+//! The cache of a batch is one pool per layer, `[slots, kv_heads, capacity, head_dim]`: each
+//! live sequence owns a slot, a step's new keys and values of all sequences are written with
+//! one [`kv_cache_write`] per layer, and one [`decode_attention`] per layer attends for the
+//! whole batch (on CUDA: the split-K kernels of `kernels/decode_attention.cu`; on the CPU the
+//! reference, sequence by sequence). Prefill attention is [`attention_forward`] (the flash
+//! kernel for bf16 on CUDA). [`KvCache`] is a pool of one slot, for callers that hold one cache
+//! per sequence ([`CachedModel::prefill`], [`CachedModel::decode`]).
 //!
 //! Sampling: temperature 0 is greedy argmax (on the device); otherwise softmax(logits / T)
 //! restricted to the nucleus of top-p mass, drawn from a per-sequence random stream seeded
 //! from the sequence's own seed, so what a sequence generates does not depend on which other
 //! sequences share its batch, nor on their order.
 
-use candle_core::{DType, Tensor, D};
-use limo_ops::{attention_forward, compute_dtype, rms_norm_forward, RopeCache, RopeTables};
+use candle_core::{DType, Device, Tensor, D};
+use limo_ops::decode_attention::{decode_attention, kv_cache_write, kv_cache_zeros, CacheIndex};
+use limo_ops::{attention_forward, rms_norm_forward, RopeCache, RopeTables};
 
 use crate::layer::{layer_output, layer_qkv};
 use crate::{Error, ModelWeights, Qwen2Config, Result};
@@ -26,57 +35,86 @@ use crate::{Error, ModelWeights, Qwen2Config, Result};
 /// Tokens of headroom a cache allocates beyond what it needs when it grows.
 const CACHE_HEADROOM: usize = 64;
 
-/// The past keys and values of one sequence, per layer: RoPE already applied to the keys.
-/// Stored heads-first, `[kv_heads, capacity, head_dim]`, in the model dtype, grown by half
-/// again when full, so appending a token copies only that token.
-pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
+/// The shape and placement of a model's cache rows.
+#[derive(Clone)]
+struct KvShape {
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    device: Device,
 }
 
-struct LayerKv {
-    k: Tensor,
-    v: Tensor,
-    len: usize,
+/// The past keys and values of a set of sequences, per layer: `[slots, kv_heads, capacity,
+/// head_dim]` in the model dtype, RoPE already applied to the keys; slot `s` holds `lens[s]`
+/// tokens. Grown (slots, or capacity by half again) only between forwards, so appending a
+/// token copies only that token.
+struct KvPool {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    lens: Vec<usize>,
+    capacity: usize,
 }
 
-impl KvCache {
-    /// An empty cache for a model of `num_layers` decoder layers.
-    pub fn new(num_layers: usize) -> Self {
+impl KvPool {
+    fn new(num_layers: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
+            lens: Vec::new(),
+            capacity: 0,
         }
     }
 
-    /// Tokens cached (in every layer, between forwards).
-    pub fn len(&self) -> usize {
-        self.layer_len(0)
+    fn slots(&self) -> usize {
+        self.lens.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn layer_len(&self, layer: usize) -> usize {
-        self.layers
-            .get(layer)
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.len)
-    }
-
-    /// Keys and values of layer `layer`, each `[len, kv_heads, head_dim]` (views of the cache);
-    /// `None` while the cache is empty.
-    pub fn layer(&self, layer: usize) -> Result<Option<(Tensor, Tensor)>> {
-        match self.heads_first(layer)? {
-            Some((k, v)) => Ok(Some((k.transpose(0, 1)?, v.transpose(0, 1)?))),
-            None => Ok(None),
+    /// Makes room for `slots` slots of at least `needed` positions. Capacity grows to the
+    /// larger of `needed` plus headroom and half again, but not past `limit` (the most any
+    /// sequence will need) unless `needed` is more.
+    fn reserve(
+        &mut self,
+        shape: &KvShape,
+        slots: usize,
+        needed: usize,
+        limit: usize,
+    ) -> Result<()> {
+        let slots = slots.max(self.slots());
+        let capacity = if needed > self.capacity {
+            (needed + CACHE_HEADROOM)
+                .max(self.capacity + self.capacity / 2)
+                .min(limit.max(needed))
+        } else {
+            self.capacity
+        };
+        if slots == self.slots() && capacity == self.capacity {
+            return Ok(());
         }
+        for layer in &mut self.layers {
+            let (k, v) = kv_cache_zeros(
+                slots,
+                shape.kv_heads,
+                capacity,
+                shape.head_dim,
+                shape.dtype,
+                &shape.device,
+            )?;
+            if let Some((old_k, old_v)) = layer.take() {
+                let old_slots = old_k.dim(0)?;
+                k.narrow(0, 0, old_slots)?.slice_set(&old_k, 2, 0)?;
+                v.narrow(0, 0, old_slots)?.slice_set(&old_v, 2, 0)?;
+            }
+            *layer = Some((k, v));
+        }
+        self.lens.resize(slots, 0);
+        self.capacity = capacity;
+        Ok(())
     }
 
-    /// `[kv_heads, len, head_dim]` views of layer `layer`'s keys and values.
-    fn heads_first(&self, layer: usize) -> Result<Option<(Tensor, Tensor)>> {
+    fn layer(&self, layer: usize) -> Result<&(Tensor, Tensor)> {
         match self.layers.get(layer) {
-            Some(Some(l)) => Ok(Some((l.k.narrow(1, 0, l.len)?, l.v.narrow(1, 0, l.len)?))),
-            Some(None) => Ok(None),
+            Some(Some(kv)) => Ok(kv),
+            Some(None) => Err(Error::Config(format!(
+                "KV cache: layer {layer} is not allocated"
+            ))),
             None => Err(Error::Config(format!(
                 "KV cache: layer {layer} of {}",
                 self.layers.len()
@@ -84,43 +122,125 @@ impl KvCache {
         }
     }
 
-    /// Appends `k`, `v` of `[kv_heads, n, head_dim]` (contiguous) to layer `layer`.
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
-        let (kv_heads, n, head_dim) = k.dims3()?;
-        let slot = &mut self.layers[layer];
-        let len = slot.as_ref().map_or(0, |l| l.len);
-        let capacity = match slot {
-            Some(l) => l.k.dim(1)?,
-            None => 0,
-        };
-        if len + n > capacity {
-            let new_capacity = (len + n + CACHE_HEADROOM).max(capacity + capacity / 2);
-            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-                let fresh = Tensor::zeros(
-                    (kv_heads, new_capacity - len, head_dim),
-                    k.dtype(),
-                    k.device(),
-                )?;
-                Ok(match old {
-                    Some(old) => Tensor::cat(&[&old.narrow(1, 0, len)?, &fresh], 1)?,
-                    None => fresh,
-                })
-            };
-            let (k_buf, v_buf) = (
-                grow(slot.as_ref().map(|l| &l.k))?,
-                grow(slot.as_ref().map(|l| &l.v))?,
-            );
-            *slot = Some(LayerKv {
-                k: k_buf,
-                v: v_buf,
-                len,
-            });
+    /// Writes rows `k`, `v` `[n, kv_heads, head_dim]` of layer `layer` where `at` says.
+    fn write(&self, layer: usize, k: &Tensor, v: &Tensor, at: &CacheIndex) -> Result<()> {
+        let (kc, vc) = self.layer(layer)?;
+        Ok(kv_cache_write(kc, vc, k, v, at)?)
+    }
+
+    /// Attention of `q` `[B, q_heads, head_dim]` over the slots and lengths of `index`.
+    fn attend(&self, layer: usize, q: &Tensor, index: &CacheIndex, scale: f64) -> Result<Tensor> {
+        let (kc, vc) = self.layer(layer)?;
+        Ok(decode_attention(q, kc, vc, index, scale)?)
+    }
+}
+
+/// The past keys and values of one sequence, per layer: RoPE already applied to the keys, in
+/// the model dtype (a pool of one slot, grown by half again when full, so appending a token
+/// copies only that token).
+pub struct KvCache {
+    pool: KvPool,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `num_layers` decoder layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            pool: KvPool::new(num_layers),
         }
-        let l = slot.as_mut().expect("allocated above");
-        l.k.slice_set(&k.contiguous()?, 1, len)?;
-        l.v.slice_set(&v.contiguous()?, 1, len)?;
-        l.len = len + n;
+    }
+
+    /// Tokens cached (in every layer, between forwards).
+    pub fn len(&self) -> usize {
+        self.pool.lens.first().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keys and values of layer `layer`, each `[len, kv_heads, head_dim]` (views of the cache);
+    /// `None` while the cache is empty.
+    pub fn layer(&self, layer: usize) -> Result<Option<(Tensor, Tensor)>> {
+        if layer >= self.pool.layers.len() {
+            return Err(Error::Config(format!(
+                "KV cache: layer {layer} of {}",
+                self.pool.layers.len()
+            )));
+        }
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let (k, v) = self.pool.layer(layer)?;
+        let view = |t: &Tensor| t.get(0)?.narrow(1, 0, self.len())?.transpose(0, 1);
+        Ok(Some((view(k)?, view(v)?)))
+    }
+}
+
+/// Where a forward's keys and values go: one cache per sequence, or slots of one pool.
+enum Caches<'c, 'k> {
+    Each(&'c mut [&'k mut KvCache]),
+    Pool {
+        pool: &'c mut KvPool,
+        slots: &'c [usize],
+        /// The most positions any of these sequences will need (capacity growth stops there).
+        limit: usize,
+    },
+}
+
+impl Caches<'_, '_> {
+    fn count(&self) -> usize {
+        match self {
+            Caches::Each(c) => c.len(),
+            Caches::Pool { slots, .. } => slots.len(),
+        }
+    }
+
+    /// Cached tokens of sequence `i`.
+    fn len(&self, i: usize) -> usize {
+        match self {
+            Caches::Each(c) => c[i].len(),
+            Caches::Pool { pool, slots, .. } => pool.lens.get(slots[i]).copied().unwrap_or(0),
+        }
+    }
+
+    /// Room for `new[i]` more tokens in sequence `i`'s cache.
+    fn reserve(&mut self, shape: &KvShape, new: &[usize]) -> Result<()> {
+        match self {
+            Caches::Each(caches) => {
+                for (c, &n) in caches.iter_mut().zip(new) {
+                    let needed = c.len() + n;
+                    c.pool.reserve(shape, 1, needed, usize::MAX)?;
+                }
+            }
+            Caches::Pool { pool, slots, limit } => {
+                let needed = slots
+                    .iter()
+                    .zip(new)
+                    .map(|(&s, &n)| pool.lens.get(s).copied().unwrap_or(0) + n)
+                    .max()
+                    .unwrap_or(0);
+                let count = slots.iter().max().map_or(0, |&s| s + 1);
+                pool.reserve(shape, count, needed, *limit)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Counts `new[i]` more tokens in sequence `i`'s cache (after every layer wrote them).
+    fn advance(&mut self, new: &[usize]) {
+        match self {
+            Caches::Each(caches) => {
+                for (c, &n) in caches.iter_mut().zip(new) {
+                    c.pool.lens[0] += n;
+                }
+            }
+            Caches::Pool { pool, slots, .. } => {
+                for (&s, &n) in slots.iter().zip(new) {
+                    pool.lens[s] += n;
+                }
+            }
+        }
     }
 }
 
@@ -175,6 +295,7 @@ pub struct CachedModel<'a> {
     config: &'a Qwen2Config,
     weights: &'a ModelWeights,
     rope: RopeCache,
+    shape: KvShape,
 }
 
 impl<'a> CachedModel<'a> {
@@ -185,10 +306,17 @@ impl<'a> CachedModel<'a> {
             weights.embed.dtype(),
             weights.embed.device(),
         );
+        let shape = KvShape {
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+            dtype: weights.embed.dtype(),
+            device: weights.embed.device().clone(),
+        };
         Self {
             config,
             weights,
             rope,
+            shape,
         }
     }
 
@@ -221,19 +349,42 @@ impl<'a> CachedModel<'a> {
     /// caches (which must be empty), and returns the logits `[B, vocab]` of the token after
     /// each prompt.
     pub fn prefill(&self, prompts: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        if prompts.is_empty() || prompts.len() != caches.len() {
+        if prompts.len() != caches.len() {
             return Err(Error::Config(format!(
                 "prefill: {} prompts and {} caches",
                 prompts.len(),
                 caches.len()
             )));
         }
+        self.prefill_into(prompts, Caches::Each(caches))
+    }
+
+    /// One decode step: `tokens[i]` is the next token of the sequence cached in `caches[i]`
+    /// (at position `caches[i].len()`); appends its keys and values and returns the logits
+    /// `[B, vocab]` of the token after it.
+    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() {
+            return Err(Error::Config(format!(
+                "decode: {} tokens and {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        self.decode_into(tokens, Caches::Each(caches))
+    }
+
+    fn prefill_into(&self, prompts: &[&[u32]], mut caches: Caches) -> Result<Tensor> {
+        if prompts.is_empty() {
+            return Err(Error::Config("prefill: no prompts".into()));
+        }
         if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
             return Err(Error::Config(format!("prefill: prompt {i} is empty")));
         }
-        if caches.iter().any(|c| !c.is_empty()) {
+        if (0..caches.count()).any(|i| caches.len(i) != 0) {
             return Err(Error::Config("prefill: the caches must be empty".into()));
         }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        caches.reserve(&self.shape, &lens)?;
         let mut cu_seqlens = vec![0];
         let mut positions = Vec::new();
         let mut ids = Vec::new();
@@ -242,64 +393,100 @@ impl<'a> CachedModel<'a> {
             positions.extend(0..p.len() as u32);
             cu_seqlens.push(ids.len());
         }
+        let device = self.weights.embed.device();
+        // Where each prompt token's keys and values go: (slot, position).
+        let writes: Vec<CacheIndex> = match &caches {
+            Caches::Each(_) => lens
+                .iter()
+                .map(|&n| CacheIndex::new(&vec![0; n], &(0..n).collect::<Vec<_>>(), device))
+                .collect::<candle_core::Result<_>>()?,
+            Caches::Pool { slots, .. } => {
+                let token_slots: Vec<usize> = slots
+                    .iter()
+                    .zip(&lens)
+                    .flat_map(|(&s, &n)| std::iter::repeat_n(s, n))
+                    .collect();
+                let token_pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
+                vec![CacheIndex::new(&token_slots, &token_pos, device)?]
+            }
+        };
         let rope = self.rope.tables(&positions)?;
         let mut x = self.embed(&ids)?;
         for (l, w) in self.weights.layers.iter().enumerate() {
             let (q, k, v) = layer_qkv(w, &x, self.config, &rope)?;
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let (start, len) = (cu_seqlens[i], cu_seqlens[i + 1] - cu_seqlens[i]);
-                let heads_first = |t: &Tensor| t.narrow(0, start, len)?.transpose(0, 1);
-                cache.append(l, &heads_first(&k)?, &heads_first(&v)?)?;
+            match &caches {
+                Caches::Each(each) => {
+                    for (i, cache) in each.iter().enumerate() {
+                        let (start, len) = (cu_seqlens[i], lens[i]);
+                        let (ki, vi) = (k.narrow(0, start, len)?, v.narrow(0, start, len)?);
+                        cache.pool.write(l, &ki, &vi, &writes[i])?;
+                    }
+                }
+                Caches::Pool { pool, .. } => pool.write(l, &k, &v, &writes[0])?,
             }
             let (attn, _) = attention_forward(&q, &k, &v, &cu_seqlens, self.scale())?;
             x = layer_output(w, &x, &attn, self.config)?;
         }
+        caches.advance(&lens);
         let last: Vec<u32> = cu_seqlens[1..].iter().map(|&e| e as u32 - 1).collect();
         let last = Tensor::from_slice(&last, last.len(), x.device())?;
         self.logits(&x.index_select(&last, 0)?)
     }
 
-    /// One decode step: `tokens[i]` is the next token of the sequence cached in `caches[i]`
-    /// (at position `caches[i].len()`); appends its keys and values and returns the logits
-    /// `[B, vocab]` of the token after it.
-    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        if tokens.is_empty() || tokens.len() != caches.len() {
-            return Err(Error::Config(format!(
-                "decode: {} tokens and {} caches",
-                tokens.len(),
-                caches.len()
-            )));
+    fn decode_into(&self, tokens: &[u32], mut caches: Caches) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(Error::Config("decode: no tokens".into()));
         }
         let cfg = self.config;
-        let (kv_heads, head_dim) = (cfg.num_key_value_heads, cfg.head_dim);
-        let group = cfg.num_attention_heads / kv_heads;
-        let positions: Vec<u32> = caches.iter().map(|c| c.len() as u32).collect();
+        let b = tokens.len();
+        let lens: Vec<usize> = (0..b).map(|i| caches.len(i)).collect();
+        if let Some(i) = lens.iter().position(|&n| n == 0) {
+            return Err(Error::Config(format!(
+                "decode: sequence {i} has an empty cache (prefill it first)"
+            )));
+        }
+        caches.reserve(&self.shape, &vec![1; b])?;
+        let positions: Vec<u32> = lens.iter().map(|&n| n as u32).collect();
+        let device = self.weights.embed.device();
+        let after: Vec<usize> = lens.iter().map(|n| n + 1).collect();
+        // (slot, position) of each new row and (slot, keys) of each query, uploaded once for
+        // all layers.
+        let (writes, reads) = match &caches {
+            Caches::Each(_) => {
+                let write = |i: usize| CacheIndex::new(&[0], &[lens[i]], device);
+                let read = |i: usize| CacheIndex::new(&[0], &[after[i]], device);
+                (
+                    (0..b).map(write).collect::<candle_core::Result<Vec<_>>>()?,
+                    (0..b).map(read).collect::<candle_core::Result<Vec<_>>>()?,
+                )
+            }
+            Caches::Pool { slots, .. } => (
+                vec![CacheIndex::new(slots, &lens, device)?],
+                vec![CacheIndex::new(slots, &after, device)?],
+            ),
+        };
         let rope: RopeTables = self.rope.tables(&positions)?;
         let mut x = self.embed(tokens)?;
         for (l, w) in self.weights.layers.iter().enumerate() {
             let (q, k, v) = layer_qkv(w, &x, cfg, &rope)?;
-            let compute = compute_dtype(q.dtype());
-            let mut outs = Vec::with_capacity(tokens.len());
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let heads_first = |t: &Tensor| t.narrow(0, i, 1)?.transpose(0, 1);
-                cache.append(l, &heads_first(&k)?, &heads_first(&v)?)?;
-                let (keys, values) = cache.heads_first(l)?.expect("appended above");
-                // [kv_heads, group, d]: query head h reads kv head h / group.
-                let qi = q
-                    .narrow(0, i, 1)?
-                    .reshape((kv_heads, group, head_dim))?
-                    .to_dtype(compute)?;
-                let scores = (qi.matmul(&keys.to_dtype(compute)?.t()?)? * self.scale())?;
-                let max = scores.max_keepdim(D::Minus1)?;
-                let sum = scores.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
-                let lse = (max + sum.log()?)?;
-                let probs = scores.broadcast_sub(&lse)?.exp()?;
-                let out = probs.matmul(&values.to_dtype(compute)?)?;
-                outs.push(out.reshape((1, cfg.num_attention_heads, head_dim))?);
-            }
-            let attn = Tensor::cat(&outs, 0)?.to_dtype(q.dtype())?;
+            let attn = match &caches {
+                Caches::Each(each) => {
+                    let mut outs = Vec::with_capacity(b);
+                    for (i, cache) in each.iter().enumerate() {
+                        let row = |t: &Tensor| t.narrow(0, i, 1);
+                        cache.pool.write(l, &row(&k)?, &row(&v)?, &writes[i])?;
+                        outs.push(cache.pool.attend(l, &row(&q)?, &reads[i], self.scale())?);
+                    }
+                    Tensor::cat(&outs, 0)?
+                }
+                Caches::Pool { pool, .. } => {
+                    pool.write(l, &k, &v, &writes[0])?;
+                    pool.attend(l, &q, &reads[0], self.scale())?
+                }
+            };
             x = layer_output(w, &x, &attn, cfg)?;
         }
+        caches.advance(&vec![1; b]);
         self.logits(&x)
     }
 }
@@ -429,7 +616,10 @@ struct Request {
 
 struct Sequence {
     key: usize,
-    cache: KvCache,
+    /// Its slot of the generator's cache pool.
+    slot: usize,
+    /// Prompt tokens plus `max_new_tokens`: the most cache positions it can need.
+    limit: usize,
     rng: Rng,
     ids: Vec<u32>,
 }
@@ -445,6 +635,9 @@ pub struct Generator<'a> {
     sampling: Sampling,
     pending: Vec<Request>,
     live: Vec<Sequence>,
+    /// The caches of all sequences, one slot each; finished sequences return their slot.
+    pool: KvPool,
+    free_slots: Vec<usize>,
 }
 
 impl<'a> Generator<'a> {
@@ -463,6 +656,8 @@ impl<'a> Generator<'a> {
             sampling,
             pending: Vec::new(),
             live: Vec::new(),
+            pool: KvPool::new(config.num_hidden_layers),
+            free_slots: Vec::new(),
         })
     }
 
@@ -489,7 +684,7 @@ impl<'a> Generator<'a> {
     /// `(key, result)` of the sequences that finished.
     pub fn step(&mut self) -> Result<Vec<(usize, Generated)>> {
         let mut finished = Vec::new();
-        let mut live = std::mem::take(&mut self.live);
+        let live = std::mem::take(&mut self.live);
         let requests = std::mem::take(&mut self.pending);
         if !requests.is_empty() && self.max_new_tokens == 0 {
             finished.extend(requests.into_iter().map(|r| {
@@ -500,18 +695,42 @@ impl<'a> Generator<'a> {
                 (r.key, empty)
             }));
         } else if !requests.is_empty() {
-            let mut fresh: Vec<Sequence> = requests
+            // New slots after the free ones, lowest first, so the pool grows only when the
+            // batch does.
+            self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
+            let mut next_slot = self.pool.slots();
+            let fresh: Vec<Sequence> = requests
                 .iter()
                 .map(|r| Sequence {
                     key: r.key,
-                    cache: self.model.new_cache(),
+                    slot: self.free_slots.pop().unwrap_or_else(|| {
+                        next_slot += 1;
+                        next_slot - 1
+                    }),
+                    limit: r.prompt.len() + self.max_new_tokens,
                     rng: Rng(r.seed),
                     ids: Vec::new(),
                 })
                 .collect();
             let prompts: Vec<&[u32]> = requests.iter().map(|r| r.prompt.as_slice()).collect();
-            let mut caches: Vec<&mut KvCache> = fresh.iter_mut().map(|s| &mut s.cache).collect();
-            let logits = self.model.prefill(&prompts, &mut caches)?;
+            let slots: Vec<usize> = fresh.iter().map(|s| s.slot).collect();
+            let limit = fresh.iter().chain(&live).map(|s| s.limit).max();
+            let caches = Caches::Pool {
+                pool: &mut self.pool,
+                slots: &slots,
+                limit: limit.unwrap_or(0),
+            };
+            let logits = self.model.prefill_into(&prompts, caches);
+            let logits = match logits {
+                Ok(l) => l,
+                Err(e) => {
+                    // The slots stay usable for later requests.
+                    for s in &fresh {
+                        self.pool_release(s.slot);
+                    }
+                    return Err(e);
+                }
+            };
             self.advance(fresh, &logits, &mut finished)?;
         }
         if !live.is_empty() {
@@ -519,11 +738,25 @@ impl<'a> Generator<'a> {
                 .iter()
                 .map(|s| *s.ids.last().expect("live sequences have a token"))
                 .collect();
-            let mut caches: Vec<&mut KvCache> = live.iter_mut().map(|s| &mut s.cache).collect();
-            let logits = self.model.decode(&tokens, &mut caches)?;
+            let slots: Vec<usize> = live.iter().map(|s| s.slot).collect();
+            let limit = live.iter().map(|s| s.limit).max().unwrap_or(0);
+            let caches = Caches::Pool {
+                pool: &mut self.pool,
+                slots: &slots,
+                limit,
+            };
+            let logits = self.model.decode_into(&tokens, caches)?;
             self.advance(live, &logits, &mut finished)?;
         }
         Ok(finished)
+    }
+
+    /// Returns a finished sequence's slot to the pool.
+    fn pool_release(&mut self, slot: usize) {
+        if let Some(len) = self.pool.lens.get_mut(slot) {
+            *len = 0;
+        }
+        self.free_slots.push(slot);
     }
 
     /// Appends the chosen token of each sequence; moves finished ones to `finished`.
@@ -537,6 +770,7 @@ impl<'a> Generator<'a> {
         let next = choose(logits, &self.sampling, &mut rngs)?;
         for (mut s, token) in seqs.into_iter().zip(next) {
             if self.stop_ids.contains(&token) {
+                self.pool_release(s.slot);
                 finished.push((
                     s.key,
                     Generated {
@@ -548,6 +782,7 @@ impl<'a> Generator<'a> {
             }
             s.ids.push(token);
             if s.ids.len() >= self.max_new_tokens {
+                self.pool_release(s.slot);
                 finished.push((
                     s.key,
                     Generated {
@@ -655,6 +890,50 @@ mod tests {
                 assert!((got as usize) < vocab);
             }
         }
+    }
+
+    /// A sequence that joins after another finished reuses its slot, over the stale (longer)
+    /// keys and values left there, and still decodes exactly as it does alone.
+    #[test]
+    fn reused_slots_decode_like_fresh_ones() {
+        let config = serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 97, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+            "tie_word_embeddings": false, "initializer_range": 0.3
+        });
+        let dir = tempfile::tempdir().unwrap();
+        crate::init::write_random_checkpoint(dir.path(), &config, DType::F64, 3, usize::MAX)
+            .unwrap();
+        let (cfg, w) =
+            crate::checkpoint::load_checkpoint(dir.path(), DType::F64, &Device::Cpu).unwrap();
+        let long: Vec<u32> = (0..40).map(|i| (i * 7 % 97) as u32).collect();
+        let short = vec![5u32, 9, 2];
+        let alone = generate(
+            &cfg,
+            &w,
+            std::slice::from_ref(&short),
+            6,
+            &[],
+            Sampling::greedy(),
+        )
+        .unwrap();
+
+        let mut g = Generator::new(&cfg, &w, 6, &[], Sampling::greedy()).unwrap();
+        g.add(0, long, 0).unwrap();
+        g.add(1, vec![1, 2], 0).unwrap();
+        let mut results = std::collections::HashMap::new();
+        while results.len() < 2 {
+            results.extend(g.step().unwrap());
+        }
+        // Both slots are free now; the short prompt takes slot 0, which held 45 positions.
+        assert_eq!(g.free_slots.len(), 2);
+        g.add(2, short, 0).unwrap();
+        while !g.is_empty() {
+            results.extend(g.step().unwrap());
+        }
+        assert_eq!(g.pool.slots(), 2, "no new slot for the third sequence");
+        assert_eq!(results[&2], alone[0]);
     }
 
     #[test]

@@ -179,6 +179,7 @@ fn run_all(reference: &Device, test: &Device, opts: &Options) -> Result<Vec<Chec
     for &dtype in &opts.dtypes {
         norm_rope_swiglu(&mut checks, reference, test, opts, dtype)?;
         attention(&mut checks, reference, test, opts, dtype)?;
+        decode(&mut checks, reference, test, opts, dtype)?;
         losses(&mut checks, reference, test, opts, dtype)?;
     }
     adamw(&mut checks, reference, test, opts)?;
@@ -359,6 +360,65 @@ fn attention(
     Ok(())
 }
 
+/// Decode attention over a KV cache pool, after the step's new rows were appended: the cache
+/// write must be exact, the attention within the dtype's tolerance. Sequences sit in permuted
+/// slots with lengths of one key, around the kernel's 256-key splits and long caches.
+fn decode(
+    c: &mut Checks,
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    dtype: DType,
+) -> Result<()> {
+    use crate::decode_attention::{decode_attention, kv_cache_write, CacheIndex};
+    let tol = tolerance(dtype);
+    let s = opts.seed * 1000 + 150;
+    // (q heads, kv heads, head_dim, capacity, (slot, length) per sequence)
+    let mut shapes = vec![
+        (40, 8, 128, 1024, vec![(2, 1), (0, 300), (3, 1024), (1, 17)]),
+        (12, 2, 128, 2048, vec![(1, 2048), (0, 5), (2, 257)]),
+        (14, 2, 64, 600, vec![(0, 100), (1, 513)]),
+    ];
+    if opts.large {
+        shapes.push((40, 8, 128, 16384, vec![(1, 16384), (0, 3000)]));
+        let many: Vec<(usize, usize)> = (0..32).map(|i| ((i * 7) % 32, 1000 + 37 * i)).collect();
+        shapes.push((12, 2, 128, 2200, many));
+    }
+    for (q_heads, kv_heads, head_dim, cap, seqs) in shapes {
+        let slots = seqs.iter().map(|&(s, _)| s + 1).max().unwrap_or(1);
+        let b = seqs.len();
+        let input = |shape: &[usize], seed: u64| -> Result<Tensor> {
+            random(shape, s + seed, 1.0)?.to_dtype(dtype)
+        };
+        let kc = input(&[slots, kv_heads, cap, head_dim], 1)?;
+        let vc = input(&[slots, kv_heads, cap, head_dim], 2)?;
+        let q = input(&[b, q_heads, head_dim], 3)?;
+        let k_new = input(&[b, kv_heads, head_dim], 4)?;
+        let v_new = input(&[b, kv_heads, head_dim], 5)?;
+        let seq_slots: Vec<usize> = seqs.iter().map(|&(s, _)| s).collect();
+        let lens: Vec<usize> = seqs.iter().map(|&(_, l)| l).collect();
+        let positions: Vec<usize> = lens.iter().map(|l| l - 1).collect();
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let outputs = both(&["out", "k_cache", "v_cache"], reference, test, |d| {
+            // Fresh copies: the write is in place and must not reach the shared inputs.
+            let (kc, vc) = (kc.to_device(d)?.copy()?, vc.to_device(d)?.copy()?);
+            let at = CacheIndex::new(&seq_slots, &positions, d)?;
+            kv_cache_write(&kc, &vc, &k_new.to_device(d)?, &v_new.to_device(d)?, &at)?;
+            let index = CacheIndex::new(&seq_slots, &lens, d)?;
+            let out = decode_attention(&q.to_device(d)?, &kc, &vc, &index, scale)?;
+            Ok(vec![out, kc, vc])
+        })?;
+        let (kmax, kmin) = (lens.iter().max(), lens.iter().min());
+        let shape = format!(
+            "{b} seqs of {}..{} keys, {q_heads}/{kv_heads}x{head_dim}",
+            kmin.unwrap_or(&0),
+            kmax.unwrap_or(&0)
+        );
+        c.push("decode_attention", shape, dtype, tol, outputs)?;
+    }
+    Ok(())
+}
+
 /// Targets for `n` tokens: every fifth ignored, the rest spread over the vocabulary (the last
 /// token id included).
 fn targets(n: usize, vocab: usize) -> Vec<i64> {
@@ -531,7 +591,7 @@ mod tests {
         };
         let checks = crosscheck(&Device::Cpu, &Device::Cpu, &opts).unwrap();
         let ops: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.op.as_str()).collect();
-        assert_eq!(ops.len(), 7, "{ops:?}");
+        assert_eq!(ops.len(), 8, "{ops:?}");
         for dtype in [DType::F32, DType::BF16] {
             assert!(checks.iter().filter(|c| c.dtype == dtype).count() >= 40);
         }

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod crosscheck;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod decode_attention;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;

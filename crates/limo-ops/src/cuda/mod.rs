@@ -31,6 +31,7 @@
 
 pub mod adamw;
 pub mod cross_entropy;
+pub mod decode_attention;
 pub mod offload;
 pub mod rms_norm;
 pub mod rope;

@@ -1,0 +1,389 @@
+//! Decode attention: the newest token of each sequence attends to that sequence's KV cache,
+//! for a whole batch of sequences at once (the decode step of generation).
+//!
+//! The cache of one layer is a pair of tensors `[slots, kv_heads, capacity, head_dim]`: every
+//! sequence being generated owns a slot, and its keys and values (RoPE already applied to the
+//! keys) fill positions `0..len` of it. Appending a step's new rows is one call of
+//! [`kv_cache_write`] whatever the batch; the attention reads each sequence's prefix in place.
+//!
+//! Contract (the CUDA kernels in `kernels/decode_attention.cu` implement the same):
+//! `q` `[B, q_heads, head_dim]`; query row `b` attends to the first `lens[b]` positions of slot
+//! `slots[b]` (`1 <= lens[b] <= capacity`, its own key included); query head `h` reads kv head
+//! `h / (q_heads / kv_heads)` (GQA). The output is `[B, q_heads, head_dim]` in `q`'s dtype;
+//! half-precision inputs are computed in f32. The CPU form here is candle tensor ops, one
+//! sequence at a time: the reference the kernels are checked against (`limo doctor`), and what
+//! CPU generation runs.
+
+use std::collections::HashSet;
+
+use candle_core::{bail, DType, Device, Result, Tensor, D};
+
+use crate::compute_dtype;
+
+/// One `(slot, n)` pair per row of a batch, on the host and uploaded once (the kernels read the
+/// device copy), so that every layer of a decode step shares one upload. For
+/// [`decode_attention`] `n` is the number of cached keys the row attends to; for
+/// [`kv_cache_write`] it is the position the row is written at.
+#[derive(Debug, Clone)]
+pub struct CacheIndex {
+    slots: Vec<usize>,
+    values: Vec<usize>,
+    /// `[slots | values]` as u32 on the device of the cache (what the kernels take as int32).
+    table: Tensor,
+}
+
+impl CacheIndex {
+    /// `slots[i]` and `values[i]` of row `i`; `device` is the cache's.
+    pub fn new(slots: &[usize], values: &[usize], device: &Device) -> Result<Self> {
+        if slots.len() != values.len() || slots.is_empty() {
+            bail!(
+                "cache index: {} slots and {} values (need as many, at least one)",
+                slots.len(),
+                values.len()
+            );
+        }
+        let as_u32 = |x: usize| match i32::try_from(x) {
+            Ok(v) => Ok(v as u32),
+            Err(_) => bail!("cache index: {x} does not fit the kernels' int32"),
+        };
+        let table: Vec<u32> = slots
+            .iter()
+            .chain(values)
+            .map(|&x| as_u32(x))
+            .collect::<Result<_>>()?;
+        let len = table.len();
+        Ok(Self {
+            slots: slots.to_vec(),
+            values: values.to_vec(),
+            table: Tensor::from_vec(table, len, device)?,
+        })
+    }
+
+    /// Rows of the batch.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn slots(&self) -> &[usize] {
+        &self.slots
+    }
+
+    pub fn values(&self) -> &[usize] {
+        &self.values
+    }
+
+    /// The uploaded `[slots | values]` table.
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+}
+
+/// `(slots, kv_heads, capacity, head_dim)` of a cache pair, checked to agree.
+fn cache_dims(k_cache: &Tensor, v_cache: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let dims = match k_cache.dims() {
+        &[s, h, c, d] => (s, h, c, d),
+        other => bail!("KV cache: expected [slots, kv_heads, capacity, head_dim], got {other:?}"),
+    };
+    if v_cache.dims() != k_cache.dims() || v_cache.dtype() != k_cache.dtype() {
+        bail!(
+            "KV cache: values {:?} {:?} differ from keys {:?} {:?}",
+            v_cache.dims(),
+            v_cache.dtype(),
+            k_cache.dims(),
+            k_cache.dtype()
+        );
+    }
+    if !k_cache.device().same_device(v_cache.device()) {
+        bail!("KV cache: keys and values are on different devices");
+    }
+    Ok(dims)
+}
+
+/// Writes row `i` of `k` and `v` (`[n, kv_heads, head_dim]`, the cache's dtype) into the caches
+/// at slot `at.slots()[i]`, position `at.values()[i]`, in place. The caches must be contiguous
+/// and every `(slot, position)` distinct.
+pub fn kv_cache_write(
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    at: &CacheIndex,
+) -> Result<()> {
+    let (slots, kv_heads, cap, head_dim) = cache_dims(k_cache, v_cache)?;
+    let n = at.len();
+    for (name, t) in [("keys", k), ("values", v)] {
+        if t.dims() != [n, kv_heads, head_dim] || t.dtype() != k_cache.dtype() {
+            bail!(
+                "KV cache write: new {name} {:?} {:?}, expected [{n}, {kv_heads}, {head_dim}] {:?}",
+                t.dims(),
+                t.dtype(),
+                k_cache.dtype()
+            );
+        }
+    }
+    if !k_cache.is_contiguous() || !v_cache.is_contiguous() {
+        bail!("KV cache write: the caches must be contiguous");
+    }
+    let mut seen = HashSet::with_capacity(n);
+    for (&slot, &pos) in at.slots().iter().zip(at.values()) {
+        if slot >= slots || pos >= cap {
+            bail!("KV cache write: (slot {slot}, position {pos}) outside {slots} slots x {cap}");
+        }
+        if !seen.insert((slot, pos)) {
+            bail!("KV cache write: (slot {slot}, position {pos}) written twice");
+        }
+    }
+    #[cfg(feature = "cuda")]
+    if crate::cuda::decode_attention::write_dispatches(k_cache, k) {
+        return crate::cuda::decode_attention::kv_cache_write(k_cache, v_cache, k, v, at);
+    }
+    // Runs of consecutive positions in one slot (a prompt) are copied in one go.
+    let mut i = 0;
+    while i < n {
+        let (slot, pos) = (at.slots()[i], at.values()[i]);
+        let mut run = 1;
+        while i + run < n && at.slots()[i + run] == slot && at.values()[i + run] == pos + run {
+            run += 1;
+        }
+        for (cache, new) in [(k_cache, k), (v_cache, v)] {
+            let rows = new
+                .narrow(0, i, run)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?;
+            cache.narrow(0, slot, 1)?.slice_set(&rows, 2, pos)?;
+        }
+        i += run;
+    }
+    Ok(())
+}
+
+/// Attention of each query row over its slot's cached prefix (see the module documentation):
+/// returns `[B, q_heads, head_dim]` in `q`'s dtype.
+pub fn decode_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    index: &CacheIndex,
+    scale: f64,
+) -> Result<Tensor> {
+    let (slots, kv_heads, cap, head_dim) = cache_dims(k_cache, v_cache)?;
+    let (batch, q_heads, qd) = match q.dims() {
+        &[b, h, d] => (b, h, d),
+        other => bail!("decode attention: q must be [batch, q_heads, head_dim], got {other:?}"),
+    };
+    if qd != head_dim || kv_heads == 0 || q_heads % kv_heads != 0 {
+        bail!(
+            "decode attention: q {:?} does not fit the cache {:?} (head_dim must agree, q_heads \
+             a multiple of kv_heads)",
+            q.dims(),
+            k_cache.dims()
+        );
+    }
+    if q.dtype() != k_cache.dtype() {
+        bail!(
+            "decode attention: q is {:?} but the cache is {:?}",
+            q.dtype(),
+            k_cache.dtype()
+        );
+    }
+    if index.len() != batch {
+        bail!(
+            "decode attention: {} index rows for {batch} queries",
+            index.len()
+        );
+    }
+    for (&slot, &len) in index.slots().iter().zip(index.values()) {
+        if slot >= slots || len == 0 || len > cap {
+            bail!("decode attention: slot {slot} with {len} keys, the cache holds {slots} x {cap}");
+        }
+    }
+    #[cfg(feature = "cuda")]
+    if crate::cuda::decode_attention::dispatches(q, k_cache) {
+        return crate::cuda::decode_attention::decode_attention(q, k_cache, v_cache, index, scale);
+    }
+    let compute = compute_dtype(q.dtype());
+    let group = q_heads / kv_heads;
+    let mut outs = Vec::with_capacity(batch);
+    for (b, (&slot, &len)) in index.slots().iter().zip(index.values()).enumerate() {
+        let keys = k_cache.get(slot)?.narrow(1, 0, len)?;
+        let values = v_cache.get(slot)?.narrow(1, 0, len)?;
+        // [kv_heads, group, d]: query head h reads kv head h / group.
+        let qb = q
+            .narrow(0, b, 1)?
+            .reshape((kv_heads, group, head_dim))?
+            .to_dtype(compute)?;
+        let scores = (qb.matmul(&keys.to_dtype(compute)?.t()?)? * scale)?;
+        let max = scores.max_keepdim(D::Minus1)?;
+        let sum = scores.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
+        let lse = (max + sum.log()?)?;
+        let probs = scores.broadcast_sub(&lse)?.exp()?;
+        let out = probs.matmul(&values.to_dtype(compute)?)?;
+        outs.push(out.reshape((1, q_heads, head_dim))?);
+    }
+    Tensor::cat(&outs, 0)?.to_dtype(q.dtype())
+}
+
+/// An empty (zero) cache pair of `[slots, kv_heads, capacity, head_dim]`.
+pub fn kv_cache_zeros(
+    slots: usize,
+    kv_heads: usize,
+    capacity: usize,
+    head_dim: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let shape = (slots, kv_heads, capacity, head_dim);
+    Ok((
+        Tensor::zeros(shape, dtype, device)?,
+        Tensor::zeros(shape, dtype, device)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention_forward;
+    use crate::testing::{assert_close, rand_tensor};
+
+    /// Decode attention by plain loops in f64, straight from the contract.
+    fn reference(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &[usize], lens: &[usize]) -> Tensor {
+        let (b_n, hq, d) = q.dims3().unwrap();
+        let hkv = kc.dim(1).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let q: Vec<Vec<Vec<f64>>> = q.to_vec3().unwrap();
+        let kc: Vec<Vec<Vec<Vec<f64>>>> = (0..kc.dim(0).unwrap())
+            .map(|s| kc.get(s).unwrap().to_vec3().unwrap())
+            .collect();
+        let vc: Vec<Vec<Vec<Vec<f64>>>> = (0..vc.dim(0).unwrap())
+            .map(|s| vc.get(s).unwrap().to_vec3().unwrap())
+            .collect();
+        let mut out = vec![0.0; b_n * hq * d];
+        for b in 0..b_n {
+            for h in 0..hq {
+                let kh = h / (hq / hkv);
+                let (keys, values) = (&kc[slots[b]][kh], &vc[slots[b]][kh]);
+                let s: Vec<f64> = (0..lens[b])
+                    .map(|j| (0..d).map(|x| q[b][h][x] * keys[j][x]).sum::<f64>() * scale)
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for (j, w) in e.iter().enumerate() {
+                    for x in 0..d {
+                        out[(b * hq + h) * d + x] += w / total * values[j][x];
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (b_n, hq, d), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn equals_a_loop_reference_in_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        for (hq, hkv, d) in [(4, 2, 8), (6, 1, 4), (3, 3, 16)] {
+            let (slots, cap) = (4, 13);
+            let kc = rand_tensor(&[slots, hkv, cap, d], 1, &dev)?;
+            let vc = rand_tensor(&[slots, hkv, cap, d], 2, &dev)?;
+            let q = (rand_tensor(&[3, hq, d], 3, &dev)? * 3.0)?;
+            let (s, l) = ([2, 0, 3], [1, 13, 7]);
+            let index = CacheIndex::new(&s, &l, &dev)?;
+            let out = decode_attention(&q, &kc, &vc, &index, 1.0 / (d as f64).sqrt())?;
+            assert_close(&out, &reference(&q, &kc, &vc, &s, &l), 1e-14, "decode")?;
+            // f32 inputs compute in f32.
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let out32 = decode_attention(&f(&q)?, &f(&kc)?, &f(&vc)?, &index, 0.5)?;
+            assert_eq!(out32.dtype(), DType::F32);
+        }
+        Ok(())
+    }
+
+    /// The last query row of a causal attention over a document equals decode attention over a
+    /// cache holding the document's keys and values (written by `kv_cache_write`), for several
+    /// documents at once, each in its own slot.
+    #[test]
+    fn last_row_of_causal_attention_equals_decode() -> Result<()> {
+        let dev = Device::Cpu;
+        let (hq, hkv, d) = (6, 2, 8);
+        let cu = [0, 5, 6, 17];
+        let n = cu[3];
+        let q = rand_tensor(&[n, hq, d], 4, &dev)?;
+        let k = (rand_tensor(&[n, hkv, d], 5, &dev)? * 2.0)?;
+        let v = rand_tensor(&[n, hkv, d], 6, &dev)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let (full, _) = attention_forward(&q, &k, &v, &cu, scale)?;
+
+        // Documents 0, 1, 2 in slots 1, 2, 0 of a cache with room to spare.
+        let doc_slot = [1, 2, 0];
+        let (kc, vc) = kv_cache_zeros(3, hkv, 20, d, DType::F64, &dev)?;
+        let (mut slots, mut positions) = (Vec::new(), Vec::new());
+        for (i, w) in cu.windows(2).enumerate() {
+            slots.extend(std::iter::repeat_n(doc_slot[i], w[1] - w[0]));
+            positions.extend(0..w[1] - w[0]);
+        }
+        kv_cache_write(
+            &kc,
+            &vc,
+            &k,
+            &v,
+            &CacheIndex::new(&slots, &positions, &dev)?,
+        )?;
+        let last: Vec<usize> = cu[1..].iter().map(|&e| e - 1).collect();
+        let lens: Vec<usize> = cu.windows(2).map(|w| w[1] - w[0]).collect();
+        let rows = Tensor::new(
+            last.iter()
+                .map(|&i| i as u32)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            &dev,
+        )?;
+        let out = decode_attention(
+            &q.index_select(&rows, 0)?,
+            &kc,
+            &vc,
+            &CacheIndex::new(&doc_slot, &lens, &dev)?,
+            scale,
+        )?;
+        assert_close(&out, &full.index_select(&rows, 0)?, 1e-14, "last rows")?;
+        // The cache holds exactly the rows written, zeros elsewhere.
+        let slot0 = kc.get(0)?.narrow(1, 0, 11)?.transpose(0, 1)?;
+        assert_close(&slot0, &k.narrow(0, 6, 11)?, 0.0, "slot 0 keys")?;
+        assert_eq!(
+            kc.get(0)?
+                .narrow(1, 11, 9)?
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f64>()?,
+            0.0
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() -> Result<()> {
+        let dev = Device::Cpu;
+        let (kc, vc) = kv_cache_zeros(2, 1, 4, 8, DType::F64, &dev)?;
+        let q = rand_tensor(&[1, 2, 8], 1, &dev)?;
+        let row = rand_tensor(&[1, 1, 8], 2, &dev)?;
+        let idx = |s: usize, v: usize| CacheIndex::new(&[s], &[v], &dev).unwrap();
+        assert!(decode_attention(&q, &kc, &vc, &idx(2, 1), 1.0).is_err()); // no slot 2
+        assert!(decode_attention(&q, &kc, &vc, &idx(0, 0), 1.0).is_err()); // no keys
+        assert!(decode_attention(&q, &kc, &vc, &idx(0, 5), 1.0).is_err()); // past capacity
+        assert!(decode_attention(&q.narrow(2, 0, 4)?, &kc, &vc, &idx(0, 1), 1.0).is_err());
+        assert!(decode_attention(&q.to_dtype(DType::F32)?, &kc, &vc, &idx(0, 1), 1.0).is_err());
+        assert!(kv_cache_write(&kc, &vc, &row, &row, &idx(0, 4)).is_err());
+        let twice = CacheIndex::new(&[1, 1], &[2, 2], &dev)?;
+        let rows = Tensor::cat(&[&row, &row], 0)?;
+        assert!(kv_cache_write(&kc, &vc, &rows, &rows, &twice).is_err());
+        assert!(CacheIndex::new(&[0, 1], &[1], &dev).is_err());
+        assert!(CacheIndex::new(&[], &[], &dev).is_err());
+        kv_cache_write(&kc, &vc, &row, &row, &idx(1, 3))?;
+        assert_close(&kc.get(1)?.narrow(1, 3, 1)?, &row, 0.0, "written row")?;
+        Ok(())
+    }
+}
