@@ -8,15 +8,16 @@
 //   h / (q_heads / kv_heads). D is 64 or 128.
 //
 // Work decomposition. The wrapper (crates/limo-ops/src/cuda/flash_attention.rs) cuts every
-// document into tiles of 64 rows that start at the document's first token, and uploads one
-// triple (tile start, document start, document end) per tile. A tile never crosses a document
-// boundary, so the varlen masking reduces to "key inside [document start, tile limit)" plus the
-// causal "key <= query", and whole kv tiles outside the causal range are never visited (the
-// loops below start at the document start and stop at the diagonal): no work is spent on the
-// masked upper triangle except the one diagonal tile, and nothing across documents. The tail
-// tile of a document is partial (length not a multiple of 64): its missing rows are loaded as
-// zeros and masked or skipped on store. The wrapper orders the tiles longest-work first so the
-// long causal rows start early and the short ones fill the tail of the grid.
+// document into tiles that start at the document's first token (128 query rows for the forward,
+// 64 rows for the backward kernels) and uploads one triple (tile start, document start, document
+// end) per tile. A tile never crosses a document boundary, so the varlen masking reduces to "key
+// inside [document start, tile limit)" plus the causal "key <= query", and whole kv tiles outside
+// the causal range are never visited (the loops start at the document start and stop at the
+// diagonal; in the forward a warp also skips a kv tile that lies entirely after its 16 rows).
+// The tail tile of a document is partial: its missing rows are loaded as zeros and masked or
+// skipped on store. The wrapper orders the tiles longest-work first so the long causal rows start
+// early and the short ones fill the tail of the grid. GQA reads the shared kv head in place
+// (no expanded K/V copies).
 //
 // MMA. mma.sync.m16n8k16 bf16 -> f32 (sm_80+, also sm_90). Fragment layouts (PTX ISA, "Matrix
 // fragments for mma.m16n8k16"), with g = lane / 4 and t = lane % 4:
@@ -28,43 +29,73 @@
 // is how the probabilities P (forward) and dS (dQ kernel) go from one MMA's accumulator into the
 // next MMA's A operand without touching shared memory.
 //
-// Shared memory tiles are bf16 [rows][D + 8]: the 8-element (16-byte) pad keeps every row
-// 16-byte aligned for vector stores and shifts consecutive rows by 4 banks, so the fragment loads
-// below (8 rows x 4 words per warp, or 16-bit transposed loads of 2 rows x 8 columns per 4
-// lanes) are free of bank conflicts. f32 inputs are rounded to bf16 as they are staged into
-// shared memory (the MMA is bf16 either way; the softmax and all accumulation are fp32), so the
-// f32 entry points are a convenience for checking against the f32 CPU reference, with bf16
-// product precision.
+// Fragment loads: ldmatrix.x4 (.trans for operands stored transposed: V, and P, dS, dO, Q, K in
+// the backward's k-major products). ldmatrix gives lane l row l/4, columns 2(l%4)..+1 of each
+// 8x8 b16 matrix (one register per matrix), which is the A/B layout above: one x4 is a whole A
+// fragment or the B fragments of two adjacent n blocks. Lane l supplies the address of row l%8
+// of matrix l/8.
+//
+// Global -> shared: cp.async.cg 16 bytes (bf16 inputs; rows past a partial tile are zero-filled
+// by the copy's source size 0), commit_group / wait_group, multi-stage: the next two kv tiles
+// (forward, three stages), the next kv tile (deterministic dQ, two stages) or the next query
+// tile with its lse and D (dK/dV, two stages) are in flight while the current one is computed.
+// Every loop iteration starts with wait_group (stages - 2) and one __syncthreads: the current
+// tile has landed and every warp is done with the previous one, whose buffer the prefetch then
+// overwrites. f32 inputs are rounded to bf16 as they are staged (a
+// register round trip, synchronous), so the f32 entry points are a convenience for checking
+// against the f32 CPU reference, with bf16 product precision; softmax and accumulation are fp32
+// for both.
+//
+// Shared memory tiles are bf16 [rows][D + 8] (P and dS [64][72]): the 16-byte pad shifts
+// consecutive rows by 4 banks, so the 8 row addresses of an ldmatrix phase (16 bytes each) and
+// the 8 16-byte cp.async stores of a quarter warp (consecutive chunks of one row) fall into 8
+// different 4-bank groups: no bank conflicts (the CPU emulation counts them and requires zero).
+// Padding rather than an XOR swizzle keeps the addressing trivial at 6% (D=128) to 12% (D=64)
+// more shared memory. Dynamic shared memory per CTA is 54-121 KiB (docs/CUDA.md): A100 (163 KiB)
+// and H100/H200 (227 KiB) fit; sm_86/sm_89's 99 KiB do not at D=128.
 //
 // Kernels (each instantiated for T in {bf16, f32} and D in {64, 128}; names end in
 // _{bf16,f32}_hd{64,128}):
-//   flash_fwd_*           forward: 4 warps, 64 query rows per CTA (16 per warp), kv tiles of 64.
-//                         Q fragments live in registers, K and V tiles in shared memory
-//                         (2 x 64 x (D+8) bf16 = 34 KiB at D=128). Online softmax in the exp2
-//                         domain (scores pre-multiplied by scale*log2 e); O is rescaled in
-//                         registers when the running max grows and divided by the row sum once at
-//                         the end; lse = (m + log2 l) * ln 2.
+//   flash_fwd_*           forward: 8 warps, 128 query rows per CTA (16 per warp), kv tiles of 64
+//                         in three cp.async stages (two tiles in flight while one is computed;
+//                         the Q tile is staged in the third). Q fragments live in registers, K
+//                         and V tiles in shared memory. Online softmax in the exp2 domain
+//                         (scores pre-multiplied by scale*log2 e); O is rescaled in registers
+//                         when the running max grows and divided by the row sum once at the
+//                         end; lse = (m + log2 l) * ln 2. bf16 O leaves through shared memory
+//                         (the Q tile's place) as 16-byte stores.
+//                         8 warps x 16 rows rather than 4 x 32: at D=128 a 32-row warp needs
+//                         128 (O) + 64 (S) fp32 accumulator registers before Q's fragments
+//                         (64 more) and addresses, beyond the 255 limit without spilling or
+//                         re-reading Q from shared memory every kv tile; 16 rows keep O 64, S 32,
+//                         Q 32 registers and no spills, at the price of one ldmatrix per MMA for
+//                         the K/V operand instead of one per two.
 //   flash_bwd_preprocess_* D_i = rowsum(dO_i * O_i), [q_heads, N] f32, one warp per row.
 //   flash_bwd_dkdv_*      8 warps, one kv tile of 64 keys of one kv head per CTA; loops over the
 //                         query heads of the group (fixed order) and, for each, over the query
-//                         tiles at or after the kv tile up to the document end. dK and dV stay
-//                         in registers for the whole loop, so the group sum needs no atomics and
+//                         tiles at or after the kv tile up to the document end, the next query
+//                         tile (Q, dO, lse, D) prefetched by cp.async. dK and dV stay in
+//                         registers for the whole loop, so the group sum needs no atomics and
 //                         is deterministic. Phase 1 (warp = 16 query rows x 32 keys): S = Q K^T,
 //                         P = exp2(S*scale*log2e - lse*log2e), dP = dO V^T, dS = P (dP - D), both
 //                         written to shared memory as bf16. Phase 2 (warp = 16 keys x D/2):
-//                         dV += P^T dO, dK += dS^T Q. Fast variant (..._atomic_...): also
-//                         dQ += scale dS K with fp32 atomicAdd into a [N, q_heads, D] buffer
-//                         (order of the adds varies run to run -> not bit-reproducible).
+//                         dV += P^T dO, dK += dS^T Q. Atomic variant (..._atomic_..., the
+//                         default): also dQ += scale dS K with fp32 atomicAdd (2-wide on
+//                         sm_90) into a [N, q_heads, D] buffer (order of the adds varies run to
+//                         run -> not bit-reproducible).
 //   flash_bwd_dq_*        the deterministic dQ: 4 warps, 64 query rows of one query head per
-//                         CTA, loops over the kv tiles of the causal range in order; recomputes
-//                         S, P, dP, dS (as in phase 1) and accumulates dQ += dS K in registers;
-//                         no atomics, every dQ element is the sum of the same terms in the same
-//                         order on every run. Costs one more S/dP recomputation (~+40% backward
-//                         FLOPs) compared to the atomic variant.
+//                         CTA, loops over the kv tiles of the causal range in order (two-stage
+//                         cp.async as in the forward); recomputes S, P, dP, dS (as in phase 1)
+//                         and accumulates dQ += dS K in registers; no atomics, every dQ element
+//                         is the sum of the same terms in the same order on every run. Costs the
+//                         S and dP recomputation (two of the backward's five matmuls again, ~+40%
+//                         backward FLOPs) and a second pass over K/V, against the atomic
+//                         variant's fp32 atomics and [N, q_heads, D] f32 buffer.
 //   flash_convert_dq_bf16 fp32 dQ accumulator -> bf16 output (atomic variant, bf16 only).
 //
-// Resource usage (ptxas -v): the table at the end of this file. Checked on the CPU without a GPU:
-// flash_attention_emulate.cuh runs these kernels' code under an emulation of the CUDA built-ins.
+// Resource usage (ptxas -v) and the SASS to expect: docs/CUDA.md. Checked on the CPU without a
+// GPU: flash_attention_emulate.cuh runs these kernels' code under an emulation of the CUDA
+// built-ins (ldmatrix and cp.async included).
 
 #ifdef LIMO_FLASH_EMULATE
 // CPU emulation of the CUDA built-ins this file uses (one std::thread per CUDA thread), so the
@@ -82,7 +113,17 @@ typedef __nv_bfloat16 bf16;
 
 namespace limo_flash {
 
-constexpr int kTile = 64;  // rows of every query and kv tile (the wrapper's block table too)
+constexpr int kTile = 64;      // kv tiles everywhere; query tiles of the backward kernels
+constexpr int kFwdTile = 128;  // query tiles of the forward (the wrapper's block tables too)
+
+template <typename T>
+struct IsBf16 {
+    static constexpr bool value = false;
+};
+template <>
+struct IsBf16<bf16> {
+    static constexpr bool value = true;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -104,56 +145,93 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// Two consecutive bf16 of one row (4-byte aligned: columns are always even).
-__device__ __forceinline__ uint32_t lds32(const bf16* p) {
-    return *reinterpret_cast<const uint32_t*>(p);
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices, row addresses from all
+// 32 lanes (16-byte aligned, shared memory).
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_ldmatrix<4, false>(r, p);
+#else
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16* p) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_ldmatrix<4, true>(r, p);
+#else
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#endif
 }
 
-// Two bf16 from two different rows, `lo` in the low half.
-__device__ __forceinline__ uint32_t lds_pair(const bf16* lo, const bf16* hi) {
-    uint32_t l = *reinterpret_cast<const uint16_t*>(lo);
-    uint32_t h = *reinterpret_cast<const uint16_t*>(hi);
-    return l | (h << 16);
-}
-
-// A fragment of the 16x16 block of M at (r0, c0): A[r][k] = M[r0 + r][c0 + k].
+// A fragment of the 16x16 block of M at (r0, c0): A[r][k] = M[r0 + r][c0 + k]. Matrices in
+// register order: rows +0/+8 of columns +0, then rows +0/+8 of columns +8.
 __device__ __forceinline__ void frag_a(uint32_t a[4], const bf16* m, int ld, int r0, int c0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bf16* p = m + (r0 + g) * ld + c0 + 2 * t;
-    a[0] = lds32(p);
-    a[1] = lds32(p + 8 * ld);
-    a[2] = lds32(p + 8);
-    a[3] = lds32(p + 8 * ld + 8);
+    const int lane = threadIdx.x & 31, i = lane >> 3;
+    ldsm_x4(a, m + (r0 + (lane & 7) + ((i & 1) << 3)) * ld + c0 + ((i >> 1) << 3));
 }
 
-// A fragment of the transpose: A[r][k] = M[c0 + k][r0 + r].
+// A fragment of the transpose: A[r][k] = M[c0 + k][r0 + r] (transposed 8x8 loads: matrix j
+// covers M rows c0 + 8(j>>1).., columns r0 + 8(j&1)..).
 __device__ __forceinline__ void frag_a_trans(uint32_t a[4], const bf16* m, int ld, int r0, int c0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bf16* p = m + (c0 + 2 * t) * ld + r0 + g;
-    a[0] = lds_pair(p, p + ld);
-    a[1] = lds_pair(p + 8, p + ld + 8);
-    a[2] = lds_pair(p + 8 * ld, p + 9 * ld);
-    a[3] = lds_pair(p + 8 * ld + 8, p + 9 * ld + 8);
+    const int lane = threadIdx.x & 31, i = lane >> 3;
+    ldsm_x4_trans(a, m + (c0 + (lane & 7) + ((i >> 1) << 3)) * ld + r0 + ((i & 1) << 3));
 }
 
-// B fragment (16 x 8) stored n-major, e.g. K for S = Q K^T: B[k][n] = M[n0 + n][k0 + k].
-__device__ __forceinline__ void frag_b_nmajor(uint32_t b[2], const bf16* m, int ld, int n0, int k0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bf16* p = m + (n0 + g) * ld + k0 + 2 * t;
-    b[0] = lds32(p);
-    b[1] = lds32(p + 8);
+// B fragments of two adjacent n blocks (n0.. and n0+8..; b[0..1] and b[2..3]) stored n-major,
+// e.g. K for S = Q K^T: B[k][n] = M[n0 + n][k0 + k].
+__device__ __forceinline__ void frag_b2_nmajor(uint32_t b[4], const bf16* m, int ld, int n0, int k0) {
+    const int lane = threadIdx.x & 31, i = lane >> 3;
+    ldsm_x4(b, m + (n0 + (lane & 7) + ((i >> 1) << 3)) * ld + k0 + ((i & 1) << 3));
 }
 
-// B fragment stored k-major, e.g. V for O = P V: B[k][n] = M[k0 + k][n0 + n].
-__device__ __forceinline__ void frag_b_kmajor(uint32_t b[2], const bf16* m, int ld, int k0, int n0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bf16* p = m + (k0 + 2 * t) * ld + n0 + g;
-    b[0] = lds_pair(p, p + ld);
-    b[1] = lds_pair(p + 8 * ld, p + 9 * ld);
+// The same stored k-major, e.g. V for O = P V: B[k][n] = M[k0 + k][n0 + n] (transposed loads).
+__device__ __forceinline__ void frag_b2_kmajor(uint32_t b[4], const bf16* m, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31, i = lane >> 3;
+    ldsm_x4_trans(b, m + (k0 + (lane & 7) + ((i & 1) << 3)) * ld + n0 + ((i >> 1) << 3));
 }
 
-// Eight consecutive elements of global memory as eight bf16 (16-byte aligned source).
-__device__ __forceinline__ uint4 load8(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+// cp.async of `bytes` (16: .cg, L2 only; 4: .ca) from global to shared memory; `valid` false
+// copies nothing and zero-fills the destination (source size 0; src must still be a valid
+// address). Completes at cp_async_wait<N>() once at most N newer groups are pending.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_cp_async(dst, src, BYTES, valid ? BYTES : 0);
+#else
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    if constexpr (BYTES == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                     "r"(valid ? 16 : 0));
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src),
+                     "r"(valid ? 4 : 0));
+    }
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Eight consecutive f32 of global memory as eight bf16 (32-byte aligned source).
 __device__ __forceinline__ uint4 load8(const float* p) {
     const float4 x = reinterpret_cast<const float4*>(p)[0];
     const float4 y = reinterpret_cast<const float4*>(p)[1];
@@ -174,26 +252,38 @@ __device__ __forceinline__ void store2(float* p, float a, float b) {
 }
 
 // Stage `ROWS` rows of D elements (row r at src + r * stride) into shared memory [ROWS][ld];
-// rows >= valid are zero-filled so partial tiles contribute nothing to the MMAs.
+// rows >= valid are zero-filled so partial tiles contribute nothing to the MMAs. bf16: cp.async
+// (part of the caller's next commit group); f32: converted through registers, visible after the
+// caller's next __syncthreads. Consecutive threads take consecutive 16-byte chunks of a row.
 template <typename T, int D, int ROWS, int NTHREADS>
 __device__ __forceinline__ void stage_rows(bf16* dst, int ld, const T* src, long long stride,
                                            int valid) {
     constexpr int kChunks = D / 8;
+    static_assert((ROWS * kChunks) % NTHREADS == 0, "every thread copies the same count");
+#pragma unroll
     for (int c = threadIdx.x; c < ROWS * kChunks; c += NTHREADS) {
         const int r = c / kChunks, col = (c % kChunks) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < valid) v = load8(src + r * stride + col);
-        *reinterpret_cast<uint4*>(dst + r * ld + col) = v;
+        if constexpr (IsBf16<T>::value) {
+            cp_async<16>(dst + r * ld + col, src + (r < valid ? r : 0) * stride + col, r < valid);
+        } else {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r < valid) v = load8(src + r * stride + col);
+            *reinterpret_cast<uint4*>(dst + r * ld + col) = v;
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// Forward dynamic shared memory: K and V tiles [64][D+8] bf16 (34,816 bytes at D=128).
+// Forward dynamic shared memory: three stages of K, V [64][D+8] bf16; the Q tile [128][D+8]
+// is exactly one stage and is staged in the last one, which takes its first kv tile (tile 2)
+// only after every warp holds its Q fragments (104,448 bytes at D=128, 55,296 at D=64).
+constexpr int kFwdStages = 3;
 template <int D>
 struct FwdSmem {
-    static constexpr int bytes = 2 * kTile * (D + 8) * 2;
+    static constexpr int LD = D + 8;
+    static constexpr int bytes = kFwdStages * 2 * kTile * LD * 2;
 };
 
 template <typename T, int D>
@@ -201,12 +291,11 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
                                           const T* __restrict__ v, T* __restrict__ out,
                                           float* __restrict__ lse, const int* __restrict__ tiles,
                                           int n, int q_heads, int kv_heads, float scale) {
-    constexpr int BR = kTile, BC = kTile, LD = D + 8, NT = 128;
-    // Dynamic (FwdSmem::bytes, under the 48 KiB default) so every kernel shares one layout
-    // mechanism, which the CPU emulation relies on.
+    constexpr int BR = kFwdTile, BC = kTile, LD = D + 8, NT = 256, S = kFwdStages;
+    static_assert(BR == 2 * BC, "the Q tile fills one K+V stage");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* ks = reinterpret_cast<bf16*>(smem_raw);
-    bf16* vs = ks + BC * LD;
+    bf16* kv_s = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at kv_s + s*2*BC*LD, V after it
+    bf16* qsm = kv_s + (S - 1) * 2 * BC * LD;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
@@ -214,28 +303,54 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
     const int h = blockIdx.y, kvh = h / (q_heads / kv_heads);
     const int q1 = min(q0 + BR, doc1);
     const long long qs = (long long)q_heads * D, kvs = (long long)kv_heads * D;
+    // Causal + varlen: keys from the document start up to the last query of the tile.
+    const int n_kv = (q1 - doc0 + BC - 1) / BC;
 
-    // Q tile -> (staged through the K buffer) -> registers, 16 rows per warp.
-    stage_rows<T, D, BR, NT>(ks, LD, q + q0 * qs + h * D, qs, q1 - q0);
+    auto issue_kv = [&](int j) {
+        const int kb = doc0 + j * BC, kn = min(BC, q1 - kb);
+        bf16* ks = kv_s + (j % S) * 2 * BC * LD;
+        stage_rows<T, D, BC, NT>(ks, LD, k + kb * kvs + kvh * D, kvs, kn);
+        stage_rows<T, D, BC, NT>(ks + BC * LD, LD, v + kb * kvs + kvh * D, kvs, kn);
+    };
+
+    // Groups: {Q, tile 0}, {tile 1}, then one per loop iteration (tile j + S - 1, or empty), so
+    // at iteration j's wait the S - 2 newest groups are the tiles after j.
+    stage_rows<T, D, BR, NT>(qsm, LD, q + q0 * qs + h * D, qs, q1 - q0);
+    issue_kv(0);
+    cp_async_commit();
+#pragma unroll
+    for (int j = 1; j < S - 1; ++j) {
+        if (j < n_kv) issue_kv(j);
+        cp_async_commit();
+    }
+    cp_async_wait<S - 2>();
     __syncthreads();
     uint32_t qf[D / 16][4];
 #pragma unroll
-    for (int kt = 0; kt < D / 16; ++kt) frag_a(qf[kt], ks, LD, warp * 16, kt * 16);
-    __syncthreads();
+    for (int kt = 0; kt < D / 16; ++kt) frag_a(qf[kt], qsm, LD, warp * 16, kt * 16);
 
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     const float sl2 = scale * LOG2E_F;
-    const int row_q0 = q0 + warp * 16 + g;  // this thread's rows: row_q0 and row_q0 + 8
+    const int wq0 = q0 + warp * 16;  // this warp's first query
+    const int row_q0 = wq0 + g;      // this thread's rows: row_q0 and row_q0 + 8
 
-    // Causal + varlen: keys from the document start up to the last query of the tile.
-    for (int kb = doc0; kb < q1; kb += BC) {
-        const int kn = min(BC, q1 - kb);
-        stage_rows<T, D, BC, NT>(ks, LD, k + kb * kvs + kvh * D, kvs, kn);
-        stage_rows<T, D, BC, NT>(vs, LD, v + kb * kvs + kvh * D, kvs, kn);
+    for (int j = 0; j < n_kv; ++j) {
+        // Tile j has landed (this thread's copies; tiles up to j + S - 2 may still be in flight)
+        // and every warp is done with tile j - 1 and, at j = 0, with Q (everyone's), so the
+        // prefetch may overwrite tile j - 1's stage (Q's at j = 0).
+        cp_async_wait<S - 2>();
         __syncthreads();
+        if (j + S - 1 < n_kv) issue_kv(j + S - 1);
+        cp_async_commit();
+
+        const int kb = doc0 + j * BC, kn = min(BC, q1 - kb);
+        // A kv tile entirely after this warp's last query is all masked: skip it (warp-uniform).
+        if (kb > wq0 + 15) continue;
+        const bf16* ks = kv_s + (j % S) * 2 * BC * LD;
+        const bf16* vs = ks + BC * LD;
 
         float s[BC / 8][4];
 #pragma unroll
@@ -243,16 +358,17 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
 #pragma unroll
         for (int kt = 0; kt < D / 16; ++kt) {
 #pragma unroll
-            for (int nt = 0; nt < BC / 8; ++nt) {
-                uint32_t b[2];
-                frag_b_nmajor(b, ks, LD, nt * 8, kt * 16);
-                mma_bf16_16816(s[nt], qf[kt], b);
+            for (int np = 0; np < BC / 16; ++np) {
+                uint32_t b[4];
+                frag_b2_nmajor(b, ks, LD, np * 16, kt * 16);
+                mma_bf16_16816(s[2 * np], qf[kt], b);
+                mma_bf16_16816(s[2 * np + 1], qf[kt], b + 2);
             }
         }
 
         // Only the diagonal tile (keys past this warp's first query) and a partial tile need
         // the element mask; the others are entirely visible.
-        const bool need_mask = (kb + BC - 1 > q0 + warp * 16) || (kn < BC);
+        const bool need_mask = (kb + BC - 1 > wq0) || (kn < BC);
 #pragma unroll
         for (int nt = 0; nt < BC / 8; ++nt) {
 #pragma unroll
@@ -300,28 +416,51 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
             a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-            for (int nt = 0; nt < D / 8; ++nt) {
-                uint32_t b[2];
-                frag_b_kmajor(b, vs, LD, kk * 16, nt * 8);
-                mma_bf16_16816(o[nt], a, b);
+            for (int np = 0; np < D / 16; ++np) {
+                uint32_t b[4];
+                frag_b2_kmajor(b, vs, LD, kk * 16, np * 16);
+                mma_bf16_16816(o[2 * np], a, b);
+                mma_bf16_16816(o[2 * np + 1], a, b + 2);
             }
         }
-        __syncthreads();  // K and V are overwritten by the next tile
     }
 
+    // Epilogue. bf16: the warp's 16 rows of O go through its own rows of the Q tile's place, so
+    // the global stores are whole 16-byte chunks, consecutive lanes on consecutive chunks of a
+    // row; that place is a kv stage other warps may still be reading, hence the barrier (no
+    // copies are pending: the last tile was waited for). f32: pairs straight from the
+    // accumulators.
+    if constexpr (IsBf16<T>::value) __syncthreads();
+    bf16* ow = qsm + warp * 16 * LD;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float sum = l[r];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const int query = row_q0 + r * 8;
-        if (query < q1) {
-            const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        if constexpr (IsBf16<T>::value) {
+#pragma unroll
+            for (int nt = 0; nt < D / 8; ++nt)
+                *reinterpret_cast<uint32_t*>(ow + (g + r * 8) * LD + nt * 8 + 2 * t) =
+                    pack_bf16(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+        } else if (query < q1) {
             T* dst = out + query * qs + h * D + 2 * t;
 #pragma unroll
             for (int nt = 0; nt < D / 8; ++nt)
                 store2(dst + nt * 8, o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
-            if (t == 0) lse[(long long)h * n + query] = (m[r] + log2f(sum)) * LN2_F;
+        }
+        if (query < q1 && t == 0) lse[(long long)h * n + query] = (m[r] + log2f(sum)) * LN2_F;
+    }
+    if constexpr (IsBf16<T>::value) {
+        __syncwarp();
+        constexpr int kChunks = D / 8;
+#pragma unroll
+        for (int c = lane; c < 16 * kChunks; c += 32) {
+            const int r = c / kChunks, col = (c % kChunks) * 8;
+            if (wq0 + r < q1)
+                *reinterpret_cast<uint4*>(out + (wq0 + r) * qs + h * D + col) =
+                    *reinterpret_cast<const uint4*>(ow + r * LD + col);
         }
     }
 }
@@ -352,14 +491,15 @@ __device__ __forceinline__ void flash_bwd_preprocess(const T* __restrict__ dout,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward dK/dV (+ atomic dQ in the fast variant). Dynamic shared memory, laid out as
-//   K, V, Q, dO : 4 x [64][D+8] bf16,  P, dS : 2 x [64][64+8] bf16,  lse*log2e, D : 2 x [64] f32
-// = 88,576 bytes at D=128 and 55,808 at D=64 (the wrapper computes the same sum).
+// Backward dK/dV (+ atomic dQ). Dynamic shared memory, laid out as
+//   K, V : 2 x [64][D+8] bf16,  two stages of Q, dO : 2 x 2 x [64][D+8] bf16,
+//   P, dS : 2 x [64][64+8] bf16,  two stages of lse, D : 2 x 2 x [64] f32
+// = 123,904 bytes at D=128 and 74,752 at D=64 (the wrapper computes the same sum).
 
 template <int D>
 struct BwdSmem {
     static constexpr int LD = D + 8, LDP = kTile + 8;
-    static constexpr int bytes = 4 * kTile * LD * 2 + 2 * kTile * LDP * 2 + 2 * kTile * 4;
+    static constexpr int bytes = 6 * kTile * LD * 2 + 2 * kTile * LDP * 2 + 4 * kTile * 4;
 };
 
 template <typename T, int D, bool ATOMIC_DQ>
@@ -376,12 +516,10 @@ __device__ __forceinline__ void flash_bwd_dkdv(const T* __restrict__ q, const T*
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* ks = reinterpret_cast<bf16*>(smem_raw);
     bf16* vs = ks + BC * LD;
-    bf16* qsm = vs + BC * LD;
-    bf16* dos = qsm + BR * LD;
-    bf16* ps = dos + BR * LD;
+    bf16* qdo_s = vs + BC * LD;  // stage s: Q at qdo_s + s * 2 * BR * LD, dO right after it
+    bf16* ps = qdo_s + 4 * BR * LD;
     bf16* dss = ps + BR * LDP;
-    float* lse_s = reinterpret_cast<float*>(dss + BR * LDP);
-    float* d_s = lse_s + BR;
+    float* ld_s = reinterpret_cast<float*>(dss + BR * LDP);  // stage s: lse, D at ld_s + s * 2 * BR
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int k0 = tiles[3 * blockIdx.x], doc1 = tiles[3 * blockIdx.x + 2];
@@ -389,9 +527,31 @@ __device__ __forceinline__ void flash_bwd_dkdv(const T* __restrict__ q, const T*
     const int kn = min(BC, doc1 - k0);
     const long long qs = (long long)q_heads * D, kvs = (long long)kv_heads * D;
     const float sl2 = scale * LOG2E_F;
+    // Queries before k0 never see these keys (causal), queries after the document end are
+    // another document: per query head of the group, the query tiles run from k0 to the
+    // document end. Iteration it = (head hi, tile): hi = it / n_qt.
+    const int n_qt = (doc1 - k0 + BR - 1) / BR, n_it = group * n_qt;
+
+    // Query tile `it` (Q, dO and, as raw lse and D, its rows' statistics) into stage it & 1.
+    // Missing rows get lse = D = 0 and are masked in phase 1.
+    auto issue_q = [&](int it) {
+        const int h = kvh * group + it / n_qt, qb = k0 + (it % n_qt) * BR;
+        const int nq = min(BR, doc1 - qb);
+        bf16* qsm = qdo_s + (it & 1) * 2 * BR * LD;
+        stage_rows<T, D, BR, NT>(qsm, LD, q + qb * qs + h * D, qs, nq);
+        stage_rows<T, D, BR, NT>(qsm + BR * LD, LD, dout + qb * qs + h * D, qs, nq);
+        if (threadIdx.x < 2 * BR) {
+            const int r = threadIdx.x & (BR - 1);
+            const float* src = threadIdx.x < BR ? lse : delta;
+            const long long row = (long long)h * n + qb + (r < nq ? r : 0);
+            cp_async<4>(ld_s + (it & 1) * 2 * BR + threadIdx.x, src + row, r < nq);
+        }
+    };
 
     stage_rows<T, D, BC, NT>(ks, LD, k + k0 * kvs + kvh * D, kvs, kn);
     stage_rows<T, D, BC, NT>(vs, LD, v + k0 * kvs + kvh * D, kvs, kn);
+    issue_q(0);
+    cp_async_commit();
 
     // Phase 1 owner: query rows pr..pr+15, keys pc..pc+31. Phase 2 owner: keys kr..kr+15,
     // columns dc..dc+D/2-1 of dK/dV (and query rows kr.., same columns, of the atomic dQ).
@@ -405,109 +565,118 @@ __device__ __forceinline__ void flash_bwd_dkdv(const T* __restrict__ q, const T*
         dva[i][0] = dva[i][1] = dva[i][2] = dva[i][3] = 0.f;
     }
 
-    for (int hi = 0; hi < group; ++hi) {
-        const int h = kvh * group + hi;
-        // Queries before k0 never see these keys (causal), queries after the document end are
-        // another document: the query tiles run from k0 to the document end.
-        for (int qb = k0; qb < doc1; qb += BR) {
-            const int nq = min(BR, doc1 - qb);
-            __syncthreads();  // the previous tile's phase 2 is done with Q, dO, P, dS
-            stage_rows<T, D, BR, NT>(qsm, LD, q + qb * qs + h * D, qs, nq);
-            stage_rows<T, D, BR, NT>(dos, LD, dout + qb * qs + h * D, qs, nq);
-            if (threadIdx.x < BR) {
-                const int r = threadIdx.x;
-                // Missing rows get lse = +inf, so their probabilities are exactly 0.
-                lse_s[r] = r < nq ? lse[(long long)h * n + qb + r] * LOG2E_F : INFINITY;
-                d_s[r] = r < nq ? delta[(long long)h * n + qb + r] : 0.f;
-            }
-            __syncthreads();
+    for (int it = 0; it < n_it; ++it) {
+        // Query tile `it` has landed and the previous iteration's phase 2 is done with its
+        // stage and with P, dS: prefetch the next tile there.
+        cp_async_wait<0>();
+        __syncthreads();
+        if (it + 1 < n_it) issue_q(it + 1);
+        cp_async_commit();
 
-            // Phase 1: S and dP for 16 query rows x 32 keys per warp.
-            float s[4][4], dp[4][4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-                dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-            }
-#pragma unroll
-            for (int kt = 0; kt < D / 16; ++kt) {
-                uint32_t a[4], ad[4];
-                frag_a(a, qsm, LD, pr, kt * 16);
-                frag_a(ad, dos, LD, pr, kt * 16);
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) {
-                    uint32_t b[2];
-                    frag_b_nmajor(b, ks, LD, pc + nt * 8, kt * 16);
-                    mma_bf16_16816(s[nt], a, b);
-                    frag_b_nmajor(b, vs, LD, pc + nt * 8, kt * 16);
-                    mma_bf16_16816(dp[nt], ad, b);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int row = pr + g + r * 8, col = pc + nt * 8 + 2 * t;
-                    const int query = qb + row, key = k0 + col;
-                    float p[2], d[2];
-#pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        const bool masked = key + j > query || col + j >= kn;
-                        p[j] = masked ? 0.f : exp2f(s[nt][2 * r + j] * sl2 - lse_s[row]);
-                        d[j] = p[j] * (dp[nt][2 * r + j] - d_s[row]);
-                    }
-                    *reinterpret_cast<uint32_t*>(ps + row * LDP + col) = pack_bf16(p[0], p[1]);
-                    *reinterpret_cast<uint32_t*>(dss + row * LDP + col) = pack_bf16(d[0], d[1]);
-                }
-            }
-            __syncthreads();
+        const int h = kvh * group + it / n_qt, qb = k0 + (it % n_qt) * BR;
+        const int nq = min(BR, doc1 - qb);
+        const bf16* qsm = qdo_s + (it & 1) * 2 * BR * LD;
+        const bf16* dos = qsm + BR * LD;
+        const float* lse_s = ld_s + (it & 1) * 2 * BR;
+        const float* d_s = lse_s + BR;
 
-            // Phase 2: dV += P^T dO, dK += dS^T Q for 16 keys x D/2 columns per warp.
+        // Phase 1: S and dP for 16 query rows x 32 keys per warp.
+        float s[4][4], dp[4][4];
 #pragma unroll
-            for (int kt = 0; kt < BR / 16; ++kt) {
+        for (int i = 0; i < 4; ++i) {
+            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+            dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+        }
+#pragma unroll
+        for (int kt = 0; kt < D / 16; ++kt) {
+            uint32_t a[4], ad[4];
+            frag_a(a, qsm, LD, pr, kt * 16);
+            frag_a(ad, dos, LD, pr, kt * 16);
+#pragma unroll
+            for (int np = 0; np < 2; ++np) {
+                uint32_t b[4];
+                frag_b2_nmajor(b, ks, LD, pc + np * 16, kt * 16);
+                mma_bf16_16816(s[2 * np], a, b);
+                mma_bf16_16816(s[2 * np + 1], a, b + 2);
+                frag_b2_nmajor(b, vs, LD, pc + np * 16, kt * 16);
+                mma_bf16_16816(dp[2 * np], ad, b);
+                mma_bf16_16816(dp[2 * np + 1], ad, b + 2);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = pr + g + r * 8, col = pc + nt * 8 + 2 * t;
+                const int query = qb + row, key = k0 + col;
+                const float lse2 = lse_s[row] * LOG2E_F, dr = d_s[row];
+                float p[2], d[2];
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const bool masked = key + j > query || col + j >= kn || row >= nq;
+                    p[j] = masked ? 0.f : exp2f(s[nt][2 * r + j] * sl2 - lse2);
+                    d[j] = p[j] * (dp[nt][2 * r + j] - dr);
+                }
+                *reinterpret_cast<uint32_t*>(ps + row * LDP + col) = pack_bf16(p[0], p[1]);
+                *reinterpret_cast<uint32_t*>(dss + row * LDP + col) = pack_bf16(d[0], d[1]);
+            }
+        }
+        __syncthreads();
+
+        // Phase 2: dV += P^T dO, dK += dS^T Q for 16 keys x D/2 columns per warp.
+#pragma unroll
+        for (int kt = 0; kt < BR / 16; ++kt) {
+            uint32_t a[4];
+            frag_a_trans(a, ps, LDP, kr, kt * 16);
+#pragma unroll
+            for (int np = 0; np < D / 32; ++np) {
+                uint32_t b[4];
+                frag_b2_kmajor(b, dos, LD, kt * 16, dc + np * 16);
+                mma_bf16_16816(dva[2 * np], a, b);
+                mma_bf16_16816(dva[2 * np + 1], a, b + 2);
+            }
+            frag_a_trans(a, dss, LDP, kr, kt * 16);
+#pragma unroll
+            for (int np = 0; np < D / 32; ++np) {
+                uint32_t b[4];
+                frag_b2_kmajor(b, qsm, LD, kt * 16, dc + np * 16);
+                mma_bf16_16816(dka[2 * np], a, b);
+                mma_bf16_16816(dka[2 * np + 1], a, b + 2);
+            }
+        }
+
+        if constexpr (ATOMIC_DQ) {
+            // dQ (query rows kr.., columns dc..) += scale dS K, added to the fp32 buffer.
+            float acc[D / 16][4];
+#pragma unroll
+            for (int i = 0; i < D / 16; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+            for (int kt = 0; kt < BC / 16; ++kt) {
                 uint32_t a[4];
-                frag_a_trans(a, ps, LDP, kr, kt * 16);
+                frag_a(a, dss, LDP, kr, kt * 16);
 #pragma unroll
-                for (int nt = 0; nt < D / 16; ++nt) {
-                    uint32_t b[2];
-                    frag_b_kmajor(b, dos, LD, kt * 16, dc + nt * 8);
-                    mma_bf16_16816(dva[nt], a, b);
-                }
-                frag_a_trans(a, dss, LDP, kr, kt * 16);
-#pragma unroll
-                for (int nt = 0; nt < D / 16; ++nt) {
-                    uint32_t b[2];
-                    frag_b_kmajor(b, qsm, LD, kt * 16, dc + nt * 8);
-                    mma_bf16_16816(dka[nt], a, b);
+                for (int np = 0; np < D / 32; ++np) {
+                    uint32_t b[4];
+                    frag_b2_kmajor(b, ks, LD, kt * 16, dc + np * 16);
+                    mma_bf16_16816(acc[2 * np], a, b);
+                    mma_bf16_16816(acc[2 * np + 1], a, b + 2);
                 }
             }
-
-            if constexpr (ATOMIC_DQ) {
-                // dQ (query rows kr.., columns dc..) += scale dS K, added to the fp32 buffer.
-                float acc[D / 16][4];
 #pragma unroll
-                for (int i = 0; i < D / 16; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-#pragma unroll
-                for (int kt = 0; kt < BC / 16; ++kt) {
-                    uint32_t a[4];
-                    frag_a(a, dss, LDP, kr, kt * 16);
+            for (int r = 0; r < 2; ++r) {
+                const int row = kr + g + r * 8;
+                if (row < nq) {
+                    float* dst = dq_accum + (qb + row) * qs + h * D + dc + 2 * t;
 #pragma unroll
                     for (int nt = 0; nt < D / 16; ++nt) {
-                        uint32_t b[2];
-                        frag_b_kmajor(b, ks, LD, kt * 16, dc + nt * 8);
-                        mma_bf16_16816(acc[nt], a, b);
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int row = kr + g + r * 8;
-                    if (row < nq) {
-                        float* dst = dq_accum + (qb + row) * qs + h * D + dc + 2 * t;
-#pragma unroll
-                        for (int nt = 0; nt < D / 16; ++nt) {
-                            atomicAdd(dst + nt * 8, acc[nt][2 * r] * scale);
-                            atomicAdd(dst + nt * 8 + 1, acc[nt][2 * r + 1] * scale);
-                        }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                        // sm_90 has 2-wide fp32 reductions: half the atomic requests.
+                        atomicAdd(reinterpret_cast<float2*>(dst + nt * 8),
+                                  make_float2(acc[nt][2 * r] * scale, acc[nt][2 * r + 1] * scale));
+#else
+                        atomicAdd(dst + nt * 8, acc[nt][2 * r] * scale);
+                        atomicAdd(dst + nt * 8 + 1, acc[nt][2 * r + 1] * scale);
+#endif
                     }
                 }
             }
@@ -529,12 +698,12 @@ __device__ __forceinline__ void flash_bwd_dkdv(const T* __restrict__ q, const T*
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deterministic dQ. Dynamic shared memory: Q, dO, K, V as 4 x [64][D+8] bf16 (69,632 bytes at
-// D=128, 36,864 at D=64).
+// Deterministic dQ. Dynamic shared memory: Q, dO [64][D+8], then two stages of K, V [64][D+8],
+// bf16 (104,448 bytes at D=128, 55,296 at D=64).
 
 template <int D>
 struct DqSmem {
-    static constexpr int bytes = 4 * kTile * (D + 8) * 2;
+    static constexpr int bytes = 6 * kTile * (D + 8) * 2;
 };
 
 template <typename T, int D>
@@ -548,8 +717,7 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* qsm = reinterpret_cast<bf16*>(smem_raw);
     bf16* dos = qsm + BR * LD;
-    bf16* ks = dos + BR * LD;
-    bf16* vs = ks + BC * LD;
+    bf16* kv_s = dos + BR * LD;  // stage s: K at kv_s + s * 2 * BC * LD, V right after it
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
@@ -558,9 +726,19 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
     const int q1 = min(q0 + BR, doc1);
     const long long qs = (long long)q_heads * D, kvs = (long long)kv_heads * D;
     const float sl2 = scale * LOG2E_F;
+    const int n_kv = (q1 - doc0 + BC - 1) / BC;
+
+    auto issue_kv = [&](int j) {
+        const int kb = doc0 + j * BC, kn = min(BC, q1 - kb);
+        bf16* ks = kv_s + (j & 1) * 2 * BC * LD;
+        stage_rows<T, D, BC, NT>(ks, LD, k + kb * kvs + kvh * D, kvs, kn);
+        stage_rows<T, D, BC, NT>(ks + BC * LD, LD, v + kb * kvs + kvh * D, kvs, kn);
+    };
 
     stage_rows<T, D, BR, NT>(qsm, LD, q + q0 * qs + h * D, qs, q1 - q0);
     stage_rows<T, D, BR, NT>(dos, LD, dout + q0 * qs + h * D, qs, q1 - q0);
+    issue_kv(0);
+    cp_async_commit();
     const int row_q0 = q0 + warp * 16 + g;
     float lse_r[2], d_r[2];
 #pragma unroll
@@ -574,12 +752,16 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
 
-    for (int kb = doc0; kb < q1; kb += BC) {
-        const int kn = min(BC, q1 - kb);
-        __syncthreads();  // previous tile's K is no longer read
-        stage_rows<T, D, BC, NT>(ks, LD, k + kb * kvs + kvh * D, kvs, kn);
-        stage_rows<T, D, BC, NT>(vs, LD, v + kb * kvs + kvh * D, kvs, kn);
+    for (int j = 0; j < n_kv; ++j) {
+        // As in the forward: tile j landed, tile j - 1's stage free for the prefetch.
+        cp_async_wait<0>();
         __syncthreads();
+        if (j + 1 < n_kv) issue_kv(j + 1);
+        cp_async_commit();
+
+        const int kb = doc0 + j * BC, kn = min(BC, q1 - kb);
+        const bf16* ks = kv_s + (j & 1) * 2 * BC * LD;
+        const bf16* vs = ks + BC * LD;
 
         float s[BC / 8][4], dp[BC / 8][4];
 #pragma unroll
@@ -593,12 +775,14 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
             frag_a(a, qsm, LD, warp * 16, kt * 16);
             frag_a(ad, dos, LD, warp * 16, kt * 16);
 #pragma unroll
-            for (int nt = 0; nt < BC / 8; ++nt) {
-                uint32_t b[2];
-                frag_b_nmajor(b, ks, LD, nt * 8, kt * 16);
-                mma_bf16_16816(s[nt], a, b);
-                frag_b_nmajor(b, vs, LD, nt * 8, kt * 16);
-                mma_bf16_16816(dp[nt], ad, b);
+            for (int np = 0; np < BC / 16; ++np) {
+                uint32_t b[4];
+                frag_b2_nmajor(b, ks, LD, np * 16, kt * 16);
+                mma_bf16_16816(s[2 * np], a, b);
+                mma_bf16_16816(s[2 * np + 1], a, b + 2);
+                frag_b2_nmajor(b, vs, LD, np * 16, kt * 16);
+                mma_bf16_16816(dp[2 * np], ad, b);
+                mma_bf16_16816(dp[2 * np + 1], ad, b + 2);
             }
         }
 #pragma unroll
@@ -621,10 +805,11 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
             a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-            for (int nt = 0; nt < D / 8; ++nt) {
-                uint32_t b[2];
-                frag_b_kmajor(b, ks, LD, kk * 16, nt * 8);
-                mma_bf16_16816(dqa[nt], a, b);
+            for (int np = 0; np < D / 16; ++np) {
+                uint32_t b[4];
+                frag_b2_kmajor(b, ks, LD, kk * 16, np * 16);
+                mma_bf16_16816(dqa[2 * np], a, b);
+                mma_bf16_16816(dqa[2 * np + 1], a, b + 2);
             }
         }
     }
@@ -644,25 +829,30 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
 }  // namespace limo_flash
 
 // ---------------------------------------------------------------------------------------------
-// Entry points (C names, loaded by name from the PTX).
+// Entry points (C names, loaded by name from the PTX / cubin). The forward runs one 256-thread
+// CTA per SM by registers (~200 per thread), so its launch bounds ask for one block. dK/dV's
+// bounds are per head_dim, by measurement (ptxas, docs/CUDA.md): at D=128 a minimum of one
+// block lets ptxas go to 255 registers and spill in the atomic variant, while the plain bound
+// lands at ~195 without spills; at D=64 the plain bound caps at 128 and spills, one block does
+// not.
 
 using namespace limo_flash;
 
-#define LIMO_FLASH_ENTRIES(T, TN, D)                                                            \
-    extern "C" __global__ void __launch_bounds__(128)                                           \
+#define LIMO_FLASH_ENTRIES(T, TN, D, DKDV_BOUNDS)                                               \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                        \
         flash_fwd_##TN##_hd##D(const T* q, const T* k, const T* v, T* out, float* lse,          \
                                const int* tiles, int n, int q_heads, int kv_heads,              \
                                float scale) {                                                   \
         flash_fwd<T, D>(q, k, v, out, lse, tiles, n, q_heads, kv_heads, scale);                 \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkdv_atomic_##TN##_hd##D(      \
+    extern "C" __global__ void __launch_bounds__ DKDV_BOUNDS flash_bwd_dkdv_atomic_##TN##_hd##D(\
         const T* q, const T* k, const T* v, const T* dout, const float* lse,                    \
         const float* delta, T* dk, T* dv, float* dq_accum, const int* tiles, int n,             \
         int q_heads, int kv_heads, float scale) {                                               \
         flash_bwd_dkdv<T, D, true>(q, k, v, dout, lse, delta, dk, dv, dq_accum, tiles, n,       \
                                    q_heads, kv_heads, scale);                                   \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256) flash_bwd_dkdv_##TN##_hd##D(             \
+    extern "C" __global__ void __launch_bounds__ DKDV_BOUNDS flash_bwd_dkdv_##TN##_hd##D(       \
         const T* q, const T* k, const T* v, const T* dout, const float* lse,                    \
         const float* delta, T* dk, T* dv, const int* tiles, int n, int q_heads, int kv_heads,   \
         float scale) {                                                                          \
@@ -676,10 +866,10 @@ using namespace limo_flash;
         flash_bwd_dq<T, D>(q, k, v, dout, lse, delta, dq, tiles, n, q_heads, kv_heads, scale);  \
     }
 
-LIMO_FLASH_ENTRIES(bf16, bf16, 64)
-LIMO_FLASH_ENTRIES(bf16, bf16, 128)
-LIMO_FLASH_ENTRIES(float, f32, 64)
-LIMO_FLASH_ENTRIES(float, f32, 128)
+LIMO_FLASH_ENTRIES(bf16, bf16, 64, (256, 1))
+LIMO_FLASH_ENTRIES(bf16, bf16, 128, (256))
+LIMO_FLASH_ENTRIES(float, f32, 64, (256, 1))
+LIMO_FLASH_ENTRIES(float, f32, 128, (256))
 
 extern "C" __global__ void flash_bwd_preprocess_bf16(const bf16* dout, const bf16* out,
                                                      float* delta, int n, int q_heads,
@@ -698,19 +888,6 @@ extern "C" __global__ void flash_convert_dq_bf16(const float* src, bf16* dst, lo
          i += (long long)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[i]);
 }
-
-// Resource usage, ptxas -v (CUDA 13.0; no spills anywhere; registers per thread, dynamic shared
-// memory per CTA as set by the wrapper):
-//
-//   kernel (bf16 and f32 alike)   threads  smem hd64/hd128    regs sm_90 hd64/hd128  sm_80
-//   flash_fwd                       128    18,432 / 34,816       128 / 175         128 / 168
-//   flash_bwd_dkdv_atomic           256    55,808 / 88,576       127 / 126         127 / 165
-//   flash_bwd_dkdv                  256    55,808 / 88,576       126 / 126         125 / 128
-//   flash_bwd_dq                    128    36,864 / 69,632       127 / 175         156 / 164
-//   flash_bwd_preprocess            256         0                   30                30
-//
-// Not yet done for speed (correctness first): cp.async double buffering of the K/V tiles,
-// ldmatrix for the fragment loads, 128-row query tiles in the forward, a persistent grid.
 
 #ifdef LIMO_FLASH_EMULATE
 #include "flash_attention_emulate_test.cuh"

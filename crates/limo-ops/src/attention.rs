@@ -69,11 +69,21 @@ pub fn attention_backward(
     cu_seqlens: &[usize],
     scale: f64,
 ) -> Result<AttentionGrads> {
-    // The kernel's deterministic variant (no atomics): training runs stay bit-reproducible.
+    // fp32 atomic dQ by default (the fast path; dQ's last bits vary run to run);
+    // LIMO_FLASH_DETERMINISTIC=1 takes the bit-reproducible dQ kernel (docs/CUDA.md).
     #[cfg(feature = "cuda")]
     if crate::cuda::flash_attention::dispatches(q, k, v) {
+        let deterministic = crate::cuda::flash_attention::deterministic_requested();
         return crate::cuda::flash_attention::flash_attention_backward(
-            d_out, q, k, v, out, lse, cu_seqlens, scale, true,
+            d_out,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            cu_seqlens,
+            scale,
+            deterministic,
         );
     }
     check_seqlens(q, cu_seqlens)?;

@@ -8,12 +8,18 @@
 //! head_dim 64 or 128, `q_heads` a multiple of `kv_heads`, `cu_seqlens = [0, .., N]` strictly
 //! increasing. Outputs in the input dtype; the log-sum-exp is `[q_heads, N]` f32.
 //!
-//! The wrapper cuts every document into tiles of [`TILE`] rows starting at the document's first
-//! token and uploads one `(tile start, document start, document end)` triple per tile: the
-//! kernels then never look across a document and skip the kv tiles outside the causal range.
+//! The wrapper cuts every document into tiles ([`FWD_TILE`] query rows for the forward,
+//! [`TILE`] rows for the backward) starting at the document's first token and uploads one
+//! `(tile start, document start, document end)` triple per tile: the kernels then never look
+//! across a document and skip the kv tiles outside the causal range.
 //! The tiles are ordered longest-work first (for the forward and dQ a tile's work grows with
 //! its distance from the document start, for dK/dV with its distance to the document end), so
 //! the long causal rows start in the first wave and the short ones fill the end of the grid.
+//!
+//! Backward dQ: fp32 atomics from the dK/dV kernel (fast, the last bits vary run to run) or a
+//! separate deterministic kernel (bit-reproducible, ~+40% backward FLOPs); the caller picks with
+//! `deterministic`, and [`deterministic_requested`] reads the documented default
+//! (`LIMO_FLASH_DETERMINISTIC`, off: atomic).
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -25,27 +31,48 @@ use crate::AttentionGrads;
 
 static PTX: Ptx = ptx!("flash_attention");
 
-/// Rows of every query and kv tile (`kTile` in the kernel file).
+/// Query rows of a forward tile (`kFwdTile` in the kernel file).
+const FWD_TILE: usize = 128;
+/// Rows of every kv tile and of the backward's query tiles (`kTile` in the kernel file).
 const TILE: usize = 64;
-/// Threads of the forward and deterministic dQ kernels (4 warps) and of dK/dV (8 warps).
+/// Threads of the deterministic dQ kernel (4 warps) and of the forward and dK/dV (8 warps).
 const THREADS_4W: u32 = 128;
 const THREADS_8W: u32 = 256;
 
-/// Dynamic shared memory of `flash_fwd*` (`FwdSmem` in the kernel file): K and V tiles
-/// `[64][D+8]` bf16, under the default 48 KiB limit.
+/// Dynamic shared memory of `flash_fwd*` (`FwdSmem` in the kernel file): three cp.async stages
+/// of K and V `[64][D+8]` bf16, the Q tile `[128][D+8]` staged in the third (104,448 bytes at
+/// D=128: above the default 48 KiB, so the forward calls [`allow_smem`]).
 fn fwd_smem_bytes(head_dim: usize) -> usize {
-    2 * TILE * (head_dim + 8) * 2
+    3 * 2 * TILE * (head_dim + 8) * 2
 }
 
-/// Dynamic shared memory of `flash_bwd_dkdv*` (`BwdSmem` in the kernel file): K, V, Q, dO tiles
-/// `[64][D+8]` bf16, P and dS tiles `[64][72]` bf16, lse and D `[64]` f32.
+/// Dynamic shared memory of `flash_bwd_dkdv*` (`BwdSmem` in the kernel file): K, V tiles and two
+/// stages of Q, dO tiles `[64][D+8]` bf16, P and dS tiles `[64][72]` bf16, two stages of lse and
+/// D `[64]` f32.
 fn dkdv_smem_bytes(head_dim: usize) -> usize {
-    4 * TILE * (head_dim + 8) * 2 + 2 * TILE * (TILE + 8) * 2 + 2 * TILE * 4
+    6 * TILE * (head_dim + 8) * 2 + 2 * TILE * (TILE + 8) * 2 + 4 * TILE * 4
 }
 
-/// Dynamic shared memory of `flash_bwd_dq*` (`DqSmem`): Q, dO, K, V tiles `[64][D+8]` bf16.
+/// Dynamic shared memory of `flash_bwd_dq*` (`DqSmem`): Q, dO tiles and two stages of K, V tiles
+/// `[64][D+8]` bf16.
 fn dq_smem_bytes(head_dim: usize) -> usize {
-    4 * TILE * (head_dim + 8) * 2
+    6 * TILE * (head_dim + 8) * 2
+}
+
+/// The documented default of the backward's `deterministic` argument: `false` (fp32 atomic dQ
+/// from the dK/dV kernel, the fast path; the order of the adds, hence dQ's last bits, varies
+/// run to run) unless `LIMO_FLASH_DETERMINISTIC` is `1`/`true`/`yes`/`on` (a separate dQ kernel
+/// without atomics, bit-reproducible, ~+40% backward FLOPs and a second pass over K and V).
+pub fn deterministic_requested() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| {
+        std::env::var("LIMO_FLASH_DETERMINISTIC").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+    })
 }
 
 /// Whether the kernels take these inputs: the dispatch test of the public attention ops.
@@ -55,8 +82,29 @@ pub(crate) fn dispatches(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     let on_gpu = [q, k, v]
         .iter()
         .all(|t| t.device().is_cuda() && t.dtype() == DType::BF16);
-    let head_dim_ok = matches!(q.dims(), [_, _, 64] | [_, _, 128]);
-    on_gpu && head_dim_ok
+    let head_dim = match q.dims() {
+        [_, _, d @ (64 | 128)] => *d,
+        _ => return false,
+    };
+    on_gpu && smem_fits(q, head_dim)
+}
+
+/// Whether the GPU grants every kernel's shared memory at `head_dim` (sm_86/sm_89 allow 99 KiB
+/// per block, less than the D=128 forward's 102 KiB): those fall back to the candle path.
+fn smem_fits(q: &Tensor, head_dim: usize) -> bool {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+    let Ok(dev) = q.device().as_cuda_device() else {
+        return false;
+    };
+    let granted = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_or(0, |b| b.max(0) as usize);
+    let needed = fwd_smem_bytes(head_dim)
+        .max(dkdv_smem_bytes(head_dim))
+        .max(dq_smem_bytes(head_dim));
+    needed <= granted
 }
 
 /// Sizes shared by the forward and the backward, validated.
@@ -171,11 +219,12 @@ enum Order {
 fn tile_table(
     dev: &CudaDevice,
     cu_seqlens: &[usize],
+    tile: usize,
     order: Order,
 ) -> Result<(CudaSlice<i32>, u32)> {
     let mut tiles: Vec<[usize; 3]> = cu_seqlens
         .windows(2)
-        .flat_map(|w| (w[0]..w[1]).step_by(TILE).map(move |s| [s, w[0], w[1]]))
+        .flat_map(|w| (w[0]..w[1]).step_by(tile).map(move |s| [s, w[0], w[1]]))
         .collect();
     // A stable sort: equal-work tiles keep document order, so the launch is the same every run.
     match order {
@@ -250,7 +299,7 @@ fn forward<T: KernelType>(
         view::<T>(&ks, kl)?,
         view::<T>(&vs, vl)?,
     );
-    let (tiles, count) = tile_table(&dev, cu_seqlens, Order::Queries)?;
+    let (tiles, count) = tile_table(&dev, cu_seqlens, FWD_TILE, Order::Queries)?;
     // Every element is written: the tiles cover every token of every head.
     let mut out = unsafe { super::alloc::<T>(&dev, d.n * d.q_heads * d.head_dim) }?;
     let mut lse = unsafe { super::alloc::<f32>(&dev, d.q_heads * d.n) }?;
@@ -261,6 +310,8 @@ fn forward<T: KernelType>(
         &PTX,
         &format!("flash_fwd_{}_hd{}", T::SUFFIX, d.head_dim),
     )?;
+    let smem = fwd_smem_bytes(d.head_dim);
+    allow_smem(&f, smem)?;
     let mut b = f.builder();
     b.arg(&qv)
         .arg(&kv)
@@ -269,15 +320,7 @@ fn forward<T: KernelType>(
         .arg(&mut lse)
         .arg(&tiles);
     b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
-    unsafe {
-        b.launch(config(
-            count,
-            d.q_heads,
-            THREADS_4W,
-            fwd_smem_bytes(d.head_dim),
-        ))
-    }
-    .map_err(wrap)?;
+    unsafe { b.launch(config(count, d.q_heads, THREADS_8W, smem)) }.map_err(wrap)?;
     drop(b);
     Ok((
         to_tensor(out, &dev, (d.n, d.q_heads, d.head_dim))?,
@@ -289,6 +332,8 @@ fn forward<T: KernelType>(
 /// (summed over the query heads of the group in a fixed order), and dQ either by fp32 atomics
 /// from the same kernel (`deterministic = false`, faster, last bits vary run to run) or by a
 /// separate kernel per query tile with no atomics (`deterministic = true`, bit-reproducible).
+/// [`deterministic_requested`] gives the documented default (atomic unless
+/// `LIMO_FLASH_DETERMINISTIC=1`).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_backward(
     d_out: &Tensor,
@@ -407,7 +452,7 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
     // Every element of dK and dV is written: the kv tiles cover every token of every kv head.
     let mut dk = unsafe { super::alloc::<T>(&dev, kv_elems) }?;
     let mut dv = unsafe { super::alloc::<T>(&dev, kv_elems) }?;
-    let (kv_tiles, kv_count) = tile_table(&dev, a.cu_seqlens, Order::Keys)?;
+    let (kv_tiles, kv_count) = tile_table(&dev, a.cu_seqlens, TILE, Order::Keys)?;
     let dkdv_smem = dkdv_smem_bytes(d.head_dim);
     let kv_cfg = config(kv_count, d.kv_heads, THREADS_8W, dkdv_smem);
     let suffix = format!("{}_hd{}", T::SUFFIX, d.head_dim);
@@ -429,7 +474,7 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
 
         // Every element written: the query tiles cover every token of every query head.
         let mut dq = unsafe { super::alloc::<T>(&dev, q_elems) }?;
-        let (q_tiles, q_count) = tile_table(&dev, a.cu_seqlens, Order::Queries)?;
+        let (q_tiles, q_count) = tile_table(&dev, a.cu_seqlens, TILE, Order::Queries)?;
         let smem = dq_smem_bytes(d.head_dim);
         let f = load(&dev, &PTX, &format!("flash_bwd_dq_{suffix}"))?;
         allow_smem(&f, smem)?;
