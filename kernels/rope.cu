@@ -6,10 +6,13 @@
 using limo::from_f32;
 using limo::to_f32;
 
-// y = x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1].
-template <typename T, typename C>
-__device__ void rope_fwd(const T* x, const C* cos, const C* sin, T* y, int tokens, int heads,
-                         int head_dim) {
+// Forward (Backward = false): y = x * cos + rotate_half(x) * sin,
+// rotate_half([x1, x2]) = [-x2, x1].
+// Backward, its transpose: dx = dy * cos + rotate_half^T(dy * sin),
+// rotate_half^T([z1, z2]) = [z2, -z1]; here x is dy and y is dx.
+template <bool Backward, typename T, typename C>
+__device__ void rope(const T* x, const C* cos, const C* sin, T* y, int tokens, int heads,
+                     int head_dim) {
   const size_t total = (size_t)tokens * heads * head_dim;
   const int half = head_dim / 2;
   for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
@@ -17,25 +20,14 @@ __device__ void rope_fwd(const T* x, const C* cos, const C* sin, T* y, int token
     const int i = (int)(e % head_dim);
     const size_t t = e / ((size_t)heads * head_dim);
     const size_t tab = t * head_dim + i;
-    const float rot = i < half ? -to_f32(x[e + half]) : to_f32(x[e - half]);
-    y[e] = from_f32<T>(to_f32(x[e]) * to_f32(cos[tab]) + rot * to_f32(sin[tab]));
-  }
-}
-
-// The transpose: dx = dy * cos + rotate_half^T(dy * sin), rotate_half^T([z1, z2]) = [z2, -z1].
-template <typename T, typename C>
-__device__ void rope_bwd(const T* dy, const C* cos, const C* sin, T* dx, int tokens, int heads,
-                         int head_dim) {
-  const size_t total = (size_t)tokens * heads * head_dim;
-  const int half = head_dim / 2;
-  for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
-       e += (size_t)gridDim.x * blockDim.x) {
-    const int i = (int)(e % head_dim);
-    const size_t t = e / ((size_t)heads * head_dim);
-    const size_t tab = t * head_dim + i;
-    const float z = i < half ? to_f32(dy[e + half]) * to_f32(sin[tab + half])
-                             : -to_f32(dy[e - half]) * to_f32(sin[tab - half]);
-    dx[e] = from_f32<T>(to_f32(dy[e]) * to_f32(cos[tab]) + z);
+    float rotated;
+    if (Backward) {
+      rotated = i < half ? to_f32(x[e + half]) * to_f32(sin[tab + half])
+                         : -to_f32(x[e - half]) * to_f32(sin[tab - half]);
+    } else {
+      rotated = (i < half ? -to_f32(x[e + half]) : to_f32(x[e - half])) * to_f32(sin[tab]);
+    }
+    y[e] = from_f32<T>(to_f32(x[e]) * to_f32(cos[tab]) + rotated);
   }
 }
 
@@ -43,11 +35,11 @@ __device__ void rope_bwd(const T* dy, const C* cos, const C* sin, T* dx, int tok
 #define LIMO_ROPE(T, C, S)                                                                      \
   extern "C" __global__ void rope_fwd_##S(const T* x, const C* cos, const C* sin, T* y,        \
                                           int tokens, int heads, int head_dim) {               \
-    rope_fwd<T, C>(x, cos, sin, y, tokens, heads, head_dim);                                    \
+    rope<false, T, C>(x, cos, sin, y, tokens, heads, head_dim);                                 \
   }                                                                                             \
   extern "C" __global__ void rope_bwd_##S(const T* dy, const C* cos, const C* sin, T* dx,      \
                                           int tokens, int heads, int head_dim) {               \
-    rope_bwd<T, C>(dy, cos, sin, dx, tokens, heads, head_dim);                                  \
+    rope<true, T, C>(dy, cos, sin, dx, tokens, heads, head_dim);                                \
   }
 
 LIMO_ROPE(__nv_bfloat16, __nv_bfloat16, bf16_bf16)

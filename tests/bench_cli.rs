@@ -111,6 +111,21 @@ fn a_simulated_rank_of_four_holds_a_quarter_of_the_state() {
     assert!(f(&four["peak_mem"]["plan_estimate_gib"]) < f(&one["peak_mem"]["plan_estimate_gib"]));
 }
 
+/// Runs `bench step --shape tiny --tokens 16 EXTRA...`, which must fail with exit code 1;
+/// returns stderr.
+fn bench_err(extra: &[&str]) -> String {
+    let out = limo(
+        &[
+            &["bench", "step", "--shape", "tiny", "--tokens", "16"][..],
+            extra,
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+    err
+}
+
 #[test]
 fn bad_flags_are_one_line_errors() {
     let cases: [(&[&str], &str); 5] = [
@@ -127,13 +142,7 @@ fn bad_flags_are_one_line_errors() {
         (&["--docs", "0"], "--docs must be between 1 and --tokens"),
     ];
     for (extra, expect) in cases {
-        let mut args = vec![
-            "bench", "step", "--shape", "tiny", "--tokens", "16", "--steps", "1",
-        ];
-        args.extend_from_slice(extra);
-        let out = limo(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        let err = bench_err(&[&["--steps", "1"][..], extra].concat());
         assert!(err.contains(expect), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
     }
@@ -141,10 +150,6 @@ fn bad_flags_are_one_line_errors() {
 
 #[test]
 fn cuda_without_a_gpu_build_says_so() {
-    let out = limo(&[
-        "bench", "step", "--shape", "tiny", "--tokens", "16", "--device", "cuda",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = bench_err(&["--device", "cuda"]);
     assert!(err.contains("GPU"), "{err}");
 }

@@ -48,6 +48,33 @@ fn ok(output: Output) -> Output {
     output
 }
 
+/// `limo data COMMAND --data DATA --format FORMAT --tokenizer <fixture> EXTRA...` under `env`.
+fn limo_data(
+    command: &str,
+    data: &str,
+    format: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let tok = tokenizer_dir().display().to_string();
+    let base = [
+        command,
+        "--data",
+        data,
+        "--format",
+        format,
+        "--tokenizer",
+        &tok,
+    ];
+    limo(&[&base[..], extra].concat(), env)
+}
+
+/// `limo data dump` of `data` into `out`, which must succeed.
+fn dump(data: &str, format: &str, out: &Path, extra: &[&str], env: &[(&str, &str)]) {
+    let extra = [&["--out", out.to_str().unwrap()][..], extra].concat();
+    ok(limo_data("dump", data, format, &extra, env));
+}
+
 fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -69,26 +96,9 @@ fn ids(value: &Value) -> Vec<i64> {
 fn dump_math500_equals_the_library_examples() {
     let dir = scratch("dump-math");
     let out = dir.join("math.jsonl");
-    let tok = tokenizer_dir().display().to_string();
     let math = data("math.jsonl");
-    ok(limo(
-        &[
-            "dump",
-            "--data",
-            &math,
-            "--format",
-            "limo",
-            "--column",
-            "question=problem",
-            "--tokenizer",
-            &tok,
-            "--out",
-            out.to_str().unwrap(),
-            "--limit",
-            "25",
-        ],
-        &[],
-    ));
+    let flags = ["--column", "question=problem", "--limit", "25"];
+    dump(&math, "limo", &out, &flags, &[]);
     let rows = read_jsonl(&out);
     assert_eq!(rows.len(), 25);
 
@@ -118,21 +128,16 @@ fn dump_math500_equals_the_library_examples() {
 
 #[test]
 fn stats_math500_counts_lengths_and_cutoff() {
-    let tok = tokenizer_dir().display().to_string();
     let math = data("math.jsonl");
-    let common = [
-        "--data",
-        math.as_str(),
-        "--format",
-        "limo",
-        "--column",
-        "question=problem",
-        "--tokenizer",
-        tok.as_str(),
-        "--cutoff-len",
-        "512",
-    ];
-    let output = ok(limo(&[&["stats", "--json"], &common[..]].concat(), &[]));
+    let stats_with = |extra: &[&str]| {
+        let flags = [
+            &["--column", "question=problem", "--cutoff-len", "512"][..],
+            extra,
+        ]
+        .concat();
+        ok(limo_data("stats", &math, "limo", &flags, &[]))
+    };
+    let output = stats_with(&["--json"]);
     let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(stats["examples"], 500);
     assert_eq!(stats["rows"], 500);
@@ -170,8 +175,7 @@ fn stats_math500_counts_lengths_and_cutoff() {
         .sum();
     assert_eq!(binned, 500);
 
-    let text =
-        String::from_utf8(ok(limo(&[&["stats"], &common[..]].concat(), &[])).stdout).unwrap();
+    let text = String::from_utf8(stats_with(&[]).stdout).unwrap();
     assert!(text.contains("examples: 500\n"), "{text}");
     assert!(
         text.contains(&format!("over cutoff_len 512: {over} ")),
@@ -184,28 +188,16 @@ fn stats_math500_counts_lengths_and_cutoff() {
 fn dump_packing_restarts_positions_per_document() {
     let dir = scratch("dump-packing");
     let out = dir.join("packed.jsonl");
-    let tok = tokenizer_dir().display().to_string();
-    ok(limo(
-        &[
-            "dump",
-            "--data",
-            &data("math.jsonl"),
-            "--format",
-            "limo",
-            "--column",
-            "question=problem",
-            "--tokenizer",
-            &tok,
-            "--out",
-            out.to_str().unwrap(),
-            "--limit",
-            "40",
-            "--cutoff-len",
-            "2048",
-            "--packing",
-        ],
-        &[],
-    ));
+    let flags = [
+        "--column",
+        "question=problem",
+        "--limit",
+        "40",
+        "--cutoff-len",
+        "2048",
+        "--packing",
+    ];
+    dump(&data("math.jsonl"), "limo", &out, &flags, &[]);
     let rows = read_jsonl(&out);
     assert!(!rows.is_empty() && rows.len() < 40);
     let mut documents = 0;
@@ -231,7 +223,6 @@ fn dump_packing_restarts_positions_per_document() {
 #[test]
 fn system_prompt_flags_and_other_formats() {
     let dir = scratch("formats");
-    let tok = tokenizer_dir().display().to_string();
     let tokenizer = ChatTokenizer::from_path(&tokenizer_dir()).unwrap();
     let decode_first = |path: &Path| {
         let rows = read_jsonl(path);
@@ -242,43 +233,16 @@ fn system_prompt_flags_and_other_formats() {
         tokenizer.decode(&ids).unwrap()
     };
     let out = dir.join("alpaca.jsonl");
-    ok(limo(
-        &[
-            "dump",
-            "--data",
-            &data("alpaca.json"),
-            "--format",
-            "alpaca",
-            "--tokenizer",
-            &tok,
-            "--out",
-            out.to_str().unwrap(),
-            "--system",
-            "Be brief.",
-        ],
-        &[],
-    ));
+    let system = ["--system", "Be brief."];
+    dump(&data("alpaca.json"), "alpaca", &out, &system, &[]);
     assert_eq!(
         decode_first(&out),
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAdd the numbers.\n4 and 9<|im_end|>\n\
          <|im_start|>assistant\n13<|im_end|>\n"
     );
     let out = dir.join("messages.jsonl");
-    ok(limo(
-        &[
-            "dump",
-            "--data",
-            &data("messages.jsonl"),
-            "--format",
-            "messages",
-            "--tokenizer",
-            &tok,
-            "--out",
-            out.to_str().unwrap(),
-            "--qwen-default-system",
-        ],
-        &[],
-    ));
+    let system = ["--qwen-default-system"];
+    dump(&data("messages.jsonl"), "messages", &out, &system, &[]);
     assert!(decode_first(&out)
         .starts_with("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud."));
     assert_eq!(read_jsonl(&out).len(), 3);
@@ -287,20 +251,7 @@ fn system_prompt_flags_and_other_formats() {
 #[test]
 fn bad_rows_fail_with_file_row_and_field_or_are_skipped() {
     let dir = scratch("bad-rows");
-    let tok = tokenizer_dir().display().to_string();
-    let math = data("math.jsonl");
-    let output = limo(
-        &[
-            "stats",
-            "--data",
-            &math,
-            "--format",
-            "limo",
-            "--tokenizer",
-            &tok,
-        ],
-        &[],
-    );
+    let output = limo_data("stats", &data("math.jsonl"), "limo", &[], &[]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -310,38 +261,15 @@ fn bad_rows_fail_with_file_row_and_field_or_are_skipped() {
 
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"question\": \"q\", \"solution\": \"s\"}\nnot json\n{\"question\": \"q2\", \"solution\": 7}\n").unwrap();
-    let output = limo(
-        &[
-            "stats",
-            "--data",
-            bad.to_str().unwrap(),
-            "--format",
-            "limo",
-            "--tokenizer",
-            &tok,
-        ],
-        &[],
-    );
+    let bad = bad.to_str().unwrap();
+    let output = limo_data("stats", bad, "limo", &[], &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("bad.jsonl: row 2: invalid JSON"),
         "{stderr}"
     );
-    let output = ok(limo(
-        &[
-            "stats",
-            "--json",
-            "--on-bad-row",
-            "skip",
-            "--data",
-            bad.to_str().unwrap(),
-            "--format",
-            "limo",
-            "--tokenizer",
-            &tok,
-        ],
-        &[],
-    ));
+    let skip = ["--json", "--on-bad-row", "skip"];
+    let output = ok(limo_data("stats", bad, "limo", &skip, &[]));
     let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         (
@@ -375,58 +303,21 @@ fn fake_hub_home(dir: &Path) -> PathBuf {
 fn hub_dataset_id_resolves_from_hf_home_offline() {
     let dir = scratch("hub");
     let home = fake_hub_home(&dir);
-    let tok = tokenizer_dir().display().to_string();
     let out = dir.join("limo.jsonl");
     let env = [("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")];
-    ok(limo(
-        &[
-            "dump",
-            "--data",
-            "GAIR/LIMO",
-            "--format",
-            "limo",
-            "--tokenizer",
-            &tok,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &env,
-    ));
+    dump("GAIR/LIMO", "limo", &out, &[], &env);
     let hub_rows = read_jsonl(&out);
     let local = dir.join("local.jsonl");
-    ok(limo(
-        &[
-            "dump",
-            "--data",
-            &data("limo_sample.jsonl"),
-            "--format",
-            "limo",
-            "--tokenizer",
-            &tok,
-            "--out",
-            local.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    dump(&data("limo_sample.jsonl"), "limo", &local, &[], &[]);
     assert_eq!(hub_rows, read_jsonl(&local));
     assert_eq!(hub_rows.len(), 4);
 
     let empty = dir.join("empty-home");
-    let output = limo(
-        &[
-            "stats",
-            "--data",
-            "GAIR/LIMO",
-            "--format",
-            "limo",
-            "--tokenizer",
-            &tok,
-        ],
-        &[
-            ("HF_HOME", empty.to_str().unwrap()),
-            ("HF_HUB_OFFLINE", "1"),
-        ],
-    );
+    let env = [
+        ("HF_HOME", empty.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let output = limo_data("stats", "GAIR/LIMO", "limo", &[], &env);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success()

@@ -9,41 +9,20 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use common::{golden, limo, run_ok};
+use common::{export_args, golden, golden_config, limo, run_ok, train_args};
 
-/// A run of the golden tiny model on its tokenized data, f32, into `out`.
+/// A run of the golden tiny model on its tokenized data, f32, into `out`, with a checkpoint
+/// after every step.
 fn config(dir: &Path, out: &Path, batch: usize, accum: usize, steps: usize) -> PathBuf {
-    let text = format!(
-        r#"
-[model]
-path = {model:?}
-dtype = "f32"
-[data]
-path = {data:?}
-format = "tokenized"
-[train]
-lr = 1e-3
-warmup_steps = 2
-max_steps = {steps}
-batch_size = {batch}
-grad_accum = {accum}
-weight_decay = 0.01
-shuffle = false
-[output]
-dir = {out:?}
-save_steps = 1
-export_dtype = "none"
-"#,
-        model = golden().join("model").display().to_string(),
-        data = golden().join("train/data.jsonl").display().to_string(),
-        out = out.display().to_string(),
-    );
-    let path = dir.join(format!(
-        "{}.toml",
-        out.file_name().unwrap().to_str().unwrap()
-    ));
-    std::fs::write(&path, text).unwrap();
-    path
+    let sets = [
+        format!("train.max_steps={steps}"),
+        format!("train.batch_size={batch}"),
+        format!("train.grad_accum={accum}"),
+        "output.save_steps=1".into(),
+        "output.export_dtype=\"none\"".into(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    golden_config(dir, &golden().join("train/data.jsonl"), out, "f32", &sets)
 }
 
 fn losses(out: &Path) -> Vec<f64> {
@@ -65,21 +44,11 @@ fn two_processes_train_exactly_what_one_process_trains() {
     // One process, 2 micro-batches of 1 row per step; two processes, 1 row each. Both add the
     // same two partial gradients once, so the results are bit-identical.
     let single = tmp.path().join("single");
-    run_ok(&[
-        "train",
-        "--config",
-        config(tmp.path(), &single, 1, 2, 6).to_str().unwrap(),
-    ]);
+    run_ok(&train_args(&config(tmp.path(), &single, 1, 2, 6), &[]));
     let launched = tmp.path().join("launched");
-    let stdout = run_ok(&[
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--",
-        "train",
-        "--config",
-        config(tmp.path(), &launched, 1, 1, 6).to_str().unwrap(),
-    ]);
+    let launch = ["launch", "--nproc-per-node", "2", "--"].map(String::from);
+    let train = train_args(&config(tmp.path(), &launched, 1, 1, 6), &[]);
+    let stdout = run_ok(&[&launch[..], &train].concat());
     assert!(stdout.contains("on 2 rank(s)"), "{stdout}");
     assert_eq!(losses(&launched), losses(&single));
     let (a, b) = (master(&launched), master(&single));
@@ -103,15 +72,7 @@ fn two_processes_train_exactly_what_one_process_trains() {
         let checkpoint =
             limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
         let model = out.join("exported");
-        run_ok(&[
-            "export",
-            "--checkpoint",
-            checkpoint.to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-            "--dtype",
-            "f32",
-        ]);
+        run_ok(&export_args(&checkpoint, &model, &["--dtype", "f32"]));
         std::fs::read(model.join("model.safetensors")).unwrap()
     };
     assert!(export(&launched) == export(&single), "exports differ");
@@ -133,7 +94,7 @@ fn a_killed_rank_stops_the_job_naming_it() {
     let config = config(tmp.path(), &out, 1, 1, 100_000);
     let mut launcher = limo()
         .args(["launch", "--nproc-per-node", "3", "--timeout", "60", "--"])
-        .args(["train", "--config", config.to_str().unwrap()])
+        .args(train_args(&config, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{limo, run_err, run_ok};
+use common::{assert_mentions, init_tiny_model, limo, run_err, run_ok, train_args};
 use limo_train::TrainConfig;
 
 /// LIMO's LLaMA-Factory recipe (GAIR-NLP/LIMO), with `MODEL`, `DATA` and `OUT` to fill in.
@@ -88,18 +88,15 @@ fn setup(yaml: &str, model: &Path) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// `limo train --config YAML --set ... --print-config`.
+fn print_config_args(yaml: &Path, set: &[&str]) -> Vec<String> {
+    let mut args = train_args(yaml, set);
+    args.push("--print-config".into());
+    args
+}
+
 fn print_config(yaml: &Path, set: &[&str]) -> (TrainConfig, String, String) {
-    let mut args = vec![
-        "train".to_string(),
-        "--print-config".into(),
-        "--config".into(),
-        yaml.display().to_string(),
-    ];
-    for s in set {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    let out = limo().args(&args).output().unwrap();
+    let out = limo().args(print_config_args(yaml, set)).output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{stderr}");
@@ -215,37 +212,20 @@ fn unsupported_values_and_unknown_keys_are_one_line_errors() {
         ),
     ] {
         let (_dir, yaml) = setup(&LIMO_YAML.replace(from, to), model);
-        let line = run_err(&[
-            "train",
-            "--print-config",
-            "--config",
-            yaml.to_str().unwrap(),
-        ]);
-        assert!(
-            line.contains(key) && line.contains("train.yaml"),
-            "{key}: {line}"
-        );
+        let line = run_err(&print_config_args(&yaml, &[]));
+        assert_mentions(&line, &[key, "train.yaml"]);
     }
     // A dataset missing from dataset_info.json.
     let (_dir, yaml) = setup(&LIMO_YAML.replace("dataset: limo", "dataset: gsm8k"), model);
-    let line = run_err(&["train", "--config", yaml.to_str().unwrap()]);
-    assert!(
-        line.contains("gsm8k") && line.contains("dataset_info.json"),
-        "{line}"
-    );
+    let line = run_err(&train_args(&yaml, &[]));
+    assert_mentions(&line, &["gsm8k", "dataset_info.json"]);
 }
 
 #[test]
 fn trains_two_steps_from_a_llamafactory_yaml() {
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("tiny");
-    run_ok(&[
-        "init-model",
-        "--shape",
-        "tiny",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
+    init_tiny_model(&model);
     // A local model directory brings its tokenizer, as a Hub checkpoint does.
     let fixtures =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen2.5-tokenizer");
@@ -254,19 +234,15 @@ fn trains_two_steps_from_a_llamafactory_yaml() {
     }
     let yaml_text = LIMO_YAML.replace("cutoff_len: 16384", "cutoff_len: 64");
     let (dir, yaml) = setup(&yaml_text, &model);
-    let stdout = run_ok(&[
-        "train",
-        "--config",
-        yaml.to_str().unwrap(),
-        "--set",
-        "train.max_steps=2",
-        "--set",
-        "model.device=cpu",
-        "--set",
-        "model.dtype=f32",
-        "--set",
-        "output.export_dtype=none",
-    ]);
+    let stdout = run_ok(&train_args(
+        &yaml,
+        &[
+            "train.max_steps=2",
+            "model.device=cpu",
+            "model.dtype=f32",
+            "output.export_dtype=none",
+        ],
+    ));
     assert!(stdout.contains("trained 2 steps"), "{stdout}");
     let metrics = std::fs::read_to_string(dir.path().join("out").join("metrics.jsonl")).unwrap();
     assert_eq!(

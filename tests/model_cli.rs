@@ -5,7 +5,10 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{golden, loss_grad_args, loss_grad_summary, rel_l2, run_err, run_ok};
+use common::{
+    assert_mentions, golden, init_tiny_model, loss_grad_args, loss_grad_summary, rel_l2, run_err,
+    run_ok,
+};
 
 #[test]
 fn loss_grad_matches_transformers_for_both_batches_and_dtypes() {
@@ -52,13 +55,7 @@ fn loss_grad_matches_transformers_for_both_batches_and_dtypes() {
 fn init_model_then_loss_grad_gives_uniform_loss() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m");
-    run_ok(&[
-        "init-model",
-        "--shape",
-        "tiny",
-        "--out",
-        model.to_str().unwrap(),
-    ]);
+    init_tiny_model(&model);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["vocab_size"], 151936);
@@ -98,6 +95,11 @@ fn broken_checkpoints_fail_with_one_line_naming_the_problem() {
         dir
     };
     let loss_grad = |dir: &Path| run_err(&loss_grad_args(dir, &batch, &out));
+    let edit_config = |dir: &Path, edit: fn(String) -> String| {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+    };
 
     let truncated = copy("truncated");
     let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
@@ -106,23 +108,15 @@ fn broken_checkpoints_fail_with_one_line_naming_the_problem() {
         &bytes[..bytes.len() / 2],
     )
     .unwrap();
-    let err = loss_grad(&truncated);
-    assert!(
-        err.contains("model.safetensors") && err.contains("truncated"),
-        "{err}"
-    );
+    assert_mentions(&loss_grad(&truncated), &["model.safetensors", "truncated"]);
 
     let wrong_hidden = copy("wrong-hidden");
-    let config = std::fs::read_to_string(wrong_hidden.join("config.json")).unwrap();
-    std::fs::write(
-        wrong_hidden.join("config.json"),
-        config.replace("\"hidden_size\": 64", "\"hidden_size\": 128"),
-    )
-    .unwrap();
-    let err = loss_grad(&wrong_hidden);
-    assert!(
-        err.contains("model.embed_tokens.weight") && err.contains("[512, 128]"),
-        "{err}"
+    edit_config(&wrong_hidden, |c| {
+        c.replace("\"hidden_size\": 64", "\"hidden_size\": 128")
+    });
+    assert_mentions(
+        &loss_grad(&wrong_hidden),
+        &["model.embed_tokens.weight", "[512, 128]"],
     );
 
     let wrong_shape = copy("wrong-shape");
@@ -137,26 +131,17 @@ fn broken_checkpoints_fail_with_one_line_naming_the_problem() {
     }
     let map: std::collections::HashMap<String, Tensor> = weights.into_iter().collect();
     candle_core::safetensors::save(&map, wrong_shape.join("model.safetensors")).unwrap();
-    let err = loss_grad(&wrong_shape);
-    assert!(
-        err.contains("model.layers.0.self_attn.q_proj.bias") && err.contains("[63]"),
-        "{err}"
+    assert_mentions(
+        &loss_grad(&wrong_shape),
+        &["model.layers.0.self_attn.q_proj.bias", "[63]"],
     );
 
     let not_qwen = copy("not-qwen");
-    let config = std::fs::read_to_string(not_qwen.join("config.json")).unwrap();
-    std::fs::write(
-        not_qwen.join("config.json"),
-        config
-            .replace("\"qwen2\"", "\"llama\"")
-            .replace("Qwen2ForCausalLM", "LlamaForCausalLM"),
-    )
-    .unwrap();
-    let err = loss_grad(&not_qwen);
-    assert!(
-        err.contains("config.json") && err.contains("llama"),
-        "{err}"
-    );
+    edit_config(&not_qwen, |c| {
+        c.replace("\"qwen2\"", "\"llama\"")
+            .replace("Qwen2ForCausalLM", "LlamaForCausalLM")
+    });
+    assert_mentions(&loss_grad(&not_qwen), &["config.json", "llama"]);
 
     let err = run_err(&loss_grad_args(&tmp.path().join("nope"), &batch, &out));
     assert!(err.contains("nope"), "{err}");
@@ -198,14 +183,17 @@ fn bad_batches_are_reported_with_the_file() {
     }
 }
 
-#[test]
-fn doctor_says_what_is_missing_without_a_gpu() {
-    // The default build has no CUDA; a CUDA build on a machine without a GPU names the device.
-    let err = run_err(&["doctor"]);
+/// The default build has no CUDA; a CUDA build on a machine without a GPU names the device.
+fn assert_no_gpu_error(err: &str) {
     assert!(
         err.contains("--features cuda") || err.contains("no usable GPU"),
         "{err}"
     );
+}
+
+#[test]
+fn doctor_says_what_is_missing_without_a_gpu() {
+    assert_no_gpu_error(&run_err(&["doctor"]));
 }
 
 #[test]
@@ -236,12 +224,7 @@ fn loss_grad_on_cuda_needs_the_feature_and_a_gpu() {
         }
         return;
     }
-    // The default build has no CUDA; a CUDA build on a machine without a GPU names the device.
-    let err = run_err(&args);
-    assert!(
-        err.contains("--features cuda") || err.contains("no usable GPU"),
-        "{err}"
-    );
+    assert_no_gpu_error(&run_err(&args));
     assert!(!out.exists(), "nothing written");
 }
 

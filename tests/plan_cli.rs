@@ -1,8 +1,11 @@
 //! End-to-end tests of `limo plan` on the LIMO recipe.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use common::{assert_mentions, run_ok};
 use serde_json::Value;
 
 fn limo(args: &[&str]) -> Output {
@@ -18,29 +21,26 @@ fn recipe() -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// Stdout of `limo plan --config CONFIG --gpus GPUS EXTRA...`, which must succeed.
+fn plan(config: &str, gpus: &str, extra: &[&str]) -> String {
+    let mut args = vec!["plan", "--config", config, "--gpus", gpus];
+    args.extend(extra);
+    run_ok(&args)
+}
+
+/// `limo plan --json` of `config` on `gpus` GPUs with `extra` arguments.
+fn plan_json_of(config: &str, gpus: &str, extra: &[&str]) -> Value {
+    let json = plan(config, gpus, &[&["--json"], extra].concat());
+    serde_json::from_str(&json).expect("--json prints one JSON document")
+}
+
 fn plan_json(gpus: &str) -> Value {
     plan_json_with(gpus, &[])
 }
 
 /// `limo plan --json` of the recipe on `gpus` GPUs with `extra` arguments.
 fn plan_json_with(gpus: &str, extra: &[&str]) -> Value {
-    let recipe = recipe();
-    let mut args = vec![
-        "plan",
-        "--config",
-        recipe.as_str(),
-        "--gpus",
-        gpus,
-        "--json",
-    ];
-    args.extend(extra);
-    let out = limo(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--json prints one JSON document")
+    plan_json_of(&recipe(), gpus, extra)
 }
 
 #[test]
@@ -82,23 +82,22 @@ fn the_32b_recipe_fits_on_32_gpus_and_not_on_8() {
 
 #[test]
 fn the_table_names_every_term_and_the_verdict() {
-    let out = limo(&["plan", "--config", &recipe(), "--gpus", "16"]);
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    for term in [
-        "weight shard",
-        "gradient shard",
-        "master",
-        "Adam",
-        "gathered",
-        "activations",
-        "loss chunk",
-        "workspace",
-        "fits in 80.00 GiB",
-        "step:",
-    ] {
-        assert!(text.contains(term), "{term:?} missing from\n{text}");
-    }
+    let text = plan(&recipe(), "16", &[]);
+    assert_mentions(
+        &text,
+        &[
+            "weight shard",
+            "gradient shard",
+            "master",
+            "Adam",
+            "gathered",
+            "activations",
+            "loss chunk",
+            "workspace",
+            "fits in 80.00 GiB",
+            "step:",
+        ],
+    );
 }
 
 #[test]
@@ -137,10 +136,7 @@ fn a_model_of_unknown_size_is_an_error_naming_the_file() {
     let out = limo(&["plan", "--config", config.to_str().unwrap(), "--gpus", "8"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("recipe.toml") && err.contains("names no Qwen2.5 size"),
-        "{err}"
-    );
+    assert_mentions(&err, &["recipe.toml", "names no Qwen2.5 size"]);
 }
 
 #[test]
@@ -152,22 +148,8 @@ fn a_local_checkpoint_is_read_from_its_config_json() {
     let mut config = limo_model::init::preset_config("0.5b").unwrap();
     config["num_hidden_layers"] = 2.into();
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
-    let out = limo(&[
-        "plan",
-        "--config",
-        &recipe(),
-        "--gpus",
-        "2",
-        "--json",
-        "--set",
-        &format!("model.path={:?}", model.to_str().unwrap()),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model_path = format!("model.path={:?}", model.to_str().unwrap());
+    let plan = plan_json_with("2", &["--set", &model_path]);
     // Two layers of the 0.5B shape, not the 32B preset the recipe's file name suggests.
     assert_eq!(plan["layers"], 2);
     assert_eq!(plan["hidden"], 896);
@@ -250,29 +232,18 @@ fn host_memory_per_node_is_per_gpu_times_the_gpus_of_a_node() {
     assert_eq!(bytes(&plan_json("8")["host"]["total_per_node"]), 0);
 
     // The table says it too.
-    let recipe = recipe();
-    let args = [
-        "plan",
-        "--config",
-        &recipe,
-        "--gpus",
-        "8",
-        "--offload",
-        "cpu",
-    ];
-    let out = limo(&[&args[..], &["--host-mem", "1TiB"]].concat());
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    for term in [
-        "optimizer offload: cpu",
-        "on the host",
-        "per node (8 GPUs)",
-        "pinned staging",
-        "fits in 1024.00 GiB per node",
-        "margin",
-    ] {
-        assert!(text.contains(term), "{term:?} missing from\n{text}");
-    }
+    let text = plan(&recipe(), "8", &["--offload", "cpu", "--host-mem", "1TiB"]);
+    assert_mentions(
+        &text,
+        &[
+            "optimizer offload: cpu",
+            "on the host",
+            "per node (8 GPUs)",
+            "pinned staging",
+            "fits in 1024.00 GiB per node",
+            "margin",
+        ],
+    );
 }
 
 #[test]
@@ -284,18 +255,7 @@ fn the_config_field_is_honoured_and_the_flag_overrides_it() {
     let with_field = text.replace("[train]\n", "[train]\noptimizer_offload = \"cpu\"\n");
     assert_ne!(with_field, text, "the recipe has a [train] section");
     std::fs::write(&config, with_field).unwrap();
-    let run = |extra: &[&str]| -> Value {
-        let path = config.to_str().unwrap();
-        let mut args = vec!["plan", "--config", path, "--gpus", "8", "--json"];
-        args.extend(extra);
-        let out = limo(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let run = |extra: &[&str]| plan_json_of(config.to_str().unwrap(), "8", extra);
     let from_file = run(&[]);
     assert_eq!(from_file["optimizer_offload"], true);
     assert_eq!(from_file["with_checkpointing"]["memory"]["adam"], 0);

@@ -9,55 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use common::{golden, limo, loss_grad_summary, rel_l2, run_err, run_ok};
+use common::{
+    export_args, golden, golden_config, limo, loss_grad_summary, rel_l2, run_err, run_ok,
+    train_args,
+};
 
-/// A config training the golden tiny model on `data` (tokenized JSONL) into `out`, with the
-/// golden's settings unless `set` (`section.key=value`, TOML values) says otherwise.
-fn golden_config(dir: &Path, data: &Path, out: &Path, dtype: &str, set: &[&str]) -> PathBuf {
-    let mut values: Vec<(String, String)> = [
-        (
-            "model.path",
-            format!("{:?}", golden().join("model").display().to_string()),
-        ),
-        ("model.dtype", format!("{dtype:?}")),
-        ("data.path", format!("{:?}", data.display().to_string())),
-        ("data.format", "\"tokenized\"".into()),
-        ("train.lr", "1e-3".into()),
-        ("train.schedule", "\"cosine\"".into()),
-        ("train.warmup_steps", "2".into()),
-        ("train.max_steps", "10".into()),
-        ("train.batch_size", "1".into()),
-        ("train.weight_decay", "0.01".into()),
-        ("train.max_grad_norm", "1.0".into()),
-        ("train.shuffle", "false".into()),
-        ("output.dir", format!("{:?}", out.display().to_string())),
-        ("output.export_dtype", "\"f32\"".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    for item in set {
-        let (k, v) = item.split_once('=').unwrap();
-        match values.iter_mut().find(|(key, _)| key == k) {
-            Some(entry) => entry.1 = v.to_string(),
-            None => values.push((k.to_string(), v.to_string())),
-        }
-    }
-    let mut text = String::new();
-    for section in ["model", "data", "train", "output"] {
-        text.push_str(&format!("[{section}]\n"));
-        for (k, v) in &values {
-            if let Some(key) = k.strip_prefix(&format!("{section}.")) {
-                text.push_str(&format!("{key} = {v}\n"));
-            }
-        }
-    }
-    let path = dir.join(format!(
-        "{}.toml",
-        out.file_name().unwrap().to_str().unwrap()
-    ));
-    std::fs::write(&path, text).unwrap();
-    path
+/// [`golden_config`] on the golden's own training data, with all of its settings.
+fn golden_data_config(dir: &Path, out: &Path, dtype: &str) -> PathBuf {
+    golden_config(dir, &golden().join("train/data.jsonl"), out, dtype, &[])
 }
 
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
@@ -96,14 +55,8 @@ fn reproduces_the_transformers_trajectory() {
     // relative f32 noise of a tiny gradient becomes a full-size update difference.
     for (dtype, step_tol, final_tol) in [("f64", 1e-12, 1e-12), ("f32", 1e-6, 1e-4)] {
         let out = tmp.path().join(dtype);
-        let config = golden_config(
-            tmp.path(),
-            &golden().join("train/data.jsonl"),
-            &out,
-            dtype,
-            &[],
-        );
-        run_ok(&["train", "--config", config.to_str().unwrap()]);
+        let config = golden_data_config(tmp.path(), &out, dtype);
+        run_ok(&train_args(&config, &[]));
         let ours = read_jsonl(&out.join("metrics.jsonl"));
         assert_eq!(ours.len(), 10);
         for (o, r) in ours.iter().zip(&reference) {
@@ -159,13 +112,21 @@ fn long_rows(dir: &Path, rows: usize, len: usize) -> PathBuf {
     path
 }
 
+/// `limo train --config CONFIG --resume`: on from the run's `latest` checkpoint.
+fn resume_args(config: &Path) -> Vec<String> {
+    let mut args = train_args(config, &[]);
+    args.push("--resume".into());
+    args
+}
+
 /// Starts a run and SIGKILLs it once `metrics.jsonl` shows `kill_after` steps. Returns false
 /// if the run finished first.
 fn run_and_kill(config: &Path, out: &Path, kill_after: usize, resume: bool) -> bool {
-    let mut args = vec!["train", "--config", config.to_str().unwrap()];
-    if resume {
-        args.push("--resume");
-    }
+    let args = if resume {
+        resume_args(config)
+    } else {
+        train_args(config, &[])
+    };
     let mut child = limo()
         .args(&args)
         .stdout(std::process::Stdio::null())
@@ -214,7 +175,7 @@ fn sigkill_then_resume_ends_bit_identical() {
     ];
     let uninterrupted = tmp.path().join("a");
     let config_a = golden_config(tmp.path(), &data, &uninterrupted, "f32", &set);
-    run_ok(&["train", "--config", config_a.to_str().unwrap()]);
+    run_ok(&train_args(&config_a, &[]));
 
     let interrupted = tmp.path().join("b");
     let config_b = golden_config(tmp.path(), &data, &interrupted, "f32", &set);
@@ -224,7 +185,7 @@ fn sigkill_then_resume_ends_bit_identical() {
         run_and_kill(&config_b, &interrupted, kill_after, false),
         "the run ended before step {kill_after}"
     );
-    run_ok(&["train", "--config", config_b.to_str().unwrap(), "--resume"]);
+    run_ok(&resume_args(&config_b));
 
     let a = master_weights(&latest_checkpoint(&uninterrupted));
     let b = master_weights(&latest_checkpoint(&interrupted));
@@ -296,7 +257,7 @@ fn kills_during_checkpoint_writes_never_break_latest() {
         }
     }
     assert!(kills >= 2, "the run was killed {kills} times");
-    run_ok(&["train", "--config", config.to_str().unwrap(), "--resume"]);
+    run_ok(&resume_args(&config));
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
     assert_eq!(metrics.len(), steps);
     let kept: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
@@ -312,14 +273,8 @@ fn kills_during_checkpoint_writes_never_break_latest() {
 fn export_round_trips_through_loss_grad() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let config = golden_config(
-        tmp.path(),
-        &golden().join("train/data.jsonl"),
-        &out,
-        "f32",
-        &[],
-    );
-    run_ok(&["train", "--config", config.to_str().unwrap()]);
+    let config = golden_data_config(tmp.path(), &out, "f32");
+    run_ok(&train_args(&config, &[]));
     let checkpoint = latest_checkpoint(&out);
     let batch = golden().join("batch.json");
     let loss_of = |model: &Path| -> f64 {
@@ -340,28 +295,14 @@ fn export_round_trips_through_loss_grad() {
     let reference = loss_of(&by_hand);
 
     let f32_dir = tmp.path().join("f32");
-    run_ok(&[
-        "export",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--out",
-        f32_dir.to_str().unwrap(),
-        "--dtype",
-        "f32",
-    ]);
+    run_ok(&export_args(&checkpoint, &f32_dir, &["--dtype", "f32"]));
     assert_eq!(loss_of(&f32_dir), reference);
     let bf16_dir = tmp.path().join("bf16");
-    run_ok(&[
-        "export",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--out",
-        bf16_dir.to_str().unwrap(),
-        "--dtype",
-        "bf16",
-        "--max-shard-size",
-        "20KB",
-    ]);
+    run_ok(&export_args(
+        &checkpoint,
+        &bf16_dir,
+        &["--dtype", "bf16", "--max-shard-size", "20KB"],
+    ));
     assert!(
         bf16_dir.join("model.safetensors.index.json").exists(),
         "small shards give an index"
@@ -382,13 +323,7 @@ fn export_round_trips_through_loss_grad() {
 fn bad_configs_fail_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("never");
-    let config = golden_config(
-        tmp.path(),
-        &golden().join("train/data.jsonl"),
-        &out,
-        "f32",
-        &[],
-    );
+    let config = golden_data_config(tmp.path(), &out, "f32");
     let text = std::fs::read_to_string(&config).unwrap();
     let cases = [
         (
@@ -435,13 +370,7 @@ fn bad_configs_fail_before_any_work() {
             "{name}: the message names the file: {err}"
         );
     }
-    let err = run_err(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--set",
-        "train.epochs=0",
-    ]);
+    let err = run_err(&train_args(&config, &["train.epochs=0"]));
     assert!(err.contains("train.epochs"), "{err}");
     assert!(!out.exists(), "nothing was written");
 }
@@ -515,7 +444,7 @@ fn gradient_accumulation_is_a_sum_over_the_step_not_a_mean_of_means() {
     let run = |name: &str, set: &[&str]| {
         let out = tmp.path().join(name);
         let config = golden_config(tmp.path(), &path, &out, "f64", set);
-        run_ok(&["train", "--config", config.to_str().unwrap()]);
+        run_ok(&train_args(&config, &[]));
         (
             read_jsonl(&out.join("metrics.jsonl")),
             master_weights(&latest_checkpoint(&out)),

@@ -16,6 +16,55 @@ pub fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/qwen2-tiny")
 }
 
+/// A config training the golden tiny model on `data` (tokenized JSONL) into `out`, with the
+/// golden's settings unless `set` (`section.key=value`, TOML values) says otherwise.
+pub fn golden_config(dir: &Path, data: &Path, out: &Path, dtype: &str, set: &[&str]) -> PathBuf {
+    let mut values: Vec<(String, String)> = [
+        (
+            "model.path",
+            format!("{:?}", golden().join("model").display().to_string()),
+        ),
+        ("model.dtype", format!("{dtype:?}")),
+        ("data.path", format!("{:?}", data.display().to_string())),
+        ("data.format", "\"tokenized\"".into()),
+        ("train.lr", "1e-3".into()),
+        ("train.schedule", "\"cosine\"".into()),
+        ("train.warmup_steps", "2".into()),
+        ("train.max_steps", "10".into()),
+        ("train.batch_size", "1".into()),
+        ("train.weight_decay", "0.01".into()),
+        ("train.max_grad_norm", "1.0".into()),
+        ("train.shuffle", "false".into()),
+        ("output.dir", format!("{:?}", out.display().to_string())),
+        ("output.export_dtype", "\"f32\"".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for item in set {
+        let (k, v) = item.split_once('=').unwrap();
+        match values.iter_mut().find(|(key, _)| key == k) {
+            Some(entry) => entry.1 = v.to_string(),
+            None => values.push((k.to_string(), v.to_string())),
+        }
+    }
+    let mut text = String::new();
+    for section in ["model", "data", "train", "output"] {
+        text.push_str(&format!("[{section}]\n"));
+        for (k, v) in &values {
+            if let Some(key) = k.strip_prefix(&format!("{section}.")) {
+                text.push_str(&format!("{key} = {v}\n"));
+            }
+        }
+    }
+    let path = dir.join(format!(
+        "{}.toml",
+        out.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Runs limo and returns stdout; panics with stderr when it fails.
 pub fn run_ok<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = limo().args(args).output().unwrap();
@@ -61,4 +110,38 @@ pub fn loss_grad_args(model: &Path, batch: &Path, out: &Path) -> Vec<String> {
 /// The JSON summary `limo debug loss-grad` prints (loss, n_target_tokens, grad norm).
 pub fn loss_grad_summary(model: &Path, batch: &Path, out: &Path) -> serde_json::Value {
     serde_json::from_str(run_ok(&loss_grad_args(model, batch, out)).trim()).unwrap()
+}
+
+/// Arguments of `limo train --config CONFIG`, then `--set S` for each of `sets`.
+pub fn train_args(config: &Path, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["train".into(), "--config".into(), path_arg(config)];
+    for set in sets {
+        args.push("--set".into());
+        args.push(set.to_string());
+    }
+    args
+}
+
+/// Arguments of `limo export --checkpoint CHECKPOINT --out OUT`, then `extra`.
+pub fn export_args(checkpoint: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["export".into(), "--checkpoint".into(), path_arg(checkpoint)];
+    args.extend(["--out".into(), path_arg(out)]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A random-initialized tiny Qwen2.5 checkpoint written by `limo init-model` into `out`.
+pub fn init_tiny_model(out: &Path) {
+    run_ok(&["init-model", "--shape", "tiny", "--out", &path_arg(out)]);
+}
+
+/// Asserts that `message` contains every one of `parts`.
+pub fn assert_mentions(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(message.contains(part), "{part:?} is not in: {message}");
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str().unwrap().to_string()
 }

@@ -241,38 +241,31 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].location.row, 2);
 
-        let number = write(&dir, "number.json", b"42");
-        let err = read_records(&number).unwrap_err().to_string();
-        assert!(
-            err.contains("number.json") && err.contains("JSON array"),
-            "{err}"
-        );
-
         // JSON Lines under a .json name, as on the Hub.
         let lines = write(&dir, "lines.json", b"{\"a\": 1}\n{\"a\": 2}\n");
         let records = read_records(&lines).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].value.as_ref().unwrap()["a"], 2);
 
-        let broken = write(&dir, "broken.json", b"[{\"a\": 1},\n {\"a\" 2}]");
-        let err = read_records(&broken).unwrap_err().to_string();
-        assert!(
-            err.contains("broken.json") && err.contains("line 2"),
-            "{err}"
-        );
-
-        let latin1 = write(&dir, "latin1.json", b"[\n{\"a\": \"caf\xe9\"}]");
-        let err = read_records(&latin1).unwrap_err().to_string();
-        assert!(
-            err.contains("latin1.json") && err.contains("UTF-8") && err.contains("line 2"),
-            "{err}"
-        );
-
-        let other = write(&dir, "data.csv", b"a,b\n");
-        assert!(read_records(&other)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown data file type"));
+        // Each unreadable file: the error names it and says what is wrong, and where.
+        let broken: [(&str, &[u8], &[&str]); 4] = [
+            ("number.json", b"42", &["JSON array"]),
+            ("broken.json", b"[{\"a\": 1},\n {\"a\" 2}]", &["line 2"]),
+            (
+                "latin1.json",
+                b"[\n{\"a\": \"caf\xe9\"}]",
+                &["UTF-8", "line 2"],
+            ),
+            ("data.csv", b"a,b\n", &["unknown data file type"]),
+        ];
+        for (name, bytes, expected) in broken {
+            let err = read_records(&write(&dir, name, bytes))
+                .unwrap_err()
+                .to_string();
+            for part in [name].iter().chain(expected) {
+                assert!(err.contains(part), "{part:?} is not in: {err}");
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,21 @@ fn load(
         .map(|(examples, report)| (examples.len(), report))
 }
 
+/// The load failed with an error that contains every one of `parts`.
+fn assert_fails_naming<T: std::fmt::Debug>(loaded: limo_data::Result<T>, parts: &[&str]) {
+    let err = loaded.unwrap_err().to_string();
+    for part in parts {
+        assert!(err.contains(part), "{part:?} is not in: {err}");
+    }
+}
+
+/// A fresh folder holding one file `name` of `bytes`, and the file's path.
+fn file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, name, bytes);
+    (dir, path)
+}
+
 fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -41,16 +56,14 @@ const GOOD: &str = r#"{"question": "1+1?", "solution": "\\boxed{2}"}"#;
 
 #[test]
 fn bad_json_line_names_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
+    let (_dir, path) = file(
         "bad.jsonl",
         format!("{GOOD}\n{GOOD}\n{{\"question\": \"q\",\n{GOOD}\n").as_bytes(),
     );
-    let err = load(&path, Format::Limo, OnBadRow::Fail)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("bad.jsonl: row 3: invalid JSON"), "{err}");
+    assert_fails_naming(
+        load(&path, Format::Limo, OnBadRow::Fail),
+        &["bad.jsonl: row 3: invalid JSON"],
+    );
     let (examples, report) = load(&path, Format::Limo, OnBadRow::Skip).unwrap();
     assert_eq!((examples, report.rows, report.skipped), (3, 4, 1));
     assert!(
@@ -106,10 +119,10 @@ fn missing_field_wrong_type_empty_answer_and_unknown_role() {
             &format!("case{i}.jsonl"),
             format!("{}\n{bad}\n", first_row(*format)).as_bytes(),
         );
-        let err = load(&path, *format, OnBadRow::Fail)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(&format!("case{i}.jsonl: {expected}")), "{err}");
+        assert_fails_naming(
+            load(&path, *format, OnBadRow::Fail),
+            &[&format!("case{i}.jsonl: {expected}")],
+        );
         let (examples, report) = load(&path, *format, OnBadRow::Skip).unwrap();
         assert_eq!((examples, report.skipped), (1, 1));
     }
@@ -117,43 +130,30 @@ fn missing_field_wrong_type_empty_answer_and_unknown_role() {
 
 #[test]
 fn non_utf8_line_is_an_error_not_a_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
+    let (_dir, path) = file(
         "latin1.jsonl",
         b"{\"question\": \"caf\xe9\", \"solution\": \"s\"}\n",
     );
-    let err = load(&path, Format::Limo, OnBadRow::Fail)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("latin1.jsonl: row 1: not valid UTF-8"),
-        "{err}"
+    assert_fails_naming(
+        load(&path, Format::Limo, OnBadRow::Fail),
+        &["latin1.jsonl: row 1: not valid UTF-8"],
     );
     // Skipping everything leaves nothing: that is an error too, with the first reason.
-    let err = load(&path, Format::Limo, OnBadRow::Skip)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("no usable examples") && err.contains("UTF-8"),
-        "{err}"
+    assert_fails_naming(
+        load(&path, Format::Limo, OnBadRow::Skip),
+        &["no usable examples", "UTF-8"],
     );
 }
 
 #[test]
 fn json_array_rows_are_element_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        &dir,
+    let (_dir, path) = file(
         "a.json",
         format!("[{GOOD}, {{\"question\": \"q\", \"solution\": null}}]").as_bytes(),
     );
-    let err = load(&path, Format::Limo, OnBadRow::Fail)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("a.json: row 2: field `solution`: expected a string, found null"),
-        "{err}"
+    assert_fails_naming(
+        load(&path, Format::Limo, OnBadRow::Fail),
+        &["a.json: row 2: field `solution`: expected a string, found null"],
     );
 }
 
@@ -269,26 +269,17 @@ fn parquet_with_wrong_columns_names_file_row_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wrong.parquet");
     write_string_parquet(&path, &[("prompt", vec!["q"]), ("response", vec!["a"])]);
-    let err = load(&path, Format::Limo, OnBadRow::Fail)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(
-            "wrong.parquet: row 1: field `question`: missing (record has: prompt, response"
-        ),
-        "{err}"
+    assert_fails_naming(
+        load(&path, Format::Limo, OnBadRow::Fail),
+        &["wrong.parquet: row 1: field `question`: missing (record has: prompt, response"],
     );
 }
 
 #[test]
 fn broken_parquet_file_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(&dir, "broken.parquet", b"PAR1 definitely not parquet");
-    let err = load(&path, Format::Limo, OnBadRow::Skip)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("broken.parquet: not a readable Parquet file"),
-        "{err}"
+    let (_dir, path) = file("broken.parquet", b"PAR1 definitely not parquet");
+    assert_fails_naming(
+        load(&path, Format::Limo, OnBadRow::Skip),
+        &["broken.parquet: not a readable Parquet file"],
     );
 }

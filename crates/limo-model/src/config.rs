@@ -196,20 +196,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("rope_theta"), "{missing}");
-        let llama = BASE.replace("qwen2", "llama");
-        let err = Qwen2Config::from_json(&format!("{llama}, \"rope_theta\": 1.0}}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("llama"), "{err}");
-        let odd = BASE.replace("\"hidden_size\": 64", "\"hidden_size\": 65");
-        let err = Qwen2Config::from_json(&format!("{odd}, \"rope_theta\": 1.0}}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("hidden_size 65"), "{err}");
-        let wrong_type = BASE.replace("\"hidden_size\": 64", "\"hidden_size\": \"64\"");
-        let err = Qwen2Config::from_json(&format!("{wrong_type}, \"rope_theta\": 1.0}}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("invalid type"), "{err}");
+        // BASE with one edit, completed with its rope_theta.
+        for (from, to, expected) in [
+            ("qwen2", "llama", "llama"),
+            (
+                "\"hidden_size\": 64",
+                "\"hidden_size\": 65",
+                "hidden_size 65",
+            ),
+            (
+                "\"hidden_size\": 64",
+                "\"hidden_size\": \"64\"",
+                "invalid type",
+            ),
+        ] {
+            let edited = BASE.replace(from, to);
+            let err = Qwen2Config::from_json(&format!("{edited}, \"rope_theta\": 1.0}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{to}: {err}");
+        }
     }
 }

@@ -62,6 +62,31 @@ fn linear_backward(dy: &Tensor, x: &Tensor, weight: &Tensor) -> Result<(Tensor, 
     Ok((dy.matmul(weight)?, dy.t()?.matmul(x)?))
 }
 
+/// The projections of the normed tokens `n1 [N, hidden]`, split into heads, before RoPE:
+/// `q [N, heads, head_dim]`, `k, v [N, kv_heads, head_dim]`.
+fn qkv_heads(
+    w: &LayerWeights,
+    n1: &Tensor,
+    config: &Qwen2Config,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let n = n1.dim(0)?;
+    let heads = |t: Tensor, h: usize| t.reshape((n, h, config.head_dim));
+    Ok((
+        heads(
+            linear(n1, &w.q_weight, Some(&w.q_bias))?,
+            config.num_attention_heads,
+        )?,
+        heads(
+            linear(n1, &w.k_weight, Some(&w.k_bias))?,
+            config.num_key_value_heads,
+        )?,
+        heads(
+            linear(n1, &w.v_weight, Some(&w.v_bias))?,
+            config.num_key_value_heads,
+        )?,
+    ))
+}
+
 pub fn layer_forward(
     w: &LayerWeights,
     x: &Tensor,
@@ -70,19 +95,7 @@ pub fn layer_forward(
     let cfg = ctx.config;
     let n = x.dim(0)?;
     let (n1, rstd1) = rms_norm_forward(x, &w.input_norm, cfg.rms_norm_eps)?;
-    let heads = |t: Tensor, h: usize| t.reshape((n, h, cfg.head_dim));
-    let q = heads(
-        linear(&n1, &w.q_weight, Some(&w.q_bias))?,
-        cfg.num_attention_heads,
-    )?;
-    let k = heads(
-        linear(&n1, &w.k_weight, Some(&w.k_bias))?,
-        cfg.num_key_value_heads,
-    )?;
-    let v = heads(
-        linear(&n1, &w.v_weight, Some(&w.v_bias))?,
-        cfg.num_key_value_heads,
-    )?;
+    let (q, k, v) = qkv_heads(w, &n1, cfg)?;
     let q = rope_forward(&q, ctx.rope)?;
     let k = rope_forward(&k, ctx.rope)?;
     let (attn, lse) = attention_forward(&q, &k, &v, ctx.cu_seqlens, ctx.scale())?;
@@ -189,21 +202,8 @@ pub fn layer_qkv(
     config: &Qwen2Config,
     rope: &RopeTables,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let n = x.dim(0)?;
     let (n1, _) = rms_norm_forward(x, &w.input_norm, config.rms_norm_eps)?;
-    let heads = |t: Tensor, h: usize| t.reshape((n, h, config.head_dim));
-    let q = heads(
-        linear(&n1, &w.q_weight, Some(&w.q_bias))?,
-        config.num_attention_heads,
-    )?;
-    let k = heads(
-        linear(&n1, &w.k_weight, Some(&w.k_bias))?,
-        config.num_key_value_heads,
-    )?;
-    let v = heads(
-        linear(&n1, &w.v_weight, Some(&w.v_bias))?,
-        config.num_key_value_heads,
-    )?;
+    let (q, k, v) = qkv_heads(w, &n1, config)?;
     Ok((rope_forward(&q, rope)?, rope_forward(&k, rope)?, v))
 }
 

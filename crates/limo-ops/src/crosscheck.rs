@@ -536,20 +536,35 @@ fn adamw(c: &mut Checks, reference: &Device, test: &Device, opts: &Options) -> R
         let m = random(&[n], s + 3, 1e-3)?;
         // Second moments are non-negative.
         let v = random(&[n], s + 4, 1e-5)?.abs()?;
-        let outputs = both(
-            &["param", "exp_avg", "exp_avg_sq", "bf16 copy"],
-            reference,
-            test,
-            |d| adamw_on(d, &[&p, &g, &m, &v], &step),
-        )?;
-        c.push("adamw", format!("{n} params"), DType::F32, 0.0, outputs)?;
+        // Without clipping (the scale given), then clipped by a squared norm that the kernel
+        // reads on the device and the CPU turns into the same coefficient.
+        for clip in [None, Some((4.2, 1.0))] {
+            let outputs = both(
+                &["param", "exp_avg", "exp_avg_sq", "bf16 copy"],
+                reference,
+                test,
+                |d| adamw_on(d, &[&p, &g, &m, &v], &step, clip),
+            )?;
+            let what = match clip {
+                None => format!("{n} params"),
+                Some((sq, max)) => {
+                    format!("{n} params, clipped (norm^2 {sq} on the device, max {max})")
+                }
+            };
+            c.push("adamw", what, DType::F32, 0.0, outputs)?;
+        }
     }
     Ok(())
 }
 
 /// One AdamW step on `device`: the CPU loop for the CPU, the kernel on a CUDA device (its bf16
 /// copy poisoned with NaN first). Returns param, exp_avg, exp_avg_sq and the bf16 copy.
-fn adamw_on(device: &Device, inputs: &[&Tensor; 4], step: &AdamWStep) -> Result<Vec<Tensor>> {
+fn adamw_on(
+    device: &Device,
+    inputs: &[&Tensor; 4],
+    step: &AdamWStep,
+    clip: Option<(f64, f64)>,
+) -> Result<Vec<Tensor>> {
     let n = inputs[0].elem_count();
     #[cfg(feature = "cuda")]
     if device.is_cuda() {
@@ -558,7 +573,11 @@ fn adamw_on(device: &Device, inputs: &[&Tensor; 4], step: &AdamWStep) -> Result<
         // Fresh copies: the update is in place and must not touch the inputs' storage.
         let (p, m, v) = (p.copy()?, m.copy()?, v.copy()?);
         let bf = Tensor::full(f32::NAN, n, device)?.to_dtype(DType::BF16)?;
-        crate::cuda::adamw::adamw_update(&p, &g, &m, &v, step, Some(&bf))?;
+        let norm_sq = clip.map(|(sq, _)| Tensor::new(&[sq], device)).transpose()?;
+        let clip = clip
+            .zip(norm_sq.as_ref())
+            .map(|((_, max_norm), norm_sq)| crate::Clip { norm_sq, max_norm });
+        crate::cuda::adamw::adamw_update_clipped(&p, &g, &m, &v, step, clip, Some(&bf))?;
         return Ok(vec![p, m, v, bf]);
     }
     let vec = |t: &Tensor| t.to_device(&Device::Cpu)?.to_vec1::<f32>();
@@ -568,7 +587,14 @@ fn adamw_on(device: &Device, inputs: &[&Tensor; 4], step: &AdamWStep) -> Result<
         vec(inputs[2])?,
         vec(inputs[3])?,
     );
-    adamw_update(&mut p, &g, &mut m, &mut v, step);
+    let step = match clip {
+        Some((sq, max_norm)) => AdamWStep {
+            grad_scale: crate::clip_coefficient(f64::sqrt(sq), max_norm),
+            ..*step
+        },
+        None => *step,
+    };
+    adamw_update(&mut p, &g, &mut m, &mut v, &step);
     let p = Tensor::from_vec(p, n, device)?;
     let bf = p.to_dtype(DType::BF16)?;
     Ok(vec![

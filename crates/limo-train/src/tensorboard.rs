@@ -418,15 +418,17 @@ mod tests {
         assert_eq!(history.len(), 3);
         for (i, m) in history.iter().enumerate() {
             let step_events = &events[1 + 6 * i..1 + 6 * (i + 1)];
-            let expected = [
-                m.loss,
-                m.lr,
-                m.grad_norm,
-                m.clip_coef,
-                m.tokens_per_second,
-                m.epoch,
-            ];
-            for ((e, tag), want) in step_events.iter().zip(TAGS).zip(expected) {
+            for (e, tag) in step_events.iter().zip(TAGS) {
+                // Each tag by name, so that a value written under the wrong tag fails.
+                let want = match tag {
+                    "train/loss" => m.loss,
+                    "train/learning_rate" => m.lr,
+                    "train/grad_norm" => m.grad_norm,
+                    "train/clip_coef" => m.clip_coef,
+                    "train/tokens_per_second" => m.tokens_per_second,
+                    "train/epoch" => m.epoch,
+                    other => panic!("unexpected tag {other}"),
+                };
                 assert_eq!(e.step, Some(m.step as u64));
                 assert_eq!(e.values, [(tag.to_string(), want as f32)]);
             }
