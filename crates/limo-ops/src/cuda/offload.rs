@@ -111,6 +111,8 @@ impl HostLink {
     /// Starts copying group `g`'s bf16 buffer into `slice` (the group's compute slice on the
     /// GPU, written in place); the returned event marks it done.
     pub fn upload(&self, g: usize, slice: &Tensor) -> Result<CudaEvent> {
+        // The optimizer thread calls this: the context must be current on it.
+        self.copy.context().bind_to_thread().map_err(wrap)?;
         let src = &self.up[g];
         if slice.dtype() != DType::BF16 || slice.elem_count() != src.len() {
             bail!(
