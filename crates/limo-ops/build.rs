@@ -7,6 +7,11 @@
 //! by the device's compute capability (9.x: the cubin). This naming is a contract that every
 //! kernel wrapper (flash attention included) relies on through `ptx!`: do not change it.
 //!
+//! Files whose stem ends in `_sm90` (Hopper-only kernels: wgmma, TMA, setmaxnreg need the
+//! architecture-specific `sm_90a` target, which has no PTX that runs elsewhere) are the exception:
+//! each becomes only `<stem>.sm90a.cubin` (`-cubin -arch=sm_90a`), embedded by the
+//! `cubin_sm90a!` macro in `src/cuda/mod.rs` and loaded only on compute capability 9.x.
+//!
 //! The nvcc runs go in parallel, up to cargo's `NUM_JOBS`. Without the feature this script
 //! does nothing, so the default build needs no CUDA.
 
@@ -19,6 +24,9 @@ const TARGETS: [(&str, &str, &str); 3] = [
     ("sm90.ptx", "-ptx", "sm_90"),
     ("sm90.cubin", "-cubin", "sm_90"),
 ];
+
+/// The only output of a Hopper-only kernel file (stem ending in `_sm90`).
+const TARGETS_SM90A: [(&str, &str, &str); 1] = [("sm90a.cubin", "-cubin", "sm_90a")];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -55,7 +63,12 @@ fn main() {
             .file_stem()
             .and_then(|s| s.to_str())
             .expect("utf-8 kernel name");
-        for (suffix, kind, arch) in TARGETS {
+        let targets: &[(&str, &str, &str)] = if stem.ends_with("_sm90") {
+            &TARGETS_SM90A
+        } else {
+            &TARGETS
+        };
+        for &(suffix, kind, arch) in targets {
             jobs.push((
                 src.as_path(),
                 kind,

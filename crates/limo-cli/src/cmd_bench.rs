@@ -374,6 +374,8 @@ mod cuda {
     // The flash-attention kernels (limo_ops::cuda::flash_attention, written alongside these)
     // are timed with the same harness: 16k tokens packed as documents, 40/8 heads of 128 by
     // default; scripts/gpu/attention_vs_torch.py passes its shapes (--q-heads ... --docs).
+    // "flash_attention forward" is the default path; on a 9.x GPU the rows
+    // "flash_attention fwd sm80" / "... sm90" time each forward kernel explicitly.
     fn attention(b: &Bench, n: usize) -> Result<()> {
         use limo_ops::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
         let (q_heads, kv_heads, head_dim) = (b.args.q_heads, b.args.kv_heads, b.args.head_dim);
@@ -417,6 +419,23 @@ mod cuda {
                 ms,
                 Work::Flops(fwd_flops),
             );
+            // On compute capability 9.x the default forward is the sm90 kernel (wgmma + TMA,
+            // unless LIMO_FLASH_PATH says otherwise): time both kernels explicitly too.
+            if limo_ops::cuda::runs_sm90a(b.gpu.as_cuda_device()?)? {
+                use limo_ops::cuda::flash_attention::{flash_attention_forward_on, FlashPath};
+                for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                    let ms = b.time(|i| {
+                        let s = &sets[i % sets.len()];
+                        flash_attention_forward_on(&s[0], &s[1], &s[2], &cu, scale, path).map(drop)
+                    })?;
+                    b.report(
+                        &format!("flash_attention fwd {path}"),
+                        &shape,
+                        ms,
+                        Work::Flops(fwd_flops),
+                    );
+                }
+            }
             let saved: Vec<(Tensor, Tensor)> = sets
                 .iter()
                 .map(|s| Ok(flash_attention_forward(&s[0], &s[1], &s[2], &cu, scale)?))

@@ -354,7 +354,47 @@ fn attention(
                 let g = attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale)?;
                 Ok(vec![g.dq, g.dk, g.dv])
             })?;
-            c.push("attention (atomic bwd)", shape, dtype, tol, outputs)?;
+            c.push("attention (atomic bwd)", shape.clone(), dtype, tol, outputs)?;
+        }
+
+        // On compute capability 9.x both forward kernels, each explicitly (the default path
+        // above is the sm90 one there, `LIMO_FLASH_PATH` aside), against one CPU forward.
+        #[cfg(feature = "cuda")]
+        if crate::cuda::flash_attention::dispatches(
+            &q.to_device(test)?,
+            &k.to_device(test)?,
+            &v.to_device(test)?,
+        ) && crate::cuda::runs_sm90a(test.as_cuda_device()?)?
+        {
+            use crate::cuda::flash_attention::{flash_attention_forward_on, FlashPath};
+            let (r_out, r_lse) = attention_forward(
+                &q.to_device(reference)?,
+                &k.to_device(reference)?,
+                &v.to_device(reference)?,
+                &cu,
+                scale,
+            )?;
+            let (tq, tk, tv) = (q.to_device(test)?, k.to_device(test)?, v.to_device(test)?);
+            for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                // An error (say the sm90 kernel refused at launch) is a failed row, not the end
+                // of the run: the empty stand-ins fail the shape comparison.
+                let (out, lse) = match flash_attention_forward_on(&tq, &tk, &tv, &cu, scale, path) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("attention fwd ({path}), {shape}: {e}");
+                        let none = Tensor::zeros(0, DType::F32, test)?;
+                        (none.clone(), none)
+                    }
+                };
+                let outputs = vec![("out", r_out.clone(), out), ("lse", r_lse.clone(), lse)];
+                c.push(
+                    &format!("attention fwd ({path})"),
+                    shape.clone(),
+                    dtype,
+                    tol,
+                    outputs,
+                )?;
+            }
         }
     }
     Ok(())

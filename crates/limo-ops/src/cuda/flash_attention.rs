@@ -16,6 +16,11 @@
 //! its distance from the document start, for dK/dV with its distance to the document end), so
 //! the long causal rows start in the first wave and the short ones fill the end of the grid.
 //!
+//! Forward path: on compute capability 9.x, bf16 runs the Hopper kernel
+//! (`kernels/flash_attention_sm90.cu`, wgmma + TMA, [`super::flash_attention_sm90`]) unless
+//! `LIMO_FLASH_PATH=sm80`; [`forward_path`] says which. The backward always runs the sm80
+//! kernels (they read out and lse, the same contract from either forward).
+//!
 //! Backward dQ: fp32 atomics from the dK/dV kernel (fast, the last bits vary run to run) or a
 //! separate deterministic kernel (bit-reproducible, ~+40% backward FLOPs); the caller picks with
 //! `deterministic`, and [`deterministic_requested`] reads the documented default
@@ -31,8 +36,8 @@ use crate::AttentionGrads;
 
 static PTX: Ptx = ptx!("flash_attention");
 
-/// Query rows of a forward tile (`kFwdTile` in the kernel file).
-const FWD_TILE: usize = 128;
+/// Query rows of a forward tile (`kFwdTile` in the kernel file; `kBlockM` of the sm90 one).
+pub(super) const FWD_TILE: usize = 128;
 /// Rows of every kv tile and of the backward's query tiles (`kTile` in the kernel file).
 const TILE: usize = 64;
 /// Threads of the deterministic dQ kernel (4 warps) and of the forward and dK/dV (8 warps).
@@ -109,11 +114,11 @@ fn smem_fits(q: &Tensor, head_dim: usize) -> bool {
 
 /// Sizes shared by the forward and the backward, validated.
 #[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    q_heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+pub(super) struct Dims {
+    pub(super) n: usize,
+    pub(super) q_heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) head_dim: usize,
 }
 
 fn dims3(t: &Tensor, name: &str) -> Result<(usize, usize, usize)> {
@@ -123,7 +128,12 @@ fn dims3(t: &Tensor, name: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn check_inputs(q: &Tensor, k: &Tensor, v: &Tensor, cu_seqlens: &[usize]) -> Result<Dims> {
+pub(super) fn check_inputs(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &[usize],
+) -> Result<Dims> {
     let (n, q_heads, head_dim) = dims3(q, "q")?;
     let (nk, kv_heads, dk) = dims3(k, "k")?;
     if v.dims() != k.dims() {
@@ -197,7 +207,7 @@ fn check_device(q: &Tensor, t: &Tensor, name: &str) -> Result<()> {
 
 /// `t` contiguous with its first element 16-byte aligned (the kernels load 8 elements at a time;
 /// rows are multiples of 64 elements, so only the start offset matters).
-fn prepare(t: &Tensor) -> Result<Tensor> {
+pub(super) fn prepare(t: &Tensor) -> Result<Tensor> {
     let t = t.contiguous()?;
     if t.layout().start_offset() % 8 == 0 {
         Ok(t)
@@ -208,7 +218,7 @@ fn prepare(t: &Tensor) -> Result<Tensor> {
 
 /// Which end of a document a tile's work grows towards (see the module docs).
 #[derive(Clone, Copy)]
-enum Order {
+pub(super) enum Order {
     /// Forward and dQ: work ~ keys before the tile, so tiles far from the document start first.
     Queries,
     /// dK/dV: work ~ queries after the tile, so tiles far from the document end first.
@@ -216,7 +226,7 @@ enum Order {
 }
 
 /// The `(tile start, document start, document end)` triples of all documents, uploaded.
-fn tile_table(
+pub(super) fn tile_table(
     dev: &CudaDevice,
     cu_seqlens: &[usize],
     tile: usize,
@@ -248,7 +258,7 @@ fn tile_table(
     Ok((dev.clone_htod(&flat)?, count))
 }
 
-fn config(tiles: u32, heads: usize, threads: u32, smem: usize) -> LaunchConfig {
+pub(super) fn config(tiles: u32, heads: usize, threads: u32, smem: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (tiles, heads as u32, 1),
         block_dim: (threads, 1, 1),
@@ -257,7 +267,7 @@ fn config(tiles: u32, heads: usize, threads: u32, smem: usize) -> LaunchConfig {
 }
 
 /// Allows a kernel more than the default 48 KiB of dynamic shared memory.
-fn allow_smem(f: &super::CudaFunc, bytes: usize) -> Result<()> {
+pub(super) fn allow_smem(f: &super::CudaFunc, bytes: usize) -> Result<()> {
     f.set_attribute(
         CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         bytes as i32,
@@ -265,8 +275,69 @@ fn allow_smem(f: &super::CudaFunc, bytes: usize) -> Result<()> {
     .map_err(wrap)
 }
 
+/// The two forward kernels: `Sm80` (`kernels/flash_attention.cu`, mma.sync, any GPU from 8.0)
+/// and `Sm90` (`kernels/flash_attention_sm90.cu`, wgmma + TMA, compute capability 9.x only,
+/// bf16 only). Both give the same contract (out, lse), so the backward takes either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashPath {
+    Sm80,
+    Sm90,
+}
+
+impl std::fmt::Display for FlashPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlashPath::Sm80 => "sm80",
+            FlashPath::Sm90 => "sm90",
+        })
+    }
+}
+
+/// The forward path forced by `LIMO_FLASH_PATH` (`sm80` or `sm90`; unset or empty: none),
+/// read once. An unknown value is an error at every forward rather than silently ignored.
+pub fn flash_path_requested() -> Result<Option<FlashPath>> {
+    static ASKED: std::sync::OnceLock<std::result::Result<Option<FlashPath>, String>> =
+        std::sync::OnceLock::new();
+    let asked = ASKED.get_or_init(|| {
+        let Ok(v) = std::env::var("LIMO_FLASH_PATH") else {
+            return Ok(None);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "sm80" => Ok(Some(FlashPath::Sm80)),
+            "sm90" => Ok(Some(FlashPath::Sm90)),
+            other => Err(format!(
+                "LIMO_FLASH_PATH={other:?} is not a flash-attention path (sm80 or sm90)"
+            )),
+        }
+    });
+    asked.clone().map_err(wrap)
+}
+
+/// The forward path for bf16 inputs on this tensor's GPU: `LIMO_FLASH_PATH` if set (`sm90` on
+/// a GPU that is not compute capability 9.x is an error), else `Sm90` on 9.x and `Sm80`
+/// elsewhere. f32 inputs always take the sm80 kernels.
+pub fn forward_path(q: &Tensor) -> Result<FlashPath> {
+    let dev = cuda_device(q)?;
+    let hopper = super::runs_sm90a(&dev)?;
+    match flash_path_requested()? {
+        Some(FlashPath::Sm90) if !hopper => bail!(
+            "LIMO_FLASH_PATH=sm90: the sm90 flash-attention forward needs compute capability 9.x \
+             (H100/H200); this GPU is not one (unset it or use sm80)"
+        ),
+        Some(path) => Ok(path),
+        None => Ok(if hopper {
+            FlashPath::Sm90
+        } else {
+            FlashPath::Sm80
+        }),
+    }
+}
+
 /// Causal varlen grouped-query attention: the output `[N, q_heads, head_dim]` (input dtype)
 /// and the log-sum-exp `[q_heads, N]` f32 (natural log of the row's sum of `exp(scale q.k)`).
+/// bf16 on compute capability 9.x runs the sm90 kernel unless `LIMO_FLASH_PATH=sm80` (see
+/// [`forward_path`]); everything else the sm80 kernels.
 pub fn flash_attention_forward(
     q: &Tensor,
     k: &Tensor,
@@ -274,6 +345,27 @@ pub fn flash_attention_forward(
     cu_seqlens: &[usize],
     scale: f64,
 ) -> candle_core::Result<(Tensor, Tensor)> {
+    let path = if q.dtype() == DType::BF16 && q.device().is_cuda() {
+        forward_path(q)?
+    } else {
+        FlashPath::Sm80
+    };
+    flash_attention_forward_on(q, k, v, cu_seqlens, scale, path)
+}
+
+/// [`flash_attention_forward`] on an explicit path (`limo doctor` and `limo bench kernels` run
+/// both): `Sm90` errors for f32 inputs and on a GPU that is not compute capability 9.x.
+pub fn flash_attention_forward_on(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &[usize],
+    scale: f64,
+    path: FlashPath,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    if path == FlashPath::Sm90 {
+        return super::flash_attention_sm90::forward(q, k, v, cu_seqlens, scale);
+    }
     let dims = check_inputs(q, k, v, cu_seqlens)?;
     match q.dtype() {
         DType::BF16 => forward::<half::bf16>(q, k, v, cu_seqlens, scale, dims),

@@ -11,6 +11,10 @@
 //! own (candle's `get_or_load_custom_func` takes PTX text only, no binary image); kernels run
 //! on candle's stream, in order with its own kernels and cuBLAS calls.
 //!
+//! The exception: a Hopper-only file `kernels/<stem>_sm90.cu` is built once, to
+//! `$OUT_DIR/<stem>_sm90.sm90a.cubin`; [`cubin_sm90a!`](crate::cuda::cubin_sm90a) embeds it and
+//! [`load_sm90a`] loads it on compute capability 9.x only (an error elsewhere).
+//!
 //! A wrapper (one file per operation) has the signature of the CPU operation of the same name
 //! and is called by it when the input lives on a CUDA device in a supported dtype; the CPU
 //! (candle tensor-op) code stays the reference that `limo doctor` checks the kernels against.
@@ -75,6 +79,7 @@ impl CudaFunc {
 }
 
 pub mod flash_attention;
+pub mod flash_attention_sm90;
 pub mod pool;
 
 /// The three builds of one kernel file (the name `Ptx` predates the cubin).
@@ -102,6 +107,81 @@ macro_rules! ptx {
     };
 }
 pub(crate) use ptx;
+
+/// The one build of a Hopper-only kernel file (`kernels/<stem>_sm90.cu`): an `sm_90a` cubin
+/// (wgmma, TMA and setmaxnreg have no PTX that runs on other architectures; see `build.rs`).
+pub struct Sm90aCubin {
+    /// The file stem: the module's key in the cache.
+    pub name: &'static str,
+    /// Machine code for `-arch=sm_90a`, loadable on compute capability 9.x only.
+    pub cubin: &'static [u8],
+}
+
+/// `cubin_sm90a!("stem_sm90")`: the [`Sm90aCubin`] of `kernels/stem_sm90.cu`, embedded at
+/// compile time.
+macro_rules! cubin_sm90a {
+    ($stem:literal) => {
+        $crate::cuda::Sm90aCubin {
+            name: $stem,
+            cubin: include_bytes!(concat!(env!("OUT_DIR"), "/", $stem, ".sm90a.cubin")),
+        }
+    };
+}
+pub(crate) use cubin_sm90a;
+
+/// Whether this device runs `sm_90a` cubins (compute capability 9.x).
+pub fn runs_sm90a(dev: &CudaDevice) -> Result<bool> {
+    let (major, _minor) = dev
+        .cuda_stream()
+        .context()
+        .compute_capability()
+        .map_err(wrap)?;
+    Ok(major == 9)
+}
+
+/// Function `fn_name` of the Hopper-only kernel file `image`, its module loaded once per device
+/// (the same cache as [`load`]); an error on any GPU that is not compute capability 9.x.
+pub(crate) fn load_sm90a(dev: &CudaDevice, image: &Sm90aCubin, fn_name: &str) -> Result<CudaFunc> {
+    if !runs_sm90a(dev)? {
+        bail!(
+            "kernels/{}.cu is built for sm_90a only (H100/H200, compute capability 9.x); this GPU \
+             cannot run it",
+            image.name
+        )
+    }
+    let mut guard = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+    let modules = guard.get_or_insert_with(HashMap::new);
+    let loaded = match modules.entry((dev.id(), image.name)) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let ctx = dev.cuda_stream().context().clone();
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(image.cubin.to_vec()))
+                .map_err(|err| wrap(format!("kernels/{}.cu: sm_90a cubin: {err}", image.name)))?;
+            e.insert(LoadedModule {
+                module,
+                funcs: HashMap::new(),
+            })
+        }
+    };
+    let func = match loaded.funcs.get(fn_name) {
+        Some(f) => f.clone(),
+        None => {
+            let f = loaded.module.load_function(fn_name).map_err(|e| {
+                wrap(format!(
+                    "kernels/{}.cu: function {fn_name}: {e}",
+                    image.name
+                ))
+            })?;
+            loaded.funcs.insert(fn_name.to_string(), f.clone());
+            f
+        }
+    };
+    Ok(CudaFunc {
+        func,
+        stream: dev.cuda_stream(),
+    })
+}
 
 /// A candle error from anything printable (driver errors, launch failures).
 pub(crate) fn wrap(e: impl std::fmt::Display) -> candle_core::Error {

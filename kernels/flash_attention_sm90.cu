@@ -1,0 +1,581 @@
+// FlashAttention-3-style forward for Hopper (sm_90a only) for limo: causal grouped-query
+// attention over packed variable-length documents, bf16 in, fp32 softmax and accumulation,
+// bf16 out. Same contract as flash_fwd_bf16_* in flash_attention.cu (and the CPU reference
+// crates/limo-ops/src/attention.rs):
+//   q [N, q_heads, D], k/v [N, kv_heads, D] bf16 contiguous; out [N, q_heads, D] bf16;
+//   lse [q_heads, N] f32 (natural log); documents given by the wrapper's tile table (one
+//   (tile start, document start, document end) triple per 128-row query tile, tiles never cross
+//   a document: the same table as the sm_80 forward); token i attends to j iff same document and
+//   j <= i; query head h reads kv head h / (q_heads / kv_heads) in place (no K/V copies).
+//   D is 64 or 128. The backward stays on flash_attention.cu (it reads out and lse, which are
+//   the same contract).
+//
+// Built by build.rs only as an sm_90a cubin (wgmma, setmaxnreg and the `a` features need
+// -arch=sm_90a; no PTX for other targets), loaded only on compute capability 9.x
+// (crates/limo-ops/src/cuda/flash_attention_sm90.rs).
+//
+// CTA: 384 threads = 3 warpgroups, one 128-row query tile of one query head (grid: tiles x
+// q_heads, longest-work tiles first, as in the sm_80 forward).
+//   warpgroup 0, the producer: setmaxnreg.dec to 24 registers; one thread issues every load
+//     with TMA (cp.async.bulk.tensor.3d, tensor maps built on the host with
+//     cuTensorMapEncodeTiled over [N, heads, D] with a {64 columns, 1 head, 128 rows} box and
+//     128-byte swizzle): the Q tile once, then the K and V tiles of 128 keys from the document
+//     start to the tile's last query into a ring of kStages (3) stages. Completion is counted in
+//     bytes on mbarriers (arrive.expect_tx + complete_tx); a stage is refilled only after both
+//     consumer warpgroups have released it on its "empty" mbarrier.
+//   warpgroups 1 and 2, the consumers: setmaxnreg.inc to 240; each owns 64 query rows (its
+//     own m64 slice of every wgmma). Per kv tile j: S = Q K^T with D/16 wgmma.m64n128k16 (both
+//     operands from shared memory through matrix descriptors, K-major), mask (causal; only the
+//     diagonal tile needs it, keys past the tile's rows are the next document's and always
+//     after the query, TMA zero-fills rows past N), online softmax in the exp2 domain on the
+//     accumulator fragment, P rounded to bf16 and kept in registers as the A operand of
+//     O += P V (8 wgmma.m64nDk16, A from registers, V as an N-major (transposed) shared-memory
+//     operand), then an arrival on the stage's "empty" barrier once the P V group retired.
+//     Software-pipelined inside the warpgroup (FlashAttention-3's intra-warpgroup overlap):
+//     S(j+1) and P V(j) are issued together (two commit groups), wgmma.wait_group 1 retires
+//     S(j+1), whose softmax runs while P V(j) is still on the tensor cores; wait_group 0, release
+//     stage j, rescale O by the new running max. P alternates between two register buffers
+//     (the one P V(j) reads may not change before it retires), so the loop is unrolled by two;
+//     no wgmma is issued under a runtime condition (ptxas would serialise the pipeline).
+//     At the end O / l goes straight from registers to global memory (bf16x2 stores) and
+//     lse = (m + log2 l) ln 2.
+//
+// Fragment layouts (PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate",
+// register fragments of wgmma .m64nNk16): thread i of the warpgroup, w = i / 32 (warp),
+// g = (i % 32) / 4, t = i % 4:
+//   D (f32, N/2 registers): d[j] = D[16w + g + 8((j/2)%2)][8(j/4) + 2t + (j%2)]
+//   A (bf16, 4 registers x2): a[j] = A[16w + g + 8((j/2)%2)][8(j/4) + 2t + (j%2)], j = 0..7
+// so the S accumulator of keys 16kk..16kk+15 (d[8kk..8kk+7]) is exactly the A fragment of the
+// k16 step kk of P V: packing pairs to bf16x2 is the whole conversion, as with mma.sync.
+//
+// Shared memory (1024-byte aligned base, the 128-byte swizzle repeats every 1024 bytes): every
+// tile is stored as D/64 column blocks of [128 rows][64 bf16] (128 bytes a row, 16 KiB a
+// block), the 16-byte chunk c of row r at chunk c ^ (r % 8) (TMA's CU_TENSOR_MAP_SWIZZLE_128B,
+// which is the wgmma descriptor's 128-byte swizzle mode: both XOR address bits [4,7) with
+// [7,10)). Q [128][D], then kStages x (K [128][D], V [128][D]), then the mbarriers.
+//   S = Q K^T: A = Q rows 64c.. (K-major: start = block kt/4 + 8192c + 32(kt%4) bytes,
+//     SBO = 1024 between 8-row groups, LBO unused), B = K (K-major, the same addressing, N = 128
+//     keys = 16 8-row groups).
+//   O = P V: B = V [keys][D] is N-major (D contiguous) -> imm-trans-b = 1; start = 2048 kk (16
+//     keys = two 8-row groups), SBO = 1024 (next 8 keys), LBO = 16384 (next 64 columns of D).
+// Sizes: hd128 32 KiB Q + 3 stages x 64 KiB = 224 KiB (+1 KiB alignment, +barriers: 230,456
+// bytes of sm_90's 232,448); hd64 113 KiB (115,768 bytes).
+//
+// Not (yet) done, relative to FlashAttention-3: ping-pong scheduling of the two consumer
+// warpgroups (named barriers), the output through shared memory and a TMA store, a persistent
+// tile scheduler, FP8, the backward.
+//
+// Checked on the CPU without a GPU: flash_attention_sm90_emulate.cuh emulates wgmma (fragments,
+// descriptors, swizzle, asynchronous completion), mbarriers with phases and tx counts, TMA with
+// deferred completion and the swizzle, setmaxnreg; flash_attention_sm90_emulate_test.cuh checks
+// this kernel against float64 (scripts/test-flash-emulation.sh).
+
+#ifdef LIMO_FLASH_EMULATE
+#include "flash_attention_sm90_emulate.cuh"
+#else
+#include <cuda.h>  // CUtensorMap (the type only; the map is built on the host)
+#include <cuda_bf16.h>
+#include <stdint.h>
+#endif
+
+typedef __nv_bfloat16 bf16;
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+namespace limo_flash_sm90 {
+
+constexpr int kBlockM = 128;  // query rows per CTA (the wrapper's forward tile table)
+constexpr int kBlockN = 128;  // keys per kv tile
+// K/V ring depth. Three, not two: with the software pipeline a consumer holds two tiles at once
+// (P V of tile j and S of tile j + 1), so the load of tile j + 2 can only start when tile j is
+// released; the third stage gives that load a whole iteration to land (two stages would expose
+// the TMA latency every iteration).
+constexpr int kStages = 3;
+constexpr int kColBlock = 64;                  // bf16 columns per 128-byte swizzled row
+constexpr int kBlockBytes = kBlockM * 128;     // one [128][64] column block: 16 KiB
+
+template <int D>
+struct Smem {
+    static constexpr int tile = kBlockM * D * 2;  // one [128][D] tile (Q, K or V)
+    static constexpr int q = 0;
+    static constexpr int kv = tile;               // stage s: K at kv + 2s tile, V at + tile
+    static constexpr int bars = kv + kStages * 2 * tile;
+    static constexpr int bar_bytes = 8 * (1 + 2 * kStages);
+    // What the wrapper asks for: the layout plus up to 1023 bytes to align the base.
+    static constexpr int bytes = bars + bar_bytes + 1024;
+    static_assert(bytes <= 227 * 1024, "sm_90's 227 KiB of shared memory per block");
+};
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers (the emulation provides the emulated_* functions)
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+#ifdef LIMO_FLASH_EMULATE
+    return emu_smem_u32(p);
+#else
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#endif
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_mbar_init(bar, count);
+#else
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+#endif
+}
+
+// Makes the initialised barriers visible to the other threads and the async proxy (TMA).
+__device__ __forceinline__ void fence_barrier_init() {
+#ifndef LIMO_FLASH_EMULATE
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_mbar_arrive(bar, 0);
+#else
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+
+// One arrival that also raises the phase's expected transaction count by `bytes`.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_mbar_arrive(bar, bytes);
+#else
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+                 "r"(bytes)
+                 : "memory");
+#endif
+}
+
+// Blocks until the phase of parity `parity` has completed (a fresh barrier is in phase 0, so
+// waiting for parity 1 returns at once: the "preceding phase" counts as complete).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_mbar_wait(bar, parity);
+#else
+    const uint32_t a = smem_u32(bar);
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(a), "r"(parity)
+            : "memory");
+    }
+#endif
+}
+
+// TMA: the box at (c0, c1, c2) of `map` into shared memory at dst, completion (its bytes) on
+// `bar`.
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, int c0, int c1,
+                                            int c2, uint64_t* bar) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_tma_load_3d(dst, map, c0, c1, c2, bar);
+#else
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_u32(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+        : "memory");
+#endif
+}
+
+template <int REGS>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#ifndef LIMO_FLASH_EMULATE
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
+#endif
+}
+template <int REGS>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#ifndef LIMO_FLASH_EMULATE
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_wgmma_fence();
+#else
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_wgmma_wait(N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Keeps the compiler from moving accesses of accumulator registers across the asynchronous
+// wgmma boundaries (the asm statements above only see the registers at issue).
+template <int R>
+__device__ __forceinline__ void fence_regs(float (&r)[R]) {
+#ifndef LIMO_FLASH_EMULATE
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(r[i])::"memory");
+#endif
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
+// byte offsets (each >> 4 in 14 bits), base offset 0 (the pattern starts on a 1024-byte
+// boundary), swizzle mode 1 in bits 62-63.
+__device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+    return uint64_t((saddr & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
+           (uint64_t((sbo & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// wgmma.mma_async m64nNk16 bf16 -> f32. _ss: A and B from shared memory (descriptors, K-major,
+// imm-trans 0); _rs: A from registers, B from shared memory N-major (imm-trans-b 1). scale_d 0:
+// D = A B (the accumulator's old value ignored), 1: D += A B.
+
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_wgmma<128>(d, da, nullptr, db, scale_d, false);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(scale_d));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db, int scale_d) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_wgmma<64>(d, 0, a, db, scale_d, true);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t db, int scale_d) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_wgmma<128>(d, 0, a, db, scale_d, true);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d));
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// The forward
+
+template <int D>
+__device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], const uint32_t (&a)[4], uint64_t db) {
+    if constexpr (D == 64) wgmma_rs_n64(o, a, db, 1);
+    else wgmma_rs_n128(o, a, db, 1);
+}
+
+template <int D>
+__device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CUtensorMap* tm_k,
+                                               const CUtensorMap* tm_v, bf16* __restrict__ out,
+                                               float* __restrict__ lse,
+                                               const int* __restrict__ tiles, int n, int q_heads,
+                                               int kv_heads, float scale) {
+    static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+    using L = Smem<D>;
+    constexpr int CB = D / kColBlock;  // column blocks per tile
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    // Align the shared-memory address (not the generic pointer) to 1024 bytes.
+    unsigned char* base = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    unsigned char* qs = base + L::q;
+    uint64_t* bars = reinterpret_cast<uint64_t*>(base + L::bars);
+    uint64_t* q_full = bars;
+    uint64_t* kv_full = bars + 1;             // [kStages]
+    uint64_t* kv_empty = bars + 1 + kStages;  // [kStages]
+
+    const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
+    const int doc1 = tiles[3 * blockIdx.x + 2];
+    const int h = blockIdx.y, kvh = h / (q_heads / kv_heads);
+    const int q1 = min(q0 + kBlockM, doc1);
+    // Causal + varlen: keys from the document start to the tile's last query.
+    const int n_kv = (q1 - doc0 + kBlockN - 1) / kBlockN;
+    const int wg = threadIdx.x / 128;
+
+    if (threadIdx.x == 0) {
+        mbar_init(q_full, 1);
+        for (int s = 0; s < kStages; ++s) {
+            mbar_init(&kv_full[s], 1);
+            mbar_init(&kv_empty[s], 2 * 128);  // every consumer thread arrives once
+        }
+        fence_barrier_init();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        // Producer. One thread issues everything; the others have nothing to do.
+        setmaxnreg_dec<24>();
+        if (threadIdx.x == 0) {
+            mbar_arrive_expect_tx(q_full, L::tile);
+#pragma unroll
+            for (int cb = 0; cb < CB; ++cb)
+                tma_load_3d(qs + cb * kBlockBytes, tm_q, cb * kColBlock, h, q0, q_full);
+            for (int j = 0; j < n_kv; ++j) {
+                const int st = j % kStages;
+                // Round r = j / kStages of stage st waits for the consumers' release of round
+                // r - 1 (parity of r - 1; the first round passes at once).
+                mbar_wait(&kv_empty[st], ((j / kStages) & 1) ^ 1);
+                unsigned char* ks = base + L::kv + st * 2 * L::tile;
+                unsigned char* vs = ks + L::tile;
+                mbar_arrive_expect_tx(&kv_full[st], 2 * L::tile);
+                const int kb = doc0 + j * kBlockN;
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb) {
+                    tma_load_3d(ks + cb * kBlockBytes, tm_k, cb * kColBlock, kvh, kb, &kv_full[st]);
+                    tma_load_3d(vs + cb * kBlockBytes, tm_v, cb * kColBlock, kvh, kb, &kv_full[st]);
+                }
+            }
+        }
+        return;
+    }
+
+    // Consumers: warpgroup c = wg - 1 owns query rows 64c..64c+63 of the tile.
+    setmaxnreg_inc<240>();
+    const int c = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const int wq0 = q0 + 64 * c;                 // this warpgroup's first query
+    const int row_q0 = wq0 + 16 * warp + g;      // this thread's rows: row_q0 and row_q0 + 8
+    const float sl2 = scale * LOG2E_F;
+    const uint32_t q_addr = smem_u32(qs) + 64 * 128 * c;
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float s[kBlockN / 2];  // S of the newest kv tile
+    // P of tiles j (in flight in P V) and j + 1 as bf16 A fragments: two buffers, indexed by
+    // compile-time parity only (the loop below is unrolled by two), so they stay in registers.
+    uint32_t pa0[kBlockN / 16][4], pa1[kBlockN / 16][4];
+
+    auto stage_addr = [&](int j) { return smem_u32(base + L::kv + (j % kStages) * 2 * L::tile); };
+    // Waits until kv tile j has landed (its stage's "full" barrier, round j / kStages).
+    auto wait_full = [&](int j) { mbar_wait(&kv_full[j % kStages], (j / kStages) & 1); };
+    // S = Q K^T of kv tile j (64 x 128 per warpgroup): D/16 k-steps, one commit group.
+    auto issue_s = [&](int j) {
+        const uint32_t k_addr = stage_addr(j);
+#pragma unroll
+        for (int kt = 0; kt < D / 16; ++kt) {
+            const uint32_t off = (kt / 4) * kBlockBytes + (kt % 4) * 32;
+            wgmma_ss_n128(s, make_desc(q_addr + off, 16, 1024), make_desc(k_addr + off, 16, 1024),
+                          kt > 0);
+        }
+        wgmma_commit();
+    };
+    // O += P V of kv tile j, P from pa; one commit group.
+    auto issue_pv = [&](int j, uint32_t (&pa)[kBlockN / 16][4]) {
+        const uint32_t v_addr = stage_addr(j) + L::tile;
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+            wgmma_pv<D>(o, pa[kk], make_desc(v_addr + kk * 2048, kBlockBytes, 1024));
+        wgmma_commit();
+    };
+    // Mask and online softmax of S (kv tile j): new running max, l rescaled and increased, P
+    // as bf16 A fragments into pa; returns through alpha the factor O must be scaled by
+    // (applied by the caller once the P V reading O has retired).
+    auto softmax = [&](int j, uint32_t (&pa)[kBlockN / 16][4], float (&alpha)[2]) {
+        const int kb = doc0 + j * kBlockN;
+        // Only tiles reaching past this warpgroup's first query need the mask (the diagonal).
+        const bool need_mask = kb + kBlockN - 1 > wq0;
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i) {
+            const int key = kb + 8 * (i / 4) + 2 * t + (i % 2);
+            const int query = row_q0 + 8 * ((i / 2) % 2);
+            s[i] = (need_mask && key > query) ? -INFINITY : s[i] * sl2;
+        }
+        // Per row (the 4 threads of a quad share a row).
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = m[r];
+#pragma unroll
+            for (int nb = 0; nb < kBlockN / 8; ++nb)
+                mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mu = mx == -INFINITY ? 0.f : mx;  // no visible key yet: avoid NaN
+            alpha[r] = exp2f(m[r] - mu);
+            m[r] = mx;
+            l[r] *= alpha[r];
+#pragma unroll
+            for (int nb = 0; nb < kBlockN / 8; ++nb) {
+                const float p0 = exp2f(s[4 * nb + 2 * r] - mu);
+                const float p1 = exp2f(s[4 * nb + 2 * r + 1] - mu);
+                s[4 * nb + 2 * r] = p0;
+                s[4 * nb + 2 * r + 1] = p1;
+                l[r] += p0 + p1;
+            }
+        }
+        // P from the S registers as bf16 A fragments (layout identity, see the header).
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+#pragma unroll
+            for (int x = 0; x < 4; ++x)
+                pa[kk][x] = pack_bf16(s[8 * kk + 2 * x], s[8 * kk + 2 * x + 1]);
+        }
+    };
+    auto rescale_o = [&](const float (&alpha)[2]) {
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                o[4 * nb + 2 * r] *= alpha[r];
+                o[4 * nb + 2 * r + 1] *= alpha[r];
+            }
+        }
+    };
+
+    // Software pipeline inside the warpgroup (FlashAttention-3's intra-warpgroup overlap): the
+    // softmax of tile j + 1 runs while the tensor cores do P V of tile j. Per iteration j:
+    // issue S(j+1) and PV(j) (two commit groups), wait for S(j+1) only (wait_group 1), softmax
+    // of j+1 into the other P buffer, wait for PV(j) (wait_group 0), release stage j, rescale O.
+    mbar_wait(q_full, 0);
+    float alpha[2];
+    wait_full(0);
+    wgmma_fence();
+    issue_s(0);
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax(0, pa0, alpha);  // O is zero: nothing to rescale
+    // A step with a next tile: P(j) is in `cur`, the softmax of j + 1 goes to `nxt`. No wgmma is
+    // issued conditionally (ptxas serialises the pipeline when it cannot tell statically which
+    // commit group an accumulator belongs to), hence the separate last step.
+    auto step = [&](int j, uint32_t (&cur)[kBlockN / 16][4], uint32_t (&nxt)[kBlockN / 16][4]) {
+        wait_full(j + 1);  // before the fence: no branch between it and the wgmmas
+        fence_regs(o);
+        wgmma_fence();  // s, the P buffers and o were written since the last wgmma
+        issue_s(j + 1);
+        issue_pv(j, cur);
+        wgmma_wait<1>();  // S(j+1) retired; PV(j) may still run
+        fence_regs(s);
+        softmax(j + 1, nxt, alpha);
+        wgmma_wait<0>();
+        fence_regs(o);
+        // This thread's reads of stage j are over (its warpgroup's wgmmas on it retired).
+        mbar_arrive(&kv_empty[j % kStages]);
+        rescale_o(alpha);
+    };
+    auto last_step = [&](int j, uint32_t (&cur)[kBlockN / 16][4]) {
+        fence_regs(o);
+        wgmma_fence();
+        issue_pv(j, cur);
+        wgmma_wait<0>();
+        fence_regs(o);
+        mbar_arrive(&kv_empty[j % kStages]);
+    };
+    // Unrolled by two so that the P buffers alternate at compile time.
+    int j = 0;
+    for (; j + 2 < n_kv; j += 2) {
+        step(j, pa0, pa1);
+        step(j + 1, pa1, pa0);
+    }
+    if (j + 1 < n_kv) {
+        step(j, pa0, pa1);
+        last_step(j + 1, pa1);
+    } else {
+        last_step(j, pa0);
+    }
+
+    // Final: O / l, lse. l is per-thread partial: reduce over the quad.
+    const long long qstride = (long long)q_heads * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int query = row_q0 + 8 * r;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        if (query < q1) {
+            bf16* dst = out + query * qstride + h * D + 2 * t;
+#pragma unroll
+            for (int nb = 0; nb < D / 8; ++nb)
+                *reinterpret_cast<__nv_bfloat162*>(dst + 8 * nb) =
+                    __floats2bfloat162_rn(o[4 * nb + 2 * r] * inv, o[4 * nb + 2 * r + 1] * inv);
+            if (t == 0) lse[(long long)h * n + query] = (m[r] + log2f(sum)) * LN2_F;
+        }
+    }
+}
+
+}  // namespace limo_flash_sm90
+
+// ---------------------------------------------------------------------------------------------
+// Entry points (C names, loaded by name from the sm_90a cubin). The tensor maps are kernel
+// parameters (__grid_constant__: TMA reads them from parameter space). Dynamic shared memory:
+// Smem<D>::bytes (the wrapper sets it).
+
+using namespace limo_flash_sm90;
+
+#define LIMO_FLASH_SM90_ENTRY(D)                                                                 \
+    extern "C" __global__ void __launch_bounds__(384, 1) flash_fwd_sm90_bf16_hd##D(             \
+        const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,     \
+        const __grid_constant__ CUtensorMap tm_v, bf16* out, float* lse, const int* tiles,      \
+        int n, int q_heads, int kv_heads, float scale) {                                        \
+        flash_fwd_sm90<D>(&tm_q, &tm_k, &tm_v, out, lse, tiles, n, q_heads, kv_heads, scale);   \
+    }
+
+LIMO_FLASH_SM90_ENTRY(64)
+LIMO_FLASH_SM90_ENTRY(128)
+
+#ifdef LIMO_FLASH_EMULATE
+#include "flash_attention_sm90_emulate_test.cuh"
+#endif
