@@ -1,7 +1,7 @@
 //! End-to-end tests of `limo eval` on a random tiny model: all nine benchmarks, resume, the
 //! grader alone, and one-line errors for bad input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn limo(args: &[&str]) -> Output {
@@ -28,6 +28,22 @@ fn tiny_model(dir: &Path) {
     std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
 }
 
+/// `limo eval --model M --data D [extra..] --out O`.
+fn eval_data(model: &Path, data: &Path, extra: &[&str], out: &Path) -> Output {
+    let mut args = vec!["eval", "--model", s(model), "--data", s(data)];
+    args.extend_from_slice(extra);
+    args.extend(["--out", s(out)]);
+    limo(&args)
+}
+
+/// A temporary directory with [`tiny_model`] in its `m` folder.
+fn tiny_model_in_tempdir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    tiny_model(&model);
+    (tmp, model)
+}
+
 fn one_line_error(out: &Output, expect: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -37,9 +53,8 @@ fn one_line_error(out: &Output, expect: &str) {
 
 #[test]
 fn nine_benchmarks_run_and_resume() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, out) = (tmp.path().join("m"), tmp.path().join("out"));
-    tiny_model(&model);
+    let (tmp, model) = tiny_model_in_tempdir();
+    let out = tmp.path().join("out");
     let args = [
         "eval",
         "--model",
@@ -140,9 +155,7 @@ fn the_grader_alone_grades_pairs() {
 
 #[test]
 fn bad_inputs_are_one_line_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m");
-    tiny_model(&model);
+    let (tmp, model) = tiny_model_in_tempdir();
     let out = tmp.path().join("out");
     one_line_error(
         &limo(&[
@@ -172,29 +185,10 @@ fn bad_inputs_are_one_line_errors() {
         "{\"question\": \"1+1?\", \"answer\": \"2\"}\n{not json\n",
     )
     .unwrap();
-    one_line_error(
-        &limo(&[
-            "eval",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--out",
-            s(&out),
-        ]),
-        "mine.jsonl",
-    );
+    one_line_error(&eval_data(&model, &data, &[], &out), "mine.jsonl");
     std::fs::write(&data, "{\"question\": \"1+1?\", \"answer\": \"\"}\n").unwrap();
     one_line_error(
-        &limo(&[
-            "eval",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--out",
-            s(&tmp.path().join("o2")),
-        ]),
+        &eval_data(&model, &data, &[], &tmp.path().join("o2")),
         "mine.jsonl",
     );
     let pairs = tmp.path().join("pairs.jsonl");
@@ -214,9 +208,7 @@ fn bad_inputs_are_one_line_errors() {
 
 #[test]
 fn data_takes_json_files_and_hub_ids_as_training_does() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m");
-    tiny_model(&model);
+    let (tmp, model) = tiny_model_in_tempdir();
     // A .json array with LIMO's field names.
     let json = tmp.path().join("limo.json");
     std::fs::write(
@@ -226,17 +218,7 @@ fn data_takes_json_files_and_hub_ids_as_training_does() {
     )
     .unwrap();
     let out = tmp.path().join("out-json");
-    let run = limo(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--data",
-        s(&json),
-        "--max-new-tokens",
-        "4",
-        "--out",
-        s(&out),
-    ]);
+    let run = eval_data(&model, &json, &["--max-new-tokens", "4"], &out);
     assert!(
         run.status.success(),
         "{}",
@@ -284,15 +266,7 @@ fn data_takes_json_files_and_hub_ids_as_training_does() {
     // A row without its answer, in a .json file: one line naming the file and row.
     std::fs::write(&json, r#"[{"question": "What is 2+3?"}]"#).unwrap();
     one_line_error(
-        &limo(&[
-            "eval",
-            "--model",
-            s(&model),
-            "--data",
-            s(&json),
-            "--out",
-            s(&tmp.path().join("o3")),
-        ]),
+        &eval_data(&model, &json, &[], &tmp.path().join("o3")),
         "limo.json: row",
     );
 }

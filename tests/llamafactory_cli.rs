@@ -6,41 +6,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_mentions, init_tiny_model, limo, run_err, run_ok, train_args};
+use common::{
+    assert_mentions, init_tiny_model, limo, run_err, run_ok, train_args,
+    unsupported_llamafactory_edits,
+};
 use limo_train::TrainConfig;
 
 /// LIMO's LLaMA-Factory recipe (GAIR-NLP/LIMO), with `MODEL`, `DATA` and `OUT` to fill in.
-const LIMO_YAML: &str = r#"### model
-model_name_or_path: MODEL
-### method
-stage: sft
-do_train: true
-finetuning_type: full
-deepspeed: examples/deepspeed/ds_z3_config.json
-flash_attn: fa2
-### dataset
-dataset: limo
-dataset_dir: DATA          # holds dataset_info.json
-template: qwen
-cutoff_len: 16384
-overwrite_cache: true
-preprocessing_num_workers: 16
-### output
-output_dir: OUT
-logging_steps: 1
-save_strategy: epoch
-plot_loss: true
-overwrite_output_dir: true
-### train
-per_device_train_batch_size: 1
-gradient_accumulation_steps: 1
-learning_rate: 5.0e-6
-num_train_epochs: 15
-lr_scheduler_type: cosine
-warmup_ratio: 0.0
-bf16: true
-ddp_timeout: 180000000
-"#;
+const LIMO_YAML: &str = include_str!("common/limo_llamafactory.yaml");
 
 /// The arguments that do not apply to limo in LIMO_YAML: each gets one note.
 const NOT_APPLICABLE: [&str; 12] = [
@@ -192,28 +165,10 @@ fn limo_recipe_maps_to_limo_config() {
 #[test]
 fn unsupported_values_and_unknown_keys_are_one_line_errors() {
     let model = Path::new("/models/m");
-    for (from, to, key) in [
-        (
-            "finetuning_type: full",
-            "finetuning_type: lora",
-            "finetuning_type: lora",
-        ),
-        ("stage: sft", "stage: dpo", "stage: dpo"),
-        ("template: qwen", "template: llama3", "template: llama3"),
-        (
-            "flash_attn: fa2",
-            "flash_attn: fa2\nlora_rank: 8",
-            "lora_rank",
-        ),
-        (
-            "num_train_epochs: 15",
-            "num_train_epochs: 2.5",
-            "num_train_epochs",
-        ),
-    ] {
-        let (_dir, yaml) = setup(&LIMO_YAML.replace(from, to), model);
+    for (from, to, key) in unsupported_llamafactory_edits() {
+        let (_dir, yaml) = setup(&LIMO_YAML.replace(&from, &to), model);
         let line = run_err(&print_config_args(&yaml, &[]));
-        assert_mentions(&line, &[key, "train.yaml"]);
+        assert_mentions(&line, &[&key, "train.yaml"]);
     }
     // A dataset missing from dataset_info.json.
     let (_dir, yaml) = setup(&LIMO_YAML.replace("dataset: limo", "dataset: gsm8k"), model);

@@ -32,6 +32,9 @@ import time
 
 import torch
 
+# The sibling script's search for the CUDA libraries of this torch (it needs torch >= 2.3).
+from attention_vs_torch import torch_lib_path
+
 # Qwen2.5-Instruct configurations (hidden, intermediate, layers, heads, kv heads, vocab, tied),
 # as crates/limo-model/src/init.rs builds them for `limo bench generate --shape`.
 SHAPES = {
@@ -100,22 +103,6 @@ def run_transformers(shape, batch, prompt_tokens, new_tokens, seed):
         "transformers": transformers.__version__,
         "gpu": torch.cuda.get_device_name(0),
     }
-
-
-def torch_lib_path():
-    """Directories of the CUDA libraries that ship with this torch (nvidia-* wheels)."""
-    dirs = []
-    for entry in sys.path:
-        base = os.path.join(entry, "nvidia")
-        if not os.path.isdir(base):
-            continue
-        for root, _subdirs, files in os.walk(base):
-            if os.path.basename(root) == "lib" and any(".so" in f for f in files):
-                dirs.append(root)
-    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    if os.path.isdir(torch_lib):
-        dirs.append(torch_lib)
-    return dirs
 
 
 def run_limo(binary, shape, batch, prompt_tokens, new_tokens, seed):

@@ -12,6 +12,13 @@ pub fn limo() -> Command {
     Command::new(env!("CARGO_BIN_EXE_limo"))
 }
 
+/// Edits of LIMO's LLaMA-Factory recipe that limo refuses, as `(from, to, needle)`: the recipe
+/// with `from` replaced by `to` fails with one line naming `needle`. limo-train's unit test of
+/// the translation reads the same file.
+pub fn unsupported_llamafactory_edits() -> Vec<(String, String, String)> {
+    serde_json::from_str(include_str!("llamafactory_unsupported.json")).unwrap()
+}
+
 pub fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/qwen2-tiny")
 }

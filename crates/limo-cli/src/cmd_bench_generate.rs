@@ -14,6 +14,8 @@ use limo_model::init::{preset_config, SHAPES};
 use limo_model::{ModelWeights, Qwen2Config};
 use serde::Serialize;
 
+use crate::cmd_doctor::DeviceArgs;
+
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Qwen2.5 shape of the random model.
@@ -31,15 +33,8 @@ pub struct GenerateArgs {
     /// Tokens generated per sequence.
     #[arg(long, default_value_t = 1024)]
     new_tokens: usize,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    device: String,
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0)]
-    gpu: usize,
-    /// Compute dtype (default: bf16 on cuda, f32 on cpu).
-    #[arg(long, value_parser = ["bf16", "f32", "f64"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Tokens of an untimed generation first (kernel loading, allocator warm-up).
     #[arg(long, default_value_t = 4)]
     warmup_tokens: usize,
@@ -78,16 +73,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.new_tokens == 0 || args.prompt_tokens == 0 {
         bail!("--batch, --new-tokens and --prompt-tokens must be at least 1");
     }
-    let cuda = args.device == "cuda";
-    let dtype = crate::cmd_doctor::compute_dtype(cuda, args.dtype.as_deref())?;
-    if cuda && dtype == DType::F64 {
-        bail!("--dtype f64 runs on --device cpu");
-    }
-    let device = if cuda {
-        crate::cmd_doctor::open_gpu(args.gpu)?
-    } else {
-        Device::Cpu
-    };
+    let dtype = args.device.bench_dtype()?;
+    let device = args.device.open()?;
     let mut config = preset_config(&args.shape)?;
     if let Some(k) = args.layers {
         let all = config["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
@@ -144,7 +131,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let report = Report {
         shape: args.shape.clone(),
         layers: cfg.num_hidden_layers,
-        device: args.device.clone(),
+        device: args.device.device.clone(),
         dtype: format!("{dtype:?}").to_lowercase(),
         batch: args.batch,
         prompt_tokens: args.prompt_tokens,

@@ -5,13 +5,15 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::Args;
 use limo_model::init::SHAPES;
 use limo_train::bench::{self, StepBench};
 use limo_train::config::TINY_TOML;
 use limo_train::zero3::plan::parse_bytes;
 use limo_train::TrainConfig;
+
+use crate::cmd_doctor::DeviceArgs;
 
 #[derive(Args)]
 pub struct StepArgs {
@@ -27,15 +29,8 @@ pub struct StepArgs {
     /// Documents the tokens are packed as (1: one long sequence).
     #[arg(long, default_value_t = 1)]
     docs: usize,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    device: String,
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0)]
-    gpu: usize,
-    /// Compute dtype (default: bf16 on cuda, f32 on cpu).
-    #[arg(long, value_parser = ["bf16", "f32", "f64"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -87,11 +82,8 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         Some(path) => TrainConfig::from_file(path, &args.overrides)?,
         None => TrainConfig::parse(TINY_TOML, "configs/tiny.toml (embedded)", &args.overrides)?,
     };
-    let cuda = args.device == "cuda";
-    let dtype = crate::cmd_doctor::compute_dtype(cuda, args.dtype.as_deref())?;
-    if cuda && dtype == DType::F64 {
-        bail!("--dtype f64 runs on --device cpu");
-    }
+    let cuda = args.device.cuda();
+    let dtype = args.device.bench_dtype()?;
     if args.simulate_world.is_none() && args.rank != 0 {
         bail!("--rank needs --simulate-world");
     }
@@ -119,7 +111,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         mem_cap,
     };
     let report = if cuda {
-        gpu::run(&bench, args.gpu, mem_cap)?
+        gpu::run(&bench, args.device.gpu, mem_cap)?
     } else {
         bench::run(&bench, &Device::Cpu, &cpu_name(), None)?
     };

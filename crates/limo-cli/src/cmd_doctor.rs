@@ -98,6 +98,50 @@ fn describe(_gpu: &Device) -> String {
     unreachable!("open_gpu fails without the cuda feature")
 }
 
+/// `--device`, `--gpu` and `--dtype` of the commands that run a model on either device (eval,
+/// bench generate, bench step).
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+    /// Compute dtype (default: bf16 on cuda, f32 on cpu).
+    #[arg(long, value_parser = ["bf16", "f32", "f64"])]
+    pub dtype: Option<String>,
+}
+
+impl DeviceArgs {
+    pub fn cuda(&self) -> bool {
+        self.device == "cuda"
+    }
+
+    /// See [`compute_dtype`].
+    pub fn dtype(&self) -> anyhow::Result<DType> {
+        compute_dtype(self.cuda(), self.dtype.as_deref())
+    }
+
+    /// [`Self::dtype`], refusing f64 on the GPU (the benchmarks time bf16 or f32 there).
+    pub fn bench_dtype(&self) -> anyhow::Result<DType> {
+        let dtype = self.dtype()?;
+        if self.cuda() && dtype == DType::F64 {
+            bail!("--dtype f64 runs on --device cpu");
+        }
+        Ok(dtype)
+    }
+
+    /// The `--gpu` device with `--device cuda`, else the CPU.
+    pub fn open(&self) -> anyhow::Result<Device> {
+        if self.cuda() {
+            open_gpu(self.gpu)
+        } else {
+            Ok(Device::Cpu)
+        }
+    }
+}
+
 /// The compute dtype of a command's `--dtype` (default bf16 on a GPU, f32 on the CPU); bf16 on
 /// the CPU is refused, as the CPU reference computes in f32 or f64.
 pub fn compute_dtype(cuda: bool, dtype: Option<&str>) -> anyhow::Result<DType> {

@@ -5,12 +5,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::{Args, Subcommand};
 use limo_data::config::{Columns, Format};
 use limo_eval::benchmarks::ConversationRows;
 use limo_eval::benchmarks::NAMES;
 use limo_eval::run::{run, EvalOptions, UserBenchmark};
+
+use crate::cmd_doctor::DeviceArgs;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -67,15 +68,8 @@ struct RunArgs {
     /// The first N problems of each benchmark.
     #[arg(long)]
     limit: Option<usize>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    device: String,
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0)]
-    gpu: usize,
-    /// Compute dtype (default: bf16 on cuda, f32 on cpu).
-    #[arg(long, value_parser = ["bf16", "f32", "f64"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long, default_value_t = 32768)]
     max_new_tokens: usize,
     /// 0 is greedy (LIMO's setting).
@@ -121,14 +115,8 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         bail!("--out is required: results.jsonl and summary.json go there");
     };
     let mut opts = EvalOptions::new(model, out);
-    let cuda = a.device == "cuda";
-    let dtype = crate::cmd_doctor::compute_dtype(cuda, a.dtype.as_deref())?;
-    opts.device = if cuda {
-        crate::cmd_doctor::open_gpu(a.gpu)?
-    } else {
-        Device::Cpu
-    };
-    opts.dtype = dtype;
+    opts.dtype = a.device.dtype()?;
+    opts.device = a.device.open()?;
     match (&a.data, a.benchmarks.is_empty()) {
         (Some(_), false) => bail!("give --benchmarks or --data, not both"),
         (Some(path), true) => {

@@ -139,26 +139,16 @@ fn messages_conversation(
                 format!("expected an object, found {}", kind(item)),
             )
         })?;
-        let role = match message.get(&columns.role) {
-            Some(Value::String(role)) => role.as_str(),
-            Some(other) => {
-                return Err(FieldError::field(
-                    at(&columns.role),
-                    format!("expected a string, found {}", kind(other)),
-                ))
-            }
-            None => return Err(FieldError::field(at(&columns.role), "missing")),
+        let text = |key: &str| match message.get(key) {
+            Some(Value::String(text)) => Ok(text.as_str()),
+            Some(other) => Err(FieldError::field(
+                at(key),
+                format!("expected a string, found {}", kind(other)),
+            )),
+            None => Err(FieldError::field(at(key), "missing")),
         };
-        let content = match message.get(&columns.content) {
-            Some(Value::String(content)) => content.clone(),
-            Some(other) => {
-                return Err(FieldError::field(
-                    at(&columns.content),
-                    format!("expected a string, found {}", kind(other)),
-                ))
-            }
-            None => return Err(FieldError::field(at(&columns.content), "missing")),
-        };
+        let role = text(&columns.role)?;
+        let content = text(&columns.content)?.to_string();
         let role = match role {
             "system" => Role::System,
             "user" => Role::User,

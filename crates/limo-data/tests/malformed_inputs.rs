@@ -52,17 +52,22 @@ fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// [`file`], checked to be a LIMO-format file the strict loader (`on_bad_row = fail`) rejects
+/// with an error naming `expected`.
+fn rejected_limo_file(name: &str, bytes: &[u8], expected: &str) -> (tempfile::TempDir, PathBuf) {
+    let (dir, path) = file(name, bytes);
+    assert_fails_naming(load(&path, Format::Limo, OnBadRow::Fail), &[expected]);
+    (dir, path)
+}
+
 const GOOD: &str = r#"{"question": "1+1?", "solution": "\\boxed{2}"}"#;
 
 #[test]
 fn bad_json_line_names_file_and_line() {
-    let (_dir, path) = file(
+    let (_dir, path) = rejected_limo_file(
         "bad.jsonl",
         format!("{GOOD}\n{GOOD}\n{{\"question\": \"q\",\n{GOOD}\n").as_bytes(),
-    );
-    assert_fails_naming(
-        load(&path, Format::Limo, OnBadRow::Fail),
-        &["bad.jsonl: row 3: invalid JSON"],
+        "bad.jsonl: row 3: invalid JSON",
     );
     let (examples, report) = load(&path, Format::Limo, OnBadRow::Skip).unwrap();
     assert_eq!((examples, report.rows, report.skipped), (3, 4, 1));
@@ -130,13 +135,10 @@ fn missing_field_wrong_type_empty_answer_and_unknown_role() {
 
 #[test]
 fn non_utf8_line_is_an_error_not_a_panic() {
-    let (_dir, path) = file(
+    let (_dir, path) = rejected_limo_file(
         "latin1.jsonl",
         b"{\"question\": \"caf\xe9\", \"solution\": \"s\"}\n",
-    );
-    assert_fails_naming(
-        load(&path, Format::Limo, OnBadRow::Fail),
-        &["latin1.jsonl: row 1: not valid UTF-8"],
+        "latin1.jsonl: row 1: not valid UTF-8",
     );
     // Skipping everything leaves nothing: that is an error too, with the first reason.
     assert_fails_naming(
@@ -147,26 +149,25 @@ fn non_utf8_line_is_an_error_not_a_panic() {
 
 #[test]
 fn json_array_rows_are_element_numbers() {
-    let (_dir, path) = file(
+    rejected_limo_file(
         "a.json",
         format!("[{GOOD}, {{\"question\": \"q\", \"solution\": null}}]").as_bytes(),
-    );
-    assert_fails_naming(
-        load(&path, Format::Limo, OnBadRow::Fail),
-        &["a.json: row 2: field `solution`: expected a string, found null"],
+        "a.json: row 2: field `solution`: expected a string, found null",
     );
 }
 
-/// Writes a Parquet file of required UTF-8 string columns.
-fn write_string_parquet(path: &Path, columns: &[(&str, Vec<&str>)]) {
-    let fields: String = columns
-        .iter()
-        .map(|(name, _)| format!("REQUIRED BYTE_ARRAY {name} (UTF8);"))
-        .collect();
-    let schema = Arc::new(parse_message_type(&format!("message schema {{ {fields} }}")).unwrap());
+/// Writes one row group to a Parquet file of `schema` (its leaves UTF-8 strings): `leaf(i)`
+/// gives the values of leaf column `i` with their definition and repetition levels, if any.
+fn write_parquet(
+    path: &Path,
+    schema: &str,
+    compression: Compression,
+    mut leaf: impl FnMut(usize) -> (Vec<ByteArray>, Option<Vec<i16>>, Option<Vec<i16>>),
+) {
+    let schema = Arc::new(parse_message_type(schema).unwrap());
     let props = Arc::new(
         WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+            .set_compression(compression)
             .build(),
     );
     let mut writer =
@@ -174,14 +175,10 @@ fn write_string_parquet(path: &Path, columns: &[(&str, Vec<&str>)]) {
     let mut group = writer.next_row_group().unwrap();
     let mut index = 0;
     while let Some(mut column) = group.next_column().unwrap() {
-        let values: Vec<ByteArray> = columns[index]
-            .1
-            .iter()
-            .map(|v| ByteArray::from(*v))
-            .collect();
+        let (values, defs, reps) = leaf(index);
         column
             .typed::<ByteArrayType>()
-            .write_batch(&values, None, None)
+            .write_batch(&values, defs.as_deref(), reps.as_deref())
             .unwrap();
         column.close().unwrap();
         index += 1;
@@ -190,25 +187,26 @@ fn write_string_parquet(path: &Path, columns: &[(&str, Vec<&str>)]) {
     writer.close().unwrap();
 }
 
+/// Writes a Parquet file of required UTF-8 string columns.
+fn write_string_parquet(path: &Path, columns: &[(&str, Vec<&str>)]) {
+    let fields: String = columns
+        .iter()
+        .map(|(name, _)| format!("REQUIRED BYTE_ARRAY {name} (UTF8);"))
+        .collect();
+    let schema = format!("message schema {{ {fields} }}");
+    write_parquet(path, &schema, Compression::SNAPPY, |index| {
+        let values = columns[index].1.iter().map(|v| ByteArray::from(*v));
+        (values.collect(), None, None)
+    });
+}
+
 /// Writes `messages: list<struct<role, content>>` the way Hub chat datasets store it.
 fn write_messages_parquet(path: &Path, rows: &[Vec<(&str, &str)>]) {
-    let schema = Arc::new(
-        parse_message_type(
-            "message schema { OPTIONAL group messages (LIST) { REPEATED group list { OPTIONAL group element { \
-             OPTIONAL BYTE_ARRAY role (UTF8); OPTIONAL BYTE_ARRAY content (UTF8); } } } }",
-        )
-        .unwrap(),
-    );
-    let props = Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(Default::default()))
-            .build(),
-    );
-    let mut writer =
-        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
-    let mut group = writer.next_row_group().unwrap();
-    let mut leaf = 0;
-    while let Some(mut column) = group.next_column().unwrap() {
+    let schema = "message schema { OPTIONAL group messages (LIST) { REPEATED group list { \
+                  OPTIONAL group element { OPTIONAL BYTE_ARRAY role (UTF8); \
+                  OPTIONAL BYTE_ARRAY content (UTF8); } } } }";
+    let compression = Compression::ZSTD(Default::default());
+    write_parquet(path, schema, compression, |leaf| {
         let (mut values, mut defs, mut reps) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
             for (i, message) in row.iter().enumerate() {
@@ -221,15 +219,8 @@ fn write_messages_parquet(path: &Path, rows: &[Vec<(&str, &str)>]) {
                 reps.push(if i == 0 { 0 } else { 1 });
             }
         }
-        column
-            .typed::<ByteArrayType>()
-            .write_batch(&values, Some(&defs), Some(&reps))
-            .unwrap();
-        column.close().unwrap();
-        leaf += 1;
-    }
-    group.close().unwrap();
-    writer.close().unwrap();
+        (values, Some(defs), Some(reps))
+    });
 }
 
 #[test]

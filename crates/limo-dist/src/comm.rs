@@ -11,6 +11,21 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 
+/// The `rank` and `world_size` methods of a [`Communicator`] whose struct keeps both as fields
+/// `rank` and `world` (most backends): `impl Communicator for X { rank_world_fields!(); .. }`.
+#[macro_export]
+macro_rules! rank_world_fields {
+    () => {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+
+        fn world_size(&self) -> usize {
+            self.world
+        }
+    };
+}
+
 pub trait Communicator: Send {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;

@@ -23,13 +23,7 @@ impl SimulatedComm {
 }
 
 impl Communicator for SimulatedComm {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.world
-    }
+    crate::rank_world_fields!();
 
     /// `world` copies of this rank's slice: the gathered buffer has the real size.
     fn all_gather(&self, input: &Tensor) -> anyhow::Result<Tensor> {

@@ -199,13 +199,15 @@ impl SocketComm {
         } else {
             Payload::from_tensor(input)?
         };
+        let call = Call {
+            seq,
+            op,
+            root,
+            dtype,
+        };
         let result = match &mut st.role {
-            Role::Host { peers, inbox } => {
-                self.host_collective(peers, inbox, seq, op, root, dtype, payload)
-            }
-            Role::Worker { stream } => {
-                self.worker_collective(stream, seq, op, root, dtype, payload)
-            }
+            Role::Host { peers, inbox } => self.host_collective(peers, inbox, call, payload),
+            Role::Worker { stream } => self.worker_collective(stream, call, payload),
         };
         match result {
             Ok(values) => Ok(values
@@ -219,18 +221,20 @@ impl SocketComm {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn host_collective(
         &self,
         peers: &mut [TcpStream],
         inbox: &Receiver<(usize, io::Result<Msg>)>,
-        seq: u64,
-        op: Op,
-        root: usize,
-        dtype: DType,
+        call: Call,
         mine: Payload,
     ) -> Result<Payload, String> {
-        let what = format!("{} #{seq}", op.name());
+        let Call {
+            seq,
+            op,
+            root,
+            dtype,
+        } = call;
+        let what = call.what();
         let mut got: Vec<Option<Contribution>> = (0..self.world).map(|_| None).collect();
         got[0] = Some(Contribution {
             op,
@@ -316,18 +320,15 @@ impl SocketComm {
     fn worker_collective(
         &self,
         stream: &mut TcpStream,
-        seq: u64,
-        op: Op,
-        root: usize,
-        dtype: DType,
+        call: Call,
         payload: Payload,
     ) -> Result<Payload, String> {
-        let what = format!("{} #{seq}", op.name());
+        let what = call.what();
         let msg = Msg::Contribution {
-            seq,
-            op,
-            root: root as u32,
-            dtype: dtype.as_str().to_string(),
+            seq: call.seq,
+            op: call.op,
+            root: call.root as u32,
+            dtype: call.dtype.as_str().to_string(),
             payload,
         };
         write_msg(stream, &msg).map_err(|e| lost(0, &e, &what))?;
@@ -336,7 +337,7 @@ impl SocketComm {
             .set_read_timeout(Some(wait))
             .map_err(|e| e.to_string())?;
         match read_msg(stream) {
-            Ok(Msg::Result { seq: s, payload }) if s == seq => Ok(payload),
+            Ok(Msg::Result { seq: s, payload }) if s == call.seq => Ok(payload),
             Ok(Msg::Failure(why)) => Err(why),
             Ok(other) => Err(format!("{what}: unexpected message from rank 0: {other:?}")),
             Err(e) if is_timeout(&e) => Err(format!(
@@ -345,6 +346,22 @@ impl SocketComm {
             )),
             Err(e) => Err(lost(0, &e, &what)),
         }
+    }
+}
+
+/// One collective as this rank calls it: the communicator's `seq`-th.
+#[derive(Clone, Copy)]
+struct Call {
+    seq: u64,
+    op: Op,
+    root: usize,
+    dtype: DType,
+}
+
+impl Call {
+    /// How errors name the collective: its op and number.
+    fn what(&self) -> String {
+        format!("{} #{}", self.op.name(), self.seq)
     }
 }
 
@@ -581,13 +598,7 @@ impl Drop for SocketComm {
 }
 
 impl Communicator for SocketComm {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.world
-    }
+    crate::rank_world_fields!();
 
     fn all_gather(&self, input: &Tensor) -> anyhow::Result<Tensor> {
         self.collective(Op::AllGather, 0, input)

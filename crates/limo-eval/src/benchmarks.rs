@@ -284,45 +284,18 @@ pub fn load_counted(name: &str) -> Result<(Vec<Problem>, usize)> {
     Ok((problems, skipped))
 }
 
-/// The problems of a user JSONL file: `question_field` and `answer_field` name the fields, ids
+/// The problems of a user JSONL file, its rows read as `rows_as` says (e.g. two fields); ids
 /// come from `id_field` or are the 0-based row index. Every row needs a non-empty question and
 /// reference answer; errors name the file and line.
-pub fn load_file(
-    path: &Path,
-    question_field: &str,
-    answer_field: &str,
-    id_field: Option<&str>,
-) -> Result<Vec<Problem>> {
-    let rows = RowsAs::Fields {
-        question: question_field,
-        answer: answer_field,
-    };
-    load_file_as(path, rows, id_field)
-}
-
-/// [`load_file`] with the rows read as `rows_as` says.
-pub fn load_file_as(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
+pub fn load_file(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let origin = path.display().to_string();
-    let benchmark = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let reader = RowReader::new(path, rows_as, id_field);
     let mut problems = Vec::new();
     for (row, (line_no, obj)) in rows(&text, &origin)?.into_iter().enumerate() {
         let at = format!("{origin}: line {line_no}");
-        let (question, answer) = rows_as.question_answer(&obj, &origin, line_no, &at)?;
-        let id = match id_field {
-            Some(f) => id_text(&obj, f, &origin, line_no)?,
-            None => row.to_string(),
-        };
-        problems.push(Problem {
-            benchmark: benchmark.clone(),
-            id,
-            question,
-            answer,
-        });
+        problems.push(reader.problem(&obj, &origin, line_no, &at, row)?);
     }
     if problems.is_empty() {
         bail!("{origin}: no rows");
@@ -333,31 +306,14 @@ pub fn load_file_as(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Res
 /// A user's benchmark from anything `limo train` reads as data: a JSONL file (read by
 /// [`load_file`], errors by line), a .json or .parquet file, a folder of them, or a Hub dataset
 /// id like `GAIR/LIMO` (from the Hugging Face cache, or downloaded, as in training); errors name
-/// the file and row.
-pub fn load_data(
-    spec: &str,
-    question_field: &str,
-    answer_field: &str,
-    id_field: Option<&str>,
-) -> Result<Vec<Problem>> {
-    let rows = RowsAs::Fields {
-        question: question_field,
-        answer: answer_field,
-    };
-    load_data_as(spec, rows, id_field)
-}
-
-/// [`load_data`] with the rows read as `rows_as` says (`limo eval --format`).
-pub fn load_data_as(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
+/// the file and row. Rows are read as `rows_as` says (`limo eval --format`).
+pub fn load_data(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
     let path = Path::new(spec);
     if path.is_file() && FileKind::from_path(path) == Some(FileKind::Jsonl) {
-        return load_file_as(path, rows_as, id_field);
+        return load_file(path, rows_as, id_field);
     }
     let files = resolve_data_files(spec, &HubSettings::from_env()).map_err(|e| anyhow!("{e}"))?;
-    let benchmark = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let reader = RowReader::new(path, rows_as, id_field);
     let mut problems = Vec::new();
     for file in files {
         let origin = file.display().to_string();
@@ -369,23 +325,57 @@ pub fn load_data_as(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Resu
                 Err(e) => bail!("{}: {}", record.location, e.message),
             };
             let at = record.location.to_string();
-            let (question, answer) = rows_as.question_answer(&obj, &origin, row, &at)?;
-            let id = match id_field {
-                Some(f) => id_text(&obj, f, &origin, row)?,
-                None => problems.len().to_string(),
-            };
-            problems.push(Problem {
-                benchmark: benchmark.clone(),
-                id,
-                question,
-                answer,
-            });
+            problems.push(reader.problem(&obj, &origin, row, &at, problems.len())?);
         }
     }
     if problems.is_empty() {
         bail!("{spec}: no rows");
     }
     Ok(problems)
+}
+
+/// Turns a user's rows into problems of the benchmark named after the file (its stem).
+struct RowReader<'a> {
+    rows_as: RowsAs<'a>,
+    id_field: Option<&'a str>,
+    benchmark: String,
+}
+
+impl<'a> RowReader<'a> {
+    fn new(path: &Path, rows_as: RowsAs<'a>, id_field: Option<&'a str>) -> Self {
+        let benchmark = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self {
+            rows_as,
+            id_field,
+            benchmark,
+        }
+    }
+
+    /// The problem of row `obj` (row or line `row` of `origin`, `at` naming it in errors); its
+    /// id is the id field's, else `index`.
+    fn problem(
+        &self,
+        obj: &Map<String, Value>,
+        origin: &str,
+        row: usize,
+        at: &str,
+        index: usize,
+    ) -> Result<Problem> {
+        let (question, answer) = self.rows_as.question_answer(obj, origin, row, at)?;
+        let id = match self.id_field {
+            Some(f) => id_text(obj, f, origin, row)?,
+            None => index.to_string(),
+        };
+        Ok(Problem {
+            benchmark: self.benchmark.clone(),
+            id,
+            question,
+            answer,
+        })
+    }
 }
 
 /// The JSON objects of a JSONL text with their 1-based line numbers; blank lines skipped.

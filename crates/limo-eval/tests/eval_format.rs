@@ -4,22 +4,11 @@
 
 use std::path::Path;
 
-use candle_core::DType;
 use limo_data::config::{Columns, Format};
 use limo_eval::benchmarks::ConversationRows;
 use limo_eval::run::{run, EvalOptions, ResultRecord, UserBenchmark, RESULTS_FILE};
-use limo_model::init::{preset_config, write_random_checkpoint};
 
-fn write_model(dir: &Path) {
-    let mut config = preset_config("tiny").unwrap();
-    config["hidden_size"] = 32.into();
-    config["intermediate_size"] = 64.into();
-    config["num_hidden_layers"] = 1.into();
-    write_random_checkpoint(dir, &config, DType::F32, 3, usize::MAX).unwrap();
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
-    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
-}
+mod common;
 
 fn benchmark(path: &Path, format: Format, columns: Columns) -> UserBenchmark {
     UserBenchmark {
@@ -42,9 +31,7 @@ fn references(out: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn alpaca_and_messages_rows_are_evaluated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    write_model(&model);
+    let (tmp, model) = common::model_in_tempdir(None);
     let alpaca = tmp.path().join("alp.jsonl");
     std::fs::write(
         &alpaca,

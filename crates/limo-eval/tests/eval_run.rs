@@ -3,25 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::DType;
 use limo_eval::benchmarks::NAMES;
 use limo_eval::run::{run, EvalOptions, ResultRecord, UserBenchmark, RESULTS_FILE, SUMMARY_FILE};
-use limo_model::init::{preset_config, write_random_checkpoint};
+use tempfile::TempDir;
 
-fn tokenizer_fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json")
-}
+mod common;
 
-/// The `tiny` preset made smaller (one layer, hidden 32), real vocabulary and tokenizer.
-fn write_model(dir: &Path) {
-    let mut config = preset_config("tiny").unwrap();
-    config["hidden_size"] = 32.into();
-    config["intermediate_size"] = 64.into();
-    config["num_hidden_layers"] = 1.into();
-    config["initializer_range"] = 0.2.into();
-    write_random_checkpoint(dir, &config, DType::F32, 3, usize::MAX).unwrap();
-    std::fs::copy(tokenizer_fixture(), dir.join("tokenizer.json")).unwrap();
+/// The test model in a temporary directory, and the output directory `eval` beside it.
+fn model_and_out() -> (TempDir, PathBuf, PathBuf) {
+    let (tmp, model) = common::model_in_tempdir(Some(0.2));
+    let out = tmp.path().join("eval");
+    (tmp, model, out)
 }
 
 fn options(model: &Path, out: &Path) -> EvalOptions {
@@ -42,9 +34,7 @@ fn read_records(out: &Path) -> Vec<ResultRecord> {
 
 #[test]
 fn all_benchmarks_run_end_to_end_and_resume() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
-    write_model(&model);
+    let (_tmp, model, out) = model_and_out();
     let opts = options(&model, &out);
 
     let summary = run(&opts).unwrap();
@@ -95,9 +85,7 @@ fn all_benchmarks_run_end_to_end_and_resume() {
 
 #[test]
 fn samples_give_pass_at_k() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
-    write_model(&model);
+    let (_tmp, model, out) = model_and_out();
     let mut opts = options(&model, &out);
     opts.benchmarks = vec!["aime".into(), "math500".into()];
     opts.limit = Some(2);
@@ -130,9 +118,7 @@ fn one_line_error(opts: &EvalOptions) -> String {
 
 #[test]
 fn errors_are_one_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
-    write_model(&model);
+    let (tmp, model, out) = model_and_out();
 
     let mut opts = options(&model, &out);
     opts.benchmarks = vec!["aime".into(), "nope".into()];
@@ -172,9 +158,7 @@ fn errors_are_one_line() {
 
 #[test]
 fn user_files_are_benchmarks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, out) = (tmp.path().join("model"), tmp.path().join("eval"));
-    write_model(&model);
+    let (tmp, model, out) = model_and_out();
     let file = tmp.path().join("mine.jsonl");
     std::fs::write(
         &file,

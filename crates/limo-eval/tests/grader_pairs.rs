@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use limo_eval::benchmarks::{self, NAMES};
+use limo_eval::benchmarks::{self, RowsAs, NAMES};
 use limo_eval::grader::{extract_answer, extract_or_raw, grade_pairs, is_equivalent, normalize};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -142,12 +142,18 @@ fn load_all_nine() {
     );
 }
 
+/// Rows whose question and answer are the fields "q" and "a".
+const Q_A: RowsAs = RowsAs::Fields {
+    question: "q",
+    answer: "a",
+};
+
 #[test]
 fn load_user_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mine.jsonl");
     std::fs::write(&path, "{\"q\": \"1+1?\", \"a\": 2.0, \"k\": 7}\n\n{\"q\": \"2+2?\", \"a\": \"4\", \"k\": \"x\"}\n").unwrap();
-    let ps = benchmarks::load_file(&path, "q", "a", Some("k")).unwrap();
+    let ps = benchmarks::load_file(&path, Q_A, Some("k")).unwrap();
     assert_eq!(ps.len(), 2);
     assert_eq!(
         (
@@ -158,7 +164,7 @@ fn load_user_file() {
         ("7", "2", "mine")
     );
     assert_eq!(ps[1].id, "x");
-    let ps = benchmarks::load_file(&path, "q", "a", None).unwrap();
+    let ps = benchmarks::load_file(&path, Q_A, None).unwrap();
     assert_eq!(ps[1].id, "1");
 
     let cases = [
@@ -186,7 +192,7 @@ fn load_user_file() {
     ];
     for (text, line, what) in cases {
         std::fs::write(&path, text).unwrap();
-        let err = benchmarks::load_file(&path, "q", "a", None)
+        let err = benchmarks::load_file(&path, Q_A, None)
             .unwrap_err()
             .to_string();
         assert!(

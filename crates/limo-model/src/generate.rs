@@ -349,13 +349,7 @@ impl<'a> CachedModel<'a> {
     /// caches (which must be empty), and returns the logits `[B, vocab]` of the token after
     /// each prompt.
     pub fn prefill(&self, prompts: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        if prompts.len() != caches.len() {
-            return Err(Error::Config(format!(
-                "prefill: {} prompts and {} caches",
-                prompts.len(),
-                caches.len()
-            )));
-        }
+        one_cache_each("prefill", prompts.len(), "prompts", caches.len())?;
         self.prefill_into(prompts, Caches::Each(caches))
     }
 
@@ -363,13 +357,7 @@ impl<'a> CachedModel<'a> {
     /// (at position `caches[i].len()`); appends its keys and values and returns the logits
     /// `[B, vocab]` of the token after it.
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        if tokens.len() != caches.len() {
-            return Err(Error::Config(format!(
-                "decode: {} tokens and {} caches",
-                tokens.len(),
-                caches.len()
-            )));
-        }
+        one_cache_each("decode", tokens.len(), "tokens", caches.len())?;
         self.decode_into(tokens, Caches::Each(caches))
     }
 
@@ -796,6 +784,16 @@ impl<'a> Generator<'a> {
         }
         Ok(())
     }
+}
+
+/// An error from `step` unless it has one cache per sequence (`n` of `what`).
+fn one_cache_each(step: &str, n: usize, what: &str, caches: usize) -> Result<()> {
+    if n != caches {
+        return Err(Error::Config(format!(
+            "{step}: {n} {what} and {caches} caches"
+        )));
+    }
+    Ok(())
 }
 
 /// Generates a continuation of every prompt (none empty), all in one batch, until a stop id

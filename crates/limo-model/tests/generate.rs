@@ -225,31 +225,37 @@ fn seeded_sampling_is_reproducible_and_independent_of_the_batch() {
     assert!(generate(&cfg, &w, &prompts, 4, &[], bad).is_err());
 }
 
-#[test]
-fn f32_cache_matches_f32_full_forward() {
-    let (cfg, w) = tiny_model(DType::F32);
-    let prompts = prompts();
-    let out = generate(&cfg, &w, &prompts, 8, &[], Sampling::greedy()).unwrap();
+/// Greedy generation of `steps` tokens per prompt, each sequence checked against
+/// [`reference_greedy`].
+fn greedy_matching_reference(
+    cfg: &Qwen2Config,
+    w: &ModelWeights,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> Vec<Generated> {
+    let out = generate(cfg, w, prompts, steps, &[], Sampling::greedy()).unwrap();
     for (i, g) in out.iter().enumerate() {
         assert_eq!(
             g.ids,
-            reference_greedy(&cfg, &w, &prompts[i], 8),
+            reference_greedy(cfg, w, &prompts[i], steps),
             "prompt {i}"
         );
     }
+    out
+}
+
+#[test]
+fn f32_cache_matches_f32_full_forward() {
+    let (cfg, w) = tiny_model(DType::F32);
+    greedy_matching_reference(&cfg, &w, &prompts(), 8);
 }
 
 #[test]
 fn caches_grow_past_their_first_allocation() {
     let (cfg, w) = tiny_model(DType::F64);
     let prompts = [vec![5, 6, 7], vec![9; 70]];
-    let out = generate(&cfg, &w, &prompts, 150, &[], Sampling::greedy()).unwrap();
+    let out = greedy_matching_reference(&cfg, &w, &prompts, 150);
     for (i, g) in out.iter().enumerate() {
-        assert_eq!(
-            g.ids,
-            reference_greedy(&cfg, &w, &prompts[i], 150),
-            "prompt {i}"
-        );
         let distinct: std::collections::BTreeSet<u32> = g.ids.iter().copied().collect();
         println!("prompt {i}: {} distinct tokens of 150", distinct.len());
     }

@@ -115,13 +115,7 @@ impl Drop for CommThread {
 }
 
 impl Communicator for CommThread {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.world
-    }
+    limo_dist::rank_world_fields!();
 
     fn all_gather(&self, input: &Tensor) -> anyhow::Result<Tensor> {
         let input = input.clone();

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use serde_yaml::Value;
+use serde_yaml::{Number, Value};
 
 use limo_data::Format;
 
@@ -504,20 +504,16 @@ fn dataset_entry(
     };
     data.insert("path".into(), path.into());
 
-    let column = |key: &str| -> anyhow::Result<Option<String>> {
-        match entry.get("columns").and_then(|c| c.get(key)) {
+    // A string of the entry's "columns" or "tags" object.
+    let field = |section: &str, key: &str| -> anyhow::Result<Option<String>> {
+        match entry.get(section).and_then(|c| c.get(key)) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => bail!("{}: expected a string", at(&format!("columns.{key}"))),
+            Some(_) => bail!("{}: expected a string", at(&format!("{section}.{key}"))),
         }
     };
-    let tag = |key: &str| -> anyhow::Result<Option<String>> {
-        match entry.get("tags").and_then(|c| c.get(key)) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => bail!("{}: expected a string", at(&format!("tags.{key}"))),
-        }
-    };
+    let column = |key: &str| field("columns", key);
+    let tag = |key: &str| field("tags", key);
     let formatting = string("formatting")?.unwrap_or_else(|| "alpaca".into());
     let (format, known_columns): (Format, &[&str]) = match formatting.as_str() {
         "alpaca" => (Format::Alpaca, &["prompt", "query", "response", "system"]),
@@ -539,44 +535,31 @@ fn dataset_entry(
         }
     }
     data.insert("format".into(), toml::Value::try_from(format)?);
-    let mut columns = toml::Table::new();
-    if format == Format::Alpaca {
-        if entry.get("tags").is_some() {
-            notes.push(format!(
-                "dataset_info.json: {dataset}.tags: not used by alpaca formatting"
-            ));
-        }
-        columns.insert(
-            "instruction".into(),
-            column("prompt")?
-                .unwrap_or_else(|| "instruction".into())
-                .into(),
-        );
-        columns.insert(
-            "input".into(),
-            column("query")?.unwrap_or_else(|| "input".into()).into(),
-        );
-        columns.insert(
-            "output".into(),
-            column("response")?
-                .unwrap_or_else(|| "output".into())
-                .into(),
-        );
+    if format == Format::Alpaca && entry.get("tags").is_some() {
+        notes.push(format!(
+            "dataset_info.json: {dataset}.tags: not used by alpaca formatting"
+        ));
+    }
+    // Each limo column: the entry's section and key that name it, and LLaMA-Factory's default.
+    let names = if format == Format::Alpaca {
+        [
+            ("instruction", "columns", "prompt", "instruction"),
+            ("input", "columns", "query", "input"),
+            ("output", "columns", "response", "output"),
+        ]
     } else {
-        columns.insert(
-            "messages".into(),
-            column("messages")?
-                .unwrap_or_else(|| "conversations".into())
-                .into(),
-        );
-        columns.insert(
-            "role".into(),
-            tag("role_tag")?.unwrap_or_else(|| "from".into()).into(),
-        );
-        columns.insert(
-            "content".into(),
-            tag("content_tag")?.unwrap_or_else(|| "value".into()).into(),
-        );
+        [
+            ("messages", "columns", "messages", "conversations"),
+            ("role", "tags", "role_tag", "from"),
+            ("content", "tags", "content_tag", "value"),
+        ]
+    };
+    let mut columns = toml::Table::new();
+    for (limo_column, section, key, default) in names {
+        let name = field(section, key)?.unwrap_or_else(|| default.into());
+        columns.insert(limo_column.into(), name.into());
+    }
+    if format != Format::Alpaca {
         for (key, default, limo_role) in [
             ("user_tag", "human", "user"),
             ("assistant_tag", "gpt", "assistant"),
@@ -653,28 +636,31 @@ impl Args {
     }
 
     fn float(&self, key: &str) -> anyhow::Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(v @ Value::String(s)) => s
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| self.wrong(key, "a number", v)),
-            Some(v) => Err(self.wrong(key, "a number", v)),
-        }
+        self.number(key, "a number", Number::as_f64)
     }
 
     fn int(&self, key: &str) -> anyhow::Result<Option<i64>> {
+        self.number(key, "an integer", Number::as_i64)
+    }
+
+    /// The value at `key`: a YAML number `from_number` takes, or a string that parses as one.
+    fn number<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        what: &str,
+        from_number: fn(&Number) -> Option<T>,
+    ) -> anyhow::Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64()),
+            Some(v @ Value::Number(n)) => from_number(n)
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, what, v)),
             Some(v @ Value::String(s)) => s
                 .trim()
                 .parse()
                 .map(Some)
-                .map_err(|_| self.wrong(key, "an integer", v)),
-            Some(v) => Err(self.wrong(key, "an integer", v)),
+                .map_err(|_| self.wrong(key, what, v)),
+            Some(v) => Err(self.wrong(key, what, v)),
         }
     }
 
@@ -701,38 +687,8 @@ impl Args {
 mod tests {
     use super::*;
 
-    const LIMO_YAML: &str = r#"
-### model
-model_name_or_path: MODEL
-### method
-stage: sft
-do_train: true
-finetuning_type: full
-deepspeed: examples/deepspeed/ds_z3_config.json
-flash_attn: fa2
-### dataset
-dataset: limo
-dataset_dir: DATA
-template: qwen
-cutoff_len: 16384
-overwrite_cache: true
-preprocessing_num_workers: 16
-### output
-output_dir: saves/limo
-logging_steps: 1
-save_strategy: epoch
-plot_loss: true
-overwrite_output_dir: true
-### train
-per_device_train_batch_size: 1
-gradient_accumulation_steps: 1
-learning_rate: 5.0e-6
-num_train_epochs: 15
-lr_scheduler_type: cosine
-warmup_ratio: 0.0
-bf16: true
-ddp_timeout: 180000000
-"#;
+    /// LIMO's recipe, shared with tests/llamafactory_cli.rs (`MODEL`, `DATA`, `OUT` to fill in).
+    const LIMO_YAML: &str = include_str!("../../../tests/common/limo_llamafactory.yaml");
 
     fn setup(yaml: &str, info: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -745,13 +701,20 @@ ddp_timeout: 180000000
         std::fs::write(data.join("limo.json"), format!("[{}]", rows.join(","))).unwrap();
         let yaml = yaml
             .replace("MODEL", &dir.path().join("model").display().to_string())
-            .replace("DATA", &data.display().to_string());
+            .replace("DATA", &data.display().to_string())
+            .replace("OUT", "saves/limo");
         let path = dir.path().join("train.yaml");
         std::fs::write(&path, yaml).unwrap();
         (dir, path)
     }
 
     const INFO: &str = r#"{"limo": {"file_name": "limo.json", "columns": {"prompt": "question", "response": "solution"}}}"#;
+
+    /// [`from_yaml`] of `yaml` beside `info` (see [`setup`]), without overrides.
+    fn convert(yaml: &str, info: &str) -> anyhow::Result<TrainConfig> {
+        let (_dir, path) = setup(yaml, info);
+        from_yaml(&path, &[])
+    }
 
     #[test]
     fn limo_recipe_maps() {
@@ -824,8 +787,7 @@ ddp_timeout: 180000000
                 "save_strategy: epoch",
                 "save_strategy: steps\nsave_steps: 50",
             );
-        let (_dir, path) = setup(&yaml, INFO);
-        let c = from_yaml(&path, &[]).unwrap();
+        let c = convert(&yaml, INFO).unwrap();
         assert_eq!(
             (c.train.schedule.as_str(), c.train.warmup_steps),
             ("constant", 3)
@@ -839,8 +801,7 @@ ddp_timeout: 180000000
             .replace("lr_scheduler_type: cosine", "lr_scheduler_type: constant")
             .replace("warmup_ratio: 0.0", "warmup_steps: 3")
             .replace("save_strategy: epoch", "save_strategy: \"no\"");
-        let (_dir, path) = setup(&yaml, INFO);
-        let c = from_yaml(&path, &[]).unwrap();
+        let c = convert(&yaml, INFO).unwrap();
         assert_eq!(
             (c.train.schedule.as_str(), c.train.warmup_steps),
             ("constant", 0)
@@ -850,28 +811,17 @@ ddp_timeout: 180000000
 
     #[test]
     fn unsupported_values_and_unknown_keys_are_named() {
-        for (from, to, needle) in [
-            (
-                "finetuning_type: full",
-                "finetuning_type: lora",
-                "finetuning_type: lora",
-            ),
-            ("stage: sft", "stage: dpo", "stage: dpo"),
-            ("template: qwen", "template: llama3", "template: llama3"),
-            (
-                "flash_attn: fa2",
-                "flash_attn: fa2\nlora_rank: 8",
-                "lora_rank",
-            ),
-            (
-                "lr_scheduler_type: cosine",
-                "lr_scheduler_type: polynomial",
-                "polynomial",
-            ),
-        ] {
-            let (_dir, path) = setup(&LIMO_YAML.replace(from, to), INFO);
-            let err = format!("{:#}", from_yaml(&path, &[]).unwrap_err());
-            assert!(err.contains(needle) && err.contains("train.yaml"), "{err}");
+        // The cases of tests/llamafactory_cli.rs, which checks the same errors from the CLI.
+        let edits: Vec<(String, String, String)> = serde_json::from_str(include_str!(
+            "../../../tests/common/llamafactory_unsupported.json"
+        ))
+        .unwrap();
+        for (from, to, needle) in edits {
+            let err = format!(
+                "{:#}",
+                convert(&LIMO_YAML.replace(&from, &to), INFO).unwrap_err()
+            );
+            assert!(err.contains(&needle) && err.contains("train.yaml"), "{err}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
     }
@@ -879,8 +829,7 @@ ddp_timeout: 180000000
     #[test]
     fn sharegpt_needs_openai_roles() {
         let info = r#"{"limo": {"file_name": "limo.json", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}"#;
-        let (_dir, path) = setup(LIMO_YAML, info);
-        let c = from_yaml(&path, &[]).unwrap();
+        let c = convert(LIMO_YAML, info).unwrap();
         assert_eq!(c.data.format, limo_data::Format::Messages);
         assert_eq!(
             (
@@ -890,11 +839,9 @@ ddp_timeout: 180000000
             ("messages", "role")
         );
         let info = r#"{"limo": {"file_name": "limo.json", "formatting": "sharegpt"}}"#;
-        let (_dir, path) = setup(LIMO_YAML, info);
-        let err = format!("{:#}", from_yaml(&path, &[]).unwrap_err());
+        let err = format!("{:#}", convert(LIMO_YAML, info).unwrap_err());
         assert!(err.contains("user_tag: human"), "{err}");
         let info = r#"{"limo": {"hf_hub_url": "GAIR/LIMO", "columns": {"prompt": "question", "response": "solution"}}}"#;
-        let (_dir, path) = setup(LIMO_YAML, info);
-        assert_eq!(from_yaml(&path, &[]).unwrap().data.path, "GAIR/LIMO");
+        assert_eq!(convert(LIMO_YAML, info).unwrap().data.path, "GAIR/LIMO");
     }
 }

@@ -78,26 +78,21 @@ fn assert_parity(batch_name: &str, dtype: DType, loss_chunk: usize, loss_tol: f6
     );
 }
 
-#[test]
-fn plain_batch_f32() {
-    assert_parity("batch", DType::F32, 1024, 1e-6, 1e-5);
+/// `parity_test!(name: args..)`: a test `name` that calls [`assert_parity`]`(args..)`.
+macro_rules! parity_test {
+    ($name:ident: $($arg:expr),+) => {
+        #[test]
+        fn $name() {
+            assert_parity($($arg),+);
+        }
+    };
 }
 
-#[test]
-fn packed_batch_f32() {
-    assert_parity("packed", DType::F32, 1024, 1e-6, 1e-5);
-}
-
-#[test]
-fn plain_batch_f64() {
-    assert_parity("batch", DType::F64, 1024, 1e-12, 1e-12);
-}
-
-#[test]
-fn packed_batch_f64_with_small_loss_chunks() {
-    // Chunks of 5 tokens split documents and rows: the chunked loss must not care.
-    assert_parity("packed", DType::F64, 5, 1e-12, 1e-12);
-}
+parity_test!(plain_batch_f32: "batch", DType::F32, 1024, 1e-6, 1e-5);
+parity_test!(packed_batch_f32: "packed", DType::F32, 1024, 1e-6, 1e-5);
+parity_test!(plain_batch_f64: "batch", DType::F64, 1024, 1e-12, 1e-12);
+// Chunks of 5 tokens split documents and rows: the chunked loss must not care.
+parity_test!(packed_batch_f64_with_small_loss_chunks: "packed", DType::F64, 5, 1e-12, 1e-12);
 
 #[test]
 fn packed_positions_make_documents() {

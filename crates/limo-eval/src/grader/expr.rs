@@ -384,26 +384,10 @@ impl Parser {
         Some(base)
     }
 
-    /// The exponent after `^`: a group, a signed exponent, or one factor (right-associative).
+    /// The exponent after `^`: a group, a signed exponent, or one factor with its own exponent
+    /// (right-associative), which is what [`Self::unary`] parses.
     pub(super) fn exponent(&mut self) -> Option<Node> {
-        self.depth += 1;
-        if self.depth > MAX_PARSE_DEPTH {
-            return None;
-        }
-        let node = if self.eat('-') {
-            Node::Neg(Box::new(self.exponent()?))
-        } else if self.eat('+') {
-            self.exponent()?
-        } else {
-            let base = self.postfix()?;
-            if self.eat('^') {
-                Node::Bin('^', Box::new(base), Box::new(self.exponent()?))
-            } else {
-                base
-            }
-        };
-        self.depth -= 1;
-        Some(node)
+        self.unary()
     }
 
     pub(super) fn postfix(&mut self) -> Option<Node> {

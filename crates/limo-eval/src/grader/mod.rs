@@ -676,42 +676,27 @@ mod tests {
 
     #[test]
     fn extract_nested_last_fbox_and_none() {
-        assert_eq!(
-            extract_answer("so \\boxed{\\frac{1}{2}}.").as_deref(),
-            Some("\\frac{1}{2}")
-        );
-        assert_eq!(
-            extract_answer("\\boxed{\\{1,\\{2\\}\\}} x").as_deref(),
-            Some("\\{1,\\{2\\}\\}")
-        );
-        assert_eq!(
-            extract_answer("\\boxed{a_{b^{c}}}").as_deref(),
-            Some("a_{b^{c}}")
-        );
-        assert_eq!(
-            extract_answer("first \\boxed{1} then \\boxed{2}").as_deref(),
-            Some("2")
-        );
-        assert_eq!(
-            extract_answer("\\boxed{3} and \\fbox{4}").as_deref(),
-            Some("4")
-        );
-        assert_eq!(extract_answer("$\\boxed 5$").as_deref(), Some("5"));
-        assert_eq!(extract_answer("\\boxed{7.}").as_deref(), Some("7"));
-        assert_eq!(
-            extract_answer("The answer is $\\frac{3}{4}$.").as_deref(),
-            Some("\\frac{3}{4}")
-        );
-        assert_eq!(
-            extract_answer("Final Answer: The final answer is 12. I hope it is correct.")
-                .as_deref(),
-            Some("12")
-        );
-        assert_eq!(extract_answer("final answer: 3.5").as_deref(), Some("3.5"));
-        assert_eq!(extract_answer("所以答案是 6。").as_deref(), Some("6"));
-        assert_eq!(extract_answer("no answer here"), None);
-        assert_eq!(extract_answer("\\boxed{}"), None);
-        assert_eq!(extract_answer("\\boxed{1"), Some("1".to_string()));
+        for (text, want) in [
+            ("so \\boxed{\\frac{1}{2}}.", Some("\\frac{1}{2}")),
+            ("\\boxed{\\{1,\\{2\\}\\}} x", Some("\\{1,\\{2\\}\\}")),
+            ("\\boxed{a_{b^{c}}}", Some("a_{b^{c}}")),
+            ("first \\boxed{1} then \\boxed{2}", Some("2")),
+            ("\\boxed{3} and \\fbox{4}", Some("4")),
+            ("$\\boxed 5$", Some("5")),
+            ("\\boxed{7.}", Some("7")),
+            ("The answer is $\\frac{3}{4}$.", Some("\\frac{3}{4}")),
+            (
+                "Final Answer: The final answer is 12. I hope it is correct.",
+                Some("12"),
+            ),
+            ("final answer: 3.5", Some("3.5")),
+            ("所以答案是 6。", Some("6")),
+            ("no answer here", None),
+            ("\\boxed{}", None),
+            ("\\boxed{1", Some("1")),
+        ] {
+            assert_eq!(extract_answer(text).as_deref(), want, "{text}");
+        }
     }
 
     #[test]

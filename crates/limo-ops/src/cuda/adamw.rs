@@ -6,7 +6,8 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{bail, DType, Result, Tensor};
 use half::bf16;
 
-use super::{cuda_device, grid_1d, load, ptx, view, wrap, Ptx};
+use super::launch::{inputs, Input};
+use super::{cuda_device, grid_1d, load, ptx, wrap, Ptx};
 use crate::{AdamWStep, Clip};
 
 static PTX: Ptx = ptx!("adamw");
@@ -76,19 +77,11 @@ pub fn adamw_update_clipped(
     }
     let dev = cuda_device(param)?;
     let stream = dev.cuda_stream();
-    let (ps, pl) = param.storage_and_layout();
-    let (gs, gl) = grad.storage_and_layout();
-    let (ms, ml) = exp_avg.storage_and_layout();
-    let (vs, vl) = exp_avg_sq.storage_and_layout();
-    let pv = view::<f32>(&ps, pl)?;
-    let gv = view::<f32>(&gs, gl)?;
-    let mv = view::<f32>(&ms, ml)?;
-    let vv = view::<f32>(&vs, vl)?;
-    let bf = param_bf16.map(|w| w.storage_and_layout());
-    let bv = match &bf {
-        Some((s, l)) => Some(view::<bf16>(s, l)?),
-        None => None,
-    };
+    let [p_in, g_in, m_in, v_in] = inputs([param, grad, exp_avg, exp_avg_sq]);
+    let (pv, gv) = (p_in.view::<f32>()?, g_in.view::<f32>()?);
+    let (mv, vv) = (m_in.view::<f32>()?, v_in.view::<f32>()?);
+    let bf = param_bf16.map(Input::of);
+    let bv = bf.as_ref().map(Input::view::<bf16>).transpose()?;
     // Overlapping buffers would make the in-place update read what it has just written.
     let mut ranges = vec![
         range(&pv, &stream),
@@ -133,11 +126,8 @@ pub fn adamw_update_clipped(
         b.arg(a);
     }
     b.arg(&apply_scale).arg(&apply_decay);
-    let ns = norm_sq.as_ref().map(|(t, _)| t.storage_and_layout());
-    let nv = match &ns {
-        Some((s, l)) => Some(view::<f64>(s, l)?),
-        None => None,
-    };
+    let ns = norm_sq.as_ref().map(|(t, _)| Input::of(t));
+    let nv = ns.as_ref().map(Input::view::<f64>).transpose()?;
     match &nv {
         Some(v) => b.arg(v),
         None => b.arg(&null),

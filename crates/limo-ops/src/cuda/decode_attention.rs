@@ -12,7 +12,8 @@
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{bail, DType, Result, Tensor};
 
-use super::{alloc, as_i32, cuda_device, grid_1d, load, ptx, to_tensor, view, wrap};
+use super::launch::{by_dtype, inputs};
+use super::{alloc, as_i32, cuda_device, grid_1d, load, ptx, to_tensor, wrap};
 use super::{KernelType, Ptx};
 use crate::decode_attention::CacheIndex;
 
@@ -67,11 +68,11 @@ pub fn decode_attention(
     index: &CacheIndex,
     scale: f64,
 ) -> Result<Tensor> {
-    match q.dtype() {
-        DType::BF16 => attention::<half::bf16>(q, k_cache, v_cache, index, scale),
-        DType::F32 => attention::<f32>(q, k_cache, v_cache, index, scale),
-        other => bail!("decode attention kernel: unsupported dtype {other:?}"),
-    }
+    by_dtype!(
+        q.dtype(),
+        "decode attention kernel",
+        attention(q, k_cache, v_cache, index, scale)
+    )
 }
 
 fn attention<T: KernelType>(
@@ -97,16 +98,9 @@ fn attention<T: KernelType>(
     if !table.device().same_device(q.device()) || table.dtype() != DType::U32 {
         bail!("decode attention kernel: the cache index is not on the GPU of the queries");
     }
-    let (qs, ql) = q.storage_and_layout();
-    let (ks, kl) = k_cache.storage_and_layout();
-    let (vs, vl) = v_cache.storage_and_layout();
-    let (is, il) = table.storage_and_layout();
-    let (qv, kv, vv) = (
-        view::<T>(&qs, ql)?,
-        view::<T>(&ks, kl)?,
-        view::<T>(&vs, vl)?,
-    );
-    let iv = view::<u32>(&is, il)?;
+    let [q_in, k_in, v_in, index_in] = inputs([&q, &k_cache, &v_cache, table]);
+    let (qv, kv, vv) = (q_in.view::<T>()?, k_in.view::<T>()?, v_in.view::<T>()?);
+    let iv = index_in.view::<u32>()?;
     let partial_rows = batch * q_heads * max_splits;
     // SAFETY: the split kernel writes the partials of every split below a sequence's length,
     // which are the only ones the combine reads; the combine writes every output element.
@@ -178,11 +172,11 @@ pub fn kv_cache_write(
     v: &Tensor,
     at: &CacheIndex,
 ) -> Result<()> {
-    match k_cache.dtype() {
-        DType::BF16 => write::<half::bf16>(k_cache, v_cache, k, v, at),
-        DType::F32 => write::<f32>(k_cache, v_cache, k, v, at),
-        other => bail!("KV cache write kernel: unsupported dtype {other:?}"),
-    }
+    by_dtype!(
+        k_cache.dtype(),
+        "KV cache write kernel",
+        write(k_cache, v_cache, k, v, at)
+    )
 }
 
 fn write<T: KernelType>(
@@ -203,14 +197,10 @@ fn write<T: KernelType>(
     }
     let n = at.len();
     let (k, v) = (k.contiguous()?, v.contiguous()?);
-    let (kcs, kcl) = k_cache.storage_and_layout();
-    let (vcs, vcl) = v_cache.storage_and_layout();
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (is, il) = table.storage_and_layout();
-    let (kcv, vcv) = (view::<T>(&kcs, kcl)?, view::<T>(&vcs, vcl)?);
-    let (kv, vv) = (view::<T>(&ks, kl)?, view::<T>(&vs, vl)?);
-    let iv = view::<u32>(&is, il)?;
+    let [kc_in, vc_in, k_in, v_in, at_in] = inputs([k_cache, v_cache, &k, &v, table]);
+    let (kcv, vcv) = (kc_in.view::<T>()?, vc_in.view::<T>()?);
+    let (kv, vv) = (k_in.view::<T>()?, v_in.view::<T>()?);
+    let iv = at_in.view::<u32>()?;
     let (n_i, hkv_i, hd_i, cap_i) = (
         as_i32(n, "rows")?,
         as_i32(kv_heads, "kv_heads")?,

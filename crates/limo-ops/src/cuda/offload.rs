@@ -13,11 +13,14 @@
 use std::sync::Arc;
 
 pub use candle_core::cuda_backend::cudarc::driver::CudaEvent;
-use candle_core::cuda_backend::cudarc::driver::{result, CudaStream, DevicePtr, PinnedHostSlice};
-use candle_core::{bail, DType, Device, Result, Tensor};
+use candle_core::cuda_backend::cudarc::driver::{
+    result, sys, CudaStream, DevicePtr, PinnedHostSlice,
+};
+use candle_core::{bail, Device, Result, Tensor, WithDType};
 use half::bf16;
 
-use super::{view, wrap};
+use super::launch::Input;
+use super::{wrap, KernelType};
 
 /// Staging buffers and the copy stream of one rank.
 pub struct HostLink {
@@ -72,22 +75,16 @@ impl HostLink {
         self.copy.wait(&after_backward).map_err(wrap)?;
         let mut events = Vec::with_capacity(grads.len());
         for (g, (grad, dst)) in grads.iter().zip(&mut self.down).enumerate() {
-            if grad.dtype() != DType::F32 || grad.elem_count() != dst.len() {
-                bail!(
-                    "offload: gradient of group {g} must be {} f32 values",
-                    dst.len()
-                );
-            }
-            let (storage, layout) = grad.storage_and_layout();
-            let src = view::<f32>(&storage, layout)?;
-            let (ptr, _sync) = src.device_ptr(&self.copy);
-            // SAFETY: `dst` is pinned and holds exactly the view's elements; the host does not
-            // touch it until the event below completes.
-            unsafe {
-                let host =
-                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().map_err(wrap)?, dst.len());
-                result::memcpy_dtoh_async(host, ptr, self.copy.cu_stream()).map_err(wrap)?;
-            }
+            let len = dst.len();
+            let what = format_args!("gradient of group {g}");
+            with_device_ptr::<f32>(grad, len, what, &self.copy, |ptr| {
+                // SAFETY: `dst` is pinned and holds exactly the view's elements; the host does
+                // not touch it until the event below completes.
+                unsafe {
+                    let host = std::slice::from_raw_parts_mut(dst.as_mut_ptr().map_err(wrap)?, len);
+                    result::memcpy_dtoh_async(host, ptr, self.copy.cu_stream()).map_err(wrap)
+                }
+            })?;
             events.push(self.copy.record_event(None).map_err(wrap)?);
         }
         Ok(events)
@@ -114,21 +111,15 @@ impl HostLink {
         // The optimizer thread calls this: the context must be current on it.
         self.copy.context().bind_to_thread().map_err(wrap)?;
         let src = &self.up[g];
-        if slice.dtype() != DType::BF16 || slice.elem_count() != src.len() {
-            bail!(
-                "offload: compute slice of group {g} must be {} bf16 values",
-                src.len()
-            );
-        }
-        let (storage, layout) = slice.storage_and_layout();
-        let dst = view::<bf16>(&storage, layout)?;
-        let (ptr, _sync) = dst.device_ptr(&self.copy);
-        // SAFETY: the slice was last read by the all-gathers of the previous step, which the
-        // download's wait on the compute stream ordered before this copy stream's work.
-        unsafe {
-            let host = std::slice::from_raw_parts(src.as_ptr().map_err(wrap)?, src.len());
-            result::memcpy_htod_async(ptr, host, self.copy.cu_stream()).map_err(wrap)?;
-        }
+        let what = format_args!("compute slice of group {g}");
+        with_device_ptr::<bf16>(slice, src.len(), what, &self.copy, |ptr| {
+            // SAFETY: the slice was last read by the all-gathers of the previous step, which the
+            // download's wait on the compute stream ordered before this copy stream's work.
+            unsafe {
+                let host = std::slice::from_raw_parts(src.as_ptr().map_err(wrap)?, src.len());
+                result::memcpy_htod_async(ptr, host, self.copy.cu_stream()).map_err(wrap)
+            }
+        })?;
         self.copy.record_event(None).map_err(wrap)
     }
 
@@ -137,6 +128,24 @@ impl HostLink {
         let stream = compute.as_cuda_device()?.cuda_stream();
         stream.wait(uploaded).map_err(wrap)
     }
+}
+
+/// Runs `copy` with the device address of `t`'s elements on `stream`, once they are checked to
+/// be `len` values of `T` (`what` names `t` in the error); `t`'s storage stays locked meanwhile.
+fn with_device_ptr<T: KernelType + WithDType>(
+    t: &Tensor,
+    len: usize,
+    what: std::fmt::Arguments<'_>,
+    stream: &Arc<CudaStream>,
+    copy: impl FnOnce(sys::CUdeviceptr) -> Result<()>,
+) -> Result<()> {
+    if t.dtype() != T::DTYPE || t.elem_count() != len {
+        bail!("offload: {what} must be {len} {} values", T::SUFFIX);
+    }
+    let input = Input::of(t);
+    let view = input.view::<T>()?;
+    let (ptr, _sync) = view.device_ptr(stream);
+    copy(ptr)
 }
 
 /// Pinned bytes one rank's [`HostLink`] holds for groups of `lens` elements (6 B per element).

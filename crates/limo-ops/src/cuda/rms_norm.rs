@@ -2,10 +2,10 @@
 
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{bail, DType, Result, Tensor, D};
-use half::bf16;
 
+use super::launch::{by_dtype, inputs};
 use super::{alloc, as_i32, cuda_device, grid_1d, grid_rows, kernel_name, load, ptx, to_tensor};
-use super::{view, wrap, KernelType, Ptx};
+use super::{wrap, KernelType, Ptx};
 
 static PTX: Ptx = ptx!("rms_norm");
 /// Threads per row: hidden sizes are 896 to 8192, so each thread handles 4 to 32 elements.
@@ -21,11 +21,7 @@ pub(crate) fn supported(x: &Tensor, weight: &Tensor) -> bool {
 
 /// See [`crate::rms_norm_forward`]; `rstd` is f32 `[.., 1]`.
 pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    match x.dtype() {
-        DType::BF16 => forward::<bf16>(x, weight, eps),
-        DType::F32 => forward::<f32>(x, weight, eps),
-        other => bail!("rms_norm kernel: unsupported dtype {other:?}"),
-    }
+    by_dtype!(x.dtype(), "rms_norm kernel", forward(x, weight, eps))
 }
 
 /// See [`crate::rms_norm_backward`].
@@ -35,11 +31,7 @@ pub fn rms_norm_backward(
     weight: &Tensor,
     rstd: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    match x.dtype() {
-        DType::BF16 => backward::<bf16>(dy, x, weight, rstd),
-        DType::F32 => backward::<f32>(dy, x, weight, rstd),
-        other => bail!("rms_norm kernel: unsupported dtype {other:?}"),
-    }
+    by_dtype!(x.dtype(), "rms_norm kernel", backward(dy, x, weight, rstd))
 }
 
 /// `(rows, hidden)` of `x`, checking `weight` is `[hidden]` of the same dtype.
@@ -61,9 +53,8 @@ fn forward<T: KernelType>(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tens
     let dev = cuda_device(x)?;
     let (rows, hidden) = dims(x, weight)?;
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = weight.storage_and_layout();
-    let (xv, wv) = (view::<T>(&xs, xl)?, view::<T>(&ws, wl)?);
+    let [x_in, weight_in] = inputs([&x, &weight]);
+    let (xv, wv) = (x_in.view::<T>()?, weight_in.view::<T>()?);
     // SAFETY: the kernel writes every element of y (all of each row) and rstd (one per row).
     let mut y = unsafe { alloc::<T>(&dev, rows * hidden) }?;
     let mut rstd = unsafe { alloc::<f32>(&dev, rows) }?;
@@ -107,14 +98,9 @@ fn backward<T: KernelType>(
     }
     let (dy, x, weight) = (dy.contiguous()?, x.contiguous()?, weight.contiguous()?);
     let rstd = rstd.to_dtype(DType::F32)?.contiguous()?;
-    let (dys, dyl) = dy.storage_and_layout();
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = weight.storage_and_layout();
-    let (rs, rl) = rstd.storage_and_layout();
-    let dyv = view::<T>(&dys, dyl)?;
-    let xv = view::<T>(&xs, xl)?;
-    let wv = view::<T>(&ws, wl)?;
-    let rv = view::<f32>(&rs, rl)?;
+    let [dy_in, x_in, weight_in, rstd_in] = inputs([&dy, &x, &weight, &rstd]);
+    let (dyv, xv) = (dy_in.view::<T>()?, x_in.view::<T>()?);
+    let (wv, rv) = (weight_in.view::<T>()?, rstd_in.view::<f32>()?);
     let parts = BWD_BLOCKS.min(rows.max(1));
     // SAFETY: the kernels write all of dx, all of every partial row (zeroed first) and all of dw.
     let mut dx = unsafe { alloc::<T>(&dev, rows * hidden) }?;

@@ -5,7 +5,8 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{bail, DType, Result, Tensor};
 use half::bf16;
 
-use super::{alloc, as_i32, cuda_device, grid_1d, load, ptx, to_tensor, view, wrap, KernelType};
+use super::launch::inputs;
+use super::{alloc, as_i32, cuda_device, grid_1d, load, ptx, to_tensor, wrap, KernelType};
 use crate::RopeTables;
 
 static PTX: Ptx = ptx!("rope");
@@ -59,14 +60,8 @@ fn run<T: KernelType, C: KernelType>(
         tables.cos.contiguous()?,
         tables.sin.contiguous()?,
     );
-    let (xs, xl) = x.storage_and_layout();
-    let (cs, cl) = cos.storage_and_layout();
-    let (ss, sl) = sin.storage_and_layout();
-    let (xv, cv, sv) = (
-        view::<T>(&xs, xl)?,
-        view::<C>(&cs, cl)?,
-        view::<C>(&ss, sl)?,
-    );
+    let [x_in, cos_in, sin_in] = inputs([&x, &cos, &sin]);
+    let (xv, cv, sv) = (x_in.view::<T>()?, cos_in.view::<C>()?, sin_in.view::<C>()?);
     let n = x.elem_count();
     // SAFETY: the kernel writes every element (grid-stride loop over all of them).
     let mut y = unsafe { alloc::<T>(&dev, n) }?;

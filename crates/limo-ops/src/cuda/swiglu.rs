@@ -3,9 +3,9 @@
 
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{bail, DType, Result, Tensor};
-use half::bf16;
 
-use super::{alloc, cuda_device, grid_1d, kernel_name, load, ptx, to_tensor, view, wrap};
+use super::launch::{by_dtype, inputs};
+use super::{alloc, cuda_device, grid_1d, kernel_name, load, ptx, to_tensor, wrap};
 use super::{KernelType, Ptx};
 
 static PTX: Ptx = ptx!("swiglu");
@@ -21,20 +21,12 @@ pub(crate) fn supported(tensors: &[&Tensor]) -> bool {
 
 /// See [`crate::swiglu_forward`].
 pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    match gate.dtype() {
-        DType::BF16 => forward::<bf16>(gate, up),
-        DType::F32 => forward::<f32>(gate, up),
-        other => bail!("swiglu kernel: unsupported dtype {other:?}"),
-    }
+    by_dtype!(gate.dtype(), "swiglu kernel", forward(gate, up))
 }
 
 /// See [`crate::swiglu_backward`].
 pub fn swiglu_backward(dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
-    match gate.dtype() {
-        DType::BF16 => backward::<bf16>(dh, gate, up),
-        DType::F32 => backward::<f32>(dh, gate, up),
-        other => bail!("swiglu kernel: unsupported dtype {other:?}"),
-    }
+    by_dtype!(gate.dtype(), "swiglu kernel", backward(dh, gate, up))
 }
 
 fn check(tensors: &[&Tensor]) -> Result<()> {
@@ -49,9 +41,8 @@ fn forward<T: KernelType>(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     check(&[gate, up])?;
     let dev = cuda_device(gate)?;
     let (gate, up) = (gate.contiguous()?, up.contiguous()?);
-    let (gs, gl) = gate.storage_and_layout();
-    let (us, ul) = up.storage_and_layout();
-    let (gv, uv) = (view::<T>(&gs, gl)?, view::<T>(&us, ul)?);
+    let [gate_in, up_in] = inputs([&gate, &up]);
+    let (gv, uv) = (gate_in.view::<T>()?, up_in.view::<T>()?);
     let n = gate.elem_count();
     // SAFETY: the kernel writes every element.
     let mut h = unsafe { alloc::<T>(&dev, n) }?;
@@ -67,14 +58,8 @@ fn backward<T: KernelType>(dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(T
     check(&[dh, gate, up])?;
     let dev = cuda_device(gate)?;
     let (dh, gate, up) = (dh.contiguous()?, gate.contiguous()?, up.contiguous()?);
-    let (ds, dl) = dh.storage_and_layout();
-    let (gs, gl) = gate.storage_and_layout();
-    let (us, ul) = up.storage_and_layout();
-    let (dv, gv, uv) = (
-        view::<T>(&ds, dl)?,
-        view::<T>(&gs, gl)?,
-        view::<T>(&us, ul)?,
-    );
+    let [dh_in, gate_in, up_in] = inputs([&dh, &gate, &up]);
+    let (dv, gv, uv) = (dh_in.view::<T>()?, gate_in.view::<T>()?, up_in.view::<T>()?);
     let n = gate.elem_count();
     // SAFETY: the kernel writes every element of both outputs.
     let mut dg = unsafe { alloc::<T>(&dev, n) }?;
