@@ -243,7 +243,7 @@ pub struct OutputSection {
     pub export_dtype: ExportDtype,
     /// Largest safetensors shard of the export, e.g. "5GB" or "500MB".
     #[serde(default = "default_shard_size")]
-    pub max_shard_size: String,
+    pub max_shard_size: ByteSize,
     /// After training, greedy-decode this many held-out examples and report boxed-answer
     /// accuracy before and after (0 = off).
     #[serde(default)]
@@ -318,8 +318,8 @@ fn default_loss_chunk() -> usize {
 fn default_keep() -> usize {
     2
 }
-fn default_shard_size() -> String {
-    "5GB".into()
+fn default_shard_size() -> ByteSize {
+    "5GB".parse().expect("a valid size")
 }
 fn default_max_new_tokens() -> usize {
     64
@@ -383,7 +383,6 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
             bail!("train.adam_beta1/adam_beta2 must be in [0, 1)");
         }
-        parse_size(&self.output.max_shard_size).context("output.max_shard_size")?;
         self.data.validate().context("data")?;
         Ok(())
     }
@@ -494,6 +493,45 @@ pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> anyhow::Result<T
     Ok(T::deserialize(
         IntoDeserializer::<Error>::into_deserializer(name),
     )?)
+}
+
+/// A size as the config writes it ("5GB"): parsed once when the config is read, written back
+/// as the same text (so the TOML a run stores, and its hash, do not change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByteSize {
+    text: String,
+    bytes: usize,
+}
+
+impl ByteSize {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            bytes: parse_size(text)?,
+            text: text.to_string(),
+        })
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e: anyhow::Error| serde::de::Error::custom(format!("{e:#}")))
+    }
 }
 
 /// "5GB", "500MB", "1.5GiB" or a plain byte count.
@@ -643,6 +681,31 @@ mod tests {
             let c = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &[]).unwrap();
             assert_eq!(pins(&c, 8), want, "{name}");
         }
+    }
+
+    #[test]
+    fn sizes_are_parsed_once_and_written_back_as_given() {
+        let c = TrainConfig::parse(
+            TINY_TOML,
+            "tiny.toml",
+            &["output.max_shard_size=\"1.5GiB\"".into()],
+        )
+        .unwrap();
+        assert_eq!(c.output.max_shard_size.bytes(), 1_610_612_736);
+        let written = toml::to_string(&c).unwrap();
+        assert!(written.contains("max_shard_size = \"1.5GiB\""), "{written}");
+        let err = TrainConfig::parse(
+            TINY_TOML,
+            "tiny.toml",
+            &["output.max_shard_size=\"5 parsecs\"".into()],
+        )
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("tiny.toml: output.max_shard_size: "),
+            "{text}"
+        );
+        assert!(text.contains("unknown unit"), "{text}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
 
 use crate::checkpoint;
-use crate::config::{parse_size, ReportTo, TrainConfig, TrainSection};
+use crate::config::{ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{clip_coefficient, Flat};
@@ -334,7 +334,7 @@ fn export_final(config: &TrainConfig, dtype: DType, final_checkpoint: &Path) -> 
     if export_dir.exists() {
         std::fs::remove_dir_all(&export_dir)?;
     }
-    let shard = parse_size(&config.output.max_shard_size)?;
+    let shard = config.output.max_shard_size.bytes();
     crate::export::export(final_checkpoint, &export_dir, dtype, shard)
 }
 
