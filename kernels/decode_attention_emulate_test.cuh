@@ -7,6 +7,8 @@
 // Run by scripts/test-decode-emulation.sh; exit 1 on any failed check.
 #pragma once
 
+#include "emulate_check.cuh"
+
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -29,16 +31,6 @@ std::vector<float> rnd(size_t n, std::mt19937& gen) {
     std::vector<float> v(n);
     for (auto& x : v) x = float(__float2bfloat16_rn(dist(gen)));
     return v;
-}
-
-template <typename T>
-std::vector<T> to_t(const std::vector<float>& x) {
-    std::vector<T> r(x.size());
-    for (size_t i = 0; i < x.size(); ++i) {
-        if constexpr (std::is_same_v<T, float>) r[i] = x[i];
-        else r[i] = __float2bfloat16_rn(x[i]);
-    }
-    return r;
 }
 
 template <typename T>
@@ -71,16 +63,6 @@ std::vector<double> reference(const Case& c, const std::vector<float>& q,
         }
     }
     return out;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double diff = double(got[i]) - want[i];
-        num += diff * diff;
-        den += want[i] * want[i];
-    }
-    return std::isfinite(num) ? std::sqrt(num / std::max(den, 1e-30)) : INFINITY;
 }
 
 // The wrapper's launches: split kernel over (splits, B * kv_heads * chunks), then the combine.

@@ -9,6 +9,8 @@
 // Build and run: see flash_attention_emulate.cuh. Exit 1 on any error above the tolerance.
 #pragma once
 
+#include "emulate_check.cuh"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -87,39 +89,6 @@ Grads reference(const Case& c, const std::vector<float>& q, const std::vector<fl
                 }
             }
         }
-    }
-    return r;
-}
-
-// The wrapper's tile table: (tile start, document start, document end), longest work first.
-std::vector<int> tiles(const std::vector<int>& cu, bool by_keys, int size) {
-    std::vector<std::array<int, 3>> t;
-    for (size_t i = 0; i + 1 < cu.size(); ++i)
-        for (int s = cu[i]; s < cu[i + 1]; s += size) t.push_back({s, cu[i], cu[i + 1]});
-    std::stable_sort(t.begin(), t.end(), [&](auto& a, auto& b) {
-        return by_keys ? (a[2] - a[0]) > (b[2] - b[0]) : (a[0] - a[1]) > (b[0] - b[1]);
-    });
-    std::vector<int> flat;
-    for (auto& x : t) flat.insert(flat.end(), x.begin(), x.end());
-    return flat;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double diff = double(got[i]) - want[i];
-        num += diff * diff;
-        den += want[i] * want[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
-
-template <typename T>
-std::vector<T> to_t(const std::vector<float>& x) {
-    std::vector<T> r(x.size());
-    for (size_t i = 0; i < x.size(); ++i) {
-        if constexpr (std::is_same_v<T, float>) r[i] = x[i];
-        else r[i] = __float2bfloat16_rn(x[i]);
     }
     return r;
 }

@@ -15,6 +15,8 @@
 // Build and run: see flash_attention_sm90_emulate.cuh. Exit 1 on any failure.
 #pragma once
 
+#include "emulate_check.cuh"
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -206,27 +208,7 @@ void reference(const Case& c, const std::vector<float>& q, const std::vector<flo
     }
 }
 
-// The wrapper's forward tile table: (tile start, document start, document end) per 128-row
-// tile, longest work (farthest from the document start) first, stable.
-std::vector<int> tiles(const std::vector<int>& cu) {
-    std::vector<std::array<int, 3>> t;
-    for (size_t i = 0; i + 1 < cu.size(); ++i)
-        for (int s = cu[i]; s < cu[i + 1]; s += kBlockM) t.push_back({s, cu[i], cu[i + 1]});
-    std::stable_sort(t.begin(), t.end(), [](auto& a, auto& b) { return a[0] - a[1] > b[0] - b[1]; });
-    std::vector<int> flat;
-    for (auto& x : t) flat.insert(flat.end(), x.begin(), x.end());
-    return flat;
-}
 
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double diff = double(got[i]) - want[i];
-        num += diff * diff;
-        den += want[i] * want[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
 
 // The tensor map of a [n, heads, d] bf16 tensor as the wrapper builds it: dimensions innermost
 // first {d, heads, n}, box {64, 1, 128}, 128-byte swizzle.
@@ -262,7 +244,7 @@ bool run_case(const Case& c, uint64_t seed) {
     std::vector<float> lse(size_t(hq) * n, NAN);
     const CUtensorMap tq = tensor_map(q, n, hq, d), tk = tensor_map(k, n, hkv, d);
     const CUtensorMap tv = tensor_map(v, n, hkv, d);
-    const auto ft = tiles(c.cu);
+    const auto ft = tiles(c.cu, false, kBlockM);
     emu90_launch(unsigned(ft.size() / 3), hq, 384, [&] {
         if (d == 64) flash_fwd_sm90_bf16_hd64(tq, tk, tv, out.data(), lse.data(), ft.data(), n, hq, hkv, scale);
         else flash_fwd_sm90_bf16_hd128(tq, tk, tv, out.data(), lse.data(), ft.data(), n, hq, hkv, scale);
