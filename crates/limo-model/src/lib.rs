@@ -10,6 +10,7 @@ pub mod init;
 pub mod layer;
 pub mod model;
 pub mod params;
+pub mod sampling;
 pub mod writer;
 
 pub use config::Qwen2Config;
