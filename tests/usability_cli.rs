@@ -13,7 +13,8 @@ fn limo(args: &[&str]) -> Output {
         .expect("the limo binary runs")
 }
 
-/// The embedded default, 2 steps, a checkpoint after each, resumable with `resume`.
+/// The embedded default, 2 steps, a checkpoint after each (only the newest kept: each is 234 MB
+/// and tests run side by side), resumable with `resume`.
 fn train(out: &Path, resume: Option<&str>) -> Output {
     let dir = format!("output.dir={:?}", out.display().to_string());
     let mut args = vec![
@@ -22,6 +23,8 @@ fn train(out: &Path, resume: Option<&str>) -> Output {
         "train.max_steps=2",
         "--set",
         "output.save_steps=1",
+        "--set",
+        "output.keep_last=1",
         "--set",
         "output.eval_examples=0",
         "--set",

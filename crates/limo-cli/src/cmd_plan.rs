@@ -56,6 +56,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         micro_batch: config.train.batch_size as u64,
         grad_accum: config.train.grad_accum as u64,
         loss_chunk: config.train.loss_chunk as u64,
+        reduce_bytes: config.train.reduce_dtype.bytes(),
     };
     let hw = Hardware {
         gpus: args.gpus,

@@ -307,6 +307,7 @@ pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
             micro_batch: 1,
             grad_accum: 1,
             loss_chunk: t.loss_chunk as u64,
+            reduce_bytes: t.reduce_dtype.bytes(),
         },
         Hardware {
             gpus: bench.simulate.map_or(1, |(w, _)| w) as u64,

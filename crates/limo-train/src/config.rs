@@ -222,6 +222,14 @@ impl ReduceDtype {
             ReduceDtype::Bf16 => DType::BF16,
         }
     }
+
+    /// Bytes per element on the wire of a bf16 run (fp32 master), for `limo plan`.
+    pub fn bytes(self) -> u64 {
+        match self {
+            ReduceDtype::Fp32 => 4,
+            ReduceDtype::Bf16 => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

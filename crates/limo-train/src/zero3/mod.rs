@@ -476,19 +476,17 @@ impl ShardedModel {
     fn start_scatter(&self, g: usize, full: &[Tensor]) -> anyhow::Result<Pending<Started>> {
         let group = &self.groups[g];
         let wire = self.reduce_dtype.wire(self.optimizer.master_dtype());
-        let mut pieces: Vec<Tensor> = full
-            .iter()
-            .map(|t| t.flatten_all()?.to_dtype(wire))
-            .collect::<candle_core::Result<_>>()?;
+        // Each piece is converted into one preallocated flat buffer, so a bf16 layer's staging
+        // peaks at its gradients + the fp32 flat + one converted piece (about 7 B per parameter;
+        // converting every piece, then concatenating, held 10).
         let padded = group.shard_len(self.world_size()) * self.world_size();
-        if padded > group.numel() {
-            pieces.push(Tensor::zeros(
-                padded - group.numel(),
-                wire,
-                full[0].device(),
-            )?);
+        let flat = Tensor::zeros(padded, wire, full[0].device())?;
+        let mut at = 0;
+        for t in full {
+            let piece = t.flatten_all()?.to_dtype(wire)?;
+            flat.slice_set(&piece, 0, at)?;
+            at += piece.elem_count();
         }
-        let flat = Tensor::cat(&pieces, 0)?;
         let name = group.name.clone();
         let _comm = self.profiler.phase(Phase::Comm);
         Ok(self.comm.submit(move |c| {

@@ -29,6 +29,9 @@ pub struct Workload {
     pub grad_accum: u64,
     /// Tokens per chunk of the fused head + loss (train.loss_chunk).
     pub loss_chunk: u64,
+    /// Bytes per gradient element on the reduce-scatter (train.reduce_dtype): 4 for fp32, 2
+    /// for bf16.
+    pub reduce_bytes: u64,
 }
 
 /// The cluster: world size, memory per GPU and the throughput assumption.
@@ -236,7 +239,18 @@ pub fn plan_with_offload(
     let tokens = work.seq_len * work.micro_batch;
     let chunk = work.loss_chunk.min(tokens);
 
-    let gathered = 2 * layer_group * BF16 + layer_group * BF16 + vocab_group * (BF16 + FP32);
+    // A layer's reduce-scatter staging, at its peak (when it starts): the layer's bf16
+    // gradients, the flat buffer in the reduce dtype, and one tensor converted into it (the
+    // largest, an MLP matrix; none when the reduce dtype is bf16). The previous layer's buffer
+    // is released just before.
+    let largest = (cfg.intermediate_size * cfg.hidden_size) as u64;
+    let converted = if work.reduce_bytes == BF16 {
+        0
+    } else {
+        largest * work.reduce_bytes
+    };
+    let staging = layer_group * (BF16 + work.reduce_bytes) + converted;
+    let gathered = 2 * layer_group * BF16 + staging + vocab_group * (BF16 + FP32);
     let loss = 2 * chunk * v * FP32 + 2 * tokens * h * BF16;
     let per_layer = tokens * layer_activation_bytes_per_token(cfg);
     // With offload the fp32 master and the moments (12 B per shard parameter) leave the GPU;
@@ -389,6 +403,7 @@ mod tests {
             micro_batch: 1,
             grad_accum: 1,
             loss_chunk: 1024,
+            reduce_bytes: 4,
         };
         let hw = Hardware {
             gpus,
@@ -433,6 +448,30 @@ mod tests {
         assert_eq!(p.padded_params % 3, 0);
         assert!(p.padded_params > p.params && p.padded_params - p.params < 3 * p.groups as u64);
         assert_eq!(p.shard_params * 3, p.padded_params);
+    }
+
+    #[test]
+    fn a_bf16_reduce_scatter_stages_less() {
+        let cfg = preset("32b");
+        let fp32 = limo("32b", 8);
+        let bf16 = plan(
+            &cfg,
+            Workload {
+                reduce_bytes: 2,
+                ..fp32.workload
+            },
+            fp32.hardware,
+        )
+        .unwrap();
+        let (a, b) = (
+            &fp32.with_checkpointing.memory,
+            &bf16.with_checkpointing.memory,
+        );
+        // 2 fewer bytes per layer parameter in the flat buffer, and no converted MLP matrix.
+        let layer = group_sizes(&cfg)[1];
+        let mlp = (cfg.intermediate_size * cfg.hidden_size) as u64;
+        assert_eq!(a.gathered - b.gathered, 2 * layer + 4 * mlp);
+        assert_eq!(a.activations, b.activations);
     }
 
     #[test]
