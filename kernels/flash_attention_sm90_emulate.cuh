@@ -52,8 +52,12 @@
 // 128-byte aligned (1024 with the 128-byte swizzle, so the pattern starts where wgmma's does).
 // A TMA write over an operand of a wgmma not yet retired is flagged as a race.
 //
-// setmaxnreg is a no-op; fences (fence.mbarrier_init, wgmma.fence apart from the check above)
-// have no effect. Not emulated: clusters and multicast, TMA stores, im2col, other swizzles in
+// The backward (flash_attention_bwd_sm90.cu) adds: A from shared memory MN-major (imm-trans-a,
+// decoded with the MN-major layout above), named barriers (bar.sync id, count) and sm_90's
+// 2-wide fp32 atomicAdd.
+//
+// setmaxnreg is a no-op; fences (fence.mbarrier_init, fence.proxy.async, wgmma.fence apart from
+// the check above) have no effect. Not emulated: clusters and multicast, TMA stores, im2col, other swizzles in
 // TMA than none/32B/64B/128B, the timing of anything.
 #pragma once
 
@@ -147,6 +151,24 @@ inline CUresult cuTensorMapEncodeTiled(CUtensorMap* map, CUtensorMapDataType typ
     return CUDA_SUCCESS;
 }
 
+// The map the Rust wrappers build over a [n, heads, d] bf16 tensor (the tests' inputs):
+// dimensions innermost first {d, heads, n}, a box of {64 columns, 1 head, `rows` tokens},
+// 128-byte swizzle, zeros past n.
+inline CUtensorMap emu_tensor_map(const std::vector<__nv_bfloat16>& x, int n, int heads, int d,
+                                  int rows) {
+    alignas(64) CUtensorMap m;
+    const cuuint64_t dim[3] = {uint64_t(d), uint64_t(heads), uint64_t(n)};
+    const cuuint64_t str[2] = {uint64_t(d) * 2, uint64_t(heads) * d * 2};
+    const cuuint32_t box[3] = {64, 1, uint32_t(rows)}, es[3] = {1, 1, 1};
+    if (cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+                               const_cast<__nv_bfloat16*>(x.data()), dim, str, box, es,
+                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+        emu_fail("cuTensorMapEncodeTiled refused the map");
+    return m;
+}
+
 namespace limo_flash_sm90 {
 // The `extern __shared__` buffer of the kernel (blocks run one at a time).
 alignas(1024) inline unsigned char smem_raw[256 * 1024];
@@ -195,6 +217,7 @@ struct EmuWgmmaOp {
     float* d;
     int scale_d;
     bool trans_b;
+    bool trans_a;  // A from shared memory MN-major (imm-trans-a; the backward's dS)
 };
 
 inline std::mutex emu90_mutex;  // mbarriers, TMA, in-flight ranges
@@ -389,7 +412,7 @@ inline void emu_wgmma_note_issue() {
     const EmuWgmmaOp& o = emu90_ops[tid].back();
     auto& ranges = emu90_wg_ranges[tid / 128];
     ranges.push_back(emu_wgmma_span(o.db, !o.trans_b, o.n));
-    if (!o.a) ranges.push_back(emu_wgmma_span(o.da, true, 64));
+    if (!o.a) ranges.push_back(emu_wgmma_span(o.da, !o.trans_a, 64));
 }
 
 inline std::barrier<>& emu_wg_barrier() { return *emu90_wg_barriers[threadIdx.x / 128]; }
@@ -398,10 +421,11 @@ inline void emulated_wgmma_fence() { emu90_fenced[threadIdx.x] = true; }
 
 template <int N>
 inline void emulated_wgmma(float* d, uint64_t da, const uint32_t* a, uint64_t db, int scale_d,
-                           bool trans_b) {
+                           bool trans_b, bool trans_a = false) {
     const unsigned tid = threadIdx.x;
     if (!emu90_fenced[tid]) emu_fail("wgmma.mma_async without a wgmma.fence since the registers were last accessed");
-    EmuWgmmaOp op{N, da, db, a, {0, 0, 0, 0}, d, scale_d, trans_b};
+    if (a && trans_a) emu_fail("wgmma: imm-trans-a needs A in shared memory");
+    EmuWgmmaOp op{N, da, db, a, {0, 0, 0, 0}, d, scale_d, trans_b, trans_a};
     if (a) std::memcpy(op.a_copy, a, 16);
     auto& acc = emu90_acc[tid];
     if (acc.find(d) == acc.end()) {
@@ -429,7 +453,7 @@ inline void emu_wgmma_execute(unsigned wg0, size_t i) {
     for (unsigned t = wg0; t < wg0 + 128; ++t) {
         const EmuWgmmaOp& o = emu90_ops[t][i];
         if (o.n != n || o.da != op.da || o.db != op.db || (o.a == nullptr) != (op.a == nullptr) ||
-            o.scale_d != op.scale_d || o.trans_b != op.trans_b)
+            o.scale_d != op.scale_d || o.trans_b != op.trans_b || o.trans_a != op.trans_a)
             emu_fail("wgmma: the threads of a warpgroup issued different operations");
         if (o.a && std::memcmp(o.a, o.a_copy, 16) != 0)
             emu_fail("wgmma: A registers modified before the wgmma.wait_group that retires it");
@@ -451,7 +475,8 @@ inline void emu_wgmma_execute(unsigned wg0, size_t i) {
     } else {
         const EmuDesc ea = emu_decode(op.da);
         for (int r = 0; r < 64; ++r)
-            for (int k = 0; k < 16; ++k) A[r][k] = emu_bf16_at(emu_kmajor(ea, r, k), nullptr);
+            for (int k = 0; k < 16; ++k)
+                A[r][k] = emu_bf16_at(op.trans_a ? emu_mnmajor(ea, k, r) : emu_kmajor(ea, r, k), nullptr);
     }
     for (unsigned t = 0; t < 128; ++t) {
         std::vector<float>& acc = emu90_acc[wg0 + t].at(emu90_ops[wg0 + t][i].d);
@@ -502,10 +527,40 @@ inline void emulated_wgmma_wait(int newer) {
         ranges.clear();
         for (auto& o : emu90_ops[wg0]) {
             ranges.push_back(emu_wgmma_span(o.db, !o.trans_b, o.n));
-            if (!o.a) ranges.push_back(emu_wgmma_span(o.da, true, 64));
+            if (!o.a) ranges.push_back(emu_wgmma_span(o.da, !o.trans_a, 64));
         }
     }
     emu_wg_barrier().arrive_and_wait();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named barriers (bar.sync id, count): the first arrival of a block at `id` fixes its thread
+// count; a later use of the same id with another count is an error (as on the GPU, where it is
+// undefined). Barrier 0 is __syncthreads.
+
+inline std::mutex emu90_named_mutex;
+inline std::map<unsigned, std::pair<unsigned, std::barrier<>*>> emu90_named;
+
+inline void emulated_named_barrier(unsigned id, unsigned count) {
+    if (id == 0 || id > 15 || count == 0 || count % 32) emu_fail("bar.sync: id 1..15, count a multiple of 32");
+    std::barrier<>* b;
+    {
+        std::lock_guard<std::mutex> lock(emu90_named_mutex);
+        auto it = emu90_named.find(id);
+        if (it == emu90_named.end()) it = emu90_named.emplace(id, std::make_pair(count, new std::barrier<>(count))).first;
+        if (it->second.first != count) emu_fail("bar.sync: one barrier id used with two thread counts");
+        b = it->second.second;
+    }
+    b->arrive_and_wait();
+}
+
+// sm_90's 2-wide fp32 atomic add (red.global.add.v2.f32 when the result is unused).
+inline float2 atomicAdd(float2* p, float2 v) {
+    std::lock_guard<std::mutex> lock(emu_atomic_mutex);
+    const float2 old = *p;
+    p->x = old.x + v.x;
+    p->y = old.y + v.y;
+    return old;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -548,9 +603,33 @@ void emu90_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
             for (auto& th : pool) th.join();
             for (auto* b : warps) delete b;
             for (auto* b : wgs) delete b;
+            for (auto& nb : emu90_named) delete nb.second.second;
+            emu90_named.clear();
             if (!emu90_tma.empty()) emu_fail("the block ended with TMA copies never waited for");
             for (unsigned t = 0; t < threads; ++t)
                 if (!emu90_ops[t].empty()) emu_fail("the block ended with wgmmas never retired");
         }
     }
+}
+
+// A test's main loop: each case (cu_seqlens `cu`, heads `hq`/`hkv`, head_dim `d`) printed and
+// run with its own seed, then the race count and the totals. Returns the exit status.
+template <typename Case, typename Run>
+int emu90_run_cases(const std::vector<Case>& cases, uint64_t seed, bool ok, Run run,
+                    const char* what, std::chrono::steady_clock::time_point start) {
+    for (const auto& c : cases) {
+        std::printf("cu_seqlens [");
+        for (size_t i = 0; i < c.cu.size(); ++i) std::printf(i ? ", %d" : "%d", c.cu[i]);
+        std::printf("], heads %d/%d, head_dim %d\n", c.hq, c.hkv, c.d);
+        ok = run(c, seed++) && ok;
+    }
+    std::printf("races (TMA over a live wgmma operand, wgmma over an in-flight TMA): %ld %s\n",
+                emu90_races.load(), emu90_races ? "FAIL" : "ok");
+    ok = ok && emu90_races == 0;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%ld wgmma, %ld TMA copies emulated\n", emu90_wgmma_count.load(),
+                emu90_tma_count.load());
+    std::printf(ok ? "all %s checks passed (%.1f s)\n" : "%s FAILED (%.1f s)\n", what, secs);
+    return ok ? 0 : 1;
 }

@@ -210,22 +210,6 @@ void reference(const Case& c, const std::vector<float>& q, const std::vector<flo
 
 
 
-// The tensor map of a [n, heads, d] bf16 tensor as the wrapper builds it: dimensions innermost
-// first {d, heads, n}, box {64, 1, 128}, 128-byte swizzle.
-CUtensorMap tensor_map(const std::vector<__nv_bfloat16>& x, int n, int heads, int d) {
-    alignas(64) CUtensorMap m;
-    const cuuint64_t dim[3] = {uint64_t(d), uint64_t(heads), uint64_t(n)};
-    const cuuint64_t str[2] = {uint64_t(d) * 2, uint64_t(heads) * d * 2};
-    const cuuint32_t box[3] = {64, 1, uint32_t(kBlockM)}, es[3] = {1, 1, 1};
-    if (cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-                               const_cast<__nv_bfloat16*>(x.data()), dim, str, box, es,
-                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                               CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
-        emu_fail("cuTensorMapEncodeTiled refused the map");
-    return m;
-}
-
 bool run_case(const Case& c, uint64_t seed) {
     const int n = c.cu.back(), hq = c.hq, hkv = c.hkv, d = c.d;
     const float scale = 1.f / std::sqrt(float(d));
@@ -242,8 +226,9 @@ bool run_case(const Case& c, uint64_t seed) {
     const auto q = to_bf(qf), k = to_bf(kf), v = to_bf(vf);
     std::vector<__nv_bfloat16> out(q.size(), __nv_bfloat16{0xffff});  // NaN: must be written
     std::vector<float> lse(size_t(hq) * n, NAN);
-    const CUtensorMap tq = tensor_map(q, n, hq, d), tk = tensor_map(k, n, hkv, d);
-    const CUtensorMap tv = tensor_map(v, n, hkv, d);
+    const CUtensorMap tq = emu_tensor_map(q, n, hq, d, kBlockM);
+    const CUtensorMap tk = emu_tensor_map(k, n, hkv, d, kBlockM);
+    const CUtensorMap tv = emu_tensor_map(v, n, hkv, d, kBlockM);
     const auto ft = tiles(c.cu, false, kBlockM);
     emu90_launch(unsigned(ft.size() / 3), hq, 384, [&] {
         if (d == 64) flash_fwd_sm90_bf16_hd64(tq, tk, tv, out.data(), lse.data(), ft.data(), n, hq, hkv, scale);
@@ -277,19 +262,5 @@ int main() {
         // mbarrier parities, up to the third round), 4:1
         {{0, 900}, 4, 1, 128},
     };
-    uint64_t seed = 11;
-    for (const auto& c : cases) {
-        std::printf("cu_seqlens [");
-        for (size_t i = 0; i < c.cu.size(); ++i) std::printf(i ? ", %d" : "%d", c.cu[i]);
-        std::printf("], heads %d/%d, head_dim %d\n", c.hq, c.hkv, c.d);
-        ok = run_case(c, seed++) && ok;
-    }
-    std::printf("races (TMA over a live wgmma operand, wgmma over an in-flight TMA): %ld %s\n",
-                emu90_races.load(), emu90_races ? "FAIL" : "ok");
-    ok = ok && emu90_races == 0;
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("%ld wgmma, %ld TMA copies emulated\n", emu90_wgmma_count.load(), emu90_tma_count.load());
-    std::printf("%s (%.1f s)\n", ok ? "all sm90 checks passed" : "sm90 FAILED", secs);
-    return ok ? 0 : 1;
+    return emu90_run_cases(cases, 11, ok, run_case, "sm90", start);
 }

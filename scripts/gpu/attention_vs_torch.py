@@ -20,7 +20,8 @@ from the `limo` binary built on the development machine and carried here (docs/C
 `CARGO_TARGET_DIR=/tmp/cuda-target cargo build --release --features cuda -p limo-cli`, strip
 it, carry it in the working tree). `limo bench kernels --op attention` (crates/limo-cli/src/
 cmd_bench.rs) times flash_attention_forward and both backward variants with CUDA events; on a
-compute capability 9.x GPU (H100/H200) it also times each forward kernel explicitly, the sm80
+compute capability 9.x GPU (H100/H200) it also times each forward and atomic backward kernel
+explicitly, the sm80
 one (mma.sync, kernels/flash_attention.cu) and the Hopper one (wgmma + TMA,
 kernels/flash_attention_sm90.cu, the default there), and this script reports both side by side.
 `--limo ./limo` runs, once per shape,
@@ -238,15 +239,17 @@ def main():
             text, rc, rows = run_limo(args.limo_cmd, tokens, hq, hkv, hd, docs)
             print(text)
             entry["limo"] = {"exit": rc, "rows": rows}
-            paths = {r["kernel"]: r for r in rows if r["kernel"].startswith("flash_attention fwd ")}
-            sm80, sm90 = paths.get("flash_attention fwd sm80"), paths.get("flash_attention fwd sm90")
-            if sm80 and sm90:
-                print(f"{name:28} limo fwd sm80 {sm80['ms']:8.3f} ms {sm80['tflops']:6.1f} TF/s, "
-                      f"sm90 {sm90['ms']:8.3f} ms {sm90['tflops']:6.1f} TF/s "
-                      f"(sm90/sm80 {sm80['ms'] / sm90['ms']:.2f}x)")
-                entry["limo"]["fwd_paths"] = {"sm80": sm80, "sm90": sm90}
-            elif rc == 0:
-                print(f"{name:28} limo fwd: one path only (the sm90 forward needs a 9.x GPU)")
+            kernels = {r["kernel"]: r for r in rows}
+            for way in ("fwd", "bwd"):
+                sm80 = kernels.get(f"flash_attention {way} sm80")
+                sm90 = kernels.get(f"flash_attention {way} sm90")
+                if sm80 and sm90:
+                    print(f"{name:28} limo {way} sm80 {sm80['ms']:8.3f} ms {sm80['tflops']:6.1f} "
+                          f"TF/s, sm90 {sm90['ms']:8.3f} ms {sm90['tflops']:6.1f} TF/s "
+                          f"(sm90/sm80 {sm80['ms'] / sm90['ms']:.2f}x)")
+                    entry["limo"][f"{way}_paths"] = {"sm80": sm80, "sm90": sm90}
+                elif rc == 0:
+                    print(f"{name:28} limo {way}: one path only (the sm90 kernels need a 9.x GPU)")
             failed |= rc != 0
     if not args.limo_cmd:
         print("\nlimo side not run: pass --limo ./limo (see the top of this script)")

@@ -205,11 +205,12 @@ $code" "$@" 2>/dev/null)
 
 stage_doctor() {
     x "$LIMO_BIN" doctor --quick
-    # The Hopper forward had never run on a GPU before its first visit: if its rows fail, the
-    # later stages take the sm80 forward, so one bad kernel does not cost the visit's numbers.
-    if grep -Eq '^attention fwd \(sm90\).*FAIL' "$STAGE_LOG"; then
+    # The Hopper kernels had never run on a GPU before their first visit: if the forward's or
+    # the backward's rows fail, the later stages take the sm80 kernels, so one bad kernel does
+    # not cost the visit's numbers.
+    if grep -Eq '^attention (fwd|bwd) \(sm90\).*FAIL' "$STAGE_LOG"; then
         export LIMO_FLASH_PATH=sm80
-        echo "# the sm90 forward failed its checks: the later stages run with LIMO_FLASH_PATH=sm80" |
+        echo "# an sm90 attention kernel failed its checks: the later stages run with LIMO_FLASH_PATH=sm80" |
             tee -a "$STAGE_LOG"
     fi
 }

@@ -375,7 +375,8 @@ mod cuda {
     // are timed with the same harness: 16k tokens packed as documents, 40/8 heads of 128 by
     // default; scripts/gpu/attention_vs_torch.py passes its shapes (--q-heads ... --docs).
     // "flash_attention forward" is the default path; on a 9.x GPU the rows
-    // "flash_attention fwd sm80" / "... sm90" time each forward kernel explicitly.
+    // "flash_attention fwd sm80" / "... sm90" time each forward kernel explicitly, and
+    // "flash_attention bwd sm80" / "... sm90" each atomic backward kernel.
     fn attention(b: &Bench, n: usize) -> Result<()> {
         use limo_ops::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
         let (q_heads, kv_heads, head_dim) = (b.args.q_heads, b.args.kv_heads, b.args.head_dim);
@@ -464,6 +465,26 @@ mod cuda {
                 };
                 // Backward: 5 matmuls of the forward's size (S, dP, dV, dQ, dK) = 2.5x.
                 b.report(name, &shape, ms, Work::Flops(2.5 * fwd_flops));
+            }
+            // On 9.x the default (atomic) backward is the sm90 kernel: time both explicitly.
+            if limo_ops::cuda::runs_sm90a(b.gpu.as_cuda_device()?)? {
+                use limo_ops::cuda::flash_attention::{flash_attention_backward_on, FlashPath};
+                for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                    let ms = b.time(|i| {
+                        let s = &sets[i % sets.len()];
+                        let (out, lse) = &saved[i % sets.len()];
+                        flash_attention_backward_on(
+                            &s[3], &s[0], &s[1], &s[2], out, lse, &cu, scale, false, path,
+                        )
+                        .map(drop)
+                    })?;
+                    b.report(
+                        &format!("flash_attention bwd {path}"),
+                        &shape,
+                        ms,
+                        Work::Flops(2.5 * fwd_flops),
+                    );
+                }
             }
         }
         Ok(())

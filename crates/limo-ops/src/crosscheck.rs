@@ -395,6 +395,48 @@ fn attention(
                     outputs,
                 )?;
             }
+
+            // Both atomic backward kernels explicitly (sm90 is the default there), from the
+            // default forward's out and lse, against one CPU backward.
+            use crate::cuda::flash_attention::{
+                flash_attention_backward_on, flash_attention_forward,
+            };
+            let r_g = attention_backward(
+                &d_out.to_device(reference)?,
+                &q.to_device(reference)?,
+                &k.to_device(reference)?,
+                &v.to_device(reference)?,
+                &r_out,
+                &r_lse,
+                &cu,
+                scale,
+            )?;
+            let tdo = d_out.to_device(test)?;
+            let (out, lse) = flash_attention_forward(&tq, &tk, &tv, &cu, scale)?;
+            for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                let g = match flash_attention_backward_on(
+                    &tdo, &tq, &tk, &tv, &out, &lse, &cu, scale, false, path,
+                ) {
+                    Ok(g) => vec![g.dq, g.dk, g.dv],
+                    Err(e) => {
+                        eprintln!("attention bwd ({path}), {shape}: {e}");
+                        vec![Tensor::zeros(0, DType::F32, test)?; 3]
+                    }
+                };
+                let outputs = ["dq", "dk", "dv"]
+                    .into_iter()
+                    .zip([&r_g.dq, &r_g.dk, &r_g.dv])
+                    .zip(g)
+                    .map(|((name, r), t)| (name, r.clone(), t))
+                    .collect();
+                c.push(
+                    &format!("attention bwd ({path})"),
+                    shape.clone(),
+                    dtype,
+                    tol,
+                    outputs,
+                )?;
+            }
         }
     }
     Ok(())

@@ -18,13 +18,19 @@
 //!
 //! Forward path: on compute capability 9.x, bf16 runs the Hopper kernel
 //! (`kernels/flash_attention_sm90.cu`, wgmma + TMA, [`super::flash_attention_sm90`]) unless
-//! `LIMO_FLASH_PATH=sm80`; [`forward_path`] says which. The backward always runs the sm80
-//! kernels (they read out and lse, the same contract from either forward).
+//! `LIMO_FLASH_PATH=sm80`; [`forward_path`] says which.
 //!
 //! Backward dQ: fp32 atomics from the dK/dV kernel (fast, the last bits vary run to run) or a
 //! separate deterministic kernel (bit-reproducible, ~+40% backward FLOPs); the caller picks with
 //! `deterministic`, and [`deterministic_requested`] reads the documented default
 //! (`LIMO_FLASH_DETERMINISTIC`, off: atomic).
+//!
+//! Backward path ([`backward_path`]): the atomic variant in bf16 on compute capability 9.x runs
+//! the Hopper dK/dV/dQ kernel (`kernels/flash_attention_bwd_sm90.cu`, wgmma + TMA,
+//! [`super::flash_attention_bwd_sm90`]) unless `LIMO_FLASH_PATH=sm80`; the deterministic
+//! backward (`LIMO_FLASH_DETERMINISTIC=1`), f32 and other GPUs keep the sm80 kernels. The
+//! preprocess (delta) and the dQ conversion are the sm80 file's on both paths, and either
+//! backward reads the out and lse of either forward (same contract).
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -420,12 +426,24 @@ fn forward<T: KernelType>(
     ))
 }
 
+/// The backward path for these inputs: `Sm90` (the Hopper kernel) for bf16 on a CUDA device
+/// when the atomic variant is asked for (`deterministic = false`) and [`forward_path`] says
+/// `Sm90` (compute capability 9.x, `LIMO_FLASH_PATH` not `sm80`); `Sm80` otherwise (the
+/// deterministic backward, f32, other GPUs).
+pub fn backward_path(q: &Tensor, deterministic: bool) -> Result<FlashPath> {
+    if deterministic || q.dtype() != DType::BF16 || !q.device().is_cuda() {
+        return Ok(FlashPath::Sm80);
+    }
+    forward_path(q)
+}
+
 /// Backward of [`flash_attention_forward`]: `D = rowsum(dO * O)`, then dK/dV per kv tile
 /// (summed over the query heads of the group in a fixed order), and dQ either by fp32 atomics
 /// from the same kernel (`deterministic = false`, faster, last bits vary run to run) or by a
 /// separate kernel per query tile with no atomics (`deterministic = true`, bit-reproducible).
 /// [`deterministic_requested`] gives the documented default (atomic unless
-/// `LIMO_FLASH_DETERMINISTIC=1`).
+/// `LIMO_FLASH_DETERMINISTIC=1`). The atomic bf16 backward runs the Hopper kernel on compute
+/// capability 9.x unless `LIMO_FLASH_PATH=sm80` (see [`backward_path`]).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_backward(
     d_out: &Tensor,
@@ -438,7 +456,45 @@ pub fn flash_attention_backward(
     scale: f64,
     deterministic: bool,
 ) -> candle_core::Result<AttentionGrads> {
+    let path = backward_path(q, deterministic)?;
+    flash_attention_backward_on(
+        d_out,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        cu_seqlens,
+        scale,
+        deterministic,
+        path,
+    )
+}
+
+/// [`flash_attention_backward`] on an explicit path (`limo doctor` and `limo bench kernels`
+/// run both): `Sm90` is the atomic bf16 backward only (an error with `deterministic`, for f32
+/// and on a GPU that is not compute capability 9.x).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_backward_on(
+    d_out: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &[usize],
+    scale: f64,
+    deterministic: bool,
+    path: FlashPath,
+) -> candle_core::Result<AttentionGrads> {
     let dims = check_inputs(q, k, v, cu_seqlens)?;
+    if path == FlashPath::Sm90 && (deterministic || q.dtype() != DType::BF16) {
+        bail!(
+            "flash attention backward (sm90): only the atomic (non-deterministic) bf16 backward \
+             has an sm90 kernel ({:?}, deterministic = {deterministic})",
+            q.dtype()
+        )
+    }
     for (name, t) in [("d_out", d_out), ("out", out)] {
         if t.dims() != q.dims() || t.dtype() != q.dtype() {
             bail!(
@@ -471,6 +527,7 @@ pub fn flash_attention_backward(
         cu_seqlens,
         scale,
         deterministic,
+        path,
         d: dims,
     };
     match q.dtype() {
@@ -489,6 +546,7 @@ struct BwdArgs<'a> {
     cu_seqlens: &'a [usize],
     scale: f64,
     deterministic: bool,
+    path: FlashPath,
     d: Dims,
 }
 
@@ -544,12 +602,14 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
     // Every element of dK and dV is written: the kv tiles cover every token of every kv head.
     let mut dk = unsafe { super::alloc::<T>(&dev, kv_elems) }?;
     let mut dv = unsafe { super::alloc::<T>(&dev, kv_elems) }?;
-    let (kv_tiles, kv_count) = tile_table(&dev, a.cu_seqlens, TILE, Order::Keys)?;
+    // The sm80 dK/dV kernels' table (64-key tiles; the sm90 kernel builds its own).
+    let kv_table = || tile_table(&dev, a.cu_seqlens, TILE, Order::Keys);
     let dkdv_smem = dkdv_smem_bytes(d.head_dim);
-    let kv_cfg = config(kv_count, d.kv_heads, THREADS_8W, dkdv_smem);
+    let kv_cfg = |count| config(count, d.kv_heads, THREADS_8W, dkdv_smem);
     let suffix = format!("{}_hd{}", T::SUFFIX, d.head_dim);
 
     let dq = if a.deterministic {
+        let (kv_tiles, kv_count) = kv_table()?;
         let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_{suffix}"))?;
         allow_smem(&f, dkdv_smem)?;
         let mut b = f.builder();
@@ -561,7 +621,7 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
             .arg(&delta);
         b.arg(&mut dk).arg(&mut dv).arg(&kv_tiles);
         b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
-        unsafe { b.launch(kv_cfg) }.map_err(wrap)?;
+        unsafe { b.launch(kv_cfg(kv_count)) }.map_err(wrap)?;
         drop(b);
 
         // Every element written: the query tiles cover every token of every query head.
@@ -584,22 +644,39 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
         to_tensor(dq, &dev, (d.n, d.q_heads, d.head_dim))?
     } else {
         let mut dq_accum = zeros::<f32>(&dev, q_elems)?;
-        let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_atomic_{suffix}"))?;
-        allow_smem(&f, dkdv_smem)?;
-        let mut b = f.builder();
-        b.arg(&qv)
-            .arg(&kv)
-            .arg(&vv)
-            .arg(&dov)
-            .arg(&lsev)
-            .arg(&delta);
-        b.arg(&mut dk)
-            .arg(&mut dv)
-            .arg(&mut dq_accum)
-            .arg(&kv_tiles);
-        b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
-        unsafe { b.launch(kv_cfg) }.map_err(wrap)?;
-        drop(b);
+        if a.path == FlashPath::Sm90 {
+            // T is bf16 here (flash_attention_backward_on refuses anything else on this path).
+            let buffers = super::flash_attention_bwd_sm90::Buffers {
+                q: &qv,
+                k: &kv,
+                v: &vv,
+                d_out: &dov,
+                lse: &lsev,
+                delta: &delta,
+                dk: &mut dk,
+                dv: &mut dv,
+                dq_accum: &mut dq_accum,
+            };
+            super::flash_attention_bwd_sm90::launch(&dev, buffers, a.cu_seqlens, d, scale)?;
+        } else {
+            let (kv_tiles, kv_count) = kv_table()?;
+            let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_atomic_{suffix}"))?;
+            allow_smem(&f, dkdv_smem)?;
+            let mut b = f.builder();
+            b.arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(&dov)
+                .arg(&lsev)
+                .arg(&delta);
+            b.arg(&mut dk)
+                .arg(&mut dv)
+                .arg(&mut dq_accum)
+                .arg(&kv_tiles);
+            b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
+            unsafe { b.launch(kv_cfg(kv_count)) }.map_err(wrap)?;
+            drop(b);
+        }
         if q.dtype() == DType::F32 {
             to_tensor(dq_accum, &dev, (d.n, d.q_heads, d.head_dim))?
         } else {

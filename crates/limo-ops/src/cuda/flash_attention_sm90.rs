@@ -3,7 +3,8 @@
 //! feeding two consumer warpgroups. Same contract and same result as the sm_80 forward
 //! ([`flash_attention_forward`](super::flash_attention::flash_attention_forward), which
 //! dispatches here on compute capability 9.x for bf16): `out` `[N, q_heads, head_dim]` bf16 and
-//! the log-sum-exp `[q_heads, N]` f32, so the (sm_80) backward takes either.
+//! the log-sum-exp `[q_heads, N]` f32, so either backward (sm_80, or the Hopper one in
+//! [`super::flash_attention_bwd_sm90`]) takes either.
 //!
 //! The host side builds three TMA tensor maps (`cuTensorMapEncodeTiled`) over q, k and v as
 //! `[N, heads, head_dim]` bf16 tensors (dimensions innermost first `{head_dim, heads, N}`, a box
@@ -38,17 +39,25 @@ pub fn smem_bytes(head_dim: usize) -> usize {
 
 /// A `CUtensorMap` as a kernel argument (128 opaque bytes, passed by value).
 #[repr(transparent)]
-struct TensorMap(sys::CUtensorMap);
+pub(super) struct TensorMap(sys::CUtensorMap);
 
 // SAFETY: a plain-old-data driver struct, passed by value as the kernel's `CUtensorMap`.
 unsafe impl DeviceRepr for TensorMap {}
 
 /// The TMA map of a contiguous `[n, heads, head_dim]` bf16 tensor at `ptr` (16-byte aligned:
-/// [`prepare`] guarantees it): boxes of 64 columns x 1 head x 128 tokens, 128-byte swizzle.
-fn tensor_map(ptr: sys::CUdeviceptr, n: usize, heads: usize, head_dim: usize) -> Result<TensorMap> {
+/// [`prepare`] guarantees it): boxes of 64 columns x 1 head x `rows` tokens (at most 256),
+/// 128-byte swizzle. The forward uses 128-row boxes; the backward
+/// ([`super::flash_attention_bwd_sm90`]) 128 for k/v and 64 for q/dO.
+pub(super) fn tensor_map(
+    ptr: sys::CUdeviceptr,
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    rows: usize,
+) -> Result<TensorMap> {
     let dims: [u64; 3] = [head_dim as u64, heads as u64, n as u64];
     let strides: [u64; 2] = [head_dim as u64 * 2, (heads * head_dim) as u64 * 2];
-    let boxes: [u32; 3] = [64, 1, FWD_TILE as u32];
+    let boxes: [u32; 3] = [64, 1, rows as u32];
     let elem_strides: [u32; 3] = [1, 1, 1];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
     // SAFETY: every pointer is to a live local array of the length the rank (3) implies; the
@@ -114,9 +123,9 @@ pub fn forward(
     let (q_ptr, _q_guard) = qv.device_ptr(&stream);
     let (k_ptr, _k_guard) = kv.device_ptr(&stream);
     let (v_ptr, _v_guard) = vv.device_ptr(&stream);
-    let tm_q = tensor_map(q_ptr, d.n, d.q_heads, d.head_dim)?;
-    let tm_k = tensor_map(k_ptr, d.n, d.kv_heads, d.head_dim)?;
-    let tm_v = tensor_map(v_ptr, d.n, d.kv_heads, d.head_dim)?;
+    let tm_q = tensor_map(q_ptr, d.n, d.q_heads, d.head_dim, FWD_TILE)?;
+    let tm_k = tensor_map(k_ptr, d.n, d.kv_heads, d.head_dim, FWD_TILE)?;
+    let tm_v = tensor_map(v_ptr, d.n, d.kv_heads, d.head_dim, FWD_TILE)?;
 
     let (tiles, count) = tile_table(&dev, cu_seqlens, FWD_TILE, Order::Queries)?;
     // Every element is written: the tiles cover every token of every head.

@@ -80,6 +80,7 @@ impl CudaFunc {
 }
 
 pub mod flash_attention;
+pub mod flash_attention_bwd_sm90;
 pub mod flash_attention_sm90;
 pub mod pool;
 
