@@ -6,7 +6,7 @@
 use anyhow::bail;
 use candle_core::{DType, Device};
 use clap::Args;
-use limo_ops::crosscheck::{crosscheck, Options};
+use limo_ops::crosscheck::{crosscheck_each, Options};
 
 #[derive(Args)]
 pub struct DoctorArgs {
@@ -37,13 +37,13 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         large: !args.quick,
         seed,
     };
-    let checks = crosscheck(&Device::Cpu, &gpu, &opts)?;
     println!(
         "{:<24} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
         "operation", "shape", "dtype", "output", "rel. error", "bound"
     );
+    // Rows print as the checks finish: a kernel fault that ends the run keeps the rows before it.
     let mut failed = 0;
-    for c in &checks {
+    let checks = crosscheck_each(&Device::Cpu, &gpu, &opts, &mut |c| {
         let ok = c.passed();
         failed += usize::from(!ok);
         let verdict = if ok {
@@ -62,7 +62,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             c.rel_error,
             c.tolerance
         );
-    }
+    })?;
     if failed > 0 {
         bail!("{failed} of {} checks failed", checks.len());
     }

@@ -112,12 +112,13 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> Result<(f64, bool)> {
     Ok((diff / norm, finite))
 }
 
-/// Collects the checks of one run.
-struct Checks {
+/// Collects the checks of one run, handing each to `each` as it is made.
+struct Checks<'a> {
     out: Vec<Check>,
+    each: &'a mut dyn FnMut(&Check),
 }
 
-impl Checks {
+impl Checks<'_> {
     fn push(
         &mut self,
         op: &str,
@@ -133,7 +134,7 @@ impl Checks {
             } else {
                 (f64::INFINITY, false)
             };
-            self.out.push(Check {
+            let check = Check {
                 op: op.into(),
                 shape: shape.clone(),
                 dtype,
@@ -141,7 +142,9 @@ impl Checks {
                 rel_error,
                 finite,
                 tolerance: tol,
-            });
+            };
+            (self.each)(&check);
+            self.out.push(check);
         }
         Ok(())
     }
@@ -166,16 +169,35 @@ fn both<'a>(
 
 /// Compares `test` against `reference` for every operation at several shapes and dtypes.
 pub fn crosscheck(reference: &Device, test: &Device, opts: &Options) -> Result<Vec<Check>> {
+    crosscheck_each(reference, test, opts, &mut |_| {})
+}
+
+/// [`crosscheck`], handing each check to `each` as soon as it is made: what ran before an
+/// error (a kernel fault that ends the run) is still reported.
+pub fn crosscheck_each(
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    each: &mut dyn FnMut(&Check),
+) -> Result<Vec<Check>> {
     #[cfg(feature = "cuda")]
     crate::cuda::set_poison_outputs(test.is_cuda());
-    let result = run_all(reference, test, opts);
+    let result = run_all(reference, test, opts, each);
     #[cfg(feature = "cuda")]
     crate::cuda::set_poison_outputs(false);
     result
 }
 
-fn run_all(reference: &Device, test: &Device, opts: &Options) -> Result<Vec<Check>> {
-    let mut checks = Checks { out: Vec::new() };
+fn run_all(
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    each: &mut dyn FnMut(&Check),
+) -> Result<Vec<Check>> {
+    let mut checks = Checks {
+        out: Vec::new(),
+        each,
+    };
     for &dtype in &opts.dtypes {
         norm_rope_swiglu(&mut checks, reference, test, opts, dtype)?;
         attention(&mut checks, reference, test, opts, dtype)?;
@@ -729,8 +751,12 @@ mod tests {
         assert!(!check(2e-4, true).passed());
         assert!(!check(0.0, false).passed());
         // A shape mismatch is a failure, not a comparison of flattened values.
+        let mut seen = 0;
         let (err, finite) = {
-            let mut c = Checks { out: Vec::new() };
+            let mut c = Checks {
+                out: Vec::new(),
+                each: &mut |_| seen += 1,
+            };
             let t = a.reshape((2, 5)).unwrap();
             c.push(
                 "x",
@@ -743,6 +769,7 @@ mod tests {
             (c.out[0].rel_error, c.out[0].finite)
         };
         assert!(!finite && err.is_infinite());
+        assert_eq!(seen, 1, "each check is handed on as it is made");
     }
 
     #[test]
