@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <random>
 #include <type_traits>
 #include <vector>
 
@@ -45,4 +47,22 @@ std::vector<T> to_t(const std::vector<float>& x) {
         else r[i] = __float2bfloat16_rn(x[i]);
     }
     return r;
+}
+
+// Byte offset of element (row, col) of a [rows][64] bf16 block with the 128-byte swizzle, as
+// TMA's documentation describes it (block 1024-byte aligned): the Hopper tests' layouts.
+inline uint32_t emu_swz128(int row, int col) {
+    return uint32_t(row * 128 + (((col / 8) ^ (row % 8)) * 16) + (col % 8) * 2);
+}
+
+// The bits of `x` rounded to bf16.
+inline uint16_t emu_bf16_bits(float x) { return __float2bfloat16_rn(x).bits; }
+
+// `n` normal values of standard deviation `scale`, each rounded to bf16, so the kernel's bf16
+// inputs and the float64 reference see the same numbers.
+inline std::vector<float> emu_rnd_bf16(size_t n, std::mt19937& gen, float scale) {
+    std::normal_distribution<float> dist(0.f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = float(__float2bfloat16_rn(dist(gen)));
+    return v;
 }

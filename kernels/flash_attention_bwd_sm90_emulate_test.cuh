@@ -1,7 +1,7 @@
 // Checks of flash_attention_bwd_sm90.cu on the CPU emulation (flash_attention_sm90_emulate.cuh):
 //   1. the emulation feature only the backward uses: wgmma m64n64k16 with A from shared memory
 //      MN-major (imm-trans-a; the dS operand of dQ = dS K) and B N-major, against the layout
-//      written out from TMA's 128-byte swizzle (element (k, m) of A at swz128(k, m) of a
+//      written out from TMA's 128-byte swizzle (element (k, m) of A at emu_swz128(k, m) of a
 //      [16][64] block, (k, n) of B likewise) and the accumulator fragment layout;
 //   2. the kernel against a float64 backward of the attention contract on packed documents
 //      (a one-token document, documents that end inside a 64-row query block and inside a
@@ -28,21 +28,9 @@ namespace emu90_bwd_test {
 static_assert(limo_flash_sm90::BwdSmem<128>::bytes == 165928, "wrapper's shared memory, D=128");
 static_assert(limo_flash_sm90::BwdSmem<64>::bytes == 100392, "wrapper's shared memory, D=64");
 
-inline uint32_t swz128(int row, int col) {
-    return uint32_t(row * 128 + (((col / 8) ^ (row % 8)) * 16) + (col % 8) * 2);
-}
-inline uint16_t bits(float x) { return __float2bfloat16_rn(x).bits; }
-
-std::vector<float> rnd(size_t n, std::mt19937& gen, float scale) {
-    std::normal_distribution<float> dist(0.f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = float(__float2bfloat16_rn(dist(gen)));
-    return v;
-}
-
 bool check_trans_a() {
     std::mt19937 gen(5);
-    auto a = rnd(16 * 64, gen, 1.f), b = rnd(16 * 64, gen, 1.f);  // A [k][m], B [k][n]
+    auto a = emu_rnd_bf16(16 * 64, gen, 1.f), b = emu_rnd_bf16(16 * 64, gen, 1.f);  // A [k][m], B [k][n]
     std::vector<float> got(128 * 32);
     emu90_launch(1, 1, 128, [&] {
         unsigned char* smem = limo_flash_sm90::smem_raw;
@@ -51,9 +39,9 @@ bool check_trans_a() {
             // Keys 16..31 of a [128][64] block (the second k-step of the dS buffer).
             for (int k = 0; k < 16; ++k)
                 for (int m = 0; m < 64; ++m) {
-                    const uint16_t x = bits(a[k * 64 + m]), y = bits(b[k * 64 + m]);
-                    std::memcpy(base + swz128(16 + k, m), &x, 2);
-                    std::memcpy(base + 0x4000 + swz128(16 + k, m), &y, 2);
+                    const uint16_t x = emu_bf16_bits(a[k * 64 + m]), y = emu_bf16_bits(b[k * 64 + m]);
+                    std::memcpy(base + emu_swz128(16 + k, m), &x, 2);
+                    std::memcpy(base + 0x4000 + emu_swz128(16 + k, m), &y, 2);
                 }
         }
         __syncthreads();
@@ -153,8 +141,8 @@ bool run_case(const Case& c, uint64_t seed) {
     const int n = c.cu.back(), hq = c.hq, hkv = c.hkv, d = c.d;
     const float scale = 1.f / std::sqrt(float(d));
     std::mt19937 gen(seed);
-    auto qf = rnd(size_t(n) * hq * d, gen, 1.f), kf = rnd(size_t(n) * hkv * d, gen, 1.f);
-    auto vf = rnd(size_t(n) * hkv * d, gen, 1.f), dof = rnd(size_t(n) * hq * d, gen, 1.f);
+    auto qf = emu_rnd_bf16(size_t(n) * hq * d, gen, 1.f), kf = emu_rnd_bf16(size_t(n) * hkv * d, gen, 1.f);
+    auto vf = emu_rnd_bf16(size_t(n) * hkv * d, gen, 1.f), dof = emu_rnd_bf16(size_t(n) * hq * d, gen, 1.f);
     const Ref ref = reference(c, qf, kf, vf, dof, scale);
     const auto q = to_t<__nv_bfloat16>(qf), k = to_t<__nv_bfloat16>(kf);
     const auto v = to_t<__nv_bfloat16>(vf), dout = to_t<__nv_bfloat16>(dof);

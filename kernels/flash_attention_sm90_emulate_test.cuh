@@ -27,21 +27,6 @@ namespace emu90_test {
 
 using limo_flash_sm90::kBlockM;
 
-// Byte offset of element (row, col) of a [rows][64] bf16 block with the 128-byte swizzle, as
-// TMA's documentation describes it (block 1024-byte aligned).
-inline uint32_t swz128(int row, int col) {
-    return uint32_t(row * 128 + (((col / 8) ^ (row % 8)) * 16) + (col % 8) * 2);
-}
-
-inline uint16_t bits(float x) { return __float2bfloat16_rn(x).bits; }
-
-std::vector<float> rnd(size_t n, std::mt19937& gen, float scale) {
-    std::normal_distribution<float> dist(0.f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = float(__float2bfloat16_rn(dist(gen)));
-    return v;
-}
-
 bool check_primitives() {
     bool ok = true;
     std::mt19937 gen(7);
@@ -61,7 +46,7 @@ bool check_primitives() {
     // wgmma operands: A 64x16 (k-step 1 of a [64][64] Q-like block), B^T 128x16 (k-step 1 of a
     // [128][64] K-like block), V [16 keys][128] (keys 80..95 of a [128][128] V-like tile in two
     // 64-column blocks).
-    auto a = rnd(64 * 16, gen, 1.f), bt = rnd(128 * 16, gen, 1.f), v = rnd(16 * 128, gen, 1.f);
+    auto a = emu_rnd_bf16(64 * 16, gen, 1.f), bt = emu_rnd_bf16(128 * 16, gen, 1.f), v = emu_rnd_bf16(16 * 128, gen, 1.f);
     std::vector<float> got_ss(128 * 64), got_rs(128 * 64), got_rs64(128 * 32);
     emu90_launch(1, 1, 128, [&] {
         unsigned char* smem = limo_flash_sm90::smem_raw;
@@ -81,7 +66,7 @@ bool check_primitives() {
             for (int r = 0; r < 128; ++r)
                 for (int c = 0; c < 64; ++c) {
                     uint16_t x;
-                    std::memcpy(&x, base + swz128(r, c), 2);
+                    std::memcpy(&x, base + emu_swz128(r, c), 2);
                     const uint16_t want = 100 + r < rows ? glob[(size_t(100 + r) * 2 + 1) * 64 + c].bits : 0;
                     tma_ok = tma_ok && x == want;
                 }
@@ -92,18 +77,18 @@ bool check_primitives() {
             unsigned char* vb = base + 0x10000; // two [128][64] blocks, keys 80..95
             for (int r = 0; r < 64; ++r)
                 for (int k = 0; k < 16; ++k) {
-                    const uint16_t x = bits(a[r * 16 + k]);
-                    std::memcpy(qa + swz128(r, 16 + k), &x, 2);
+                    const uint16_t x = emu_bf16_bits(a[r * 16 + k]);
+                    std::memcpy(qa + emu_swz128(r, 16 + k), &x, 2);
                 }
             for (int r = 0; r < 128; ++r)
                 for (int k = 0; k < 16; ++k) {
-                    const uint16_t x = bits(bt[r * 16 + k]);
-                    std::memcpy(kb + swz128(r, 16 + k), &x, 2);
+                    const uint16_t x = emu_bf16_bits(bt[r * 16 + k]);
+                    std::memcpy(kb + emu_swz128(r, 16 + k), &x, 2);
                 }
             for (int k = 0; k < 16; ++k)
                 for (int c = 0; c < 128; ++c) {
-                    const uint16_t x = bits(v[k * 128 + c]);
-                    std::memcpy(vb + (c / 64) * 16384 + swz128(80 + k, c % 64), &x, 2);
+                    const uint16_t x = emu_bf16_bits(v[k * 128 + c]);
+                    std::memcpy(vb + (c / 64) * 16384 + emu_swz128(80 + k, c % 64), &x, 2);
                 }
         }
         __syncthreads();
@@ -129,7 +114,7 @@ bool check_primitives() {
                 const int j = 2 * x + h;
                 e[h] = a[(16 * w + g + 8 * ((j / 2) % 2)) * 16 + 8 * (j / 4) + 2 * t + (j % 2)];
             }
-            ar[x] = uint32_t(bits(e[0])) | (uint32_t(bits(e[1])) << 16);
+            ar[x] = uint32_t(emu_bf16_bits(e[0])) | (uint32_t(emu_bf16_bits(e[1])) << 16);
         }
         for (int j = 0; j < 64; ++j) d[j] = 0.f;
         for (int j = 0; j < 32; ++j) d64[j] = 0.5f;
@@ -214,8 +199,8 @@ bool run_case(const Case& c, uint64_t seed) {
     const int n = c.cu.back(), hq = c.hq, hkv = c.hkv, d = c.d;
     const float scale = 1.f / std::sqrt(float(d));
     std::mt19937 gen(seed);
-    auto qf = rnd(size_t(n) * hq * d, gen, 1.f), kf = rnd(size_t(n) * hkv * d, gen, 1.f);
-    auto vf = rnd(size_t(n) * hkv * d, gen, 1.f);
+    auto qf = emu_rnd_bf16(size_t(n) * hq * d, gen, 1.f), kf = emu_rnd_bf16(size_t(n) * hkv * d, gen, 1.f);
+    auto vf = emu_rnd_bf16(size_t(n) * hkv * d, gen, 1.f);
     std::vector<double> ref_out, ref_lse;
     reference(c, qf, kf, vf, scale, ref_out, ref_lse);
     auto to_bf = [](const std::vector<float>& x) {
