@@ -191,6 +191,17 @@ fn bad_inputs_are_one_line_errors() {
         &eval_data(&model, &data, &[], &tmp.path().join("o2")),
         "mine.jsonl",
     );
+    // A response length whose KV cache could never fit: refused before any generation.
+    std::fs::write(&data, "{\"question\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
+    one_line_error(
+        &eval_data(
+            &model,
+            &data,
+            &["--max-new-tokens", "100000000000"],
+            &tmp.path().join("o3"),
+        ),
+        "--max-new-tokens: one sequence's KV cache at its longest needs",
+    );
     let pairs = tmp.path().join("pairs.jsonl");
     std::fs::write(&pairs, "{\"prediction\": \"1\"}\n").unwrap();
     one_line_error(

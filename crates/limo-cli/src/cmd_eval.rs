@@ -82,7 +82,8 @@ struct RunArgs {
     samples: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Sequences decoded together.
+    /// Sequences decoded together (fewer, with a warning, when that many KV caches at prompt +
+    /// max-new-tokens would not fit in the device's free memory).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// System prompt (default: LIMO's "Please reason step by step, ...").

@@ -22,7 +22,7 @@ use limo_data::format::{Conversation, Message, Role};
 use limo_data::template::{render, rendered_text, IM_START};
 use limo_data::ChatTokenizer;
 use limo_model::checkpoint::load_checkpoint;
-use limo_model::generate::{derive_seed, Generator, Sampling};
+use limo_model::generate::{derive_seed, kv_cache_bytes, Generator, Sampling};
 use limo_model::Qwen2Config;
 use serde::{Deserialize, Serialize};
 
@@ -309,6 +309,43 @@ fn load_problems(opts: &EvalOptions) -> anyhow::Result<Vec<Vec<Problem>>> {
     Ok(all)
 }
 
+/// Sequences to generate at once: `requested`, or fewer when that many KV caches at their
+/// longest (`per_sequence` bytes each: the longest prompt plus max_new_tokens) would not fit
+/// in 90% of `available` bytes (the rest: weights' neighbours, activations, the allocator). The
+/// cache grows only as responses lengthen, so without this a long response could run out of
+/// memory hours into a run. An error when not even one sequence fits.
+pub fn fit_batch(
+    requested: usize,
+    per_sequence: u64,
+    available: Option<u64>,
+) -> anyhow::Result<usize> {
+    let Some(available) = available else {
+        return Ok(requested);
+    };
+    let usable = available / 10 * 9;
+    let fits = usable.checked_div(per_sequence).unwrap_or(u64::MAX);
+    if fits == 0 {
+        bail!(
+            "--max-new-tokens: one sequence's KV cache at its longest needs {:.2} GiB, more than \
+             the {:.2} GiB available; lower --max-new-tokens",
+            per_sequence as f64 / GIB,
+            available as f64 / GIB
+        );
+    }
+    let batch = requested.min(usize::try_from(fits).unwrap_or(usize::MAX));
+    if batch < requested {
+        tracing::warn!(
+            "--batch-size {requested} -> {batch}: {requested} KV caches at their longest \
+             ({:.2} GiB each) would not fit in the {:.2} GiB available",
+            per_sequence as f64 / GIB,
+            available as f64 / GIB
+        );
+    }
+    Ok(batch)
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
 fn check_options(opts: &EvalOptions) -> anyhow::Result<()> {
     if opts.samples == 0 || opts.batch_size == 0 {
         bail!("samples and batch_size must be at least 1");
@@ -463,6 +500,16 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
         };
         let mut generator =
             Generator::new(&config, &weights, opts.max_new_tokens, &stops, sampling)?;
+        let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
+        let batch_size = fit_batch(
+            opts.batch_size,
+            kv_cache_bytes(
+                &config,
+                weights.embed.dtype(),
+                longest + opts.max_new_tokens,
+            ),
+            limo_ops::available_memory(&opts.device),
+        )?;
         let mut out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -472,7 +519,7 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
         let mut next = 0;
         let mut entered: Vec<Option<Instant>> = vec![None; jobs.len()];
         while next < jobs.len() || !generator.is_empty() {
-            while next < jobs.len() && generator.in_flight() < opts.batch_size {
+            while next < jobs.len() && generator.in_flight() < batch_size {
                 let job = &jobs[next];
                 let seed = derive_seed(
                     opts.seed,
@@ -710,6 +757,22 @@ pub fn format_table(summary: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batch_shrinks_to_the_kv_caches_that_fit() {
+        const G: u64 = 1 << 30;
+        // Unknown memory: as asked. Room for all: as asked.
+        assert_eq!(fit_batch(32, G, None).unwrap(), 32);
+        assert_eq!(fit_batch(32, G, Some(100 * G)).unwrap(), 32);
+        // 90% of 10 GiB holds 9 caches of 1 GiB.
+        assert_eq!(fit_batch(32, G, Some(10 * G)).unwrap(), 9);
+        assert_eq!(fit_batch(4, G, Some(10 * G)).unwrap(), 4);
+        let err = fit_batch(32, 20 * G, Some(10 * G)).unwrap_err().to_string();
+        assert!(
+            err.contains("20.00 GiB") && err.contains("10.00 GiB"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn pass_at_k_is_the_unbiased_estimator() {

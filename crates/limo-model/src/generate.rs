@@ -46,6 +46,17 @@ struct KvShape {
     device: Device,
 }
 
+/// Bytes of one sequence's KV cache at `positions` tokens: keys and values of every layer in
+/// `dtype` (what a [`Generator`] slot grows to at most, for prompt + max_new_tokens).
+pub fn kv_cache_bytes(config: &Qwen2Config, dtype: DType, positions: usize) -> u64 {
+    let per_token = config.num_hidden_layers
+        * 2
+        * config.num_key_value_heads
+        * config.head_dim
+        * dtype.size_in_bytes();
+    (per_token * positions) as u64
+}
+
 /// The past keys and values of a set of sequences, per layer: `[slots, kv_heads, capacity,
 /// head_dim]` in the model dtype, RoPE already applied to the keys; slot `s` holds `lens[s]`
 /// tokens. Grown (slots, or capacity by half again) only between forwards, so appending a
@@ -680,6 +691,20 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_cache_bytes_count_every_layer_key_and_value() {
+        let cfg = Qwen2Config::from_json(
+            r#"{"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                "rms_norm_eps": 1e-6, "rope_theta": 1e6}"#,
+        )
+        .unwrap();
+        // Qwen2.5-1.5B in bf16: 28 layers x (k, v) x 2 kv heads x 128 x 2 B = 28 KiB per token.
+        assert_eq!(kv_cache_bytes(&cfg, DType::BF16, 1), 28 * 1024);
+        assert_eq!(kv_cache_bytes(&cfg, DType::F32, 1000), 56 * 1024 * 1000);
+    }
 
     #[test]
     fn reused_slots_decode_like_fresh_ones() {

@@ -23,7 +23,27 @@ pub mod swiglu;
 #[cfg(test)]
 mod testing;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Bytes new allocations on `device` can still take: the GPU's free memory on CUDA, the host's
+/// `MemAvailable` (/proc/meminfo) on the CPU; `None` where neither can be read.
+pub fn available_memory(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda::pool::memory_stats(device).ok().map(|m| m.free),
+        Device::Cpu => std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024),
+        _ => None,
+    }
+}
 
 /// Relative L2 error `|a - b| / |b|`, computed in f64: the measure of every parity check in
 /// limo (tests, `limo doctor`'s neighbours, the golden comparisons).
