@@ -377,6 +377,21 @@ mod cuda {
     // "flash_attention forward" is the default path; on a 9.x GPU the rows
     // "flash_attention fwd sm80" / "... sm90" time each forward kernel explicitly, and
     // "flash_attention bwd sm80" / "... sm90" each atomic backward kernel.
+    /// Whether to time the sm80 and sm90 attention kernels explicitly: on compute capability
+    /// 9.x, unless `LIMO_FLASH_PATH=sm80` (set by scripts/gpu/check.sh when the sm90 kernels
+    /// failed the doctor: a faulting or hanging kernel would cost the stage its other rows).
+    fn both_paths(b: &Bench) -> Result<bool> {
+        use limo_ops::cuda::flash_attention::{flash_path_requested, FlashPath};
+        if !limo_ops::cuda::runs_sm90a(b.gpu.as_cuda_device()?)? {
+            return Ok(false);
+        }
+        if flash_path_requested()? == Some(FlashPath::Sm80) {
+            println!("# LIMO_FLASH_PATH=sm80: the explicit sm90 attention rows are skipped");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     fn attention(b: &Bench, n: usize) -> Result<()> {
         use limo_ops::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
         let (q_heads, kv_heads, head_dim) = (b.args.q_heads, b.args.kv_heads, b.args.head_dim);
@@ -422,7 +437,7 @@ mod cuda {
             );
             // On compute capability 9.x the default forward is the sm90 kernel (wgmma + TMA,
             // unless LIMO_FLASH_PATH says otherwise): time both kernels explicitly too.
-            if limo_ops::cuda::runs_sm90a(b.gpu.as_cuda_device()?)? {
+            if both_paths(b)? {
                 use limo_ops::cuda::flash_attention::{flash_attention_forward_on, FlashPath};
                 for path in [FlashPath::Sm80, FlashPath::Sm90] {
                     let ms = b.time(|i| {
@@ -467,7 +482,7 @@ mod cuda {
                 b.report(name, &shape, ms, Work::Flops(2.5 * fwd_flops));
             }
             // On 9.x the default (atomic) backward is the sm90 kernel: time both explicitly.
-            if limo_ops::cuda::runs_sm90a(b.gpu.as_cuda_device()?)? {
+            if both_paths(b)? {
                 use limo_ops::cuda::flash_attention::{flash_attention_backward_on, FlashPath};
                 for path in [FlashPath::Sm80, FlashPath::Sm90] {
                     let ms = b.time(|i| {
