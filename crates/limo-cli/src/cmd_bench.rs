@@ -456,7 +456,19 @@ mod cuda {
                 .iter()
                 .map(|s| Ok(flash_attention_forward(&s[0], &s[1], &s[2], &cu, scale)?))
                 .collect::<Result<_>>()?;
-            for deterministic in [true, false] {
+            // The default backward both ways (deterministic, atomic); on 9.x, where the atomic
+            // one is the sm90 kernel, each atomic kernel explicitly too.
+            use limo_ops::cuda::flash_attention::FlashPath;
+            let mut runs = vec![
+                ("flash_attention bwd (det.)".to_string(), true, None),
+                ("flash_attention bwd".to_string(), false, None),
+            ];
+            if both_paths(b)? {
+                for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                    runs.push((format!("flash_attention bwd {path}"), false, Some(path)));
+                }
+            }
+            for (name, deterministic, path) in runs {
                 let ms = b.time(|i| {
                     let s = &sets[i % sets.len()];
                     let (out, lse) = &saved[i % sets.len()];
@@ -470,36 +482,12 @@ mod cuda {
                         &cu,
                         scale,
                         deterministic,
+                        path,
                     )
                     .map(drop)
                 })?;
-                let name = if deterministic {
-                    "flash_attention bwd (det.)"
-                } else {
-                    "flash_attention bwd"
-                };
                 // Backward: 5 matmuls of the forward's size (S, dP, dV, dQ, dK) = 2.5x.
-                b.report(name, &shape, ms, Work::Flops(2.5 * fwd_flops));
-            }
-            // On 9.x the default (atomic) backward is the sm90 kernel: time both explicitly.
-            if both_paths(b)? {
-                use limo_ops::cuda::flash_attention::{flash_attention_backward_on, FlashPath};
-                for path in [FlashPath::Sm80, FlashPath::Sm90] {
-                    let ms = b.time(|i| {
-                        let s = &sets[i % sets.len()];
-                        let (out, lse) = &saved[i % sets.len()];
-                        flash_attention_backward_on(
-                            &s[3], &s[0], &s[1], &s[2], out, lse, &cu, scale, false, path,
-                        )
-                        .map(drop)
-                    })?;
-                    b.report(
-                        &format!("flash_attention bwd {path}"),
-                        &shape,
-                        ms,
-                        Work::Flops(2.5 * fwd_flops),
-                    );
-                }
+                b.report(&name, &shape, ms, Work::Flops(2.5 * fwd_flops));
             }
         }
         Ok(())

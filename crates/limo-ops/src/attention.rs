@@ -84,6 +84,7 @@ pub fn attention_backward(
             cu_seqlens,
             scale,
             deterministic,
+            None,
         );
     }
     check_seqlens(q, cu_seqlens)?;

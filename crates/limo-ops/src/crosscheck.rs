@@ -368,8 +368,9 @@ fn attention(
                 let dout = d_out.to_device(d)?;
                 if d.is_cuda() {
                     let (out, lse) = flash_attention_forward(&q, &k, &v, &cu, scale)?;
-                    let g =
-                        flash_attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale, false)?;
+                    let g = flash_attention_backward(
+                        &dout, &q, &k, &v, &out, &lse, &cu, scale, false, None,
+                    )?;
                     return Ok(vec![g.dq, g.dk, g.dv]);
                 }
                 let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
@@ -421,7 +422,7 @@ fn attention(
             // Both atomic backward kernels explicitly (sm90 is the default there), from the
             // sm80 forward's out and lse (so a failing sm90 forward does not fail these rows
             // too), against one CPU backward.
-            use crate::cuda::flash_attention::flash_attention_backward_on;
+            use crate::cuda::flash_attention::flash_attention_backward;
             let r_g = attention_backward(
                 &d_out.to_device(reference)?,
                 &q.to_device(reference)?,
@@ -436,8 +437,17 @@ fn attention(
             let (out, lse) =
                 flash_attention_forward_on(&tq, &tk, &tv, &cu, scale, FlashPath::Sm80)?;
             for path in [FlashPath::Sm80, FlashPath::Sm90] {
-                let g = match flash_attention_backward_on(
-                    &tdo, &tq, &tk, &tv, &out, &lse, &cu, scale, false, path,
+                let g = match flash_attention_backward(
+                    &tdo,
+                    &tq,
+                    &tk,
+                    &tv,
+                    &out,
+                    &lse,
+                    &cu,
+                    scale,
+                    false,
+                    Some(path),
                 ) {
                     Ok(g) => vec![g.dq, g.dk, g.dv],
                     Err(e) => {

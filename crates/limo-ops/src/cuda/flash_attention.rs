@@ -444,6 +444,10 @@ pub fn backward_path(q: &Tensor, deterministic: bool) -> Result<FlashPath> {
 /// [`deterministic_requested`] gives the documented default (atomic unless
 /// `LIMO_FLASH_DETERMINISTIC=1`). The atomic bf16 backward runs the Hopper kernel on compute
 /// capability 9.x unless `LIMO_FLASH_PATH=sm80` (see [`backward_path`]).
+///
+/// `path`: `None` takes [`backward_path`]'s choice; `Some` forces one (`limo doctor` and `limo
+/// bench kernels` run both): `Sm90` is the atomic bf16 backward only (an error with
+/// `deterministic`, for f32 and on a GPU that is not compute capability 9.x).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attention_backward(
     d_out: &Tensor,
@@ -455,38 +459,12 @@ pub fn flash_attention_backward(
     cu_seqlens: &[usize],
     scale: f64,
     deterministic: bool,
+    path: Option<FlashPath>,
 ) -> candle_core::Result<AttentionGrads> {
-    let path = backward_path(q, deterministic)?;
-    flash_attention_backward_on(
-        d_out,
-        q,
-        k,
-        v,
-        out,
-        lse,
-        cu_seqlens,
-        scale,
-        deterministic,
-        path,
-    )
-}
-
-/// [`flash_attention_backward`] on an explicit path (`limo doctor` and `limo bench kernels`
-/// run both): `Sm90` is the atomic bf16 backward only (an error with `deterministic`, for f32
-/// and on a GPU that is not compute capability 9.x).
-#[allow(clippy::too_many_arguments)]
-pub fn flash_attention_backward_on(
-    d_out: &Tensor,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    cu_seqlens: &[usize],
-    scale: f64,
-    deterministic: bool,
-    path: FlashPath,
-) -> candle_core::Result<AttentionGrads> {
+    let path = match path {
+        Some(path) => path,
+        None => backward_path(q, deterministic)?,
+    };
     let dims = check_inputs(q, k, v, cu_seqlens)?;
     if path == FlashPath::Sm90 && (deterministic || q.dtype() != DType::BF16) {
         bail!(
@@ -645,7 +623,7 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
     } else {
         let mut dq_accum = zeros::<f32>(&dev, q_elems)?;
         if a.path == FlashPath::Sm90 {
-            // T is bf16 here (flash_attention_backward_on refuses anything else on this path).
+            // T is bf16 here (flash_attention_backward refuses anything else on this path).
             let buffers = super::flash_attention_bwd_sm90::Buffers {
                 q: &qv,
                 k: &kv,
