@@ -321,8 +321,10 @@ pub fn flash_path_requested() -> Result<Option<FlashPath>> {
 }
 
 /// The forward path for bf16 inputs on this tensor's GPU: `LIMO_FLASH_PATH` if set (`sm90` on
-/// a GPU that is not compute capability 9.x is an error), else `Sm90` on 9.x and `Sm80`
-/// elsewhere. f32 inputs always take the sm80 kernels.
+/// a GPU that is not compute capability 9.x is an error), else `Sm90` on 9.x once the sm90
+/// kernels agreed with the sm80 ones on a small problem of this head_dim
+/// ([`super::flash_path_check`]; `Sm80` with a warning if not) and `Sm80` elsewhere. f32
+/// inputs always take the sm80 kernels.
 pub fn forward_path(q: &Tensor) -> Result<FlashPath> {
     let dev = cuda_device(q)?;
     let hopper = super::runs_sm90a(&dev)?;
@@ -332,11 +334,13 @@ pub fn forward_path(q: &Tensor) -> Result<FlashPath> {
              (H100/H200); this GPU is not one (unset it or use sm80)"
         ),
         Some(path) => Ok(path),
-        None => Ok(if hopper {
-            FlashPath::Sm90
-        } else {
-            FlashPath::Sm80
-        }),
+        None => Ok(
+            if hopper && super::flash_path_check::sm90_agrees(&dev, q.dim(2)?) {
+                FlashPath::Sm90
+            } else {
+                FlashPath::Sm80
+            },
+        ),
     }
 }
 

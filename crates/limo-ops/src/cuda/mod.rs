@@ -82,6 +82,7 @@ impl CudaFunc {
 pub mod flash_attention;
 pub mod flash_attention_bwd_sm90;
 pub mod flash_attention_sm90;
+pub mod flash_path_check;
 pub mod pool;
 
 /// The three builds of one kernel file (the name `Ptx` predates the cubin).
