@@ -55,6 +55,25 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok(diff / norm.max(f64::MIN_POSITIVE))
 }
 
+/// The first `(name, got, want)` whose [`rel_l2`] is above `tolerance` or not finite, as
+/// `"name: relative L2 x"`; `None` when every output agrees. Compared on the CPU (f64), so the
+/// tensors may live on any device.
+pub fn first_disagreement(
+    outputs: &[(&str, Tensor, Tensor)],
+    tolerance: f64,
+) -> Result<Option<String>> {
+    for (name, got, want) in outputs {
+        let err = rel_l2(
+            &got.to_device(&Device::Cpu)?,
+            &want.to_device(&Device::Cpu)?,
+        )?;
+        if !err.is_finite() || err > tolerance {
+            return Ok(Some(format!("{name}: relative L2 {err:.2e}")));
+        }
+    }
+    Ok(None)
+}
+
 pub use adamw::{
     adamw_update, adamw_update_host, adamw_update_state, clip_coefficient, sum_of_squares,
     sum_of_squares_tensor, AdamWStep, Clip,
@@ -78,4 +97,26 @@ pub fn compute_dtype(dtype: DType) -> DType {
 /// `t` in its compute dtype (a no-op for f32 and f64).
 pub(crate) fn upcast(t: &Tensor) -> Result<Tensor> {
     t.to_dtype(compute_dtype(t.dtype()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_disagreement_names_the_output_off_or_not_finite() {
+        let want = Tensor::new(&[1f32, 2., 3., 4.], &Device::Cpu).unwrap();
+        let close = (&want + 1e-3).unwrap();
+        let far = (&want * 2.0).unwrap();
+        let nan = Tensor::new(&[1f32, f32::NAN, 3., 4.], &Device::Cpu).unwrap();
+        let agree = [("a", close.clone(), want.clone())];
+        assert_eq!(first_disagreement(&agree, 2e-2).unwrap(), None);
+        let off = [("a", close, want.clone()), ("b", far, want.clone())];
+        let what = first_disagreement(&off, 2e-2).unwrap().unwrap();
+        assert!(what.starts_with("b: relative L2 1.00e0"), "{what}");
+        let what = first_disagreement(&[("c", nan, want)], 2e-2)
+            .unwrap()
+            .unwrap();
+        assert!(what.starts_with("c: "), "{what}");
+    }
 }
