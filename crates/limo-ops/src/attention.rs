@@ -73,19 +73,9 @@ pub fn attention_backward(
     // LIMO_FLASH_DETERMINISTIC=1 takes the bit-reproducible dQ kernel (docs/CUDA.md).
     #[cfg(feature = "cuda")]
     if crate::cuda::flash_attention::dispatches(q, k, v) {
-        let deterministic = crate::cuda::flash_attention::deterministic_requested();
-        return crate::cuda::flash_attention::flash_attention_backward(
-            d_out,
-            q,
-            k,
-            v,
-            out,
-            lse,
-            cu_seqlens,
-            scale,
-            deterministic,
-            None,
-        );
+        use crate::cuda::flash_attention::{deterministic_requested, flash_attention_backward};
+        let (cu, det) = (cu_seqlens, deterministic_requested());
+        return flash_attention_backward(d_out, q, k, v, out, lse, cu, scale, det, None);
     }
     check_seqlens(q, cu_seqlens)?;
     let kv_heads = k.dim(1)?;

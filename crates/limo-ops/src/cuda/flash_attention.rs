@@ -589,18 +589,24 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
     let dkdv_smem = dkdv_smem_bytes(d.head_dim);
     let kv_cfg = |count| config(count, d.kv_heads, THREADS_8W, dkdv_smem);
     let suffix = format!("{}_hd{}", T::SUFFIX, d.head_dim);
+    // The six inputs every sm80 backward kernel takes first.
+    macro_rules! inputs {
+        ($b:ident) => {
+            $b.arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(&dov)
+                .arg(&lsev)
+                .arg(&delta)
+        };
+    }
 
     let dq = if a.deterministic {
         let (kv_tiles, kv_count) = kv_table()?;
         let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_{suffix}"))?;
         allow_smem(&f, dkdv_smem)?;
         let mut b = f.builder();
-        b.arg(&qv)
-            .arg(&kv)
-            .arg(&vv)
-            .arg(&dov)
-            .arg(&lsev)
-            .arg(&delta);
+        inputs!(b);
         b.arg(&mut dk).arg(&mut dv).arg(&kv_tiles);
         b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
         unsafe { b.launch(kv_cfg(kv_count)) }.map_err(wrap)?;
@@ -613,12 +619,7 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
         let f = load(&dev, &PTX, &format!("flash_bwd_dq_{suffix}"))?;
         allow_smem(&f, smem)?;
         let mut b = f.builder();
-        b.arg(&qv)
-            .arg(&kv)
-            .arg(&vv)
-            .arg(&dov)
-            .arg(&lsev)
-            .arg(&delta);
+        inputs!(b);
         b.arg(&mut dq).arg(&q_tiles);
         b.arg(&n).arg(&hq).arg(&hkv).arg(&scale);
         unsafe { b.launch(config(q_count, d.q_heads, THREADS_4W, smem)) }.map_err(wrap)?;
@@ -645,12 +646,7 @@ fn backward<T: KernelType>(a: &BwdArgs) -> Result<AttentionGrads> {
             let f = load(&dev, &PTX, &format!("flash_bwd_dkdv_atomic_{suffix}"))?;
             allow_smem(&f, dkdv_smem)?;
             let mut b = f.builder();
-            b.arg(&qv)
-                .arg(&kv)
-                .arg(&vv)
-                .arg(&dov)
-                .arg(&lsev)
-                .arg(&delta);
+            inputs!(b);
             b.arg(&mut dk)
                 .arg(&mut dv)
                 .arg(&mut dq_accum)

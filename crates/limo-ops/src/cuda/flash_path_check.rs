@@ -61,22 +61,12 @@ fn compare(dev: &CudaDevice, head_dim: usize) -> Result<Option<String>> {
     );
     let scale = 1.0 / (head_dim as f64).sqrt();
     let run = |path: FlashPath| -> Result<Vec<(&'static str, Tensor)>> {
-        let (out, lse) = flash_attention_forward_on(&q, &k, &v, &cu, scale, path)?;
-        let g = flash_attention_backward(
-            &d_out,
-            &q,
-            &k,
-            &v,
-            &out,
-            &lse,
-            &cu,
-            scale,
-            false,
-            Some(path),
-        )?;
+        let (o, l) = flash_attention_forward_on(&q, &k, &v, &cu, scale, path)?;
+        let g =
+            flash_attention_backward(&d_out, &q, &k, &v, &o, &l, &cu, scale, false, Some(path))?;
         Ok(vec![
-            ("out", out),
-            ("lse", lse),
+            ("out", o),
+            ("lse", l),
             ("dq", g.dq),
             ("dk", g.dk),
             ("dv", g.dv),
