@@ -66,3 +66,71 @@ inline std::vector<float> emu_rnd_bf16(size_t n, std::mt19937& gen, float scale)
     for (auto& x : v) x = float(__float2bfloat16_rn(dist(gen)));
     return v;
 }
+
+// The float64 attention every flash emulation test compares against: per document (`cu`),
+// causal, query head h reading kv head h / (hq / hkv). P = softmax(scale q k^T), O = P V,
+// lse = log-sum-exp of the scaled scores; with `dout` (empty: forward only) also delta =
+// rowsum(dO * O), dS = P (dO V^T - delta), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO.
+struct EmuAttention {
+    std::vector<double> out, lse, delta, dq, dk, dv;
+};
+
+inline EmuAttention emu_attention_reference(const std::vector<int>& cu, int hq, int hkv, int d,
+                                            const std::vector<float>& q,
+                                            const std::vector<float>& k,
+                                            const std::vector<float>& v,
+                                            const std::vector<float>& dout, double scale) {
+    const int n = cu.back(), group = hq / hkv;
+    const bool backward = !dout.empty();
+    EmuAttention r;
+    r.out.assign(size_t(n) * hq * d, 0);
+    r.lse.assign(size_t(hq) * n, 0);
+    r.delta.assign(size_t(hq) * n, 0);
+    r.dq.assign(backward ? size_t(n) * hq * d : 0, 0);
+    r.dk.assign(backward ? size_t(n) * hkv * d : 0, 0);
+    r.dv.assign(backward ? size_t(n) * hkv * d : 0, 0);
+    auto Q = [&](int i, int h, int x) { return double(q[(size_t(i) * hq + h) * d + x]); };
+    auto K = [&](int j, int h, int x) { return double(k[(size_t(j) * hkv + h) * d + x]); };
+    auto V = [&](int j, int h, int x) { return double(v[(size_t(j) * hkv + h) * d + x]); };
+    auto DO = [&](int i, int h, int x) { return double(dout[(size_t(i) * hq + h) * d + x]); };
+    for (size_t doc = 0; doc + 1 < cu.size(); ++doc) {
+        const int s = cu[doc], e = cu[doc + 1];
+        for (int h = 0; h < hq; ++h) {
+            const int kh = h / group;
+            for (int i = s; i < e; ++i) {
+                std::vector<double> p(i - s + 1);
+                double mx = -INFINITY;
+                for (int j = s; j <= i; ++j) {
+                    double dot = 0;
+                    for (int x = 0; x < d; ++x) dot += Q(i, h, x) * K(j, kh, x);
+                    p[j - s] = dot * scale;
+                    mx = std::max(mx, p[j - s]);
+                }
+                double sum = 0;
+                for (auto& x : p) sum += std::exp(x - mx);
+                const double lse = mx + std::log(sum);
+                r.lse[size_t(h) * n + i] = lse;
+                for (auto& x : p) x = std::exp(x - lse);
+                std::vector<double> o(d, 0);
+                for (int j = s; j <= i; ++j)
+                    for (int x = 0; x < d; ++x) o[x] += p[j - s] * V(j, kh, x);
+                for (int x = 0; x < d; ++x) r.out[(size_t(i) * hq + h) * d + x] = o[x];
+                if (!backward) continue;
+                double delta = 0;
+                for (int x = 0; x < d; ++x) delta += DO(i, h, x) * o[x];
+                r.delta[size_t(h) * n + i] = delta;
+                for (int j = s; j <= i; ++j) {
+                    double dp = 0;
+                    for (int x = 0; x < d; ++x) dp += DO(i, h, x) * V(j, kh, x);
+                    const double ds = p[j - s] * (dp - delta);
+                    for (int x = 0; x < d; ++x) {
+                        r.dv[(size_t(j) * hkv + kh) * d + x] += p[j - s] * DO(i, h, x);
+                        r.dq[(size_t(i) * hq + h) * d + x] += scale * ds * K(j, kh, x);
+                        r.dk[(size_t(j) * hkv + kh) * d + x] += scale * ds * Q(i, h, x);
+                    }
+                }
+            }
+        }
+    }
+    return r;
+}

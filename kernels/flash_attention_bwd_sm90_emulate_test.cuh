@@ -78,63 +78,10 @@ struct Case {
     int hq, hkv, d;
 };
 
-struct Ref {
-    std::vector<double> dq, dk, dv, lse, delta;
-};
-
-// float64 backward: P = softmax(scale q k^T) (causal, per document), O = P V, delta = rowsum
-// (dO * O), dS = P (dO V^T - delta), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO.
-Ref reference(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
-              const std::vector<float>& v, const std::vector<float>& dout, double scale) {
-    const int n = c.cu.back(), hq = c.hq, hkv = c.hkv, d = c.d, group = hq / hkv;
-    Ref r;
-    r.dq.assign(size_t(n) * hq * d, 0);
-    r.dk.assign(size_t(n) * hkv * d, 0);
-    r.dv.assign(size_t(n) * hkv * d, 0);
-    r.lse.assign(size_t(hq) * n, 0);
-    r.delta.assign(size_t(hq) * n, 0);
-    auto Q = [&](int i, int h) { return &q[(size_t(i) * hq + h) * d]; };
-    auto DO = [&](int i, int h) { return &dout[(size_t(i) * hq + h) * d]; };
-    auto K = [&](int j, int h) { return &k[(size_t(j) * hkv + h) * d]; };
-    auto V = [&](int j, int h) { return &v[(size_t(j) * hkv + h) * d]; };
-    for (size_t doc = 0; doc + 1 < c.cu.size(); ++doc) {
-        const int s = c.cu[doc], e = c.cu[doc + 1];
-        for (int h = 0; h < hq; ++h) {
-            const int kh = h / group;
-            for (int i = s; i < e; ++i) {
-                std::vector<double> p(i - s + 1), o(d, 0.0);
-                double mx = -INFINITY;
-                for (int j = s; j <= i; ++j) {
-                    double dot = 0;
-                    for (int x = 0; x < d; ++x) dot += double(Q(i, h)[x]) * K(j, kh)[x];
-                    p[j - s] = dot * scale;
-                    mx = std::max(mx, p[j - s]);
-                }
-                double sum = 0;
-                for (auto& x : p) sum += std::exp(x - mx);
-                const double l = mx + std::log(sum);
-                for (int j = s; j <= i; ++j) {
-                    p[j - s] = std::exp(p[j - s] - l);
-                    for (int x = 0; x < d; ++x) o[x] += p[j - s] * V(j, kh)[x];
-                }
-                double dl = 0;
-                for (int x = 0; x < d; ++x) dl += double(DO(i, h)[x]) * o[x];
-                r.lse[size_t(h) * n + i] = l;
-                r.delta[size_t(h) * n + i] = dl;
-                for (int j = s; j <= i; ++j) {
-                    double dp = 0;
-                    for (int x = 0; x < d; ++x) dp += double(DO(i, h)[x]) * V(j, kh)[x];
-                    const double pj = p[j - s], ds = pj * (dp - dl);
-                    for (int x = 0; x < d; ++x) {
-                        r.dq[(size_t(i) * hq + h) * d + x] += scale * ds * K(j, kh)[x];
-                        r.dk[(size_t(j) * hkv + kh) * d + x] += scale * ds * Q(i, h)[x];
-                        r.dv[(size_t(j) * hkv + kh) * d + x] += pj * DO(i, h)[x];
-                    }
-                }
-            }
-        }
-    }
-    return r;
+// The float64 backward (emulate_check.cuh): lse and delta from the exact O go to the kernel.
+EmuAttention reference(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
+                       const std::vector<float>& v, const std::vector<float>& dout, double scale) {
+    return emu_attention_reference(c.cu, c.hq, c.hkv, c.d, q, k, v, dout, scale);
 }
 
 bool run_case(const Case& c, uint64_t seed) {
@@ -143,7 +90,7 @@ bool run_case(const Case& c, uint64_t seed) {
     std::mt19937 gen(seed);
     auto qf = emu_rnd_bf16(size_t(n) * hq * d, gen, 1.f), kf = emu_rnd_bf16(size_t(n) * hkv * d, gen, 1.f);
     auto vf = emu_rnd_bf16(size_t(n) * hkv * d, gen, 1.f), dof = emu_rnd_bf16(size_t(n) * hq * d, gen, 1.f);
-    const Ref ref = reference(c, qf, kf, vf, dof, scale);
+    const EmuAttention ref = reference(c, qf, kf, vf, dof, scale);
     const auto q = to_t<__nv_bfloat16>(qf), k = to_t<__nv_bfloat16>(kf);
     const auto v = to_t<__nv_bfloat16>(vf), dout = to_t<__nv_bfloat16>(dof);
     std::vector<float> lse(ref.lse.begin(), ref.lse.end()), delta(ref.delta.begin(), ref.delta.end());

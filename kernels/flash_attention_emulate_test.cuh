@@ -36,61 +36,10 @@ std::vector<float> rnd(size_t n, std::mt19937& gen, float scale) {
     return v;
 }
 
-struct Grads {
-    std::vector<double> out, lse, dq, dk, dv;
-};
-
-Grads reference(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
-                const std::vector<float>& v, const std::vector<float>& dout, double scale) {
-    const int n = c.cu.back(), hq = c.hq, hkv = c.hkv, d = c.d, group = hq / hkv;
-    Grads r;
-    r.out.assign(size_t(n) * hq * d, 0);
-    r.lse.assign(size_t(hq) * n, 0);
-    r.dq.assign(size_t(n) * hq * d, 0);
-    r.dk.assign(size_t(n) * hkv * d, 0);
-    r.dv.assign(size_t(n) * hkv * d, 0);
-    auto Q = [&](int i, int h, int x) { return double(q[(size_t(i) * hq + h) * d + x]); };
-    auto K = [&](int j, int h, int x) { return double(k[(size_t(j) * hkv + h) * d + x]); };
-    auto V = [&](int j, int h, int x) { return double(v[(size_t(j) * hkv + h) * d + x]); };
-    auto DO = [&](int i, int h, int x) { return double(dout[(size_t(i) * hq + h) * d + x]); };
-    for (size_t doc = 0; doc + 1 < c.cu.size(); ++doc) {
-        const int s = c.cu[doc], e = c.cu[doc + 1];
-        for (int h = 0; h < hq; ++h) {
-            const int kh = h / group;
-            for (int i = s; i < e; ++i) {
-                std::vector<double> p(i - s + 1);
-                double mx = -INFINITY;
-                for (int j = s; j <= i; ++j) {
-                    double dot = 0;
-                    for (int x = 0; x < d; ++x) dot += Q(i, h, x) * K(j, kh, x);
-                    p[j - s] = dot * scale;
-                    mx = std::max(mx, p[j - s]);
-                }
-                double sum = 0;
-                for (auto& x : p) sum += std::exp(x - mx);
-                const double lse = mx + std::log(sum);
-                r.lse[size_t(h) * n + i] = lse;
-                for (auto& x : p) x = std::exp(x - lse);
-                std::vector<double> o(d, 0);
-                for (int j = s; j <= i; ++j)
-                    for (int x = 0; x < d; ++x) o[x] += p[j - s] * V(j, kh, x);
-                for (int x = 0; x < d; ++x) r.out[(size_t(i) * hq + h) * d + x] = o[x];
-                double delta = 0;
-                for (int x = 0; x < d; ++x) delta += DO(i, h, x) * o[x];
-                for (int j = s; j <= i; ++j) {
-                    double dp = 0;
-                    for (int x = 0; x < d; ++x) dp += DO(i, h, x) * V(j, kh, x);
-                    const double ds = p[j - s] * (dp - delta);
-                    for (int x = 0; x < d; ++x) {
-                        r.dv[(size_t(j) * hkv + kh) * d + x] += p[j - s] * DO(i, h, x);
-                        r.dq[(size_t(i) * hq + h) * d + x] += scale * ds * K(j, kh, x);
-                        r.dk[(size_t(j) * hkv + kh) * d + x] += scale * ds * Q(i, h, x);
-                    }
-                }
-            }
-        }
-    }
-    return r;
+// The float64 forward and backward (emulate_check.cuh).
+EmuAttention reference(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
+                       const std::vector<float>& v, const std::vector<float>& dout, double scale) {
+    return emu_attention_reference(c.cu, c.hq, c.hkv, c.d, q, k, v, dout, scale);
 }
 
 template <typename T>
@@ -109,7 +58,7 @@ bool run_case(const Case& c, const char* tname, uint64_t seed) {
     std::mt19937 gen(seed);
     auto qf = rnd(size_t(n) * hq * d, gen, 1.f), kf = rnd(size_t(n) * hkv * d, gen, 1.f);
     auto vf = rnd(size_t(n) * hkv * d, gen, 1.f), dof = rnd(size_t(n) * hq * d, gen, 1.f);
-    const Grads ref = reference(c, qf, kf, vf, dof, scale);
+    const EmuAttention ref = reference(c, qf, kf, vf, dof, scale);
     auto q = to_t<T>(qf), k = to_t<T>(kf), v = to_t<T>(vf), dout = to_t<T>(dof);
     std::vector<T> out(q.size());
     std::vector<float> lse(size_t(hq) * n, NAN), delta(size_t(hq) * n, NAN);

@@ -162,35 +162,9 @@ struct Case {
 void reference(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
                const std::vector<float>& v, double scale, std::vector<double>& out,
                std::vector<double>& lse) {
-    const int n = c.cu.back(), hq = c.hq, hkv = c.hkv, d = c.d, group = hq / hkv;
-    out.assign(size_t(n) * hq * d, 0);
-    lse.assign(size_t(hq) * n, 0);
-    for (size_t doc = 0; doc + 1 < c.cu.size(); ++doc) {
-        const int s = c.cu[doc], e = c.cu[doc + 1];
-        for (int h = 0; h < hq; ++h) {
-            const int kh = h / group;
-            for (int i = s; i < e; ++i) {
-                std::vector<double> p(i - s + 1);
-                double mx = -INFINITY;
-                for (int j = s; j <= i; ++j) {
-                    double dot = 0;
-                    for (int x = 0; x < d; ++x)
-                        dot += double(q[(size_t(i) * hq + h) * d + x]) * k[(size_t(j) * hkv + kh) * d + x];
-                    p[j - s] = dot * scale;
-                    mx = std::max(mx, p[j - s]);
-                }
-                double sum = 0;
-                for (auto& x : p) sum += std::exp(x - mx);
-                const double l = mx + std::log(sum);
-                lse[size_t(h) * n + i] = l;
-                for (int j = s; j <= i; ++j) {
-                    const double pj = std::exp(p[j - s] - l);
-                    for (int x = 0; x < d; ++x)
-                        out[(size_t(i) * hq + h) * d + x] += pj * v[(size_t(j) * hkv + kh) * d + x];
-                }
-            }
-        }
-    }
+    EmuAttention r = emu_attention_reference(c.cu, c.hq, c.hkv, c.d, q, k, v, {}, scale);
+    out = std::move(r.out);
+    lse = std::move(r.lse);
 }
 
 
