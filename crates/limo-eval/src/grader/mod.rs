@@ -36,9 +36,11 @@ const ABS_TOL_AT_ZERO: f64 = 1e-8;
 
 mod expr;
 mod normalize;
+mod units;
 use expr::*;
 pub use normalize::normalize;
 use normalize::*;
+use units::*;
 
 // ------------------------------------------------------------------------------------------
 // Extraction

@@ -1,5 +1,6 @@
 //! Normalization of an answer before comparison, LIMO's rules (and Qwen2.5-Math's before it):
-//! LaTeX wrappers and spacing out, commands renamed, fractions and roots braced, units, ordinals,
+//! LaTeX wrappers and spacing out, commands renamed, fractions and roots braced, units and ordinals
+//! (units.rs),
 //! thousands separators and a leading `x =` removed, decimals canonical.
 
 use super::*;
@@ -105,6 +106,43 @@ pub(super) fn command_at(s: &str, i: usize) -> (&str, usize) {
     (&s[i + 1..j], j)
 }
 
+/// `s` rewritten left to right: at each byte `i`, `step(i, out)` either writes what replaces the
+/// text starting there and returns the byte after it (always past `i`), or returns `None` and the
+/// character at `i` is copied. Every scanner below is one such step.
+pub(super) fn rewrite(
+    s: &str,
+    mut step: impl FnMut(usize, &mut String) -> Option<usize>,
+) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match step(i, &mut out) {
+            Some(next) => {
+                debug_assert!(next > i, "a rewrite step must consume text");
+                i = next;
+            }
+            None => {
+                let c = s[i..].chars().next().unwrap_or(' ');
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    out
+}
+
+/// The `\` at byte `i` and the character after it (if any), copied; the byte after them.
+pub(super) fn escape_at(s: &str, i: usize, out: &mut String) -> usize {
+    out.push('\\');
+    match s[i + 1..].chars().next() {
+        Some(n) => {
+            out.push(n);
+            i + 1 + n.len_utf8()
+        }
+        None => i + 1,
+    }
+}
+
 /// `\text{X}`, `\mbox{X}`, `\mathrm{X}`, ... -> `X` (also nested).
 pub(super) fn unwrap_macros(s: &str) -> String {
     const NAMES: [&str; 16] = [
@@ -171,105 +209,64 @@ pub(super) fn unwrap_macros(s: &str) -> String {
 /// Spacing macros and `~` -> space; `\left`, `\right`, `\big`..., `\displaystyle` dropped;
 /// `\{` `\}` `\%` `\(` `\)` `\[` `\]` `\$` resolved; `\\` kept.
 pub(super) fn simplify_escapes(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let c = s[i..].chars().next().unwrap_or(' ');
-        if c == '~' {
+    rewrite(s, |i, out| {
+        if s[i..].starts_with('~') {
             out.push(' ');
-            i += 1;
-            continue;
+            return Some(i + 1);
         }
-        if c != '\\' {
-            out.push(c);
-            i += c.len_utf8();
-            continue;
+        if !s[i..].starts_with('\\') {
+            return None;
         }
-        let next = s[i + 1..].chars().next();
-        match next {
-            None => {
-                i += 1;
-            }
-            Some('\\') => {
+        let Some(next) = s[i + 1..].chars().next() else {
+            return Some(i + 1); // a trailing `\` goes
+        };
+        Some(match next {
+            '\\' => {
                 out.push_str("\\\\");
-                i += 2;
+                i + 2
             }
-            Some('!' | ',' | ';' | ':' | ' ' | '>') => {
+            '!' | ',' | ';' | ':' | ' ' | '>' => {
                 out.push(' ');
-                i += 2;
+                i + 2
             }
-            Some('{') => {
-                out.push('{');
-                i += 2;
+            '{' | '}' | '%' => {
+                out.push(next);
+                i + 2
             }
-            Some('}') => {
-                out.push('}');
-                i += 2;
-            }
-            Some('%') => {
-                out.push('%');
-                i += 2;
-            }
-            Some('(' | ')' | '[' | ']' | '$') => {
-                i += 2;
-            }
-            Some(n) if n.is_ascii_alphabetic() => {
+            '(' | ')' | '[' | ']' | '$' => i + 2,
+            n if n.is_ascii_alphabetic() => {
                 let (name, end) = command_at(s, i);
                 match name {
                     "left" | "right" | "bigl" | "bigr" | "Bigl" | "Bigr" | "biggl" | "biggr"
                     | "Biggl" | "Biggr" | "big" | "Big" | "bigg" | "Bigg" => {
-                        i = end;
-                        if s[i..].starts_with('.') {
-                            i += 1;
-                        }
+                        end + usize::from(s[end..].starts_with('.'))
                     }
                     "displaystyle" | "textstyle" | "scriptstyle" | "limits" | "nolimits"
-                    | "hline" => {
+                    | "hline" | "quad" | "qquad" | "enspace" | "thinspace" => {
                         out.push(' ');
-                        i = end;
-                    }
-                    "quad" | "qquad" | "enspace" | "thinspace" => {
-                        out.push(' ');
-                        i = end;
+                        end
                     }
                     _ => {
                         out.push_str(&s[i..end]);
-                        i = end;
+                        end
                     }
                 }
             }
-            Some(n) => {
-                out.push('\\');
-                out.push(n);
-                i += 1 + n.len_utf8();
-            }
-        }
-    }
-    out
+            _ => escape_at(s, i, out),
+        })
+    })
 }
 
 /// Command renames: `\dfrac` -> `\frac`, `\leq` -> `\le`, `\cdot` -> `*`, ...
 pub(super) fn map_commands(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let c = s[i..].chars().next().unwrap_or(' ');
-        if c != '\\' {
-            out.push(c);
-            i += c.len_utf8();
-            continue;
+    rewrite(s, |i, out| {
+        if !s[i..].starts_with('\\') {
+            return None;
         }
         let (name, end) = command_at(s, i);
         if name.is_empty() {
             // `\\` or `\<symbol>`: copy both characters
-            out.push('\\');
-            if let Some(n) = s[i + 1..].chars().next() {
-                out.push(n);
-                i += 1 + n.len_utf8();
-            } else {
-                i += 1;
-            }
-            continue;
+            return Some(escape_at(s, i, out));
         }
         let repl: Option<&str> = match name {
             "dfrac" | "tfrac" | "cfrac" => Some("\\frac"),
@@ -293,16 +290,10 @@ pub(super) fn map_commands(s: &str) -> String {
             "dots" | "ldots" | "cdots" => Some("\\dots"),
             _ => None,
         };
-        match repl {
-            Some(r) => {
-                out.push_str(r);
-                // `\cdot2` must not glue: a replacement by a symbol ends the command
-            }
-            None => out.push_str(&s[i..end]),
-        }
-        i = end;
-    }
-    out
+        // `\cdot2` must not glue: a replacement by a symbol ends the command
+        out.push_str(repl.unwrap_or(&s[i..end]));
+        Some(end)
+    })
 }
 
 /// `\begin{array}{cc}` -> `\begin{pmatrix}`, `\end{array}` -> `\end{pmatrix}`.
@@ -331,27 +322,9 @@ pub(super) fn is_word_boundary(c: Option<char>) -> bool {
 
 /// 或 / 和 / 及 / 以及 and the words "and", "or" -> `,` (multiple answers).
 pub(super) fn conjunctions_to_commas(s: &str) -> String {
-    let mut t = s.replace("以及", ",").replace(['或', '和', '及'], ",");
-    for word in ["and", "or"] {
-        let mut out = String::with_capacity(t.len());
-        let mut i = 0;
-        while i < t.len() {
-            if t[i..].starts_with(word) {
-                let before = t[..i].chars().next_back();
-                let after = t[i + word.len()..].chars().next();
-                if is_word_boundary(before) && is_word_boundary(after) && before != Some('\\') {
-                    out.push(',');
-                    i += word.len();
-                    continue;
-                }
-            }
-            let c = t[i..].chars().next().unwrap_or(' ');
-            out.push(c);
-            i += c.len_utf8();
-        }
-        t = out;
-    }
-    t
+    let t = s.replace("以及", ",").replace(['或', '和', '及'], ",");
+    // a word boundary is never `\`: `\and` stays
+    replace_word(&replace_word(&t, "and", ","), "or", ",")
 }
 
 /// A macro argument at byte `i` (spaces skipped): a brace group's content, a `\command`, or one
@@ -387,29 +360,25 @@ pub(super) fn fix_frac_sqrt_at(s: &str, depth: usize) -> String {
     if depth > 32 {
         return s.to_string();
     }
-    let mut out = String::with_capacity(s.len() + 8);
-    let mut i = 0;
-    while i < s.len() {
-        let c = s[i..].chars().next().unwrap_or(' ');
-        if c != '\\' {
-            out.push(c);
-            i += c.len_utf8();
-            continue;
+    rewrite(s, |i, out| {
+        if !s[i..].starts_with('\\') {
+            return None;
         }
         let (name, end) = command_at(s, i);
-        match name {
+        Some(match name {
             "frac" | "binom" => {
-                if let Some((a, e1)) = macro_arg(s, end, depth) {
-                    if let Some((b, e2)) = macro_arg(s, e1, depth) {
-                        out.push('\\');
-                        out.push_str(name);
-                        out.push_str(&format!("{{{a}}}{{{b}}}"));
-                        i = e2;
-                        continue;
+                let args = macro_arg(s, end, depth)
+                    .and_then(|(a, e1)| macro_arg(s, e1, depth).map(|(b, e2)| (a, b, e2)));
+                match args {
+                    Some((a, b, e2)) => {
+                        out.push_str(&format!("\\{name}{{{a}}}{{{b}}}"));
+                        e2
+                    }
+                    None => {
+                        out.push_str(&s[i..end]);
+                        end
                     }
                 }
-                out.push_str(&s[i..end]);
-                i = end;
             }
             "sqrt" => {
                 let mut j = end;
@@ -422,279 +391,21 @@ pub(super) fn fix_frac_sqrt_at(s: &str, depth: usize) -> String {
                         j += t.len() - trimmed.len() + close + 1;
                     }
                 }
-                if let Some((a, e)) = macro_arg(s, j, depth) {
-                    out.push_str(&format!("{{{a}}}"));
-                    i = e;
-                } else {
-                    i = j;
+                match macro_arg(s, j, depth) {
+                    Some((a, e)) => {
+                        out.push_str(&format!("{{{a}}}"));
+                        e
+                    }
+                    None => j,
                 }
             }
-            "" => {
-                out.push('\\');
-                if let Some(n) = s[i + 1..].chars().next() {
-                    out.push(n);
-                    i += 1 + n.len_utf8();
-                } else {
-                    i += 1;
-                }
-            }
+            "" => escape_at(s, i, out),
             _ => {
                 out.push_str(&s[i..end]);
-                i = end;
+                end
             }
-        }
-    }
-    out
-}
-
-/// Unit words removed when they follow a number (or a closing `}` / `)`), with an optional
-/// `^2` / `^3`. Longest first so that "平方米" goes before "米".
-pub(super) const UNITS: &[&str] = &[
-    "centimeters",
-    "centimetres",
-    "millimeters",
-    "kilometers",
-    "kilometres",
-    "kilograms",
-    "centimeter",
-    "millimeter",
-    "kilometer",
-    "kilogram",
-    "平方厘米",
-    "立方厘米",
-    "平方千米",
-    "千米/时",
-    "students",
-    "degrees",
-    "dollars",
-    "minutes",
-    "seconds",
-    "gallons",
-    "ounces",
-    "meters",
-    "metres",
-    "inches",
-    "pounds",
-    "liters",
-    "litres",
-    "people",
-    "points",
-    "square",
-    "cubic",
-    "degree",
-    "dollar",
-    "minute",
-    "second",
-    "gallon",
-    "ounce",
-    "meter",
-    "metre",
-    "grams",
-    "hours",
-    "miles",
-    "yards",
-    "units",
-    "cents",
-    "years",
-    "weeks",
-    "months",
-    "month",
-    "inch",
-    "feet",
-    "foot",
-    "yard",
-    "mile",
-    "hour",
-    "gram",
-    "unit",
-    "cent",
-    "year",
-    "week",
-    "days",
-    "ways",
-    "mins",
-    "secs",
-    "km/h",
-    "m/s",
-    "kmh",
-    "mph",
-    "day",
-    "way",
-    "min",
-    "sec",
-    "hrs",
-    "lbs",
-    "deg",
-    "cm",
-    "mm",
-    "km",
-    "kg",
-    "mg",
-    "ml",
-    "mL",
-    "ft",
-    "hr",
-    "lb",
-    "oz",
-    "sq",
-    "平方米",
-    "立方米",
-    "厘米",
-    "毫米",
-    "千米",
-    "公里",
-    "千克",
-    "公斤",
-    "小时",
-    "分钟",
-    "毫升",
-    "米",
-    "克",
-    "吨",
-    "升",
-    "元",
-    "个",
-    "人",
-    "天",
-    "秒",
-    "岁",
-    "度",
-    "块",
-    "页",
-    "本",
-    "只",
-    "条",
-    "次",
-    "种",
-    "份",
-    "辆",
-    "张",
-    "名",
-    "棵",
-    "根",
-    "支",
-    "朵",
-    "颗",
-    "位",
-];
-/// Single-letter units: only after a number and a space, at the very end.
-pub(super) const SHORT_UNITS: &[&str] = &["m", "g", "s", "h", "K", "L"];
-
-pub(super) fn remove_units(s: &str) -> String {
-    let mut cur = s.to_string();
-    // "percent" is a percent sign
-    cur = replace_word(&cur, "percent", "%");
-    for _ in 0..6 {
-        let before = cur.clone();
-        for unit in UNITS {
-            cur = remove_unit(&cur, unit, false);
-        }
-        for unit in SHORT_UNITS {
-            cur = remove_unit(&cur, unit, true);
-        }
-        cur = remove_ordinal(&cur);
-        if cur == before {
-            break;
-        }
-    }
-    cur
-}
-
-pub(super) fn replace_word(s: &str, word: &str, repl: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i..].starts_with(word)
-            && is_word_boundary(s[..i].chars().next_back())
-            && is_word_boundary(s[i + word.len()..].chars().next())
-        {
-            out.push_str(repl);
-            i += word.len();
-            continue;
-        }
-        let c = s[i..].chars().next().unwrap_or(' ');
-        out.push(c);
-        i += c.len_utf8();
-    }
-    out
-}
-
-/// The length of a power suffix (`^2`, `^{3}`) at the start of `s`, or 0.
-pub(super) fn power_suffix_len(s: &str) -> usize {
-    for p in ["^{2}", "^{3}", "^2", "^3"] {
-        if s.starts_with(p) {
-            return p.len();
-        }
-    }
-    0
-}
-
-pub(super) fn remove_unit(s: &str, unit: &str, short: bool) -> String {
-    let cjk = unit.chars().next().is_some_and(|c| !c.is_ascii());
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i..].starts_with(unit) {
-            let head = &s[..i];
-            let trimmed = head.trim_end_matches(' ');
-            let spaced = trimmed.len() != head.len();
-            let prev = trimmed.chars().next_back();
-            let number_before = prev.is_some_and(|c| c.is_ascii_digit() || c == '}' || c == ')');
-            let after_idx = i + unit.len();
-            let after = s[after_idx..].chars().next();
-            let ok_after = if cjk {
-                true
-            } else {
-                after.is_none_or(|c| !c.is_ascii_alphanumeric())
-            };
-            let prev_raw = head.chars().next_back();
-            let glued_to_letter = prev_raw.is_some_and(|c| c.is_ascii_alphabetic() || c == '\\');
-            let ok = if short {
-                spaced && number_before && {
-                    let p = power_suffix_len(&s[after_idx..]);
-                    s[after_idx + p..].trim().is_empty()
-                }
-            } else {
-                number_before && ok_after && !glued_to_letter
-            };
-            if ok {
-                // drop the spaces before the unit too
-                out.truncate(out.len() - (head.len() - trimmed.len()).min(out.len()));
-                i = after_idx + power_suffix_len(&s[after_idx..]);
-                continue;
-            }
-        }
-        let c = s[i..].chars().next().unwrap_or(' ');
-        out.push(c);
-        i += c.len_utf8();
-    }
-    out
-}
-
-/// `5th`, `2nd`, `4^{th}`, `4^{\text{th}}` -> the number.
-pub(super) fn remove_ordinal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let prev_digit = out.chars().next_back().is_some_and(|c| c.is_ascii_digit());
-        if prev_digit {
-            let mut matched = 0;
-            for suf in ["^{th}", "^{st}", "^{nd}", "^{rd}", "th", "st", "nd", "rd"] {
-                if s[i..].starts_with(suf) && is_word_boundary(s[i + suf.len()..].chars().next()) {
-                    matched = suf.len();
-                    break;
-                }
-            }
-            if matched > 0 {
-                i += matched;
-                continue;
-            }
-        }
-        let c = s[i..].chars().next().unwrap_or(' ');
-        out.push(c);
-        i += c.len_utf8();
-    }
-    out
+        })
+    })
 }
 
 /// `1,000` / `-12,345.5` (commas grouping digits in threes, no spaces) -> `1000`.
