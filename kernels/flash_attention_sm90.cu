@@ -37,6 +37,14 @@
 //     stage j, rescale O by the new running max. P alternates between two register buffers
 //     (the one P V(j) reads may not change before it retires), so the loop is unrolled by two;
 //     no wgmma is issued under a runtime condition (ptxas would serialise the pipeline).
+//     Ping-pong between the two consumers (FlashAttention-3's inter-warpgroup overlap): they
+//     take turns issuing their wgmmas, so one's softmax (MUFU exp2) runs while the other's
+//     GEMMs hold the tensor cores. A turn is one issue: S(0); then S(j+1) with P V(j); then
+//     the last P V. Named barrier 1 / 2 (256 threads) is "warpgroup 1's / 2's turn": a
+//     consumer bar.syncs on its own before its wgmma.fence and bar.arrives on the other's
+//     right after its commits. Warpgroup 2 arrives once at the start (warpgroup 1 goes first);
+//     both have the CTA's n_kv, so the turns alternate 1, 2, 1, ... to the end, and warpgroup
+//     1 takes warpgroup 2's last pass after its loop (no barrier left half-arrived).
 //     At the end O / l goes straight from registers to global memory (bf16x2 stores) and
 //     lse = (m + log2 l) ln 2.
 //
@@ -61,13 +69,13 @@
 // Sizes: hd128 32 KiB Q + 3 stages x 64 KiB = 224 KiB (+1 KiB alignment, +barriers: 230,456
 // bytes of sm_90's 232,448); hd64 113 KiB (115,768 bytes).
 //
-// Not (yet) done, relative to FlashAttention-3: ping-pong scheduling of the two consumer
-// warpgroups (named barriers), the output through shared memory and a TMA store, a persistent
-// tile scheduler, FP8, the backward.
+// Not (yet) done, relative to FlashAttention-3: the output through shared memory and a TMA
+// store, a persistent tile scheduler, FP8, the backward.
 //
 // Checked on the CPU without a GPU: flash_attention_sm90_emulate.cuh emulates wgmma (fragments,
 // descriptors, swizzle, asynchronous completion), mbarriers with phases and tx counts, TMA with
-// deferred completion and the swizzle, setmaxnreg; flash_attention_sm90_emulate_test.cuh checks
+// deferred completion and the swizzle, named barriers (bar.sync / bar.arrive, per-warp counts,
+// deadlock and unmatched-arrival checks), setmaxnreg; flash_attention_sm90_emulate_test.cuh checks
 // this kernel against float64 (scripts/test-flash-emulation.sh).
 
 #ifdef LIMO_FLASH_EMULATE
@@ -330,11 +338,21 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
     // softmax of tile j + 1 runs while the tensor cores do P V of tile j. Per iteration j:
     // issue S(j+1) and PV(j) (two commit groups), wait for S(j+1) only (wait_group 1), softmax
     // of j+1 into the other P buffer, wait for PV(j) (wait_group 0), release stage j, rescale O.
+    // Ping-pong (see the header): barrier wg is warpgroup wg's turn, 256 threads (its own 128
+    // bar.sync, the other's 128 bar.arrive). Ids 1 and 2 (0 is __syncthreads). The id is a
+    // register, as in FA3 (ptxas then reserves all 16 barriers; harmless at one CTA per SM):
+    // constant ids behind `if (wg == 1)` let ptxas hoist the bar.sync into the softmax.
+    auto take_turn = [&] { named_barrier<256>(wg); };
+    auto pass_turn = [&] { named_barrier_arrive<256>(3 - wg); };
+    if (wg == 2) pass_turn();  // warpgroup 1 goes first
+
     mbar_wait(q_full, 0);
     float alpha[2];
     wait_full(0);
+    take_turn();
     wgmma_fence();
     issue_s(0);
+    pass_turn();
     wgmma_wait<0>();
     fence_regs(s);
     softmax(0, pa0, alpha);  // O is zero: nothing to rescale
@@ -344,9 +362,11 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
     auto step = [&](int j, uint32_t (&cur)[kBlockN / 16][4], uint32_t (&nxt)[kBlockN / 16][4]) {
         wait_full(j + 1);  // before the fence: no branch between it and the wgmmas
         fence_regs(o);
+        take_turn();
         wgmma_fence();  // s, the P buffers and o were written since the last wgmma
         issue_s(j + 1);
         issue_pv(j, cur);
+        pass_turn();
         wgmma_wait<1>();  // S(j+1) retired; PV(j) may still run
         fence_regs(s);
         softmax(j + 1, nxt, alpha);
@@ -358,8 +378,10 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
     };
     auto last_step = [&](int j, uint32_t (&cur)[kBlockN / 16][4]) {
         fence_regs(o);
+        take_turn();
         wgmma_fence();
         issue_pv(j, cur);
+        pass_turn();
         wgmma_wait<0>();
         fence_regs(o);
         mbar_arrive(&kv_empty[j % kStages]);
@@ -376,6 +398,9 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
     } else {
         last_step(j, pa0);
     }
+    // Warpgroup 2's last pass: taken so that no barrier phase is left half-arrived (a branch
+    // only now that no wgmma is in flight).
+    if (wg == 1) take_turn();
 
     // Final: O / l, lse. l is per-thread partial: reduce over the quad.
     const long long qstride = (long long)q_heads * D;

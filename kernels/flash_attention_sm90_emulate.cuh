@@ -52,9 +52,10 @@
 // 128-byte aligned (1024 with the 128-byte swizzle, so the pattern starts where wgmma's does).
 // A TMA write over an operand of a wgmma not yet retired is flagged as a race.
 //
-// The backward (flash_attention_bwd_sm90.cu) adds: A from shared memory MN-major (imm-trans-a,
-// decoded with the MN-major layout above), named barriers (bar.sync id, count) and sm_90's
-// 2-wide fp32 atomicAdd.
+// Named barriers (bar.sync and bar.arrive id, count; the forward's ping-pong, the backward's dS
+// exchange), counted per warp as on the GPU (details at emu_named_barrier). The backward
+// (flash_attention_bwd_sm90.cu) adds: A from shared memory MN-major (imm-trans-a, decoded with
+// the MN-major layout above) and sm_90's 2-wide fp32 atomicAdd.
 //
 // setmaxnreg is a no-op; fences (fence.mbarrier_init, fence.proxy.async, wgmma.fence apart from
 // the check above) have no effect. Not emulated: clusters and multicast, TMA stores, im2col, other swizzles in
@@ -534,24 +535,103 @@ inline void emulated_wgmma_wait(int newer) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Named barriers (bar.sync id, count): the first arrival of a block at `id` fixes its thread
-// count; a later use of the same id with another count is an error (as on the GPU, where it is
-// undefined). Barrier 0 is __syncthreads.
+// Named barriers (bar.sync / bar.arrive id, count; barrier 0 is __syncthreads). As on the GPU,
+// count is in threads (a multiple of 32) and arrivals are counted per warp: a warp's k-th
+// operation on a barrier counts 32 once all 32 of its threads have made it (they must agree on
+// the count and on sync vs arrive: the instructions are .aligned). When `count` threads have
+// arrived the phase completes and the barrier restarts empty; bar.sync waits for the completion
+// of the phase its warp was counted in, bar.arrive does not wait. Errors: an id outside 1..15, a
+// bad count, the lanes of a warp disagreeing, two counts in one phase, a bar.sync that never
+// completes (30 s: deadlock), and, stricter than the GPU (where each is legal but here always a
+// bug): one id used with two counts in a block, a phase completed by bar.arrive alone (nobody
+// waited: a count too small), a block that ends with a phase begun but not completed (an
+// unmatched bar.arrive: the schedule is unbalanced).
 
+struct EmuNamedWarp {
+    uint64_t calls[32] = {};                             // operations made by each lane
+    std::map<uint64_t, std::pair<unsigned, bool>> ops;   // k -> (count, sync), not yet counted
+    std::vector<uint64_t> phase_of;                      // k -> the phase it was counted in
+};
+struct EmuNamedBar {
+    unsigned block_count = 0;         // the count of the block's first use
+    unsigned count = 0, arrived = 0;  // of the open phase
+    bool synced = false;              // a bar.sync counted in the open phase
+    uint64_t completed = 0;           // phases completed
+    std::map<unsigned, EmuNamedWarp> warps;
+};
 inline std::mutex emu90_named_mutex;
-inline std::map<unsigned, std::pair<unsigned, std::barrier<>*>> emu90_named;
+inline std::condition_variable emu90_named_cv;
+inline std::map<unsigned, EmuNamedBar> emu90_named;
 
-inline void emulated_named_barrier(unsigned id, unsigned count) {
-    if (id == 0 || id > 15 || count == 0 || count % 32) emu_fail("bar.sync: id 1..15, count a multiple of 32");
-    std::barrier<>* b;
-    {
-        std::lock_guard<std::mutex> lock(emu90_named_mutex);
-        auto it = emu90_named.find(id);
-        if (it == emu90_named.end()) it = emu90_named.emplace(id, std::make_pair(count, new std::barrier<>(count))).first;
-        if (it->second.first != count) emu_fail("bar.sync: one barrier id used with two thread counts");
-        b = it->second.second;
+inline void emu_named_barrier(unsigned id, unsigned count, bool sync) {
+    if (id == 0 || id > 15) emu_fail("bar.sync / bar.arrive: barrier id not in 1..15");
+    if (count == 0 || count % 32 || count > blockDim.x)
+        emu_fail("bar.sync / bar.arrive: count not a multiple of 32 in 32..blockDim");
+    std::unique_lock<std::mutex> lock(emu90_named_mutex);
+    EmuNamedBar& b = emu90_named[id];
+    EmuNamedWarp& w = b.warps[threadIdx.x / 32];
+    const unsigned lane = threadIdx.x % 32;
+    const uint64_t k = w.calls[lane]++;
+    auto it = w.ops.find(k);
+    if (it == w.ops.end()) w.ops.emplace(k, std::make_pair(count, sync));
+    else if (it->second != std::make_pair(count, sync))
+        emu_fail("bar.sync / bar.arrive: the lanes of a warp made different barrier operations");
+    // Count each operation all 32 lanes have made.
+    for (;;) {
+        const uint64_t next = w.phase_of.size();
+        bool all = true;
+        for (int l = 0; l < 32; ++l) all = all && w.calls[l] > next;
+        if (!all) break;
+        const auto [c, is_sync] = w.ops.at(next);
+        w.ops.erase(next);
+        if (b.arrived == 0) b.count = c;
+        else if (b.count != c)
+            emu_fail("bar.sync / bar.arrive: one barrier phase used with two thread counts");
+        if (b.block_count == 0) b.block_count = c;
+        else if (b.block_count != c)
+            emu_fail("bar.sync / bar.arrive: one barrier id used with two thread counts");
+        w.phase_of.push_back(b.completed);
+        b.arrived += 32;
+        b.synced = b.synced || is_sync;
+        if (b.arrived == b.count) {
+            if (!b.synced)
+                emu_fail("bar.arrive: a barrier phase completed without any bar.sync (count too small?)");
+            ++b.completed;
+            b.arrived = 0;
+            b.synced = false;
+            emu90_named_cv.notify_all();
+        }
     }
-    b->arrive_and_wait();
+    if (!sync) return;
+    const auto start = std::chrono::steady_clock::now();
+    while (!(k < w.phase_of.size() && b.completed > w.phase_of[k])) {
+        emu90_named_cv.wait_for(lock, std::chrono::milliseconds(20));
+        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(30))
+            emu_fail("bar.sync never completes (deadlock)");
+    }
+}
+inline void emulated_named_barrier(unsigned id, unsigned count) {
+    emu_named_barrier(id, count, true);
+}
+inline void emulated_named_barrier_arrive(unsigned id, unsigned count) {
+    emu_named_barrier(id, count, false);
+}
+
+// End of a block: every phase begun completed, every warp's lanes made the same operations.
+inline void emu_named_check_end(unsigned x, unsigned y) {
+    for (auto& [id, b] : emu90_named) {
+        if (b.arrived) {
+            std::fprintf(stderr, "emulation: block %u,%u, barrier %u: %u of %u threads arrived\n", x,
+                         y, id, b.arrived, b.count);
+            emu_fail("a named-barrier phase never completed (an unmatched bar.arrive / bar.sync)");
+        }
+        for (auto& [warp, w] : b.warps)
+            for (int l = 0; l < 32; ++l)
+                if (w.calls[l] != w.phase_of.size())
+                    emu_fail("bar.sync / bar.arrive: the lanes of a warp made different numbers of "
+                             "operations");
+    }
+    emu90_named.clear();
 }
 
 // sm_90's 2-wide fp32 atomic add (red.global.add.v2.f32 when the result is unused).
@@ -603,8 +683,7 @@ void emu90_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
             for (auto& th : pool) th.join();
             for (auto* b : warps) delete b;
             for (auto* b : wgs) delete b;
-            for (auto& nb : emu90_named) delete nb.second.second;
-            emu90_named.clear();
+            emu_named_check_end(x, y);
             if (!emu90_tma.empty()) emu_fail("the block ended with TMA copies never waited for");
             for (unsigned t = 0; t < threads; ++t)
                 if (!emu90_ops[t].empty()) emu_fail("the block ended with wgmmas never retired");

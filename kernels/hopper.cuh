@@ -1,7 +1,7 @@
 // PTX wrappers of the Hopper (sm_90a) kernels, flash_attention_sm90.cu and
-// flash_attention_bwd_sm90.cu: mbarriers, TMA, setmaxnreg, named barriers, proxy fences and
-// the wgmma fence / commit / wait and descriptor. Under LIMO_FLASH_EMULATE each calls the
-// emulation's emulated_* function (flash_attention_sm90_emulate.cuh, included first); the
+// flash_attention_bwd_sm90.cu: mbarriers, TMA, setmaxnreg, named barriers (sync, arrive), proxy
+// fences and the wgmma fence / commit / wait and descriptor. Under LIMO_FLASH_EMULATE each calls
+// the emulation's emulated_* function (flash_attention_sm90_emulate.cuh, included first); the
 // wgmma products themselves stay in each kernel file, one per shape it uses.
 #pragma once
 
@@ -129,6 +129,18 @@ __device__ __forceinline__ void named_barrier(int id) {
     emulated_named_barrier(id, COUNT);
 #else
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(COUNT) : "memory");
+#endif
+}
+
+// Arrival at barrier `id` without waiting (bar.arrive): counts toward COUNT like a bar.sync
+// of the same barrier, so one group can release another that bar.syncs on it (the forward's
+// ping-pong turns).
+template <int COUNT>
+__device__ __forceinline__ void named_barrier_arrive(int id) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_named_barrier_arrive(id, COUNT);
+#else
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(COUNT) : "memory");
 #endif
 }
 
