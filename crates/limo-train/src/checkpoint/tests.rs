@@ -1,0 +1,225 @@
+use std::time::Duration;
+
+use limo_dist::comm::{thread_group, ThreadComm};
+
+use super::*;
+
+/// One group "g" of 5 elements and one "h" of 2.
+fn manifest(step: usize, world: usize) -> Manifest {
+    Manifest {
+        format: FORMAT.into(),
+        step,
+        world_size: world,
+        config_hash: "h".into(),
+        data_order: serde_json::Value::Null,
+        params: vec![("a".into(), vec![5]), ("b".into(), vec![2])],
+        groups: vec![
+            GroupLayout {
+                name: "g".into(),
+                params: vec!["a".into()],
+                numel: 5,
+            },
+            GroupLayout {
+                name: "h".into(),
+                params: vec!["b".into()],
+                numel: 2,
+            },
+        ],
+        master_dtype: "f32".into(),
+        files: BTreeMap::new(),
+    }
+}
+
+/// Rank `rank`'s slices at `world` ranks of the layouts [v, v+1, .., v+4] and [v+10, v+11]
+/// (moments: the same plus 100 and 200), zero-padded.
+fn state(value: f32, world: usize, rank: usize) -> RankState {
+    let slice = |base: f32, numel: usize| {
+        let len = numel.div_ceil(world);
+        let v: Vec<f32> = (rank * len..(rank + 1) * len)
+            .map(|i| if i < numel { base + i as f32 } else { 0.0 })
+            .collect();
+        Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+    };
+    let list = |add: f32| vec![slice(value + add, 5), slice(value + 10.0 + add, 2)];
+    RankState {
+        master: list(0.0),
+        exp_avg: list(100.0),
+        exp_avg_sq: list(200.0),
+    }
+}
+
+fn save_at(ckpts: &Path, world: usize, step: usize, value: f32, keep: usize) {
+    on_ranks(
+        world,
+        move |c, dir| {
+            let s = state(value, c.world_size(), c.rank());
+            save(
+                c,
+                &Device::Cpu,
+                &dir,
+                manifest(step, c.world_size()),
+                &s,
+                &[],
+                keep,
+            )
+            .map(|_| ())
+        },
+        ckpts,
+    )
+    .into_iter()
+    .for_each(|r| r.unwrap());
+}
+
+fn on_ranks<T: Send + 'static>(
+    world: usize,
+    f: impl Fn(&ThreadComm, PathBuf) -> T + Send + Sync + 'static,
+    dir: &Path,
+) -> Vec<T> {
+    let f = std::sync::Arc::new(f);
+    let handles: Vec<_> = thread_group(world, Duration::from_secs(10))
+        .into_iter()
+        .map(|c| {
+            let (f, dir) = (f.clone(), dir.to_path_buf());
+            std::thread::spawn(move || f(&c, dir))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn values(flat: Flat) -> Vec<f32> {
+    match flat {
+        Flat::F32(v) => v,
+        Flat::F64(_) => panic!("f32 expected"),
+    }
+}
+
+#[test]
+fn a_write_interrupted_at_any_stage_leaves_latest_on_a_complete_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path();
+    save_at(ckpts, 1, 1, 1.0, 3);
+    // A crash while step 2 was being written: a half-written temporary directory and a
+    // temporary `latest` that was never renamed.
+    std::fs::create_dir_all(ckpts.join(".step-00000002.tmp")).unwrap();
+    std::fs::write(ckpts.join(".step-00000002.tmp").join(rank_file(0)), b"torn").unwrap();
+    std::fs::write(ckpts.join(".latest.tmp"), b"step-00000002").unwrap();
+    let latest = resolve(ckpts, "latest").unwrap();
+    assert!(latest.ends_with("step-00000001"));
+    let params = load_params(&latest, "master").unwrap();
+    assert_eq!(
+        params["a"].to_vec1::<f32>().unwrap(),
+        [1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+    assert_eq!(
+        list(ckpts).unwrap().len(),
+        1,
+        "temporary directories are not checkpoints"
+    );
+    // The resumed run writes step 2 again over the debris.
+    save_at(ckpts, 1, 2, 2.0, 3);
+    let latest = resolve(ckpts, "latest").unwrap();
+    assert!(latest.ends_with("step-00000002"));
+    assert_eq!(
+        load_params(&latest, "master").unwrap()["b"]
+            .to_vec1::<f32>()
+            .unwrap(),
+        [12.0, 13.0]
+    );
+}
+
+#[test]
+fn damaged_files_and_old_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path();
+    for step in 1..=4 {
+        save_at(ckpts, 2, step, step as f32, 2);
+    }
+    let kept: Vec<_> = list(ckpts)
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(kept, ["step-00000003", "step-00000004"], "keep_last = 2");
+    let rank = ckpts.join("step-00000004").join(rank_file(1));
+    let mut bytes = std::fs::read(&rank).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&rank, bytes).unwrap();
+    let err = load_params(&ckpts.join("step-00000004"), "master")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("checksum mismatch") && err.contains("rank-00001.safetensors"),
+        "{err}"
+    );
+    // Rank 0's slices alone are still readable: a rank verifies only the files it reads.
+    let mut reader = ShardReader::open(&ckpts.join("step-00000004")).unwrap();
+    assert_eq!(
+        values(reader.range("master", 0, 0..3).unwrap()),
+        [4.0, 5.0, 6.0]
+    );
+}
+
+#[test]
+fn slices_written_at_one_world_size_read_back_at_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    for world in [1, 2, 3, 4] {
+        let ckpts = dir.path().join(format!("w{world}"));
+        save_at(&ckpts, world, 7, 0.0, 1);
+        let checkpoint = resolve(&ckpts, "latest").unwrap();
+        let manifest = read_manifest(&checkpoint).unwrap();
+        assert_eq!(manifest.world_size, world);
+        assert_eq!(manifest.files.len(), world, "one file per rank");
+        let mut reader = ShardReader::open(&checkpoint).unwrap();
+        for new_world in [1, 2, 3, 4] {
+            for rank in 0..new_world {
+                let expected = state(0.0, new_world, rank);
+                for (kind, list) in KINDS.iter().zip(expected.lists()) {
+                    for (g, numel) in [5usize, 2].into_iter().enumerate() {
+                        let len = numel.div_ceil(new_world);
+                        let got =
+                            values(reader.range(kind, g, rank * len..(rank + 1) * len).unwrap());
+                        assert_eq!(
+                            got,
+                            list[g].to_vec1::<f32>().unwrap(),
+                            "{world} -> {new_world}, rank {rank}, {kind}, group {g}"
+                        );
+                    }
+                }
+            }
+        }
+        let exp_avg = load_params(&checkpoint, "exp_avg").unwrap();
+        assert_eq!(exp_avg["b"].to_vec1::<f32>().unwrap(), [110.0, 111.0]);
+    }
+}
+
+#[test]
+fn a_rank_that_fails_to_write_fails_every_rank_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path();
+    save_at(ckpts, 2, 1, 1.0, 3);
+    let errors = on_ranks(
+        2,
+        |c, dir| {
+            let mut s = state(2.0, 2, c.rank());
+            if c.rank() == 1 {
+                s.exp_avg.pop(); // a slice short: rank 1 cannot write its file
+            }
+            save(c, &Device::Cpu, &dir, manifest(2, 2), &s, &[], 3)
+                .err()
+                .map(|e| e.to_string())
+        },
+        ckpts,
+    );
+    assert!(
+        errors[1].as_deref().unwrap().contains("rank 1"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].as_deref().unwrap().contains("rank(s) [1]"),
+        "{errors:?}"
+    );
+    assert!(resolve(ckpts, "latest").unwrap().ends_with("step-00000001"));
+    assert_eq!(list(ckpts).unwrap().len(), 1);
+}

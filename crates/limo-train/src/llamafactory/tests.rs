@@ -1,0 +1,159 @@
+use super::*;
+
+/// LIMO's recipe, shared with tests/llamafactory_cli.rs (`MODEL`, `DATA`, `OUT` to fill in).
+const LIMO_YAML: &str = include_str!("../../../../tests/common/limo_llamafactory.yaml");
+
+fn setup(yaml: &str, info: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("dataset_info.json"), info).unwrap();
+    let rows: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"question": "q{i}", "solution": "s{i}"}}"#))
+        .collect();
+    std::fs::write(data.join("limo.json"), format!("[{}]", rows.join(","))).unwrap();
+    let yaml = yaml
+        .replace("MODEL", &dir.path().join("model").display().to_string())
+        .replace("DATA", &data.display().to_string())
+        .replace("OUT", "saves/limo");
+    let path = dir.path().join("train.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
+const INFO: &str = r#"{"limo": {"file_name": "limo.json", "columns": {"prompt": "question", "response": "solution"}}}"#;
+
+/// [`from_yaml`] of `yaml` beside `info` (see [`setup`]), without overrides.
+fn convert(yaml: &str, info: &str) -> anyhow::Result<TrainConfig> {
+    let (_dir, path) = setup(yaml, info);
+    from_yaml(&path, &[])
+}
+
+#[test]
+fn limo_recipe_maps() {
+    let (dir, path) = setup(LIMO_YAML, INFO);
+    let t = translate(&path).unwrap();
+    assert_eq!(t.notes.len(), 12, "{:#?}", t.notes);
+    let c = from_yaml(&path, &[]).unwrap();
+    assert_eq!(c.model.path, Some(dir.path().join("model")));
+    assert_eq!(
+        (c.model.dtype.as_str(), c.model.device.as_str()),
+        ("bf16", "cuda")
+    );
+    assert_eq!(c.data.format, limo_data::Format::Alpaca);
+    assert_eq!(c.data.columns.instruction, "question");
+    assert_eq!(c.data.columns.output, "solution");
+    assert_eq!(c.data.cutoff_len, 16384);
+    assert_eq!(
+        c.data.system, None,
+        "the qwen template's default system prompt"
+    );
+    assert_eq!(
+        (
+            c.train.lr,
+            c.train.epochs,
+            c.train.batch_size,
+            c.train.grad_accum
+        ),
+        (5e-6, 15, 1, 1)
+    );
+    assert_eq!(
+        (c.train.schedule.as_str(), c.train.warmup_steps),
+        ("cosine", 0)
+    );
+    assert_eq!(c.output.dir, PathBuf::from("saves/limo"));
+    assert!(c.output.save_every_epoch);
+    assert_eq!(c.output.save_steps, 0);
+}
+
+#[test]
+fn warmup_ratio_counts_rows_and_overrides_apply() {
+    let yaml = LIMO_YAML
+        .replace("warmup_ratio: 0.0", "warmup_ratio: 0.1")
+        .replace(
+            "per_device_train_batch_size: 1",
+            "per_device_train_batch_size: 2",
+        );
+    let (_dir, path) = setup(&yaml, INFO);
+    // 5 rows, 2 per step: 3 steps per epoch, 45 steps, ceil(4.5) = 5.
+    let c = from_yaml(&path, &[]).unwrap();
+    assert_eq!(c.train.warmup_steps, 5);
+    let c = from_yaml(&path, &["train.max_steps=20".into()]).unwrap();
+    assert_eq!(c.train.warmup_steps, 2);
+    let c = from_yaml(
+        &path,
+        &["train.warmup_steps=7".into(), "train.lr=1e-5".into()],
+    )
+    .unwrap();
+    assert_eq!((c.train.warmup_steps, c.train.lr), (7, 1e-5));
+}
+
+#[test]
+fn schedules_and_save_strategies() {
+    let yaml = LIMO_YAML
+        .replace(
+            "lr_scheduler_type: cosine",
+            "lr_scheduler_type: constant_with_warmup",
+        )
+        .replace("warmup_ratio: 0.0", "warmup_steps: 3")
+        .replace(
+            "save_strategy: epoch",
+            "save_strategy: steps\nsave_steps: 50",
+        );
+    let c = convert(&yaml, INFO).unwrap();
+    assert_eq!(
+        (c.train.schedule.as_str(), c.train.warmup_steps),
+        ("constant", 3)
+    );
+    assert_eq!(
+        (c.output.save_steps, c.output.save_every_epoch),
+        (50, false)
+    );
+
+    let yaml = LIMO_YAML
+        .replace("lr_scheduler_type: cosine", "lr_scheduler_type: constant")
+        .replace("warmup_ratio: 0.0", "warmup_steps: 3")
+        .replace("save_strategy: epoch", "save_strategy: \"no\"");
+    let c = convert(&yaml, INFO).unwrap();
+    assert_eq!(
+        (c.train.schedule.as_str(), c.train.warmup_steps),
+        ("constant", 0)
+    );
+    assert_eq!((c.output.save_steps, c.output.save_every_epoch), (0, false));
+}
+
+#[test]
+fn unsupported_values_and_unknown_keys_are_named() {
+    // The cases of tests/llamafactory_cli.rs, which checks the same errors from the CLI.
+    let edits: Vec<(String, String, String)> = serde_json::from_str(include_str!(
+        "../../../../tests/common/llamafactory_unsupported.json"
+    ))
+    .unwrap();
+    for (from, to, needle) in edits {
+        let err = format!(
+            "{:#}",
+            convert(&LIMO_YAML.replace(&from, &to), INFO).unwrap_err()
+        );
+        assert!(err.contains(&needle) && err.contains("train.yaml"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn sharegpt_needs_openai_roles() {
+    let info = r#"{"limo": {"file_name": "limo.json", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}"#;
+    let c = convert(LIMO_YAML, info).unwrap();
+    assert_eq!(c.data.format, limo_data::Format::Messages);
+    assert_eq!(
+        (
+            c.data.columns.messages.as_str(),
+            c.data.columns.role.as_str()
+        ),
+        ("messages", "role")
+    );
+    let info = r#"{"limo": {"file_name": "limo.json", "formatting": "sharegpt"}}"#;
+    let err = format!("{:#}", convert(LIMO_YAML, info).unwrap_err());
+    assert!(err.contains("user_tag: human"), "{err}");
+    let info = r#"{"limo": {"hf_hub_url": "GAIR/LIMO", "columns": {"prompt": "question", "response": "solution"}}}"#;
+    assert_eq!(convert(LIMO_YAML, info).unwrap().data.path, "GAIR/LIMO");
+}
