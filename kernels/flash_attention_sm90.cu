@@ -33,10 +33,13 @@
 //     operand), then an arrival on the stage's "empty" barrier once the P V group retired.
 //     Software-pipelined inside the warpgroup (FlashAttention-3's intra-warpgroup overlap):
 //     S(j+1) and P V(j) are issued together (two commit groups), wgmma.wait_group 1 retires
-//     S(j+1), whose softmax runs while P V(j) is still on the tensor cores; wait_group 0, release
-//     stage j, rescale O by the new running max. P alternates between two register buffers
-//     (the one P V(j) reads may not change before it retires), so the loop is unrolled by two;
-//     no wgmma is issued under a runtime condition (ptxas would serialise the pipeline).
+//     S(j+1), whose softmax (max, shuffles, exp2, row sums, in f32 in the S registers) runs
+//     while P V(j) is still on the tensor cores; wait_group 0, release stage j, pack P(j+1) to
+//     bf16 into the one P register buffer (P V(j)'s A operand, free only now, as in FA3),
+//     rescale O by the new running max. The loop is rotated so that its branch sits between
+//     the softmax and wait_group 0: without that branch ptxas hoists the wait above the softmax
+//     and the overlap is lost (see the loop; scripts/sass-check-sm90-overlap.sh checks the
+//     SASS). No wgmma is issued under a runtime condition (ptxas would serialise the pipeline).
 //     Ping-pong between the two consumers (FlashAttention-3's inter-warpgroup overlap): they
 //     take turns issuing their wgmmas, so one's softmax (MUFU exp2) runs while the other's
 //     GEMMs hold the tensor cores. A turn is one issue: S(0); then S(j+1) with P V(j); then
@@ -253,10 +256,10 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    float s[kBlockN / 2];  // S of the newest kv tile
-    // P of tiles j (in flight in P V) and j + 1 as bf16 A fragments: two buffers, indexed by
-    // compile-time parity only (the loop below is unrolled by two), so they stay in registers.
-    uint32_t pa0[kBlockN / 16][4], pa1[kBlockN / 16][4];
+    float s[kBlockN / 2];  // S of the newest kv tile (P in f32 after the softmax)
+    // P of the tile whose P V is next or in flight, as bf16 A fragments. One buffer: the next P
+    // is packed into it only after wait_group 0 (see the loop below).
+    uint32_t pa[kBlockN / 16][4];
 
     auto stage_addr = [&](int j) { return smem_u32(base + L::kv + (j % kStages) * 2 * L::tile); };
     // Waits until kv tile j has landed (its stage's "full" barrier, round j / kStages).
@@ -273,7 +276,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
         wgmma_commit();
     };
     // O += P V of kv tile j, P from pa; one commit group.
-    auto issue_pv = [&](int j, uint32_t (&pa)[kBlockN / 16][4]) {
+    auto issue_pv = [&](int j) {
         const uint32_t v_addr = stage_addr(j) + L::tile;
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk)
@@ -281,9 +284,10 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
         wgmma_commit();
     };
     // Mask and online softmax of S (kv tile j): new running max, l rescaled and increased, P
-    // as bf16 A fragments into pa; returns through alpha the factor O must be scaled by
-    // (applied by the caller once the P V reading O has retired).
-    auto softmax = [&](int j, uint32_t (&pa)[kBlockN / 16][4], float (&alpha)[2]) {
+    // in f32 in place in s (pack_p makes the bf16 A fragments); returns through alpha the
+    // factor O must be scaled by (applied by the caller once the P V reading O has retired).
+    // Touches only s, m, l and alpha: no register of an in-flight P V (see the loop below).
+    auto softmax = [&](int j, float (&alpha)[2]) {
         const int kb = doc0 + j * kBlockN;
         // Only tiles reaching past this warpgroup's first query need the mask (the diagonal).
         const bool need_mask = kb + kBlockN - 1 > wq0;
@@ -315,7 +319,9 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
                 l[r] += p0 + p1;
             }
         }
-        // P from the S registers as bf16 A fragments (layout identity, see the header).
+    };
+    // P from the S registers as bf16 A fragments (layout identity, see the header).
+    auto pack_p = [&] {
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
 #pragma unroll
@@ -335,9 +341,23 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
     };
 
     // Software pipeline inside the warpgroup (FlashAttention-3's intra-warpgroup overlap): the
-    // softmax of tile j + 1 runs while the tensor cores do P V of tile j. Per iteration j:
-    // issue S(j+1) and PV(j) (two commit groups), wait for S(j+1) only (wait_group 1), softmax
-    // of j+1 into the other P buffer, wait for PV(j) (wait_group 0), release stage j, rescale O.
+    // softmax of tile j + 1 runs while the tensor cores do P V of tile j. Per step j: head(j)
+    // issues S(j+1) and PV(j) (two commit groups), waits for S(j+1) only (wait_group 1) and runs
+    // the softmax of j+1 (s, m, l only: no register of the in-flight PV(j)); tail(j) waits for
+    // PV(j) (wait_group 0), releases stage j, packs P(j+1) into pa and rescales O.
+    // Two things in ptxas (CUDA 13.0) decide whether that overlap survives in the SASS:
+    // - wgmma.wait_group has no register operands and the softmax touches no memory, so inside
+    //   one basic block nothing orders them: ptxas's scheduler puts WARPGROUP.DEPBAR.LE gsb0,
+    //   0x0 some 100-130 instructions after the wait_group 1 (in the middle of the mask),
+    //   whatever follows the wait, and every SHFL and MUFU.EX2 lands after it. Hence the loop
+    //   below is rotated (tail(j) then head(j + 1)) so that its test is a branch between every
+    //   head and its tail: ptxas does not move the wait above a block boundary.
+    // - P is packed after wait_group 0 into the single buffer PV(j) reads. Packing into a second
+    //   buffer before the wait (this kernel's first version) does not work either: ptxas gave
+    //   both buffers the same physical registers, so those packs had to wait for PV(j) anyway.
+    // The branch must not lead to a trap (an `if (..) __trap()` there made ptxas serialise the
+    // hd128 wgmmas for "insufficient register resources", with spills).
+    // scripts/sass-check-sm90-overlap.sh checks the SASS (docs/CUDA.md).
     // Ping-pong (see the header): barrier wg is warpgroup wg's turn, 256 threads (its own 128
     // bar.sync, the other's 128 bar.arrive). Ids 1 and 2 (0 is __syncthreads). The id is a
     // register, as in FA3 (ptxas then reserves all 16 barriers; harmless at one CTA per SM):
@@ -355,49 +375,55 @@ __device__ __forceinline__ void flash_fwd_sm90(const CUtensorMap* tm_q, const CU
     pass_turn();
     wgmma_wait<0>();
     fence_regs(s);
-    softmax(0, pa0, alpha);  // O is zero: nothing to rescale
-    // A step with a next tile: P(j) is in `cur`, the softmax of j + 1 goes to `nxt`. No wgmma is
-    // issued conditionally (ptxas serialises the pipeline when it cannot tell statically which
-    // commit group an accumulator belongs to), hence the separate last step.
-    auto step = [&](int j, uint32_t (&cur)[kBlockN / 16][4], uint32_t (&nxt)[kBlockN / 16][4]) {
+    softmax(0, alpha);  // O is zero: nothing to rescale
+    pack_p();
+    // A step with a next tile j + 1, split around the loop's branch (above): head(j), tail(j).
+    // No wgmma is issued conditionally (ptxas serialises the pipeline when it cannot tell
+    // statically which commit group an accumulator belongs to): the conditions only choose
+    // between whole heads, tails and the separate last step.
+    auto head = [&](int j) {
         wait_full(j + 1);  // before the fence: no branch between it and the wgmmas
         fence_regs(o);
         take_turn();
-        wgmma_fence();  // s, the P buffers and o were written since the last wgmma
+        wgmma_fence();  // s, pa and o were written since the last wgmma
         issue_s(j + 1);
-        issue_pv(j, cur);
+        issue_pv(j);
         pass_turn();
         wgmma_wait<1>();  // S(j+1) retired; PV(j) may still run
         fence_regs(s);
-        softmax(j + 1, nxt, alpha);
+        softmax(j + 1, alpha);
+    };
+    auto tail = [&](int j) {
         wgmma_wait<0>();
         fence_regs(o);
+        fence_regs(s);  // the pack below reads s only after the wait (pa is PV(j)'s A operand)
         // This thread's reads of stage j are over (its warpgroup's wgmmas on it retired).
         mbar_arrive(&kv_empty[j % kStages]);
+        pack_p();
         rescale_o(alpha);
     };
-    auto last_step = [&](int j, uint32_t (&cur)[kBlockN / 16][4]) {
+    auto last_step = [&](int j) {
         fence_regs(o);
         take_turn();
         wgmma_fence();
-        issue_pv(j, cur);
+        issue_pv(j);
         pass_turn();
         wgmma_wait<0>();
         fence_regs(o);
         mbar_arrive(&kv_empty[j % kStages]);
     };
-    // Unrolled by two so that the P buffers alternate at compile time.
-    int j = 0;
-    for (; j + 2 < n_kv; j += 2) {
-        step(j, pa0, pa1);
-        step(j + 1, pa1, pa0);
+    // head(0) [tail(j) head(j + 1)]* tail(n_kv - 2), then the last P V: every head's softmax
+    // is followed by a branch (the guard or the loop test) before its tail's wait_group 0.
+    if (n_kv > 1) {
+        head(0);
+        int j = 0;
+        for (; j + 2 < n_kv; ++j) {
+            tail(j);
+            head(j + 1);
+        }
+        tail(j);
     }
-    if (j + 1 < n_kv) {
-        step(j, pa0, pa1);
-        last_step(j + 1, pa1);
-    } else {
-        last_step(j, pa0);
-    }
+    last_step(n_kv - 1);
     // Warpgroup 2's last pass: taken so that no barrier phase is left half-arrived (a branch
     // only now that no wgmma is in flight).
     if (wg == 1) take_turn();

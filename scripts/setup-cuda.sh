@@ -28,7 +28,8 @@ compute_cap=${CUDA_COMPUTE_CAP:-90}
 # CUDA 13.0 exactly: the GPU machines run driver 580, which JITs PTX ISA up to 9.0; newer nvcc
 # (13.5 on PyPI) emits PTX 9.5 that driver cannot load, and cudarc's build script rejects
 # toolkits above 13.4. All nine versions are pinned together so the headers, nvcc, nvvm and
-# libraries agree.
+# libraries agree. cuobjdump and the nvdisasm it calls (no 13.0 wheels exist; 13.2 reads 13.0's
+# cubins) only disassemble, for scripts/sass-check-sm90-overlap.sh.
 pins=(
     nvidia-cuda-nvcc==13.0.88
     nvidia-cuda-crt==13.0.88
@@ -39,6 +40,8 @@ pins=(
     nvidia-curand==10.4.0.35
     nvidia-cuda-nvrtc==13.0.48
     nvidia-nccl-cu13==2.27.7
+    nvidia-cuda-cuobjdump==13.2.51
+    nvidia-cuda-nvdisasm==13.2.51
 )
 # The libraries candle + cudarc (feature dynamic-linking) pass to the linker as -l<name>;
 # the driver (cuda) is not among them because no wheel ships it: we build a stub below.
