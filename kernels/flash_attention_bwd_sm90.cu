@@ -29,9 +29,12 @@
 //     with both operands K-major in shared memory, was issued by the previous one):
 //       dP^T = V dO^T (as S^T, one commit group); while it runs, S^T having retired,
 //       P^T = exp2(S^T scale log2 e - lse log2 e) masked (key > query, or query past the
-//         document), rounded to bf16 A fragments in registers (the accumulator fragment of
-//         keys x queries is the A fragment of the next product), and dV += P^T dO issued at
-//         once (4 wgmma.m64nDk16, A from registers, dO N-major), so it runs while
+//         document; the mask is a branch of its own, taken only by blocks that need it, and
+//         that branch between the dP^T issue and the exp2s is what keeps ptxas from sinking
+//         the dP^T HGMMAs below them), rounded to bf16 A fragments in registers (the
+//         accumulator fragment of keys x queries is the A fragment of the next product), and
+//         dV += P^T dO issued at once (4 wgmma.m64nDk16, A from registers, dO N-major), so
+//         it runs while
 //       dS^T = P^T (dP^T - delta) is computed (after wait_group 1 retired dP^T), rounded to A
 //         fragments and stored to shared memory ([128 keys][64 queries], 128-byte swizzle,
 //         double buffered) for dQ;
@@ -324,6 +327,13 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
         const float* stats = reinterpret_cast<const float*>(base + L::stats + st * L::stats_bytes);
 
         // dP^T = V dO^T, one commit group; P^T is computed while it runs.
+        // The branch below (the mask, in a block of its own) is also what keeps that overlap in
+        // the SASS: nothing orders a wgmma issue against the exp2s inside one basic block (no
+        // common register, no memory), and with the mask inline ptxas sank the dP^T HGMMAs
+        // below 30-31 of the 32 MUFU.EX2 (0 of them after the chain's last HGMMA); it does not
+        // move them across a branch. Rotating the loop instead (dP^T issued before the back
+        // edge, wait_group 1 after the loop head) made ptxas serialise every wgmma (C7514).
+        // scripts/sass-check-sm90-overlap.sh checks it (docs/CUDA.md).
         wgmma_fence();
 #pragma unroll
         for (int kt = 0; kt < D / 16; ++kt) {
@@ -333,21 +343,29 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
                                     make_desc(do_addr + qo, 16, 1024), kt == 0);
         }
         wgmma_commit();
+        // The mask, only where some key of this warpgroup lies after some query of the block
+        // or the block runs past the document end (uniform over the warpgroup): -inf, which the
+        // exp2 below turns into 0. Other blocks skip its ~100 instructions.
+        if (qb < k0 + 64 * c + 63 || q1 < qb + kBwdQueries) {
+#pragma unroll
+            for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int key = key_r0 + 8 * r, query = qb + 8 * nb + 2 * t + e;
+                        const int j = 4 * nb + 2 * r + e;
+                        if (key > query || query >= q1) s[j] = -INFINITY;
+                    }
+                }
+            }
+        }
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb) {
             const int ql = 8 * nb + 2 * t;  // this thread's queries ql, ql + 1 (of the block)
             const float l0 = stats[ql], l1 = stats[ql + 1];
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int key = key_r0 + 8 * r;
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int query = qb + ql + e;
-                    const bool masked = key > query || query >= q1;
-                    const int j = 4 * nb + 2 * r + e;
-                    s[j] = masked ? 0.f : exp2f(s[j] * sl2 - (e ? l1 : l0));
-                }
-            }
+            for (int j = 4 * nb; j < 4 * nb + 4; ++j) s[j] = exp2f(s[j] * sl2 - (j % 2 ? l1 : l0));
         }
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
