@@ -214,11 +214,14 @@ $code" "$@" 2>/dev/null)
 stage_doctor() {
     x "$LIMO_BIN" doctor --quick
     # The Hopper kernels had never run on a GPU before their first visit: unless the doctor
-    # printed their rows and none failed (a kernel fault can end the doctor before it prints
-    # its table), the later stages take the sm80 kernels, so one bad kernel does not cost the
-    # visit's numbers. (A GPU that is not 9.x has no sm90 rows and only the sm80 path anyway.)
-    if ! grep -Eq '^attention (fwd|bwd) \(sm90\)' "$STAGE_LOG" ||
-        grep -Eq '^attention (fwd|bwd) \(sm90\).*FAIL' "$STAGE_LOG"; then
+    # printed an `ok` row for each (its attention rows come first) and no sm90 row failed or
+    # errored (`attention fwd (sm90), SHAPE: error` on stderr; a kernel fault can end the
+    # doctor before it prints its FAIL row), the later stages take the sm80 kernels, so one
+    # bad kernel does not cost the visit's numbers. (A GPU that is not 9.x has no sm90 rows
+    # and only the sm80 path anyway.)
+    if ! grep -Eq '^attention fwd \(sm90\) .* ok$' "$STAGE_LOG" ||
+        ! grep -Eq '^attention bwd \(sm90\) .* ok$' "$STAGE_LOG" ||
+        grep -Eq '^attention (fwd|bwd) \(sm90\)(,|.* FAIL)' "$STAGE_LOG"; then
         export LIMO_FLASH_PATH=sm80
         echo "# the sm90 attention kernels did not pass their checks: the later stages run with LIMO_FLASH_PATH=sm80" |
             tee -a "$STAGE_LOG"
@@ -493,6 +496,8 @@ tee -a "$STAGE_LOG" <"$W/env.err" >&2
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >>"$STAGE_LOG"
 {
     timeout 10 nvidia-smi || echo "nvidia-smi failed"
+    # The binary is built against glibc 2.34+ (Debian 12 here); an older host cannot start it.
+    echo "host glibc: $(ldd --version 2>/dev/null | head -1)"
     timeout 15 python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda,
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible to torch)")' ||
         echo "torch: could not import or query"
@@ -505,7 +510,9 @@ if [ -x "$LIMO_BIN" ]; then
     echo "ldd $LIMO_BIN:" | tee -a "$STAGE_LOG"
     lddout=$(timeout 10 ldd "$LIMO_BIN" 2>&1)
     printf '%s\n' "$lddout" | tee -a "$STAGE_LOG"
-    missing=$(printf '%s\n' "$lddout" | grep 'not found' | awk '{print $1}' | tr '\n' ' ')
+    # whole lines: a too-old glibc reads "...: version `GLIBC_2.34' not found (required by ...)"
+    missing=$(printf '%s\n' "$lddout" | grep 'not found' | sed 's/^[[:space:]]*//' | tr '\n' ' ' |
+        cut -c1-200)
     if [ -n "$missing" ]; then
         machine_status=FAIL
         machine_problem="libraries not found: $missing"
