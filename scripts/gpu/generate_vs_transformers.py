@@ -67,8 +67,13 @@ def run_transformers(shape, batch, prompt_tokens, new_tokens, seed):
     # Parameters are created (and randomly initialized) on the GPU directly: a 1.5B model
     # initialized on the host would take longer than the generation.
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(
-            config, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
+        try:  # transformers >= 4.56 names it dtype (5.x warns on torch_dtype)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        except TypeError:
+            model = AutoModelForCausalLM.from_config(
+                config, torch_dtype=torch.bfloat16, attn_implementation="sdpa")
+    model = model.to(torch.bfloat16)  # a no-op, unless a version ignored the keyword
     model.eval()
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
