@@ -29,6 +29,9 @@
 #                   tokens), on whatever is left of the 540 s when it starts, if at least 120 s
 #                   (else status `skipped`): stages that end early buy it time, so one visit can
 #                   also record issue #16's number; a timeout here does not fail the visit
+#   sanitize *      compute-sanitizer memcheck over `limo doctor --quick`: out-of-bounds and
+#                   misaligned accesses of every kernel the doctor runs, on the time left (if at
+#                   least 60 s); `skipped` where the sanitizer is missing or cannot run (gVisor)
 # generate took its 25 s from step-1.5b (130 -> 105), an estimate as no stage has run on a GPU
 # yet: limo's 7 steps of 16k tokens of the 1.5b shape are seconds, each peer run is 7 steps plus
 # torch's start (~30 s); 105 s keeps a margin over that. The full generation measurement (1k new
@@ -49,14 +52,15 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
 STAGES=(doctor kernels attention step-1.5b generate loss-parity step-32b-w8 step-32b-off nccl train
-    generate-1k)
+    generate-1k sanitize)
 declare -A TIMEOUT=(
     [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=105 [generate]=25 [loss-parity]=50
     [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25 [generate-1k]=0
+    [sanitize]=0
 )
 # Elastic stages have no timeout of their own (0 above, not in the sum): each runs until the
 # run's LIMIT_S deadline, and only if at least this many seconds are left when it starts.
-declare -A ELASTIC_MIN=([generate-1k]=120)
+declare -A ELASTIC_MIN=([generate-1k]=120 [sanitize]=60)
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
 LIMIT_S=540
 
@@ -313,6 +317,33 @@ stage_generate_1k() {
 }
 key_generate_1k() { key_generate "$LOGS/generate-1k.json"; }
 
+# memcheck prints each bad access as it happens, so a run cut at the deadline still reports what
+# it saw; it exits 99 (--error-exitcode) when it found any.
+stage_sanitize() {
+    if [ "$DRY" != 1 ] && ! command -v compute-sanitizer >/dev/null; then
+        note "no compute-sanitizer on PATH"
+        STAGE_SKIPPED=1
+        return
+    fi
+    x compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 50 \
+        "$LIMO_BIN" doctor --quick
+    local rc=$?
+    # Anything but a finished run (0), errors (99) or the deadline is the sanitizer itself
+    # failing to attach (it needs hardware access gVisor does not give): not a finding.
+    if [ "$DRY" != 1 ] && [ "$rc" != 0 ] && [ "$rc" != 99 ] && [ "$STAGE_TIMEDOUT" = 0 ] &&
+        ! grep -q '^========= ERROR SUMMARY' "$STAGE_LOG"; then
+        STAGE_SKIPPED=1
+    fi
+}
+key_sanitize() {
+    if [ "${STAGE_SKIPPED:-0}" = 1 ]; then
+        lastline | grep . || echo "no compute-sanitizer on PATH"
+        return
+    fi
+    grep -o 'ERROR SUMMARY: .*' "$STAGE_LOG" | tail -1 | grep . ||
+        echo "$(grep -c -e '^========= Invalid' -e '^========= Misaligned' -e '^========= Out of range'             "$STAGE_LOG") bad accesses reported before the deadline"
+}
+
 stage_loss_parity() {
     x "$LIMO_BIN" init-model --shape 1.5b --layers 2 --dtype f32 --out "$W/m15"
     note "batch: 2 rows of 512 random token ids < 151936, labels = ids with the first 64 = -100"
@@ -537,6 +568,7 @@ for s in "${SELECTED[@]}"; do
     STAGE_TIMEDOUT=0
     STAGE_OOM=0
     STAGE_CHECK_FAILED=0
+    STAGE_SKIPPED=0
     t0=$(now_ms)
     if [ -n "${ELASTIC_MIN[$s]+x}" ]; then
         left_s=$(((RUN_DEADLINE - t0) / 1000))
@@ -558,7 +590,9 @@ for s in "${SELECTED[@]}"; do
     echo "== $s (timeout $left_s s, log logs/$s.log)"
     "stage_${s//[-.]/_}"
     sec=$(secs $(($(now_ms) - t0)))
-    if [ "$STAGE_TIMEDOUT" = 1 ]; then
+    if [ "$STAGE_SKIPPED" = 1 ]; then
+        status=skipped
+    elif [ "$STAGE_TIMEDOUT" = 1 ]; then
         status=timeout
     elif [ "$STAGE_OOM" = 1 ]; then
         status=OOM
@@ -574,7 +608,7 @@ for s in "${SELECTED[@]}"; do
     esac
     key=$(printf '%s' "${key:-?}" | tr '|' '/')
     case $status in
-        ok | OOM) ;;
+        ok | OOM | skipped) ;;
         timeout) # an elastic stage that ran out of what was left fails nothing
             if [ -n "${ELASTIC_MIN[$s]+x}" ]; then
                 echo "   (elastic: it had $left_s s)"
