@@ -28,7 +28,8 @@
 #   generate-1k *   the generation of `generate` at its full length (128-token prompts, 1024 new
 #                   tokens), on whatever is left of the 540 s when it starts, if at least 120 s
 #                   (else status `skipped`): stages that end early buy it time, so one visit can
-#                   also record issue #16's number; a timeout here does not fail the visit
+#                   also record issue #16's number; a timeout here does not fail the visit.
+#                   Elastic stages (*) stand down when an earlier stage failed (time for a rerun)
 #   sanitize *      compute-sanitizer memcheck over `limo doctor --quick`: out-of-bounds and
 #                   misaligned accesses of every kernel the doctor runs, on the time left (if at
 #                   least 60 s); `skipped` where the sanitizer is missing or cannot run (gVisor)
@@ -573,8 +574,16 @@ for s in "${SELECTED[@]}"; do
     if [ -n "${ELASTIC_MIN[$s]+x}" ]; then
         left_s=$(((RUN_DEADLINE - t0) / 1000))
         [ "$left_s" -lt 0 ] && left_s=0
-        if [ "$left_s" -lt "${ELASTIC_MIN[$s]}" ]; then
+        # After a failure the device time is worth more as a rerun once it is fixed (a new
+        # machine needs 4 minutes of the session's 15 left): the elastic stages then stand down
+        # (`--only` them to run them anyway).
+        key=""
+        if [ "$FAILED" = 1 ] && [ -z "$ONLY" ]; then
+            key="not run: an earlier stage failed (the device time is kept for a rerun)"
+        elif [ "$left_s" -lt "${ELASTIC_MIN[$s]}" ]; then
             key="not run: $left_s s left of the $LIMIT_S s, it needs ${ELASTIC_MIN[$s]}"
+        fi
+        if [ -n "$key" ]; then
             echo "== $s: skipped ($key)"
             echo "# $key" >"$STAGE_LOG"
             ROWS+=("$s|skipped|0.0|$key")
