@@ -534,6 +534,33 @@ echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >>"$STAGE_LOG"
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible to torch)")' ||
         echo "torch: could not import or query"
 } 2>&1 | tee -a "$STAGE_LOG"
+# The two ceilings every rate here is read against, measured on this card (random data, median
+# of 10 after 3 warm-ups): a bf16 8192^3 matrix product and a 2 GiB device-to-device copy
+# (bytes read + written).
+CEILINGS=$(timeout 20 python3 - 2>>"$STAGE_LOG" <<'PY'
+import torch
+def median_ms(fn):
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return sorted(ts)[5]
+n = 8192
+x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+y = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+mm = 2 * n**3 / median_ms(lambda: x @ y) / 1e9
+del x, y
+src = torch.randn(2**29, device="cuda")  # 2 GiB of f32
+dst = torch.empty_like(src)
+cp = 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9
+print(f"ceilings: bf16 matmul {mm:.0f} TFLOP/s, copy {cp / 1000:.2f} TB/s")
+PY
+)
+CEILINGS=${CEILINGS:-ceilings: ?}
+echo "$CEILINGS" | tee -a "$STAGE_LOG"
 GPU_LINE=$(timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total \
     --format=csv,noheader 2>/dev/null | head -1)
 GPU_LINE=${GPU_LINE:-GPU ?}
@@ -557,7 +584,7 @@ if [ "$machine_status" = FAIL ]; then
     echo "MACHINE: FAIL: $machine_problem (every stage that runs limo will fail)" | tee -a "$STAGE_LOG"
     FAILED=1
 fi
-ROWS+=("machine|$machine_status|$(secs $(($(now_ms) - t0)))|${machine_problem:-$GPU_LINE}")
+ROWS+=("machine|$machine_status|$(secs $(($(now_ms) - t0)))|${machine_problem:-$GPU_LINE; $CEILINGS}")
 summary
 pack
 
