@@ -1,12 +1,13 @@
-// FlashAttention-3-style backward for Hopper (sm_90a only) for limo: dK, dV and the atomic dQ
-// of causal grouped-query attention over packed documents, bf16 in, fp32 accumulation. Same
+// FlashAttention-3-style backward for Hopper (sm_90a only) for limo: dK, dV and the accumulated
+// dQ of causal grouped-query attention over packed documents, bf16 in, fp32 accumulation. Same
 // contract and same results as flash_bwd_dkdv_atomic_bf16_* in flash_attention.cu:
 //   q [N, q_heads, D], k/v [N, kv_heads, D], dO [N, q_heads, D] bf16 contiguous; lse and
 //   delta = rowsum(dO * O) (flash_bwd_preprocess_*) [q_heads, N] f32; dk/dv [N, kv_heads, D]
 //   bf16 (every element written); dq_accum [N, q_heads, D] f32, zeroed by the host, receives
-//   scale * dS K by fp32 atomics (flash_convert_dq_bf16 turns it into dQ). Documents come from
-//   the wrapper's tile table: one (tile start, document start, document end) triple per tile of
-//   128 keys, tiles never cross a document, longest work (most queries after the tile) first.
+//   scale * dS K by TMA reduce-adds (through the tensor map tm_dq; flash_convert_dq_bf16 turns
+//   it into dQ). Documents come from the wrapper's tile table: one (tile start, document
+//   start, document end) triple per tile of 128 keys, tiles never cross a document, longest
+//   work (most queries after the tile) first.
 //   Query head h reads kv head h / (q_heads / kv_heads) in place. D is 64 or 128.
 //   With P = exp(scale q.k - lse) (causal, same document) and dS = P (dO.v - delta):
 //   dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K.
@@ -43,8 +44,16 @@
 //         N-major): at D=128 warpgroup c takes columns 64c..64c+63 over all 128 keys (a named
 //         barrier over both consumers orders the dS stores); at D=64 it takes all 64 columns
 //         over its own 64 keys (a per-warpgroup named barrier; each dQ element gets two adds);
-//       wait for everything, release the stage, issue S^T of the next iteration, add scale dQ
-//         to dq_accum (2-wide fp32 atomics) while it runs, retire it.
+//       wait for everything, release the stage, issue S^T of the next iteration, and while it
+//         runs add scale dQ to dq_accum: stored (fp32) to this warpgroup's dQ staging buffer
+//         in shared memory, fence.proxy.async, a per-warpgroup named barrier, then thread 0
+//         issues cp.reduce.async.bulk.tensor (add, two {32 columns, 1 head, 64 rows} boxes)
+//         and commits a bulk group; retire S^T. Two staging buffers per warpgroup: buffer it & 1
+//         is rewritten only after thread 0's cp.async.bulk.wait_group.read 1 (the reduce of
+//         it - 2 has read it), placed before the dS^T barrier of iteration it, which tells the
+//         other threads. So the reduce overlaps the next S^T and the next iteration. Rows past
+//         the document add zeros (P = 0 there), rows past N are skipped by TMA; at D=64 both
+//         warpgroups add into the same region. wait_group.read 0 at the very end.
 //     The first k-step of each chain writes its accumulator without reading it (scale-d 0, an
 //     output-only asm operand), no wgmma is left in flight across the loop's back edge and none
 //     is issued under a runtime condition (the last iteration is a separate copy): ptxas
@@ -52,8 +61,8 @@
 //     registers meanwhile. At the end dK scale and dV go from registers to global memory as bf16.
 //   Not (yet) done relative to FlashAttention-3: more overlap between the softmax and the
 //   tensor cores within a warpgroup (the other consumer warpgroup is what fills the gaps),
-//   skipping the all-masked first query block of warpgroup 2, dQ through shared memory and a
-//   TMA reduce-add, deterministic dQ (the wrapper keeps the sm_80 kernels for that).
+//   skipping the all-masked first query block of warpgroup 2, deterministic dQ (the wrapper
+//   keeps the sm_80 kernels for that).
 //
 // Fragment layouts (PTX ISA, wgmma .m64nNk16; thread i of a warpgroup, w = i / 32, g =
 // (i % 32) / 4, t = i % 4): D: d[j] = D[16w + g + 8((j/2)%2)][8(j/4) + 2t + (j%2)]; A: a[x] holds
@@ -62,15 +71,19 @@
 //
 // Shared memory (1024-aligned base; tiles stored as D/64 column blocks of [rows][64] bf16 with
 // TMA's 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8)):
-//   K, V [128][D]; kStages x (Q [64][D], dO [64][D]); 2 x dS^T [128][64]; kStages x (lse log2e
-//   [64], delta [64]) f32; mbarriers. Descriptors (start, LBO, SBO):
+//   K, V [128][D]; kStages x (Q [64][D], dO [64][D]); 2 x dS^T [128][64]; 2 warpgroups x 2 dQ
+//   staging buffers, each two [64 rows][32 cols] f32 boxes (128-byte rows, the same 128-byte
+//   swizzle: 16-byte chunk k of row r at k ^ (r % 8), as the TMA reduce reads them; lanes of odd
+//   g store column block nb ^ 2 where the others store nb, so that the 64-bit fragment stores of
+//   each half-warp cover all 32 banks); kStages x (lse log2e [64], delta [64]) f32; mbarriers.
+//   Descriptors (start, LBO, SBO):
 //   K-major operands (K, V as A; Q, dO as B): start = block (kt/4) + 32 (kt%4) (+ 8192 c for A's
 //     rows 64c..), SBO 1024 between 8-row groups;
 //   N-major B (dO, Q in dV/dK; K in dQ): start + 2048 per 16 k-rows, SBO 1024 (8 k-rows), LBO =
 //     one column block (8192 for 64-row Q/dO, 16384 for 128-row K);
 //   MN-major A (dS in dQ): start + 2048 per 16 keys, SBO 1024; 64 queries = one swizzle row.
-// Sizes: hd128 64 KiB K/V + 2 x 32 KiB Q/dO + 32 KiB dS + 1 KiB stats = 165,928 bytes with the
-// barriers and the alignment slack; hd64 100,392.
+// Sizes: hd128 64 KiB K/V + 2 x 32 KiB Q/dO + 32 KiB dS + 64 KiB dQ staging + 1 KiB stats =
+// 231,464 bytes with the barriers and the alignment slack (of 232,448); hd64 165,928.
 //
 // Checked on the CPU without a GPU: flash_attention_bwd_sm90_emulate_test.cuh runs this file on
 // flash_attention_sm90_emulate.cuh against float64 (scripts/test-flash-emulation.sh).
@@ -98,6 +111,8 @@ constexpr int kBwdStages = 2;    // Q/dO ring depth
 constexpr int kKBlockBytes = kBwdKeys * 128;     // one [128][64] column block of K or V
 constexpr int kQBlockBytes = kBwdQueries * 128;  // one [64][64] column block of Q or dO
 constexpr int kDsBytes = kBwdKeys * kBwdQueries * 2;
+constexpr int kDqBoxBytes = kBwdQueries * 32 * 4;  // one [64][32] f32 box of the dQ staging
+constexpr int kDqBytes = 2 * kDqBoxBytes;           // a warpgroup's 64 x 64 dQ, two boxes
 
 template <int D>
 struct BwdSmem {
@@ -107,7 +122,8 @@ struct BwdSmem {
     static constexpr int v = kv_tile;
     static constexpr int q = 2 * kv_tile;  // stage s: Q at q + 2 s q_tile, dO right after
     static constexpr int ds = q + kBwdStages * 2 * q_tile;  // buffer b at ds + b kDsBytes
-    static constexpr int stats = ds + 2 * kDsBytes;  // stage s: lse log2e [64], delta [64]
+    static constexpr int dq = ds + 2 * kDsBytes;  // warpgroup c, buffer b at dq + (2c + b) kDqBytes
+    static constexpr int stats = dq + 4 * kDqBytes;  // stage s: lse log2e [64], delta [64]
     static constexpr int stats_bytes = 2 * kBwdQueries * 4;
     static constexpr int bars = stats + kBwdStages * stats_bytes;
     static constexpr int bar_bytes = 8 * (1 + 2 * kBwdStages);
@@ -206,10 +222,10 @@ __device__ __forceinline__ void wgmma_rs_nd(float (&d)[D / 2], const uint32_t (&
 template <int D>
 __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CUtensorMap* tm_k,
                                                const CUtensorMap* tm_v, const CUtensorMap* tm_do,
+                                               const CUtensorMap* tm_dq,
                                                const float* __restrict__ lse,
                                                const float* __restrict__ delta,
                                                bf16* __restrict__ dk, bf16* __restrict__ dv,
-                                               float* __restrict__ dq_accum,
                                                const int* __restrict__ tiles, int n, int q_heads,
                                                int kv_heads, float scale) {
     static_assert(D == 64 || D == 128, "head_dim 64 or 128");
@@ -314,10 +330,10 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
     };
 
     // Iteration it, whose S^T has retired. With `next` (a Flag), S^T of it + 1 is issued before
-    // this iteration's dQ atomics, so the tensor cores work on it meanwhile, and retired before
-    // the loop's back edge (with S^T and dP^T left in flight across it, ptxas serialised the
-    // wgmmas and spilled at D=128). The last iteration has its own copy (no `next`): no wgmma
-    // is issued under a runtime condition.
+    // this iteration's dQ staging and reduce, so the tensor cores work on it meanwhile, and
+    // retired before the loop's back edge (with S^T and dP^T left in flight across it, ptxas
+    // serialised the wgmmas and spilled at D=128). The last iteration has its own copy (no
+    // `next`): no wgmma is issued under a runtime condition.
     auto step = [&](int it, auto next) {
         const int st = it % S, h = kvh * group + it / n_qb;
         const int qb = k0 + (it % n_qb) * kBwdQueries;
@@ -405,6 +421,11 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
             }
         }
         fence_proxy_async();
+        // This iteration's dQ staging buffer (it & 1) was last read by the TMA reduce of
+        // iteration it - 2: the issuing thread waits for it to have read the buffer (the newest
+        // group, iteration it - 1's, may still run; the other threads have no bulk group and
+        // pass), and the barrier below tells the others that the buffer is free.
+        bulk_wait_group_read<1>();
         // dS^T rows are read by the dQ wgmma of both warpgroups (D=128) or of this one (D=64).
         if constexpr (D == 128) named_barrier<256>(1);
         else if (c == 0) named_barrier<128>(1);  // constant ids: ptxas reserves only these
@@ -438,18 +459,39 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
         mbar_arrive(&q_empty[st]);
         if constexpr (decltype(next)::value) issue_s(it + 1);
 
-        // dq_accum += scale dQ (rows past the document skipped).
-        const long long qstride = (long long)q_heads * D;
-        const int col0 = D == 128 ? 64 * c : 0;
+        // dq_accum += scale dQ by a TMA reduce-add while S^T of the next iteration runs: scale
+        // dQ into this warpgroup's staging buffer (two [64 queries][32 columns] f32 boxes,
+        // 128-byte swizzle: 16-byte chunk k of row r at k ^ (r % 8)), make it visible to the
+        // async proxy, sync the warpgroup, and one thread issues the reduce of both boxes (one
+        // bulk group). Lanes of odd g store column block nb ^ 2 where the others store nb (a
+        // select, no data movement): each half-warp's 64-bit stores then cover all 32 banks
+        // (rows g = 0..3 of one swizzle pattern; with the plain order g and g ^ 1 hit the same
+        // chunks, a 2-way conflict). Rows past the document add exact zeros (P = 0 there; the
+        // next document's rows are unchanged), rows past N are skipped by TMA.
+        {
+            unsigned char* dqs = base + L::dq + (2 * c + (it & 1)) * kDqBytes;
+            const bool odd = g & 1;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int query = qb + 16 * warp + g + 8 * r;
-            if (query < q1) {
-                float* dst = dq_accum + query * qstride + h * D + col0 + 2 * t;
+            for (int nb = 0; nb < 8; ++nb) {
+                const int ns = nb ^ (odd ? 2 : 0);
 #pragma unroll
-                for (int nb = 0; nb < 8; ++nb)
-                    atomicAdd(reinterpret_cast<float2*>(dst + 8 * nb),
-                              make_float2(dq[4 * nb + 2 * r] * scale, dq[4 * nb + 2 * r + 1] * scale));
+                for (int r = 0; r < 2; ++r) {
+                    const float x = odd ? dq[4 * (nb ^ 2) + 2 * r] : dq[4 * nb + 2 * r];
+                    const float y = odd ? dq[4 * (nb ^ 2) + 2 * r + 1] : dq[4 * nb + 2 * r + 1];
+                    const int row = 16 * warp + g + 8 * r, col = 8 * (ns % 4) + 2 * t;
+                    *reinterpret_cast<float2*>(dqs + (nb / 4) * kDqBoxBytes + row * 128 +
+                                               (((col / 4) ^ (row % 8)) * 16) + (col % 4) * 4) =
+                        make_float2(x * scale, y * scale);
+                }
+            }
+            fence_proxy_async();
+            if (c == 0) named_barrier<128>(3);  // constant ids (as for dS above)
+            else named_barrier<128>(4);
+            if (tid == 0) {
+                const int col0 = D == 128 ? 64 * c : 0;
+                tma_reduce_add_3d(dqs, tm_dq, col0, h, qb);
+                tma_reduce_add_3d(dqs + kDqBoxBytes, tm_dq, col0 + 32, h, qb);
+                bulk_commit_group();
             }
         }
         if constexpr (decltype(next)::value) {
@@ -482,13 +524,16 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
             }
         }
     }
+    // The last reductions ran meanwhile; their source must stay until they have read it.
+    bulk_wait_group_read<0>();
 }
 
 }  // namespace limo_flash_sm90
 
 // ---------------------------------------------------------------------------------------------
 // Entry points. Tensor maps (__grid_constant__): q and dO with {64, 1, 64} boxes, k and v with
-// {64, 1, 128} boxes. Dynamic shared memory: BwdSmem<D>::bytes.
+// {64, 1, 128} boxes (bf16), dq_accum ([N, q_heads, D] f32, zeroed by the host) with {32, 1, 64}
+// boxes, all with the 128-byte swizzle. Dynamic shared memory: BwdSmem<D>::bytes.
 
 using namespace limo_flash_sm90;
 
@@ -496,9 +541,9 @@ using namespace limo_flash_sm90;
     extern "C" __global__ void __launch_bounds__(384, 1) flash_bwd_sm90_bf16_hd##D(             \
         const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,     \
         const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,    \
-        const float* lse, const float* delta, bf16* dk, bf16* dv, float* dq_accum,              \
-        const int* tiles, int n, int q_heads, int kv_heads, float scale) {                      \
-        flash_bwd_sm90<D>(&tm_q, &tm_k, &tm_v, &tm_do, lse, delta, dk, dv, dq_accum, tiles, n,  \
+        const __grid_constant__ CUtensorMap tm_dq, const float* lse, const float* delta,        \
+        bf16* dk, bf16* dv, const int* tiles, int n, int q_heads, int kv_heads, float scale) {  \
+        flash_bwd_sm90<D>(&tm_q, &tm_k, &tm_v, &tm_do, &tm_dq, lse, delta, dk, dv, tiles, n,    \
                           q_heads, kv_heads, scale);                                            \
     }
 

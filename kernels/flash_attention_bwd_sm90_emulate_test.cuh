@@ -8,8 +8,11 @@
 //      128-key tile, a sequence length that is no multiple of either, long enough documents
 //      that the Q/dO ring and the dS double buffer are reused with both mbarrier parities),
 //      GQA 5:1, 6:1, 4:1, 3:1 and 1:1 (the group loop; a CTA with a single iteration), head_dim
-//      64 and 128: dQ (from the fp32 atomic accumulator), dK, dV by relative L2; dK and dV
-//      pre-filled with NaN so an unwritten element fails; and no race flagged.
+//      64 and 128: dQ (from the fp32 accumulator the kernel's TMA reduce-adds go into, through
+//      an f32 tensor map with {32, 1, 64} boxes and the 128-byte swizzle; N no multiple of 64,
+//      so boxes run past N), dK, dV by relative L2; dK and dV pre-filled with NaN so an
+//      unwritten element fails; and no race flagged (a dQ staging buffer written while its
+//      reduce is pending is one).
 // Inputs are bf16-exact; lse and delta are the float64 reference's (rounded to f32), so the
 // error measured is the kernel's own (bf16 P and dS operands, fp32 accumulation, bf16 dK/dV).
 // Build: as flash_attention_sm90_emulate.cuh says, with kernels/flash_attention_bwd_sm90.cu.
@@ -25,8 +28,8 @@ namespace emu90_bwd_test {
 
 // The sizes the Rust wrapper asks for (smem_bytes in crates/limo-ops/src/cuda/
 // flash_attention_bwd_sm90.rs, which asserts the same numbers).
-static_assert(limo_flash_sm90::BwdSmem<128>::bytes == 165928, "wrapper's shared memory, D=128");
-static_assert(limo_flash_sm90::BwdSmem<64>::bytes == 100392, "wrapper's shared memory, D=64");
+static_assert(limo_flash_sm90::BwdSmem<128>::bytes == 231464, "wrapper's shared memory, D=128");
+static_assert(limo_flash_sm90::BwdSmem<64>::bytes == 165928, "wrapper's shared memory, D=64");
 
 bool check_trans_a() {
     std::mt19937 gen(5);
@@ -100,14 +103,15 @@ bool run_case(const Case& c, uint64_t seed) {
     const CUtensorMap tdo = emu_tensor_map(dout, n, hq, d, 64);
     const CUtensorMap tk = emu_tensor_map(k, n, hkv, d, 128);
     const CUtensorMap tv = emu_tensor_map(v, n, hkv, d, 128);
+    const CUtensorMap tdq = emu_tensor_map_f32(dq, n, hq, d, 64);
     const auto kt = tiles(c.cu, true, kBwdKeys);
     emu90_launch(unsigned(kt.size() / 3), hkv, 384, [&] {
         if (d == 64)
-            flash_bwd_sm90_bf16_hd64(tq, tk, tv, tdo, lse.data(), delta.data(), dk.data(), dv.data(),
-                                     dq.data(), kt.data(), n, hq, hkv, scale);
+            flash_bwd_sm90_bf16_hd64(tq, tk, tv, tdo, tdq, lse.data(), delta.data(), dk.data(),
+                                     dv.data(), kt.data(), n, hq, hkv, scale);
         else
-            flash_bwd_sm90_bf16_hd128(tq, tk, tv, tdo, lse.data(), delta.data(), dk.data(), dv.data(),
-                                      dq.data(), kt.data(), n, hq, hkv, scale);
+            flash_bwd_sm90_bf16_hd128(tq, tk, tv, tdo, tdq, lse.data(), delta.data(), dk.data(),
+                                      dv.data(), kt.data(), n, hq, hkv, scale);
     });
     auto to_f = [](const std::vector<__nv_bfloat16>& x) { return std::vector<float>(x.begin(), x.end()); };
     const double eq = rel_l2(dq, ref.dq), ek = rel_l2(to_f(dk), ref.dk), ev = rel_l2(to_f(dv), ref.dv);

@@ -55,11 +55,17 @@
 // Named barriers (bar.sync and bar.arrive id, count; the forward's ping-pong, the backward's dS
 // exchange), counted per warp as on the GPU (details at emu_named_barrier). The backward
 // (flash_attention_bwd_sm90.cu) adds: A from shared memory MN-major (imm-trans-a, decoded with
-// the MN-major layout above) and sm_90's 2-wide fp32 atomicAdd.
+// the MN-major layout above), sm_90's 2-wide fp32 atomicAdd, and the TMA reduce-add
+// (cp.reduce.async.bulk.tensor.3d .add.tile.bulk_group, f32 maps, with cp.async.bulk
+// .commit_group / .wait_group.read; details at EmuReduce): recorded at issue, performed at the
+// latest legal point (the issuing thread's covering wait_group.read, else the block's end),
+// reading shared memory then, out-of-bound elements skipped; a source written between the issue
+// and that point is flagged as a race.
 //
 // setmaxnreg is a no-op; fences (fence.mbarrier_init, fence.proxy.async, wgmma.fence apart from
-// the check above) have no effect. Not emulated: clusters and multicast, TMA stores, im2col, other swizzles in
-// TMA than none/32B/64B/128B, the timing of anything.
+// the check above) have no effect (so a missing fence.proxy.async before a TMA reduce goes
+// unnoticed). Not emulated: clusters and multicast, TMA stores and reductions other than the f32
+// add, im2col, other swizzles in TMA than none/32B/64B/128B, the timing of anything.
 #pragma once
 
 #include "flash_attention_emulate.cuh"
@@ -106,7 +112,7 @@ enum CUtensorMapFloatOOBfill { CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0 };
 // Opaque (128 bytes, 64-byte aligned) in cuda.h; here the encoded parameters.
 struct alignas(64) CUtensorMap {
     const unsigned char* addr;
-    uint32_t rank, elem_bytes, swizzle;
+    uint32_t type, rank, elem_bytes, swizzle;
     uint64_t dim[5], stride[5];  // stride[i]: bytes between consecutive indices of dimension i
     uint32_t box[5];
 };
@@ -131,6 +137,7 @@ inline CUresult cuTensorMapEncodeTiled(CUtensorMap* map, CUtensorMapDataType typ
     const uint32_t es = sizes[type];
     CUtensorMap m{};
     m.addr = static_cast<const unsigned char*>(addr);
+    m.type = type;
     m.rank = rank;
     m.elem_bytes = es;
     m.swizzle = swizzle;
@@ -163,6 +170,22 @@ inline CUtensorMap emu_tensor_map(const std::vector<__nv_bfloat16>& x, int n, in
     const cuuint32_t box[3] = {64, 1, uint32_t(rows)}, es[3] = {1, 1, 1};
     if (cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
                                const_cast<__nv_bfloat16*>(x.data()), dim, str, box, es,
+                               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                               CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+        emu_fail("cuTensorMapEncodeTiled refused the map");
+    return m;
+}
+
+// The backward's dq_accum map (tensor_map_f32 in the Rust wrapper): a [n, heads, d] f32
+// tensor, a box of {32 columns, 1 head, `rows` tokens} (128 bytes: the 128-byte swizzle's span),
+// 128-byte swizzle.
+inline CUtensorMap emu_tensor_map_f32(std::vector<float>& x, int n, int heads, int d, int rows) {
+    alignas(64) CUtensorMap m;
+    const cuuint64_t dim[3] = {uint64_t(d), uint64_t(heads), uint64_t(n)};
+    const cuuint64_t str[2] = {uint64_t(d) * 4, uint64_t(heads) * d * 4};
+    const cuuint32_t box[3] = {32, 1, uint32_t(rows)}, es[3] = {1, 1, 1};
+    if (cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, x.data(), dim, str, box, es,
                                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
@@ -358,6 +381,87 @@ inline void emulated_tma_load_3d(void* dst, const CUtensorMap* map, int c0, int 
         emu90_tma_pending[g] = 1;
     emu90_tma.push_back({d, emu_smem_u32(bar), bytes, *map, {c0, c1, c2}});
     ++emu90_tma_count;
+}
+
+// cp.reduce.async.bulk.tensor.3d ... .add.tile.bulk_group (TMA reduce-add, f32 maps only) with
+// cp.async.bulk.commit_group / wait_group.read, per issuing thread as on the GPU. The issue only
+// records the operation and a snapshot of its source box; the reduction is performed at the
+// latest legal point, the thread's cp.async.bulk.wait_group.read that covers its group (or the
+// block's end for one never waited for), reading shared memory then: into global memory, the
+// box's elements past the tensor's bounds skipped. A source that changed between the issue and
+// that point (a store into a buffer whose reduce is still pending: a buffer reused before its
+// wait, or a store the issuing thread did not wait for at a barrier) is flagged as a race.
+struct EmuReduce {
+    uint32_t src, bytes;
+    CUtensorMap map;
+    int c[3];
+    std::vector<unsigned char> snapshot;
+};
+inline std::vector<EmuReduce> emu90_red_ops[kEmuMaxThreads];
+inline std::vector<size_t> emu90_red_groups[kEmuMaxThreads];  // op count at each commit
+inline std::atomic<long> emu90_reduce_count{0};
+
+inline void emulated_tma_reduce_add_3d(const void* src, const CUtensorMap* map, int c0, int c1,
+                                       int c2) {
+    if (map->rank != 3) emu_fail("cp.reduce.async.bulk.tensor.3d with a tensor map of another rank");
+    if (map->type != CU_TENSOR_MAP_DATA_TYPE_FLOAT32)
+        emu_fail("cp.reduce.async.bulk.tensor: only the f32 add is emulated");
+    const uint32_t a = emu_smem_u32(src);
+    const uint32_t need = map->swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 1024 : 128;
+    if (a % need) emu_fail("TMA reduce source not aligned (128 bytes; 1024 with the 128B swizzle)");
+    const uint32_t bytes = map->box[0] * map->box[1] * map->box[2] * map->elem_bytes;
+    const unsigned char* p = emu_smem_ptr(a, bytes);
+    emu90_red_ops[threadIdx.x].push_back({a, bytes, *map, {c0, c1, c2}, {p, p + bytes}});
+}
+
+inline void emulated_bulk_commit_group() {
+    emu90_red_groups[threadIdx.x].push_back(emu90_red_ops[threadIdx.x].size());
+}
+
+// Performs (now) reduce `r`, reading shared memory. Takes emu90_mutex (the two consumer
+// warpgroups' reductions may add into the same elements).
+inline void emu_reduce_perform(const EmuReduce& r, unsigned thread) {
+    std::lock_guard<std::mutex> lock(emu90_mutex);
+    const unsigned char* p = emu_smem_ptr(r.src, r.bytes);
+    if (std::memcmp(p, r.snapshot.data(), r.bytes) != 0 && emu90_races++ < 5)
+        std::fprintf(stderr,
+                     "emulation: race: the shared source of a TMA reduce was written before the "
+                     "cp.async.bulk.wait_group.read that covers it (shared address %u, issued by "
+                     "thread %u, block %u,%u)\n",
+                     r.src, thread, blockIdx.x, blockIdx.y);
+    const CUtensorMap& m = r.map;
+    const int b = m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 3
+                  : m.swizzle == CU_TENSOR_MAP_SWIZZLE_64B ? 2
+                  : m.swizzle == CU_TENSOR_MAP_SWIZZLE_32B ? 1 : 0;
+    uint32_t off = 0;
+    for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
+        for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
+            for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, off += 4) {
+                const int64_t g0 = int64_t(r.c[0]) + i0, g1 = int64_t(r.c[1]) + i1;
+                const int64_t g2 = int64_t(r.c[2]) + i2;
+                if (g0 < 0 || g1 < 0 || g2 < 0 || uint64_t(g0) >= m.dim[0] ||
+                    uint64_t(g1) >= m.dim[1] || uint64_t(g2) >= m.dim[2])
+                    continue;  // TMA does not write out of bounds
+                float x, y;
+                std::memcpy(&x, emu_smem_ptr(emu_swizzle(r.src + off, b), 4), 4);
+                unsigned char* dst = const_cast<unsigned char*>(m.addr) + g0 * m.stride[0] +
+                                     g1 * m.stride[1] + g2 * m.stride[2];
+                std::memcpy(&y, dst, 4);
+                y += x;
+                std::memcpy(dst, &y, 4);
+            }
+    ++emu90_reduce_count;
+}
+
+inline void emulated_bulk_wait_group_read(int newer) {
+    auto& groups = emu90_red_groups[threadIdx.x];
+    if (groups.size() <= size_t(newer)) return;
+    auto& ops = emu90_red_ops[threadIdx.x];
+    const size_t done = groups[groups.size() - 1 - newer];
+    for (size_t i = 0; i < done; ++i) emu_reduce_perform(ops[i], threadIdx.x);
+    ops.erase(ops.begin(), ops.begin() + done);
+    groups.erase(groups.begin(), groups.end() - newer);
+    for (auto& e : groups) e -= done;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,6 +774,8 @@ void emu90_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
                 emu90_groups[t].clear();
                 emu90_acc[t].clear();
                 emu90_fenced[t] = false;
+                emu90_red_ops[t].clear();
+                emu90_red_groups[t].clear();
             }
             std::memset(limo_flash_sm90::smem_raw, 0xff, sizeof(limo_flash_sm90::smem_raw));
             std::vector<std::thread> pool;
@@ -687,6 +793,12 @@ void emu90_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
             if (!emu90_tma.empty()) emu_fail("the block ended with TMA copies never waited for");
             for (unsigned t = 0; t < threads; ++t)
                 if (!emu90_ops[t].empty()) emu_fail("the block ended with wgmmas never retired");
+            // TMA reductions never waited for complete at the block's end (the latest point).
+            for (unsigned t = 0; t < threads; ++t) {
+                for (const EmuReduce& r : emu90_red_ops[t]) emu_reduce_perform(r, t);
+                emu90_red_ops[t].clear();
+                emu90_red_groups[t].clear();
+            }
         }
     }
 }
@@ -702,13 +814,14 @@ int emu90_run_cases(const std::vector<Case>& cases, uint64_t seed, bool ok, Run 
         std::printf("], heads %d/%d, head_dim %d\n", c.hq, c.hkv, c.d);
         ok = run(c, seed++) && ok;
     }
-    std::printf("races (TMA over a live wgmma operand, wgmma over an in-flight TMA): %ld %s\n",
+    std::printf("races (TMA over a live wgmma operand, wgmma over an in-flight TMA, a TMA reduce "
+                "source written before its wait): %ld %s\n",
                 emu90_races.load(), emu90_races ? "FAIL" : "ok");
     ok = ok && emu90_races == 0;
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("%ld wgmma, %ld TMA copies emulated\n", emu90_wgmma_count.load(),
-                emu90_tma_count.load());
+    std::printf("%ld wgmma, %ld TMA copies, %ld TMA reductions emulated\n",
+                emu90_wgmma_count.load(), emu90_tma_count.load(), emu90_reduce_count.load());
     std::printf(ok ? "all %s checks passed (%.1f s)\n" : "%s FAILED (%.1f s)\n", what, secs);
     return ok ? 0 : 1;
 }

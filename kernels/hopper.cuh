@@ -1,6 +1,7 @@
 // PTX wrappers of the Hopper (sm_90a) kernels, flash_attention_sm90.cu and
 // flash_attention_bwd_sm90.cu: mbarriers, TMA, setmaxnreg, named barriers (sync, arrive), proxy
-// fences and the wgmma fence / commit / wait and descriptor. Under LIMO_FLASH_EMULATE each calls
+// fences, the TMA reduce-add with its bulk-group commit / wait, and the wgmma fence / commit /
+// wait and descriptor. Under LIMO_FLASH_EMULATE each calls
 // the emulation's emulated_* function (flash_attention_sm90_emulate.cuh, included first); the
 // wgmma products themselves stay in each kernel file, one per shape it uses.
 #pragma once
@@ -106,6 +107,41 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, i
         "[%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_u32(dst)),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
         : "memory");
+#endif
+}
+
+// TMA reduce-add (the backward's dQ): the box at (c0, c1, c2) of `map` += the box at src in
+// shared memory (the map's element type, f32 here; laid out as a TMA load of that map would put
+// it, swizzle included; 128-byte aligned, 1024 with the 128-byte swizzle); out-of-bound
+// elements are skipped. Completion by bulk async-group: bulk_commit_group() closes the thread's
+// group, bulk_wait_group_read<N>() waits until at most N of its groups still read shared memory.
+// All three are per thread (the issuing thread's groups).
+__device__ __forceinline__ void tma_reduce_add_3d(const void* src, const CUtensorMap* map, int c0,
+                                                  int c1, int c2) {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_tma_reduce_add_3d(src, map, c0, c1, c2);
+#else
+    asm volatile(
+        "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group "
+        "[%0, {%1, %2, %3}], [%4];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
+        "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(src))
+        : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit_group() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_bulk_commit_group();
+#else
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// A thread with no bulk group pending passes at once (the non-issuing threads).
+template <int N>
+__device__ __forceinline__ void bulk_wait_group_read() {
+#ifdef LIMO_FLASH_EMULATE
+    emulated_bulk_wait_group_read(N);
+#else
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

@@ -21,9 +21,13 @@
 #   - then `gsb0, 0x1` .. the next `gsb0, 0x0`: a dS^T window (dV in flight): dS^T = P^T (dP^T -
 #     delta) must be computed (FADD) and stored for dQ (STS) there;
 #   - closed by `gsb0, 0x0`: an S^T window (S^T of the next iteration in flight, or the
-#     prologue's S^T(0), which has no atomics): the dq_accum atomics (REDG) of the loop's copy
-#     must lie in one: at least half the function's REDG (the peeled last iteration has no next
-#     S^T to overlap).
+#     prologue's S^T(0), which has no dQ): the dq_accum update is a TMA reduce-add
+#     (cp.reduce.async.bulk.tensor = `UTMAREDG.3D.ADD`, its commit_group `UTMACMDFLUSH`, its
+#     wait_group.read N `DEPBAR.LE SB0, N`), issued there so that it runs under the next S^T and
+#     the next iteration: at least half the function's UTMAREDG (the peeled last iteration has
+#     no next S^T) must lie in S^T windows; no per-thread fp32 atomic (`REDG`) may be left; and
+#     no `DEPBAR.LE SB0, 0x0` (a full drain of the reductions) may come before the function's
+#     last UTMAREDG (the loop waits with N = 1, for the reduce of two iterations back only).
 # Prints per function one line per window and PASS or FAIL lines.
 #
 # Usage: scripts/sass-check-sm90-overlap.sh [file.cubin | file.sass]...
@@ -101,10 +105,10 @@ END { flush(); exit bad }
 ' "$dir/fwd.sass" || status=1
 
 awk '
-function reset() { n = 0; ex2 = 0; rs = 0; red = 0; fadd = 0; fmul = 0; f2fp = 0; sts = 0; bar = 0; dq = 0 }
+function reset() { n = 0; ex2 = 0; rs = 0; red = 0; fadd = 0; fmul = 0; f2fp = 0; sts = 0; bar = 0; dq = 0; flushc = 0 }
 function flush(   ok) {
     if (fn == "") return
-    printf "%s: %d MUFU.EX2, %d REDG in the function\n%s", fn, ex2_all, red_all, lines
+    printf "%s: %d MUFU.EX2, %d UTMAREDG, %d REDG in the function\n%s", fn, ex2_all, red_all, redg_all, lines
     ok = 1
     if (hg_all && hg_gsb == hg_all) {
         printf "  FAIL: all %d HGMMA carry gsb0: ptxas serialised the wgmmas (its remark C7514)\n", hg_all
@@ -118,17 +122,28 @@ function flush(   ok) {
     if (dp_bad) { print "  FAIL: a dP^T window without MUFU.EX2 or without the dV issue"; ok = 0 }
     if (nds == 0 || ds_bad) { print "  FAIL: no dS^T window, or one without its FADD / STS: dS^T not computed while dV runs"; ok = 0 }
     if (red_all == 0 || 2 * red_s < red_all) {
-        printf "  FAIL: %d of %d REDG in S^T windows: the dq atomics do not overlap the next S^T\n", red_s, red_all
+        printf "  FAIL: %d of %d UTMAREDG in S^T windows: the dQ TMA reduce-add is missing or does not overlap the next S^T\n", red_s, red_all
+        ok = 0
+    }
+    if (redg_all) {
+        printf "  FAIL: %d REDG: per-thread fp32 atomics into dq_accum are back\n", redg_all
+        ok = 0
+    }
+    if (drain_early) {
+        printf "  FAIL: a DEPBAR.LE SB0, 0x0 (wait_group.read 0) before the last UTMAREDG: the reductions are drained inside the loop\n"
         ok = 0
     }
     print ok ? "  PASS" : "  FAIL"
     if (!ok) bad = 1
 }
-/Function :/ { flush(); fn = $3; ex2_all = 0; red_all = 0; ndp = 0; nds = 0; nst = 0; ex2_dp = 0; red_s = 0
-               dp_bad = 0; ds_bad = 0; hg_all = 0; hg_gsb = 0; win = ""; lines = ""; next }
+/Function :/ { flush(); fn = $3; ex2_all = 0; red_all = 0; redg_all = 0; ndp = 0; nds = 0; nst = 0; ex2_dp = 0; red_s = 0
+               dp_bad = 0; ds_bad = 0; hg_all = 0; hg_gsb = 0; drained_at = -1; drain_early = 0; win = ""; lines = ""; next }
 /^[ \t]+\/\*[0-9a-f]+\*\/[ \t]+[@A-Z]/ { n++ }
 /MUFU\.EX2/ { ex2_all++; ex2++ }
-/REDG/ { red_all++; red++ }
+/UTMAREDG/ { red_all++; red++; if (drained_at >= 0) drain_early = 1 }
+/UTMACMDFLUSH/ { flushc++ }
+/[ \t]REDG/ { redg_all++ }
+/[ \t]DEPBAR\.LE SB0, 0x0/ { drained_at = red_all }
 /HGMMA/ { hg_all++; if (/gsb0/) hg_gsb++ }
 /HGMMA/ && /tnspA/ { dq++; next }
 /HGMMA/ && /tnspB/ { rs++; next }
@@ -150,7 +165,8 @@ function flush(   ok) {
         if (!fadd || !sts) ds_bad = 1
     } else if (win == "ss") {
         nst++; red_s += red
-        lines = lines sprintf("  S^T window %d: %4d instructions, REDG %2d\n", nst, n, red)
+        lines = lines sprintf("  S^T window %d: %4d instructions, UTMAREDG %d, UTMACMDFLUSH %d, STS %2d, BAR.SYNC %d\n",
+                              nst, n, red, flushc, sts, bar)
     }
     win = ""; reset(); next
 }
@@ -158,7 +174,7 @@ function flush(   ok) {
 /FADD/ { fadd++ }
 /FMUL/ { fmul++ }
 /F2FP\./ { f2fp++ }
-/ STS / { sts++ }
+/ STS[ .]/ { sts++ }
 /BAR\.SYNC/ { bar++ }
 END { flush(); exit bad }
 ' "$dir/bwd.sass" || status=1

@@ -55,9 +55,49 @@ pub(super) fn tensor_map(
     head_dim: usize,
     rows: usize,
 ) -> Result<TensorMap> {
+    encode(
+        ptr,
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        2,
+        [head_dim, heads, n],
+        [64, rows],
+    )
+}
+
+/// The TMA map of a contiguous `[n, heads, head_dim]` f32 tensor at `ptr` (16-byte aligned):
+/// boxes of 32 columns (128 bytes, the 128-byte swizzle's span) x 1 head x `rows` tokens,
+/// 128-byte swizzle. The backward's dQ reduce-add target (`dq_accum`, 64-row boxes).
+pub(super) fn tensor_map_f32(
+    ptr: sys::CUdeviceptr,
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    rows: usize,
+) -> Result<TensorMap> {
+    encode(
+        ptr,
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+        4,
+        [head_dim, heads, n],
+        [32, rows],
+    )
+}
+
+/// A rank-3 tiled map (dimensions innermost first `dims`, elements of `elem_bytes`), boxes of
+/// `cols x 1 x rows`, 128-byte swizzle, L2 promotion 128 bytes, zeros out of bounds.
+fn encode(
+    ptr: sys::CUdeviceptr,
+    dtype: sys::CUtensorMapDataType,
+    elem_bytes: usize,
+    [head_dim, heads, n]: [usize; 3],
+    [cols, rows]: [usize; 2],
+) -> Result<TensorMap> {
     let dims: [u64; 3] = [head_dim as u64, heads as u64, n as u64];
-    let strides: [u64; 2] = [head_dim as u64 * 2, (heads * head_dim) as u64 * 2];
-    let boxes: [u32; 3] = [64, 1, rows as u32];
+    let strides: [u64; 2] = [
+        (head_dim * elem_bytes) as u64,
+        (heads * head_dim * elem_bytes) as u64,
+    ];
+    let boxes: [u32; 3] = [cols as u32, 1, rows as u32];
     let elem_strides: [u32; 3] = [1, 1, 1];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
     // SAFETY: every pointer is to a live local array of the length the rank (3) implies; the
@@ -65,7 +105,7 @@ pub(super) fn tensor_map(
     let status = unsafe {
         sys::cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            dtype,
             3,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
