@@ -221,6 +221,28 @@ inline uint32_t emu_swizzle(uint32_t a, int b) {
     return a ^ (((a >> 7) & mask) << 4);
 }
 
+// Walks a TMA box of map m at coordinates c, row-major (innermost first) as it lands in shared
+// memory from byte address smem: each element's swizzled shared address and its global address,
+// or nullptr where the element lies out of bounds.
+template <typename F>
+inline void emu_tma_box(const CUtensorMap& m, const int* c, uint32_t smem, F&& each) {
+    const int b = m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 3
+                  : m.swizzle == CU_TENSOR_MAP_SWIZZLE_64B ? 2
+                  : m.swizzle == CU_TENSOR_MAP_SWIZZLE_32B ? 1 : 0;
+    uint32_t off = 0;
+    for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
+        for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
+            for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, off += m.elem_bytes) {
+                const int64_t g0 = int64_t(c[0]) + i0, g1 = int64_t(c[1]) + i1;
+                const int64_t g2 = int64_t(c[2]) + i2;
+                const bool in = g0 >= 0 && g1 >= 0 && g2 >= 0 && uint64_t(g0) < m.dim[0] &&
+                                uint64_t(g1) < m.dim[1] && uint64_t(g2) < m.dim[2];
+                each(emu_swizzle(smem + off, b),
+                     in ? m.addr + g0 * m.stride[0] + g1 * m.stride[1] + g2 * m.stride[2]
+                        : nullptr);
+            }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-block state
 
@@ -319,24 +341,13 @@ inline void emu_tma_complete_for(uint32_t bar) {
             continue;
         }
         const CUtensorMap& m = c.map;
-        const int b = m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 3
-                      : m.swizzle == CU_TENSOR_MAP_SWIZZLE_64B ? 2
-                      : m.swizzle == CU_TENSOR_MAP_SWIZZLE_32B ? 1 : 0;
-        uint32_t off = 0;
-        for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
-            for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
-                for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, off += m.elem_bytes) {
-                    const int64_t g0 = int64_t(c.c[0]) + i0, g1 = int64_t(c.c[1]) + i1;
-                    const int64_t g2 = int64_t(c.c[2]) + i2;
-                    unsigned char* dst = emu_smem_ptr(emu_swizzle(c.dst + off, b), m.elem_bytes);
-                    const bool in = g0 >= 0 && g1 >= 0 && g2 >= 0 && uint64_t(g0) < m.dim[0] &&
-                                    uint64_t(g1) < m.dim[1] && uint64_t(g2) < m.dim[2];
-                    if (in)
-                        std::memcpy(dst, m.addr + g0 * m.stride[0] + g1 * m.stride[1] + g2 * m.stride[2],
-                                    m.elem_bytes);
-                    else
-                        std::memset(dst, 0, m.elem_bytes);
-                }
+        emu_tma_box(m, c.c, c.dst, [&](uint32_t smem, const unsigned char* global) {
+            unsigned char* dst = emu_smem_ptr(smem, m.elem_bytes);
+            if (global)
+                std::memcpy(dst, global, m.elem_bytes);
+            else
+                std::memset(dst, 0, m.elem_bytes);
+        });
         for (uint32_t g = (c.dst - kSmemWindow) / 16; g < (c.dst - kSmemWindow + c.bytes) / 16; ++g)
             emu90_tma_pending[g] = 0;
         uint64_t* barp = reinterpret_cast<uint64_t*>(emu_smem_ptr(c.bar, 8));
@@ -429,27 +440,15 @@ inline void emu_reduce_perform(const EmuReduce& r, unsigned thread) {
                      "cp.async.bulk.wait_group.read that covers it (shared address %u, issued by "
                      "thread %u, block %u,%u)\n",
                      r.src, thread, blockIdx.x, blockIdx.y);
-    const CUtensorMap& m = r.map;
-    const int b = m.swizzle == CU_TENSOR_MAP_SWIZZLE_128B ? 3
-                  : m.swizzle == CU_TENSOR_MAP_SWIZZLE_64B ? 2
-                  : m.swizzle == CU_TENSOR_MAP_SWIZZLE_32B ? 1 : 0;
-    uint32_t off = 0;
-    for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
-        for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
-            for (uint32_t i0 = 0; i0 < m.box[0]; ++i0, off += 4) {
-                const int64_t g0 = int64_t(r.c[0]) + i0, g1 = int64_t(r.c[1]) + i1;
-                const int64_t g2 = int64_t(r.c[2]) + i2;
-                if (g0 < 0 || g1 < 0 || g2 < 0 || uint64_t(g0) >= m.dim[0] ||
-                    uint64_t(g1) >= m.dim[1] || uint64_t(g2) >= m.dim[2])
-                    continue;  // TMA does not write out of bounds
-                float x, y;
-                std::memcpy(&x, emu_smem_ptr(emu_swizzle(r.src + off, b), 4), 4);
-                unsigned char* dst = const_cast<unsigned char*>(m.addr) + g0 * m.stride[0] +
-                                     g1 * m.stride[1] + g2 * m.stride[2];
-                std::memcpy(&y, dst, 4);
-                y += x;
-                std::memcpy(dst, &y, 4);
-            }
+    emu_tma_box(r.map, r.c, r.src, [&](uint32_t smem, const unsigned char* global) {
+        if (!global) return;  // TMA does not write out of bounds
+        float x, y;
+        std::memcpy(&x, emu_smem_ptr(smem, 4), 4);
+        unsigned char* dst = const_cast<unsigned char*>(global);
+        std::memcpy(&y, dst, 4);
+        y += x;
+        std::memcpy(dst, &y, 4);
+    });
     ++emu90_reduce_count;
 }
 

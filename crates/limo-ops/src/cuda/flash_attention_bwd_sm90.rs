@@ -21,7 +21,7 @@ use candle_core::cuda_backend::CudaDevice;
 use candle_core::{bail, Result};
 
 use super::flash_attention::{allow_smem, config, tile_table, Dims, Order};
-use super::flash_attention_sm90::{tensor_map, tensor_map_f32};
+use super::flash_attention_sm90::{tensor_map, MapDtype};
 use super::{cubin_sm90a, load_sm90a, wrap, KernelType, Sm90aCubin};
 
 static CUBIN: Sm90aCubin = cubin_sm90a!("flash_attention_bwd_sm90");
@@ -96,13 +96,34 @@ pub(super) fn launch<T: KernelType>(
     let (k_ptr, _k_guard) = b.k.device_ptr(&stream);
     let (v_ptr, _v_guard) = b.v.device_ptr(&stream);
     let (do_ptr, _do_guard) = b.d_out.device_ptr(&stream);
-    let tm_q = tensor_map(q_ptr, d.n, d.q_heads, d.head_dim, QUERY_BLOCK)?;
-    let tm_do = tensor_map(do_ptr, d.n, d.q_heads, d.head_dim, QUERY_BLOCK)?;
-    let tm_k = tensor_map(k_ptr, d.n, d.kv_heads, d.head_dim, KEY_TILE)?;
-    let tm_v = tensor_map(v_ptr, d.n, d.kv_heads, d.head_dim, KEY_TILE)?;
+    let tm_q = tensor_map(
+        q_ptr,
+        MapDtype::Bf16,
+        d.n,
+        d.q_heads,
+        d.head_dim,
+        QUERY_BLOCK,
+    )?;
+    let tm_do = tensor_map(
+        do_ptr,
+        MapDtype::Bf16,
+        d.n,
+        d.q_heads,
+        d.head_dim,
+        QUERY_BLOCK,
+    )?;
+    let tm_k = tensor_map(k_ptr, MapDtype::Bf16, d.n, d.kv_heads, d.head_dim, KEY_TILE)?;
+    let tm_v = tensor_map(v_ptr, MapDtype::Bf16, d.n, d.kv_heads, d.head_dim, KEY_TILE)?;
     // dq_accum is written only through its map (TMA reduce-adds): the guard orders the write.
     let (dq_ptr, _dq_guard) = b.dq_accum.device_ptr_mut(&stream);
-    let tm_dq = tensor_map_f32(dq_ptr, d.n, d.q_heads, d.head_dim, QUERY_BLOCK)?;
+    let tm_dq = tensor_map(
+        dq_ptr,
+        MapDtype::F32,
+        d.n,
+        d.q_heads,
+        d.head_dim,
+        QUERY_BLOCK,
+    )?;
     let (tiles, count) = tile_table(dev, cu_seqlens, KEY_TILE, Order::Keys)?;
     let (n, hq, hkv) = (d.n as i32, d.q_heads as i32, d.kv_heads as i32);
     let smem = smem_bytes(d.head_dim);

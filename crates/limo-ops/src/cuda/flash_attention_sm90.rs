@@ -44,54 +44,35 @@ pub(super) struct TensorMap(sys::CUtensorMap);
 // SAFETY: a plain-old-data driver struct, passed by value as the kernel's `CUtensorMap`.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// The TMA map of a contiguous `[n, heads, head_dim]` bf16 tensor at `ptr` (16-byte aligned:
-/// [`prepare`] guarantees it): boxes of 64 columns x 1 head x `rows` tokens (at most 256),
-/// 128-byte swizzle. The forward uses 128-row boxes; the backward
-/// ([`super::flash_attention_bwd_sm90`]) 128 for k/v and 64 for q/dO.
+/// Element type of a [`tensor_map`].
+#[derive(Clone, Copy)]
+pub(super) enum MapDtype {
+    Bf16,
+    F32,
+}
+
+/// The TMA map of a contiguous `[n, heads, head_dim]` tensor at `ptr` (16-byte aligned:
+/// [`prepare`] guarantees it for the bf16 inputs): boxes of 128 bytes of columns (64 bf16 or 32
+/// f32: the 128-byte swizzle's span) x 1 head x `rows` tokens (at most 256), 128-byte swizzle,
+/// L2 promotion 128 bytes, zeros out of bounds. The forward uses 128-row bf16 boxes; the
+/// backward ([`super::flash_attention_bwd_sm90`]) 128 for k/v, 64 for q/dO, and 64-row f32
+/// boxes for its dQ reduce-add target.
 pub(super) fn tensor_map(
     ptr: sys::CUdeviceptr,
+    dtype: MapDtype,
     n: usize,
     heads: usize,
     head_dim: usize,
     rows: usize,
 ) -> Result<TensorMap> {
-    encode(
-        ptr,
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-        2,
-        [head_dim, heads, n],
-        [64, rows],
-    )
-}
-
-/// The TMA map of a contiguous `[n, heads, head_dim]` f32 tensor at `ptr` (16-byte aligned):
-/// boxes of 32 columns (128 bytes, the 128-byte swizzle's span) x 1 head x `rows` tokens,
-/// 128-byte swizzle. The backward's dQ reduce-add target (`dq_accum`, 64-row boxes).
-pub(super) fn tensor_map_f32(
-    ptr: sys::CUdeviceptr,
-    n: usize,
-    heads: usize,
-    head_dim: usize,
-    rows: usize,
-) -> Result<TensorMap> {
-    encode(
-        ptr,
-        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
-        4,
-        [head_dim, heads, n],
-        [32, rows],
-    )
-}
-
-/// A rank-3 tiled map (dimensions innermost first `dims`, elements of `elem_bytes`), boxes of
-/// `cols x 1 x rows`, 128-byte swizzle, L2 promotion 128 bytes, zeros out of bounds.
-fn encode(
-    ptr: sys::CUdeviceptr,
-    dtype: sys::CUtensorMapDataType,
-    elem_bytes: usize,
-    [head_dim, heads, n]: [usize; 3],
-    [cols, rows]: [usize; 2],
-) -> Result<TensorMap> {
+    let (dtype, elem_bytes) = match dtype {
+        MapDtype::Bf16 => (
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+        ),
+        MapDtype::F32 => (sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4),
+    };
+    let cols = 128 / elem_bytes;
     let dims: [u64; 3] = [head_dim as u64, heads as u64, n as u64];
     let strides: [u64; 2] = [
         (head_dim * elem_bytes) as u64,
@@ -163,9 +144,9 @@ pub fn forward(
     let (q_ptr, _q_guard) = qv.device_ptr(&stream);
     let (k_ptr, _k_guard) = kv.device_ptr(&stream);
     let (v_ptr, _v_guard) = vv.device_ptr(&stream);
-    let tm_q = tensor_map(q_ptr, d.n, d.q_heads, d.head_dim, FWD_TILE)?;
-    let tm_k = tensor_map(k_ptr, d.n, d.kv_heads, d.head_dim, FWD_TILE)?;
-    let tm_v = tensor_map(v_ptr, d.n, d.kv_heads, d.head_dim, FWD_TILE)?;
+    let tm_q = tensor_map(q_ptr, MapDtype::Bf16, d.n, d.q_heads, d.head_dim, FWD_TILE)?;
+    let tm_k = tensor_map(k_ptr, MapDtype::Bf16, d.n, d.kv_heads, d.head_dim, FWD_TILE)?;
+    let tm_v = tensor_map(v_ptr, MapDtype::Bf16, d.n, d.kv_heads, d.head_dim, FWD_TILE)?;
 
     let (tiles, count) = tile_table(&dev, cu_seqlens, FWD_TILE, Order::Queries)?;
     // Every element is written: the tiles cover every token of every head.
