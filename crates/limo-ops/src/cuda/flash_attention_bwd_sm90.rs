@@ -96,34 +96,14 @@ pub(super) fn launch<T: KernelType>(
     let (k_ptr, _k_guard) = b.k.device_ptr(&stream);
     let (v_ptr, _v_guard) = b.v.device_ptr(&stream);
     let (do_ptr, _do_guard) = b.d_out.device_ptr(&stream);
-    let tm_q = tensor_map(
-        q_ptr,
-        MapDtype::Bf16,
-        d.n,
-        d.q_heads,
-        d.head_dim,
-        QUERY_BLOCK,
-    )?;
-    let tm_do = tensor_map(
-        do_ptr,
-        MapDtype::Bf16,
-        d.n,
-        d.q_heads,
-        d.head_dim,
-        QUERY_BLOCK,
-    )?;
-    let tm_k = tensor_map(k_ptr, MapDtype::Bf16, d.n, d.kv_heads, d.head_dim, KEY_TILE)?;
-    let tm_v = tensor_map(v_ptr, MapDtype::Bf16, d.n, d.kv_heads, d.head_dim, KEY_TILE)?;
+    let map = |ptr, dtype, heads, rows| tensor_map(ptr, dtype, d.n, heads, d.head_dim, rows);
+    let tm_q = map(q_ptr, MapDtype::Bf16, d.q_heads, QUERY_BLOCK)?;
+    let tm_do = map(do_ptr, MapDtype::Bf16, d.q_heads, QUERY_BLOCK)?;
+    let tm_k = map(k_ptr, MapDtype::Bf16, d.kv_heads, KEY_TILE)?;
+    let tm_v = map(v_ptr, MapDtype::Bf16, d.kv_heads, KEY_TILE)?;
     // dq_accum is written only through its map (TMA reduce-adds): the guard orders the write.
     let (dq_ptr, _dq_guard) = b.dq_accum.device_ptr_mut(&stream);
-    let tm_dq = tensor_map(
-        dq_ptr,
-        MapDtype::F32,
-        d.n,
-        d.q_heads,
-        d.head_dim,
-        QUERY_BLOCK,
-    )?;
+    let tm_dq = map(dq_ptr, MapDtype::F32, d.q_heads, QUERY_BLOCK)?;
     let (tiles, count) = tile_table(dev, cu_seqlens, KEY_TILE, Order::Keys)?;
     let (n, hq, hkv) = (d.n as i32, d.q_heads as i32, d.kv_heads as i32);
     let smem = smem_bytes(d.head_dim);
