@@ -58,7 +58,8 @@
 // the MN-major layout above), sm_90's 2-wide fp32 atomicAdd, and the TMA reduce-add
 // (cp.reduce.async.bulk.tensor.3d .add.tile.bulk_group, f32 maps, with cp.async.bulk
 // .commit_group / .wait_group.read; details at EmuReduce): recorded at issue, performed at the
-// latest legal point (the issuing thread's covering wait_group.read, else the block's end),
+// latest legal point (the issuing thread's covering wait_group.read; none by the block's end
+// is an error),
 // reading shared memory then, out-of-bound elements skipped; a source written between the issue
 // and that point is flagged as a race.
 //
@@ -397,11 +398,12 @@ inline void emulated_tma_load_3d(void* dst, const CUtensorMap* map, int c0, int 
 // cp.reduce.async.bulk.tensor.3d ... .add.tile.bulk_group (TMA reduce-add, f32 maps only) with
 // cp.async.bulk.commit_group / wait_group.read, per issuing thread as on the GPU. The issue only
 // records the operation and a snapshot of its source box; the reduction is performed at the
-// latest legal point, the thread's cp.async.bulk.wait_group.read that covers its group (or the
-// block's end for one never waited for), reading shared memory then: into global memory, the
-// box's elements past the tensor's bounds skipped. A source that changed between the issue and
-// that point (a store into a buffer whose reduce is still pending: a buffer reused before its
-// wait, or a store the issuing thread did not wait for at a barrier) is flagged as a race.
+// latest legal point, the thread's cp.async.bulk.wait_group.read that covers its group (one
+// still pending when the block ends is an error), reading shared memory then: into global
+// memory, the box's elements past the tensor's bounds skipped. A source that changed between the
+// issue and that point (a store into a buffer whose reduce is still pending: a buffer reused
+// before its wait, or a store the issuing thread did not wait for at a barrier) is flagged as a
+// race.
 struct EmuReduce {
     uint32_t src, bytes;
     CUtensorMap map;
@@ -792,12 +794,12 @@ void emu90_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
             if (!emu90_tma.empty()) emu_fail("the block ended with TMA copies never waited for");
             for (unsigned t = 0; t < threads; ++t)
                 if (!emu90_ops[t].empty()) emu_fail("the block ended with wgmmas never retired");
-            // TMA reductions never waited for complete at the block's end (the latest point).
-            for (unsigned t = 0; t < threads; ++t) {
-                for (const EmuReduce& r : emu90_red_ops[t]) emu_reduce_perform(r, t);
-                emu90_red_ops[t].clear();
-                emu90_red_groups[t].clear();
-            }
+            // A TMA reduction still reading shared memory when the block ends reads memory the
+            // block no longer owns: the kernel must wait_group.read 0 before it exits.
+            for (unsigned t = 0; t < threads; ++t)
+                if (!emu90_red_ops[t].empty())
+                    emu_fail("the block ended with TMA reductions never waited for "
+                             "(cp.async.bulk.wait_group.read 0 missing)");
         }
     }
 }
