@@ -315,18 +315,22 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
     auto stage_q = [&](int it) { return smem_u32(base + L::q + (it % S) * 2 * L::q_tile); };
     // S^T = K Q^T (64 keys x 64 queries) of iteration it, one commit group, once its Q and dO
     // have landed.
-    auto issue_s = [&](int it) {
-        const uint32_t q_addr = stage_q(it);
-        mbar_wait(&q_full[it % S], (it / S) & 1);  // before the fence: no branch after it
-        wgmma_fence();
+    // acc = A B^T with A this warpgroup's 64 rows of a [128][D] key-side tile (K or V) and B a
+    // [64][D] query-side block (Q or dO), both K-major: S^T = K Q^T and dP^T = V dO^T.
+    auto keys_by_queries = [&](float (&acc)[32], uint32_t a_addr, uint32_t b_addr) {
 #pragma unroll
         for (int kt = 0; kt < D / 16; ++kt) {
             const uint32_t ka = (kt / 4) * kKBlockBytes + (kt % 4) * 32 + 64 * 128 * c;
             const uint32_t qo = (kt / 4) * kQBlockBytes + (kt % 4) * 32;
-            wgmma_ss_n64_step<0, 0>(s, make_desc(k_addr + ka, 16, 1024),
-                                    make_desc(q_addr + qo, 16, 1024), kt == 0);
+            wgmma_ss_n64_step<0, 0>(acc, make_desc(a_addr + ka, 16, 1024),
+                                    make_desc(b_addr + qo, 16, 1024), kt == 0);
         }
         wgmma_commit();
+    };
+    auto issue_s = [&](int it) {
+        mbar_wait(&q_full[it % S], (it / S) & 1);  // before the fence: no branch after it
+        wgmma_fence();
+        keys_by_queries(s, k_addr, stage_q(it));
     };
 
     // Iteration it, whose S^T has retired. With `next` (a Flag), S^T of it + 1 is issued before
@@ -351,14 +355,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const CUtensorMap* tm_q, const CU
         // edge, wait_group 1 after the loop head) made ptxas serialise every wgmma (C7514).
         // scripts/sass-check-sm90-overlap.sh checks it (docs/CUDA.md).
         wgmma_fence();
-#pragma unroll
-        for (int kt = 0; kt < D / 16; ++kt) {
-            const uint32_t ka = (kt / 4) * kKBlockBytes + (kt % 4) * 32 + 64 * 128 * c;
-            const uint32_t qo = (kt / 4) * kQBlockBytes + (kt % 4) * 32;
-            wgmma_ss_n64_step<0, 0>(dp, make_desc(v_addr + ka, 16, 1024),
-                                    make_desc(do_addr + qo, 16, 1024), kt == 0);
-        }
-        wgmma_commit();
+        keys_by_queries(dp, v_addr, do_addr);
         // The mask, only where some key of this warpgroup lies after some query of the block
         // or the block runs past the document end (uniform over the warpgroup): -inf, which the
         // exp2 below turns into 0. Other blocks skip its ~100 instructions.
