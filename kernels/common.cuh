@@ -1,8 +1,12 @@
 // Shared helpers of limo's kernels: element conversion and block reductions.
 // Every kernel loads bf16/f32, computes in f32 and stores back in the element type.
 #pragma once
+#ifdef LIMO_SMALL_EMULATE
+#include "small_kernels_emulate.cuh"  // the CPU emulation (scripts/test-small-kernels-emulation.sh)
+#else
 #include <cuda_bf16.h>
 #include <stdint.h>
+#endif
 
 namespace limo {
 
