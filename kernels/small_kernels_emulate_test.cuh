@@ -1,4 +1,5 @@
-// Checks of the small kernels (rms_norm.cu, cross_entropy.cu, rope.cu, swiglu.cu, adamw.cu) on
+// Checks of the small kernels (rms_norm.cu, cross_entropy.cu, rope.cu, swiglu.cu, adamw.cu,
+// embedding.cu) on
 // the CPU emulation (small_kernels_emulate.cuh), with the launch shapes of their Rust wrappers
 // (crates/limo-ops/src/cuda/): float64 references of each contract for RMSNorm, cross-entropy,
 // RoPE and SwiGLU (bf16 and f32, sizes that are not multiples of the block, rows past the
@@ -14,6 +15,7 @@
 #include "rope.cu"
 #include "swiglu.cu"
 #include "adamw.cu"
+#include "embedding.cu"
 
 #include "emulate_check.cuh"
 
@@ -391,6 +393,58 @@ void adamw_cases(size_t n, std::mt19937& gen) {
     }
 }
 
+// ---- embedding gradient (crates/limo-ops/src/cuda/embedding.rs: grid_rows(vocab, 256)) ----
+
+template <typename T>
+void embedding_case(int tokens, int vocab, int hidden, bool with_base, std::mt19937& gen) {
+    const auto dxf = emu_rnd_bf16(size_t(tokens) * hidden, gen, 1.f);
+    const auto dx = to_t<T>(dxf);
+    // Tokens from the first half of the vocabulary (the rest get no gradient), many repeated,
+    // and the last row once.
+    std::uniform_int_distribution<int> pick(0, vocab / 2);
+    std::vector<int> ids(tokens);
+    for (auto& id : ids) id = pick(gen);
+    ids[tokens / 2] = vocab - 1;
+    // The wrapper's counting sort: row_start [vocab + 1], positions grouped by token in order.
+    std::vector<uint32_t> row_start(vocab + 1, 0), positions(tokens);
+    for (int id : ids) ++row_start[id + 1];
+    for (int r = 0; r < vocab; ++r) row_start[r + 1] += row_start[r];
+    std::vector<uint32_t> fill(row_start.begin(), row_start.end() - 1);
+    for (int p = 0; p < tokens; ++p) positions[fill[ids[p]]++] = p;
+    std::normal_distribution<float> dist(0.f, 1.f);
+    std::vector<float> base;
+    if (with_base)
+        for (size_t i = 0; i < size_t(vocab) * hidden; ++i) base.push_back(dist(gen));
+    auto run = [&](unsigned grid) {
+        std::vector<float> out(size_t(vocab) * hidden, NAN);
+        emu_launch(grid, 1, 256, [&] {
+            embedding_bwd<T>(dx.data(), row_start.data(), positions.data(),
+                             with_base ? base.data() : nullptr, out.data(), vocab, hidden);
+        });
+        return out;
+    };
+    const auto got = run(vocab);
+    // The CPU's operations: a zero table, index_add in position order, then + base.
+    std::vector<float> cpu(size_t(vocab) * hidden, 0.f);
+    std::vector<double> want(cpu.size(), 0);
+    for (int p = 0; p < tokens; ++p)
+        for (int c = 0; c < hidden; ++c) {
+            cpu[size_t(ids[p]) * hidden + c] += dxf[size_t(p) * hidden + c];
+            want[size_t(ids[p]) * hidden + c] += dxf[size_t(p) * hidden + c];
+        }
+    for (size_t i = 0; with_base && i < cpu.size(); ++i) {
+        cpu[i] = cpu[i] + base[i];
+        want[i] += base[i];
+    }
+    char what[96];
+    std::snprintf(what, sizeof what, "%s embedding grad %d tokens, %d x %d%s", name<T>(), tokens,
+                  vocab, hidden, with_base ? " + base" : "");
+    report(what, rel_l2(got, want), 1e-6);
+    std::snprintf(what, sizeof what, "%s embedding grad: the CPU's bits, grid of 3 the same",
+                  name<T>());
+    report_same(what, same_bits(got, cpu) && same_bits(run(3), got));
+}
+
 }  // namespace small_test
 
 int main() {
@@ -416,6 +470,11 @@ int main() {
     swiglu_case<__nv_bfloat16>(1037, gen);
     std::printf("AdamW\n");
     adamw_cases(1003, gen);
+    std::printf("embedding gradient\n");
+    for (bool with_base : {false, true}) {
+        embedding_case<float>(500, 97, 300, with_base, gen);
+        embedding_case<__nv_bfloat16>(500, 97, 300, with_base, gen);
+    }
     std::printf(all_ok ? "all checks passed\n" : "FAILED\n");
     return all_ok ? 0 : 1;
 }

@@ -60,13 +60,14 @@ pub struct KernelArgs {
 }
 
 /// Values of `--op`.
-const OPS: [&str; 8] = [
+const OPS: [&str; 9] = [
     "all",
     "rms_norm",
     "rope",
     "swiglu",
     "cross_entropy",
     "adamw",
+    "embedding",
     "attention",
     "decode_attention",
 ];
@@ -107,8 +108,8 @@ mod cuda {
     use candle_core::{DType, Device, Tensor};
     use limo_ops::linear_cross_entropy::softmax_cross_entropy;
     use limo_ops::{
-        rms_norm_backward, rms_norm_forward, rope_backward, rope_forward, swiglu_backward,
-        swiglu_forward, AdamWStep, RopeTables,
+        embedding_backward, rms_norm_backward, rms_norm_forward, rope_backward, rope_forward,
+        swiglu_backward, swiglu_forward, AdamWStep, RopeTables,
     };
 
     use super::KernelArgs;
@@ -203,6 +204,9 @@ mod cuda {
         }
         if args.wants("adamw") {
             adamw(&b)?;
+        }
+        if args.wants("embedding") {
+            embedding(&b, n)?;
         }
         if args.wants("attention") {
             attention(&b, n)?;
@@ -342,6 +346,46 @@ mod cuda {
             ms,
             Work::Bytes(len as f64 * 30.0),
         );
+        Ok(())
+    }
+
+    /// The embedding table's gradient (f32, a tied head's gradient as base) from `n` bf16 rows:
+    /// our kernel, then candle's index_add that it replaces, on the same inputs. Bytes: base
+    /// read, table written, the rows read once.
+    fn embedding(b: &Bench, n: usize) -> Result<()> {
+        let sets = b.inputs(&[&[n, HIDDEN]], 1.0)?;
+        let base = Tensor::rand(-1e-2f32, 1e-2, (VOCAB, HIDDEN), b.gpu)?;
+        // Token ids with repeats and a frequent one, as text has.
+        let ids: Vec<u32> = (0..n)
+            .map(|i| {
+                if i % 7 == 0 {
+                    13
+                } else {
+                    (i * 7919 % VOCAB) as u32
+                }
+            })
+            .collect();
+        let shape = format!("{n} tokens into {VOCAB}x{HIDDEN}");
+        let bytes = (2 * VOCAB * HIDDEN * 4 + n * HIDDEN * 2) as f64;
+        let ms = b.time(|i| {
+            embedding_backward(
+                &sets[i % sets.len()][0],
+                &ids,
+                VOCAB,
+                Some(&base),
+                DType::F32,
+            )
+            .map(drop)
+        })?;
+        b.report("embedding backward", &shape, ms, Work::Bytes(bytes));
+        let ids_t = Tensor::from_slice(&ids, n, b.gpu)?;
+        let ms = b.time(|i| {
+            let dx = sets[i % sets.len()][0].to_dtype(DType::F32)?;
+            let sum =
+                Tensor::zeros((VOCAB, HIDDEN), DType::F32, b.gpu)?.index_add(&ids_t, &dx, 0)?;
+            (sum + &base).map(drop)
+        })?;
+        b.report("  (candle index_add + add)", &shape, ms, Work::Bytes(bytes));
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::{
-    adamw_update, attention_backward, attention_forward, linear_cross_entropy,
+    adamw_update, attention_backward, attention_forward, embedding_backward, linear_cross_entropy,
     linear_cross_entropy::softmax_cross_entropy, rms_norm_backward, rms_norm_forward,
     rope_backward, rope_forward, swiglu_backward, swiglu_forward, AdamWStep, RopeTables,
     IGNORE_INDEX,
@@ -207,6 +207,7 @@ fn run_all(
         norm_rope_swiglu(&mut checks, reference, test, opts, dtype)?;
         decode(&mut checks, reference, test, opts, dtype)?;
         losses(&mut checks, reference, test, opts, dtype)?;
+        embedding(&mut checks, reference, test, opts, dtype)?;
     }
     adamw(&mut checks, reference, test, opts)?;
     Ok(checks.out)
@@ -632,6 +633,44 @@ fn losses(
     Ok(())
 }
 
+/// The embedding table's gradient in f32 from rows of `dtype`, untied and with a tied head's
+/// gradient as base: the kernel adds in the CPU's order, so the bits must agree.
+fn embedding(
+    c: &mut Checks,
+    reference: &Device,
+    test: &Device,
+    opts: &Options,
+    dtype: DType,
+) -> Result<()> {
+    let s = opts.seed * 1000 + 400;
+    let mut shapes = vec![(512, 1000, 64), (300, 32000, 896)];
+    if opts.large {
+        shapes.push((16384, 151936, 1536));
+    }
+    for (tokens, vocab, hidden) in shapes {
+        let dx = random(&[tokens, hidden], s + 1, 1.0)?.to_dtype(dtype)?;
+        let base = random(&[vocab, hidden], s + 2, 1e-2)?;
+        // Tokens from the first half of the vocabulary, frequent ones repeated, the last id too.
+        let ids: Vec<u32> = (0..tokens)
+            .map(|i| match i % 9 {
+                0 => 13,
+                4 => vocab as u32 - 1,
+                _ => (i * 7919 % (vocab / 2)) as u32,
+            })
+            .collect();
+        let outputs = both(&["d_embed", "d_embed + base"], reference, test, |d| {
+            let dx = dx.to_device(d)?;
+            Ok(vec![
+                embedding_backward(&dx, &ids, vocab, None, DType::F32)?,
+                embedding_backward(&dx, &ids, vocab, Some(&base.to_device(d)?), DType::F32)?,
+            ])
+        })?;
+        let shape = format!("{tokens} tokens into {vocab}x{hidden}");
+        c.push("embedding_backward", shape, dtype, 0.0, outputs)?;
+    }
+    Ok(())
+}
+
 /// Fused AdamW over flat f32 shards: the kernel must be bit-identical to the CPU loop.
 fn adamw(c: &mut Checks, reference: &Device, test: &Device, opts: &Options) -> Result<()> {
     let s = opts.seed * 1000 + 300;
@@ -735,7 +774,7 @@ mod tests {
         };
         let checks = crosscheck(&Device::Cpu, &Device::Cpu, &opts).unwrap();
         let ops: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.op.as_str()).collect();
-        assert_eq!(ops.len(), 8, "{ops:?}");
+        assert_eq!(ops.len(), 9, "{ops:?}");
         for dtype in [DType::F32, DType::BF16] {
             assert!(checks.iter().filter(|c| c.dtype == dtype).count() >= 40);
         }

@@ -15,6 +15,7 @@ pub mod crosscheck;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod decode_attention;
+pub mod embedding;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;
@@ -79,6 +80,7 @@ pub use adamw::{
     sum_of_squares_tensor, AdamWStep, Clip,
 };
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
+pub use embedding::embedding_backward;
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_on_device, LinearCrossEntropy, IGNORE_INDEX,
 };

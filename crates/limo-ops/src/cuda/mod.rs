@@ -36,6 +36,7 @@
 pub mod adamw;
 pub mod cross_entropy;
 pub mod decode_attention;
+pub mod embedding;
 mod launch;
 pub mod offload;
 pub mod rms_norm;

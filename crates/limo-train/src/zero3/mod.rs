@@ -28,8 +28,8 @@ use limo_model::checkpoint::SafetensorFiles;
 use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerContext};
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
 use limo_ops::{
-    linear_cross_entropy_on_device, rms_norm_backward, rms_norm_forward, sum_of_squares_tensor,
-    Clip, RopeCache,
+    embedding_backward, linear_cross_entropy_on_device, rms_norm_backward, rms_norm_forward,
+    sum_of_squares_tensor, Clip, RopeCache,
 };
 
 use crate::comm_thread::{CommThread, Pending};
@@ -429,17 +429,16 @@ impl ShardedModel {
             self.accumulate(grads, g, &self.wait(pending)?)?;
         }
 
-        // The embedding's gradient scatters the token rows of dx into a zero table.
-        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-        let d_embed = Tensor::zeros((vocab, hidden), master, &self.device)?.index_add(
-            &ids,
-            &dx.to_dtype(master)?,
-            0,
+        // The embedding's gradient: the token rows of dx added into their tokens' rows (plus
+        // the tied head's gradient).
+        let d_embed = embedding_backward(
+            &dx,
+            &batch.input_ids,
+            cfg.vocab_size,
+            d_head.as_ref(),
+            master,
         )?;
-        let d_embed = match d_head {
-            Some(d_head) => (d_embed + d_head)?,
-            None => d_embed,
-        };
+        drop(d_head);
         self.scatter_grads(EMBED_GROUP, &[d_embed], grads)?;
         Ok(MicroBatchLoss {
             loss_sum: head.loss_sum,
