@@ -150,6 +150,10 @@ impl Checks<'_> {
     }
 }
 
+/// The reference device, the device tested and what to run: every group of checks takes it.
+#[derive(Clone, Copy)]
+struct Run<'a>(&'a Device, &'a Device, &'a Options);
+
 /// Runs `f` on both devices and zips the outputs with their names.
 fn both<'a>(
     names: &[&'a str],
@@ -200,16 +204,17 @@ fn run_all(
     };
     // Attention first: its flash kernels are the riskiest, and a GPU visit's doctor stage
     // (scripts/gpu/check.sh) picks the flash path from these rows even if it is cut short.
+    let run = Run(reference, test, opts);
     for &dtype in &opts.dtypes {
-        attention(&mut checks, reference, test, opts, dtype)?;
+        attention(&mut checks, run, dtype)?;
     }
     for &dtype in &opts.dtypes {
-        norm_rope_swiglu(&mut checks, reference, test, opts, dtype)?;
-        decode(&mut checks, reference, test, opts, dtype)?;
-        losses(&mut checks, reference, test, opts, dtype)?;
-        embedding(&mut checks, reference, test, opts, dtype)?;
+        norm_rope_swiglu(&mut checks, run, dtype)?;
+        decode(&mut checks, run, dtype)?;
+        losses(&mut checks, run, dtype)?;
+        embedding(&mut checks, run, dtype)?;
     }
-    adamw(&mut checks, reference, test, opts)?;
+    adamw(&mut checks, run)?;
     Ok(checks.out)
 }
 
@@ -232,13 +237,7 @@ fn positions(cu: &[usize]) -> Vec<u32> {
         .collect()
 }
 
-fn norm_rope_swiglu(
-    c: &mut Checks,
-    reference: &Device,
-    test: &Device,
-    opts: &Options,
-    dtype: DType,
-) -> Result<()> {
+fn norm_rope_swiglu(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
     let tol = tolerance(dtype);
     let s = opts.seed * 1000;
     let input = |shape: &[usize], seed: u64, scale: f64| -> Result<Tensor> {
@@ -316,13 +315,7 @@ fn norm_rope_swiglu(
     Ok(())
 }
 
-fn attention(
-    c: &mut Checks,
-    reference: &Device,
-    test: &Device,
-    opts: &Options,
-    dtype: DType,
-) -> Result<()> {
+fn attention(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
     let tol = tolerance(dtype);
     let s = opts.seed * 1000 + 100;
     // (q heads, kv heads, head_dim, cu_seqlens)
@@ -482,13 +475,7 @@ fn attention(
 /// Decode attention over a KV cache pool, after the step's new rows were appended: the cache
 /// write must be exact, the attention within the dtype's tolerance. Sequences sit in permuted
 /// slots with lengths of one key, around the kernel's 256-key splits and long caches.
-fn decode(
-    c: &mut Checks,
-    reference: &Device,
-    test: &Device,
-    opts: &Options,
-    dtype: DType,
-) -> Result<()> {
+fn decode(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
     use crate::decode_attention::{decode_attention, kv_cache_write, CacheIndex};
     let tol = tolerance(dtype);
     let s = opts.seed * 1000 + 150;
@@ -554,13 +541,7 @@ fn targets(n: usize, vocab: usize) -> Vec<i64> {
         .collect()
 }
 
-fn losses(
-    c: &mut Checks,
-    reference: &Device,
-    test: &Device,
-    opts: &Options,
-    dtype: DType,
-) -> Result<()> {
+fn losses(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
     let tol = tolerance(dtype);
     let s = opts.seed * 1000 + 200;
 
@@ -635,13 +616,7 @@ fn losses(
 
 /// The embedding table's gradient in f32 from rows of `dtype`, untied and with a tied head's
 /// gradient as base: the kernel adds in the CPU's order, so the bits must agree.
-fn embedding(
-    c: &mut Checks,
-    reference: &Device,
-    test: &Device,
-    opts: &Options,
-    dtype: DType,
-) -> Result<()> {
+fn embedding(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
     let s = opts.seed * 1000 + 400;
     let mut shapes = vec![(512, 1000, 64), (300, 32000, 896)];
     if opts.large {
@@ -672,7 +647,7 @@ fn embedding(
 }
 
 /// Fused AdamW over flat f32 shards: the kernel must be bit-identical to the CPU loop.
-fn adamw(c: &mut Checks, reference: &Device, test: &Device, opts: &Options) -> Result<()> {
+fn adamw(c: &mut Checks, Run(reference, test, opts): Run) -> Result<()> {
     let s = opts.seed * 1000 + 300;
     let mut sizes = vec![1_000_003];
     if opts.large {
