@@ -40,6 +40,14 @@ fn backward<T: KernelType>(
 ) -> Result<Tensor> {
     let dev = cuda_device(dx)?;
     let (tokens, hidden) = dx.dims2()?;
+    if tokens == 0 {
+        // Nothing to add (and no zero-length buffers to upload).
+        let zeros = Tensor::zeros((vocab, hidden), DType::F32, dx.device())?;
+        return match base {
+            Some(b) => zeros + b,
+            None => Ok(zeros),
+        };
+    }
     let (row_start, positions) = by_token(ids, vocab);
     let row_start = Tensor::from_vec(row_start, vocab + 1, dx.device())?;
     let positions = Tensor::from_vec(positions, tokens, dx.device())?;

@@ -407,11 +407,12 @@ pub(crate) fn as_i32(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| wrap(format!("{what} = {n} does not fit the kernels' int32")))
 }
 
-/// One thread per element: `ceil(n / block)` blocks of `block` threads.
+/// One thread per element: `ceil(n / block)` blocks of `block` threads, at most the grid's
+/// 2^31 - 1 in x (the kernels launched this way loop grid-stride over the rest).
 pub(crate) fn grid_1d(n: usize, block: u32) -> LaunchConfig {
     let blocks = n.div_ceil(block as usize).max(1);
     LaunchConfig {
-        grid_dim: (blocks.min(u32::MAX as usize) as u32, 1, 1),
+        grid_dim: (blocks.min(i32::MAX as usize) as u32, 1, 1),
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
     }
