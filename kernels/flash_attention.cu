@@ -111,164 +111,67 @@ typedef __nv_bfloat16 bf16;
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
 
+// PTX wrappers (mma.sync, ldmatrix, cp.async), fragment loads and row staging.
+#include "ampere.cuh"
+
 namespace limo_flash {
 
 constexpr int kTile = 64;      // kv tiles everywhere; query tiles of the backward kernels
 constexpr int kFwdTile = 128;  // query tiles of the forward (the wrapper's block tables too)
 
-template <typename T>
-struct IsBf16 {
-    static constexpr bool value = false;
-};
-template <>
-struct IsBf16<bf16> {
-    static constexpr bool value = true;
+// The query tile of this block (tile table entry blockIdx.x, query head blockIdx.y): rows q0..q1
+// of head h, reading kv head kvh from its document's start doc0; qs/kvs are the token strides.
+struct QueryTile {
+    int q0, doc0, q1, h, kvh;
+    long long qs, kvs;
 };
 
-// ---------------------------------------------------------------------------------------------
-// Small helpers
-
-__device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-#ifdef LIMO_FLASH_EMULATE
-    emulated_mma_bf16_16816(c, a, b);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
+template <int D, int BR>
+__device__ __forceinline__ QueryTile query_tile(const int* tiles, int q_heads, int kv_heads) {
+    const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
+    const int doc1 = tiles[3 * blockIdx.x + 2];
+    const int h = blockIdx.y, kvh = h / (q_heads / kv_heads);
+    const int q1 = min(q0 + BR, doc1);
+    return {q0, doc0, q1, h, kvh, (long long)q_heads * D, (long long)kv_heads * D};
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices, row addresses from all
-// 32 lanes (16-byte aligned, shared memory).
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
-#ifdef LIMO_FLASH_EMULATE
-    emulated_ldmatrix<4, false>(r, p);
-#else
-    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-#endif
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const bf16* p) {
-#ifdef LIMO_FLASH_EMULATE
-    emulated_ldmatrix<4, true>(r, p);
-#else
-    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-#endif
-}
-
-// A fragment of the 16x16 block of M at (r0, c0): A[r][k] = M[r0 + r][c0 + k]. Matrices in
-// register order: rows +0/+8 of columns +0, then rows +0/+8 of columns +8.
-__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16* m, int ld, int r0, int c0) {
-    const int lane = threadIdx.x & 31, i = lane >> 3;
-    ldsm_x4(a, m + (r0 + (lane & 7) + ((i & 1) << 3)) * ld + c0 + ((i >> 1) << 3));
-}
-
-// A fragment of the transpose: A[r][k] = M[c0 + k][r0 + r] (transposed 8x8 loads: matrix j
-// covers M rows c0 + 8(j>>1).., columns r0 + 8(j&1)..).
-__device__ __forceinline__ void frag_a_trans(uint32_t a[4], const bf16* m, int ld, int r0, int c0) {
-    const int lane = threadIdx.x & 31, i = lane >> 3;
-    ldsm_x4_trans(a, m + (c0 + (lane & 7) + ((i >> 1) << 3)) * ld + r0 + ((i & 1) << 3));
-}
-
-// B fragments of two adjacent n blocks (n0.. and n0+8..; b[0..1] and b[2..3]) stored n-major,
-// e.g. K for S = Q K^T: B[k][n] = M[n0 + n][k0 + k].
-__device__ __forceinline__ void frag_b2_nmajor(uint32_t b[4], const bf16* m, int ld, int n0, int k0) {
-    const int lane = threadIdx.x & 31, i = lane >> 3;
-    ldsm_x4(b, m + (n0 + (lane & 7) + ((i >> 1) << 3)) * ld + k0 + ((i & 1) << 3));
-}
-
-// The same stored k-major, e.g. V for O = P V: B[k][n] = M[k0 + k][n0 + n] (transposed loads).
-__device__ __forceinline__ void frag_b2_kmajor(uint32_t b[4], const bf16* m, int ld, int k0, int n0) {
-    const int lane = threadIdx.x & 31, i = lane >> 3;
-    ldsm_x4_trans(b, m + (k0 + (lane & 7) + ((i & 1) << 3)) * ld + n0 + ((i >> 1) << 3));
-}
-
-// cp.async of `bytes` (16: .cg, L2 only; 4: .ca) from global to shared memory; `valid` false
-// copies nothing and zero-fills the destination (source size 0; src must still be a valid
-// address). Completes at cp_async_wait<N>() once at most N newer groups are pending.
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
-#ifdef LIMO_FLASH_EMULATE
-    emulated_cp_async(dst, src, BYTES, valid ? BYTES : 0);
-#else
-    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-    if constexpr (BYTES == 16) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-                     "r"(valid ? 16 : 0));
-    } else {
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src),
-                     "r"(valid ? 4 : 0));
-    }
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-#ifdef LIMO_FLASH_EMULATE
-    emulated_cp_async_commit();
-#else
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
+// Key tile j of the query tile's causal range (keys doc0 + j * BC .., up to its last query) into
+// stage `stage` of kv_s: K rows, then V rows, [BC][D + 8] each.
+template <typename T, int D, int BC, int NT>
+__device__ __forceinline__ void stage_kv(bf16* kv_s, int stage, const T* k, const T* v,
+                                         const QueryTile& qt, int j) {
+    constexpr int LD = D + 8;
+    const int kb = qt.doc0 + j * BC, kn = min(BC, qt.q1 - kb);
+    bf16* ks = kv_s + stage * 2 * BC * LD;
+    stage_rows<T, D, BC, NT>(ks, LD, k + kb * qt.kvs + qt.kvh * D, qt.kvs, kn);
+    stage_rows<T, D, BC, NT>(ks + BC * LD, LD, v + kb * qt.kvs + qt.kvh * D, qt.kvs, kn);
 }
 
 template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#ifdef LIMO_FLASH_EMULATE
-    emulated_cp_async_wait(N);
-#else
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-// Eight consecutive f32 of global memory as eight bf16 (32-byte aligned source).
-__device__ __forceinline__ uint4 load8(const float* p) {
-    const float4 x = reinterpret_cast<const float4*>(p)[0];
-    const float4 y = reinterpret_cast<const float4*>(p)[1];
-    uint4 r;
-    r.x = pack_bf16(x.x, x.y);
-    r.y = pack_bf16(x.z, x.w);
-    r.z = pack_bf16(y.x, y.y);
-    r.w = pack_bf16(y.z, y.w);
-    return r;
-}
-
-// Two consecutive outputs.
-__device__ __forceinline__ void store2(bf16* p, float a, float b) {
-    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-}
-__device__ __forceinline__ void store2(float* p, float a, float b) {
-    *reinterpret_cast<float2*>(p) = make_float2(a, b);
-}
-
-// Stage `ROWS` rows of D elements (row r at src + r * stride) into shared memory [ROWS][ld];
-// rows >= valid are zero-filled so partial tiles contribute nothing to the MMAs. bf16: cp.async
-// (part of the caller's next commit group); f32: converted through registers, visible after the
-// caller's next __syncthreads. Consecutive threads take consecutive 16-byte chunks of a row.
-template <typename T, int D, int ROWS, int NTHREADS>
-__device__ __forceinline__ void stage_rows(bf16* dst, int ld, const T* src, long long stride,
-                                           int valid) {
-    constexpr int kChunks = D / 8;
-    static_assert((ROWS * kChunks) % NTHREADS == 0, "every thread copies the same count");
+__device__ __forceinline__ void zero(float (&x)[N][4]) {
 #pragma unroll
-    for (int c = threadIdx.x; c < ROWS * kChunks; c += NTHREADS) {
-        const int r = c / kChunks, col = (c % kChunks) * 8;
-        if constexpr (IsBf16<T>::value) {
-            cp_async<16>(dst + r * ld + col, src + (r < valid ? r : 0) * stride + col, r < valid);
-        } else {
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r < valid) v = load8(src + r * stride + col);
-            *reinterpret_cast<uint4*>(dst + r * ld + col) = v;
+    for (int i = 0; i < N; ++i) x[i][0] = x[i][1] = x[i][2] = x[i][3] = 0.f;
+}
+
+// acc += C B: C, this warp's 16 x BC product still in accumulator registers, is the A operand
+// (the accumulator layout of two n8 tiles is the A fragment of one k16 step, packed to bf16);
+// B is the k-major [BC][D] tile m in shared memory. O += P V in the forward, dQ += dS K.
+template <int BC, int D>
+__device__ __forceinline__ void mma_acc_times(float (&acc)[D / 8][4], const float (&c)[BC / 8][4],
+                                              const bf16* m, int ld) {
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+        uint32_t a[4];
+        a[0] = pack_bf16(c[2 * kk][0], c[2 * kk][1]);
+        a[1] = pack_bf16(c[2 * kk][2], c[2 * kk][3]);
+        a[2] = pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+        a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+#pragma unroll
+        for (int np = 0; np < D / 16; ++np) {
+            uint32_t b[4];
+            frag_b2_kmajor(b, m, ld, kk * 16, np * 16);
+            mma_bf16_16816(acc[2 * np], a, b);
+            mma_bf16_16816(acc[2 * np + 1], a, b + 2);
         }
     }
 }
@@ -298,20 +201,12 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
     bf16* qsm = kv_s + (S - 1) * 2 * BC * LD;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
-    const int doc1 = tiles[3 * blockIdx.x + 2];
-    const int h = blockIdx.y, kvh = h / (q_heads / kv_heads);
-    const int q1 = min(q0 + BR, doc1);
-    const long long qs = (long long)q_heads * D, kvs = (long long)kv_heads * D;
+    const QueryTile qt = query_tile<D, BR>(tiles, q_heads, kv_heads);
+    const int q0 = qt.q0, doc0 = qt.doc0, q1 = qt.q1, h = qt.h;
+    const long long qs = qt.qs;
     // Causal + varlen: keys from the document start up to the last query of the tile.
     const int n_kv = (q1 - doc0 + BC - 1) / BC;
-
-    auto issue_kv = [&](int j) {
-        const int kb = doc0 + j * BC, kn = min(BC, q1 - kb);
-        bf16* ks = kv_s + (j % S) * 2 * BC * LD;
-        stage_rows<T, D, BC, NT>(ks, LD, k + kb * kvs + kvh * D, kvs, kn);
-        stage_rows<T, D, BC, NT>(ks + BC * LD, LD, v + kb * kvs + kvh * D, kvs, kn);
-    };
+    auto issue_kv = [&](int j) { stage_kv<T, D, BC, NT>(kv_s, j % S, k, v, qt, j); };
 
     // Groups: {Q, tile 0}, {tile 1}, then one per loop iteration (tile j + S - 1, or empty), so
     // at iteration j's wait the S - 2 newest groups are the tiles after j.
@@ -330,8 +225,7 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
     for (int kt = 0; kt < D / 16; ++kt) frag_a(qf[kt], qsm, LD, warp * 16, kt * 16);
 
     float o[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    zero(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     const float sl2 = scale * LOG2E_F;
     const int wq0 = q0 + warp * 16;  // this warp's first query
@@ -353,8 +247,7 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
         const bf16* vs = ks + BC * LD;
 
         float s[BC / 8][4];
-#pragma unroll
-        for (int i = 0; i < BC / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+        zero(s);
 #pragma unroll
         for (int kt = 0; kt < D / 16; ++kt) {
 #pragma unroll
@@ -408,21 +301,7 @@ __device__ __forceinline__ void flash_fwd(const T* __restrict__ q, const T* __re
         }
 
         // O += P V with P straight from the accumulator registers (see the header).
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk) {
-            uint32_t a[4];
-            a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int np = 0; np < D / 16; ++np) {
-                uint32_t b[4];
-                frag_b2_kmajor(b, vs, LD, kk * 16, np * 16);
-                mma_bf16_16816(o[2 * np], a, b);
-                mma_bf16_16816(o[2 * np + 1], a, b + 2);
-            }
-        }
+        mma_acc_times<BC, D>(o, s, vs, LD);
     }
 
     // Epilogue. bf16: the warp's 16 rows of O go through its own rows of the Q tile's place, so
@@ -720,20 +599,12 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
     bf16* kv_s = dos + BR * LD;  // stage s: K at kv_s + s * 2 * BC * LD, V right after it
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int q0 = tiles[3 * blockIdx.x], doc0 = tiles[3 * blockIdx.x + 1];
-    const int doc1 = tiles[3 * blockIdx.x + 2];
-    const int h = blockIdx.y, kvh = h / (q_heads / kv_heads);
-    const int q1 = min(q0 + BR, doc1);
-    const long long qs = (long long)q_heads * D, kvs = (long long)kv_heads * D;
+    const QueryTile qt = query_tile<D, BR>(tiles, q_heads, kv_heads);
+    const int q0 = qt.q0, doc0 = qt.doc0, q1 = qt.q1, h = qt.h;
+    const long long qs = qt.qs;
     const float sl2 = scale * LOG2E_F;
     const int n_kv = (q1 - doc0 + BC - 1) / BC;
-
-    auto issue_kv = [&](int j) {
-        const int kb = doc0 + j * BC, kn = min(BC, q1 - kb);
-        bf16* ks = kv_s + (j & 1) * 2 * BC * LD;
-        stage_rows<T, D, BC, NT>(ks, LD, k + kb * kvs + kvh * D, kvs, kn);
-        stage_rows<T, D, BC, NT>(ks + BC * LD, LD, v + kb * kvs + kvh * D, kvs, kn);
-    };
+    auto issue_kv = [&](int j) { stage_kv<T, D, BC, NT>(kv_s, j & 1, k, v, qt, j); };
 
     stage_rows<T, D, BR, NT>(qsm, LD, q + q0 * qs + h * D, qs, q1 - q0);
     stage_rows<T, D, BR, NT>(dos, LD, dout + q0 * qs + h * D, qs, q1 - q0);
@@ -749,8 +620,7 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
     }
 
     float dqa[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+    zero(dqa);
 
     for (int j = 0; j < n_kv; ++j) {
         // As in the forward: tile j landed, tile j - 1's stage free for the prefetch.
@@ -764,11 +634,8 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
         const bf16* vs = ks + BC * LD;
 
         float s[BC / 8][4], dp[BC / 8][4];
-#pragma unroll
-        for (int i = 0; i < BC / 8; ++i) {
-            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-            dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-        }
+        zero(s);
+        zero(dp);
 #pragma unroll
         for (int kt = 0; kt < D / 16; ++kt) {
             uint32_t a[4], ad[4];
@@ -797,21 +664,7 @@ __device__ __forceinline__ void flash_bwd_dq(const T* __restrict__ q, const T* _
             }
         }
         // dQ += dS K, dS from the accumulator registers (same C -> A reuse as the forward).
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk) {
-            uint32_t a[4];
-            a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int np = 0; np < D / 16; ++np) {
-                uint32_t b[4];
-                frag_b2_kmajor(b, ks, LD, kk * 16, np * 16);
-                mma_bf16_16816(dqa[2 * np], a, b);
-                mma_bf16_16816(dqa[2 * np + 1], a, b + 2);
-            }
-        }
+        mma_acc_times<BC, D>(dqa, s, ks, LD);
     }
 
 #pragma unroll
