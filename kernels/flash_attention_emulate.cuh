@@ -359,6 +359,21 @@ inline void emu_check_cp_async_banks() {
 }
 
 
+// Block (x, y): `body` on a std::thread per CUDA thread, each with its threadIdx and blockIdx;
+// returns when all have finished.
+template <class F>
+void emu_run_block(unsigned x, unsigned y, unsigned threads, F body) {
+    std::vector<std::thread> pool;
+    for (unsigned i = 0; i < threads; ++i) {
+        pool.emplace_back([=] {
+            threadIdx = {i, 0, 0};
+            blockIdx = {x, y, 0};
+            body();
+        });
+    }
+    for (auto& th : pool) th.join();
+}
+
 // Runs `body` as a grid of (grid_x, grid_y) blocks of `threads` threads, block after block.
 template <class F>
 void emu_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
@@ -375,15 +390,7 @@ void emu_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
             emu_warp_barriers = warps;
             emu_cp_dst.assign(threads / 32, {});
             std::memset(limo_flash::smem_raw, 0xff, sizeof(limo_flash::smem_raw));  // poison
-            std::vector<std::thread> pool;
-            for (unsigned i = 0; i < threads; ++i) {
-                pool.emplace_back([=] {
-                    threadIdx = {i, 0, 0};
-                    blockIdx = {x, y, 0};
-                    body();
-                });
-            }
-            for (auto& th : pool) th.join();
+            emu_run_block(x, y, threads, body);
             for (auto* b : warps) delete b;
             emu_check_cp_async_banks();
         }

@@ -779,15 +779,7 @@ void emu90_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F body) {
                 emu90_red_groups[t].clear();
             }
             std::memset(limo_flash_sm90::smem_raw, 0xff, sizeof(limo_flash_sm90::smem_raw));
-            std::vector<std::thread> pool;
-            for (unsigned i = 0; i < threads; ++i) {
-                pool.emplace_back([=] {
-                    threadIdx = {i, 0, 0};
-                    blockIdx = {x, y, 0};
-                    body();
-                });
-            }
-            for (auto& th : pool) th.join();
+            emu_run_block(x, y, threads, body);
             for (auto* b : warps) delete b;
             for (auto* b : wgs) delete b;
             emu_named_check_end(x, y);
