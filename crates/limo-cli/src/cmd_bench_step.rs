@@ -143,7 +143,9 @@ fn cpu_name() -> String {
 /// Whether an error chain reports that the device is out of memory.
 fn is_out_of_memory(err: &anyhow::Error) -> bool {
     let text = format!("{err:#}");
-    text.contains("OUT_OF_MEMORY") || text.to_lowercase().contains("out of memory")
+    // The offload's pinned host buffers fail with the same CUDA error: that is the host's.
+    !text.contains("pinned host memory")
+        && (text.contains("OUT_OF_MEMORY") || text.to_lowercase().contains("out of memory"))
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

@@ -386,6 +386,10 @@ pub fn run(
             times.push(seconds);
         }
     }
+    // An offloaded update of the last step is still running on the host: let it finish (it is
+    // in no step's time) before the model and the process go.
+    model.optimizer()?;
+    device.synchronize()?;
 
     let step_s = Stats::of(&times);
     let (n_matmul_params, flops_per_step) = model_flops(&cfg, &batch);

@@ -44,12 +44,19 @@ impl HostLink {
         let copy = ctx.new_stream().map_err(wrap)?;
         let mut down = Vec::with_capacity(lens.len());
         let mut up = Vec::with_capacity(lens.len());
+        // Not the device's memory: say so, so that a failure here is not read as a device OOM.
+        let pinned = |e| {
+            let gib = pinned_bytes(lens) as f64 / (1u64 << 30) as f64;
+            wrap(format!(
+                "allocating {gib:.1} GiB of pinned host memory for the optimizer offload: {e:?}"
+            ))
+        };
         for &n in lens {
             // SAFETY: pinned allocations; every element is written by a copy or the optimizer
             // before it is read.
             unsafe {
-                down.push(ctx.alloc_pinned_with_flags::<f32>(n, 0).map_err(wrap)?);
-                up.push(ctx.alloc_pinned::<bf16>(n).map_err(wrap)?);
+                down.push(ctx.alloc_pinned_with_flags::<f32>(n, 0).map_err(pinned)?);
+                up.push(ctx.alloc_pinned::<bf16>(n).map_err(pinned)?);
             }
         }
         Ok(Self {
@@ -85,7 +92,13 @@ impl HostLink {
                     result::memcpy_dtoh_async(host, ptr, self.copy.cu_stream()).map_err(wrap)
                 }
             })?;
-            events.push(self.copy.record_event(None).map_err(wrap)?);
+            // Blocking: the optimizer thread sleeps on it instead of spinning a core that the
+            // host update needs.
+            events.push(
+                self.copy
+                    .record_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+                    .map_err(wrap)?,
+            );
         }
         Ok(events)
     }

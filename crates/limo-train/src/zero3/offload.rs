@@ -82,6 +82,18 @@ impl InFlight {
     }
 }
 
+/// An update dropped before its last group arrived (an error mid-step, the end of a run): the
+/// thread is told to stop (its next send fails) and waited for, so that no CUDA call of it
+/// outlives the model or races the process's exit.
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.arrivals = channel().1;
+            let _ = worker.join();
+        }
+    }
+}
+
 /// Starts the update `hyper` of every group's `state` (`[master | m | v]` in host memory) on a
 /// new thread.
 pub(super) fn start(state: Vec<Tensor>, hyper: AdamWStep, work: Work) -> InFlight {
@@ -107,7 +119,15 @@ pub(super) fn start(state: Vec<Tensor>, hyper: AdamWStep, work: Work) -> InFligh
                     grads,
                     slices,
                 } => {
+                    let mut grads: Vec<Option<Tensor>> = grads.into_iter().map(Some).collect();
                     for g in 0..events.len() {
+                        // The next step allocates its gradients while this thread works: free
+                        // each old one as soon as its copy has landed, not after the last group.
+                        for (grad, event) in grads.iter_mut().zip(&events) {
+                            if grad.is_some() && event.is_complete() {
+                                *grad = None;
+                            }
+                        }
                         let arrival =
                             pinned_group(&mut link, g, &events[g], &state[g], &slices[g], &hyper);
                         let failed = arrival.is_err();
@@ -115,7 +135,7 @@ pub(super) fn start(state: Vec<Tensor>, hyper: AdamWStep, work: Work) -> InFligh
                             break;
                         }
                     }
-                    // The gradients may be freed only once no copy reads them any more.
+                    // The rest may be freed only once no copy reads them any more.
                     for e in &events {
                         let _ = e.synchronize();
                     }
@@ -164,4 +184,80 @@ fn pinned_group(
     let (grad, out) = link.staged(g, downloaded)?;
     limo_ops::adamw_update_host(state, grad, hyper, Some(out))?;
     Ok(Arrival::Uploaded(link.upload(g, slice)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Live threads of this process named as the offload thread (Linux: /proc/self/task). No
+    /// other test of this crate starts one; rayon's workers, started from it, carry its name.
+    fn offload_threads() -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        tasks
+            .filter_map(Result::ok)
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|name| name.trim() == "limo-offload")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_dropped_update_finishes_its_group_and_stops_before_the_drop_returns() -> anyhow::Result<()>
+    {
+        // A small group 0, then a large group 1 that the thread is updating when the update is
+        // dropped, then more: the drop must wait for group 1 to finish (no half-updated group
+        // left behind, nothing changing afterwards) and stop the thread before group 2.
+        let lens = [1 << 10, 1 << 25, 1 << 10, 1 << 10];
+        let state: Vec<Tensor> = lens
+            .iter()
+            .map(|&n| Tensor::ones(3 * n, DType::F32, &Device::Cpu))
+            .collect::<candle_core::Result<_>>()?;
+        let grads: Vec<Tensor> = lens
+            .iter()
+            .map(|&n| Tensor::full(0.5f32, n, &Device::Cpu))
+            .collect::<candle_core::Result<_>>()?;
+        let hyper = AdamWStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            t: 1,
+            grad_scale: 1.0,
+        };
+        let dtype = DType::F32;
+        let mut update = start(state.clone(), hyper, Work::Host { grads, dtype });
+        update.next()?;
+        // The thread is at work on group 1 (threads it starts inherit its name: count the change).
+        let working = offload_threads();
+        drop(update);
+        assert_eq!(
+            offload_threads() + 1,
+            working,
+            "the drop waited for the thread to end"
+        );
+        // Elements of each group's master weights that the update changed (all start at 1).
+        let changed = |g: usize| -> candle_core::Result<usize> {
+            let master = state[g].narrow(0, 0, lens[g])?;
+            let same = master
+                .eq(1f64)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            Ok(lens[g] - same as usize)
+        };
+        assert_eq!(changed(0)?, lens[0]);
+        assert_eq!(
+            changed(1)?,
+            lens[1],
+            "group 1 finished before the drop returned"
+        );
+        assert_eq!(changed(2)?, 0, "group 2 was never started");
+        Ok(())
+    }
 }
