@@ -163,6 +163,9 @@ impl ShardedModel {
         let Some(update) = in_flight.as_mut() else {
             return Ok(());
         };
+        // Waiting here is the host update holding the device back: the optimizer's share.
+        let _optimizer = (update.received < upto.min(self.groups.len()))
+            .then(|| self.profiler.phase(Phase::Optimizer));
         while update.received < upto.min(self.groups.len()) {
             let g = update.received;
             let arrival = match update.next() {
