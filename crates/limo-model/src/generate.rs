@@ -23,7 +23,11 @@
 //! Sampling: temperature 0 is greedy argmax (on the device); otherwise softmax(logits / T)
 //! restricted to the nucleus of top-p mass, drawn from a per-sequence random stream seeded
 //! from the sequence's own seed, so what a sequence generates does not depend on which other
-//! sequences share its batch, nor on their order.
+//! sequences share its batch, nor on their order. That holds to the bit on the CPU. On a GPU
+//! the attention kernels keep it, but cuBLAS picks its matmul kernel by the number of rows (the
+//! batch in decode), so logits may differ in the last bits with the batch, and a near tie in
+//! bf16 can then pick another token (candle's CUDA argmax also breaks exact ties by thread, not
+//! by the lowest index).
 
 use candle_core::{DType, Device, Tensor};
 use limo_ops::decode_attention::{decode_attention, kv_cache_write, kv_cache_zeros, CacheIndex};
@@ -658,7 +662,8 @@ fn one_cache_each(step: &str, n: usize, what: &str, caches: usize) -> Result<()>
 /// Generates a continuation of every prompt (none empty), all in one batch, until a stop id
 /// (not included in the result) or `max_new_tokens`. Sequence i draws from a stream seeded
 /// by `sampling.seed`, its prompt, and how many identical prompts come before it: the same
-/// prompt gives the same continuation whatever else is in the batch, and in any order.
+/// prompt gives the same continuation whatever else is in the batch, and in any order (to the
+/// bit on the CPU; on a GPU see the module documentation).
 pub fn generate(
     config: &Qwen2Config,
     weights: &ModelWeights,
