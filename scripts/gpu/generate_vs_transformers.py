@@ -146,6 +146,12 @@ def main():
 
     result = {"shape": args.shape, "batch": args.batch, "prompt_tokens": args.prompt_tokens,
               "new_tokens": args.new_tokens, "greedy": True, "dtype": "bf16"}
+
+    def save():
+        if args.json_out:
+            with open(args.json_out, "w") as fh:
+                fh.write(json.dumps(result, indent=2) + "\n")
+
     ok = True
     # limo first: its process owns the GPU alone (torch's allocator has not reserved memory yet).
     if args.limo:
@@ -153,7 +159,10 @@ def main():
                                     args.new_tokens, args.seed)
         print(transcript, file=sys.stderr)
         result["limo"] = limo
+        result["limo_tokens_per_s"] = (limo or {}).get("tokens_per_s")
         ok = ok and limo is not None
+        # Kept even if the transformers half runs out of the stage's time.
+        save()
     if not args.skip_transformers:
         result["transformers"] = run_transformers(args.shape, args.batch, args.prompt_tokens,
                                                   args.new_tokens, args.seed)
@@ -162,11 +171,8 @@ def main():
     result["limo_tokens_per_s"] = a
     result["transformers_tokens_per_s"] = b
     result["ratio"] = a / b if a and b else None
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            fh.write(text + "\n")
+    print(json.dumps(result, indent=2))
+    save()
     sys.exit(0 if ok else 1)
 
 
