@@ -1,5 +1,6 @@
-//! End-to-end tests of `limo bench step` on the CPU: the report's fields, a simulated rank's
-//! share of the state, and one-line errors for bad flags.
+//! End-to-end tests of `limo bench step` and `limo bench generate` on the CPU: the reports'
+//! fields, a simulated rank's share of the state, one-line errors for bad flags, and generation
+//! checked against the full forward.
 
 use std::process::{Command, Output};
 
@@ -152,4 +153,59 @@ fn bad_flags_are_one_line_errors() {
 fn cuda_without_a_gpu_build_says_so() {
     let err = bench_err(&["--device", "cuda"]);
     assert!(err.contains("GPU"), "{err}");
+}
+
+#[test]
+fn bench_generate_reports_its_tokens_and_verifies_them_against_the_full_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("generate.json");
+    let out = limo(&[
+        "bench",
+        "generate",
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--batch",
+        "3",
+        "--prompt-tokens",
+        "7",
+        "--new-tokens",
+        "260",
+        "--verify",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("batch 3, 7 prompt + 260 new tokens"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("verify against the full forward"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        (r["batch"].clone(), r["new_tokens"].clone()),
+        (3.into(), 260.into())
+    );
+    let total = f(&r["total_s"]);
+    assert!((f(&r["tokens_per_s"]) - 3.0 * 260.0 / total).abs() < 1e-6 * f(&r["tokens_per_s"]));
+    assert!((f(&r["prefill_s"]) + f(&r["decode_s"]) - total).abs() < 1e-9);
+    // The first and last sequence, after the prefill, one step, one step past a 256-key split
+    // of the decode kernel, and the last step; f32 on the CPU agrees to summation order.
+    let v = &r["verify"];
+    assert_eq!(v["sequences"], serde_json::json!([0, 2]));
+    assert_eq!(v["steps"], serde_json::json!([0, 1, 257, 259]));
+    assert_eq!(v["passed"], true);
+    assert!(
+        f(&v["max_rel_l2"]) < 1e-5 && f(&v["max_gap_sd"]) == 0.0,
+        "{v}"
+    );
 }

@@ -17,7 +17,8 @@
 #   step-1.5b 105   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
 #                   bf16 state) on the same shape: tokens/s and their ratio
 #   generate 25     scripts/gpu/generate_vs_transformers.py: greedy generation of the 1.5b shape,
-#                   batch 32, 64-token prompts, 128 new tokens: limo vs transformers, tokens/s
+#                   batch 32, 64-token prompts, 128 new tokens: limo vs transformers, tokens/s;
+#                   limo's --verify checks its tokens and logits against the full forward
 #   loss-parity 50  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2
 #   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, optimizer on the
 #                   GPU, uncapped (limo plan: ~105 GiB, more than an 80 GB card holds)
@@ -300,14 +301,18 @@ print("limo %s tok/s (mfu %s), peer %s (fp32 master) / %s (bf16) tok/s, limo/pee
 stage_generate() {
     note "short enough for the visit's budget; the 1k-token measurement: scripts/gpu/README.md"
     x python3 scripts/gpu/generate_vs_transformers.py --limo "$LIMO_BIN" --shape 1.5b \
-        --batch 32 --prompt-tokens 64 --new-tokens 128 --json-out "$LOGS/generate.json"
+        --batch 32 --prompt-tokens 64 --new-tokens 128 --verify --json-out "$LOGS/generate.json"
 }
 key_generate() {
     py '
 p = sys.argv[1]
-print("limo %s tok/s (%s ms/step), transformers %s tok/s, limo/transformers %s" % (
+v = j(p, "limo.verify") or {}
+check = "" if not v else ", vs full forward rel %s gap %s sd %s" % (
+    f(v.get("max_rel_l2"), "{:.1e}"), f(v.get("max_gap_sd"), "{:.2f}"),
+    "ok" if v.get("passed") else "FAIL")
+print("limo %s tok/s (%s ms/step), transformers %s tok/s, limo/transformers %s%s" % (
     f(j(p, "limo_tokens_per_s")), f(j(p, "limo.ms_per_step"), "{:.1f}"),
-    f(j(p, "transformers_tokens_per_s")), f(j(p, "ratio"), "{:.2f}")))
+    f(j(p, "transformers_tokens_per_s")), f(j(p, "ratio"), "{:.2f}"), check))
 ' "${1:-$LOGS/generate.json}"
 }
 

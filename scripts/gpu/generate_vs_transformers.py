@@ -110,21 +110,27 @@ def run_transformers(shape, batch, prompt_tokens, new_tokens, seed):
     }
 
 
-def run_limo(binary, shape, batch, prompt_tokens, new_tokens, seed):
+def run_limo(binary, shape, batch, prompt_tokens, new_tokens, seed, verify=False):
     """`limo bench generate` on the GPU; returns (its JSON report or None, transcript)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "generate.json")
         cmd = [binary, "bench", "generate", "--shape", shape, "--batch", str(batch),
                "--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens),
                "--device", "cuda", "--dtype", "bf16", "--seed", str(seed), "--json", out]
+        if verify:
+            cmd.append("--verify")
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = ":".join(torch_lib_path() + [env.get("LD_LIBRARY_PATH", "")])
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         text = f"$ {shlex.join(cmd)}\n{(proc.stdout + proc.stderr).strip()}\n(exit {proc.returncode})"
-        if proc.returncode != 0 or not os.path.exists(out):
+        if not os.path.exists(out):
             return None, text
         with open(out) as fh:
-            return json.load(fh), text
+            report = json.load(fh)
+        # A failed --verify still writes its report (speed and the check's numbers): keep it.
+        if proc.returncode != 0:
+            report["exit_code"] = proc.returncode
+        return report, text
 
 
 def main():
@@ -138,6 +144,8 @@ def main():
     ap.add_argument("--skip-transformers", action="store_true",
                     help="measure limo only (e.g. to rerun one side)")
     ap.add_argument("--json-out", default=None, help="also write the result here")
+    ap.add_argument("--verify", action="store_true",
+                    help="limo also checks its generation against the full forward (untimed)")
     args = ap.parse_args()
     if min(args.batch, args.prompt_tokens, args.new_tokens) < 1:
         sys.exit("--batch, --prompt-tokens and --new-tokens must be at least 1")
@@ -156,11 +164,11 @@ def main():
     # limo first: its process owns the GPU alone (torch's allocator has not reserved memory yet).
     if args.limo:
         limo, transcript = run_limo(args.limo, args.shape, args.batch, args.prompt_tokens,
-                                    args.new_tokens, args.seed)
+                                    args.new_tokens, args.seed, args.verify)
         print(transcript, file=sys.stderr)
         result["limo"] = limo
         result["limo_tokens_per_s"] = (limo or {}).get("tokens_per_s")
-        ok = ok and limo is not None
+        ok = ok and limo is not None and "exit_code" not in limo
         # Kept even if the transformers half runs out of the stage's time.
         save()
     if not args.skip_transformers:
