@@ -206,6 +206,18 @@ pub fn decode_attention(
     if crate::cuda::decode_attention::dispatches(q, k_cache) {
         return crate::cuda::decode_attention::decode_attention(q, k_cache, v_cache, index, scale);
     }
+    if q.device().is_cuda() {
+        // Sequence by sequence, each cached prefix converted at every layer: correct, slow.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "decode attention on the GPU without its kernel (head_dim {head_dim}, {:?}; the \
+                 kernel takes head_dim 64 or 128 in bf16 or f32): the tensor-op reference runs, \
+                 far slower",
+                q.dtype()
+            )
+        });
+    }
     let compute = compute_dtype(q.dtype());
     let group = q_heads / kv_heads;
     let mut outs = Vec::with_capacity(batch);
