@@ -249,6 +249,9 @@ __device__ __forceinline__ void decode_attn_split(
     for (int g = 0; g < kMaxGroup; ++g)
 #pragma unroll
         for (int i = 0; i < C; ++i) acc[g][i] = 0.f;
+    // Unrolled so that several rows of V are loading at once (one at a time, the loop waited on
+    // memory latency; unrolling phase 1 the same way made the bf16 kernels spill).
+#pragma unroll 4
     for (int j = warp; j < nk; j += kWarps) {
         float vr[C];
         load_cols<C>(V + size_t(j) * D + lane * C, vr);
