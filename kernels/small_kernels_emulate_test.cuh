@@ -1,5 +1,5 @@
 // Checks of the small kernels (rms_norm.cu, cross_entropy.cu, rope.cu, swiglu.cu, adamw.cu,
-// embedding.cu) on
+// embedding.cu, sum_squares.cu) on
 // the CPU emulation (small_kernels_emulate.cuh), with the launch shapes of their Rust wrappers
 // (crates/limo-ops/src/cuda/): float64 references of each contract for RMSNorm, cross-entropy,
 // RoPE and SwiGLU (bf16 and f32, sizes that are not multiples of the block, rows past the
@@ -16,6 +16,7 @@
 #include "swiglu.cu"
 #include "adamw.cu"
 #include "embedding.cu"
+#include "sum_squares.cu"
 
 #include "emulate_check.cuh"
 
@@ -445,6 +446,23 @@ void embedding_case(int tokens, int vocab, int hidden, bool with_base, std::mt19
     report_same(what, same_bits(got, cpu) && same_bits(run(3), got));
 }
 
+// ---- sum of squares (crates/limo-ops/src/cuda/sum_squares.rs: PARTS blocks of 256, then one) --
+
+template <typename T>
+void sum_squares_case(size_t n, unsigned parts, std::mt19937& gen) {
+    const auto xf = emu_rnd_bf16(n, gen, 3.f);
+    const auto x = to_t<T>(xf);
+    std::vector<double> partial(parts, NAN), out(1, NAN);
+    emu_launch(parts, 1, 256, [&] { sum_squares_partial<T>(x.data(), n, partial.data()); });
+    emu_launch(1, 1, 256, [&] { sum_squares_reduce(partial.data(), int(parts), out.data()); });
+    double want = 0;
+    for (float v : xf) want += double(v) * v;
+    char what[96];
+    std::snprintf(what, sizeof what, "%s sum of squares of %zu over %u blocks", name<T>(), n, parts);
+    // f64 sums of exact squares: only the order of the additions differs.
+    report(what, std::abs(out[0] - want) / want, 1e-14);
+}
+
 }  // namespace small_test
 
 int main() {
@@ -474,6 +492,11 @@ int main() {
     for (bool with_base : {false, true}) {
         embedding_case<float>(500, 97, 300, with_base, gen);
         embedding_case<__nv_bfloat16>(500, 97, 300, with_base, gen);
+    }
+    std::printf("sum of squares\n");
+    for (auto [n, parts] : {std::pair<size_t, unsigned>{100003, 8}, {5, 7}, {70000, 1}}) {
+        sum_squares_case<float>(n, parts, gen);
+        sum_squares_case<__nv_bfloat16>(n, parts, gen);
     }
     std::printf(all_ok ? "all checks passed\n" : "FAILED\n");
     return all_ok ? 0 : 1;

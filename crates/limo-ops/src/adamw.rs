@@ -259,8 +259,13 @@ impl candle_core::InplaceOp1 for AdamWHostOp<'_> {
 }
 
 /// The sum of squares of `t`'s elements as a `[1]` f64 tensor on `t`'s device (no copy to the
-/// host): on the CPU exactly [`sum_of_squares`] (f32 or f64); on CUDA in f64 on the device.
+/// host): on the CPU exactly [`sum_of_squares`] (f32 or f64); on CUDA in f64 on the device
+/// (`kernels/sum_squares.cu` for bf16 and f32: candle's `sum_all` would reduce on one block).
 pub fn sum_of_squares_tensor(t: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::sum_squares::supported(t) {
+        return crate::cuda::sum_squares::sum_of_squares(t);
+    }
     if t.device().is_cpu() {
         let (storage, layout) = t.storage_and_layout();
         let Some((a, b)) = layout.contiguous_offsets() else {

@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use crate::{
     adamw_update, attention_backward, attention_forward, embedding_backward, linear_cross_entropy,
     linear_cross_entropy::softmax_cross_entropy, rms_norm_backward, rms_norm_forward,
-    rope_backward, rope_forward, swiglu_backward, swiglu_forward, AdamWStep, RopeTables,
-    IGNORE_INDEX,
+    rope_backward, rope_forward, sum_of_squares_tensor, swiglu_backward, swiglu_forward, AdamWStep,
+    RopeTables, IGNORE_INDEX,
 };
 
 /// One compared output.
@@ -213,6 +213,7 @@ fn run_all(
         decode(&mut checks, run, dtype)?;
         losses(&mut checks, run, dtype)?;
         embedding(&mut checks, run, dtype)?;
+        sum_of_squares(&mut checks, run, dtype)?;
     }
     adamw(&mut checks, run)?;
     Ok(checks.out)
@@ -646,6 +647,24 @@ fn embedding(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> R
     Ok(())
 }
 
+/// The squared norm of a flat gradient (f64 on the device, for clipping): only the order of
+/// the f64 additions of exact squares differs.
+fn sum_of_squares(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
+    let s = opts.seed * 1000 + 500;
+    let mut sizes = vec![1_000_003, 7];
+    if opts.large {
+        sizes.push(64 << 20);
+    }
+    for n in sizes {
+        let x = random(&[n], s + 1, 1e-2)?.to_dtype(dtype)?;
+        let outputs = both(&["sum of squares"], reference, test, |d| {
+            Ok(vec![sum_of_squares_tensor(&x.to_device(d)?)?])
+        })?;
+        c.push("sum_of_squares", format!("{n}"), dtype, 1e-12, outputs)?;
+    }
+    Ok(())
+}
+
 /// Fused AdamW over flat f32 shards: the kernel must be bit-identical to the CPU loop.
 fn adamw(c: &mut Checks, Run(reference, test, opts): Run) -> Result<()> {
     let s = opts.seed * 1000 + 300;
@@ -749,7 +768,7 @@ mod tests {
         };
         let checks = crosscheck(&Device::Cpu, &Device::Cpu, &opts).unwrap();
         let ops: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.op.as_str()).collect();
-        assert_eq!(ops.len(), 9, "{ops:?}");
+        assert_eq!(ops.len(), 10, "{ops:?}");
         for dtype in [DType::F32, DType::BF16] {
             assert!(checks.iter().filter(|c| c.dtype == dtype).count() >= 40);
         }

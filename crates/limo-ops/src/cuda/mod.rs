@@ -41,6 +41,7 @@ mod launch;
 pub mod offload;
 pub mod rms_norm;
 pub mod rope;
+pub mod sum_squares;
 pub mod swiglu;
 
 use std::collections::hash_map::Entry;
@@ -384,7 +385,7 @@ pub(crate) fn zeros<T: KernelType>(dev: &CudaDevice, len: usize) -> Result<CudaS
 }
 
 /// A contiguous tensor of `shape` owning `slice` (no copy).
-pub(crate) fn to_tensor<T: KernelType>(
+pub(crate) fn to_tensor<T: CudaDType + DeviceRepr>(
     slice: CudaSlice<T>,
     dev: &CudaDevice,
     shape: impl Into<Shape>,
