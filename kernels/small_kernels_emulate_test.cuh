@@ -1,5 +1,5 @@
 // Checks of the small kernels (rms_norm.cu, cross_entropy.cu, rope.cu, swiglu.cu, adamw.cu,
-// embedding.cu, sum_squares.cu) on
+// embedding.cu, sum_squares.cu, accumulate.cu) on
 // the CPU emulation (small_kernels_emulate.cuh), with the launch shapes of their Rust wrappers
 // (crates/limo-ops/src/cuda/): float64 references of each contract for RMSNorm, cross-entropy,
 // RoPE and SwiGLU (bf16 and f32, sizes that are not multiples of the block, rows past the
@@ -17,6 +17,7 @@
 #include "adamw.cu"
 #include "embedding.cu"
 #include "sum_squares.cu"
+#include "accumulate.cu"
 
 #include "emulate_check.cuh"
 
@@ -463,6 +464,26 @@ void sum_squares_case(size_t n, unsigned parts, std::mt19937& gen) {
     report(what, std::abs(out[0] - want) / want, 1e-14);
 }
 
+// ---- acc += x (crates/limo-ops/src/cuda/accumulate.rs: grid_1d(n, 256)) ----
+
+template <typename T>
+void add_into_case(size_t n, std::mt19937& gen) {
+    std::normal_distribution<float> dist(0.f, 1.f);
+    std::vector<float> acc0(n);
+    for (auto& a : acc0) a = dist(gen);
+    const auto x = to_t<T>(emu_rnd_bf16(n, gen, 1.f));
+    auto run = [&](unsigned grid) {
+        auto acc = acc0;
+        emu_launch(grid, 1, 256, [&] { add_into<T>(acc.data(), x.data(), n); });
+        return acc;
+    };
+    std::vector<float> want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = acc0[i] + float(x[i]);
+    char what[96];
+    std::snprintf(what, sizeof what, "%s acc += x, %zu: the sums, grid of 3 the same", name<T>(), n);
+    report_same(what, same_bits(run(grid_1d(n, 256)), want) && same_bits(run(3), want));
+}
+
 }  // namespace small_test
 
 int main() {
@@ -498,6 +519,9 @@ int main() {
         sum_squares_case<float>(n, parts, gen);
         sum_squares_case<__nv_bfloat16>(n, parts, gen);
     }
+    std::printf("acc += x\n");
+    add_into_case<float>(1037, gen);
+    add_into_case<__nv_bfloat16>(1037, gen);
     std::printf(all_ok ? "all checks passed\n" : "FAILED\n");
     return all_ok ? 0 : 1;
 }

@@ -33,6 +33,7 @@
 //! let y = to_tensor(y, &dev, (rows, cols))?;
 //! ```
 
+pub mod accumulate;
 pub mod adamw;
 pub mod cross_entropy;
 pub mod decode_attention;
