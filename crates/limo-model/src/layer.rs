@@ -188,9 +188,20 @@ pub fn layer_backward(
 
 /// A bias gradient: the sum over all tokens, accumulated in f32 when the activations are bf16
 /// (thousands of bf16 additions would lose most of the small contributions); the same
-/// operation in f32 and f64.
+/// operation in f32 and f64. On a GPU as a row of ones times `d` (cuBLAS, f32): candle's CUDA
+/// `sum(0)` reads a column per block, strided, where the matmul reads `d` once, coalesced.
 fn sum_tokens(d: &Tensor) -> Result<Tensor> {
-    d.to_dtype(limo_ops::compute_dtype(d.dtype()))?.sum(0)
+    let d = d.to_dtype(limo_ops::compute_dtype(d.dtype()))?;
+    if d.device().is_cuda() && d.rank() == 2 {
+        return column_sums_by_matmul(&d);
+    }
+    d.sum(0)
+}
+
+/// `ones [1, N] @ d [N, k]` as `[k]`: the column sums of `d`.
+fn column_sums_by_matmul(d: &Tensor) -> Result<Tensor> {
+    let ones = Tensor::ones((1, d.dim(0)?), d.dtype(), d.device())?;
+    ones.matmul(&d.contiguous()?)?.squeeze(0)
 }
 
 /// The first half of [`layer_forward`] for inference: `q [N, heads, head_dim]` and
@@ -223,4 +234,25 @@ pub fn layer_output(
     let up = linear(&n2, &w.up_weight, None)?;
     let h = swiglu_forward(&gate, &up)?;
     &x1 + linear(&h, &w.down_weight, None)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn the_gpu_form_of_a_bias_gradient_sums_the_columns() -> Result<()> {
+        // The CUDA path's formula, run here on the CPU: [N, k] -> [k], the same sums.
+        let d = Tensor::arange(0f64, 35.0, &Device::Cpu)?.reshape((7, 5))?;
+        let by_matmul = column_sums_by_matmul(&d)?;
+        assert_eq!(by_matmul.dims(), [5]);
+        assert_eq!(by_matmul.to_vec1::<f64>()?, d.sum(0)?.to_vec1::<f64>()?);
+        let f = d.to_dtype(DType::F32)?.t()?; // a transposed view is made contiguous first
+        assert_eq!(
+            column_sums_by_matmul(&f)?.to_vec1::<f32>()?,
+            f.sum(0)?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
 }
