@@ -71,7 +71,7 @@ double round_t(double x) {
 // grid_1d of the Rust wrappers: one thread per element, `block` per block.
 unsigned grid_1d(size_t n, unsigned block) { return unsigned(std::max<size_t>(1, (n + block - 1) / block)); }
 
-// ---- RMSNorm (crates/limo-ops/src/cuda/rms_norm.rs: BLOCK 256, BWD_BLOCKS 256) ----
+// ---- RMSNorm (crates/limo-ops/src/cuda/rms_norm.rs: BLOCK 256, BWD_BLOCKS 1024) ----
 
 template <typename T>
 void rms_norm_case(int rows, int hidden, std::mt19937& gen) {
@@ -85,6 +85,8 @@ void rms_norm_case(int rows, int hidden, std::mt19937& gen) {
     emu_launch(rows, 1, 256, [&] {
         rms_norm_fwd<T>(x.data(), w.data(), y.data(), rstd.data(), rows, hidden, eps);
     });
+    // The wrapper's min(BWD_BLOCKS, rows), with a smaller cap here so that the emulation also
+    // has blocks walking several rows (300 rows over 256 blocks); the kernel reads gridDim.
     const int parts = std::min(256, rows);
     std::vector<float> partial(size_t(parts) * hidden, NAN), dw(hidden, NAN);
     auto dx = nan_buffer<T>(x.size());
