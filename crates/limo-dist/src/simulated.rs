@@ -41,10 +41,12 @@ impl Communicator for SimulatedComm {
             );
         }
         let chunk = n / self.world;
+        // `force_contiguous`, not `copy`: a copy of a narrowed view clones the whole input, so
+        // the simulated rank would hold every rank's slice.
         Ok(input
             .flatten_all()?
             .narrow(0, self.rank * chunk, chunk)?
-            .copy()?)
+            .force_contiguous()?)
     }
 
     fn all_reduce(&self, input: &Tensor) -> anyhow::Result<Tensor> {
@@ -78,6 +80,21 @@ mod tests {
             .is_err());
         assert_eq!(c.all_reduce(&slice)?.dims(), &[3]);
         assert!(SimulatedComm::new(4, 4).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_scattered_slice_holds_only_its_own_values() -> anyhow::Result<()> {
+        // The simulated rank's memory is what the benchmark measures: its slice must not keep
+        // the whole input alive (a copy of a narrowed view would).
+        let c = SimulatedComm::new(4, 1)?;
+        let mine = c.reduce_scatter(&Tensor::arange(0f32, 8.0, &Device::Cpu)?)?;
+        let (storage, _) = mine.storage_and_layout();
+        let held = match &*storage {
+            candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>()?.len(),
+            _ => unreachable!("a CPU tensor"),
+        };
+        assert_eq!(held, 2);
         Ok(())
     }
 }

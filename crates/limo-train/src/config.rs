@@ -407,6 +407,10 @@ impl TrainConfig {
                 );
             }
         }
+        // The GPU's optimizer kernel and state are f32; f64 is the CPU's parity dtype.
+        if self.model.dtype == ModelDtype::F64 && self.model.device == DeviceKind::Cuda {
+            bail!("model.dtype: f64 runs on model.device = \"cpu\"; use bf16 or f32 on cuda");
+        }
         if self.model.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
             bail!("model.device: \"cuda\" needs a build with --features cuda (docs/CUDA.md)");
         }
@@ -615,6 +619,13 @@ mod tests {
             ("cosine", "bf16")
         );
         assert!(limo.preflight().is_err(), "bf16 needs CUDA");
+        let f64_gpu = TrainConfig::from_file(
+            &dir.join("tiny.toml"),
+            &["model.device=\"cuda\"".into(), "model.dtype=\"f64\"".into()],
+        )
+        .unwrap();
+        let err = f64_gpu.preflight().unwrap_err().to_string();
+        assert!(err.contains("f64 runs on model.device = \"cpu\""), "{err}");
     }
 
     /// The trajectory hash and the TOML a run writes (`config.toml`, `--print-config`), pinned

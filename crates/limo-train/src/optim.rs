@@ -172,10 +172,19 @@ impl AdamW {
         self.state[g].narrow(0, list * n, n)
     }
 
-    /// One state list, every group's slice copied to the host (for a checkpoint).
+    /// One state list, every group's slice copied to the host (for a checkpoint). From a GPU
+    /// the slice is made contiguous there first: `to_device` of a view copies its whole storage
+    /// (the group's master and both moments, 3x the bytes) and keeps the view.
     pub fn host(&self, list: usize) -> Result<Vec<Tensor>> {
         (0..self.state.len())
-            .map(|g| self.part(g, list)?.to_device(&Device::Cpu))
+            .map(|g| {
+                let part = self.part(g, list)?;
+                if part.device().is_cpu() {
+                    Ok(part)
+                } else {
+                    part.force_contiguous()?.to_device(&Device::Cpu)
+                }
+            })
             .collect()
     }
 

@@ -202,9 +202,10 @@ impl ShardedModel {
         (0..self.groups.len())
             .map(|g| {
                 let master = self.optimizer.part(g, MASTER)?;
-                // A copy even in the master dtype: the update writes the master in place.
+                // A copy even in the master dtype: the update writes the master in place. Only
+                // the view's elements (`copy` would clone the whole [master | m | v] storage).
                 let compute = if self.dtype == master.dtype() {
-                    master.copy()?
+                    master.force_contiguous()?
                 } else {
                     master.to_dtype(self.dtype)?
                 };

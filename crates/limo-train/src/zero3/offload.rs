@@ -163,7 +163,8 @@ fn host_group(
     adamw_update_state(state, grad, hyper, None, None)?;
     let master = state.narrow(0, 0, grad.elem_count())?;
     let slice = if master.dtype() == dtype {
-        master.copy()?
+        // The view's elements only: `copy` would clone the whole state.
+        master.force_contiguous()?
     } else {
         master.to_dtype(dtype)?
     };
