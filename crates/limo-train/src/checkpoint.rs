@@ -230,11 +230,22 @@ fn publish(
     fsync_dir(tmp)?;
 
     let final_dir = checkpoints_dir.join(name);
+    // The same step saved again (a run resumed from an older checkpoint): `latest` may name the
+    // old directory, so it is renamed aside and deleted only once the new one is in place, not
+    // deleted first (a crash during a long delete left `latest` naming nothing).
+    let replaced = checkpoints_dir.join(format!(".{name}.replaced"));
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
+        if replaced.exists() {
+            std::fs::remove_dir_all(&replaced)?;
+        }
+        std::fs::rename(&final_dir, &replaced)
+            .with_context(|| format!("{}", final_dir.display()))?;
     }
     std::fs::rename(tmp, &final_dir).with_context(|| format!("{}", final_dir.display()))?;
     fsync_dir(checkpoints_dir)?;
+    if replaced.exists() {
+        std::fs::remove_dir_all(&replaced)?;
+    }
     let latest_tmp = checkpoints_dir.join(".latest.tmp");
     write_synced(&latest_tmp, name.as_bytes())?;
     std::fs::rename(&latest_tmp, checkpoints_dir.join(LATEST))?;

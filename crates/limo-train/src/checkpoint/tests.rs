@@ -223,3 +223,22 @@ fn a_rank_that_fails_to_write_fails_every_rank_and_publishes_nothing() {
     assert!(resolve(ckpts, "latest").unwrap().ends_with("step-00000001"));
     assert_eq!(list(ckpts).unwrap().len(), 1);
 }
+
+#[test]
+fn saving_a_step_again_replaces_it_without_a_gap() {
+    // A run resumed from an older checkpoint reaches a step it had saved before: the new
+    // checkpoint takes the name, `latest` keeps naming it, and nothing of the old one is left.
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path();
+    save_at(ckpts, 1, 3, 3.0, 5);
+    save_at(ckpts, 1, 3, 7.0, 5);
+    let latest = std::fs::read_to_string(ckpts.join(LATEST)).unwrap();
+    assert_eq!(latest.trim(), "step-00000003");
+    let mut reader = ShardReader::open(&ckpts.join("step-00000003")).unwrap();
+    assert_eq!(values(reader.range("master", 0, 0..1).unwrap()), [7.0]);
+    let names: Vec<String> = std::fs::read_dir(ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("replaced")), "{names:?}");
+}
