@@ -152,17 +152,23 @@ impl AdamW {
         exp_avg_sq: &[Flat],
     ) -> Result<()> {
         let device = &self.home.clone();
-        let mut state = Vec::with_capacity(master.len());
+        if [master.len(), exp_avg.len(), exp_avg_sq.len()] != [self.lens.len(); 3] {
+            candle_core::bail!("optimizer state: expected {} groups", self.lens.len());
+        }
         for (g, ((p, m), v)) in master.iter().zip(exp_avg).zip(exp_avg_sq).enumerate() {
             let n = self.lens[g];
             if [p.len(), m.len(), v.len()] != [n; 3] {
                 candle_core::bail!("optimizer state of group {g}: expected 3 x {n} values");
             }
+        }
+        // Group by group, each old group freed as its new one arrives: the device never holds
+        // two whole states (a resume that fits where training fits).
+        for (g, ((p, m), v)) in master.iter().zip(exp_avg).zip(exp_avg_sq).enumerate() {
+            let n = self.lens[g];
             let parts = [p, m, v].map(|f| f.to_tensor(&[n], device));
             let [p, m, v] = parts;
-            state.push(Tensor::cat(&[p?, m?, v?], 0)?);
+            self.state[g] = Tensor::cat(&[p?, m?, v?], 0)?;
         }
-        self.state = state;
         Ok(())
     }
 
