@@ -167,6 +167,15 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
             metrics::truncate_after(&metrics_path, state.step)?;
         }
         tracing::info!(step = state.step, checkpoint = %dir.display(), rank, "resumed");
+        #[cfg(feature = "cuda")]
+        if lead && device.is_cuda() && !limo_ops::cuda::flash_attention::deterministic_requested() {
+            // The state restored is exact; what follows is not bit-for-bit the run that was cut.
+            tracing::warn!(
+                "resumed on a GPU with the atomic flash backward: the run continues exactly from \
+                 the checkpoint, but its later steps match an uninterrupted run to rounding, not \
+                 to the bit (dQ's atomic adds vary in order); LIMO_FLASH_DETERMINISTIC=1 for bits"
+            );
+        }
     } else if lead {
         let _ = std::fs::remove_file(&metrics_path);
     }
