@@ -86,7 +86,7 @@ pub fn run(args: CommCheckArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn nccl(env: &DistEnv, timeout: Duration) -> anyhow::Result<(Box<dyn Communicator>, Device)> {
-    let device = crate::cmd_doctor::open_gpu(env.local_rank)?;
+    let device = crate::cmd_doctor::open_gpu(env.gpu()?)?;
     Ok((limo_dist::connect_nccl(env, &device, timeout)?, device))
 }
 

@@ -54,10 +54,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     // Under `limo launch`, torchrun or Slurm: this process is one rank of the job.
     let env = DistEnv::from_env()?;
-    let device = open_device(
-        config.model.device,
-        env.as_ref().map_or(0, |e| e.local_rank),
-    )?;
+    let gpu = match (&env, config.model.device) {
+        (Some(env), DeviceKind::Cuda) => env.gpu()?,
+        _ => 0,
+    };
+    let device = open_device(config.model.device, gpu)?;
     let comm = match env {
         Some(env) if env.world_size > 1 => {
             let timeout = timeout_from_env(DEFAULT_DIST_TIMEOUT)?;
@@ -110,21 +111,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The device of this rank: the CPU, or GPU `local_rank` of this machine.
-fn open_device(kind: DeviceKind, local_rank: usize) -> anyhow::Result<Device> {
+/// The device of this rank: the CPU, or GPU `ordinal` of this machine ([`DistEnv::gpu`]).
+fn open_device(kind: DeviceKind, ordinal: usize) -> anyhow::Result<Device> {
     match kind {
         DeviceKind::Cuda => {
             // candle appends a backtrace when RUST_BACKTRACE is set; the first line is the cause.
             let first_line = |e: candle_core::Error| {
                 let cause = e.to_string().lines().next().unwrap_or_default().to_string();
-                anyhow::anyhow!("model.device: no usable GPU (CUDA device {local_rank}): {cause}")
+                anyhow::anyhow!("model.device: no usable GPU (CUDA device {ordinal}): {cause}")
             };
             // Its own stream, freed memory kept in the pool (see open_device); without the
             // cuda feature new_cuda fails with candle's "not compiled with cuda" error.
             #[cfg(feature = "cuda")]
-            let device = limo_ops::cuda::pool::open_device(local_rank).map_err(first_line)?;
+            let device = limo_ops::cuda::pool::open_device(ordinal).map_err(first_line)?;
             #[cfg(not(feature = "cuda"))]
-            let device = Device::new_cuda(local_rank).map_err(first_line)?;
+            let device = Device::new_cuda(ordinal).map_err(first_line)?;
             Ok(device)
         }
         DeviceKind::Cpu => Ok(Device::Cpu),

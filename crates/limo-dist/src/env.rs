@@ -54,6 +54,14 @@ impl DistEnv {
         self.world_size > 1
     }
 
+    /// The CUDA ordinal this rank drives, from `CUDA_VISIBLE_DEVICES` (see [`gpu_ordinal`]).
+    pub fn gpu(&self) -> anyhow::Result<usize> {
+        gpu_ordinal(
+            self.local_rank,
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        )
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         if self.world_size == 0 {
             bail!("the world size is 0");
@@ -272,6 +280,26 @@ fn port(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<u16> {
     }
 }
 
+/// The CUDA ordinal for local rank `local_rank` given `CUDA_VISIBLE_DEVICES`. torchrun and a
+/// plain `srun` show every GPU of the node to every process, so rank r drives GPU r. Slurm's
+/// per-task binding (`--gpus-per-task=1`, `--gpu-bind=single:1`) shows each task only its own
+/// GPU, so every rank drives ordinal 0; opening ordinal `local_rank` there fails on all ranks
+/// but the first.
+pub fn gpu_ordinal(local_rank: usize, visible: Option<&str>) -> anyhow::Result<usize> {
+    let Some(list) = visible.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(local_rank);
+    };
+    let shown = list.split(',').filter(|d| !d.trim().is_empty()).count();
+    match shown {
+        _ if local_rank < shown => Ok(local_rank),
+        1 => Ok(0),
+        _ => bail!(
+            "local rank {local_rank} has no GPU of its own: CUDA_VISIBLE_DEVICES={list:?} shows \
+             {shown} GPUs; show every local rank a GPU (one per task, or all of the node's)"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +496,23 @@ mod tests {
             );
             assert!(err.contains(TIMEOUT_VAR), "{err}");
         }
+    }
+
+    #[test]
+    fn gpu_follows_the_local_rank_unless_the_task_sees_one_gpu() {
+        // torchrun / plain srun: every GPU visible (or the variable unset).
+        assert_eq!(gpu_ordinal(3, None).unwrap(), 3);
+        assert_eq!(gpu_ordinal(3, Some("")).unwrap(), 3);
+        assert_eq!(gpu_ordinal(3, Some("0,1,2,3,4,5,6,7")).unwrap(), 3);
+        assert_eq!(gpu_ordinal(1, Some("GPU-1a2b,GPU-3c4d")).unwrap(), 1);
+        // Slurm's per-task binding: each task sees its own GPU as ordinal 0.
+        assert_eq!(gpu_ordinal(3, Some("3")).unwrap(), 0);
+        assert_eq!(gpu_ordinal(0, Some("5")).unwrap(), 0);
+        let err = gpu_ordinal(4, Some("4,5")).unwrap_err().to_string();
+        assert!(
+            err.contains("local rank 4") && err.contains("\"4,5\""),
+            "{err}"
+        );
+        assert!(err.contains("2 GPUs"), "{err}");
     }
 }

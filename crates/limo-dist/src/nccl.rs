@@ -36,7 +36,7 @@ pub struct NcclComm {
 unsafe impl Send for NcclComm {}
 
 /// Joins the NCCL communicator of the job `env` describes, on the GPU of `device` (a CUDA
-/// device: the one for `env.local_rank`). The unique id travels over a TCP rendezvous at
+/// device: the one for `env.gpu()`). The unique id travels over a TCP rendezvous at
 /// `env.master_addr:env.master_port` whose waits give up after `timeout`.
 pub fn connect_nccl(
     env: &DistEnv,
