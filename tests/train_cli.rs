@@ -187,18 +187,18 @@ fn sigkill_then_resume_ends_bit_identical() {
     );
     run_ok(&resume_args(&config_b));
 
-    let a = master_weights(&latest_checkpoint(&uninterrupted));
-    let b = master_weights(&latest_checkpoint(&interrupted));
-    for (name, ta) in &a {
-        let (va, vb): (Vec<f32>, Vec<f32>) = (
-            ta.flatten_all().unwrap().to_vec1().unwrap(),
-            b[name].flatten_all().unwrap().to_vec1().unwrap(),
-        );
-        assert!(
-            va == vb,
-            "{name} differs after resume (killed after step {kill_after})"
-        );
-    }
+    let same_weights = |what: &str| {
+        let a = master_weights(&latest_checkpoint(&uninterrupted));
+        let b = master_weights(&latest_checkpoint(&interrupted));
+        for (name, ta) in &a {
+            let (va, vb): (Vec<f32>, Vec<f32>) = (
+                ta.flatten_all().unwrap().to_vec1().unwrap(),
+                b[name].flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert!(va == vb, "{name} differs after {what}");
+        }
+    };
+    same_weights(&format!("resume (killed after step {kill_after})"));
     let export_a = std::fs::read(uninterrupted.join("model/model.safetensors")).unwrap();
     let export_b = std::fs::read(interrupted.join("model/model.safetensors")).unwrap();
     assert!(export_a == export_b, "exports differ");
@@ -213,6 +213,21 @@ fn sigkill_then_resume_ends_bit_identical() {
         losses(&interrupted),
         "the resumed run logs every step once, with the same losses"
     );
+
+    // The finished run resumed from its oldest kept checkpoint, named by step number, redoes
+    // the steps after it to the same bits.
+    let oldest = limo_train::checkpoint::list(&uninterrupted.join("checkpoints")).unwrap()[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let step: usize = oldest.trim_start_matches("step-").parse().unwrap();
+    assert!(step < steps, "{oldest}");
+    let mut args = train_args(&config_a, &[]);
+    args.extend(["--resume".into(), step.to_string()]);
+    run_ok(&args);
+    same_weights(&format!("--resume {step}"));
+    assert_eq!(losses(&uninterrupted), losses(&interrupted));
 }
 
 #[test]

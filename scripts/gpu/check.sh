@@ -26,7 +26,11 @@
 #   step-32b-off 85 the same rank with train.optimizer_offload = "cpu" under an 80 GiB cap
 #                   (exit 3 = out of device memory: status OOM)
 #   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl
-#   train 25        a 30-step bf16 `limo train` of the embedded tiny config: the loss must fall
+#   train 25        a 30-step bf16 `limo train` of the embedded tiny config at head_dim 64 (the
+#                   flash kernels; deterministic dQ), checkpoints at 20 and 30: the loss must fall
+#   resume *        (at most 30 s) `limo train --resume 20` of train's run: steps 21-30 again, from
+#                   the checkpoint; their losses against the uninterrupted run's (bit-exact
+#                   expected; fails above 1e-2). Skipped without train's checkpoint
 #   generate-1k *   the generation of `generate` at its full length (128-token prompts, 1024 new
 #                   tokens), on whatever is left of the 540 s when it starts, if at least 120 s
 #                   (else status `skipped`): stages that end early buy it time, so one visit can
@@ -55,15 +59,17 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
 STAGES=(doctor kernels attention step-1.5b generate loss-parity step-32b-w8 step-32b-off nccl train
-    generate-1k sanitize)
+    resume generate-1k sanitize)
 declare -A TIMEOUT=(
     [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=105 [generate]=25 [loss-parity]=50
-    [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25 [generate-1k]=0
+    [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25 [resume]=0 [generate-1k]=0
     [sanitize]=0
 )
 # Elastic stages have no timeout of their own (0 above, not in the sum): each runs until the
 # run's LIMIT_S deadline, and only if at least this many seconds are left when it starts.
-declare -A ELASTIC_MIN=([generate-1k]=120 [sanitize]=60)
+declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [sanitize]=60)
+# ... and at most this many (the rest stays for the stages after it).
+declare -A ELASTIC_MAX=([resume]=30)
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
 LIMIT_S=540
 
@@ -461,10 +467,16 @@ stage_nccl() {
 }
 key_nccl() { grep -o 'comm-check: rank 0 world 1 .*' "$STAGE_LOG" | tail -1 | grep . || lastline; }
 
+# The tiny shape at head_dim 64 (2 heads, 1 kv head) runs the flash kernels in bf16; the
+# deterministic dQ makes a resumed run comparable to the bit.
+TRAIN_SHAPE='hidden_size=128,intermediate_size=384,num_attention_heads=2,num_key_value_heads=1'
+TRAIN_SET=(--set 'model.device="cuda"' --set 'model.dtype="bf16"'
+    --set "model.init_overrides={$TRAIN_SHAPE,num_hidden_layers=2}" --set train.max_steps=30
+    --set output.save_steps=20 --set output.keep_last=2 --set output.eval_examples=0
+    --set "output.dir=\"$W/train\"")
 stage_train() {
-    x "$LIMO_BIN" train --set 'model.device="cuda"' --set 'model.dtype="bf16"' \
-        --set train.max_steps=30 --set output.eval_examples=0 --set "output.dir=\"$W/train\"" ||
-        return
+    x env LIMO_FLASH_DETERMINISTIC=1 "$LIMO_BIN" train "${TRAIN_SET[@]}" || return
+    [ "$DRY" = 1 ] || cp "$W/train/metrics.jsonl" "$LOGS/train-metrics.jsonl"
     note "pass: the last step's loss is below the first's (metrics.jsonl)"
     x python3 - "$W/train/metrics.jsonl" "$LOGS/train.json" <<'PY' ||
 import json, sys
@@ -486,6 +498,44 @@ print("loss %s -> %s over %s steps" % (f(j(p, "loss_first"), "{:.3f}"), f(j(p, "
 ' "$LOGS/train.json"
 }
 
+stage_resume() {
+    if [ "$DRY" != 1 ] && { ! [ -f "$W/train/checkpoints/step-00000020/manifest.json" ] ||
+        ! [ -f "$LOGS/train-metrics.jsonl" ]; }; then
+        echo "# skipped: no checkpoint of the train stage at step 20 (run train first)" >>"$STAGE_LOG"
+        STAGE_SKIPPED=1
+        return
+    fi
+    x env LIMO_FLASH_DETERMINISTIC=1 "$LIMO_BIN" train "${TRAIN_SET[@]}" --resume 20 || return
+    note "pass: steps 21-30 resumed lose what the uninterrupted run lost (to 1e-2; bits expected)"
+    x python3 - "$LOGS/train-metrics.jsonl" "$W/train/metrics.jsonl" "$LOGS/resume.json" <<'PY' ||
+import json, sys
+def steps(path):
+    return {r["step"]: r for r in (json.loads(l) for l in open(path) if l.strip())}
+whole, resumed = steps(sys.argv[1]), steps(sys.argv[2])
+later = [s for s in sorted(whole) if s > 20]
+missing = [s for s in later if s not in resumed]
+diffs = [abs(whole[s]["loss"] - resumed[s]["loss"]) for s in later if s in resumed]
+bits = not missing and all(whole[s]["loss"] == resumed[s]["loss"] and
+                           whole[s].get("grad_norm") == resumed[s].get("grad_norm") for s in later)
+worst = max(diffs, default=float("nan"))
+ok = bool(later) and not missing and worst <= 1e-2
+json.dump({"steps": later, "missing": missing, "max_abs_loss_diff": worst, "bit_exact": bits,
+           "ok": ok}, open(sys.argv[3], "w"))
+print(f"steps {later[0] if later else '?'}-{later[-1] if later else '?'} resumed from step 20: "
+      f"max |loss diff| {worst:.3g}, {'bit-exact' if bits else 'not bit-exact'}"
+      + (f", missing steps {missing}" if missing else ""))
+sys.exit(0 if ok else 1)
+PY
+        STAGE_CHECK_FAILED=1
+}
+key_resume() {
+    py '
+p = sys.argv[1]
+print("max loss diff %s over steps 21-30, bit-exact %s" % (f(j(p, "max_abs_loss_diff"), "{:.3g}"),
+                                                             j(p, "bit_exact")))
+' "$LOGS/resume.json"
+}
+
 # ---- the plan (--dry-run) ---------------------------------------------------------------------
 stage_sum=0
 for s in "${SELECTED[@]}"; do stage_sum=$((stage_sum + TIMEOUT[$s])); done
@@ -498,8 +548,9 @@ if [ "$DRY" = 1 ]; then
         "torch version, target/gpu/MANIFEST, ldd \$LIMO_BIN (a 'not found' library fails it)"
     for s in "${SELECTED[@]}"; do
         if [ -n "${ELASTIC_MIN[$s]+x}" ]; then
-            printf '  %-12s what is left of the %d s (runs if >= %d s)   log %s\n' "$s" \
-                "$LIMIT_S" "${ELASTIC_MIN[$s]}" "logs/$s.log"
+            printf '  %-12s what is left of the %d s (runs if >= %d s%s)   log %s\n' "$s" \
+                "$LIMIT_S" "${ELASTIC_MIN[$s]}" "${ELASTIC_MAX[$s]+, at most ${ELASTIC_MAX[$s]} s}" \
+                "logs/$s.log"
         else
             printf '  %-12s timeout %3d s   log %s\n' "$s" "${TIMEOUT[$s]}" "logs/$s.log"
         fi
@@ -654,6 +705,10 @@ for s in "${SELECTED[@]}"; do
             continue
         fi
         STAGE_DEADLINE=$RUN_DEADLINE
+        if [ -n "${ELASTIC_MAX[$s]+x}" ] && [ "$left_s" -gt "${ELASTIC_MAX[$s]}" ]; then
+            left_s=${ELASTIC_MAX[$s]}
+            STAGE_DEADLINE=$((t0 + left_s * 1000))
+        fi
     else
         left_s=${TIMEOUT[$s]}
         STAGE_DEADLINE=$((t0 + TIMEOUT[$s] * 1000))

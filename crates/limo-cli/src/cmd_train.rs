@@ -23,7 +23,8 @@ pub struct TrainArgs {
     /// Override a config field, e.g. --set train.lr=1e-5 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// Resume from `latest` (the default when given without a value) or a checkpoint directory;
+    /// Resume from `latest` (the default when given without a value), one of the run's
+    /// checkpoints by step (`20`) or name (`step-00000020`), or a checkpoint directory;
     /// `auto`: from the latest checkpoint if the run has one, else start fresh (one command line
     /// for a job a scheduler restarts).
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]

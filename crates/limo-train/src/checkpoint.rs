@@ -282,15 +282,46 @@ fn prune(checkpoints_dir: &Path, keep_last: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves `--resume latest` (through `checkpoints/latest`) or a checkpoint path.
+/// Resolves `--resume`: `latest` (through `checkpoints/latest`), a step number (`20`) or a
+/// checkpoint's name (`step-00000020`) among this run's checkpoints, or a checkpoint path. A
+/// name that matches none of them is an error listing the run's checkpoints.
 pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
-    if which != "latest" {
-        return Ok(PathBuf::from(which));
+    if which == LATEST {
+        let pointer = checkpoints_dir.join(LATEST);
+        let name = std::fs::read_to_string(&pointer)
+            .with_context(|| format!("{}: no checkpoint to resume from", pointer.display()))?;
+        return Ok(checkpoints_dir.join(name.trim()));
     }
-    let pointer = checkpoints_dir.join(LATEST);
-    let name = std::fs::read_to_string(&pointer)
-        .with_context(|| format!("{}: no checkpoint to resume from", pointer.display()))?;
-    Ok(checkpoints_dir.join(name.trim()))
+    let as_path = PathBuf::from(which);
+    if as_path.join(MANIFEST).is_file() {
+        return Ok(as_path);
+    }
+    let name = match which.parse::<usize>() {
+        Ok(step) => step_dir_name(step),
+        Err(_) => which.to_string(),
+    };
+    let in_run = checkpoints_dir.join(&name);
+    if !which.contains(std::path::MAIN_SEPARATOR) && in_run.join(MANIFEST).is_file() {
+        return Ok(in_run);
+    }
+    let saved: Vec<String> = list(checkpoints_dir)?
+        .iter()
+        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    bail!(
+        "--resume {which}: no checkpoint {} (this run's checkpoints in {}: {})",
+        if as_path.is_dir() {
+            "there (no manifest.json)"
+        } else {
+            "by that name or path"
+        },
+        checkpoints_dir.display(),
+        if saved.is_empty() {
+            "none".to_string()
+        } else {
+            saved.join(", ")
+        }
+    )
 }
 
 /// The checkpoint `path` names: a checkpoint (step) directory, a `latest` pointer file, a

@@ -242,3 +242,29 @@ fn saving_a_step_again_replaces_it_without_a_gap() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("replaced")), "{names:?}");
 }
+
+#[test]
+fn resume_names_a_checkpoint_by_step_name_or_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path();
+    save_at(ckpts, 1, 10, 1.0, 5);
+    save_at(ckpts, 1, 20, 2.0, 5);
+    let step10 = ckpts.join("step-00000010");
+    assert_eq!(resolve(ckpts, "10").unwrap(), step10);
+    assert_eq!(resolve(ckpts, "step-00000010").unwrap(), step10);
+    assert_eq!(resolve(ckpts, step10.to_str().unwrap()).unwrap(), step10);
+    assert_eq!(
+        resolve(ckpts, "latest").unwrap(),
+        ckpts.join("step-00000020")
+    );
+    for wrong in ["15", "step-15", "/nowhere/step-00000010"] {
+        let err = resolve(ckpts, wrong).unwrap_err().to_string();
+        assert!(err.contains(&format!("--resume {wrong}")), "{err}");
+        assert!(err.contains("step-00000010, step-00000020"), "{err}");
+    }
+    // A directory without a manifest is named as such.
+    let err = resolve(ckpts, ckpts.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no manifest.json"), "{err}");
+}
