@@ -486,6 +486,25 @@ void add_into_case(size_t n, std::mt19937& gen) {
     report_same(what, same_bits(run(grid_1d(n, 256)), want) && same_bits(run(3), want));
 }
 
+// ---- dst = x as f32, into a slot of a larger buffer (crates/limo-ops/src/flat.rs) ----
+
+template <typename T>
+void cast_into_case(size_t n, std::mt19937& gen) {
+    const auto xf = emu_rnd_bf16(n, gen, 2.f);
+    const auto x = to_t<T>(xf);
+    auto run = [&](unsigned grid) {
+        std::vector<float> buf(n + 10, -7.f);  // the slot starts at 5, 5 untouched after it
+        emu_launch(grid, 1, 256, [&] { cast_into<T>(buf.data() + 5, x.data(), n); });
+        return buf;
+    };
+    std::vector<float> want(n + 10, -7.f);
+    for (size_t i = 0; i < n; ++i) want[5 + i] = float(x[i]);
+    char what[96];
+    std::snprintf(what, sizeof what, "%s dst = x in a slot, %zu: exact, nothing outside", name<T>(),
+                  n);
+    report_same(what, same_bits(run(grid_1d(n, 256)), want) && same_bits(run(2), want));
+}
+
 }  // namespace small_test
 
 int main() {
@@ -524,6 +543,9 @@ int main() {
     std::printf("acc += x\n");
     add_into_case<float>(1037, gen);
     add_into_case<__nv_bfloat16>(1037, gen);
+    std::printf("dst = x\n");
+    cast_into_case<float>(1037, gen);
+    cast_into_case<__nv_bfloat16>(1037, gen);
     std::printf(all_ok ? "all checks passed\n" : "FAILED\n");
     return all_ok ? 0 : 1;
 }

@@ -7,10 +7,10 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::{
-    adamw_update, attention_backward, attention_forward, embedding_backward, linear_cross_entropy,
-    linear_cross_entropy::softmax_cross_entropy, rms_norm_backward, rms_norm_forward,
-    rope_backward, rope_forward, sum_of_squares_tensor, swiglu_backward, swiglu_forward, AdamWStep,
-    RopeTables, IGNORE_INDEX,
+    adamw_update, add_assign, attention_backward, attention_forward, embedding_backward,
+    flatten_into, linear_cross_entropy, linear_cross_entropy::softmax_cross_entropy,
+    rms_norm_backward, rms_norm_forward, rope_backward, rope_forward, sum_of_squares_tensor,
+    swiglu_backward, swiglu_forward, AdamWStep, RopeTables, IGNORE_INDEX,
 };
 
 /// One compared output.
@@ -214,6 +214,7 @@ fn run_all(
         losses(&mut checks, run, dtype)?;
         embedding(&mut checks, run, dtype)?;
         sum_of_squares(&mut checks, run, dtype)?;
+        flat_gradients(&mut checks, run, dtype)?;
     }
     adamw(&mut checks, run)?;
     Ok(checks.out)
@@ -662,6 +663,31 @@ fn sum_of_squares(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType)
         })?;
         c.push("sum_of_squares", format!("{n}"), dtype, 1e-12, outputs)?;
     }
+    Ok(())
+}
+
+/// A layer's gradients of `dtype` written into one padded f32 buffer, then added to an f32
+/// accumulator (ZeRO-3's reduce-scatter staging): conversions and f32 sums, exact to the bit.
+fn flat_gradients(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
+    let s = opts.seed * 1000 + 600;
+    let shapes: [&[usize]; 3] = [&[1536], &[256, 1536], &[1037]];
+    let pieces: Vec<Tensor> = (0u64..)
+        .zip(shapes)
+        .map(|(i, shape)| random(shape, s + i, 1.0)?.to_dtype(dtype))
+        .collect::<Result<_>>()?;
+    let len = pieces.iter().map(Tensor::elem_count).sum::<usize>() + 13;
+    let acc = random(&[len], s + 9, 1.0)?;
+    let outputs = both(&["flat", "acc + flat"], reference, test, |d| {
+        let pieces: Vec<Tensor> = pieces
+            .iter()
+            .map(|p| p.to_device(d))
+            .collect::<Result<_>>()?;
+        let flat = flatten_into(&pieces, DType::F32, len)?;
+        let sum = add_assign(acc.to_device(d)?, &flat)?;
+        Ok(vec![flat, sum])
+    })?;
+    let shape = format!("{len} (3 pieces + 13 padding)");
+    c.push("flat_gradients", shape, dtype, 0.0, outputs)?;
     Ok(())
 }
 

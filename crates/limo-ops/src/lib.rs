@@ -16,6 +16,7 @@ pub mod crosscheck;
 pub mod cuda;
 pub mod decode_attention;
 pub mod embedding;
+pub mod flat;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;
@@ -81,6 +82,7 @@ pub use adamw::{
 };
 pub use attention::{attention_backward, attention_forward, AttentionGrads};
 pub use embedding::embedding_backward;
+pub use flat::{add_assign, flatten_into};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_on_device, LinearCrossEntropy, IGNORE_INDEX,
 };

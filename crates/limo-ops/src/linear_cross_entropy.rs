@@ -112,7 +112,7 @@ pub fn linear_cross_entropy_on_device(
             d_hidden.push(d_logits.matmul(&w)?.to_dtype(hidden.dtype())?);
             let dw = d_logits.t()?.matmul(&h)?;
             d_weight = Some(match d_weight {
-                Some(acc) => accumulate(acc, &dw)?,
+                Some(acc) => crate::flat::add_assign(acc, &dw)?,
                 None => dw.to_dtype(dtype)?,
             });
         }
@@ -154,19 +154,6 @@ fn kernel_path(hidden: &Tensor, weight: &Tensor) -> bool {
 #[cfg(not(feature = "cuda"))]
 fn kernel_path(_hidden: &Tensor, _weight: &Tensor) -> bool {
     false
-}
-
-/// `acc + x` in `acc`'s dtype (the head's weight gradient summed over the chunks): on a GPU in
-/// place (`kernels/accumulate.cu`: no new vocabulary-sized table per chunk), elsewhere the
-/// tensor op.
-fn accumulate(acc: Tensor, x: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if acc.device().is_cuda() && acc.dtype() == DType::F32 && acc.is_contiguous() {
-        crate::cuda::accumulate::add_into(&acc, x)?;
-        return Ok(acc);
-    }
-    let x = x.to_dtype(acc.dtype())?;
-    acc + x
 }
 
 /// The loss of one chunk's logits: in place by the CUDA kernel on the kernel path (the logits

@@ -249,9 +249,10 @@ impl ShardedModel {
         pending.wait()?.finish()
     }
 
-    /// Adds a reduce-scattered gradient slice to group `g`'s accumulator, on the device.
+    /// Adds a reduce-scattered gradient slice to group `g`'s accumulator, on the device (in
+    /// place on a GPU: the accumulators are this model's own).
     fn accumulate(&self, grads: &mut [Tensor], g: usize, slice: &Tensor) -> anyhow::Result<()> {
-        grads[g] = (&grads[g] + slice.to_dtype(grads[g].dtype())?)?;
+        grads[g] = limo_ops::add_assign(grads[g].clone(), slice)?;
         Ok(())
     }
 
@@ -479,17 +480,11 @@ impl ShardedModel {
     fn start_scatter(&self, g: usize, full: &[Tensor]) -> anyhow::Result<Pending<Started>> {
         let group = &self.groups[g];
         let wire = self.reduce_dtype.wire(self.optimizer.master_dtype());
-        // Each piece is converted into one preallocated flat buffer, so a bf16 layer's staging
-        // peaks at its gradients + the fp32 flat + one converted piece (about 7 B per parameter;
-        // converting every piece, then concatenating, held 10).
+        // Each piece is written, converted, into one flat buffer: a bf16 layer's staging peaks
+        // at its gradients + the fp32 flat (6 B per parameter; on the CPU, + one converted
+        // piece), and on a GPU each element is read and written once.
         let padded = group.shard_len(self.world_size()) * self.world_size();
-        let flat = Tensor::zeros(padded, wire, full[0].device())?;
-        let mut at = 0;
-        for t in full {
-            let piece = t.flatten_all()?.to_dtype(wire)?;
-            flat.slice_set(&piece, 0, at)?;
-            at += piece.elem_count();
-        }
+        let flat = limo_ops::flatten_into(full, wire, padded)?;
         let name = group.name.clone();
         let _comm = self.profiler.phase(Phase::Comm);
         Ok(self.comm.submit(move |c| {
