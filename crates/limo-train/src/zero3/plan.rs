@@ -240,16 +240,10 @@ pub fn plan_with_offload(
     let chunk = work.loss_chunk.min(tokens);
 
     // A layer's reduce-scatter staging, at its peak (when it starts): the layer's bf16
-    // gradients, the flat buffer in the reduce dtype, and one tensor converted into it (the
-    // largest, an MLP matrix; none when the reduce dtype is bf16). The previous layer's buffer
-    // is released just before.
-    let largest = (cfg.intermediate_size * cfg.hidden_size) as u64;
-    let converted = if work.reduce_bytes == BF16 {
-        0
-    } else {
-        largest * work.reduce_bytes
-    };
-    let staging = layer_group * (BF16 + work.reduce_bytes) + converted;
+    // gradients and the flat buffer in the reduce dtype, which the GPU writes them into
+    // converted, in place (limo_ops::flatten_into). The previous layer's buffer is released
+    // just before.
+    let staging = layer_group * (BF16 + work.reduce_bytes);
     let gathered = 2 * layer_group * BF16 + staging + vocab_group * (BF16 + FP32);
     let loss = 2 * chunk * v * FP32 + 2 * tokens * h * BF16;
     let per_layer = tokens * layer_activation_bytes_per_token(cfg);
@@ -467,10 +461,9 @@ mod tests {
             &fp32.with_checkpointing.memory,
             &bf16.with_checkpointing.memory,
         );
-        // 2 fewer bytes per layer parameter in the flat buffer, and no converted MLP matrix.
+        // 2 fewer bytes per layer parameter in the flat buffer (both write into it in place).
         let layer = group_sizes(&cfg)[1];
-        let mlp = (cfg.intermediate_size * cfg.hidden_size) as u64;
-        assert_eq!(a.gathered - b.gathered, 2 * layer + 4 * mlp);
+        assert_eq!(a.gathered - b.gathered, 2 * layer);
         assert_eq!(a.activations, b.activations);
     }
 
