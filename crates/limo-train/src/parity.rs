@@ -72,9 +72,9 @@ pub fn batch_loss_and_grads(
         &train,
         Box::new(SoloComm),
     )?;
-    let mut grads = model.zero_grads()?;
+    let mut grads = model.zero_grads();
     let out = model.loss_and_grads(batch, 1.0 / n_targets as f64, loss_chunk, &mut grads)?;
-    let grads = model.named_grads(&grads)?;
+    let grads = model.named_grads(&grads.slices()?)?;
     Ok(BatchGrads {
         cfg,
         loss_sum: out.loss_sum.to_vec1::<f64>()?[0],

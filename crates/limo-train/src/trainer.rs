@@ -360,13 +360,13 @@ pub fn optimizer_step(
     train: &TrainSection,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let scale = 1.0 / n_targets as f64;
-    let mut grads = model.zero_grads()?;
+    let mut grads = model.zero_grads();
     let mut loss_sum = Tensor::zeros(1, DType::F64, &model.device)?;
     for batch in micro {
         let micro_loss = model.loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?;
         loss_sum = (loss_sum + micro_loss.loss_sum)?;
     }
-    let norm_sq = model.step(&grads, lr, train.max_grad_norm)?;
+    let norm_sq = model.step(&grads.slices()?, lr, train.max_grad_norm)?;
     let (loss_sum, norm) = model.read_step(&loss_sum, &norm_sq, step)?;
     Ok((
         loss_sum * scale,

@@ -250,9 +250,14 @@ impl ShardedModel {
     }
 
     /// Adds a reduce-scattered gradient slice to group `g`'s accumulator, on the device (in
-    /// place on a GPU: the accumulators are this model's own).
-    fn accumulate(&self, grads: &mut [Tensor], g: usize, slice: &Tensor) -> anyhow::Result<()> {
-        grads[g] = limo_ops::add_assign(grads[g].clone(), slice)?;
+    /// place on a GPU: the accumulators are this model's own). The group's first slice of the
+    /// step becomes its accumulator: a fresh buffer of the collective, which nothing else holds.
+    fn accumulate(&self, grads: &mut Grads, g: usize, slice: &Tensor) -> anyhow::Result<()> {
+        let master = self.optimizer.master_dtype();
+        grads.0[g] = Some(match grads.0[g].take() {
+            Some(acc) => limo_ops::add_assign(acc, slice)?,
+            None => slice.to_dtype(master)?,
+        });
         Ok(())
     }
 
@@ -313,15 +318,9 @@ impl ShardedModel {
         })?)
     }
 
-    /// Zero gradient accumulators, one per group slice, in the master dtype, on the device.
-    pub fn zero_grads(&self) -> anyhow::Result<Vec<Tensor>> {
-        let dtype = self.optimizer.master_dtype();
-        Ok(self
-            .optimizer
-            .lens()
-            .iter()
-            .map(|&n| Tensor::zeros(n, dtype, &self.device))
-            .collect::<candle_core::Result<_>>()?)
+    /// Empty gradient accumulators for one step, one per group slice (see [`Grads`]).
+    pub fn zero_grads(&self) -> Grads {
+        Grads(vec![None; self.optimizer.lens().len()])
     }
 
     /// Forward and backward of this rank's micro-batch; adds this rank's slice of the gradient
@@ -333,7 +332,7 @@ impl ShardedModel {
         batch: &Batch,
         grad_scale: f64,
         loss_chunk: usize,
-        grads: &mut [Tensor],
+        grads: &mut Grads,
     ) -> anyhow::Result<MicroBatchLoss> {
         let cfg = &self.cfg;
         let layers = cfg.num_hidden_layers;
@@ -471,7 +470,7 @@ impl ShardedModel {
     /// ranks) and adds this rank's slice to its accumulator. Reducing in fp32 rather than the
     /// compute dtype doubles the bytes of a bf16 run's scatter and keeps every rank's partial
     /// sum exact to fp32.
-    fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut [Tensor]) -> anyhow::Result<()> {
+    fn scatter_grads(&self, g: usize, full: &[Tensor], grads: &mut Grads) -> anyhow::Result<()> {
         let mine = self.wait(self.start_scatter(g, full)?)?;
         self.accumulate(grads, g, &mine)
     }
@@ -663,6 +662,23 @@ pub struct StateBytes {
 impl StateBytes {
     pub fn total(&self) -> usize {
         self.compute + self.master + self.adam + self.grads
+    }
+}
+
+/// A step's gradient accumulators, one per group slice of this rank, in the master dtype, on
+/// the device. Each starts empty and takes its group's first reduce-scattered slice as it is:
+/// no zeros to fill and add, and none of the fp32 slices exists before the backward reaches
+/// its group (with one micro-batch per step, the forward runs without them).
+pub struct Grads(Vec<Option<Tensor>>);
+
+impl Grads {
+    /// The accumulated slices, every group's; an error names a group no micro-batch reached.
+    pub fn slices(self) -> anyhow::Result<Vec<Tensor>> {
+        self.0
+            .into_iter()
+            .enumerate()
+            .map(|(g, t)| t.with_context(|| format!("group {g} received no gradient this step")))
+            .collect()
     }
 }
 
