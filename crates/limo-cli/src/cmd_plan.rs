@@ -235,6 +235,14 @@ fn render(p: &Plan, file: &Path, source: &str) -> String {
     out += &row("gathered layers + vocab group", &|e| e.memory.gathered);
     out += &row("activations", &|e| e.memory.activations);
     out += &row("loss chunk + final hidden", &|e| e.memory.loss);
+    if a.memory.grad_overlap + b.memory.grad_overlap > 0 {
+        out += &format!(
+            "{:<44}{:>14}{:>14}\n",
+            "less: gradients fill as saved inputs free",
+            format!("-{}", gib(a.memory.grad_overlap)),
+            format!("-{}", gib(b.memory.grad_overlap))
+        );
+    }
     out += &row("workspace (1 GiB + 10%)", &|e| e.memory.workspace);
     out += &row("total", &|e| e.memory.total);
     let fits = |e: &Estimate| if e.memory.fits { "yes" } else { "NO" };

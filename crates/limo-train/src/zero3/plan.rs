@@ -106,6 +106,10 @@ pub struct Memory {
     pub weight_shard: u64,
     /// fp32 gradient accumulator, 4 B per parameter / N.
     pub grad_shard: u64,
+    /// Subtracted from the total: with grad_accum 1 the accumulators fill during the backward
+    /// as the saved activations (layer inputs with checkpointing) are freed, so the smaller of
+    /// the two is never held at the same time; 0 with accumulation over micro-batches.
+    pub grad_overlap: u64,
     /// fp32 master weights, 4 B per parameter / N; 0 with optimizer offload (on the host).
     pub master: u64,
     /// Adam m and v in fp32, 8 B per parameter / N; 0 with optimizer offload (on the host).
@@ -251,13 +255,24 @@ pub fn plan_with_offload(
     // the gradient accumulator stays (the gradient slice is copied down from it).
     let on_gpu = |bytes: u64| if offload.optimizer_offload { 0 } else { bytes };
     let (master, adam) = (on_gpu(shard * FP32), on_gpu(shard * 2 * FP32));
-    let memory = |activations: u64| {
-        let sum = shard * (BF16 + FP32) + master + adam + gathered + activations + loss;
+    // With one micro-batch per step the gradient accumulators start empty and fill during the
+    // backward, as it frees the saved activations layer by layer (both are linear in the
+    // layers done, so the peak is at one end): the smaller of the two is never held at once.
+    let grad_shard = shard * FP32;
+    let memory = |activations: u64, saved: u64| {
+        let overlap = if work.grad_accum == 1 {
+            grad_shard.min(saved)
+        } else {
+            0
+        };
+        let sum =
+            shard * BF16 + grad_shard + master + adam + gathered + activations + loss - overlap;
         let workspace = WORKSPACE_FIXED + (sum as f64 * WORKSPACE_FRACTION) as u64;
         let total = sum + workspace;
         Memory {
             weight_shard: shard * BF16,
-            grad_shard: shard * FP32,
+            grad_shard,
+            grad_overlap: overlap,
             master,
             adam,
             gathered,
@@ -293,9 +308,11 @@ pub fn plan_with_offload(
     };
     // Checkpointing keeps each layer's input; the layer being recomputed holds its saved
     // activations and, during its backward, gradients of the same size.
-    let ckpt_act = layers * tokens * h * BF16 + 2 * per_layer;
+    let ckpt_saved = layers * tokens * h * BF16;
+    let ckpt_act = ckpt_saved + 2 * per_layer;
     // Without it every layer keeps its saved activations, plus one layer's gradients.
-    let full_act = layers * per_layer + per_layer;
+    let full_saved = layers * per_layer;
+    let full_act = full_saved + per_layer;
 
     // FLOPs of one micro-batch on one GPU. Dense: 2 per weight per token forward (the head
     // counts once even when tied; the embedding lookup is free). Causal attention forward:
@@ -310,11 +327,11 @@ pub fn plan_with_offload(
     let train_flops = 3.0 * (layers_fwd + head_fwd) * micro_steps;
     let recompute_flops = layers_fwd * micro_steps;
     let flops_per_s = n as f64 * hw.peak_tflops * 1e12 * hw.mfu;
-    let estimate = |ckpt: bool, activations: u64| {
+    let estimate = |ckpt: bool, activations: u64, saved: u64| {
         let step_flops = train_flops + if ckpt { recompute_flops } else { 0.0 };
         Estimate {
             activation_checkpointing: ckpt,
-            memory: memory(activations),
+            memory: memory(activations, saved),
             step_flops,
             step_seconds: step_flops / flops_per_s,
         }
@@ -331,8 +348,8 @@ pub fn plan_with_offload(
         hardware: hw,
         tokens_per_micro_batch: tokens,
         tokens_per_step: tokens * n * work.grad_accum,
-        with_checkpointing: estimate(true, ckpt_act),
-        without_checkpointing: estimate(false, full_act),
+        with_checkpointing: estimate(true, ckpt_act, ckpt_saved),
+        without_checkpointing: estimate(false, full_act, full_saved),
         optimizer_offload: offload.optimizer_offload,
         host,
     })
