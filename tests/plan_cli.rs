@@ -68,14 +68,35 @@ fn the_32b_recipe_fits_on_32_gpus_and_not_on_8() {
     .iter()
     .map(|k| m[*k].as_u64().unwrap())
     .sum();
-    // Less the gradients that fill as the saved layer inputs free (grad_accum 1): the
-    // smaller of the two, here the 3.8 GiB of gradients (the inputs: 64 layers x 16k tokens
-    // x 5120 x 2 B = 10 GiB; on 8 GPUs the inputs are the smaller).
+    // Less the gradients that fill as the saved layer inputs (and attention outputs) free
+    // (grad_accum 1): the smaller of the two. Saved per layer: 16k tokens x (5120 x 2 B of
+    // input + 5120 x 2 B of attention output + 40 x 4 B of log-sum-exp); 20 GiB in all, more
+    // than the gradient shard on 8 or 32 GPUs; the inputs alone (10 GiB) when the attention
+    // is recomputed, less than the 15.3 GiB shard on 8 GPUs.
+    let saved = 64 * 16384 * (5120 * 2 + 5120 * 2 + 40 * 4);
     let overlap = m["grad_overlap"].as_u64().unwrap();
     assert_eq!(overlap, m["grad_shard"].as_u64().unwrap());
-    let m8 = &p8["with_checkpointing"]["memory"];
-    assert_eq!(m8["grad_overlap"].as_u64().unwrap(), 64 * 16384 * 5120 * 2);
+    assert!(overlap < saved);
     assert_eq!(parts - overlap, m["total"].as_u64().unwrap());
+    let recompute = plan_json_with("8", &["--set", "train.recompute_attention=true"]);
+    let m8 = &recompute["with_checkpointing"]["memory"];
+    assert_eq!(m8["grad_overlap"].as_u64().unwrap(), 64 * 16384 * 5120 * 2);
+    let kept = &p8["with_checkpointing"];
+    assert_eq!(
+        kept["memory"]["activations"].as_u64().unwrap() - m8["activations"].as_u64().unwrap(),
+        64 * 16384 * (5120 * 2 + 40 * 4)
+    );
+    // Skipping the attention's recompute saves its forward FLOPs: 64 layers x 2 x 16k^2 x 5120
+    // per GPU, 8 GPUs.
+    let saved_flops = recompute["with_checkpointing"]["step_flops"]
+        .as_f64()
+        .unwrap()
+        - kept["step_flops"].as_f64().unwrap();
+    let attn_fwd = 64.0 * 2.0 * 16384f64.powi(2) * 5120.0 * 8.0;
+    assert!(
+        (saved_flops / attn_fwd - 1.0).abs() < 1e-9,
+        "{saved_flops} {attn_fwd}"
+    );
     let accumulated = plan_json_with("32", &["--set", "train.grad_accum=2"]);
     assert_eq!(
         accumulated["with_checkpointing"]["memory"]["grad_overlap"],

@@ -22,7 +22,7 @@
 #   loss-parity 50  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2;
 #                   every gradient's relative L2 too (reported; fails only above 0.25)
 #   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, optimizer on the
-#                   GPU, uncapped (limo plan: ~96 GiB, more than an 80 GB card holds)
+#                   GPU, uncapped (limo plan: ~101 GiB, more than an 80 GB card holds)
 #   step-32b-off 85 the same rank with train.optimizer_offload = "cpu" under an 80 GiB cap
 #                   (exit 3 = out of device memory: status OOM)
 #   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl

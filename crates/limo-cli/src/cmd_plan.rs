@@ -57,6 +57,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         grad_accum: config.train.grad_accum as u64,
         loss_chunk: config.train.loss_chunk as u64,
         reduce_bytes: config.train.reduce_dtype.bytes(),
+        recompute_attention: config.train.recompute_attention,
     };
     let hw = Hardware {
         gpus: args.gpus,

@@ -48,6 +48,14 @@ pub struct LayerActivations {
     h: Tensor,
 }
 
+impl LayerActivations {
+    /// The attention's output `[N, q_dim]` and log-sum-exp, to skip the attention forward when
+    /// the layer is recomputed ([`layer_forward_with_attention`]).
+    pub fn attention(&self) -> (Tensor, Tensor) {
+        (self.attn.clone(), self.lse.clone())
+    }
+}
+
 /// `x W^T (+ b)` for `x [N, in]`, `W [out, in]`.
 fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let y = x.matmul(&weight.t()?)?;
@@ -92,14 +100,41 @@ pub fn layer_forward(
     x: &Tensor,
     ctx: &LayerContext,
 ) -> Result<(Tensor, LayerActivations)> {
+    layer_forward_given(w, x, ctx, None)
+}
+
+/// [`layer_forward`] with the attention's output and log-sum-exp already known
+/// ([`LayerActivations::attention`] of an earlier forward of the same input): activation
+/// checkpointing's recompute then skips the attention forward, the layer's costliest part at
+/// long context. The results are the same tensors.
+pub fn layer_forward_with_attention(
+    w: &LayerWeights,
+    x: &Tensor,
+    ctx: &LayerContext,
+    attention: (Tensor, Tensor),
+) -> Result<(Tensor, LayerActivations)> {
+    layer_forward_given(w, x, ctx, Some(attention))
+}
+
+fn layer_forward_given(
+    w: &LayerWeights,
+    x: &Tensor,
+    ctx: &LayerContext,
+    attention: Option<(Tensor, Tensor)>,
+) -> Result<(Tensor, LayerActivations)> {
     let cfg = ctx.config;
     let n = x.dim(0)?;
     let (n1, rstd1) = rms_norm_forward(x, &w.input_norm, cfg.rms_norm_eps)?;
     let (q, k, v) = qkv_heads(w, &n1, cfg)?;
     let q = rope_forward(&q, ctx.rope)?;
     let k = rope_forward(&k, ctx.rope)?;
-    let (attn, lse) = attention_forward(&q, &k, &v, ctx.cu_seqlens, ctx.scale())?;
-    let attn = attn.reshape((n, cfg.q_dim()))?;
+    let (attn, lse) = match attention {
+        Some(known) => known,
+        None => {
+            let (attn, lse) = attention_forward(&q, &k, &v, ctx.cu_seqlens, ctx.scale())?;
+            (attn.reshape((n, cfg.q_dim()))?, lse)
+        }
+    };
     let x1 = (x + linear(&attn, &w.o_weight, None)?)?;
 
     let (n2, rstd2) = rms_norm_forward(&x1, &w.post_norm, cfg.rms_norm_eps)?;

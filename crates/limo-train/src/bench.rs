@@ -308,6 +308,7 @@ pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
             grad_accum: 1,
             loss_chunk: t.loss_chunk as u64,
             reduce_bytes: t.reduce_dtype.bytes(),
+            recompute_attention: t.recompute_attention,
         },
         Hardware {
             gpus: bench.simulate.map_or(1, |(w, _)| w) as u64,

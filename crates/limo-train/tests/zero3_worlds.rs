@@ -345,3 +345,36 @@ fn optimizer_offload_changes_no_bit_and_resumes_either_way() {
         assert_eq!((w, m), (0.0, 0.0), "{name}: final weights");
     }
 }
+
+#[test]
+fn what_the_forward_keeps_changes_no_number() {
+    // Activation checkpointing that keeps the attention's output (the default), that
+    // recomputes the attention too, and no checkpointing at all: the same operations on the
+    // same values, so the same bits, in f32, at world sizes 1 and 2.
+    let tmp = tempfile::tempdir().unwrap();
+    for world in [1, 2] {
+        let mut runs = Vec::new();
+        for (name, checkpointing, recompute_attention) in [
+            ("keep attention", true, false),
+            ("recompute attention", true, true),
+            ("no checkpointing", false, false),
+        ] {
+            let out = tmp.path().join(format!("w{world}-{name}"));
+            let mut cfg = config(&out, "f32", world, 0);
+            cfg.train.activation_checkpointing = checkpointing;
+            cfg.train.recompute_attention = recompute_attention;
+            run(cfg, world, None);
+            runs.push((name, metrics(&out), final_master(&out)));
+        }
+        let (_, steps, weights) = &runs[0];
+        assert_eq!(steps.len(), 10);
+        for (name, s, w) in &runs[1..] {
+            assert_eq!(s, steps, "world {world}: {name}: losses and grad norms");
+            assert_eq!(
+                weight_errors(w, weights),
+                (0.0, 0.0),
+                "world {world}: {name}: final weights"
+            );
+        }
+    }
+}

@@ -6,9 +6,11 @@
 //! drop it right after; gradients leave a layer through a reduce-scatter, so no rank ever holds
 //! more than one layer's full weights and gradients.
 //!
-//! With activation checkpointing (the default) the forward keeps only each layer's input and
-//! the backward runs the layer's forward again, gathered a second time; without it the forward
-//! keeps every layer's activations.
+//! With activation checkpointing (the default) the forward keeps only each layer's input, and
+//! its attention's output and log-sum-exp, and the backward runs the layer's forward again but
+//! for the attention, gathered a second time (`train.recompute_attention` recomputes the
+//! attention too, keeping only the input); without it the forward keeps every layer's
+//! activations.
 //!
 //! The arithmetic is the single-process trainer's: at world size 1 the gathers and scatters are
 //! copies and a run reproduces the transformers trajectory as before. At other world sizes the
@@ -25,7 +27,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use groups::{groups, Group};
 use limo_model::checkpoint::SafetensorFiles;
-use limo_model::layer::{layer_backward, layer_forward, LayerActivations, LayerContext};
+use limo_model::layer::{
+    layer_backward, layer_forward, layer_forward_with_attention, LayerActivations, LayerContext,
+};
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
 use limo_ops::{
     embedding_backward, linear_cross_entropy_on_device, rms_norm_backward, rms_norm_forward,
@@ -57,6 +61,8 @@ pub struct ShardedModel {
     link: Mutex<Option<limo_ops::cuda::offload::HostLink>>,
     /// Keep only layer inputs in the forward and recompute the layer in the backward.
     pub checkpointing: bool,
+    /// With checkpointing, recompute the attention too (else its output is kept).
+    pub recompute_attention: bool,
     comm: CommThread,
     /// Phase timing of a step, for `limo bench step` (off unless started).
     pub profiler: Profiler,
@@ -116,6 +122,7 @@ impl ShardedModel {
             #[cfg(feature = "cuda")]
             link: Mutex::new(None),
             checkpointing: train.activation_checkpointing,
+            recompute_attention: train.recompute_attention,
             comm,
             profiler: Profiler::default(),
             reduce_dtype: train.reduce_dtype,
@@ -360,10 +367,10 @@ impl ShardedModel {
             let w = self.layer_weights(i, self.wait(next))?;
             next = self.start_gather(i + 2)?;
             let (y, activations) = layer_forward(&w, &x, &ctx)?;
-            saved.push(if self.checkpointing {
-                Saved::Input(x)
-            } else {
-                Saved::Activations(activations)
+            saved.push(match (self.checkpointing, self.recompute_attention) {
+                (true, true) => Saved::Input(x),
+                (true, false) => Saved::InputAttention(x, activations.attention()),
+                (false, _) => Saved::Activations(activations),
             });
             x = y;
         }
@@ -416,6 +423,9 @@ impl ShardedModel {
             }
             let activations = match saved.pop().expect("one per layer") {
                 Saved::Input(input) => layer_forward(&w, &input, &ctx)?.1,
+                Saved::InputAttention(input, attention) => {
+                    layer_forward_with_attention(&w, &input, &ctx, attention)?.1
+                }
                 Saved::Activations(a) => a,
             };
             let (d_in, layer_grads) = layer_backward(&w, &dx, &activations, &ctx)?;
@@ -735,6 +745,9 @@ pub fn load_shards(
 enum Saved {
     /// The layer's input: the backward recomputes the rest.
     Input(Tensor),
+    /// The layer's input and its attention's output and log-sum-exp: the backward recomputes
+    /// the rest but the attention.
+    InputAttention(Tensor, (Tensor, Tensor)),
     Activations(LayerActivations),
 }
 

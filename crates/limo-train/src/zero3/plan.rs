@@ -32,6 +32,9 @@ pub struct Workload {
     /// Bytes per gradient element on the reduce-scatter (train.reduce_dtype): 4 for fp32, 2
     /// for bf16.
     pub reduce_bytes: u64,
+    /// train.recompute_attention: with checkpointing, keep only layer inputs and recompute
+    /// the attention too (else its output and log-sum-exp are kept and not recomputed).
+    pub recompute_attention: bool,
 }
 
 /// The cluster: world size, memory per GPU and the throughput assumption.
@@ -308,7 +311,16 @@ pub fn plan_with_offload(
     };
     // Checkpointing keeps each layer's input; the layer being recomputed holds its saved
     // activations and, during its backward, gradients of the same size.
-    let ckpt_saved = layers * tokens * h * BF16;
+    // ... and, unless the attention is recomputed, its output and log-sum-exp.
+    let attention_out =
+        tokens * (cfg.q_dim() as u64 * BF16 + cfg.num_attention_heads as u64 * FP32);
+    let ckpt_saved = layers
+        * (tokens * h * BF16
+            + if work.recompute_attention {
+                0
+            } else {
+                attention_out
+            });
     let ckpt_act = ckpt_saved + 2 * per_layer;
     // Without it every layer keeps its saved activations, plus one layer's gradients.
     let full_saved = layers * per_layer;
@@ -325,7 +337,11 @@ pub fn plan_with_offload(
     let micro_steps = (n * work.grad_accum) as f64;
     // Backward costs two forwards; checkpointing adds one more forward of the layers.
     let train_flops = 3.0 * (layers_fwd + head_fwd) * micro_steps;
-    let recompute_flops = layers_fwd * micro_steps;
+    let recompute_flops = if work.recompute_attention {
+        layers_fwd
+    } else {
+        layers_fwd - attn_fwd
+    } * micro_steps;
     let flops_per_s = n as f64 * hw.peak_tflops * 1e12 * hw.mfu;
     let estimate = |ckpt: bool, activations: u64, saved: u64| {
         let step_flops = train_flops + if ckpt { recompute_flops } else { 0.0 };
@@ -415,6 +431,7 @@ mod tests {
             grad_accum: 1,
             loss_chunk: 1024,
             reduce_bytes: 4,
+            recompute_attention: false,
         };
         let hw = Hardware {
             gpus,
