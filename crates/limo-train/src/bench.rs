@@ -129,6 +129,8 @@ pub struct StepReport {
     pub rank: usize,
     pub simulated: bool,
     pub activation_checkpointing: bool,
+    /// With checkpointing, the attention recomputed too (else its output is kept).
+    pub recompute_attention: bool,
     /// Master weights and Adam moments in host memory (`train.optimizer_offload = "cpu"`).
     pub optimizer_offload: bool,
     pub loss_chunk: usize,
@@ -428,6 +430,7 @@ pub fn run(
         rank,
         simulated: bench.simulate.is_some(),
         activation_checkpointing: t.activation_checkpointing,
+        recompute_attention: t.recompute_attention,
         optimizer_offload: t.optimizer_offload == OptimizerOffload::Cpu,
         loss_chunk: t.loss_chunk,
         warmup: bench.warmup,
@@ -481,7 +484,11 @@ impl StepReport {
         ));
         line(format!(
             "activation checkpointing {}, optimizer {}, loss chunk {}, {} warm-up + {} timed steps, set-up {:.1} s",
-            if self.activation_checkpointing { "on" } else { "off" },
+            match (self.activation_checkpointing, self.recompute_attention) {
+                (false, _) => "off",
+                (true, false) => "on (attention kept)",
+                (true, true) => "on (attention recomputed)",
+            },
             if self.optimizer_offload { "offloaded to the host" } else { "on the device" },
             self.loss_chunk,
             self.warmup,
