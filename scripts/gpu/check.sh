@@ -550,6 +550,10 @@ PY
         STAGE_CHECK_FAILED=1
 }
 key_resume() {
+    if ! [ -f "$LOGS/resume.json" ] && grep -q '^# skipped:' "$STAGE_LOG"; then
+        grep '^# skipped:' "$STAGE_LOG" | head -1 | sed 's/^# //'
+        return
+    fi
     py '
 p = sys.argv[1]
 print("max loss diff %s over steps 21-30, bit-exact %s" % (f(j(p, "max_abs_loss_diff"), "{:.3g}"),

@@ -7,7 +7,8 @@
 use candle_core::{bail, DType, Result, Tensor};
 
 /// The `pieces`, flattened and converted to `dtype`, one after the other in a buffer of `len`
-/// elements whose tail (past the pieces) is zero.
+/// elements whose tail (past the pieces) is zero. A single contiguous piece of `len` elements
+/// in `dtype` comes back as it is (its storage shared): the caller must not need it apart.
 pub fn flatten_into(pieces: &[Tensor], dtype: DType, len: usize) -> Result<Tensor> {
     let total: usize = pieces.iter().map(Tensor::elem_count).sum();
     let Some(device) = pieces.first().map(Tensor::device) else {
@@ -16,10 +17,17 @@ pub fn flatten_into(pieces: &[Tensor], dtype: DType, len: usize) -> Result<Tenso
     if total > len {
         bail!("flatten_into: {total} elements do not fit a buffer of {len}");
     }
+    if let [only] = pieces {
+        if only.dtype() == dtype && only.is_contiguous() && total == len {
+            // A vocabulary-sized fp32 gradient that fills the buffer: itself, not a copy of
+            // ~6 GB (its caller hands it over).
+            return only.flatten_all();
+        }
+    }
     #[cfg(feature = "cuda")]
     if device.is_cuda() && dtype == DType::F32 {
-        // SAFETY: every element is written below: the pieces by the kernel, the tail by a copy.
-        let flat = unsafe { Tensor::empty(len, dtype, device)? };
+        // Every element is written below: the pieces by the kernel, the tail by a copy.
+        let flat = crate::cuda::accumulate::uninit_f32(device, len)?;
         let mut at = 0;
         for t in pieces {
             let n = t.elem_count();
@@ -79,6 +87,18 @@ mod tests {
         let exact = flatten_into(std::slice::from_ref(&flat), DType::F32, 8).unwrap();
         assert_eq!(
             exact.to_vec1::<f32>().unwrap(),
+            flat.to_vec1::<f32>().unwrap()
+        );
+        // A single piece that fills the buffer is not copied; a shorter one is.
+        let same_storage = |a: &Tensor, b: &Tensor| {
+            let (sa, sb) = (a.storage_and_layout().0, b.storage_and_layout().0);
+            std::ptr::eq(&*sa, &*sb)
+        };
+        assert!(same_storage(&exact, &flat));
+        let padded = flatten_into(std::slice::from_ref(&flat), DType::F32, 9).unwrap();
+        assert!(!same_storage(&padded, &flat));
+        assert_eq!(
+            padded.to_vec1::<f32>().unwrap()[..8],
             flat.to_vec1::<f32>().unwrap()
         );
         let err = flatten_into(&[flat], DType::F32, 7)

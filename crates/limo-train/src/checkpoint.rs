@@ -283,8 +283,9 @@ fn prune(checkpoints_dir: &Path, keep_last: usize) -> anyhow::Result<()> {
 }
 
 /// Resolves `--resume`: `latest` (through `checkpoints/latest`), a step number (`20`) or a
-/// checkpoint's name (`step-00000020`) among this run's checkpoints, or a checkpoint path. A
-/// name that matches none of them is an error listing the run's checkpoints.
+/// checkpoint's name (`step-00000020`) among this run's checkpoints (looked up there first),
+/// or a path [`find`] accepts (a checkpoint, its `latest` pointer, a checkpoints or a run
+/// directory). Anything else is an error listing the run's checkpoints.
 pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
     if which == LATEST {
         let pointer = checkpoints_dir.join(LATEST);
@@ -292,29 +293,26 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("{}: no checkpoint to resume from", pointer.display()))?;
         return Ok(checkpoints_dir.join(name.trim()));
     }
-    let as_path = PathBuf::from(which);
-    if as_path.join(MANIFEST).is_file() {
-        return Ok(as_path);
+    if !which.contains(std::path::MAIN_SEPARATOR) {
+        let name = match which.parse::<usize>() {
+            Ok(step) => step_dir_name(step),
+            Err(_) => which.to_string(),
+        };
+        let in_run = checkpoints_dir.join(name);
+        if in_run.join(MANIFEST).is_file() {
+            return Ok(in_run);
+        }
     }
-    let name = match which.parse::<usize>() {
-        Ok(step) => step_dir_name(step),
-        Err(_) => which.to_string(),
-    };
-    let in_run = checkpoints_dir.join(&name);
-    if !which.contains(std::path::MAIN_SEPARATOR) && in_run.join(MANIFEST).is_file() {
-        return Ok(in_run);
+    let as_path = Path::new(which);
+    if as_path.exists() {
+        return find(as_path).with_context(|| format!("--resume {which}"));
     }
     let saved: Vec<String> = list(checkpoints_dir)?
         .iter()
         .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     bail!(
-        "--resume {which}: no checkpoint {} (this run's checkpoints in {}: {})",
-        if as_path.is_dir() {
-            "there (no manifest.json)"
-        } else {
-            "by that name or path"
-        },
+        "--resume {which}: no checkpoint by that name or path (this run's checkpoints in {}: {})",
         checkpoints_dir.display(),
         if saved.is_empty() {
             "none".to_string()

@@ -16,6 +16,15 @@ pub fn add_into(acc: &Tensor, x: &Tensor) -> Result<()> {
     by_dtype!(x.dtype(), "add_into kernel", run(acc, x, "add_into_f32"))
 }
 
+/// A new f32 buffer of `len` elements for [`cast_into`] to fill (NaN under `limo doctor`'s
+/// poisoning, like every kernel output, so an element left unwritten shows).
+pub fn uninit_f32(device: &candle_core::Device, len: usize) -> Result<Tensor> {
+    let dev = device.as_cuda_device()?;
+    // SAFETY: the caller writes every element before it is read.
+    let buf = unsafe { super::alloc::<f32>(dev, len)? };
+    super::to_tensor(buf, dev, len)
+}
+
 /// Writes `x`, converted to f32, into `dst`'s storage (the same contract as [`add_into`]).
 pub fn cast_into(dst: &Tensor, x: &Tensor) -> Result<()> {
     by_dtype!(x.dtype(), "cast_into kernel", run(dst, x, "cast_into_f32"))

@@ -262,9 +262,20 @@ fn resume_names_a_checkpoint_by_step_name_or_path() {
         assert!(err.contains(&format!("--resume {wrong}")), "{err}");
         assert!(err.contains("step-00000010, step-00000020"), "{err}");
     }
-    // A directory without a manifest is named as such.
-    let err = resolve(ckpts, ckpts.to_str().unwrap())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("no manifest.json"), "{err}");
+    // A checkpoints directory, its `latest` pointer and the run directory name the latest.
+    let step20 = ckpts.join("step-00000020");
+    let run = tempfile::tempdir().unwrap();
+    let in_run = run.path().join("checkpoints");
+    save_at(&in_run, 1, 5, 1.0, 5);
+    for path in [ckpts.to_path_buf(), ckpts.join(LATEST)] {
+        assert_eq!(resolve(&in_run, path.to_str().unwrap()).unwrap(), step20);
+    }
+    assert_eq!(
+        resolve(ckpts, run.path().to_str().unwrap()).unwrap(),
+        in_run.join("step-00000005")
+    );
+    // A directory that is none of them is an error naming it.
+    let empty = tempfile::tempdir().unwrap();
+    let err = resolve(ckpts, empty.path().to_str().unwrap()).unwrap_err();
+    assert!(format!("{err:#}").contains("not a checkpoint"), "{err:#}");
 }

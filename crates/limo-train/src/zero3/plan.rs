@@ -261,10 +261,13 @@ pub fn plan_with_offload(
     // With one micro-batch per step the gradient accumulators start empty and fill during the
     // backward, as it frees the saved activations layer by layer (both are linear in the
     // layers done, so the peak is at one end): the smaller of the two is never held at once.
+    // The head group's slice arrives before the backward starts, beside all the saved
+    // activations: max(saved + head slice, all slices) is the peak.
     let grad_shard = shard * FP32;
+    let head_slice = padded(groups[groups.len() - 1], n) / n * FP32;
     let memory = |activations: u64, saved: u64| {
         let overlap = if work.grad_accum == 1 {
-            grad_shard.min(saved)
+            grad_shard.saturating_sub(head_slice).min(saved)
         } else {
             0
         };
