@@ -304,3 +304,36 @@ fn the_config_field_is_honoured_and_the_flag_overrides_it() {
     assert_eq!(set["optimizer_offload"], true);
     assert_eq!(set["host"], from_file["host"]);
 }
+
+#[test]
+fn a_plan_that_does_not_fit_says_what_would() {
+    // 12 GPUs: 81.8 GiB; recomputing the attention (70.6) or offloading (48.2) fits.
+    let text = plan(&recipe(), "12", &[]);
+    assert_mentions(
+        &text,
+        &[
+            "would fit with:",
+            "--set train.recompute_attention=true",
+            "--offload cpu",
+        ],
+    );
+    let fixes = plan_json("12")["fixes"].as_array().unwrap().clone();
+    let settings: Vec<&str> = fixes
+        .iter()
+        .map(|f| f["settings"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        settings,
+        ["--set train.recompute_attention=true", "--offload cpu"]
+    );
+    for f in &fixes {
+        assert!(f["total"].as_u64().unwrap() <= 80 << 30, "{f}");
+    }
+    // 8 GPUs: only offload fits; 32 GPUs fit as they are; 2 GPUs fit in no way.
+    let eight = plan_json("8")["fixes"].clone();
+    assert_eq!(eight.as_array().unwrap().len(), 1);
+    assert_eq!(eight[0]["settings"], "--offload cpu");
+    assert!(plan_json("32")["fixes"].as_array().unwrap().is_empty());
+    assert!(!plan(&recipe(), "32", &[]).contains("would fit with"));
+    assert_mentions(&plan(&recipe(), "2", &[]), &["no setting limo plans"]);
+}

@@ -9,7 +9,8 @@ use limo_model::init::preset_config;
 use limo_model::Qwen2Config;
 use limo_train::config::{from_name, OptimizerOffload};
 use limo_train::zero3::plan::{
-    infer_shape, parse_bytes, plan_with_offload, Estimate, Hardware, Offload, Plan, Workload, GIB,
+    fixes, infer_shape, parse_bytes, plan_with_offload, Estimate, Fix, Hardware, Offload, Plan,
+    Workload, GIB,
 };
 use limo_train::TrainConfig;
 
@@ -80,15 +81,35 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
             .context("--host-mem")?,
     };
     let plan = plan_with_offload(&model, work, hw, offload)?;
+    let fixes = fixes(&model, work, hw, offload)?;
     if args.json {
         let mut value = serde_json::to_value(&plan)?;
         value["config"] = args.config.display().to_string().into();
         value["model_source"] = source.into();
+        value["fixes"] = serde_json::to_value(&fixes)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render(&plan, &args.config, &source));
+        print!("{}", render_fixes(&plan, &fixes));
     }
     Ok(())
+}
+
+/// What would make a plan that does not fit (with checkpointing) fit, if anything.
+fn render_fixes(plan: &Plan, fixes: &[Fix]) -> String {
+    if plan.with_checkpointing.memory.fits {
+        return String::new();
+    }
+    if fixes.is_empty() {
+        return "\nno setting limo plans (recompute_attention, --offload cpu) fits it: more GPUs, \
+                or a shorter data.cutoff_len\n"
+            .to_string();
+    }
+    let mut out = String::from("\nwould fit with:\n");
+    for f in fixes {
+        out += &format!("  {:<56}{:>12}\n", f.settings, gib(f.total));
+    }
+    out
 }
 
 /// The model's shape: its config.json when the directory exists, else the Qwen2.5 preset

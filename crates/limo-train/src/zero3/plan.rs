@@ -374,6 +374,64 @@ pub fn plan_with_offload(
     })
 }
 
+/// A change of settings under which a run that does not fit (with activation checkpointing)
+/// would: what to set and the total it gives.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fix {
+    /// Command-line form: `--set train.recompute_attention=true`, `--offload cpu`, or both.
+    pub settings: String,
+    pub total: u64,
+}
+
+/// When the plan's checkpointing estimate does not fit: the settings that would make it fit
+/// (recomputing the attention, offloading the optimizer, both), cheapest first; empty when it
+/// fits or when nothing does.
+pub fn fixes(
+    cfg: &Qwen2Config,
+    work: Workload,
+    hw: Hardware,
+    offload: Offload,
+) -> anyhow::Result<Vec<Fix>> {
+    let planned = plan_with_offload(cfg, work, hw, offload)?;
+    if planned.with_checkpointing.memory.fits {
+        return Ok(Vec::new());
+    }
+    let recompute = "--set train.recompute_attention=true";
+    let offloaded = "--offload cpu";
+    let mut tries = Vec::new();
+    if !work.recompute_attention {
+        tries.push((recompute.to_string(), true, offload.optimizer_offload));
+    }
+    if !offload.optimizer_offload {
+        tries.push((offloaded.to_string(), work.recompute_attention, true));
+        if !work.recompute_attention {
+            tries.push((format!("{recompute} {offloaded}"), true, true));
+        }
+    }
+    let mut found = Vec::new();
+    for (settings, recompute_attention, optimizer_offload) in tries {
+        let work = Workload {
+            recompute_attention,
+            ..work
+        };
+        let offload = Offload {
+            optimizer_offload,
+            ..offload
+        };
+        let memory = plan_with_offload(cfg, work, hw, offload)?
+            .with_checkpointing
+            .memory;
+        // Offloading both ways fits whenever offloading alone does: keep the single change.
+        if memory.fits && !found.iter().any(|f: &Fix| settings.contains(&f.settings)) {
+            found.push(Fix {
+                settings,
+                total: memory.total,
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// The Qwen2.5 shape named in a model path or file name ("Qwen2.5-32B-Instruct" -> "32b"),
 /// matched case-insensitively at word boundaries so "32b" is not read as "2b".
 pub fn infer_shape(name: &str) -> Option<&'static str> {
