@@ -52,14 +52,7 @@ pub struct PlanArgs {
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let config = TrainConfig::from_file(&args.config, &args.overrides)?;
     let (model, source) = model_config(&config, &args.config)?;
-    let work = Workload {
-        seq_len: config.data.cutoff_len as u64,
-        micro_batch: config.train.batch_size as u64,
-        grad_accum: config.train.grad_accum as u64,
-        loss_chunk: config.train.loss_chunk as u64,
-        reduce_bytes: config.train.reduce_dtype.bytes(),
-        recompute_attention: config.train.recompute_attention,
-    };
+    let work = Workload::of(&config);
     let hw = Hardware {
         gpus: args.gpus,
         gpu_mem: parse_bytes(&args.gpu_mem).context("--gpu-mem")?,

@@ -136,6 +136,20 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     } = inputs;
     let loaded = load_model(&prepared.dir, &rows, dtype, world, rank);
     let (cfg, shards) = agree(comm.as_ref(), &device, loaded, "loading the model")?;
+    // Before the state goes onto the GPU: `limo plan`'s verdict for this GPU, and what would
+    // fit, says more than an out-of-memory error a layer into the first step.
+    #[cfg(feature = "cuda")]
+    if lead && device.is_cuda() {
+        let total = limo_ops::cuda::pool::memory_stats(&device).map(|m| m.total);
+        let warning = total.ok().and_then(|mem| {
+            crate::zero3::plan::fit_warning(&cfg, config, world as u64, mem)
+                .ok()
+                .flatten()
+        });
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+    }
 
     let t = &config.train;
     let per_step = t.batch_size * t.grad_accum * world;

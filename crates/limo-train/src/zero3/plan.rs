@@ -37,6 +37,22 @@ pub struct Workload {
     pub recompute_attention: bool,
 }
 
+impl Workload {
+    /// What a run of `config` gives each GPU: its cutoff (every row assumed full length), batch
+    /// size, accumulation, loss chunk, reduce dtype and attention recompute.
+    pub fn of(config: &crate::TrainConfig) -> Self {
+        let t = &config.train;
+        Workload {
+            seq_len: config.data.cutoff_len as u64,
+            micro_batch: t.batch_size as u64,
+            grad_accum: t.grad_accum as u64,
+            loss_chunk: t.loss_chunk as u64,
+            reduce_bytes: t.reduce_dtype.bytes(),
+            recompute_attention: t.recompute_attention,
+        }
+    }
+}
+
 /// The cluster: world size, memory per GPU and the throughput assumption.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Hardware {
@@ -432,6 +448,59 @@ pub fn fixes(
     Ok(found)
 }
 
+/// A run of `config` on `gpus` GPUs of `gpu_mem` bytes: when `limo plan` says it does not fit,
+/// the warning `limo train` prints before it starts, with what would fit; `None` when it fits.
+pub fn fit_warning(
+    cfg: &Qwen2Config,
+    config: &crate::TrainConfig,
+    gpus: u64,
+    gpu_mem: u64,
+) -> anyhow::Result<Option<String>> {
+    let work = Workload::of(config);
+    let hw = Hardware {
+        gpus,
+        gpu_mem,
+        peak_tflops: 989.0,
+        mfu: 0.4,
+    };
+    let offload = Offload {
+        optimizer_offload: config.train.optimizer_offload == crate::config::OptimizerOffload::Cpu,
+        ..Offload::default()
+    };
+    let planned = plan_with_offload(cfg, work, hw, offload)?;
+    let checkpointing = config.train.activation_checkpointing;
+    let chosen = if checkpointing {
+        &planned.with_checkpointing
+    } else {
+        &planned.without_checkpointing
+    };
+    if chosen.memory.fits {
+        return Ok(None);
+    }
+    let gib = |b: u64| format!("{:.1} GiB", b as f64 / GIB as f64);
+    let mut would: Vec<String> = Vec::new();
+    if !checkpointing && planned.with_checkpointing.memory.fits {
+        would.push(format!(
+            "--set train.activation_checkpointing=true ({})",
+            gib(planned.with_checkpointing.memory.total)
+        ));
+    }
+    for f in fixes(cfg, work, hw, offload)? {
+        would.push(format!("{} ({})", f.settings, gib(f.total)));
+    }
+    let advice = if would.is_empty() {
+        "nothing limo plans fits it: more GPUs, or a shorter data.cutoff_len".to_string()
+    } else {
+        format!("it would fit with {}", would.join(", or "))
+    };
+    Ok(Some(format!(
+        "limo plan puts this run at {} per GPU on {gpus} GPU(s), more than this GPU's {}: expect \
+         to run out of device memory; {advice}",
+        gib(chosen.memory.total),
+        gib(gpu_mem)
+    )))
+}
+
 /// The Qwen2.5 shape named in a model path or file name ("Qwen2.5-32B-Instruct" -> "32b"),
 /// matched case-insensitively at word boundaries so "32b" is not read as "2b".
 pub fn infer_shape(name: &str) -> Option<&'static str> {
@@ -478,6 +547,31 @@ pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
 mod tests {
     use super::*;
     use limo_model::init::preset_config;
+
+    #[test]
+    fn train_warns_before_a_run_that_will_not_fit() {
+        let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/limo-qwen2.5-32b.toml");
+        let config = crate::TrainConfig::from_file(&recipe, &[]).unwrap();
+        let cfg = preset("32b");
+        let h200 = 141 * GIB;
+        assert_eq!(fit_warning(&cfg, &config, 8, h200).unwrap(), None);
+        let on_80 = fit_warning(&cfg, &config, 8, 80 * GIB).unwrap().unwrap();
+        assert!(on_80.contains("101.5 GiB per GPU on 8 GPU(s)"), "{on_80}");
+        assert!(
+            on_80.contains("it would fit with --offload cpu (51.1 GiB)"),
+            "{on_80}"
+        );
+        let two = fit_warning(&cfg, &config, 2, 80 * GIB).unwrap().unwrap();
+        assert!(two.contains("nothing limo plans fits it"), "{two}");
+        let mut off = config.clone();
+        off.train.activation_checkpointing = false;
+        let off = fit_warning(&cfg, &off, 32, 80 * GIB).unwrap().unwrap();
+        assert!(
+            off.contains("--set train.activation_checkpointing=true (57.1 GiB)"),
+            "{off}"
+        );
+    }
     use limo_model::ModelWeights;
 
     fn preset(shape: &str) -> Qwen2Config {
