@@ -39,6 +39,8 @@
 #   sanitize *      compute-sanitizer memcheck over `limo doctor --quick`: out-of-bounds and
 #                   misaligned accesses of every kernel the doctor runs, on the time left (if at
 #                   least 60 s); `skipped` where the sanitizer is missing or cannot run (gVisor)
+#   recompute *     (at most 45 s, if 30 are left) step-1.5b's limo run again with
+#                   train.recompute_attention = true: what keeping the attention output saves
 # generate took its 25 s from step-1.5b (130 -> 105), an estimate as no stage has run on a GPU
 # yet: limo's 7 steps of 16k tokens of the 1.5b shape are seconds, each peer run is 7 steps plus
 # torch's start (~30 s); 105 s keeps a margin over that. The full generation measurement (1k new
@@ -59,17 +61,17 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
 STAGES=(doctor kernels attention step-1.5b generate loss-parity step-32b-w8 step-32b-off nccl train
-    resume generate-1k sanitize)
+    resume generate-1k sanitize recompute)
 declare -A TIMEOUT=(
     [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=105 [generate]=25 [loss-parity]=50
     [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25 [resume]=0 [generate-1k]=0
-    [sanitize]=0
+    [sanitize]=0 [recompute]=0
 )
 # Elastic stages have no timeout of their own (0 above, not in the sum): each runs until the
 # run's LIMIT_S deadline, and only if at least this many seconds are left when it starts.
-declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [sanitize]=60)
+declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [sanitize]=60 [recompute]=30)
 # ... and at most this many (the rest stays for the stages after it).
-declare -A ELASTIC_MAX=([resume]=30)
+declare -A ELASTIC_MAX=([resume]=30 [recompute]=45)
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
 LIMIT_S=540
 
@@ -303,6 +305,23 @@ r = a / b if a is not None and b else None
 print("limo %s tok/s (mfu %s), peer %s (fp32 master) / %s (bf16) tok/s, limo/peer %s"
       % (f(a), f(j(sys.argv[1], "mfu"), "{:.3f}"), f(b), f(c), f(r, "{:.2f}")))
 ' "$OUT/step-1.5b.json" "$OUT/peer-1.5b-fp32.json" "$OUT/peer-1.5b-bf16.json"
+}
+
+stage_recompute() {
+    note "the default keeps each layer's attention output; this run recomputes it (docs/PLAN.md)"
+    x "$LIMO_BIN" bench step --device cuda --shape 1.5b --tokens 16384 --docs 1 --dtype bf16 \
+        --set train.recompute_attention=true --warmup 1 --steps 3 \
+        --json "$LOGS/step-1.5b-recompute.json"
+    [ $? = 3 ] && STAGE_OOM=1
+}
+key_recompute() {
+    py '
+a = num(j(sys.argv[1], "tokens_per_s"))
+b = num(j(sys.argv[2], "tokens_per_s"))
+r = a / b if a is not None and b else None
+print("attention kept %s tok/s (step-1.5b), recomputed %s tok/s: kept/recomputed %s"
+      % (f(a), f(b), f(r, "{:.3f}")))
+' "$OUT/step-1.5b.json" "$LOGS/step-1.5b-recompute.json"
 }
 
 stage_generate() {
