@@ -198,6 +198,10 @@ __device__ __forceinline__ void decode_attn_split(
             for (int i = 0; i < 8; ++i) qr[g][i] = 0.f;
         }
     }
+    // Two passes unrolled: two rows of K loading at once per thread (one at a time, each pass
+    // waited on memory latency). Four made the bf16 kernels spill; two fit in the 128
+    // registers allowed below.
+#pragma unroll 2
     for (int jb = 0; jb < nk; jb += KPP) {
         const int j = jb + tid / TPK;
         const bool valid = j < nk;
@@ -250,7 +254,7 @@ __device__ __forceinline__ void decode_attn_split(
 #pragma unroll
         for (int i = 0; i < C; ++i) acc[g][i] = 0.f;
     // Unrolled so that several rows of V are loading at once (one at a time, the loop waited on
-    // memory latency; unrolling phase 1 the same way made the bf16 kernels spill).
+    // memory latency).
 #pragma unroll 4
     for (int j = warp; j < nk; j += kWarps) {
         float vr[C];
@@ -326,8 +330,10 @@ __device__ __forceinline__ void kv_cache_write(T* __restrict__ k_cache, T* __res
 // ---------------------------------------------------------------------------------------------
 // Entry points (C names, loaded by name from the PTX).
 
+// At most 128 registers a thread (4 CTAs of 128 threads per SM): under __launch_bounds__ alone,
+// ptxas held the bf16 kernels to 96 and spilled once phase 1 was unrolled.
 #define LIMO_DECODE_SPLIT(T, TN, D)                                                             \
-    extern "C" __global__ void __launch_bounds__(limo_decode::kThreads)                         \
+    extern "C" __global__ void __maxnreg__(128)                                                 \
         decode_attn_split_##TN##_hd##D(const T* q, const T* k_cache, const T* v_cache,          \
                                        const int* index, float* partial_acc,                    \
                                        float* partial_ml, int batch, int q_heads, int kv_heads, \

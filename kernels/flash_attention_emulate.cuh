@@ -47,6 +47,7 @@
 #define __shared__
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
+#define __maxnreg__(n)
 
 struct EmuDim3 {
     unsigned x = 0, y = 0, z = 0;
