@@ -233,7 +233,7 @@ fn publish(
     // The same step saved again (a run resumed from an older checkpoint): `latest` may name the
     // old directory, so it is renamed aside and deleted only once the new one is in place, not
     // deleted first (a crash during a long delete left `latest` naming nothing).
-    let replaced = checkpoints_dir.join(format!(".{name}.replaced"));
+    let replaced = replaced_dir(checkpoints_dir, name);
     if final_dir.exists() {
         if replaced.exists() {
             std::fs::remove_dir_all(&replaced)?;
@@ -251,6 +251,11 @@ fn publish(
     std::fs::rename(&latest_tmp, checkpoints_dir.join(LATEST))?;
     fsync_dir(checkpoints_dir)?;
     prune(checkpoints_dir, keep_last.max(1))
+}
+
+/// Where [`publish`] moves checkpoint `name` while a new one of the same step takes its place.
+fn replaced_dir(checkpoints_dir: &Path, name: &str) -> PathBuf {
+    checkpoints_dir.join(format!(".{name}.replaced"))
 }
 
 /// Complete checkpoints (`step-*` with a manifest), oldest first.
@@ -271,15 +276,53 @@ pub fn list(checkpoints_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// Deletes all but the newest `keep_last` complete checkpoints (never `latest`'s), and what a
+/// kill during an earlier delete left behind.
 fn prune(checkpoints_dir: &Path, keep_last: usize) -> anyhow::Result<()> {
     let dirs = list(checkpoints_dir)?;
     let latest = std::fs::read_to_string(checkpoints_dir.join(LATEST)).unwrap_or_default();
+    let is_latest = |dir: &Path| dir.file_name().and_then(|n| n.to_str()) == Some(latest.trim());
     for dir in dirs.iter().take(dirs.len().saturating_sub(keep_last)) {
-        if dir.file_name().and_then(|n| n.to_str()) != Some(latest.trim()) {
-            std::fs::remove_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        if !is_latest(dir) {
+            discard(checkpoints_dir, dir)?;
+        }
+    }
+    // Debris of kills (prune runs right after a publish, when no other save is in flight):
+    // directories renamed aside for deletion or replacement, temporary directories of saves
+    // that never finished, and step directories without a manifest (a checkpoint is published
+    // whole by a rename, so only a delete that lost its manifest first leaves one; limo before
+    // session 9 deleted in place, and such a directory, invisible to `list`, was never
+    // deleted: a full checkpoint's disk space per kill).
+    let entries = std::fs::read_dir(checkpoints_dir)
+        .with_context(|| format!("{}", checkpoints_dir.display()))?;
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !path.is_dir() || is_latest(&path) {
+            continue;
+        }
+        let aside = [DISCARDED, ".replaced", ".tmp"];
+        if name.starts_with('.') && aside.iter().any(|suffix| name.ends_with(suffix)) {
+            std::fs::remove_dir_all(&path).with_context(|| format!("{}", path.display()))?;
+        } else if name.starts_with("step-") && !path.join(MANIFEST).exists() {
+            discard(checkpoints_dir, &path)?;
         }
     }
     Ok(())
+}
+
+/// Suffix of a checkpoint directory being deleted.
+const DISCARDED: &str = ".discarded";
+
+/// Deletes checkpoint `dir` so that a kill part-way leaves no `step-*` directory: renamed
+/// aside (atomic), then deleted; the next prune finishes what a kill interrupted.
+fn discard(checkpoints_dir: &Path, dir: &Path) -> anyhow::Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("step");
+    let aside = checkpoints_dir.join(format!(".{name}{DISCARDED}"));
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).with_context(|| format!("{}", aside.display()))?;
+    }
+    std::fs::rename(dir, &aside).with_context(|| format!("{}", dir.display()))?;
+    std::fs::remove_dir_all(&aside).with_context(|| format!("{}", aside.display()))
 }
 
 /// Resolves `--resume`: `latest` (through `checkpoints/latest`), a step number (`20`) or a
@@ -291,7 +334,16 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
         let pointer = checkpoints_dir.join(LATEST);
         let name = std::fs::read_to_string(&pointer)
             .with_context(|| format!("{}: no checkpoint to resume from", pointer.display()))?;
-        return Ok(checkpoints_dir.join(name.trim()));
+        let (dir, aside) = (
+            checkpoints_dir.join(name.trim()),
+            replaced_dir(checkpoints_dir, name.trim()),
+        );
+        // A kill between the two renames that replace a step saved again: the old checkpoint,
+        // complete, is still aside.
+        if !dir.join(MANIFEST).is_file() && aside.join(MANIFEST).is_file() {
+            return Ok(aside);
+        }
+        return Ok(dir);
     }
     if !which.contains(std::path::MAIN_SEPARATOR) {
         let name = match which.parse::<usize>() {

@@ -128,6 +128,48 @@ fn a_write_interrupted_at_any_stage_leaves_latest_on_a_complete_checkpoint() {
 }
 
 #[test]
+fn kills_during_deletes_leave_no_checkpoint_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpts = dir.path();
+    for step in 1..=3 {
+        save_at(ckpts, 1, step, step as f32, 5);
+    }
+    // Killed while deleting step 1 in place (its manifest gone first) and step 2 after its
+    // rename aside: neither is a checkpoint any more, and the next save removes both.
+    std::fs::remove_file(ckpts.join("step-00000001").join(MANIFEST)).unwrap();
+    std::fs::rename(
+        ckpts.join("step-00000002"),
+        ckpts.join(format!(".step-00000002{DISCARDED}")),
+    )
+    .unwrap();
+    // And killed while writing a step the resumed run never reached again.
+    std::fs::create_dir_all(ckpts.join(".step-00000009.tmp")).unwrap();
+    assert_eq!(list(ckpts).unwrap().len(), 1);
+    save_at(ckpts, 1, 4, 4.0, 5);
+    let mut names: Vec<String> = std::fs::read_dir(ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["latest", "step-00000003", "step-00000004"]);
+
+    // Killed between the two renames of a step saved again: `latest` names a directory that is
+    // gone, and resuming takes the old checkpoint, still complete, from where it was set aside.
+    std::fs::rename(
+        ckpts.join("step-00000004"),
+        replaced_dir(ckpts, "step-00000004"),
+    )
+    .unwrap();
+    let resumed = resolve(ckpts, "latest").unwrap();
+    let mut reader = ShardReader::open(&resumed).unwrap();
+    assert_eq!(values(reader.range("master", 0, 0..1).unwrap()), [4.0]);
+    save_at(ckpts, 1, 4, 8.0, 5);
+    let mut reader = ShardReader::open(&resolve(ckpts, "latest").unwrap()).unwrap();
+    assert_eq!(values(reader.range("master", 0, 0..1).unwrap()), [8.0]);
+    assert!(!replaced_dir(ckpts, "step-00000004").exists());
+}
+
+#[test]
 fn damaged_files_and_old_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let ckpts = dir.path();
