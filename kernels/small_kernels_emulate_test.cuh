@@ -254,6 +254,87 @@ void rope_case(int tokens, int heads, int d, std::mt19937& gen) {
     report_same(what, same_bits(run(false, x, 3), y) && same_bits(run(true, dy, 3), dx));
 }
 
+// ---- Bias + RoPE + KV-cache append (crates/limo-ops/src/cuda/rope.rs: grid_1d(n * width, 256)) ----
+
+// n new rows, q_heads/kv_heads x d, into caches of `slots` x `cap` at (slot, position) =
+// ((3i + 1) % slots, cap - 1 - i): bit for bit the unfused form (the bias adds rounded to T,
+// rope_fwd on q and k, the rows placed in the caches, every other cache element untouched), and
+// q within rounding of a float64 rotation of lin + bias.
+template <typename T>
+void qkv_append_case(int n, int hq, int hkv, int d, int slots, int cap, std::mt19937& gen) {
+    const int half = d / 2, qw = hq * d, kw = hkv * d;
+    std::vector<float> cf(size_t(n) * d), sf(cf.size());
+    for (int t = 0; t < n; ++t)
+        for (int i = 0; i < d; ++i) {
+            const double angle = (100 + 7 * t) * std::pow(1e6, -2.0 * (i % half) / d);
+            cf[size_t(t) * d + i] = float(to_t<T>({float(std::cos(angle))})[0]);
+            sf[size_t(t) * d + i] = float(to_t<T>({float(std::sin(angle))})[0]);
+        }
+    const auto qf = emu_rnd_bf16(size_t(n) * qw, gen, 2.f), kf = emu_rnd_bf16(size_t(n) * kw, gen, 2.f);
+    const auto vf = emu_rnd_bf16(size_t(n) * kw, gen, 2.f);
+    const auto bqf = emu_rnd_bf16(qw, gen, 0.5f), bkf = emu_rnd_bf16(kw, gen, 0.5f);
+    const auto bvf = emu_rnd_bf16(kw, gen, 0.5f);
+    const auto cache0 = to_t<T>(emu_rnd_bf16(size_t(slots) * kw * cap, gen, 1.f));
+    const auto q = to_t<T>(qf), k = to_t<T>(kf), v = to_t<T>(vf), c = to_t<T>(cf), s = to_t<T>(sf);
+    const auto bq = to_t<T>(bqf), bk = to_t<T>(bkf), bv = to_t<T>(bvf);
+    std::vector<int> rows(2 * size_t(n));
+    for (int i = 0; i < n; ++i) rows[i] = (3 * i + 1) % slots, rows[n + i] = cap - 1 - i;
+    const size_t total = size_t(n) * (qw + 2 * kw);
+    auto run = [&](unsigned grid) {
+        auto q_out = nan_buffer<T>(size_t(n) * qw);
+        auto kc = cache0, vc = cache0;
+        emu_launch(grid, 1, 256, [&] {
+            qkv_rope_append<T>(q.data(), k.data(), v.data(), bq.data(), bk.data(), bv.data(),
+                               c.data(), s.data(), rows.data(), q_out.data(), kc.data(), vc.data(),
+                               n, hq, hkv, d, cap);
+        });
+        return std::tuple{q_out, kc, vc};
+    };
+    const auto [q_out, kc, vc] = run(grid_1d(total, 256));
+
+    // The unfused form: candle's bias add (an f32 sum rounded to T), then rope_fwd.
+    auto biased = [&](const std::vector<float>& x, const std::vector<float>& b) {
+        std::vector<float> out(x.size());
+        for (size_t e = 0; e < x.size(); ++e) out[e] = x[e] + b[e % b.size()];
+        return to_t<T>(out);
+    };
+    auto rope_fwd = [&](const std::vector<T>& x, int heads) {
+        auto y = nan_buffer<T>(x.size());
+        emu_launch(grid_1d(x.size(), 256), 1, 256,
+                   [&] { rope<false, T, T>(x.data(), c.data(), s.data(), y.data(), n, heads, d); });
+        return y;
+    };
+    const auto q_want = rope_fwd(biased(qf, bqf), hq), k_rot = rope_fwd(biased(kf, bkf), hkv);
+    const auto v_b = biased(vf, bvf);
+    auto kc_want = cache0, vc_want = cache0;
+    for (int i = 0; i < n; ++i)
+        for (int e = 0; e < kw; ++e) {
+            const size_t dst = ((size_t(rows[i]) * hkv + e / d) * cap + rows[n + i]) * d + e % d;
+            kc_want[dst] = k_rot[size_t(i) * kw + e];
+            vc_want[dst] = v_b[size_t(i) * kw + e];
+        }
+    char what[96];
+    std::snprintf(what, sizeof what, "%s qkv_rope_append %d x %d/%d x %d: = bias, rope, write",
+                  name<T>(), n, hq, hkv, d);
+    report_same(what, same_bits(q_out, q_want) && same_bits(kc, kc_want) && same_bits(vc, vc_want));
+
+    std::vector<double> want(size_t(n) * qw);
+    for (size_t e = 0; e < want.size(); ++e) {
+        const int i = int(e % d), col = int(e % qw);
+        const size_t tab = e / qw * d + i;
+        const size_t p = i < half ? e + half : e - half;
+        const double x = double(qf[e]) + bqf[col], xp = double(qf[p]) + bqf[p % qw];
+        want[e] = x * cf[tab] + (i < half ? -xp : xp) * sf[tab];
+    }
+    std::snprintf(what, sizeof what, "%s qkv_rope_append %d x %d/%d x %d: q against float64",
+                  name<T>(), n, hq, hkv, d);
+    report(what, rel_l2(floats(q_out), want), std::is_same_v<T, float> ? 1e-6 : 8e-3);
+    std::snprintf(what, sizeof what, "%s qkv_rope_append %d x %d/%d x %d: grid of 3, same bits",
+                  name<T>(), n, hq, hkv, d);
+    const auto [q3, kc3, vc3] = run(3);
+    report_same(what, same_bits(q3, q_out) && same_bits(kc3, kc) && same_bits(vc3, vc));
+}
+
 // ---- SwiGLU (crates/limo-ops/src/cuda/swiglu.rs: grid_1d(n, 256)) ----
 
 template <typename T>
@@ -524,6 +605,11 @@ int main() {
     for (auto [tokens, heads, d] : {std::tuple{9, 3, 64}, {5, 2, 128}, {3, 1, 8}}) {
         rope_case<float>(tokens, heads, d, gen);
         rope_case<__nv_bfloat16>(tokens, heads, d, gen);
+    }
+    std::printf("bias + RoPE + KV-cache append\n");
+    for (auto [n, hq, hkv, d] : {std::tuple{5, 12, 2, 128}, {3, 4, 4, 64}, {1, 6, 1, 8}}) {
+        qkv_append_case<float>(n, hq, hkv, d, 4, 9, gen);
+        qkv_append_case<__nv_bfloat16>(n, hq, hkv, d, 4, 9, gen);
     }
     std::printf("SwiGLU\n");
     swiglu_case<float>(1037, gen);

@@ -14,8 +14,8 @@
 //!
 //! The cache of a batch is one pool per layer, `[slots, kv_heads, capacity, head_dim]`: each
 //! live sequence owns a slot, a step's new keys and values of all sequences are written with
-//! one [`kv_cache_write`] per layer, and one [`decode_attention`] per layer attends for the
-//! whole batch (on CUDA: the split-K kernels of `kernels/decode_attention.cu`; on the CPU the
+//! one [`kv_cache_write`] per layer (in decode fused with the biases and RoPE:
+//! [`layer_qkv_append`]), and one [`decode_attention`] per layer attends for the whole batch (on CUDA: the split-K kernels of `kernels/decode_attention.cu`; on the CPU the
 //! reference, sequence by sequence). Prefill attention is [`attention_forward`] (the flash
 //! kernel for bf16 on CUDA). [`KvCache`] is a pool of one slot, for callers that hold one cache
 //! per sequence ([`CachedModel::prefill`], [`CachedModel::decode`]).
@@ -33,7 +33,7 @@ use candle_core::{DType, Device, Tensor};
 use limo_ops::decode_attention::{decode_attention, kv_cache_write, kv_cache_zeros, CacheIndex};
 use limo_ops::{attention_forward, rms_norm_forward, RopeCache, RopeTables};
 
-use crate::layer::{layer_output, layer_qkv};
+use crate::layer::{layer_output, layer_qkv, layer_qkv_append};
 use crate::sampling::{choose, Rng};
 pub use crate::sampling::{derive_seed, Sampling};
 use crate::{Error, ModelWeights, Qwen2Config, Result};
@@ -436,9 +436,9 @@ impl<'a> CachedModel<'a> {
         let rope: RopeTables = self.rope.tables(&positions)?;
         let mut x = self.embed(tokens)?;
         for (l, w) in self.weights.layers.iter().enumerate() {
-            let (q, k, v) = layer_qkv(w, &x, cfg, &rope)?;
             let attn = match &caches {
                 Caches::Each(each) => {
+                    let (q, k, v) = layer_qkv(w, &x, cfg, &rope)?;
                     let mut outs = Vec::with_capacity(b);
                     for (i, cache) in each.iter().enumerate() {
                         let row = |t: &Tensor| t.narrow(0, i, 1);
@@ -448,7 +448,7 @@ impl<'a> CachedModel<'a> {
                     Tensor::cat(&outs, 0)?
                 }
                 Caches::Pool { pool, .. } => {
-                    pool.write(l, &k, &v, &writes[0])?;
+                    let q = layer_qkv_append(w, &x, cfg, &rope, pool.layer(l)?, &writes[0])?;
                     pool.attend(l, &q, &reads[0], self.scale())?
                 }
             };

@@ -10,6 +10,7 @@
 //! drops it and calls the forward again.
 
 use candle_core::{Result, Tensor};
+use limo_ops::decode_attention::{qkv_rope_append, CacheIndex, NewRows};
 use limo_ops::{
     attention_backward, attention_forward, rms_norm_backward, rms_norm_forward, rope_backward,
     rope_forward, swiglu_backward, swiglu_forward, RopeTables,
@@ -251,6 +252,31 @@ pub fn layer_qkv(
     let (n1, _) = rms_norm_forward(x, &w.input_norm, config.rms_norm_eps)?;
     let (q, k, v) = qkv_heads(w, &n1, config)?;
     Ok((rope_forward(&q, rope)?, rope_forward(&k, rope)?, v))
+}
+
+/// [`layer_qkv`] for a decode step: `k` and `v` are written into the layer's KV cache
+/// `(k_cache, v_cache)` at `at` and `q` is returned, the same numbers bit for bit, through one
+/// fused kernel on a GPU ([`qkv_rope_append`]) where the unfused form launches six.
+pub fn layer_qkv_append(
+    w: &LayerWeights,
+    x: &Tensor,
+    config: &Qwen2Config,
+    rope: &RopeTables,
+    cache: &(Tensor, Tensor),
+    at: &CacheIndex,
+) -> Result<Tensor> {
+    let (n1, _) = rms_norm_forward(x, &w.input_norm, config.rms_norm_eps)?;
+    let project = |weight: &Tensor| n1.matmul(&weight.t()?); // `linear` before its bias
+    let rows = NewRows {
+        lin: [
+            &project(&w.q_weight)?,
+            &project(&w.k_weight)?,
+            &project(&w.v_weight)?,
+        ],
+        bias: [&w.q_bias, &w.k_bias, &w.v_bias],
+        rope,
+    };
+    qkv_rope_append(&rows, cache, at)
 }
 
 /// The second half of [`layer_forward`] for inference: from the attention output

@@ -211,6 +211,7 @@ fn run_all(
     for &dtype in &opts.dtypes {
         norm_rope_swiglu(&mut checks, run, dtype)?;
         decode(&mut checks, run, dtype)?;
+        qkv_append(&mut checks, run, dtype)?;
         losses(&mut checks, run, dtype)?;
         embedding(&mut checks, run, dtype)?;
         sum_of_squares(&mut checks, run, dtype)?;
@@ -523,6 +524,73 @@ fn decode(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Resu
             kmax.unwrap_or(&0)
         );
         c.push("decode_attention", shape, dtype, tol, outputs)?;
+    }
+    Ok(())
+}
+
+/// The fused bias + RoPE + cache append of a decode step against the reference device, and on
+/// the tested device against its own unfused form, bit for bit (tolerance 0).
+fn qkv_append(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
+    use crate::decode_attention::{qkv_rope_append, qkv_rope_append_unfused, CacheIndex, NewRows};
+    let s = opts.seed * 1000 + 170;
+    // (q heads, kv heads, head_dim, slots, capacity, (slot, position) per new row)
+    let shapes = [
+        (12, 2, 128, 3, 300, vec![(1, 299), (0, 4), (2, 0), (1, 17)]),
+        (40, 8, 128, 2, 64, vec![(1, 63), (0, 31)]),
+        (14, 2, 64, 33, 9, (0..33).map(|i| (32 - i, i % 9)).collect()),
+    ];
+    for (q_heads, kv_heads, head_dim, slots, cap, rows) in shapes {
+        let n = rows.len();
+        let input = |shape: &[usize], seed: u64| -> Result<Tensor> {
+            random(shape, s + seed, 2.0)?.to_dtype(dtype)
+        };
+        let (mut lin, mut bias) = (Vec::new(), Vec::new());
+        for (i, heads) in [q_heads, kv_heads, kv_heads].into_iter().enumerate() {
+            lin.push(input(&[n, heads * head_dim], 1 + i as u64)?);
+            bias.push(input(&[heads * head_dim], 4 + i as u64)?);
+        }
+        let cache = input(&[slots, kv_heads, cap, head_dim], 7)?;
+        let (at_slots, at_pos): (Vec<usize>, Vec<usize>) = rows.iter().copied().unzip();
+        let positions: Vec<u32> = rows.iter().map(|&(_, p)| p as u32 + 1000).collect();
+        let run = |d: &Device, fused: bool| -> Result<Vec<Tensor>> {
+            let on = |t: &Tensor| t.to_device(d);
+            let (l, b) = (
+                [on(&lin[0])?, on(&lin[1])?, on(&lin[2])?],
+                [on(&bias[0])?, on(&bias[1])?, on(&bias[2])?],
+            );
+            // Fresh copies: the append writes in place.
+            let kv = (on(&cache)?.copy()?, on(&cache)?.copy()?);
+            let rope = crate::RopeTables::new(&positions, head_dim, 1e6, dtype, d)?;
+            let at = CacheIndex::new(&at_slots, &at_pos, d)?;
+            let rows = NewRows {
+                lin: [&l[0], &l[1], &l[2]],
+                bias: [&b[0], &b[1], &b[2]],
+                rope: &rope,
+            };
+            let q = if fused {
+                qkv_rope_append(&rows, &kv, &at)?
+            } else {
+                qkv_rope_append_unfused(&rows, &kv, &at)?
+            };
+            Ok(vec![q, kv.0, kv.1])
+        };
+        let names = ["q", "k_cache", "v_cache"];
+        let shape = format!("{n} rows, {q_heads}/{kv_heads}x{head_dim}");
+        let outputs = both(&names, reference, test, |d| run(d, true))?;
+        c.push(
+            "qkv_rope_append",
+            shape.clone(),
+            dtype,
+            tolerance(dtype),
+            outputs,
+        )?;
+        let (fused, unfused) = (run(test, true)?, run(test, false)?);
+        let same = names
+            .iter()
+            .zip(unfused.into_iter().zip(fused))
+            .map(|(name, (u, f))| (*name, u, f))
+            .collect();
+        c.push("qkv_rope_append = unfused", shape, dtype, 0.0, same)?;
     }
     Ok(())
 }

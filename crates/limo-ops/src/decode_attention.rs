@@ -18,7 +18,7 @@ use std::collections::HashSet;
 
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 
-use crate::compute_dtype;
+use crate::{compute_dtype, RopeTables};
 
 /// One `(slot, n)` pair per row of a batch, on the host and uploaded once (the kernels read the
 /// device copy), so that every layer of a decode step shares one upload. For
@@ -113,7 +113,7 @@ pub fn kv_cache_write(
     v: &Tensor,
     at: &CacheIndex,
 ) -> Result<()> {
-    let (slots, kv_heads, cap, head_dim) = cache_dims(k_cache, v_cache)?;
+    let (_, kv_heads, _, head_dim) = cache_dims(k_cache, v_cache)?;
     let n = at.len();
     for (name, t) in [("keys", k), ("values", v)] {
         if t.dims() != [n, kv_heads, head_dim] || t.dtype() != k_cache.dtype() {
@@ -125,18 +125,7 @@ pub fn kv_cache_write(
             );
         }
     }
-    if !k_cache.is_contiguous() || !v_cache.is_contiguous() {
-        bail!("KV cache write: the caches must be contiguous");
-    }
-    let mut seen = HashSet::with_capacity(n);
-    for (&slot, &pos) in at.slots().iter().zip(at.values()) {
-        if slot >= slots || pos >= cap {
-            bail!("KV cache write: (slot {slot}, position {pos}) outside {slots} slots x {cap}");
-        }
-        if !seen.insert((slot, pos)) {
-            bail!("KV cache write: (slot {slot}, position {pos}) written twice");
-        }
-    }
+    check_writes(k_cache, v_cache, at)?;
     #[cfg(feature = "cuda")]
     if crate::cuda::decode_attention::write_dispatches(k_cache, k) {
         return crate::cuda::decode_attention::kv_cache_write(k_cache, v_cache, k, v, at);
@@ -160,6 +149,106 @@ pub fn kv_cache_write(
         i += run;
     }
     Ok(())
+}
+
+/// That the caches are contiguous and every `(slot, position)` of `at` is inside them, once.
+fn check_writes(k_cache: &Tensor, v_cache: &Tensor, at: &CacheIndex) -> Result<()> {
+    let (slots, _, cap, _) = cache_dims(k_cache, v_cache)?;
+    if !k_cache.is_contiguous() || !v_cache.is_contiguous() {
+        bail!("KV cache write: the caches must be contiguous");
+    }
+    let mut seen = HashSet::with_capacity(at.len());
+    for (&slot, &pos) in at.slots().iter().zip(at.values()) {
+        if slot >= slots || pos >= cap {
+            bail!("KV cache write: (slot {slot}, position {pos}) outside {slots} slots x {cap}");
+        }
+        if !seen.insert((slot, pos)) {
+            bail!("KV cache write: (slot {slot}, position {pos}) written twice");
+        }
+    }
+    Ok(())
+}
+
+/// A generation step's new rows before their biases and RoPE: what [`qkv_rope_append`] takes.
+pub struct NewRows<'a> {
+    /// `q_lin [n, q_heads * head_dim]`, `k_lin` and `v_lin [n, kv_heads * head_dim]`.
+    pub lin: [&'a Tensor; 3],
+    /// Their biases `[q_heads * head_dim]`, `[kv_heads * head_dim]` (twice).
+    pub bias: [&'a Tensor; 3],
+    /// The RoPE tables of the rows' positions, `[n, head_dim]`.
+    pub rope: &'a RopeTables,
+}
+
+/// The new rows of a generation step, from their projections to the cache: adds the biases to
+/// the projections, applies RoPE to q and k, writes k and v into the caches `(k_cache,
+/// v_cache)` at `at` (as [`kv_cache_write`]) and returns q `[n, q_heads, head_dim]`. The CPU
+/// form is those candle ops and [`crate::rope_forward`]; on a GPU it is one kernel
+/// (`qkv_rope_append` in `kernels/rope.cu`) with the same results bit for bit, where the
+/// unfused form is six launches.
+pub fn qkv_rope_append(
+    rows: &NewRows,
+    cache: &(Tensor, Tensor),
+    at: &CacheIndex,
+) -> Result<Tensor> {
+    let (NewRows { lin, bias, rope }, (k_cache, v_cache)) = (rows, cache);
+    let (_, kv_heads, _, head_dim) = cache_dims(k_cache, v_cache)?;
+    let n = at.len();
+    let q_width = lin[0].dims().get(1).copied().unwrap_or(0);
+    let q_heads = q_width / head_dim.max(1);
+    for (i, name) in ["q", "k", "v"].into_iter().enumerate() {
+        let width = if i == 0 { q_width } else { kv_heads * head_dim };
+        let dtype = k_cache.dtype();
+        if lin[i].dims() != [n, width] || lin[i].dtype() != dtype {
+            bail!(
+                "KV cache append: {name} projection {:?} {:?}, expected [{n}, {width}] {dtype:?}",
+                lin[i].dims(),
+                lin[i].dtype()
+            );
+        }
+        if bias[i].dims() != [width] || bias[i].dtype() != dtype {
+            bail!(
+                "KV cache append: {name} bias {:?} {:?}, expected [{width}] {dtype:?}",
+                bias[i].dims(),
+                bias[i].dtype()
+            );
+        }
+    }
+    if q_heads == 0 || q_width % head_dim != 0 || head_dim % 2 != 0 {
+        bail!("KV cache append: q width {q_width} is not a whole number of heads of {head_dim}");
+    }
+    if rope.cos.dims() != [n, head_dim] || rope.sin.dims() != [n, head_dim] {
+        bail!(
+            "KV cache append: RoPE tables {:?} for {n} rows of head_dim {head_dim}",
+            rope.cos.dims()
+        );
+    }
+    check_writes(k_cache, v_cache, at)?;
+    #[cfg(feature = "cuda")]
+    if crate::cuda::rope::append_dispatches(lin[0], rope) {
+        return crate::cuda::rope::qkv_rope_append(rows, cache, at);
+    }
+    qkv_rope_append_unfused(rows, cache, at)
+}
+
+/// [`qkv_rope_append`] as separate operations (on a GPU six launches): its CPU form, and what
+/// `limo doctor` checks the fused kernel against bit for bit.
+pub(crate) fn qkv_rope_append_unfused(
+    rows: &NewRows,
+    (k_cache, v_cache): &(Tensor, Tensor),
+    at: &CacheIndex,
+) -> Result<Tensor> {
+    let NewRows { lin, bias, rope } = rows;
+    let (_, kv_heads, _, head_dim) = cache_dims(k_cache, v_cache)?;
+    let n = at.len();
+    let heads = |i: usize| {
+        let h = lin[i].dim(1)? / head_dim;
+        lin[i].broadcast_add(bias[i])?.reshape((n, h, head_dim))
+    };
+    let q = crate::rope_forward(&heads(0)?, rope)?;
+    let k = crate::rope_forward(&heads(1)?, rope)?;
+    kv_cache_write(k_cache, v_cache, &k, &heads(2)?, at)?;
+    debug_assert_eq!(k.dim(1)?, kv_heads);
+    Ok(q)
 }
 
 /// Attention of each query row over its slot's cached prefix (see the module documentation):
@@ -373,6 +462,81 @@ mod tests {
                 .to_scalar::<f64>()?,
             0.0
         );
+        Ok(())
+    }
+
+    /// The fused append against loops in f64: q is the rotation of q_lin + bq at each row's
+    /// position, the cache gets the rotated k and the biased v at each row's (slot, position),
+    /// and nothing else of the cache changes.
+    #[test]
+    fn qkv_rope_append_equals_loops_in_f64() -> Result<()> {
+        let dev = Device::Cpu;
+        let (hq, hkv, d, slots, cap) = (6, 2, 8, 3, 7);
+        let (at_slots, at_pos, positions) = ([2, 0, 2], [4, 6, 0], [9u32, 3, 20]);
+        let n = at_slots.len();
+        let lin = [hq, hkv, hkv].map(|h| rand_tensor(&[n, h * d], 10 + h as u64, &dev));
+        let bias = [hq, hkv, hkv].map(|h| rand_tensor(&[h * d], 20 + h as u64, &dev));
+        let (lin, bias) = (lin.map(|t| t.unwrap()), bias.map(|t| t.unwrap()));
+        let cache = (
+            rand_tensor(&[slots, hkv, cap, d], 1, &dev)?,
+            rand_tensor(&[slots, hkv, cap, d], 2, &dev)?,
+        );
+        let (kc, vc) = &cache;
+        let (kc0, vc0) = (kc.copy()?, vc.copy()?);
+        let rope = RopeTables::new(&positions, d, 1e6, DType::F64, &dev)?;
+        let at = CacheIndex::new(&at_slots, &at_pos, &dev)?;
+        let (l, b) = ([&lin[0], &lin[1], &lin[2]], [&bias[0], &bias[1], &bias[2]]);
+        let rows = |lin, bias, rope| NewRows { lin, bias, rope };
+        let q = qkv_rope_append(&rows(l, b, &rope), &cache, &at)?;
+
+        let (cos, sin): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (rope.cos.to_vec2()?, rope.sin.to_vec2()?);
+        let plain = |i: usize| -> Result<Vec<Vec<f64>>> {
+            let (l, b) = (lin[i].to_vec2::<f64>()?, bias[i].to_vec1::<f64>()?);
+            Ok(l.iter()
+                .map(|row| row.iter().zip(&b).map(|(x, y)| x + y).collect())
+                .collect())
+        };
+        let rotated = |x: &[Vec<f64>], r: usize, c: usize| {
+            let (e, half) = (c % d, d / 2);
+            let partner = if e < half {
+                -x[r][c + half]
+            } else {
+                x[r][c - half]
+            };
+            x[r][c] * cos[r][e] + partner * sin[r][e]
+        };
+        let (qb, kb, vb) = (plain(0)?, plain(1)?, plain(2)?);
+        let q_want: Vec<f64> = (0..n * hq * d)
+            .map(|i| rotated(&qb, i / (hq * d), i % (hq * d)))
+            .collect();
+        let q_want = Tensor::from_vec(q_want, (n, hq, d), &dev)?;
+        assert_close(&q, &q_want, 1e-15, "q")?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f64>();
+        let (mut k_want, mut v_want) = (flat(&kc0)?, flat(&vc0)?);
+        for r in 0..n {
+            for (c, &v) in vb[r].iter().enumerate() {
+                let dst = ((at_slots[r] * hkv + c / d) * cap + at_pos[r]) * d + c % d;
+                k_want[dst] = rotated(&kb, r, c);
+                v_want[dst] = v;
+            }
+        }
+        let as_cache = |v: Vec<f64>| Tensor::from_vec(v, (slots, hkv, cap, d), &dev);
+        assert_close(kc, &as_cache(k_want)?, 1e-15, "k cache")?;
+        assert_close(vc, &as_cache(v_want)?, 0.0, "v cache")?;
+
+        // Bad shapes are errors, and leave the caches as they were.
+        let (kc1, vc1) = (kc.copy()?, vc.copy()?);
+        let fails = |rows: NewRows, at: &CacheIndex| qkv_rope_append(&rows, &cache, at).is_err();
+        assert!(fails(rows([&lin[1], l[1], l[2]], b, &rope), &at)); // q of kv width
+        assert!(fails(rows(l, [b[0], b[2], &bias[0]], &rope), &at)); // v bias of q width
+        let short = RopeTables::new(&positions[..2], d, 1e6, DType::F64, &dev)?;
+        assert!(fails(rows(l, b, &short), &at));
+        let twice = CacheIndex::new(&[1, 1, 0], &[3, 3, 0], &dev)?;
+        assert!(fails(rows(l, b, &rope), &twice));
+        let f32 = l[0].to_dtype(DType::F32)?;
+        assert!(fails(rows([&f32, l[1], l[2]], b, &rope), &at));
+        assert_close(kc, &kc1, 0.0, "k cache after the errors")?;
+        assert_close(vc, &vc1, 0.0, "v cache after the errors")?;
         Ok(())
     }
 

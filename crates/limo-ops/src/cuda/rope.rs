@@ -1,12 +1,14 @@
 //! RoPE on the GPU (`kernels/rope.cu`), the signatures of [`crate::rope_forward`] and
-//! [`crate::rope_backward`].
+//! [`crate::rope_backward`], and generation's fused bias + RoPE + KV-cache append
+//! ([`crate::decode_attention::qkv_rope_append`]).
 
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{bail, DType, Result, Tensor};
 use half::bf16;
 
-use super::launch::inputs;
+use super::launch::{by_dtype, inputs};
 use super::{alloc, as_i32, cuda_device, grid_1d, load, ptx, to_tensor, wrap, KernelType};
+use crate::decode_attention::{CacheIndex, NewRows};
 use crate::RopeTables;
 
 static PTX: Ptx = ptx!("rope");
@@ -83,4 +85,84 @@ fn run<T: KernelType, C: KernelType>(
     // SAFETY: argument types and order match rope_{fwd,bwd} in kernels/rope.cu.
     unsafe { b.launch(grid_1d(n, 256)) }.map_err(wrap)?;
     to_tensor(y, &dev, x.dims())
+}
+
+/// Whether the fused append takes these inputs: the dispatch test of
+/// [`crate::decode_attention::qkv_rope_append`] (which checked shapes and dtypes agree).
+pub(crate) fn append_dispatches(q_lin: &Tensor, tables: &RopeTables) -> bool {
+    supported(q_lin, tables) && tables.cos.device().same_device(q_lin.device())
+}
+
+/// See [`crate::decode_attention::qkv_rope_append`]: the caches are written through their
+/// storage, in place.
+pub fn qkv_rope_append(
+    rows: &NewRows,
+    cache: &(Tensor, Tensor),
+    at: &CacheIndex,
+) -> Result<Tensor> {
+    by_dtype!(
+        cache.0.dtype(),
+        "KV cache append kernel",
+        append(rows, cache, at)
+    )
+}
+
+fn append<T: KernelType>(
+    NewRows { lin, bias, rope }: &NewRows,
+    (k_cache, v_cache): &(Tensor, Tensor),
+    at: &CacheIndex,
+) -> Result<Tensor> {
+    let dev = cuda_device(k_cache)?;
+    let (_, kv_heads, cap, head_dim) = k_cache.dims4()?;
+    let n = at.len();
+    let q_heads = lin[0].dim(1)? / head_dim;
+    let index = at.table();
+    let on_gpu = |t: &Tensor| t.device().same_device(k_cache.device());
+    if !lin.iter().chain(bias.iter()).all(|t| on_gpu(t)) || !on_gpu(index) {
+        bail!("KV cache append kernel: projections, biases and index must be on the cache's GPU");
+    }
+    let c = |t: &Tensor| t.contiguous();
+    let (q, k, v) = (c(lin[0])?, c(lin[1])?, c(lin[2])?);
+    let (bq, bk, bv) = (c(bias[0])?, c(bias[1])?, c(bias[2])?);
+    let (cos, sin) = (c(&rope.cos)?, c(&rope.sin)?);
+    let [q_in, k_in, v_in, bq_in, bk_in, bv_in, cos_in, sin_in, at_in, kc_in, vc_in] = inputs([
+        &q, &k, &v, &bq, &bk, &bv, &cos, &sin, index, k_cache, v_cache,
+    ]);
+    let (qv, kv, vv) = (q_in.view::<T>()?, k_in.view::<T>()?, v_in.view::<T>()?);
+    let (bqv, bkv, bvv) = (bq_in.view::<T>()?, bk_in.view::<T>()?, bv_in.view::<T>()?);
+    let (cv, sv, iv) = (
+        cos_in.view::<T>()?,
+        sin_in.view::<T>()?,
+        at_in.view::<u32>()?,
+    );
+    let (kcv, vcv) = (kc_in.view::<T>()?, vc_in.view::<T>()?);
+    // SAFETY: the kernel writes every element of q (one thread per element of every row).
+    let mut q_out = unsafe { alloc::<T>(&dev, n * q_heads * head_dim) }?;
+    let f = load(&dev, &PTX, &format!("qkv_rope_append_{}", T::SUFFIX))?;
+    let ints = [
+        as_i32(n, "rows")?,
+        as_i32(q_heads, "q_heads")?,
+        as_i32(kv_heads, "kv_heads")?,
+        as_i32(head_dim, "head_dim")?,
+        as_i32(cap, "cache capacity")?,
+    ];
+    let mut b = f.builder();
+    b.arg(&qv).arg(&kv).arg(&vv).arg(&bqv).arg(&bkv).arg(&bvv);
+    b.arg(&cv)
+        .arg(&sv)
+        .arg(&iv)
+        .arg(&mut q_out)
+        .arg(&kcv)
+        .arg(&vcv);
+    for i in &ints {
+        b.arg(i);
+    }
+    let threads = n * (q_heads + 2 * kv_heads) * head_dim;
+    // SAFETY: argument types and order match qkv_rope_append_* in kernels/rope.cu; the caller
+    // checked the shapes, and every (slot, position) against the caches' shape and that none
+    // repeats, so no two threads write one cache element. The caches are written through views
+    // of their storage, as kv_cache_write does.
+    unsafe { b.launch(grid_1d(threads, 256)) }.map_err(wrap)?;
+    drop(b);
+    to_tensor(q_out, &dev, (n, q_heads, head_dim))
 }
