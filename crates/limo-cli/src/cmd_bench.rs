@@ -411,6 +411,49 @@ mod cuda {
             let bytes = 2.0 * (batch * kv_heads * len * HEAD_DIM) as f64 * BF;
             b.report("decode_attention", &shape, ms, Work::Bytes(bytes));
         }
+        qkv_rope_append(b)
+    }
+
+    /// A decode step's biases, RoPE and cache append (kernels/rope.cu) for 32 sequences, fused,
+    /// then the six launches it replaced: the time of launches this small is mostly the host's.
+    fn qkv_rope_append(b: &Bench) -> Result<()> {
+        use limo_ops::decode_attention::{
+            kv_cache_zeros, qkv_rope_append, qkv_rope_append_unfused, CacheIndex, NewRows,
+        };
+        let (batch, cap) = (32, 2048);
+        for (q_heads, kv_heads) in [(12, 2), (Q_HEADS, 8)] {
+            let (qw, kw) = (q_heads * HEAD_DIM, kv_heads * HEAD_DIM);
+            let sets = b.inputs(&[&[batch, qw], &[batch, kw], &[batch, kw]], 1.0)?;
+            let bias = b.inputs(&[&[qw], &[kw], &[kw]], 0.1)?.swap_remove(0);
+            let cache = kv_cache_zeros(batch, kv_heads, cap, HEAD_DIM, DType::BF16, b.gpu)?;
+            let slots: Vec<usize> = (0..batch).collect();
+            let positions: Vec<usize> = (0..batch).map(|i| 100 + 37 * i).collect();
+            let at = CacheIndex::new(&slots, &positions, b.gpu)?;
+            let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+            let rope = RopeTables::new(&pos, HEAD_DIM, 1e6, DType::BF16, b.gpu)?;
+            let shape = format!("{batch} rows, {q_heads}/{kv_heads}x{HEAD_DIM}");
+            let bytes = (2 * batch * (qw + 2 * kw)) as f64 * BF;
+            for (name, fused) in [
+                ("qkv_rope_append", true),
+                ("  (unfused: 6 launches)", false),
+            ] {
+                let ms = b.time(|i| {
+                    let s = &sets[i % sets.len()];
+                    let rows = NewRows {
+                        lin: [&s[0], &s[1], &s[2]],
+                        bias: [&bias[0], &bias[1], &bias[2]],
+                        rope: &rope,
+                    };
+                    let q = if fused {
+                        qkv_rope_append(&rows, &cache, &at)
+                    } else {
+                        qkv_rope_append_unfused(&rows, &cache, &at)
+                    };
+                    q.map(drop)
+                })?;
+                b.report(name, &shape, ms, Work::Bytes(bytes));
+            }
+        }
         Ok(())
     }
 

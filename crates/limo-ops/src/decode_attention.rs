@@ -230,9 +230,10 @@ pub fn qkv_rope_append(
     qkv_rope_append_unfused(rows, cache, at)
 }
 
-/// [`qkv_rope_append`] as separate operations (on a GPU six launches): its CPU form, and what
-/// `limo doctor` checks the fused kernel against bit for bit.
-pub(crate) fn qkv_rope_append_unfused(
+/// [`qkv_rope_append`] as separate operations (on a GPU six launches): its CPU form, what
+/// `limo doctor` checks the fused kernel against bit for bit and `limo bench kernels` times it
+/// against.
+pub fn qkv_rope_append_unfused(
     rows: &NewRows,
     (k_cache, v_cache): &(Tensor, Tensor),
     at: &CacheIndex,
