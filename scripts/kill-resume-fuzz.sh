@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Kills a two-rank `limo launch -- train` at random moments, SIGKILL to a rank or to the
+# launcher, resumes from `latest` each time, and checks what a cluster user relies on after a
+# crash:
+#   - after every kill: no process of the job is left, and `latest` names a complete checkpoint;
+#   - at the end: losses and both ranks' checkpoint files are bit-identical to an uninterrupted
+#     run, and the checkpoints directory holds exactly `keep_last` checkpoints and no debris.
+# The golden tiny model (tests/fixtures) on its six rows, a checkpoint after every step.
+# Usage: scripts/kill-resume-fuzz.sh [rounds] (default 20); LIMO_BIN picks the binary
+# (default target/debug/limo, what `cargo test` builds), SEED the random moments.
+# Exit 1 on any failed check; prints the seed to rerun it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-20}
+limo=${LIMO_BIN:-target/debug/limo}
+steps=${STEPS:-3000}
+seed=${SEED:-$$}
+RANDOM=$seed
+work=$(mktemp -d)
+trap 'pkill -9 -f "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
+golden=$PWD/tests/fixtures/golden/qwen2-tiny
+echo "kill-resume fuzz: $rounds rounds, $steps steps, seed $seed, $limo"
+
+fail() {
+    echo "FAIL (seed $seed): $*" >&2
+    exit 1
+}
+
+config() { # name
+    cat >"$work/$1.toml" <<EOF
+[model]
+path = "$golden/model"
+dtype = "f32"
+[data]
+path = "$golden/train/data.jsonl"
+format = "tokenized"
+[train]
+lr = 1e-3
+schedule = "cosine"
+warmup_steps = 2
+max_steps = $steps
+batch_size = 1
+weight_decay = 0.01
+max_grad_norm = 1.0
+epochs = 1000
+[output]
+dir = "$work/$1"
+export_dtype = "none"
+save_steps = 1
+keep_last = 2
+EOF
+}
+
+train() { # name [--resume latest]
+    "$limo" launch --nproc-per-node 2 -- train --config "$work/$1.toml" "${@:2}"
+}
+
+job_left() { pgrep -f "$work/fuzz.toml" >/dev/null; }
+
+config ref
+config fuzz
+train ref >"$work/ref.log" 2>&1 || fail "the uninterrupted run failed: $(tail -3 "$work/ref.log")"
+ckpts=$work/fuzz/checkpoints
+kills=0
+for round in $(seq "$rounds"); do
+    resume=()
+    [ -f "$ckpts/latest" ] && resume=(--resume latest)
+    # limo itself in the background (not through the shell function): $! is the launcher.
+    "$limo" launch --nproc-per-node 2 -- train --config "$work/fuzz.toml" "${resume[@]}" \
+        >"$work/round-$round.log" 2>&1 &
+    launcher=$!
+    sleep "0.$((RANDOM % 9 + 1))$((RANDOM % 10))"
+    mapfile -t ranks < <(pgrep -P "$launcher" || true)
+    victim=$launcher what=launcher
+    if [ $((RANDOM % 3)) != 0 ] && [ ${#ranks[@]} -gt 0 ]; then
+        victim=${ranks[$((RANDOM % ${#ranks[@]}))]} what=rank
+    fi
+    kill -9 "$victim" 2>/dev/null && kills=$((kills + 1))
+    wait "$launcher" 2>/dev/null || true
+    # Ranks of a killed launcher get SIGTERM from the kernel (PR_SET_PDEATHSIG).
+    for _ in $(seq 100); do job_left || break; sleep 0.1; done
+    job_left && fail "round $round: processes of the job outlived the kill of its $what"
+    if [ -f "$ckpts/latest" ]; then
+        name=$(cat "$ckpts/latest")
+        [ -f "$ckpts/$name/manifest.json" ] || [ -f "$ckpts/.$name.replaced/manifest.json" ] ||
+            fail "round $round: latest names $name, which has no manifest"
+    fi
+    echo "round $round: killed the $what; $(ls -A "$ckpts" 2>/dev/null | tr '\n' ' ')"
+    grep -q "trained $steps steps" "$work/round-$round.log" && break
+done
+resume=()
+[ -f "$ckpts/latest" ] && resume=(--resume latest)
+train fuzz "${resume[@]}" >"$work/final.log" 2>&1 || fail "the final resume failed: $(tail -3 "$work/final.log")"
+
+losses() { grep -o '"loss":[^,}]*' "$1"; }
+[ "$(losses "$work/ref/metrics.jsonl" | wc -l)" = "$steps" ] || fail "the uninterrupted run logged $(losses "$work/ref/metrics.jsonl" | wc -l) losses"
+cmp -s <(losses "$work/ref/metrics.jsonl") <(losses "$work/fuzz/metrics.jsonl") ||
+    fail "losses differ from the uninterrupted run's"
+last=$(printf 'step-%08d' "$steps")
+for r in 0 1; do
+    cmp -s "$work/ref/checkpoints/$last/rank-0000$r.safetensors" "$ckpts/$last/rank-0000$r.safetensors" ||
+        fail "rank $r's final checkpoint differs from the uninterrupted run's"
+done
+left=$(ls -A "$ckpts" | tr '\n' ' ')
+[ "$left" = "latest $(printf 'step-%08d' $((steps - 1))) $last " ] ||
+    fail "checkpoints left: $left(expected latest and the last two)"
+echo "ok: $kills kills; $steps losses and both ranks' last checkpoint bit-identical to the" \
+    "uninterrupted run's; nothing left behind"
