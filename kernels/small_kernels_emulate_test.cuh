@@ -83,7 +83,8 @@ void rms_norm_case(int rows, int hidden, std::mt19937& gen) {
     auto y = nan_buffer<T>(x.size());
     std::vector<float> rstd(rows, NAN);
     emu_launch(rows, 1, 256, [&] {
-        rms_norm_fwd<T>(x.data(), w.data(), y.data(), rstd.data(), rows, hidden, eps);
+        rms_norm_fwd<T, false>(x.data(), nullptr, w.data(), nullptr, y.data(), rstd.data(), rows,
+                               hidden, eps);
     });
     // The wrapper's min(BWD_BLOCKS, rows), with a smaller cap here so that the emulation also
     // has blocks walking several rows (300 rows over 256 blocks); the kernel reads gridDim.
@@ -127,6 +128,29 @@ void rms_norm_case(int rows, int hidden, std::mt19937& gen) {
     // dw stays f32 whatever T (summed over every row).
     std::snprintf(what, sizeof what, "%s rms_norm %d x %d: dw (f32)", name<T>(), rows, hidden);
     report(what, rel_l2(dw, want_dw), 2e-6);
+
+    // After a residual add (add_rms_norm_fwd): x = a + b rounded to T as candle adds, then the
+    // same bits as rms_norm_fwd of that sum, the sum included.
+    const auto bf = emu_rnd_bf16(xf.size(), gen, 0.5f);
+    std::vector<float> af(xf.size());
+    for (size_t i = 0; i < af.size(); ++i) af[i] = xf[i] - bf[i];
+    const auto a = to_t<T>(af), b = to_t<T>(bf);
+    std::vector<float> sf(af.size());
+    for (size_t i = 0; i < sf.size(); ++i) sf[i] = float(a[i]) + float(b[i]);
+    const auto s = to_t<T>(sf);
+    auto y_s = nan_buffer<T>(x.size()), y2 = nan_buffer<T>(x.size()), sum = nan_buffer<T>(x.size());
+    std::vector<float> rstd_s(rows, NAN), rstd2(rows, NAN);
+    emu_launch(rows, 1, 256, [&] {
+        rms_norm_fwd<T, false>(s.data(), nullptr, w.data(), nullptr, y_s.data(), rstd_s.data(),
+                               rows, hidden, eps);
+    });
+    emu_launch(rows, 1, 256, [&] {
+        rms_norm_fwd<T, true>(a.data(), b.data(), w.data(), sum.data(), y2.data(), rstd2.data(),
+                              rows, hidden, eps);
+    });
+    std::snprintf(what, sizeof what, "%s add_rms_norm %d x %d: = add, then rms_norm", name<T>(),
+                  rows, hidden);
+    report_same(what, same_bits(sum, s) && same_bits(y2, y_s) && same_bits(rstd2, rstd_s));
 }
 
 // ---- cross-entropy (crates/limo-ops/src/cuda/cross_entropy.rs: BLOCK 512, one block per row) --

@@ -12,8 +12,8 @@
 use candle_core::{Result, Tensor};
 use limo_ops::decode_attention::{qkv_rope_append, CacheIndex, NewRows};
 use limo_ops::{
-    attention_backward, attention_forward, rms_norm_backward, rms_norm_forward, rope_backward,
-    rope_forward, swiglu_backward, swiglu_forward, RopeTables,
+    add_rms_norm_forward, attention_backward, attention_forward, rms_norm_backward,
+    rms_norm_forward, rope_backward, rope_forward, swiglu_backward, swiglu_forward, RopeTables,
 };
 
 use crate::{LayerWeights, Qwen2Config};
@@ -136,9 +136,8 @@ fn layer_forward_given(
             (attn.reshape((n, cfg.q_dim()))?, lse)
         }
     };
-    let x1 = (x + linear(&attn, &w.o_weight, None)?)?;
-
-    let (n2, rstd2) = rms_norm_forward(&x1, &w.post_norm, cfg.rms_norm_eps)?;
+    let o = linear(&attn, &w.o_weight, None)?;
+    let (x1, n2, rstd2) = add_rms_norm_forward(x, &o, &w.post_norm, cfg.rms_norm_eps)?;
     let gate = linear(&n2, &w.gate_weight, None)?;
     let up = linear(&n2, &w.up_weight, None)?;
     let h = swiglu_forward(&gate, &up)?;
@@ -289,8 +288,8 @@ pub fn layer_output(
     config: &Qwen2Config,
 ) -> Result<Tensor> {
     let attn = attn.reshape((x.dim(0)?, config.q_dim()))?;
-    let x1 = (x + linear(&attn, &w.o_weight, None)?)?;
-    let (n2, _) = rms_norm_forward(&x1, &w.post_norm, config.rms_norm_eps)?;
+    let o = linear(&attn, &w.o_weight, None)?;
+    let (x1, n2, _) = add_rms_norm_forward(x, &o, &w.post_norm, config.rms_norm_eps)?;
     let gate = linear(&n2, &w.gate_weight, None)?;
     let up = linear(&n2, &w.up_weight, None)?;
     let h = swiglu_forward(&gate, &up)?;

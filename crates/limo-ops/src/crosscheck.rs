@@ -268,6 +268,24 @@ fn norm_rope_swiglu(c: &mut Checks, Run(reference, test, opts): Run, dtype: DTyp
             tol,
             outputs,
         )?;
+        // After a residual add: against the reference, and on the tested device against its
+        // own add and forward, bit for bit.
+        let r = input(&[tokens, hidden], 9, 1.0)?;
+        let fused = |d: &Device| -> Result<Vec<Tensor>> {
+            let (x, r, w) = (x.to_device(d)?, r.to_device(d)?, w.to_device(d)?);
+            let (sum, y, rstd) = crate::add_rms_norm_forward(&x, &r, &w, 1e-6)?;
+            Ok(vec![sum, y, rstd])
+        };
+        let names = ["sum", "y", "rstd"];
+        let shape = format!("{tokens}x{hidden}");
+        let outputs = both(&names, reference, test, fused)?;
+        c.push("add_rms_norm", shape.clone(), dtype, tol, outputs)?;
+        let (x_t, r_t, w_t) = (x.to_device(test)?, r.to_device(test)?, w.to_device(test)?);
+        let sum = (&x_t + &r_t)?;
+        let (y, rstd) = rms_norm_forward(&sum, &w_t, 1e-6)?;
+        let same = names.into_iter().zip([sum, y, rstd]).zip(fused(test)?);
+        let same = same.map(|((n, unfused), f)| (n, unfused, f)).collect();
+        c.push("add_rms_norm = unfused", shape, dtype, 0.0, same)?;
     }
 
     // (tokens, heads, head_dim, document lengths, table dtype)

@@ -86,7 +86,7 @@ pub use flat::{add_assign, flatten_into};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_on_device, LinearCrossEntropy, IGNORE_INDEX,
 };
-pub use rms_norm::{rms_norm_backward, rms_norm_forward};
+pub use rms_norm::{add_rms_norm_forward, rms_norm_backward, rms_norm_forward};
 pub use rope::{rope_backward, rope_forward, RopeCache, RopeTables};
 pub use swiglu::{swiglu_backward, swiglu_forward};
 

@@ -21,6 +21,25 @@ pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor
     Ok((y, rstd))
 }
 
+/// `s = x + residual` and [`rms_norm_forward`] of `s`: `(s, y, rstd)`, a decoder layer's
+/// residual stream and its norm (`x1 = x + attention`, then the MLP's input norm). On a GPU one
+/// kernel (`add_rms_norm_fwd` in `kernels/rms_norm.cu`, one pass over the rows instead of two)
+/// with the same bits as candle's add and the forward kernel.
+pub fn add_rms_norm_forward(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda::rms_norm::supported(x, weight) && residual.dtype() == x.dtype() {
+        return crate::cuda::rms_norm::add_rms_norm_forward(x, residual, weight, eps);
+    }
+    let sum = (x + residual)?;
+    let (y, rstd) = rms_norm_forward(&sum, weight, eps)?;
+    Ok((sum, y, rstd))
+}
+
 /// Backward: with `n = x * rstd`, `dw = sum_rows(dy * n)` and
 /// `dx = rstd * (dy*w - n * mean(dy*w*n))`. `dx` comes in the dtype of `x`, `dw` in the compute
 /// dtype (fp32 for bf16): it sums over every token, and the optimizer adds it up in fp32.

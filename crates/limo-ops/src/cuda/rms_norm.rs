@@ -24,7 +24,26 @@ pub(crate) fn supported(x: &Tensor, weight: &Tensor) -> bool {
 
 /// See [`crate::rms_norm_forward`]; `rstd` is f32 `[.., 1]`.
 pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    by_dtype!(x.dtype(), "rms_norm kernel", forward(x, weight, eps))
+    let (_, y, rstd) = by_dtype!(x.dtype(), "rms_norm kernel", forward(x, None, weight, eps))?;
+    Ok((y, rstd))
+}
+
+/// See [`crate::rms_norm::add_rms_norm_forward`]: `(x + residual, y, rstd)` in one kernel.
+pub fn add_rms_norm_forward(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (sum, y, rstd) = by_dtype!(
+        x.dtype(),
+        "rms_norm kernel",
+        forward(x, Some(residual), weight, eps)
+    )?;
+    match sum {
+        Some(sum) => Ok((sum, y, rstd)),
+        None => bail!("rms_norm kernel: the residual sum was not written"),
+    }
 }
 
 /// See [`crate::rms_norm_backward`].
@@ -52,31 +71,74 @@ fn dims(x: &Tensor, weight: &Tensor) -> Result<(usize, usize)> {
     Ok((x.elem_count() / hidden.max(1), hidden))
 }
 
-fn forward<T: KernelType>(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+/// The forward of `x`, or with `residual` of `x + residual` (also returned, first).
+fn forward<T: KernelType>(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    weight: &Tensor,
+    eps: f64,
+) -> Result<(Option<Tensor>, Tensor, Tensor)> {
     let dev = cuda_device(x)?;
     let (rows, hidden) = dims(x, weight)?;
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let [x_in, weight_in] = inputs([&x, &weight]);
-    let (xv, wv) = (x_in.view::<T>()?, weight_in.view::<T>()?);
-    // SAFETY: the kernel writes every element of y (all of each row) and rstd (one per row).
+    if let Some(r) = residual {
+        if r.dims() != x.dims() || r.dtype() != x.dtype() || !r.device().same_device(x.device()) {
+            bail!(
+                "rms_norm kernel: residual {:?} {:?} for x {:?} {:?}",
+                r.dims(),
+                r.dtype(),
+                x.dims(),
+                x.dtype()
+            );
+        }
+    }
+    // Without a residual, x stands in for it (never read).
+    let (x, r, weight) = (
+        x.contiguous()?,
+        residual.unwrap_or(x).contiguous()?,
+        weight.contiguous()?,
+    );
+    let [x_in, r_in, weight_in] = inputs([&x, &r, &weight]);
+    let (xv, rv, wv) = (x_in.view::<T>()?, r_in.view::<T>()?, weight_in.view::<T>()?);
+    // SAFETY: the kernel writes every element of y and of the sum (all of each row) and rstd
+    // (one per row).
     let mut y = unsafe { alloc::<T>(&dev, rows * hidden) }?;
+    let mut sum = match residual {
+        Some(_) => Some(unsafe { alloc::<T>(&dev, rows * hidden) }?),
+        None => None,
+    };
     let mut rstd = unsafe { alloc::<f32>(&dev, rows) }?;
-    let f = load(&dev, &PTX, &kernel_name::<T>("rms_norm_fwd"))?;
     let (rows_i, hidden_i) = (as_i32(rows, "rows")?, as_i32(hidden, "hidden")?);
     let eps = eps as f32;
+    let name = if residual.is_some() {
+        "add_rms_norm_fwd"
+    } else {
+        "rms_norm_fwd"
+    };
+    let f = load(&dev, &PTX, &kernel_name::<T>(name))?;
     let mut b = f.builder();
-    b.arg(&xv)
-        .arg(&wv)
-        .arg(&mut y)
+    b.arg(&xv);
+    if let Some(sum) = sum.as_mut() {
+        b.arg(&rv).arg(&wv).arg(sum);
+    } else {
+        b.arg(&wv);
+    }
+    b.arg(&mut y)
         .arg(&mut rstd)
         .arg(&rows_i)
         .arg(&hidden_i)
         .arg(&eps);
-    // SAFETY: argument types and order match rms_norm_fwd in kernels/rms_norm.cu.
+    // SAFETY: argument types and order match rms_norm_fwd_* (x, w, y, rstd, ..) and
+    // add_rms_norm_fwd_* (x, res, w, sum, y, rstd, ..) in kernels/rms_norm.cu.
     unsafe { b.launch(grid_rows(rows, BLOCK)) }.map_err(wrap)?;
+    drop(b);
     let mut rstd_shape = x.dims().to_vec();
     *rstd_shape.last_mut().expect("x has a last dimension") = 1;
+    let sum = match sum {
+        Some(sum) => Some(to_tensor(sum, &dev, x.dims())?),
+        None => None,
+    };
     Ok((
+        sum,
         to_tensor(y, &dev, x.dims())?,
         to_tensor(rstd, &dev, rstd_shape)?,
     ))
