@@ -213,7 +213,7 @@ pub fn qkv_rope_append(
             );
         }
     }
-    if q_heads == 0 || q_width % head_dim != 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || q_heads == 0 || q_width % head_dim != 0 || head_dim % 2 != 0 {
         bail!("KV cache append: q width {q_width} is not a whole number of heads of {head_dim}");
     }
     if rope.cos.dims() != [n, head_dim] || rope.sin.dims() != [n, head_dim] {

@@ -163,9 +163,10 @@ fn attention<T: KernelType>(
     to_tensor(out, &dev, (batch, q_heads, head_dim))
 }
 
-/// See [`crate::decode_attention::kv_cache_write`]: the caches are written through their
-/// storage, in place (every view of them sees the new rows).
-pub fn kv_cache_write(
+/// See [`crate::decode_attention::kv_cache_write`], which checks every (slot, position) first:
+/// the caches are written through their storage, in place (every view of them sees the new
+/// rows).
+pub(crate) fn kv_cache_write(
     k_cache: &Tensor,
     v_cache: &Tensor,
     k: &Tensor,

@@ -91,12 +91,12 @@ fn forward<T: KernelType>(
             );
         }
     }
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     // Without a residual, x stands in for it (never read).
-    let (x, r, weight) = (
-        x.contiguous()?,
-        residual.unwrap_or(x).contiguous()?,
-        weight.contiguous()?,
-    );
+    let r = match residual {
+        Some(r) => r.contiguous()?,
+        None => x.clone(),
+    };
     let [x_in, r_in, weight_in] = inputs([&x, &r, &weight]);
     let (xv, rv, wv) = (x_in.view::<T>()?, r_in.view::<T>()?, weight_in.view::<T>()?);
     // SAFETY: the kernel writes every element of y and of the sum (all of each row) and rstd

@@ -90,12 +90,14 @@ fn run<T: KernelType, C: KernelType>(
 /// Whether the fused append takes these inputs: the dispatch test of
 /// [`crate::decode_attention::qkv_rope_append`] (which checked shapes and dtypes agree).
 pub(crate) fn append_dispatches(q_lin: &Tensor, tables: &RopeTables) -> bool {
-    supported(q_lin, tables) && tables.cos.device().same_device(q_lin.device())
+    supported(q_lin, tables)
+        && tables.cos.device().same_device(q_lin.device())
+        && tables.sin.device().same_device(q_lin.device())
 }
 
-/// See [`crate::decode_attention::qkv_rope_append`]: the caches are written through their
-/// storage, in place.
-pub fn qkv_rope_append(
+/// See [`crate::decode_attention::qkv_rope_append`], which checks the shapes and every
+/// (slot, position) first: the caches are written through their storage, in place.
+pub(crate) fn qkv_rope_append(
     rows: &NewRows,
     cache: &(Tensor, Tensor),
     at: &CacheIndex,
