@@ -38,7 +38,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         seed,
     };
     println!(
-        "{:<24} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
+        "{:<26} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
         "operation", "shape", "dtype", "output", "rel. error", "bound"
     );
     // Rows print as the checks finish: a kernel fault that ends the run keeps the rows before it.
@@ -54,7 +54,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             "FAIL (NaN/inf)"
         };
         println!(
-            "{:<24} {:<46} {:<5} {:<15} {:>10.3e} {:>8.0e}  {verdict}",
+            "{:<26} {:<46} {:<5} {:<15} {:>10.3e} {:>8.0e}  {verdict}",
             c.op,
             c.shape,
             format!("{:?}", c.dtype).to_lowercase(),
