@@ -15,8 +15,10 @@
 //! The cache of a batch is one pool per layer, `[slots, kv_heads, capacity, head_dim]`: each
 //! live sequence owns a slot, a step's new keys and values of all sequences are written with
 //! one [`kv_cache_write`] per layer (in decode fused with the biases and RoPE:
-//! [`layer_qkv_append`]), and one [`decode_attention`] per layer attends for the whole batch (on CUDA: the split-K kernels of `kernels/decode_attention.cu`; on the CPU the
-//! reference, sequence by sequence). Prefill attention is [`attention_forward`] (the flash
+//! [`layer_qkv_append`]), and one [`decode_attention`] per layer attends for the whole batch
+//! (on CUDA: the split-K kernels of `kernels/decode_attention.cu`; on the CPU the reference,
+//! sequence by sequence). Between layers the residual stream carries its next norm
+//! ([`Stream`]), made with the residual add in one kernel. Prefill attention is [`attention_forward`] (the flash
 //! kernel for bf16 on CUDA). [`KvCache`] is a pool of one slot, for callers that hold one cache
 //! per sequence ([`CachedModel::prefill`], [`CachedModel::decode`]).
 //!
@@ -31,9 +33,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use limo_ops::decode_attention::{decode_attention, kv_cache_write, kv_cache_zeros, CacheIndex};
-use limo_ops::{attention_forward, rms_norm_forward, RopeCache, RopeTables};
+use limo_ops::{attention_forward, RopeCache, RopeTables};
 
-use crate::layer::{layer_output, layer_qkv, layer_qkv_append};
+use crate::layer::{layer_output, layer_qkv, layer_qkv_append, Stream};
 use crate::sampling::{choose, Rng};
 pub use crate::sampling::{derive_seed, Sampling};
 use crate::{Error, ModelWeights, Qwen2Config, Result};
@@ -319,10 +321,26 @@ impl<'a> CachedModel<'a> {
         Ok(self.weights.embed.index_select(&index, 0)?)
     }
 
-    /// Logits `[rows, vocab]` of the final hidden states `x [rows, hidden]`.
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let (normed, _) = rms_norm_forward(x, &self.weights.final_norm, self.config.rms_norm_eps)?;
+    /// Logits `[rows, vocab]` of the final hidden states, given by their final norm `normed`.
+    fn logits(&self, normed: &Tensor) -> Result<Tensor> {
         Ok(normed.matmul(&self.weights.head().t()?)?)
+    }
+
+    /// The embedded tokens and their norm for the first layer.
+    fn start(&self, ids: &[u32]) -> Result<Stream> {
+        let first = match self.weights.layers.first() {
+            Some(w) => &w.input_norm,
+            None => &self.weights.final_norm,
+        };
+        Ok(Stream::start(self.embed(ids)?, first, self.config)?)
+    }
+
+    /// What the stream after layer `l` is normed for: the next layer's input, or the head.
+    fn next_norm(&self, l: usize) -> &Tensor {
+        match self.weights.layers.get(l + 1) {
+            Some(w) => &w.input_norm,
+            None => &self.weights.final_norm,
+        }
     }
 
     /// Runs the prompts (none empty) through the model packed in one forward, filling their
@@ -379,9 +397,9 @@ impl<'a> CachedModel<'a> {
             }
         };
         let rope = self.rope.tables(&positions)?;
-        let mut x = self.embed(&ids)?;
+        let mut stream = self.start(&ids)?;
         for (l, w) in self.weights.layers.iter().enumerate() {
-            let (q, k, v) = layer_qkv(w, &x, self.config, &rope)?;
+            let (q, k, v) = layer_qkv(w, &stream.normed, self.config, &rope)?;
             match &caches {
                 Caches::Each(each) => {
                     for (i, cache) in each.iter().enumerate() {
@@ -393,12 +411,12 @@ impl<'a> CachedModel<'a> {
                 Caches::Pool { pool, .. } => pool.write(l, &k, &v, &writes[0])?,
             }
             let (attn, _) = attention_forward(&q, &k, &v, &cu_seqlens, self.scale())?;
-            x = layer_output(w, &x, &attn, self.config)?;
+            stream = layer_output(w, &stream, &attn, self.config, self.next_norm(l))?;
         }
         caches.advance(&lens);
         let last: Vec<u32> = cu_seqlens[1..].iter().map(|&e| e as u32 - 1).collect();
-        let last = Tensor::from_slice(&last, last.len(), x.device())?;
-        self.logits(&x.index_select(&last, 0)?)
+        let last = Tensor::from_slice(&last, last.len(), stream.x.device())?;
+        self.logits(&stream.normed.index_select(&last, 0)?)
     }
 
     fn decode_into(&self, tokens: &[u32], mut caches: Caches) -> Result<Tensor> {
@@ -434,11 +452,11 @@ impl<'a> CachedModel<'a> {
             ),
         };
         let rope: RopeTables = self.rope.tables(&positions)?;
-        let mut x = self.embed(tokens)?;
+        let mut stream = self.start(tokens)?;
         for (l, w) in self.weights.layers.iter().enumerate() {
             let attn = match &caches {
                 Caches::Each(each) => {
-                    let (q, k, v) = layer_qkv(w, &x, cfg, &rope)?;
+                    let (q, k, v) = layer_qkv(w, &stream.normed, cfg, &rope)?;
                     let mut outs = Vec::with_capacity(b);
                     for (i, cache) in each.iter().enumerate() {
                         let row = |t: &Tensor| t.narrow(0, i, 1);
@@ -448,14 +466,14 @@ impl<'a> CachedModel<'a> {
                     Tensor::cat(&outs, 0)?
                 }
                 Caches::Pool { pool, .. } => {
-                    let q = layer_qkv_append(w, &x, cfg, &rope, pool.layer(l)?, &writes[0])?;
+                    let q = layer_qkv_append(w, &stream.normed, &rope, pool.layer(l)?, &writes[0])?;
                     pool.attend(l, &q, &reads[0], self.scale())?
                 }
             };
-            x = layer_output(w, &x, &attn, cfg)?;
+            stream = layer_output(w, &stream, &attn, cfg, self.next_norm(l))?;
         }
         caches.advance(&vec![1; b]);
-        self.logits(&x)
+        self.logits(&stream.normed)
     }
 }
 

@@ -239,17 +239,33 @@ fn column_sums_by_matmul(d: &Tensor) -> Result<Tensor> {
     ones.matmul(&d.contiguous()?)?.squeeze(0)
 }
 
+/// The residual stream between the layers of an inference forward: the hidden states `x` and
+/// `normed`, their RMSNorm for whatever reads them next (a layer's input norm, or the final
+/// norm before the head), made with the residual add that produced `x` in one kernel.
+pub struct Stream {
+    pub x: Tensor,
+    pub normed: Tensor,
+}
+
+impl Stream {
+    /// The embedded tokens `x` and their norm by `norm` (the first layer's input norm).
+    pub fn start(x: Tensor, norm: &Tensor, config: &Qwen2Config) -> Result<Self> {
+        let (normed, _) = rms_norm_forward(&x, norm, config.rms_norm_eps)?;
+        Ok(Self { x, normed })
+    }
+}
+
 /// The first half of [`layer_forward`] for inference: `q [N, heads, head_dim]` and
-/// `k, v [N, kv_heads, head_dim]` of the tokens `x [N, hidden]`, after RoPE with `rope`'s rows.
-/// The same operations in the same order as the forward, so the results are bit-identical.
+/// `k, v [N, kv_heads, head_dim]` of the tokens whose input norm is `n1 [N, hidden]`
+/// ([`Stream::normed`]), after RoPE with `rope`'s rows. The same operations in the same order as
+/// the forward, so the results are bit-identical.
 pub fn layer_qkv(
     w: &LayerWeights,
-    x: &Tensor,
+    n1: &Tensor,
     config: &Qwen2Config,
     rope: &RopeTables,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (n1, _) = rms_norm_forward(x, &w.input_norm, config.rms_norm_eps)?;
-    let (q, k, v) = qkv_heads(w, &n1, config)?;
+    let (q, k, v) = qkv_heads(w, n1, config)?;
     Ok((rope_forward(&q, rope)?, rope_forward(&k, rope)?, v))
 }
 
@@ -258,13 +274,11 @@ pub fn layer_qkv(
 /// fused kernel on a GPU ([`qkv_rope_append`]) where the unfused form launches six.
 pub fn layer_qkv_append(
     w: &LayerWeights,
-    x: &Tensor,
-    config: &Qwen2Config,
+    n1: &Tensor,
     rope: &RopeTables,
     cache: &(Tensor, Tensor),
     at: &CacheIndex,
 ) -> Result<Tensor> {
-    let (n1, _) = rms_norm_forward(x, &w.input_norm, config.rms_norm_eps)?;
     let project = |weight: &Tensor| n1.matmul(&weight.t()?); // `linear` before its bias
     let rows = NewRows {
         lin: [
@@ -279,21 +293,26 @@ pub fn layer_qkv_append(
 }
 
 /// The second half of [`layer_forward`] for inference: from the attention output
-/// `attn [N, heads, head_dim]` of the tokens `x [N, hidden]`, the output projection, the
-/// residual, the MLP and its residual: the layer's output `[N, hidden]`.
+/// `attn [N, heads, head_dim]` of the stream's tokens, the output projection, the residual, the
+/// MLP and its residual, which is added in one kernel with `next_norm` (the next layer's input
+/// norm, or the final norm): the stream after the layer.
 pub fn layer_output(
     w: &LayerWeights,
-    x: &Tensor,
+    stream: &Stream,
     attn: &Tensor,
     config: &Qwen2Config,
-) -> Result<Tensor> {
-    let attn = attn.reshape((x.dim(0)?, config.q_dim()))?;
+    next_norm: &Tensor,
+) -> Result<Stream> {
+    let eps = config.rms_norm_eps;
+    let attn = attn.reshape((stream.x.dim(0)?, config.q_dim()))?;
     let o = linear(&attn, &w.o_weight, None)?;
-    let (x1, n2, _) = add_rms_norm_forward(x, &o, &w.post_norm, config.rms_norm_eps)?;
+    let (x1, n2, _) = add_rms_norm_forward(&stream.x, &o, &w.post_norm, eps)?;
     let gate = linear(&n2, &w.gate_weight, None)?;
     let up = linear(&n2, &w.up_weight, None)?;
     let h = swiglu_forward(&gate, &up)?;
-    &x1 + linear(&h, &w.down_weight, None)?
+    let (x, normed, _) =
+        add_rms_norm_forward(&x1, &linear(&h, &w.down_weight, None)?, next_norm, eps)?;
+    Ok(Stream { x, normed })
 }
 
 #[cfg(test)]
