@@ -17,15 +17,13 @@ fn s(p: &Path) -> &str {
 
 /// A random tiny Qwen2.5-shaped model with the real tokenizer.
 fn tiny_model(dir: &Path) {
+    // init-model writes the Qwen2.5 tokenizer beside the weights: eval needs nothing else.
     let out = limo(&["init-model", "--shape", "tiny", "--out", s(dir)]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
-    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
 }
 
 /// `limo eval --model M --data D [extra..] --out O`.

@@ -1,4 +1,5 @@
-//! `limo init-model`: a random-initialized Qwen2.5-shaped checkpoint in Hugging Face format.
+//! `limo init-model`: a random-initialized Qwen2.5-shaped checkpoint in Hugging Face format,
+//! with the Qwen2.5 tokenizer.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use limo_model::init::{preset_config, write_random_checkpoint, SHAPES};
 use limo_model::model::parse_dtype;
+use limo_train::source::write_builtin_tokenizer;
 
 #[derive(Args)]
 pub struct InitModelArgs {
@@ -47,8 +49,12 @@ pub fn run(args: InitModelArgs) -> anyhow::Result<()> {
     }
     write_random_checkpoint(&args.out, &config, dtype, args.seed, args.max_shard_bytes)
         .with_context(|| format!("writing {}", args.out.display()))?;
+    // Every shape has Qwen2.5's vocabulary: with its tokenizer the directory is a whole model
+    // that `limo eval`, `limo train` and transformers load as it is.
+    write_builtin_tokenizer(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!(
-        "wrote a random {} checkpoint to {}",
+        "wrote a random {} checkpoint with the Qwen2.5 tokenizer to {}",
         args.shape,
         args.out.display()
     );

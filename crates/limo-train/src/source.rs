@@ -21,6 +21,15 @@ const QWEN25_TOKENIZER_CONFIG: &[u8] =
 const QWEN25_CHAT_TEMPLATE: &[u8] =
     include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/chat_template.jinja");
 pub const BUILTIN_TOKENIZER: &str = "builtin:qwen2.5";
+
+/// Writes the built-in Qwen2.5 tokenizer into `dir` as the Hub ships it: tokenizer.json,
+/// tokenizer_config.json (eos, pad, the chat template) and chat_template.jinja.
+pub fn write_builtin_tokenizer(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("tokenizer.json"), QWEN25_TOKENIZER)?;
+    std::fs::write(dir.join("tokenizer_config.json"), QWEN25_TOKENIZER_CONFIG)?;
+    std::fs::write(dir.join("chat_template.jinja"), QWEN25_CHAT_TEMPLATE)
+}
 pub const BUILTIN_ARITHMETIC: &str = "builtin:arithmetic";
 
 /// One training row: a single example, or several packed ones with positions restarting at 0.
@@ -73,13 +82,9 @@ pub fn prepare_model(
         Some(BUILTIN_TOKENIZER) => {
             let path = out.join("tokenizer").join("tokenizer.json");
             if write {
-                std::fs::create_dir_all(path.parent().expect("has parent"))?;
-                std::fs::write(&path, QWEN25_TOKENIZER)?;
                 // With the chat template, so an export loads with AutoTokenizer and renders
                 // conversations as training saw them.
-                let dir = path.parent().expect("has parent");
-                std::fs::write(dir.join("tokenizer_config.json"), QWEN25_TOKENIZER_CONFIG)?;
-                std::fs::write(dir.join("chat_template.jinja"), QWEN25_CHAT_TEMPLATE)?;
+                write_builtin_tokenizer(path.parent().expect("has parent"))?;
             }
             Some(path)
         }
