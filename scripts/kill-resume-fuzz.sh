@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kills a two-rank `limo launch -- train` at random moments, SIGKILL to a rank or to the
+# Kills a multi-rank (default two) `limo launch -- train` at random moments, SIGKILL to a rank or to the
 # launcher, resumes from `latest` each time, and checks what a cluster user relies on after a
 # crash:
 #   - after every kill: no process of the job is left, and `latest` names a complete checkpoint;
@@ -7,19 +7,22 @@
 #     run, and the checkpoints directory holds exactly `keep_last` checkpoints and no debris.
 # The golden tiny model (tests/fixtures) on its six rows, a checkpoint after every step.
 # Usage: scripts/kill-resume-fuzz.sh [rounds] (default 20); LIMO_BIN picks the binary
-# (default target/debug/limo, what `cargo test` builds), SEED the random moments.
+# (default target/debug/limo, what `cargo test` builds), SEED the random moments, STEPS the
+# run's length (3000), NPROC the ranks (2), ACCUM train.grad_accum (1), OFFLOAD
+# train.optimizer_offload (none).
 # Exit 1 on any failed check; prints the seed to rerun it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-20}
 limo=${LIMO_BIN:-target/debug/limo}
 steps=${STEPS:-3000}
+nproc=${NPROC:-2}
 seed=${SEED:-$$}
 RANDOM=$seed
 work=$(mktemp -d)
 trap 'pkill -9 -f "$work/" 2>/dev/null || true; rm -rf "$work"' EXIT
 golden=$PWD/tests/fixtures/golden/qwen2-tiny
-echo "kill-resume fuzz: $rounds rounds, $steps steps, seed $seed, $limo"
+echo "kill-resume fuzz: $rounds rounds, $nproc ranks, $steps steps, seed $seed, $limo"
 
 fail() {
     echo "FAIL (seed $seed): $*" >&2
@@ -40,6 +43,8 @@ schedule = "cosine"
 warmup_steps = 2
 max_steps = $steps
 batch_size = 1
+grad_accum = ${ACCUM:-1}
+optimizer_offload = "${OFFLOAD:-none}"
 weight_decay = 0.01
 max_grad_norm = 1.0
 epochs = 1000
@@ -52,7 +57,7 @@ EOF
 }
 
 train() { # name [--resume latest]
-    "$limo" launch --nproc-per-node 2 -- train --config "$work/$1.toml" "${@:2}"
+    "$limo" launch --nproc-per-node "$nproc" -- train --config "$work/$1.toml" "${@:2}"
 }
 
 job_left() { pgrep -f "$work/fuzz.toml" >/dev/null; }
@@ -66,7 +71,7 @@ for round in $(seq "$rounds"); do
     resume=()
     [ -f "$ckpts/latest" ] && resume=(--resume latest)
     # limo itself in the background (not through the shell function): $! is the launcher.
-    "$limo" launch --nproc-per-node 2 -- train --config "$work/fuzz.toml" "${resume[@]}" \
+    "$limo" launch --nproc-per-node "$nproc" -- train --config "$work/fuzz.toml" "${resume[@]}" \
         >"$work/round-$round.log" 2>&1 &
     launcher=$!
     sleep "0.$((RANDOM % 9 + 1))$((RANDOM % 10))"
@@ -97,12 +102,13 @@ losses() { grep -o '"loss":[^,}]*' "$1"; }
 cmp -s <(losses "$work/ref/metrics.jsonl") <(losses "$work/fuzz/metrics.jsonl") ||
     fail "losses differ from the uninterrupted run's"
 last=$(printf 'step-%08d' "$steps")
-for r in 0 1; do
-    cmp -s "$work/ref/checkpoints/$last/rank-0000$r.safetensors" "$ckpts/$last/rank-0000$r.safetensors" ||
+for ((r = 0; r < nproc; r++)); do
+    file=$(printf 'rank-%05d.safetensors' "$r")
+    cmp -s "$work/ref/checkpoints/$last/$file" "$ckpts/$last/$file" ||
         fail "rank $r's final checkpoint differs from the uninterrupted run's"
 done
 left=$(ls -A "$ckpts" | tr '\n' ' ')
 [ "$left" = "latest $(printf 'step-%08d' $((steps - 1))) $last " ] ||
     fail "checkpoints left: $left(expected latest and the last two)"
-echo "ok: $kills kills; $steps losses and both ranks' last checkpoint bit-identical to the" \
+echo "ok: $kills kills; $steps losses and every rank's last checkpoint bit-identical to the" \
     "uninterrupted run's; nothing left behind"
