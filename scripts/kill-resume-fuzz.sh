@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Kills a multi-rank (default two) `limo launch -- train` at random moments, SIGKILL to a rank or to the
-# launcher, resumes from `latest` each time, and checks what a cluster user relies on after a
-# crash:
+# Kills a `limo launch -- train` of several ranks (default two) at random moments, SIGKILL to a
+# rank or to the launcher, resumes from `latest` each time, and checks what a cluster user
+# relies on after a crash:
 #   - after every kill: no process of the job is left, and `latest` names a complete checkpoint;
-#   - at the end: losses and both ranks' checkpoint files are bit-identical to an uninterrupted
+#   - at the end: losses and every rank's checkpoint file are bit-identical to an uninterrupted
 #     run, and the checkpoints directory holds exactly `keep_last` checkpoints and no debris.
 # The golden tiny model (tests/fixtures) on its six rows, a checkpoint after every step.
 # Usage: scripts/kill-resume-fuzz.sh [rounds] (default 20); LIMO_BIN picks the binary
