@@ -18,9 +18,10 @@
 //! [`layer_qkv_append`]), and one [`decode_attention`] per layer attends for the whole batch
 //! (on CUDA: the split-K kernels of `kernels/decode_attention.cu`; on the CPU the reference,
 //! sequence by sequence). Between layers the residual stream carries its next norm
-//! ([`Stream`]), made with the residual add in one kernel. Prefill attention is [`attention_forward`] (the flash
-//! kernel for bf16 on CUDA). [`KvCache`] is a pool of one slot, for callers that hold one cache
-//! per sequence ([`CachedModel::prefill`], [`CachedModel::decode`]).
+//! ([`Stream`]), made with the residual add in one kernel. Prefill attention is
+//! [`attention_forward`] (the flash kernel for bf16 on CUDA). [`KvCache`] is a pool of one
+//! slot, for callers that hold one cache per sequence ([`CachedModel::prefill`],
+//! [`CachedModel::decode`]).
 //!
 //! Sampling: temperature 0 is greedy argmax (on the device); otherwise softmax(logits / T)
 //! restricted to the nucleus of top-p mass, drawn from a per-sequence random stream seeded

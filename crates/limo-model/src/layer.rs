@@ -279,12 +279,12 @@ pub fn layer_qkv_append(
     cache: &(Tensor, Tensor),
     at: &CacheIndex,
 ) -> Result<Tensor> {
-    let project = |weight: &Tensor| n1.matmul(&weight.t()?); // `linear` before its bias
+    // The projections before their biases, which the append adds.
     let rows = NewRows {
         lin: [
-            &project(&w.q_weight)?,
-            &project(&w.k_weight)?,
-            &project(&w.v_weight)?,
+            &linear(n1, &w.q_weight, None)?,
+            &linear(n1, &w.k_weight, None)?,
+            &linear(n1, &w.v_weight, None)?,
         ],
         bias: [&w.q_bias, &w.k_bias, &w.v_bias],
         rope,
