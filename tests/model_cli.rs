@@ -194,6 +194,19 @@ fn assert_no_gpu_error(err: &str) {
 #[test]
 fn doctor_says_what_is_missing_without_a_gpu() {
     assert_no_gpu_error(&run_err(&["doctor"]));
+    assert_no_gpu_error(&run_err(&[
+        "doctor",
+        "--only",
+        "attention",
+        "--dtype",
+        "bf16",
+    ]));
+    // A group that does not exist is named before any GPU is looked for.
+    let err = run_err(&["doctor", "--only", "attention,norms"]);
+    assert!(
+        err.contains("--only norms: no such group of checks (groups: attention, norm_rope_swiglu"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -9,16 +9,18 @@
 #   bash scripts/gpu/check.sh --only doctor,step-1.5b
 #   bash scripts/gpu/check.sh --dry-run [--only ...]   # the plan and the timeout sum; runs nothing
 #
-# Stages (the --only keys), in order, with their timeouts in seconds:
-#   doctor 40       limo doctor --quick: every kernel against the CPU reference
+# Stages (the --only keys), in order, with their timeouts in seconds (scripts/gpu/README.md has
+# the details):
+#   doctor 40       limo doctor --quick: every kernel against the CPU reference, the flash path
+#                   held at sm80; then the bf16 attention rows with the Hopper kernels
 #   kernels 35      limo bench kernels: kernel timings at Qwen2.5-32B shapes
-#   attention 45    scripts/gpu/attention_vs_torch.py: torch SDPA vs our flash attention, 16k
-#                   tokens, hd128, causal, 40/8 and 12/2 heads
+#   attention 45    attention_vs_torch.py: torch SDPA vs our flash attention, 16k tokens, hd128,
+#                   causal, 40/8 and 12/2 heads
 #   step-1.5b 105   limo bench step 1.5b at 16k tokens, and the PyTorch peer (fp32 master, then
 #                   bf16 state) on the same shape: tokens/s and their ratio
-#   generate 25     scripts/gpu/generate_vs_transformers.py: greedy generation of the 1.5b shape,
-#                   batch 32, 64-token prompts, 128 new tokens: limo vs transformers, tokens/s;
-#                   limo's --verify checks its tokens and logits against the full forward
+#   generate 25     generate_vs_transformers.py: greedy generation of the 1.5b shape, batch 32,
+#                   64-token prompts, 128 new tokens, tokens/s; limo's --verify against the
+#                   full forward
 #   loss-parity 50  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2;
 #                   every gradient's relative L2 too (reported; fails only above 0.25)
 #   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, optimizer on the
@@ -26,28 +28,22 @@
 #   step-32b-off 85 the same rank with train.optimizer_offload = "cpu" under an 80 GiB cap
 #                   (exit 3 = out of device memory: status OOM)
 #   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl
-#   train 25        a 30-step bf16 `limo train` of the embedded tiny config at head_dim 64 (the
-#                   flash kernels; deterministic dQ), checkpoints at 20 and 30: the loss must fall
-#   resume *        (at most 30 s) `limo train --resume 20` of train's run: steps 21-30 again, from
-#                   the checkpoint; their losses against the uninterrupted run's (bit-exact
-#                   expected; fails above 1e-2). Skipped without train's checkpoint
-#   generate-1k *   the generation of `generate` at its full length (128-token prompts, 1024 new
-#                   tokens), on whatever is left of the 540 s when it starts, if at least 120 s
-#                   (else status `skipped`): stages that end early buy it time, so one visit can
-#                   also record issue #16's number; a timeout here does not fail the visit.
-#                   Elastic stages (*) stand down when an earlier stage failed (time for a rerun)
-#   sanitize *      compute-sanitizer memcheck over `limo doctor --quick`: out-of-bounds and
-#                   misaligned accesses of every kernel the doctor runs, on the time left (if at
-#                   least 60 s); `skipped` where the sanitizer is missing or cannot run (gVisor)
+#   train 25        a 30-step bf16 `limo train` of the embedded tiny config at head_dim 64
+#                   (deterministic dQ), checkpoints at 20 and 30: the loss must fall
+#   resume *        (at most 30 s) `limo train --resume 20` of train's run: steps 21-30 against
+#                   the uninterrupted run's (bit-exact expected; fails above 1e-2)
+#   generate-1k *   generate at full length (128-token prompts, 1024 new tokens) if at least
+#                   120 s of the 540 are left (else `skipped`); a timeout fails nothing
+#   sanitize *      compute-sanitizer memcheck over `limo doctor --quick`, if 60 s are left;
+#                   `skipped` where the sanitizer is missing or cannot run (gVisor)
 #   recompute *     (at most 45 s, if 30 are left) step-1.5b's limo run again with
-#                   train.recompute_attention = true: what keeping the attention output saves
-# generate took its 25 s from step-1.5b (130 -> 105), an estimate as no stage has run on a GPU
-# yet: limo's 7 steps of 16k tokens of the 1.5b shape are seconds, each peer run is 7 steps plus
-# torch's start (~30 s); 105 s keeps a margin over that. The full generation measurement (1k new
-# tokens) is the elastic `generate-1k` stage, or its own device call (scripts/gpu/README.md).
-# The fixed stages sum to 510 s; with 30 s for the machine section the whole run is held to 540 s (a
-# fresh H200 included: the driver JIT-compiles candle's PTX on first use), so a 590 s call has
-# room for the transfers. --dry-run prints `budget: ... total=N limit=540` and exits 1 when over.
+#                   train.recompute_attention = true
+# Elastic stages (*) run on what is left of the 540 s when they start, and stand down when an
+# earlier stage failed (the device time is then worth more as a rerun). The timeouts are
+# estimates (no stage has run on a GPU yet). The fixed stages sum to 510 s; with 30 s for the
+# machine section the run is held to 540 s (a fresh H200 included: the driver JIT-compiles
+# candle's PTX on first use), so a 590 s call has room for the transfers. --dry-run prints
+# `budget: ... total=N limit=540` and exits 1 when over.
 #
 # Results in $OUT (default ./check-out; the device tool sets it), at most 8 files, as the tool
 # returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, the small JSONs
@@ -227,16 +223,21 @@ $code" "$@" 2>/dev/null)
 # A stage may set STAGE_OOM=1 (bench step's exit 3) or STAGE_CHECK_FAILED=1 (a check of its own).
 
 stage_doctor() {
-    x "$LIMO_BIN" doctor --quick
-    # The Hopper kernels had never run on a GPU before their first visit: unless the doctor
-    # printed an `ok` row for each (its attention rows come first) and no sm90 row failed or
-    # errored (`attention fwd (sm90), SHAPE: error` on stderr; a kernel fault can end the
-    # doctor before it prints its FAIL row), the later stages take the sm80 kernels, so one
-    # bad kernel does not cost the visit's numbers. (A GPU that is not 9.x has no sm90 rows
-    # and only the sm80 path anyway.)
-    if ! grep -Eq '^attention fwd \(sm90\) .* ok$' "$STAGE_LOG" ||
+    # Two runs, so that a fault or hang in a Hopper kernel (new to silicon) cannot hide the other
+    # kernels' rows: every kernel with the flash path held at sm80 (the doctor then skips the
+    # sm90 rows), then the bf16 attention rows on the default path with both kernels explicitly.
+    # Failed outputs go to logs/doctor-failures: the tensors, the seed, where the errors are.
+    local dump=(--dump "$LOGS/doctor-failures" --dump-mib 6)
+    x env LIMO_FLASH_PATH=sm80 "$LIMO_BIN" doctor --quick "${dump[@]}"
+    x "$LIMO_BIN" doctor --quick --only attention --dtype bf16 "${dump[@]}"
+    [ "$DRY" = 1 ] && note "the later stages hold LIMO_FLASH_PATH=sm80 unless both sm90 kernels passed"
+    # Unless the doctor printed an `ok` row for each Hopper kernel and no sm90 row failed or
+    # errored (`attention fwd (sm90), SHAPE: error` on stderr), the later stages take the sm80
+    # kernels, so one bad kernel does not cost the visit's numbers. (A GPU that is not 9.x has
+    # no sm90 rows and only the sm80 path anyway.)
+    if [ "$DRY" != 1 ] && { ! grep -Eq '^attention fwd \(sm90\) .* ok$' "$STAGE_LOG" ||
         ! grep -Eq '^attention bwd \(sm90\) .* ok$' "$STAGE_LOG" ||
-        grep -Eq '^attention (fwd|bwd) \(sm90\)(,|.* FAIL)' "$STAGE_LOG"; then
+        grep -Eq '^attention (fwd|bwd) \(sm90\)(,|.* FAIL)' "$STAGE_LOG"; }; then
         export LIMO_FLASH_PATH=sm80
         echo "# the sm90 attention kernels did not pass their checks: the later stages run with LIMO_FLASH_PATH=sm80" |
             tee -a "$STAGE_LOG"
@@ -248,9 +249,13 @@ lastline() {
         tail -1 | cut -c1-110
 }
 
-key_doctor() {
-    grep -E '^(all [0-9]+ checks passed|error: .*checks failed)' "$STAGE_LOG" | tail -1 |
-        sed 's/^error: //' | grep . || lastline
+key_doctor() { # each run's last line, or what it printed last
+    awk '/^\$ / { if (run) print run ": " (end ? end : last); end = last = ""
+                  run = /LIMO_FLASH_PATH=sm80/ ? "flash held at sm80" : "attention bf16" }
+         /^(all [0-9]+ checks passed|error: .*checks failed)/ { end = $0; sub(/^error: /, "", end) }
+         !/^(\(exit|\(not run|# |  where: )/ && NF { last = substr($0, 1, 60) }
+         END { if (run) print run ": " (end ? end : last) }' "$STAGE_LOG" | paste -sd';' - |
+        sed 's/;/; /g'
 }
 
 stage_kernels() { x "$LIMO_BIN" bench kernels; }
@@ -616,9 +621,11 @@ mkdir -p "$OUT" "$LOGS" || exit 1
 ROWS=()  # "stage|status|seconds|key"
 FAILED=0
 
-pack() {
+pack() { # the tool returns files of up to 16 MiB: the doctor's tensors go first if over
     if command -v tar >/dev/null; then
         tar -czf "$OUT/logs.tar.gz" -C "$W" logs 2>/dev/null
+        [ "$(stat -c %s "$OUT/logs.tar.gz")" -gt $((15 << 20)) ] &&
+            tar -czf "$OUT/logs.tar.gz" --exclude='*.safetensors' -C "$W" logs 2>/dev/null
     else
         (cd "$W" && python3 -m tarfile -c "$OUT/logs.tar.gz" logs >/dev/null 2>&1)
     fi
@@ -664,31 +671,8 @@ echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >>"$STAGE_LOG"
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no GPU visible to torch)")' ||
         echo "torch: could not import or query"
 } 2>&1 | tee -a "$STAGE_LOG"
-# The two ceilings every rate here is read against, measured on this card (random data, median
-# of 10 after 3 warm-ups): a bf16 8192^3 matrix product and a 2 GiB device-to-device copy
-# (bytes read + written).
-CEILINGS=$(timeout 20 python3 - 2>>"$STAGE_LOG" <<'PY'
-import torch
-def median_ms(fn):
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[5]
-n = 8192
-x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-y = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-mm = 2 * n**3 / median_ms(lambda: x @ y) / 1e9
-del x, y
-src = torch.randn(2**29, device="cuda")  # 2 GiB of f32
-dst = torch.empty_like(src)
-cp = 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9
-print(f"ceilings: bf16 matmul {mm:.0f} TFLOP/s, copy {cp / 1000:.2f} TB/s")
-PY
-)
+# The two ceilings every rate here is read against: a bf16 matmul and a device copy.
+CEILINGS=$(timeout 20 python3 scripts/gpu/ceilings.py 2>>"$STAGE_LOG")
 CEILINGS=${CEILINGS:-ceilings: ?}
 echo "$CEILINGS" | tee -a "$STAGE_LOG"
 GPU_LINE=$(timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total \
@@ -772,9 +756,10 @@ for s in "${SELECTED[@]}"; do
         status=ok
     fi
     key=$("key_${s//[-.]/_}" 2>/dev/null | head -1)
-    # A failed command's own words say more than a key with nothing in it.
+    # A failed command's own words say more than a key with nothing in it (the doctor's key
+    # quotes each of its runs already).
     case $status in
-        FAIL | timeout) [ "$STAGE_RC" != 0 ] && key="$(lastline) [exit $STAGE_RC]" ;;
+        FAIL | timeout) [ "$STAGE_RC" != 0 ] && [ "$s" != doctor ] && key="$(lastline) [exit $STAGE_RC]" ;;
     esac
     key=$(printf '%s' "${key:-?}" | tr '|' '/')
     case $status in

@@ -6,7 +6,7 @@
 use anyhow::bail;
 use candle_core::{DType, Device};
 use clap::Args;
-use limo_ops::crosscheck::{crosscheck_each, Options};
+use limo_ops::crosscheck::{crosscheck_each, DumpTo, Options, GROUPS};
 
 #[derive(Args)]
 pub struct DoctorArgs {
@@ -20,9 +20,30 @@ pub struct DoctorArgs {
     /// Seed of the random inputs (default: a fresh one from the clock, printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Only these groups of checks (comma-separated): attention, norm_rope_swiglu, decode,
+    /// qkv_append, losses, embedding, sum_of_squares, flat_gradients, adamw.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Only inputs of this dtype (default: f32 and bf16).
+    #[arg(long, value_parser = ["f32", "bf16"])]
+    dtype: Option<String>,
+    /// Write every failed output there: `reference` and `result` as safetensors files and a
+    /// line each in index.jsonl (the check, the seed, where the errors are).
+    #[arg(long, value_name = "DIR")]
+    dump: Option<std::path::PathBuf>,
+    /// At most this many MiB of tensors in --dump's files (later failures get their index
+    /// line only).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    dump_mib: usize,
 }
 
 pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    if let Some(bad) = args.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        bail!(
+            "--only {bad}: no such group of checks (groups: {})",
+            GROUPS.join(", ")
+        );
+    }
     let gpu = open_gpu(args.device)?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -33,9 +54,18 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     println!("{}", describe(&gpu));
     println!("inputs: seed {seed} (rerun with --seed {seed})");
     let opts = Options {
-        dtypes: vec![DType::F32, DType::BF16],
+        dtypes: match args.dtype.as_deref() {
+            Some("f32") => vec![DType::F32],
+            Some(_) => vec![DType::BF16],
+            None => vec![DType::F32, DType::BF16],
+        },
         large: !args.quick,
         seed,
+        only: args.only,
+        dump: args.dump.map(|dir| DumpTo {
+            dir,
+            budget_bytes: args.dump_mib << 20,
+        }),
     };
     println!(
         "{:<26} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
@@ -62,6 +92,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             c.rel_error,
             c.tolerance
         );
+        if let Some(detail) = &c.detail {
+            println!("  where: {detail}");
+        }
     })?;
     if failed > 0 {
         bail!("{failed} of {} checks failed", checks.len());

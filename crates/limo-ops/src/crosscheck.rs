@@ -4,16 +4,21 @@
 //! checked for NaN and infinity; on a CUDA test device the kernels' output buffers are filled
 //! with NaN before each run, so an element a kernel does not write fails the NaN check.
 
+mod attention;
+mod autopsy;
 mod decode;
+
+pub use autopsy::{locate, DumpTo};
 
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::{
-    adamw_update, add_assign, attention_backward, attention_forward, embedding_backward,
-    flatten_into, linear_cross_entropy, linear_cross_entropy::softmax_cross_entropy,
-    rms_norm_backward, rms_norm_forward, rope_backward, rope_forward, sum_of_squares_tensor,
-    swiglu_backward, swiglu_forward, AdamWStep, RopeTables, IGNORE_INDEX,
+    adamw_update, add_assign, embedding_backward, flatten_into, linear_cross_entropy,
+    linear_cross_entropy::softmax_cross_entropy, rms_norm_backward, rms_norm_forward,
+    rope_backward, rope_forward, sum_of_squares_tensor, swiglu_backward, swiglu_forward, AdamWStep,
+    RopeTables, IGNORE_INDEX,
 };
+use attention::attention;
 use decode::{decode, qkv_append};
 
 /// One compared output.
@@ -28,6 +33,8 @@ pub struct Check {
     pub finite: bool,
     /// Largest accepted `rel_error`.
     pub tolerance: f64,
+    /// Of a failed output: where its errors are ([`locate`]).
+    pub detail: Option<String>,
 }
 
 impl Check {
@@ -57,7 +64,24 @@ pub struct Options {
     pub large: bool,
     /// Seed of the random inputs (the doctor draws a fresh one every run).
     pub seed: u64,
+    /// Only these groups of checks ([`GROUPS`]); empty: all.
+    pub only: Vec<String>,
+    /// Write the failed outputs there (`limo doctor --dump`).
+    pub dump: Option<DumpTo>,
 }
+
+/// The groups of checks, in the order they run ([`Options::only`]).
+pub const GROUPS: [&str; 9] = [
+    "attention",
+    "norm_rope_swiglu",
+    "decode",
+    "qkv_append",
+    "losses",
+    "embedding",
+    "sum_of_squares",
+    "flat_gradients",
+    "adamw",
+];
 
 impl Default for Options {
     fn default() -> Self {
@@ -65,6 +89,8 @@ impl Default for Options {
             dtypes: vec![DType::F32, DType::BF16],
             large: true,
             seed: 1,
+            only: Vec::new(),
+            dump: None,
         }
     }
 }
@@ -119,6 +145,7 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> Result<(f64, bool)> {
 struct Checks<'a> {
     out: Vec<Check>,
     each: &'a mut dyn FnMut(&Check),
+    dump: Option<autopsy::Dump>,
 }
 
 impl Checks<'_> {
@@ -137,7 +164,7 @@ impl Checks<'_> {
             } else {
                 (f64::INFINITY, false)
             };
-            let check = Check {
+            let mut check = Check {
                 op: op.into(),
                 shape: shape.clone(),
                 dtype,
@@ -145,7 +172,18 @@ impl Checks<'_> {
                 rel_error,
                 finite,
                 tolerance: tol,
+                detail: None,
             };
+            if !check.passed() {
+                check.detail = Some(locate(&reference, &test, tol)?);
+                if let Some(dump) = self.dump.as_mut() {
+                    if let Err(e) = dump.write(&check, &reference, &test) {
+                        // The checks matter more than their files: go on without.
+                        tracing::warn!("no more failed outputs written: {e}");
+                        self.dump = None;
+                    }
+                }
+            }
             (self.each)(&check);
             self.out.push(check);
         }
@@ -201,24 +239,44 @@ fn run_all(
     opts: &Options,
     each: &mut dyn FnMut(&Check),
 ) -> Result<Vec<Check>> {
+    if let Some(bad) = opts.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        candle_core::bail!("no group of checks {bad:?} (groups: {})", GROUPS.join(", "));
+    }
+    let wanted = |group: &str| opts.only.is_empty() || opts.only.iter().any(|g| g == group);
+    let dump = opts
+        .dump
+        .as_ref()
+        .map(|to| autopsy::Dump::create(to, opts.seed));
     let mut checks = Checks {
         out: Vec::new(),
         each,
+        dump: dump.transpose()?,
     };
-    // Attention first: its flash kernels are the riskiest, and a GPU visit's doctor stage
-    // (scripts/gpu/check.sh) picks the flash path from these rows even if it is cut short.
+    type Group = fn(&mut Checks, Run, DType) -> Result<()>;
+    let groups: [(&str, Group); 8] = [
+        ("attention", attention),
+        ("norm_rope_swiglu", norm_rope_swiglu),
+        ("decode", decode),
+        ("qkv_append", qkv_append),
+        ("losses", losses),
+        ("embedding", embedding),
+        ("sum_of_squares", sum_of_squares),
+        ("flat_gradients", flat_gradients),
+    ];
+    // Attention first, in every dtype: its flash kernels are the riskiest, and a GPU visit's
+    // doctor stage (scripts/gpu/check.sh) picks the flash path from these rows even if it is
+    // cut short.
     let run = Run(reference, test, opts);
-    for &dtype in &opts.dtypes {
-        attention(&mut checks, run, dtype)?;
+    let (first, rest) = groups.split_at(1);
+    for part in [first, rest] {
+        for &dtype in &opts.dtypes {
+            for (_, group) in part.iter().filter(|(name, _)| wanted(name)) {
+                group(&mut checks, run, dtype)?;
+            }
+        }
     }
-    for &dtype in &opts.dtypes {
-        norm_rope_swiglu(&mut checks, run, dtype)?;
-        decode(&mut checks, run, dtype)?;
-        qkv_append(&mut checks, run, dtype)?;
-        losses(&mut checks, run, dtype)?;
-        embedding(&mut checks, run, dtype)?;
-        sum_of_squares(&mut checks, run, dtype)?;
-        flat_gradients(&mut checks, run, dtype)?;
+    if !wanted("adamw") {
+        return Ok(checks.out);
     }
     adamw(&mut checks, run)?;
     Ok(checks.out)
@@ -335,163 +393,6 @@ fn norm_rope_swiglu(c: &mut Checks, Run(reference, test, opts): Run, dtype: DTyp
             Ok(vec![h, dg, du])
         })?;
         c.push("swiglu", format!("{tokens}x{inter}"), dtype, tol, outputs)?;
-    }
-    Ok(())
-}
-
-fn attention(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
-    let tol = tolerance(dtype);
-    let s = opts.seed * 1000 + 100;
-    // (q heads, kv heads, head_dim, cu_seqlens)
-    let mut shapes = vec![
-        (40, 8, 128, vec![0, 384]),
-        (12, 2, 128, vec![0, 100, 101, 384]),
-        (14, 2, 64, vec![0, 200, 384]),
-    ];
-    if opts.large {
-        // 16k packed tokens; documents of at most 2k keep the CPU reference to seconds.
-        shapes.push((12, 2, 128, packed(16384, &[2048, 1, 777, 1500])));
-        shapes.push((40, 8, 128, packed(4096, &[1024, 3, 1000])));
-    }
-    for (q_heads, kv_heads, head_dim, cu) in shapes {
-        let n = *cu.last().expect("documents");
-        let input = |shape: &[usize], seed: u64| -> Result<Tensor> {
-            random(shape, s + seed, 1.0)?.to_dtype(dtype)
-        };
-        let q = input(&[n, q_heads, head_dim], 1)?;
-        let k = input(&[n, kv_heads, head_dim], 2)?;
-        let v = input(&[n, kv_heads, head_dim], 3)?;
-        let d_out = input(&[n, q_heads, head_dim], 4)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let names = ["out", "lse", "dq", "dk", "dv"];
-        let outputs = both(&names, reference, test, |d| {
-            let (q, k, v) = (q.to_device(d)?, k.to_device(d)?, v.to_device(d)?);
-            let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
-            let g = attention_backward(&d_out.to_device(d)?, &q, &k, &v, &out, &lse, &cu, scale)?;
-            Ok(vec![out, lse, g.dq, g.dk, g.dv])
-        })?;
-        let shape = format!(
-            "{n} tokens {q_heads}/{kv_heads}x{head_dim}, {} docs",
-            cu.len() - 1
-        );
-        c.push("attention", shape.clone(), dtype, tol, outputs)?;
-
-        // The flash-attention backward's faster, non-deterministic variant (atomic dK/dV
-        // accumulation), which the training path does not take, against the same reference.
-        #[cfg(feature = "cuda")]
-        if crate::cuda::flash_attention::dispatches(
-            &q.to_device(test)?,
-            &k.to_device(test)?,
-            &v.to_device(test)?,
-        ) {
-            use crate::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
-            let outputs = both(&["dq", "dk", "dv"], reference, test, |d| {
-                let (q, k, v) = (q.to_device(d)?, k.to_device(d)?, v.to_device(d)?);
-                let dout = d_out.to_device(d)?;
-                if d.is_cuda() {
-                    let (out, lse) = flash_attention_forward(&q, &k, &v, &cu, scale)?;
-                    let g = flash_attention_backward(
-                        &dout, &q, &k, &v, &out, &lse, &cu, scale, false, None,
-                    )?;
-                    return Ok(vec![g.dq, g.dk, g.dv]);
-                }
-                let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
-                let g = attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale)?;
-                Ok(vec![g.dq, g.dk, g.dv])
-            })?;
-            c.push("attention (atomic bwd)", shape.clone(), dtype, tol, outputs)?;
-        }
-
-        // On compute capability 9.x both forward kernels, each explicitly (the default path
-        // above is the sm90 one there, `LIMO_FLASH_PATH` aside), against one CPU forward.
-        #[cfg(feature = "cuda")]
-        if crate::cuda::flash_attention::dispatches(
-            &q.to_device(test)?,
-            &k.to_device(test)?,
-            &v.to_device(test)?,
-        ) && crate::cuda::runs_sm90a(test.as_cuda_device()?)?
-        {
-            use crate::cuda::flash_attention::{flash_attention_forward_on, FlashPath};
-            let (r_out, r_lse) = attention_forward(
-                &q.to_device(reference)?,
-                &k.to_device(reference)?,
-                &v.to_device(reference)?,
-                &cu,
-                scale,
-            )?;
-            let (tq, tk, tv) = (q.to_device(test)?, k.to_device(test)?, v.to_device(test)?);
-            for path in [FlashPath::Sm80, FlashPath::Sm90] {
-                // An error (say the sm90 kernel refused at launch) is a failed row, not the end
-                // of the run: the empty stand-ins fail the shape comparison.
-                let (out, lse) = match flash_attention_forward_on(&tq, &tk, &tv, &cu, scale, path) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("attention fwd ({path}), {shape}: {e}");
-                        let none = Tensor::zeros(0, DType::F32, test)?;
-                        (none.clone(), none)
-                    }
-                };
-                let outputs = vec![("out", r_out.clone(), out), ("lse", r_lse.clone(), lse)];
-                c.push(
-                    &format!("attention fwd ({path})"),
-                    shape.clone(),
-                    dtype,
-                    tol,
-                    outputs,
-                )?;
-            }
-
-            // Both atomic backward kernels explicitly (sm90 is the default there), from the
-            // sm80 forward's out and lse (so a failing sm90 forward does not fail these rows
-            // too), against one CPU backward.
-            use crate::cuda::flash_attention::flash_attention_backward;
-            let r_g = attention_backward(
-                &d_out.to_device(reference)?,
-                &q.to_device(reference)?,
-                &k.to_device(reference)?,
-                &v.to_device(reference)?,
-                &r_out,
-                &r_lse,
-                &cu,
-                scale,
-            )?;
-            let tdo = d_out.to_device(test)?;
-            let (out, lse) =
-                flash_attention_forward_on(&tq, &tk, &tv, &cu, scale, FlashPath::Sm80)?;
-            for path in [FlashPath::Sm80, FlashPath::Sm90] {
-                let g = match flash_attention_backward(
-                    &tdo,
-                    &tq,
-                    &tk,
-                    &tv,
-                    &out,
-                    &lse,
-                    &cu,
-                    scale,
-                    false,
-                    Some(path),
-                ) {
-                    Ok(g) => vec![g.dq, g.dk, g.dv],
-                    Err(e) => {
-                        eprintln!("attention bwd ({path}), {shape}: {e}");
-                        vec![Tensor::zeros(0, DType::F32, test)?; 3]
-                    }
-                };
-                let outputs = ["dq", "dk", "dv"]
-                    .into_iter()
-                    .zip([&r_g.dq, &r_g.dk, &r_g.dv])
-                    .zip(g)
-                    .map(|((name, r), t)| (name, r.clone(), t))
-                    .collect();
-                c.push(
-                    &format!("attention bwd ({path})"),
-                    shape.clone(),
-                    dtype,
-                    tol,
-                    outputs,
-                )?;
-            }
-        }
     }
     Ok(())
 }

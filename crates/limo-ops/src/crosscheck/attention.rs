@@ -1,0 +1,172 @@
+//! The checks of the flash-attention kernels: the default path, the atomic backward, and on
+//! compute capability 9.x the sm80 and sm90 kernels each explicitly.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::{both, packed, random, tolerance, Checks, Run};
+use crate::{attention_backward, attention_forward};
+
+pub(super) fn attention(
+    c: &mut Checks,
+    Run(reference, test, opts): Run,
+    dtype: DType,
+) -> Result<()> {
+    let tol = tolerance(dtype);
+    let s = opts.seed * 1000 + 100;
+    // (q heads, kv heads, head_dim, cu_seqlens)
+    let mut shapes = vec![
+        (40, 8, 128, vec![0, 384]),
+        (12, 2, 128, vec![0, 100, 101, 384]),
+        (14, 2, 64, vec![0, 200, 384]),
+    ];
+    if opts.large {
+        // 16k packed tokens; documents of at most 2k keep the CPU reference to seconds.
+        shapes.push((12, 2, 128, packed(16384, &[2048, 1, 777, 1500])));
+        shapes.push((40, 8, 128, packed(4096, &[1024, 3, 1000])));
+    }
+    for (q_heads, kv_heads, head_dim, cu) in shapes {
+        let n = *cu.last().expect("documents");
+        let input = |shape: &[usize], seed: u64| -> Result<Tensor> {
+            random(shape, s + seed, 1.0)?.to_dtype(dtype)
+        };
+        let q = input(&[n, q_heads, head_dim], 1)?;
+        let k = input(&[n, kv_heads, head_dim], 2)?;
+        let v = input(&[n, kv_heads, head_dim], 3)?;
+        let d_out = input(&[n, q_heads, head_dim], 4)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let names = ["out", "lse", "dq", "dk", "dv"];
+        let outputs = both(&names, reference, test, |d| {
+            let (q, k, v) = (q.to_device(d)?, k.to_device(d)?, v.to_device(d)?);
+            let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
+            let g = attention_backward(&d_out.to_device(d)?, &q, &k, &v, &out, &lse, &cu, scale)?;
+            Ok(vec![out, lse, g.dq, g.dk, g.dv])
+        })?;
+        let shape = format!(
+            "{n} tokens {q_heads}/{kv_heads}x{head_dim}, {} docs",
+            cu.len() - 1
+        );
+        c.push("attention", shape.clone(), dtype, tol, outputs)?;
+
+        // The flash-attention backward's faster, non-deterministic variant (atomic dK/dV
+        // accumulation), which the training path does not take, against the same reference.
+        #[cfg(feature = "cuda")]
+        if crate::cuda::flash_attention::dispatches(
+            &q.to_device(test)?,
+            &k.to_device(test)?,
+            &v.to_device(test)?,
+        ) {
+            use crate::cuda::flash_attention::{flash_attention_backward, flash_attention_forward};
+            let outputs = both(&["dq", "dk", "dv"], reference, test, |d| {
+                let (q, k, v) = (q.to_device(d)?, k.to_device(d)?, v.to_device(d)?);
+                let dout = d_out.to_device(d)?;
+                if d.is_cuda() {
+                    let (out, lse) = flash_attention_forward(&q, &k, &v, &cu, scale)?;
+                    let g = flash_attention_backward(
+                        &dout, &q, &k, &v, &out, &lse, &cu, scale, false, None,
+                    )?;
+                    return Ok(vec![g.dq, g.dk, g.dv]);
+                }
+                let (out, lse) = attention_forward(&q, &k, &v, &cu, scale)?;
+                let g = attention_backward(&dout, &q, &k, &v, &out, &lse, &cu, scale)?;
+                Ok(vec![g.dq, g.dk, g.dv])
+            })?;
+            c.push("attention (atomic bwd)", shape.clone(), dtype, tol, outputs)?;
+        }
+
+        // On compute capability 9.x both forward kernels, each explicitly (the default path
+        // above is the sm90 one there), against one CPU forward; not with
+        // `LIMO_FLASH_PATH=sm80`, which keeps the doctor off the Hopper kernels too (a fault
+        // or a hang there would end the run and hide every later row).
+        #[cfg(feature = "cuda")]
+        if crate::cuda::flash_attention::dispatches(
+            &q.to_device(test)?,
+            &k.to_device(test)?,
+            &v.to_device(test)?,
+        ) && crate::cuda::runs_sm90a(test.as_cuda_device()?)?
+            && crate::cuda::flash_attention::flash_path_requested()?
+                != Some(crate::cuda::flash_attention::FlashPath::Sm80)
+        {
+            use crate::cuda::flash_attention::{flash_attention_forward_on, FlashPath};
+            let (r_out, r_lse) = attention_forward(
+                &q.to_device(reference)?,
+                &k.to_device(reference)?,
+                &v.to_device(reference)?,
+                &cu,
+                scale,
+            )?;
+            let (tq, tk, tv) = (q.to_device(test)?, k.to_device(test)?, v.to_device(test)?);
+            for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                // An error (say the sm90 kernel refused at launch) is a failed row, not the end
+                // of the run: the empty stand-ins fail the shape comparison.
+                let (out, lse) = match flash_attention_forward_on(&tq, &tk, &tv, &cu, scale, path) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("attention fwd ({path}), {shape}: {e}");
+                        let none = Tensor::zeros(0, DType::F32, test)?;
+                        (none.clone(), none)
+                    }
+                };
+                let outputs = vec![("out", r_out.clone(), out), ("lse", r_lse.clone(), lse)];
+                c.push(
+                    &format!("attention fwd ({path})"),
+                    shape.clone(),
+                    dtype,
+                    tol,
+                    outputs,
+                )?;
+            }
+
+            // Both atomic backward kernels explicitly (sm90 is the default there), from the
+            // sm80 forward's out and lse (so a failing sm90 forward does not fail these rows
+            // too), against one CPU backward.
+            use crate::cuda::flash_attention::flash_attention_backward;
+            let r_g = attention_backward(
+                &d_out.to_device(reference)?,
+                &q.to_device(reference)?,
+                &k.to_device(reference)?,
+                &v.to_device(reference)?,
+                &r_out,
+                &r_lse,
+                &cu,
+                scale,
+            )?;
+            let tdo = d_out.to_device(test)?;
+            let (out, lse) =
+                flash_attention_forward_on(&tq, &tk, &tv, &cu, scale, FlashPath::Sm80)?;
+            for path in [FlashPath::Sm80, FlashPath::Sm90] {
+                let g = match flash_attention_backward(
+                    &tdo,
+                    &tq,
+                    &tk,
+                    &tv,
+                    &out,
+                    &lse,
+                    &cu,
+                    scale,
+                    false,
+                    Some(path),
+                ) {
+                    Ok(g) => vec![g.dq, g.dk, g.dv],
+                    Err(e) => {
+                        eprintln!("attention bwd ({path}), {shape}: {e}");
+                        vec![Tensor::zeros(0, DType::F32, test)?; 3]
+                    }
+                };
+                let outputs = ["dq", "dk", "dv"]
+                    .into_iter()
+                    .zip([&r_g.dq, &r_g.dk, &r_g.dv])
+                    .zip(g)
+                    .map(|((name, r), t)| (name, r.clone(), t))
+                    .collect();
+                c.push(
+                    &format!("attention bwd ({path})"),
+                    shape.clone(),
+                    dtype,
+                    tol,
+                    outputs,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
