@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# check.sh's real run (not --dry-run) on this machine, without a GPU: a fake `limo`, fake GPU
+# python scripts (torch's side) and a fake nvidia-smi stand in for the GPU machine, so that a
+# shell mistake in a stage, a key or the elastic logic shows here and not in a GPU visit's one
+# call. Two visits: one where everything passes, one where the sm90 kernels fail the doctor and
+# the 32B rank with offload runs out of memory. Each run's summary is checked; CI runs this.
+#   bash scripts/gpu/selftest.sh        # exit 0 when both visits end as expected
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 2
+T=$(mktemp -d /tmp/limo-check-selftest.XXXXXX)
+[ -n "${SELFTEST_KEEP:-}" ] || trap 'rm -rf "$T"' EXIT
+REAL_PY=$(command -v python3) || { echo "selftest: no python3" >&2; exit 2; }
+mkdir -p "$T/bin" "$T/site/nvidia/cublas/lib" "$T/peer"
+touch "$T/site/nvidia/cublas/lib/libcublas.so.13" "$T/peer/gpu_peer_bench.py"
+
+# -- the fake limo: records each call (with LIMO_FLASH_PATH) and answers as the real one would
+cat >"$T/bin/limo" <<'EOF'
+#!/usr/bin/env bash
+echo "LIMO_FLASH_PATH=${LIMO_FLASH_PATH:-} $*" >>"$FAKE_CALLS"
+arg() { # the value after flag $1
+    local want=$1
+    shift
+    while [ $# -gt 0 ]; do [ "$1" = "$want" ] && { echo "$2"; return; }; shift; done
+}
+row() { printf '%-26s %-46s %-5s %-15s %10s %8s  %s\n' "$@"; }
+case "$1 ${2:-}" in
+    "doctor --quick")
+        if [[ "$*" == *"--only attention"* ]]; then
+            row "attention fwd (sm80)" "384 tokens 40/8x128, 1 docs" bf16 out 1.0e-03 1e-02 ok
+            if [ "${FAKE_SM90:-ok}" = fail ]; then
+                row "attention fwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 out 9.1e-01 1e-02 FAIL
+                echo "  where: 24576 of 1966080 elements (1.25%) off; axis 0 of 384: 64-127"
+                row "attention bwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 dq 1.0e-03 1e-02 ok
+                echo "error: 1 of 3 checks failed" >&2
+                exit 1
+            fi
+            row "attention fwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 out 1.0e-03 1e-02 ok
+            row "attention bwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 dq 1.0e-03 1e-02 ok
+            echo "all 3 checks passed"
+        else
+            row rms_norm 512x1536 f32 y 1.0e-07 1e-04 ok
+            echo "all 118 checks passed"
+        fi
+        ;;
+    "bench kernels")
+        echo "rms_norm fwd                16384x5120 bf16     0.110 ms  3050.0 GB/s"
+        echo "flash_attention forward     16384 40/8x128      6.000 ms   458.0 TFLOP/s"
+        ;;
+    "bench step")
+        json=$(arg --json "$@")
+        if [ "${FAKE_OOM:-}" = yes ] && [[ "$*" == *optimizer_offload* ]]; then
+            echo "error: out of device memory (plan: 51.1 GiB)" >&2
+            exit 3
+        fi
+        echo '{"tokens_per_s": 30000, "mfu": 0.45, "step_s": {"median": 0.55},
+               "peak_mem": {"allocator_high_gib": 60.5, "plan_estimate_gib": 62.1}}' >"$json"
+        ;;
+    "init-model --shape") mkdir -p "$(arg --out "$@")" ;;
+    "debug loss-grad")
+        [ "$(arg --dtype "$@")" = bf16 ] && echo '{"loss": 11.95}' || echo '{"loss": 11.93}'
+        ;;
+    "launch --nproc-per-node")
+        echo "comm-check: rank 0 world 1 iterations 100 checksum 00000000deadbeef ok"
+        ;;
+    "train --set")
+        dir=$(printf '%s\n' "$@" | sed -n 's/^output.dir="\(.*\)"$/\1/p')
+        mkdir -p "$dir/checkpoints/step-00000020" "$dir/checkpoints/step-00000030"
+        echo '{}' >"$dir/checkpoints/step-00000020/manifest.json"
+        : >"$dir/metrics.jsonl"
+        for s in $(seq 1 30); do
+            echo "{\"step\": $s, \"loss\": $((40 - s)).5, \"grad_norm\": 1.0}" >>"$dir/metrics.jsonl"
+        done
+        ;;
+    *) echo "fake limo: unexpected call: $*" >&2; exit 9 ;;
+esac
+EOF
+
+# -- python3: the GPU scripts (torch, transformers) answer with fixed results; the rest (the
+# summary's JSON readers, the stages' own checks) is the real python.
+cat >"$T/bin/python3" <<EOF
+#!/usr/bin/env bash
+out() { while [ \$# -gt 0 ]; do [ "\$1" = --json-out ] && { echo "\$2"; return; }; shift; done; }
+case "\${1:-}" in
+    scripts/gpu/ceilings.py) echo "ceilings: bf16 matmul 788 TFLOP/s, copy 4.30 TB/s"; exit 0 ;;
+    scripts/gpu/attention_vs_torch.py)
+        echo '{"shapes": [{"q_heads": 40, "kv_heads": 8, "torch": {"flash": {"fwd_tflops": 400}},
+               "limo": {"rows": [{"kernel": "flash_attention forward", "tflops": 458}]}}]}' \
+            >"\$(out "\$@")"
+        exit 0 ;;
+    scripts/gpu/generate_vs_transformers.py)
+        echo '{"limo_tokens_per_s": 5000, "transformers_tokens_per_s": 1500, "ratio": 3.33,
+               "limo": {"ms_per_step": 6.4, "verify": {"max_rel_l2": 0.01, "max_gap_sd": 0.1,
+               "passed": true}}}' >"\$(out "\$@")"
+        exit 0 ;;
+    */gpu_peer_bench.py)
+        [[ "\$*" == *--master-fp32* ]] && tps=20000 || tps=22000
+        echo "{\"tokens_per_s\": \$tps}" >"\$(out "\$@")"
+        exit 0 ;;
+    -c) [[ "\${2:-}" == "import torch;"* ]] && { echo "torch 2.11.0 (fake)"; exit 0; } ;;
+esac
+exec "$REAL_PY" "\$@"
+EOF
+cat >"$T/bin/nvidia-smi" <<'EOF'
+#!/usr/bin/env bash
+echo "NVIDIA H200 (fake), 580.00, 143771 MiB"
+EOF
+chmod +x "$T/bin/"*
+
+FAILS=0
+# visit NAME EXPECTED_EXIT [VAR=VALUE ...]: check.sh under the fakes; its summary in $T/NAME.txt
+visit() {
+    local name=$1 want=$2 rc
+    shift 2
+    rm -rf "$T/out" "$T/work"
+    env "$@" PATH="$T/bin:$PATH" PYTHONPATH="$T/site" LIMO_BIN="$T/bin/limo" \
+        LIMO_PEER_DIR="$T/peer" OUT="$T/out" LIMO_CHECK_WORK="$T/work" FAKE_CALLS="$T/$name.calls" \
+        bash scripts/gpu/check.sh >"$T/$name.log" 2>&1
+    rc=$?
+    cp "$T/out/summary.txt" "$T/$name.txt" 2>/dev/null
+    if [ "$rc" != "$want" ]; then
+        echo "selftest $name: check.sh exited $rc, expected $want; its output ends:" >&2
+        tail -20 "$T/$name.log" >&2
+        FAILS=$((FAILS + 1))
+    fi
+}
+# expect NAME STAGE STATUS [KEY_PART]: the summary row of STAGE has STATUS (and KEY_PART)
+expect() {
+    local row
+    row=$(awk -v s="$2" '$1 == s' "$T/$1.txt" 2>/dev/null)
+    if [ "$(awk '{ print $2 }' <<<"$row")" != "$3" ] || [[ "$row" != *"${4:-}"* ]]; then
+        echo "selftest $1: stage $2: expected $3${4:+ with \"$4\"}, got: ${row:-no row}" >&2
+        FAILS=$((FAILS + 1))
+    fi
+}
+
+visit pass 0
+expect pass machine ok "NVIDIA H200 (fake)"
+expect pass doctor ok "flash held at sm80: all 118 checks passed; attention bf16: all 3 checks passed"
+expect pass kernels ok "2 timings; rms_norm 3050.0 GB/s, attn fwd 458.0 TFLOP/s"
+expect pass attention ok "40/8 fwd limo 458 torch 400 TF/s"
+expect pass step-1.5b ok "limo 30000 tok/s (mfu 0.450), peer 20000 (fp32 master) / 22000 (bf16) tok/s, limo/peer 1.50"
+expect pass generate ok "limo 5000 tok/s (6.4 ms/step), transformers 1500 tok/s, limo/transformers 3.33"
+expect pass loss-parity ok "cpu 11.93000 gpu 11.95000 rel 1.7e-03"
+expect pass step-32b-w8 ok "30000 tok/s, step 0.55 s, mfu 0.450, peak 60.5 GiB (plan 62.1)"
+expect pass step-32b-off ok
+expect pass nccl ok "checksum 00000000deadbeef ok"
+expect pass train ok "loss 39.500 -> 10.500 over 30 steps"
+expect pass resume ok "max loss diff 0 over steps 21-30, bit-exact True"
+expect pass generate-1k ok "limo 5000 tok/s"
+expect pass sanitize skipped
+expect pass recompute ok "kept/recomputed 1.000"
+# The sm90 kernels passed: nothing after the doctor's first run held the flash path at sm80.
+if grep -v ' doctor --quick --dump' "$T/pass.calls" | grep -q '^LIMO_FLASH_PATH=sm80'; then
+    echo "selftest pass: a stage ran with LIMO_FLASH_PATH=sm80 though sm90 passed" >&2
+    FAILS=$((FAILS + 1))
+fi
+tar -tzf "$T/out/logs.tar.gz" 2>/dev/null | grep -q '^logs/doctor.log$' ||
+    { echo "selftest pass: logs.tar.gz has no logs/doctor.log" >&2; FAILS=$((FAILS + 1)); }
+
+visit fail 1 FAKE_SM90=fail FAKE_OOM=yes
+expect fail doctor FAIL "attention bf16: 1 of 3 checks failed"
+expect fail step-32b-off OOM "out of device memory"
+expect fail train ok
+expect fail generate-1k skipped "not run: an earlier stage failed"
+expect fail recompute skipped "not run: an earlier stage failed"
+# After the failed sm90 row every later limo call holds the sm80 kernels.
+if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
+    echo "selftest fail: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
+    FAILS=$((FAILS + 1))
+fi
+
+if [ "$FAILS" != 0 ]; then
+    echo "selftest: $FAILS problems; the summaries:" >&2
+    cat "$T/pass.txt" "$T/fail.txt" >&2 2>/dev/null
+    exit 1
+fi
+echo "selftest: check.sh's real run under fakes: both visits as expected (all stages ok; sm90 and OOM failures handled)"
