@@ -78,6 +78,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         failed += usize::from(!ok);
         let verdict = if ok {
             "ok"
+        } else if c.error.is_some() {
+            "ERROR"
         } else if c.finite {
             "FAIL"
         } else {
@@ -94,6 +96,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         );
         if let Some(detail) = &c.detail {
             println!("  where: {detail}");
+        }
+        if let Some(error) = &c.error {
+            println!("  error: {error}");
         }
     })?;
     if failed > 0 {

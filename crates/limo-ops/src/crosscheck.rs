@@ -35,6 +35,8 @@ pub struct Check {
     pub tolerance: f64,
     /// Of a failed output: where its errors are ([`locate`]).
     pub detail: Option<String>,
+    /// Of a group of checks that ended with an error: the error.
+    pub error: Option<String>,
 }
 
 impl Check {
@@ -173,6 +175,7 @@ impl Checks<'_> {
                 finite,
                 tolerance: tol,
                 detail: None,
+                error: None,
             };
             if !check.passed() {
                 check.detail = Some(locate(&reference, &test, tol)?);
@@ -188,6 +191,27 @@ impl Checks<'_> {
             self.out.push(check);
         }
         Ok(())
+    }
+
+    /// A group of checks that ended with an error (a kernel that failed to launch, a fault)
+    /// becomes a failed row naming it, and the next group runs: an error that leaves the GPU
+    /// usable (a launch refused) then hides nothing else.
+    fn stopped(&mut self, group: &str, dtype: DType, result: Result<()>) {
+        let Err(e) = result else { return };
+        let check = Check {
+            op: group.into(),
+            shape: "(stopped by an error)".into(),
+            dtype,
+            output: "-".into(),
+            rel_error: f64::INFINITY,
+            finite: false,
+            tolerance: 0.0,
+            detail: None,
+            // candle appends a backtrace when RUST_BACKTRACE is set: the first line is the cause.
+            error: Some(e.to_string().lines().next().unwrap_or_default().to_string()),
+        };
+        (self.each)(&check);
+        self.out.push(check);
     }
 }
 
@@ -252,7 +276,6 @@ fn run_all(
         each,
         dump: dump.transpose()?,
     };
-    type Group = fn(&mut Checks, Run, DType) -> Result<()>;
     let groups: [(&str, Group); 8] = [
         ("attention", attention),
         ("norm_rope_swiglu", norm_rope_swiglu),
@@ -269,17 +292,28 @@ fn run_all(
     let run = Run(reference, test, opts);
     let (first, rest) = groups.split_at(1);
     for part in [first, rest] {
-        for &dtype in &opts.dtypes {
-            for (_, group) in part.iter().filter(|(name, _)| wanted(name)) {
-                group(&mut checks, run, dtype)?;
-            }
+        let part: Vec<(&str, Group)> = part.iter().copied().filter(|(n, _)| wanted(n)).collect();
+        run_groups(&mut checks, run, &part);
+    }
+    if wanted("adamw") {
+        let result = adamw(&mut checks, run);
+        checks.stopped("adamw", DType::F32, result);
+    }
+    Ok(checks.out)
+}
+
+/// A group of checks for one input dtype.
+type Group = fn(&mut Checks, Run, DType) -> Result<()>;
+
+/// Every group for every dtype of the run, in that order; a group that ends with an error is a
+/// failed row ([`Checks::stopped`]) and the next one runs.
+fn run_groups(checks: &mut Checks, run: Run, groups: &[(&str, Group)]) {
+    for &dtype in &run.2.dtypes {
+        for (name, group) in groups {
+            let result = group(checks, run, dtype);
+            checks.stopped(name, dtype, result);
         }
     }
-    if !wanted("adamw") {
-        return Ok(checks.out);
-    }
-    adamw(&mut checks, run)?;
-    Ok(checks.out)
 }
 
 /// Packed documents of `n` tokens: lengths cycle through `lens`, the last one cut to fit.

@@ -36,6 +36,7 @@ fn a_wrong_result_fails_its_check() {
         finite,
         tolerance: tolerance(DType::F32),
         detail: None,
+        error: None,
     };
     assert!(check(5e-5, true).passed());
     assert!(!check(2e-4, true).passed());
@@ -208,4 +209,44 @@ fn failed_outputs_are_located_and_dumped_within_the_budget() {
         "index and three files"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_group_that_errors_is_a_failed_row_and_the_next_group_runs() {
+    fn fails(_: &mut Checks, _: Run, _: DType) -> Result<()> {
+        candle_core::bail!("launch refused: too many resources requested\nstack backtrace: ...")
+    }
+    let opts = Options {
+        large: false,
+        ..Options::default()
+    };
+    let mut rows = Vec::new();
+    let mut checks = Checks {
+        out: Vec::new(),
+        each: &mut |c: &Check| rows.push(c.op.clone()),
+        dump: None,
+    };
+    let run = Run(&Device::Cpu, &Device::Cpu, &opts);
+    run_groups(
+        &mut checks,
+        run,
+        &[("broken", fails), ("embedding", embedding)],
+    );
+    let out = checks.out;
+    let stopped: Vec<&Check> = out.iter().filter(|c| c.error.is_some()).collect();
+    assert_eq!(stopped.len(), 2, "once per dtype: {stopped:?}");
+    for (c, dtype) in stopped.iter().zip([DType::F32, DType::BF16]) {
+        assert_eq!((c.op.as_str(), c.dtype), ("broken", dtype));
+        assert_eq!(c.shape, "(stopped by an error)");
+        assert!(!c.passed());
+        let error = c.error.as_deref().unwrap();
+        assert_eq!(error, "launch refused: too many resources requested");
+    }
+    // The group after each failure ran, in both dtypes.
+    let embedding: Vec<&Check> = out
+        .iter()
+        .filter(|c| c.op == "embedding_backward")
+        .collect();
+    assert!(embedding.len() >= 4 && embedding.iter().all(|c| c.passed()));
+    assert_eq!(rows.len(), out.len(), "every row is handed on");
 }
