@@ -190,30 +190,27 @@ mod cuda {
             "{:<26} {:<40} {:>12}  throughput",
             "kernel", "shape", "median"
         );
-        if args.wants("rms_norm") {
-            rms_norm(&b, n)?;
+        type Op = fn(&Bench, usize) -> Result<()>;
+        let ops: [(&str, Op); 8] = [
+            ("rms_norm", rms_norm),
+            ("rope", rope),
+            ("swiglu", swiglu),
+            ("cross_entropy", |b, _| cross_entropy(b)),
+            ("adamw", |b, _| adamw(b)),
+            ("embedding", embedding),
+            ("attention", attention),
+            ("decode_attention", |b, _| decode_attention(b)),
+        ];
+        // A kernel that fails (a launch refused) is reported and the next one is timed.
+        let mut failed = Vec::new();
+        for (name, op) in ops.into_iter().filter(|(name, _)| args.wants(name)) {
+            if let Err(e) = op(&b, n) {
+                let e = e.to_string();
+                println!("{name:<26} error: {}", e.lines().next().unwrap_or_default());
+                failed.push(name);
+            }
         }
-        if args.wants("rope") {
-            rope(&b, n)?;
-        }
-        if args.wants("swiglu") {
-            swiglu(&b, n)?;
-        }
-        if args.wants("cross_entropy") {
-            cross_entropy(&b)?;
-        }
-        if args.wants("adamw") {
-            adamw(&b)?;
-        }
-        if args.wants("embedding") {
-            embedding(&b, n)?;
-        }
-        if args.wants("attention") {
-            attention(&b, n)?;
-        }
-        if args.wants("decode_attention") {
-            decode_attention(&b)?;
-        }
+        ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
         Ok(())
     }
 
