@@ -181,6 +181,32 @@ fn failed_outputs_are_located_and_dumped_within_the_budget() {
         diff(&saved["result"], &wrong).to_scalar::<f32>().unwrap(),
         0.0
     );
+    // bf16 results (the GPU's) are written in bf16.
+    let mut c = Checks {
+        out: Vec::new(),
+        each: &mut |_| {},
+        dump: Some(autopsy::Dump::create(&to, 7).unwrap()),
+    };
+    let (rb, wb) = (
+        r.to_dtype(DType::BF16).unwrap(),
+        wrong.to_dtype(DType::BF16).unwrap(),
+    );
+    c.push(
+        "half",
+        "8x8".into(),
+        DType::BF16,
+        1e-2,
+        vec![("o", rb, wb.clone())],
+    )
+    .unwrap();
+    let saved =
+        candle_core::safetensors::load(dir.join("005-half-o-bf16.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(saved["result"].dtype(), DType::BF16);
+    assert_eq!(
+        saved["result"].to_vec2::<half::bf16>().unwrap(),
+        wb.to_vec2::<half::bf16>().unwrap()
+    );
     // Over the budget: the line says so and no file is written.
     let to = DumpTo {
         budget_bytes: 100,
@@ -205,8 +231,8 @@ fn failed_outputs_are_located_and_dumped_within_the_budget() {
     assert_eq!(last["skipped"], "512 bytes, 100 left of the budget");
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
-        4,
-        "index and three files"
+        5,
+        "index and four files"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
