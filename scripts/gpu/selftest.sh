@@ -2,9 +2,10 @@
 # check.sh's real run (not --dry-run) on this machine, without a GPU: a fake `limo`, fake GPU
 # python scripts (torch's side) and a fake nvidia-smi stand in for the GPU machine, so that a
 # shell mistake in a stage, a key or the elastic logic shows here and not in a GPU visit's one
-# call. Two visits: one where everything passes, one where the sm90 kernels fail the doctor and
-# the 32B rank with offload runs out of memory. Each run's summary is checked; CI runs this.
-#   bash scripts/gpu/selftest.sh        # exit 0 when both visits end as expected
+# call. Three visits: one where everything passes, one where the sm90 kernels fail the doctor and
+# the 32B rank with offload runs out of memory, one where they disagree with sm80 only on a 16k
+# document. Each run's summary is checked; CI runs this.
+#   bash scripts/gpu/selftest.sh        # exit 0 when all three visits end as expected
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 T=$(mktemp -d /tmp/limo-check-selftest.XXXXXX)
@@ -22,7 +23,7 @@ arg() { # the value after flag $1
     shift
     while [ $# -gt 0 ]; do [ "$1" = "$want" ] && { echo "$2"; return; }; shift; done
 }
-row() { printf '%-26s %-46s %-5s %-15s %10s %8s  %s\n' "$@"; }
+row() { printf '%-28s %-46s %-5s %-15s %10s %8s  %s\n' "$@"; }
 case "$1 ${2:-}" in
     "doctor --quick")
         if [[ "$*" == *"--only attention"* ]]; then
@@ -36,7 +37,13 @@ case "$1 ${2:-}" in
             fi
             row "attention fwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 out 1.0e-03 1e-02 ok
             row "attention bwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 dq 1.0e-03 1e-02 ok
-            echo "all 3 checks passed"
+            if [ "${FAKE_SM90:-ok}" = long ]; then # only the 16k-token agreement with sm80
+                row "attention fwd (sm90) = sm80" "16384 tokens 12/2x128, 1 doc" bf16 out 5.0e-01 1e-02 FAIL
+                echo "error: 1 of 4 checks failed" >&2
+                exit 1
+            fi
+            row "attention fwd (sm90) = sm80" "16384 tokens 12/2x128, 1 doc" bf16 out 3.0e-03 1e-02 ok
+            echo "all 4 checks passed"
         else
             row rms_norm 512x1536 f32 y 1.0e-07 1e-04 ok
             echo "all 118 checks passed"
@@ -135,7 +142,7 @@ expect() {
 
 visit pass 0
 expect pass machine ok "NVIDIA H200 (fake)"
-expect pass doctor ok "flash held at sm80: all 118 checks passed; attention bf16: all 3 checks passed"
+expect pass doctor ok "flash held at sm80: all 118 checks passed; attention bf16: all 4 checks passed"
 expect pass kernels ok "2 timings; rms_norm 3050.0 GB/s, attn fwd 458.0 TFLOP/s"
 expect pass attention ok "40/8 fwd limo 458 torch 400 TF/s"
 expect pass step-1.5b ok "limo 30000 tok/s (mfu 0.450), peer 20000 (fp32 master) / 22000 (bf16) tok/s, limo/peer 1.50"
@@ -169,9 +176,17 @@ if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -qv '^LIMO_FLASH_PATH=sm8
     FAILS=$((FAILS + 1))
 fi
 
+# sm90 agreeing at 384 tokens but not with sm80 on one 16k-token document: sm80 from then on.
+visit long 1 FAKE_SM90=long
+expect long doctor FAIL "attention bf16: 1 of 4 checks failed"
+if grep -v -e ' doctor --quick' "$T/long.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
+    echo "selftest long: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
+    FAILS=$((FAILS + 1))
+fi
+
 if [ "$FAILS" != 0 ]; then
     echo "selftest: $FAILS problems; the summaries:" >&2
-    cat "$T/pass.txt" "$T/fail.txt" >&2 2>/dev/null
+    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" >&2 2>/dev/null
     exit 1
 fi
-echo "selftest: check.sh's real run under fakes: both visits as expected (all stages ok; sm90 and OOM failures handled)"
+echo "selftest: check.sh's real run under fakes: three visits as expected (all stages ok; sm90 failures at 384 and 16k tokens and an OOM handled)"

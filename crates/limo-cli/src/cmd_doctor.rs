@@ -68,7 +68,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         }),
     };
     println!(
-        "{:<26} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
+        "{:<28} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
         "operation", "shape", "dtype", "output", "rel. error", "bound"
     );
     // Rows print as the checks finish: a kernel fault that ends the run keeps the rows before it.
@@ -86,7 +86,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             "FAIL (NaN/inf)"
         };
         println!(
-            "{:<26} {:<46} {:<5} {:<15} {:>10.3e} {:>8.0e}  {verdict}",
+            "{:<28} {:<46} {:<5} {:<15} {:>10.3e} {:>8.0e}  {verdict}",
             c.op,
             c.shape,
             format!("{:?}", c.dtype).to_lowercase(),
