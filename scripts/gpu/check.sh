@@ -225,11 +225,12 @@ $code" "$@" 2>/dev/null)
 stage_doctor() {
     # Two runs, so that a fault or hang in a Hopper kernel (new to silicon) cannot hide the other
     # kernels' rows: every kernel with the flash path held at sm80 (the doctor then skips the
-    # sm90 rows), then the bf16 attention rows on the default path with both kernels explicitly.
+    # sm90 rows), then the bf16 attention rows on the default path with both kernels explicitly
+    # and the sm90 kernels against the sm80 ones on one 16k-token document.
     # Failed outputs go to logs/doctor-failures: the tensors, the seed, where the errors are.
     local dump=(--dump "$LOGS/doctor-failures" --dump-mib 6)
     x env LIMO_FLASH_PATH=sm80 "$LIMO_BIN" doctor --quick "${dump[@]}"
-    x "$LIMO_BIN" doctor --quick --only attention --dtype bf16 "${dump[@]}"
+    x "$LIMO_BIN" doctor --quick --only attention,attention_16k --dtype bf16 "${dump[@]}"
     [ "$DRY" = 1 ] && note "the later stages hold LIMO_FLASH_PATH=sm80 unless both sm90 kernels passed"
     # Unless the doctor printed an `ok` row for each Hopper kernel and no sm90 row failed or
     # errored (`attention fwd (sm90), SHAPE: error` on stderr), the later stages take the sm80

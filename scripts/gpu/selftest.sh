@@ -26,7 +26,7 @@ arg() { # the value after flag $1
 row() { printf '%-28s %-46s %-5s %-15s %10s %8s  %s\n' "$@"; }
 case "$1 ${2:-}" in
     "doctor --quick")
-        if [[ "$*" == *"--only attention"* ]]; then
+        if [[ "$*" == *"--only attention,attention_16k"* ]]; then
             row "attention fwd (sm80)" "384 tokens 40/8x128, 1 docs" bf16 out 1.0e-03 1e-02 ok
             if [ "${FAKE_SM90:-ok}" = fail ]; then
                 row "attention fwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 out 9.1e-01 1e-02 FAIL

@@ -21,7 +21,8 @@ pub struct DoctorArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Only these groups of checks (comma-separated): attention, norm_rope_swiglu, decode,
-    /// qkv_append, losses, embedding, sum_of_squares, flat_gradients, adamw.
+    /// qkv_append, losses, embedding, sum_of_squares, flat_gradients, adamw, attention_16k (on
+    /// a 9.x GPU, the sm90 flash kernels against the sm80 ones on one 16k-token document).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only inputs of this dtype (default: f32 and bf16).

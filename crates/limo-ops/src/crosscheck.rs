@@ -73,7 +73,7 @@ pub struct Options {
 }
 
 /// The groups of checks, in the order they run ([`Options::only`]).
-pub const GROUPS: [&str; 9] = [
+pub const GROUPS: [&str; 10] = [
     "attention",
     "norm_rope_swiglu",
     "decode",
@@ -83,6 +83,7 @@ pub const GROUPS: [&str; 9] = [
     "sum_of_squares",
     "flat_gradients",
     "adamw",
+    "attention_16k",
 ];
 
 impl Default for Options {
@@ -298,6 +299,11 @@ fn run_all(
     if wanted("adamw") {
         let result = adamw(&mut checks, run);
         checks.stopped("adamw", DType::F32, result);
+    }
+    // Last: the longest checks on the GPU (bf16 only; nothing on the CPU).
+    if wanted("attention_16k") && opts.dtypes.contains(&DType::BF16) {
+        let result = attention::long_document(&mut checks, run);
+        checks.stopped("attention_16k", DType::BF16, result);
     }
     Ok(checks.out)
 }

@@ -82,6 +82,11 @@ fn every_group_can_run_alone() {
         };
         let checks = crosscheck(&Device::Cpu, &Device::Cpu, &opts).unwrap();
         let ops: std::collections::BTreeSet<String> = checks.iter().map(|c| c.op.clone()).collect();
+        if group == "attention_16k" {
+            // GPU against GPU only (sm90 against sm80): nothing to run on the CPU.
+            assert!(ops.is_empty(), "{ops:?}");
+            continue;
+        }
         assert!(!ops.is_empty(), "{group} ran nothing");
         assert!(
             ops.is_disjoint(&ops_seen),
