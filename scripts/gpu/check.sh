@@ -231,12 +231,14 @@ stage_doctor() {
     local dump=(--dump "$LOGS/doctor-failures" --dump-mib 6)
     x env LIMO_FLASH_PATH=sm80 "$LIMO_BIN" doctor --quick "${dump[@]}"
     x "$LIMO_BIN" doctor --quick --only attention,attention_16k --dtype bf16 "${dump[@]}"
+    local hopper=$?
     [ "$DRY" = 1 ] && note "the later stages hold LIMO_FLASH_PATH=sm80 unless both sm90 kernels passed"
-    # Unless the doctor printed an `ok` row for each Hopper kernel and no sm90 row failed or
-    # errored (`attention fwd (sm90), SHAPE: error` on stderr), the later stages take the sm80
+    # Unless that run ended with every row passed (not cut by a hang, no sm90 row failed or
+    # errored) and printed an `ok` row for each Hopper kernel, the later stages take the sm80
     # kernels, so one bad kernel does not cost the visit's numbers. (A GPU that is not 9.x has
     # no sm90 rows and only the sm80 path anyway.)
-    if [ "$DRY" != 1 ] && { ! grep -Eq '^attention fwd \(sm90\) .* ok$' "$STAGE_LOG" ||
+    if [ "$DRY" != 1 ] && { [ "$hopper" != 0 ] ||
+        ! grep -Eq '^attention fwd \(sm90\) .* ok$' "$STAGE_LOG" ||
         ! grep -Eq '^attention bwd \(sm90\) .* ok$' "$STAGE_LOG" ||
         grep -Eq '^attention (fwd|bwd) \(sm90\)(,|.* FAIL)' "$STAGE_LOG"; }; then
         export LIMO_FLASH_PATH=sm80

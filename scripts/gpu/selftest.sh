@@ -2,10 +2,10 @@
 # check.sh's real run (not --dry-run) on this machine, without a GPU: a fake `limo`, fake GPU
 # python scripts (torch's side) and a fake nvidia-smi stand in for the GPU machine, so that a
 # shell mistake in a stage, a key or the elastic logic shows here and not in a GPU visit's one
-# call. Three visits: one where everything passes, one where the sm90 kernels fail the doctor and
+# call. Four visits: one where everything passes, one where the sm90 kernels fail the doctor and
 # the 32B rank with offload runs out of memory, one where they disagree with sm80 only on a 16k
-# document. Each run's summary is checked; CI runs this.
-#   bash scripts/gpu/selftest.sh        # exit 0 when all three visits end as expected
+# document, one where that check hangs. Each run's summary is checked; CI runs this.
+#   bash scripts/gpu/selftest.sh        # exit 0 when all four visits end as expected
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 T=$(mktemp -d /tmp/limo-check-selftest.XXXXXX)
@@ -37,6 +37,8 @@ case "$1 ${2:-}" in
             fi
             row "attention fwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 out 1.0e-03 1e-02 ok
             row "attention bwd (sm90)" "384 tokens 40/8x128, 1 docs" bf16 dq 1.0e-03 1e-02 ok
+            # Cut by the stage's deadline in the 16k-token check, after the small sm90 rows passed.
+            [ "${FAKE_SM90:-ok}" = hang ] && exit 124
             if [ "${FAKE_SM90:-ok}" = long ]; then # only the 16k-token agreement with sm80
                 row "attention fwd (sm90) = sm80" "16384 tokens 12/2x128, 1 doc" bf16 out 5.0e-01 1e-02 FAIL
                 echo "error: 1 of 4 checks failed" >&2
@@ -184,9 +186,17 @@ if grep -v -e ' doctor --quick' "$T/long.calls" | grep -qv '^LIMO_FLASH_PATH=sm8
     FAILS=$((FAILS + 1))
 fi
 
+# ... or hanging there: no sm90 either.
+visit hang 1 FAKE_SM90=hang
+expect hang doctor timeout
+if grep -v -e ' doctor --quick' "$T/hang.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
+    echo "selftest hang: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
+    FAILS=$((FAILS + 1))
+fi
+
 if [ "$FAILS" != 0 ]; then
     echo "selftest: $FAILS problems; the summaries:" >&2
-    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" >&2 2>/dev/null
+    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" "$T/hang.txt" >&2 2>/dev/null
     exit 1
 fi
-echo "selftest: check.sh's real run under fakes: three visits as expected (all stages ok; sm90 failures at 384 and 16k tokens and an OOM handled)"
+echo "selftest: check.sh's real run under fakes: four visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled)"
