@@ -1,10 +1,11 @@
 //! Before the Hopper (sm90) flash-attention kernels become a GPU's default path, they run once
-//! beside the sm80 kernels on a small packed problem of the same head_dim: the forward (out,
-//! lse) and the atomic backward (dq, dk, dv). If any output disagrees (relative L2 above
-//! [`TOLERANCE`], or not finite) or a kernel returns an error, a warning says so and that GPU
-//! keeps the sm80 kernels. The sm90 kernels are the newest code in limo; a layout bug would
-//! otherwise train on wrong gradients for days without a word. `limo doctor` stays the full
-//! check (against the CPU, every shape); `LIMO_FLASH_PATH` forces a path and skips this one.
+//! beside the sm80 kernels on a packed problem of the same head_dim (two short documents and one of
+//! 4096 tokens): the forward (out, lse) and the atomic backward (dq, dk, dv). If any output
+//! disagrees (relative L2 above [`TOLERANCE`], or not finite) or a kernel returns an error, a
+//! warning says so and that GPU keeps the sm80 kernels. The sm90 kernels are the newest code in
+//! limo; a layout bug would otherwise train on wrong gradients for days without a word. `limo
+//! doctor` stays the full check (against the CPU, every shape); `LIMO_FLASH_PATH` forces a path and
+//! skips this one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,9 +47,10 @@ pub fn sm90_agrees(dev: &CudaDevice, head_dim: usize) -> bool {
 
 /// `None` when every output agrees, else the first that does not and by how much.
 fn compare(dev: &CudaDevice, head_dim: usize) -> Result<Option<String>> {
-    // Two documents (130 and 170 tokens: partial tiles, a document boundary inside one), GQA
-    // 2:1 over two kv heads.
-    let (n, q_heads, kv_heads, cu) = (300, 4, 2, [0, 130, 300]);
+    // Two short documents (130 and 170 tokens: partial tiles, a document boundary inside one)
+    // and one of 4096 (32 kv tiles per query tile at its end: the kv ring reused for many
+    // rounds of both barrier parities, as at 16k), GQA 2:1 over two kv heads; a few MB.
+    let (n, q_heads, kv_heads, cu) = (4396, 4, 2, [0, 130, 300, 4396]);
     let device = Device::Cuda(dev.clone());
     let randn = |heads: usize| {
         Tensor::randn(0f32, 1.0, (n, heads, head_dim), &device)?.to_dtype(DType::BF16)
