@@ -74,17 +74,13 @@ pub(super) fn attention(
         }
 
         // On compute capability 9.x both forward kernels, each explicitly (the default path
-        // above is the sm90 one there), against one CPU forward; not with
-        // `LIMO_FLASH_PATH=sm80`, which keeps the doctor off the Hopper kernels too (a fault
-        // or a hang there would end the run and hide every later row).
+        // above is the sm90 one there), against one CPU forward ([`hopper_rows`]).
         #[cfg(feature = "cuda")]
         if crate::cuda::flash_attention::dispatches(
             &q.to_device(test)?,
             &k.to_device(test)?,
             &v.to_device(test)?,
-        ) && crate::cuda::runs_sm90a(test.as_cuda_device()?)?
-            && crate::cuda::flash_attention::flash_path_requested()?
-                != Some(crate::cuda::flash_attention::FlashPath::Sm80)
+        ) && hopper_rows(test)?
         {
             use crate::cuda::flash_attention::{flash_attention_forward_on, FlashPath};
             let (r_out, r_lse) = attention_forward(
@@ -180,14 +176,19 @@ pub(super) fn attention(
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub(super) fn long_document(c: &mut Checks, Run(_, test, opts): Run) -> Result<()> {
     #[cfg(feature = "cuda")]
-    if test.is_cuda()
-        && crate::cuda::runs_sm90a(test.as_cuda_device()?)?
-        && crate::cuda::flash_attention::flash_path_requested()?
-            != Some(crate::cuda::flash_attention::FlashPath::Sm80)
-    {
+    if test.is_cuda() && hopper_rows(test)? {
         return sm90_against_sm80(c, test, opts.seed * 1000 + 110);
     }
     Ok(())
+}
+
+/// Whether the doctor checks the sm90 kernels on `test`: a compute capability 9.x GPU, unless
+/// `LIMO_FLASH_PATH=sm80` keeps it off them (a fault or hang there would hide every later row).
+#[cfg(feature = "cuda")]
+fn hopper_rows(test: &candle_core::Device) -> Result<bool> {
+    use crate::cuda::flash_attention::{flash_path_requested, FlashPath};
+    Ok(crate::cuda::runs_sm90a(test.as_cuda_device()?)?
+        && flash_path_requested()? != Some(FlashPath::Sm80))
 }
 
 #[cfg(feature = "cuda")]
