@@ -34,22 +34,21 @@
 #                   the uninterrupted run's (bit-exact expected; fails above 1e-2)
 #   generate-1k *   generate at full length (128-token prompts, 1024 new tokens) if at least
 #                   120 s of the 540 are left (else `skipped`); a timeout fails nothing
-#   sanitize *      compute-sanitizer memcheck over `limo doctor --quick`, if 60 s are left;
-#                   `skipped` where the sanitizer is missing or cannot run (gVisor)
+#   profile *       (at most 90 s, if 60 are left) Nsight Compute's counters for each flash
+#                   kernel at 16k tokens, 40/8 heads (scripts/gpu/profile.sh); never a failure
+#   sanitize *      (at most 90 s, if 60 are left) compute-sanitizer memcheck over `limo doctor
+#                   --quick`; `skipped` where the sanitizer is missing or cannot run (gVisor)
 #   recompute *     (at most 45 s, if 30 are left) step-1.5b's limo run again with
 #                   train.recompute_attention = true
 # Elastic stages (*) run on what is left of the 540 s when they start, and stand down when an
 # earlier stage failed (the device time is then worth more as a rerun). The timeouts are
-# estimates (no stage has run on a GPU yet). The fixed stages sum to 510 s; with 30 s for the
-# machine section the run is held to 540 s (a fresh H200 included: the driver JIT-compiles
-# candle's PTX on first use), so a 590 s call has room for the transfers. --dry-run prints
-# `budget: ... total=N limit=540` and exits 1 when over.
+# estimates (no stage has run on a GPU yet): the fixed ones sum to 510 s, 540 s with the machine
+# section (a fresh H200's PTX JIT included), so a 590 s call has room for the transfers.
+# --dry-run prints `budget: ... total=N limit=540` and exits 1 when over.
 #
 # Results in $OUT (default ./check-out; the device tool sets it), at most 8 files, as the tool
-# returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, the small JSONs
-# such as generate.json and generate-1k.json),
-# step-1.5b.json, peer-1.5b-fp32.json, peer-1.5b-bf16.json, step-32b-w8.json,
-# step-32b-off.json, attention.json.
+# returns no more: summary.txt, logs.tar.gz (logs/machine.txt, logs/<stage>.log, small JSONs),
+# step-1.5b.json, peer-1.5b-{fp32,bf16}.json, step-32b-{w8,off}.json, attention.json.
 # Scratch (models, run directories): $LIMO_CHECK_WORK, default a new /tmp/limo-check.XXXXXX.
 # Exit status: 0 when every stage run is ok, OOM or skipped (or an elastic one timed out), 1
 # when one failed or a fixed one timed out, 2 on bad arguments.
@@ -57,17 +56,17 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
 STAGES=(doctor kernels attention step-1.5b generate loss-parity step-32b-w8 step-32b-off nccl train
-    resume generate-1k sanitize recompute)
+    resume generate-1k profile sanitize recompute)
 declare -A TIMEOUT=(
     [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=105 [generate]=25 [loss-parity]=50
     [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25 [resume]=0 [generate-1k]=0
-    [sanitize]=0 [recompute]=0
+    [profile]=0 [sanitize]=0 [recompute]=0
 )
 # Elastic stages have no timeout of their own (0 above, not in the sum): each runs until the
 # run's LIMIT_S deadline, and only if at least this many seconds are left when it starts.
-declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [sanitize]=60 [recompute]=30)
+declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [profile]=60 [sanitize]=60 [recompute]=30)
 # ... and at most this many (the rest stays for the stages after it).
-declare -A ELASTIC_MAX=([resume]=30 [recompute]=45)
+declare -A ELASTIC_MAX=([resume]=30 [profile]=90 [sanitize]=90 [recompute]=45)
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
 LIMIT_S=540
 
@@ -224,19 +223,16 @@ $code" "$@" 2>/dev/null)
 
 stage_doctor() {
     # Two runs, so that a fault or hang in a Hopper kernel (new to silicon) cannot hide the other
-    # kernels' rows: every kernel with the flash path held at sm80 (the doctor then skips the
-    # sm90 rows), then the bf16 attention rows on the default path with both kernels explicitly
-    # and the sm90 kernels against the sm80 ones on one 16k-token document.
+    # kernels' rows: every kernel with the flash path held at sm80 (no sm90 rows), then the bf16
+    # attention rows with both kernels and sm90 against sm80 on one 16k-token document.
     # Failed outputs go to logs/doctor-failures: the tensors, the seed, where the errors are.
     local dump=(--dump "$LOGS/doctor-failures" --dump-mib 6)
     x env LIMO_FLASH_PATH=sm80 "$LIMO_BIN" doctor --quick "${dump[@]}"
     x "$LIMO_BIN" doctor --quick --only attention,attention_16k --dtype bf16 "${dump[@]}"
     local hopper=$?
     [ "$DRY" = 1 ] && note "the later stages hold LIMO_FLASH_PATH=sm80 unless both sm90 kernels passed"
-    # Unless that run ended with every row passed (not cut by a hang, no sm90 row failed or
-    # errored) and printed an `ok` row for each Hopper kernel, the later stages take the sm80
-    # kernels, so one bad kernel does not cost the visit's numbers. (A GPU that is not 9.x has
-    # no sm90 rows and only the sm80 path anyway.)
+    # Unless that run passed whole (no hang, no sm90 row failed or errored) with an `ok` row for
+    # each Hopper kernel, later stages take sm80: one bad kernel must not cost the visit's numbers.
     if [ "$DRY" != 1 ] && { [ "$hopper" != 0 ] ||
         ! grep -Eq '^attention fwd \(sm90\) .* ok$' "$STAGE_LOG" ||
         ! grep -Eq '^attention bwd \(sm90\) .* ok$' "$STAGE_LOG" ||
@@ -357,8 +353,16 @@ stage_generate_1k() {
 }
 key_generate_1k() { key_generate "$LOGS/generate-1k.json"; }
 
-# memcheck prints each bad access as it happens, so a run cut at the deadline still reports what
-# it saw; it exits 99 (--error-exitcode) when it found any.
+# A diagnosis, not a check: without counters (gVisor) or with ncu failing it is `skipped`.
+stage_profile() {
+    local secs=LEFT-15 # 15 s of the stage for the report's tables
+    [ "$DRY" = 1 ] || secs=$(((STAGE_DEADLINE - $(now_ms)) / 1000 - 15))
+    x bash scripts/gpu/profile.sh "$LIMO_BIN" "$W" "$LOGS" "$secs" || [ "$STAGE_TIMEDOUT" = 1 ] ||
+        STAGE_SKIPPED=1
+}
+key_profile() { grep -h -e '^profile: ' -e '^no ' "$STAGE_LOG" | tail -1 | cut -c1-200; }
+
+# memcheck reports each bad access as it happens (a run cut short still counts); exit 99: found.
 stage_sanitize() {
     if [ "$DRY" != 1 ] && ! command -v compute-sanitizer >/dev/null; then
         note "no compute-sanitizer on PATH"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # check.sh's real run (not --dry-run) on this machine, without a GPU: a fake `limo`, fake GPU
-# python scripts (torch's side) and a fake nvidia-smi stand in for the GPU machine, so that a
-# shell mistake in a stage, a key or the elastic logic shows here and not in a GPU visit's one
-# call. Four visits: one where everything passes, one where the sm90 kernels fail the doctor and
-# the 32B rank with offload runs out of memory, one where they disagree with sm80 only on a 16k
-# document, one where that check hangs. Each run's summary is checked; CI runs this.
-#   bash scripts/gpu/selftest.sh        # exit 0 when all four visits end as expected
+# python scripts (torch's side), a fake nvidia-smi and a fake ncu stand in for the GPU machine,
+# so that a shell mistake in a stage, a key or the elastic logic shows here and not in a GPU
+# visit's one call. Five visits: one where everything passes, one where the sm90 kernels fail the
+# doctor and the 32B rank with offload runs out of memory, one where they disagree with sm80 only
+# on a 16k document, one where that check hangs, one (profile only) where ncu has no counters.
+# Each run's summary is checked; CI runs this.
+#   bash scripts/gpu/selftest.sh        # exit 0 when all five visits end as expected
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 T=$(mktemp -d /tmp/limo-check-selftest.XXXXXX)
@@ -113,17 +114,58 @@ cat >"$T/bin/nvidia-smi" <<'EOF'
 #!/usr/bin/env bash
 echo "NVIDIA H200 (fake), 580.00, 143771 MiB"
 EOF
+# -- ncu (Nsight Compute): runs the profiled command, then answers --import with a details page
+# in its CSV form (two launches of one kernel, the doctor's small one first) or as text.
+cat >"$T/bin/ncu" <<'EOF'
+#!/usr/bin/env bash
+case " $* " in
+    *" --version "*) echo "NVIDIA (R) Nsight Compute Command Line Profiler"; echo "Version 2025.3.1.0 (fake)"; exit 0 ;;
+    *" --list-sections "*)
+        printf '%s\n' "Identifier  Display Name  Filename" SpeedOfLight Occupancy WarpStateStats
+        exit 0 ;;
+    *" --import "*" --csv "*)
+        echo '==PROF== Connected to process 1 (fake)'
+        echo '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
+        k() { echo "\"$1\",\"1\",\"limo\",\"h\",\"$2\",\"1\",\"7\",\"(384, 1, 1)\",\"$3\",\"0\",\"9.0\",\"$4\",\"$5\",\"$6\",\"$7\""; }
+        k 0 flash_bwd_sm90_bf16_hd128 "(5, 40, 1)" "GPU Speed Of Light Throughput" Duration nsecond "512,000"
+        k 1 flash_bwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" Duration nsecond "21,500,000"
+        k 1 flash_bwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" "Compute (SM) Throughput" % 62.4
+        k 1 flash_bwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" "Memory Throughput" % 31.2
+        k 1 flash_bwd_sm90_bf16_hd128 "(128, 40, 1)" "Occupancy" "Achieved Occupancy" % 18.7
+        k 1 flash_bwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" "" "" ""
+        k 2 flash_fwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" Duration usecond "7,900"
+        k 2 flash_fwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" "Compute (SM) Throughput" % 71
+        k 2 flash_fwd_sm90_bf16_hd128 "(128, 40, 1)" "GPU Speed Of Light Throughput" "Memory Throughput" % 12
+        exit 0 ;;
+    *" --import "*) echo "  flash_fwd_sm90_bf16_hd128 (128, 40, 1)x(384, 1, 1), Context 1, Stream 7"; exit 0 ;;
+esac
+if [ "${FAKE_NCU:-ok}" = nocounters ]; then
+    echo "==ERROR== Failed to initialize the profiler: LibraryNotLoaded"
+    exit 1
+fi
+rep=""
+while [ $# -gt 0 ] && [[ "$1" != */limo ]]; do
+    [ "$1" = --export ] && rep=$2.ncu-rep
+    shift
+done
+"$@"
+rc=$?
+[ -n "$rep" ] && echo fake >"$rep"
+exit $rc
+EOF
 chmod +x "$T/bin/"*
 
 FAILS=0
-# visit NAME EXPECTED_EXIT [VAR=VALUE ...]: check.sh under the fakes; its summary in $T/NAME.txt
+# visit NAME EXPECTED_EXIT [--only=STAGES] [VAR=VALUE ...]: check.sh under the fakes; its
+# summary in $T/NAME.txt
 visit() {
-    local name=$1 want=$2 rc
+    local name=$1 want=$2 rc only=()
     shift 2
+    [[ "${1:-}" == --only=* ]] && { only=("$1"); shift; }
     rm -rf "$T/out" "$T/work"
     env "$@" PATH="$T/bin:$PATH" PYTHONPATH="$T/site" LIMO_BIN="$T/bin/limo" \
         LIMO_PEER_DIR="$T/peer" OUT="$T/out" LIMO_CHECK_WORK="$T/work" FAKE_CALLS="$T/$name.calls" \
-        bash scripts/gpu/check.sh >"$T/$name.log" 2>&1
+        bash scripts/gpu/check.sh "${only[@]}" >"$T/$name.log" 2>&1
     rc=$?
     cp "$T/out/summary.txt" "$T/$name.txt" 2>/dev/null
     if [ "$rc" != "$want" ]; then
@@ -156,6 +198,12 @@ expect pass nccl ok "checksum 00000000deadbeef ok"
 expect pass train ok "loss 39.500 -> 10.500 over 30 steps"
 expect pass resume ok "max loss diff 0 over steps 21-30, bit-exact True"
 expect pass generate-1k ok "limo 5000 tok/s"
+expect pass profile ok "profile: 2 kernels of 3 launches; bwd_sm90_bf16_hd128 21.50 ms SM 62% mem 31%; fwd_sm90_bf16_hd128 7.90 ms SM 71% mem 12%"
+grep -q '^bwd_sm90_bf16_hd128  (128, 40, 1)  (384, 1, 1)  21.500  *62  *31 .* 18.7 ' \
+    "$T/work/logs/profile.log" ||
+    { echo "selftest pass: no table row for the longest bwd launch in profile.log" >&2; FAILS=$((FAILS + 1)); }
+grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass.calls" ||
+    { echo "selftest pass: ncu did not run limo bench kernels --op attention" >&2; FAILS=$((FAILS + 1)); }
 expect pass sanitize skipped
 expect pass recompute ok "kept/recomputed 1.000"
 # The sm90 kernels passed: nothing after the doctor's first run held the flash path at sm80.
@@ -171,6 +219,7 @@ expect fail doctor FAIL "attention bf16: 1 of 3 checks failed"
 expect fail step-32b-off OOM "out of device memory"
 expect fail train ok
 expect fail generate-1k skipped "not run: an earlier stage failed"
+expect fail profile skipped "not run: an earlier stage failed"
 expect fail recompute skipped "not run: an earlier stage failed"
 # After the failed sm90 row every later limo call holds the sm80 kernels.
 if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
@@ -194,9 +243,13 @@ if grep -v -e ' doctor --quick' "$T/hang.calls" | grep -qv '^LIMO_FLASH_PATH=sm8
     FAILS=$((FAILS + 1))
 fi
 
+# A machine whose counters ncu cannot read (gVisor): a skip that says why, not a failure.
+visit nocounters 0 --only=profile FAKE_NCU=nocounters
+expect nocounters profile skipped "no report (ncu exit 1): ==ERROR== Failed to initialize the profiler: LibraryNotLoaded"
+
 if [ "$FAILS" != 0 ]; then
     echo "selftest: $FAILS problems; the summaries:" >&2
-    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" "$T/hang.txt" >&2 2>/dev/null
+    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" "$T/hang.txt" "$T/nocounters.txt" >&2 2>/dev/null
     exit 1
 fi
-echo "selftest: check.sh's real run under fakes: four visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled)"
+echo "selftest: check.sh's real run under fakes: five visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled; ncu without counters skipped)"
