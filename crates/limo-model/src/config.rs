@@ -7,6 +7,12 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
+/// Bounds far past any published model (the largest have ~130 layers and ~2e12 parameters)
+/// that keep every byte count in a u64 and the per-tensor lists small: a config beyond them is
+/// a typo, and without them it would abort on an allocation or wrap around.
+const MAX_LAYERS: usize = 1 << 16;
+const MAX_PARAMETERS: f64 = (1u64 << 50) as f64;
+
 /// The fields of a Qwen2 `config.json` that the math depends on. The whole file is kept in
 /// `raw` so that an exported checkpoint carries every field the user's file had.
 #[derive(Debug, Clone)]
@@ -43,6 +49,7 @@ struct RawConfig {
     #[serde(default)]
     use_sliding_window: bool,
     rope_scaling: Option<Value>,
+    hidden_act: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -62,11 +69,16 @@ impl Qwen2Config {
             serde_json::from_str(text).map_err(|e| Error::Config(format!("invalid JSON: {e}")))?;
         let c: RawConfig =
             serde_json::from_value(raw.clone()).map_err(|e| Error::Config(e.to_string()))?;
-        let is_qwen2 = c.model_type.as_deref() == Some("qwen2")
-            || c.architectures
+        // model_type decides, as it does for transformers' AutoConfig; architectures only
+        // when it is absent.
+        let is_qwen2 = match c.model_type.as_deref() {
+            Some(kind) => kind == "qwen2",
+            None => c
+                .architectures
                 .iter()
                 .flatten()
-                .any(|a| a == "Qwen2ForCausalLM");
+                .any(|a| a == "Qwen2ForCausalLM"),
+        };
         if !is_qwen2 {
             let found = c
                 .model_type
@@ -75,6 +87,14 @@ impl Qwen2Config {
                 "architecture {} is not supported: limo trains Qwen2 (model_type \"qwen2\")",
                 found.as_deref().unwrap_or("(none given)")
             )));
+        }
+        // transformers maps both names to SiLU; any other would be computed as SiLU without a word.
+        if let Some(act) = c.hidden_act.as_deref() {
+            if act != "silu" && act != "swish" {
+                return Err(Error::Config(format!(
+                    "hidden_act {act:?} is not supported: Qwen2 uses \"silu\""
+                )));
+            }
         }
         if c.use_sliding_window {
             return Err(Error::Config(
@@ -134,7 +154,13 @@ impl Qwen2Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return bad(format!("{name} must be positive"));
         }
-        if self.head_dim * self.num_attention_heads != self.hidden_size {
+        if self.num_hidden_layers > MAX_LAYERS {
+            return bad(format!(
+                "num_hidden_layers {} is more than limo handles ({MAX_LAYERS})",
+                self.num_hidden_layers
+            ));
+        }
+        if self.head_dim.checked_mul(self.num_attention_heads) != Some(self.hidden_size) {
             return bad(format!(
                 "hidden_size {} is not num_attention_heads {} x head_dim {}",
                 self.hidden_size, self.num_attention_heads, self.head_dim
@@ -158,7 +184,31 @@ impl Qwen2Config {
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
             return bad("rms_norm_eps and rope_theta must be positive".into());
         }
+        let params = self.parameter_count_f64();
+        if params > MAX_PARAMETERS {
+            return bad(format!(
+                "{params:.3e} parameters (hidden_size {}, intermediate_size {}, vocab_size {}) \
+                 are more than limo handles ({MAX_PARAMETERS:.3e})",
+                self.hidden_size, self.intermediate_size, self.vocab_size
+            ));
+        }
         Ok(())
+    }
+
+    /// The parameter count in f64, which cannot overflow, for the bound above; exact counts
+    /// come from the parameter specs once the config is known to be in range.
+    fn parameter_count_f64(&self) -> f64 {
+        let [h, i, v, q, kv] = [
+            self.hidden_size,
+            self.intermediate_size,
+            self.vocab_size,
+            self.q_dim(),
+            self.kv_dim(),
+        ]
+        .map(|x| x as f64);
+        let layer = h * (q + 2.0 * kv) + (q + 2.0 * kv) + q * h + 3.0 * h * i + 2.0 * h;
+        let head = if self.tie_word_embeddings { 0.0 } else { v * h };
+        v * h + self.num_hidden_layers as f64 * layer + h + head
     }
 
     pub fn q_dim(&self) -> usize {
@@ -209,6 +259,39 @@ mod tests {
                 "\"hidden_size\": \"64\"",
                 "invalid type",
             ),
+            // model_type decides over architectures.
+            (
+                "\"qwen2\"",
+                "\"qwen3\", \"architectures\": [\"Qwen2ForCausalLM\"]",
+                "architecture qwen3",
+            ),
+            (
+                "\"vocab_size\": 512",
+                "\"vocab_size\": 512, \"hidden_act\": \"gelu\"",
+                "hidden_act \"gelu\"",
+            ),
+            // Once aborted on allocating the per-layer tensor list.
+            (
+                "\"num_hidden_layers\": 2",
+                "\"num_hidden_layers\": 100000000",
+                "num_hidden_layers 100000000",
+            ),
+            // Once wrapped around to a 0.00B-parameter plan.
+            (
+                "\"vocab_size\": 512",
+                "\"vocab_size\": 18446744073709551615",
+                "vocab_size 18446744073709551615",
+            ),
+            (
+                "\"hidden_size\": 64, \"intermediate_size\": 128",
+                "\"hidden_size\": 4294967296, \"intermediate_size\": 4294967296",
+                "more than limo handles",
+            ),
+            (
+                "\"num_attention_heads\": 4",
+                "\"num_attention_heads\": 4, \"head_dim\": 4611686018427387904",
+                "head_dim 4611686018427387904",
+            ),
         ] {
             let edited = BASE.replace(from, to);
             let err = Qwen2Config::from_json(&format!("{edited}, \"rope_theta\": 1.0}}"))
@@ -216,5 +299,19 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn silu_by_either_name_and_architectures_without_model_type() {
+        for act in ["silu", "swish"] {
+            let text = format!("{BASE}, \"rope_theta\": 1.0, \"hidden_act\": \"{act}\"}}");
+            assert!(Qwen2Config::from_json(&text).is_ok(), "{act}");
+        }
+        let text = BASE.replace(
+            "\"model_type\": \"qwen2\"",
+            "\"architectures\": [\"Qwen2ForCausalLM\"]",
+        );
+        let cfg = Qwen2Config::from_json(&format!("{text}, \"rope_theta\": 1.0}}")).unwrap();
+        assert_eq!(cfg.num_hidden_layers, 2);
     }
 }

@@ -345,6 +345,9 @@ fn default_max_new_tokens() -> usize {
 }
 
 /// The embedded default run (`limo train` with no `--config`).
+/// Held-out problems of `builtin:arithmetic` decoded before and after training; more is a typo.
+const MAX_EVAL_EXAMPLES: usize = 10_000;
+
 pub const TINY_TOML: &str = include_str!("../../../configs/tiny.toml");
 
 impl TrainConfig {
@@ -399,6 +402,35 @@ impl TrainConfig {
                 bail!("{name} must be at least 1");
             }
         }
+        if t.max_steps == Some(0) {
+            bail!("train.max_steps must be at least 1 (leave it out to train for train.epochs)");
+        }
+        // The kernels count a micro-batch's tokens in 32-bit ints; far past any memory, a value
+        // beyond it is a typo that would otherwise abort on an allocation.
+        let tokens = t.batch_size.checked_mul(self.data.cutoff_len);
+        if tokens.is_none_or(|n| n > i32::MAX as usize) {
+            bail!(
+                "train.batch_size {} x data.cutoff_len {} tokens per micro-batch is more than \
+                 limo handles ({})",
+                t.batch_size,
+                self.data.cutoff_len,
+                i32::MAX
+            );
+        }
+        if t.grad_accum > i32::MAX as usize {
+            bail!(
+                "train.grad_accum {} is more than limo handles ({})",
+                t.grad_accum,
+                i32::MAX
+            );
+        }
+        if self.output.eval_examples > MAX_EVAL_EXAMPLES {
+            bail!(
+                "output.eval_examples {} is more than {MAX_EVAL_EXAMPLES} (each is decoded \
+                 before and after training)",
+                self.output.eval_examples
+            );
+        }
         if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
             bail!("train.adam_beta1/adam_beta2 must be in [0, 1)");
         }
@@ -433,6 +465,20 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Rows one optimizer step consumes over all ranks: batch_size x grad_accum x world.
+    pub fn rows_per_step(&self, world_size: usize) -> anyhow::Result<usize> {
+        let t = &self.train;
+        t.batch_size
+            .checked_mul(t.grad_accum)
+            .and_then(|n| n.checked_mul(world_size))
+            .with_context(|| {
+                format!(
+                    "train.batch_size {} x grad_accum {} x {world_size} ranks overflows",
+                    t.batch_size, t.grad_accum
+                )
+            })
+    }
+
     /// A hash of everything that shapes the trajectory (model, data, train; not output), kept in
     /// every checkpoint so a resume with a different recipe is refused.
     /// Identifies the training trajectory, to refuse resuming a different run. It depends on
@@ -454,7 +500,7 @@ impl TrainConfig {
         }
         map.insert(
             "rows_per_step".into(),
-            (self.train.batch_size * self.train.grad_accum * world_size).into(),
+            self.rows_per_step(world_size).unwrap_or(usize::MAX).into(),
         );
         let mut model = serde_json::to_value(&self.model).expect("serializable");
         model.as_object_mut().expect("a struct").remove("device");
@@ -770,6 +816,34 @@ mod tests {
         assert_eq!(c.model.dtype.dtype(), DType::F32);
         assert_eq!(c.output.export_dtype.to_string(), "bf16");
         assert_eq!(ExportDtype::None.dtype(), None);
+    }
+
+    /// Each of these once aborted on an allocation, panicked, wrapped around or failed later
+    /// on a missing checkpoint.
+    #[test]
+    fn out_of_range_counts_are_errors_that_name_the_key() {
+        for (set, expected) in [
+            ("train.max_steps=0", "train.max_steps must be at least 1"),
+            (
+                "train.batch_size=4294967296",
+                "train.batch_size 4294967296 x data.cutoff_len 512",
+            ),
+            (
+                "train.batch_size=9223372036854775807",
+                "tokens per micro-batch",
+            ),
+            ("train.grad_accum=9223372036854775807", "train.grad_accum"),
+            ("output.eval_examples=4294967296", "output.eval_examples"),
+        ] {
+            let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[set.into()]).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains(expected), "{set}: {text}");
+        }
+        let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.grad_accum=3".into()]);
+        let c = c.unwrap();
+        assert_eq!(c.rows_per_step(5).unwrap(), 4 * 3 * 5);
+        let err = c.rows_per_step(usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
     }
 
     #[test]

@@ -140,8 +140,10 @@ fn warmup_steps(config: &TrainConfig, ratio: f64, world: usize) -> anyhow::Resul
             if let Some(limit) = config.data.limit {
                 rows = rows.min(limit);
             }
-            let per_step = t.batch_size * t.grad_accum * world;
-            t.epochs * rows.div_ceil(per_step)
+            let steps = rows.div_ceil(config.rows_per_step(world)?);
+            t.epochs
+                .checked_mul(steps)
+                .with_context(|| format!("num_train_epochs {} overflows", t.epochs))?
         }
     };
     Ok((ratio * total as f64).ceil() as usize)

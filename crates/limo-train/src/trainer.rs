@@ -152,9 +152,17 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     }
 
     let t = &config.train;
-    let per_step = t.batch_size * t.grad_accum * world;
+    let per_step = config.rows_per_step(world)?;
     let steps_per_epoch = rows.len().div_ceil(per_step);
-    let total_steps = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
+    let total_steps = match t.max_steps {
+        Some(steps) => steps,
+        None => t.epochs.checked_mul(steps_per_epoch).with_context(|| {
+            format!(
+                "train.epochs {} x {steps_per_epoch} steps per epoch overflows",
+                t.epochs
+            )
+        })?,
+    };
     let schedule = t.schedule;
     let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
     let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
