@@ -200,6 +200,26 @@ fn bad_inputs_are_one_line_errors() {
         ),
         "--max-new-tokens: one sequence's KV cache at its longest needs",
     );
+    // Once wrapped around to a cache that "fit", then decoded without end.
+    one_line_error(
+        &eval_data(
+            &model,
+            &data,
+            &["--max-new-tokens", &usize::MAX.to_string()],
+            &tmp.path().join("o4"),
+        ),
+        "--max-new-tokens: one sequence's KV cache at its longest needs",
+    );
+    // Once an allocation abort: a job per (problem, sample).
+    one_line_error(
+        &eval_data(
+            &model,
+            &data,
+            &["--samples", "4294967296"],
+            &tmp.path().join("o5"),
+        ),
+        "--samples 4294967296",
+    );
     let pairs = tmp.path().join("pairs.jsonl");
     std::fs::write(&pairs, "{\"prediction\": \"1\"}\n").unwrap();
     one_line_error(

@@ -77,7 +77,7 @@ struct RunArgs {
     temperature: f64,
     #[arg(long, default_value_t = 1.0)]
     top_p: f64,
-    /// Responses per problem (pass@k up to K).
+    /// Responses per problem (pass@k up to K; at most 65,536).
     #[arg(long, default_value_t = 1)]
     samples: usize,
     #[arg(long, default_value_t = 0)]

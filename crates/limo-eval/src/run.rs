@@ -344,11 +344,20 @@ pub fn fit_batch(
     Ok(batch)
 }
 
+const MAX_SAMPLES: usize = 1 << 16;
+
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn check_options(opts: &EvalOptions) -> anyhow::Result<()> {
     if opts.samples == 0 || opts.batch_size == 0 {
         bail!("samples and batch_size must be at least 1");
+    }
+    // Every (problem, sample) is a job held in memory; pass@k estimates use far fewer.
+    if opts.samples > MAX_SAMPLES {
+        bail!(
+            "--samples {} is more than {MAX_SAMPLES} responses per problem",
+            opts.samples
+        );
     }
     if opts.benchmarks.is_empty() && opts.files.is_empty() {
         bail!("no benchmark to run");
@@ -506,7 +515,7 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
             kv_cache_bytes(
                 &config,
                 weights.embed.dtype(),
-                longest + opts.max_new_tokens,
+                longest.saturating_add(opts.max_new_tokens),
             ),
             limo_ops::available_memory(&opts.device),
         )?;

@@ -61,7 +61,8 @@ pub fn kv_cache_bytes(config: &Qwen2Config, dtype: DType, positions: usize) -> u
         * config.num_key_value_heads
         * config.head_dim
         * dtype.size_in_bytes();
-    (per_token * positions) as u64
+    // Saturating: a --max-new-tokens near usize::MAX then reads as "does not fit".
+    (per_token as u64).saturating_mul(positions as u64)
 }
 
 /// The past keys and values of a set of sequences, per layer: `[slots, kv_heads, capacity,
