@@ -390,6 +390,27 @@ fn bad_configs_fail_before_any_work() {
     assert!(!out.exists(), "nothing was written");
 }
 
+/// Rows appended to the data file between a run and its resume: the checkpoint's data order
+/// no longer fits, and the one error line names the manifest (it once named nothing).
+#[test]
+fn resume_after_the_data_changed_names_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 6, 16);
+    let out = tmp.path().join("run");
+    let config = golden_config(tmp.path(), &data, &out, "f32", &[]);
+    run_ok(&train_args(&config, &["train.max_steps=2"]));
+    let text = std::fs::read_to_string(&data).unwrap();
+    let first = text.lines().next().unwrap();
+    std::fs::write(&data, format!("{text}{first}\n")).unwrap();
+    let mut args = train_args(&config, &["train.max_steps=2"]);
+    args.push("--resume".into());
+    let err = run_err(&args);
+    assert!(
+        err.contains("manifest.json: data_order") && err.contains("the dataset has 7"),
+        "{err}"
+    );
+}
+
 #[test]
 fn embedded_default_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();

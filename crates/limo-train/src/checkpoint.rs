@@ -698,6 +698,9 @@ pub fn restore_run(
     if reader.master_dtype() != want {
         bail!("{}: master weights are not {want:?}", dir.display());
     }
+    // Before any state is touched: a data order that does not fit the rows fails the resume.
+    let order = DataOrder::restore(&manifest.data_order, rows)
+        .with_context(|| format!("{}: data_order", dir.join(MANIFEST).display()))?;
     let rank = model.rank();
     let mut lists: Vec<Vec<Flat>> = Vec::new();
     for kind in KINDS {
@@ -709,10 +712,7 @@ pub fn restore_run(
     let [master, exp_avg, exp_avg_sq]: [Vec<Flat>; 3] =
         lists.try_into().expect("three state lists");
     model.restore_state(&master, &exp_avg, &exp_avg_sq, manifest.step as u64)?;
-    Ok((
-        DataOrder::restore(&manifest.data_order, rows)?,
-        manifest.step,
-    ))
+    Ok((order, manifest.step))
 }
 
 pub fn side_files(model_dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<Vec<SideFile>> {
