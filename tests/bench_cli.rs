@@ -129,8 +129,14 @@ fn bench_err(extra: &[&str]) -> String {
 
 #[test]
 fn bad_flags_are_one_line_errors() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--rank", "1"], "--rank needs --simulate-world"),
+        // Once a capacity-overflow panic on the communication thread.
+        (
+            &["--simulate-world", "18446744073709551615"],
+            "more than 65536 ranks",
+        ),
+        (&["--peak-tflops", "nan"], "--peak-tflops NaN"),
         (
             &["--simulate-world", "2", "--rank", "2"],
             "not a rank of a 2-way job",
@@ -146,6 +152,28 @@ fn bad_flags_are_one_line_errors() {
         let err = bench_err(&[&["--steps", "1"][..], extra].concat());
         assert!(err.contains(expect), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
+    }
+    // Sizes past the kernels' 32-bit token counts: once capacity-overflow panics and
+    // allocation aborts.
+    let huge = "4294967296";
+    for (args, expect) in [
+        (
+            &["bench", "step", "--shape", "tiny", "--tokens", huge][..],
+            "--tokens 4294967296 is more than",
+        ),
+        (
+            &["bench", "generate", "--shape", "tiny", "--batch", huge][..],
+            "--batch 4294967296 x --prompt-tokens 128",
+        ),
+        (
+            &["bench", "generate", "--shape", "tiny", "--new-tokens", huge][..],
+            "--new-tokens 4294967296 positions",
+        ),
+    ] {
+        let out = limo(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
     }
 }
 

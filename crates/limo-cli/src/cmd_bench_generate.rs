@@ -101,6 +101,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.new_tokens == 0 || args.prompt_tokens == 0 {
         bail!("--batch, --new-tokens and --prompt-tokens must be at least 1");
     }
+    // The prefill's tokens and a sequence's positions are 32-bit ints in the kernels.
+    let prefill = args.batch.checked_mul(args.prompt_tokens);
+    let positions = args.prompt_tokens.checked_add(args.new_tokens);
+    if [prefill, positions]
+        .iter()
+        .any(|n| n.is_none_or(|n| n > i32::MAX as usize))
+    {
+        bail!(
+            "--batch {b} x --prompt-tokens {p} prefill tokens and --prompt-tokens {p} + \
+             --new-tokens {n} positions must each be at most {}",
+            i32::MAX,
+            b = args.batch,
+            p = args.prompt_tokens,
+            n = args.new_tokens,
+        );
+    }
     let dtype = args.device.bench_dtype()?;
     let device = args.device.open()?;
     let mut config = preset_config(&args.shape)?;

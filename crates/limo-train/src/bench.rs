@@ -237,6 +237,10 @@ pub fn synthetic_batch(
     if docs == 0 || docs > tokens {
         bail!("--docs must be between 1 and --tokens ({tokens}), got {docs}");
     }
+    // The kernels count a micro-batch's tokens in 32-bit ints (as `limo train` checks).
+    if tokens > i32::MAX as usize {
+        bail!("--tokens {tokens} is more than limo handles ({})", i32::MAX);
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let rows: Vec<Vec<u32>> = (0..docs)
         .map(|d| {
