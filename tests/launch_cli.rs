@@ -216,6 +216,13 @@ fn launch_refuses_bad_arguments() {
         .output()
         .unwrap();
     assert!(error_line(&out).contains("--node-rank 2 is not below --nnodes 2"));
+    // The world size once wrapped around; rank 1 then waited for a rendezvous that never came.
+    let out = limo()
+        .args(["launch", "--nproc-per-node", "2", "--nnodes"])
+        .args([&u64::MAX.to_string(), "--node-rank", "1", "--", "comm-check"])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("--nproc-per-node x --nnodes overflows"));
 }
 
 #[test]

@@ -98,7 +98,10 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
         None if spec.nnodes == 1 => free_port()?,
         None => DEFAULT_MASTER_PORT,
     };
-    let world = spec.nproc_per_node * spec.nnodes;
+    let world = spec
+        .nproc_per_node
+        .checked_mul(spec.nnodes)
+        .context("--nproc-per-node x --nnodes overflows")?;
     install_handlers();
 
     let mut ranks: Vec<Rank> = Vec::new();
@@ -138,17 +141,27 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
                     .with_context(|| format!("starting rank {rank}: {}", spec.program.display()));
             }
         };
-        if let Some(out) = child.stdout.take() {
-            forwarders.push(forward(rank, out, false));
-        }
-        if let Some(err) = child.stderr.take() {
-            forwarders.push(forward(rank, err, true));
-        }
+        let (out, err) = (child.stdout.take(), child.stderr.take());
         ranks.push(Rank {
             rank,
             child,
             status: None,
         });
+        // A thread per pipe: at thousands of ranks the OS may refuse one, which must stop the
+        // ranks already started rather than panic past them.
+        let pipes = [
+            out.map(|o| (Box::new(o) as Pipe, false)),
+            err.map(|e| (Box::new(e) as Pipe, true)),
+        ];
+        for (pipe, to_stderr) in pipes.into_iter().flatten() {
+            match forward(rank, pipe, to_stderr) {
+                Ok(thread) => forwarders.push(thread),
+                Err(e) => {
+                    stop(&mut ranks, spec.grace);
+                    return Err(e).with_context(|| format!("forwarding rank {rank}'s output"));
+                }
+            }
+        }
     }
 
     let outcome = supervise(&mut ranks, spec.grace);
@@ -246,8 +259,10 @@ fn stop(ranks: &mut [Rank], grace: Duration) {
 
 /// Copies a child's output to ours line by line, each line prefixed with its rank; whole lines
 /// are written under the lock, so ranks never interleave within a line.
-fn forward(rank: usize, from: impl Read + Send + 'static, to_stderr: bool) -> JoinHandle<()> {
-    std::thread::spawn(move || {
+type Pipe = Box<dyn Read + Send>;
+
+fn forward(rank: usize, from: Pipe, to_stderr: bool) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().spawn(move || {
         let mut reader = BufReader::new(from);
         let mut line = Vec::new();
         let prefix = format!("[rank {rank}] ");
