@@ -134,7 +134,7 @@ fn bad_flags_are_one_line_errors() {
         // Once a capacity-overflow panic on the communication thread.
         (
             &["--simulate-world", "18446744073709551615"],
-            "more than 65536 ranks",
+            "more than 1048576 ranks",
         ),
         (&["--peak-tflops", "nan"], "--peak-tflops NaN"),
         (

@@ -77,8 +77,6 @@ impl std::fmt::Display for OutOfMemory {
 
 impl std::error::Error for OutOfMemory {}
 
-const MAX_SIMULATED_WORLD: usize = 1 << 16;
-
 pub fn run(args: StepArgs) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => TrainConfig::from_file(path, &args.overrides)?,
@@ -89,9 +87,14 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if args.simulate_world.is_none() && args.rank != 0 {
         bail!("--rank needs --simulate-world");
     }
-    // Each simulated all-gather holds `world` copies of the rank's slice; no job is this large.
-    if let Some(world) = args.simulate_world.filter(|&w| w > MAX_SIMULATED_WORLD) {
-        bail!("--simulate-world {world} is more than {MAX_SIMULATED_WORLD} ranks");
+    if let Some(world) = args
+        .simulate_world
+        .filter(|&w| w > limo_dist::MAX_WORLD_SIZE)
+    {
+        bail!(
+            "--simulate-world {world} is more than {} ranks",
+            limo_dist::MAX_WORLD_SIZE
+        );
     }
     if let Some(peak) = args.peak_tflops.filter(|p| !(p.is_finite() && *p > 0.0)) {
         bail!("--peak-tflops {peak} must be a positive number");

@@ -202,8 +202,9 @@ fn wait<'a>(
     if result.timed_out() {
         let missing: Vec<usize> = (0..s.world).filter(|&r| guard.slots[r].is_none()).collect();
         bail!(
-            "rank {rank}: collective timed out after {:?} waiting for ranks {missing:?}",
-            s.timeout
+            "rank {rank}: collective timed out after {:?} waiting for ranks {}",
+            s.timeout,
+            crate::rank_list(&missing)
         );
     }
     Ok(guard)

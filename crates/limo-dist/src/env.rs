@@ -66,6 +66,13 @@ impl DistEnv {
         if self.world_size == 0 {
             bail!("the world size is 0");
         }
+        if self.world_size > crate::MAX_WORLD_SIZE {
+            bail!(
+                "the world size {} is more than limo handles ({})",
+                self.world_size,
+                crate::MAX_WORLD_SIZE
+            );
+        }
         if self.rank >= self.world_size {
             bail!(
                 "rank {} is not below the world size {}",
@@ -351,6 +358,20 @@ mod tests {
             (env.master_addr.as_str(), env.master_port),
             ("127.0.0.1", 29500)
         );
+    }
+
+    /// Once a capacity-overflow panic in the rendezvous's per-rank table.
+    #[test]
+    fn a_world_size_past_the_bound_is_an_error() {
+        let huge = u64::MAX.to_string();
+        let err = parse(&[("RANK", "0"), ("WORLD_SIZE", &huge)]).unwrap_err();
+        assert!(err.to_string().contains("more than limo handles"), "{err}");
+        let most = crate::MAX_WORLD_SIZE.to_string();
+        assert!(parse(&[("RANK", "0"), ("WORLD_SIZE", &most)]).is_ok());
+        assert_eq!(crate::rank_list(&[1, 3]), "[1, 3]");
+        let many: Vec<usize> = (1..100_000).collect();
+        let listed = crate::rank_list(&many);
+        assert!(listed.ends_with("16, ... 99983 more]"), "{listed}");
     }
 
     #[test]

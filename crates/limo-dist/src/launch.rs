@@ -101,7 +101,15 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
     let world = spec
         .nproc_per_node
         .checked_mul(spec.nnodes)
-        .context("--nproc-per-node x --nnodes overflows")?;
+        .filter(|&w| w <= crate::MAX_WORLD_SIZE)
+        .with_context(|| {
+            format!(
+                "--nproc-per-node {} x --nnodes {} is more than {} ranks",
+                spec.nproc_per_node,
+                spec.nnodes,
+                crate::MAX_WORLD_SIZE
+            )
+        })?;
     install_handlers();
 
     let mut ranks: Vec<Rank> = Vec::new();

@@ -22,3 +22,18 @@ pub use env::DistEnv;
 pub use nccl::{connect_nccl, NcclComm};
 pub use simulated::SimulatedComm;
 pub use socket::SocketComm;
+
+/// Ranks a job may have: past the largest clusters, and small enough that per-rank tables
+/// (rendezvous slots, simulated all-gathers) allocate; a larger world size is a typo.
+pub const MAX_WORLD_SIZE: usize = 1 << 20;
+
+/// `ranks` as `[1, 3]`, or its first 16 and a count when there are more (a timeout at 100,000
+/// ranks printed every one on one line).
+pub fn rank_list(ranks: &[usize]) -> String {
+    const SHOWN: usize = 16;
+    if ranks.len() <= SHOWN {
+        return format!("{ranks:?}");
+    }
+    let head: Vec<String> = ranks[..SHOWN].iter().map(usize::to_string).collect();
+    format!("[{}, ... {} more]", head.join(", "), ranks.len() - SHOWN)
+}

@@ -75,7 +75,8 @@ impl SocketComm {
                         return Err(abort_all(
                             &mut joined,
                             format!(
-                                "rendezvous timed out after {timeout:?} waiting for ranks {missing:?}"
+                                "rendezvous timed out after {timeout:?} waiting for ranks {}",
+                                crate::rank_list(&missing)
                             ),
                         ));
                     }
@@ -252,8 +253,9 @@ impl SocketComm {
                     return Err(fail_all(
                         peers,
                         format!(
-                            "{what} timed out after {:?} waiting for ranks {missing:?}",
-                            self.timeout
+                            "{what} timed out after {:?} waiting for ranks {}",
+                            self.timeout,
+                            crate::rank_list(&missing)
                         ),
                     ));
                 }
@@ -583,11 +585,14 @@ fn lost(rank: usize, e: &io::Error, during: &str) -> String {
 
 impl Drop for SocketComm {
     fn drop(&mut self) {
-        // Unblocks the host's reader threads; peers see the connection close.
+        // Peers see the connection close. The host closes only its sending side: its reader
+        // threads keep draining what peers still send until they close theirs. Closing with
+        // unread bytes would reset the connection, and a reset discards the failure message
+        // still unread at a peer, which then blamed rank 0 instead of the rank that died.
         if let Ok(st) = self.state.get_mut() {
             match &st.role {
                 Role::Host { peers, .. } => peers.iter().for_each(|p| {
-                    let _ = p.shutdown(Shutdown::Both);
+                    let _ = p.shutdown(Shutdown::Write);
                 }),
                 Role::Worker { stream } => {
                     let _ = stream.shutdown(Shutdown::Both);
