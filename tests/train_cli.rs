@@ -390,6 +390,36 @@ fn bad_configs_fail_before_any_work() {
     assert!(!out.exists(), "nothing was written");
 }
 
+/// Pre-tokenized rows whose ids or labels the golden model (vocabulary 512) cannot take: one
+/// error line naming the row, before any step (a label of 512 once failed inside the loss).
+#[test]
+fn tokenized_ids_outside_the_vocabulary_name_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    let good = r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}"#;
+    for (bad, expected) in [
+        (
+            r#"{"input_ids": [1, 2, 512], "labels": [1, 2, 3]}"#,
+            "training row 2: token id 512 is outside the model's vocabulary of 512",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, 600]}"#,
+            "training row 2: token id 600",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, -5]}"#,
+            "rows.jsonl: row 2: label -5",
+        ),
+    ] {
+        std::fs::write(&data, format!("{good}\n{bad}\n")).unwrap();
+        let out = tmp.path().join("run");
+        let config = golden_config(tmp.path(), &data, &out, "f32", &[]);
+        let err = run_err(&train_args(&config, &[]));
+        assert!(err.contains(expected), "{bad}: {err}");
+        assert!(!out.join("metrics.jsonl").exists(), "{bad}: no step ran");
+    }
+}
+
 /// Rows appended to the data file between a run and its resume: the checkpoint's data order
 /// no longer fits, and the one error line names the manifest (it once named nothing).
 #[test]

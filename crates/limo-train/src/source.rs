@@ -167,6 +167,13 @@ pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
                 at()
             );
         }
+        if let Some(bad) = l
+            .labels
+            .iter()
+            .find(|&&x| x < 0 && x != limo_ops::linear_cross_entropy::IGNORE_INDEX)
+        {
+            bail!("{}: label {bad}: labels are token ids or -100", at());
+        }
         if l.position_ids
             .as_ref()
             .is_some_and(|p| p.len() != l.input_ids.len())

@@ -96,14 +96,19 @@ fn load_model(
     rank: usize,
 ) -> anyhow::Result<(Qwen2Config, Vec<Flat>)> {
     let cfg = Qwen2Config::from_file(&dir.join(CONFIG_FILE))?;
-    if let Some(bad) = rows
+    // Labels too: pre-tokenized rows carry their own, which need not be among the inputs.
+    fn ids(r: &TrainingRow) -> impl Iterator<Item = u64> + '_ {
+        let labels = r.labels.iter().filter(|&&l| l >= 0).map(|&l| l as u64);
+        r.input_ids.iter().map(|&i| i as u64).chain(labels)
+    }
+    let vocab = cfg.vocab_size as u64;
+    if let Some((row, bad)) = rows
         .iter()
-        .flat_map(|r| &r.input_ids)
-        .find(|&&id| id as usize >= cfg.vocab_size)
+        .enumerate()
+        .find_map(|(n, r)| ids(r).find(|&id| id >= vocab).map(|id| (n + 1, id)))
     {
         bail!(
-            "data: token id {bad} is outside the model's vocabulary of {}",
-            cfg.vocab_size
+            "data: training row {row}: token id {bad} is outside the model's vocabulary of {vocab}"
         );
     }
     let files = SafetensorFiles::open(dir)?;
