@@ -27,7 +27,8 @@ pub struct LaunchArgs {
     #[arg(long)]
     master_port: Option<u16>,
     /// Seconds a rank waits for the others (rendezvous, each collective) before failing with
-    /// the missing ranks' names; sets LIMO_DIST_TIMEOUT for the children [default: 300].
+    /// the missing ranks' names; sets LIMO_DIST_TIMEOUT for the children [default: the
+    /// command's own: 900 for train, 300 for comm-check].
     #[arg(long, value_name = "SECS")]
     timeout: Option<String>,
     /// Seconds stopped ranks get between SIGTERM and SIGKILL.
