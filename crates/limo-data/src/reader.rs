@@ -59,6 +59,12 @@ pub fn read_records(path: &Path) -> Result<Vec<RawRecord>> {
     }
 }
 
+/// `bytes` without a leading UTF-8 byte-order mark, which Windows editors and Python's
+/// `utf-8-sig` write and JSON parsers reject.
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
+}
+
 fn location(path: &Path, row: usize) -> RowLocation {
     RowLocation {
         file: path.to_path_buf(),
@@ -72,13 +78,13 @@ fn starts_with_object(path: &Path) -> Result<bool> {
     File::open(path)
         .and_then(|f| f.take(4096).read_to_end(&mut head))
         .map_err(|e| DataError::io(path, e))?;
-    Ok(head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
+    Ok(without_bom(&head).iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let mut records = Vec::new();
-    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+    for (index, line) in without_bom(&bytes).split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue; // blank lines (and the one after the final newline) are not records
@@ -101,8 +107,9 @@ fn read_jsonl(path: &Path) -> Result<Vec<RawRecord>> {
 
 fn read_json_array(path: &Path) -> Result<Vec<RawRecord>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = without_bom(&bytes);
     // UTF-8 is checked first so the message says what is wrong, not just "invalid JSON".
-    if let Err(e) = std::str::from_utf8(&bytes) {
+    if let Err(e) = std::str::from_utf8(bytes) {
         let line = bytes[..e.valid_up_to()]
             .iter()
             .filter(|&&b| b == b'\n')
@@ -113,7 +120,7 @@ fn read_json_array(path: &Path) -> Result<Vec<RawRecord>> {
             format!("not valid UTF-8 (invalid byte on line {line})"),
         ));
     }
-    let value: Value = serde_json::from_slice(&bytes)
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| DataError::file(path, format!("invalid JSON: {e}")))?;
     let Value::Array(items) = value else {
         return Err(DataError::file(
@@ -231,6 +238,26 @@ mod tests {
             .message
             .contains("UTF-8"));
         assert_eq!(records[3].value.as_ref().unwrap()["a"], 3);
+    }
+
+    /// A leading byte-order mark (Python's `utf-8-sig`, Windows editors) once made row 1
+    /// invalid JSON; in a .json file it also hid the JSON Lines check's first `{`.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in [
+            ("l.jsonl", &b"\xef\xbb\xbf{\"a\": 1}\n{\"a\": 2}\n"[..]),
+            ("o.json", b"\xef\xbb\xbf{\"a\": 1}\n{\"a\": 2}\n"),
+            ("a.json", b"\xef\xbb\xbf[{\"a\": 1}, {\"a\": 2}]"),
+        ] {
+            let records = read_records(&write(&dir, name, body)).unwrap();
+            let values: Vec<&Value> = records.iter().map(|r| r.value.as_ref().unwrap()).collect();
+            assert_eq!(values.len(), 2, "{name}");
+            assert_eq!(
+                (values[0]["a"].as_i64(), values[1]["a"].as_i64()),
+                (Some(1), Some(2))
+            );
+        }
     }
 
     #[test]

@@ -290,10 +290,11 @@ pub fn load_counted(name: &str) -> Result<(Vec<Problem>, usize)> {
 pub fn load_file(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let origin = path.display().to_string();
     let reader = RowReader::new(path, rows_as, id_field);
     let mut problems = Vec::new();
-    for (row, (line_no, obj)) in rows(&text, &origin)?.into_iter().enumerate() {
+    for (row, (line_no, obj)) in rows(text, &origin)?.into_iter().enumerate() {
         let at = format!("{origin}: line {line_no}");
         problems.push(reader.problem(&obj, &origin, line_no, &at, row)?);
     }

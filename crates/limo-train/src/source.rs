@@ -153,6 +153,7 @@ pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
         position_ids: Option<Vec<u32>>,
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut rows = Vec::new();
     for (i, line) in text
         .lines()
