@@ -292,6 +292,36 @@ fn data_takes_json_files_and_hub_ids_as_training_does() {
             .count(),
         2
     );
+    // The model as a Hub id too, from its snapshot in the same cache; an id not there is one
+    // line that says limo downloads no models.
+    let snapshot = tmp
+        .path()
+        .join("hf/hub/models--Qwen--tiny/snapshots")
+        .join(sha);
+    std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+    std::fs::rename(&model, &snapshot).unwrap();
+    std::fs::create_dir_all(tmp.path().join("hf/hub/models--Qwen--tiny/refs")).unwrap();
+    std::fs::write(tmp.path().join("hf/hub/models--Qwen--tiny/refs/main"), sha).unwrap();
+    for (id, ok) in [("Qwen/tiny", true), ("Qwen/absent", false)] {
+        let run = Command::new(env!("CARGO_BIN_EXE_limo"))
+            .args(["eval", "--model", id, "--data", "GAIR/LIMO"])
+            .args(["--max-new-tokens", "4", "--out", s(&tmp.path().join(id))])
+            .env("HF_HOME", tmp.path().join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        if ok {
+            let err = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success(), "{err}");
+            assert!(err.contains("Qwen/tiny from the Hub cache"), "{err}");
+        } else {
+            one_line_error(
+                &run,
+                "Qwen/absent is neither a local directory nor in the Hub cache",
+            );
+        }
+    }
+    std::fs::rename(&snapshot, &model).unwrap();
     // A row without its answer, in a .json file: one line naming the file and row.
     std::fs::write(&json, r#"[{"question": "What is 2+3?"}]"#).unwrap();
     one_line_error(

@@ -360,6 +360,14 @@ fn bad_configs_fail_before_any_work() {
             "/nonexistent/model",
         ),
         (
+            "hub-id-not-cached.toml",
+            text.replace(
+                golden().join("model").to_str().unwrap(),
+                "Qwen/not-in-any-cache",
+            ),
+            "Qwen/not-in-any-cache is neither a local directory nor in the Hub cache",
+        ),
+        (
             "bad-schedule.toml",
             text.replace("\"cosine\"", "\"zigzag\""),
             "train.schedule",

@@ -40,7 +40,8 @@ struct GradeArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Hugging Face model directory (an export of `limo train`, or any Qwen2 checkpoint).
+    /// Hugging Face model directory (an export of `limo train`, or any Qwen2 checkpoint), or a
+    /// Hub model id found in the Hub cache (HF_HOME, HF_HUB_CACHE; limo downloads no models).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Benchmarks, comma-separated (default: all nine): aime, math500, amc23, cn_math_2024,
@@ -115,6 +116,12 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     let Some(out) = a.out else {
         bail!("--out is required: results.jsonl and summary.json go there");
     };
+    let (model, note) = limo_data::hub::resolve_model(&model, &limo_data::HubSettings::from_env());
+    match note {
+        Some(note) if !model.join("config.json").exists() => bail!("model {note}"),
+        Some(note) => tracing::info!("model: {note}"),
+        None => {}
+    }
     let mut opts = EvalOptions::new(model, out);
     opts.dtype = a.device.dtype()?;
     opts.device = a.device.open()?;

@@ -108,7 +108,8 @@ fn render_fixes(plan: &Plan, fixes: &[Fix]) -> String {
 /// The model's shape: its config.json when the directory exists, else the Qwen2.5 preset
 /// named in the path or the config file name (recipes name checkpoints that are not here).
 fn model_config(config: &TrainConfig, file: &Path) -> anyhow::Result<(Qwen2Config, String)> {
-    let (json, source) = match (&config.model.path, &config.model.init) {
+    let dir = config.model_dir().map(|(dir, _)| dir);
+    let (json, source) = match (&dir, &config.model.init) {
         (Some(dir), _) if dir.join("config.json").exists() => {
             let path = dir.join("config.json");
             let cfg = Qwen2Config::from_file(&path)?;

@@ -63,6 +63,42 @@ pub fn hub_dataset_id(spec: &str) -> Option<&str> {
     }
 }
 
+/// The checkpoint directory behind a model path, with a note for the log: the path itself
+/// when it exists or is not shaped like a Hub id (`owner/name`), else that model's snapshot in
+/// the Hub cache (`models--owner--name/snapshots/<refs/main>`, as `huggingface_hub` writes
+/// it). limo does not download models: an id not in the cache comes back as given, with a
+/// note saying so, for the caller's missing-config.json error.
+pub fn resolve_model(path: &Path, hub: &HubSettings) -> (PathBuf, Option<String>) {
+    let id = path
+        .to_str()
+        .filter(|_| !path.exists())
+        .and_then(hub_dataset_id);
+    let Some(id) = id else {
+        return (path.to_path_buf(), None);
+    };
+    let repo = hub
+        .cache_dir
+        .join(format!("models--{}", id.replace('/', "--")));
+    let snapshot = std::fs::read_to_string(repo.join("refs").join("main"))
+        .ok()
+        .map(|sha| repo.join("snapshots").join(sha.trim()))
+        .filter(|dir| dir.join("config.json").exists());
+    match snapshot {
+        Some(dir) => {
+            let note = format!("{id} from the Hub cache: {}", dir.display());
+            (dir, Some(note))
+        }
+        None => (
+            path.to_path_buf(),
+            Some(format!(
+                "{id} is neither a local directory nor in the Hub cache ({}); limo does not \
+                 download models (huggingface-cli download {id})",
+                hub.cache_dir.display()
+            )),
+        ),
+    }
+}
+
 /// The data files behind a data path, in a fixed order.
 pub fn resolve_data_files(spec: &str, hub: &HubSettings) -> Result<Vec<PathBuf>> {
     let local = Path::new(spec);
@@ -204,6 +240,34 @@ mod tests {
         assert_eq!(hub_dataset_id("data/x/y.jsonl"), None);
         assert_eq!(hub_dataset_id("./a"), None);
         assert_eq!(hub_dataset_id("limo.jsonl"), None);
+    }
+
+    #[test]
+    fn model_ids_resolve_to_their_cached_snapshot() {
+        let home = tempfile::tempdir().unwrap();
+        let hub = settings(home.path(), true, None);
+        let repo = home.path().join("hub/models--Qwen--Qwen2.5-0.5B-Instruct");
+        let snapshot = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+        // refs/main names a snapshot without config.json: not a model, said so.
+        let id = Path::new("Qwen/Qwen2.5-0.5B-Instruct");
+        let (dir, note) = resolve_model(id, &hub);
+        assert_eq!(dir, id);
+        let note = note.unwrap();
+        assert!(
+            note.contains("neither a local directory nor in the Hub cache"),
+            "{note}"
+        );
+        std::fs::write(snapshot.join("config.json"), "{}").unwrap();
+        let (dir, note) = resolve_model(id, &hub);
+        assert_eq!(dir, snapshot);
+        assert!(note.unwrap().contains("from the Hub cache"));
+        // A local path that exists, or one not shaped like an id, is used as it is.
+        for local in [home.path(), Path::new("a/b/c"), Path::new("model")] {
+            assert_eq!(resolve_model(local, &hub), (local.to_path_buf(), None));
+        }
     }
 
     #[test]

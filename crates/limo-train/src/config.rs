@@ -438,16 +438,26 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// `model.path` as a directory: a Hub model id (`Qwen/Qwen2.5-32B-Instruct`) is its
+    /// snapshot in the Hub cache; with a note for the log. `None` with `model.init`.
+    pub fn model_dir(&self) -> Option<(PathBuf, Option<String>)> {
+        let hub = limo_data::HubSettings::from_env();
+        (self.model.path.as_ref()).map(|path| limo_data::hub::resolve_model(path, &hub))
+    }
+
     /// What must hold on this machine before a run starts: the model directory exists and the
     /// dtype runs on this build. Separate from `validate` so recipes for GPU clusters still
     /// parse (and are tested) anywhere.
     pub fn preflight(&self) -> anyhow::Result<()> {
-        if let Some(path) = &self.model.path {
-            if !path.join("config.json").exists() {
-                bail!(
-                    "model.path: {} has no config.json (a Hugging Face checkpoint directory)",
-                    path.display()
-                );
+        if let Some((dir, note)) = self.model_dir() {
+            if !dir.join("config.json").exists() {
+                match note {
+                    Some(note) => bail!("model.path: {note}"),
+                    None => bail!(
+                        "model.path: {} has no config.json (a Hugging Face checkpoint directory)",
+                        dir.display()
+                    ),
+                }
             }
         }
         // The GPU's optimizer kernel and state are f32; f64 is the CPU's parity dtype.

@@ -191,7 +191,8 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     let name = args
         .str("model_name_or_path")?
         .ok_or_else(|| anyhow!("{origin}: model_name_or_path: required"))?;
-    let (model_path, note) = resolve_model(&name);
+    let hub = limo_data::HubSettings::from_env();
+    let (model_path, note) = limo_data::hub::resolve_model(Path::new(&name), &hub);
     notes.extend(note.map(|n| format!("model_name_or_path: {n}")));
     model.insert("path".into(), model_path.display().to_string().into());
     if args.bool("fp16")?.unwrap_or(false) {
@@ -405,36 +406,6 @@ fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
         _ => Err(
             "not a LLaMA-Factory argument limo knows (docs/CONFIG.md, \"LLaMA-Factory YAML\")"
                 .into(),
-        ),
-    }
-}
-
-/// The checkpoint directory behind `model_name_or_path`: a local directory, or a Hub model id
-/// found in the Hub cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub). limo does not
-/// download models: an id not in the cache is kept as given, with a note, and the run stops
-/// before any work at preflight.
-fn resolve_model(name: &str) -> (PathBuf, Option<String>) {
-    let local = PathBuf::from(name);
-    if local.exists() || limo_data::hub::hub_dataset_id(name).is_none() {
-        return (local, None);
-    }
-    let cache = limo_data::HubSettings::from_env().cache_dir;
-    let repo = cache.join(format!("models--{}", name.replace('/', "--")));
-    let snapshot = std::fs::read_to_string(repo.join("refs").join("main"))
-        .ok()
-        .map(|sha| repo.join("snapshots").join(sha.trim()))
-        .filter(|dir| dir.join("config.json").exists());
-    match snapshot {
-        Some(dir) => {
-            let note = format!("{name} from the Hub cache: {}", dir.display());
-            (dir, Some(note))
-        }
-        None => (
-            local,
-            Some(format!(
-                "{name} is neither a local directory nor in the Hub cache ({}); limo does not download models (huggingface-cli download {name})",
-                cache.display()
-            )),
         ),
     }
 }

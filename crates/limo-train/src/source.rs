@@ -54,8 +54,13 @@ pub fn prepare_model(
     out: &Path,
     write: bool,
 ) -> anyhow::Result<PreparedModel> {
-    let dir = match (&config.model.path, &config.model.init) {
-        (Some(path), _) => path.clone(),
+    let dir = match (config.model_dir(), &config.model.init) {
+        (Some((dir, note)), _) => {
+            if let Some(note) = note.filter(|_| write) {
+                tracing::info!("model: {note}");
+            }
+            dir
+        }
         (None, Some(shape)) => {
             let dir = out.join("init-model");
             if write && !dir.join("config.json").exists() {
