@@ -163,6 +163,12 @@ fn bad_batches_are_reported_with_the_file() {
             r#"{"input_ids": [[1, 600, 3]], "labels": [[1, 2, 3]]}"#,
             "token id 600",
         ),
+        // Once an error with a backtrace from inside the loss.
+        (
+            "oov-label.json",
+            r#"{"input_ids": [[1, 2, 3]], "labels": [[1, 2, 600]]}"#,
+            "token id 600",
+        ),
         (
             "no-targets.json",
             r#"{"input_ids": [[1, 2, 3]], "labels": [[1, -100, -100]]}"#,
@@ -181,6 +187,11 @@ fn bad_batches_are_reported_with_the_file() {
         assert!(err.contains(name), "{err}");
         assert!(err.contains(expected), "{err}");
     }
+    // A far position is no error: it once hung building a RoPE table of 2^32 rows.
+    let far = tmp.path().join("far.json");
+    let text = r#"{"input_ids": [[1, 2, 3]], "labels": [[1, 2, 3]], "position_ids": [[0, 4294967295, 2]]}"#;
+    std::fs::write(&far, text).unwrap();
+    run_ok(&loss_grad_args(&model, &far, &out));
 }
 
 /// The default build has no CUDA; a CUDA build on a machine without a GPU names the device.

@@ -53,6 +53,9 @@ pub struct RopeCache {
 impl RopeCache {
     /// Smallest table built (positions), so short batches do not rebuild it doubling by doubling.
     const MIN_CAPACITY: usize = 1024;
+    /// Largest table kept (positions): 2^18 covers Qwen2.5's 128k context with room; its f32
+    /// tables at head_dim 128 take 256 MiB.
+    const MAX_CAPACITY: usize = 1 << 18;
 
     /// An empty cache; the tables are built by the first [`RopeCache::tables`] call.
     pub fn new(head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Self {
@@ -69,6 +72,17 @@ impl RopeCache {
     /// its device), equal bit for bit to `RopeTables::new(positions, ..)`.
     pub fn tables(&self, positions: &[u32]) -> Result<RopeTables> {
         let needed = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        // Far positions (user position_ids up to u32::MAX) get their own rows: a table up to
+        // them would not fit in memory.
+        if needed > Self::MAX_CAPACITY {
+            return RopeTables::new(
+                positions,
+                self.head_dim,
+                self.theta,
+                self.dtype,
+                &self.device,
+            );
+        }
         let (cos, sin) = self.full_tables(needed)?;
         let index = Tensor::from_slice(positions, positions.len(), &self.device)?;
         Ok(RopeTables {
@@ -261,6 +275,15 @@ mod tests {
         }
         let empty = RopeCache::new(8, 1e4, DType::F32, &dev).tables(&[])?;
         assert_eq!(empty.cos.dims(), &[0, 8]);
+        // A position past the largest table kept: its rows directly, the table left as it
+        // was (a batch with position u32::MAX once hung building a 2^32-row table).
+        let cache = RopeCache::new(8, 1e4, DType::F32, &dev);
+        cache.tables(&[0, 1])?;
+        let far = [0, 1, u32::MAX, 7];
+        let cached = cache.tables(&far)?;
+        let fresh = RopeTables::new(&far, 8, 1e4, DType::F32, &dev)?;
+        assert!(bits(&cached.cos)? == bits(&fresh.cos)? && bits(&cached.sin)? == bits(&fresh.sin)?);
+        assert_eq!(cache.capacity(), RopeCache::MIN_CAPACITY);
         Ok(())
     }
 

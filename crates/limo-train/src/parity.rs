@@ -43,10 +43,10 @@ pub fn batch_loss_and_grads(
     loss_chunk: usize,
 ) -> anyhow::Result<BatchGrads> {
     let cfg = Qwen2Config::from_file(&model_dir.join(CONFIG_FILE))?;
-    if let Some(&bad) = batch
-        .input_ids
-        .iter()
-        .find(|&&id| id as usize >= cfg.vocab_size)
+    let targets = batch.targets.iter().filter(|&&t| t >= 0).map(|&t| t as u64);
+    if let Some(bad) = (batch.input_ids.iter().map(|&id| id as u64))
+        .chain(targets)
+        .find(|&id| id >= cfg.vocab_size as u64)
     {
         bail!(
             "batch: token id {bad} is outside the vocabulary of {}",
