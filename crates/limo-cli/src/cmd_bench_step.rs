@@ -20,7 +20,7 @@ pub struct StepArgs {
     /// Qwen2.5 shape of the random model.
     #[arg(long, value_parser = SHAPES)]
     shape: String,
-    /// Keep only the first K decoder layers.
+    /// Decoder layers (default: the shape's; fewer for quick runs of large shapes, more to grow it).
     #[arg(long)]
     layers: Option<usize>,
     /// Tokens of the micro-batch.

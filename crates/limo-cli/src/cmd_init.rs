@@ -14,7 +14,7 @@ pub struct InitModelArgs {
     /// Model shape: tiny, 0.5b, 1.5b, 3b, 7b, 14b or 32b (Qwen2.5-Instruct configs).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SHAPES))]
     shape: String,
-    /// Keep only the first K decoder layers (for quick tests of large shapes).
+    /// Decoder layers (default: the shape's; fewer for quick tests of large shapes, more to grow it).
     #[arg(long)]
     layers: Option<usize>,
     /// Weight dtype: bf16 or f32.
