@@ -418,6 +418,10 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
             r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, -5]}"#,
             "rows.jsonl: row 2: label -5",
         ),
+        (
+            r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1, 0]}"#,
+            "rows.jsonl: row 2: attention_mask must be one 1 per token",
+        ),
     ] {
         std::fs::write(&data, format!("{good}\n{bad}\n")).unwrap();
         let out = tmp.path().join("run");
@@ -426,6 +430,14 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
         assert!(err.contains(expected), "{bad}: {err}");
         assert!(!out.join("metrics.jsonl").exists(), "{bad}: no step ran");
     }
+    // HF tokenized datasets carry an attention_mask: one that masks nothing is taken.
+    let masked = r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1, 1]}"#;
+    std::fs::write(&data, format!("{good}\n{masked}\n")).unwrap();
+    let out = tmp.path().join("run-masked");
+    run_ok(&train_args(
+        &golden_config(tmp.path(), &data, &out, "f32", &[]),
+        &["train.max_steps=1"],
+    ));
 }
 
 /// Rows appended to the data file between a run and its resume: the checkpoint's data order

@@ -148,7 +148,8 @@ pub fn prepare_rows(
 }
 
 /// JSONL of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
-/// dump` writes), taken as is.
+/// dump` writes), taken as is. An `attention_mask` (HF tokenized datasets carry one) is
+/// accepted when it masks nothing: limo never pads.
 pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -156,6 +157,7 @@ pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
         input_ids: Vec<u32>,
         labels: Vec<i64>,
         position_ids: Option<Vec<u32>>,
+        attention_mask: Option<Vec<u8>>,
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -179,6 +181,15 @@ pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
             .find(|&&x| x < 0 && x != limo_ops::linear_cross_entropy::IGNORE_INDEX)
         {
             bail!("{}: label {bad}: labels are token ids or -100", at());
+        }
+        if let Some(mask) = &l.attention_mask {
+            if mask.len() != l.input_ids.len() || mask.iter().any(|&m| m != 1) {
+                bail!(
+                    "{}: attention_mask must be one 1 per token (limo does not pad: leave \
+                     padding tokens out of the row)",
+                    at()
+                );
+            }
         }
         if l.position_ids
             .as_ref()
