@@ -73,7 +73,8 @@ struct RunArgs {
     device: DeviceArgs,
     #[arg(long, default_value_t = 32768)]
     max_new_tokens: usize,
-    /// 0 is greedy (LIMO's setting).
+    /// 0 is greedy (LIMO's setting). The model's generation_config.json gives only stop ids; its
+    /// sampling settings are not read.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
     #[arg(long, default_value_t = 1.0)]
