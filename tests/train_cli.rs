@@ -440,6 +440,27 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
     ));
 }
 
+/// A second run into a directory a live run holds is refused (it once interleaved its
+/// checkpoints and metrics with the first's); once the holder is gone, the run goes ahead.
+#[test]
+fn a_run_directory_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let config = golden_data_config(tmp.path(), &out, "f32");
+    std::fs::create_dir_all(&out).unwrap();
+    let holder = std::fs::File::create(out.join(".lock")).unwrap();
+    holder.lock().unwrap();
+    std::fs::write(out.join(".lock"), "4242").unwrap();
+    let err = run_err(&train_args(&config, &["train.max_steps=1"]));
+    assert!(
+        err.contains("another limo process (pid 4242) is training into this run directory"),
+        "{err}"
+    );
+    assert!(!out.join("config.toml").exists(), "nothing was written");
+    drop(holder);
+    run_ok(&train_args(&config, &["train.max_steps=1"]));
+}
+
 /// Rows appended to the data file between a run and its resume: the checkpoint's data order
 /// no longer fits, and the one error line names the manifest (it once named nothing).
 #[test]
