@@ -1,0 +1,225 @@
+use super::*;
+
+#[test]
+fn embedded_default_parses() {
+    let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &[]).unwrap();
+    assert!(c.train.lr > 0.0);
+}
+
+#[test]
+fn overrides_apply_and_unknown_keys_are_named() {
+    let c = TrainConfig::parse(
+        TINY_TOML,
+        "tiny.toml",
+        &["train.lr=1e-5".into(), "train.schedule=linear".into()],
+    )
+    .unwrap();
+    assert_eq!(c.train.lr, 1e-5);
+    assert_eq!(c.train.schedule, "linear");
+    let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.lrr=1".into()]).unwrap_err();
+    assert!(format!("{err:#}").contains("lrr"), "{err:#}");
+    let err =
+        TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.lr=\"fast\"".into()]).unwrap_err();
+    assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+}
+
+#[test]
+fn every_shipped_config_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = TrainConfig::from_file(&path, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(config.train.lr > 0.0);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "tiny + LIMO recipes for 0.5B, 1.5B, 7B, 32B");
+    let limo = TrainConfig::from_file(&dir.join("limo-qwen2.5-32b.toml"), &[]).unwrap();
+    assert_eq!(
+        (limo.train.lr, limo.train.epochs, limo.train.batch_size),
+        (5e-6, 15, 1)
+    );
+    assert_eq!((limo.train.warmup_steps, limo.data.cutoff_len), (0, 16384));
+    assert_eq!(
+        (limo.train.schedule.as_str(), limo.model.dtype.as_str()),
+        ("cosine", "bf16")
+    );
+    assert!(limo.preflight().is_err(), "bf16 needs CUDA");
+    let f64_gpu = TrainConfig::from_file(
+        &dir.join("tiny.toml"),
+        &["model.device=\"cuda\"".into(), "model.dtype=\"f64\"".into()],
+    )
+    .unwrap();
+    let err = f64_gpu.preflight().unwrap_err().to_string();
+    assert!(err.contains("f64 runs on model.device = \"cpu\""), "{err}");
+}
+
+/// The trajectory hash and the TOML a run writes (`config.toml`, `--print-config`), pinned
+/// as they were when these fields were strings: resuming existing runs depends on both.
+#[test]
+fn hash_and_written_toml_are_pinned() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let tiny: [(&[&str], [&str; 3]); 4] = [
+        (
+            &[],
+            ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
+        ),
+        (
+            &[
+                "train.schedule=linear",
+                "model.dtype=f64",
+                "output.export_dtype=none",
+                "data.overlong=drop",
+            ],
+            ["5c6bf4b52524e0b0", "6068c7160487e8cb", "0678527e6529faee"],
+        ),
+        (
+            &[
+                "model.device=cuda",
+                "model.dtype=bf16",
+                "train.schedule=constant",
+                "output.export_dtype=f32",
+            ],
+            ["ca68c6b1a97a8353", "39c9d3a561c59060", "5a0f430fdf2c4b4d"],
+        ),
+        (
+            &[
+                "data.format=tokenized",
+                "train.reduce_dtype=bf16",
+                "train.optimizer_offload=cpu",
+            ],
+            ["83589e345d3b10c4", "72eae4d379f6ebf3", "5adc499fd3e21cdc"],
+        ),
+    ];
+    // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
+    let pins = |c: &TrainConfig, world: usize| {
+        let text = toml::to_string(c).unwrap();
+        [
+            c.trajectory_hash(1),
+            c.trajectory_hash(world),
+            format!("{:016x}", fnv1a(text.as_bytes())),
+        ]
+    };
+    for (set, want) in tiny {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &set).unwrap();
+        assert_eq!(pins(&c, 4), want, "{set:?}");
+    }
+    for (name, want) in [
+        (
+            "limo-qwen2.5-0.5b",
+            ["84e146820f1a6e92", "df2e599cc5b50723", "60db60aa0548311e"],
+        ),
+        (
+            "limo-qwen2.5-1.5b",
+            ["03b9e96c21c90d57", "0c4cb86c0ff0ce86", "f595c830d15aedf4"],
+        ),
+        (
+            "limo-qwen2.5-7b",
+            ["8a24f2ffce5134c0", "3dea639895b40789", "48abf5dd1c44c8ca"],
+        ),
+        (
+            "limo-qwen2.5-32b",
+            ["5e19be3501995f36", "9bdbfe6ac1b7aa07", "3ac024a8124ac36e"],
+        ),
+    ] {
+        let c = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &[]).unwrap();
+        assert_eq!(pins(&c, 8), want, "{name}");
+    }
+}
+
+#[test]
+fn sizes_are_parsed_once_and_written_back_as_given() {
+    let c = TrainConfig::parse(
+        TINY_TOML,
+        "tiny.toml",
+        &["output.max_shard_size=\"1.5GiB\"".into()],
+    )
+    .unwrap();
+    assert_eq!(c.output.max_shard_size.bytes(), 1_610_612_736);
+    let written = toml::to_string(&c).unwrap();
+    assert!(written.contains("max_shard_size = \"1.5GiB\""), "{written}");
+    let err = TrainConfig::parse(
+        TINY_TOML,
+        "tiny.toml",
+        &["output.max_shard_size=\"5 parsecs\"".into()],
+    )
+    .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("tiny.toml: output.max_shard_size: "),
+        "{text}"
+    );
+    assert!(text.contains("unknown unit"), "{text}");
+}
+
+#[test]
+fn unknown_names_are_errors_that_name_the_key_and_the_choices() {
+    for (set, key, choices) in [
+        ("model.dtype=f16", "model.dtype", "`f32`, `f64`, `bf16`"),
+        ("model.device=tpu", "model.device", "`cpu` or `cuda`"),
+        (
+            "train.schedule=zigzag",
+            "train.schedule",
+            "`cosine`, `linear`, `constant`",
+        ),
+        (
+            "output.export_dtype=f64",
+            "output.export_dtype",
+            "`bf16`, `f32`, `none`",
+        ),
+        (
+            "data.overlong=wrap",
+            "data.overlong",
+            "`truncate` or `drop`",
+        ),
+        ("data.format=csv", "data.format", "`limo`, `messages`"),
+    ] {
+        let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[set.into()]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.starts_with(&format!("tiny.toml: {key}: ")), "{text}");
+        assert!(text.contains(choices), "{text}");
+    }
+    let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &[]).unwrap();
+    assert_eq!(c.model.dtype.dtype(), DType::F32);
+    assert_eq!(c.output.export_dtype.to_string(), "bf16");
+    assert_eq!(ExportDtype::None.dtype(), None);
+}
+
+/// Each of these once aborted on an allocation, panicked, wrapped around or failed later
+/// on a missing checkpoint.
+#[test]
+fn out_of_range_counts_are_errors_that_name_the_key() {
+    for (set, expected) in [
+        ("train.max_steps=0", "train.max_steps must be at least 1"),
+        (
+            "train.batch_size=4294967296",
+            "train.batch_size 4294967296 x data.cutoff_len 512",
+        ),
+        (
+            "train.batch_size=9223372036854775807",
+            "tokens per micro-batch",
+        ),
+        ("train.grad_accum=9223372036854775807", "train.grad_accum"),
+        ("output.eval_examples=4294967296", "output.eval_examples"),
+    ] {
+        let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[set.into()]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(expected), "{set}: {text}");
+    }
+    let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.grad_accum=3".into()]);
+    let c = c.unwrap();
+    assert_eq!(c.rows_per_step(5).unwrap(), 4 * 3 * 5);
+    let err = c.rows_per_step(usize::MAX).unwrap_err().to_string();
+    assert!(err.contains("overflows"), "{err}");
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+    assert_eq!(parse_size("2MiB").unwrap(), 2 * 1024 * 1024);
+    assert_eq!(parse_size("123").unwrap(), 123);
+    assert!(parse_size("5 parsecs").is_err());
+}
