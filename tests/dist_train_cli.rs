@@ -1,5 +1,6 @@
 //! `limo launch -- train`: ranks in separate processes over the TCP communicator train the
-//! single-process trajectory, and a killed rank stops the whole job with its name.
+//! single-process trajectory, a killed rank stops the whole job with its name, and a stop signal
+//! stops every rank after the same step with a checkpoint.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use common::{export_args, golden, golden_config, limo, run_ok, train_args};
+use common::{export_args, golden, golden_config, limo, long_rows, run_ok, train_args};
 
 /// A run of the golden tiny model on its tokenized data, f32, into `out`, with a checkpoint
 /// after every step.
@@ -144,4 +145,99 @@ fn a_killed_rank_stops_the_job_naming_it() {
     // Every checkpoint that `latest` can name is complete.
     let latest = limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
     assert!(limo_train::checkpoint::load_params(&latest, "master").is_ok());
+}
+
+/// The step in a rank's "stopped ... after step N of M" line, if `log` has one for `rank`.
+fn stopped_after(log: &str, rank: usize, why: &str) -> Option<usize> {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&format!("[rank {rank}] error: stopped {why} after step ")))?;
+    let rest = line.split("after step ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+/// Waits until `out`'s metrics show `steps` steps, while `launcher` runs.
+fn wait_for_steps(out: &Path, steps: usize, launcher: &mut std::process::Child, log: &Path) {
+    let started = Instant::now();
+    while limo_train::metrics::read(&out.join("metrics.jsonl")).map_or(0, |m| m.len()) < steps {
+        let log = || std::fs::read_to_string(log).unwrap_or_default();
+        assert!(launcher.try_wait().unwrap().is_none(), "ended: {}", log());
+        assert!(started.elapsed() < Duration::from_secs(120), "{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stop_signal_to_one_rank_or_the_launcher_stops_all_after_one_step_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("stopped");
+    let sets = [
+        "train.max_steps=100000",
+        "output.save_steps=1000000",
+        "output.export_dtype=\"none\"",
+    ];
+    // Steps long enough that the forwarded signal's step and checkpoint outlast --grace.
+    let data = long_rows(tmp.path(), 4, 1024);
+    let config = golden_config(tmp.path(), &data, &out, "f32", &sets);
+    let stderr_path = tmp.path().join("stderr.txt");
+    let launch = |resume: bool| {
+        let mut args = train_args(&config, &[]);
+        // Resumed, a short --grace: a forwarded signal is waited for, whatever the grace for
+        // failures (which the first run's stopped rank 1 looks like to the launcher).
+        let grace = if resume {
+            args.push("--resume".into());
+            "0.01"
+        } else {
+            "5"
+        };
+        limo()
+            .args(["launch", "--nproc-per-node", "2", "--grace", grace, "--"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let checkpoint_at = |step: usize| {
+        let latest = limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
+        assert!(latest.ends_with(limo_train::checkpoint::step_dir_name(step)));
+        assert!(limo_train::checkpoint::load_params(&latest, "master").is_ok());
+        assert!(latest.join("rank-00001.safetensors").exists());
+    };
+
+    // SIGTERM to rank 1 alone: rank 0 learns of it between steps, and both stop after the same one.
+    let mut launcher = launch(false);
+    wait_for_steps(&out, 3, &mut launcher, &stderr_path);
+    let ranks = children(launcher.id());
+    // SAFETY: kill(2) on the launcher's second child, rank 1.
+    assert_eq!(unsafe { libc::kill(ranks[1] as i32, libc::SIGTERM) }, 0);
+    assert!(!launcher.wait().unwrap().success());
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    let step = stopped_after(&log, 1, "by SIGTERM").expect(&log);
+    let why = "because another rank received a stop signal";
+    assert_eq!(stopped_after(&log, 0, why), Some(step), "{log}");
+    assert!(log.contains("exited with status 143"), "{log}");
+    assert_eq!(losses(&out).len(), step);
+    checkpoint_at(step);
+
+    // Resumed, then SIGTERM to the launcher: forwarded, and waited for past --grace.
+    let mut launcher = launch(true);
+    wait_for_steps(&out, step + 2, &mut launcher, &stderr_path);
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(
+        unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) },
+        0
+    );
+    assert!(!launcher.wait().unwrap().success());
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    let last = log.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "error: interrupted by signal 15 (SIGTERM): forwarded to the ranks"
+    );
+    let later = stopped_after(&log, 0, "by SIGTERM").expect(&log);
+    assert_eq!(stopped_after(&log, 1, "by SIGTERM"), Some(later), "{log}");
+    assert!(later > step, "{log}");
+    assert_eq!(losses(&out).len(), later);
+    checkpoint_at(later);
 }

@@ -1,5 +1,5 @@
 //! End-to-end tests of `limo train` and `limo export`: the transformers trajectory, exact
-//! resume after SIGKILL (also during checkpoint writes), export round trips, bad configs, and
+//! resume after SIGKILL (also during checkpoint writes) and after a SIGTERM's clean stop, export round trips, bad configs, and
 //! the embedded default run.
 
 mod common;
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use common::{
-    export_args, golden, golden_config, limo, loss_grad_summary, rel_l2, run_err, run_ok,
-    train_args,
+    export_args, golden, golden_config, limo, long_rows, loss_grad_summary, rel_l2, run_err,
+    run_ok, train_args,
 };
 
 /// [`golden_config`] on the golden's own training data, with all of its settings.
@@ -92,26 +92,6 @@ fn reproduces_the_transformers_trajectory() {
     }
 }
 
-/// Tokenized rows for the golden model (vocabulary 512), long enough that steps take time.
-fn long_rows(dir: &Path, rows: usize, len: usize) -> PathBuf {
-    let path = dir.join("rows.jsonl");
-    let mut text = String::new();
-    for r in 0..rows {
-        let ids: Vec<u32> = (0..len)
-            .map(|t| ((r * 131 + t * 17 + t * t) % 512) as u32)
-            .collect();
-        let labels: Vec<i64> = ids
-            .iter()
-            .enumerate()
-            .map(|(t, &i)| if t < len / 4 { -100 } else { i as i64 })
-            .collect();
-        text.push_str(&serde_json::json!({"input_ids": ids, "labels": labels}).to_string());
-        text.push('\n');
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// `limo train --config CONFIG --resume`: on from the run's `latest` checkpoint.
 fn resume_args(config: &Path) -> Vec<String> {
     let mut args = train_args(config, &[]);
@@ -162,23 +142,51 @@ fn clock_random(modulo: usize) -> usize {
     (nanos as usize / 7) % modulo
 }
 
-#[test]
-fn sigkill_then_resume_ends_bit_identical() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = long_rows(tmp.path(), 9, 384);
-    let steps = 40;
+/// The loss of every step in `out`'s metrics.
+fn losses(out: &Path) -> Vec<f64> {
+    let rows = read_jsonl(&out.join("metrics.jsonl"));
+    rows.iter().map(|m| m["loss"].as_f64().unwrap()).collect()
+}
+
+/// Asserts the latest checkpoints of runs `a` and `b` hold the same master weights, bit for bit.
+fn same_master_weights(a: &Path, b: &Path, what: &str) {
+    let a = master_weights(&latest_checkpoint(a));
+    let b = master_weights(&latest_checkpoint(b));
+    for (name, ta) in &a {
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            ta.flatten_all().unwrap().to_vec1().unwrap(),
+            b[name].flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(va == vb, "{name} differs after {what}");
+    }
+}
+
+/// A 40-step shuffled run of the golden model on long rows, checkpointed every `save_steps`,
+/// trained uninterrupted into `a`; and the same config into `b`, for the test to interrupt.
+/// Returns both (output, config).
+fn reference_run(dir: &Path, save_steps: usize) -> [(PathBuf, PathBuf); 2] {
+    let data = long_rows(dir, 9, 384);
+    let save = format!("output.save_steps={save_steps}");
     let set = [
         "train.max_steps=40",
         "train.shuffle=true",
         "train.seed=7",
-        "output.save_steps=3",
+        &save,
     ];
-    let uninterrupted = tmp.path().join("a");
-    let config_a = golden_config(tmp.path(), &data, &uninterrupted, "f32", &set);
-    run_ok(&train_args(&config_a, &[]));
+    let [a, b] = ["a", "b"].map(|name| {
+        let out = dir.join(name);
+        let config = golden_config(dir, &data, &out, "f32", &set);
+        (out, config)
+    });
+    run_ok(&train_args(&a.1, &[]));
+    [a, b]
+}
 
-    let interrupted = tmp.path().join("b");
-    let config_b = golden_config(tmp.path(), &data, &interrupted, "f32", &set);
+#[test]
+fn sigkill_then_resume_ends_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 40;
+    let [(uninterrupted, config_a), (interrupted, config_b)] = reference_run(tmp.path(), 3);
     // Kill somewhere in the second half, then resume from `latest`.
     let kill_after = steps / 2 + clock_random(steps / 2 - 2);
     assert!(
@@ -187,27 +195,11 @@ fn sigkill_then_resume_ends_bit_identical() {
     );
     run_ok(&resume_args(&config_b));
 
-    let same_weights = |what: &str| {
-        let a = master_weights(&latest_checkpoint(&uninterrupted));
-        let b = master_weights(&latest_checkpoint(&interrupted));
-        for (name, ta) in &a {
-            let (va, vb): (Vec<f32>, Vec<f32>) = (
-                ta.flatten_all().unwrap().to_vec1().unwrap(),
-                b[name].flatten_all().unwrap().to_vec1().unwrap(),
-            );
-            assert!(va == vb, "{name} differs after {what}");
-        }
-    };
+    let same_weights = |what: &str| same_master_weights(&uninterrupted, &interrupted, what);
     same_weights(&format!("resume (killed after step {kill_after})"));
     let export_a = std::fs::read(uninterrupted.join("model/model.safetensors")).unwrap();
     let export_b = std::fs::read(interrupted.join("model/model.safetensors")).unwrap();
     assert!(export_a == export_b, "exports differ");
-    let losses = |out: &Path| {
-        read_jsonl(&out.join("metrics.jsonl"))
-            .iter()
-            .map(|m| m["loss"].as_f64().unwrap())
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
         losses(&uninterrupted),
         losses(&interrupted),
@@ -228,6 +220,52 @@ fn sigkill_then_resume_ends_bit_identical() {
     run_ok(&args);
     same_weights(&format!("--resume {step}"));
     assert_eq!(losses(&uninterrupted), losses(&interrupted));
+}
+
+#[test]
+fn sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No checkpoint falls due before the end: the one after the stop is the signal's.
+    let [(uninterrupted, _), (stopped, config_b)] = reference_run(tmp.path(), 100);
+    let stderr_path = tmp.path().join("stderr.txt");
+    let mut child = limo()
+        .args(train_args(&config_b, &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let metrics = stopped.join("metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(Instant::now() < deadline, "run made no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let step = read_jsonl(&metrics).len();
+    assert!(step < 40, "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with(&format!(
+            "error: stopped by SIGTERM after step {step} of 40; checkpoint "
+        )),
+        "{last}"
+    );
+    let checkpoint = latest_checkpoint(&stopped);
+    assert!(checkpoint.ends_with(limo_train::checkpoint::step_dir_name(step)));
+    assert!(last.contains(&checkpoint.display().to_string()), "{last}");
+
+    run_ok(&resume_args(&config_b));
+    same_master_weights(
+        &uninterrupted,
+        &stopped,
+        &format!("stopping at step {step}"),
+    );
+    assert_eq!(losses(&uninterrupted), losses(&stopped));
 }
 
 #[test]

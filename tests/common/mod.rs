@@ -152,3 +152,23 @@ pub fn assert_mentions(message: &str, parts: &[&str]) {
 fn path_arg(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
+
+/// Tokenized rows for the golden model (vocabulary 512), long enough that steps take time.
+pub fn long_rows(dir: &Path, rows: usize, len: usize) -> PathBuf {
+    let path = dir.join("rows.jsonl");
+    let mut text = String::new();
+    for r in 0..rows {
+        let ids: Vec<u32> = (0..len)
+            .map(|t| ((r * 131 + t * 17 + t * t) % 512) as u32)
+            .collect();
+        let labels: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .map(|(t, &i)| if t < len / 4 { -100 } else { i as i64 })
+            .collect();
+        text.push_str(&serde_json::json!({"input_ids": ids, "labels": labels}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}

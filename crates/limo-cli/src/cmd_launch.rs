@@ -31,7 +31,9 @@ pub struct LaunchArgs {
     /// command's own: 900 for train, 300 for comm-check].
     #[arg(long, value_name = "SECS")]
     timeout: Option<String>,
-    /// Seconds stopped ranks get between SIGTERM and SIGKILL.
+    /// Seconds the other ranks get between SIGTERM and SIGKILL when one failed. (A signal to
+    /// the launcher is forwarded and waited for: `limo train` ranks then finish their step and
+    /// save a checkpoint; a second signal kills them.)
     #[arg(long, value_name = "SECS", default_value = "5")]
     grace: String,
     /// The limo command each rank runs, e.g. `-- train --config run.toml`.

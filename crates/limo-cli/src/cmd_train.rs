@@ -79,6 +79,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
         comm,
         device: Some(device),
+        stop_on_signals: true,
     };
     let summary = train(&config, options)?;
     if summary.rank != 0 {

@@ -93,6 +93,11 @@ fn main() {
         // One line, the whole cause chain: users grep logs for it.
         eprintln!("error: {err:#}");
         let out_of_memory = err.downcast_ref::<cmd_bench_step::OutOfMemory>().is_some();
-        std::process::exit(if out_of_memory { 3 } else { 1 });
+        let stopped = err.downcast_ref::<limo_train::Stopped>();
+        std::process::exit(match stopped {
+            Some(s) => limo_dist::stop::exit_status(s.signal),
+            None if out_of_memory => 3,
+            None => 1,
+        });
     }
 }

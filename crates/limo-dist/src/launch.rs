@@ -1,8 +1,10 @@
 //! `limo launch`: one child process per local rank with torchrun's variables, their output
 //! forwarded line by line with a `[rank R]` prefix, and all-or-nothing supervision: the first
 //! child to fail (non-zero exit or a signal) brings the others down (SIGTERM, then SIGKILL after
-//! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT and
-//! SIGTERM sent to the launcher are forwarded to the children. Unix only (signals).
+//! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT,
+//! SIGTERM and SIGUSR1 sent to the launcher are forwarded to the children, which may take their
+//! time (`limo train` finishes its step and saves a checkpoint); a second signal SIGKILLs them.
+//! Unix only (signals).
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -38,7 +40,7 @@ pub struct LaunchSpec {
 /// How often the supervisor looks at its children and at the signals it received.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The last SIGINT/SIGTERM the launcher received, 0 for none (set by the signal handler).
+/// The last stop signal the launcher received, 0 for none (set by the signal handler).
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
@@ -186,13 +188,13 @@ fn supervise(ranks: &mut [Rank], grace: Duration) -> anyhow::Result<()> {
         let sig = RECEIVED.swap(0, Ordering::SeqCst);
         if sig != 0 {
             ranks.iter().for_each(|r| r.signal(sig));
-            let killed = wait_or_kill(ranks, grace);
+            let killed = wait_unless_signalled_again(ranks);
             let mut msg = format!(
                 "interrupted by signal {sig} ({}): forwarded to the ranks",
                 signal_name(sig)
             );
             if killed > 0 {
-                msg += &format!("; killed {killed} that had not stopped after {grace:?}");
+                msg += &format!("; killed {killed} at a second signal");
             }
             bail!(msg);
         }
@@ -237,6 +239,22 @@ fn supervise(ranks: &mut [Rank], grace: Duration) -> anyhow::Result<()> {
 fn wait_or_kill_after_term(ranks: &mut [Rank], grace: Duration) -> usize {
     ranks.iter().for_each(|r| r.signal(libc::SIGTERM));
     wait_or_kill(ranks, grace)
+}
+
+/// Waits for every rank to exit, with no deadline of our own: a signalled `limo train` rank
+/// finishes its step and writes a checkpoint, which may take minutes, and the scheduler that
+/// signalled has its own (Slurm's `KillWait`). A second signal SIGKILLs the ranks left; returns
+/// how many.
+fn wait_unless_signalled_again(ranks: &mut [Rank]) -> usize {
+    loop {
+        if ranks.iter_mut().all(|r| !matches!(r.poll(), Ok(None))) {
+            return 0;
+        }
+        if RECEIVED.swap(0, Ordering::SeqCst) != 0 {
+            return wait_or_kill(ranks, Duration::ZERO);
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Waits up to `grace` for every rank to exit, then SIGKILLs and reaps the rest; returns how
@@ -300,7 +318,7 @@ fn forward(rank: usize, from: Pipe, to_stderr: bool) -> std::io::Result<JoinHand
 }
 
 fn install_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in crate::stop::STOP_SIGNALS {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             libc::signal(

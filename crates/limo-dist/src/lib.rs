@@ -14,6 +14,7 @@ pub mod simulated;
 pub mod socket;
 #[cfg(test)]
 mod socket_tests;
+pub mod stop;
 mod wire;
 
 pub use connect::{connect, SoloComm};

@@ -22,4 +22,4 @@ pub mod trainer;
 pub mod zero3;
 
 pub use config::TrainConfig;
-pub use trainer::{train, RunOptions, RunSummary};
+pub use trainer::{train, RunOptions, RunSummary, Stopped};

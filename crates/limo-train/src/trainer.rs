@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use limo_data::ChatTokenizer;
 use limo_dist::comm::Communicator;
+use limo_dist::stop::StopOnSignals;
 use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
@@ -39,7 +40,39 @@ pub struct RunOptions {
     pub comm: Option<Box<dyn Communicator>>,
     /// Where this rank computes; `None` is the CPU.
     pub device: Option<Device>,
+    /// SIGTERM, SIGINT or SIGUSR1 during the steps ends the run after the current step, with a
+    /// checkpoint, as [`Stopped`] (the `limo` binary; a library caller keeps its own handlers).
+    pub stop_on_signals: bool,
 }
+
+/// The run stopped early, on a signal (a scheduler's preemption warning, Ctrl-C), after
+/// checkpointing its last step on every rank: `--resume` continues it exactly.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The signal this rank received; `None` when only another rank did.
+    pub signal: Option<i32>,
+    pub step: usize,
+    pub total_steps: usize,
+    pub checkpoint: PathBuf,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self.signal {
+            Some(sig) => format!("by {}", limo_dist::launch::signal_name(sig)),
+            None => "because another rank received a stop signal".into(),
+        };
+        write!(
+            f,
+            "stopped {why} after step {} of {}; checkpoint {} saved; --resume continues the run",
+            self.step,
+            self.total_steps,
+            self.checkpoint.display()
+        )
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 /// What a finished run reports.
 pub struct RunSummary {
@@ -278,6 +311,11 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         );
     }
     let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let stop = options
+        .stop_on_signals
+        .then(StopOnSignals::install)
+        .transpose()
+        .context("installing the stop-signal handlers")?;
     while state.step < total_steps {
         let started = Instant::now();
         let indices = state.order.next_indices(per_step);
@@ -339,7 +377,12 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         bar.inc(1);
         tracing::debug!(step = m.step, loss, lr, grad_norm, rank, "step");
 
-        if checkpoint_due(config, state.step, steps_per_epoch, total_steps) {
+        let due = checkpoint_due(config, state.step, steps_per_epoch, total_steps);
+        let stopping = match &stop {
+            Some(stop) if state.step < total_steps => stop_agreed(&state.model, stop)?,
+            _ => false,
+        };
+        if due || stopping {
             checkpoint::save_run(
                 &state.model,
                 &state.order,
@@ -349,7 +392,19 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
                 &side_files,
             )?;
         }
+        if stopping {
+            bar.abandon();
+            return Err(Stopped {
+                signal: stop.as_ref().and_then(StopOnSignals::requested),
+                step: state.step,
+                total_steps,
+                checkpoint: checkpoints_dir.join(checkpoint::step_dir_name(state.step)),
+            }
+            .into());
+        }
     }
+    // From here a signal acts as it always does: the last checkpoint is written.
+    drop(stop);
     bar.finish_and_clear();
 
     if lead {
@@ -398,6 +453,13 @@ fn rank_micro_batches(
         .step_by(world)
         .map(<[usize]>::to_vec)
         .collect()
+}
+
+/// Whether any rank received a stop signal: every rank must stop after the same step, or the
+/// others would wait in the next step's collectives for a rank that left.
+fn stop_agreed(model: &ShardedModel, stop: &StopOnSignals) -> anyhow::Result<bool> {
+    let [ranks] = model.sum_over_ranks([f64::from(u8::from(stop.requested().is_some()))])?;
+    Ok(ranks > 0.0)
 }
 
 /// Checkpoint every `save_steps`, at epoch ends if asked, and always after the last step.

@@ -60,7 +60,7 @@ fn run(config: TrainConfig, world: usize, resume: Option<PathBuf>) {
                     resume: resume.map(|p| p.display().to_string()),
                     progress: false,
                     comm: Some(Box::new(comm)),
-                    device: None,
+                    ..Default::default()
                 };
                 train(&config, options).map(|s| (s.rank, s.world_size))
             })
@@ -258,7 +258,7 @@ fn checkpoints_resume_at_another_world_size_on_the_same_trajectory() {
                     resume: Some("latest".into()),
                     progress: false,
                     comm: Some(Box::new(comm)),
-                    device: None,
+                    ..Default::default()
                 };
                 train(&config, options).err().map(|e| format!("{e:#}"))
             })
