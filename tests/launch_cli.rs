@@ -216,6 +216,20 @@ fn launch_refuses_bad_arguments() {
         .output()
         .unwrap();
     assert!(error_line(&out).contains("--node-rank 2 is not below --nnodes 2"));
+    // Launchers nested in every rank would multiply the job.
+    let out = limo()
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--",
+            "launch",
+            "--",
+            "comm-check",
+        ])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("would start a launcher in every rank"));
     // The world size once wrapped around; rank 1 then waited for a rendezvous that never came.
     let out = limo()
         .args(["launch", "--nproc-per-node", "2", "--nnodes"])

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use limo_dist::env::parse_seconds;
 use limo_dist::launch::{launch, LaunchSpec};
@@ -48,6 +48,9 @@ pub fn run(args: LaunchArgs) -> anyhow::Result<()> {
         .map(|t| parse_seconds(t).with_context(|| format!("--timeout {t}")))
         .transpose()?;
     let grace = parse_seconds(&args.grace).with_context(|| format!("--grace {}", args.grace))?;
+    if args.command.first().is_some_and(|c| c == "launch") {
+        bail!("`limo launch -- launch` would start a launcher in every rank; give the ranks' command, e.g. `-- train --config FILE`");
+    }
     let program = std::env::current_exe().context("finding the limo executable")?;
     launch(&LaunchSpec {
         nproc_per_node: args.nproc_per_node,

@@ -203,8 +203,10 @@ fn write_rank_file(
             tensors.push((format!("{kind}.{}", group.name), t));
         }
     }
+    // Its message already holds the I/O cause: as a context, a full disk read "No space left on
+    // device (os error 28): No space left on device (os error 28)".
     safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), *t)), None, &path)
-        .with_context(|| format!("{}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     fsync_file(&path)?;
     checksum(&path)
 }
