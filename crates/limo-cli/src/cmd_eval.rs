@@ -88,7 +88,9 @@ struct RunArgs {
     /// max-new-tokens would not fit in the device's free memory).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// System prompt (default: LIMO's "Please reason step by step, ...").
+    /// System prompt (default: LIMO's "Please reason step by step, ..."). Prompts are rendered
+    /// with limo's Qwen2.5 chat template, the one training uses; a model's own
+    /// chat_template(.jinja) is not read.
     #[arg(long)]
     system: Option<String>,
     /// Output directory: results.jsonl, summary.json; a rerun resumes there.
