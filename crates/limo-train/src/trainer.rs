@@ -86,11 +86,22 @@ pub struct RunSummary {
     pub evaluation: Option<(Evaluation, Evaluation)>,
 }
 
-/// Everything the loop carries from step to step.
-struct State {
+/// A run in progress: the model's shards, where the data order and the step count stand, and
+/// what every step writes.
+struct Run<'a> {
+    config: &'a TrainConfig,
     model: ShardedModel,
     order: DataOrder,
+    /// Optimizer steps done.
     step: usize,
+    rows: Vec<TrainingRow>,
+    rows_per_step: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    /// Tokenizer and config files every checkpoint carries, for export.
+    side_files: Vec<checkpoint::SideFile>,
+    tensorboard: Option<EventWriter>,
+    bar: ProgressBar,
 }
 
 /// What rank 0 prepares and every rank reads: model location, tokenizer, training rows.
@@ -197,85 +208,202 @@ fn load_model(
     Ok((cfg, shards))
 }
 
+/// Trains the run `config` describes, as one rank of `options.comm`: load, resume, then for
+/// every step `Run::train_step`, log, checkpoint; at the end plot, export and evaluate.
 pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSummary> {
     config.preflight()?;
-    let comm = match options.comm {
-        Some(comm) => comm,
-        None => Box::new(SoloComm),
-    };
-    let (rank, world) = (comm.rank(), comm.world_size());
-    let lead = rank == 0;
-    let out = &config.output.dir;
-    let dtype = config.model.dtype.dtype();
-    let device = options.device.clone().unwrap_or(Device::Cpu);
-
-    let lock = lead.then(|| lock_run_dir(out)).transpose();
+    let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
+    let device = options.device.unwrap_or(Device::Cpu);
+    let lead = comm.rank() == 0;
+    let lock = lead.then(|| lock_run_dir(&config.output.dir)).transpose();
     let _lock = agree(comm.as_ref(), &device, lock, "locking the run directory")?;
-    // Rank 0 writes the run directory's inputs first; then every rank reads them.
-    let first = lead.then(|| prepare_inputs(config, true)).transpose();
-    let first = agree(comm.as_ref(), &device, first, "preparing the run")?;
-    let inputs = first.map_or_else(|| prepare_inputs(config, false), Ok);
-    let inputs = agree(comm.as_ref(), &device, inputs, "reading the model and data")?;
+    let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
+    #[cfg(feature = "cuda")]
+    warn_if_it_will_not_fit(config, &cfg, comm.as_ref(), &device);
     let Inputs {
         model: prepared,
         tokenizer,
         rows,
     } = inputs;
-    let loaded = load_model(&prepared.dir, &rows, dtype, world, rank);
-    let (cfg, shards) = agree(comm.as_ref(), &device, loaded, "loading the model")?;
-    // Before the state goes onto the GPU: `limo plan`'s verdict for this GPU, and what would
-    // fit, says more than an out-of-memory error a layer into the first step.
-    #[cfg(feature = "cuda")]
-    if lead && device.is_cuda() {
-        let total = limo_ops::cuda::pool::memory_stats(&device).map(|m| m.total);
-        let warning = total.ok().and_then(|mem| {
-            crate::zero3::plan::fit_warning(&cfg, config, world as u64, mem)
-                .ok()
-                .flatten()
-        });
-        if let Some(w) = warning {
-            tracing::warn!("{w}");
+    let mut run = Run::new(config, &prepared, rows, cfg, shards, device, comm)?;
+    match &options.resume {
+        Some(which) => run.resume(which)?,
+        None if lead => {
+            let _ = std::fs::remove_file(run.metrics_path());
+        }
+        None => {}
+    }
+    let held_out = held_out_problems(config);
+    let eval_before = match (&tokenizer, held_out.is_empty()) {
+        (Some(tok), false) => evaluate_on_lead(config, &run.model, tok, &held_out)?,
+        _ => None,
+    };
+
+    run.show_progress(options.progress);
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let stop = options
+        .stop_on_signals
+        .then(StopOnSignals::install)
+        .transpose()
+        .context("installing the stop-signal handlers")?;
+    while run.step < run.total_steps {
+        let m = run.train_step()?;
+        run.log(&m)?;
+        if first_loss.is_nan() {
+            first_loss = m.loss;
+        }
+        last_loss = m.loss;
+        let stopping = match &stop {
+            Some(stop) if run.step < run.total_steps => stop_agreed(&run.model, stop)?,
+            _ => false,
+        };
+        if stopping || run.checkpoint_due() {
+            run.save()?;
+        }
+        if stopping {
+            run.bar.abandon();
+            let signal = stop.as_ref().and_then(StopOnSignals::requested);
+            return Err(run.stopped(signal).into());
         }
     }
+    // From here a signal acts as it always does: the last checkpoint is written.
+    drop(stop);
+    run.bar.finish_and_clear();
 
-    let t = &config.train;
-    let per_step = config.rows_per_step(world)?;
-    let steps_per_epoch = rows.len().div_ceil(per_step);
-    let total_steps = match t.max_steps {
-        Some(steps) => steps,
-        None => t.epochs.checked_mul(steps_per_epoch).with_context(|| {
-            format!(
-                "train.epochs {} x {steps_per_epoch} steps per epoch overflows",
-                t.epochs
-            )
-        })?,
+    if lead {
+        (first_loss, last_loss) = run.plot_and_export()?.unwrap_or((first_loss, last_loss));
+    }
+    let evaluation = match (eval_before, &tokenizer) {
+        (Some(before), Some(tok)) => evaluate_after(config, &run.model, tok, &held_out, before)?,
+        _ => None,
     };
-    let schedule = t.schedule;
-    let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
-    let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
-    let mut state = State {
-        model,
-        order,
-        step: 0,
-    };
+    // Nobody leaves while rank 0 still exports: a launcher may stop the job when one exits.
+    run.model.comm().barrier()?;
+    Ok(RunSummary {
+        rank: run.model.rank(),
+        world_size: run.model.world_size(),
+        evaluation,
+        steps: run.total_steps,
+        first_loss,
+        last_loss,
+        output: config.output.dir.clone(),
+    })
+}
 
-    let checkpoints_dir = out.join("checkpoints");
-    let metrics_path = out.join("metrics.jsonl");
-    if let Some(which) = &options.resume {
-        let restored = checkpoint::resolve(&checkpoints_dir, which).and_then(|dir| {
-            checkpoint::restore_run(&mut state.model, &dir, config, rows.len()).map(|r| (dir, r))
+/// Rank 0 writes the run directory's inputs first; then every rank reads them, and its slices
+/// of the model's weights.
+fn read_inputs(
+    config: &TrainConfig,
+    comm: &dyn Communicator,
+    device: &Device,
+) -> anyhow::Result<(Inputs, Qwen2Config, Vec<Flat>)> {
+    let first = (comm.rank() == 0)
+        .then(|| prepare_inputs(config, true))
+        .transpose();
+    let first = agree(comm, device, first, "preparing the run")?;
+    let inputs = first.map_or_else(|| prepare_inputs(config, false), Ok);
+    let inputs = agree(comm, device, inputs, "reading the model and data")?;
+    let dtype = config.model.dtype.dtype();
+    let (world, rank) = (comm.world_size(), comm.rank());
+    let loaded = load_model(&inputs.model.dir, &inputs.rows, dtype, world, rank);
+    let (cfg, shards) = agree(comm, device, loaded, "loading the model")?;
+    Ok((inputs, cfg, shards))
+}
+
+/// Before the state goes onto the GPU: `limo plan`'s verdict for this GPU, and what would fit,
+/// says more than an out-of-memory error a layer into the first step.
+#[cfg(feature = "cuda")]
+fn warn_if_it_will_not_fit(
+    config: &TrainConfig,
+    cfg: &Qwen2Config,
+    comm: &dyn Communicator,
+    device: &Device,
+) {
+    if comm.rank() != 0 || !device.is_cuda() {
+        return;
+    }
+    let total = limo_ops::cuda::pool::memory_stats(device).map(|m| m.total);
+    let world = comm.world_size() as u64;
+    let warning = total.ok().and_then(|mem| {
+        crate::zero3::plan::fit_warning(cfg, config, world, mem)
+            .ok()
+            .flatten()
+    });
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a TrainConfig,
+        prepared: &PreparedModel,
+        rows: Vec<TrainingRow>,
+        cfg: Qwen2Config,
+        shards: Vec<Flat>,
+        device: Device,
+        comm: Box<dyn Communicator>,
+    ) -> anyhow::Result<Self> {
+        let t = &config.train;
+        let (world, lead) = (comm.world_size(), comm.rank() == 0);
+        let rows_per_step = config.rows_per_step(world)?;
+        let steps_per_epoch = rows.len().div_ceil(rows_per_step);
+        let total_steps = match t.max_steps {
+            Some(steps) => steps,
+            None => t.epochs.checked_mul(steps_per_epoch).with_context(|| {
+                format!(
+                    "train.epochs {} x {steps_per_epoch} steps per epoch overflows",
+                    t.epochs
+                )
+            })?,
+        };
+        let dtype = config.model.dtype.dtype();
+        let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
+        let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
+        let tb = (lead && config.output.report_to.contains(&ReportTo::Tensorboard))
+            .then(|| EventWriter::create(&config.output.dir.join("tensorboard")))
+            .transpose();
+        let tensorboard = agree(model.comm(), &device, tb, "opening TensorBoard")?;
+        let side_files = checkpoint::side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
+        Ok(Self {
+            config,
+            model,
+            order,
+            step: 0,
+            rows,
+            rows_per_step,
+            steps_per_epoch,
+            total_steps,
+            side_files,
+            tensorboard,
+            bar: ProgressBar::hidden(),
+        })
+    }
+
+    fn checkpoints_dir(&self) -> PathBuf {
+        self.config.output.dir.join("checkpoints")
+    }
+
+    fn metrics_path(&self) -> PathBuf {
+        self.config.output.dir.join("metrics.jsonl")
+    }
+
+    /// Restores the model's state, the data order and the step from a checkpoint (`latest`, a
+    /// step or a directory); the metrics of later steps are dropped, to be logged again.
+    fn resume(&mut self, which: &str) -> anyhow::Result<()> {
+        let restored = checkpoint::resolve(&self.checkpoints_dir(), which).and_then(|dir| {
+            checkpoint::restore_run(&mut self.model, &dir, self.config, self.rows.len())
+                .map(|r| (dir, r))
         });
-        let (dir, (order, step)) = agree(
-            state.model.comm(),
-            &device,
-            restored,
-            "resuming from the checkpoint",
-        )?;
-        (state.order, state.step) = (order, step);
+        let device = self.model.device.clone();
+        let what = "resuming from the checkpoint";
+        let (dir, (order, step)) = agree(self.model.comm(), &device, restored, what)?;
+        (self.order, self.step) = (order, step);
+        let lead = self.model.rank() == 0;
         if lead {
-            metrics::truncate_after(&metrics_path, state.step)?;
+            metrics::truncate_after(&self.metrics_path(), step)?;
         }
-        tracing::info!(step = state.step, checkpoint = %dir.display(), rank, "resumed");
+        tracing::info!(step, checkpoint = %dir.display(), rank = self.model.rank(), "resumed");
         #[cfg(feature = "cuda")]
         if lead && device.is_cuda() && !limo_ops::cuda::flash_attention::deterministic_requested() {
             // The state restored is exact; what follows is not bit-for-bit the run that was cut.
@@ -285,76 +413,57 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
                  to the bit (dQ's atomic adds vary in order); LIMO_FLASH_DETERMINISTIC=1 for bits"
             );
         }
-    } else if lead {
-        let _ = std::fs::remove_file(&metrics_path);
+        Ok(())
     }
 
-    let held_out = held_out_problems(config);
-    let eval_before = match (&tokenizer, held_out.is_empty()) {
-        (Some(tok), false) => evaluate_on_lead(config, &state.model, tok, &held_out)?,
-        _ => None,
-    };
-
-    let tb = (lead && config.output.report_to.contains(&ReportTo::Tensorboard))
-        .then(|| EventWriter::create(&out.join("tensorboard")))
-        .transpose();
-    let mut tensorboard = agree(state.model.comm(), &device, tb, "opening TensorBoard")?;
-    let side_files = checkpoint::side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
-    let bar = progress_bar(options.progress && lead, total_steps, state.step);
-    if lead {
+    /// Rank 0 draws the progress bar (when `enabled`) and says what the run will do.
+    fn show_progress(&mut self, enabled: bool) {
+        if self.model.rank() != 0 {
+            return;
+        }
+        self.bar = progress_bar(enabled, self.total_steps, self.step);
         tracing::info!(
-            rows = rows.len(),
-            total_steps,
-            rows_per_step = per_step,
-            world,
+            rows = self.rows.len(),
+            total_steps = self.total_steps,
+            rows_per_step = self.rows_per_step,
+            world = self.model.world_size(),
             "training"
         );
     }
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-    let stop = options
-        .stop_on_signals
-        .then(StopOnSignals::install)
-        .transpose()
-        .context("installing the stop-signal handlers")?;
-    while state.step < total_steps {
+
+    /// One optimizer step over this rank's rows of the next `rows_per_step`; what it logs.
+    fn train_step(&mut self) -> anyhow::Result<StepMetrics> {
         let started = Instant::now();
-        let indices = state.order.next_indices(per_step);
+        let t = &self.config.train;
+        let (world, rank) = (self.model.world_size(), self.model.rank());
+        let indices = self.order.next_indices(self.rows_per_step);
         let micro: Vec<Batch> = rank_micro_batches(&indices, t.batch_size, world, rank)
             .iter()
-            .map(|rows_of_batch| to_batch(&rows, rows_of_batch))
+            .map(|rows_of_batch| to_batch(&self.rows, rows_of_batch))
             .collect::<anyhow::Result<_>>()?;
         let local_targets: usize = micro.iter().map(Batch::n_targets).sum();
         let local_tokens: usize = micro.iter().map(Batch::tokens).sum();
-        let [n_targets, tokens] = state
+        let [n_targets, tokens] = self
             .model
             .sum_over_ranks([local_targets as f64, local_tokens as f64])?
             .map(|n| n as usize);
-        let lr = schedule.lr(t.lr, state.step, t.warmup_steps, total_steps);
+        let lr = t
+            .schedule
+            .lr(t.lr, self.step, t.warmup_steps, self.total_steps);
         let (loss, grad_norm, clip_coef) = if n_targets == 0 {
             tracing::warn!(
-                step = state.step + 1,
+                step = self.step + 1,
                 "no target tokens in this step; skipping the update"
             );
             (0.0, 0.0, 1.0)
         } else {
-            optimizer_step(
-                &mut state.model,
-                &micro,
-                n_targets,
-                lr,
-                state.step + 1,
-                &config.train,
-            )?
+            optimizer_step(&mut self.model, &micro, n_targets, lr, self.step + 1, t)?
         };
-        state.step += 1;
-        if first_loss.is_nan() {
-            first_loss = loss;
-        }
-        last_loss = loss;
+        self.step += 1;
         let seconds = started.elapsed().as_secs_f64();
-        let m = StepMetrics {
-            step: state.step,
-            epoch: (state.step * per_step) as f64 / rows.len() as f64,
+        Ok(StepMetrics {
+            step: self.step,
+            epoch: (self.step * self.rows_per_step) as f64 / self.rows.len() as f64,
             lr,
             loss,
             grad_norm,
@@ -363,79 +472,77 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
             tokens,
             seconds,
             tokens_per_second: tokens as f64 / seconds.max(1e-9),
-        };
-        if lead {
-            metrics::append(&metrics_path, &m)?;
-            if let Some(events) = tensorboard.as_mut() {
-                events.step(&m)?;
+        })
+    }
+
+    /// The step's line in metrics.jsonl and TensorBoard (rank 0), and the progress bar.
+    fn log(&mut self, m: &StepMetrics) -> anyhow::Result<()> {
+        if self.model.rank() == 0 {
+            metrics::append(&self.metrics_path(), m)?;
+            if let Some(events) = self.tensorboard.as_mut() {
+                events.step(m)?;
             }
         }
-        bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} gnorm {grad_norm:.3} {:.0} tok/s",
-            m.tokens_per_second
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} gnorm {:.3} {:.0} tok/s",
+            m.loss, m.lr, m.grad_norm, m.tokens_per_second
         ));
-        bar.inc(1);
-        tracing::debug!(step = m.step, loss, lr, grad_norm, rank, "step");
+        self.bar.inc(1);
+        tracing::debug!(
+            step = m.step,
+            m.loss,
+            m.lr,
+            m.grad_norm,
+            rank = self.model.rank(),
+            "step"
+        );
+        Ok(())
+    }
 
-        let due = checkpoint_due(config, state.step, steps_per_epoch, total_steps);
-        let stopping = match &stop {
-            Some(stop) if state.step < total_steps => stop_agreed(&state.model, stop)?,
-            _ => false,
-        };
-        if due || stopping {
-            checkpoint::save_run(
-                &state.model,
-                &state.order,
-                state.step,
-                &checkpoints_dir,
-                config,
-                &side_files,
-            )?;
-        }
-        if stopping {
-            bar.abandon();
-            return Err(Stopped {
-                signal: stop.as_ref().and_then(StopOnSignals::requested),
-                step: state.step,
-                total_steps,
-                checkpoint: checkpoints_dir.join(checkpoint::step_dir_name(state.step)),
-            }
-            .into());
+    /// Checkpoint every `save_steps`, at epoch ends if asked, and always after the last step.
+    fn checkpoint_due(&self) -> bool {
+        let (step, output) = (self.step, &self.config.output);
+        (output.save_steps > 0 && step.is_multiple_of(output.save_steps))
+            || (output.save_every_epoch && step.is_multiple_of(self.steps_per_epoch))
+            || step == self.total_steps
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        checkpoint::save_run(
+            &self.model,
+            &self.order,
+            self.step,
+            &self.checkpoints_dir(),
+            self.config,
+            &self.side_files,
+        )
+    }
+
+    fn stopped(&self, signal: Option<i32>) -> Stopped {
+        Stopped {
+            signal,
+            step: self.step,
+            total_steps: self.total_steps,
+            checkpoint: self
+                .checkpoints_dir()
+                .join(checkpoint::step_dir_name(self.step)),
         }
     }
-    // From here a signal acts as it always does: the last checkpoint is written.
-    drop(stop);
-    bar.finish_and_clear();
 
-    if lead {
-        let history = metrics::read(&metrics_path)?;
-        metrics::plot_loss(&history, &out.join("loss.png"))?;
-        if let (Some(first), Some(last)) = (history.first(), history.last()) {
-            (first_loss, last_loss) = (first.loss, last.loss);
+    /// Rank 0 after the last step: loss.png and, if asked, the exported model. Returns the
+    /// run's first and last losses over all its invocations (None before any step).
+    fn plot_and_export(&self) -> anyhow::Result<Option<(f64, f64)>> {
+        let history = metrics::read(&self.metrics_path())?;
+        metrics::plot_loss(&history, &self.config.output.dir.join("loss.png"))?;
+        if let Some(dtype) = self.config.output.export_dtype.dtype() {
+            let last = checkpoint::step_dir_name(self.total_steps);
+            export_final(self.config, dtype, &self.checkpoints_dir().join(last))?;
         }
-        if let Some(dtype) = config.output.export_dtype.dtype() {
-            export_final(
-                config,
-                dtype,
-                &checkpoints_dir.join(checkpoint::step_dir_name(total_steps)),
-            )?;
-        }
+        Ok(history
+            .first()
+            .zip(history.last())
+            .map(|(f, l)| (f.loss, l.loss)))
     }
-    let evaluation = match (eval_before, &tokenizer) {
-        (Some(before), Some(tok)) => evaluate_after(config, &state.model, tok, &held_out, before)?,
-        _ => None,
-    };
-    // Nobody leaves while rank 0 still exports: a launcher may stop the job when one exits.
-    state.model.comm().barrier()?;
-    Ok(RunSummary {
-        rank,
-        world_size: world,
-        evaluation,
-        steps: total_steps,
-        first_loss,
-        last_loss,
-        output: out.clone(),
-    })
 }
 
 /// The rows of `indices` (one step) that `rank` trains on: micro-batch `m` of the step is
@@ -460,19 +567,6 @@ fn rank_micro_batches(
 fn stop_agreed(model: &ShardedModel, stop: &StopOnSignals) -> anyhow::Result<bool> {
     let [ranks] = model.sum_over_ranks([f64::from(u8::from(stop.requested().is_some()))])?;
     Ok(ranks > 0.0)
-}
-
-/// Checkpoint every `save_steps`, at epoch ends if asked, and always after the last step.
-fn checkpoint_due(
-    config: &TrainConfig,
-    step: usize,
-    steps_per_epoch: usize,
-    total_steps: usize,
-) -> bool {
-    let every = config.output.save_steps;
-    (every > 0 && step.is_multiple_of(every))
-        || (config.output.save_every_epoch && step.is_multiple_of(steps_per_epoch))
-        || step == total_steps
 }
 
 /// Writes `<output>/model` from the final checkpoint.
