@@ -3,13 +3,16 @@
 # rank or to the launcher, resumes from `latest` each time, and checks what a cluster user
 # relies on after a crash:
 #   - after every kill: no process of the job is left, and `latest` names a complete checkpoint;
+#   - after a stop signal (SIGNAL=mix): the same, and `latest` is the step the ranks say they
+#     stopped after;
 #   - at the end: losses and every rank's checkpoint file are bit-identical to an uninterrupted
 #     run, and the checkpoints directory holds exactly `keep_last` checkpoints and no debris.
 # The golden tiny model (tests/fixtures) on its six rows, a checkpoint after every step.
 # Usage: scripts/kill-resume-fuzz.sh [rounds] (default 20); LIMO_BIN picks the binary
 # (default target/debug/limo, what `cargo test` builds), SEED the random moments, STEPS the
 # run's length (3000), NPROC the ranks (2), ACCUM train.grad_accum (1), OFFLOAD
-# train.optimizer_offload (none).
+# train.optimizer_offload (none), SAVE_STEPS output.save_steps (1), SIGNAL what is sent (KILL;
+# TERM, INT or USR1; mix: one of the four at random each round).
 # Exit 1 on any failed check; prints the seed to rerun it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +54,8 @@ epochs = 1000
 [output]
 dir = "$work/$1"
 export_dtype = "none"
-save_steps = 1
+save_steps = ${SAVE_STEPS:-1}
+save_every_epoch = false
 keep_last = 2
 EOF
 }
@@ -80,7 +84,12 @@ for round in $(seq "$rounds"); do
     if [ $((RANDOM % 3)) != 0 ] && [ ${#ranks[@]} -gt 0 ]; then
         victim=${ranks[$((RANDOM % ${#ranks[@]}))]} what=rank
     fi
-    kill -9 "$victim" 2>/dev/null && kills=$((kills + 1))
+    signals=(KILL TERM INT USR1)
+    case ${SIGNAL:-KILL} in
+    mix) sig=${signals[$((RANDOM % 4))]} ;;
+    *) sig=${SIGNAL:-KILL} ;;
+    esac
+    kill -s "$sig" "$victim" 2>/dev/null && kills=$((kills + 1))
     wait "$launcher" 2>/dev/null || true
     # Ranks of a killed launcher get SIGTERM from the kernel (PR_SET_PDEATHSIG).
     for _ in $(seq 100); do job_left || break; sleep 0.1; done
@@ -90,7 +99,17 @@ for round in $(seq "$rounds"); do
         [ -f "$ckpts/$name/manifest.json" ] || [ -f "$ckpts/.$name.replaced/manifest.json" ] ||
             fail "round $round: latest names $name, which has no manifest"
     fi
-    echo "round $round: killed the $what; $(ls -A "$ckpts" 2>/dev/null | tr '\n' ' ')"
+    # A stop signal during the steps: every rank names the step it stopped after, and latest is it.
+    stopped=$(grep -o "stopped [a-z ]*\(SIG[A-Z0-9]*\|stop signal\) after step [0-9]*" \
+        "$work/round-$round.log" | sed 's/.* //' | sort -u || true)
+    if [ -n "$stopped" ]; then
+        [ "$(wc -l <<<"$stopped")" = 1 ] || fail "round $round: ranks stopped after different steps: $stopped"
+        [ "$(grep -c "stopped [a-z ]*\(SIG[A-Z0-9]*\|stop signal\) after step" "$work/round-$round.log")" = "$nproc" ] ||
+            fail "round $round: not every rank says it stopped: $(tail -5 "$work/round-$round.log")"
+        [ "$(cat "$ckpts/latest")" = "$(printf 'step-%08d' "$stopped")" ] ||
+            fail "round $round: stopped after step $stopped, but latest is $(cat "$ckpts/latest")"
+    fi
+    echo "round $round: SIG$sig to the $what${stopped:+, stopped after step $stopped}; $(ls -A "$ckpts" 2>/dev/null | tr '\n' ' ')"
     grep -q "trained $steps steps" "$work/round-$round.log" && break
 done
 resume=()
@@ -108,7 +127,8 @@ for ((r = 0; r < nproc; r++)); do
         fail "rank $r's final checkpoint differs from the uninterrupted run's"
 done
 left=$(ls -A "$ckpts" | tr '\n' ' ')
-[ "$left" = "latest $(printf 'step-%08d' $((steps - 1))) $last " ] ||
+save=${SAVE_STEPS:-1}
+[ "$left" = "latest $(printf 'step-%08d' $(((steps - 1) / save * save))) $last " ] ||
     fail "checkpoints left: $left(expected latest and the last two)"
 echo "ok: $kills kills; $steps losses and every rank's last checkpoint bit-identical to the" \
     "uninterrupted run's; nothing left behind"
