@@ -1,7 +1,7 @@
-//! What users trip on: `limo export --checkpoint` takes any way of naming a checkpoint, `limo
-//! train --resume auto` works with or without one, exports of a run on the built-in tokenizer
-//! carry the chat template and are readable by everyone, and logs have no colour codes off a
-//! terminal.
+//! What users trip on: `limo export --checkpoint` takes any way of naming a checkpoint (and an
+//! export cut short never looks like a model), `limo train --resume auto` works with or without
+//! one, exports of a run on the built-in tokenizer carry the chat template and are readable by
+//! everyone, and logs have no colour codes off a terminal.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -75,6 +75,24 @@ fn export_takes_a_run_its_checkpoints_latest_or_a_step() {
         exports.windows(2).all(|w| w[0] == w[1]),
         "every name is the same checkpoint"
     );
+
+    // An export cut short (here: a folder where tokenizer.json must go) leaves no config.json,
+    // so nothing loads it as a model and a rerun is allowed; the rerun cleans up after it.
+    let cut = tmp.path().join("cut");
+    std::fs::create_dir_all(cut.join("tokenizer.json")).unwrap();
+    std::fs::write(cut.join("tokenizer.json").join("in-the-way"), "").unwrap();
+    let export_cut = || {
+        let (step, cut) = (step.to_str().unwrap(), cut.to_str().unwrap());
+        limo(&["export", "--checkpoint", step, "--out", cut])
+    };
+    let failed = export_cut();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(!cut.join("config.json").exists());
+    std::fs::remove_dir_all(cut.join("tokenizer.json")).unwrap();
+    assert!(export_cut().status.success());
+    assert!(cut.join("config.json").is_file() && cut.join("tokenizer.json").is_file());
+    assert!(!cut.join(".export.partial").exists());
+    assert!(std::fs::read(cut.join("model.safetensors")).unwrap() == exports[0]);
 
     let bad = limo(&[
         "export",

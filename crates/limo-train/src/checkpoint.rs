@@ -207,7 +207,7 @@ fn write_rank_file(
     // device (os error 28): No space left on device (os error 28)".
     safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), *t)), None, &path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    fsync_file(&path)?;
+    fsync_path(&path)?;
     checksum(&path)
 }
 
@@ -229,7 +229,7 @@ fn publish(
         &tmp.join(MANIFEST),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
-    fsync_dir(tmp)?;
+    fsync_path(tmp)?;
 
     let final_dir = checkpoints_dir.join(name);
     // The same step saved again (a run resumed from an older checkpoint): `latest` may name the
@@ -244,14 +244,14 @@ fn publish(
             .with_context(|| format!("{}", final_dir.display()))?;
     }
     std::fs::rename(tmp, &final_dir).with_context(|| format!("{}", final_dir.display()))?;
-    fsync_dir(checkpoints_dir)?;
+    fsync_path(checkpoints_dir)?;
     if replaced.exists() {
         std::fs::remove_dir_all(&replaced)?;
     }
     let latest_tmp = checkpoints_dir.join(".latest.tmp");
     write_synced(&latest_tmp, name.as_bytes())?;
     std::fs::rename(&latest_tmp, checkpoints_dir.join(LATEST))?;
-    fsync_dir(checkpoints_dir)?;
+    fsync_path(checkpoints_dir)?;
     prune(checkpoints_dir, keep_last.max(1))
 }
 
@@ -612,15 +612,10 @@ fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("{}", path.display()))
 }
 
-fn fsync_file(path: &Path) -> anyhow::Result<()> {
-    File::open(path)?
-        .sync_all()
-        .with_context(|| format!("{}", path.display()))
-}
-
-fn fsync_dir(path: &Path) -> anyhow::Result<()> {
-    File::open(path)?
-        .sync_all()
+/// Flushes a file or a directory (its entries) to disk.
+pub(crate) fn fsync_path(path: &Path) -> anyhow::Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
         .with_context(|| format!("{}", path.display()))
 }
 

@@ -1,7 +1,7 @@
 //! `limo export`: a training checkpoint to a Hugging Face model directory, streamed tensor by
 //! tensor so host memory stays bounded by one output shard.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::DType;
@@ -18,7 +18,9 @@ const CARRIED: [&str; 4] = [
 ];
 
 /// Writes `out` (created; must not hold a model) from checkpoint `dir`, merging the ranks'
-/// slices one parameter at a time, whatever world size wrote it.
+/// slices one parameter at a time, whatever world size wrote it. The files are written into a
+/// hidden folder and moved into `out` when all are there, `config.json` last: an export cut
+/// short (a crash, a full disk) leaves no directory that loads as a model, and can be rerun.
 pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> anyhow::Result<()> {
     let mut reader = ShardReader::open(dir)?;
     // Side files are checked here; rank files as they are read.
@@ -38,25 +40,53 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
             out.display()
         );
     }
-    let mut writer = ShardedWriter::new(out, max_shard_bytes)?;
+    let staging = staging_dir(out)?;
+    let mut writer = ShardedWriter::new(&staging, max_shard_bytes)?;
     reader.params("master", |name, tensor| {
         writer.add(name, tensor.to_dtype(dtype)?)?;
         Ok(())
     })?;
     writer.finish()?;
-
+    for name in CARRIED {
+        if dir.join(name).exists() {
+            std::fs::copy(dir.join(name), staging.join(name))
+                .with_context(|| format!("{}", staging.join(name).display()))?;
+        }
+    }
     let config_path = dir.join("config.json");
     let mut config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&config_path)
             .with_context(|| format!("{}", config_path.display()))?,
     )?;
     config["torch_dtype"] = limo_model::init::dtype_name(dtype).into();
-    write_json(&out.join("config.json"), &config)?;
-    for name in CARRIED {
-        if dir.join(name).exists() {
-            std::fs::copy(dir.join(name), out.join(name))
-                .with_context(|| format!("{}", out.join(name).display()))?;
-        }
+    write_json(&staging.join("config.json"), &config)?;
+    move_into_place(&staging, out)
+}
+
+/// Where the files are written first: inside `out`, so the moves stay on one filesystem (`out`
+/// may be a mount point); emptied of an earlier export that was cut short.
+fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    let staging = out.join(".export.partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("{}", staging.display()))?;
     }
-    Ok(())
+    Ok(staging)
+}
+
+/// Syncs the staged files and moves them into `out`, `config.json` last (its presence says the
+/// export is complete).
+fn move_into_place(staging: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(staging)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+        .with_context(|| format!("{}", staging.display()))?;
+    files.sort_by_key(|p| p.file_name() == Some("config.json".as_ref()));
+    for f in &files {
+        checkpoint::fsync_path(f)?;
+    }
+    for f in &files {
+        let target = out.join(f.file_name().expect("a directory entry has a name"));
+        std::fs::rename(f, &target).with_context(|| format!("{}", target.display()))?;
+    }
+    std::fs::remove_dir(staging).with_context(|| format!("{}", staging.display()))?;
+    checkpoint::fsync_path(out)
 }
