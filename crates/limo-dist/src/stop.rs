@@ -39,21 +39,22 @@ fn say(msg: &[u8]) {
 }
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {
-    let now = monotonic_ms();
-    if REQUESTED
-        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
-        .is_ok()
-    {
-        FIRST_AT_MS.store(now, Ordering::SeqCst);
-        say(b"limo: stop requested: finishing this step and saving a checkpoint (repeat the signal to stop at once)\n");
-        return;
-    }
-    if now - FIRST_AT_MS.load(Ordering::SeqCst) >= REPEAT_WINDOW.as_millis() as i64 {
-        // SAFETY: signal(2) and raise(3) are async-signal-safe; the default action ends us.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            libc::raise(sig);
+    // At least 1: 0 marks "no signal yet". The first handler to set the time is the request;
+    // one running at the same moment on another thread sees it set.
+    let now = monotonic_ms().max(1);
+    match FIRST_AT_MS.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => {
+            REQUESTED.store(sig, Ordering::SeqCst);
+            say(b"limo: stop requested: finishing this step and saving a checkpoint (the signal again, a second later, stops at once)\n");
         }
+        Err(first) if now - first >= REPEAT_WINDOW.as_millis() as i64 => {
+            // SAFETY: signal(2) and raise(3) are async-signal-safe; the default action ends us.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        }
+        Err(_) => {}
     }
 }
 
@@ -73,6 +74,7 @@ pub struct StopOnSignals {
 impl StopOnSignals {
     pub fn install() -> std::io::Result<Self> {
         REQUESTED.store(0, Ordering::SeqCst);
+        FIRST_AT_MS.store(0, Ordering::SeqCst);
         let mut previous = Vec::new();
         for sig in STOP_SIGNALS {
             // SAFETY: zeroed is a valid sigaction; the handler only touches atomics, reads the
@@ -83,6 +85,9 @@ impl StopOnSignals {
                 action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
                 action.sa_flags = libc::SA_RESTART;
                 libc::sigemptyset(&mut action.sa_mask);
+                for other in STOP_SIGNALS {
+                    libc::sigaddset(&mut action.sa_mask, other);
+                }
                 let mut old: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(sig, &action, &mut old) != 0 {
                     return Err(std::io::Error::last_os_error());
