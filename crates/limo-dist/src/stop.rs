@@ -81,6 +81,13 @@ impl StopOnSignals {
             // clock and calls write/signal/raise, all async-signal-safe. SA_RESTART keeps
             // blocking reads (a collective's socket) from failing with EINTR.
             unsafe {
+                // An ignored signal stays ignored, as Python leaves it: a shell script's
+                // background job ignores Ctrl-C (SIGINT) and should go on doing so.
+                let mut current: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut current);
+                if current.sa_sigaction == libc::SIG_IGN {
+                    continue;
+                }
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
                 action.sa_flags = libc::SA_RESTART;

@@ -31,6 +31,20 @@ fn a_signal_is_recorded_repeats_are_ignored_and_drop_restores() {
     // A fresh install forgets the old request.
     let stop = StopOnSignals::install().unwrap();
     assert_eq!(stop.requested(), None);
+    drop(stop);
+
+    // An ignored signal (a background job's SIGINT) stays ignored, before, during and after.
+    // SAFETY: sets, then restores, the disposition of SIGUSR1 in this test's own process.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+    let stop = StopOnSignals::install().unwrap();
+    assert_eq!(current_action(libc::SIGUSR1), libc::SIG_IGN);
+    unsafe { libc::raise(libc::SIGUSR1) };
+    assert_eq!(stop.requested(), None);
+    unsafe { libc::raise(libc::SIGTERM) };
+    assert_eq!(stop.requested(), Some(libc::SIGTERM));
+    drop(stop);
+    assert_eq!(current_action(libc::SIGUSR1), libc::SIG_IGN);
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
 }
 
 #[test]
