@@ -16,6 +16,11 @@ use limo_train::{train, RunOptions, TrainConfig};
 const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(900);
 
 #[derive(Args)]
+#[command(
+    after_help = "SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 during the steps: every rank \
+finishes its step, a checkpoint is saved, and limo exits with 128 + the signal's number; \
+--resume continues exactly (docs/LAUNCH.md, \"Stopping a run\")."
+)]
 pub struct TrainArgs {
     /// Run configuration (TOML). Without it, the embedded default (configs/tiny.toml) runs.
     #[arg(long)]
