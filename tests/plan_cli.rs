@@ -337,3 +337,35 @@ fn a_plan_that_does_not_fit_says_what_would() {
     assert!(!plan(&recipe(), "32", &[]).contains("would fit with"));
     assert_mentions(&plan(&recipe(), "2", &[]), &["no setting limo plans"]);
 }
+
+#[test]
+fn the_disk_estimate_is_what_a_run_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::golden().join("train/data.jsonl");
+    for world in ["1", "2"] {
+        let out = tmp.path().join(format!("world-{world}"));
+        let set = ["train.max_steps=1", "output.export_dtype=\"bf16\""];
+        let config = common::golden_config(tmp.path(), &data, &out, "f32", &set);
+        let train = common::train_args(&config, &[]);
+        let launch = ["launch", "--nproc-per-node", world, "--"].map(String::from);
+        run_ok(&[&launch[..], &train].concat());
+        let disk = &plan_json_of(config.to_str().unwrap(), world, &[])["disk"];
+        // Safetensors headers are the difference: a few KiB of JSON.
+        let close = |file: PathBuf, estimate: &Value| {
+            let (size, estimate) = (std::fs::metadata(&file).unwrap().len(), bytes(estimate));
+            assert!(
+                size >= estimate && size - estimate < 16 * 1024,
+                "{}: {size} bytes, estimated {estimate}",
+                file.display()
+            );
+        };
+        let step = out.join("checkpoints/step-00000001");
+        for rank in 0..world.parse().unwrap() {
+            close(
+                step.join(format!("rank-{rank:05}.safetensors")),
+                &disk["rank_file"],
+            );
+        }
+        close(out.join("model/model.safetensors"), &disk["export"]);
+    }
+}

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use limo_model::init::preset_config;
 use limo_model::Qwen2Config;
+use limo_train::checkpoint::disk::{disk_use, DiskUse};
 use limo_train::config::{from_name, OptimizerOffload};
 use limo_train::zero3::plan::{
     fixes, infer_shape, parse_bytes, plan_with_offload, Estimate, Fix, Hardware, Offload, Plan,
@@ -75,17 +76,41 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     };
     let plan = plan_with_offload(&model, work, hw, offload)?;
     let fixes = fixes(&model, work, hw, offload)?;
+    let disk = disk_use(&model, &config, args.gpus);
     if args.json {
         let mut value = serde_json::to_value(&plan)?;
         value["config"] = args.config.display().to_string().into();
         value["model_source"] = source.into();
         value["fixes"] = serde_json::to_value(&fixes)?;
+        value["disk"] = serde_json::to_value(disk)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render(&plan, &args.config, &source));
+        print!("{}", render_disk(&disk, &config));
         print!("{}", render_fixes(&plan, &fixes));
     }
     Ok(())
+}
+
+/// What `output.dir` must hold: checkpoints at once, and the export.
+fn render_disk(d: &DiskUse, config: &TrainConfig) -> String {
+    let export = match config.output.export_dtype.dtype() {
+        Some(dtype) => format!(
+            "; {} export {}",
+            format!("{dtype:?}").to_lowercase(),
+            gib(d.export)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "\ndisk (output.dir): a checkpoint is {} ({} per GPU); {} at once (keep_last {}, and the \
+         next while it is written){export}; {} at most\n",
+        gib(d.checkpoint),
+        gib(d.rank_file),
+        d.checkpoints_at_once,
+        config.output.keep_last,
+        gib(d.peak)
+    )
 }
 
 /// What would make a plan that does not fit (with checkpointing) fit, if anything.

@@ -750,5 +750,6 @@ pub fn side_files(model_dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<
     Ok(files)
 }
 
+pub mod disk;
 #[cfg(test)]
 mod tests;

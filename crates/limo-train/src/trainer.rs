@@ -19,7 +19,7 @@ use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, disk};
 use crate::config::{ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
 use crate::metrics::{self, StepMetrics};
@@ -218,6 +218,9 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let lock = lead.then(|| lock_run_dir(&config.output.dir)).transpose();
     let _lock = agree(comm.as_ref(), &device, lock, "locking the run directory")?;
     let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
+    if lead {
+        warn_if_the_disk_is_short(config, &cfg, comm.world_size());
+    }
     #[cfg(feature = "cuda")]
     warn_if_it_will_not_fit(config, &cfg, comm.as_ref(), &device);
     let Inputs {
@@ -308,6 +311,21 @@ fn read_inputs(
     let loaded = load_model(&inputs.model.dir, &inputs.rows, dtype, world, rank);
     let (cfg, shards) = agree(comm, device, loaded, "loading the model")?;
     Ok((inputs, cfg, shards))
+}
+
+/// A filesystem that cannot hold the run's checkpoints fails it at the first one that does not
+/// fit, hours in: say so before the first step.
+fn warn_if_the_disk_is_short(config: &TrainConfig, cfg: &Qwen2Config, world: usize) {
+    let out = &config.output.dir;
+    let need = disk::disk_use(cfg, config, world as u64);
+    let reused = disk::tree_bytes(&out.join("checkpoints")) + disk::tree_bytes(&out.join("model"));
+    let free = disk::free_bytes(out);
+    if let Some(w) = free
+        .ok()
+        .and_then(|free| disk::space_warning(out, free, reused, &need))
+    {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Before the state goes onto the GPU: `limo plan`'s verdict for this GPU, and what would fit,
