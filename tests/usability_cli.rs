@@ -51,6 +51,12 @@ fn export_takes_a_run_its_checkpoints_latest_or_a_step() {
         !log.contains('\u{1b}'),
         "colour codes in a log that is not a terminal: {log}"
     );
+    // Each checkpoint's size (19.8M parameters x 12 B, and the tokenizer) and write time.
+    let saved = log
+        .lines()
+        .find(|l| l.contains("checkpoint saved"))
+        .unwrap();
+    assert!(saved.contains(" gib=0.23 seconds="), "{saved}");
 
     let step = run.join("checkpoints").join("step-00000002");
     let names = [

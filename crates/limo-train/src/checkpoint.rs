@@ -640,6 +640,7 @@ pub fn save_run(
         master_dtype: format!("{:?}", model.optimizer()?.master_dtype()).to_lowercase(),
         files: Default::default(),
     };
+    let started = std::time::Instant::now();
     let opt = model.optimizer()?;
     let rank_state = RankState {
         master: opt.host(MASTER)?,
@@ -656,7 +657,11 @@ pub fn save_run(
         config.output.keep_last,
     )?;
     if model.rank() == 0 {
-        tracing::info!(step = step, path = %path.display(), "checkpoint saved");
+        // Size and time: what `output.save_steps` costs, to weigh against the steps a crash loses.
+        let gib = disk::tree_bytes(&path) as f64 / (1u64 << 30) as f64;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(step, path = %path.display(), gib = %format!("{gib:.2}"),
+            seconds = %format!("{seconds:.1}"), "checkpoint saved");
     }
     Ok(())
 }
