@@ -216,6 +216,38 @@ fn launch_refuses_bad_arguments() {
         .output()
         .unwrap();
     assert!(error_line(&out).contains("--node-rank 2 is not below --nnodes 2"));
+    // Port 0 is a free port on one machine; across machines it cannot be agreed on.
+    let out = limo()
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--nnodes",
+            "2",
+            "--master-port",
+            "0",
+        ])
+        .args(["--", "comm-check"])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("--master-port 0: the nodes must agree on one port"));
+    let out = limo()
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "0",
+            "--",
+        ])
+        .args(["comm-check", "--iterations", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Launchers nested in every rank would multiply the job.
     let out = limo()
         .args([

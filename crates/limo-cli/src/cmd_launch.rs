@@ -23,7 +23,8 @@ pub struct LaunchArgs {
     /// Address of node 0, where the ranks meet.
     #[arg(long, default_value = "127.0.0.1")]
     master_addr: String,
-    /// Port on node 0 [default: a free port on one machine, 29500 across machines].
+    /// Port on node 0 [default: a free port on one machine, 29500 across machines]; 0 is a
+    /// free port too (one machine only).
     #[arg(long)]
     master_port: Option<u16>,
     /// Seconds a rank waits for the others (rendezvous, each collective) before failing with

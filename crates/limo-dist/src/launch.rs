@@ -96,6 +96,9 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
         );
     }
     let port = match spec.master_port {
+        // 0 is "any port" to a listener, but every rank must connect to the same one.
+        Some(0) if spec.nnodes == 1 => free_port()?,
+        Some(0) => bail!("--master-port 0: the nodes must agree on one port; name it (e.g. 29500)"),
         Some(p) => p,
         None if spec.nnodes == 1 => free_port()?,
         None => DEFAULT_MASTER_PORT,
