@@ -189,48 +189,58 @@ fn a_rank_that_never_starts_is_named_within_the_timeout() {
 
 #[test]
 fn launch_refuses_bad_arguments() {
-    let out = limo()
-        .args([
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--timeout",
-            "soon",
-            "--",
-            "comm-check",
-        ])
-        .output()
-        .unwrap();
-    assert!(error_line(&out).contains("--timeout soon"));
-    let out = limo()
-        .args([
-            "launch",
-            "--nproc-per-node",
-            "1",
-            "--nnodes",
-            "2",
-            "--node-rank",
-            "2",
-        ])
-        .args(["--", "comm-check"])
-        .output()
-        .unwrap();
-    assert!(error_line(&out).contains("--node-rank 2 is not below --nnodes 2"));
-    // Port 0 is a free port on one machine; across machines it cannot be agreed on.
-    let out = limo()
-        .args([
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--nnodes",
-            "2",
-            "--master-port",
-            "0",
-        ])
-        .args(["--", "comm-check"])
-        .output()
-        .unwrap();
-    assert!(error_line(&out).contains("--master-port 0: the nodes must agree on one port"));
+    let max = u64::MAX.to_string();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--nproc-per-node", "2", "--timeout", "soon"],
+            "--timeout soon",
+        ),
+        (
+            &["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2"],
+            "--node-rank 2 is not below --nnodes 2",
+        ),
+        // Port 0 is a free port on one machine (below); across machines it cannot be agreed on.
+        (
+            &[
+                "--nproc-per-node",
+                "2",
+                "--nnodes",
+                "2",
+                "--master-port",
+                "0",
+            ],
+            "--master-port 0: the nodes must agree on one port",
+        ),
+        // The world size once wrapped around; rank 1 then waited for a rendezvous that never
+        // came.
+        (
+            &[
+                "--nproc-per-node",
+                "2",
+                "--nnodes",
+                &max,
+                "--node-rank",
+                "1",
+            ],
+            "is more than 1048576 ranks",
+        ),
+        // Launchers nested in every rank would multiply the job.
+        (
+            &["--nproc-per-node", "2", "--", "launch"],
+            "would start a launcher in every rank",
+        ),
+        (&["--nproc-per-node", "0"], "must be at least 1"),
+    ];
+    for (args, expected) in cases {
+        let out = limo()
+            .arg("launch")
+            .args(args)
+            .args(["--", "comm-check"])
+            .output()
+            .unwrap();
+        let err = error_line(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
     let out = limo()
         .args([
             "launch",
@@ -243,38 +253,8 @@ fn launch_refuses_bad_arguments() {
         .args(["comm-check", "--iterations", "2"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Launchers nested in every rank would multiply the job.
-    let out = limo()
-        .args([
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--",
-            "launch",
-            "--",
-            "comm-check",
-        ])
-        .output()
-        .unwrap();
-    assert!(error_line(&out).contains("would start a launcher in every rank"));
-    // The world size once wrapped around; rank 1 then waited for a rendezvous that never came.
-    let out = limo()
-        .args(["launch", "--nproc-per-node", "2", "--nnodes"])
-        .args([
-            &u64::MAX.to_string(),
-            "--node-rank",
-            "1",
-            "--",
-            "comm-check",
-        ])
-        .output()
-        .unwrap();
-    assert!(error_line(&out).contains("is more than 1048576 ranks"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
 }
 
 #[test]
