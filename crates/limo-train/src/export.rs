@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use candle_core::DType;
 use limo_model::writer::{write_json, ShardedWriter};
 
-use crate::checkpoint::{self, ShardReader};
+use crate::checkpoint::{self, disk, ShardReader};
 
 /// Files of a checkpoint that an exported model carries along.
 const CARRIED: [&str; 4] = [
@@ -40,7 +40,22 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
             out.display()
         );
     }
+    // After an earlier attempt's leftovers are gone: their space counts as free.
     let staging = staging_dir(out)?;
+    // Fail now rather than after writing most of it.
+    let elements: usize = reader
+        .manifest
+        .params
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum();
+    let need = (elements * dtype.size_in_bytes()) as u64;
+    if let Some(short) = disk::free_bytes(out)
+        .ok()
+        .and_then(|free| disk::shortfall(out, free, need, "the export"))
+    {
+        bail!(short);
+    }
     let mut writer = ShardedWriter::new(&staging, max_shard_bytes)?;
     reader.params("master", |name, tensor| {
         writer.add(name, tensor.to_dtype(dtype)?)?;

@@ -59,10 +59,7 @@ pub fn space_warning(dir: &Path, free: u64, reused: u64, need: &DiskUse) -> Opti
     if room >= need.peak {
         return None;
     }
-    let gib = |b: u64| match b {
-        b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
-        b => format!("{:.0} MiB", b as f64 / (1 << 20) as f64),
-    };
+    let gib = human;
     Some(format!(
         "{}: {} free{}, but the run needs up to {}: {} checkpoints of {} at once (keep_last, and \
          the next while it is written){}; it fails when the disk fills (lower output.keep_last, \
@@ -83,6 +80,27 @@ pub fn space_warning(dir: &Path, free: u64, reused: u64, need: &DiskUse) -> Opti
             String::new()
         },
     ))
+}
+
+/// An error line when `free` bytes cannot hold the `need` bytes of `what` in `dir`.
+pub fn shortfall(dir: &Path, free: u64, need: u64, what: &str) -> Option<String> {
+    (free < need).then(|| {
+        format!(
+            "{}: {} free, {what} needs {}",
+            dir.display(),
+            human(free),
+            human(need)
+        )
+    })
+}
+
+/// GiB with one decimal, or whole MiB below 1 GiB.
+fn human(bytes: u64) -> String {
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB as f64)
+    } else {
+        format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    }
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `dir` (or its nearest
@@ -145,6 +163,16 @@ mod tests {
         ] {
             assert!(w.contains(part), "{part:?} not in {w}");
         }
+    }
+
+    #[test]
+    fn a_shortfall_names_the_directory_and_both_sizes() {
+        let dir = Path::new("/models/out");
+        assert!(shortfall(dir, 2 * GIB, 2 * GIB, "the export").is_none());
+        assert_eq!(
+            shortfall(dir, 300 << 20, 2 * GIB, "the export").unwrap(),
+            "/models/out: 300 MiB free, the export needs 2.0 GiB"
+        );
     }
 
     #[test]
