@@ -8,6 +8,8 @@
 # Each run's summary is checked; CI runs this.
 #   bash scripts/gpu/selftest.sh        # exit 0 when all five visits end as expected
 set -uo pipefail
+# No `| grep -q` below: grep -q exits at the first match, the writer then dies of SIGPIPE and
+# pipefail fails the pipeline (1 CI run in 3 reported logs.tar.gz without logs/doctor.log).
 cd "$(dirname "$0")/../.." || exit 2
 T=$(mktemp -d /tmp/limo-check-selftest.XXXXXX)
 [ -n "${SELFTEST_KEEP:-}" ] || trap 'rm -rf "$T"' EXIT
@@ -207,11 +209,11 @@ grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass
 expect pass sanitize skipped
 expect pass recompute ok "kept/recomputed 1.000"
 # The sm90 kernels passed: nothing after the doctor's first run held the flash path at sm80.
-if grep -v ' doctor --quick --dump' "$T/pass.calls" | grep -q '^LIMO_FLASH_PATH=sm80'; then
+if grep -v ' doctor --quick --dump' "$T/pass.calls" | grep '^LIMO_FLASH_PATH=sm80' >/dev/null; then
     echo "selftest pass: a stage ran with LIMO_FLASH_PATH=sm80 though sm90 passed" >&2
     FAILS=$((FAILS + 1))
 fi
-tar -tzf "$T/out/logs.tar.gz" 2>/dev/null | grep -q '^logs/doctor.log$' ||
+tar -tzf "$T/out/logs.tar.gz" 2>/dev/null | grep '^logs/doctor.log$' >/dev/null ||
     { echo "selftest pass: logs.tar.gz has no logs/doctor.log" >&2; FAILS=$((FAILS + 1)); }
 
 visit fail 1 FAKE_SM90=fail FAKE_OOM=yes
@@ -222,7 +224,7 @@ expect fail generate-1k skipped "not run: an earlier stage failed"
 expect fail profile skipped "not run: an earlier stage failed"
 expect fail recompute skipped "not run: an earlier stage failed"
 # After the failed sm90 row every later limo call holds the sm80 kernels.
-if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
+if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest fail: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
     FAILS=$((FAILS + 1))
 fi
@@ -230,7 +232,7 @@ fi
 # sm90 agreeing at 384 tokens but not with sm80 on one 16k-token document: sm80 from then on.
 visit long 1 FAKE_SM90=long
 expect long doctor FAIL "attention bf16: 1 of 4 checks failed"
-if grep -v -e ' doctor --quick' "$T/long.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
+if grep -v -e ' doctor --quick' "$T/long.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest long: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
     FAILS=$((FAILS + 1))
 fi
@@ -238,7 +240,7 @@ fi
 # ... or hanging there: no sm90 either.
 visit hang 1 FAKE_SM90=hang
 expect hang doctor timeout
-if grep -v -e ' doctor --quick' "$T/hang.calls" | grep -qv '^LIMO_FLASH_PATH=sm80 '; then
+if grep -v -e ' doctor --quick' "$T/hang.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest hang: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
     FAILS=$((FAILS + 1))
 fi
