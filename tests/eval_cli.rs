@@ -329,3 +329,138 @@ fn data_takes_json_files_and_hub_ids_as_training_does() {
         "limo.json: row",
     );
 }
+
+/// (benchmark, id) -> (response, tokens) of `out`'s results.jsonl.
+fn responses(out: &Path) -> std::collections::BTreeMap<(String, String), (String, u64)> {
+    let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let key = (
+                v["benchmark"].as_str().unwrap().to_string(),
+                v["id"].to_string(),
+            );
+            let value = (
+                v["response"].as_str().unwrap().to_string(),
+                v["tokens"].as_u64().unwrap(),
+            );
+            (key, value)
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_saves_unfinished_responses_and_the_rerun_continues_them() {
+    use std::time::{Duration, Instant};
+    let (tmp, model) = tiny_model_in_tempdir();
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "eval",
+            "--model",
+            s(&model),
+            "--benchmarks",
+            "aime,amc23",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "120",
+            "--batch-size",
+            "3",
+            "--dtype",
+            "f64",
+            "--save-every",
+            "0",
+            "--out",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push(s(out).to_string());
+        a
+    };
+    // Runs to the end, successfully; its stdout.
+    let complete = |out: &Path| {
+        let a = args(out);
+        let done = limo(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(done.status.success(), "{stderr}");
+        String::from_utf8_lossy(&done.stdout).to_string()
+    };
+    let whole = tmp.path().join("whole");
+    complete(&whole);
+    assert!(!whole.join("in-flight.json").exists());
+    let expected = responses(&whole);
+    assert_eq!(expected.len(), 4);
+
+    // SIGTERM once every slot of the batch has generated something.
+    let cut = tmp.path().join("cut");
+    let stderr_path = tmp.path().join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let in_flight = cut.join("in-flight.json");
+    let saved = |min: usize| -> Option<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&in_flight).ok()?).ok()?;
+        let seqs = v["sequences"].as_array()?;
+        let ok = seqs.len() == 3
+            && seqs
+                .iter()
+                .all(|q| q["ids"].as_array().unwrap().len() >= min);
+        ok.then_some(v)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while saved(20).is_none() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: stopped by SIGTERM: 0 of 4 responses done, 3 in flight saved to ")
+            && last.ends_with("; the same command continues them"),
+        "{last}"
+    );
+    let kept = saved(20).expect("in-flight.json holds all three");
+    let longest = kept["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["ids"].as_array().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(longest < 120, "stopped before the end: {longest}");
+
+    // The same command: the three go on from their tokens, the fourth starts; all as uncut.
+    // To see that the saved tokens are used, not generated again, one sequence's are replaced
+    // by "7"s (Qwen2.5 token 22): its response must begin with them.
+    let mut tampered = kept.clone();
+    let first = &mut tampered["sequences"][0];
+    let n = first["ids"].as_array().unwrap().len();
+    first["ids"] = serde_json::json!(vec![22; n]);
+    let key = (
+        first["benchmark"].as_str().unwrap().to_string(),
+        first["id"].to_string(),
+    );
+    std::fs::write(&in_flight, tampered.to_string()).unwrap();
+    let table = complete(&cut);
+    assert!(
+        table.contains("4 responses generated, 0 resumed, 3 continued"),
+        "{table}"
+    );
+    let mut got = responses(&cut);
+    let (response, tokens) = got.remove(&key).unwrap();
+    assert!(response.starts_with(&"7".repeat(n)), "{response}");
+    assert_eq!(tokens, 120);
+    let mut expected = expected;
+    expected.remove(&key);
+    assert_eq!(got, expected);
+    assert!(!in_flight.exists(), "removed once every response is in");
+}

@@ -93,9 +93,15 @@ struct RunArgs {
     /// chat_template(.jinja) is not read.
     #[arg(long)]
     system: Option<String>,
-    /// Output directory: results.jsonl, summary.json; a rerun resumes there.
+    /// Output directory: results.jsonl, summary.json; a rerun resumes there. SIGTERM, SIGINT
+    /// or SIGUSR1 saves the unfinished responses (in-flight.json) and exits 128 + the signal;
+    /// the same command then continues them where they were.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Seconds between saves of the unfinished responses, so a crash loses at most this much
+    /// of their generation (0: after every token).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    save_every: f64,
 }
 
 pub fn run_cmd(args: EvalArgs) -> anyhow::Result<()> {
@@ -162,6 +168,9 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         opts.system_prompt = Some(system);
     }
     opts.progress = std::io::stderr().is_terminal();
+    opts.save_every = std::time::Duration::try_from_secs_f64(a.save_every)
+        .map_err(|_| anyhow::anyhow!("--save-every {}: give seconds, 0 or more", a.save_every))?;
+    opts.stop_on_signals = true;
     run(&opts)?;
     Ok(())
 }

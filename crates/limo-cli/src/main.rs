@@ -93,9 +93,14 @@ fn main() {
         // One line, the whole cause chain: users grep logs for it.
         eprintln!("error: {err:#}");
         let out_of_memory = err.downcast_ref::<cmd_bench_step::OutOfMemory>().is_some();
-        let stopped = err.downcast_ref::<limo_train::Stopped>();
+        let stopped = match err.downcast_ref::<limo_train::Stopped>() {
+            Some(s) => Some(s.signal),
+            None => err
+                .downcast_ref::<limo_eval::in_flight::Stopped>()
+                .map(|s| Some(s.signal)),
+        };
         std::process::exit(match stopped {
-            Some(s) => limo_dist::stop::exit_status(s.signal),
+            Some(signal) => limo_dist::stop::exit_status(signal),
             None if out_of_memory => 3,
             None => 1,
         });

@@ -45,7 +45,7 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
     match FIRST_AT_MS.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
         Ok(_) => {
             REQUESTED.store(sig, Ordering::SeqCst);
-            say(b"limo: stop requested: finishing this step and saving a checkpoint (the signal again, a second later, stops at once)\n");
+            say(b"limo: stop requested: saving after this step (the signal again, a second later, stops at once)\n");
         }
         Err(first) if now - first >= REPEAT_WINDOW.as_millis() as i64 => {
             // SAFETY: signal(2) and raise(3) are async-signal-safe; the default action ends us.

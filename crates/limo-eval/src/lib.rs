@@ -2,8 +2,11 @@
 //! (`benchmarks/`, from LIMO's repository), the rule-based grader LIMO scores with
 //! (`grader.rs`: last `\boxed{}` answer, normalization, numeric / symbolic / choice equivalence),
 //! and the evaluation run over a model (`run.rs`: chat-template prompts, batched KV-cache
-//! generation, results streamed and resumable).
+//! generation, results streamed and resumable, unfinished responses kept in `in_flight.rs`) and
+//! its report (`summary.rs`).
 
 pub mod benchmarks;
 pub mod grader;
+pub mod in_flight;
 pub mod run;
+pub mod summary;

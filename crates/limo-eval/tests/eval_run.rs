@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use limo_eval::benchmarks::NAMES;
+use limo_eval::in_flight::IN_FLIGHT_FILE;
 use limo_eval::run::{run, EvalOptions, ResultRecord, UserBenchmark, RESULTS_FILE, SUMMARY_FILE};
 use tempfile::TempDir;
 
@@ -154,6 +155,42 @@ fn errors_are_one_line() {
     std::fs::write(out.join(RESULTS_FILE), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
     let err = one_line_error(&options(&model, &out));
     assert!(err.contains("line 1"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // So is a malformed in-flight.json.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(IN_FLIGHT_FILE), "{\"sequences\": [{}]}").unwrap();
+    let err = one_line_error(&options(&model, &out));
+    assert!(
+        err.contains("in-flight.json: malformed (delete it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_saved_response_of_another_prompt_starts_over() {
+    let (tmp, model, out) = model_and_out();
+    let mut opts = options(&model, &out);
+    opts.benchmarks = vec!["aime".into()];
+    opts.limit = Some(2);
+    let whole = run(&options_with(&opts, tmp.path().join("whole"))).unwrap();
+    assert_eq!(whole.continued, 0);
+    let expected = read_records(&tmp.path().join("whole"));
+    // Saved from a prompt of other tokens (another tokenizer, say): not continued.
+    let r = &expected[0];
+    let saved = serde_json::json!({"sequences": [{
+        "benchmark": r.benchmark, "id": r.id, "sample": 0, "prompt_tokens": 3,
+        "prompt_hash": 1, "ids": [22, 22], "rng": 0, "seconds": 1.0
+    }]});
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(IN_FLIGHT_FILE), saved.to_string()).unwrap();
+    let summary = run(&opts).unwrap();
+    assert_eq!((summary.generated, summary.continued), (2, 0));
+    let got = read_records(&out);
+    for (a, b) in got.iter().zip(&expected) {
+        assert_eq!((&a.id, &a.response), (&b.id, &b.response));
+    }
+    assert!(!out.join(IN_FLIGHT_FILE).exists());
 }
 
 #[test]

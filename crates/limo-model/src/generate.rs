@@ -481,8 +481,20 @@ impl<'a> CachedModel<'a> {
 
 struct Request {
     key: usize,
+    /// What the prefill reads: the prompt, then the tokens a continued sequence already has.
     prompt: Vec<u32>,
-    seed: u64,
+    /// How many of `prompt`'s last tokens were generated (0 for a new sequence).
+    generated: usize,
+    rng: u64,
+}
+
+/// Where a sequence stands: its tokens so far and its random stream's state. A [`Generator`]
+/// given it back ([`Generator::add_continued`]) goes on as if it had never stopped, so an
+/// evaluation cut short keeps what it generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Continuation {
+    pub ids: Vec<u32>,
+    pub rng: u64,
 }
 
 struct Sequence {
@@ -535,11 +547,62 @@ impl<'a> Generator<'a> {
     /// Queues `prompt` (not empty); its result comes back from [`Self::step`] under `key`. The
     /// sequence draws its tokens from a stream seeded by `seed` alone.
     pub fn add(&mut self, key: usize, prompt: Vec<u32>, seed: u64) -> Result<()> {
+        let start = Continuation {
+            ids: Vec::new(),
+            rng: seed,
+        };
+        self.add_continued(key, prompt, start)
+    }
+
+    /// Queues `prompt` to go on from `from` (one of [`Self::in_progress`]): its next token
+    /// is the one the sequence would have chosen next (the prefill reads its tokens so far,
+    /// where the sequence had them in its cache: the same logits up to rounding).
+    pub fn add_continued(
+        &mut self,
+        key: usize,
+        mut prompt: Vec<u32>,
+        from: Continuation,
+    ) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::Config(format!("prompt {key} is empty")));
         }
-        self.pending.push(Request { key, prompt, seed });
+        if !from.ids.is_empty() && from.ids.len() >= self.max_new_tokens {
+            return Err(Error::Config(format!(
+                "sequence {key}: {} tokens generated, the most is {}",
+                from.ids.len(),
+                self.max_new_tokens
+            )));
+        }
+        if let Some(stop) = from.ids.iter().find(|t| self.stop_ids.contains(t)) {
+            return Err(Error::Config(format!(
+                "sequence {key}: its tokens hold the stop id {stop}"
+            )));
+        }
+        let generated = from.ids.len();
+        prompt.extend(from.ids);
+        self.pending.push(Request {
+            key,
+            prompt,
+            generated,
+            rng: from.rng,
+        });
         Ok(())
+    }
+
+    /// Every unfinished sequence's key and [`Continuation`], queued ones included.
+    pub fn in_progress(&self) -> Vec<(usize, Continuation)> {
+        let queued = self.pending.iter().map(|r| {
+            let ids = r.prompt[r.prompt.len() - r.generated..].to_vec();
+            (r.key, Continuation { ids, rng: r.rng })
+        });
+        let live = self.live.iter().map(|s| {
+            let c = Continuation {
+                ids: s.ids.clone(),
+                rng: s.rng.0,
+            };
+            (s.key, c)
+        });
+        queued.chain(live).collect()
     }
 
     /// Sequences queued or decoding.
@@ -578,9 +641,9 @@ impl<'a> Generator<'a> {
                         next_slot += 1;
                         next_slot - 1
                     }),
-                    limit: r.prompt.len() + self.max_new_tokens,
-                    rng: Rng(r.seed),
-                    ids: Vec::new(),
+                    limit: r.prompt.len() - r.generated + self.max_new_tokens,
+                    rng: Rng(r.rng),
+                    ids: r.prompt[r.prompt.len() - r.generated..].to_vec(),
                 })
                 .collect();
             let prompts: Vec<&[u32]> = requests.iter().map(|r| r.prompt.as_slice()).collect();

@@ -260,3 +260,90 @@ fn caches_grow_past_their_first_allocation() {
         println!("prompt {i}: {} distinct tokens of 150", distinct.len());
     }
 }
+
+/// Runs `generator` until it is empty, putting each result at its key.
+fn finish(generator: &mut Generator, results: &mut [Option<Generated>]) {
+    while !generator.is_empty() {
+        for (key, g) in generator.step().unwrap() {
+            assert!(
+                results[key].replace(g).is_none(),
+                "key {key} finished twice"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_continued_sequence_goes_on_as_if_never_stopped() {
+    let (cfg, w) = tiny_model(DType::F64);
+    let prompts = prompts();
+    let stop = [17u32];
+    let hot = Sampling {
+        temperature: 1.0,
+        top_p: 0.9,
+        seed: 0,
+    };
+    for sampling in [Sampling::greedy(), hot] {
+        let whole = generate(&cfg, &w, &prompts, 12, &stop, sampling).unwrap();
+        // Cut after every number of steps: what finished stays, the rest goes on in a new
+        // generator (a rerun of an evaluation) from its tokens and stream state.
+        for cut in 0..12 {
+            let mut first = Generator::new(&cfg, &w, 12, &stop, sampling).unwrap();
+            for (i, p) in prompts.iter().enumerate() {
+                first.add(i, p.clone(), 1000 + i as u64).unwrap();
+            }
+            let mut results: Vec<Option<Generated>> = vec![None; prompts.len()];
+            for _ in 0..cut {
+                for (key, g) in first.step().unwrap() {
+                    results[key] = Some(g);
+                }
+            }
+            let mut second = Generator::new(&cfg, &w, 12, &stop, sampling).unwrap();
+            let mut continued = 0;
+            for (key, from) in first.in_progress() {
+                assert_eq!(from.ids.len(), cut, "key {key} after {cut} steps");
+                second
+                    .add_continued(key, prompts[key].clone(), from)
+                    .unwrap();
+                continued += 1;
+            }
+            assert_eq!(continued + results.iter().flatten().count(), prompts.len());
+            finish(&mut second, &mut results);
+            let mut reference = Generator::new(&cfg, &w, 12, &stop, sampling).unwrap();
+            for (i, p) in prompts.iter().enumerate() {
+                reference.add(i, p.clone(), 1000 + i as u64).unwrap();
+            }
+            let mut expected = vec![None; prompts.len()];
+            finish(&mut reference, &mut expected);
+            assert_eq!(results, expected, "{sampling:?} cut after {cut} steps");
+            if sampling.temperature == 0.0 {
+                let whole: Vec<Option<Generated>> = whole.iter().cloned().map(Some).collect();
+                assert_eq!(results, whole, "greedy cut after {cut} steps");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_continuation_past_the_limit_or_a_stop_id_is_refused() {
+    let (cfg, w) = tiny_model(DType::F64);
+    let mut g = Generator::new(&cfg, &w, 4, &[17], Sampling::greedy()).unwrap();
+    let from = |ids: Vec<u32>| limo_model::generate::Continuation { ids, rng: 0 };
+    let err = g
+        .add_continued(0, vec![1, 2], from(vec![5; 4]))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("4 tokens generated, the most is 4"),
+        "{err}"
+    );
+    let err = g
+        .add_continued(1, vec![1, 2], from(vec![5, 17]))
+        .unwrap_err();
+    assert!(err.to_string().contains("stop id 17"), "{err}");
+    g.add_continued(2, vec![1, 2], from(vec![5; 3])).unwrap();
+    let done = g.step().unwrap();
+    assert_eq!(done.len(), 1, "one more token reaches the limit");
+    assert_eq!(done[0].1.ids.len(), 4);
+    assert_eq!(&done[0].1.ids[..3], &[5, 5, 5]);
+}

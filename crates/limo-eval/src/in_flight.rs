@@ -1,0 +1,133 @@
+//! Responses still being generated when `limo eval` stops. Every `save_every`, and when a stop
+//! signal arrives, each unfinished sequence's tokens and random stream state go to
+//! `out_dir/in-flight.json` (written whole, then renamed into place); a rerun continues them
+//! where they were ([`Generator::add_continued`](limo_model::generate::Generator)) instead of
+//! starting over. LIMO's responses run to 32768 tokens: on a 32B model, minutes of GPU time each.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use limo_model::generate::{derive_seed, Continuation};
+use serde::{Deserialize, Serialize};
+
+pub const IN_FLIGHT_FILE: &str = "in-flight.json";
+
+/// One unfinished sample of one problem.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub benchmark: String,
+    pub id: String,
+    pub sample: usize,
+    /// The prompt it was generated from (its length and a hash of its ids): a rerun with
+    /// another tokenizer or template starts the sample over rather than continue it.
+    pub prompt_tokens: usize,
+    pub prompt_hash: u64,
+    pub ids: Vec<u32>,
+    pub rng: u64,
+    /// Seconds spent on it before it was saved.
+    pub seconds: f64,
+}
+
+impl Saved {
+    pub fn new(
+        key: &(String, String, usize),
+        prompt: &[u32],
+        c: Continuation,
+        seconds: f64,
+    ) -> Self {
+        Self {
+            benchmark: key.0.clone(),
+            id: key.1.clone(),
+            sample: key.2,
+            prompt_tokens: prompt.len(),
+            prompt_hash: prompt_hash(prompt),
+            ids: c.ids,
+            rng: c.rng,
+            seconds,
+        }
+    }
+
+    /// Where to go on from, when `prompt` is the one it was generated from.
+    pub fn continuation(&self, prompt: &[u32]) -> Option<Continuation> {
+        (self.prompt_tokens == prompt.len() && self.prompt_hash == prompt_hash(prompt)).then(|| {
+            Continuation {
+                ids: self.ids.clone(),
+                rng: self.rng,
+            }
+        })
+    }
+}
+
+fn prompt_hash(prompt: &[u32]) -> u64 {
+    let bytes: Vec<u8> = prompt.iter().flat_map(|t| t.to_le_bytes()).collect();
+    derive_seed(0, &bytes)
+}
+
+#[derive(Serialize, Deserialize)]
+struct InFlightFile {
+    sequences: Vec<Saved>,
+}
+
+/// The saved sequences of `path` by (benchmark, id, sample); none when there is no file.
+pub fn read(path: &Path) -> anyhow::Result<HashMap<(String, String, usize), Saved>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let file: InFlightFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: malformed (delete it to generate its responses from the start)",
+            path.display()
+        )
+    })?;
+    Ok(file
+        .sequences
+        .into_iter()
+        .map(|s| ((s.benchmark.clone(), s.id.clone(), s.sample), s))
+        .collect())
+}
+
+/// Replaces `path` with `sequences`: a temporary file, synced, then renamed, so a crash leaves
+/// the old file or the new one.
+pub fn write(path: &Path, sequences: Vec<Saved>) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string(&InFlightFile { sequences })?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    written
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// What `limo eval` returns when a stop signal ended it: the caller exits 128 + the signal.
+#[derive(Debug)]
+pub struct Stopped {
+    pub signal: i32,
+    /// Responses in results.jsonl, of all the run asks for.
+    pub done: usize,
+    pub total: usize,
+    pub saved: usize,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped by {}: {} of {} responses done, {} in flight saved to {}; the same command \
+             continues them",
+            limo_dist::launch::signal_name(self.signal),
+            self.done,
+            self.total,
+            self.saved,
+            self.path.display()
+        )
+    }
+}
+
+impl std::error::Error for Stopped {}
