@@ -349,44 +349,58 @@ fn responses(out: &Path) -> std::collections::BTreeMap<(String, String), (String
         .collect()
 }
 
+/// `eval` of aime and amc23 in f64, saving unfinished responses after every token, with
+/// `sizes` (`--limit`, `--max-new-tokens`, `--batch-size`), into `out`.
+fn stoppable_eval(model: &Path, out: &Path, sizes: [&str; 3]) -> Vec<String> {
+    let [limit, new_tokens, batch] = sizes;
+    [
+        "eval",
+        "--model",
+        s(model),
+        "--benchmarks",
+        "aime,amc23",
+        "--limit",
+        limit,
+        "--max-new-tokens",
+        new_tokens,
+        "--batch-size",
+        batch,
+        "--dtype",
+        "f64",
+        "--save-every",
+        "0",
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs `args` to a successful end; its stdout.
+fn complete(args: Vec<String>) -> String {
+    let done = limo(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    String::from_utf8_lossy(&done.stdout).to_string()
+}
+
+/// The file names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn sigterm_saves_unfinished_responses_and_the_rerun_continues_them() {
     use std::time::{Duration, Instant};
     let (tmp, model) = tiny_model_in_tempdir();
-    let args = |out: &Path| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "eval",
-            "--model",
-            s(&model),
-            "--benchmarks",
-            "aime,amc23",
-            "--limit",
-            "2",
-            "--max-new-tokens",
-            "120",
-            "--batch-size",
-            "3",
-            "--dtype",
-            "f64",
-            "--save-every",
-            "0",
-            "--out",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.push(s(out).to_string());
-        a
-    };
-    // Runs to the end, successfully; its stdout.
-    let complete = |out: &Path| {
-        let a = args(out);
-        let done = limo(&a.iter().map(String::as_str).collect::<Vec<_>>());
-        let stderr = String::from_utf8_lossy(&done.stderr);
-        assert!(done.status.success(), "{stderr}");
-        String::from_utf8_lossy(&done.stdout).to_string()
-    };
+    let args = |out: &Path| stoppable_eval(&model, out, ["2", "120", "3"]);
     let whole = tmp.path().join("whole");
-    complete(&whole);
+    complete(args(&whole));
     assert!(!whole.join("in-flight.json").exists());
     let expected = responses(&whole);
     assert_eq!(expected.len(), 4);
@@ -450,7 +464,7 @@ fn sigterm_saves_unfinished_responses_and_the_rerun_continues_them() {
         first["id"].to_string(),
     );
     std::fs::write(&in_flight, tampered.to_string()).unwrap();
-    let table = complete(&cut);
+    let table = complete(args(&cut));
     assert!(
         table.contains("4 responses generated, 0 resumed, 3 continued"),
         "{table}"
@@ -463,4 +477,96 @@ fn sigterm_saves_unfinished_responses_and_the_rerun_continues_them() {
     expected.remove(&key);
     assert_eq!(got, expected);
     assert!(!in_flight.exists(), "removed once every response is in");
+}
+
+#[test]
+fn ranks_of_a_launch_split_the_problems_and_a_stopped_launch_continues_at_another_world_size() {
+    use std::time::{Duration, Instant};
+    let (tmp, model) = tiny_model_in_tempdir();
+    let eval_args = |out: &Path| stoppable_eval(&model, out, ["3", "100", "2"]);
+    let launch_args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = ["launch", "--nproc-per-node", "2", "--"]
+            .map(String::from)
+            .to_vec();
+        a.extend(eval_args(out));
+        a
+    };
+    let one = tmp.path().join("one");
+    complete(eval_args(&one));
+    let expected = responses(&one);
+    assert_eq!(expected.len(), 6);
+
+    // Two ranks: the same responses, one results.jsonl, one table (rank 0's), no rank files.
+    let two = tmp.path().join("two");
+    let table = complete(launch_args(&two));
+    assert_eq!(table.matches("6 responses generated").count(), 1, "{table}");
+    assert_eq!(responses(&two), expected);
+    assert_eq!(
+        names_in(&two),
+        ["results.jsonl", "run.json", "summary.json"]
+    );
+
+    // Two ranks stopped once both have unfinished responses; one process continues them all.
+    let cut = tmp.path().join("cut");
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(launch_args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let saved = |rank: usize| -> usize {
+        let path = cut.join(format!("in-flight.rank-{rank}.json"));
+        let read = std::fs::read_to_string(path).ok();
+        let v: Option<serde_json::Value> = read.and_then(|t| serde_json::from_str(&t).ok());
+        v.and_then(|v| {
+            let seqs = v["sequences"].as_array()?.clone();
+            seqs.iter()
+                .map(|q| q["ids"].as_array().map(Vec::len))
+                .min()?
+        })
+        .unwrap_or(0)
+    };
+    let finished = |rank: usize| {
+        let part = std::fs::read_to_string(cut.join(format!("results.rank-{rank}.jsonl")));
+        part.map_or(0, |t| t.lines().count())
+    };
+    // Each rank has 3 problems, 2 at a time: stopped when it finished some and saved the rest.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (0..2).any(|r| finished(r) < 1 || saved(r) < 5) {
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the run ended first"
+        );
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(
+        unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) },
+        0
+    );
+    assert!(!launcher.wait().unwrap().success());
+    assert!(cut.join("in-flight.rank-1.json").exists());
+    let finished_before = finished(0) + finished(1);
+    let table = complete(eval_args(&cut));
+    assert!(table.contains("continued"), "{table}");
+    let continued: usize = table
+        .split(" resumed, ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        continued >= 2,
+        "both ranks' unfinished responses go on: {table}"
+    );
+    assert!(
+        table.contains(&format!("{} responses generated", 6 - finished_before)),
+        "{table}"
+    );
+    assert_eq!(responses(&cut), expected);
+    assert_eq!(
+        names_in(&cut),
+        ["results.jsonl", "run.json", "summary.json"]
+    );
 }

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use limo_data::config::{Columns, Format};
 use limo_eval::benchmarks::ConversationRows;
 use limo_eval::benchmarks::NAMES;
-use limo_eval::run::{run, EvalOptions, UserBenchmark};
+use limo_eval::run::{run_on, EvalOptions, UserBenchmark};
 
 use crate::cmd_doctor::DeviceArgs;
 
@@ -95,7 +95,8 @@ struct RunArgs {
     system: Option<String>,
     /// Output directory: results.jsonl, summary.json; a rerun resumes there. SIGTERM, SIGINT
     /// or SIGUSR1 saves the unfinished responses (in-flight.json) and exits 128 + the signal;
-    /// the same command then continues them where they were.
+    /// the same command then continues them where they were. Under `limo launch` each rank
+    /// generates its share of the problems on the GPU of its LOCAL_RANK (docs/LAUNCH.md).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Seconds between saves of the unfinished responses, so a crash loses at most this much
@@ -133,7 +134,13 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     }
     let mut opts = EvalOptions::new(model, out);
     opts.dtype = a.device.dtype()?;
-    opts.device = a.device.open()?;
+    // Under `limo launch` (or torchrun, Slurm): one rank of a data-parallel evaluation, on the
+    // GPU of its LOCAL_RANK.
+    let env = limo_dist::DistEnv::from_env()?;
+    opts.device = match &env {
+        Some(env) if a.device.cuda() => crate::cmd_doctor::open_gpu(env.gpu()?)?,
+        _ => a.device.open()?,
+    };
     match (&a.data, a.benchmarks.is_empty()) {
         (Some(_), false) => bail!("give --benchmarks or --data, not both"),
         (Some(path), true) => {
@@ -171,7 +178,14 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
     opts.save_every = std::time::Duration::try_from_secs_f64(a.save_every)
         .map_err(|_| anyhow::anyhow!("--save-every {}: give seconds, 0 or more", a.save_every))?;
     opts.stop_on_signals = true;
-    run(&opts)?;
+    let comm = match env {
+        Some(env) => {
+            let timeout = limo_dist::env::timeout_from_env(limo_dist::env::DEFAULT_TIMEOUT)?;
+            limo_dist::connect(&env, timeout)?
+        }
+        None => Box::new(limo_dist::SoloComm),
+    };
+    run_on(&opts, comm.as_ref())?;
     Ok(())
 }
 

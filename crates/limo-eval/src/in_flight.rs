@@ -70,24 +70,42 @@ struct InFlightFile {
     sequences: Vec<Saved>,
 }
 
-/// The saved sequences of `path` by (benchmark, id, sample); none when there is no file.
-pub fn read(path: &Path) -> anyhow::Result<HashMap<(String, String, usize), Saved>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
-    };
-    let file: InFlightFile = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: malformed (delete it to generate its responses from the start)",
-            path.display()
-        )
-    })?;
-    Ok(file
-        .sequences
-        .into_iter()
-        .map(|s| ((s.benchmark.clone(), s.id.clone(), s.sample), s))
-        .collect())
+/// The file rank `rank` of `world` saves its unfinished responses to.
+pub fn own_path(dir: &Path, rank: usize, world: usize) -> PathBuf {
+    match world {
+        1 => dir.join(IN_FLIGHT_FILE),
+        _ => dir.join(format!("in-flight.rank-{rank}.json")),
+    }
+}
+
+/// Every saved sequence in `dir`, of any rank of any earlier world size, by (benchmark, id,
+/// sample); of two for one sample (a rank's file and an older one), the longer.
+pub fn read_all(dir: &Path) -> anyhow::Result<HashMap<(String, String, usize), Saved>> {
+    let mut all: HashMap<(String, String, usize), Saved> = HashMap::new();
+    for path in crate::ranks::files_like(dir, "in-flight", ".json")? {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        let file: InFlightFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: malformed (delete it to generate its responses from the start)",
+                path.display()
+            )
+        })?;
+        for s in file.sequences {
+            let key = (s.benchmark.clone(), s.id.clone(), s.sample);
+            if all.get(&key).is_none_or(|old| old.ids.len() < s.ids.len()) {
+                all.insert(key, s);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Removes every rank's file (once every response is in results.jsonl).
+pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
+    for path in crate::ranks::files_like(dir, "in-flight", ".json")? {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `sequences`: a temporary file, synced, then renamed, so a crash leaves

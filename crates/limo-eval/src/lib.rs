@@ -8,5 +8,6 @@
 pub mod benchmarks;
 pub mod grader;
 pub mod in_flight;
+pub mod ranks;
 pub mod run;
 pub mod summary;

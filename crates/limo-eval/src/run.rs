@@ -8,7 +8,8 @@
 //!
 //! Each sample draws from its own stream seeded by (seed, benchmark, id, sample), so its
 //! response does not depend on the batch it ran in, and a resumed run samples what an
-//! uninterrupted one would have.
+//! uninterrupted one would have. Unfinished responses are saved and continued
+//! (`in_flight.rs`); several processes split the problems (`ranks.rs`).
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -28,9 +29,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::benchmarks::{self, Problem, NAMES};
 use crate::grader::{extract_answer, is_equivalent};
-use crate::in_flight::{self, Saved, Stopped, IN_FLIGHT_FILE};
+use crate::in_flight::{self, Saved, Stopped};
+use crate::ranks;
 use crate::summary::write_summary;
 pub use crate::summary::{format_table, pass_at_k, summarize, BenchmarkSummary, Summary};
+use limo_dist::comm::Communicator;
 
 /// LIMO's evaluation system prompt.
 pub const LIMO_SYSTEM_PROMPT: &str =
@@ -195,7 +198,7 @@ fn stop_ids(config: &Qwen2Config, model_dir: &Path, tokenizer: &ChatTokenizer) -
 /// Reads `results.jsonl` (if any): the complete records, in order. A torn or unreadable last
 /// line (a run killed mid-write) is cut from the file, to be generated again; a malformed line
 /// before it is an error.
-fn read_results(path: &Path) -> anyhow::Result<Vec<ResultRecord>> {
+pub(crate) fn read_results(path: &Path) -> anyhow::Result<Vec<ResultRecord>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -429,6 +432,13 @@ impl Job<'_> {
 
 /// Runs the evaluation (see the module documentation) and returns its summary.
 pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
+    let summary = run_on(opts, &limo_dist::SoloComm)?;
+    Ok(summary.expect("rank 0 reports"))
+}
+
+/// [`run`] as rank `comm.rank()` of a data-parallel evaluation (module `ranks`): the summary
+/// on rank 0, `None` on the others.
+pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Option<Summary>> {
     check_options(opts)?;
     let config_path = opts.model_dir.join("config.json");
     if !config_path.is_file() {
@@ -443,18 +453,33 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
         .clone()
         .unwrap_or_else(|| opts.model_dir.clone());
     let tokenizer = ChatTokenizer::from_path(&tokenizer_path)?;
-    std::fs::create_dir_all(&opts.out_dir)
-        .with_context(|| format!("creating {}", opts.out_dir.display()))?;
-    let results_path = opts.out_dir.join(RESULTS_FILE);
-    check_same_run(opts)?;
-    let previous = read_results(&results_path)?;
+    let dir = &opts.out_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    // Rank 0 settles the directory (run.json; the parts a stopped run left) before any rank
+    // reads it, and every rank has read it before any writes.
+    if rank == 0 {
+        check_same_run(opts)?;
+        ranks::clear_marks(dir)?;
+        ranks::fold_parts(dir)?;
+    }
+    comm.barrier()?;
+    if rank != 0 {
+        check_same_run(opts)?;
+    }
+    let previous = read_results(&dir.join(RESULTS_FILE))?;
+    let mut saved = in_flight::read_all(dir)?;
+    comm.barrier()?;
     let done: HashSet<(String, String, usize)> = previous.iter().map(ResultRecord::key).collect();
 
+    // Every (problem, sample) in a fixed order; rank r generates every world-th of them.
     let mut wanted: HashSet<(String, String, usize)> = HashSet::new();
     let mut jobs = Vec::new();
+    let mut left = 0;
     for problem in problems.iter().flatten() {
         for sample in 0..opts.samples {
             let key = (problem.benchmark.clone(), problem.id.clone(), sample);
+            let index = wanted.len();
             if !wanted.insert(key.clone()) {
                 bail!(
                     "benchmark {}: problem id {:?} appears twice",
@@ -462,175 +487,69 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
                     problem.id
                 );
             }
-            if !done.contains(&key) {
+            if done.contains(&key) {
+                continue;
+            }
+            left += 1;
+            if index % world == rank {
+                let prompt =
+                    prompt_ids(&tokenizer, opts.system_prompt.as_deref(), &problem.question)?;
+                let from = saved.remove(&key).and_then(|s| {
+                    let c = s.continuation(&prompt).map(|c| (c, s.seconds));
+                    if c.is_none() {
+                        tracing::warn!(
+                            "{}: {} {:?} sample {}: the prompt changed since it was saved; \
+                             generating it from the start",
+                            dir.display(),
+                            s.benchmark,
+                            s.id,
+                            s.sample
+                        );
+                    }
+                    c
+                });
                 jobs.push(Job {
                     problem,
                     sample,
-                    prompt: Vec::new(),
-                    from: None,
+                    prompt,
+                    from,
                 });
             }
         }
     }
-    let resumed = wanted.len() - jobs.len();
+    let resumed = wanted.len() - left;
 
-    let in_flight_path = opts.out_dir.join(IN_FLIGHT_FILE);
-    let mut saved = in_flight::read(&in_flight_path)?;
     let started = Instant::now();
-    let mut fresh: Vec<ResultRecord> = Vec::new();
-    let mut continued_tokens = 0;
-    if !jobs.is_empty() {
-        let (config, weights) = load_checkpoint(&opts.model_dir, opts.dtype, &opts.device)
-            .with_context(|| format!("model {}", opts.model_dir.display()))?;
-        for job in &mut jobs {
-            job.prompt = prompt_ids(
-                &tokenizer,
-                opts.system_prompt.as_deref(),
-                &job.problem.question,
-            )?;
-            if let Some(s) = saved.remove(&job.key()) {
-                match s.continuation(&job.prompt) {
-                    Some(c) => job.from = Some((c, s.seconds)),
-                    None => tracing::warn!(
-                        "{}: {} {:?} sample {}: the prompt changed since it was saved; \
-                         generating it from the start",
-                        in_flight_path.display(),
-                        s.benchmark,
-                        s.id,
-                        s.sample
-                    ),
-                }
-            }
-        }
-        let stops = stop_ids(&config, &opts.model_dir, &tokenizer);
-        let sampling = Sampling {
-            temperature: opts.temperature,
-            top_p: opts.top_p,
-            seed: opts.seed,
-        };
-        let mut generator =
-            Generator::new(&config, &weights, opts.max_new_tokens, &stops, sampling)?;
-        let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
-        let batch_size = fit_batch(
-            opts.batch_size,
-            kv_cache_bytes(
-                &config,
-                weights.embed.dtype(),
-                longest.saturating_add(opts.max_new_tokens),
-            ),
-            limo_ops::available_memory(&opts.device),
-        )?;
-        let mut out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&results_path)
-            .with_context(|| format!("{}", results_path.display()))?;
-        let bar = progress_bar(opts.progress, jobs.len());
-        let mut next = 0;
-        // When each job entered the batch, less the seconds it had taken before a restart.
-        let mut entered: Vec<Option<Instant>> = vec![None; jobs.len()];
-        let stop = match opts.stop_on_signals {
-            true => Some(limo_dist::stop::StopOnSignals::install().context("signal handlers")?),
-            false => None,
-        };
-        let mut last_save = Instant::now();
-        while next < jobs.len() || !generator.is_empty() {
-            while next < jobs.len() && generator.in_flight() < batch_size {
-                let job = &jobs[next];
-                let seed = derive_seed(
-                    opts.seed,
-                    format!(
-                        "{}\0{}\0{}",
-                        job.problem.benchmark, job.problem.id, job.sample
-                    )
-                    .as_bytes(),
-                );
-                let mut entry = Instant::now();
-                match &job.from {
-                    Some((from, seconds)) => {
-                        continued_tokens += from.ids.len();
-                        generator.add_continued(next, job.prompt.clone(), from.clone())?;
-                        entry = entry
-                            .checked_sub(Duration::from_secs_f64(*seconds))
-                            .unwrap_or(entry);
-                    }
-                    None => generator.add(next, job.prompt.clone(), seed)?,
-                }
-                entered[next] = Some(entry);
-                next += 1;
-            }
-            for (key, generated) in generator.step()? {
-                let job = &jobs[key];
-                let response = tokenizer.decode(&generated.ids)?;
-                let extracted = extract_answer(&response);
-                let correct = extracted
-                    .as_deref()
-                    .is_some_and(|e| is_equivalent(e, &job.problem.answer));
-                let record = ResultRecord {
-                    id: job.problem.id.clone(),
-                    benchmark: job.problem.benchmark.clone(),
-                    sample: job.sample,
-                    question: job.problem.question.clone(),
-                    response,
-                    extracted,
-                    reference: job.problem.answer.clone(),
-                    correct,
-                    tokens: generated.ids.len(),
-                    stopped: generated.stopped,
-                    seconds: entered[key].expect("entered").elapsed().as_secs_f64(),
-                };
-                let mut line = serde_json::to_string(&record)?;
-                line.push('\n');
-                out.write_all(line.as_bytes())
-                    .and_then(|_| out.flush())
-                    .with_context(|| format!("writing {}", results_path.display()))?;
-                fresh.push(record);
-                bar.inc(1);
-            }
-            let signal = stop.as_ref().and_then(|s| s.requested());
-            if signal.is_some() || last_save.elapsed() >= opts.save_every {
-                let sequences: Vec<Saved> = generator
-                    .in_progress()
-                    .into_iter()
-                    .map(|(key, c)| {
-                        let seconds = entered[key].map_or(0.0, |t| t.elapsed().as_secs_f64());
-                        Saved::new(&jobs[key].key(), &jobs[key].prompt, c, seconds)
-                    })
-                    .collect();
-                let n = sequences.len();
-                in_flight::write(&in_flight_path, sequences)?;
-                last_save = Instant::now();
-                if let Some(signal) = signal {
-                    bar.finish_and_clear();
-                    return Err(Stopped {
-                        signal,
-                        done: resumed + fresh.len(),
-                        total: wanted.len(),
-                        saved: n,
-                        path: in_flight_path,
-                    }
-                    .into());
-                }
-            }
-        }
-        bar.finish_and_clear();
+    let files = RankFiles {
+        results: ranks::results_part(dir, rank, world),
+        in_flight: in_flight::own_path(dir, rank, world),
+    };
+    let progress = Progress {
+        done: resumed,
+        total: wanted.len(),
+    };
+    let tally = match jobs.is_empty() {
+        true => ranks::Tally::default(),
+        false => generate_jobs(opts, &tokenizer, &jobs, &files, progress)?,
+    };
+    if rank != 0 {
+        // Its in-flight file goes with the others' once rank 0 has every result.
+        ranks::mark_done(dir, rank, &tally)?;
+        return Ok(None);
     }
-    // Every response is in results.jsonl: nothing is left to continue.
-    match std::fs::remove_file(&in_flight_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", in_flight_path.display()))
-        }
-        _ => {}
-    }
+    let tallies = ranks::wait_for_ranks(dir, world)?;
     let seconds = started.elapsed().as_secs_f64();
+    ranks::fold_parts(dir)?;
+    // Every response is in results.jsonl: nothing is left to continue.
+    in_flight::remove_all(dir)?;
+    ranks::clear_marks(dir)?;
+    let total = tallies.iter().fold(tally, |a, b| ranks::Tally {
+        generated: a.generated + b.generated,
+        continued: a.continued + b.continued,
+        tokens: a.tokens + b.tokens,
+    });
 
-    let generated_tokens = fresh
-        .iter()
-        .map(|r| r.tokens)
-        .sum::<usize>()
-        .saturating_sub(continued_tokens);
-    let mut records = previous;
-    records.extend(fresh.iter().cloned());
+    let mut records = read_results(&dir.join(RESULTS_FILE))?;
     let mut seen = HashSet::new();
     records.retain(|r| wanted.contains(&r.key()) && seen.insert(r.key()));
     let order: Vec<String> = problems
@@ -646,19 +565,172 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
         samples: opts.samples,
         seed: opts.seed,
         benchmarks: summarize(&records, &order),
-        generated: fresh.len(),
+        generated: total.generated,
         resumed,
-        continued: jobs.iter().filter(|j| j.from.is_some()).count(),
+        continued: total.continued,
         seconds,
         throughput_tokens_per_s: if seconds > 0.0 {
-            generated_tokens as f64 / seconds
+            total.tokens as f64 / seconds
         } else {
             0.0
         },
     };
-    write_summary(&opts.out_dir.join(SUMMARY_FILE), &summary)?;
+    write_summary(&dir.join(SUMMARY_FILE), &summary)?;
     print!("{}", format_table(&summary));
-    Ok(summary)
+    Ok(Some(summary))
+}
+
+/// The files one rank writes.
+struct RankFiles {
+    results: PathBuf,
+    in_flight: PathBuf,
+}
+
+/// Responses of the run done before this invocation, of all it asks for (for the stop message).
+#[derive(Clone, Copy)]
+struct Progress {
+    done: usize,
+    total: usize,
+}
+
+/// Generates `jobs` (continuous batching), appending each finished response to
+/// `files.results` and saving the unfinished ones to `files.in_flight` every
+/// `opts.save_every` and on a stop signal.
+fn generate_jobs(
+    opts: &EvalOptions,
+    tokenizer: &ChatTokenizer,
+    jobs: &[Job],
+    files: &RankFiles,
+    progress: Progress,
+) -> anyhow::Result<ranks::Tally> {
+    let (config, weights) = load_checkpoint(&opts.model_dir, opts.dtype, &opts.device)
+        .with_context(|| format!("model {}", opts.model_dir.display()))?;
+    let stops = stop_ids(&config, &opts.model_dir, tokenizer);
+    let sampling = Sampling {
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        seed: opts.seed,
+    };
+    let mut generator = Generator::new(&config, &weights, opts.max_new_tokens, &stops, sampling)?;
+    let longest = jobs.iter().map(|j| j.prompt.len()).max().unwrap_or(0);
+    let batch_size = fit_batch(
+        opts.batch_size,
+        kv_cache_bytes(
+            &config,
+            weights.embed.dtype(),
+            longest.saturating_add(opts.max_new_tokens),
+        ),
+        limo_ops::available_memory(&opts.device),
+    )?;
+    let results_path = &files.results;
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(results_path)
+        .with_context(|| format!("{}", results_path.display()))?;
+    let bar = progress_bar(opts.progress, jobs.len());
+    let mut tally = ranks::Tally {
+        continued: jobs.iter().filter(|j| j.from.is_some()).count(),
+        ..Default::default()
+    };
+    // Tokens of finished responses, and those of them generated before a restart.
+    let (mut tokens, mut continued_tokens) = (0, 0);
+    let mut next = 0;
+    // When each job entered the batch, less the seconds it had taken before a restart.
+    let mut entered: Vec<Option<Instant>> = vec![None; jobs.len()];
+    let stop = match opts.stop_on_signals {
+        true => Some(limo_dist::stop::StopOnSignals::install().context("signal handlers")?),
+        false => None,
+    };
+    let mut last_save = Instant::now();
+    while next < jobs.len() || !generator.is_empty() {
+        while next < jobs.len() && generator.in_flight() < batch_size {
+            let job = &jobs[next];
+            let mut entry = Instant::now();
+            match &job.from {
+                Some((from, seconds)) => {
+                    continued_tokens += from.ids.len();
+                    generator.add_continued(next, job.prompt.clone(), from.clone())?;
+                    entry = entry
+                        .checked_sub(Duration::from_secs_f64(*seconds))
+                        .unwrap_or(entry);
+                }
+                None => {
+                    let key = format!(
+                        "{}\0{}\0{}",
+                        job.problem.benchmark, job.problem.id, job.sample
+                    );
+                    generator.add(
+                        next,
+                        job.prompt.clone(),
+                        derive_seed(opts.seed, key.as_bytes()),
+                    )?
+                }
+            }
+            entered[next] = Some(entry);
+            next += 1;
+        }
+        for (key, generated) in generator.step()? {
+            let job = &jobs[key];
+            let response = tokenizer.decode(&generated.ids)?;
+            let extracted = extract_answer(&response);
+            let correct = extracted
+                .as_deref()
+                .is_some_and(|e| is_equivalent(e, &job.problem.answer));
+            let record = ResultRecord {
+                id: job.problem.id.clone(),
+                benchmark: job.problem.benchmark.clone(),
+                sample: job.sample,
+                question: job.problem.question.clone(),
+                response,
+                extracted,
+                reference: job.problem.answer.clone(),
+                correct,
+                tokens: generated.ids.len(),
+                stopped: generated.stopped,
+                seconds: entered[key].expect("entered").elapsed().as_secs_f64(),
+            };
+            let mut line = serde_json::to_string(&record)?;
+            line.push('\n');
+            out.write_all(line.as_bytes())
+                .and_then(|_| out.flush())
+                .with_context(|| format!("writing {}", results_path.display()))?;
+            tally.generated += 1;
+            tokens += record.tokens;
+            bar.inc(1);
+        }
+        let signal = stop.as_ref().and_then(|s| s.requested());
+        if signal.is_some() || last_save.elapsed() >= opts.save_every {
+            let sequences: Vec<Saved> = generator
+                .in_progress()
+                .into_iter()
+                .map(|(key, c)| {
+                    let seconds = entered[key].map_or(0.0, |t| t.elapsed().as_secs_f64());
+                    Saved::new(&jobs[key].key(), &jobs[key].prompt, c, seconds)
+                })
+                .collect();
+            let n = sequences.len();
+            in_flight::write(&files.in_flight, sequences)?;
+            last_save = Instant::now();
+            if let Some(signal) = signal {
+                bar.finish_and_clear();
+                return Err(Stopped {
+                    signal,
+                    done: progress.done + tally.generated,
+                    total: progress.total,
+                    saved: n,
+                    path: files.in_flight.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    bar.finish_and_clear();
+    // The same file on every run of this rank and world: sync it before saying it is done.
+    out.sync_all()
+        .with_context(|| format!("writing {}", results_path.display()))?;
+    tally.tokens = tokens - continued_tokens;
+    Ok(tally)
 }
 
 fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {
