@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{read_results, RESULTS_FILE};
@@ -78,6 +78,17 @@ fn done_mark(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!(".done.rank-{rank}.json"))
 }
 
+fn failed_mark(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!(".failed.rank-{rank}.txt"))
+}
+
+/// Rank `rank` ended with `error` (a stop signal included): rank 0 stops waiting for it and
+/// says so, where no launcher ends the job (srun without `--kill-on-bad-exit`).
+pub fn mark_failed(dir: &Path, rank: usize, error: &anyhow::Error) {
+    // Best effort: the error itself is what this rank reports.
+    let _ = std::fs::write(failed_mark(dir, rank), format!("{error:#}"));
+}
+
 /// Rank `rank` is done: its part is complete and synced.
 pub fn mark_done(dir: &Path, rank: usize, tally: &Tally) -> anyhow::Result<()> {
     let path = done_mark(dir, rank);
@@ -87,14 +98,21 @@ pub fn mark_done(dir: &Path, rank: usize, tally: &Tally) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Waits until ranks 1..world are done and returns their tallies. There is no deadline: a
-/// rank that dies ends the job through its launcher (`limo launch`, or Slurm's
-/// `--kill-on-bad-exit`).
+/// Waits until ranks 1..world are done and returns their tallies; an error naming the first
+/// rank that failed. There is no deadline: a rank killed outright (SIGKILL, the OOM killer)
+/// ends the job through its launcher (`limo launch`, or Slurm's `--kill-on-bad-exit`).
 pub fn wait_for_ranks(dir: &Path, world: usize) -> anyhow::Result<Vec<Tally>> {
     let mut tallies = Vec::new();
     for rank in 1..world {
         let path = done_mark(dir, rank);
         loop {
+            if let Ok(error) = std::fs::read_to_string(failed_mark(dir, rank)) {
+                bail!(
+                    "rank {rank} failed ({}); the responses every rank finished are kept, and \
+                     the same command continues the rest",
+                    error.trim()
+                );
+            }
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     let tally = serde_json::from_str(&text)
@@ -112,10 +130,70 @@ pub fn wait_for_ranks(dir: &Path, world: usize) -> anyhow::Result<Vec<Tally>> {
     Ok(tallies)
 }
 
-/// Removes every rank's done mark (those of an earlier run, before this one starts).
+/// Removes every rank's done and failed marks (those of an earlier run, before this one
+/// starts).
 pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
-    for path in files_like(dir, ".done.rank-", ".json")? {
+    let done = files_like(dir, ".done.rank-", ".json")?;
+    for path in done
+        .into_iter()
+        .chain(files_like(dir, ".failed.rank-", ".txt")?)
+    {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_zero_collects_the_tallies_and_stops_at_a_failed_rank() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let tally = |generated| Tally {
+            generated,
+            continued: 1,
+            tokens: 10 * generated,
+        };
+        mark_done(d, 1, &tally(2)).unwrap();
+        mark_done(d, 2, &tally(3)).unwrap();
+        let got = wait_for_ranks(d, 3).unwrap();
+        assert_eq!(got.iter().map(|t| t.generated).collect::<Vec<_>>(), [2, 3]);
+        mark_failed(d, 3, &anyhow::anyhow!("stopped by SIGTERM"));
+        let err = wait_for_ranks(d, 4).unwrap_err().to_string();
+        assert!(
+            err.starts_with("rank 3 failed (stopped by SIGTERM)"),
+            "{err}"
+        );
+        clear_marks(d).unwrap();
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn parts_fold_into_results_without_their_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let record = |id: &str| {
+            let r = serde_json::json!({"id": id, "benchmark": "b", "sample": 0, "question": "q",
+                "response": "r", "extracted": null, "reference": "1", "correct": false,
+                "tokens": 1, "stopped": true, "seconds": 0.5});
+            r.to_string() + "\n"
+        };
+        std::fs::write(d.join(RESULTS_FILE), record("a") + "{\"id\": \"torn").unwrap();
+        std::fs::write(d.join("results.rank-0.jsonl"), record("b")).unwrap();
+        std::fs::write(d.join("results.rank-1.jsonl"), record("c") + "{\"id").unwrap();
+        fold_parts(d).unwrap();
+        let ids: Vec<String> = read_results(&d.join(RESULTS_FILE))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(
+            std::fs::read_dir(d).unwrap().count(),
+            1,
+            "the parts are gone"
+        );
+    }
 }

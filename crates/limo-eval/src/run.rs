@@ -529,8 +529,15 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         total: wanted.len(),
     };
     let tally = match jobs.is_empty() {
-        true => ranks::Tally::default(),
-        false => generate_jobs(opts, &tokenizer, &jobs, &files, progress)?,
+        true => Ok(ranks::Tally::default()),
+        false => generate_jobs(opts, &tokenizer, &jobs, &files, progress),
+    };
+    let tally = match tally {
+        Err(e) if rank != 0 => {
+            ranks::mark_failed(dir, rank, &e);
+            return Err(e);
+        }
+        t => t?,
     };
     if rank != 0 {
         // Its in-flight file goes with the others' once rank 0 has every result.
