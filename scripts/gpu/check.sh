@@ -40,6 +40,8 @@
 #                   --quick`; `skipped` where the sanitizer is missing or cannot run (gVisor)
 #   recompute *     (at most 45 s, if 30 are left) step-1.5b's limo run again with
 #                   train.recompute_attention = true
+#   eval *          (at most 30 s, if 20 are left) `limo eval --device cuda` of train's export:
+#                   4 aime problems, 64 new tokens; the run must end with its summary
 # Elastic stages (*) run on what is left of the 540 s when they start, and stand down when an
 # earlier stage failed (the device time is then worth more as a rerun). The timeouts are
 # estimates (no stage has run on a GPU yet): the fixed ones sum to 510 s, 540 s with the machine
@@ -56,17 +58,18 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
 STAGES=(doctor kernels attention step-1.5b generate loss-parity step-32b-w8 step-32b-off nccl train
-    resume generate-1k profile sanitize recompute)
+    resume generate-1k profile sanitize recompute eval)
 declare -A TIMEOUT=(
     [doctor]=40 [kernels]=35 [attention]=45 [step-1.5b]=105 [generate]=25 [loss-parity]=50
     [step-32b-w8]=85 [step-32b-off]=85 [nccl]=15 [train]=25 [resume]=0 [generate-1k]=0
-    [profile]=0 [sanitize]=0 [recompute]=0
+    [profile]=0 [sanitize]=0 [recompute]=0 [eval]=0
 )
 # Elastic stages have no timeout of their own (0 above, not in the sum): each runs until the
 # run's LIMIT_S deadline, and only if at least this many seconds are left when it starts.
-declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [profile]=60 [sanitize]=60 [recompute]=30)
+declare -A ELASTIC_MIN=([resume]=20 [generate-1k]=120 [profile]=60 [sanitize]=60 [recompute]=30
+    [eval]=20)
 # ... and at most this many (the rest stays for the stages after it).
-declare -A ELASTIC_MAX=([resume]=30 [profile]=90 [sanitize]=90 [recompute]=45)
+declare -A ELASTIC_MAX=([resume]=30 [profile]=90 [sanitize]=90 [recompute]=45 [eval]=30)
 MACHINE_S=30  # the machine section: unpacking, nvidia-smi, torch, ldd
 LIMIT_S=540
 
@@ -112,9 +115,8 @@ else
     W=${LIMO_CHECK_WORK:-$(mktemp -d /tmp/limo-check.XXXXXX)}
 fi
 LOGS=$W/logs
-if [ "$DRY" = 1 ]; then # the run takes it from env.sh (which may unpack target/gpu/limo.xz)
-    LIMO_BIN=${LIMO_BIN:-target/gpu/limo}
-fi
+# The run takes it from env.sh (which may unpack target/gpu/limo.xz).
+[ "$DRY" = 1 ] && LIMO_BIN=${LIMO_BIN:-target/gpu/limo}
 PEER=${LIMO_PEER_DIR:-$PWD/target/gpu/peer}
 export PYTHONUNBUFFERED=1
 
@@ -137,19 +139,13 @@ x() {
         shift 2
     fi
     if [ "$DRY" = 1 ]; then
-        printf '      $'
-        printf ' %q' "$@"
+        printf '      $'; printf ' %q' "$@"
         [ -n "$stdout" ] && printf ' > %q' "$stdout"
-        printf '\n'
-        return 0
+        printf '\n'; return 0
     fi
     local left rc
     left=$((STAGE_DEADLINE - $(now_ms)))
-    {
-        printf '$'
-        printf ' %q' "$@"
-        printf '\n'
-    } >>"$STAGE_LOG"
+    { printf '$'; printf ' %q' "$@"; printf '\n'; } >>"$STAGE_LOG"
     if [ "$left" -le 0 ]; then
         echo "(not run: the stage is out of time)" >>"$STAGE_LOG"
         STAGE_TIMEDOUT=1
@@ -166,21 +162,13 @@ x() {
         rc=$?
     fi
     echo "(exit $rc)" >>"$STAGE_LOG"
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        STAGE_TIMEDOUT=1
-    fi
+    { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && STAGE_TIMEDOUT=1
     [ "$rc" != 0 ] && [ "$STAGE_RC" = 0 ] && STAGE_RC=$rc
     return "$rc"
 }
 
 # In --dry-run, a line of explanation in the plan; otherwise a line in the stage's log.
-note() {
-    if [ "$DRY" = 1 ]; then
-        echo "      # $*"
-    else
-        echo "# $*" >>"$STAGE_LOG"
-    fi
-}
+note() { if [ "$DRY" = 1 ]; then echo "      # $*"; else echo "# $*" >>"$STAGE_LOG"; fi; }
 
 # py 'PYTHON' ARG...: prints what the snippet prints, with j(path, key) reading a JSON file
 # defensively (None when the file or key is missing; "a.b" also walks nested objects) and
@@ -548,6 +536,17 @@ p = sys.argv[1]
 print("loss %s -> %s over %s steps" % (f(j(p, "loss_first"), "{:.3f}"), f(j(p, "loss_last"), "{:.3f}"),
                                        f(j(p, "steps"))))
 ' "$LOGS/train.json"
+}
+
+stage_eval() {
+    x "$LIMO_BIN" eval --model "$W/train/model" --device cuda --benchmarks aime --limit 4 \
+        --max-new-tokens 64 --batch-size 4 --out "$W/eval" || return
+    [ "$DRY" = 1 ] || cp "$W/eval/summary.json" "$LOGS/eval-summary.json"
+}
+key_eval() {
+    py 'p = sys.argv[1]
+print("%s responses, %s tok/s over the batch" % (f(j(p, "generated")),
+      f(j(p, "throughput_tokens_per_s"), "{:.1f}")))' "$LOGS/eval-summary.json"
 }
 
 stage_resume() {

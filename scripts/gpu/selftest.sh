@@ -76,12 +76,18 @@ case "$1 ${2:-}" in
         ;;
     "train --set")
         dir=$(printf '%s\n' "$@" | sed -n 's/^output.dir="\(.*\)"$/\1/p')
-        mkdir -p "$dir/checkpoints/step-00000020" "$dir/checkpoints/step-00000030"
+        mkdir -p "$dir/checkpoints/step-00000020" "$dir/checkpoints/step-00000030" "$dir/model"
         echo '{}' >"$dir/checkpoints/step-00000020/manifest.json"
         : >"$dir/metrics.jsonl"
         for s in $(seq 1 30); do
             echo "{\"step\": $s, \"loss\": $((40 - s)).5, \"grad_norm\": 1.0}" >>"$dir/metrics.jsonl"
         done
+        ;;
+    "eval --model")
+        m=$(arg --model "$@")
+        [ -d "$m" ] || { echo "error: model $m: no config.json" >&2; exit 1; }
+        mkdir -p "$(arg --out "$@")"
+        echo '{"generated": 4, "throughput_tokens_per_s": 812.5}' >"$(arg --out "$@")/summary.json"
         ;;
     *) echo "fake limo: unexpected call: $*" >&2; exit 9 ;;
 esac
@@ -208,6 +214,7 @@ grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass
     { echo "selftest pass: ncu did not run limo bench kernels --op attention" >&2; FAILS=$((FAILS + 1)); }
 expect pass sanitize skipped
 expect pass recompute ok "kept/recomputed 1.000"
+expect pass eval ok "4 responses, 812.5 tok/s over the batch"
 # The sm90 kernels passed: nothing after the doctor's first run held the flash path at sm80.
 if grep -v ' doctor --quick --dump' "$T/pass.calls" | grep '^LIMO_FLASH_PATH=sm80' >/dev/null; then
     echo "selftest pass: a stage ran with LIMO_FLASH_PATH=sm80 though sm90 passed" >&2
@@ -223,6 +230,7 @@ expect fail train ok
 expect fail generate-1k skipped "not run: an earlier stage failed"
 expect fail profile skipped "not run: an earlier stage failed"
 expect fail recompute skipped "not run: an earlier stage failed"
+expect fail eval skipped "not run: an earlier stage failed"
 # After the failed sm90 row every later limo call holds the sm80 kernels.
 if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest fail: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
