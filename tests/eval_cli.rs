@@ -436,6 +436,11 @@ fn sigterm_saves_unfinished_responses_and_the_rerun_continues_them() {
     let status = child.wait().unwrap();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    // Each save logs how far the run is (no progress bar without a terminal).
+    assert!(
+        stderr.contains("eval: 0 of 4 responses done, 3 in flight saved; this process: 0 of 4 in "),
+        "{stderr}"
+    );
     let last = stderr.lines().last().unwrap();
     assert!(
         last.starts_with("error: stopped by SIGTERM: 0 of 4 responses done, 3 in flight saved to ")

@@ -100,7 +100,8 @@ struct RunArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Seconds between saves of the unfinished responses, so a crash loses at most this much
-    /// of their generation (0: after every token).
+    /// of their generation (0: after every token). Without a terminal (no progress bar) each
+    /// save also logs how many responses are done.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     save_every: f64,
 }

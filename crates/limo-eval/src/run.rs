@@ -649,7 +649,7 @@ fn generate_jobs(
         true => Some(limo_dist::stop::StopOnSignals::install().context("signal handlers")?),
         false => None,
     };
-    let mut last_save = Instant::now();
+    let (started, mut last_save) = (Instant::now(), Instant::now());
     while next < jobs.len() || !generator.is_empty() {
         while next < jobs.len() && generator.in_flight() < batch_size {
             let job = &jobs[next];
@@ -719,6 +719,18 @@ fn generate_jobs(
             let n = sequences.len();
             in_flight::write(&files.in_flight, sequences)?;
             last_save = Instant::now();
+            // Without the bar (a log file, a batch job), each save says how far the run is.
+            if !opts.progress {
+                tracing::info!(
+                    "eval: {} of {} responses done, {n} in flight saved; this process: {} of {} \
+                     in {:.0} s",
+                    progress.done + tally.generated,
+                    progress.total,
+                    tally.generated,
+                    jobs.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
             if let Some(signal) = signal {
                 bar.finish_and_clear();
                 return Err(Stopped {
