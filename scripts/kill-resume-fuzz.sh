@@ -12,7 +12,7 @@
 # (default target/debug/limo, what `cargo test` builds), SEED the random moments, STEPS the
 # run's length (3000), NPROC the ranks (2), ACCUM train.grad_accum (1), OFFLOAD
 # train.optimizer_offload (none), SAVE_STEPS output.save_steps (1), SIGNAL what is sent (KILL;
-# TERM, INT or USR1; mix: one of the four at random each round).
+# TERM, INT, USR1 or HUP; mix: one of the five at random each round).
 # Exit 1 on any failed check; prints the seed to rerun it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,9 +84,9 @@ for round in $(seq "$rounds"); do
     if [ $((RANDOM % 3)) != 0 ] && [ ${#ranks[@]} -gt 0 ]; then
         victim=${ranks[$((RANDOM % ${#ranks[@]}))]} what=rank
     fi
-    signals=(KILL TERM INT USR1)
+    signals=(KILL TERM INT USR1 HUP)
     case ${SIGNAL:-KILL} in
-    mix) sig=${signals[$((RANDOM % 4))]} ;;
+    mix) sig=${signals[$((RANDOM % 5))]} ;;
     *) sig=${SIGNAL:-KILL} ;;
     esac
     kill -s "$sig" "$victim" 2>/dev/null && kills=$((kills + 1))

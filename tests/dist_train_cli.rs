@@ -241,3 +241,44 @@ fn a_stop_signal_to_one_rank_or_the_launcher_stops_all_after_one_step_with_a_che
     assert_eq!(losses(&out).len(), later);
     checkpoint_at(later);
 }
+
+/// Under nohup (SIGHUP ignored), a closed terminal's SIGHUP reaches the launcher and its ranks
+/// and changes nothing: the run ends as it would have.
+#[test]
+fn an_ignored_sighup_stays_ignored_under_the_launcher() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let sets = ["train.max_steps=10", "output.export_dtype=\"none\""];
+    // Steps long enough that the signals land mid-run.
+    let data = long_rows(tmp.path(), 4, 1024);
+    let config = golden_config(tmp.path(), &data, &out, "f32", &sets);
+    let log = tmp.path().join("stderr.txt");
+    let mut cmd = limo();
+    cmd.args(["launch", "--nproc-per-node", "2", "--"])
+        .args(train_args(&config, &[]))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: signal(2) is async-signal-safe; the child ignores SIGHUP as nohup makes it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut launcher = cmd.spawn().unwrap();
+    wait_for_steps(&out, 2, &mut launcher, &log);
+    for pid in children(launcher.id()).into_iter().chain([launcher.id()]) {
+        // SAFETY: kill(2) on the launcher and its ranks.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+    let at_signal = losses(&out).len();
+    let status = launcher.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(
+        at_signal < 10,
+        "the signals came after the run: {at_signal} steps"
+    );
+    assert_eq!(losses(&out).len(), 10, "{text}");
+}

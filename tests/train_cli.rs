@@ -224,16 +224,35 @@ fn sigkill_then_resume_ends_bit_identical() {
 
 #[test]
 fn sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact() {
+    stop_mid_run_and_resume(libc::SIGTERM, false);
+}
+
+/// A closed terminal (a dropped SSH session): SIGHUP, and stderr gone. Every log line after
+/// it fails to write; the run must still stop with its checkpoint and the stop's exit status.
+#[test]
+fn sighup_with_stderr_gone_stops_with_a_checkpoint_too() {
+    stop_mid_run_and_resume(libc::SIGHUP, true);
+}
+
+/// Sends `signal` to a run after its third step, checks it stopped after a step with that
+/// step's checkpoint (and said so, unless `stderr_gone`: a pipe closed from the start), then
+/// that `--resume` ends as the uninterrupted run: weights and every loss.
+fn stop_mid_run_and_resume(signal: libc::c_int, stderr_gone: bool) {
     let tmp = tempfile::tempdir().unwrap();
     // No checkpoint falls due before the end: the one after the stop is the signal's.
     let [(uninterrupted, _), (stopped, config_b)] = reference_run(tmp.path(), 100);
     let stderr_path = tmp.path().join("stderr.txt");
+    let stderr = match stderr_gone {
+        true => std::process::Stdio::piped(),
+        false => std::fs::File::create(&stderr_path).unwrap().into(),
+    };
     let mut child = limo()
         .args(train_args(&config_b, &[]))
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .stderr(stderr)
         .spawn()
         .unwrap();
+    drop(child.stderr.take());
     let metrics = stopped.join("metrics.jsonl");
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
@@ -242,22 +261,21 @@ fn sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact() {
         std::thread::sleep(Duration::from_millis(1));
     }
     // SAFETY: kill(2) on our own unreaped child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     let status = child.wait().unwrap();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(128 + signal), "{stderr}");
     let step = read_jsonl(&metrics).len();
     assert!(step < 40, "{stderr}");
-    let last = stderr.lines().last().unwrap();
-    assert!(
-        last.starts_with(&format!(
-            "error: stopped by SIGTERM after step {step} of 40; checkpoint "
-        )),
-        "{last}"
-    );
     let checkpoint = latest_checkpoint(&stopped);
     assert!(checkpoint.ends_with(limo_train::checkpoint::step_dir_name(step)));
-    assert!(last.contains(&checkpoint.display().to_string()), "{last}");
+    if !stderr_gone {
+        let last = stderr.lines().last().unwrap();
+        let name = limo_dist::launch::signal_name(signal);
+        let expected = format!("error: stopped by {name} after step {step} of 40; checkpoint ");
+        assert!(last.starts_with(&expected), "{last}");
+        assert!(last.contains(&checkpoint.display().to_string()), "{last}");
+    }
 
     run_ok(&resume_args(&config_b));
     same_master_weights(

@@ -93,9 +93,9 @@ struct RunArgs {
     /// chat_template(.jinja) is not read.
     #[arg(long)]
     system: Option<String>,
-    /// Output directory: results.jsonl, summary.json; a rerun resumes there. SIGTERM, SIGINT
-    /// or SIGUSR1 saves the unfinished responses (in-flight.json) and exits 128 + the signal;
-    /// the same command then continues them where they were. Under `limo launch` each rank
+    /// Output directory: results.jsonl, summary.json; a rerun resumes there. SIGTERM, SIGINT,
+    /// SIGUSR1 or SIGHUP saves the unfinished responses (in-flight.json) and exits 128 + the
+    /// signal; the same command then continues them where they were. Under `limo launch` each rank
     /// generates its share of the problems on the GPU of its LOCAL_RANK (docs/LAUNCH.md).
     #[arg(long)]
     out: Option<PathBuf>,

@@ -17,8 +17,8 @@ const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(900);
 
 #[derive(Args)]
 #[command(
-    after_help = "SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 during the steps: every rank \
-finishes its step, a checkpoint is saved, and limo exits with 128 + the signal's number; \
+    after_help = "SIGTERM, SIGINT (Ctrl-C), SIGUSR1 or SIGHUP (a closed terminal; not under \
+nohup) during the steps: every rank finishes its step, a checkpoint is saved, and limo exits with 128 + the signal's number; \
 --resume continues exactly (docs/LAUNCH.md, \"Stopping a run\")."
 )]
 pub struct TrainArgs {

@@ -14,6 +14,7 @@ mod cmd_plan;
 mod cmd_train;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 
 /// See Cargo.toml: large per-step buffers are reused instead of faulted in again.
 #[global_allocator]
@@ -74,6 +75,9 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(colour())
+        // After a SIGHUP stderr may be a hung-up terminal (EIO): tracing's report of a failed
+        // write would panic in eprintln, mid-step, before the stop's checkpoint.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -90,8 +94,9 @@ fn main() {
         Command::CommCheck(args) => cmd_comm_check::run(args),
     };
     if let Err(err) = result {
-        // One line, the whole cause chain: users grep logs for it.
-        eprintln!("error: {err:#}");
+        // One line, the whole cause chain: users grep logs for it. Not eprintln: stderr may be
+        // gone (a closed terminal's SIGHUP stopped the run) and the exit status still matters.
+        let _ = writeln!(std::io::stderr(), "error: {err:#}");
         let out_of_memory = err.downcast_ref::<cmd_bench_step::OutOfMemory>().is_some();
         let stopped = match err.downcast_ref::<limo_train::Stopped>() {
             Some(s) => Some(s.signal),

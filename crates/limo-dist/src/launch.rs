@@ -2,7 +2,7 @@
 //! forwarded line by line with a `[rank R]` prefix, and all-or-nothing supervision: the first
 //! child to fail (non-zero exit or a signal) brings the others down (SIGTERM, then SIGKILL after
 //! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT,
-//! SIGTERM and SIGUSR1 sent to the launcher are forwarded to the children, which may take their
+//! SIGTERM, SIGUSR1 and SIGHUP sent to the launcher are forwarded to the children, which may take their
 //! time (`limo train` finishes its step and saves a checkpoint); a second signal SIGKILLs them.
 //! Unix only (signals).
 
@@ -324,10 +324,14 @@ fn install_handlers() {
     for sig in crate::stop::STOP_SIGNALS {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
-            libc::signal(
-                sig,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
+            // An ignored signal stays ignored, in the launcher and (inherited across exec) in
+            // the ranks: under nohup a closed terminal's SIGHUP must not stop the job.
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut current);
+            if current.sa_sigaction != libc::SIG_IGN {
+                let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                libc::signal(sig, handler);
+            }
         }
     }
 }

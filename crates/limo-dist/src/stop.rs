@@ -1,6 +1,7 @@
-//! Stopping a run cleanly on SIGTERM, SIGINT or SIGUSR1: what a scheduler sends before it
-//! preempts or times out a job (Slurm: SIGTERM, then SIGKILL after `KillWait`; `--signal=USR1@T`
-//! warns T seconds ahead) and what Ctrl-C sends. While [`StopOnSignals`] is held, the first such
+//! Stopping a run cleanly on SIGTERM, SIGINT, SIGUSR1 or SIGHUP: what a scheduler sends before
+//! it preempts or times out a job (Slurm: SIGTERM, then SIGKILL after `KillWait`;
+//! `--signal=USR1@T` warns T seconds ahead), what Ctrl-C sends, and what a closed terminal or
+//! dropped SSH session sends (nohup's SIGHUP stays ignored: see `install`). While [`StopOnSignals`] is held, the first such
 //! signal only records itself; the trainer reads it between steps and stops with a checkpoint.
 //!
 //! A repeat within [`REPEAT_WINDOW`] is ignored: one Ctrl-C, or one scheduler's SIGTERM, reaches
@@ -11,7 +12,8 @@ use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::time::Duration;
 
 /// The signals that ask for a clean stop.
-pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
+pub const STOP_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP];
 
 /// Repeats of a stop signal closer than this to the first are the same request.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
