@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use limo_data::format::{Conversation, Message, Role};
 use limo_data::template::{render, rendered_text, IM_START};
 use limo_data::ChatTokenizer;
@@ -464,6 +464,18 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         ranks::fold_parts(dir)?;
     }
     comm.barrier()?;
+    // Every rank must see rank 0's directory (on a cluster: a filesystem every node mounts), or
+    // rank 0 would wait for marks it can never read.
+    let unshared = u8::from(rank != 0 && !dir.join(RUN_FILE).is_file());
+    let unshared = comm.all_reduce(&Tensor::new(&[f64::from(unshared)], &Device::Cpu)?)?;
+    let unshared = unshared.to_vec1::<f64>()?[0];
+    if unshared > 0.0 {
+        bail!(
+            "--out {}: {unshared} rank(s) do not see rank 0's {RUN_FILE} there; give a directory \
+             on a filesystem every node shares",
+            dir.display()
+        );
+    }
     if rank != 0 {
         check_same_run(opts)?;
     }

@@ -236,3 +236,58 @@ fn options_with(opts: &EvalOptions, out: PathBuf) -> EvalOptions {
         ..opts.clone()
     }
 }
+
+/// Runs `opts_of(rank)` as every rank of a thread group of `world`; each rank's result.
+fn run_ranks(
+    world: usize,
+    opts_of: impl Fn(usize) -> EvalOptions + Sync,
+) -> Vec<anyhow::Result<Option<limo_eval::run::Summary>>> {
+    let comms = limo_dist::comm::thread_group(world, std::time::Duration::from_secs(60));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, comm)| {
+                let opts = opts_of(rank);
+                scope.spawn(move || limo_eval::run::run_on(&opts, &comm))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn ranks_split_the_problems_and_must_share_the_output_directory() {
+    let (tmp, model, out) = model_and_out();
+    let mut opts = options(&model, &out);
+    opts.benchmarks = vec!["aime".into(), "amc23".into()];
+    let alone = run(&options_with(&opts, tmp.path().join("alone"))).unwrap();
+    let expected = read_records(&tmp.path().join("alone"));
+
+    // Three ranks in one directory: rank 0 reports what one process did.
+    let results = run_ranks(3, |_| opts.clone());
+    let mut results = results.into_iter().map(Result::unwrap);
+    let summary = results.next().unwrap().expect("rank 0 reports");
+    assert!(results.all(|r| r.is_none()), "only rank 0 reports");
+    assert_eq!(summary.generated, alone.generated);
+    let key = |r: &ResultRecord| (r.benchmark.clone(), r.id.clone(), r.response.clone());
+    let mut got: Vec<_> = read_records(&out).iter().map(key).collect();
+    let mut want: Vec<_> = expected.iter().map(key).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Each rank in a directory of its own (nodes without a shared filesystem): every rank
+    // stops with the same error, before generating anything.
+    let results = run_ranks(2, |r| {
+        options_with(&opts, tmp.path().join(format!("node{r}")))
+    });
+    for r in results {
+        let err = format!("{:#}", r.unwrap_err());
+        assert!(
+            err.contains("1 rank(s) do not see rank 0's run.json"),
+            "{err}"
+        );
+    }
+    assert!(!tmp.path().join("node0").join(RESULTS_FILE).exists());
+}
