@@ -130,13 +130,18 @@ pub fn wait_for_ranks(dir: &Path, world: usize) -> anyhow::Result<Vec<Tally>> {
     Ok(tallies)
 }
 
-/// Removes every rank's done and failed marks (those of an earlier run, before this one
-/// starts).
+/// What rank 0 writes for every rank to read back: proof they share the directory.
+pub const TOKEN_FILE: &str = ".rank-0-token";
+
+/// Removes every rank's done and failed marks and rank 0's token (those of an earlier run,
+/// before this one starts; this run's, once it is over).
 pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
     let done = files_like(dir, ".done.rank-", ".json")?;
+    let failed = files_like(dir, ".failed.rank-", ".txt")?;
     for path in done
         .into_iter()
-        .chain(files_like(dir, ".failed.rank-", ".txt")?)
+        .chain(failed)
+        .chain(files_like(dir, TOKEN_FILE, "")?)
     {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }

@@ -464,17 +464,8 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         ranks::fold_parts(dir)?;
     }
     comm.barrier()?;
-    // Every rank must see rank 0's directory (on a cluster: a filesystem every node mounts), or
-    // rank 0 would wait for marks it can never read.
-    let unshared = u8::from(rank != 0 && !dir.join(RUN_FILE).is_file());
-    let unshared = comm.all_reduce(&Tensor::new(&[f64::from(unshared)], &Device::Cpu)?)?;
-    let unshared = unshared.to_vec1::<f64>()?[0];
-    if unshared > 0.0 {
-        bail!(
-            "--out {}: {unshared} rank(s) do not see rank 0's {RUN_FILE} there; give a directory \
-             on a filesystem every node shares",
-            dir.display()
-        );
+    if world > 1 {
+        same_directory_everywhere(dir, comm)?;
     }
     if rank != 0 {
         check_same_run(opts)?;
@@ -597,6 +588,34 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     write_summary(&dir.join(SUMMARY_FILE), &summary)?;
     print!("{}", format_table(&summary));
     Ok(Some(summary))
+}
+
+/// Errors on every rank unless all see the token rank 0 just wrote into `dir` (on a cluster:
+/// a filesystem every node mounts); otherwise rank 0 would wait for marks it can never read.
+fn same_directory_everywhere(dir: &Path, comm: &dyn Communicator) -> anyhow::Result<()> {
+    let path = dir.join(ranks::TOKEN_FILE);
+    if comm.rank() == 0 {
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let token = (clock.map_or(0, |d| d.subsec_nanos()) ^ std::process::id()) & 0xFF_FFFF;
+        std::fs::write(&path, token.to_string()).with_context(|| format!("{}", path.display()))?;
+    }
+    comm.barrier()?;
+    let seen: f64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map_or(-1.0, f64::from);
+    let all = comm
+        .all_gather(&Tensor::new(&[seen], &Device::Cpu)?)?
+        .to_vec1::<f64>()?;
+    let blind = all.iter().filter(|&&t| t != all[0]).count();
+    if blind > 0 {
+        bail!(
+            "--out {}: {blind} rank(s) do not see what rank 0 writes there; give a directory on \
+             a filesystem every node shares",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The files one rank writes.

@@ -277,17 +277,19 @@ fn ranks_split_the_problems_and_must_share_the_output_directory() {
     want.sort();
     assert_eq!(got, want);
 
-    // Each rank in a directory of its own (nodes without a shared filesystem): every rank
-    // stops with the same error, before generating anything.
-    let results = run_ranks(2, |r| {
-        options_with(&opts, tmp.path().join(format!("node{r}")))
-    });
-    for r in results {
+    // Each rank in a directory of its own (nodes without a shared filesystem), even one that
+    // holds an earlier run: every rank stops with the same error, before generating anything.
+    let node = |r: usize| tmp.path().join(format!("node{r}"));
+    for r in 0..2 {
+        run(&options_with(&opts, node(r))).unwrap();
+    }
+    for r in run_ranks(2, |r| options_with(&opts, node(r))) {
         let err = format!("{:#}", r.unwrap_err());
         assert!(
-            err.contains("1 rank(s) do not see rank 0's run.json"),
+            err.contains("1 rank(s) do not see what rank 0 writes there"),
             "{err}"
         );
     }
-    assert!(!tmp.path().join("node0").join(RESULTS_FILE).exists());
+    let before = std::fs::read_to_string(node(0).join(RESULTS_FILE)).unwrap();
+    assert_eq!(before.lines().count(), expected.len());
 }
