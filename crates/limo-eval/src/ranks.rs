@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use limo_dist::comm::Communicator;
 use serde::{Deserialize, Serialize};
 
 use crate::run::{read_results, RESULTS_FILE};
@@ -144,6 +146,34 @@ pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
         .chain(files_like(dir, TOKEN_FILE, "")?)
     {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Errors on every rank unless all see the token rank 0 just wrote into `dir` (on a cluster:
+/// a filesystem every node mounts); otherwise rank 0 would wait for marks it can never read.
+pub fn same_directory_everywhere(dir: &Path, comm: &dyn Communicator) -> anyhow::Result<()> {
+    let path = dir.join(TOKEN_FILE);
+    if comm.rank() == 0 {
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let token = (clock.map_or(0, |d| d.subsec_nanos()) ^ std::process::id()) & 0xFF_FFFF;
+        std::fs::write(&path, token.to_string()).with_context(|| format!("{}", path.display()))?;
+    }
+    comm.barrier()?;
+    let seen: f64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map_or(-1.0, f64::from);
+    let all = comm
+        .all_gather(&Tensor::new(&[seen], &Device::Cpu)?)?
+        .to_vec1::<f64>()?;
+    let blind = all.iter().filter(|&&t| t != all[0]).count();
+    if blind > 0 {
+        bail!(
+            "--out {}: {blind} rank(s) do not see what rank 0 writes there; give a directory on \
+             a filesystem every node shares",
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use limo_data::format::{Conversation, Message, Role};
 use limo_data::template::{render, rendered_text, IM_START};
 use limo_data::ChatTokenizer;
@@ -89,10 +89,11 @@ pub struct EvalOptions {
     pub out_dir: PathBuf,
     /// A progress bar on stderr.
     pub progress: bool,
-    /// How often unfinished responses are saved to [`IN_FLIGHT_FILE`] (zero: after every token).
+    /// How often unfinished responses are saved to [`in_flight::IN_FLIGHT_FILE`] (zero: after
+    /// every token).
     pub save_every: Duration,
-    /// SIGTERM, SIGINT or SIGUSR1 saves unfinished responses and ends the run with [`Stopped`]
-    /// (`limo eval`); without it a signal acts as it always does.
+    /// SIGTERM, SIGINT, SIGUSR1 or SIGHUP saves unfinished responses and ends the run with
+    /// [`Stopped`] (`limo eval`); without it a signal acts as it always does.
     pub stop_on_signals: bool,
 }
 
@@ -465,7 +466,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     }
     comm.barrier()?;
     if world > 1 {
-        same_directory_everywhere(dir, comm)?;
+        ranks::same_directory_everywhere(dir, comm)?;
     }
     if rank != 0 {
         check_same_run(opts)?;
@@ -588,34 +589,6 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     write_summary(&dir.join(SUMMARY_FILE), &summary)?;
     print!("{}", format_table(&summary));
     Ok(Some(summary))
-}
-
-/// Errors on every rank unless all see the token rank 0 just wrote into `dir` (on a cluster:
-/// a filesystem every node mounts); otherwise rank 0 would wait for marks it can never read.
-fn same_directory_everywhere(dir: &Path, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let path = dir.join(ranks::TOKEN_FILE);
-    if comm.rank() == 0 {
-        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let token = (clock.map_or(0, |d| d.subsec_nanos()) ^ std::process::id()) & 0xFF_FFFF;
-        std::fs::write(&path, token.to_string()).with_context(|| format!("{}", path.display()))?;
-    }
-    comm.barrier()?;
-    let seen: f64 = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .map_or(-1.0, f64::from);
-    let all = comm
-        .all_gather(&Tensor::new(&[seen], &Device::Cpu)?)?
-        .to_vec1::<f64>()?;
-    let blind = all.iter().filter(|&&t| t != all[0]).count();
-    if blind > 0 {
-        bail!(
-            "--out {}: {blind} rank(s) do not see what rank 0 writes there; give a directory on \
-             a filesystem every node shares",
-            dir.display()
-        );
-    }
-    Ok(())
 }
 
 /// The files one rank writes.
