@@ -2,8 +2,9 @@
 //! forwarded line by line with a `[rank R]` prefix, and all-or-nothing supervision: the first
 //! child to fail (non-zero exit or a signal) brings the others down (SIGTERM, then SIGKILL after
 //! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT,
-//! SIGTERM, SIGUSR1 and SIGHUP sent to the launcher are forwarded to the children, which may take their
-//! time (`limo train` finishes its step and saves a checkpoint); a second signal SIGKILLs them.
+//! SIGTERM, SIGUSR1 and SIGHUP sent to the launcher are forwarded to the children, which may
+//! take their time (`limo train` finishes its step and saves a checkpoint); a second signal
+//! SIGKILLs them.
 //! Unix only (signals).
 
 use std::ffi::OsString;
