@@ -1,8 +1,9 @@
 //! Stopping a run cleanly on SIGTERM, SIGINT, SIGUSR1 or SIGHUP: what a scheduler sends before
 //! it preempts or times out a job (Slurm: SIGTERM, then SIGKILL after `KillWait`;
 //! `--signal=USR1@T` warns T seconds ahead), what Ctrl-C sends, and what a closed terminal or
-//! dropped SSH session sends (nohup's SIGHUP stays ignored: see `install`). While [`StopOnSignals`] is held, the first such
-//! signal only records itself; the trainer reads it between steps and stops with a checkpoint.
+//! dropped SSH session sends (nohup's SIGHUP stays ignored: see `install`). While
+//! [`StopOnSignals`] is held, the first such signal only records itself; the trainer reads it
+//! between steps and stops with a checkpoint, `limo eval` saves its unfinished responses.
 //!
 //! A repeat within [`REPEAT_WINDOW`] is ignored: one Ctrl-C, or one scheduler's SIGTERM, reaches
 //! a rank twice under `limo launch` (directly, and forwarded by the launcher). A repeat after it
