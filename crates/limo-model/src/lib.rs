@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod init;
+mod kv_cache;
 pub mod layer;
 pub mod model;
 pub mod params;
