@@ -72,11 +72,13 @@ train ref >"$work/ref.log" 2>&1 || fail "the uninterrupted run failed: $(tail -3
 ckpts=$work/fuzz/checkpoints
 kills=0
 for round in $(seq "$rounds"); do
-    resume=()
-    [ -f "$ckpts/latest" ] && resume=(--resume latest)
-    # limo itself in the background (not through the shell function): $! is the launcher.
-    "$limo" launch --nproc-per-node "$nproc" -- train --config "$work/fuzz.toml" "${resume[@]}" \
-        >"$work/round-$round.log" 2>&1 &
+    resume=() start=0
+    [ -f "$ckpts/latest" ] && resume=(--resume latest) start=$((10#$(sed 's/step-//' "$ckpts/latest")))
+    # limo itself in the background (not through the shell function): $! is the launcher. A
+    # script's background job starts with SIGINT ignored, and limo keeps an ignored signal
+    # ignored (as nohup's SIGHUP must be): env restores it, so SIGINT is tested too.
+    env --default-signal=INT "$limo" launch --nproc-per-node "$nproc" -- train \
+        --config "$work/fuzz.toml" "${resume[@]}" >"$work/round-$round.log" 2>&1 &
     launcher=$!
     sleep "0.$((RANDOM % 9 + 1))$((RANDOM % 10))"
     mapfile -t ranks < <(pgrep -P "$launcher" || true)
@@ -91,6 +93,10 @@ for round in $(seq "$rounds"); do
     esac
     kill -s "$sig" "$victim" 2>/dev/null && kills=$((kills + 1))
     wait "$launcher" 2>/dev/null || true
+    # A signal must end the job (stopped or killed), never be ignored: a round is at most 1 s
+    # before its signal, far from 500 steps, so finishing from further back means it was.
+    [ "$start" -lt $((steps - 500)) ] && grep -q "trained $steps steps" "$work/round-$round.log" &&
+        fail "round $round: SIG$sig to the $what was ignored: the run went on to its end"
     # Ranks of a killed launcher get SIGTERM from the kernel (PR_SET_PDEATHSIG).
     for _ in $(seq 100); do job_left || break; sleep 0.1; done
     job_left && fail "round $round: processes of the job outlived the kill of its $what"
