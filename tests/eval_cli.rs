@@ -508,7 +508,7 @@ fn ranks_of_a_launch_split_the_problems_and_a_stopped_launch_continues_at_anothe
     assert_eq!(responses(&two), expected);
     assert_eq!(
         names_in(&two),
-        ["results.jsonl", "run.json", "summary.json"]
+        [".lock", "results.jsonl", "run.json", "summary.json"]
     );
 
     // Two ranks stopped once both have unfinished responses; one process continues them all.
@@ -570,6 +570,6 @@ fn ranks_of_a_launch_split_the_problems_and_a_stopped_launch_continues_at_anothe
     assert_eq!(responses(&cut), expected);
     assert_eq!(
         names_in(&cut),
-        ["results.jsonl", "run.json", "summary.json"]
+        [".lock", "results.jsonl", "run.json", "summary.json"]
     );
 }

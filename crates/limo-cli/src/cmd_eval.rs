@@ -96,7 +96,8 @@ struct RunArgs {
     /// Output directory: results.jsonl, summary.json; a rerun resumes there. SIGTERM, SIGINT,
     /// SIGUSR1 or SIGHUP saves the unfinished responses (in-flight.json) and exits 128 + the
     /// signal; the same command then continues them where they were. Under `limo launch` each rank
-    /// generates its share of the problems on the GPU of its LOCAL_RANK (docs/LAUNCH.md).
+    /// generates its share of the problems on the GPU of its LOCAL_RANK (docs/LAUNCH.md). While
+    /// one evaluation runs into a directory (`OUT/.lock`), a second is refused after 10 s.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Seconds between saves of the unfinished responses, so a crash loses at most this much

@@ -8,6 +8,7 @@ pub mod comm;
 pub mod connect;
 pub mod env;
 pub mod launch;
+pub mod lock;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod simulated;

@@ -457,6 +457,11 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     let dir = &opts.out_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (rank, world) = (comm.rank(), comm.world_size());
+    // A second evaluation into this directory would append to the same files.
+    let _lock = match rank {
+        0 => limo_dist::lock::lock_dir(dir, "evaluating into this directory")?,
+        _ => None,
+    };
     // Rank 0 settles the directory (run.json; the parts a stopped run left) before any rank
     // reads it, and every rank has read it before any writes.
     if rank == 0 {

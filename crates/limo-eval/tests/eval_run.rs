@@ -293,3 +293,25 @@ fn ranks_split_the_problems_and_must_share_the_output_directory() {
     let before = std::fs::read_to_string(node(0).join(RESULTS_FILE)).unwrap();
     assert_eq!(before.lines().count(), expected.len());
 }
+
+/// A second evaluation into a directory a live one holds is refused (both would append to the
+/// same results); once the holder is gone, it goes ahead.
+#[test]
+fn an_output_directory_in_use_is_refused() {
+    let (_tmp, model, out) = model_and_out();
+    let mut opts = options(&model, &out);
+    opts.benchmarks = vec!["aime".into()];
+    opts.limit = Some(1);
+    std::fs::create_dir_all(&out).unwrap();
+    let holder = std::fs::File::create(out.join(".lock")).unwrap();
+    holder.lock().unwrap();
+    std::fs::write(out.join(".lock"), "4242").unwrap();
+    let err = one_line_error(&opts);
+    assert!(
+        err.contains("another limo process (pid 4242) is evaluating into this directory"),
+        "{err}"
+    );
+    assert!(!out.join(RESULTS_FILE).exists(), "nothing was written");
+    drop(holder);
+    assert_eq!(run(&opts).unwrap().generated, 1);
+}

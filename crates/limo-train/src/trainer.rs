@@ -111,53 +111,6 @@ struct Inputs {
     rows: Vec<TrainingRow>,
 }
 
-/// Held by rank 0 for the whole run: a second `limo train` into the same directory (a job
-/// submitted twice, a requeue while the old job still runs) would interleave its checkpoints
-/// and metrics with this one's. The OS releases the lock when the process ends, however it
-/// ends; a holder still exiting (a killed run being replaced) gets a few seconds.
-fn lock_run_dir(out: &Path) -> anyhow::Result<Option<std::fs::File>> {
-    use std::io::{Read, Seek, Write};
-    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let path = out.join(".lock");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("{}", path.display()))?;
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                bail!(
-                    "{}: another limo process (pid {}) is training into this run directory",
-                    out.display(),
-                    holder.trim()
-                );
-            }
-            // A filesystem without locks: run unprotected rather than not at all.
-            Err(std::fs::TryLockError::Error(e)) => {
-                tracing::warn!(
-                    "{}: cannot lock ({e}); a second run here would not be refused",
-                    path.display()
-                );
-                return Ok(None);
-            }
-        }
-    }
-    file.set_len(0)?;
-    file.rewind()?;
-    write!(file, "{}", std::process::id())?;
-    Ok(Some(file))
-}
-
 fn prepare_inputs(config: &TrainConfig, write: bool) -> anyhow::Result<Inputs> {
     let out = &config.output.dir;
     if write {
@@ -215,7 +168,11 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
     let device = options.device.unwrap_or(Device::Cpu);
     let lead = comm.rank() == 0;
-    let lock = lead.then(|| lock_run_dir(&config.output.dir)).transpose();
+    // A second `limo train` into the same directory (a job submitted twice, a requeue while
+    // the old job still runs) would interleave its checkpoints and metrics with this one's.
+    let lock = lead
+        .then(|| limo_dist::lock::lock_dir(&config.output.dir, "training into this run directory"))
+        .transpose();
     let _lock = agree(comm.as_ref(), &device, lock, "locking the run directory")?;
     let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
     if lead {
