@@ -325,11 +325,8 @@ fn install_handlers() {
     for sig in crate::stop::STOP_SIGNALS {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
-            // An ignored signal stays ignored, in the launcher and (inherited across exec) in
-            // the ranks: under nohup a closed terminal's SIGHUP must not stop the job.
-            let mut current: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut current);
-            if current.sa_sigaction != libc::SIG_IGN {
+            // Under nohup a closed terminal's SIGHUP must not stop the job.
+            if !crate::stop::ignored(sig) {
                 let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
                 libc::signal(sig, handler);
             }

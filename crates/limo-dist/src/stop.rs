@@ -68,6 +68,18 @@ pub fn exit_status(sig: Option<libc::c_int>) -> i32 {
     128 + sig.unwrap_or(libc::SIGTERM)
 }
 
+/// Whether `sig` is ignored in this process. An ignored signal stays ignored, as Python leaves
+/// it: a shell script's background job ignores Ctrl-C (SIGINT), and nohup SIGHUP; both should
+/// go on doing so, in `limo launch` and (inherited across exec) in its ranks.
+pub fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: reads the current action without changing it.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut current);
+        current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// Stop signals are recorded while this is held; dropping it restores the previous handlers
 /// (outside the training loop a signal acts as it always does: there is nothing to save).
 pub struct StopOnSignals {
@@ -84,11 +96,7 @@ impl StopOnSignals {
             // clock and calls write/signal/raise, all async-signal-safe. SA_RESTART keeps
             // blocking reads (a collective's socket) from failing with EINTR.
             unsafe {
-                // An ignored signal stays ignored, as Python leaves it: a shell script's
-                // background job ignores Ctrl-C (SIGINT) and should go on doing so.
-                let mut current: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(sig, std::ptr::null(), &mut current);
-                if current.sa_sigaction == libc::SIG_IGN {
+                if ignored(sig) {
                     continue;
                 }
                 let mut action: libc::sigaction = std::mem::zeroed();

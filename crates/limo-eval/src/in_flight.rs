@@ -5,7 +5,6 @@
 //! starting over. LIMO's responses run to 32768 tokens: on a 32B model, minutes of GPU time each.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -111,15 +110,7 @@ pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
 /// Replaces `path` with `sequences`: a temporary file, synced, then renamed, so a crash leaves
 /// the old file or the new one.
 pub fn write(path: &Path, sequences: Vec<Saved>) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string(&InFlightFile { sequences })?;
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    });
-    written
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("writing {}", path.display()))
+    crate::write_atomic(path, &serde_json::to_string(&InFlightFile { sequences })?)
 }
 
 /// What `limo eval` returns when a stop signal ended it: the caller exits 128 + the signal.

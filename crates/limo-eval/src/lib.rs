@@ -11,3 +11,19 @@ pub mod in_flight;
 pub mod ranks;
 pub mod run;
 pub mod summary;
+
+use std::io::Write;
+
+/// Writes `text` to `path` through a synced temporary file renamed into place, so a crash
+/// leaves the old file or the new one (summary.json, in-flight saves, ranks' done marks).
+pub(crate) fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    written
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))
+}

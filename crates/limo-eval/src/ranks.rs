@@ -93,11 +93,7 @@ pub fn mark_failed(dir: &Path, rank: usize, error: &anyhow::Error) {
 
 /// Rank `rank` is done: its part is complete and synced.
 pub fn mark_done(dir: &Path, rank: usize, tally: &Tally) -> anyhow::Result<()> {
-    let path = done_mark(dir, rank);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string(tally)?)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("writing {}", path.display()))
+    crate::write_atomic(&done_mark(dir, rank), &serde_json::to_string(tally)?)
 }
 
 /// Waits until ranks 1..world are done and returns their tallies; an error naming the first

@@ -2,11 +2,8 @@
 //! lengths and speed, as `summary.json` and the printed table.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::run::ResultRecord;
@@ -53,12 +50,7 @@ pub struct Summary {
 }
 
 pub(crate) fn write_summary(path: &Path, summary: &Summary) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut file = File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
-    serde_json::to_writer_pretty(&mut file, summary)?;
-    file.write_all(b"\n")?;
-    drop(file);
-    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))
+    crate::write_atomic(path, &(serde_json::to_string_pretty(summary)? + "\n"))
 }
 
 /// Unbiased pass@k of a problem with `n` samples of which `c` are correct:

@@ -25,6 +25,14 @@ fn options(model: &Path, out: &Path) -> EvalOptions {
     opts
 }
 
+/// [`options`] for the first `limit` problems of aime alone.
+fn aime(model: &Path, out: &Path, limit: usize) -> EvalOptions {
+    let mut opts = options(model, out);
+    opts.benchmarks = vec!["aime".into()];
+    opts.limit = Some(limit);
+    opts
+}
+
 fn read_records(out: &Path) -> Vec<ResultRecord> {
     std::fs::read_to_string(out.join(RESULTS_FILE))
         .unwrap()
@@ -170,9 +178,7 @@ fn errors_are_one_line() {
 #[test]
 fn a_saved_response_of_another_prompt_starts_over() {
     let (tmp, model, out) = model_and_out();
-    let mut opts = options(&model, &out);
-    opts.benchmarks = vec!["aime".into()];
-    opts.limit = Some(2);
+    let opts = aime(&model, &out, 2);
     let whole = run(&options_with(&opts, tmp.path().join("whole"))).unwrap();
     assert_eq!(whole.continued, 0);
     let expected = read_records(&tmp.path().join("whole"));
@@ -299,9 +305,7 @@ fn ranks_split_the_problems_and_must_share_the_output_directory() {
 #[test]
 fn an_output_directory_in_use_is_refused() {
     let (_tmp, model, out) = model_and_out();
-    let mut opts = options(&model, &out);
-    opts.benchmarks = vec!["aime".into()];
-    opts.limit = Some(1);
+    let opts = aime(&model, &out, 1);
     std::fs::create_dir_all(&out).unwrap();
     let holder = std::fs::File::create(out.join(".lock")).unwrap();
     holder.lock().unwrap();
