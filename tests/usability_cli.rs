@@ -154,3 +154,61 @@ fn resume_auto_starts_fresh_then_resumes() {
     let out = train(&fresh, Some("latest"));
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `limo` with stdout connected to `stdout` (stderr captured).
+fn limo_to(args: &[&str], stdout: std::process::Stdio) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .stdout(stdout)
+        .output()
+        .expect("the limo binary runs")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_and_a_full_disk_is_an_error() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let recipe = root.join("configs/limo-qwen2.5-32b.toml");
+    let recipe = recipe.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prediction\": \"\\\\boxed{3}\", \"reference\": \"3\"}\n",
+    )
+    .unwrap();
+    let verdicts = dir.path().join("verdicts.jsonl");
+    let commands: [&[&str]; 3] = [
+        &["plan", "--config", recipe, "--gpus", "8"],
+        &["plan", "--config", recipe, "--gpus", "8", "--json"],
+        &[
+            "eval",
+            "grade",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--out",
+            verdicts.to_str().unwrap(),
+        ],
+    ];
+    for args in commands {
+        // `limo ... | head -0`: the reader is gone before the first write (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = limo_to(args, writer.into());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        let out = limo_to(args, full.unwrap().into());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: writing to standard output"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The grader's file was written both times.
+    let written = std::fs::read_to_string(&verdicts).unwrap();
+    assert_eq!(written.lines().count(), 1, "{written}");
+}

@@ -113,6 +113,7 @@ mod cuda {
     };
 
     use super::KernelArgs;
+    use crate::out::outln;
 
     const HIDDEN: usize = 5120;
     const MLP: usize = 27648;
@@ -169,12 +170,12 @@ mod cuda {
                 .collect()
         }
 
-        fn report(&self, name: &str, shape: &str, ms: f64, work: Work) {
+        fn report(&self, name: &str, shape: &str, ms: f64, work: Work) -> Result<()> {
             let rate = match work {
                 Work::Bytes(b) => format!("{:>8.0} GB/s", b / (ms * 1e-3) / 1e9),
                 Work::Flops(f) => format!("{:>8.1} TFLOP/s", f / (ms * 1e-3) / 1e12),
             };
-            println!("{name:<26} {shape:<40} {ms:>9.3} ms  {rate}");
+            outln!("{name:<26} {shape:<40} {ms:>9.3} ms  {rate}")
         }
     }
 
@@ -182,14 +183,18 @@ mod cuda {
         ensure!(args.repeats > 0, "--repeats must be at least 1");
         let b = Bench { gpu, args };
         let n = args.tokens;
-        println!(
+        outln!(
             "bf16 inputs, median of {} launches after {} warm-up, inputs rotated over {} sets",
-            args.repeats, args.warmup, args.rotate
-        );
-        println!(
+            args.repeats,
+            args.warmup,
+            args.rotate
+        )?;
+        outln!(
             "{:<26} {:<40} {:>12}  throughput",
-            "kernel", "shape", "median"
-        );
+            "kernel",
+            "shape",
+            "median"
+        )?;
         type Op = fn(&Bench, usize) -> Result<()>;
         let ops: [(&str, Op); 8] = [
             ("rms_norm", rms_norm),
@@ -206,7 +211,7 @@ mod cuda {
         for (name, op) in ops.into_iter().filter(|(name, _)| args.wants(name)) {
             if let Err(e) = op(&b, n) {
                 let e = e.to_string();
-                println!("{name:<26} error: {}", e.lines().next().unwrap_or_default());
+                outln!("{name:<26} error: {}", e.lines().next().unwrap_or_default())?;
                 failed.push(name);
             }
         }
@@ -231,7 +236,7 @@ mod cuda {
             &shape,
             ms,
             Work::Bytes(2.0 * elems * BF),
-        );
+        )?;
         let rstds: Vec<Tensor> = sets
             .iter()
             .map(|s| Ok(rms_norm_forward(&s[0], &s[1], 1e-6)?.1))
@@ -245,7 +250,7 @@ mod cuda {
             &shape,
             ms,
             Work::Bytes(3.0 * elems * BF),
-        );
+        )?;
         Ok(())
     }
 
@@ -257,9 +262,9 @@ mod cuda {
         let shape = format!("{n}x{Q_HEADS}x{HEAD_DIM}");
         let bytes = (2 * n * Q_HEADS * HEAD_DIM + 2 * n * HEAD_DIM) as f64 * BF;
         let ms = b.time(|i| rope_forward(&sets[i % sets.len()][0], &tables).map(drop))?;
-        b.report("rope forward", &shape, ms, Work::Bytes(bytes));
+        b.report("rope forward", &shape, ms, Work::Bytes(bytes))?;
         let ms = b.time(|i| rope_backward(&sets[i % sets.len()][0], &tables).map(drop))?;
-        b.report("rope backward", &shape, ms, Work::Bytes(bytes));
+        b.report("rope backward", &shape, ms, Work::Bytes(bytes))?;
         Ok(())
     }
 
@@ -272,12 +277,12 @@ mod cuda {
             let s = &sets[i % sets.len()];
             swiglu_forward(&s[0], &s[1]).map(drop)
         })?;
-        b.report("swiglu forward", &shape, ms, Work::Bytes(3.0 * elems * BF));
+        b.report("swiglu forward", &shape, ms, Work::Bytes(3.0 * elems * BF))?;
         let ms = b.time(|i| {
             let s = &sets[i % sets.len()];
             swiglu_backward(&s[2], &s[0], &s[1]).map(drop)
         })?;
-        b.report("swiglu backward", &shape, ms, Work::Bytes(5.0 * elems * BF));
+        b.report("swiglu backward", &shape, ms, Work::Bytes(5.0 * elems * BF))?;
         Ok(())
     }
 
@@ -304,7 +309,7 @@ mod cuda {
             &shape,
             ms,
             Work::Bytes(3.0 * elems * BF),
-        );
+        )?;
         Ok(())
     }
 
@@ -342,7 +347,7 @@ mod cuda {
             &shape,
             ms,
             Work::Bytes(len as f64 * 30.0),
-        );
+        )?;
         Ok(())
     }
 
@@ -374,7 +379,7 @@ mod cuda {
             )
             .map(drop)
         })?;
-        b.report("embedding backward", &shape, ms, Work::Bytes(bytes));
+        b.report("embedding backward", &shape, ms, Work::Bytes(bytes))?;
         let ids_t = Tensor::from_slice(&ids, n, b.gpu)?;
         let ms = b.time(|i| {
             let dx = sets[i % sets.len()][0].to_dtype(DType::F32)?;
@@ -382,7 +387,7 @@ mod cuda {
                 Tensor::zeros((VOCAB, HIDDEN), DType::F32, b.gpu)?.index_add(&ids_t, &dx, 0)?;
             (sum + &base).map(drop)
         })?;
-        b.report("  (candle index_add + add)", &shape, ms, Work::Bytes(bytes));
+        b.report("  (candle index_add + add)", &shape, ms, Work::Bytes(bytes))?;
         Ok(())
     }
 
@@ -406,7 +411,7 @@ mod cuda {
             })?;
             let shape = format!("{batch} seqs x {len} keys, {q_heads}/{kv_heads}x{HEAD_DIM}");
             let bytes = 2.0 * (batch * kv_heads * len * HEAD_DIM) as f64 * BF;
-            b.report("decode_attention", &shape, ms, Work::Bytes(bytes));
+            b.report("decode_attention", &shape, ms, Work::Bytes(bytes))?;
         }
         qkv_rope_append(b)
     }
@@ -448,7 +453,7 @@ mod cuda {
                     };
                     q.map(drop)
                 })?;
-                b.report(name, &shape, ms, Work::Bytes(bytes));
+                b.report(name, &shape, ms, Work::Bytes(bytes))?;
             }
         }
         Ok(())
@@ -470,7 +475,7 @@ mod cuda {
             return Ok(false);
         }
         if flash_path_requested()? == Some(FlashPath::Sm80) {
-            println!("# LIMO_FLASH_PATH=sm80: the explicit sm90 attention rows are skipped");
+            outln!("# LIMO_FLASH_PATH=sm80: the explicit sm90 attention rows are skipped")?;
             return Ok(false);
         }
         Ok(true)
@@ -518,7 +523,7 @@ mod cuda {
                 &shape,
                 ms,
                 Work::Flops(fwd_flops),
-            );
+            )?;
             // On compute capability 9.x the default forward is the sm90 kernel (wgmma + TMA,
             // unless LIMO_FLASH_PATH says otherwise): time both kernels explicitly too.
             if both_paths(b)? {
@@ -533,7 +538,7 @@ mod cuda {
                         &shape,
                         ms,
                         Work::Flops(fwd_flops),
-                    );
+                    )?;
                 }
             }
             let saved: Vec<(Tensor, Tensor)> = sets
@@ -571,7 +576,7 @@ mod cuda {
                     .map(drop)
                 })?;
                 // Backward: 5 matmuls of the forward's size (S, dP, dV, dQ, dK) = 2.5x.
-                b.report(&name, &shape, ms, Work::Flops(2.5 * fwd_flops));
+                b.report(&name, &shape, ms, Work::Flops(2.5 * fwd_flops))?;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! exactly `--new-tokens` tokens (what a throughput comparison needs). `--verify` then checks
 //! the generation against the full forward (no cache) on the same device.
 
+use crate::out::outln;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -197,7 +198,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ms_per_step: per_step(decode_s * 1e3 / steps.max(1) as f64),
         verify: verification,
     };
-    println!(
+    outln!(
         "generate {} ({} layers, {}, {}): batch {}, {} prompt + {} new tokens: prefill {:.3} s, \
          decode {:.3} s ({:.2} ms/step), {:.1} tokens/s ({:.1} in decode)",
         report.shape,
@@ -212,9 +213,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         report.ms_per_step,
         report.tokens_per_s,
         report.decode_tokens_per_s
-    );
+    )?;
     if let Some(v) = &report.verify {
-        println!(
+        outln!(
             "verify against the full forward: sequences {:?}, steps {:?}: logits rel. L2 up to \
              {:.2e} (bound {:.0e}), chosen token up to {:.3} sd below the argmax (bound {}): {}",
             v.sequences,
@@ -224,7 +225,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             v.max_gap_sd,
             v.tolerance_gap_sd,
             if v.passed { "ok" } else { "FAIL" }
-        );
+        )?;
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")

@@ -2,6 +2,7 @@
 //! (limo_train::bench), with peak memory; `--simulate-world W` plays one rank of a W-way job and
 //! `--mem-cap` leaves only that much device memory, as on a smaller GPU.
 
+use crate::out;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -127,7 +128,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     } else {
         bench::run(&bench, &Device::Cpu, &cpu_name(), None)?
     };
-    print!("{}", report.table());
+    out::print(&report.table())?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("{}", path.display()))?;

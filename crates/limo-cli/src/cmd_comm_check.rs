@@ -4,6 +4,7 @@
 //! results that every rank must share. `--die-rank R --die-after-ms MS` makes rank R SIGKILL
 //! itself mid-run, to test how the rest of the job reacts.
 
+use crate::out::outln;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -72,10 +73,12 @@ pub fn run(args: CommCheckArgs) -> anyhow::Result<()> {
         (connect(&env, timeout)?, Device::Cpu)
     };
     let checksum = check(comm.as_ref(), args.iterations, &device)?;
-    println!(
+    outln!(
         "comm-check: rank {} world {} iterations {} checksum {checksum:016x} ok",
-        env.rank, env.world_size, args.iterations
-    );
+        env.rank,
+        env.world_size,
+        args.iterations
+    )?;
     eprintln!(
         "comm-check: rank {} done in {:.2}s",
         env.rank,

@@ -1,5 +1,6 @@
 //! `limo data dump` and `limo data stats`: the dataset exactly as the trainer will see it.
 
+use crate::out::{self, outln};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -223,9 +224,9 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         examples_after_cutoff: kept.len(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        outln!("{}", serde_json::to_string_pretty(&output)?)?;
     } else {
-        print!("{}", render_stats(&output));
+        out::print(&render_stats(&output))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! `--device cuda` runs the same code on a GPU (our kernels, bf16 or f32) and writes the same
 //! file, the tensors moved to the CPU: the GPU path checked against the same goldens.
 
+use crate::out::outln;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -141,7 +142,7 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
         &args.out,
     )
     .with_context(|| format!("{}", args.out.display()))?;
-    println!("{summary}");
+    outln!("{summary}")?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! against a bound per dtype, NaN/inf checks, kernel outputs poisoned with NaN before each run.
 //! Prints one table row per compared output and exits non-zero on any failure.
 
+use crate::out::{self, outln};
 use anyhow::bail;
 use candle_core::{DType, Device};
 use clap::Args;
@@ -52,8 +53,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(1)
     });
-    println!("{}", describe(&gpu));
-    println!("inputs: seed {seed} (rerun with --seed {seed})");
+    outln!("{}", describe(&gpu))?;
+    outln!("inputs: seed {seed} (rerun with --seed {seed})")?;
     let opts = Options {
         dtypes: match args.dtype.as_deref() {
             Some("f32") => vec![DType::F32],
@@ -68,12 +69,17 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             budget_bytes: args.dump_mib << 20,
         }),
     };
-    println!(
+    outln!(
         "{:<28} {:<46} {:<5} {:<15} {:>10} {:>8}  result",
-        "operation", "shape", "dtype", "output", "rel. error", "bound"
-    );
+        "operation",
+        "shape",
+        "dtype",
+        "output",
+        "rel. error",
+        "bound"
+    )?;
     // Rows print as the checks finish: a kernel fault that ends the run keeps the rows before it.
-    let mut failed = 0;
+    let (mut failed, mut printed) = (0, None);
     let checks = crosscheck_each(&Device::Cpu, &gpu, &opts, &mut |c| {
         let ok = c.passed();
         failed += usize::from(!ok);
@@ -86,8 +92,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         } else {
             "FAIL (NaN/inf)"
         };
-        println!(
-            "{:<28} {:<46} {:<5} {:<15} {:>10.3e} {:>8.0e}  {verdict}",
+        let mut row = format!(
+            "{:<28} {:<46} {:<5} {:<15} {:>10.3e} {:>8.0e}  {verdict}\n",
             c.op,
             c.shape,
             format!("{:?}", c.dtype).to_lowercase(),
@@ -96,16 +102,22 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
             c.tolerance
         );
         if let Some(detail) = &c.detail {
-            println!("  where: {detail}");
+            row += &format!("  where: {detail}\n");
         }
         if let Some(error) = &c.error {
-            println!("  error: {error}");
+            row += &format!("  error: {error}\n");
+        }
+        if printed.is_none() {
+            printed = out::print(&row).err();
         }
     })?;
+    if let Some(e) = printed {
+        return Err(e);
+    }
     if failed > 0 {
         bail!("{failed} of {} checks failed", checks.len());
     }
-    println!("all {} checks passed", checks.len());
+    outln!("all {} checks passed", checks.len())?;
     Ok(())
 }
 

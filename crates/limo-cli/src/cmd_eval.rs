@@ -1,6 +1,7 @@
 //! `limo eval`: LIMO's benchmarks on a model (limo_eval::run), and `limo eval grade`: the
 //! grader alone on prediction/reference pairs.
 
+use crate::out::{self, outln};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -111,10 +112,10 @@ pub fn run_cmd(args: EvalArgs) -> anyhow::Result<()> {
     match args.command {
         Some(EvalCommand::Grade(g)) => {
             let (correct, total) = limo_eval::grader::grade_pairs(&g.pairs, &g.out)?;
-            println!(
+            outln!(
                 "{correct} of {total} correct; verdicts in {}",
                 g.out.display()
-            );
+            )?;
             Ok(())
         }
         None => evaluate(args.run),
@@ -187,7 +188,9 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         }
         None => Box::new(limo_dist::SoloComm),
     };
-    run_on(&opts, comm.as_ref())?;
+    if let Some(summary) = run_on(&opts, comm.as_ref())? {
+        out::print(&limo_eval::run::format_table(&summary))?;
+    }
     Ok(())
 }
 

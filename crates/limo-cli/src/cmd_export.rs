@@ -1,5 +1,6 @@
 //! `limo export`: a training checkpoint to Hugging Face format.
 
+use crate::out::outln;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -31,10 +32,10 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let shard = parse_size(&args.max_shard_size)?;
     let checkpoint = limo_train::checkpoint::find(&args.checkpoint)?;
     limo_train::export::export(&checkpoint, &args.out, dtype, shard)?;
-    println!(
+    outln!(
         "exported {} to {}",
         checkpoint.display(),
         args.out.display()
-    );
+    )?;
     Ok(())
 }

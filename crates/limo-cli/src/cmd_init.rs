@@ -1,6 +1,7 @@
 //! `limo init-model`: a random-initialized Qwen2.5-shaped checkpoint in Hugging Face format,
 //! with the Qwen2.5 tokenizer.
 
+use crate::out::outln;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -53,10 +54,10 @@ pub fn run(args: InitModelArgs) -> anyhow::Result<()> {
     // that `limo eval`, `limo train` and transformers load as it is.
     write_builtin_tokenizer(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
+    outln!(
         "wrote a random {} checkpoint with the Qwen2.5 tokenizer to {}",
         args.shape,
         args.out.display()
-    );
+    )?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `limo plan`: will a run config fit on N GPUs under ZeRO-3, and how long is a step?
 //! The arithmetic lives in `limo_train::zero3::plan`; this file resolves the model shape and prints.
 
+use crate::out::{self, outln};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -83,11 +84,11 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         value["model_source"] = source.into();
         value["fixes"] = serde_json::to_value(&fixes)?;
         value["disk"] = serde_json::to_value(disk)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{}", render(&plan, &args.config, &source));
-        print!("{}", render_disk(&disk, &config));
-        print!("{}", render_fixes(&plan, &fixes));
+        out::print(&render(&plan, &args.config, &source))?;
+        out::print(&render_disk(&disk, &config))?;
+        out::print(&render_fixes(&plan, &fixes))?;
     }
     Ok(())
 }

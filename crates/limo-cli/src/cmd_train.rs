@@ -1,5 +1,6 @@
 //! `limo train`: the main job.
 
+use crate::out::{self, outln};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,7 +47,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         None => TrainConfig::parse(TINY_TOML, "configs/tiny.toml (embedded)", &args.overrides)?,
     };
     if args.print_config {
-        print!("{}", limo_train::llamafactory::resolved_toml(&config)?);
+        out::print(&limo_train::llamafactory::resolved_toml(&config)?)?;
         return Ok(());
     }
     let origin = args
@@ -93,28 +94,28 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some((before, after)) = &summary.evaluation {
         let shown = before.samples.iter().zip(&after.samples).take(3);
         for ((question, answer_before), (_, answer_after)) in shown {
-            println!("Q: {question}");
-            println!("greedy answer before training: {answer_before:?}");
-            println!(
+            outln!("Q: {question}")?;
+            outln!("greedy answer before training: {answer_before:?}")?;
+            outln!(
                 "greedy answer after training:  {}\n",
                 answer_after.replace('\n', " ")
-            );
+            )?;
         }
-        println!(
+        outln!(
             "boxed-answer accuracy on {} held-out problems: {:.1}% before training, {:.1}% after",
             after.total,
             100.0 * before.accuracy(),
             100.0 * after.accuracy()
-        );
+        )?;
     }
-    println!(
+    outln!(
         "trained {} steps on {} rank(s): loss {:.4} -> {:.4}; output in {}",
         summary.steps,
         summary.world_size,
         summary.first_loss,
         summary.last_loss,
         summary.output.display()
-    );
+    )?;
     Ok(())
 }
 

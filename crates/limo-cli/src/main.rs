@@ -12,6 +12,7 @@ mod cmd_init;
 mod cmd_launch;
 mod cmd_plan;
 mod cmd_train;
+mod out;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;

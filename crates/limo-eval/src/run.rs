@@ -592,7 +592,6 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         },
     };
     write_summary(&dir.join(SUMMARY_FILE), &summary)?;
-    print!("{}", format_table(&summary));
     Ok(Some(summary))
 }
 
