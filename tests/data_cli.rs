@@ -326,3 +326,28 @@ fn hub_dataset_id_resolves_from_hf_home_offline() {
         "{stderr}"
     );
 }
+
+/// `--out` naming the data file (also through a symbolic link) once replaced the dataset with
+/// its dump.
+#[test]
+fn dump_refuses_to_write_over_its_data() {
+    let dir = scratch("dump-over-data");
+    let data_file = dir.join("math.jsonl");
+    std::fs::copy(data("math.jsonl"), &data_file).unwrap();
+    let before = std::fs::read(&data_file).unwrap();
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&data_file, &link).unwrap();
+    let flags = ["--column", "question=problem", "--limit", "3"];
+    for out in [&data_file, &link] {
+        let extra = [&["--out", out.to_str().unwrap()][..], &flags[..]].concat();
+        let output = limo_data("dump", data_file.to_str().unwrap(), "limo", &extra, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("that is the data file"), "{stderr}");
+        assert_eq!(
+            std::fs::read(&data_file).unwrap(),
+            before,
+            "the data is intact"
+        );
+    }
+}

@@ -298,3 +298,45 @@ fn sigterm_to_the_launcher_reaches_every_rank() {
         assert!(!alive(pid), "rank {rank} (pid {pid}) outlived the launch");
     }
 }
+
+#[test]
+fn sigterm_while_ranks_start_stops_the_starting() {
+    use std::io::{BufRead, BufReader};
+    // Far more ranks than start in the test's time: `limo --version` each, which exit at once.
+    let mut launcher = limo()
+        .args(["launch", "--nproc-per-node", "100000", "--", "--version"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(launcher.stdout.take().unwrap());
+    let mut first = String::new();
+    assert!(stdout.read_line(&mut first).unwrap() > 0);
+    let status = Command::new("kill")
+        .args(["-TERM", &launcher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Drain stdout so the forwarders never block, then wait with a deadline.
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            launcher.kill().unwrap();
+            launcher.wait().unwrap();
+            panic!("the launcher still starts ranks 30 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = drain.join();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: interrupted by signal 15 (SIGTERM): forwarded to the ranks"),
+        "{stderr}"
+    );
+}

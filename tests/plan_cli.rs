@@ -139,6 +139,15 @@ fn the_table_names_every_term_and_the_verdict() {
 fn bad_arguments_are_one_line_errors() {
     for (args, needle) in [
         (vec!["--gpus", "0"], "--gpus"),
+        // Once overflowed the byte arithmetic (a panic in debug builds).
+        (
+            vec!["--gpus", "1000000000000000000"],
+            "--gpus 1000000000000000000 must be between",
+        ),
+        (
+            vec!["--gpus", "8", "--gpu-mem", "99999999999999999999TiB"],
+            "below 16 EiB",
+        ),
         (vec!["--gpus", "8", "--gpu-mem", "80XB"], "--gpu-mem"),
         (vec!["--gpus", "8", "--mfu", "1.5"], "--mfu"),
         (vec!["--gpus", "8", "--offload", "bogus"], "--offload"),

@@ -494,6 +494,28 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
         &golden_config(tmp.path(), &data, &out, "f32", &[]),
         &["train.max_steps=1"],
     ));
+    // A folder of tokenized files, as for the other formats (it once failed with EISDIR); a
+    // malformed row names its file and row.
+    let folder = tmp.path().join("rows");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.jsonl"), format!("{good}\n{masked}\n")).unwrap();
+    std::fs::write(folder.join("b.jsonl"), format!("{good}\n")).unwrap();
+    let out = tmp.path().join("run-folder");
+    run_ok(&train_args(
+        &golden_config(tmp.path(), &folder, &out, "f32", &[]),
+        &["train.max_steps=1"],
+    ));
+    std::fs::write(
+        folder.join("b.jsonl"),
+        format!("{good}\n{{\"input_ids\": [1]\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("run-folder-bad");
+    let err = run_err(&train_args(
+        &golden_config(tmp.path(), &folder, &out, "f32", &[]),
+        &[],
+    ));
+    assert!(err.contains("b.jsonl: row 2: invalid JSON"), "{err}");
 }
 
 /// A second run into a directory a live run holds is refused (it once interleaved its

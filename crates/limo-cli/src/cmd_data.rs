@@ -149,7 +149,16 @@ struct DumpRow<'a> {
 
 fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let config = args.data.config()?;
-    let (examples, _) = args.data.tokenize(&config)?;
+    let (examples, report) = args.data.tokenize(&config)?;
+    // Writing over a data file would replace the dataset with its dump.
+    let out_file = args.out.canonicalize().ok();
+    if let Some(file) = (report.files.iter()).find(|f| f.canonicalize().ok() == out_file) {
+        bail!(
+            "--out {}: that is the data file {}; write the dump elsewhere",
+            args.out.display(),
+            file.display()
+        );
+    }
     let (examples, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
     let mut out = create(&args.out)?;
     let write_error = || format!("cannot write {}", args.out.display());

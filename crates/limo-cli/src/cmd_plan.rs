@@ -159,10 +159,7 @@ fn model_config(config: &TrainConfig, file: &Path) -> anyhow::Result<(Qwen2Confi
             (preset_config(shape)?, source)
         }
         (None, Some(shape)) => {
-            let mut json = preset_config(shape).context("model.init")?;
-            for (key, value) in &config.model.init_overrides {
-                json[key] = serde_json::to_value(value)?;
-            }
+            let json = config.model.init_config().context("model.init")?;
             (json, format!("model.init {shape:?} with its overrides"))
         }
         (None, None) => bail!("{}: model: give path or init", file.display()),

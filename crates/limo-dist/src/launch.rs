@@ -121,6 +121,11 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
     let mut ranks: Vec<Rank> = Vec::new();
     let mut forwarders: Vec<JoinHandle<()>> = Vec::new();
     for local in 0..spec.nproc_per_node {
+        // A signal while ranks start (thousands take a while) stops the starting: supervise
+        // forwards it to the ranks already running.
+        if RECEIVED.load(Ordering::SeqCst) != 0 {
+            break;
+        }
         let rank = spec.node_rank * spec.nproc_per_node + local;
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)

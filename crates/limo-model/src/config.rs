@@ -67,8 +67,8 @@ impl Qwen2Config {
     pub fn from_json(text: &str) -> Result<Self> {
         let raw: Value =
             serde_json::from_str(text).map_err(|e| Error::Config(format!("invalid JSON: {e}")))?;
-        let c: RawConfig =
-            serde_json::from_value(raw.clone()).map_err(|e| Error::Config(e.to_string()))?;
+        let c: RawConfig = serde_path_to_error::deserialize(raw.clone())
+            .map_err(|e| Error::Config(format!("field {}: {}", e.path(), e.inner())))?;
         // model_type decides, as it does for transformers' AutoConfig; architectures only
         // when it is absent.
         let is_qwen2 = match c.model_type.as_deref() {
@@ -257,7 +257,12 @@ mod tests {
             (
                 "\"hidden_size\": 64",
                 "\"hidden_size\": \"64\"",
-                "invalid type",
+                "field hidden_size: invalid type: string \"64\"",
+            ),
+            (
+                "\"num_hidden_layers\": 2",
+                "\"num_hidden_layers\": -1",
+                "field num_hidden_layers: invalid value: integer `-1`",
             ),
             // model_type decides over architectures.
             (

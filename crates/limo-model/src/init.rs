@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::params::ModelWeights;
 use crate::writer::{write_json, ShardedWriter};
@@ -59,6 +59,34 @@ pub fn preset_config(shape: &str) -> Result<Value> {
         "use_sliding_window": false,
         "vocab_size": vocab
     }))
+}
+
+/// Fields of config.json that limo reads and a preset leaves out.
+const OPTIONAL_FIELDS: [&str; 3] = ["head_dim", "rope_scaling", "rope_parameters"];
+
+/// `preset_config(shape)` with `overrides` (`model.init_overrides`) applied. A key that is
+/// neither a field of the preset nor one limo reads is an error: a typo (`hidden_sise`) would
+/// otherwise be written into config.json and ignored.
+pub fn preset_with_overrides(shape: &str, overrides: &Map<String, Value>) -> Result<Value> {
+    let mut config = preset_config(shape)?;
+    for (key, value) in overrides {
+        if config.get(key).is_none() && !OPTIONAL_FIELDS.contains(&key.as_str()) {
+            let mut known: Vec<&str> = config
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.as_str())
+                .collect();
+            known.extend(OPTIONAL_FIELDS);
+            known.sort_unstable();
+            return Err(Error::Config(format!(
+                "{key}: not a config.json field (one of {})",
+                known.join(", ")
+            )));
+        }
+        config[key] = value.clone();
+    }
+    Ok(config)
 }
 
 /// `generation_config.json` of the Qwen2.5-Instruct models.

@@ -345,6 +345,15 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
         if !dir.join(MANIFEST).is_file() && aside.join(MANIFEST).is_file() {
             return Ok(aside);
         }
+        if !dir.join(MANIFEST).is_file() {
+            bail!(
+                "{}: names {:?}, which is not a complete checkpoint (no {}); {}",
+                pointer.display(),
+                name.trim(),
+                dir.join(MANIFEST).display(),
+                saved_list(checkpoints_dir)?
+            );
+        }
         return Ok(dir);
     }
     if !which.contains(std::path::MAIN_SEPARATOR) {
@@ -361,19 +370,27 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
     if as_path.exists() {
         return find(as_path).with_context(|| format!("--resume {which}"));
     }
+    bail!(
+        "--resume {which}: no checkpoint by that name or path ({})",
+        saved_list(checkpoints_dir)?
+    )
+}
+
+/// "this run's checkpoints in DIR: step-..., step-..." (or "none"), for errors.
+fn saved_list(checkpoints_dir: &Path) -> anyhow::Result<String> {
     let saved: Vec<String> = list(checkpoints_dir)?
         .iter()
         .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    bail!(
-        "--resume {which}: no checkpoint by that name or path (this run's checkpoints in {}: {})",
+    Ok(format!(
+        "this run's checkpoints in {}: {}",
         checkpoints_dir.display(),
         if saved.is_empty() {
             "none".to_string()
         } else {
             saved.join(", ")
         }
-    )
+    ))
 }
 
 /// The checkpoint `path` names: a checkpoint (step) directory, a `latest` pointer file, a

@@ -91,6 +91,18 @@ pub struct ModelSection {
     pub device: DeviceKind,
 }
 
+impl ModelSection {
+    /// config.json of `init` with `init_overrides` applied.
+    pub fn init_config(&self) -> anyhow::Result<serde_json::Value> {
+        let shape = self.init.as_deref().context("model.init is not set")?;
+        let serde_json::Value::Object(overrides) = serde_json::to_value(&self.init_overrides)?
+        else {
+            bail!("model.init_overrides must be a table");
+        };
+        Ok(limo_model::init::preset_with_overrides(shape, &overrides)?)
+    }
+}
+
 config_enum! {
     /// `model.dtype`.
     #[derive(Default)]
@@ -431,8 +443,32 @@ impl TrainConfig {
                 self.output.eval_examples
             );
         }
+        // NaN or a negative norm would silently turn clipping off; 0 is the documented "off".
+        if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
+            bail!(
+                "train.max_grad_norm: {} must be a non-negative number (0: no clipping)",
+                t.max_grad_norm
+            );
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            bail!(
+                "train.weight_decay: {} must be a non-negative number",
+                t.weight_decay
+            );
+        }
+        if !(t.adam_eps > 0.0 && t.adam_eps.is_finite()) {
+            bail!("train.adam_eps: {} must be a positive number", t.adam_eps);
+        }
         if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
             bail!("train.adam_beta1/adam_beta2 must be in [0, 1)");
+        }
+        if self.model.init.is_some() {
+            // A typo or a wrong type in an override fails here, naming the key, not later.
+            let config = self.model.init_config().context("model.init_overrides")?;
+            limo_model::Qwen2Config::from_json(&config.to_string())
+                .context("model.init_overrides")?;
+        } else if !self.model.init_overrides.is_empty() {
+            bail!("model.init_overrides: only with model.init (a model.path has its config.json)");
         }
         self.data.validate().context("data")?;
         Ok(())
@@ -633,7 +669,12 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
         "GIB" => 1024.0 * 1024.0 * 1024.0,
         other => bail!("{text:?}: unknown unit {other:?}"),
     };
-    Ok((number * scale) as usize)
+    let bytes = number * scale;
+    // `as` would saturate: -5GB to 0 (a file per tensor), 1e30 to usize::MAX.
+    if !(bytes >= 1.0 && bytes < usize::MAX as f64) {
+        bail!("{text:?}: a size must be at least 1 byte and at most 16 EiB");
+    }
+    Ok(bytes as usize)
 }
 
 #[cfg(test)]

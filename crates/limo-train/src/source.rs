@@ -61,13 +61,10 @@ pub fn prepare_model(
             }
             dir
         }
-        (None, Some(shape)) => {
+        (None, Some(_)) => {
             let dir = out.join("init-model");
             if write && !dir.join("config.json").exists() {
-                let mut model_config = limo_model::init::preset_config(shape)?;
-                for (key, value) in &config.model.init_overrides {
-                    model_config[key] = serde_json::to_value(value)?;
-                }
+                let model_config = config.model.init_config()?;
                 let tmp = out.join(".init-model.tmp");
                 let _ = std::fs::remove_dir_all(&tmp);
                 limo_model::init::write_random_checkpoint(
@@ -119,7 +116,7 @@ pub fn prepare_rows(
         data.path = path.display().to_string();
     }
     if data.format == Format::Tokenized {
-        return read_tokenized(Path::new(&data.path));
+        return read_tokenized(&data.path);
     }
     let tokenizer = tokenizer.context("data: this format needs a tokenizer (model.tokenizer or tokenizer.json in the model directory)")?;
     let dataset = load_dataset(&data, tokenizer)?;
@@ -147,10 +144,11 @@ pub fn prepare_rows(
         .collect())
 }
 
-/// JSONL of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
-/// dump` writes), taken as is. An `attention_mask` (HF tokenized datasets carry one) is
-/// accepted when it masks nothing: limo never pads.
-pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
+/// Rows of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
+/// dump` writes), taken as is, from a file or a folder of them (JSONL, JSON or Parquet, as
+/// the other formats). An `attention_mask` (HF tokenized datasets carry one) is accepted when
+/// it masks nothing: limo never pads.
+pub fn read_tokenized(spec: &str) -> anyhow::Result<Vec<TrainingRow>> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line {
@@ -159,49 +157,44 @@ pub fn read_tokenized(path: &Path) -> anyhow::Result<Vec<TrainingRow>> {
         position_ids: Option<Vec<u32>>,
         attention_mask: Option<Vec<u8>>,
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let hub = limo_data::HubSettings::from_env();
     let mut rows = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let at = || format!("{}: row {}", path.display(), i + 1);
-        let l: Line = serde_json::from_str(line).with_context(at)?;
-        if l.input_ids.is_empty() || l.labels.len() != l.input_ids.len() {
-            bail!(
-                "{}: input_ids and labels must be non-empty and of equal length",
-                at()
-            );
+    for file in limo_data::resolve_data_files(spec, &hub)? {
+        for record in limo_data::reader::read_records(&file)? {
+            let at = record.location.clone();
+            let value = record.value.map_err(|e| e.at(at.clone()))?;
+            let l: Line = serde_json::from_value(value).with_context(|| at.to_string())?;
+            let row = TrainingRow {
+                input_ids: l.input_ids,
+                labels: l.labels,
+                position_ids: l.position_ids,
+            };
+            check_tokenized(&row, l.attention_mask.as_deref()).with_context(|| at.to_string())?;
+            rows.push(row);
         }
-        if let Some(bad) = l
-            .labels
-            .iter()
-            .find(|&&x| x < 0 && x != limo_ops::linear_cross_entropy::IGNORE_INDEX)
-        {
-            bail!("{}: label {bad}: labels are token ids or -100", at());
-        }
-        if let Some(mask) = &l.attention_mask {
-            if mask.len() != l.input_ids.len() || mask.iter().any(|&m| m != 1) {
-                bail!(
-                    "{}: attention_mask must be one 1 per token (limo does not pad: leave \
-                     padding tokens out of the row)",
-                    at()
-                );
-            }
-        }
-        if l.position_ids
-            .as_ref()
-            .is_some_and(|p| p.len() != l.input_ids.len())
-        {
-            bail!("{}: position_ids must have one entry per token", at());
-        }
-        rows.push(TrainingRow {
-            input_ids: l.input_ids,
-            labels: l.labels,
-            position_ids: l.position_ids,
-        });
     }
     Ok(rows)
+}
+
+/// One pre-tokenized row's lengths, labels and mask.
+fn check_tokenized(row: &TrainingRow, attention_mask: Option<&[u8]>) -> anyhow::Result<()> {
+    if row.input_ids.is_empty() || row.labels.len() != row.input_ids.len() {
+        bail!("input_ids and labels must be non-empty and of equal length");
+    }
+    let ignore = limo_ops::linear_cross_entropy::IGNORE_INDEX;
+    if let Some(bad) = row.labels.iter().find(|&&x| x < 0 && x != ignore) {
+        bail!("label {bad}: labels are token ids or -100");
+    }
+    if let Some(mask) = attention_mask {
+        if mask.len() != row.input_ids.len() || mask.iter().any(|&m| m != 1) {
+            bail!(
+                "attention_mask must be one 1 per token (limo does not pad: leave padding \
+                 tokens out of the row)"
+            );
+        }
+    }
+    if (row.position_ids.as_ref()).is_some_and(|p| p.len() != row.input_ids.len()) {
+        bail!("position_ids must have one entry per token");
+    }
+    Ok(())
 }

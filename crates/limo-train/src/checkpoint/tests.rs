@@ -320,4 +320,18 @@ fn resume_names_a_checkpoint_by_step_name_or_path() {
     let empty = tempfile::tempdir().unwrap();
     let err = resolve(ckpts, empty.path().to_str().unwrap()).unwrap_err();
     assert!(format!("{err:#}").contains("not a checkpoint"), "{err:#}");
+    // A `latest` that names a checkpoint no longer there (deleted by hand) says so, with the
+    // ones there are; it once gave the missing manifest's raw OS error.
+    std::fs::write(ckpts.join(LATEST), "step-00000009\n").unwrap();
+    for err in [
+        resolve(ckpts, "latest").unwrap_err(),
+        find(ckpts).unwrap_err(),
+    ] {
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("latest: names \"step-00000009\", which is not a complete checkpoint"),
+            "{text}"
+        );
+        assert!(text.contains("step-00000010, step-00000020"), "{text}");
+    }
 }

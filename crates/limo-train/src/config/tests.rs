@@ -204,6 +204,14 @@ fn out_of_range_counts_are_errors_that_name_the_key() {
         ),
         ("train.grad_accum=9223372036854775807", "train.grad_accum"),
         ("output.eval_examples=4294967296", "output.eval_examples"),
+        // Each of these once turned clipping or decay off, or divided by zero, silently.
+        (
+            "train.max_grad_norm=-1",
+            "train.max_grad_norm: -1 must be a non-negative",
+        ),
+        ("train.max_grad_norm=nan", "train.max_grad_norm: NaN"),
+        ("train.weight_decay=-0.1", "train.weight_decay: -0.1"),
+        ("train.adam_eps=0", "train.adam_eps: 0 must be a positive"),
     ] {
         let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[set.into()]).unwrap_err();
         let text = format!("{err:#}");
@@ -222,4 +230,51 @@ fn sizes_parse() {
     assert_eq!(parse_size("2MiB").unwrap(), 2 * 1024 * 1024);
     assert_eq!(parse_size("123").unwrap(), 123);
     assert!(parse_size("5 parsecs").is_err());
+    // Once saturated to 0 (a file per tensor) or to usize::MAX.
+    for bad in ["-5GB", "0", "0.1", "99999999999999999999999GB"] {
+        let err = parse_size(bad).unwrap_err().to_string();
+        assert!(err.contains("at least 1 byte"), "{bad}: {err}");
+    }
+}
+
+/// A misspelled override was once written into config.json and ignored; a wrong type or
+/// value failed later without naming the override.
+#[test]
+fn init_overrides_are_checked_when_the_config_is_read() {
+    for (set, expected) in [
+        (
+            "model.init_overrides={ hidden_sise = 128 }",
+            "model.init_overrides: hidden_sise: not a config.json field (one of ",
+        ),
+        (
+            "model.init_overrides={ hidden_size = \"big\" }",
+            "model.init_overrides: field hidden_size: invalid type: string \"big\"",
+        ),
+        (
+            "model.init_overrides={ hidden_size = 0 }",
+            "model.init_overrides: ",
+        ),
+    ] {
+        let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[set.into()]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.starts_with("tiny.toml: "), "{set}: {text}");
+        assert!(text.contains(expected), "{set}: {text}");
+    }
+    let ok = ["model.init_overrides={ num_hidden_layers = 1, head_dim = 16 }".into()];
+    let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &ok).unwrap();
+    let json = c.model.init_config().unwrap();
+    assert_eq!(
+        (
+            json["num_hidden_layers"].as_u64(),
+            json["head_dim"].as_u64()
+        ),
+        (Some(1), Some(16))
+    );
+    // With a checkpoint the overrides would be ignored.
+    let with_path = TINY_TOML.replace("init = \"tiny\"", "path = \"m\"");
+    let err = TrainConfig::parse(&with_path, "tiny.toml", &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("model.init_overrides: only with model.init"),
+        "{err:#}"
+    );
 }

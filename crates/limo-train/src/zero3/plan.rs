@@ -220,6 +220,9 @@ pub fn plan(cfg: &Qwen2Config, work: Workload, hw: Hardware) -> anyhow::Result<P
     plan_with_offload(cfg, work, hw, Offload::default())
 }
 
+/// The most GPUs `limo plan` plans for.
+pub const MAX_GPUS: u64 = 1 << 20;
+
 /// The plan of running `work` on `hw`, the optimizer state where `offload` puts it.
 pub fn plan_with_offload(
     cfg: &Qwen2Config,
@@ -227,8 +230,9 @@ pub fn plan_with_offload(
     hw: Hardware,
     offload: Offload,
 ) -> anyhow::Result<Plan> {
-    if hw.gpus == 0 {
-        bail!("--gpus must be at least 1");
+    // Past a million GPUs the byte arithmetic (u64) could overflow; no cluster is that big.
+    if !(1..=MAX_GPUS).contains(&hw.gpus) {
+        bail!("--gpus {} must be between 1 and {MAX_GPUS}", hw.gpus);
     }
     if !(hw.mfu > 0.0 && hw.mfu <= 1.0) {
         bail!("--mfu: {} must be in (0, 1]", hw.mfu);
@@ -537,8 +541,8 @@ pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
         "tb" => 1e12,
         _ => bail!("{text:?}: unknown unit {unit:?} (expected GiB, MiB, TiB, GB, MB or TB)"),
     };
-    if !(value > 0.0 && value.is_finite()) {
-        bail!("{text:?}: a memory size must be positive");
+    if !(value > 0.0 && value * scale < u64::MAX as f64) {
+        bail!("{text:?}: a memory size must be positive and below 16 EiB");
     }
     Ok((value * scale) as u64)
 }
