@@ -151,6 +151,23 @@ fn the_grader_alone_grades_pairs() {
     assert_eq!(verdicts, [true, true, false]);
 }
 
+/// Once `--out` the `--pairs` file (or a link to it) emptied the pairs and printed "0 of 0
+/// correct".
+#[test]
+fn grade_refuses_to_write_over_its_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("p.jsonl");
+    let text = "{\"prediction\": \"\\\\boxed{2}\", \"reference\": \"2\"}\n";
+    std::fs::write(&pairs, text).unwrap();
+    let link = tmp.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&pairs, &link).unwrap();
+    for out in [pairs.clone(), tmp.path().join(".").join("p.jsonl"), link] {
+        let run = limo(&["eval", "grade", "--pairs", s(&pairs), "--out", s(&out)]);
+        one_line_error(&run, "the output is the pairs file");
+        assert_eq!(std::fs::read_to_string(&pairs).unwrap(), text);
+    }
+}
+
 #[test]
 fn bad_inputs_are_one_line_errors() {
     let (tmp, model) = tiny_model_in_tempdir();

@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use limo_data::config::{Columns, Format};
 use limo_data::format::{parse_record, Role};
 use limo_data::hub::{resolve_data_files, HubSettings};
-use limo_data::reader::{read_records, FileKind};
+use limo_data::reader::{read_records, without_bom, FileKind};
 use serde_json::{Map, Value};
 
 use crate::grader::{extract_answer, value_text};
@@ -48,11 +48,14 @@ impl ConversationRows {
         obj: &Map<String, Value>,
     ) -> std::result::Result<(String, String), String> {
         let record = Value::Object(obj.clone());
-        let conv =
-            parse_record(&record, self.format, &self.columns).map_err(|e| match e.field {
-                Some(f) => format!("{f}: {}", e.message),
-                None => e.message,
-            })?;
+        let conv = parse_record(&record, self.format, &self.columns).map_err(|e| {
+            // limo_data's hint names `limo data`'s flag; `limo eval` maps columns with --field.
+            let message = e.message.replace("--column/`columns`", "--field KEY=NAME");
+            match e.field {
+                Some(f) => format!("{f}: {message}"),
+                None => message,
+            }
+        })?;
         let (reply, before) = conv
             .turns
             .split_last()
@@ -288,10 +291,9 @@ pub fn load_counted(name: &str) -> Result<(Vec<Problem>, usize)> {
 /// come from `id_field` or are the 0-based row index. Every row needs a non-empty question and
 /// reference answer; errors name the file and line.
 pub fn load_file(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let origin = path.display().to_string();
+    let text = utf8_text(without_bom(&bytes), &origin)?;
     let reader = RowReader::new(path, rows_as, id_field);
     let mut problems = Vec::new();
     for (row, (line_no, obj)) in rows(text, &origin)?.into_iter().enumerate() {
@@ -377,6 +379,23 @@ impl<'a> RowReader<'a> {
             answer,
         })
     }
+}
+
+/// `bytes` as text, or an error naming the line and column of the first invalid byte (as
+/// `limo data stats` does).
+fn utf8_text<'a>(bytes: &'a [u8], origin: &str) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow!(
+            "{origin}: line {line}: not valid UTF-8 (invalid byte at column {})",
+            before.len() - line_start + 1
+        )
+    })
 }
 
 /// The JSON objects of a JSONL text with their 1-based line numbers; blank lines skipped.

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use limo_model::generate::{derive_seed, Continuation};
@@ -27,6 +28,9 @@ pub struct Saved {
     pub rng: u64,
     /// Seconds spent on it before it was saved.
     pub seconds: f64,
+    /// The file it was read from (for errors that name it).
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 impl Saved {
@@ -45,19 +49,37 @@ impl Saved {
             ids: c.ids,
             rng: c.rng,
             seconds,
+            file: PathBuf::new(),
         }
     }
 
-    /// Where to go on from, when `prompt` is the one it was generated from.
-    pub fn continuation(&self, prompt: &[u32]) -> Option<Continuation> {
-        (self.prompt_tokens == prompt.len() && self.prompt_hash == prompt_hash(prompt)).then(|| {
-            Continuation {
-                ids: self.ids.clone(),
-                rng: self.rng,
-            }
-        })
+    /// Whether `prompt` is the one it was generated from.
+    pub fn continues(&self, prompt: &[u32]) -> bool {
+        self.prompt_tokens == prompt.len() && self.prompt_hash == prompt_hash(prompt)
+    }
+
+    /// Where to go on from.
+    pub fn continuation(&self) -> Continuation {
+        Continuation {
+            ids: self.ids.clone(),
+            rng: self.rng,
+        }
+    }
+
+    /// The error for what no run saves (a file edited or damaged by hand): the file, the
+    /// sequence, `what` is wrong, and the remedy, as for a file that does not parse.
+    pub fn damaged(&self, what: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}: {MALFORMED}: {} problem {:?} sample {}: {what}",
+            self.file.display(),
+            self.benchmark,
+            self.id,
+            self.sample
+        )
     }
 }
+
+const MALFORMED: &str = "malformed (delete it to generate its responses from the start)";
 
 fn prompt_hash(prompt: &[u32]) -> u64 {
     let bytes: Vec<u8> = prompt.iter().flat_map(|t| t.to_le_bytes()).collect();
@@ -83,13 +105,17 @@ pub fn read_all(dir: &Path) -> anyhow::Result<HashMap<(String, String, usize), S
     let mut all: HashMap<(String, String, usize), Saved> = HashMap::new();
     for path in crate::ranks::files_like(dir, "in-flight", ".json")? {
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-        let file: InFlightFile = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}: malformed (delete it to generate its responses from the start)",
-                path.display()
-            )
-        })?;
-        for s in file.sequences {
+        let file: InFlightFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: {MALFORMED}", path.display()))?;
+        for mut s in file.sequences {
+            s.file = path.clone();
+            // Negative or huge, it would panic when turned into the time the response took.
+            if Duration::try_from_secs_f64(s.seconds).is_err() {
+                return Err(s.damaged(&format!(
+                    "seconds {:?}: expected the seconds it took, 0 or more",
+                    s.seconds
+                )));
+            }
             let key = (s.benchmark.clone(), s.id.clone(), s.sample);
             if all.get(&key).is_none_or(|old| old.ids.len() < s.ids.len()) {
                 all.insert(key, s);

@@ -6,6 +6,7 @@
 //! its report (`summary.rs`).
 
 pub mod benchmarks;
+mod checks;
 pub mod grader;
 pub mod in_flight;
 pub mod ranks;

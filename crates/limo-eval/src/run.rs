@@ -23,11 +23,12 @@ use limo_data::format::{Conversation, Message, Role};
 use limo_data::template::{render, rendered_text, IM_START};
 use limo_data::ChatTokenizer;
 use limo_model::checkpoint::load_checkpoint;
-use limo_model::generate::{derive_seed, kv_cache_bytes, Continuation, Generator, Sampling};
+use limo_model::generate::{derive_seed, kv_cache_bytes, Generator, Sampling};
 use limo_model::Qwen2Config;
 use serde::{Deserialize, Serialize};
 
 use crate::benchmarks::{self, Problem, NAMES};
+use crate::checks;
 use crate::grader::{extract_answer, is_equivalent};
 use crate::in_flight::{self, Saved, Stopped};
 use crate::ranks;
@@ -169,31 +170,6 @@ pub fn prompt_ids(
         rendered_text(&render(&conversation, system))
     );
     Ok(tokenizer.encode(&text)?)
-}
-
-/// The ids generation stops at: `<|im_end|>`, `<|endoftext|>`, and the eos ids of
-/// config.json and generation_config.json, those inside the vocabulary.
-fn stop_ids(config: &Qwen2Config, model_dir: &Path, tokenizer: &ChatTokenizer) -> Vec<u32> {
-    let mut ids: Vec<u32> = QWEN_STOP_IDS.to_vec();
-    ids.push(tokenizer.im_end_id());
-    let mut eos = |v: &serde_json::Value| match v {
-        serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|x| x as u32)),
-        serde_json::Value::Array(a) => {
-            ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
-        }
-        _ => {}
-    };
-    eos(&config.raw["eos_token_id"]);
-    if let Some(generation) = std::fs::read_to_string(model_dir.join("generation_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    {
-        eos(&generation["eos_token_id"]);
-    }
-    ids.retain(|&id| (id as usize) < config.vocab_size);
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// Reads `results.jsonl` (if any): the complete records, in order. A torn or unreadable last
@@ -354,71 +330,12 @@ fn check_options(opts: &EvalOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The settings of [`RUN_FILE`]: benchmarks, limit and samples may change between runs of one
-/// out_dir (results add up); these may not.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RunSettings {
-    model: String,
-    dtype: String,
-    max_new_tokens: usize,
-    temperature: f64,
-    top_p: f64,
-    seed: u64,
-    system_prompt: Option<String>,
-}
-
-/// Writes `run.json` on the first run of `out_dir`; later runs must match it.
-fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
-    let model = std::fs::canonicalize(&opts.model_dir).unwrap_or_else(|_| opts.model_dir.clone());
-    let settings = RunSettings {
-        model: model.display().to_string(),
-        dtype: format!("{:?}", opts.dtype).to_lowercase(),
-        max_new_tokens: opts.max_new_tokens,
-        temperature: opts.temperature,
-        top_p: opts.top_p,
-        seed: opts.seed,
-        system_prompt: opts.system_prompt.clone(),
-    };
-    let path = opts.out_dir.join(RUN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let before: RunSettings = serde_json::from_str(&text)
-                .with_context(|| format!("{}: malformed", path.display()))?;
-            if before != settings {
-                let (a, b) = (
-                    serde_json::to_value(&before)?,
-                    serde_json::to_value(&settings)?,
-                );
-                let changed: Vec<String> = a
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-                    .map(|(k, v)| format!("{k} {v} -> {}", b[k.as_str()]))
-                    .collect();
-                bail!(
-                    "{} holds results of a run with other settings ({}); use another output \
-                     directory",
-                    opts.out_dir.display(),
-                    changed.join(", ")
-                );
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::to_string_pretty(&settings)? + "\n";
-            std::fs::write(&path, text).with_context(|| format!("{}", path.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
-    }
-}
-
-struct Job<'a> {
-    problem: &'a Problem,
-    sample: usize,
-    prompt: Vec<u32>,
-    /// Where an interrupted run left it, and the seconds it had taken.
-    from: Option<(Continuation, f64)>,
+pub(crate) struct Job<'a> {
+    pub(crate) problem: &'a Problem,
+    pub(crate) sample: usize,
+    pub(crate) prompt: Vec<u32>,
+    /// Where an interrupted run left it (saved from this prompt).
+    pub(crate) from: Option<Saved>,
 }
 
 impl Job<'_> {
@@ -455,6 +372,12 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         .unwrap_or_else(|| opts.model_dir.clone());
     let tokenizer = ChatTokenizer::from_path(&tokenizer_path)?;
     let dir = &opts.out_dir;
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{}: a file, not a directory (results.jsonl and summary.json go in a directory)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (rank, world) = (comm.rank(), comm.world_size());
     // A second evaluation into this directory would append to the same files.
@@ -465,7 +388,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     // Rank 0 settles the directory (run.json; the parts a stopped run left) before any rank
     // reads it, and every rank has read it before any writes.
     if rank == 0 {
-        check_same_run(opts)?;
+        checks::check_same_run(opts)?;
         ranks::clear_marks(dir)?;
         ranks::fold_parts(dir)?;
     }
@@ -474,11 +397,12 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         ranks::same_directory_everywhere(dir, comm)?;
     }
     if rank != 0 {
-        check_same_run(opts)?;
+        checks::check_same_run(opts)?;
     }
     let previous = read_results(&dir.join(RESULTS_FILE))?;
     let mut saved = in_flight::read_all(dir)?;
     comm.barrier()?;
+    checks::check_same_problems(&previous, &problems, &dir.join(RESULTS_FILE))?;
     let done: HashSet<(String, String, usize)> = previous.iter().map(ResultRecord::key).collect();
 
     // Every (problem, sample) in a fixed order; rank r generates every world-th of them.
@@ -503,9 +427,9 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
             if index % world == rank {
                 let prompt =
                     prompt_ids(&tokenizer, opts.system_prompt.as_deref(), &problem.question)?;
-                let from = saved.remove(&key).and_then(|s| {
-                    let c = s.continuation(&prompt).map(|c| (c, s.seconds));
-                    if c.is_none() {
+                let from = saved.remove(&key).filter(|s| {
+                    let same = s.continues(&prompt);
+                    if !same {
                         tracing::warn!(
                             "{}: {} {:?} sample {}: the prompt changed since it was saved; \
                              generating it from the start",
@@ -515,7 +439,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
                             s.sample
                         );
                     }
-                    c
+                    same
                 });
                 jobs.push(Job {
                     problem,
@@ -618,9 +542,14 @@ fn generate_jobs(
     files: &RankFiles,
     progress: Progress,
 ) -> anyhow::Result<ranks::Tally> {
-    let (config, weights) = load_checkpoint(&opts.model_dir, opts.dtype, &opts.device)
-        .with_context(|| format!("model {}", opts.model_dir.display()))?;
-    let stops = stop_ids(&config, &opts.model_dir, tokenizer);
+    let in_model = || format!("model {}", opts.model_dir.display());
+    // Checked before the weights load: seconds, where loading a 32B model takes minutes.
+    let config =
+        Qwen2Config::from_file(&opts.model_dir.join("config.json")).with_context(in_model)?;
+    let stops = checks::stop_ids(&config, &opts.model_dir, tokenizer)?;
+    checks::check_jobs(opts, &config, &stops, jobs)?;
+    let (config, weights) =
+        load_checkpoint(&opts.model_dir, opts.dtype, &opts.device).with_context(in_model)?;
     let sampling = Sampling {
         temperature: opts.temperature,
         top_p: opts.top_p,
@@ -663,12 +592,12 @@ fn generate_jobs(
             let job = &jobs[next];
             let mut entry = Instant::now();
             match &job.from {
-                Some((from, seconds)) => {
-                    continued_tokens += from.ids.len();
-                    generator.add_continued(next, job.prompt.clone(), from.clone())?;
-                    entry = entry
-                        .checked_sub(Duration::from_secs_f64(*seconds))
-                        .unwrap_or(entry);
+                Some(saved) => {
+                    continued_tokens += saved.ids.len();
+                    generator.add_continued(next, job.prompt.clone(), saved.continuation())?;
+                    // read_all checked that seconds is a duration.
+                    let taken = Duration::try_from_secs_f64(saved.seconds).unwrap_or_default();
+                    entry = entry.checked_sub(taken).unwrap_or(entry);
                 }
                 None => {
                     let key = format!(
@@ -685,7 +614,11 @@ fn generate_jobs(
             entered[next] = Some(entry);
             next += 1;
         }
-        for (key, generated) in generator.step()? {
+        let finished = generator.step().map_err(|e| match generator.non_finite() {
+            Some(key) => not_finite(&jobs[key], &opts.model_dir),
+            None => e.into(),
+        })?;
+        for (key, generated) in finished {
             let job = &jobs[key];
             let response = tokenizer.decode(&generated.ids)?;
             let extracted = extract_answer(&response);
@@ -758,6 +691,19 @@ fn generate_jobs(
         .with_context(|| format!("writing {}", results_path.display()))?;
     tally.tokens = tokens - continued_tokens;
     Ok(tally)
+}
+
+/// The error for a job whose next token would come from logits with a NaN or infinity in
+/// them (weights gone NaN, an overflow in a low precision).
+fn not_finite(job: &Job, model: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} problem {:?} sample {}: the model's logits are not finite (NaN or infinity); check \
+         the weights of {}",
+        job.problem.benchmark,
+        job.problem.id,
+        job.sample,
+        model.display()
+    )
 }
 
 fn progress_bar(show: bool, len: usize) -> indicatif::ProgressBar {

@@ -84,4 +84,17 @@ fn alpaca_and_messages_rows_are_evaluated() {
     let err = format!("{:#}", run(&opts).unwrap_err());
     assert!(err.contains("msg.jsonl: line 1: conversations"), "{err}");
     assert!(!err.contains('\n'), "{err}");
+
+    // limo's rows read as alpaca: the hint names eval's flag (once `limo data`'s --column).
+    let limo_rows = tmp.path().join("q.jsonl");
+    std::fs::write(&limo_rows, "{\"question\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
+    opts.out_dir = tmp.path().join("eval3");
+    opts.files = vec![benchmark(&limo_rows, Format::Alpaca, Columns::default())];
+    let err = format!("{:#}", run(&opts).unwrap_err());
+    assert!(
+        err.contains("q.jsonl: line 1: instruction: missing")
+            && err.contains("map columns with --field KEY=NAME")
+            && !err.contains("--column"),
+        "{err}"
+    );
 }

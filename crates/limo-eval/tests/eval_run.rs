@@ -319,3 +319,200 @@ fn an_output_directory_in_use_is_refused() {
     drop(holder);
     assert_eq!(run(&opts).unwrap().generated, 1);
 }
+
+/// What an interrupted run would have saved for aime's first problem (its real prompt), with
+/// `edit` applied, written to `out`'s in-flight.json.
+fn save_in_flight(model: &Path, out: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    use limo_eval::in_flight::{write, Saved};
+    let tokenizer = limo_data::ChatTokenizer::from_path(model).unwrap();
+    let problem = &limo_eval::benchmarks::load("aime").unwrap()[0];
+    let system = Some(limo_eval::run::LIMO_SYSTEM_PROMPT);
+    let prompt = limo_eval::run::prompt_ids(&tokenizer, system, &problem.question).unwrap();
+    let key = ("aime".to_string(), problem.id.clone(), 0);
+    let from = limo_model::generate::Continuation {
+        ids: vec![22, 23],
+        rng: 5,
+    };
+    let mut saved = serde_json::to_value(Saved::new(&key, &prompt, from, 1.5)).unwrap();
+    edit(&mut saved);
+    std::fs::create_dir_all(out).unwrap();
+    write(
+        &out.join(IN_FLIGHT_FILE),
+        vec![serde_json::from_value(saved).unwrap()],
+    )
+    .unwrap();
+}
+
+/// A saved response no run could have written is an error naming the file, the problem and
+/// the remedy; once a panic (seconds) or an error of the generator's sequence number.
+#[test]
+fn damaged_in_flight_saves_are_named_errors() {
+    let (_tmp, model, out) = model_and_out();
+    let opts = aime(&model, &out, 1);
+    let id = &limo_eval::benchmarks::load("aime").unwrap()[0].id;
+    // 8 is max_new_tokens; 151645 is <|im_end|>.
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        (
+            "seconds",
+            (-1.0).into(),
+            "seconds -1.0: expected the seconds it took, 0 or more",
+        ),
+        ("seconds", 1e300.into(), "seconds 1e300: expected"),
+        (
+            "ids",
+            serde_json::json!([99999999]),
+            "token id 99999999 is outside the vocabulary (151936)",
+        ),
+        (
+            "ids",
+            serde_json::json!(vec![1; 8]),
+            "8 tokens generated, the most is 8",
+        ),
+        (
+            "ids",
+            serde_json::json!([5, 151645]),
+            "its tokens hold the stop id 151645",
+        ),
+    ];
+    for (field, value, what) in cases {
+        save_in_flight(&model, &out, |s| s[field] = value.clone());
+        let err = one_line_error(&opts);
+        let want = format!(
+            "in-flight.json: malformed (delete it to generate its responses from the start): \
+             aime problem {id:?} sample 0: {what}"
+        );
+        assert!(err.contains(&want), "{err}");
+    }
+    // Undamaged, it is continued.
+    save_in_flight(&model, &out, |_| {});
+    assert_eq!(run(&opts).unwrap().continued, 1);
+}
+
+/// Ids are row numbers: once, an edited file reused the old rows' responses and graded them
+/// against the old references. Adding rows still resumes.
+#[test]
+fn results_of_other_problems_under_the_same_ids_are_refused() {
+    let (tmp, model, out) = model_and_out();
+    let file = tmp.path().join("mine.jsonl");
+    let rows = |answers: [&str; 2]| {
+        format!(
+            "{{\"question\": \"What is 1+1?\", \"answer\": \"{}\"}}\n\
+             {{\"question\": \"What is 2+2?\", \"answer\": \"{}\"}}\n",
+            answers[0], answers[1]
+        )
+    };
+    std::fs::write(&file, rows(["2", "4"])).unwrap();
+    let mut opts = options(&model, &out);
+    opts.benchmarks.clear();
+    opts.files = vec![UserBenchmark {
+        path: file.clone(),
+        question_field: "question".into(),
+        answer_field: "answer".into(),
+        id_field: None,
+        conversation: None,
+    }];
+    assert_eq!(run(&opts).unwrap().generated, 2);
+    let before = std::fs::read(out.join(RESULTS_FILE)).unwrap();
+
+    std::fs::write(&file, rows(["2", "5"])).unwrap();
+    let err = one_line_error(&opts);
+    assert!(
+        err.contains(
+            "results.jsonl: mine problem \"1\" holds a response to another problem: its \
+             reference (\"4\" there, \"5\" in the data) differs"
+        ) && err.contains("new --out, or delete"),
+        "{err}"
+    );
+    std::fs::write(&file, rows(["2", "4"]).replace("1+1", "1+2")).unwrap();
+    let err = one_line_error(&opts);
+    assert!(
+        err.contains("mine problem \"0\" holds a response to another problem: its question"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join(RESULTS_FILE)).unwrap(), before);
+
+    // The same rows and one more: the two are resumed.
+    let more = rows(["2", "4"]) + "{\"question\": \"What is 3+3?\", \"answer\": \"6\"}\n";
+    std::fs::write(&file, more).unwrap();
+    let summary = run(&opts).unwrap();
+    assert_eq!((summary.generated, summary.resumed), (1, 2));
+}
+
+/// Once a 5M-character question asked the prefill's attention for 100 TB and aborted.
+#[test]
+fn a_prompt_longer_than_the_model_positions_is_refused() {
+    let (_tmp, model, out) = model_and_out();
+    let path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["max_position_embeddings"] = 30.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let err = one_line_error(&aime(&model, &out, 1));
+    let id = &limo_eval::benchmarks::load("aime").unwrap()[0].id;
+    assert!(
+        err.contains(&format!("benchmark aime: problem {id:?}: its prompt is "))
+            && err.contains("tokens, more than the model's 30 positions")
+            && err.contains("config.json"),
+        "{err}"
+    );
+    assert!(!out.join(RESULTS_FILE).exists(), "nothing generated");
+}
+
+/// The stop ids come from generation_config.json: once a malformed one was skipped, and every
+/// response ran to max_new_tokens. A missing one is fine.
+#[test]
+fn a_generation_config_that_cannot_be_read_is_an_error() {
+    let (tmp, model, _) = model_and_out();
+    let path = model.join("generation_config.json");
+    let cases = [
+        ("{", "generation_config.json: malformed"),
+        (
+            "{\"eos_token_id\": \"x\"}",
+            "generation_config.json: eos_token_id: expected a token id or a list of them, \
+             found \"x\"",
+        ),
+        ("{\"eos_token_id\": [1, -2]}", "found [1,-2]"),
+    ];
+    for (i, (text, want)) in cases.into_iter().enumerate() {
+        std::fs::write(&path, text).unwrap();
+        let err = one_line_error(&aime(&model, &tmp.path().join(format!("e{i}")), 1));
+        assert!(err.contains(want), "{err}");
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        run(&aime(&model, &tmp.path().join("ok"), 1))
+            .unwrap()
+            .generated,
+        1
+    );
+}
+
+/// Once a model of NaN weights wrote "!!!!" responses, graded as any others.
+#[test]
+fn logits_that_are_not_finite_fail_the_run_naming_the_problem() {
+    let (_tmp, model, out) = model_and_out();
+    let path = model.join("model.safetensors");
+    let device = candle_core::Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(&path, &device).unwrap();
+    let norm = &tensors["model.norm.weight"];
+    let nan = (norm * f64::NAN).unwrap();
+    tensors.insert("model.norm.weight".into(), nan);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = one_line_error(&aime(&model, &out, 1));
+    let id = &limo_eval::benchmarks::load("aime").unwrap()[0].id;
+    assert!(
+        err.contains(&format!(
+            "aime problem {id:?} sample 0: the model's logits are not finite"
+        )),
+        "{err}"
+    );
+}
+
+/// Once "creating OUT: File exists (os error 17)".
+#[test]
+fn an_output_path_that_is_a_file_is_named() {
+    let (_tmp, model, out) = model_and_out();
+    std::fs::write(&out, "x").unwrap();
+    let err = one_line_error(&aime(&model, &out, 1));
+    assert!(err.contains("eval: a file, not a directory"), "{err}");
+}

@@ -203,6 +203,66 @@ fn load_user_file() {
     }
 }
 
+/// Once read with `read_to_string`: "stream did not contain valid UTF-8", no line.
+#[test]
+fn a_user_file_that_is_not_utf8_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine.jsonl");
+    let mut bytes = b"{\"q\": \"1+1?\", \"a\": \"2\"}\n{\"q\": \"x".to_vec();
+    bytes.extend(b"\xff\", \"a\": \"1\"}\n");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = benchmarks::load_file(&path, Q_A, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mine.jsonl: line 2: not valid UTF-8 (invalid byte at column 9)"),
+        "{err}"
+    );
+}
+
+/// Once `--out` = `--pairs` truncated the pairs before reading them: "0 of 0 correct".
+#[test]
+fn grading_into_the_pairs_file_itself_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p.jsonl");
+    let text = "{\"prediction\": \"1\", \"reference\": \"1\"}\n";
+    std::fs::write(&input, text).unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let spellings = [
+        input.clone(),
+        dir.path().join(".").join("p.jsonl"),
+        dir.path().join("sub/../p.jsonl"),
+        link,
+    ];
+    for output in spellings {
+        let err = grade_pairs(&input, &output).unwrap_err().to_string();
+        assert!(err.contains("the output is the pairs file"), "{err}");
+        assert_eq!(std::fs::read_to_string(&input).unwrap(), text, "{output:?}");
+    }
+    assert_eq!(
+        grade_pairs(&input, &dir.path().join("g.jsonl")).unwrap(),
+        (1, 1)
+    );
+}
+
+/// Once "line 1: not a JSON object" (`limo eval --data` and `limo data stats` take the mark).
+#[test]
+fn pairs_may_start_with_a_byte_order_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p.jsonl");
+    std::fs::write(
+        &input,
+        "\u{feff}{\"prediction\": \"\\\\boxed{2}\", \"reference\": \"2\"}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        grade_pairs(&input, &dir.path().join("g.jsonl")).unwrap(),
+        (1, 1)
+    );
+}
+
 #[test]
 fn grade_pairs_file() {
     let dir = tempfile::tempdir().unwrap();

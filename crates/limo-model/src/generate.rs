@@ -302,6 +302,8 @@ pub struct Generator<'a> {
     /// The caches of all sequences, one slot each; finished sequences return their slot.
     pool: KvPool,
     free_slots: Vec<usize>,
+    /// The sequence whose logits were not finite, once [`Self::step`] failed on it.
+    non_finite: Option<usize>,
 }
 
 impl<'a> Generator<'a> {
@@ -322,6 +324,7 @@ impl<'a> Generator<'a> {
             live: Vec::new(),
             pool: KvPool::new(config.num_hidden_layers),
             free_slots: Vec::new(),
+            non_finite: None,
         })
     }
 
@@ -393,6 +396,12 @@ impl<'a> Generator<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.in_flight() == 0
+    }
+
+    /// The key of the sequence a failed [`Self::step`] found logits that are not finite (NaN
+    /// or infinity) for: its caller can name what that sequence was.
+    pub fn non_finite(&self) -> Option<usize> {
+        self.non_finite
     }
 
     /// Advances every sequence by one token (see the type's documentation); returns
@@ -483,7 +492,16 @@ impl<'a> Generator<'a> {
     ) -> Result<()> {
         let mut rngs: Vec<&mut Rng> = seqs.iter_mut().map(|s| &mut s.rng).collect();
         let next = choose(logits, &self.sampling, &mut rngs)?;
-        for (mut s, token) in seqs.into_iter().zip(next) {
+        // A NaN row would still give a token (argmax picks one): a response of garbage,
+        // graded as if the model had written it.
+        if let Some((s, _)) = seqs.iter().zip(&next).find(|(_, t)| t.is_none()) {
+            self.non_finite = Some(s.key);
+            return Err(Error::Config(format!(
+                "sequence {}: the model's logits are not finite (NaN or infinity)",
+                s.key
+            )));
+        }
+        for (mut s, token) in seqs.into_iter().zip(next.into_iter().flatten()) {
             if self.stop_ids.contains(&token) {
                 self.pool_release(s.slot);
                 finished.push((
@@ -616,5 +634,32 @@ mod tests {
         }
         assert_eq!(g.pool.slots(), 2, "no new slot for the third sequence");
         assert_eq!(results[&2], alone[0]);
+    }
+
+    #[test]
+    fn logits_that_are_not_finite_fail_the_step_naming_the_sequence() {
+        let config = serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "vocab_size": 50, "rms_norm_eps": 1e-6, "rope_theta": 10000.0
+        });
+        let dir = tempfile::tempdir().unwrap();
+        crate::init::write_random_checkpoint(dir.path(), &config, DType::F32, 3, usize::MAX)
+            .unwrap();
+        let (cfg, mut w) =
+            crate::checkpoint::load_checkpoint(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        w.final_norm = (w.final_norm * f64::NAN).unwrap();
+        let hot = Sampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 1,
+        };
+        for sampling in [Sampling::greedy(), hot] {
+            let mut g = Generator::new(&cfg, &w, 4, &[], sampling).unwrap();
+            g.add(7, vec![1, 2, 3], 0).unwrap();
+            let err = g.step().unwrap_err().to_string();
+            assert!(err.contains("logits are not finite"), "{err}");
+            assert_eq!(g.non_finite(), Some(7));
+        }
     }
 }

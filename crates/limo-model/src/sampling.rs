@@ -77,11 +77,37 @@ pub fn derive_seed(seed: u64, data: &[u8]) -> u64 {
     mix64(h)
 }
 
-/// Draws a token from `logits` with temperature `t > 0` and nucleus `top_p`.
-fn sample_row(logits: &[f64], t: f64, top_p: f64, rng: &mut Rng) -> u32 {
+/// The argmax of every row, on the device. Only the chosen logits (B values) cross to the host
+/// to be checked: weights gone NaN make every logit of a row NaN, the chosen one too.
+fn greedy(logits: &Tensor) -> Result<Vec<Option<u32>>> {
+    let ids = logits.argmax(D::Minus1)?;
+    let chosen = logits.gather(&ids.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let chosen: Vec<f64> = match chosen.dtype() {
+        DType::F64 => chosen.to_vec1::<f64>()?,
+        _ => chosen
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+    };
+    let ids = ids.to_vec1::<u32>()?;
+    Ok(ids
+        .into_iter()
+        .zip(chosen)
+        .map(|(id, logit)| logit.is_finite().then_some(id))
+        .collect())
+}
+
+/// Draws a token from `logits` with temperature `t > 0` and nucleus `top_p`; `None` when the
+/// logits are not all finite (a NaN or infinity makes the total NaN or the max infinite).
+fn sample_row(logits: &[f64], t: f64, top_p: f64, rng: &mut Rng) -> Option<u32> {
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
     let total: f64 = weights.iter().sum();
+    if !(max.is_finite() && total.is_finite()) {
+        return None;
+    }
     let u = rng.uniform();
     if top_p >= 1.0 {
         let mut target = u * total;
@@ -90,12 +116,12 @@ fn sample_row(logits: &[f64], t: f64, top_p: f64, rng: &mut Rng) -> u32 {
             if w > 0.0 {
                 last = i;
                 if target < w {
-                    return i as u32;
+                    return Some(i as u32);
                 }
                 target -= w;
             }
         }
-        return last as u32;
+        return Some(last as u32);
     }
     // The nucleus: most likely first (ties by token id), until its mass reaches top_p. Only
     // the head of that order is sorted: the top m tokens, m growing until they hold the mass.
@@ -133,21 +159,23 @@ fn sample_row(logits: &[f64], t: f64, top_p: f64, rng: &mut Rng) -> u32 {
     for &i in &order[..keep] {
         let w = weights[i as usize];
         if target < w {
-            return i;
+            return Some(i);
         }
         target -= w;
     }
-    order[keep - 1]
+    Some(order[keep - 1])
 }
 
-/// The next token of every row of `logits [B, vocab]`, `rngs[i]` drawing row i's.
+/// The next token of every row of `logits [B, vocab]`, `rngs[i]` drawing row i's; `None` for
+/// a row whose logits are not finite (weights gone NaN), which would otherwise pick a token
+/// all the same.
 pub(crate) fn choose(
     logits: &Tensor,
     sampling: &Sampling,
     rngs: &mut [&mut Rng],
-) -> Result<Vec<u32>> {
+) -> Result<Vec<Option<u32>>> {
     if sampling.temperature == 0.0 {
-        return Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        return greedy(logits);
     }
     // f32 crosses to the host (f64 for an f64 model); each row's softmax is computed in f64,
     // the rows on all cores (32 rows of a 152k vocabulary are 5M exps a step). Each row draws
@@ -220,7 +248,7 @@ mod tests {
             ] {
                 let mut rng = Rng(case as u64);
                 let u = rng.clone().uniform();
-                let got = sample_row(&logits, t, top_p, &mut rng);
+                let got = sample_row(&logits, t, top_p, &mut rng).unwrap();
                 if top_p < 1.0 {
                     assert_eq!(
                         got,
@@ -229,6 +257,31 @@ mod tests {
                     );
                 }
                 assert!((got as usize) < vocab);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_that_are_not_finite_choose_no_token() {
+        let rows = [[0.5, 2.0, 1.0], [f64::NAN; 3], [0.0, f64::INFINITY, 1.0]];
+        for dtype in [DType::F64, DType::F32] {
+            let logits = Tensor::new(&rows, &candle_core::Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            for sampling in [
+                Sampling::greedy(),
+                Sampling {
+                    temperature: 0.7,
+                    top_p: 0.9,
+                    seed: 0,
+                },
+            ] {
+                let mut rngs = [Rng(1), Rng(2), Rng(3)];
+                let mut rngs: Vec<&mut Rng> = rngs.iter_mut().collect();
+                let got = choose(&logits, &sampling, &mut rngs).unwrap();
+                assert_eq!(got[1..], [None, None], "{dtype:?} {sampling:?}");
+                assert!(got[0].is_some());
             }
         }
     }

@@ -626,6 +626,15 @@ fn join_values<'a>(it: impl Iterator<Item = &'a Value>) -> String {
 /// `"extracted"` and `"correct"` added. Blank lines are skipped. Returns (correct, graded).
 /// Errors name the file and the line.
 pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
+    // Creating the output truncates it: the pairs would be gone before they were read.
+    if same_file(input, output) {
+        bail!(
+            "{}: the output is the pairs file {} itself; writing it would erase the pairs \
+             (give another output file)",
+            output.display(),
+            input.display()
+        );
+    }
     let file = File::open(input).with_context(|| format!("{}: cannot open", input.display()))?;
     let out =
         File::create(output).with_context(|| format!("{}: cannot create", output.display()))?;
@@ -635,10 +644,15 @@ pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
         let line_no = n + 1;
         let line =
             line.with_context(|| format!("{}: line {line_no}: cannot read", input.display()))?;
+        // A byte-order mark (Windows editors, Python's utf-8-sig), as `limo eval --data` takes.
+        let line = match n {
+            0 => line.strip_prefix('\u{feff}').unwrap_or(&line),
+            _ => &line,
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let mut obj: serde_json::Map<String, Value> = serde_json::from_str(&line).map_err(|e| {
+        let mut obj: serde_json::Map<String, Value> = serde_json::from_str(line).map_err(|e| {
             anyhow::anyhow!(
                 "{}: line {line_no}: not a JSON object: {e}",
                 input.display()
@@ -670,6 +684,24 @@ pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
     out.flush()
         .with_context(|| format!("{}: cannot write", output.display()))?;
     Ok((correct, total))
+}
+
+/// Whether `a` and `b` are one existing file, however spelled: through a symlink, `./`, `..`,
+/// or (on Unix) a hard link.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    }
 }
 
 #[cfg(test)]

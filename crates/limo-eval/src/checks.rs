@@ -1,0 +1,249 @@
+//! What a run checks before it generates: that a rerun into the same output directory is the
+//! same run (its settings, `run.json`; its problems, those of the results already there), and
+//! that every prompt and saved response fits the model (its context, its vocabulary, its stop
+//! ids; read from config.json and generation_config.json before the weights load).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use limo_data::ChatTokenizer;
+use limo_model::Qwen2Config;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::benchmarks::Problem;
+use crate::run::{EvalOptions, Job, ResultRecord, QWEN_STOP_IDS, RUN_FILE};
+
+/// The settings of [`RUN_FILE`]: benchmarks, limit and samples may change between runs of one
+/// out_dir (results add up); these may not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunSettings {
+    model: String,
+    dtype: String,
+    max_new_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    seed: u64,
+    system_prompt: Option<String>,
+}
+
+/// Writes `run.json` on the first run of `out_dir`; later runs must match it.
+pub(crate) fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
+    let model = std::fs::canonicalize(&opts.model_dir).unwrap_or_else(|_| opts.model_dir.clone());
+    let settings = RunSettings {
+        model: model.display().to_string(),
+        dtype: format!("{:?}", opts.dtype).to_lowercase(),
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        top_p: opts.top_p,
+        seed: opts.seed,
+        system_prompt: opts.system_prompt.clone(),
+    };
+    let path = opts.out_dir.join(RUN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let before: RunSettings = serde_json::from_str(&text)
+                .with_context(|| format!("{}: malformed", path.display()))?;
+            if before != settings {
+                let (a, b) = (
+                    serde_json::to_value(&before)?,
+                    serde_json::to_value(&settings)?,
+                );
+                let changed: Vec<String> = a
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                    .map(|(k, v)| format!("{k} {v} -> {}", b[k.as_str()]))
+                    .collect();
+                bail!(
+                    "{} holds results of a run with other settings ({}); use another output \
+                     directory",
+                    opts.out_dir.display(),
+                    changed.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_string_pretty(&settings)? + "\n";
+            std::fs::write(&path, text).with_context(|| format!("{}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    }
+}
+
+/// Errors unless every record of `path` (results.jsonl) whose (benchmark, id) is one of
+/// `problems` holds that problem's question and reference. Ids are row numbers unless the
+/// data names them: an edited file would otherwise keep its old rows' responses, graded
+/// against their old references, under its new rows' ids.
+pub(crate) fn check_same_problems(
+    records: &[ResultRecord],
+    problems: &[Vec<Problem>],
+    path: &Path,
+) -> anyhow::Result<()> {
+    let by_id: HashMap<(&str, &str), &Problem> = problems
+        .iter()
+        .flatten()
+        .map(|p| ((p.benchmark.as_str(), p.id.as_str()), p))
+        .collect();
+    let changed = |r: &ResultRecord| {
+        let p = by_id.get(&(r.benchmark.as_str(), r.id.as_str()))?;
+        match (r.question == p.question, r.reference == p.answer) {
+            (true, true) => None,
+            (false, true) => Some("its question".to_string()),
+            (q, false) => Some(format!(
+                "{}its reference ({:?} there, {:?} in the data)",
+                if q { "" } else { "its question and " },
+                r.reference,
+                p.answer
+            )),
+        }
+    };
+    let mut differ = records.iter().filter_map(|r| changed(r).map(|c| (r, c)));
+    let Some((r, what)) = differ.next() else {
+        return Ok(());
+    };
+    let more = differ.count();
+    bail!(
+        "{}: {} problem {:?} holds a response to another problem: {what} differs from the \
+         data's{}; evaluate the changed data into a new --out, or delete {} to answer every \
+         problem again",
+        path.display(),
+        r.benchmark,
+        r.id,
+        match more {
+            0 => String::new(),
+            n => format!(" (and {n} more results)"),
+        },
+        path.display()
+    )
+}
+
+/// The ids generation stops at: `<|im_end|>`, `<|endoftext|>`, and the eos ids of
+/// config.json and generation_config.json (either may lack them), those inside the
+/// vocabulary. A file or an `eos_token_id` that cannot be read is an error: a stop id lost
+/// would let every response run to max_new_tokens.
+pub(crate) fn stop_ids(
+    config: &Qwen2Config,
+    model_dir: &Path,
+    tokenizer: &ChatTokenizer,
+) -> anyhow::Result<Vec<u32>> {
+    let mut ids: Vec<u32> = QWEN_STOP_IDS.to_vec();
+    ids.push(tokenizer.im_end_id());
+    ids.extend(eos_ids(&config.raw, &model_dir.join("config.json"))?);
+    let path = model_dir.join("generation_config.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let json: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: malformed", path.display()))?;
+            if !json.is_object() {
+                bail!("{}: not a JSON object", path.display());
+            }
+            ids.extend(eos_ids(&json, &path)?);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
+    ids.retain(|&id| (id as usize) < config.vocab_size);
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The `eos_token_id` of `json` (read from `path`): none, one id, or a list of ids.
+fn eos_ids(json: &Value, path: &Path) -> anyhow::Result<Vec<u32>> {
+    let value = &json["eos_token_id"];
+    let bad = || {
+        anyhow!(
+            "{}: eos_token_id: expected a token id or a list of them, found {value}",
+            path.display()
+        )
+    };
+    let id = |v: &Value| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(bad)
+    };
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(a) => a.iter().map(id).collect(),
+        v => Ok(vec![id(v)?]),
+    }
+}
+
+/// Errors unless every job's prompt fits the model's positions (max_position_embeddings of
+/// config.json; a longer one would not run, or would ask for terabytes in the prefill's
+/// attention), and every saved response it continues could be one the run saved: tokens of
+/// the vocabulary, no stop id, fewer than max_new_tokens.
+pub(crate) fn check_jobs(
+    opts: &EvalOptions,
+    config: &Qwen2Config,
+    stops: &[u32],
+    jobs: &[Job],
+) -> anyhow::Result<()> {
+    let positions = match &config.raw["max_position_embeddings"] {
+        Value::Null => None,
+        v => Some(v.as_u64().ok_or_else(|| {
+            anyhow!(
+                "{}: max_position_embeddings: expected a number, found {v}",
+                opts.model_dir.join("config.json").display()
+            )
+        })?),
+    };
+    for job in jobs {
+        let n = job.prompt.len();
+        if let Some(max) = positions.filter(|&max| n as u64 > max) {
+            let p = job.problem;
+            bail!(
+                "{}: problem {:?}: its prompt is {n} tokens, more than the model's {max} \
+                 positions (max_position_embeddings of {})",
+                origin(opts, &p.benchmark),
+                p.id,
+                opts.model_dir.join("config.json").display()
+            );
+        }
+        if let Some(s) = &job.from {
+            check_saved(s, config.vocab_size, opts.max_new_tokens, stops)?;
+        }
+    }
+    Ok(())
+}
+
+/// What no run saves: the generator would refuse it, naming neither file nor problem.
+fn check_saved(
+    s: &crate::in_flight::Saved,
+    vocab: usize,
+    max_new_tokens: usize,
+    stops: &[u32],
+) -> anyhow::Result<()> {
+    if let Some(bad) = s.ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(s.damaged(&format!(
+            "token id {bad} is outside the vocabulary ({vocab})"
+        )));
+    }
+    if !s.ids.is_empty() && s.ids.len() >= max_new_tokens {
+        return Err(s.damaged(&format!(
+            "{} tokens generated, the most is {max_new_tokens}",
+            s.ids.len()
+        )));
+    }
+    if let Some(stop) = s.ids.iter().find(|t| stops.contains(t)) {
+        return Err(s.damaged(&format!("its tokens hold the stop id {stop}")));
+    }
+    Ok(())
+}
+
+/// A benchmark as the user named it: its file for `--data`, else its name.
+fn origin(opts: &EvalOptions, benchmark: &str) -> String {
+    let file = opts.files.iter().find(|f| {
+        f.path
+            .file_stem()
+            .is_some_and(|s| s.to_string_lossy() == benchmark)
+    });
+    match file {
+        Some(f) => f.path.display().to_string(),
+        None => format!("benchmark {benchmark}"),
+    }
+}
