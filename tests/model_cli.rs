@@ -290,3 +290,37 @@ fn loss_grad_summary_names_the_device() {
     assert_eq!(summary["device"], "cpu");
     assert_eq!(summary["dtype"], "f32");
 }
+
+/// init-model writes aside and moves config.json in last: a failure part-way (a full disk
+/// once left a cut-off tokenizer.json beside a config.json) leaves no directory that looks like
+/// a model, and a rerun finishes the job.
+#[test]
+fn init_model_never_leaves_a_model_that_looks_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    // A directory where tokenizer.json goes: the move of that file fails.
+    std::fs::create_dir_all(model.join("tokenizer.json")).unwrap();
+    let args = [
+        "init-model",
+        "--shape",
+        "tiny",
+        "--layers",
+        "1",
+        "--dtype",
+        "f32",
+        "--out",
+    ];
+    let err = run_err(&[&args[..], &[model.to_str().unwrap()]].concat());
+    assert!(err.contains("tokenizer.json"), "{err}");
+    assert!(!model.join("config.json").exists(), "{err}");
+    std::fs::remove_dir(model.join("tokenizer.json")).unwrap();
+    run_ok(&[&args[..], &[model.to_str().unwrap()]].concat());
+    let names: Vec<String> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(names.iter().any(|n| n == name), "{name}: {names:?}");
+    }
+}

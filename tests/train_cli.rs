@@ -648,3 +648,25 @@ fn gradient_accumulation_is_a_sum_over_the_step_not_a_mean_of_means() {
     // The first step holds rows of 3 and 12 targets: its loss is their sum over 15 tokens.
     assert_eq!(one_batch[0]["n_target_tokens"], 15);
 }
+
+/// A file where the run keeps a directory: named before the first step (a `checkpoints` file
+/// once failed at the first save, after its steps were computed).
+#[test]
+fn files_where_the_run_keeps_directories_are_named_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 4, 16);
+    let out = tmp.path().join("run");
+    let config = golden_config(tmp.path(), &data, &out, "f32", &[]);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("checkpoints"), "").unwrap();
+    let err = run_err(&train_args(&config, &["train.max_steps=1"]));
+    assert!(
+        err.contains("checkpoints: a file where limo keeps a directory"),
+        "{err}"
+    );
+    assert!(!out.join("metrics.jsonl").exists(), "no step ran");
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::write(&out, "").unwrap();
+    let err = run_err(&train_args(&config, &["train.max_steps=1"]));
+    assert!(err.contains("run: a file, not a directory"), "{err}");
+}

@@ -2,7 +2,7 @@
 //! with the Qwen2.5 tokenizer.
 
 use crate::out::outln;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -48,16 +48,35 @@ pub fn run(args: InitModelArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    write_random_checkpoint(&args.out, &config, dtype, args.seed, args.max_shard_bytes)
+    // Written aside, then moved in with config.json last: a failure (a full disk) never leaves
+    // a directory that looks like a model, and a rerun starts over.
+    let staging = args.out.join(".init-model.partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("{}", staging.display()))?;
+    }
+    write_random_checkpoint(&staging, &config, dtype, args.seed, args.max_shard_bytes)
         .with_context(|| format!("writing {}", args.out.display()))?;
     // Every shape has Qwen2.5's vocabulary: with its tokenizer the directory is a whole model
     // that `limo eval`, `limo train` and transformers load as it is.
-    write_builtin_tokenizer(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_builtin_tokenizer(&staging)?;
+    move_in(&staging, &args.out)?;
     outln!(
         "wrote a random {} checkpoint with the Qwen2.5 tokenizer to {}",
         args.shape,
         args.out.display()
     )?;
     Ok(())
+}
+
+/// Moves the files of `staging` into `out`, config.json last, then removes `staging`.
+fn move_in(staging: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(staging)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
+        .with_context(|| format!("{}", staging.display()))?;
+    names.sort_by_key(|name| name == "config.json");
+    for name in names {
+        let to = out.join(&name);
+        std::fs::rename(staging.join(&name), &to).with_context(|| format!("{}", to.display()))?;
+    }
+    std::fs::remove_dir(staging).with_context(|| format!("{}", staging.display()))
 }

@@ -18,6 +18,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// what it is `doing` ("training into this run directory"). `None` on a filesystem without
 /// locks, after a warning: better unprotected than not at all.
 pub fn lock_dir(dir: &Path, doing: &str) -> anyhow::Result<Option<File>> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: a file, not a directory", dir.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     let path = dir.join(".lock");
     let mut file = std::fs::OpenOptions::new()

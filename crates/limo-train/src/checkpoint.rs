@@ -238,21 +238,30 @@ fn publish(
     let replaced = replaced_dir(checkpoints_dir, name);
     if final_dir.exists() {
         if replaced.exists() {
-            std::fs::remove_dir_all(&replaced)?;
+            std::fs::remove_dir_all(&replaced)
+                .with_context(|| format!("{}", replaced.display()))?;
         }
         std::fs::rename(&final_dir, &replaced)
             .with_context(|| format!("{}", final_dir.display()))?;
     }
     std::fs::rename(tmp, &final_dir).with_context(|| format!("{}", final_dir.display()))?;
     fsync_path(checkpoints_dir)?;
-    if replaced.exists() {
-        std::fs::remove_dir_all(&replaced)?;
-    }
     let latest_tmp = checkpoints_dir.join(".latest.tmp");
     write_synced(&latest_tmp, name.as_bytes())?;
-    std::fs::rename(&latest_tmp, checkpoints_dir.join(LATEST))?;
+    std::fs::rename(&latest_tmp, checkpoints_dir.join(LATEST))
+        .with_context(|| format!("{}", checkpoints_dir.join(LATEST).display()))?;
     fsync_path(checkpoints_dir)?;
-    prune(checkpoints_dir, keep_last.max(1))
+    // The new checkpoint is in place: a delete that fails (permissions, an immutable file)
+    // costs disk space, not the run, and the next save tries again.
+    let cleaned = if replaced.exists() {
+        std::fs::remove_dir_all(&replaced).with_context(|| format!("{}", replaced.display()))
+    } else {
+        Ok(())
+    };
+    if let Err(e) = cleaned.and_then(|()| prune(checkpoints_dir, keep_last.max(1))) {
+        tracing::warn!("old checkpoints not deleted: {e:#}");
+    }
+    Ok(())
 }
 
 /// Where [`publish`] moves checkpoint `name` while a new one of the same step takes its place.
@@ -624,8 +633,8 @@ pub fn checksum(path: &Path) -> anyhow::Result<FileSum> {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut file = File::create(path).with_context(|| format!("{}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    (file.write_all(bytes))
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("{}", path.display()))
 }
 

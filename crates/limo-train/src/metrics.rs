@@ -29,8 +29,8 @@ pub fn append(path: &Path, metrics: &StepMetrics) -> anyhow::Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("{}", path.display()))?;
-    writeln!(file, "{}", serde_json::to_string(metrics)?)?;
-    Ok(())
+    writeln!(file, "{}", serde_json::to_string(metrics)?)
+        .with_context(|| format!("appending to {}", path.display()))
 }
 
 pub fn read(path: &Path) -> anyhow::Result<Vec<StepMetrics>> {
@@ -39,16 +39,33 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<StepMetrics>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
     };
-    text.lines()
-        .enumerate()
+    // A last line without its newline may be an append cut short (a full disk, a kill): that
+    // step has no checkpoint yet, so a resume redoes it. Any other bad line is an error.
+    let (whole, tail) = match text.rfind('\n') {
+        Some(end) => text.split_at(end + 1),
+        None => ("", text.as_str()),
+    };
+    let mut metrics = (whole.lines().enumerate())
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<StepMetrics>>>()?;
+    if !tail.trim().is_empty() {
+        match serde_json::from_str(tail) {
+            Ok(m) => metrics.push(m),
+            Err(_) => tracing::warn!(
+                "{}: line {} is cut short (a write that failed); dropped",
+                path.display(),
+                whole.lines().count() + 1
+            ),
+        }
+    }
+    Ok(metrics)
 }
 
-/// Drops the lines of steps after `step` (a resumed run redoes them).
+/// Drops the lines of steps after `step` (a resumed run redoes them). The file is replaced
+/// whole (written aside, then renamed): a failure part-way leaves the old one.
 pub fn truncate_after(path: &Path, step: usize) -> anyhow::Result<()> {
     let kept: Vec<StepMetrics> = read(path)?.into_iter().filter(|m| m.step <= step).collect();
     let mut text = String::new();
@@ -56,7 +73,10 @@ pub fn truncate_after(path: &Path, step: usize) -> anyhow::Result<()> {
         text.push_str(&serde_json::to_string(&m)?);
         text.push('\n');
     }
-    std::fs::write(path, text).with_context(|| format!("{}", path.display()))
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("rewriting {}", path.display()))
 }
 
 /// The font of the plot, compiled in: servers often have no fonts installed.
@@ -72,11 +92,23 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 /// Draws loss per step (thin) and its moving average (thick), with labelled axes, as
-/// LLaMA-Factory's `plot_loss` does.
+/// LLaMA-Factory's `plot_loss` does. Drawn aside and renamed: a failure (a full disk) leaves
+/// the old plot or none, never a cut-off PNG.
 pub fn plot_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
     if metrics.is_empty() {
         return Ok(());
     }
+    // The backend picks the format from the extension: the temporary name ends in .png.
+    let tmp = path.with_extension("partial.png");
+    let drawn = draw_loss(metrics, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display())));
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn
+}
+
+fn draw_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
     register_font()?;
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
@@ -166,5 +198,25 @@ mod tests {
         plot_loss(&back, &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        // Drawn aside: a plot that cannot be written leaves nothing behind.
+        let nowhere = dir.path().join("missing").join("loss.png");
+        assert!(plot_loss(&back, &nowhere).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "metrics.jsonl and loss.png only: {names:?}");
+
+        // An append cut short (a full disk) once blocked every resume: the torn last line is
+        // dropped, and the rewrite on resume leaves whole lines only.
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        let torn = serde_json::to_string(&metrics[20]).unwrap();
+        std::fs::write(&jsonl, format!("{text}{}", &torn[..torn.len() / 2])).unwrap();
+        assert_eq!(read(&jsonl).unwrap().len(), 20);
+        truncate_after(&jsonl, 15).unwrap();
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        assert_eq!(text.lines().count(), 15);
+        assert!(text.ends_with('\n'));
+        // A bad line before the last is damage, not a torn append: an error naming it.
+        std::fs::write(&jsonl, format!("{{\"step\": 1}}\n{text}")).unwrap();
+        let err = format!("{:#}", read(&jsonl).unwrap_err());
+        assert!(err.contains("metrics.jsonl: line 1"), "{err}");
     }
 }

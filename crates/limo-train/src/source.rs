@@ -24,11 +24,17 @@ pub const BUILTIN_TOKENIZER: &str = "builtin:qwen2.5";
 
 /// Writes the built-in Qwen2.5 tokenizer into `dir` as the Hub ships it: tokenizer.json,
 /// tokenizer_config.json (eos, pad, the chat template) and chat_template.jinja.
-pub fn write_builtin_tokenizer(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("tokenizer.json"), QWEN25_TOKENIZER)?;
-    std::fs::write(dir.join("tokenizer_config.json"), QWEN25_TOKENIZER_CONFIG)?;
-    std::fs::write(dir.join("chat_template.jinja"), QWEN25_CHAT_TEMPLATE)
+pub fn write_builtin_tokenizer(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    for (name, text) in [
+        ("tokenizer.json", QWEN25_TOKENIZER),
+        ("tokenizer_config.json", QWEN25_TOKENIZER_CONFIG),
+        ("chat_template.jinja", QWEN25_CHAT_TEMPLATE),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
 }
 pub const BUILTIN_ARITHMETIC: &str = "builtin:arithmetic";
 

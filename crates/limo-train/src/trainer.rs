@@ -115,7 +115,17 @@ fn prepare_inputs(config: &TrainConfig, write: bool) -> anyhow::Result<Inputs> {
     let out = &config.output.dir;
     if write {
         std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-        std::fs::write(out.join("config.toml"), toml::to_string(config)?)?;
+        // Found now, not at the first save, after hours of steps.
+        let export = config.output.export_dtype.dtype().is_some();
+        let dirs = [Some("checkpoints"), export.then_some("model")];
+        for dir in dirs.into_iter().flatten().map(|name| out.join(name)) {
+            if dir.exists() && !dir.is_dir() {
+                bail!("{}: a file where limo keeps a directory", dir.display());
+            }
+        }
+        let path = out.join("config.toml");
+        std::fs::write(&path, toml::to_string(config)?)
+            .with_context(|| format!("{}", path.display()))?;
     }
     let model = prepare_model(config, out, write)?;
     let tokenizer = model
@@ -508,7 +518,10 @@ impl<'a> Run<'a> {
     /// run's first and last losses over all its invocations (None before any step).
     fn plot_and_export(&self) -> anyhow::Result<Option<(f64, f64)>> {
         let history = metrics::read(&self.metrics_path())?;
-        metrics::plot_loss(&history, &self.config.output.dir.join("loss.png"))?;
+        // The plot is a convenience: a failure to draw it must not cost the export.
+        if let Err(e) = metrics::plot_loss(&history, &self.config.output.dir.join("loss.png")) {
+            tracing::warn!("no loss plot: {e:#}");
+        }
         if let Some(dtype) = self.config.output.export_dtype.dtype() {
             let last = checkpoint::step_dir_name(self.total_steps);
             export_final(self.config, dtype, &self.checkpoints_dir().join(last))?;
