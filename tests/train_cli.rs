@@ -669,4 +669,13 @@ fn files_where_the_run_keeps_directories_are_named_before_training() {
     std::fs::write(&out, "").unwrap();
     let err = run_err(&train_args(&config, &["train.max_steps=1"]));
     assert!(err.contains("run: a file, not a directory"), "{err}");
+    // A config.json limo may not look at (a link loop; permissions alike) once read "has no
+    // config.json".
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::os::unix::fs::symlink(model.join("config.json"), model.join("config.json")).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let path = format!("model.path={:?}", model.display().to_string());
+    let err = run_err(&train_args(&config, &[path.as_str()]));
+    assert!(err.contains("Too many levels of symbolic links"), "{err}");
 }

@@ -20,11 +20,11 @@ impl fmt::Display for RowLocation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
+    // The I/O error is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file as a whole cannot be read (bad JSON array, unreadable Parquet footer, ...).
     #[error("{}: {message}", path.display())]
@@ -52,7 +52,7 @@ impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

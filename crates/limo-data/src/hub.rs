@@ -115,6 +115,12 @@ pub fn resolve_data_files(spec: &str, hub: &HubSettings) -> Result<Vec<PathBuf>>
         }
         return Ok(files);
     }
+    // is_file/is_dir say false for a path they may not look at: say why, not "no such file".
+    if let Err(e) = std::fs::metadata(local) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(DataError::io(local, e));
+        }
+    }
     let Some(id) = hub_dataset_id(spec) else {
         return Err(DataError::file(
             local,

@@ -486,7 +486,14 @@ impl TrainConfig {
     /// parse (and are tested) anywhere.
     pub fn preflight(&self) -> anyhow::Result<()> {
         if let Some((dir, note)) = self.model_dir() {
-            if !dir.join("config.json").exists() {
+            let config_json = dir.join("config.json");
+            // exists() says false for a file it may not look at: say why.
+            if let Err(e) = std::fs::metadata(&config_json) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    bail!("model.path: {}: {e}", config_json.display());
+                }
+            }
+            if !config_json.exists() {
                 match note {
                     Some(note) => bail!("model.path: {note}"),
                     None => bail!(
