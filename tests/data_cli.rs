@@ -351,3 +351,28 @@ fn dump_refuses_to_write_over_its_data() {
         );
     }
 }
+
+/// A path limo may not look at (here a symbolic link loop; permissions behave alike for users
+/// other than root) is reported with its cause, once: it was once "no such file", and a file
+/// in a folder repeated its cause twice.
+#[test]
+fn unreadable_paths_name_their_cause_once() {
+    let dir = scratch("unreadable");
+    let looped = dir.join("loop.jsonl");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let folder = dir.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let inner = folder.join("loop.jsonl");
+    std::os::unix::fs::symlink(&inner, &inner).unwrap();
+    for data in [&looped, &folder] {
+        let output = limo_data("stats", data.to_str().unwrap(), "limo", &[], &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("no such file"), "{stderr}");
+        assert_eq!(
+            stderr.matches("Too many levels of symbolic links").count(),
+            1,
+            "{stderr}"
+        );
+    }
+}
