@@ -376,3 +376,56 @@ fn unreadable_paths_name_their_cause_once() {
         );
     }
 }
+
+/// A full disk once left `--out` cut off where the write failed. Here no file may grow past
+/// 1 or 2 KiB (`ulimit -f 2`, SIGXFSZ ignored): a write past that fails as on a full disk.
+#[test]
+fn dump_on_a_full_disk_leaves_the_old_output() {
+    let dir = scratch("dump-full-disk");
+    let out = dir.join("dump.jsonl");
+    std::fs::write(&out, "old\n").unwrap();
+    let tok = tokenizer_dir().display().to_string();
+    let (math, o) = (data("math.jsonl"), out.display().to_string());
+    let args = [
+        "data",
+        "dump",
+        "--data",
+        &math,
+        "--format",
+        "limo",
+        "--tokenizer",
+        &tok,
+        "--column",
+        "question=problem",
+        "--limit",
+        "5",
+        "--out",
+        &o,
+    ];
+    let failed = Command::new("sh")
+        .args(["-c", "trap '' XFSZ; ulimit -f 2 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot write {o}")), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "old\n");
+    let names = |dir: &Path| -> Vec<String> {
+        let entries = std::fs::read_dir(dir).unwrap();
+        entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names(&dir), ["dump.jsonl"], "no temporary file");
+
+    // Without the limit, the dump replaces the old file.
+    ok(Command::new(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .output()
+        .unwrap());
+    assert_eq!(read_jsonl(&out).len(), 5);
+    assert_eq!(names(&dir), ["dump.jsonl"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -182,6 +182,14 @@ fn bad_inputs_are_one_line_errors() {
         ]),
         "config.json",
     );
+    // A config.json it may not look at (a link loop; permissions alike) is not "missing".
+    let looped = tmp.path().join("looped");
+    std::fs::create_dir(&looped).unwrap();
+    std::os::unix::fs::symlink(looped.join("config.json"), looped.join("config.json")).unwrap();
+    one_line_error(
+        &limo(&["eval", "--model", s(&looped), "--out", s(&out)]),
+        "config.json: Too many levels of symbolic links",
+    );
     one_line_error(
         &limo(&[
             "eval",
@@ -589,4 +597,81 @@ fn ranks_of_a_launch_split_the_problems_and_a_stopped_launch_continues_at_anothe
         names_in(&cut),
         [".lock", "results.jsonl", "run.json", "summary.json"]
     );
+}
+
+/// `limo ARGS` where no file may grow past 1 or 2 KiB (`ulimit -f 2`, with SIGXFSZ ignored):
+/// a write past that fails (EFBIG) as one on a full disk does (ENOSPC), without root.
+fn limo_on_a_small_disk(args: &[&str]) -> Output {
+    Command::new("sh")
+        .args(["-c", "trap '' XFSZ; ulimit -f 2 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_limo"))
+        .args(args)
+        .output()
+        .expect("sh runs the limo binary")
+}
+
+/// A full disk while run.json was written once left it empty, and every rerun failed with
+/// "run.json: malformed: EOF while parsing a value".
+#[test]
+fn a_run_json_that_cannot_be_written_is_not_left_behind() {
+    let (tmp, model) = tiny_model_in_tempdir();
+    let data = tmp.path().join("q.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"What is 1+1?\", \"answer\": \"2\"}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    // A system prompt longer than the limit makes run.json, which records it, too long.
+    let system = "Think. ".repeat(600);
+    let args = [
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--max-new-tokens",
+        "2",
+        "--system",
+        &system,
+        "--out",
+        s(&out),
+    ];
+    let failed = limo_on_a_small_disk(&args);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(err.contains("run.json"), "{err}");
+    assert_eq!(names_in(&out), [".lock"], "no run.json, whole or part");
+    let rerun = limo(&args);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(names_in(&out).contains(&"run.json".to_string()));
+}
+
+/// A full disk once left `--out` cut off where the write failed.
+#[test]
+fn grade_on_a_full_disk_leaves_the_old_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    let line = "{\"prediction\": \"\\\\boxed{2}\", \"reference\": \"2\"}\n";
+    std::fs::write(&pairs, line.repeat(500)).unwrap();
+    let out = tmp.path().join("graded.jsonl");
+    std::fs::write(&out, "old\n").unwrap();
+    let args = ["eval", "grade", "--pairs", s(&pairs), "--out", s(&out)];
+    let failed = limo_on_a_small_disk(&args);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{}: cannot write", out.display())),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "old\n");
+    assert_eq!(names_in(tmp.path()), ["graded.jsonl", "pairs.jsonl"]);
+    let run = limo(&args);
+    assert!(run.status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 500);
+    assert_eq!(names_in(tmp.path()), ["graded.jsonl", "pairs.jsonl"]);
 }

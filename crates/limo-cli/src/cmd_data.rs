@@ -1,7 +1,7 @@
 //! `limo data dump` and `limo data stats`: the dataset exactly as the trainer will see it.
 
 use crate::out::{self, outln};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use limo_data::{
     apply_cutoff, length_stats, pack, tokenize_untruncated, ChatTokenizer, DataConfig, Example,
     HubSettings, LengthStats, LoadReport, Overlong, DEFAULT_CUTOFF_LEN,
 };
+use limo_eval::AtomicFile;
 use serde::Serialize;
 
 #[derive(Subcommand)]
@@ -186,7 +187,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
         }
         examples.len()
     };
-    out.flush().with_context(write_error)?;
+    out.commit().with_context(write_error)?;
     eprintln!(
         "wrote {written} {} to {} ({} examples; {} over the cutoff of {}: {} truncated, {} dropped)",
         if args.packing { "packed rows" } else { "examples" },
@@ -200,10 +201,10 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create(path: &Path) -> anyhow::Result<BufWriter<std::fs::File>> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(BufWriter::new(file))
+/// The dump's file, written whole or not at all: a failed dump (a full disk) leaves the old
+/// file, or none, rather than a part of one.
+fn create(path: &Path) -> anyhow::Result<AtomicFile> {
+    AtomicFile::create(path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 #[derive(Serialize)]

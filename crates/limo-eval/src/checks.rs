@@ -41,37 +41,44 @@ pub(crate) fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
         system_prompt: opts.system_prompt.clone(),
     };
     let path = opts.out_dir.join(RUN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let before: RunSettings = serde_json::from_str(&text)
-                .with_context(|| format!("{}: malformed", path.display()))?;
-            if before != settings {
-                let (a, b) = (
-                    serde_json::to_value(&before)?,
-                    serde_json::to_value(&settings)?,
-                );
-                let changed: Vec<String> = a
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-                    .map(|(k, v)| format!("{k} {v} -> {}", b[k.as_str()]))
-                    .collect();
-                bail!(
-                    "{} holds results of a run with other settings ({}); use another output \
-                     directory",
-                    opts.out_dir.display(),
-                    changed.join(", ")
-                );
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::to_string_pretty(&settings)? + "\n";
-            std::fs::write(&path, text).with_context(|| format!("{}", path.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    // Absent, or empty as limo before it was written whole left it when the disk was full:
+    // written before any result, so no run got further.
+    if text.trim().is_empty() {
+        let text = serde_json::to_string_pretty(&settings)? + "\n";
+        return crate::write_atomic(&path, &text);
     }
+    let before: RunSettings = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: malformed (delete it: it records the settings of the run, and the next run \
+             writes it again with its own)",
+            path.display()
+        )
+    })?;
+    if before != settings {
+        let (a, b) = (
+            serde_json::to_value(&before)?,
+            serde_json::to_value(&settings)?,
+        );
+        let changed: Vec<String> = a
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, v)| format!("{k} {v} -> {}", b[k.as_str()]))
+            .collect();
+        bail!(
+            "{} holds results of a run with other settings ({}); use another output \
+             directory",
+            opts.out_dir.display(),
+            changed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Errors unless every record of `path` (results.jsonl) whose (benchmark, id) is one of

@@ -359,6 +359,12 @@ pub fn run(opts: &EvalOptions) -> anyhow::Result<Summary> {
 pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Option<Summary>> {
     check_options(opts)?;
     let config_path = opts.model_dir.join("config.json");
+    // is_file says false for a file it may not look at: say why.
+    if let Err(e) = std::fs::metadata(&config_path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            bail!("model {}: {e}", config_path.display());
+        }
+    }
     if !config_path.is_file() {
         bail!(
             "model {}: no config.json (expected a Hugging Face model directory)",
@@ -385,9 +391,10 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         0 => limo_dist::lock::lock_dir(dir, "evaluating into this directory")?,
         _ => None,
     };
-    // Rank 0 settles the directory (run.json; the parts a stopped run left) before any rank
-    // reads it, and every rank has read it before any writes.
+    // Rank 0 settles the directory (run.json; the parts and temporary files a stopped run
+    // left) before any rank reads it, and every rank has read it before any writes.
     if rank == 0 {
+        crate::atomic::remove_leftover_temps(dir)?;
         checks::check_same_run(opts)?;
         ranks::clear_marks(dir)?;
         ranks::fold_parts(dir)?;

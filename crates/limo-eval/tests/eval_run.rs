@@ -516,3 +516,61 @@ fn an_output_path_that_is_a_file_is_named() {
     let err = one_line_error(&aime(&model, &out, 1));
     assert!(err.contains("eval: a file, not a directory"), "{err}");
 }
+
+/// A full disk once left an empty run.json, and every rerun failed with "run.json: malformed:
+/// EOF while parsing a value"; a damaged one said nothing of how to go on.
+#[test]
+fn an_empty_run_json_is_written_again_and_a_damaged_one_says_how_to_recover() {
+    let (_tmp, model, out) = model_and_out();
+    let opts = aime(&model, &out, 1);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("run.json"), "").unwrap();
+    run(&opts).unwrap();
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(settings["max_new_tokens"], 8, "{settings}");
+
+    std::fs::write(out.join("run.json"), "{\"model\": ").unwrap();
+    let err = one_line_error(&opts);
+    assert!(
+        err.contains("run.json: malformed (delete it: it records the settings of the run"),
+        "{err}"
+    );
+    std::fs::remove_file(out.join("run.json")).unwrap();
+    assert_eq!(run(&opts).unwrap().resumed, 1);
+}
+
+/// A write of in-flight.json that failed (a full disk) once left in-flight.json.tmp behind
+/// for good.
+#[test]
+fn a_run_removes_the_temporary_files_a_stopped_run_left() {
+    let (_tmp, model, out) = model_and_out();
+    std::fs::create_dir_all(&out).unwrap();
+    let left = [
+        "in-flight.json.tmp",
+        "in-flight.rank-1.json.tmp",
+        "summary.json.tmp",
+        "run.json.tmp",
+        ".done.rank-1.json.tmp",
+    ];
+    for name in left {
+        std::fs::write(out.join(name), "").unwrap();
+    }
+    std::fs::write(out.join("notes.txt.tmp"), "mine").unwrap();
+    run(&aime(&model, &out, 1)).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".lock",
+            "notes.txt.tmp",
+            "results.jsonl",
+            "run.json",
+            "summary.json"
+        ]
+    );
+}

@@ -443,3 +443,47 @@ fn fuzz_never_panics() {
     let _ = is_equivalent(&commas, &commas.replace("1,1", "1,2"));
     let _ = extract_answer(&"\\boxed{".repeat(10000));
 }
+
+/// A failed grading (a full disk, a bad line) once left the output cut off where it stopped.
+#[test]
+fn a_failed_grading_leaves_the_old_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("pairs.jsonl");
+    let output = dir.path().join("graded.jsonl");
+    let good = "{\"prediction\": \"\\\\boxed{2}\", \"reference\": \"2\"}\n";
+    // More than a write buffer of good lines, then a bad one.
+    std::fs::write(&input, good.repeat(2000) + "{\"prediction\": \"2\"}\n").unwrap();
+    std::fs::write(&output, "old\n").unwrap();
+    let err = format!("{:#}", grade_pairs(&input, &output).unwrap_err());
+    assert!(err.contains("line 2001: no \"reference\""), "{err}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "old\n");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["graded.jsonl", "pairs.jsonl"], "no temporary file");
+
+    // A device is written straight, its errors named: /dev/full fails as a full disk does.
+    std::fs::write(&input, good.repeat(2000)).unwrap();
+    if Path::new("/dev/full").exists() {
+        let err = format!(
+            "{:#}",
+            grade_pairs(&input, Path::new("/dev/full")).unwrap_err()
+        );
+        assert!(err.starts_with("/dev/full: cannot write: "), "{err}");
+        assert!(!Path::new("/dev/full.tmp").exists());
+    }
+    // A path inside a file: named as the output that cannot be created.
+    let inside = input.join("graded.jsonl");
+    let err = format!("{:#}", grade_pairs(&input, &inside).unwrap_err());
+    assert!(
+        err.starts_with(&format!("{}: cannot create", inside.display())),
+        "{err}"
+    );
+    assert_eq!(grade_pairs(&input, &output).unwrap(), (2000, 2000));
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap().lines().count(),
+        2000
+    );
+}

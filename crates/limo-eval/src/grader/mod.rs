@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -624,7 +624,8 @@ fn join_values<'a>(it: impl Iterator<Item = &'a Value>) -> String {
 /// Grades a JSONL file of `{"prediction": .., "reference": ..}` lines (a prediction is a full
 /// response or a bare answer: see [`extract_or_raw`]) and writes each line back with
 /// `"extracted"` and `"correct"` added. Blank lines are skipped. Returns (correct, graded).
-/// Errors name the file and the line.
+/// Errors name the file and the line. `output` is written whole or not at all: a failed grading
+/// (a bad line, a full disk) leaves the file that was there, or none.
 pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
     // Creating the output truncates it: the pairs would be gone before they were read.
     if same_file(input, output) {
@@ -636,9 +637,9 @@ pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
         );
     }
     let file = File::open(input).with_context(|| format!("{}: cannot open", input.display()))?;
-    let out =
-        File::create(output).with_context(|| format!("{}: cannot create", output.display()))?;
-    let mut out = BufWriter::new(out);
+    // Written whole or not at all: an error (a bad line, a full disk) leaves the old file.
+    let mut out = crate::AtomicFile::create(output)
+        .with_context(|| format!("{}: cannot create", output.display()))?;
     let (mut correct, mut total) = (0, 0);
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line_no = n + 1;
@@ -681,7 +682,7 @@ pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
             .and_then(|_| out.write_all(b"\n").map_err(serde_json::Error::io))
             .with_context(|| format!("{}: cannot write", output.display()))?;
     }
-    out.flush()
+    out.commit()
         .with_context(|| format!("{}: cannot write", output.display()))?;
     Ok((correct, total))
 }
