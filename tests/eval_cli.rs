@@ -216,6 +216,25 @@ fn bad_inputs_are_one_line_errors() {
     );
     // A response length whose KV cache could never fit: refused before any generation.
     std::fs::write(&data, "{\"question\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
+    // Runs that would evaluate nothing yet print a table (they once exited 0).
+    for (flags, expected) in [
+        (
+            ["--max-new-tokens", "0"],
+            "max_new_tokens must be at least 1",
+        ),
+        (["--limit", "0"], "limit must be at least 1"),
+    ] {
+        let o = tmp.path().join("o-none");
+        one_line_error(&eval_data(&model, &data, &flags, &o), expected);
+    }
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let verdicts = tmp.path().join("verdicts.jsonl");
+    one_line_error(
+        &limo(&["eval", "grade", "--pairs", s(&empty), "--out", s(&verdicts)]),
+        "empty.jsonl: no pairs",
+    );
+    assert!(!verdicts.exists());
     one_line_error(
         &eval_data(
             &model,

@@ -304,6 +304,13 @@ fn check_options(opts: &EvalOptions) -> anyhow::Result<()> {
     if opts.samples == 0 || opts.batch_size == 0 {
         bail!("samples and batch_size must be at least 1");
     }
+    // Either would finish at once having evaluated nothing, yet print a table.
+    if opts.max_new_tokens == 0 {
+        bail!("max_new_tokens must be at least 1");
+    }
+    if opts.limit == Some(0) {
+        bail!("limit must be at least 1 (leave it out for every problem)");
+    }
     // Every (problem, sample) is a job held in memory; pass@k estimates use far fewer.
     if opts.samples > MAX_SAMPLES {
         bail!(

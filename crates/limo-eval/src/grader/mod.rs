@@ -682,6 +682,9 @@ pub fn grade_pairs(input: &Path, output: &Path) -> Result<(usize, usize)> {
             .and_then(|_| out.write_all(b"\n").map_err(serde_json::Error::io))
             .with_context(|| format!("{}: cannot write", output.display()))?;
     }
+    if total == 0 {
+        bail!("{}: no pairs (one JSON object per line)", input.display());
+    }
     out.commit()
         .with_context(|| format!("{}: cannot write", output.display()))?;
     Ok((correct, total))
