@@ -220,6 +220,33 @@ fn sigkill_then_resume_ends_bit_identical() {
     run_ok(&args);
     same_weights(&format!("--resume {step}"));
     assert_eq!(losses(&uninterrupted), losses(&interrupted));
+
+    // A damaged `latest`: the error names the step `--resume` can take instead.
+    use limo_train::checkpoint;
+    let ckpts = uninterrupted.join("checkpoints");
+    let latest = checkpoint::resolve(&ckpts, "latest").unwrap();
+    let rank = latest.join(checkpoint::rank_file(0));
+    let mut bytes = std::fs::read(&rank).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&rank, bytes).unwrap();
+    let saved = checkpoint::list(&ckpts).unwrap();
+    let other = saved.iter().rev().find(|d| **d != latest).unwrap();
+    let other_step: usize = other
+        .to_string_lossy()
+        .rsplit("step-")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let err = run_err(&resume_args(&config_a));
+    assert!(
+        err.contains("checksum mismatch")
+            && err.contains(&format!(
+                "--resume {other_step} continues from the newest other"
+            )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -464,11 +491,11 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
     for (bad, expected) in [
         (
             r#"{"input_ids": [1, 2, 512], "labels": [1, 2, 3]}"#,
-            "training row 2: token id 512 is outside the model's vocabulary of 512",
+            "rows.jsonl: row 2: token id 512 is outside the model's vocabulary of 512",
         ),
         (
             r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, 600]}"#,
-            "training row 2: token id 600",
+            "rows.jsonl: row 2: token id 600",
         ),
         (
             r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, -5]}"#,
@@ -486,6 +513,32 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
         assert!(err.contains(expected), "{bad}: {err}");
         assert!(!out.join("metrics.jsonl").exists(), "{bad}: no step ran");
     }
+    // Text rows get their ids from the tokenizer: one that is not the model's (Qwen2.5's
+    // 151k-token vocabulary on the golden model's 512) is named as the cause.
+    let text_data = tmp.path().join("text.jsonl");
+    std::fs::write(
+        &text_data,
+        r#"{"instruction": "What is 2+2?", "input": "", "output": "4"}"#,
+    )
+    .unwrap();
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
+    let config = golden_config(
+        tmp.path(),
+        &text_data,
+        &tmp.path().join("run-text"),
+        "f32",
+        &[
+            "data.format=\"alpaca\"",
+            &format!("model.tokenizer={:?}", tokenizer.display().to_string()),
+        ],
+    );
+    let err = run_err(&train_args(&config, &[]));
+    assert!(
+        err.contains("training row 1: the tokenizer gave token id")
+            && err.contains("model.tokenizer does not belong to this model"),
+        "{err}"
+    );
     // HF tokenized datasets carry an attention_mask: one that masks nothing is taken.
     let masked = r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1, 1]}"#;
     std::fs::write(&data, format!("{good}\n{masked}\n")).unwrap();

@@ -385,6 +385,35 @@ pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// For a checkpoint `latest` named that failed to load: the run's other checkpoints, as the
+/// `--resume STEP` that continues from one (the damaged one is kept for the user to look at).
+pub fn others_hint(checkpoints_dir: &Path, failed: &Path) -> String {
+    let steps: Vec<String> = list(checkpoints_dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| d.file_name() != failed.file_name())
+        .filter_map(|d| {
+            d.file_name()?
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|step| step.to_string())
+        .collect();
+    match steps.last() {
+        Some(last) => format!(
+            "--resume {last} continues from the newest other checkpoint in {} (steps {})",
+            checkpoints_dir.display(),
+            steps.join(", ")
+        ),
+        None => format!(
+            "there is no other checkpoint in {}",
+            checkpoints_dir.display()
+        ),
+    }
+}
+
 /// "this run's checkpoints in DIR: step-..., step-..." (or "none"), for errors.
 fn saved_list(checkpoints_dir: &Path) -> anyhow::Result<String> {
     let saved: Vec<String> = list(checkpoints_dir)?

@@ -44,6 +44,9 @@ pub struct TrainingRow {
     pub input_ids: Vec<u32>,
     pub labels: Vec<i64>,
     pub position_ids: Option<Vec<u32>>,
+    /// `file: row N` of a pre-tokenized row, for errors about its ids (other rows' ids come
+    /// from the tokenizer).
+    pub origin: Option<String>,
 }
 
 pub struct PreparedModel {
@@ -136,6 +139,7 @@ pub fn prepare_rows(
                 input_ids: p.input_ids,
                 labels: p.labels,
                 position_ids: Some(p.position_ids),
+                origin: None,
             })
             .collect());
     }
@@ -146,6 +150,7 @@ pub fn prepare_rows(
             input_ids: e.input_ids,
             labels: e.labels,
             position_ids: None,
+            origin: None,
         })
         .collect())
 }
@@ -174,6 +179,7 @@ pub fn read_tokenized(spec: &str) -> anyhow::Result<Vec<TrainingRow>> {
                 input_ids: l.input_ids,
                 labels: l.labels,
                 position_ids: l.position_ids,
+                origin: Some(at.to_string()),
             };
             check_tokenized(&row, l.attention_mask.as_deref()).with_context(|| at.to_string())?;
             rows.push(row);

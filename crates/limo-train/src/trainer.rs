@@ -156,14 +156,20 @@ fn load_model(
         r.input_ids.iter().map(|&i| i as u64).chain(labels)
     }
     let vocab = cfg.vocab_size as u64;
-    if let Some((row, bad)) = rows
+    if let Some((n, row, bad)) = rows
         .iter()
         .enumerate()
-        .find_map(|(n, r)| ids(r).find(|&id| id >= vocab).map(|id| (n + 1, id)))
+        .find_map(|(n, r)| ids(r).find(|&id| id >= vocab).map(|id| (n + 1, r, id)))
     {
-        bail!(
-            "data: training row {row}: token id {bad} is outside the model's vocabulary of {vocab}"
-        );
+        match &row.origin {
+            Some(at) => {
+                bail!("data: {at}: token id {bad} is outside the model's vocabulary of {vocab}")
+            }
+            None => bail!(
+                "data: training row {n}: the tokenizer gave token id {bad}, outside the model's \
+                 vocabulary of {vocab}: model.tokenizer does not belong to this model"
+            ),
+        }
     }
     let files = SafetensorFiles::open(dir)?;
     files.check_names(&cfg)?;
@@ -376,8 +382,15 @@ impl<'a> Run<'a> {
     /// Restores the model's state, the data order and the step from a checkpoint (`latest`, a
     /// step or a directory); the metrics of later steps are dropped, to be logged again.
     fn resume(&mut self, which: &str) -> anyhow::Result<()> {
-        let restored = checkpoint::resolve(&self.checkpoints_dir(), which).and_then(|dir| {
+        let checkpoints = self.checkpoints_dir();
+        let restored = checkpoint::resolve(&checkpoints, which).and_then(|dir| {
             checkpoint::restore_run(&mut self.model, &dir, self.config, self.rows.len())
+                .map_err(|e| match which {
+                    checkpoint::LATEST => {
+                        anyhow::anyhow!("{e:#}; {}", checkpoint::others_hint(&checkpoints, &dir))
+                    }
+                    _ => e,
+                })
                 .map(|r| (dir, r))
         });
         let device = self.model.device.clone();
