@@ -77,14 +77,15 @@ pub fn derive_seed(seed: u64, data: &[u8]) -> u64 {
     mix64(h)
 }
 
-/// The argmax of every row, on the device. Only the chosen logits (B values) cross to the host
-/// to be checked: weights gone NaN make every logit of a row NaN, the chosen one too.
+/// The argmax of every row, on the device. Only each row's sum (B values) crosses to the host
+/// to be checked: it is finite when every logit is (argmax skips a NaN, so the chosen logit
+/// alone would pass a row with a few).
 fn greedy(logits: &Tensor) -> Result<Vec<Option<u32>>> {
     let ids = logits.argmax(D::Minus1)?;
-    let chosen = logits.gather(&ids.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let chosen: Vec<f64> = match chosen.dtype() {
-        DType::F64 => chosen.to_vec1::<f64>()?,
-        _ => chosen
+    let sums = logits.sum(D::Minus1)?;
+    let sums: Vec<f64> = match sums.dtype() {
+        DType::F64 => sums.to_vec1::<f64>()?,
+        _ => sums
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?
             .into_iter()
@@ -94,8 +95,8 @@ fn greedy(logits: &Tensor) -> Result<Vec<Option<u32>>> {
     let ids = ids.to_vec1::<u32>()?;
     Ok(ids
         .into_iter()
-        .zip(chosen)
-        .map(|(id, logit)| logit.is_finite().then_some(id))
+        .zip(sums)
+        .map(|(id, sum)| sum.is_finite().then_some(id))
         .collect())
 }
 
@@ -263,7 +264,12 @@ mod tests {
 
     #[test]
     fn rows_that_are_not_finite_choose_no_token() {
-        let rows = [[0.5, 2.0, 1.0], [f64::NAN; 3], [0.0, f64::INFINITY, 1.0]];
+        let rows = [
+            [0.5, 2.0, 1.0],
+            [f64::NAN; 3],
+            [0.0, f64::INFINITY, 1.0],
+            [0.0, f64::NAN, 1.0],
+        ];
         for dtype in [DType::F64, DType::F32] {
             let logits = Tensor::new(&rows, &candle_core::Device::Cpu)
                 .unwrap()
@@ -277,10 +283,10 @@ mod tests {
                     seed: 0,
                 },
             ] {
-                let mut rngs = [Rng(1), Rng(2), Rng(3)];
+                let mut rngs = [Rng(1), Rng(2), Rng(3), Rng(4)];
                 let mut rngs: Vec<&mut Rng> = rngs.iter_mut().collect();
                 let got = choose(&logits, &sampling, &mut rngs).unwrap();
-                assert_eq!(got[1..], [None, None], "{dtype:?} {sampling:?}");
+                assert_eq!(got[1..], [None, None, None], "{dtype:?} {sampling:?}");
                 assert!(got[0].is_some());
             }
         }
