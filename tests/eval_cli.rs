@@ -223,6 +223,11 @@ fn bad_inputs_are_one_line_errors() {
             "max_new_tokens must be at least 1",
         ),
         (["--limit", "0"], "limit must be at least 1"),
+        (["--save-every", "nan"], "--save-every NaN: give seconds"),
+        (
+            ["--save-every", "1e300"],
+            "--save-every 1e300: give seconds",
+        ),
     ] {
         let o = tmp.path().join("o-none");
         one_line_error(&eval_data(&model, &data, &flags, &o), expected);

@@ -178,8 +178,13 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
         opts.system_prompt = Some(system);
     }
     opts.progress = std::io::stderr().is_terminal();
-    opts.save_every = std::time::Duration::try_from_secs_f64(a.save_every)
-        .map_err(|_| anyhow::anyhow!("--save-every {}: give seconds, 0 or more", a.save_every))?;
+    opts.save_every = std::time::Duration::try_from_secs_f64(a.save_every).map_err(|_| {
+        anyhow::anyhow!(
+            "--save-every {:?}: give seconds, from 0 to {:e}",
+            a.save_every,
+            std::time::Duration::MAX.as_secs_f64()
+        )
+    })?;
     opts.stop_on_signals = true;
     let comm = match env {
         Some(env) => {
