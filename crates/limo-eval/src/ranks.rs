@@ -1,7 +1,9 @@
 //! Data-parallel evaluation: `limo launch --nproc-per-node 8 -- eval --device cuda ...` runs one
-//! model per GPU, each rank generating every `world`-th (problem, sample) of the run's fixed
-//! order. The ranks share the output directory through files, not collectives, because they
-//! finish minutes apart (a response runs to 32768 tokens): rank r appends its results to
+//! model per GPU. Every rank lists the same (problem, sample) jobs in the run's fixed order and,
+//! whenever its batch has room, takes the next one no rank has claimed (a file created with
+//! O_EXCL in `.claims/`): a rank whose responses run long takes fewer, so the ranks finish
+//! together. The ranks share the output directory through files, not collectives, because
+//! responses take minutes (one runs to 32768 tokens): rank r appends its results to
 //! `results.rank-r.jsonl` and, when done, writes `.done.rank-r.json` with its counts; rank 0,
 //! once every rank is done, appends the parts to `results.jsonl` and reports. A rerun, at any
 //! world size, starts by folding what a stopped run left in the parts.
@@ -67,6 +69,36 @@ pub fn fold_parts(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The jobs ranks have taken in this run: one empty file per job, `.claims/<index>`.
+pub struct Claims {
+    dir: PathBuf,
+}
+
+impl Claims {
+    pub fn new(out_dir: &Path) -> Self {
+        Self {
+            dir: out_dir.join(CLAIMS_DIR),
+        }
+    }
+
+    /// True if this rank now holds job `index`; false if another rank took it first.
+    pub fn take(&self, index: usize) -> anyhow::Result<bool> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("{}", self.dir.display()))?;
+        let path = self.dir.join(index.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("claiming {}", path.display())),
+        }
+    }
+}
+
+const CLAIMS_DIR: &str = ".claims";
+
 /// What one rank generated, for rank 0's summary.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tally {
@@ -131,9 +163,16 @@ pub fn wait_for_ranks(dir: &Path, world: usize) -> anyhow::Result<Vec<Tally>> {
 /// What rank 0 writes for every rank to read back: proof they share the directory.
 pub const TOKEN_FILE: &str = ".rank-0-token";
 
-/// Removes every rank's done and failed marks and rank 0's token (those of an earlier run,
-/// before this one starts; this run's, once it is over).
+/// Removes every rank's done and failed marks, rank 0's token and the claims (those of an
+/// earlier run, before this one starts; this run's, once it is over).
 pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
+    let claims = dir.join(CLAIMS_DIR);
+    match std::fs::remove_dir_all(&claims) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", claims.display()));
+        }
+        _ => {}
+    }
     let done = files_like(dir, ".done.rank-", ".json")?;
     let failed = files_like(dir, ".failed.rank-", ".txt")?;
     for path in done
@@ -199,6 +238,30 @@ mod tests {
         );
         clear_marks(d).unwrap();
         assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+    }
+
+    /// Each job goes to exactly one of the ranks racing for it; the claims go with the marks.
+    #[test]
+    fn every_job_is_claimed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let taken: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let claims = Claims::new(d);
+                        (0..200).filter(|&i| claims.take(i).unwrap()).collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<usize> = taken.concat();
+        all.sort();
+        assert_eq!(all, (0..200).collect::<Vec<_>>());
+        assert!(!Claims::new(d).take(7).unwrap(), "taken in this run");
+        clear_marks(d).unwrap();
+        assert!(Claims::new(d).take(7).unwrap(), "a new run takes it again");
     }
 
     #[test]

@@ -419,14 +419,13 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     checks::check_same_problems(&previous, &problems, &dir.join(RESULTS_FILE))?;
     let done: HashSet<(String, String, usize)> = previous.iter().map(ResultRecord::key).collect();
 
-    // Every (problem, sample) in a fixed order; rank r generates every world-th of them.
+    // Every (problem, sample) not yet done, in a fixed order, on every rank: each takes the
+    // next unclaimed one when its batch has room (module ranks).
     let mut wanted: HashSet<(String, String, usize)> = HashSet::new();
     let mut jobs = Vec::new();
-    let mut left = 0;
     for problem in problems.iter().flatten() {
         for sample in 0..opts.samples {
             let key = (problem.benchmark.clone(), problem.id.clone(), sample);
-            let index = wanted.len();
             if !wanted.insert(key.clone()) {
                 bail!(
                     "benchmark {}: problem id {:?} appears twice",
@@ -437,39 +436,36 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
             if done.contains(&key) {
                 continue;
             }
-            left += 1;
-            if index % world == rank {
-                let prompt =
-                    prompt_ids(&tokenizer, opts.system_prompt.as_deref(), &problem.question)?;
-                let from = saved.remove(&key).filter(|s| {
-                    let same = s.continues(&prompt);
-                    if !same {
-                        tracing::warn!(
-                            "{}: {} {:?} sample {}: the prompt changed since it was saved; \
-                             generating it from the start",
-                            dir.display(),
-                            s.benchmark,
-                            s.id,
-                            s.sample
-                        );
-                    }
-                    same
-                });
-                jobs.push(Job {
-                    problem,
-                    sample,
-                    prompt,
-                    from,
-                });
-            }
+            let prompt = prompt_ids(&tokenizer, opts.system_prompt.as_deref(), &problem.question)?;
+            let from = saved.remove(&key).filter(|s| {
+                let same = s.continues(&prompt);
+                if !same && rank == 0 {
+                    tracing::warn!(
+                        "{}: {} {:?} sample {}: the prompt changed since it was saved; \
+                         generating it from the start",
+                        dir.display(),
+                        s.benchmark,
+                        s.id,
+                        s.sample
+                    );
+                }
+                same
+            });
+            jobs.push(Job {
+                problem,
+                sample,
+                prompt,
+                from,
+            });
         }
     }
-    let resumed = wanted.len() - left;
+    let resumed = wanted.len() - jobs.len();
 
     let started = Instant::now();
     let files = RankFiles {
         results: ranks::results_part(dir, rank, world),
         in_flight: in_flight::own_path(dir, rank, world),
+        claims: (world > 1).then(|| ranks::Claims::new(dir)),
     };
     let progress = Progress {
         done: resumed,
@@ -537,6 +533,8 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
 struct RankFiles {
     results: PathBuf,
     in_flight: PathBuf,
+    /// Of a run with several ranks: the jobs each has taken.
+    claims: Option<ranks::Claims>,
 }
 
 /// Responses of the run done before this invocation, of all it asks for (for the stop message).
@@ -586,11 +584,10 @@ fn generate_jobs(
         .append(true)
         .open(results_path)
         .with_context(|| format!("{}", results_path.display()))?;
+    // The bar counts the responses this rank finished and the jobs other ranks took.
     let bar = progress_bar(opts.progress, jobs.len());
-    let mut tally = ranks::Tally {
-        continued: jobs.iter().filter(|j| j.from.is_some()).count(),
-        ..Default::default()
-    };
+    let mut tally = ranks::Tally::default();
+    let mut taken = 0;
     // Tokens of finished responses, and those of them generated before a restart.
     let (mut tokens, mut continued_tokens) = (0, 0);
     let mut next = 0;
@@ -604,9 +601,18 @@ fn generate_jobs(
     while next < jobs.len() || !generator.is_empty() {
         while next < jobs.len() && generator.in_flight() < batch_size {
             let job = &jobs[next];
+            if let Some(claims) = &files.claims {
+                if !claims.take(next)? {
+                    bar.inc(1);
+                    next += 1;
+                    continue;
+                }
+            }
+            taken += 1;
             let mut entry = Instant::now();
             match &job.from {
                 Some(saved) => {
+                    tally.continued += 1;
                     continued_tokens += saved.ids.len();
                     generator.add_continued(next, job.prompt.clone(), saved.continuation())?;
                     // read_all checked that seconds is a duration.
@@ -676,13 +682,16 @@ fn generate_jobs(
             last_save = Instant::now();
             // Without the bar (a log file, a batch job), each save says how far the run is.
             if !opts.progress {
+                let share = match files.claims {
+                    Some(_) => format!("the {taken} it took so far"),
+                    None => jobs.len().to_string(),
+                };
                 tracing::info!(
-                    "eval: {} of {} responses done, {n} in flight saved; this process: {} of {} \
-                     in {:.0} s",
+                    "eval: {} of {} responses done, {n} in flight saved; this process: {} of \
+                     {share} in {:.0} s",
                     progress.done + tally.generated,
                     progress.total,
                     tally.generated,
-                    jobs.len(),
                     started.elapsed().as_secs_f64()
                 );
             }
