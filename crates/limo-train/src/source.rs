@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::DType;
-use limo_data::{load_dataset, ChatTokenizer, Format};
+use limo_data::{load_dataset, ChatTokenizer, DataConfig, Format, OnBadRow, Overlong};
 
 use crate::config::TrainConfig;
 use crate::synthetic;
@@ -125,7 +125,7 @@ pub fn prepare_rows(
         data.path = path.display().to_string();
     }
     if data.format == Format::Tokenized {
-        return read_tokenized(&data.path);
+        return read_tokenized(&data);
     }
     let tokenizer = tokenizer.context("data: this format needs a tokenizer (model.tokenizer or tokenizer.json in the model directory)")?;
     let dataset = load_dataset(&data, tokenizer)?;
@@ -156,10 +156,77 @@ pub fn prepare_rows(
 }
 
 /// Rows of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
-/// dump` writes), taken as is, from a file or a folder of them (JSONL, JSON or Parquet, as
-/// the other formats). An `attention_mask` (HF tokenized datasets carry one) is accepted when
-/// it masks nothing: limo never pads.
-pub fn read_tokenized(spec: &str) -> anyhow::Result<Vec<TrainingRow>> {
+/// dump` writes), from a file or a folder of them (JSONL, JSON or Parquet, as the other
+/// formats), with the `[data]` settings that apply to token ids: `limit`, `on_bad_row`, the
+/// cutoff (`cutoff_len`, `overlong`) and `packing` (of rows not packed already). An
+/// `attention_mask` (HF tokenized datasets carry one) is accepted when it masks nothing: limo
+/// never pads.
+pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
+    let hub = limo_data::HubSettings::from_env();
+    let limit = data.limit.unwrap_or(usize::MAX);
+    let (mut rows, mut skipped) = (Vec::new(), Vec::new());
+    'files: for file in limo_data::resolve_data_files(&data.path, &hub)? {
+        for record in limo_data::reader::read_records(&file)? {
+            if rows.len() >= limit {
+                break 'files;
+            }
+            match tokenized_row(record) {
+                Ok(row) => rows.push(row),
+                Err(e) if data.on_bad_row == OnBadRow::Skip => skipped.push(format!("{e:#}")),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if let Some(first) = skipped.first() {
+        tracing::warn!(
+            "data: {} malformed rows skipped (on_bad_row = skip); the first: {first}",
+            skipped.len()
+        );
+    }
+    let (read, cutoff) = (rows.len(), data.cutoff_len);
+    let mut over = 0;
+    rows.retain_mut(|row| {
+        if row.input_ids.len() <= cutoff {
+            return true;
+        }
+        over += 1;
+        match data.overlong {
+            Overlong::Drop => false,
+            Overlong::Truncate => {
+                row.input_ids.truncate(cutoff);
+                row.labels.truncate(cutoff);
+                if let Some(p) = row.position_ids.as_mut() {
+                    p.truncate(cutoff);
+                }
+                row.labels.iter().any(|&l| l >= 0)
+            }
+        }
+    });
+    if over > 0 {
+        tracing::info!(
+            "data: {over} rows over cutoff_len {cutoff} ({:?}): {} left out (dropped, or no \
+             target left)",
+            data.overlong,
+            read - rows.len()
+        );
+    }
+    if rows.is_empty() {
+        bail!(
+            "data: {}: no usable rows ({read} read, {} skipped as malformed, {} left out by \
+             the cutoff of {cutoff} tokens)",
+            data.path,
+            skipped.len(),
+            read
+        );
+    }
+    match data.packing {
+        true => pack_tokenized(rows, cutoff),
+        false => Ok(rows),
+    }
+}
+
+/// One record as a pre-tokenized row, checked; errors name its file and row.
+fn tokenized_row(record: limo_data::reader::RawRecord) -> anyhow::Result<TrainingRow> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line {
@@ -168,24 +235,52 @@ pub fn read_tokenized(spec: &str) -> anyhow::Result<Vec<TrainingRow>> {
         position_ids: Option<Vec<u32>>,
         attention_mask: Option<Vec<u8>>,
     }
-    let hub = limo_data::HubSettings::from_env();
-    let mut rows = Vec::new();
-    for file in limo_data::resolve_data_files(spec, &hub)? {
-        for record in limo_data::reader::read_records(&file)? {
-            let at = record.location.clone();
-            let value = record.value.map_err(|e| e.at(at.clone()))?;
-            let l: Line = serde_json::from_value(value).with_context(|| at.to_string())?;
-            let row = TrainingRow {
-                input_ids: l.input_ids,
-                labels: l.labels,
-                position_ids: l.position_ids,
-                origin: Some(at.to_string()),
-            };
-            check_tokenized(&row, l.attention_mask.as_deref()).with_context(|| at.to_string())?;
-            rows.push(row);
-        }
+    let at = record.location.clone();
+    let value = record.value.map_err(|e| e.at(at.clone()))?;
+    let l: Line = serde_json::from_value(value).with_context(|| at.to_string())?;
+    let row = TrainingRow {
+        input_ids: l.input_ids,
+        labels: l.labels,
+        position_ids: l.position_ids,
+        origin: Some(at.to_string()),
+    };
+    check_tokenized(&row, l.attention_mask.as_deref()).with_context(|| at.to_string())?;
+    Ok(row)
+}
+
+/// `data.packing` over pre-tokenized rows, as over tokenized text: several rows per row of at
+/// most `cutoff` tokens. Rows that carry position_ids are packed already.
+fn pack_tokenized(rows: Vec<TrainingRow>, cutoff: usize) -> anyhow::Result<Vec<TrainingRow>> {
+    if let Some(packed) = rows.iter().find(|r| r.position_ids.is_some()) {
+        bail!(
+            "data.packing: {} carries position_ids (a packed row, as `limo data dump --packing` \
+             writes); set data.packing = false for packed data",
+            packed.origin.as_deref().unwrap_or("a row")
+        );
     }
-    Ok(rows)
+    let examples: Vec<limo_data::Example> = rows
+        .iter()
+        .map(|r| limo_data::Example {
+            input_ids: r.input_ids.clone(),
+            labels: r.labels.clone(),
+        })
+        .collect();
+    Ok(limo_data::pack(&examples, cutoff)?
+        .into_iter()
+        .map(|p| {
+            let first = p.examples.first().and_then(|&i| rows[i].origin.clone());
+            let others = p.examples.len() - 1;
+            TrainingRow {
+                input_ids: p.input_ids,
+                labels: p.labels,
+                position_ids: Some(p.position_ids),
+                origin: first.map(|at| match others {
+                    0 => at,
+                    n => format!("{at} (packed with {n} more)"),
+                }),
+            }
+        })
+        .collect())
 }
 
 /// One pre-tokenized row's lengths, labels and mask.
@@ -209,4 +304,87 @@ fn check_tokenized(row: &TrainingRow, attention_mask: Option<&[u8]>) -> anyhow::
         bail!("position_ids must have one entry per token");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of `n` tokens, ids from `first`, the last half targets.
+    fn line(first: u32, n: u32) -> String {
+        let ids: Vec<u32> = (first..first + n).collect();
+        let labels: Vec<i64> = (0..n)
+            .map(|i| match i < n / 2 {
+                true => -100,
+                false => i64::from(first + i),
+            })
+            .collect();
+        serde_json::json!({"input_ids": ids, "labels": labels}).to_string()
+    }
+
+    /// The `[data]` settings that apply to token ids act on pre-tokenized rows as on text
+    /// (they were once ignored: `limit = 8` trained on all 20 rows).
+    #[test]
+    fn tokenized_rows_take_limit_cutoff_skip_and_packing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        let bad = r#"{"input_ids": [1, 2], "labelz": [1, 2]}"#;
+        let text = [line(10, 4), line(20, 12), bad.to_string(), line(40, 6)].join("\n");
+        std::fs::write(&path, text).unwrap();
+        let config = |edit: &dyn Fn(&mut DataConfig)| {
+            let mut c = DataConfig::new(path.display().to_string(), Format::Tokenized);
+            c.on_bad_row = OnBadRow::Skip;
+            edit(&mut c);
+            c
+        };
+        let lens =
+            |rows: &[TrainingRow]| rows.iter().map(|r| r.input_ids.len()).collect::<Vec<_>>();
+
+        assert_eq!(lens(&read_tokenized(&config(&|_| {})).unwrap()), [4, 12, 6]);
+        let err = read_tokenized(&config(&|c| c.on_bad_row = OnBadRow::Fail)).unwrap_err();
+        assert!(format!("{err:#}").contains("rows.jsonl: row 3"), "{err:#}");
+        assert_eq!(
+            lens(&read_tokenized(&config(&|c| c.limit = Some(2))).unwrap()),
+            [4, 12]
+        );
+
+        // Truncated to 8: the 12-token row keeps ids 20..28 and its targets from 26 on.
+        let rows = read_tokenized(&config(&|c| c.cutoff_len = 8)).unwrap();
+        assert_eq!(lens(&rows), [4, 8, 6]);
+        assert_eq!(rows[1].labels[5..], [-100, 26, 27]);
+        // A row whose targets all lie past the cutoff is left out; `drop` leaves out any row
+        // over it.
+        let rows = read_tokenized(&config(&|c| c.cutoff_len = 5)).unwrap();
+        assert_eq!(lens(&rows), [4, 5]);
+        let rows = read_tokenized(&config(&|c| {
+            c.cutoff_len = 6;
+            c.overlong = Overlong::Drop;
+        }))
+        .unwrap();
+        assert_eq!(lens(&rows), [4, 6]);
+        let err = read_tokenized(&config(&|c| c.cutoff_len = 2)).unwrap_err();
+        assert!(err.to_string().contains("no usable rows"), "{err}");
+
+        // Packed into rows of 16: 12 + 4 and 6, positions restarting per document; a row's
+        // origin names its first document.
+        let rows = read_tokenized(&config(&|c| {
+            c.cutoff_len = 16;
+            c.packing = true;
+        }))
+        .unwrap();
+        assert_eq!(lens(&rows), [16, 6]);
+        let positions = rows[0].position_ids.as_ref().unwrap();
+        assert_eq!(positions[10..14], [10, 11, 0, 1]);
+        assert!(rows[0]
+            .origin
+            .as_ref()
+            .unwrap()
+            .ends_with("(packed with 1 more)"));
+        // Rows packed already are refused, not packed twice.
+        let packed = serde_json::json!({"input_ids": [1, 2], "labels": [1, 2],
+            "position_ids": [0, 0]});
+        std::fs::write(&path, packed.to_string()).unwrap();
+        let err = read_tokenized(&config(&|c| c.packing = true)).unwrap_err();
+        assert!(err.to_string().contains("carries position_ids"), "{err}");
+    }
 }
