@@ -284,7 +284,7 @@ fn sigterm_to_the_launcher_reaches_every_rank() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = launcher.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "{seen}{rest}");
+    assert_eq!(status.code(), Some(128 + 15), "{seen}{rest}");
     assert!(
         rest.contains("error: interrupted by signal 15 (SIGTERM): forwarded to the ranks"),
         "{rest}"
@@ -334,7 +334,7 @@ fn sigterm_while_ranks_start_stops_the_starting() {
     let _ = drain.join();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut launcher.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(128 + 15), "{stderr}");
     assert!(
         stderr.contains("error: interrupted by signal 15 (SIGTERM): forwarded to the ranks"),
         "{stderr}"

@@ -103,7 +103,11 @@ fn main() {
             Some(s) => Some(s.signal),
             None => err
                 .downcast_ref::<limo_eval::in_flight::Stopped>()
-                .map(|s| Some(s.signal)),
+                .map(|s| Some(s.signal))
+                .or_else(|| {
+                    err.downcast_ref::<limo_dist::launch::Interrupted>()
+                        .map(|i| Some(i.signal))
+                }),
         };
         std::process::exit(match stopped {
             Some(signal) => limo_dist::stop::exit_status(signal),

@@ -4,7 +4,7 @@
 //! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT,
 //! SIGTERM, SIGUSR1 and SIGHUP sent to the launcher are forwarded to the children, which may
 //! take their time (`limo train` finishes its step and saves a checkpoint); a second signal
-//! SIGKILLs them.
+//! SIGKILLs them. A launch stopped by a signal exits 128 + the signal ([`Interrupted`]).
 //! Unix only (signals).
 
 use std::ffi::OsString;
@@ -48,6 +48,23 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // Only an atomic store: the one kind of work that is safe in a signal handler.
     RECEIVED.store(sig, Ordering::SeqCst);
 }
+
+/// The launcher was stopped by `signal`, which it forwarded to the ranks: `limo launch` exits
+/// 128 + the signal, as one process stopped by it does, so a job script that requeues on that
+/// status treats both alike.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: libc::c_int,
+    message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 struct Rank {
     rank: usize,
@@ -205,7 +222,11 @@ fn supervise(ranks: &mut [Rank], grace: Duration) -> anyhow::Result<()> {
             if killed > 0 {
                 msg += &format!("; killed {killed} at a second signal");
             }
-            bail!(msg);
+            return Err(Interrupted {
+                signal: sig,
+                message: msg,
+            }
+            .into());
         }
         let mut failed: Vec<(usize, ExitStatus)> = Vec::new();
         let mut running = 0;
