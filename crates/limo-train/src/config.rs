@@ -417,6 +417,9 @@ impl TrainConfig {
         if t.max_steps == Some(0) {
             bail!("train.max_steps must be at least 1 (leave it out to train for train.epochs)");
         }
+        if self.output.keep_last == 0 {
+            bail!("output.keep_last must be at least 1 (the newest checkpoint is what --resume continues)");
+        }
         // The kernels count a micro-batch's tokens in 32-bit ints; far past any memory, a value
         // beyond it is a typo that would otherwise abort on an allocation.
         let tokens = t.batch_size.checked_mul(self.data.cutoff_len);
@@ -651,7 +654,19 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+        // A bare TOML integer is a byte count, as the same number in quotes.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Text(String),
+            Bytes(i64),
+        }
+        let text = match Given::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size such as \"5GB\" or a byte count")
+        })? {
+            Given::Text(text) => text,
+            Given::Bytes(n) => n.to_string(),
+        };
         text.parse()
             .map_err(|e: anyhow::Error| serde::de::Error::custom(format!("{e:#}")))
     }
@@ -671,10 +686,12 @@ pub fn parse_size(text: &str) -> anyhow::Result<usize> {
         "KB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
+        "TB" => 1e12,
         "KIB" => 1024.0,
         "MIB" => 1024.0 * 1024.0,
         "GIB" => 1024.0 * 1024.0 * 1024.0,
-        other => bail!("{text:?}: unknown unit {other:?}"),
+        "TIB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => bail!("{text:?}: unknown unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
     };
     let bytes = number * scale;
     // `as` would saturate: -5GB to 0 (a file per tensor), 1e30 to usize::MAX.

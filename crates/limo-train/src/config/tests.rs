@@ -46,7 +46,11 @@ fn every_shipped_config_parses() {
         (limo.train.schedule.as_str(), limo.model.dtype.as_str()),
         ("cosine", "bf16")
     );
-    assert_eq!(limo.model.device, DeviceKind::Cuda, "the recipe trains on GPUs");
+    assert_eq!(
+        limo.model.device,
+        DeviceKind::Cuda,
+        "the recipe trains on GPUs"
+    );
     if !cfg!(feature = "cuda") {
         let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let golden = here.join("../../tests/fixtures/golden/qwen2-tiny/model");
@@ -204,6 +208,8 @@ fn unknown_names_are_errors_that_name_the_key_and_the_choices() {
 fn out_of_range_counts_are_errors_that_name_the_key() {
     for (set, expected) in [
         ("train.max_steps=0", "train.max_steps must be at least 1"),
+        // Once accepted and taken as 1.
+        ("output.keep_last=0", "output.keep_last must be at least 1"),
         (
             "train.batch_size=4294967296",
             "train.batch_size 4294967296 x data.cutoff_len 512",
@@ -240,6 +246,19 @@ fn sizes_parse() {
     assert_eq!(parse_size("2MiB").unwrap(), 2 * 1024 * 1024);
     assert_eq!(parse_size("123").unwrap(), 123);
     assert!(parse_size("5 parsecs").is_err());
+    assert_eq!(parse_size("2TB").unwrap(), 2_000_000_000_000);
+    assert_eq!(parse_size("1TiB").unwrap(), 1 << 40);
+    // A bare TOML integer is a byte count (it was refused: "expected a string").
+    let c = TrainConfig::parse(TINY_TOML, "t", &["output.max_shard_size=1000".into()]).unwrap();
+    assert_eq!(c.output.max_shard_size.bytes(), 1000);
+    let err = TrainConfig::parse(TINY_TOML, "t", &["output.max_shard_size=-5".into()]).unwrap_err();
+    assert!(format!("{err:#}").contains("at least 1 byte"), "{err:#}");
+    let err =
+        TrainConfig::parse(TINY_TOML, "t", &["output.max_shard_size=[1]".into()]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("output.max_shard_size: expected a size"),
+        "{err:#}"
+    );
     // Once saturated to 0 (a file per tensor) or to usize::MAX.
     for bad in ["-5GB", "0", "0.1", "99999999999999999999999GB"] {
         let err = parse_size(bad).unwrap_err().to_string();
