@@ -73,15 +73,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let resume = match args.resume.as_deref() {
-        Some("auto") => {
-            let latest = config.output.dir.join("checkpoints").join("latest");
-            latest.is_file().then(|| "latest".to_string())
-        }
-        _ => args.resume,
-    };
     let options = RunOptions {
-        resume,
+        resume: args.resume,
         progress: std::io::stderr().is_terminal(),
         comm,
         device: Some(device),

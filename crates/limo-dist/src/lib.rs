@@ -11,6 +11,7 @@ pub mod launch;
 pub mod lock;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod shared_dir;
 pub mod simulated;
 pub mod socket;
 #[cfg(test)]

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
-use limo_dist::comm::Communicator;
 use serde::{Deserialize, Serialize};
 
 use crate::run::{read_results, RESULTS_FILE};
@@ -160,9 +158,6 @@ pub fn wait_for_ranks(dir: &Path, world: usize) -> anyhow::Result<Vec<Tally>> {
     Ok(tallies)
 }
 
-/// What rank 0 writes for every rank to read back: proof they share the directory.
-pub const TOKEN_FILE: &str = ".rank-0-token";
-
 /// Removes every rank's done and failed marks, rank 0's token and the claims (those of an
 /// earlier run, before this one starts; this run's, once it is over).
 pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
@@ -175,40 +170,12 @@ pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
     }
     let done = files_like(dir, ".done.rank-", ".json")?;
     let failed = files_like(dir, ".failed.rank-", ".txt")?;
-    for path in done
-        .into_iter()
-        .chain(failed)
-        .chain(files_like(dir, TOKEN_FILE, "")?)
-    {
+    for path in done.into_iter().chain(failed).chain(files_like(
+        dir,
+        limo_dist::shared_dir::TOKEN_FILE,
+        "",
+    )?) {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Errors on every rank unless all see the token rank 0 just wrote into `dir` (on a cluster:
-/// a filesystem every node mounts); otherwise rank 0 would wait for marks it can never read.
-pub fn same_directory_everywhere(dir: &Path, comm: &dyn Communicator) -> anyhow::Result<()> {
-    let path = dir.join(TOKEN_FILE);
-    if comm.rank() == 0 {
-        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let token = (clock.map_or(0, |d| d.subsec_nanos()) ^ std::process::id()) & 0xFF_FFFF;
-        std::fs::write(&path, token.to_string()).with_context(|| format!("{}", path.display()))?;
-    }
-    comm.barrier()?;
-    let seen: f64 = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .map_or(-1.0, f64::from);
-    let all = comm
-        .all_gather(&Tensor::new(&[seen], &Device::Cpu)?)?
-        .to_vec1::<f64>()?;
-    let blind = all.iter().filter(|&&t| t != all[0]).count();
-    if blind > 0 {
-        bail!(
-            "--out {}: {blind} rank(s) do not see what rank 0 writes there; give a directory on \
-             a filesystem every node shares",
-            dir.display()
-        );
     }
     Ok(())
 }

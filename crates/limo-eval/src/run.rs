@@ -408,7 +408,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     }
     comm.barrier()?;
     if world > 1 {
-        ranks::same_directory_everywhere(dir, comm)?;
+        limo_dist::shared_dir::check(dir, "--out", comm, &candle_core::Device::Cpu)?;
     }
     if rank != 0 {
         checks::check_same_run(opts)?;

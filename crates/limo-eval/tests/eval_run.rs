@@ -292,7 +292,7 @@ fn ranks_split_the_problems_and_must_share_the_output_directory() {
     for r in run_ranks(2, |r| options_with(&opts, node(r))) {
         let err = format!("{:#}", r.unwrap_err());
         assert!(
-            err.contains("1 rank(s) do not see what rank 0 writes there"),
+            err.contains("rank(s) [1] do not see what rank 0 writes there"),
             "{err}"
         );
     }

@@ -2,6 +2,7 @@
 //! the training loop over ZeRO-3 shards, sharded checkpoints with exact resume at any world
 //! size, and export to Hugging Face format.
 
+pub mod agreement;
 pub mod bench;
 pub mod checkpoint;
 pub mod comm_thread;

@@ -19,6 +19,7 @@ use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
 
+use crate::agreement;
 use crate::checkpoint::{self, disk};
 use crate::config::{ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
@@ -32,7 +33,7 @@ use crate::zero3::{agree, load_shards, ShardedModel};
 /// How `limo train` was asked to run.
 #[derive(Default)]
 pub struct RunOptions {
-    /// `latest` or a checkpoint directory.
+    /// `latest`, `auto` (resume if the run has a checkpoint), a step or a checkpoint directory.
     pub resume: Option<String>,
     /// Draw the progress bar (off in tests and when stderr is not a terminal).
     pub progress: bool,
@@ -184,12 +185,17 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
     let device = options.device.unwrap_or(Device::Cpu);
     let lead = comm.rank() == 0;
+    agreement::same_config(config, options.resume.as_deref(), comm.as_ref(), &device)?;
     // A second `limo train` into the same directory (a job submitted twice, a requeue while
     // the old job still runs) would interleave its checkpoints and metrics with this one's.
     let lock = lead
         .then(|| limo_dist::lock::lock_dir(&config.output.dir, "training into this run directory"))
         .transpose();
     let _lock = agree(comm.as_ref(), &device, lock, "locking the run directory")?;
+    let out = &config.output.dir;
+    limo_dist::shared_dir::check(out, "output.dir", comm.as_ref(), &device)?;
+    let resume =
+        agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
     let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
     if lead {
         warn_if_the_disk_is_short(config, &cfg, comm.world_size());
@@ -202,7 +208,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         rows,
     } = inputs;
     let mut run = Run::new(config, &prepared, rows, cfg, shards, device, comm)?;
-    match &options.resume {
+    match &resume {
         Some(which) => run.resume(which)?,
         None if lead => {
             let _ = std::fs::remove_file(run.metrics_path());
@@ -229,12 +235,16 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
             first_loss = m.loss;
         }
         last_loss = m.loss;
-        let stopping = match &stop {
-            Some(stop) if run.step < run.total_steps => stop_agreed(&run.model, stop)?,
-            _ => false,
+        let stop_now = |run: &Run| match &stop {
+            Some(stop) if run.step < run.total_steps => stop_agreed(&run.model, stop),
+            _ => Ok(false),
         };
+        let mut stopping = stop_now(&run)?;
         if stopping || run.checkpoint_due() {
             run.save()?;
+            // A signal during the save: this step's checkpoint is written, so stop now rather
+            // than after one more step and a second save.
+            stopping = stopping || stop_now(&run)?;
         }
         if stopping {
             run.bar.abandon();
