@@ -140,6 +140,23 @@ fn stats_math500_counts_lengths_and_cutoff() {
     let output = stats_with(&["--json"]);
     let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(stats["examples"], 500);
+    // The tokenizer compiled into limo, as model.tokenizer takes it (it was "file not found").
+    let args = [
+        "stats",
+        "--data",
+        &math,
+        "--format",
+        "limo",
+        "--tokenizer",
+        "builtin:qwen2.5",
+        "--column",
+        "question=problem",
+        "--cutoff-len",
+        "512",
+        "--json",
+    ];
+    let builtin = ok(limo(&args, &[]));
+    assert_eq!(builtin.stdout, output.stdout);
     assert_eq!(stats["rows"], 500);
 
     // Recount from the library with no cutoff in the way.

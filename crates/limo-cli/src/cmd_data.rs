@@ -32,7 +32,7 @@ pub struct DataArgs {
     /// alpaca (instruction, input, output).
     #[arg(long, value_parser = ["limo", "messages", "alpaca"])]
     format: String,
-    /// tokenizer.json, or a folder holding one.
+    /// tokenizer.json, a folder holding one, or builtin:qwen2.5 (compiled into limo).
     #[arg(long)]
     tokenizer: PathBuf,
     /// System prompt for examples without one (default: LIMO's "Please reason step by step, ...").

@@ -64,7 +64,7 @@ struct RunArgs {
     /// messages also take limo train's column keys (input, messages, role, content, ...).
     #[arg(long = "field", value_name = "ROLE=NAME")]
     fields: Vec<String>,
-    /// tokenizer.json or its folder (default: the model directory's).
+    /// tokenizer.json, its folder, or builtin:qwen2.5 (default: the model directory's).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// The first N problems of each benchmark.

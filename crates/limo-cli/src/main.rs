@@ -47,7 +47,7 @@ enum Command {
     Plan(cmd_plan::PlanArgs),
     /// Check every operation on the GPU against the CPU reference.
     Doctor(cmd_doctor::DoctorArgs),
-    /// Time our CUDA kernels (CUDA events, median of repeats).
+    /// Benchmarks: the training step and generation (CPU or GPU), our CUDA kernels.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
     /// Developer tools: loss and gradients of one batch.

@@ -14,6 +14,26 @@ use crate::error::{DataError, Result};
 use crate::example::{Example, IGNORE_INDEX};
 use crate::template::Segment;
 
+/// The Qwen2.5 tokenizer compiled into limo, where a tokenizer path is asked for.
+pub const BUILTIN: &str = "builtin:qwen2.5";
+
+/// Its files as the Hub ships them: tokenizer.json, tokenizer_config.json (eos, pad, the chat
+/// template) and the template alone.
+pub const BUILTIN_FILES: [(&str, &[u8]); 3] = [
+    (
+        "tokenizer.json",
+        include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer_config.json"),
+    ),
+    (
+        "chat_template.jinja",
+        include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/chat_template.jinja"),
+    ),
+];
+
 pub struct ChatTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
@@ -22,8 +42,18 @@ pub struct ChatTokenizer {
 }
 
 impl ChatTokenizer {
-    /// Loads `tokenizer.json`, given as the file itself or a folder holding it.
+    /// Loads `tokenizer.json`, given as the file itself or a folder holding it, or
+    /// [`BUILTIN`].
     pub fn from_path(path: &Path) -> Result<Self> {
+        if path.as_os_str() == BUILTIN {
+            let inner = tokenizers::Tokenizer::from_bytes(BUILTIN_FILES[0].1).map_err(|e| {
+                DataError::Tokenizer {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                }
+            })?;
+            return Self::with_chat_tokens(inner, path.to_path_buf());
+        }
         let file = if path.is_dir() {
             path.join("tokenizer.json")
         } else {
@@ -39,6 +69,10 @@ impl ChatTokenizer {
             path: file.clone(),
             message: e.to_string(),
         })?;
+        Self::with_chat_tokens(inner, file)
+    }
+
+    fn with_chat_tokens(inner: tokenizers::Tokenizer, file: PathBuf) -> Result<Self> {
         let special = |token: &str| {
             inner
                 .token_to_id(token)

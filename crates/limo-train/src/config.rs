@@ -465,7 +465,8 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
             bail!("train.adam_beta1/adam_beta2 must be in [0, 1)");
         }
-        if self.model.init.is_some() {
+        if let Some(shape) = &self.model.init {
+            limo_model::init::preset_config(shape).context("model.init")?;
             // A typo or a wrong type in an override fails here, naming the key, not later.
             let config = self.model.init_config().context("model.init_overrides")?;
             limo_model::Qwen2Config::from_json(&config.to_string())

@@ -109,7 +109,15 @@ pub fn evaluate_after(
 
 /// Held-out problems for the generated data set: another seed, minus any training question.
 pub fn held_out_problems(config: &TrainConfig) -> Vec<Problem> {
-    if config.data.path != BUILTIN_ARITHMETIC || config.output.eval_examples == 0 {
+    if config.output.eval_examples == 0 {
+        return Vec::new();
+    }
+    if config.data.path != BUILTIN_ARITHMETIC {
+        tracing::warn!(
+            "output.eval_examples: held-out problems exist only for data.path = \"{}\"; none \
+             are evaluated (`limo eval --model OUT/model` evaluates the export)",
+            BUILTIN_ARITHMETIC
+        );
         return Vec::new();
     }
     let train: std::collections::HashSet<String> =

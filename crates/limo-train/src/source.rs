@@ -11,26 +11,13 @@ use limo_data::{load_dataset, ChatTokenizer, DataConfig, Format, OnBadRow, Overl
 use crate::config::TrainConfig;
 use crate::synthetic;
 
-/// The Qwen2.5 tokenizer, compiled in so the default run works from any directory.
-const QWEN25_TOKENIZER: &[u8] =
-    include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
-/// Its tokenizer_config.json (eos, pad, the chat template) and the template alone, as the Hub
-/// ships them beside it.
-const QWEN25_TOKENIZER_CONFIG: &[u8] =
-    include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/tokenizer_config.json");
-const QWEN25_CHAT_TEMPLATE: &[u8] =
-    include_bytes!("../../../tests/fixtures/qwen2.5-tokenizer/chat_template.jinja");
-pub const BUILTIN_TOKENIZER: &str = "builtin:qwen2.5";
+pub const BUILTIN_TOKENIZER: &str = limo_data::tokenize::BUILTIN;
 
 /// Writes the built-in Qwen2.5 tokenizer into `dir` as the Hub ships it: tokenizer.json,
 /// tokenizer_config.json (eos, pad, the chat template) and chat_template.jinja.
 pub fn write_builtin_tokenizer(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    for (name, text) in [
-        ("tokenizer.json", QWEN25_TOKENIZER),
-        ("tokenizer_config.json", QWEN25_TOKENIZER_CONFIG),
-        ("chat_template.jinja", QWEN25_CHAT_TEMPLATE),
-    ] {
+    for (name, text) in limo_data::tokenize::BUILTIN_FILES {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("{}", path.display()))?;
     }

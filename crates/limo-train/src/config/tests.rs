@@ -270,6 +270,12 @@ fn sizes_parse() {
 /// value failed later without naming the override.
 #[test]
 fn init_overrides_are_checked_when_the_config_is_read() {
+    // An unknown shape is model.init's fault (it was reported as model.init_overrides').
+    let err = TrainConfig::parse(TINY_TOML, "t", &["model.init=huge".into()]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("model.init: unknown shape \"huge\""),
+        "{err:#}"
+    );
     for (set, expected) in [
         (
             "model.init_overrides={ hidden_sise = 128 }",
