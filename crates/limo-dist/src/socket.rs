@@ -9,7 +9,7 @@
 //! After a failure the communicator is broken: later collectives fail with the first error.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,6 +19,12 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::comm::Communicator;
 use crate::wire::{read_msg, write_msg, Msg, Op, Payload, VERSION};
+
+mod rendezvous;
+use rendezvous::{
+    answer_latecomers, bind_address, connect_retrying, endpoint, rendezvous, taken,
+    RESOLVE_PATIENCE,
+};
 
 /// How much longer than rank 0 the other ranks wait, so that rank 0's error (which names the
 /// missing ranks) reaches them before their own, vaguer timeout fires.
@@ -61,47 +67,29 @@ impl SocketComm {
             bail!("world size must be at least 1");
         }
         let deadline = Instant::now() + timeout;
-        let mut joined: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
         listener
             .set_nonblocking(true)
             .context("rendezvous: listener")?;
-        while joined.iter().any(Option::is_none) {
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if Instant::now() >= deadline {
-                        let missing: Vec<usize> =
-                            (1..world).filter(|&r| joined[r - 1].is_none()).collect();
-                        return Err(abort_all(
-                            &mut joined,
-                            format!(
-                                "rendezvous timed out after {timeout:?} waiting for ranks {}",
-                                crate::rank_list(&missing)
-                            ),
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-                Err(e) => return Err(abort_all(&mut joined, format!("rendezvous: accept: {e}"))),
-            };
-            match greet(stream, world, deadline) {
-                Ok(Some((rank, stream))) => {
-                    if joined[rank - 1].is_some() {
-                        return Err(abort_all(
-                            &mut joined,
-                            format!("rendezvous: two processes claim rank {rank}"),
-                        ));
-                    }
-                    joined[rank - 1] = Some(stream);
-                }
-                // Not a limo peer (a port scan, a health check): ignore it and keep waiting.
-                Ok(None) => {}
-                Err(e) => return Err(abort_all(&mut joined, format!("rendezvous: {e}"))),
+        let (greeted, greetings) = mpsc::channel();
+        let outcome = rendezvous(&listener, world, timeout, deadline, &greeted, &greetings);
+        // Whoever is still queued or being greeted came too late: tell them why rather than
+        // leave them a reset connection (a second process claiming a taken rank, typically).
+        let answer: Box<dyn Fn(usize) -> String + Send> = match &outcome {
+            Ok(joined) => {
+                let owners: Vec<SocketAddr> = joined.iter().map(|j| j.from).collect();
+                Box::new(move |rank| taken(rank, owners[rank - 1]))
             }
-        }
-        let mut peers: Vec<TcpStream> =
-            joined.into_iter().map(|s| s.expect("all joined")).collect();
+            Err(why) => {
+                let why = why.clone();
+                Box::new(move |_| why.clone())
+            }
+        };
+        answer_latecomers(listener, world, greeted, greetings, answer);
+        let mut peers: Vec<TcpStream> = outcome
+            .map_err(|why| anyhow!("rank 0: {why}"))?
+            .into_iter()
+            .map(|j| j.stream)
+            .collect();
         let (tx, inbox) = mpsc::channel();
         for (i, peer) in peers.iter_mut().enumerate() {
             write_msg(peer, &Msg::Welcome)
@@ -124,7 +112,7 @@ impl SocketComm {
             bail!("rank {rank} cannot join a group of {world} (rank 0 hosts)");
         }
         let deadline = Instant::now() + timeout;
-        let mut stream = connect_retrying(addr, port, deadline, timeout)?;
+        let mut stream = connect_retrying(addr, port, deadline, timeout, RESOLVE_PATIENCE)?;
         let hello = Msg::Hello {
             version: VERSION,
             rank: rank as u32,
@@ -139,6 +127,12 @@ impl SocketComm {
             Err(e) if is_timeout(&e) => bail!(
                 "rank {rank}: rendezvous timed out after {timeout:?} waiting for ranks [0] \
                  (connected, but rank 0 never confirmed that all ranks joined)"
+            ),
+            // Not a frame of ours: whatever listens there is no limo rank 0.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => bail!(
+                "rank {rank}: MASTER_ADDR:MASTER_PORT ({}) answered with something that is not \
+                 limo's rendezvous (is another service on that port?): {e}",
+                endpoint(addr, port)
             ),
             Err(e) => bail!("rank {rank}: {}", lost(0, &e, "the rendezvous")),
         }
@@ -435,58 +429,6 @@ fn sum_in_rank_order(all: &[Contribution]) -> Vec<f64> {
     sum
 }
 
-/// Reads a peer's hello. `Ok(None)`: not a limo peer, to be ignored.
-fn greet(
-    mut stream: TcpStream,
-    world: usize,
-    deadline: Instant,
-) -> anyhow::Result<Option<(usize, TcpStream)>> {
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    // A silent connection must not hold the rendezvous past its deadline.
-    stream.set_read_timeout(Some(remaining(deadline).max(Duration::from_millis(100))))?;
-    let (version, rank, their_world) = match read_msg(&mut stream) {
-        Ok(Msg::Hello {
-            version,
-            rank,
-            world,
-        }) => (version, rank as usize, world as usize),
-        _ => return Ok(None),
-    };
-    let refuse = |stream: &mut TcpStream, why: String| {
-        let _ = write_msg(stream, &Msg::Abort(why.clone()));
-        anyhow!(why)
-    };
-    if version != VERSION {
-        return Err(refuse(
-            &mut stream,
-            format!("rank {rank} speaks protocol {version}, rank 0 {VERSION} (mixed limo builds?)"),
-        ));
-    }
-    if their_world != world {
-        return Err(refuse(
-            &mut stream,
-            format!("rank {rank} has WORLD_SIZE {their_world}, rank 0 {world}"),
-        ));
-    }
-    if rank == 0 || rank >= world {
-        return Err(refuse(
-            &mut stream,
-            format!("a peer claims rank {rank} in a group of {world}"),
-        ));
-    }
-    stream.set_read_timeout(None)?;
-    Ok(Some((rank, stream)))
-}
-
-/// Tells every connected peer why the rendezvous failed; returns the error.
-fn abort_all(joined: &mut [Option<TcpStream>], why: String) -> anyhow::Error {
-    for s in joined.iter_mut().flatten() {
-        let _ = write_msg(s, &Msg::Abort(why.clone()));
-    }
-    anyhow!("rank 0: {why}")
-}
-
 /// Tells every peer why the collective failed (peers that are gone are skipped); returns `why`.
 fn fail_all(peers: &mut [TcpStream], why: String) -> String {
     for p in peers.iter_mut() {
@@ -509,54 +451,6 @@ fn spawn_reader(rank: usize, mut stream: TcpStream, tx: Sender<(usize, io::Resul
             }
         })
         .expect("spawning a reader thread");
-}
-
-fn connect_retrying(
-    addr: &str,
-    port: u16,
-    deadline: Instant,
-    timeout: Duration,
-) -> anyhow::Result<TcpStream> {
-    let mut last_error = String::from("no address");
-    loop {
-        match (addr, port).to_socket_addrs() {
-            Ok(addrs) => {
-                for a in addrs {
-                    let attempt = remaining(deadline)
-                        .clamp(Duration::from_millis(10), Duration::from_secs(2));
-                    match TcpStream::connect_timeout(&a, attempt) {
-                        Ok(s) => {
-                            s.set_nodelay(true)?;
-                            return Ok(s);
-                        }
-                        Err(e) => last_error = format!("{a}: {e}"),
-                    }
-                }
-            }
-            // DNS may not know the master yet when a cluster job starts: keep trying.
-            Err(e) => last_error = format!("cannot resolve {addr}: {e}"),
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "rendezvous timed out after {timeout:?} waiting for ranks [0] \
-                 (MASTER_ADDR {addr}, MASTER_PORT {port}; last error: {last_error})"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Loopback when the master is this machine's loopback name, every interface otherwise.
-fn bind_address(master_addr: &str, port: u16) -> SocketAddr {
-    let local = matches!(master_addr, "localhost" | "127.0.0.1" | "::1");
-    let v6 = master_addr.parse::<std::net::Ipv6Addr>().is_ok();
-    let ip: std::net::IpAddr = match (local, v6) {
-        (true, true) => std::net::Ipv6Addr::LOCALHOST.into(),
-        (true, false) => std::net::Ipv4Addr::LOCALHOST.into(),
-        (false, true) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-        (false, false) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-    };
-    SocketAddr::new(ip, port)
 }
 
 fn remaining(deadline: Instant) -> Duration {

@@ -217,11 +217,16 @@ fn put_payload(b: &mut Vec<u8>, p: &Payload) {
 
 /// Reads one frame. A clean end of stream before the frame is `UnexpectedEof`, like one inside it.
 pub fn read_msg(r: &mut impl Read) -> io::Result<Msg> {
-    let mut len = [0u8; 8];
-    r.read_exact(&mut len)?;
-    let len = u64::from_le_bytes(len);
+    let mut head = [0u8; 8];
+    r.read_exact(&mut head)?;
+    let len = u64::from_le_bytes(head);
     if len == 0 || len > MAX_FRAME {
-        return Err(invalid(format!("frame of {len} bytes")));
+        // Another protocol's bytes read as a length: showing them names the other service
+        // (`HTTP/1.1`, `SSH-2.0-`) where the number alone said nothing.
+        return Err(invalid(format!(
+            "bad frame length {len}, not limo's protocol (it starts with \"{}\")",
+            head.escape_ascii()
+        )));
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body)?;
@@ -372,5 +377,14 @@ mod tests {
         assert!(err.to_string().contains("magic"), "{err}");
         let huge = u64::MAX.to_le_bytes();
         assert!(read_msg(&mut huge.as_slice()).is_err());
+        // Another service's answer: its first bytes, read as a length, are named.
+        let http = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+        let err = read_msg(&mut http.as_slice()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .contains("bad frame length 3543824036068086856, not limo's protocol (it starts with \"HTTP/1.1\")"),
+            "{err}"
+        );
     }
 }
