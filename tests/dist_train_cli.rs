@@ -182,16 +182,13 @@ fn a_stop_signal_to_one_rank_or_the_launcher_stops_all_after_one_step_with_a_che
     let stderr_path = tmp.path().join("stderr.txt");
     let launch = |resume: bool| {
         let mut args = train_args(&config, &[]);
-        // Resumed, a short --grace: a forwarded signal is waited for, whatever the grace for
-        // failures (which the first run's stopped rank 1 looks like to the launcher).
-        let grace = if resume {
+        if resume {
             args.push("--resume".into());
-            "0.01"
-        } else {
-            "5"
-        };
+        }
+        // A short --grace: a forwarded signal, and a rank's clean stop, are waited for, whatever
+        // the grace for failures.
         limo()
-            .args(["launch", "--nproc-per-node", "2", "--grace", grace, "--"])
+            .args(["launch", "--nproc-per-node", "2", "--grace", "0.01", "--"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
@@ -202,6 +199,7 @@ fn a_stop_signal_to_one_rank_or_the_launcher_stops_all_after_one_step_with_a_che
         let latest = limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
         assert!(latest.ends_with(limo_train::checkpoint::step_dir_name(step)));
         assert!(limo_train::checkpoint::load_params(&latest, "master").is_ok());
+        assert!(latest.join("rank-00000.safetensors").exists());
         assert!(latest.join("rank-00001.safetensors").exists());
     };
 
@@ -211,12 +209,18 @@ fn a_stop_signal_to_one_rank_or_the_launcher_stops_all_after_one_step_with_a_che
     let ranks = children(launcher.id());
     // SAFETY: kill(2) on the launcher's second child, rank 1.
     assert_eq!(unsafe { libc::kill(ranks[1] as i32, libc::SIGTERM) }, 0);
-    assert!(!launcher.wait().unwrap().success());
+    // A clean stop is no failure: the launcher leaves rank 0 to its checkpoint and exits as
+    // the ranks did.
+    assert_eq!(launcher.wait().unwrap().code(), Some(143));
     let log = std::fs::read_to_string(&stderr_path).unwrap();
     let step = stopped_after(&log, 1, "by SIGTERM").expect(&log);
     let why = "because another rank received a stop signal";
     assert_eq!(stopped_after(&log, 0, why), Some(step), "{log}");
-    assert!(log.contains("exited with status 143"), "{log}");
+    assert!(!log.contains("exited with status"), "{log}");
+    assert_eq!(
+        log.lines().last().unwrap(),
+        "error: the ranks stopped on SIGTERM (status 143) with their checkpoint"
+    );
     assert_eq!(losses(&out).len(), step);
     checkpoint_at(step);
 
@@ -282,4 +286,120 @@ fn an_ignored_sighup_stays_ignored_under_the_launcher() {
         "the signals came after the run: {at_signal} steps"
     );
     assert_eq!(losses(&out).len(), 10, "{text}");
+}
+
+/// A 2-rank `limo launch -- train` of 100000 long steps into `out`, stderr to `log`; `launch`
+/// are the launcher's options, `before_exec` runs in its process before it starts.
+fn long_run(
+    tmp: &Path,
+    out: &Path,
+    log: &Path,
+    launch: &[&str],
+    before_exec: fn() -> std::io::Result<()>,
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let sets = [
+        "train.max_steps=100000",
+        "output.save_steps=1000000",
+        "output.export_dtype=\"none\"",
+    ];
+    // Steps of about 0.4 s on 2 cores.
+    let data = long_rows(tmp, 4, 1024);
+    let config = golden_config(tmp, &data, out, "f32", &sets);
+    let mut cmd = limo();
+    cmd.args(["launch", "--nproc-per-node", "2"])
+        .args(launch)
+        .arg("--")
+        .args(train_args(&config, &[]))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    // SAFETY: `before_exec` only makes async-signal-safe calls (setpgid, signal).
+    unsafe { cmd.pre_exec(before_exec) };
+    cmd.spawn().unwrap()
+}
+
+/// Waits until the metrics gain a step, so that the next one has just begun.
+fn wait_for_a_new_step(out: &Path, launcher: &mut std::process::Child, log: &Path) {
+    let now = limo_train::metrics::read(&out.join("metrics.jsonl")).map_or(0, |m| m.len());
+    wait_for_steps(out, now + 1, launcher, log);
+}
+
+/// Ctrl-C pressed twice in a terminal: SIGINT to every process of the job, twice within a
+/// second. The ranks take it as one request, and so must the launcher: once it SIGKILLed them
+/// at the second, and the stop's checkpoint was lost.
+#[test]
+fn ctrl_c_twice_within_a_second_is_one_stop_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, log) = (tmp.path().join("run"), tmp.path().join("stderr.txt"));
+    // Its own process group, as a terminal's job; Ctrl-C acts even if the tests run where
+    // SIGINT is ignored (a script's background job).
+    let mut launcher = long_run(tmp.path(), &out, &log, &[], || {
+        // SAFETY: setpgid(2) and signal(2) are async-signal-safe.
+        unsafe {
+            libc::setpgid(0, 0);
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+        Ok(())
+    });
+    wait_for_steps(&out, 2, &mut launcher, &log);
+    // At the start of a step, so both presses land before its end.
+    wait_for_a_new_step(&out, &mut launcher, &log);
+    let group = -(launcher.id() as i32);
+    // SAFETY: kill(2) on the launcher's process group.
+    assert_eq!(unsafe { libc::kill(group, libc::SIGINT) }, 0);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(unsafe { libc::kill(group, libc::SIGINT) }, 0);
+    assert_eq!(launcher.wait().unwrap().code(), Some(130));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.lines().last().unwrap(),
+        "error: interrupted by signal 2 (SIGINT): forwarded to the ranks"
+    );
+    let step = stopped_after(&log, 0, "by SIGINT").expect(&log);
+    assert_eq!(stopped_after(&log, 1, "by SIGINT"), Some(step), "{log}");
+    let latest = limo_train::checkpoint::resolve(&out.join("checkpoints"), "latest").unwrap();
+    assert!(latest.ends_with(limo_train::checkpoint::step_dir_name(step)));
+    assert!(latest.join("rank-00000.safetensors").exists());
+    assert!(latest.join("rank-00001.safetensors").exists());
+}
+
+/// A rank that fails while the ranks stop on a forwarded signal fails the launch: rank 1 hangs
+/// (SIGSTOP), so rank 0's step times out. Once the launcher waited forever for rank 1, and then
+/// reported only the signal.
+#[test]
+fn a_rank_failing_after_a_forwarded_signal_fails_the_launch_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, log) = (tmp.path().join("run"), tmp.path().join("stderr.txt"));
+    let options = ["--timeout", "4", "--grace", "0.5"];
+    let mut launcher = long_run(tmp.path(), &out, &log, &options, || Ok(()));
+    wait_for_steps(&out, 2, &mut launcher, &log);
+    let ranks = children(launcher.id());
+    // SAFETY: kill(2) on the launcher's second child (rank 1), then on the launcher.
+    unsafe {
+        assert_eq!(libc::kill(ranks[1] as i32, libc::SIGSTOP), 0);
+        assert_eq!(libc::kill(launcher.id() as i32, libc::SIGTERM), 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on our child and on the rank it never reaped.
+            unsafe {
+                libc::kill(ranks[1] as i32, libc::SIGKILL);
+                libc::kill(launcher.id() as i32, libc::SIGKILL);
+            }
+            panic!("the launcher still waits 30 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let expected = format!(
+        "error: interrupted by signal 15 (SIGTERM), forwarded to the ranks: rank 0 (pid {}) \
+         exited with status 1; stopping the other 1 rank (1 killed after 500ms)",
+        ranks[0]
+    );
+    assert_eq!(log.lines().last().unwrap(), expected, "{log}");
 }

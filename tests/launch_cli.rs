@@ -187,13 +187,31 @@ fn a_rank_that_never_starts_is_named_within_the_timeout() {
     );
 }
 
+/// Once a rendezvous that "timed out after 0ns".
+#[test]
+fn a_timeout_below_a_millisecond_is_refused_naming_the_variable() {
+    let out = rank_process(0, 2, free_port(), &[])
+        .env("LIMO_DIST_TIMEOUT", "1e-10")
+        .output()
+        .unwrap();
+    assert_eq!(
+        error_line(&out),
+        "error: LIMO_DIST_TIMEOUT=\"1e-10\": must be at least 0.001 seconds (1 ms)"
+    );
+}
+
 #[test]
 fn launch_refuses_bad_arguments() {
     let max = u64::MAX.to_string();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--nproc-per-node", "2", "--timeout", "soon"],
             "--timeout soon",
+        ),
+        // Once taken, and passed to the ranks as "0", which they refused.
+        (
+            &["--nproc-per-node", "2", "--timeout", "1e-12"],
+            "--timeout 1e-12: must be at least 0.001 seconds (1 ms)",
         ),
         (
             &["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "2"],

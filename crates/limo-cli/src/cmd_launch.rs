@@ -34,7 +34,7 @@ pub struct LaunchArgs {
     timeout: Option<String>,
     /// Seconds the other ranks get between SIGTERM and SIGKILL when one failed. (A signal to
     /// the launcher is forwarded and waited for: `limo train` ranks then finish their step and
-    /// save a checkpoint; a second signal kills them.)
+    /// save a checkpoint; a second signal, a second or more after the first, kills them.)
     #[arg(long, value_name = "SECS", default_value = "5")]
     grace: String,
     /// The limo command each rank runs, e.g. `-- train --config run.toml`.

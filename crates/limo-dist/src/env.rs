@@ -11,6 +11,9 @@ pub const DEFAULT_MASTER_PORT: u16 = 29500;
 /// because healthy ranks also wait for each other's slow steps (a checkpoint write, the first
 /// step's compilation). A rank that dies is noticed at once, whatever the timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The shortest timeout taken: below it, the children would read back 0 (the launcher passes
+/// seconds as text) or give up at once.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// The variable `limo launch --timeout` sets for its children (seconds, may be fractional).
 pub const TIMEOUT_VAR: &str = "LIMO_DIST_TIMEOUT";
 
@@ -116,7 +119,7 @@ pub fn timeout_from_vars(
     parse_seconds(&v).with_context(|| format!("{TIMEOUT_VAR}={v:?}"))
 }
 
-/// Seconds (integer or decimal, > 0) as a `Duration`.
+/// Seconds (integer or decimal, at least [`MIN_TIMEOUT`]) as a `Duration`.
 pub fn parse_seconds(v: &str) -> anyhow::Result<Duration> {
     let secs: f64 = v
         .trim()
@@ -124,6 +127,9 @@ pub fn parse_seconds(v: &str) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow::anyhow!("not a number of seconds"))?;
     if !(secs > 0.0 && secs < 1e9) {
         bail!("must be a positive number of seconds");
+    }
+    if secs < MIN_TIMEOUT.as_secs_f64() {
+        bail!("must be at least 0.001 seconds (1 ms)");
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -517,6 +523,19 @@ mod tests {
             );
             assert!(err.contains(TIMEOUT_VAR), "{err}");
         }
+        // Below a millisecond: once a rendezvous that "timed out after 0ns".
+        let err = format!(
+            "{:#}",
+            timeout_from_vars(get("1e-10"), DEFAULT_TIMEOUT).unwrap_err()
+        );
+        assert_eq!(
+            err,
+            "LIMO_DIST_TIMEOUT=\"1e-10\": must be at least 0.001 seconds (1 ms)"
+        );
+        assert_eq!(
+            timeout_from_vars(get("0.001"), DEFAULT_TIMEOUT).unwrap(),
+            MIN_TIMEOUT
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! `limo launch`: one child process per local rank with torchrun's variables, their output
 //! forwarded line by line with a `[rank R]` prefix, and all-or-nothing supervision: the first
 //! child to fail (non-zero exit or a signal) brings the others down (SIGTERM, then SIGKILL after
-//! a grace period) and the launch fails naming that rank, its pid and how it died. SIGINT,
+//! a grace period) and the launch fails naming that rank, its pid and how it died. A child that
+//! exits 128 + a stop signal stopped cleanly (with its checkpoint) and fails nothing. SIGINT,
 //! SIGTERM, SIGUSR1 and SIGHUP sent to the launcher are forwarded to the children, which may
-//! take their time (`limo train` finishes its step and saves a checkpoint); a second signal
-//! SIGKILLs them. A launch stopped by a signal exits 128 + the signal ([`Interrupted`]).
+//! take their time (`limo train` finishes its step and saves a checkpoint); a second signal,
+//! once the first's [`REPEAT_WINDOW`] is over (the ranks count the same way), SIGKILLs them. A
+//! launch stopped by a signal, or whose ranks all stopped cleanly, exits 128 + the signal
+//! ([`Interrupted`]).
 //! Unix only (signals).
 
 use std::ffi::OsString;
@@ -18,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::env::{DEFAULT_MASTER_PORT, TIMEOUT_VAR};
+use crate::env::{DEFAULT_MASTER_PORT, MIN_TIMEOUT, TIMEOUT_VAR};
+use crate::stop::{REPEAT_WINDOW, STOP_SIGNALS};
 
 /// What to launch and where it sits in the job.
 #[derive(Clone, Debug)]
@@ -112,6 +116,9 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
             spec.node_rank,
             spec.nnodes
         );
+    }
+    if let Some(t) = spec.timeout.filter(|&t| t < MIN_TIMEOUT) {
+        bail!("--timeout {t:?}: must be at least {MIN_TIMEOUT:?}");
     }
     let port = match spec.master_port {
         // 0 is "any port" to a listener, but every rank must connect to the same one.
@@ -209,82 +216,174 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
     outcome
 }
 
+/// Waits for the ranks. A forwarded signal is waited for with no deadline of our own: a
+/// signalled `limo train` rank finishes its step and writes a checkpoint, which may take
+/// minutes, and the scheduler that signalled has its own (Slurm's `KillWait`).
 fn supervise(ranks: &mut [Rank], grace: Duration) -> anyhow::Result<()> {
+    // The signal the launcher forwarded to the ranks, and when.
+    let mut forwarded: Option<(libc::c_int, Instant)> = None;
     loop {
-        let sig = RECEIVED.swap(0, Ordering::SeqCst);
-        if sig != 0 {
-            ranks.iter().for_each(|r| r.signal(sig));
-            let killed = wait_unless_signalled_again(ranks);
-            let mut msg = format!(
-                "interrupted by signal {sig} ({}): forwarded to the ranks",
-                signal_name(sig)
-            );
-            if killed > 0 {
-                msg += &format!("; killed {killed} at a second signal");
-            }
-            return Err(Interrupted {
-                signal: sig,
-                message: msg,
-            }
-            .into());
-        }
-        let mut failed: Vec<(usize, ExitStatus)> = Vec::new();
-        let mut running = 0;
-        for (i, r) in ranks.iter_mut().enumerate() {
-            match r.poll()? {
-                Some(status) if !status.success() => failed.push((i, status)),
-                Some(_) => {}
-                None => running += 1,
-            }
-        }
-        if !failed.is_empty() {
-            // Ranks that died of a signal come first: the others most likely failed because of
-            // them (a peer's lost connection), a moment later.
-            failed.sort_by_key(|&(i, s)| (s.signal().is_none(), i));
-            let mut msg = failed
-                .iter()
-                .map(|&(i, s)| ranks[i].describe(s))
-                .collect::<Vec<_>>()
-                .join("; also ");
-            if running > 0 {
-                msg += &format!(
-                    "; stopping the other {running} rank{}",
-                    if running == 1 { "" } else { "s" }
-                );
-                let killed = wait_or_kill_after_term(ranks, grace);
-                if killed > 0 {
-                    msg += &format!(" ({killed} killed after {grace:?})");
+        if let Some(sig) = take_signal() {
+            match forwarded {
+                None => {
+                    ranks.iter().for_each(|r| r.signal(sig));
+                    forwarded = Some((sig, Instant::now()));
                 }
+                // Someone insists: the ranks' checkpoint is given up.
+                Some((first, at)) if at.elapsed() >= REPEAT_WINDOW => {
+                    let killed = wait_or_kill(ranks, Duration::ZERO);
+                    return Err(interrupted(first, killed));
+                }
+                // The same request, as the ranks take it: a terminal's Ctrl-C reaches them and
+                // us at once, and people press it twice. Forwarding it again could reach a rank
+                // just past its own window and stop it mid-checkpoint.
+                Some(_) => {}
             }
-            bail!(msg);
+        }
+        let signal = forwarded.map(|(sig, _)| sig);
+        let (failed, running) = reap(ranks, signal)?;
+        if !failed.is_empty() {
+            bail!(fail(ranks, failed, running, grace, signal));
         }
         if running == 0 {
-            return Ok(());
+            return finish(ranks, signal);
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// The signal the launcher received since the last call, if any.
+fn take_signal() -> Option<libc::c_int> {
+    match RECEIVED.swap(0, Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
+/// Reaps the ranks that exited; returns those that failed, and how many still run. Ranks that
+/// stopped cleanly are no failure, and the others are left alone: they agreed to stop after the
+/// same step and may be writing their checkpoint, which can take minutes, and a signal could
+/// stop one mid-write (a repeat past its window ends it at once). So they are waited for
+/// without a deadline, as after a forwarded signal; one that fails meanwhile fails the launch.
+fn reap(
+    ranks: &mut [Rank],
+    forwarded: Option<libc::c_int>,
+) -> anyhow::Result<(Vec<(usize, ExitStatus)>, usize)> {
+    let mut failed = Vec::new();
+    let mut running = 0;
+    for (i, r) in ranks.iter_mut().enumerate() {
+        match r.poll()? {
+            Some(status) if is_failure(status, forwarded.is_some()) => failed.push((i, status)),
+            Some(_) => {}
+            None => running += 1,
+        }
+    }
+    Ok((failed, running))
+}
+
+/// The signal a rank stopped cleanly on: it exited 128 + a stop signal, as `limo train` does
+/// after its checkpoint.
+fn clean_stop(status: ExitStatus) -> Option<libc::c_int> {
+    let sig = status.code()? - 128;
+    STOP_SIGNALS.contains(&sig).then_some(sig)
+}
+
+/// Whether a rank's exit fails the launch. After a forwarded signal, dying of a stop signal is
+/// what a rank without handlers of its own does (`comm-check`, `train` before its first step).
+fn is_failure(status: ExitStatus, forwarded: bool) -> bool {
+    let killed_by_stop = status.signal().is_some_and(|s| STOP_SIGNALS.contains(&s));
+    !(status.success() || clean_stop(status).is_some() || (forwarded && killed_by_stop))
+}
+
+/// The launch's verdict once every rank ended without failing.
+fn finish(ranks: &[Rank], forwarded: Option<libc::c_int>) -> anyhow::Result<()> {
+    if let Some(sig) = forwarded {
+        return Err(interrupted(sig, 0));
+    }
+    match stop_signal(ranks) {
+        Some(sig) => Err(Interrupted {
+            signal: sig,
+            message: format!(
+                "the ranks stopped on {} (status {}) with their checkpoint",
+                signal_name(sig),
+                128 + sig
+            ),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+fn interrupted(sig: libc::c_int, killed: usize) -> anyhow::Error {
+    let mut message = format!(
+        "interrupted by signal {sig} ({}): forwarded to the ranks",
+        signal_name(sig)
+    );
+    if killed > 0 {
+        message += &format!("; killed {killed} at a second signal");
+    }
+    Interrupted {
+        signal: sig,
+        message,
+    }
+    .into()
+}
+
+/// The signal the ranks stopped cleanly on, if any did. A rank signalled itself reports its
+/// signal, the ranks that stopped along with it SIGTERM's status, so another signal wins.
+fn stop_signal(ranks: &[Rank]) -> Option<libc::c_int> {
+    ranks
+        .iter()
+        .filter_map(|r| clean_stop(r.status?))
+        .reduce(|first, next| if first == libc::SIGTERM { next } else { first })
+}
+
+/// Names the failed ranks, stops the others (SIGTERM, SIGKILL after `grace`) and returns the
+/// launch's error message, which says what the ranks were doing if they were stopping.
+fn fail(
+    ranks: &mut [Rank],
+    mut failed: Vec<(usize, ExitStatus)>,
+    running: usize,
+    grace: Duration,
+    forwarded: Option<libc::c_int>,
+) -> String {
+    let mut msg = match (forwarded, stop_signal(ranks)) {
+        (Some(sig), _) => format!(
+            "interrupted by signal {sig} ({}), forwarded to the ranks: ",
+            signal_name(sig)
+        ),
+        (None, Some(sig)) => format!(
+            "the ranks were stopping on {} (status {}): ",
+            signal_name(sig),
+            128 + sig
+        ),
+        (None, None) => String::new(),
+    };
+    // Ranks that died of a signal come first: the others most likely failed because of them
+    // (a peer's lost connection), a moment later.
+    failed.sort_by_key(|&(i, s)| (s.signal().is_none(), i));
+    msg += &failed
+        .iter()
+        .map(|&(i, s)| ranks[i].describe(s))
+        .collect::<Vec<_>>()
+        .join("; also ");
+    if running > 0 {
+        msg += &format!(
+            "; stopping the other {running} rank{}",
+            if running == 1 { "" } else { "s" }
+        );
+        let killed = wait_or_kill_after_term(ranks, grace);
+        if killed > 0 {
+            msg += &format!(" ({killed} killed after {grace:?})");
+        }
+    }
+    msg
 }
 
 /// SIGTERM to every running rank, then `wait_or_kill`.
 fn wait_or_kill_after_term(ranks: &mut [Rank], grace: Duration) -> usize {
     ranks.iter().for_each(|r| r.signal(libc::SIGTERM));
     wait_or_kill(ranks, grace)
-}
-
-/// Waits for every rank to exit, with no deadline of our own: a signalled `limo train` rank
-/// finishes its step and writes a checkpoint, which may take minutes, and the scheduler that
-/// signalled has its own (Slurm's `KillWait`). A second signal SIGKILLs the ranks left; returns
-/// how many.
-fn wait_unless_signalled_again(ranks: &mut [Rank]) -> usize {
-    loop {
-        if ranks.iter_mut().all(|r| !matches!(r.poll(), Ok(None))) {
-            return 0;
-        }
-        if RECEIVED.swap(0, Ordering::SeqCst) != 0 {
-            return wait_or_kill(ranks, Duration::ZERO);
-        }
-        std::thread::sleep(POLL);
-    }
 }
 
 /// Waits up to `grace` for every rank to exit, then SIGKILLs and reaps the rest; returns how
@@ -348,7 +447,7 @@ fn forward(rank: usize, from: Pipe, to_stderr: bool) -> std::io::Result<JoinHand
 }
 
 fn install_handlers() {
-    for sig in crate::stop::STOP_SIGNALS {
+    for sig in STOP_SIGNALS {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             // Under nohup a closed terminal's SIGHUP must not stop the job.
@@ -494,6 +593,55 @@ mod tests {
         );
     }
 
+    /// A rank that exits 143 (stopped cleanly on SIGTERM) fails nothing: the others are not
+    /// signalled but waited for, and the launch ends as the ranks did.
+    #[test]
+    fn ranks_that_stop_cleanly_are_waited_for_and_end_the_launch_as_interrupted() {
+        let start = Instant::now();
+        // Rank 0 still "saves its checkpoint" for a second; a SIGTERM would end it, failing.
+        let err = sh("[ $RANK = 1 ] || sleep 1; exit 143", 2).unwrap_err();
+        assert!(start.elapsed() >= Duration::from_secs(1), "not waited for");
+        let stopped = err
+            .downcast_ref::<Interrupted>()
+            .unwrap_or_else(|| panic!("{err:#}"));
+        assert_eq!(stopped.signal, libc::SIGTERM);
+        assert_eq!(
+            stopped.to_string(),
+            "the ranks stopped on SIGTERM (status 143) with their checkpoint"
+        );
+        // The rank signalled itself reports its own signal; the others report SIGTERM.
+        let err = sh(
+            "[ $RANK = 2 ] && exit 130; [ $RANK = 1 ] && exit 0; exit 143",
+            3,
+        );
+        assert_eq!(
+            err.unwrap_err()
+                .downcast_ref::<Interrupted>()
+                .unwrap()
+                .signal,
+            libc::SIGINT
+        );
+    }
+
+    #[test]
+    fn a_failure_after_a_clean_stop_still_fails_the_launch() {
+        let err = sh("[ $RANK = 1 ] && exit 143; sleep 0.3; exit 1", 2).unwrap_err();
+        assert!(err.downcast_ref::<Interrupted>().is_none(), "{err:#}");
+        let err = err.to_string();
+        assert!(
+            err.starts_with("the ranks were stopping on SIGTERM (status 143): rank 0 (pid "),
+            "{err}"
+        );
+        assert!(err.ends_with(") exited with status 1"), "{err}");
+        // Without a signal to the launcher, dying of SIGTERM is no clean stop.
+        let err = sh("[ $RANK = 1 ] && kill -TERM $$; exec sleep 60", 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("was killed by signal 15 (SIGTERM)"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn bad_specs_are_refused() {
         let mut spec = LaunchSpec {
@@ -515,6 +663,13 @@ mod tests {
             .to_string()
             .contains("--node-rank"));
         spec.node_rank = 0;
+        spec.timeout = Some(Duration::from_nanos(999_999));
+        let err = launch(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("--timeout 999.999µs: must be at least 1ms"),
+            "{err}"
+        );
+        spec.timeout = None;
         let err = format!("{:#}", launch(&spec).unwrap_err());
         assert!(err.contains("starting rank 0: /nonexistent/limo"), "{err}");
     }
