@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::limo;
+use common::{free_port, limo};
 
 /// The error line of a failed limo run, after checking it failed cleanly (exit 1, no panic).
 fn error_line(out: &Output) -> String {
@@ -39,14 +39,6 @@ fn alive(pid: u32) -> bool {
     };
     let state = stat.rsplit(')').next().unwrap_or("").trim_start();
     !state.starts_with('Z') && stat.contains("(limo)")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `limo comm-check` as rank `rank` of `world`, placed by torchrun's variables.

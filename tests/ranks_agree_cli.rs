@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use common::{golden, golden_config, limo, train_args};
+use common::{free_port, golden, golden_config, limo, train_args};
 
 /// Rank `rank` of 2 on `port`, in `cwd`, training `config` with `sets`.
 fn rank(rank: usize, port: u16, cwd: &Path, config: &Path, sets: &[&str]) -> Child {
@@ -33,14 +33,6 @@ fn both(children: [Child; 2]) -> [(Option<i32>, String); 2] {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A rank with another learning rate once trained its shard of another run, and both exited 0.

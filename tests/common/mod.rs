@@ -172,3 +172,12 @@ pub fn long_rows(dir: &Path, rows: usize, len: usize) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A port nobody listens on now (for ranks started by hand).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
