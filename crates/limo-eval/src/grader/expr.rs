@@ -152,29 +152,47 @@ impl Node {
     }
 }
 
-/// The value of variable `name` at evaluation point `k`: fixed pseudo-random numbers in
-/// (0.6, 2.3), different per name.
+/// Where variables are sampled, per evaluation point: three points in (0.6, 2.3), where
+/// `\sqrt`, `\ln` and powers are defined, then larger and negative ones, without which
+/// `\lfloor n/3 \rfloor` would equal 0 and `\sqrt{x^2}` would equal `x`.
+const RANGES: [(f64, f64); 6] = [
+    (0.6, 2.3),
+    (0.6, 2.3),
+    (0.6, 2.3),
+    (3.1, 9.7),
+    (-2.3, -0.6),
+    (11.2, 47.9),
+];
+
+/// The value of variable `name` at evaluation point `k`: a fixed pseudo-random number in
+/// `RANGES[k]`, different per name.
 pub(super) fn var_value(name: &str, k: usize) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes().chain([k as u8, 0x5a]) {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    0.6 + (h % 10_007) as f64 / 10_007.0 * 1.7
+    let (lo, hi) = RANGES[k % RANGES.len()];
+    lo + (h % 10_007) as f64 / 10_007.0 * (hi - lo)
 }
 
-/// Whether two expressions are equal: their values (constants), or their values at three points
-/// (free variables). `None` when a value is not finite.
+/// Whether two expressions are equal: their values (constants), or their values at every point
+/// of `RANGES` (free variables). A point where either side is not finite says nothing (answers
+/// assume their domain: `\ln x` against `2\ln\sqrt{x}` at a negative `x`); `None` when the
+/// first, always-defined points are not finite either.
 pub(super) fn exprs_equal(a: &Node, b: &Node) -> Option<bool> {
     let mut vars = BTreeSet::new();
     a.vars(&mut vars);
     b.vars(&mut vars);
-    let points = if vars.is_empty() { 1 } else { 3 };
+    let points = if vars.is_empty() { 1 } else { RANGES.len() };
     for k in 0..points {
         let env = |name: &str| var_value(name, k);
         let (x, y) = (a.eval(&env), b.eval(&env));
         if !x.is_finite() || !y.is_finite() {
-            return None;
+            if k < 3 {
+                return None;
+            }
+            continue;
         }
         if !close(x, y) {
             return Some(false);

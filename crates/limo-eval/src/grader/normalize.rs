@@ -45,6 +45,9 @@ pub(super) fn normalize_parts(answer: &str) -> (String, Option<String>) {
     if let Some(n) = word_number(s.trim()) {
         s = n.to_string();
     }
+    if s.trim().eq_ignore_ascii_case("infinity") {
+        s = "\\infty".to_string();
+    }
     s = remove_spaces(&s);
     s = s.replace("{,}", "");
     while s.contains(",,") {
@@ -430,8 +433,8 @@ pub(super) fn remove_thousands(s: &str) -> String {
     }
 }
 
-pub(super) fn word_number(s: &str) -> Option<u32> {
-    const WORDS: [&str; 21] = [
+pub(super) fn word_number(s: &str) -> Option<u64> {
+    const ONES: [&str; 20] = [
         "zero",
         "one",
         "two",
@@ -452,10 +455,39 @@ pub(super) fn word_number(s: &str) -> Option<u32> {
         "seventeen",
         "eighteen",
         "nineteen",
-        "twenty",
     ];
+    const TENS: [&str; 8] = [
+        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    // "twenty-one", "one hundred and five", "two thousand three": the whole answer in words.
     let l = s.to_ascii_lowercase();
-    WORDS.iter().position(|w| *w == l).map(|p| p as u32)
+    let words: Vec<&str> = l
+        .split([' ', '-'])
+        .filter(|w| !w.is_empty() && *w != "and")
+        .collect();
+    if words.is_empty() || words.len() > 12 {
+        return None;
+    }
+    let (mut total, mut group) = (0u64, 0u64);
+    for w in words {
+        if let Some(n) = ONES.iter().position(|x| *x == w) {
+            group += n as u64;
+        } else if let Some(n) = TENS.iter().position(|x| *x == w) {
+            group += 20 + 10 * n as u64;
+        } else if w == "hundred" {
+            group = group.max(1) * 100;
+        } else if let Some(scale) = match w {
+            "thousand" => Some(1_000),
+            "million" => Some(1_000_000),
+            _ => None,
+        } {
+            total += group.max(1) * scale;
+            group = 0;
+        } else {
+            return None;
+        }
+    }
+    Some(total + group)
 }
 
 /// All whitespace out, but one space kept between a command name and a letter (`\cot x`).
@@ -577,6 +609,12 @@ pub(super) fn strip_outer_grouping(s: &str) -> String {
         match enclosed(&cur) {
             Some(('{', inner, '}'))
                 if split_top(inner, &[',', ';']).len() == 1 && !inner.is_empty() =>
+            {
+                cur = inner.to_string();
+            }
+            // One value in parentheses (`\left(3\frac{5}{11}\right)`); a comma makes a tuple.
+            Some(('(', inner, ')'))
+                if !inner.is_empty() && split_top(inner, &[',', ';']).len() == 1 =>
             {
                 cur = inner.to_string();
             }
