@@ -1,7 +1,7 @@
 //! Responses still being generated when `limo eval` stops. Every `save_every`, and when a stop
 //! signal arrives, each unfinished sequence's tokens and random stream state go to
-//! `out_dir/in-flight.json` (written whole, then renamed into place); a rerun continues them
-//! where they were ([`Generator::add_continued`](limo_model::generate::Generator)) instead of
+//! `out_dir/in-flight.json` (a rank's own file under `limo launch`; written whole, then renamed
+//! into place); a rerun gathers them into [`CARRIED_FILE`] and continues them where they were ([`Generator::add_continued`](limo_model::generate::Generator)) instead of
 //! starting over. LIMO's responses run to 32768 tokens: on a 32B model, minutes of GPU time each.
 
 use std::collections::HashMap;
@@ -133,6 +133,31 @@ pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a starting run gathers what earlier runs saved. No rank writes it during the run, so
+/// a saved sequence this run has not taken up yet (a smaller batch, or another rank's share)
+/// survives a rank's save of its own file, which holds only what that rank generates.
+pub const CARRIED_FILE: &str = "in-flight.carried.json";
+
+/// Gathers every saved sequence in `dir` into [`CARRIED_FILE`] (the longer of two for one
+/// sample) and removes the other in-flight files. Rank 0, before any rank reads them.
+pub fn carry_over(dir: &Path) -> anyhow::Result<()> {
+    let carried = dir.join(CARRIED_FILE);
+    let others: Vec<PathBuf> = crate::ranks::files_like(dir, "in-flight", ".json")?
+        .into_iter()
+        .filter(|p| *p != carried)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let mut sequences: Vec<Saved> = read_all(dir)?.into_values().collect();
+    sequences.sort_by(|a, b| (&a.benchmark, &a.id, a.sample).cmp(&(&b.benchmark, &b.id, b.sample)));
+    write(&carried, sequences)?;
+    for path in others {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `sequences`: a temporary file, synced, then renamed, so a crash leaves
 /// the old file or the new one.
 pub fn write(path: &Path, sequences: Vec<Saved>) -> anyhow::Result<()> {
@@ -166,3 +191,54 @@ impl std::fmt::Display for Stopped {
 }
 
 impl std::error::Error for Stopped {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(id: &str, tokens: u32) -> Saved {
+        let key = ("aime".to_string(), id.to_string(), 0);
+        let c = Continuation {
+            ids: (0..tokens).collect(),
+            rng: 7,
+        };
+        Saved::new(&key, &[1, 2, 3], c, 1.5)
+    }
+
+    fn lengths(dir: &Path) -> Vec<(String, usize)> {
+        let mut got: Vec<(String, usize)> = read_all(dir)
+            .unwrap()
+            .into_values()
+            .map(|s| (s.id, s.ids.len()))
+            .collect();
+        got.sort();
+        got
+    }
+
+    /// A run that takes up fewer saved sequences than were saved (a smaller batch, another
+    /// rank's share) and saves its own file must not lose the others: they were in the file it
+    /// overwrote.
+    #[test]
+    fn saved_sequences_outlive_a_rank_overwriting_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write(&own_path(dir, 0, 1), vec![saved("a", 5), saved("b", 9)]).unwrap();
+        write(&own_path(dir, 1, 2), vec![saved("b", 4), saved("c", 2)]).unwrap();
+        carry_over(dir).unwrap();
+        let names: Vec<String> = crate::ranks::files_like(dir, "in-flight", ".json")
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [CARRIED_FILE]);
+        // The next run, alone, continues only "a" and saves it further.
+        write(&own_path(dir, 0, 1), vec![saved("a", 8)]).unwrap();
+        let want = [("a", 8), ("b", 9), ("c", 2)].map(|(id, n)| (id.to_string(), n));
+        assert_eq!(lengths(dir), want);
+        // And the run after that starts from all three again.
+        carry_over(dir).unwrap();
+        assert_eq!(lengths(dir), want);
+        remove_all(dir).unwrap();
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
+    }
+}

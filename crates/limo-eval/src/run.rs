@@ -405,6 +405,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         checks::check_same_run(opts)?;
         ranks::clear_marks(dir)?;
         ranks::fold_parts(dir)?;
+        in_flight::carry_over(dir)?;
     }
     comm.barrier()?;
     if world > 1 {
