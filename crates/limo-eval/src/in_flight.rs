@@ -1,8 +1,9 @@
 //! Responses still being generated when `limo eval` stops. Every `save_every`, and when a stop
 //! signal arrives, each unfinished sequence's tokens and random stream state go to
 //! `out_dir/in-flight.json` (a rank's own file under `limo launch`; written whole, then renamed
-//! into place); a rerun gathers them into [`CARRIED_FILE`] and continues them where they were ([`Generator::add_continued`](limo_model::generate::Generator)) instead of
-//! starting over. LIMO's responses run to 32768 tokens: on a 32B model, minutes of GPU time each.
+//! into place); a rerun gathers them into [`CARRIED_FILE`] and continues them where they were
+//! ([`Generator::add_continued`](limo_model::generate::Generator)) instead of starting over.
+//! LIMO's responses run to 32768 tokens: on a 32B model, minutes of GPU time each.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
