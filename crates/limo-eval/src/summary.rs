@@ -18,6 +18,10 @@ pub struct BenchmarkSummary {
     pub results: usize,
     /// Mean over problems of the share of correct samples.
     pub pass_at_1: f64,
+    /// The same, counting only answers written in a `\boxed{}`: LIMO's own evaluation reads
+    /// nothing else, where limo also reads "the answer is X" (scripts/grader-vs-limo).
+    #[serde(default)]
+    pub pass_at_1_boxed: f64,
     /// `pass@k` (unbiased estimator) for k = 2, 4, .. and the number of samples, when > 1.
     pub pass_at_k: BTreeMap<usize, f64>,
     pub mean_tokens: f64,
@@ -69,7 +73,7 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
 
 /// Per-benchmark scores over `records`, benchmarks in `order` (then any others by name).
 pub fn summarize(records: &[ResultRecord], order: &[String]) -> Vec<BenchmarkSummary> {
-    // benchmark -> problem id -> (samples, correct)
+    // benchmark -> its results
     let mut by_benchmark: BTreeMap<&str, Vec<&ResultRecord>> = BTreeMap::new();
     for r in records {
         by_benchmark.entry(&r.benchmark).or_default().push(r);
@@ -89,16 +93,25 @@ pub fn summarize(records: &[ResultRecord], order: &[String]) -> Vec<BenchmarkSum
         .into_iter()
         .map(|name| {
             let rs = &by_benchmark[name];
+            // problem id -> (samples, correct), and -> correct from a \boxed{}
             let mut problems: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+            let mut boxed: BTreeMap<&str, usize> = BTreeMap::new();
             for r in rs {
                 let e = problems.entry(&r.id).or_default();
                 e.0 += 1;
                 e.1 += usize::from(r.correct);
+                *boxed.entry(&r.id).or_default() +=
+                    usize::from(r.correct && r.response.contains("\\boxed"));
             }
             let n_problems = problems.len().max(1) as f64;
             let pass_at_1 = problems
                 .values()
                 .map(|&(n, c)| c as f64 / n as f64)
+                .sum::<f64>()
+                / n_problems;
+            let pass_at_1_boxed = problems
+                .iter()
+                .map(|(id, &(n, _))| boxed[id] as f64 / n as f64)
                 .sum::<f64>()
                 / n_problems;
             let min_samples = problems.values().map(|&(n, _)| n).min().unwrap_or(0);
@@ -127,6 +140,7 @@ pub fn summarize(records: &[ResultRecord], order: &[String]) -> Vec<BenchmarkSum
                 problems: problems.len(),
                 results: rs.len(),
                 pass_at_1,
+                pass_at_1_boxed,
                 pass_at_k,
                 mean_tokens: tokens as f64 / rs.len().max(1) as f64,
                 truncated: rs.iter().filter(|r| !r.stopped).count() as f64 / rs.len().max(1) as f64,
@@ -149,7 +163,10 @@ pub fn format_table(summary: &Summary) -> String {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut header = format!("{:<20} {:>5} {:>8}", "benchmark", "n", "pass@1");
+    let mut header = format!(
+        "{:<20} {:>5} {:>8} {:>8}",
+        "benchmark", "n", "pass@1", "boxed"
+    );
     for k in &ks {
         header.push_str(&format!(" {:>8}", format!("pass@{k}")));
     }
@@ -160,10 +177,11 @@ pub fn format_table(summary: &Summary) -> String {
     let mut out = format!("{header}\n{}\n", "-".repeat(header.len()));
     for b in &summary.benchmarks {
         let mut row = format!(
-            "{:<20} {:>5} {:>7.1}%",
+            "{:<20} {:>5} {:>7.1}% {:>7.1}%",
             b.benchmark,
             b.problems,
-            100.0 * b.pass_at_1
+            100.0 * b.pass_at_1,
+            100.0 * b.pass_at_1_boxed
         );
         for k in &ks {
             match b.pass_at_k.get(k) {
@@ -195,6 +213,32 @@ pub fn format_table(summary: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A correct answer read from "the answer is X" counts in pass@1, not in the boxed column.
+    #[test]
+    fn boxed_pass_at_1_leaves_out_answers_without_a_box() {
+        let record = |id: &str, response: &str, correct: bool| ResultRecord {
+            id: id.into(),
+            benchmark: "aime".into(),
+            sample: 0,
+            question: "q".into(),
+            response: response.into(),
+            extracted: None,
+            reference: "1".into(),
+            correct,
+            tokens: 3,
+            stopped: true,
+            seconds: 1.0,
+        };
+        let records = [
+            record("1", "so \\boxed{1}", true),
+            record("2", "The answer is 1.", true),
+            record("3", "\\boxed{2}", false),
+            record("4", "The answer is 2.", false),
+        ];
+        let [b] = summarize(&records, &[]).try_into().unwrap();
+        assert_eq!((b.pass_at_1, b.pass_at_1_boxed), (0.5, 0.25));
+    }
 
     #[test]
     fn pass_at_k_is_the_unbiased_estimator() {
