@@ -117,6 +117,43 @@ impl Batch {
     pub fn n_targets(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
     }
+
+    /// Target count of each document (each `cu_seqlens` window; a token's target belongs to
+    /// the document of the token that predicts it).
+    pub fn document_targets(&self) -> Vec<usize> {
+        self.cu_seqlens
+            .windows(2)
+            .map(|w| {
+                let targets = &self.targets[w[0]..w[1]];
+                targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
+            })
+            .collect()
+    }
+
+    /// Documents with at least one target: the examples a step averages over when every
+    /// example weighs the same.
+    pub fn target_documents(&self) -> usize {
+        self.document_targets().iter().filter(|&&n| n > 0).count()
+    }
+
+    /// `[N]` loss weights that make every example of a step weigh the same: each target of
+    /// a document with `n` targets weighs `1 / (examples x n)`, where `examples` counts the
+    /// documents with targets in the whole step (all micro-batches, all ranks); non-targets
+    /// weigh 0. The weighted sum of the per-token losses is then the mean over the step's
+    /// examples of each example's mean loss.
+    pub fn sequence_weights(&self, examples: usize) -> Vec<f64> {
+        let mut weights = vec![0.0; self.tokens()];
+        for (w, &n) in self.cu_seqlens.windows(2).zip(&self.document_targets()) {
+            let weight = 1.0 / (examples as f64 * n as f64);
+            let targets = &self.targets[w[0]..w[1]];
+            for (weight_t, &target) in weights[w[0]..w[1]].iter_mut().zip(targets) {
+                if target != IGNORE_INDEX {
+                    *weight_t = weight;
+                }
+            }
+        }
+        weights
+    }
 }
 
 /// A dtype from the names users type.
@@ -159,4 +196,40 @@ pub fn next_token_logits(cfg: &Qwen2Config, w: &ModelWeights, ids: &[u32]) -> Re
     let last = x.narrow(0, ids.len() - 1, 1)?;
     let (normed, _) = rms_norm_forward(&last, &w.final_norm, cfg.rms_norm_eps)?;
     Ok(normed.matmul(&w.head().t()?)?.squeeze(0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_weights_give_every_document_the_same_total() {
+        // Row 0 packs two documents (positions restart at 0); row 1 is one document; the
+        // prompt tokens (-100) are not targets.
+        let ids = vec![vec![1, 2, 3, 4, 5, 6, 7], vec![8, 9, 10, 11]];
+        let labels = vec![vec![-100, 2, 3, -100, -100, 6, 7], vec![-100, -100, 10, 11]];
+        let positions = vec![vec![0, 1, 2, 0, 1, 2, 3], vec![0, 1, 2, 3]];
+        let b = Batch::from_rows(&ids, &labels, Some(&positions)).unwrap();
+        assert_eq!(b.document_targets(), vec![2, 2, 2]);
+        assert_eq!(b.target_documents(), 3);
+        // Five examples in the step (two more on other ranks or micro-batches).
+        let w = b.sequence_weights(5);
+        assert_eq!(w.len(), b.tokens());
+        for d in b.cu_seqlens.windows(2) {
+            let total: f64 = w[d[0]..d[1]].iter().sum();
+            assert!((total - 0.2).abs() < 1e-15, "{d:?}: {total}");
+        }
+        for (t, &target) in b.targets.iter().enumerate() {
+            assert_eq!(w[t] > 0.0, target != IGNORE_INDEX, "token {t}");
+        }
+        // A document without targets counts for nothing and gets no weight.
+        let b = Batch::from_rows(
+            &[vec![1, 2], vec![3, 4, 5]],
+            &[vec![-100, -100], vec![-100, 4, 5]],
+            None,
+        )
+        .unwrap();
+        assert_eq!(b.target_documents(), 1);
+        assert_eq!(b.sequence_weights(1), vec![0.0, 0.0, 0.5, 0.5, 0.0]);
+    }
 }

@@ -14,9 +14,9 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use crate::{
     adamw_update, add_assign, embedding_backward, flatten_into, linear_cross_entropy,
-    linear_cross_entropy::softmax_cross_entropy, rms_norm_backward, rms_norm_forward,
-    rope_backward, rope_forward, sum_of_squares_tensor, swiglu_backward, swiglu_forward, AdamWStep,
-    RopeTables, IGNORE_INDEX,
+    linear_cross_entropy::softmax_cross_entropy, linear_cross_entropy_scaled_on_device,
+    rms_norm_backward, rms_norm_forward, rope_backward, rope_forward, sum_of_squares_tensor,
+    swiglu_backward, swiglu_forward, AdamWStep, GradScale, RopeTables, IGNORE_INDEX,
 };
 use attention::attention;
 use decode::{decode, qkv_append};
@@ -521,6 +521,31 @@ fn losses(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Resu
             ])
         })?;
         let shape = format!("{tokens} tokens x {hidden} -> {vocab}, chunks of {chunk}");
+        c.push("linear_cross_entropy", shape, dtype, tol, outputs)?;
+        if vocab > 32000 {
+            continue;
+        }
+        // Per-token weights (train.loss_average = "sequences"): they scale the matmuls'
+        // [chunk, hidden] operands around the kernel's unscaled d logits.
+        let weights: Vec<f64> = (0..tokens)
+            .map(|i| 1.0 / (n_targets as f64 * (1 + i % 7) as f64 / 4.0))
+            .collect();
+        let names = ["weighted loss sum", "d_hidden", "d_weight"];
+        let outputs = both(&names, reference, test, |d| {
+            let out = linear_cross_entropy_scaled_on_device(
+                &h.to_device(d)?,
+                &w.to_device(d)?,
+                &t,
+                Some(GradScale::PerToken(&weights)),
+                chunk,
+            )?;
+            Ok(vec![
+                out.loss_sum,
+                out.d_hidden.expect("asked"),
+                out.d_weight.expect("asked"),
+            ])
+        })?;
+        let shape = format!("{tokens} tokens x {hidden} -> {vocab}, per-token weights");
         c.push("linear_cross_entropy", shape, dtype, tol, outputs)?;
     }
     Ok(())

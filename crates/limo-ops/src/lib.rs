@@ -84,7 +84,8 @@ pub use attention::{attention_backward, attention_forward, AttentionGrads};
 pub use embedding::embedding_backward;
 pub use flat::{add_assign, flatten_into};
 pub use linear_cross_entropy::{
-    linear_cross_entropy, linear_cross_entropy_on_device, LinearCrossEntropy, IGNORE_INDEX,
+    linear_cross_entropy, linear_cross_entropy_on_device, linear_cross_entropy_scaled_on_device,
+    GradScale, LinearCrossEntropy, IGNORE_INDEX,
 };
 pub use rms_norm::{add_rms_norm_forward, rms_norm_backward, rms_norm_forward};
 pub use rope::{rope_backward, rope_forward, RopeCache, RopeTables};

@@ -15,10 +15,21 @@ use crate::upcast;
 /// definition: limo-data re-exports it for the labels it writes.
 pub const IGNORE_INDEX: i64 = -100;
 
+/// How a pass scales its gradients: one factor for every token (the trainer's `1 / targets in
+/// the step`), or one per token (`1 / (examples x that example's targets)` when every example
+/// of a step weighs the same, `train.loss_average = "sequences"`).
+#[derive(Debug, Clone, Copy)]
+pub enum GradScale<'a> {
+    Uniform(f64),
+    /// `[N]` weights, one per token (those of non-targets are not read).
+    PerToken(&'a [f64]),
+}
+
 /// What one pass produces. `Loss` is f64 read back to the host, or (from
 /// [`linear_cross_entropy_on_device`]) a `[1]` f64 tensor that stays on the device.
 pub struct LinearCrossEntropy<Loss = f64> {
-    /// Sum of the per-token losses of all targets (f64, accumulated chunk by chunk).
+    /// Sum of the per-token losses of all targets (f64, accumulated chunk by chunk); with
+    /// [`GradScale::PerToken`], the weighted sum `sum_t w_t loss_t`.
     pub loss_sum: Loss,
     /// Number of targets (labels other than [`IGNORE_INDEX`]).
     pub n_targets: usize,
@@ -60,6 +71,22 @@ pub fn linear_cross_entropy_on_device(
     grad_scale: Option<f64>,
     chunk_tokens: usize,
 ) -> Result<LinearCrossEntropy<Tensor>> {
+    let scale = grad_scale.map(GradScale::Uniform);
+    linear_cross_entropy_scaled_on_device(hidden, weight, targets, scale, chunk_tokens)
+}
+
+/// [`linear_cross_entropy_on_device`] with the gradients of `sum_t w_t loss_t` for per-token
+/// weights `w` ([`GradScale::PerToken`]; `loss_sum` is then that weighted sum). The kernel
+/// computes `d logits` unscaled and the weights scale the `[chunk, H]` operands of the two
+/// matmuls (`d hidden = diag(w) (dL W)`, `d W = dL^T (diag(w) h)`), never the `[chunk, vocab]`
+/// logits.
+pub fn linear_cross_entropy_scaled_on_device(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[i64],
+    grad_scale: Option<GradScale>,
+    chunk_tokens: usize,
+) -> Result<LinearCrossEntropy<Tensor>> {
     let (n, _h) = hidden.dims2()?;
     let vocab = weight.dim(0)?;
     if targets.len() != n {
@@ -73,6 +100,14 @@ pub fn linear_cross_entropy_on_device(
         .find(|&&t| t != IGNORE_INDEX && !(0..vocab as i64).contains(&t))
     {
         candle_core::bail!("linear_cross_entropy: target {bad} outside the vocabulary of {vocab}")
+    }
+    if let Some(GradScale::PerToken(w)) = grad_scale {
+        if w.len() != n {
+            candle_core::bail!("linear_cross_entropy: {} weights for {n} tokens", w.len())
+        }
+        if let Some(bad) = w.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            candle_core::bail!("linear_cross_entropy: token weight {bad} (finite, 0 or more)")
+        }
     }
     let device = hidden.device();
     // On CUDA with bf16 (or f32) hidden and weight, the matmuls run in that dtype (cuBLAS
@@ -100,8 +135,19 @@ pub fn linear_cross_entropy_on_device(
         let h = hidden.narrow(0, start, len)?;
         let h = if on_kernel { h } else { upcast(&h)? };
         let logits = h.matmul(&w.t()?)?;
-        let (loss, d_logits) = chunk_loss(logits, chunk_targets, grad_scale, on_kernel)?;
-        let chunk_sum = loss.to_dtype(DType::F64)?.sum_all()?;
+        let (token_weights, kernel_scale) = match grad_scale {
+            Some(GradScale::PerToken(all)) => {
+                let chunk = Tensor::from_slice(&all[start..start + len], (len, 1), device)?;
+                (Some(chunk), Some(1.0))
+            }
+            Some(GradScale::Uniform(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        let (loss, d_logits) = chunk_loss(logits, chunk_targets, kernel_scale, on_kernel)?;
+        let chunk_sum = match &token_weights {
+            Some(tw) => (loss.to_dtype(DType::F64)? * tw.squeeze(1)?)?.sum_all()?,
+            None => loss.to_dtype(DType::F64)?.sum_all()?,
+        };
         loss_acc = Some(match loss_acc {
             Some(acc) => (acc + chunk_sum)?,
             None => chunk_sum,
@@ -109,7 +155,12 @@ pub fn linear_cross_entropy_on_device(
         per_token.push(loss);
 
         if let Some(d_logits) = d_logits {
-            d_hidden.push(d_logits.matmul(&w)?.to_dtype(hidden.dtype())?);
+            let dh = d_logits.matmul(&w)?;
+            let (dh, h) = match &token_weights {
+                Some(tw) => (weigh_rows(&dh, tw)?, weigh_rows(&h, tw)?),
+                None => (dh, h),
+            };
+            d_hidden.push(dh.to_dtype(hidden.dtype())?);
             let dw = d_logits.t()?.matmul(&h)?;
             d_weight = Some(match d_weight {
                 Some(acc) => crate::flat::add_assign(acc, &dw)?,
@@ -143,6 +194,17 @@ pub fn linear_cross_entropy_on_device(
         d_hidden,
         d_weight,
     })
+}
+
+/// `diag(w) x` in at least f32 (bf16 rows are scaled in f32 and rounded once), in `x`'s dtype.
+fn weigh_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dtype = match x.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    x.to_dtype(dtype)?
+        .broadcast_mul(&w.to_dtype(dtype)?)?
+        .to_dtype(x.dtype())
 }
 
 /// Whether the chunked loss takes the CUDA kernel path (see [`linear_cross_entropy`]).
@@ -351,6 +413,69 @@ mod tests {
             assert_eq!(per_token[1], 0.0);
             assert_eq!(per_token[4], 0.0);
             assert!((per_token.iter().sum::<f64>() - loss_ref).abs() < 1e-12);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn per_token_weights_match_autograd_of_the_weighted_sum() -> Result<()> {
+        let dev = Device::Cpu;
+        let h = (rand_tensor(&[7, 6], 22, &dev)? * 3.0)?;
+        let w = rand_tensor(&[11, 6], 23, &dev)?;
+        let targets = [3, IGNORE_INDEX, 10, 0, IGNORE_INDEX, 7, 7];
+        // Two examples of 2 and 3 targets, each weighing half: 1/4 and 1/6 per token.
+        let weights = [0.25, 0.0, 0.25, 1.0 / 6.0, 0.0, 1.0 / 6.0, 1.0 / 6.0];
+        let (grads, loss_ref) = autograd(&[&h, &w], &Tensor::new(1.0, &dev)?, |v: &[Var]| {
+            let (h, w) = (v[0].as_tensor(), v[1].as_tensor());
+            let mut total = Tensor::zeros((), DType::F64, &dev)?;
+            for (t, &wt) in weights.iter().enumerate() {
+                let mut one = vec![IGNORE_INDEX; 7];
+                one[t] = targets[t];
+                total = (total + (naive_loss_sum(h, w, &one)? * wt)?)?;
+            }
+            Ok(total)
+        })?;
+        let loss_ref = loss_ref.to_scalar::<f64>()?;
+        for chunk in [1, 2, 3, 7, 100] {
+            let scale = Some(GradScale::PerToken(&weights));
+            let out = linear_cross_entropy_scaled_on_device(&h, &w, &targets, scale, chunk)?;
+            let loss = out.loss_sum.to_vec1::<f64>()?[0];
+            assert!(
+                (loss - loss_ref).abs() <= 1e-13 * loss_ref.abs(),
+                "chunk {chunk}"
+            );
+            assert_close(out.d_hidden.as_ref().unwrap(), &grads[0], 1e-13, "d_hidden")?;
+            assert_close(out.d_weight.as_ref().unwrap(), &grads[1], 1e-13, "d_weight")?;
+        }
+        // Equal weights are the uniform scale; bad weights are refused.
+        let same = [0.2; 7];
+        let a = linear_cross_entropy_scaled_on_device(
+            &h,
+            &w,
+            &targets,
+            Some(GradScale::PerToken(&same)),
+            3,
+        )?;
+        let b = linear_cross_entropy(&h, &w, &targets, Some(0.2), 3)?;
+        assert_close(
+            a.d_hidden.as_ref().unwrap(),
+            b.d_hidden.as_ref().unwrap(),
+            1e-14,
+            "dh",
+        )?;
+        assert_close(
+            a.d_weight.as_ref().unwrap(),
+            b.d_weight.as_ref().unwrap(),
+            1e-14,
+            "dw",
+        )?;
+        for bad in [
+            &[0.1; 6][..],
+            &[0.1, 0.1, f64::NAN, 0.1, 0.1, 0.1, 0.1],
+            &[-0.1; 7],
+        ] {
+            let scale = Some(GradScale::PerToken(bad));
+            assert!(linear_cross_entropy_scaled_on_device(&h, &w, &targets, scale, 3).is_err());
         }
         Ok(())
     }

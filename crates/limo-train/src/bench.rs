@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::config::{OptimizerOffload, TrainSection};
 use crate::optim::{master_dtype, Flat};
 use crate::profile::{PhaseTimes, PHASES};
-use crate::trainer::optimizer_step;
+use crate::trainer::{optimizer_step, StepTotals};
 use crate::zero3::groups::groups;
 use crate::zero3::plan::{plan_with_offload, Hardware, Offload, Workload};
 use crate::zero3::{ShardedModel, StateBytes};
@@ -363,7 +363,7 @@ pub fn run(
     let setup_s = started.elapsed().as_secs_f64();
     tracing::info!(setup_s, "slices generated and placed");
 
-    let n_targets = batch.n_targets();
+    let totals = StepTotals::of(std::slice::from_ref(&batch));
     let mut losses = Vec::new();
     let mut times = Vec::new();
     let mut phases: Vec<PhaseTimes> = Vec::new();
@@ -380,7 +380,7 @@ pub fn run(
             model.profiler.begin(device)?;
         }
         let micro = std::slice::from_ref(&batch);
-        let (loss, _norm, _coef) = optimizer_step(&mut model, micro, n_targets, t.lr, step, t)
+        let (loss, _norm, _coef) = optimizer_step(&mut model, micro, totals, t.lr, step, t)
             .with_context(|| format!("step {step}"))?;
         if timed {
             phases.push(model.profiler.end()?);

@@ -180,6 +180,11 @@ pub struct TrainSection {
     /// Tokens per chunk of the fused head + loss.
     #[serde(default = "default_loss_chunk")]
     pub loss_chunk: usize,
+    /// What the step's loss averages over: "tokens" (the default: every target token of the
+    /// step weighs the same) or "sequences" (every example weighs the same: the mean over the
+    /// step's examples of each one's mean token loss, as LIMO's own run computed it).
+    #[serde(default, skip_serializing_if = "LossAverage::is_tokens")]
+    pub loss_average: LossAverage,
     /// Keep only each layer's input (and its attention's output: `recompute_attention`) in the
     /// forward and recompute the layer in the backward (less activation memory, one more
     /// forward). Does not change the numbers.
@@ -217,6 +222,22 @@ config_enum! {
 impl OptimizerOffload {
     pub fn is_none(&self) -> bool {
         *self == OptimizerOffload::None
+    }
+}
+
+config_enum! {
+    /// `train.loss_average`.
+    #[derive(Default)]
+    pub enum LossAverage {
+        #[default]
+        Tokens = "tokens",
+        Sequences = "sequences",
+    }
+}
+
+impl LossAverage {
+    pub fn is_tokens(&self) -> bool {
+        *self == LossAverage::Tokens
     }
 }
 

@@ -48,6 +48,7 @@ const MAPPED: &[&str] = &[
     "bf16",
     "fp16",
     "disable_gradient_checkpointing",
+    "average_tokens_across_devices",
 ];
 
 /// What a LLaMA-Factory YAML becomes before `--set` and validation.
@@ -303,6 +304,18 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     }
     if let Some(seed) = args.uint("seed")? {
         train.insert("seed".into(), to_int(seed));
+    }
+    // transformers < 4.54 defaults to false: each GPU averages its own tokens and the GPUs'
+    // gradients are averaged, so with one example per GPU and step every example weighs the
+    // same. limo's "sequences" is that for any split; absent, limo's default (all tokens).
+    if let Some(across) = args.bool("average_tokens_across_devices")? {
+        let average = if across { "tokens" } else { "sequences" };
+        train.insert("loss_average".into(), average.into());
+        let per_gpu = (args.uint("per_device_train_batch_size")?.unwrap_or(8))
+            .saturating_mul(args.uint("gradient_accumulation_steps")?.unwrap_or(1));
+        if !across && per_gpu > 1 {
+            notes.push(format!("average_tokens_across_devices: false with {per_gpu} examples per GPU and step: transformers averages each GPU's tokens, then the GPUs; limo weighs every example the same (train.loss_average = \"sequences\")"));
+        }
     }
     if args
         .bool("disable_gradient_checkpointing")?

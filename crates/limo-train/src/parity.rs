@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
+use limo_ops::GradScale;
 
 use crate::config::TrainSection;
 use crate::zero3::{load_shards, ShardedModel};
@@ -73,7 +74,12 @@ pub fn batch_loss_and_grads(
         Box::new(SoloComm),
     )?;
     let mut grads = model.zero_grads();
-    let out = model.loss_and_grads(batch, 1.0 / n_targets as f64, loss_chunk, &mut grads)?;
+    let out = model.loss_and_grads(
+        batch,
+        GradScale::Uniform(1.0 / n_targets as f64),
+        loss_chunk,
+        &mut grads,
+    )?;
     let grads = model.named_grads(&grads.slices()?)?;
     Ok(BatchGrads {
         cfg,

@@ -18,10 +18,11 @@ use limo_dist::stop::StopOnSignals;
 use limo_dist::SoloComm;
 use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
+use limo_ops::GradScale;
 
 use crate::agreement;
 use crate::checkpoint::{self, disk};
-use crate::config::{ReportTo, TrainConfig, TrainSection};
+use crate::config::{LossAverage, ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{clip_coefficient, Flat};
@@ -449,11 +450,11 @@ impl<'a> Run<'a> {
             .iter()
             .map(|rows_of_batch| to_batch(&self.rows, rows_of_batch))
             .collect::<anyhow::Result<_>>()?;
-        let local_targets: usize = micro.iter().map(Batch::n_targets).sum();
+        let local = StepTotals::of(&micro);
         let local_tokens: usize = micro.iter().map(Batch::tokens).sum();
-        let [n_targets, tokens] = self
+        let [n_targets, examples, tokens] = self
             .model
-            .sum_over_ranks([local_targets as f64, local_tokens as f64])?
+            .sum_over_ranks([local.targets, local.examples, local_tokens].map(|n| n as f64))?
             .map(|n| n as usize);
         let lr = t
             .schedule
@@ -465,7 +466,11 @@ impl<'a> Run<'a> {
             );
             (0.0, 0.0, 1.0)
         } else {
-            optimizer_step(&mut self.model, &micro, n_targets, lr, self.step + 1, t)?
+            let totals = StepTotals {
+                targets: n_targets,
+                examples,
+            };
+            optimizer_step(&mut self.model, &micro, totals, lr, self.step + 1, t)?
         };
         self.step += 1;
         let seconds = started.elapsed().as_secs_f64();
@@ -590,32 +595,59 @@ fn export_final(config: &TrainConfig, dtype: DType, final_checkpoint: &Path) -> 
     crate::export::export(final_checkpoint, &export_dir, dtype, shard)
 }
 
+/// What a step's loss divides by: its target tokens and its examples (documents with
+/// targets), of all micro-batches of all ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTotals {
+    pub targets: usize,
+    pub examples: usize,
+}
+
+impl StepTotals {
+    /// The totals of these micro-batches alone (one rank's share of a step).
+    pub fn of(micro: &[Batch]) -> Self {
+        StepTotals {
+            targets: micro.iter().map(Batch::n_targets).sum(),
+            examples: micro.iter().map(Batch::target_documents).sum(),
+        }
+    }
+}
+
 /// Optimizer step number `step` (from 1) over this rank's micro-batches: zero the gradients,
 /// forward and backward each micro-batch, clip and update. Returns (loss, grad norm, clip
-/// coefficient), the same on every rank. `n_targets` counts the targets of all ranks.
-/// `limo bench step` times this same function.
+/// coefficient), the same on every rank. `totals` counts the targets and examples of all
+/// ranks. `limo bench step` times this same function.
 pub fn optimizer_step(
     model: &mut ShardedModel,
     micro: &[Batch],
-    n_targets: usize,
+    totals: StepTotals,
     lr: f64,
     step: usize,
     train: &TrainSection,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let scale = 1.0 / n_targets as f64;
+    let scale = 1.0 / totals.targets as f64;
     let mut grads = model.zero_grads();
     let mut loss_sum = Tensor::zeros(1, DType::F64, &model.device)?;
     for batch in micro {
-        let micro_loss = model.loss_and_grads(batch, scale, train.loss_chunk, &mut grads)?;
+        let weights;
+        let grad_scale = match train.loss_average {
+            LossAverage::Tokens => GradScale::Uniform(scale),
+            LossAverage::Sequences => {
+                weights = batch.sequence_weights(totals.examples);
+                GradScale::PerToken(&weights)
+            }
+        };
+        let micro_loss = model.loss_and_grads(batch, grad_scale, train.loss_chunk, &mut grads)?;
         loss_sum = (loss_sum + micro_loss.loss_sum)?;
     }
     let norm_sq = model.step(&grads.slices()?, lr, train.max_grad_norm)?;
     let (loss_sum, norm) = model.read_step(&loss_sum, &norm_sq, step)?;
-    Ok((
-        loss_sum * scale,
-        norm,
-        clip_coefficient(norm, train.max_grad_norm),
-    ))
+    // Per-token weights already divide the loss sum.
+    let loss = match train.loss_average {
+        LossAverage::Tokens => loss_sum * scale,
+        LossAverage::Sequences => loss_sum,
+    };
+    Ok((loss, norm, clip_coefficient(norm, train.max_grad_norm)))
 }
 
 fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {

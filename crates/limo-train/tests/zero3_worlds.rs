@@ -378,3 +378,127 @@ fn what_the_forward_keeps_changes_no_number() {
         }
     }
 }
+
+/// A tokenized row: input ids and labels.
+type Row = (Vec<u32>, Vec<i64>);
+
+/// Twelve tokenized rows of 7 to 31 tokens whose targets (3 to 26) differ row by row, so that
+/// weighing every example the same differs from weighing every token the same.
+fn varied_rows(dir: &Path) -> (PathBuf, Vec<Row>) {
+    let rows: Vec<Row> = (0..ROWS_PER_STEP)
+        .map(|r| {
+            let (prompt, answer) = (4 + r % 5, 3 + (r * 7) % 27);
+            let ids: Vec<u32> = (0..prompt + answer)
+                .map(|t| ((r * 131 + t * 17) % 500 + 3) as u32)
+                .collect();
+            let labels = (0..ids.len())
+                .map(|t| if t < prompt { -100 } else { ids[t] as i64 })
+                .collect();
+            (ids, labels)
+        })
+        .collect();
+    let path = dir.join("varied.jsonl");
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(ids, labels)| serde_json::json!({"input_ids": ids, "labels": labels}).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    (path, rows)
+}
+
+#[test]
+fn loss_average_sequences_weighs_every_example_the_same_at_every_split() {
+    use limo_train::config::LossAverage;
+    use limo_train::parity::batch_loss_and_grads;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, rows) = varied_rows(tmp.path());
+    let with = |out: &Path, world: usize, average: LossAverage, steps: usize| {
+        let mut c = config(out, "f64", world, 0);
+        c.data.path = data.display().to_string();
+        c.train.loss_average = average;
+        c.train.max_steps = Some(steps);
+        c
+    };
+
+    // Step 1 against each row's own mean loss and gradient (the parity path, one row each).
+    let model = golden().join("model");
+    let per_row: Vec<_> = rows
+        .iter()
+        .map(|(ids, labels)| {
+            let batch = limo_model::Batch::from_rows(
+                std::slice::from_ref(ids),
+                std::slice::from_ref(labels),
+                None,
+            )
+            .unwrap();
+            batch_loss_and_grads(&model, DType::F64, &candle_core::Device::Cpu, &batch, 64).unwrap()
+        })
+        .collect();
+    let all_targets: usize = per_row.iter().map(|g| g.n_targets).sum();
+    for average in [LossAverage::Sequences, LossAverage::Tokens] {
+        // Each row's weight in the step's loss.
+        let weight = |g: &limo_train::parity::BatchGrads| match average {
+            LossAverage::Sequences => 1.0 / rows.len() as f64,
+            LossAverage::Tokens => g.n_targets as f64 / all_targets as f64,
+        };
+        let loss: f64 = per_row.iter().map(|g| weight(g) * g.loss()).sum();
+        let mut norm_sq = 0.0;
+        for (i, (name, _)) in per_row[0].grads.iter().enumerate() {
+            let mut sum = per_row[0].grads[i].1.zeros_like().unwrap();
+            for g in &per_row {
+                assert_eq!(&g.grads[i].0, name);
+                sum = (sum + (&g.grads[i].1 * weight(g)).unwrap()).unwrap();
+            }
+            norm_sq += sum
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+        let out = tmp.path().join(format!("one-step-{average}"));
+        run(with(&out, 1, average, 1), 1, None);
+        let (got_loss, got_norm) = metrics(&out)[0];
+        let what = format!("{average}: step 1");
+        assert!(
+            (got_loss - loss).abs() <= 1e-12 * loss,
+            "{what}: loss {got_loss} vs {loss}"
+        );
+        let norm = norm_sq.sqrt();
+        assert!(
+            (got_norm - norm).abs() <= 1e-12 * norm,
+            "{what}: grad norm {got_norm} vs {norm}"
+        );
+    }
+    let tokens = metrics(&tmp.path().join("one-step-tokens"))[0];
+    let sequences = metrics(&tmp.path().join("one-step-sequences"))[0];
+    assert!(
+        (tokens.0 - sequences.0).abs() > 1e-6,
+        "the data must tell them apart"
+    );
+
+    // Any split of the same rows trains the same trajectory: worlds 2 and 3, and one rank
+    // with 2 micro-batches.
+    let reference_out = tmp.path().join("w1");
+    run(with(&reference_out, 1, LossAverage::Sequences, 6), 1, None);
+    let reference = metrics(&reference_out);
+    let accum_out = tmp.path().join("w1-accum2");
+    let mut accum = with(&accum_out, 2, LossAverage::Sequences, 6);
+    accum.train.grad_accum = 2;
+    run(accum, 1, None);
+    assert_same_steps(
+        "sequences, 2 micro-batches",
+        &metrics(&accum_out),
+        &reference,
+        1e-12,
+    );
+    for world in [2, 3] {
+        let out = tmp.path().join(format!("w{world}"));
+        run(with(&out, world, LossAverage::Sequences, 6), world, None);
+        let what = format!("sequences, world {world}");
+        assert_same_steps(&what, &metrics(&out), &reference, 1e-12);
+        let (_, model) = weight_errors(&final_master(&out), &final_master(&reference_out));
+        assert!(model <= 1e-12, "{what}: final weights rel L2 {model:e}");
+    }
+}

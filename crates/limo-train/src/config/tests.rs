@@ -73,7 +73,7 @@ fn every_shipped_config_parses() {
 #[test]
 fn hash_and_written_toml_are_pinned() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let tiny: [(&[&str], [&str; 3]); 4] = [
+    let tiny: [(&[&str], [&str; 3]); 5] = [
         (
             &[],
             ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
@@ -103,6 +103,10 @@ fn hash_and_written_toml_are_pinned() {
                 "train.optimizer_offload=cpu",
             ],
             ["83589e345d3b10c4", "72eae4d379f6ebf3", "5adc499fd3e21cdc"],
+        ),
+        (
+            &["train.loss_average=sequences"],
+            ["858e15739b6940a5", "42b22edaa27f7bb8", "db4d04213a526bed"],
         ),
     ];
     // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
@@ -137,11 +141,22 @@ fn hash_and_written_toml_are_pinned() {
             ["5e19be3501995f36", "9bdbfe6ac1b7aa07", "3ac024a8124ac36e"],
         ),
     ] {
-        // Pinned before the recipes named their device (which the hash leaves out).
-        let cpu = ["model.device=\"cpu\"".to_string()];
+        // Pinned before the recipes named their device (which the hash leaves out) and
+        // averaged over sequences (which it keeps).
+        let cpu = [
+            "model.device=\"cpu\"".to_string(),
+            "train.loss_average=tokens".to_string(),
+        ];
         let c = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu).unwrap();
         assert_eq!(pins(&c, 8), want, "{name}");
+        let recipe = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu[..1]).unwrap();
+        assert_eq!(recipe.train.loss_average, LossAverage::Sequences, "{name}");
+        assert_ne!(recipe.trajectory_hash(8), c.trajectory_hash(8), "{name}");
     }
+    // The default written out is the default left out: the same hash and TOML.
+    let tokens = ["train.loss_average=tokens".to_string()];
+    let explicit = TrainConfig::parse(TINY_TOML, "tiny.toml", &tokens).unwrap();
+    assert_eq!(pins(&explicit, 4), tiny[0].1);
 }
 
 #[test]

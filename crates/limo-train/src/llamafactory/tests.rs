@@ -157,3 +157,40 @@ fn sharegpt_needs_openai_roles() {
     let info = r#"{"limo": {"hf_hub_url": "GAIR/LIMO", "columns": {"prompt": "question", "response": "solution"}}}"#;
     assert_eq!(convert(LIMO_YAML, info).unwrap().data.path, "GAIR/LIMO");
 }
+
+#[test]
+fn average_tokens_across_devices_picks_the_loss_average() {
+    use crate::config::LossAverage;
+    let absent = convert(LIMO_YAML, INFO).unwrap();
+    assert_eq!(absent.train.loss_average, LossAverage::Tokens);
+    for (line, want, notes) in [
+        (
+            "average_tokens_across_devices: false",
+            LossAverage::Sequences,
+            12,
+        ),
+        (
+            "average_tokens_across_devices: true",
+            LossAverage::Tokens,
+            12,
+        ),
+        (
+            "average_tokens_across_devices: false\ngradient_accumulation_steps: 4",
+            LossAverage::Sequences,
+            13,
+        ),
+    ] {
+        let yaml = LIMO_YAML.replace("gradient_accumulation_steps: 1\n", "") + line + "\n";
+        let (_dir, path) = setup(&yaml, INFO);
+        let t = translate(&path).unwrap();
+        assert_eq!(t.notes.len(), notes, "{line}: {:#?}", t.notes);
+        let c = from_yaml(&path, &[]).unwrap();
+        assert_eq!(c.train.loss_average, want, "{line}");
+    }
+    let (_dir, path) = setup(
+        &(LIMO_YAML.to_string() + "average_tokens_across_devices: 1\n"),
+        INFO,
+    );
+    let err = format!("{:#}", from_yaml(&path, &[]).unwrap_err());
+    assert!(err.contains("average_tokens_across_devices"), "{err}");
+}

@@ -32,8 +32,8 @@ use limo_model::layer::{
 };
 use limo_model::{Batch, LayerWeights, ModelWeights, Qwen2Config};
 use limo_ops::{
-    embedding_backward, linear_cross_entropy_on_device, rms_norm_backward, rms_norm_forward,
-    sum_of_squares_tensor, Clip, RopeCache,
+    embedding_backward, linear_cross_entropy_scaled_on_device, rms_norm_backward, rms_norm_forward,
+    sum_of_squares_tensor, Clip, GradScale, RopeCache,
 };
 
 use crate::comm_thread::{CommThread, Pending};
@@ -331,13 +331,14 @@ impl ShardedModel {
     }
 
     /// Forward and backward of this rank's micro-batch; adds this rank's slice of the gradient
-    /// of `grad_scale * loss_sum`, summed over all ranks, to `grads`. Returns this rank's loss
-    /// sum, on the device. Every rank must call it the same number of times (it is made of
+    /// of `grad_scale * loss_sum` (per token with [`GradScale::PerToken`]), summed over all
+    /// ranks, to `grads`. Returns this rank's loss sum (weighted by a per-token scale), on the
+    /// device. Every rank must call it the same number of times (it is made of
     /// collectives).
     pub fn loss_and_grads(
         &self,
         batch: &Batch,
-        grad_scale: f64,
+        grad_scale: GradScale,
         loss_chunk: usize,
         grads: &mut Grads,
     ) -> anyhow::Result<MicroBatchLoss> {
@@ -384,7 +385,7 @@ impl ShardedModel {
             None => head_params.remove(0),
         };
         let (normed, rstd) = rms_norm_forward(&x, &final_norm, cfg.rms_norm_eps)?;
-        let head = linear_cross_entropy_on_device(
+        let head = linear_cross_entropy_scaled_on_device(
             &normed,
             &head_weight,
             &batch.targets,
