@@ -112,6 +112,45 @@ fn a_simulated_rank_of_four_holds_a_quarter_of_the_state() {
     assert!(f(&four["peak_mem"]["plan_estimate_gib"]) < f(&one["peak_mem"]["plan_estimate_gib"]));
 }
 
+#[test]
+fn a_global_batch_size_makes_each_step_several_micro_batches() {
+    let (one, _) = bench(&["--simulate-world", "4"]);
+    // 16 rows per step over 4 ranks of 1 row: 4 micro-batches of the same batch.
+    let set = [
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "train.global_batch_size=16",
+    ];
+    let (four, table) = bench(&[&["--simulate-world", "4"][..], &set].concat());
+    assert_eq!(four["grad_accum"], 4);
+    assert_eq!(one["grad_accum"], 1);
+    assert!(table.contains("x 4 micro-batches per step"), "{table}");
+    assert_eq!(f(&four["flops_per_step"]), 4.0 * f(&one["flops_per_step"]));
+    let median = f(&four["step_s"]["median"]);
+    assert!(
+        (f(&four["tokens_per_s"]) - 4.0 * 96.0 / median).abs() < 1e-9 * f(&four["tokens_per_s"])
+    );
+    // The accumulators are full while the later micro-batches run: the plan counts more.
+    let plan = |r: &Value| f(&r["peak_mem"]["plan_estimate_gib"]);
+    assert!(
+        plan(&four) > plan(&one),
+        "{} vs {}",
+        plan(&four),
+        plan(&one)
+    );
+    let err = bench_err(&[
+        "--simulate-world",
+        "3",
+        "--set",
+        "train.global_batch_size=16",
+    ]);
+    assert!(
+        err.contains("global_batch_size 16 is not a multiple"),
+        "{err}"
+    );
+}
+
 /// Runs `bench step --shape tiny --tokens 16 EXTRA...`, which must fail with exit code 1;
 /// returns stderr.
 fn bench_err(extra: &[&str]) -> String {

@@ -80,10 +80,15 @@ fn the_32b_recipe_fits_on_32_gpus_and_not_on_8() {
     assert_eq!(overlap, m["grad_shard"].as_u64().unwrap() - head_slice);
     assert!(overlap < saved);
     assert_eq!(parts - overlap, m["total"].as_u64().unwrap());
-    let recompute = plan_json_with("8", &["--set", "train.recompute_attention=true"]);
+    // One micro-batch per step on 8 GPUs (8 rows per step, not the recipe's 32).
+    let one = ["--set", "train.global_batch_size=8"];
+    let recompute = plan_json_with(
+        "8",
+        &[&one[..], &["--set", "train.recompute_attention=true"]].concat(),
+    );
     let m8 = &recompute["with_checkpointing"]["memory"];
     assert_eq!(m8["grad_overlap"].as_u64().unwrap(), 64 * 16384 * 5120 * 2);
-    let kept = &p8["with_checkpointing"];
+    let kept = &plan_json_with("8", &one)["with_checkpointing"];
     assert_eq!(
         kept["memory"]["activations"].as_u64().unwrap() - m8["activations"].as_u64().unwrap(),
         64 * 16384 * (5120 * 2 + 40 * 4)
@@ -99,7 +104,7 @@ fn the_32b_recipe_fits_on_32_gpus_and_not_on_8() {
         (saved_flops / attn_fwd - 1.0).abs() < 1e-9,
         "{saved_flops} {attn_fwd}"
     );
-    let accumulated = plan_json_with("32", &["--set", "train.grad_accum=2"]);
+    let accumulated = plan_json_with("32", &["--set", "train.global_batch_size=64"]);
     assert_eq!(
         accumulated["with_checkpointing"]["memory"]["grad_overlap"],
         0
@@ -109,10 +114,15 @@ fn the_32b_recipe_fits_on_32_gpus_and_not_on_8() {
         .map(|k| m[*k].as_u64().unwrap())
         .sum::<u64>();
     assert_eq!(state, 18 * p32["shard_params"].as_u64().unwrap());
-    // Each GPU has the same work at any world size (data parallel): the same step time.
+    // The recipe's 32 rows per step at any world size: 4 micro-batches per GPU on 8 GPUs, one
+    // on 32, so a step takes 4 times as long on 8, and the accumulators, full from the first
+    // micro-batch on, overlap nothing.
+    assert_eq!(p8["workload"]["grad_accum"], 4);
+    assert_eq!(p32["workload"]["grad_accum"], 1);
+    assert_eq!(p8["with_checkpointing"]["memory"]["grad_overlap"], 0);
     let t8 = p8["with_checkpointing"]["step_seconds"].as_f64().unwrap();
     let t32 = p32["with_checkpointing"]["step_seconds"].as_f64().unwrap();
-    assert!(t8 > 0.0 && (t8 / t32 - 1.0).abs() < 1e-9, "{t8} {t32}");
+    assert!(t8 > 0.0 && (t8 / t32 - 4.0).abs() < 1e-9, "{t8} {t32}");
 }
 
 #[test]
@@ -316,8 +326,9 @@ fn the_config_field_is_honoured_and_the_flag_overrides_it() {
 
 #[test]
 fn a_plan_that_does_not_fit_says_what_would() {
-    // 12 GPUs: 81.8 GiB; recomputing the attention (70.6) or offloading (48.2) fits.
-    let text = plan(&recipe(), "12", &[]);
+    // 16 GPUs (2 micro-batches per step): 80.1 GiB; recomputing the attention (68.9) or
+    // offloading (54.9) fits.
+    let text = plan(&recipe(), "16", &[]);
     assert_mentions(
         &text,
         &[
@@ -326,7 +337,7 @@ fn a_plan_that_does_not_fit_says_what_would() {
             "--offload cpu",
         ],
     );
-    let fixes = plan_json("12")["fixes"].as_array().unwrap().clone();
+    let fixes = plan_json("16")["fixes"].as_array().unwrap().clone();
     let settings: Vec<&str> = fixes
         .iter()
         .map(|f| f["settings"].as_str().unwrap())
@@ -345,6 +356,18 @@ fn a_plan_that_does_not_fit_says_what_would() {
     assert!(plan_json("32")["fixes"].as_array().unwrap().is_empty());
     assert!(!plan(&recipe(), "32", &[]).contains("would fit with"));
     assert_mentions(&plan(&recipe(), "2", &[]), &["no setting limo plans"]);
+    // 12 GPUs cannot split 32 rows per step: planned with 3 micro-batches, and said.
+    let out = limo(&["plan", "--config", &recipe(), "--gpus", "12"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("limo train refuses this run on 12 GPUs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("planned with 3 micro-batches per step"),
+        "{stderr}"
+    );
 }
 
 #[test]

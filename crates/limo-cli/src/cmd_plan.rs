@@ -54,7 +54,7 @@ pub struct PlanArgs {
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let config = TrainConfig::from_file(&args.config, &args.overrides)?;
     let (model, source) = model_config(&config, &args.config)?;
-    let work = Workload::of(&config);
+    let work = Workload::of(&config, args.gpus);
     let hw = Hardware {
         gpus: args.gpus,
         gpu_mem: parse_bytes(&args.gpu_mem).context("--gpu-mem")?,
@@ -77,6 +77,14 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     };
     let plan = plan_with_offload(&model, work, hw, offload)?;
     let fixes = fixes(&model, work, hw, offload)?;
+    let world = usize::try_from(args.gpus).unwrap_or(usize::MAX);
+    if let Err(e) = config.rows_per_step(world) {
+        tracing::warn!(
+            "limo train refuses this run on {} GPUs ({e:#}); planned with {} micro-batches per step",
+            args.gpus,
+            work.grad_accum
+        );
+    }
     let disk = disk_use(&model, &config, args.gpus);
     if args.json {
         let mut value = serde_json::to_value(&plan)?;

@@ -123,6 +123,9 @@ pub struct StepReport {
     pub params: usize,
     pub tokens: usize,
     pub docs: usize,
+    /// Micro-batches per step (the same batch each time): train.grad_accum, or what
+    /// train.global_batch_size makes of it at this world size.
+    pub grad_accum: usize,
     pub dtype: String,
     pub device: String,
     pub world: usize,
@@ -311,7 +314,7 @@ pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
         Workload {
             seq_len: bench.tokens as u64,
             micro_batch: 1,
-            grad_accum: 1,
+            grad_accum: t.grad_accum_at(bench.simulate.map_or(1, |(w, _)| w))? as u64,
             loss_chunk: t.loss_chunk as u64,
             reduce_bytes: t.reduce_dtype.bytes(),
             recompute_attention: t.recompute_attention,
@@ -353,6 +356,8 @@ pub fn run(
     };
     let batch = synthetic_batch(cfg.vocab_size, bench.tokens, bench.docs, bench.seed)?;
     let t = &bench.train;
+    let grad_accum = t.grad_accum_at(world)?;
+    let micro = vec![batch.clone(); grad_accum];
     let plan_estimate_gib = plan_estimate(bench)?;
 
     let started = Instant::now();
@@ -363,7 +368,7 @@ pub fn run(
     let setup_s = started.elapsed().as_secs_f64();
     tracing::info!(setup_s, "slices generated and placed");
 
-    let totals = StepTotals::of(std::slice::from_ref(&batch));
+    let totals = StepTotals::of(&micro);
     let mut losses = Vec::new();
     let mut times = Vec::new();
     let mut phases: Vec<PhaseTimes> = Vec::new();
@@ -379,8 +384,7 @@ pub fn run(
         if timed {
             model.profiler.begin(device)?;
         }
-        let micro = std::slice::from_ref(&batch);
-        let (loss, _norm, _coef) = optimizer_step(&mut model, micro, totals, t.lr, step, t)
+        let (loss, _norm, _coef) = optimizer_step(&mut model, &micro, totals, t.lr, step, t)
             .with_context(|| format!("step {step}"))?;
         if timed {
             phases.push(model.profiler.end()?);
@@ -399,7 +403,8 @@ pub fn run(
     device.synchronize()?;
 
     let step_s = Stats::of(&times);
-    let (n_matmul_params, flops_per_step) = model_flops(&cfg, &batch);
+    let (n_matmul_params, flops_per_micro_batch) = model_flops(&cfg, &batch);
+    let flops_per_step = flops_per_micro_batch * grad_accum as f64;
     let (peak_tflops, peak_source) = match (bench.peak_tflops, known_peak(device_name)) {
         (Some(p), _) => (Some(p), "--peak-tflops".to_string()),
         (None, Some((p, source))) => (Some(p), source.to_string()),
@@ -428,6 +433,7 @@ pub fn run(
         params: groups(&cfg).iter().map(|g| g.numel()).sum(),
         tokens: bench.tokens,
         docs: bench.docs,
+        grad_accum,
         dtype: format!("{:?}", bench.dtype).to_lowercase(),
         device: device_name.to_string(),
         world,
@@ -440,7 +446,7 @@ pub fn run(
         warmup: bench.warmup,
         steps: bench.steps,
         setup_s,
-        tokens_per_s: bench.tokens as f64 / step_s.median,
+        tokens_per_s: (bench.tokens * grad_accum) as f64 / step_s.median,
         step_s,
         n_matmul_params,
         flops_per_step,
@@ -477,12 +483,16 @@ impl StepReport {
             "one rank".to_string()
         };
         line(format!(
-            "{} ({} layers, {:.3}B params), {} tokens in {} doc(s), {} on {}, {who}",
+            "{} ({} layers, {:.3}B params), {} tokens in {} doc(s){}, {} on {}, {who}",
             self.shape,
             self.layers,
             self.params as f64 / 1e9,
             self.tokens,
             self.docs,
+            match self.grad_accum {
+                1 => String::new(),
+                n => format!(" x {n} micro-batches per step"),
+            },
             self.dtype,
             self.device
         ));

@@ -155,10 +155,15 @@ pub struct TrainSection {
     /// `batch_size x grad_accum x world size` rows.
     #[serde(default = "one")]
     pub batch_size: usize,
-    /// Micro-batches per optimizer step. The step's loss is the sum over all its target
-    /// tokens divided by their count, not a mean of micro-batch means.
+    /// Micro-batches per optimizer step. The step's loss is normalized over all its
+    /// micro-batches (`loss_average`), not a mean of micro-batch means.
     #[serde(default = "one")]
     pub grad_accum: usize,
+    /// Rows per optimizer step over all ranks, whatever the world size: `grad_accum` follows
+    /// as `global_batch_size / (batch_size x world size)`, which must divide evenly. A recipe
+    /// then trains the same trajectory on 8 GPUs as on 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch_size: Option<usize>,
     /// Decoupled weight decay (AdamW), applied to every parameter.
     #[serde(default)]
     pub weight_decay: f64,
@@ -207,6 +212,40 @@ pub struct TrainSection {
     /// compute slice and the gradient accumulator). Changes no number.
     #[serde(default, skip_serializing_if = "OptimizerOffload::is_none")]
     pub optimizer_offload: OptimizerOffload,
+}
+
+impl TrainSection {
+    /// Rows one optimizer step consumes over all ranks: `global_batch_size`, or else
+    /// batch_size x grad_accum x world.
+    pub fn rows_per_step(&self, world_size: usize) -> anyhow::Result<usize> {
+        let t = self;
+        let per_micro_batch = t.batch_size.checked_mul(world_size);
+        if let Some(global) = t.global_batch_size {
+            if !per_micro_batch.is_some_and(|p| p > 0 && global % p == 0) {
+                bail!(
+                    "train.global_batch_size {global} is not a multiple of batch_size {} x {world_size} ranks: \
+                     choose a batch_size and a number of ranks whose product divides it",
+                    t.batch_size
+                );
+            }
+            return Ok(global);
+        }
+        per_micro_batch
+            .and_then(|n| n.checked_mul(t.grad_accum))
+            .with_context(|| {
+                format!(
+                    "train.batch_size {} x grad_accum {} x {world_size} ranks overflows",
+                    t.batch_size, t.grad_accum
+                )
+            })
+    }
+
+    /// Micro-batches per optimizer step on `world_size` ranks: `grad_accum`, or what
+    /// `global_batch_size` makes of it.
+    pub fn grad_accum_at(&self, world_size: usize) -> anyhow::Result<usize> {
+        let per_micro_batch = self.batch_size * world_size.max(1);
+        Ok(self.rows_per_step(world_size)? / per_micro_batch)
+    }
 }
 
 config_enum! {
@@ -453,6 +492,13 @@ impl TrainConfig {
                 i32::MAX
             );
         }
+        match t.global_batch_size {
+            Some(0) => bail!("train.global_batch_size must be at least 1"),
+            Some(_) if t.grad_accum != 1 => bail!(
+                "train: give global_batch_size (grad_accum then follows from the world size) or grad_accum, not both"
+            ),
+            _ => {}
+        }
         if t.grad_accum > i32::MAX as usize {
             bail!(
                 "train.grad_accum {} is more than limo handles ({})",
@@ -543,18 +589,14 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Rows one optimizer step consumes over all ranks: batch_size x grad_accum x world.
+    /// See [`TrainSection::rows_per_step`].
     pub fn rows_per_step(&self, world_size: usize) -> anyhow::Result<usize> {
-        let t = &self.train;
-        t.batch_size
-            .checked_mul(t.grad_accum)
-            .and_then(|n| n.checked_mul(world_size))
-            .with_context(|| {
-                format!(
-                    "train.batch_size {} x grad_accum {} x {world_size} ranks overflows",
-                    t.batch_size, t.grad_accum
-                )
-            })
+        self.train.rows_per_step(world_size)
+    }
+
+    /// See [`TrainSection::grad_accum_at`].
+    pub fn grad_accum(&self, world_size: usize) -> anyhow::Result<usize> {
+        self.train.grad_accum_at(world_size)
     }
 
     /// A hash of everything that shapes the trajectory (model, data, train; not output), kept in
@@ -570,6 +612,7 @@ impl TrainConfig {
         for key in [
             "batch_size",
             "grad_accum",
+            "global_batch_size",
             "activation_checkpointing",
             "recompute_attention",
             "optimizer_offload",

@@ -185,6 +185,8 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     config.preflight()?;
     let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
     let device = options.device.unwrap_or(Device::Cpu);
+    // A global batch size this world size cannot split fails here, before any data is read.
+    config.rows_per_step(comm.world_size())?;
     let lead = comm.rank() == 0;
     agreement::same_config(config, options.resume.as_deref(), comm.as_ref(), &device)?;
     // A second `limo train` into the same directory (a job submitted twice, a requeue while

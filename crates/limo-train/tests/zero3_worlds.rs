@@ -501,4 +501,28 @@ fn loss_average_sequences_weighs_every_example_the_same_at_every_split() {
         let (_, model) = weight_errors(&final_master(&out), &final_master(&reference_out));
         assert!(model <= 1e-12, "{what}: final weights rel L2 {model:e}");
     }
+
+    // train.global_batch_size makes the split by itself: 2 rows per rank and micro-batch, 3
+    // micro-batches at world 2. A split it does not divide into is refused before any data.
+    let global = |out: &Path, world: usize, batch: usize| {
+        let mut c = with(out, world, LossAverage::Sequences, 6);
+        (c.train.batch_size, c.train.global_batch_size) = (batch, Some(ROWS_PER_STEP));
+        c
+    };
+    let out = tmp.path().join("w2-global");
+    run(global(&out, 2, 2), 2, None);
+    assert_same_steps("global batch, world 2", &metrics(&out), &reference, 1e-12);
+    let refused = global(&tmp.path().join("w1-global-5"), 1, 5);
+    let err = format!(
+        "{:#}",
+        train(&refused, RunOptions::default()).err().unwrap()
+    );
+    assert!(
+        err.contains("global_batch_size 12 is not a multiple of batch_size 5"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("w1-global-5").exists(),
+        "refused before writing"
+    );
 }

@@ -141,16 +141,16 @@ fn hash_and_written_toml_are_pinned() {
             ["5e19be3501995f36", "9bdbfe6ac1b7aa07", "3ac024a8124ac36e"],
         ),
     ] {
-        // Pinned before the recipes named their device (which the hash leaves out) and
-        // averaged over sequences (which it keeps).
-        let cpu = [
-            "model.device=\"cpu\"".to_string(),
-            "train.loss_average=tokens".to_string(),
-        ];
-        let c = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu).unwrap();
-        assert_eq!(pins(&c, 8), want, "{name}");
-        let recipe = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu[..1]).unwrap();
+        // Pinned before the recipes named their device (which the hash leaves out), averaged
+        // over sequences and set 32 rows per step (which it keeps).
+        let cpu = ["model.device=\"cpu\"".to_string()];
+        let recipe = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu).unwrap();
         assert_eq!(recipe.train.loss_average, LossAverage::Sequences, "{name}");
+        assert_eq!(recipe.train.global_batch_size, Some(32), "{name}");
+        let mut c = recipe.clone();
+        c.train.loss_average = LossAverage::Tokens;
+        c.train.global_batch_size = None;
+        assert_eq!(pins(&c, 8), want, "{name}");
         assert_ne!(recipe.trajectory_hash(8), c.trajectory_hash(8), "{name}");
     }
     // The default written out is the default left out: the same hash and TOML.
@@ -253,6 +253,46 @@ fn out_of_range_counts_are_errors_that_name_the_key() {
     assert_eq!(c.rows_per_step(5).unwrap(), 4 * 3 * 5);
     let err = c.rows_per_step(usize::MAX).unwrap_err().to_string();
     assert!(err.contains("overflows"), "{err}");
+}
+
+#[test]
+fn a_global_batch_size_sets_the_accumulation_per_world_size() {
+    let global = |set: &[&str]| {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        TrainConfig::parse(TINY_TOML, "tiny.toml", &set)
+    };
+    // tiny.toml: batch_size 4.
+    let c = global(&["train.global_batch_size=32"]).unwrap();
+    for (world, accum) in [(1, 8), (2, 4), (4, 2), (8, 1)] {
+        assert_eq!(c.rows_per_step(world).unwrap(), 32, "world {world}");
+        assert_eq!(c.grad_accum(world).unwrap(), accum, "world {world}");
+    }
+    for world in [3, 16] {
+        let err = format!("{:#}", c.rows_per_step(world).unwrap_err());
+        assert!(
+            err.contains("train.global_batch_size 32 is not a multiple of batch_size 4"),
+            "{err}"
+        );
+    }
+    // The same rows per step written either way is the same trajectory (resume across them).
+    let accum = global(&["train.grad_accum=4"]).unwrap();
+    assert_eq!(c.trajectory_hash(2), accum.trajectory_hash(2));
+    assert_ne!(c.trajectory_hash(4), accum.trajectory_hash(4));
+    assert_eq!(c.grad_accum(1).unwrap(), 8);
+    assert_eq!(accum.grad_accum(3).unwrap(), 4);
+    for (set, expected) in [
+        (
+            &["train.global_batch_size=0"][..],
+            "train.global_batch_size must be at least 1",
+        ),
+        (
+            &["train.global_batch_size=32", "train.grad_accum=2"][..],
+            "not both",
+        ),
+    ] {
+        let err = format!("{:#}", global(set).unwrap_err());
+        assert!(err.contains(expected), "{set:?}: {err}");
+    }
 }
 
 #[test]

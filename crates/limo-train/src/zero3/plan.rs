@@ -38,14 +38,22 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// What a run of `config` gives each GPU: its cutoff (every row assumed full length), batch
-    /// size, accumulation, loss chunk, reduce dtype and attention recompute.
-    pub fn of(config: &crate::TrainConfig) -> Self {
+    /// What a run of `config` on `gpus` GPUs gives each GPU: its cutoff (every row assumed full
+    /// length), batch size, accumulation, loss chunk, reduce dtype and attention recompute.
+    /// A `global_batch_size` that `gpus` x `batch_size` does not divide (which `limo train`
+    /// refuses) is planned as the next whole number of micro-batches.
+    pub fn of(config: &crate::TrainConfig, gpus: u64) -> Self {
         let t = &config.train;
+        let grad_accum = match t.global_batch_size {
+            Some(global) => {
+                (global as u64).div_ceil((t.batch_size as u64).saturating_mul(gpus).max(1))
+            }
+            None => t.grad_accum as u64,
+        };
         Workload {
             seq_len: config.data.cutoff_len as u64,
             micro_batch: t.batch_size as u64,
-            grad_accum: t.grad_accum as u64,
+            grad_accum,
             loss_chunk: t.loss_chunk as u64,
             reduce_bytes: t.reduce_dtype.bytes(),
             recompute_attention: t.recompute_attention,
@@ -460,7 +468,7 @@ pub fn fit_warning(
     gpus: u64,
     gpu_mem: u64,
 ) -> anyhow::Result<Option<String>> {
-    let work = Workload::of(config);
+    let work = Workload::of(config, gpus);
     let hw = Hardware {
         gpus,
         gpu_mem,

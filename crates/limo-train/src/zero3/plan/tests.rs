@@ -10,9 +10,10 @@ fn train_warns_before_a_run_that_will_not_fit() {
     let h200 = 141 * GIB;
     assert_eq!(fit_warning(&cfg, &config, 8, h200).unwrap(), None);
     let on_80 = fit_warning(&cfg, &config, 8, 80 * GIB).unwrap().unwrap();
-    assert!(on_80.contains("101.5 GiB per GPU on 8 GPU(s)"), "{on_80}");
+    // 32 rows per step: 4 micro-batches per GPU on 8 GPUs.
+    assert!(on_80.contains("117.9 GiB per GPU on 8 GPU(s)"), "{on_80}");
     assert!(
-        on_80.contains("it would fit with --offload cpu (51.1 GiB)"),
+        on_80.contains("it would fit with --offload cpu (67.5 GiB)"),
         "{on_80}"
     );
     let two = fit_warning(&cfg, &config, 2, 80 * GIB).unwrap().unwrap();
