@@ -299,6 +299,9 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         ("max_grad_norm", "max_grad_norm"),
     ] {
         if let Some(v) = args.float(key)? {
+            if key == "weight_decay" && v > 0.0 {
+                notes.push(format!("weight_decay: {v}: limo decays every parameter; transformers' Trainer leaves out the biases (and, in recent versions, the norm weights)"));
+            }
             train.insert(field.into(), v.into());
         }
     }

@@ -187,6 +187,12 @@ fn average_tokens_across_devices_picks_the_loss_average() {
         let c = from_yaml(&path, &[]).unwrap();
         assert_eq!(c.train.loss_average, want, "{line}");
     }
+    let (_dir, path) = setup(&(LIMO_YAML.to_string() + "weight_decay: 0.1\n"), INFO);
+    let notes = translate(&path).unwrap().notes;
+    assert!(
+        notes.iter().any(|n| n.contains("leaves out the biases")),
+        "{notes:#?}"
+    );
     let (_dir, path) = setup(
         &(LIMO_YAML.to_string() + "average_tokens_across_devices: 1\n"),
         INFO,
