@@ -123,6 +123,11 @@ pub fn linear_cross_entropy_scaled_on_device(
     let dtype = crate::compute_dtype(weight.dtype());
     let chunk_tokens = chunk_tokens.max(1);
 
+    // Per-token weights go to the device once, not once per chunk.
+    let all_weights = match grad_scale {
+        Some(GradScale::PerToken(w)) => Some(Tensor::from_slice(w, (n, 1), device)?),
+        _ => None,
+    };
     // The per-chunk sums add up on the device, in f64 (as the host sum did: on the CPU the
     // same additions in the same order, so bit-identical).
     let mut loss_acc: Option<Tensor> = None;
@@ -135,13 +140,10 @@ pub fn linear_cross_entropy_scaled_on_device(
         let h = hidden.narrow(0, start, len)?;
         let h = if on_kernel { h } else { upcast(&h)? };
         let logits = h.matmul(&w.t()?)?;
-        let (token_weights, kernel_scale) = match grad_scale {
-            Some(GradScale::PerToken(all)) => {
-                let chunk = Tensor::from_slice(&all[start..start + len], (len, 1), device)?;
-                (Some(chunk), Some(1.0))
-            }
-            Some(GradScale::Uniform(s)) => (None, Some(s)),
-            None => (None, None),
+        let (token_weights, kernel_scale) = match (grad_scale, &all_weights) {
+            (Some(GradScale::Uniform(s)), _) => (None, Some(s)),
+            (_, Some(all)) => (Some(all.narrow(0, start, len)?), Some(1.0)),
+            _ => (None, None),
         };
         let (loss, d_logits) = chunk_loss(logits, chunk_targets, kernel_scale, on_kernel)?;
         let chunk_sum = match &token_weights {
