@@ -198,7 +198,9 @@ pub fn linear_cross_entropy_scaled_on_device(
     })
 }
 
-/// `diag(w) x` in at least f32 (bf16 rows are scaled in f32 and rounded once), in `x`'s dtype.
+/// `diag(w) x` in at least f32, in `x`'s dtype: bf16 rows are scaled in f32 and rounded back
+/// (on the kernel path `d hidden` is a bf16 matmul output, so it is rounded twice, where a
+/// uniform scale inside the kernel rounds once: about one bf16 ulp).
 fn weigh_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dtype = match x.dtype() {
         DType::F64 => DType::F64,

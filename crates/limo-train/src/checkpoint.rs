@@ -627,7 +627,7 @@ pub fn restore_run(
     let world = model.world_size();
     if manifest.config_hash != config.trajectory_hash(world) {
         bail!(
-            "{}: written by a run with a different model, data or train configuration (or a different number of rows per step: batch_size x grad_accum x world size); resume with the same config",
+            "{}: written by a run with a different model, data or train configuration (or a different number of rows per step: batch_size x grad_accum x world size, or global_batch_size); resume with the same config",
             dir.display()
         );
     }

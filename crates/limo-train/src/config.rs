@@ -152,7 +152,7 @@ pub struct TrainSection {
     #[serde(default)]
     pub max_steps: Option<usize>,
     /// Examples (rows) per micro-batch on each rank (per GPU). A step consumes
-    /// `batch_size x grad_accum x world size` rows.
+    /// `batch_size x grad_accum x world size` rows (or `global_batch_size`).
     #[serde(default = "one")]
     pub batch_size: usize,
     /// Micro-batches per optimizer step. The step's loss is normalized over all its
@@ -243,8 +243,14 @@ impl TrainSection {
     /// Micro-batches per optimizer step on `world_size` ranks: `grad_accum`, or what
     /// `global_batch_size` makes of it.
     pub fn grad_accum_at(&self, world_size: usize) -> anyhow::Result<usize> {
-        let per_micro_batch = self.batch_size * world_size.max(1);
-        Ok(self.rows_per_step(world_size)? / per_micro_batch)
+        let rows = self.rows_per_step(world_size)?;
+        match self.batch_size.checked_mul(world_size) {
+            Some(per_micro_batch) if per_micro_batch > 0 => Ok(rows / per_micro_batch),
+            _ => bail!(
+                "{world_size} ranks of batch_size {}: no micro-batch",
+                self.batch_size
+            ),
+        }
     }
 }
 
@@ -495,7 +501,11 @@ impl TrainConfig {
         match t.global_batch_size {
             Some(0) => bail!("train.global_batch_size must be at least 1"),
             Some(_) if t.grad_accum != 1 => bail!(
-                "train: give global_batch_size (grad_accum then follows from the world size) or grad_accum, not both"
+                "train: give global_batch_size (grad_accum then follows from the world size) or grad_accum, not both (add --set train.grad_accum=1)"
+            ),
+            Some(global) if global % t.batch_size.max(1) != 0 => bail!(
+                "train.global_batch_size {global} is not a multiple of train.batch_size {}, so no number of ranks splits it",
+                t.batch_size
             ),
             _ => {}
         }

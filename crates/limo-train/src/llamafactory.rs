@@ -316,8 +316,13 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         train.insert("loss_average".into(), average.into());
         let per_gpu = (args.uint("per_device_train_batch_size")?.unwrap_or(8))
             .saturating_mul(args.uint("gradient_accumulation_steps")?.unwrap_or(1));
-        if !across && per_gpu > 1 {
-            notes.push(format!("average_tokens_across_devices: false with {per_gpu} examples per GPU and step: transformers averages each GPU's tokens, then the GPUs; limo weighs every example the same (train.loss_average = \"sequences\")"));
+        if !across && (per_gpu > 1 || packing || neat) {
+            let what = if per_gpu > 1 {
+                format!("{per_gpu} rows per GPU and step")
+            } else {
+                "packed rows (several examples each)".to_string()
+            };
+            notes.push(format!("average_tokens_across_devices: false with {what}: transformers averages each GPU's tokens, then the GPUs; limo weighs every example the same (train.loss_average = \"sequences\")"));
         }
     }
     if args

@@ -438,6 +438,9 @@ impl<'a> Run<'a> {
             total_steps = self.total_steps,
             rows_per_step = self.rows_per_step,
             world = self.model.world_size(),
+            micro_batches_per_step =
+                self.rows_per_step / (self.config.train.batch_size * self.model.world_size()),
+            loss_average = self.config.train.loss_average.as_str(),
             "training"
         );
     }
@@ -655,10 +658,20 @@ pub fn optimizer_step(
 fn to_batch(rows: &[TrainingRow], indices: &[usize]) -> anyhow::Result<Batch> {
     let ids: Vec<Vec<u32>> = indices.iter().map(|&i| rows[i].input_ids.clone()).collect();
     let labels: Vec<Vec<i64>> = indices.iter().map(|&i| rows[i].labels.clone()).collect();
+    // A packed row keeps its positions beside unpacked ones (tokenized data may mix them):
+    // those count from 0.
     let positions: Option<Vec<Vec<u32>>> = indices
         .iter()
-        .map(|&i| rows[i].position_ids.clone())
-        .collect();
+        .any(|&i| rows[i].position_ids.is_some())
+        .then(|| {
+            indices
+                .iter()
+                .map(|&i| match &rows[i].position_ids {
+                    Some(p) => p.clone(),
+                    None => (0..rows[i].input_ids.len() as u32).collect(),
+                })
+                .collect()
+        });
     Ok(Batch::from_rows(&ids, &labels, positions.as_deref())?)
 }
 

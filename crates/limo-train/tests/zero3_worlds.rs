@@ -379,31 +379,51 @@ fn what_the_forward_keeps_changes_no_number() {
     }
 }
 
-/// A tokenized row: input ids and labels.
-type Row = (Vec<u32>, Vec<i64>);
+/// A document: input ids and labels (positions from 0).
+type Doc = (Vec<u32>, Vec<i64>);
 
 /// Twelve tokenized rows of 7 to 31 tokens whose targets (3 to 26) differ row by row, so that
-/// weighing every example the same differs from weighing every token the same.
-fn varied_rows(dir: &Path) -> (PathBuf, Vec<Row>) {
-    let rows: Vec<Row> = (0..ROWS_PER_STEP)
-        .map(|r| {
-            let (prompt, answer) = (4 + r % 5, 3 + (r * 7) % 27);
-            let ids: Vec<u32> = (0..prompt + answer)
-                .map(|t| ((r * 131 + t * 17) % 500 + 3) as u32)
-                .collect();
-            let labels = (0..ids.len())
-                .map(|t| if t < prompt { -100 } else { ids[t] as i64 })
-                .collect();
-            (ids, labels)
-        })
-        .collect();
+/// weighing every example the same differs from weighing every token the same. Row 4 packs a
+/// second document after its first (positions restart at 0); row 7 is a prompt alone, with no
+/// target. Returns the file and the documents that have targets (the step's 12 examples).
+fn varied_rows(dir: &Path) -> (PathBuf, Vec<Doc>) {
+    let doc = |r: usize, prompt: usize, answer: usize| -> Doc {
+        let ids: Vec<u32> = (0..prompt + answer)
+            .map(|t| ((r * 131 + t * 17) % 500 + 3) as u32)
+            .collect();
+        let labels = (0..ids.len())
+            .map(|t| if t < prompt { -100 } else { ids[t] as i64 })
+            .collect();
+        (ids, labels)
+    };
+    let mut lines = Vec::new();
+    let mut examples = Vec::new();
+    for r in 0..ROWS_PER_STEP {
+        let first = doc(r, 4 + r % 5, 3 + (r * 7) % 27);
+        let row = match r {
+            4 => {
+                let second = doc(100, 6, 19);
+                let positions: Vec<usize> = (0..first.0.len()).chain(0..second.0.len()).collect();
+                let ids = [first.0.clone(), second.0.clone()].concat();
+                let labels = [first.1.clone(), second.1.clone()].concat();
+                examples.extend([first, second]);
+                serde_json::json!({"input_ids": ids, "labels": labels, "position_ids": positions})
+            }
+            7 => {
+                let labels = vec![-100; first.0.len()];
+                serde_json::json!({"input_ids": first.0, "labels": labels})
+            }
+            _ => {
+                let row = serde_json::json!({"input_ids": first.0, "labels": first.1});
+                examples.push(first);
+                row
+            }
+        };
+        lines.push(row.to_string());
+    }
     let path = dir.join("varied.jsonl");
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|(ids, labels)| serde_json::json!({"input_ids": ids, "labels": labels}).to_string())
-        .collect();
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    (path, rows)
+    (path, examples)
 }
 
 #[test]
@@ -411,7 +431,8 @@ fn loss_average_sequences_weighs_every_example_the_same_at_every_split() {
     use limo_train::config::LossAverage;
     use limo_train::parity::batch_loss_and_grads;
     let tmp = tempfile::tempdir().unwrap();
-    let (data, rows) = varied_rows(tmp.path());
+    let (data, examples) = varied_rows(tmp.path());
+    assert_eq!(examples.len(), 12);
     let with = |out: &Path, world: usize, average: LossAverage, steps: usize| {
         let mut c = config(out, "f64", world, 0);
         c.data.path = data.display().to_string();
@@ -422,7 +443,7 @@ fn loss_average_sequences_weighs_every_example_the_same_at_every_split() {
 
     // Step 1 against each row's own mean loss and gradient (the parity path, one row each).
     let model = golden().join("model");
-    let per_row: Vec<_> = rows
+    let per_row: Vec<_> = examples
         .iter()
         .map(|(ids, labels)| {
             let batch = limo_model::Batch::from_rows(
@@ -435,10 +456,10 @@ fn loss_average_sequences_weighs_every_example_the_same_at_every_split() {
         })
         .collect();
     let all_targets: usize = per_row.iter().map(|g| g.n_targets).sum();
-    for average in [LossAverage::Sequences, LossAverage::Tokens] {
+    for average in [LossAverage::Tokens, LossAverage::Sequences] {
         // Each row's weight in the step's loss.
         let weight = |g: &limo_train::parity::BatchGrads| match average {
-            LossAverage::Sequences => 1.0 / rows.len() as f64,
+            LossAverage::Sequences => 1.0 / examples.len() as f64,
             LossAverage::Tokens => g.n_targets as f64 / all_targets as f64,
         };
         let loss: f64 = per_row.iter().map(|g| weight(g) * g.loss()).sum();
@@ -459,6 +480,10 @@ fn loss_average_sequences_weighs_every_example_the_same_at_every_split() {
         }
         let out = tmp.path().join(format!("one-step-{average}"));
         run(with(&out, 1, average, 1), 1, None);
+        // Every row was read, the prompt-only one too; the loss below also needs row 4's two
+        // documents kept apart beside the unpacked rows of its micro-batch.
+        let m = &limo_train::metrics::read(&out.join("metrics.jsonl")).unwrap()[0];
+        assert_eq!(m.n_target_tokens, all_targets);
         let (got_loss, got_norm) = metrics(&out)[0];
         let what = format!("{average}: step 1");
         assert!(

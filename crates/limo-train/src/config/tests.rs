@@ -289,6 +289,10 @@ fn a_global_batch_size_sets_the_accumulation_per_world_size() {
             &["train.global_batch_size=32", "train.grad_accum=2"][..],
             "not both",
         ),
+        (
+            &["train.global_batch_size=30"][..],
+            "train.global_batch_size 30 is not a multiple of train.batch_size 4",
+        ),
     ] {
         let err = format!("{:#}", global(set).unwrap_err());
         assert!(err.contains(expected), "{set:?}: {err}");

@@ -179,6 +179,11 @@ fn average_tokens_across_devices_picks_the_loss_average() {
             LossAverage::Sequences,
             13,
         ),
+        (
+            "average_tokens_across_devices: false\nneat_packing: true",
+            LossAverage::Sequences,
+            13,
+        ),
     ] {
         let yaml = LIMO_YAML.replace("gradient_accumulation_steps: 1\n", "") + line + "\n";
         let (_dir, path) = setup(&yaml, INFO);

@@ -651,7 +651,8 @@ impl ShardedModel {
 
 /// What the forward and backward of one micro-batch return besides the gradients.
 pub struct MicroBatchLoss {
-    /// Sum of this rank's per-token losses over its targets: `[1]` f64 on the device.
+    /// Sum of this rank's per-token losses over its targets (weighted, with per-token
+    /// weights): `[1]` f64 on the device.
     pub loss_sum: Tensor,
     /// `[N]` cross-entropy per token of the flat batch, 0 where not a target.
     pub per_token_loss: Tensor,
