@@ -91,3 +91,35 @@ fn ranks_that_do_not_share_the_run_directory_stop_before_training() {
     }
     assert!(!node0.join("run/metrics.jsonl").exists(), "no step ran");
 }
+
+/// The same relative data path on two nodes whose copies differ (one row edited): the ranks
+/// would train on different rows under the same indices. Refused before the first step.
+#[test]
+fn ranks_that_read_different_rows_stop_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let config = golden_config(tmp.path(), Path::new("rows.jsonl"), &out, "f32", &[]);
+    let rows = std::fs::read_to_string(golden().join("train/data.jsonl")).unwrap();
+    let edited = rows.replacen("168, 170", "168, 171", 1);
+    assert_ne!(rows, edited);
+    let [node0, node1] = ["node0", "node1"].map(|n| tmp.path().join(n));
+    for (node, text) in [(&node0, &rows), (&node1, &edited)] {
+        std::fs::create_dir(node).unwrap();
+        std::fs::write(node.join("rows.jsonl"), text).unwrap();
+    }
+    let port = free_port();
+    let [(code0, err0), (code1, err1)] = both([
+        rank(0, port, &node0, &config, &[]),
+        rank(1, port, &node1, &config, &[]),
+    ]);
+    assert_eq!((code0, code1), (Some(1), Some(1)), "{err0}\n{err1}");
+    assert!(
+        err0.contains("rank(s) [1] read different training rows than rank 0"),
+        "{err0}"
+    );
+    assert!(
+        err1.contains("this rank read 6 training rows that differ from rank 0's 6"),
+        "{err1}"
+    );
+    assert!(!out.join("metrics.jsonl").exists(), "no step ran");
+}

@@ -513,6 +513,26 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
         assert!(err.contains(expected), "{bad}: {err}");
         assert!(!out.join("metrics.jsonl").exists(), "{bad}: no step ran");
     }
+    // Packed by limo into one row with the good one: still the bad row's own number. Positions
+    // that neither count up nor restart at 0 are refused (they would merge documents).
+    for (bad, set, expected) in [
+        (
+            r#"{"input_ids": [1, 2, 512], "labels": [1, 2, 3]}"#,
+            "data.packing=true",
+            "rows.jsonl: row 2: token id 512",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4], "position_ids": [0, 1, 1, 2]}"#,
+            "data.packing=false",
+            "rows.jsonl: row 2: position_ids[2] is 1 after 1",
+        ),
+    ] {
+        std::fs::write(&data, format!("{good}\n{bad}\n")).unwrap();
+        let out = tmp.path().join("run");
+        let config = golden_config(tmp.path(), &data, &out, "f32", &[set]);
+        let err = run_err(&train_args(&config, &[]));
+        assert!(err.contains(expected), "{bad}: {err}");
+    }
     // Text rows get their ids from the tokenizer: one that is not the model's (Qwen2.5's
     // 151k-token vocabulary on the golden model's 512) is named as the cause.
     let text_data = tmp.path().join("text.jsonl");

@@ -97,9 +97,11 @@ impl Batch {
             }
             batch.cu_seqlens.push(row_start + seq_len);
             batch.input_ids.extend_from_slice(ids);
-            batch
-                .targets
-                .extend(lab[1..].iter().copied().chain([IGNORE_INDEX]));
+            // A document's last token cannot see the next document: it has no target there,
+            // whatever the next document's first label says.
+            let next = lab[1..].iter().zip(&pos[1..]);
+            let targets = next.map(|(&l, &p)| if p == 0 { IGNORE_INDEX } else { l });
+            batch.targets.extend(targets.chain([IGNORE_INDEX]));
             batch.positions.extend(pos);
             batch.row_offsets.push(batch.input_ids.len());
         }
@@ -231,5 +233,19 @@ mod tests {
         .unwrap();
         assert_eq!(b.target_documents(), 1);
         assert_eq!(b.sequence_weights(1), vec![0.0, 0.0, 0.5, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn no_target_crosses_into_the_next_document() {
+        // The second document's first label is a token id, not -100 (a row packed elsewhere):
+        // the first document's last token must not learn it.
+        let b = Batch::from_rows(
+            &[vec![1, 2, 3, 4]],
+            &[vec![-100, -100, 3, 4]],
+            Some(&[vec![0, 1, 0, 1]]),
+        )
+        .unwrap();
+        assert_eq!(b.targets, vec![IGNORE_INDEX, IGNORE_INDEX, 4, IGNORE_INDEX]);
+        assert_eq!(b.target_documents(), 1);
     }
 }

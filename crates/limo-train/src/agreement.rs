@@ -11,6 +11,7 @@ use limo_dist::comm::Communicator;
 
 use crate::checkpoint;
 use crate::config::TrainConfig;
+use crate::source::TrainingRow;
 
 /// `--resume auto`: resume when the run directory has a checkpoint, start afresh otherwise.
 pub const AUTO: &str = "auto";
@@ -51,6 +52,58 @@ pub fn same_config(
         "this rank's config differs from rank 0's: {}; every rank of a run takes the same \
          config, --set and --resume",
         fields.join("; ")
+    )
+}
+
+/// Every rank reads `data.path` itself: a node-local file that differs between nodes, or Hub
+/// caches holding different revisions, would have the ranks train on different rows under the
+/// same indices (or, with a different count, run different step counts and hang). One hash of
+/// the rows (their count, ids, labels and positions) per rank, compared before the first step.
+pub fn same_rows(
+    rows: &[TrainingRow],
+    comm: &dyn Communicator,
+    device: &Device,
+) -> anyhow::Result<()> {
+    if comm.world_size() == 1 {
+        return Ok(());
+    }
+    let words = rows.iter().flat_map(|r| {
+        let ids = r.input_ids.iter().map(|&i| u64::from(i));
+        let labels = r.labels.iter().map(|&l| l as u64);
+        let positions = r.position_ids.iter().flatten().map(|&p| u64::from(p));
+        [r.input_ids.len() as u64]
+            .into_iter()
+            .chain(ids)
+            .chain(labels)
+            .chain(positions)
+    });
+    let hash = words.fold(0xcbf2_9ce4_8422_2325_u64, |h, w| {
+        (h ^ w).wrapping_mul(0x0100_0000_01b3)
+    });
+    // 52 bits: exact in the f64 the collectives carry.
+    let mine = [(hash >> 12) as f64, rows.len() as f64];
+    let all = comm
+        .all_gather(&Tensor::new(&mine, device)?)?
+        .to_vec1::<f64>()?;
+    let differ: Vec<usize> = (0..comm.world_size())
+        .filter(|&r| all[2 * r..2 * r + 2] != all[..2])
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    if differ.contains(&comm.rank()) {
+        bail!(
+            "this rank read {} training rows that differ from rank 0's {} (data.path read here \
+             is not what rank 0 read); every rank must read the same data: a file every node \
+             sees, or identical copies",
+            rows.len(),
+            all[1]
+        );
+    }
+    bail!(
+        "rank(s) {} read different training rows than rank 0 (see their errors); every rank \
+         must read the same data.path",
+        limo_dist::rank_list(&differ)
     )
 }
 

@@ -32,8 +32,22 @@ pub struct TrainingRow {
     pub labels: Vec<i64>,
     pub position_ids: Option<Vec<u32>>,
     /// `file: row N` of a pre-tokenized row, for errors about its ids (other rows' ids come
-    /// from the tokenizer).
-    pub origin: Option<String>,
+    /// from the tokenizer): one per document when limo packed the row, else one.
+    pub origins: Vec<String>,
+}
+
+impl TrainingRow {
+    /// The `file: row N` that token `t` (of the ids or the labels) came from.
+    pub fn origin_of(&self, t: usize) -> Option<&str> {
+        let document = match (&self.position_ids, self.origins.len()) {
+            (Some(p), n) if n > 1 => p[1..=t.min(p.len() - 1)]
+                .iter()
+                .filter(|&&p| p == 0)
+                .count(),
+            _ => 0,
+        };
+        self.origins.get(document).map(String::as_str)
+    }
 }
 
 pub struct PreparedModel {
@@ -126,7 +140,7 @@ pub fn prepare_rows(
                 input_ids: p.input_ids,
                 labels: p.labels,
                 position_ids: Some(p.position_ids),
-                origin: None,
+                origins: Vec::new(),
             })
             .collect());
     }
@@ -137,7 +151,7 @@ pub fn prepare_rows(
             input_ids: e.input_ids,
             labels: e.labels,
             position_ids: None,
-            origin: None,
+            origins: Vec::new(),
         })
         .collect())
 }
@@ -185,7 +199,8 @@ pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
                 if let Some(p) = row.position_ids.as_mut() {
                     p.truncate(cutoff);
                 }
-                row.labels.iter().any(|&l| l >= 0)
+                // labels[0] is never a target: the first token has nothing before it.
+                row.labels[1..].iter().any(|&l| l >= 0)
             }
         }
     });
@@ -229,7 +244,7 @@ fn tokenized_row(record: limo_data::reader::RawRecord) -> anyhow::Result<Trainin
         input_ids: l.input_ids,
         labels: l.labels,
         position_ids: l.position_ids,
-        origin: Some(at.to_string()),
+        origins: vec![at.to_string()],
     };
     check_tokenized(&row, l.attention_mask.as_deref()).with_context(|| at.to_string())?;
     Ok(row)
@@ -242,7 +257,7 @@ fn pack_tokenized(rows: Vec<TrainingRow>, cutoff: usize) -> anyhow::Result<Vec<T
         bail!(
             "data.packing: {} carries position_ids (a packed row, as `limo data dump --packing` \
              writes); set data.packing = false for packed data",
-            packed.origin.as_deref().unwrap_or("a row")
+            packed.origins.first().map_or("a row", String::as_str)
         );
     }
     let examples: Vec<limo_data::Example> = rows
@@ -255,16 +270,12 @@ fn pack_tokenized(rows: Vec<TrainingRow>, cutoff: usize) -> anyhow::Result<Vec<T
     Ok(limo_data::pack(&examples, cutoff)?
         .into_iter()
         .map(|p| {
-            let first = p.examples.first().and_then(|&i| rows[i].origin.clone());
-            let others = p.examples.len() - 1;
+            let origins = p.examples.iter().flat_map(|&i| rows[i].origins.clone());
             TrainingRow {
                 input_ids: p.input_ids,
                 labels: p.labels,
                 position_ids: Some(p.position_ids),
-                origin: first.map(|at| match others {
-                    0 => at,
-                    n => format!("{at} (packed with {n} more)"),
-                }),
+                origins: origins.collect(),
             }
         })
         .collect())
@@ -287,8 +298,21 @@ fn check_tokenized(row: &TrainingRow, attention_mask: Option<&[u8]>) -> anyhow::
             );
         }
     }
-    if (row.position_ids.as_ref()).is_some_and(|p| p.len() != row.input_ids.len()) {
-        bail!("position_ids must have one entry per token");
+    if let Some(p) = &row.position_ids {
+        if p.len() != row.input_ids.len() {
+            bail!("position_ids must have one entry per token");
+        }
+        // Documents are found where positions restart at 0; anything else would silently
+        // merge two documents or give a token the wrong rotary position.
+        if let Some(t) = (1..p.len()).find(|&t| p[t] != 0 && p[t - 1].checked_add(1) != Some(p[t]))
+        {
+            bail!(
+                "position_ids[{t}] is {} after {}: positions count up by 1 within a document \
+                 and restart at 0 where the next one starts",
+                p[t],
+                p[t - 1]
+            );
+        }
     }
     Ok(())
 }
@@ -362,11 +386,12 @@ mod tests {
         assert_eq!(lens(&rows), [16, 6]);
         let positions = rows[0].position_ids.as_ref().unwrap();
         assert_eq!(positions[10..14], [10, 11, 0, 1]);
+        // Each token's origin is its own document's row.
+        assert!(rows[0].origin_of(0).unwrap().ends_with("rows.jsonl: row 2"));
         assert!(rows[0]
-            .origin
-            .as_ref()
+            .origin_of(13)
             .unwrap()
-            .ends_with("(packed with 1 more)"));
+            .ends_with("rows.jsonl: row 1"));
         // Rows packed already are refused, not packed twice.
         let packed = serde_json::json!({"input_ids": [1, 2], "labels": [1, 2],
             "position_ids": [0, 0]});

@@ -152,18 +152,20 @@ fn load_model(
     rank: usize,
 ) -> anyhow::Result<(Qwen2Config, Vec<Flat>)> {
     let cfg = Qwen2Config::from_file(&dir.join(CONFIG_FILE))?;
-    // Labels too: pre-tokenized rows carry their own, which need not be among the inputs.
-    fn ids(r: &TrainingRow) -> impl Iterator<Item = u64> + '_ {
-        let labels = r.labels.iter().filter(|&&l| l >= 0).map(|&l| l as u64);
-        r.input_ids.iter().map(|&i| i as u64).chain(labels)
-    }
     let vocab = cfg.vocab_size as u64;
-    if let Some((n, row, bad)) = rows
+    // Labels too: pre-tokenized rows carry their own, which need not be among the inputs.
+    // (token index, id) of the first id outside the vocabulary.
+    let outside = |r: &TrainingRow| {
+        let ids = r.input_ids.iter().map(|&i| i as u64).enumerate();
+        let labels = r.labels.iter().map(|&l| l.max(0) as u64).enumerate();
+        ids.chain(labels).find(|&(_, id)| id >= vocab)
+    };
+    if let Some((n, row, t, bad)) = rows
         .iter()
         .enumerate()
-        .find_map(|(n, r)| ids(r).find(|&id| id >= vocab).map(|id| (n + 1, r, id)))
+        .find_map(|(n, r)| outside(r).map(|(t, id)| (n + 1, r, t, id)))
     {
-        match &row.origin {
+        match row.origin_of(t) {
             Some(at) => {
                 bail!("data: {at}: token id {bad} is outside the model's vocabulary of {vocab}")
             }
@@ -200,6 +202,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let resume =
         agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
     let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
+    agreement::same_rows(&inputs.rows, comm.as_ref(), &device)?;
     if lead {
         warn_if_the_disk_is_short(config, &cfg, comm.world_size());
     }
