@@ -375,6 +375,15 @@ mod tests {
         assert_eq!(lens(&rows), [4, 6]);
         let err = read_tokenized(&config(&|c| c.cutoff_len = 2)).unwrap_err();
         assert!(err.to_string().contains("no usable rows"), "{err}");
+        // labels[0] is no target (nothing precedes the first token): a row left with only
+        // it is left out too.
+        let first_only = serde_json::json!({"input_ids": [7, 8, 9], "labels": [7, -100, 9]});
+        let other = dir.path().join("first-only.jsonl");
+        std::fs::write(&other, first_only.to_string()).unwrap();
+        let mut c = config(&|c| c.cutoff_len = 2);
+        c.path = other.display().to_string();
+        let err = read_tokenized(&c).unwrap_err();
+        assert!(err.to_string().contains("no usable rows"), "{err}");
 
         // Packed into rows of 16: 12 + 4 and 6, positions restarting per document; a row's
         // origin names its first document.
