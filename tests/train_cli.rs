@@ -633,6 +633,31 @@ fn resume_after_the_data_changed_names_the_manifest() {
     );
 }
 
+/// A row edited between a run and its resume (the same count): the resume would train the
+/// rest of the run on rows the checkpoint's data order was not drawn for. Refused; with the
+/// data restored the resume goes on.
+#[test]
+fn resume_on_edited_rows_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 6, 16);
+    let out = tmp.path().join("run");
+    let config = golden_config(tmp.path(), &data, &out, "f32", &["output.save_steps=1"]);
+    run_ok(&train_args(&config, &["train.max_steps=2"]));
+    let text = std::fs::read_to_string(&data).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    // The first prompt token (not a target) becomes another id: same lengths, same labels.
+    let mut row: serde_json::Value = serde_json::from_str(first).unwrap();
+    let id = row["input_ids"][0].as_u64().unwrap();
+    row["input_ids"][0] = ((id + 1) % 512).into();
+    std::fs::write(&data, format!("{row}\n{rest}")).unwrap();
+    let mut args = train_args(&config, &["train.max_steps=2"]);
+    args.extend(["--resume".into(), "1".into()]);
+    let err = run_err(&args);
+    assert!(err.contains("trained on other rows"), "{err}");
+    std::fs::write(&data, text).unwrap();
+    run_ok(&args);
+}
+
 #[test]
 fn embedded_default_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();

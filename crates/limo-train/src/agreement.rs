@@ -67,19 +67,7 @@ pub fn same_rows(
     if comm.world_size() == 1 {
         return Ok(());
     }
-    let words = rows.iter().flat_map(|r| {
-        let ids = r.input_ids.iter().map(|&i| u64::from(i));
-        let labels = r.labels.iter().map(|&l| l as u64);
-        let positions = r.position_ids.iter().flatten().map(|&p| u64::from(p));
-        [r.input_ids.len() as u64]
-            .into_iter()
-            .chain(ids)
-            .chain(labels)
-            .chain(positions)
-    });
-    let hash = words.fold(0xcbf2_9ce4_8422_2325_u64, |h, w| {
-        (h ^ w).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::source::rows_hash(rows);
     // 52 bits: exact in the f64 the collectives carry.
     let mine = [(hash >> 12) as f64, rows.len() as f64];
     let all = comm

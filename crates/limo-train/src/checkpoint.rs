@@ -54,6 +54,10 @@ pub struct Manifest {
     pub master_dtype: String,
     /// For every file of the checkpoint: size in bytes and CRC-32.
     pub files: BTreeMap<String, FileSum>,
+    /// Hash of the training rows (`source::rows_hash`, hex): a resume on other rows is
+    /// refused. Absent in checkpoints written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -568,6 +572,7 @@ pub fn save_run(
     dir: &Path,
     config: &TrainConfig,
     side: &[SideFile],
+    rows_hash: u64,
 ) -> anyhow::Result<()> {
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -579,6 +584,7 @@ pub fn save_run(
         groups: GroupLayout::of(&model.groups),
         master_dtype: format!("{:?}", model.optimizer()?.master_dtype()).to_lowercase(),
         files: Default::default(),
+        rows_hash: Some(format!("{rows_hash:016x}")),
     };
     let started = std::time::Instant::now();
     let opt = model.optimizer()?;
@@ -621,6 +627,7 @@ pub fn restore_run(
     dir: &Path,
     config: &TrainConfig,
     rows: usize,
+    rows_hash: u64,
 ) -> anyhow::Result<(DataOrder, usize)> {
     let mut reader = ShardReader::open(dir)?;
     let manifest = reader.manifest.clone();
@@ -643,6 +650,18 @@ pub fn restore_run(
     // Before any state is touched: a data order that does not fit the rows fails the resume.
     let order = DataOrder::restore(&manifest.data_order, rows)
         .with_context(|| format!("{}: data_order", dir.join(MANIFEST).display()))?;
+    if manifest
+        .rows_hash
+        .as_ref()
+        .is_some_and(|h| *h != format!("{rows_hash:016x}"))
+    {
+        bail!(
+            "{}: written by a run that trained on other rows (the file at data.path, or what it \
+             tokenizes to, changed since); resume with the same data, or start a new run from \
+             the export (model.path = \"OUT/model\")",
+            dir.display()
+        );
+    }
     let rank = model.rank();
     let mut lists: Vec<Vec<Flat>> = Vec::new();
     for kind in KINDS {

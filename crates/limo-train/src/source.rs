@@ -36,6 +36,20 @@ pub struct TrainingRow {
     pub origins: Vec<String>,
 }
 
+/// A hash of training rows (their count, ids, labels and positions), to compare ranks' rows and
+/// a resume's rows with the checkpoint's.
+pub fn rows_hash(rows: &[TrainingRow]) -> u64 {
+    let words = rows.iter().flat_map(|r| {
+        let ids = r.input_ids.iter().map(|&i| u64::from(i));
+        let labels = r.labels.iter().map(|&l| l as u64);
+        let positions = r.position_ids.iter().flatten().map(|&p| u64::from(p));
+        let row = [r.input_ids.len() as u64].into_iter();
+        row.chain(ids).chain(labels).chain(positions)
+    });
+    let seed = 0xcbf2_9ce4_8422_2325_u64 ^ rows.len() as u64;
+    words.fold(seed, |h, w| (h ^ w).wrapping_mul(0x0100_0000_01b3))
+}
+
 impl TrainingRow {
     /// The `file: row N` that token `t` (of the ids or the labels) came from.
     pub fn origin_of(&self, t: usize) -> Option<&str> {

@@ -97,6 +97,8 @@ struct Run<'a> {
     /// Optimizer steps done.
     step: usize,
     rows: Vec<TrainingRow>,
+    /// `source::rows_hash` of `rows`, kept in every checkpoint.
+    rows_hash: u64,
     rows_per_step: usize,
     steps_per_epoch: usize,
     total_steps: usize,
@@ -377,6 +379,7 @@ impl<'a> Run<'a> {
             model,
             order,
             step: 0,
+            rows_hash: crate::source::rows_hash(&rows),
             rows,
             rows_per_step,
             steps_per_epoch,
@@ -400,7 +403,8 @@ impl<'a> Run<'a> {
     fn resume(&mut self, which: &str) -> anyhow::Result<()> {
         let checkpoints = self.checkpoints_dir();
         let restored = checkpoint::resolve(&checkpoints, which).and_then(|dir| {
-            checkpoint::restore_run(&mut self.model, &dir, self.config, self.rows.len())
+            let rows = (self.rows.len(), self.rows_hash);
+            checkpoint::restore_run(&mut self.model, &dir, self.config, rows.0, rows.1)
                 .map_err(|e| match which {
                     checkpoint::LATEST => {
                         anyhow::anyhow!("{e:#}; {}", checkpoint::others_hint(&checkpoints, &dir))
@@ -536,6 +540,7 @@ impl<'a> Run<'a> {
             &self.checkpoints_dir(),
             self.config,
             &self.side_files,
+            self.rows_hash,
         )
     }
 

@@ -27,6 +27,7 @@ fn manifest(step: usize, world: usize) -> Manifest {
         ],
         master_dtype: "f32".into(),
         files: BTreeMap::new(),
+        rows_hash: None,
     }
 }
 
