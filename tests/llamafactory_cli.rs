@@ -148,7 +148,8 @@ fn limo_recipe_maps_to_limo_config() {
     );
     assert!(c.data.packing);
 
-    // warmup_ratio becomes steps: 6 rows, 2 per step, 15 epochs = 45 steps; ceil(0.1 x 45).
+    // warmup_ratio stays a ratio (6 rows, 2 per step, 15 epochs = 45 steps: ceil(0.1 x 45) = 5
+    // once the run counts them).
     let (_dir, yaml) = setup(
         &LIMO_YAML
             .replace("warmup_ratio: 0.0", "warmup_ratio: 0.1")
@@ -159,7 +160,8 @@ fn limo_recipe_maps_to_limo_config() {
         model,
     );
     let (c, _, stderr) = print_config(&yaml, &[]);
-    assert_eq!(c.train.warmup_steps, 5, "{stderr}");
+    assert_eq!(c.train.warmup_ratio, Some(0.1), "{stderr}");
+    assert_eq!(c.train.warmup_steps_of(45), 5);
 }
 
 #[test]

@@ -777,3 +777,47 @@ fn files_where_the_run_keeps_directories_are_named_before_training() {
     let err = run_err(&train_args(&config, &[path.as_str()]));
     assert!(err.contains("Too many levels of symbolic links"), "{err}");
 }
+
+/// `train.warmup_ratio` is transformers' warmup_ratio: ceil(ratio x total steps) once the run
+/// counts its steps (10 here): 0.15 warms up for 2 steps, as warmup_steps = 2 does.
+#[test]
+fn a_warmup_ratio_warms_up_for_its_share_of_the_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 6, 16);
+    let lrs = |name: &str, set: &[&str]| {
+        let out = tmp.path().join(name);
+        let config = golden_config(tmp.path(), &data, &out, "f32", set);
+        run_ok(&train_args(&config, &[]));
+        let lr = |m: &serde_json::Value| m["lr"].as_f64().unwrap();
+        read_jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .map(lr)
+            .collect::<Vec<f64>>()
+    };
+    let steps = lrs("steps", &["train.warmup_steps=2"]);
+    let ratio = lrs(
+        "ratio",
+        &["train.warmup_steps=0", "train.warmup_ratio=0.15"],
+    );
+    assert_eq!(steps.len(), 10);
+    assert_eq!(ratio, steps);
+    assert_eq!(
+        (steps[0], steps[1]),
+        (0.0, 5e-4),
+        "update k < 2 uses lr x k / 2"
+    );
+    let err = run_err(&train_args(
+        &golden_config(
+            tmp.path(),
+            &data,
+            &tmp.path().join("both"),
+            "f32",
+            &["train.warmup_ratio=0.1"],
+        ),
+        &[],
+    ));
+    assert!(
+        err.contains("give warmup_steps or warmup_ratio, not both"),
+        "{err}"
+    );
+}

@@ -145,6 +145,10 @@ pub struct TrainSection {
     /// Linear warmup steps: update k < warmup uses lr * k / warmup (update 0 uses lr 0).
     #[serde(default)]
     pub warmup_steps: usize,
+    /// Warmup as a share of the run's steps (transformers' warmup_ratio): ceil(ratio x total
+    /// steps), counted once the data is read. Give it or warmup_steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
     /// Passes over the dataset.
     #[serde(default = "one")]
     pub epochs: usize,
@@ -238,6 +242,15 @@ impl TrainSection {
                     t.batch_size, t.grad_accum
                 )
             })
+    }
+
+    /// Warmup steps of a run of `total_steps`: `warmup_steps`, or what `warmup_ratio` makes of
+    /// it (ceil, as transformers' `get_warmup_steps`).
+    pub fn warmup_steps_of(&self, total_steps: usize) -> usize {
+        match self.warmup_ratio {
+            Some(ratio) => (ratio * total_steps as f64).ceil() as usize,
+            None => self.warmup_steps,
+        }
     }
 
     /// Micro-batches per optimizer step on `world_size` ranks: `grad_accum`, or what
@@ -497,6 +510,15 @@ impl TrainConfig {
                 self.data.cutoff_len,
                 i32::MAX
             );
+        }
+        match t.warmup_ratio {
+            Some(r) if !(0.0..=1.0).contains(&r) => {
+                bail!("train.warmup_ratio: {r} (a share of the steps, 0 to 1)")
+            }
+            Some(_) if t.warmup_steps > 0 => {
+                bail!("train: give warmup_steps or warmup_ratio, not both")
+            }
+            _ => {}
         }
         match t.global_batch_size {
             Some(0) => bail!("train.global_batch_size must be at least 1"),

@@ -58,9 +58,6 @@ pub struct Translation {
     pub table: toml::Table,
     /// One line per argument that limo accepts without using it, saying why.
     pub notes: Vec<String>,
-    /// `warmup_ratio` when no `warmup_steps` was given (turned into steps once the data is
-    /// counted, see [`from_yaml`]).
-    pub warmup_ratio: f64,
     /// `data.system`: `default_system`, else none (LLaMA-Factory's qwen template then uses
     /// Qwen2.5's own default system prompt). Set after parsing, since TOML has no null.
     pub system: Option<String>,
@@ -69,36 +66,25 @@ pub struct Translation {
 /// Reads a LLaMA-Factory training YAML as limo's config, applies `overrides` (limo's
 /// `section.key=value`) and validates. Prints one note per not-applicable argument on stderr.
 ///
-/// `warmup_ratio` becomes `train.warmup_steps = ceil(ratio x total steps)` as transformers
-/// computes it, with limo's total steps: `max_steps`, else epochs x ceil(rows / rows per step),
-/// where rows are the dataset's records (after `data.limit`) and rows per step are
-/// `batch_size x grad_accum x WORLD_SIZE` (1 without a launcher). `--set train.warmup_steps=N`
-/// takes precedence.
+/// `warmup_ratio` becomes `train.warmup_ratio` (ceil(ratio x total steps) once the run counts
+/// its rows, as transformers computes it); `--set train.warmup_steps=N` takes precedence.
 pub fn from_yaml(path: &Path, overrides: &[String]) -> anyhow::Result<TrainConfig> {
     let origin = path.display().to_string();
     let translation = translate(path)?;
     for note in &translation.notes {
         eprintln!("note: {origin}: {note}");
     }
-    let text = toml::to_string(&translation.table)?;
-    let mut config = TrainConfig::parse(&text, &origin, overrides)?;
     let overridden = |key: &str| overrides.iter().any(|o| o.trim_start().starts_with(key));
+    let mut table = translation.table;
+    if overridden("train.warmup_steps") {
+        if let Some(toml::Value::Table(train)) = table.get_mut("train") {
+            train.remove("warmup_ratio");
+        }
+    }
+    let text = toml::to_string(&table)?;
+    let mut config = TrainConfig::parse(&text, &origin, overrides)?;
     if !overridden("data.system") {
         config.data.system = translation.system.clone();
-    }
-    if translation.warmup_ratio > 0.0 && !overridden("train.warmup_steps") {
-        let world = std::env::var("WORLD_SIZE")
-            .ok()
-            .and_then(|w| w.parse::<usize>().ok())
-            .unwrap_or(1)
-            .max(1);
-        let steps = warmup_steps(&config, translation.warmup_ratio, world)
-            .with_context(|| format!("{origin}: warmup_ratio"))?;
-        eprintln!(
-            "note: {origin}: warmup_ratio: {} -> train.warmup_steps = {steps} (world size {world})",
-            translation.warmup_ratio
-        );
-        config.train.warmup_steps = steps;
     }
     Ok(config)
 }
@@ -112,42 +98,6 @@ pub fn resolved_toml(config: &TrainConfig) -> anyhow::Result<String> {
         text.push_str("# data.system: none (the Qwen2.5 template's default system prompt)\n");
     }
     Ok(text)
-}
-
-/// `ceil(ratio x total steps)` for the run `config` describes at `world` ranks.
-fn warmup_steps(config: &TrainConfig, ratio: f64, world: usize) -> anyhow::Result<usize> {
-    let t = &config.train;
-    let total = match t.max_steps {
-        Some(steps) => steps,
-        None => {
-            if config.data.packing {
-                bail!("the step count of a packed run is known only after tokenization; give --set train.warmup_steps=N");
-            }
-            if limo_data::hub::hub_dataset_id(&config.data.path).is_some()
-                && !Path::new(&config.data.path).exists()
-            {
-                bail!("counting the rows of Hub dataset {} is not supported; give --set train.warmup_steps=N", config.data.path);
-            }
-            let path = Path::new(&config.data.path);
-            let files = if path.is_dir() {
-                limo_data::reader::data_files_in(path)?
-            } else {
-                vec![path.to_path_buf()]
-            };
-            let mut rows = 0;
-            for file in files {
-                rows += limo_data::reader::read_records(&file)?.len();
-            }
-            if let Some(limit) = config.data.limit {
-                rows = rows.min(limit);
-            }
-            let steps = rows.div_ceil(config.rows_per_step(world)?);
-            t.epochs
-                .checked_mul(steps)
-                .with_context(|| format!("num_train_epochs {} overflows", t.epochs))?
-        }
-    };
-    Ok((ratio * total as f64).ceil() as usize)
 }
 
 /// The YAML's arguments as limo's config table, without `--set` or validation.
@@ -266,7 +216,7 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         .str("lr_scheduler_type")?
         .unwrap_or_else(|| "linear".into());
     let warmup = args.uint("warmup_steps")?.unwrap_or(0);
-    let mut warmup_ratio = args.float("warmup_ratio")?.unwrap_or(0.0);
+    let warmup_ratio = args.float("warmup_ratio")?.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&warmup_ratio) {
         bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
     }
@@ -285,11 +235,11 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         if warmup > 0 || warmup_ratio > 0.0 {
             notes.push("lr_scheduler_type: constant has no warmup in transformers, so limo's warmup is 0 (constant_with_warmup warms up)".into());
         }
-        warmup_ratio = 0.0;
     } else if warmup > 0 {
         // transformers: warmup_steps > 0 wins over warmup_ratio.
         train.insert("warmup_steps".into(), to_int(warmup));
-        warmup_ratio = 0.0;
+    } else if warmup_ratio > 0.0 {
+        train.insert("warmup_ratio".into(), warmup_ratio.into());
     }
     for (key, field) in [
         ("weight_decay", "weight_decay"),
@@ -372,7 +322,6 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     Ok(Translation {
         table,
         notes,
-        warmup_ratio,
         system,
     })
 }

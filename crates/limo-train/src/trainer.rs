@@ -102,6 +102,8 @@ struct Run<'a> {
     rows_per_step: usize,
     steps_per_epoch: usize,
     total_steps: usize,
+    /// `train.warmup_steps`, or `warmup_ratio` of `total_steps`.
+    warmup_steps: usize,
     /// Tokenizer and config files every checkpoint carries, for export.
     side_files: Vec<checkpoint::SideFile>,
     tensorboard: Option<EventWriter>,
@@ -384,6 +386,7 @@ impl<'a> Run<'a> {
             rows_per_step,
             steps_per_epoch,
             total_steps,
+            warmup_steps: config.train.warmup_steps_of(total_steps),
             side_files,
             tensorboard,
             bar: ProgressBar::hidden(),
@@ -443,6 +446,7 @@ impl<'a> Run<'a> {
         tracing::info!(
             rows = self.rows.len(),
             total_steps = self.total_steps,
+            warmup_steps = self.warmup_steps,
             rows_per_step = self.rows_per_step,
             world = self.model.world_size(),
             micro_batches_per_step =
@@ -470,7 +474,7 @@ impl<'a> Run<'a> {
             .map(|n| n as usize);
         let lr = t
             .schedule
-            .lr(t.lr, self.step, t.warmup_steps, self.total_steps);
+            .lr(t.lr, self.step, self.warmup_steps, self.total_steps);
         let (loss, grad_norm, clip_coef) = if n_targets == 0 {
             tracing::warn!(
                 step = self.step + 1,

@@ -75,17 +75,22 @@ fn warmup_ratio_counts_rows_and_overrides_apply() {
             "per_device_train_batch_size: 2",
         );
     let (_dir, path) = setup(&yaml, INFO);
-    // 5 rows, 2 per step: 3 steps per epoch, 45 steps, ceil(4.5) = 5.
+    // The ratio stays a ratio: 5 rows, 2 per step are 3 steps per epoch, 45 steps, and
+    // ceil(4.5) = 5 warmup steps once the run counts them; with max_steps 20, 2.
     let c = from_yaml(&path, &[]).unwrap();
-    assert_eq!(c.train.warmup_steps, 5);
-    let c = from_yaml(&path, &["train.max_steps=20".into()]).unwrap();
-    assert_eq!(c.train.warmup_steps, 2);
+    assert_eq!((c.train.warmup_ratio, c.train.warmup_steps), (Some(0.1), 0));
+    assert_eq!(c.train.warmup_steps_of(45), 5);
+    assert_eq!(c.train.warmup_steps_of(20), 2);
+    // A Hub dataset or packing no longer needs the steps given by hand.
+    let c = from_yaml(&path, &["data.packing=true".into()]).unwrap();
+    assert_eq!(c.train.warmup_ratio, Some(0.1));
     let c = from_yaml(
         &path,
         &["train.warmup_steps=7".into(), "train.lr=1e-5".into()],
     )
     .unwrap();
     assert_eq!((c.train.warmup_steps, c.train.lr), (7, 1e-5));
+    assert_eq!(c.train.warmup_ratio, None);
 }
 
 #[test]
