@@ -1,8 +1,11 @@
 //! End-to-end tests of `limo data dump` and `limo data stats` on the repository's fixtures.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::read_jsonl;
 use limo_data::{load_dataset, ChatTokenizer, DataConfig, Format, IGNORE_INDEX};
 use serde_json::Value;
 
@@ -73,14 +76,6 @@ fn limo_data(
 fn dump(data: &str, format: &str, out: &Path, extra: &[&str], env: &[(&str, &str)]) {
     let extra = [&["--out", out.to_str().unwrap()][..], extra].concat();
     ok(limo_data("dump", data, format, &extra, env));
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn ids(value: &Value) -> Vec<i64> {

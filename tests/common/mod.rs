@@ -181,3 +181,12 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The JSON values of a JSONL file, one per line.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

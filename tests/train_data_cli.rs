@@ -1,0 +1,208 @@
+//! End-to-end tests of `limo train` on its data and schedule: pre-tokenized rows the model
+//! cannot take, a resume after the data changed, and transformers' warmup_ratio.
+
+mod common;
+
+use std::path::Path;
+
+use common::{golden_config, long_rows, read_jsonl, run_err, run_ok, train_args};
+
+/// Pre-tokenized rows whose ids or labels the golden model (vocabulary 512) cannot take: one
+/// error line naming the row, before any step (a label of 512 once failed inside the loss).
+#[test]
+fn tokenized_ids_outside_the_vocabulary_name_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    let good = r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}"#;
+    for (bad, expected) in [
+        (
+            r#"{"input_ids": [1, 2, 512], "labels": [1, 2, 3]}"#,
+            "rows.jsonl: row 2: token id 512 is outside the model's vocabulary of 512",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, 600]}"#,
+            "rows.jsonl: row 2: token id 600",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3], "labels": [-100, 2, -5]}"#,
+            "rows.jsonl: row 2: label -5",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1, 0]}"#,
+            "rows.jsonl: row 2: attention_mask must be one 1 per token",
+        ),
+    ] {
+        std::fs::write(&data, format!("{good}\n{bad}\n")).unwrap();
+        let out = tmp.path().join("run");
+        let config = golden_config(tmp.path(), &data, &out, "f32", &[]);
+        let err = run_err(&train_args(&config, &[]));
+        assert!(err.contains(expected), "{bad}: {err}");
+        assert!(!out.join("metrics.jsonl").exists(), "{bad}: no step ran");
+    }
+    // Packed by limo into one row with the good one: still the bad row's own number. Positions
+    // that neither count up nor restart at 0 are refused (they would merge documents).
+    for (bad, set, expected) in [
+        (
+            r#"{"input_ids": [1, 2, 512], "labels": [1, 2, 3]}"#,
+            "data.packing=true",
+            "rows.jsonl: row 2: token id 512",
+        ),
+        (
+            r#"{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4], "position_ids": [0, 1, 1, 2]}"#,
+            "data.packing=false",
+            "rows.jsonl: row 2: position_ids[2] is 1 after 1",
+        ),
+    ] {
+        std::fs::write(&data, format!("{good}\n{bad}\n")).unwrap();
+        let out = tmp.path().join("run");
+        let config = golden_config(tmp.path(), &data, &out, "f32", &[set]);
+        let err = run_err(&train_args(&config, &[]));
+        assert!(err.contains(expected), "{bad}: {err}");
+    }
+    // Text rows get their ids from the tokenizer: one that is not the model's (Qwen2.5's
+    // 151k-token vocabulary on the golden model's 512) is named as the cause.
+    let text_data = tmp.path().join("text.jsonl");
+    std::fs::write(
+        &text_data,
+        r#"{"instruction": "What is 2+2?", "input": "", "output": "4"}"#,
+    )
+    .unwrap();
+    let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
+    let config = golden_config(
+        tmp.path(),
+        &text_data,
+        &tmp.path().join("run-text"),
+        "f32",
+        &[
+            "data.format=\"alpaca\"",
+            &format!("model.tokenizer={:?}", tokenizer.display().to_string()),
+        ],
+    );
+    let err = run_err(&train_args(&config, &[]));
+    assert!(
+        err.contains("training row 1: the tokenizer gave token id")
+            && err.contains("model.tokenizer does not belong to this model"),
+        "{err}"
+    );
+    // HF tokenized datasets carry an attention_mask: one that masks nothing is taken.
+    let masked = r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 1, 1]}"#;
+    std::fs::write(&data, format!("{good}\n{masked}\n")).unwrap();
+    let out = tmp.path().join("run-masked");
+    run_ok(&train_args(
+        &golden_config(tmp.path(), &data, &out, "f32", &[]),
+        &["train.max_steps=1"],
+    ));
+    // A folder of tokenized files, as for the other formats (it once failed with EISDIR); a
+    // malformed row names its file and row.
+    let folder = tmp.path().join("rows");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.jsonl"), format!("{good}\n{masked}\n")).unwrap();
+    std::fs::write(folder.join("b.jsonl"), format!("{good}\n")).unwrap();
+    let out = tmp.path().join("run-folder");
+    run_ok(&train_args(
+        &golden_config(tmp.path(), &folder, &out, "f32", &[]),
+        &["train.max_steps=1"],
+    ));
+    std::fs::write(
+        folder.join("b.jsonl"),
+        format!("{good}\n{{\"input_ids\": [1]\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("run-folder-bad");
+    let err = run_err(&train_args(
+        &golden_config(tmp.path(), &folder, &out, "f32", &[]),
+        &[],
+    ));
+    assert!(err.contains("b.jsonl: row 2: invalid JSON"), "{err}");
+}
+
+/// Rows appended to the data file between a run and its resume: the checkpoint's data order
+/// no longer fits, and the one error line names the manifest (it once named nothing).
+#[test]
+fn resume_after_the_data_changed_names_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 6, 16);
+    let out = tmp.path().join("run");
+    let config = golden_config(tmp.path(), &data, &out, "f32", &[]);
+    run_ok(&train_args(&config, &["train.max_steps=2"]));
+    let text = std::fs::read_to_string(&data).unwrap();
+    let first = text.lines().next().unwrap();
+    std::fs::write(&data, format!("{text}{first}\n")).unwrap();
+    let mut args = train_args(&config, &["train.max_steps=2"]);
+    args.push("--resume".into());
+    let err = run_err(&args);
+    assert!(
+        err.contains("manifest.json: data_order") && err.contains("the dataset has 7"),
+        "{err}"
+    );
+}
+
+/// A row edited between a run and its resume (the same count): the resume would train the
+/// rest of the run on rows the checkpoint's data order was not drawn for. Refused; with the
+/// data restored the resume goes on.
+#[test]
+fn resume_on_edited_rows_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 6, 16);
+    let out = tmp.path().join("run");
+    let config = golden_config(tmp.path(), &data, &out, "f32", &["output.save_steps=1"]);
+    run_ok(&train_args(&config, &["train.max_steps=2"]));
+    let text = std::fs::read_to_string(&data).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    // The first prompt token (not a target) becomes another id: same lengths, same labels.
+    let mut row: serde_json::Value = serde_json::from_str(first).unwrap();
+    let id = row["input_ids"][0].as_u64().unwrap();
+    row["input_ids"][0] = ((id + 1) % 512).into();
+    std::fs::write(&data, format!("{row}\n{rest}")).unwrap();
+    let mut args = train_args(&config, &["train.max_steps=2"]);
+    args.extend(["--resume".into(), "1".into()]);
+    let err = run_err(&args);
+    assert!(err.contains("trained on other rows"), "{err}");
+    std::fs::write(&data, text).unwrap();
+    run_ok(&args);
+}
+
+/// `train.warmup_ratio` is transformers' warmup_ratio: ceil(ratio x total steps) once the run
+/// counts its steps (10 here): 0.15 warms up for 2 steps, as warmup_steps = 2 does.
+#[test]
+fn a_warmup_ratio_warms_up_for_its_share_of_the_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = long_rows(tmp.path(), 6, 16);
+    let lrs = |name: &str, set: &[&str]| {
+        let out = tmp.path().join(name);
+        let config = golden_config(tmp.path(), &data, &out, "f32", set);
+        run_ok(&train_args(&config, &[]));
+        let lr = |m: &serde_json::Value| m["lr"].as_f64().unwrap();
+        read_jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .map(lr)
+            .collect::<Vec<f64>>()
+    };
+    let steps = lrs("steps", &["train.warmup_steps=2"]);
+    let ratio = lrs(
+        "ratio",
+        &["train.warmup_steps=0", "train.warmup_ratio=0.15"],
+    );
+    assert_eq!(steps.len(), 10);
+    assert_eq!(ratio, steps);
+    assert_eq!(
+        (steps[0], steps[1]),
+        (0.0, 5e-4),
+        "update k < 2 uses lr x k / 2"
+    );
+    let err = run_err(&train_args(
+        &golden_config(
+            tmp.path(),
+            &data,
+            &tmp.path().join("both"),
+            "f32",
+            &["train.warmup_ratio=0.1"],
+        ),
+        &[],
+    ));
+    assert!(
+        err.contains("give warmup_steps or warmup_ratio, not both"),
+        "{err}"
+    );
+}
