@@ -336,3 +336,17 @@ fn resume_names_a_checkpoint_by_step_name_or_path() {
         assert!(text.contains("step-00000010, step-00000020"), "{text}");
     }
 }
+
+/// Checkpoints written before the manifest kept the rows' hash still read (and resume): the
+/// field is absent there, and absent it is written too.
+#[test]
+fn a_manifest_without_the_rows_hash_reads() {
+    let text = serde_json::to_string(&manifest(3, 2)).unwrap();
+    assert!(!text.contains("rows_hash"), "{text}");
+    let read: Manifest = serde_json::from_str(&text).unwrap();
+    assert_eq!(read.rows_hash, None);
+    let mut with = manifest(3, 2);
+    with.rows_hash = Some("00000000000000ff".into());
+    let read: Manifest = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+    assert_eq!(read.rows_hash.as_deref(), Some("00000000000000ff"));
+}
