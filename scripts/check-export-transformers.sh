@@ -11,15 +11,18 @@
 #     tied), in bf16.
 # Usage: scripts/check-export-transformers.sh; LIMO_BIN picks the binary (default
 # target/debug/limo), LIMO_HF_VENV the venv (default ~/.cache/limo-hf-venv, created on first
-# use: ~60 MB from PyPI). Exit 1 on any failed check.
+# use: ~300 MB from PyPI; needs python3 with venv). Exit 1 on any failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limo=${LIMO_BIN:-target/debug/limo}
 venv=${LIMO_HF_VENV:-$HOME/.cache/limo-hf-venv}
 pins=(transformers==5.24.0 jinja2==3.1.6 safetensors==0.8.0 numpy==2.4.6)
-if ! "$venv/bin/python" -c "import transformers, jinja2, safetensors, numpy" 2>/dev/null; then
+# A stamp of the pins installed: a venv from other pins (or someone's own) is brought to these.
+stamp="$venv/limo-pins"
+if [ "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "${pins[@]}"
+    echo "${pins[*]}" >"$stamp"
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -58,6 +58,7 @@ fn the_32b_recipe_runs_as_written_on_two_cpu_ranks() {
     let output = limo()
         .args(&args)
         .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();

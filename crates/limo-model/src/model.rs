@@ -20,7 +20,8 @@ pub struct Batch {
     /// `[N]` token ids.
     pub input_ids: Vec<u32>,
     /// `[N]` targets after the causal shift: token t predicts `targets[t]`, which is
-    /// `labels[t + 1]` of the same row; [`IGNORE_INDEX`] at the end of every row.
+    /// `labels[t + 1]` of the same row; [`IGNORE_INDEX`] at the end of every row and of every
+    /// packed document.
     pub targets: Vec<i64>,
     /// `[N]` rotary positions.
     pub positions: Vec<u32>,

@@ -449,6 +449,20 @@ impl TrainConfig {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
+        // The two ways to give the warmup exclude each other: `--set` of one replaces the other
+        // (`--set train.warmup_ratio=0.1` on a config with warmup_steps).
+        let set = |key: &str| overrides.iter().any(|o| o.trim_start().starts_with(key));
+        for (given, replaced) in [
+            ("train.warmup_ratio", "warmup_steps"),
+            ("train.warmup_steps", "warmup_ratio"),
+        ] {
+            let other = format!("train.{replaced}");
+            if set(given) && !set(&other) {
+                if let Some(toml::Value::Table(train)) = table.get_mut("train") {
+                    train.remove(replaced);
+                }
+            }
+        }
         // Round-trip through text so that serde errors carry the key and its position.
         let merged = toml::to_string(&table)?;
         let config: TrainConfig = toml::from_str(&merged).map_err(|e| {

@@ -75,13 +75,8 @@ pub fn from_yaml(path: &Path, overrides: &[String]) -> anyhow::Result<TrainConfi
         eprintln!("note: {origin}: {note}");
     }
     let overridden = |key: &str| overrides.iter().any(|o| o.trim_start().starts_with(key));
-    let mut table = translation.table;
-    if overridden("train.warmup_steps") {
-        if let Some(toml::Value::Table(train)) = table.get_mut("train") {
-            train.remove("warmup_ratio");
-        }
-    }
-    let text = toml::to_string(&table)?;
+    // `--set train.warmup_steps` replaces a warmup_ratio (TrainConfig::parse).
+    let text = toml::to_string(&translation.table)?;
     let mut config = TrainConfig::parse(&text, &origin, overrides)?;
     if !overridden("data.system") {
         config.data.system = translation.system.clone();

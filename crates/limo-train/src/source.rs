@@ -213,8 +213,10 @@ pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
                 if let Some(p) = row.position_ids.as_mut() {
                     p.truncate(cutoff);
                 }
-                // labels[0] is never a target: the first token has nothing before it.
-                row.labels[1..].iter().any(|&l| l >= 0)
+                // labels[0] is never a target (the first token has nothing before it), nor is
+                // the first label of a later packed document (`Batch::from_rows`).
+                let starts = |t: usize| row.position_ids.as_ref().is_some_and(|p| p[t] == 0);
+                (1..row.labels.len()).any(|t| row.labels[t] >= 0 && !starts(t))
             }
         }
     });
@@ -398,9 +400,17 @@ mod tests {
         c.path = other.display().to_string();
         let err = read_tokenized(&c).unwrap_err();
         assert!(err.to_string().contains("no usable rows"), "{err}");
+        // Nor is a later packed document's first label.
+        let packed = serde_json::json!({"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 5, -100],
+            "position_ids": [0, 1, 0, 1]});
+        std::fs::write(&other, packed.to_string()).unwrap();
+        let mut c = config(&|c| c.cutoff_len = 3);
+        c.path = other.display().to_string();
+        let err = read_tokenized(&c).unwrap_err();
+        assert!(err.to_string().contains("no usable rows"), "{err}");
 
-        // Packed into rows of 16: 12 + 4 and 6, positions restarting per document; a row's
-        // origin names its first document.
+        // Packed into rows of 16: 12 + 4 and 6, positions restarting per document; each
+        // document keeps its own origin.
         let rows = read_tokenized(&config(&|c| {
             c.cutoff_len = 16;
             c.packing = true;

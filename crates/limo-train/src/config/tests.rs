@@ -255,6 +255,34 @@ fn out_of_range_counts_are_errors_that_name_the_key() {
     assert!(err.contains("overflows"), "{err}");
 }
 
+/// `--set` of one warmup replaces the other; both in one file is an error.
+#[test]
+fn a_set_warmup_replaces_the_other_kind() {
+    // tiny.toml: warmup_steps = 10.
+    let ratio =
+        TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.warmup_ratio=0.1".into()]).unwrap();
+    assert_eq!(
+        (ratio.train.warmup_steps, ratio.train.warmup_ratio),
+        (0, Some(0.1))
+    );
+    let text = TINY_TOML.replace("warmup_steps = 10", "warmup_ratio = 0.2");
+    assert_ne!(text, TINY_TOML);
+    let steps = TrainConfig::parse(&text, "t.toml", &["train.warmup_steps=3".into()]).unwrap();
+    assert_eq!(
+        (steps.train.warmup_steps, steps.train.warmup_ratio),
+        (3, None)
+    );
+    let both = [
+        "train.warmup_steps=3".into(),
+        "train.warmup_ratio=0.1".into(),
+    ];
+    let err = format!(
+        "{:#}",
+        TrainConfig::parse(TINY_TOML, "tiny.toml", &both).unwrap_err()
+    );
+    assert!(err.contains("not both"), "{err}");
+}
+
 #[test]
 fn a_global_batch_size_sets_the_accumulation_per_world_size() {
     let global = |set: &[&str]| {
