@@ -613,3 +613,29 @@ fn files_where_the_run_keeps_directories_are_named_before_training() {
     let err = run_err(&train_args(&config, &[path.as_str()]));
     assert!(err.contains("Too many levels of symbolic links"), "{err}");
 }
+
+/// A resume with another trajectory is refused, naming each field that differs and its value
+/// in the checkpoint's run (kept in the checkpoint); settings that leave the trajectory alone
+/// are not named.
+#[test]
+fn a_refused_resume_names_the_fields_that_differ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let config = golden_data_config(tmp.path(), &out, "f32");
+    run_ok(&train_args(&config, &["train.max_steps=2"]));
+    let mut args = train_args(
+        &config,
+        &[
+            "train.max_steps=2",
+            "train.lr=1e-2",
+            "train.activation_checkpointing=false",
+        ],
+    );
+    args.push("--resume".into());
+    let err = run_err(&args);
+    assert!(
+        err.contains("train.lr: here 0.01, the checkpoint's run 0.001"),
+        "{err}"
+    );
+    assert!(!err.contains("activation_checkpointing"), "{err}");
+}

@@ -47,7 +47,10 @@ pub fn same_config(
             limo_dist::rank_list(&differ)
         );
     }
-    let fields = differences(&toml::from_str(&text)?, &toml::from_str(&theirs)?);
+    let (mut mine, mut other) = (Vec::new(), Vec::new());
+    flatten("", &toml::from_str(&text)?, &mut mine);
+    flatten("", &toml::from_str(&theirs)?, &mut other);
+    let fields = differences(mine, other, "rank 0");
     bail!(
         "this rank's config differs from rank 0's: {}; every rank of a run takes the same \
          config, --set and --resume",
@@ -150,11 +153,13 @@ fn broadcast_text(text: &str, comm: &dyn Communicator, device: &Device) -> anyho
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `field: here X, rank 0 Y` for every field whose values differ (or that one side lacks).
-fn differences(mine: &toml::Table, theirs: &toml::Table) -> Vec<String> {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    flatten("", mine, &mut a);
-    flatten("", theirs, &mut b);
+/// `field: here X, <theirs> Y` for every field whose values differ (or that one side lacks),
+/// from `(field, value)` lists.
+pub(crate) fn differences(
+    a: Vec<(String, String)>,
+    b: Vec<(String, String)>,
+    theirs: &str,
+) -> Vec<String> {
     let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) =
         (a.into_iter().collect(), b.into_iter().collect());
     let shown = |v: Option<&String>| v.map_or("(not set)".to_string(), String::clone);
@@ -164,12 +169,32 @@ fn differences(mine: &toml::Table, theirs: &toml::Table) -> Vec<String> {
         .filter(|name| a.get(*name) != b.get(*name))
         .map(|name| {
             format!(
-                "{name}: here {}, rank 0 {}",
+                "{name}: here {}, {theirs} {}",
                 shown(a.get(name)),
                 shown(b.get(name))
             )
         })
         .collect()
+}
+
+/// `(section.key, value)` of every leaf of a trajectory view (`TrainConfig::trajectory_view`).
+pub(crate) fn flatten_json(
+    prefix: &str,
+    value: &serde_json::Value,
+    out: &mut Vec<(String, String)>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let name = match prefix {
+                    "" => key.clone(),
+                    p => format!("{p}.{key}"),
+                };
+                flatten_json(&name, inner, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), leaf.to_string())),
+    }
 }
 
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {

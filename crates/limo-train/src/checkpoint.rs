@@ -620,6 +620,38 @@ pub fn param_layout(cfg: &Qwen2Config) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
+/// The run's config, kept in every checkpoint (checkpoints from before it lack it).
+pub const RUN_CONFIG: &str = "run-config.toml";
+
+/// `field: here X, the checkpoint's run Y` for every field of the trajectory that differs
+/// between `config` and the config of the run that wrote checkpoint `dir` (at `saved_world`
+/// ranks); None when the checkpoint keeps no config, or one this limo cannot read.
+fn config_differences(
+    dir: &Path,
+    config: &TrainConfig,
+    world: usize,
+    saved_world: usize,
+) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join(RUN_CONFIG)).ok()?;
+    let saved = TrainConfig::parse(&text, RUN_CONFIG, &[]).ok()?;
+    let flat = |c: &TrainConfig, world: usize| {
+        let mut out = Vec::new();
+        for (section, view) in ["model", "data", "train"]
+            .iter()
+            .zip(c.trajectory_view(world))
+        {
+            crate::agreement::flatten_json(section, &view, &mut out);
+        }
+        out
+    };
+    let (mine, theirs) = (flat(config, world), flat(&saved, saved_world));
+    Some(crate::agreement::differences(
+        mine,
+        theirs,
+        "the checkpoint's run",
+    ))
+}
+
 /// Loads this rank's slices from a checkpoint written at any world size with the same rows
 /// per step.
 pub fn restore_run(
@@ -633,8 +665,12 @@ pub fn restore_run(
     let manifest = reader.manifest.clone();
     let world = model.world_size();
     if manifest.config_hash != config.trajectory_hash(world) {
+        let fields = match config_differences(dir, config, world, manifest.world_size) {
+            Some(fields) if !fields.is_empty() => format!(": {}", fields.join("; ")),
+            _ => " (or a different number of rows per step: batch_size x grad_accum x world size, or global_batch_size)".into(),
+        };
         bail!(
-            "{}: written by a run with a different model, data or train configuration (or a different number of rows per step: batch_size x grad_accum x world size, or global_batch_size); resume with the same config",
+            "{}: written by a run with a different model, data or train configuration{fields}; resume with the same config",
             dir.display()
         );
     }

@@ -653,6 +653,15 @@ impl TrainConfig {
     /// not change the trajectory (activation checkpointing, optimizer offload, the device) are
     /// left out.
     pub fn trajectory_hash(&self, world_size: usize) -> String {
+        let [model, _, train] = self.trajectory_view(world_size);
+        // The data section as its struct writes it (field order), as the hash always had it.
+        let text = serde_json::to_string(&(&model, &self.data, &train)).expect("serializable");
+        format!("{:016x}", fnv1a(text.as_bytes()))
+    }
+
+    /// What [`Self::trajectory_hash`] hashes: the model, data and train sections, without the
+    /// settings that leave the trajectory alone and with rows per step for the batch split.
+    pub fn trajectory_view(&self, world_size: usize) -> [serde_json::Value; 3] {
         let mut train = serde_json::to_value(&self.train).expect("serializable");
         let map = train.as_object_mut().expect("a struct");
         for key in [
@@ -671,8 +680,8 @@ impl TrainConfig {
         );
         let mut model = serde_json::to_value(&self.model).expect("serializable");
         model.as_object_mut().expect("a struct").remove("device");
-        let text = serde_json::to_string(&(&model, &self.data, &train)).expect("serializable");
-        format!("{:016x}", fnv1a(text.as_bytes()))
+        let data = serde_json::to_value(&self.data).expect("serializable");
+        [model, data, train]
     }
 }
 

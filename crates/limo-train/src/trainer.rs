@@ -375,7 +375,12 @@ impl<'a> Run<'a> {
             .then(|| EventWriter::create(&config.output.dir.join("tensorboard")))
             .transpose();
         let tensorboard = agree(model.comm(), &device, tb, "opening TensorBoard")?;
-        let side_files = checkpoint::side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
+        let mut side_files = checkpoint::side_files(&prepared.dir, prepared.tokenizer.as_deref())?;
+        // The run's own config, so that a resume refused for another one can name the fields.
+        side_files.push(checkpoint::SideFile {
+            name: checkpoint::RUN_CONFIG.into(),
+            bytes: toml::to_string(config)?.into_bytes(),
+        });
         Ok(Self {
             config,
             model,

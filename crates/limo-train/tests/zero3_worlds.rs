@@ -267,7 +267,8 @@ fn checkpoints_resume_at_another_world_size_on_the_same_trajectory() {
     for h in handles {
         let err = h.join().unwrap().expect("refused");
         assert!(
-            err.contains("rows per step") || err.contains("rank(s)"),
+            err.contains("train.rows_per_step: here 4, the checkpoint's run 12")
+                || err.contains("rank(s)"),
             "{err}"
         );
     }
