@@ -11,7 +11,6 @@ use limo_dist::comm::Communicator;
 
 use crate::checkpoint;
 use crate::config::TrainConfig;
-use crate::source::TrainingRow;
 
 /// `--resume auto`: resume when the run directory has a checkpoint, start afresh otherwise.
 pub const AUTO: &str = "auto";
@@ -61,18 +60,18 @@ pub fn same_config(
 /// Every rank reads `data.path` itself: a node-local file that differs between nodes, or Hub
 /// caches holding different revisions, would have the ranks train on different rows under the
 /// same indices (or, with a different count, run different step counts and hang). One hash of
-/// the rows (their count, ids, labels and positions) per rank, compared before the first step.
+/// the rows (`source::rows_hash` of its `rows` rows) per rank, compared before the first step.
 pub fn same_rows(
-    rows: &[TrainingRow],
+    hash: u64,
+    rows: usize,
     comm: &dyn Communicator,
     device: &Device,
 ) -> anyhow::Result<()> {
     if comm.world_size() == 1 {
         return Ok(());
     }
-    let hash = crate::source::rows_hash(rows);
     // 52 bits: exact in the f64 the collectives carry.
-    let mine = [(hash >> 12) as f64, rows.len() as f64];
+    let mine = [(hash >> 12) as f64, rows as f64];
     let all = comm
         .all_gather(&Tensor::new(&mine, device)?)?
         .to_vec1::<f64>()?;
@@ -87,7 +86,7 @@ pub fn same_rows(
             "this rank read {} training rows that differ from rank 0's {} (data.path read here \
              is not what rank 0 read); every rank must read the same data: a file every node \
              sees, or identical copies",
-            rows.len(),
+            rows,
             all[1]
         );
     }

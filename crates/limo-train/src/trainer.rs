@@ -206,7 +206,6 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let resume =
         agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
     let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
-    agreement::same_rows(&inputs.rows, comm.as_ref(), &device)?;
     if lead {
         warn_if_the_disk_is_short(config, &cfg, comm.world_size());
     }
@@ -368,6 +367,9 @@ impl<'a> Run<'a> {
                 )
             })?,
         };
+        // Hashed once: compared across ranks now, kept in every checkpoint.
+        let rows_hash = crate::source::rows_hash(&rows);
+        agreement::same_rows(rows_hash, rows.len(), comm.as_ref(), &device)?;
         let dtype = config.model.dtype.dtype();
         let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
         let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
@@ -386,7 +388,7 @@ impl<'a> Run<'a> {
             model,
             order,
             step: 0,
-            rows_hash: crate::source::rows_hash(&rows),
+            rows_hash,
             rows,
             rows_per_step,
             steps_per_epoch,
@@ -411,8 +413,8 @@ impl<'a> Run<'a> {
     fn resume(&mut self, which: &str) -> anyhow::Result<()> {
         let checkpoints = self.checkpoints_dir();
         let restored = checkpoint::resolve(&checkpoints, which).and_then(|dir| {
-            let rows = (self.rows.len(), self.rows_hash);
-            checkpoint::restore_run(&mut self.model, &dir, self.config, rows.0, rows.1)
+            let (rows, hash) = (self.rows.len(), self.rows_hash);
+            checkpoint::restore_run(&mut self.model, &dir, self.config, rows, hash)
                 .map_err(|e| match which {
                     checkpoint::LATEST => {
                         anyhow::anyhow!("{e:#}; {}", checkpoint::others_hint(&checkpoints, &dir))
