@@ -23,8 +23,8 @@
 #                   full forward
 #   loss-parity 50  loss of one batch on a 2-layer 1.5b model: CPU f32 vs GPU bf16, within 1e-2;
 #                   every gradient's relative L2 too (reported; fails only above 0.25)
-#   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, optimizer on the
-#                   GPU, uncapped (limo plan: ~101 GiB, more than an 80 GB card holds)
+#   step-32b-w8 85  limo bench step 32b as rank 0 of a simulated world of 8, 2 micro-batches
+#                   per step, optimizer on the GPU, uncapped (limo plan: ~118 GiB)
 #   step-32b-off 85 the same rank with train.optimizer_offload = "cpu" under an 80 GiB cap
 #                   (exit 3 = out of device memory: status OOM)
 #   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl
@@ -450,9 +450,10 @@ print("cpu %s gpu %s rel %s; grads max rel %s (%s)" % (
 ' "$LOGS/loss-parity.json" "$LOGS/grad-parity.json"
 }
 
+ACCUM_32B=(--set train.grad_accum=2) # the recipe's 4 on 8 GPUs hold the same fp32 accumulators
 stage_step_32b_w8() {
     x "$LIMO_BIN" bench step --device cuda --shape 32b --tokens 16384 --docs 1 --dtype bf16 \
-        --simulate-world 8 --rank 0 --warmup 1 --steps 2 \
+        --simulate-world 8 --rank 0 "${ACCUM_32B[@]}" --warmup 1 --steps 1 \
         --json "$OUT/step-32b-w8.json"
     [ $? = 3 ] && STAGE_OOM=1
     note "exit 3 = out of device memory (one line with the plan's estimate): status OOM"
@@ -462,7 +463,7 @@ key_step_32b_w8() { key_step_32b "$OUT/step-32b-w8.json"; }
 stage_step_32b_off() {
     x "$LIMO_BIN" bench step --device cuda --shape 32b --tokens 16384 --docs 1 --dtype bf16 \
         --simulate-world 8 --rank 0 --mem-cap 80GiB --set train.optimizer_offload=cpu \
-        --warmup 1 --steps 2 --json "$OUT/step-32b-off.json"
+        "${ACCUM_32B[@]}" --warmup 1 --steps 1 --json "$OUT/step-32b-off.json"
     [ $? = 3 ] && STAGE_OOM=1
     note "exit 3 = out of device memory (one line with the plan's estimate): status OOM"
 }
