@@ -1,6 +1,7 @@
 //! The LIMO recipe as shipped (`configs/limo-qwen2.5-32b.toml`), with only the model, device
 //! and dtype swapped for a tiny random Qwen2.5 on CPU ranks: its Hub dataset id read from a
-//! Hub cache, 32 rows per step whatever the ranks, every example weighing the same, the export.
+//! Hub cache, 32 rows per step whatever the ranks, every example weighing the same, whole
+//! epochs (the last step of each filled with its first rows), the export.
 
 mod common;
 
@@ -76,7 +77,12 @@ fn the_32b_recipe_runs_as_written_on_two_cpu_ranks() {
         .iter()
         .map(|m| m["epoch"].as_f64().unwrap())
         .collect();
-    assert_eq!(epochs, [0.8, 1.6], "32 of the 40 rows per step");
+    // 2 steps per epoch of 40 rows: the second takes the last 8 and 24 of the epoch's first.
+    assert!(
+        stderr.contains("steps_per_epoch=2 epoch_tail=\"repeat\""),
+        "{stderr}"
+    );
+    assert_eq!(epochs, [0.5, 1.0], "32 rows per step, 2 steps per epoch");
     for m in &metrics {
         let loss = m["loss"].as_f64().unwrap();
         assert!(loss.is_finite() && loss > 0.0, "{m}");

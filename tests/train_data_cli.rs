@@ -1,5 +1,5 @@
 //! End-to-end tests of `limo train` on its data and schedule: pre-tokenized rows the model
-//! cannot take, a resume after the data changed, and transformers' warmup_ratio.
+//! cannot take, a resume after the data changed, transformers' warmup_ratio and epoch ends.
 
 mod common;
 
@@ -205,4 +205,55 @@ fn a_warmup_ratio_warms_up_for_its_share_of_the_steps() {
         err.contains("give warmup_steps or warmup_ratio, not both"),
         "{err}"
     );
+}
+
+/// `train.epoch_tail`: 5 rows, 2 per step, 2 epochs of 3 steps. Each row has a different number
+/// of targets (1, 2, 4, 8, 16), so a step's target count names its rows. "wrap" runs on into
+/// the next epoch; "repeat" fills each epoch's last step with its first row and starts the next
+/// epoch afresh, as transformers' Trainer on many GPUs; its epochs are whole at steps 3 and 6.
+#[test]
+fn an_epochs_last_step_wraps_or_repeats_its_first_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    let targets = [1usize, 2, 4, 8, 16];
+    let rows: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(r, &k)| {
+            let ids: Vec<u32> = (0..20).map(|t| ((r * 37 + t * 11) % 512) as u32).collect();
+            let labels: Vec<i64> = (0..20)
+                .map(|t| if t >= 20 - k { ids[t] as i64 } else { -100 })
+                .collect();
+            serde_json::json!({"input_ids": ids, "labels": labels}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let run = |tail: &str| {
+        let out = tmp.path().join(tail);
+        let set = [
+            "train.batch_size=2",
+            "train.epochs=2",
+            "train.max_steps=6",
+            &format!("train.epoch_tail=\"{tail}\""),
+        ];
+        run_ok(&train_args(
+            &golden_config(tmp.path(), &data, &out, "f32", &set),
+            &[],
+        ));
+        let metrics = read_jsonl(&out.join("metrics.jsonl"));
+        let field = |name: &str| -> Vec<f64> {
+            metrics.iter().map(|m| m[name].as_f64().unwrap()).collect()
+        };
+        (field("n_target_tokens"), field("epoch"))
+    };
+    let sum = |rows: [usize; 2]| (targets[rows[0]] + targets[rows[1]]) as f64;
+    let (wrap, wrap_epochs) = run("wrap");
+    let want = [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4], [0, 1]].map(sum);
+    assert_eq!(wrap, want);
+    assert_eq!(wrap_epochs, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4]);
+    let (repeat, repeat_epochs) = run("repeat");
+    let want = [[0, 1], [2, 3], [4, 0], [0, 1], [2, 3], [4, 0]].map(sum);
+    assert_eq!(repeat, want);
+    let thirds: Vec<f64> = (1..=6).map(|s| s as f64 / 3.0).collect();
+    assert_eq!(repeat_epochs, thirds);
 }

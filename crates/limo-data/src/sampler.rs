@@ -91,6 +91,22 @@ impl Sampler {
     pub fn next_batch(&mut self, size: usize) -> Vec<usize> {
         (0..size).map(|_| self.next_index()).collect()
     }
+
+    /// The next `size` items from one epoch: when the epoch runs out first, the rest are its
+    /// first items again (cycling, for `size > len`), and the next call starts the next epoch.
+    /// This is how accelerate's `even_batches` fills the last step of an epoch on many GPUs.
+    pub fn next_batch_padded(&mut self, size: usize) -> Vec<usize> {
+        if size == 0 {
+            return Vec::new();
+        }
+        let mut batch = vec![self.next_index()];
+        while batch.len() < size && self.state.cursor < self.state.len {
+            batch.push(self.next_index());
+        }
+        let short = size - batch.len();
+        batch.extend((0..short).map(|i| self.order[i % self.state.len]));
+        batch
+    }
 }
 
 impl Iterator for Sampler {
@@ -170,6 +186,34 @@ mod tests {
             seen.extend(resumed.next_batch(200 - stop));
             assert_eq!(seen, uninterrupted, "resume after {stop} items");
         }
+    }
+
+    #[test]
+    fn padded_batches_keep_epochs_apart_and_resume() {
+        let (len, seed) = (10, 5);
+        let [first, second] = [0, 1].map(|e| epoch_order(seed, e, len));
+        let mut sampler = Sampler::new(len, seed).unwrap();
+        let batches: Vec<Vec<usize>> = (0..4).map(|_| sampler.next_batch_padded(4)).collect();
+        assert_eq!(batches[0], first[0..4]);
+        assert_eq!(batches[1], first[4..8]);
+        // The epoch's last batch: its 2 last items, then its 2 first again.
+        assert_eq!(batches[2], [&first[8..10], &first[0..2]].concat());
+        assert_eq!(batches[3], second[0..4], "the next epoch starts afresh");
+        // Resuming from the state after any batch continues identically.
+        for stop in 0..4 {
+            let mut before = Sampler::new(len, seed).unwrap();
+            (0..stop).for_each(|_| drop(before.next_batch_padded(4)));
+            let mut resumed = Sampler::from_state(before.state(), len).unwrap();
+            let rest: Vec<Vec<usize>> = (stop..4).map(|_| resumed.next_batch_padded(4)).collect();
+            assert_eq!(rest, batches[stop..], "resume after {stop} batches");
+        }
+        // More items than the dataset: the epoch's order cycles.
+        let mut small = Sampler::new(3, seed).unwrap();
+        let order = epoch_order(seed, 0, 3);
+        let cycled = [0, 1, 2, 0, 1, 2, 0].map(|i| order[i]);
+        assert_eq!(small.next_batch_padded(7), cycled);
+        assert_eq!(small.next_batch_padded(2), epoch_order(seed, 1, 3)[0..2]);
+        assert!(small.next_batch_padded(0).is_empty());
     }
 
     #[test]

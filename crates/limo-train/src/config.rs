@@ -183,9 +183,15 @@ pub struct TrainSection {
     /// Seed of the data order.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Shuffle the examples every epoch (false: file order, wrapping around).
+    /// Shuffle the examples every epoch (false: file order).
     #[serde(default = "yes")]
     pub shuffle: bool,
+    /// An epoch's last step when the rows do not fill it: "wrap" (the default: it goes on
+    /// into the next epoch's order) or "repeat" (the epoch's first rows fill it again and the
+    /// next epoch starts on the next step, as transformers' Trainer on many GPUs: every epoch
+    /// is then its own ceil(rows / rows per step) steps).
+    #[serde(default, skip_serializing_if = "EpochTail::is_wrap")]
+    pub epoch_tail: EpochTail,
     /// Tokens per chunk of the fused head + loss.
     #[serde(default = "default_loss_chunk")]
     pub loss_chunk: usize,
@@ -280,6 +286,22 @@ config_enum! {
 impl OptimizerOffload {
     pub fn is_none(&self) -> bool {
         *self == OptimizerOffload::None
+    }
+}
+
+config_enum! {
+    /// `train.epoch_tail`.
+    #[derive(Default)]
+    pub enum EpochTail {
+        #[default]
+        Wrap = "wrap",
+        Repeat = "repeat",
+    }
+}
+
+impl EpochTail {
+    pub fn is_wrap(&self) -> bool {
+        *self == EpochTail::Wrap
     }
 }
 

@@ -253,6 +253,9 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     if let Some(seed) = args.uint("seed")? {
         train.insert("seed".into(), to_int(seed));
     }
+    // transformers never mixes epochs in a step: on many GPUs accelerate fills the epoch's last
+    // step with its first rows (on one GPU that step is short instead, which limo does not do).
+    train.insert("epoch_tail".into(), "repeat".into());
     // transformers < 4.54 defaults to false: each GPU averages its own tokens and the GPUs'
     // gradients are averaged, so with one example per GPU and step every example weighs the
     // same. limo's "sequences" is that for any split; absent, limo's default (all tokens).

@@ -1,8 +1,11 @@
 //! The order in which the trainer visits examples: shuffled per epoch by limo-data's
-//! deterministic sampler, or file order wrapping around. Its state goes into every checkpoint.
+//! deterministic sampler, or file order; an epoch's short last step wraps into the next epoch
+//! or repeats the epoch's first rows (`train.epoch_tail`). Its state goes into every checkpoint.
 
 use limo_data::{Sampler, SamplerState};
 use serde::{Deserialize, Serialize};
+
+use crate::config::EpochTail;
 
 pub enum DataOrder {
     Shuffled(Sampler),
@@ -27,16 +30,26 @@ impl DataOrder {
         })
     }
 
-    pub fn next_indices(&mut self, count: usize) -> Vec<usize> {
-        match self {
-            DataOrder::Shuffled(sampler) => sampler.next_batch(count),
-            DataOrder::Sequential { len, next } => (0..count)
-                .map(|_| {
-                    let i = (*next % *len as u64) as usize;
-                    *next += 1;
-                    i
-                })
-                .collect(),
+    /// The rows of the next step of `count` rows.
+    pub fn next_indices(&mut self, count: usize, tail: EpochTail) -> Vec<usize> {
+        match (self, tail) {
+            (DataOrder::Shuffled(sampler), EpochTail::Wrap) => sampler.next_batch(count),
+            (DataOrder::Shuffled(sampler), EpochTail::Repeat) => sampler.next_batch_padded(count),
+            (DataOrder::Sequential { len, next }, tail) => {
+                let len = *len as u64;
+                let start = *next % len;
+                let taken = match tail {
+                    EpochTail::Wrap => count as u64,
+                    EpochTail::Repeat => (count as u64).min(len - start),
+                };
+                *next += taken;
+                let padding = (0..count as u64 - taken).map(|i| i % len);
+                (start..start + taken)
+                    .map(|i| i % len)
+                    .chain(padding)
+                    .map(|i| i as usize)
+                    .collect()
+            }
         }
     }
 
@@ -65,5 +78,63 @@ impl DataOrder {
                 DataOrder::Sequential { len, next }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step's rows for `steps` steps, with a save and restore before each.
+    fn steps(
+        shuffle: bool,
+        tail: EpochTail,
+        len: usize,
+        count: usize,
+        n: usize,
+    ) -> Vec<Vec<usize>> {
+        let mut order = DataOrder::new(len, shuffle, 3).unwrap();
+        (0..n)
+            .map(|_| {
+                order = DataOrder::restore(&order.save(), len).unwrap();
+                order.next_indices(count, tail)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeat_fills_each_epochs_last_step_with_its_first_rows() {
+        // 5 rows, 2 per step: 3 steps per epoch.
+        let wrap = steps(false, EpochTail::Wrap, 5, 2, 4);
+        assert_eq!(wrap, [[0, 1], [2, 3], [4, 0], [1, 2]]);
+        let repeat = steps(false, EpochTail::Repeat, 5, 2, 4);
+        assert_eq!(repeat, [[0, 1], [2, 3], [4, 0], [0, 1]]);
+        assert_eq!(
+            steps(false, EpochTail::Repeat, 2, 5, 2),
+            [[0, 1, 0, 1, 0]; 2]
+        );
+        // Shuffled: each epoch's 3 steps hold every row, and the padding is the epoch's own.
+        let shuffled = steps(true, EpochTail::Repeat, 5, 2, 6);
+        for epoch in shuffled.chunks(3) {
+            let rows: Vec<usize> = epoch.concat();
+            let mut seen = rows[..5].to_vec();
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2, 3, 4], "{shuffled:?}");
+            assert_eq!(rows[5], rows[0], "{shuffled:?}");
+        }
+        assert_ne!(shuffled[..3], shuffled[3..], "epochs are shuffled apart");
+        let [first, second] = [0, 1].map(|e| limo_data::sampler::epoch_order(3, e, 5));
+        assert_eq!(
+            shuffled[3..].concat()[..5],
+            second,
+            "the next epoch starts afresh"
+        );
+        let third = limo_data::sampler::epoch_order(3, 2, 5);
+        let wrapped = steps(true, EpochTail::Wrap, 5, 2, 6).concat();
+        assert_eq!(
+            wrapped,
+            [&first[..], &second[..], &third[..2]].concat(),
+            "wrap runs on"
+        );
     }
 }

@@ -22,7 +22,7 @@ use limo_ops::GradScale;
 
 use crate::agreement;
 use crate::checkpoint::{self, disk};
-use crate::config::{LossAverage, ReportTo, TrainConfig, TrainSection};
+use crate::config::{EpochTail, LossAverage, ReportTo, TrainConfig, TrainSection};
 use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluation};
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{clip_coefficient, Flat};
@@ -455,6 +455,8 @@ impl<'a> Run<'a> {
             total_steps = self.total_steps,
             warmup_steps = self.warmup_steps,
             rows_per_step = self.rows_per_step,
+            steps_per_epoch = self.steps_per_epoch,
+            epoch_tail = self.config.train.epoch_tail.as_str(),
             world = self.model.world_size(),
             micro_batches_per_step =
                 self.rows_per_step / (self.config.train.batch_size * self.model.world_size()),
@@ -468,7 +470,7 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let t = &self.config.train;
         let (world, rank) = (self.model.world_size(), self.model.rank());
-        let indices = self.order.next_indices(self.rows_per_step);
+        let indices = self.order.next_indices(self.rows_per_step, t.epoch_tail);
         let micro: Vec<Batch> = rank_micro_batches(&indices, t.batch_size, world, rank)
             .iter()
             .map(|rows_of_batch| to_batch(&self.rows, rows_of_batch))
@@ -499,7 +501,10 @@ impl<'a> Run<'a> {
         let seconds = started.elapsed().as_secs_f64();
         Ok(StepMetrics {
             step: self.step,
-            epoch: (self.step * self.rows_per_step) as f64 / self.rows.len() as f64,
+            epoch: match t.epoch_tail {
+                EpochTail::Wrap => (self.step * self.rows_per_step) as f64 / self.rows.len() as f64,
+                EpochTail::Repeat => self.step as f64 / self.steps_per_epoch as f64,
+            },
             lr,
             loss,
             grad_norm,

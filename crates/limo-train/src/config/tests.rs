@@ -73,7 +73,7 @@ fn every_shipped_config_parses() {
 #[test]
 fn hash_and_written_toml_are_pinned() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let tiny: [(&[&str], [&str; 3]); 5] = [
+    let tiny: [(&[&str], [&str; 3]); 6] = [
         (
             &[],
             ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
@@ -107,6 +107,10 @@ fn hash_and_written_toml_are_pinned() {
         (
             &["train.loss_average=sequences"],
             ["858e15739b6940a5", "42b22edaa27f7bb8", "db4d04213a526bed"],
+        ),
+        (
+            &["train.epoch_tail=repeat"],
+            ["ab87d25f95f358db", "0d05e4339c57442e", "1ab299fb215aada9"],
         ),
     ];
     // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
@@ -142,19 +146,24 @@ fn hash_and_written_toml_are_pinned() {
         ),
     ] {
         // Pinned before the recipes named their device (which the hash leaves out), averaged
-        // over sequences and set 32 rows per step (which it keeps).
+        // over sequences, set 32 rows per step and repeated rows at epoch ends (which it keeps).
         let cpu = ["model.device=\"cpu\"".to_string()];
         let recipe = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu).unwrap();
         assert_eq!(recipe.train.loss_average, LossAverage::Sequences, "{name}");
         assert_eq!(recipe.train.global_batch_size, Some(32), "{name}");
+        assert_eq!(recipe.train.epoch_tail, EpochTail::Repeat, "{name}");
         let mut c = recipe.clone();
         c.train.loss_average = LossAverage::Tokens;
         c.train.global_batch_size = None;
+        c.train.epoch_tail = EpochTail::Wrap;
         assert_eq!(pins(&c, 8), want, "{name}");
         assert_ne!(recipe.trajectory_hash(8), c.trajectory_hash(8), "{name}");
     }
     // The default written out is the default left out: the same hash and TOML.
-    let tokens = ["train.loss_average=tokens".to_string()];
+    let tokens = [
+        "train.loss_average=tokens".to_string(),
+        "train.epoch_tail=wrap".to_string(),
+    ];
     let explicit = TrainConfig::parse(TINY_TOML, "tiny.toml", &tokens).unwrap();
     assert_eq!(pins(&explicit, 4), tiny[0].1);
 }

@@ -58,6 +58,11 @@ fn limo_recipe_maps() {
         (5e-6, 15, 1, 1)
     );
     assert_eq!(
+        c.train.epoch_tail,
+        crate::config::EpochTail::Repeat,
+        "whole epochs, as transformers"
+    );
+    assert_eq!(
         (c.train.schedule.as_str(), c.train.warmup_steps),
         ("cosine", 0)
     );
