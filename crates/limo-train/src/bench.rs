@@ -366,7 +366,7 @@ pub fn run(
         .context("placing the model's slices on the device")?;
     device.synchronize()?;
     let setup_s = started.elapsed().as_secs_f64();
-    tracing::info!(setup_s, "slices generated and placed");
+    tracing::info!(setup_s, plan_estimate_gib, "slices generated and placed");
 
     let totals = StepTotals::of(&micro);
     let mut losses = Vec::new();
@@ -391,7 +391,13 @@ pub fn run(
         }
         device.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(step, loss, seconds, timed, "step");
+        // Peak and time first on the line: a stage killed at its timeout still says them.
+        let peak = match probe {
+            Some(p) => format!(", peak {:.2} GiB", p.read()?.allocator_high_gib),
+            None => String::new(),
+        };
+        let kind = if timed { "timed" } else { "warm-up" };
+        tracing::info!("step {step} ({kind}): {seconds:.2} s{peak}, loss {loss:.4}");
         losses.push(loss);
         if timed {
             times.push(seconds);

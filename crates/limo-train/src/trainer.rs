@@ -191,10 +191,11 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     config.preflight()?;
     let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
     let device = options.device.unwrap_or(Device::Cpu);
-    // A global batch size this world size cannot split fails here, before any data is read.
+    agreement::same_config(config, options.resume.as_deref(), comm.as_ref(), &device)?;
+    // A global batch size this world size cannot split fails here (on every rank, as the
+    // configs agree), before any data is read.
     config.rows_per_step(comm.world_size())?;
     let lead = comm.rank() == 0;
-    agreement::same_config(config, options.resume.as_deref(), comm.as_ref(), &device)?;
     // A second `limo train` into the same directory (a job submitted twice, a requeue while
     // the old job still runs) would interleave its checkpoints and metrics with this one's.
     let lock = lead
@@ -356,6 +357,10 @@ impl<'a> Run<'a> {
     ) -> anyhow::Result<Self> {
         let t = &config.train;
         let (world, lead) = (comm.world_size(), comm.rank() == 0);
+        // Hashed once: compared across ranks first (what follows may fail on one rank only
+        // when the rows differ), kept in every checkpoint.
+        let rows_hash = crate::source::rows_hash(&rows);
+        agreement::same_rows(rows_hash, rows.len(), comm.as_ref(), &device)?;
         let rows_per_step = config.rows_per_step(world)?;
         let steps_per_epoch = rows.len().div_ceil(rows_per_step);
         let total_steps = match t.max_steps {
@@ -367,9 +372,6 @@ impl<'a> Run<'a> {
                 )
             })?,
         };
-        // Hashed once: compared across ranks now, kept in every checkpoint.
-        let rows_hash = crate::source::rows_hash(&rows);
-        agreement::same_rows(rows_hash, rows.len(), comm.as_ref(), &device)?;
         let dtype = config.model.dtype.dtype();
         let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
         let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
