@@ -441,3 +441,55 @@ fn dump_on_a_full_disk_leaves_the_old_output() {
     assert_eq!(names(&dir), ["dump.jsonl"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--truncate-pairs` (data.overlong = "truncate_pairs") cuts as LLaMA-Factory: a long prompt
+/// gives way to its short response, which `truncate` (the row's first tokens) would lose.
+#[test]
+fn truncate_pairs_keeps_the_response_of_a_long_prompt() {
+    let dir = scratch("pairs");
+    let rows = dir.join("long-prompt.json");
+    let long = "Count the words. ".repeat(60);
+    let text = serde_json::json!([
+        {"instruction": long, "input": "", "output": "There are 180 words."},
+        {"instruction": "Add the numbers.", "input": "4 and 9", "output": "13"},
+    ]);
+    std::fs::write(&rows, text.to_string()).unwrap();
+    let tokenizer = ChatTokenizer::from_path(&tokenizer_dir()).unwrap();
+    let response = tokenizer
+        .encode("There are 180 words.<|im_end|>\n")
+        .unwrap();
+    let cutoff = ["--cutoff-len", "64"];
+    let out = dir.join("pairs.jsonl");
+    dump(
+        rows.to_str().unwrap(),
+        "alpaca",
+        &out,
+        &[&cutoff[..], &["--truncate-pairs"]].concat(),
+        &[],
+    );
+    let dumped = read_jsonl(&out);
+    assert_eq!(dumped.len(), 2);
+    let (input, labels) = (ids(&dumped[0]["input_ids"]), ids(&dumped[0]["labels"]));
+    assert_eq!(input.len(), 64);
+    let tail = input.len() - response.len();
+    let response: Vec<i64> = response.iter().map(|&i| i64::from(i)).collect();
+    assert_eq!(
+        input[tail..],
+        response[..],
+        "the response whole, at the end"
+    );
+    assert_eq!(labels[tail..], response[..]);
+    assert!(labels[..tail].iter().all(|&l| l == IGNORE_INDEX));
+    let prompt: Vec<u32> = input[..tail].iter().map(|&i| i as u32).collect();
+    assert!(tokenizer
+        .decode(&prompt)
+        .unwrap()
+        .starts_with("<|im_start|>system\n"));
+    // The same cutoff keeping the row's first tokens leaves it no target: dropped.
+    let out = dir.join("prefix.jsonl");
+    dump(rows.to_str().unwrap(), "alpaca", &out, &cutoff, &[]);
+    assert_eq!(read_jsonl(&out).len(), 1);
+    let both = ["--drop-overlong", "--truncate-pairs"];
+    let output = limo_data("dump", rows.to_str().unwrap(), "alpaca", &both, &[]);
+    assert!(!output.status.success());
+}

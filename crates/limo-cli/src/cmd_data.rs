@@ -45,8 +45,12 @@ pub struct DataArgs {
     #[arg(long, default_value_t = DEFAULT_CUTOFF_LEN)]
     cutoff_len: usize,
     /// Drop examples longer than --cutoff-len instead of truncating them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "truncate_pairs")]
     drop_overlong: bool,
+    /// Cut examples longer than --cutoff-len as LLaMA-Factory does (data.overlong =
+    /// "truncate_pairs": each prompt/response pair in turn, a short response kept whole).
+    #[arg(long)]
+    truncate_pairs: bool,
     /// Read at most N examples.
     #[arg(long)]
     limit: Option<usize>,
@@ -102,10 +106,10 @@ impl DataArgs {
             config.system = Some(system.clone());
         }
         config.cutoff_len = self.cutoff_len;
-        config.overlong = if self.drop_overlong {
-            Overlong::Drop
-        } else {
-            Overlong::Truncate
+        config.overlong = match (self.drop_overlong, self.truncate_pairs) {
+            (true, _) => Overlong::Drop,
+            (false, true) => Overlong::TruncatePairs,
+            (false, false) => Overlong::Truncate,
         };
         config.limit = self.limit;
         config.on_bad_row =

@@ -117,6 +117,10 @@ pub enum Overlong {
     /// Keep the first `cutoff_len` tokens.
     #[default]
     Truncate,
+    /// LLaMA-Factory's: each (prompt, response) pair in turn is cut to fit what is left,
+    /// prompt and response by `infer_seqlen`'s shares (a short response is kept whole).
+    #[serde(rename = "truncate_pairs")]
+    TruncatePairs,
     /// Leave examples longer than `cutoff_len` out.
     Drop,
 }
@@ -180,6 +184,13 @@ impl DataConfig {
         if self.path.is_empty() {
             return Err(DataError::Config("data path is empty".into()));
         }
+        if self.format == Format::Tokenized && self.overlong == Overlong::TruncatePairs {
+            return Err(DataError::Config(
+                "overlong = \"truncate_pairs\" needs the prompts and responses of a text format; \
+                 tokenized rows are cut with \"truncate\" or left out with \"drop\""
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -187,6 +198,22 @@ impl DataConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_pairs_needs_a_text_format() {
+        let parse = |format: &str| {
+            let text =
+                format!(r#"{{"path": "x", "format": "{format}", "overlong": "truncate_pairs"}}"#);
+            serde_json::from_str::<DataConfig>(&text).unwrap()
+        };
+        assert_eq!(parse("alpaca").overlong, Overlong::TruncatePairs);
+        parse("alpaca").validate().unwrap();
+        let err = parse("tokenized").validate().unwrap_err().to_string();
+        assert!(
+            err.contains("truncate_pairs") && err.contains("tokenized"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn config_defaults_and_unknown_fields() {

@@ -166,6 +166,8 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         "cutoff_len".into(),
         to_int(args.uint("cutoff_len")?.unwrap_or(2048)),
     );
+    // LLaMA-Factory cuts each (prompt, response) pair by infer_seqlen, not the row's tail.
+    data.insert("overlong".into(), "truncate_pairs".into());
     if let Some(limit) = args.uint("max_samples")? {
         data.insert("limit".into(), to_int(limit));
     }

@@ -207,6 +207,8 @@ pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
         over += 1;
         match data.overlong {
             Overlong::Drop => false,
+            // Refused for tokenized rows when the config is read (`DataConfig::validate`).
+            Overlong::TruncatePairs => false,
             Overlong::Truncate => {
                 row.input_ids.truncate(cutoff);
                 row.labels.truncate(cutoff);

@@ -44,6 +44,7 @@ fn limo_recipe_maps() {
     assert_eq!(c.data.columns.instruction, "question");
     assert_eq!(c.data.columns.output, "solution");
     assert_eq!(c.data.cutoff_len, 16384);
+    assert_eq!(c.data.overlong, limo_data::Overlong::TruncatePairs);
     assert_eq!(
         c.data.system, None,
         "the qwen template's default system prompt"
