@@ -209,8 +209,9 @@ fn a_warmup_ratio_warms_up_for_its_share_of_the_steps() {
 
 /// `train.epoch_tail`: 5 rows, 2 per step, 2 epochs of 3 steps. Each row has a different number
 /// of targets (1, 2, 4, 8, 16), so a step's target count names its rows. "wrap" runs on into
-/// the next epoch; "repeat" fills each epoch's last step with its first row and starts the next
-/// epoch afresh, as transformers' Trainer on many GPUs; its epochs are whole at steps 3 and 6.
+/// the next epoch; "repeat" starts each epoch afresh, as transformers' Trainer, with whole
+/// epochs at steps 3 and 6: on one rank an epoch's last step holds the one row left (its last
+/// micro-batch is short); with global_batch_size it is filled whole with the epoch's first row.
 #[test]
 fn an_epochs_last_step_wraps_or_repeats_its_first_rows() {
     let tmp = tempfile::tempdir().unwrap();
@@ -228,10 +229,13 @@ fn an_epochs_last_step_wraps_or_repeats_its_first_rows() {
         })
         .collect();
     std::fs::write(&data, rows.join("\n") + "\n").unwrap();
-    let run = |tail: &str| {
-        let out = tmp.path().join(tail);
+    let run = |tail: &str, split: [&str; 2]| {
+        let out = tmp
+            .path()
+            .join(format!("{tail}-{}", split[1].replace('=', "-")));
         let set = [
-            "train.batch_size=2",
+            split[0],
+            split[1],
             "train.epochs=2",
             "train.max_steps=6",
             &format!("train.epoch_tail=\"{tail}\""),
@@ -247,13 +251,18 @@ fn an_epochs_last_step_wraps_or_repeats_its_first_rows() {
         (field("n_target_tokens"), field("epoch"))
     };
     let sum = |rows: [usize; 2]| (targets[rows[0]] + targets[rows[1]]) as f64;
-    let (wrap, wrap_epochs) = run("wrap");
+    let two_rows = ["train.batch_size=2", "train.grad_accum=1"];
+    let (wrap, wrap_epochs) = run("wrap", two_rows);
     let want = [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4], [0, 1]].map(sum);
     assert_eq!(wrap, want);
     assert_eq!(wrap_epochs, [0.4, 0.8, 1.2, 1.6, 2.0, 2.4]);
-    let (repeat, repeat_epochs) = run("repeat");
-    let want = [[0, 1], [2, 3], [4, 0], [0, 1], [2, 3], [4, 0]].map(sum);
-    assert_eq!(repeat, want);
     let thirds: Vec<f64> = (1..=6).map(|s| s as f64 / 3.0).collect();
-    assert_eq!(repeat_epochs, thirds);
+    let last_alone = [3.0, 12.0, 16.0, 3.0, 12.0, 16.0].to_vec();
+    let accumulated = ["train.batch_size=1", "train.grad_accum=2"];
+    for split in [two_rows, accumulated] {
+        assert_eq!(run("repeat", split), (last_alone.clone(), thirds.clone()));
+    }
+    let global = ["train.batch_size=1", "train.global_batch_size=2"];
+    let filled = [[0, 1], [2, 3], [4, 0], [0, 1], [2, 3], [4, 0]].map(sum);
+    assert_eq!(run("repeat", global), (filled.to_vec(), thirds));
 }

@@ -92,10 +92,11 @@ impl Sampler {
         (0..size).map(|_| self.next_index()).collect()
     }
 
-    /// The next `size` items from one epoch: when the epoch runs out first, the rest are its
-    /// first items again (cycling, for `size > len`), and the next call starts the next epoch.
-    /// This is how accelerate's `even_batches` fills the last step of an epoch on many GPUs.
-    pub fn next_batch_padded(&mut self, size: usize) -> Vec<usize> {
+    /// Up to `size` items from one epoch: when the epoch runs out first, its first items fill
+    /// the batch again up to a multiple of `unit` (cycling, for more than `len`), and the next
+    /// call starts the next epoch. accelerate's `even_batches` fills an epoch's last round of
+    /// micro-batches (`unit` rows, one per rank) this way.
+    pub fn next_batch_padded(&mut self, size: usize, unit: usize) -> Vec<usize> {
         if size == 0 {
             return Vec::new();
         }
@@ -103,7 +104,10 @@ impl Sampler {
         while batch.len() < size && self.state.cursor < self.state.len {
             batch.push(self.next_index());
         }
-        let short = size - batch.len();
+        let short = match batch.len() < size {
+            true => batch.len().next_multiple_of(unit.max(1)).min(size) - batch.len(),
+            false => 0,
+        };
         batch.extend((0..short).map(|i| self.order[i % self.state.len]));
         batch
     }
@@ -193,7 +197,7 @@ mod tests {
         let (len, seed) = (10, 5);
         let [first, second] = [0, 1].map(|e| epoch_order(seed, e, len));
         let mut sampler = Sampler::new(len, seed).unwrap();
-        let batches: Vec<Vec<usize>> = (0..4).map(|_| sampler.next_batch_padded(4)).collect();
+        let batches: Vec<Vec<usize>> = (0..4).map(|_| sampler.next_batch_padded(4, 4)).collect();
         assert_eq!(batches[0], first[0..4]);
         assert_eq!(batches[1], first[4..8]);
         // The epoch's last batch: its 2 last items, then its 2 first again.
@@ -202,18 +206,30 @@ mod tests {
         // Resuming from the state after any batch continues identically.
         for stop in 0..4 {
             let mut before = Sampler::new(len, seed).unwrap();
-            (0..stop).for_each(|_| drop(before.next_batch_padded(4)));
+            (0..stop).for_each(|_| drop(before.next_batch_padded(4, 4)));
             let mut resumed = Sampler::from_state(before.state(), len).unwrap();
-            let rest: Vec<Vec<usize>> = (stop..4).map(|_| resumed.next_batch_padded(4)).collect();
+            let rest: Vec<Vec<usize>> =
+                (stop..4).map(|_| resumed.next_batch_padded(4, 4)).collect();
             assert_eq!(rest, batches[stop..], "resume after {stop} batches");
         }
         // More items than the dataset: the epoch's order cycles.
         let mut small = Sampler::new(3, seed).unwrap();
         let order = epoch_order(seed, 0, 3);
         let cycled = [0, 1, 2, 0, 1, 2, 0].map(|i| order[i]);
-        assert_eq!(small.next_batch_padded(7), cycled);
-        assert_eq!(small.next_batch_padded(2), epoch_order(seed, 1, 3)[0..2]);
-        assert!(small.next_batch_padded(0).is_empty());
+        assert_eq!(small.next_batch_padded(7, 7), cycled);
+        assert_eq!(small.next_batch_padded(2, 1), epoch_order(seed, 1, 3)[0..2]);
+        assert!(small.next_batch_padded(0, 1).is_empty());
+        // A unit under the size: the epoch's last batch is filled to a multiple of it only
+        // (2 left, a unit of 3: one more), and may come out shorter than `size`.
+        let mut sampler = Sampler::new(len, seed).unwrap();
+        let units: Vec<Vec<usize>> = (0..5).map(|_| sampler.next_batch_padded(4, 3)).collect();
+        assert_eq!(units[2], [&first[8..10], &first[0..1]].concat());
+        assert_eq!(units[3], second[0..4]);
+        let mut sampler = Sampler::new(len, seed).unwrap();
+        let ones: Vec<usize> = (0..3)
+            .flat_map(|_| sampler.next_batch_padded(4, 1))
+            .collect();
+        assert_eq!(ones, first, "a unit of 1 repeats nothing");
     }
 
     #[test]

@@ -187,9 +187,9 @@ pub struct TrainSection {
     #[serde(default = "yes")]
     pub shuffle: bool,
     /// An epoch's last step when the rows do not fill it: "wrap" (the default: it goes on
-    /// into the next epoch's order) or "repeat" (the epoch's first rows fill it again and the
-    /// next epoch starts on the next step, as transformers' Trainer on many GPUs: every epoch
-    /// is then its own ceil(rows / rows per step) steps).
+    /// into the next epoch's order) or "repeat" (as transformers' Trainer: the epoch's first
+    /// rows fill it up to `TrainSection::epoch_tail_rows` and the next epoch starts on the next
+    /// step: every epoch is then its own ceil(rows / rows per step) steps).
     #[serde(default, skip_serializing_if = "EpochTail::is_wrap")]
     pub epoch_tail: EpochTail,
     /// Tokens per chunk of the fused head + loss.
@@ -248,6 +248,20 @@ impl TrainSection {
                     t.batch_size, t.grad_accum
                 )
             })
+    }
+
+    /// With `epoch_tail = "repeat"`, an epoch's last step is filled up to a multiple of this
+    /// many rows: the whole step with `global_batch_size` (the run it copies has one
+    /// micro-batch per step), else as transformers' Trainer: one micro-batch on every rank
+    /// (accelerate pads the last round on many ranks; with gradient accumulation the epoch's
+    /// last step then runs fewer micro-batches), nothing on one rank (its last micro-batch is
+    /// short).
+    pub fn epoch_tail_rows(&self, world_size: usize) -> anyhow::Result<usize> {
+        match self.global_batch_size {
+            Some(_) => self.rows_per_step(world_size),
+            None if world_size == 1 => Ok(1),
+            None => Ok(self.batch_size.saturating_mul(world_size)),
+        }
     }
 
     /// Warmup steps of a run of `total_steps`: `warmup_steps`, or what `warmup_ratio` makes of
@@ -700,6 +714,11 @@ impl TrainConfig {
             "rows_per_step".into(),
             self.rows_per_step(world_size).unwrap_or(usize::MAX).into(),
         );
+        if self.train.epoch_tail == EpochTail::Repeat {
+            // What an epoch's last step is filled up to depends on the split.
+            let rows = self.train.epoch_tail_rows(world_size);
+            map.insert("epoch_tail_rows".into(), rows.unwrap_or(usize::MAX).into());
+        }
         let mut model = serde_json::to_value(&self.model).expect("serializable");
         model.as_object_mut().expect("a struct").remove("device");
         let data = serde_json::to_value(&self.data).expect("serializable");

@@ -255,8 +255,8 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     if let Some(seed) = args.uint("seed")? {
         train.insert("seed".into(), to_int(seed));
     }
-    // transformers never mixes epochs in a step: on many GPUs accelerate fills the epoch's last
-    // step with its first rows (on one GPU that step is short instead, which limo does not do).
+    // transformers never mixes epochs in a step: accelerate fills an epoch's last round of
+    // micro-batches with its first rows; limo's "repeat" does that at the run's own split.
     train.insert("epoch_tail".into(), "repeat".into());
     // transformers < 4.54 defaults to false: each GPU averages its own tokens and the GPUs'
     // gradients are averaged, so with one example per GPU and step every example weighs the

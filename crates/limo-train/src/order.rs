@@ -30,20 +30,30 @@ impl DataOrder {
         })
     }
 
-    /// The rows of the next step of `count` rows.
-    pub fn next_indices(&mut self, count: usize, tail: EpochTail) -> Vec<usize> {
+    /// The rows of the next step of `count` rows. With [`EpochTail::Repeat`] an epoch's last
+    /// step ends with the epoch's first rows, up to a multiple of `unit` rows (which divides
+    /// `count`), and may be shorter than `count`.
+    pub fn next_indices(&mut self, count: usize, tail: EpochTail, unit: usize) -> Vec<usize> {
         match (self, tail) {
             (DataOrder::Shuffled(sampler), EpochTail::Wrap) => sampler.next_batch(count),
-            (DataOrder::Shuffled(sampler), EpochTail::Repeat) => sampler.next_batch_padded(count),
+            (DataOrder::Shuffled(sampler), EpochTail::Repeat) => {
+                sampler.next_batch_padded(count, unit)
+            }
             (DataOrder::Sequential { len, next }, tail) => {
                 let len = *len as u64;
                 let start = *next % len;
-                let taken = match tail {
-                    EpochTail::Wrap => count as u64,
-                    EpochTail::Repeat => (count as u64).min(len - start),
+                let (taken, padded) = match tail {
+                    EpochTail::Wrap => (count as u64, count as u64),
+                    EpochTail::Repeat => {
+                        let taken = (count as u64).min(len - start);
+                        (
+                            taken,
+                            taken.next_multiple_of(unit.max(1) as u64).min(count as u64),
+                        )
+                    }
                 };
                 *next += taken;
-                let padding = (0..count as u64 - taken).map(|i| i % len);
+                let padding = (0..padded - taken).map(|i| i % len);
                 (start..start + taken)
                     .map(|i| i % len)
                     .chain(padding)
@@ -85,7 +95,24 @@ impl DataOrder {
 mod tests {
     use super::*;
 
-    /// Every step's rows for `steps` steps, with a save and restore before each.
+    /// Every step's rows for `n` steps of `count` rows, an epoch's last step padded to a
+    /// multiple of `unit` rows, with a save and restore before each.
+    fn steps_of(
+        shuffle: bool,
+        tail: EpochTail,
+        len: usize,
+        (count, unit): (usize, usize),
+        n: usize,
+    ) -> Vec<Vec<usize>> {
+        let mut order = DataOrder::new(len, shuffle, 3).unwrap();
+        (0..n)
+            .map(|_| {
+                order = DataOrder::restore(&order.save(), len).unwrap();
+                order.next_indices(count, tail, unit)
+            })
+            .collect()
+    }
+
     fn steps(
         shuffle: bool,
         tail: EpochTail,
@@ -93,13 +120,7 @@ mod tests {
         count: usize,
         n: usize,
     ) -> Vec<Vec<usize>> {
-        let mut order = DataOrder::new(len, shuffle, 3).unwrap();
-        (0..n)
-            .map(|_| {
-                order = DataOrder::restore(&order.save(), len).unwrap();
-                order.next_indices(count, tail)
-            })
-            .collect()
+        steps_of(shuffle, tail, len, (count, count), n)
     }
 
     #[test]
@@ -112,6 +133,21 @@ mod tests {
         assert_eq!(
             steps(false, EpochTail::Repeat, 2, 5, 2),
             [[0, 1, 0, 1, 0]; 2]
+        );
+        // One row per micro-batch and 4 micro-batches per step (transformers' Trainer with
+        // gradient accumulation): the last step of an epoch runs fewer micro-batches.
+        let short = steps_of(false, EpochTail::Repeat, 5, (4, 1), 4);
+        assert_eq!(
+            short,
+            [vec![0, 1, 2, 3], vec![4], vec![0, 1, 2, 3], vec![4]]
+        );
+        let rounds = steps_of(false, EpochTail::Repeat, 5, (4, 2), 2);
+        assert_eq!(rounds, [vec![0, 1, 2, 3], vec![4, 0]]);
+        let shuffled_short = steps_of(true, EpochTail::Repeat, 5, (4, 2), 4);
+        assert_eq!(shuffled_short[1].len(), 2, "{shuffled_short:?}");
+        assert_eq!(
+            shuffled_short[1][1], shuffled_short[0][0],
+            "{shuffled_short:?}"
         );
         // Shuffled: each epoch's 3 steps hold every row, and the padding is the epoch's own.
         let shuffled = steps(true, EpochTail::Repeat, 5, 2, 6);

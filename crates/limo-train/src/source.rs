@@ -177,6 +177,7 @@ pub fn prepare_rows(
 /// `attention_mask` (HF tokenized datasets carry one) is accepted when it masks nothing: limo
 /// never pads.
 pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
+    data.validate()?;
     let hub = limo_data::HubSettings::from_env();
     let limit = data.limit.unwrap_or(usize::MAX);
     let (mut rows, mut skipped) = (Vec::new(), Vec::new());
@@ -206,9 +207,8 @@ pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
         }
         over += 1;
         match data.overlong {
-            Overlong::Drop => false,
-            // Refused for tokenized rows when the config is read (`DataConfig::validate`).
-            Overlong::TruncatePairs => false,
+            // TruncatePairs was refused above.
+            Overlong::Drop | Overlong::TruncatePairs => false,
             Overlong::Truncate => {
                 row.input_ids.truncate(cutoff);
                 row.labels.truncate(cutoff);

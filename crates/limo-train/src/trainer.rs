@@ -472,7 +472,10 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let t = &self.config.train;
         let (world, rank) = (self.model.world_size(), self.model.rank());
-        let indices = self.order.next_indices(self.rows_per_step, t.epoch_tail);
+        let unit = t.epoch_tail_rows(world)?;
+        let indices = self
+            .order
+            .next_indices(self.rows_per_step, t.epoch_tail, unit);
         let micro: Vec<Batch> = rank_micro_batches(&indices, t.batch_size, world, rank)
             .iter()
             .map(|rows_of_batch| to_batch(&self.rows, rows_of_batch))

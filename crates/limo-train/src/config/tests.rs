@@ -110,7 +110,7 @@ fn hash_and_written_toml_are_pinned() {
         ),
         (
             &["train.epoch_tail=repeat"],
-            ["ab87d25f95f358db", "0d05e4339c57442e", "1ab299fb215aada9"],
+            ["ba3035b4457b9792", "6867f9faa2dd64e7", "1ab299fb215aada9"],
         ),
     ];
     // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
@@ -168,6 +168,29 @@ fn hash_and_written_toml_are_pinned() {
     assert_eq!(pins(&explicit, 4), tiny[0].1);
 }
 
+/// 8 rows per step as 4 micro-batches on 2 ranks or 2 on 4: the same trajectory, except that
+/// with epoch_tail = "repeat" an epoch's last step is filled to a round of micro-batches (2
+/// rows or 4), so a resume across those world sizes is refused.
+#[test]
+fn repeat_hashes_what_the_epochs_last_step_is_filled_to() {
+    let hashes = |tail: &str| {
+        [(4, 2), (2, 4)].map(|(accum, world)| {
+            let set = [
+                "train.batch_size=1".to_string(),
+                format!("train.grad_accum={accum}"),
+                format!("train.epoch_tail={tail:?}"),
+            ];
+            let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &set).unwrap();
+            assert_eq!(c.rows_per_step(world).unwrap(), 8);
+            c.trajectory_hash(world)
+        })
+    };
+    let [a, b] = hashes("wrap");
+    assert_eq!(a, b);
+    let [a, b] = hashes("repeat");
+    assert_ne!(a, b);
+}
+
 #[test]
 fn sizes_are_parsed_once_and_written_back_as_given() {
     let c = TrainConfig::parse(
@@ -211,7 +234,7 @@ fn unknown_names_are_errors_that_name_the_key_and_the_choices() {
         (
             "data.overlong=wrap",
             "data.overlong",
-            "`truncate` or `drop`",
+            "`truncate`, `truncate_pairs`, `drop`",
         ),
         ("data.format=csv", "data.format", "`limo`, `messages`"),
     ] {
