@@ -215,20 +215,7 @@ fn a_warmup_ratio_warms_up_for_its_share_of_the_steps() {
 #[test]
 fn an_epochs_last_step_wraps_or_repeats_its_first_rows() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("rows.jsonl");
-    let targets = [1usize, 2, 4, 8, 16];
-    let rows: Vec<String> = targets
-        .iter()
-        .enumerate()
-        .map(|(r, &k)| {
-            let ids: Vec<u32> = (0..20).map(|t| ((r * 37 + t * 11) % 512) as u32).collect();
-            let labels: Vec<i64> = (0..20)
-                .map(|t| if t >= 20 - k { ids[t] as i64 } else { -100 })
-                .collect();
-            serde_json::json!({"input_ids": ids, "labels": labels}).to_string()
-        })
-        .collect();
-    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let (data, targets) = (counted_rows(tmp.path()), TARGETS);
     let run = |tail: &str, split: [&str; 2]| {
         let out = tmp
             .path()
@@ -265,4 +252,78 @@ fn an_epochs_last_step_wraps_or_repeats_its_first_rows() {
     let global = ["train.batch_size=1", "train.global_batch_size=2"];
     let filled = [[0, 1], [2, 3], [4, 0], [0, 1], [2, 3], [4, 0]].map(sum);
     assert_eq!(run("repeat", global), (filled.to_vec(), thirds));
+}
+
+/// Targets of the rows [`counted_rows`] writes: a step's target count names its rows.
+const TARGETS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// 5 tokenized rows of 20 tokens for the golden model, row r with `TARGETS[r]` targets.
+fn counted_rows(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("rows.jsonl");
+    let rows: Vec<String> = TARGETS
+        .iter()
+        .enumerate()
+        .map(|(r, &k)| {
+            let ids: Vec<u32> = (0..20).map(|t| ((r * 37 + t * 11) % 512) as u32).collect();
+            let labels: Vec<i64> = (0..20)
+                .map(|t| if t >= 20 - k { ids[t] as i64 } else { -100 })
+                .collect();
+            serde_json::json!({"input_ids": ids, "labels": labels}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    data
+}
+
+/// `train.sampler = "torch"` with `epoch_tail = "repeat"` visits the rows step by step as
+/// transformers' Trainer did with the same seed (42), on one rank and on two. The expected rows
+/// are what transformers 4.x's dataloader gave: torch 2.5.1 and accelerate 1.2.1,
+/// `prepare_data_loader(DataLoader(rows, batch_size, RandomSampler), num_processes,
+/// use_seedable_sampler=True, even_batches=True)`, `set_epoch(e)` before each epoch.
+#[test]
+fn the_torch_sampler_visits_rows_as_transformers_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = counted_rows(tmp.path());
+    let run = |sampler: &str, ranks: usize, batch_size: usize| {
+        let out = tmp.path().join(format!("{sampler}-{ranks}"));
+        let set = [
+            &format!("train.batch_size={batch_size}") as &str,
+            "train.shuffle=true",
+            "train.seed=42",
+            &format!("train.sampler={sampler:?}"),
+            "train.epoch_tail=\"repeat\"",
+            "train.epochs=2",
+            "train.max_steps=6",
+        ];
+        let mut args: Vec<String> = Vec::new();
+        if ranks > 1 {
+            args.extend(["launch", "--nproc-per-node", "2", "--"].map(String::from));
+        }
+        args.extend(train_args(
+            &golden_config(tmp.path(), &data, &out, "f32", &set),
+            &[],
+        ));
+        run_ok(&args);
+        let metrics = read_jsonl(&out.join("metrics.jsonl"));
+        let targets = |m: &serde_json::Value| m["n_target_tokens"].as_f64().unwrap() as usize;
+        metrics.iter().map(targets).collect::<Vec<usize>>()
+    };
+    let sums = |steps: &[&[usize]]| -> Vec<usize> {
+        steps
+            .iter()
+            .map(|rows| rows.iter().map(|&r| TARGETS[r]).sum())
+            .collect()
+    };
+    // One GPU, batch 2: [2, 4] [3, 0] [1] | [3, 1] [4, 2] [0] (the last batch is short).
+    let one: [&[usize]; 6] = [&[2, 4], &[3, 0], &[1], &[3, 1], &[4, 2], &[0]];
+    assert_eq!(run("torch", 1, 2), sums(&one));
+    // Two GPUs, batch 1: the last round is filled with each epoch's first row.
+    let two: [&[usize]; 6] = [&[2, 4], &[3, 0], &[1, 2], &[3, 1], &[4, 2], &[0, 3]];
+    assert_eq!(run("torch", 2, 1), sums(&two));
+    // The default sampler draws another order from the same seed.
+    assert_ne!(
+        run("limo", 1, 2)[..2],
+        sums(&one)[..2],
+        "limo's own permutation"
+    );
 }

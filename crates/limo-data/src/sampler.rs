@@ -6,7 +6,9 @@
 //!
 //! The shuffle is implemented here (SplitMix64 + Fisher-Yates) rather than taken from `rand`,
 //! because a dependency update must never change the order of an existing run. Do not change
-//! the algorithm: resumed runs depend on it.
+//! the algorithm: resumed runs depend on it. [`Permutation::Torch`] draws each epoch's order
+//! as transformers' Trainer does (`torch.randperm`, seeded seed + epoch), so that a run can
+//! see its rows in the order a transformers run with the same seed saw them.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,10 +26,35 @@ pub struct SamplerState {
     pub len: usize,
 }
 
+/// How an epoch's permutation is drawn. Not part of the saved state: the run's config says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Permutation {
+    /// SplitMix64 + Fisher-Yates from (seed, epoch): [`epoch_order`].
+    #[default]
+    Limo,
+    /// `torch.randperm(len)` with a generator seeded `seed + epoch`: [`torch_randperm`], as
+    /// accelerate's `SeedableRandomSampler` shuffles for transformers' Trainer.
+    Torch,
+}
+
+impl Permutation {
+    /// The order of epoch `epoch`.
+    pub fn order(self, seed: u64, epoch: u64, len: usize) -> Vec<usize> {
+        match self {
+            Permutation::Limo => epoch_order(seed, epoch, len),
+            Permutation::Torch => torch_randperm(len, seed.wrapping_add(epoch)),
+        }
+    }
+}
+
+/// Above this many items torch's CPU randperm draws 64-bit numbers instead (`randperm_cpu`).
+pub const TORCH_RANDPERM_MAX: usize = (u32::MAX / 20) as usize;
+
 #[derive(Debug, Clone)]
 pub struct Sampler {
     state: SamplerState,
     order: Vec<usize>,
+    permutation: Permutation,
 }
 
 impl Sampler {
@@ -65,7 +92,21 @@ impl Sampler {
         Ok(Sampler {
             state,
             order: epoch_order(state.seed, state.epoch, len),
+            permutation: Permutation::Limo,
         })
+    }
+
+    /// The same sampler, drawing every epoch's order with `permutation`.
+    pub fn permuted_by(mut self, permutation: Permutation) -> Result<Self> {
+        if permutation == Permutation::Torch && self.state.len >= TORCH_RANDPERM_MAX {
+            return Err(DataError::Sampler(format!(
+                "{} items: torch's order is reproduced below {TORCH_RANDPERM_MAX} items only",
+                self.state.len
+            )));
+        }
+        self.permutation = permutation;
+        self.order = permutation.order(self.state.seed, self.state.epoch, self.state.len);
+        Ok(self)
     }
 
     pub fn state(&self) -> SamplerState {
@@ -81,7 +122,9 @@ impl Sampler {
         if self.state.cursor == self.state.len {
             self.state.epoch += 1;
             self.state.cursor = 0;
-            self.order = epoch_order(self.state.seed, self.state.epoch, self.state.len);
+            self.order = self
+                .permutation
+                .order(self.state.seed, self.state.epoch, self.state.len);
         }
         let index = self.order[self.state.cursor];
         self.state.cursor += 1;
@@ -127,6 +170,19 @@ pub fn epoch_order(seed: u64, epoch: u64, len: usize) -> Vec<usize> {
     for i in (1..len).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         order.swap(i, j);
+    }
+    order
+}
+
+/// `torch.randperm(len, generator=g)` on the CPU after `g.manual_seed(seed)`: torch's
+/// `randperm_cpu` (below [`TORCH_RANDPERM_MAX`] items) swaps item i with item
+/// `i + mt19937() % (len - i)` for i from 0, and seeds its mt19937 with the seed's low 32 bits.
+pub fn torch_randperm(len: usize, seed: u64) -> Vec<usize> {
+    let mut mt = rand_mt::Mt::new(seed as u32);
+    let mut order: Vec<usize> = (0..len).collect();
+    for i in 0..len.saturating_sub(1) {
+        let z = mt.next_u32() as usize % (len - i);
+        order.swap(i, i + z);
     }
     order
 }
@@ -255,4 +311,37 @@ mod tests {
     }
 
     const PINNED_42_3_10: [usize; 10] = [0, 6, 7, 5, 3, 9, 8, 2, 1, 4];
+
+    #[test]
+    fn torch_order_is_torch_randperm() {
+        // torch 2.5.1: g = torch.Generator(); g.manual_seed(s); torch.randperm(n, generator=g)
+        assert_eq!(torch_randperm(10, 42), [2, 6, 1, 8, 4, 5, 0, 9, 3, 7]);
+        assert_eq!(torch_randperm(10, 43), [8, 4, 9, 0, 5, 1, 6, 7, 2, 3]);
+        let limo = torch_randperm(817, 42);
+        assert_eq!(
+            limo[..12],
+            [490, 372, 773, 237, 331, 64, 707, 381, 258, 746, 620, 585]
+        );
+        assert_eq!(limo[805..], TORCH_817_42_TAIL);
+        let mut sorted = limo.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..817).collect::<Vec<_>>());
+        // Seeds past 32 bits keep their low 32 bits, as torch's mt19937 does.
+        assert_eq!(torch_randperm(10, 42 + (1 << 32)), torch_randperm(10, 42));
+        assert_eq!(torch_randperm(1, 7), [0]);
+        assert!(torch_randperm(0, 7).is_empty());
+        // A torch sampler: epoch e is randperm seeded seed + e, and it resumes like any other.
+        let mut sampler = Sampler::new(10, 42)
+            .unwrap()
+            .permuted_by(Permutation::Torch)
+            .unwrap();
+        assert_eq!(sampler.next_batch(10), torch_randperm(10, 42));
+        let state = sampler.state();
+        let resumed = Sampler::from_state(state, 10).unwrap();
+        let mut resumed = resumed.permuted_by(Permutation::Torch).unwrap();
+        assert_eq!(resumed.next_batch(10), torch_randperm(10, 43));
+    }
+
+    const TORCH_817_42_TAIL: [usize; 12] =
+        [155, 103, 122, 561, 308, 355, 314, 613, 816, 733, 238, 129];
 }

@@ -684,7 +684,8 @@ pub fn restore_run(
         bail!("{}: master weights are not {want:?}", dir.display());
     }
     // Before any state is touched: a data order that does not fit the rows fails the resume.
-    let order = DataOrder::restore(&manifest.data_order, rows)
+    let permutation = config.train.sampler.permutation();
+    let order = DataOrder::restore(&manifest.data_order, rows, permutation)
         .with_context(|| format!("{}: data_order", dir.join(MANIFEST).display()))?;
     if manifest
         .rows_hash

@@ -192,6 +192,11 @@ pub struct TrainSection {
     /// step: every epoch is then its own ceil(rows / rows per step) steps).
     #[serde(default, skip_serializing_if = "EpochTail::is_wrap")]
     pub epoch_tail: EpochTail,
+    /// How each epoch's shuffle is drawn: "limo" (the default) or "torch" (as transformers'
+    /// Trainer: torch.randperm(rows) seeded `seed` + epoch; with the same seed and rows in the
+    /// same order, each epoch visits them in the order the transformers run did).
+    #[serde(default, skip_serializing_if = "SamplerKind::is_limo")]
+    pub sampler: SamplerKind,
     /// Tokens per chunk of the fused head + loss.
     #[serde(default = "default_loss_chunk")]
     pub loss_chunk: usize,
@@ -316,6 +321,29 @@ config_enum! {
 impl EpochTail {
     pub fn is_wrap(&self) -> bool {
         *self == EpochTail::Wrap
+    }
+}
+
+config_enum! {
+    /// `train.sampler`.
+    #[derive(Default)]
+    pub enum SamplerKind {
+        #[default]
+        Limo = "limo",
+        Torch = "torch",
+    }
+}
+
+impl SamplerKind {
+    pub fn is_limo(&self) -> bool {
+        *self == SamplerKind::Limo
+    }
+
+    pub fn permutation(self) -> limo_data::sampler::Permutation {
+        match self {
+            SamplerKind::Limo => limo_data::sampler::Permutation::Limo,
+            SamplerKind::Torch => limo_data::sampler::Permutation::Torch,
+        }
     }
 }
 

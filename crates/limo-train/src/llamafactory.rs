@@ -258,6 +258,9 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     // transformers never mixes epochs in a step: accelerate fills an epoch's last round of
     // micro-batches with its first rows; limo's "repeat" does that at the run's own split.
     train.insert("epoch_tail".into(), "repeat".into());
+    // transformers' Trainer shuffles with torch.randperm seeded seed + epoch (seed 42 unless
+    // the YAML says, as limo's default).
+    train.insert("sampler".into(), "torch".into());
     // transformers < 4.54 defaults to false: each GPU averages its own tokens and the GPUs'
     // gradients are averaged, so with one example per GPU and step every example weighs the
     // same. limo's "sequences" is that for any split; absent, limo's default (all tokens).

@@ -2,6 +2,7 @@
 //! deterministic sampler, or file order; an epoch's short last step wraps into the next epoch
 //! or repeats the epoch's first rows (`train.epoch_tail`). Its state goes into every checkpoint.
 
+use limo_data::sampler::Permutation;
 use limo_data::{Sampler, SamplerState};
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +20,17 @@ enum SavedOrder {
 }
 
 impl DataOrder {
-    pub fn new(len: usize, shuffle: bool, seed: u64) -> anyhow::Result<Self> {
+    pub fn new(
+        len: usize,
+        shuffle: bool,
+        seed: u64,
+        permutation: Permutation,
+    ) -> anyhow::Result<Self> {
         if len == 0 {
             anyhow::bail!("the dataset has no examples to train on");
         }
         Ok(if shuffle {
-            DataOrder::Shuffled(Sampler::new(len, seed)?)
+            DataOrder::Shuffled(Sampler::new(len, seed)?.permuted_by(permutation)?)
         } else {
             DataOrder::Sequential { len, next: 0 }
         })
@@ -74,10 +80,16 @@ impl DataOrder {
         serde_json::to_value(saved).expect("serializable")
     }
 
-    pub fn restore(value: &serde_json::Value, len: usize) -> anyhow::Result<Self> {
+    pub fn restore(
+        value: &serde_json::Value,
+        len: usize,
+        permutation: Permutation,
+    ) -> anyhow::Result<Self> {
         let saved: SavedOrder = serde_json::from_value(value.clone())?;
         Ok(match saved {
-            SavedOrder::Shuffled(state) => DataOrder::Shuffled(Sampler::from_state(state, len)?),
+            SavedOrder::Shuffled(state) => {
+                DataOrder::Shuffled(Sampler::from_state(state, len)?.permuted_by(permutation)?)
+            }
             SavedOrder::Sequential {
                 len: saved_len,
                 next,
@@ -104,10 +116,11 @@ mod tests {
         (count, unit): (usize, usize),
         n: usize,
     ) -> Vec<Vec<usize>> {
-        let mut order = DataOrder::new(len, shuffle, 3).unwrap();
+        let limo = Permutation::Limo;
+        let mut order = DataOrder::new(len, shuffle, 3, limo).unwrap();
         (0..n)
             .map(|_| {
-                order = DataOrder::restore(&order.save(), len).unwrap();
+                order = DataOrder::restore(&order.save(), len, limo).unwrap();
                 order.next_indices(count, tail, unit)
             })
             .collect()

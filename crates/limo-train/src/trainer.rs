@@ -374,7 +374,7 @@ impl<'a> Run<'a> {
         };
         let dtype = config.model.dtype.dtype();
         let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
-        let order = DataOrder::new(rows.len(), t.shuffle, t.seed)?;
+        let order = DataOrder::new(rows.len(), t.shuffle, t.seed, t.sampler.permutation())?;
         let tb = (lead && config.output.report_to.contains(&ReportTo::Tensorboard))
             .then(|| EventWriter::create(&config.output.dir.join("tensorboard")))
             .transpose();

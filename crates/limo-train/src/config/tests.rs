@@ -73,7 +73,7 @@ fn every_shipped_config_parses() {
 #[test]
 fn hash_and_written_toml_are_pinned() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let tiny: [(&[&str], [&str; 3]); 6] = [
+    let tiny: [(&[&str], [&str; 3]); 7] = [
         (
             &[],
             ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
@@ -107,6 +107,10 @@ fn hash_and_written_toml_are_pinned() {
         (
             &["train.loss_average=sequences"],
             ["858e15739b6940a5", "42b22edaa27f7bb8", "db4d04213a526bed"],
+        ),
+        (
+            &["train.sampler=torch"],
+            ["aeb408f2387ea068", "2a5ece096174336f", "f005009d08d67cfe"],
         ),
         (
             &["train.epoch_tail=repeat"],
@@ -146,16 +150,18 @@ fn hash_and_written_toml_are_pinned() {
         ),
     ] {
         // Pinned before the recipes named their device (which the hash leaves out), averaged
-        // over sequences, set 32 rows per step and repeated rows at epoch ends (which it keeps).
+        // over sequences, set 32 rows per step, repeated rows at epoch ends and torch's order (which it keeps).
         let cpu = ["model.device=\"cpu\"".to_string()];
         let recipe = TrainConfig::from_file(&dir.join(format!("{name}.toml")), &cpu).unwrap();
         assert_eq!(recipe.train.loss_average, LossAverage::Sequences, "{name}");
         assert_eq!(recipe.train.global_batch_size, Some(32), "{name}");
         assert_eq!(recipe.train.epoch_tail, EpochTail::Repeat, "{name}");
+        assert_eq!(recipe.train.sampler, SamplerKind::Torch, "{name}");
         let mut c = recipe.clone();
         c.train.loss_average = LossAverage::Tokens;
         c.train.global_batch_size = None;
         c.train.epoch_tail = EpochTail::Wrap;
+        c.train.sampler = SamplerKind::Limo;
         assert_eq!(pins(&c, 8), want, "{name}");
         assert_ne!(recipe.trajectory_hash(8), c.trajectory_hash(8), "{name}");
     }
@@ -163,6 +169,7 @@ fn hash_and_written_toml_are_pinned() {
     let tokens = [
         "train.loss_average=tokens".to_string(),
         "train.epoch_tail=wrap".to_string(),
+        "train.sampler=limo".to_string(),
     ];
     let explicit = TrainConfig::parse(TINY_TOML, "tiny.toml", &tokens).unwrap();
     assert_eq!(pins(&explicit, 4), tiny[0].1);

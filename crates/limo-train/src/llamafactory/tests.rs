@@ -59,9 +59,13 @@ fn limo_recipe_maps() {
         (5e-6, 15, 1, 1)
     );
     assert_eq!(
-        c.train.epoch_tail,
-        crate::config::EpochTail::Repeat,
-        "whole epochs, as transformers"
+        (c.train.epoch_tail, c.train.sampler, c.train.seed),
+        (
+            crate::config::EpochTail::Repeat,
+            crate::config::SamplerKind::Torch,
+            42
+        ),
+        "whole epochs in transformers' order"
     );
     assert_eq!(
         (c.train.schedule.as_str(), c.train.warmup_steps),
