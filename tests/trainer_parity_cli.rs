@@ -1,0 +1,100 @@
+//! limo reproduces a transformers Trainer run step by step: `scripts/trainer-parity.py` ran
+//! transformers' Trainer (torch 2.15, transformers 5.24, accelerate 1.15; versions in
+//! `meta.json`) on the golden tiny Qwen2 in float64 and wrote what it did into
+//! `tests/fixtures/trainer-parity`. The settings are what a LLaMA-Factory YAML maps to:
+//! torch's shuffle, whole epochs with a short last step, the loss averaged over a step's target
+//! tokens across micro-batches, cosine with a warmup share, AdamW, clipping.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use common::{golden_config, read_jsonl, rel_l2, run_ok, train_args};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/trainer-parity")
+}
+
+#[test]
+fn reproduces_a_transformers_trainer_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = read_jsonl(&fixture().join("log.jsonl"));
+    let out = tmp.path().join("run");
+    let set = [
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "train.epochs=3",
+        "train.max_steps=12",
+        "train.lr=1e-3",
+        "train.schedule=\"cosine\"",
+        "train.warmup_steps=0",
+        "train.warmup_ratio=0.1",
+        "train.weight_decay=0.0",
+        "train.max_grad_norm=1.0",
+        "train.seed=42",
+        "train.shuffle=true",
+        "train.sampler=\"torch\"",
+        "train.epoch_tail=\"repeat\"",
+    ];
+    let data = fixture().join("data.jsonl");
+    run_ok(&train_args(
+        &golden_config(tmp.path(), &data, &out, "f64", &set),
+        &[],
+    ));
+    let ours = read_jsonl(&out.join("metrics.jsonl"));
+    assert_eq!(ours.len(), reference.len());
+    let rows = read_jsonl(&data);
+    for (o, r) in ours.iter().zip(&reference) {
+        let step = &r["step"];
+        let value = |m: &serde_json::Value, key: &str| m[key].as_f64().unwrap();
+        // The step's rows, through their target counts (labels after the first, not -100).
+        let targets: u64 = r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let labels = rows[i.as_u64().unwrap() as usize]["labels"]
+                    .as_array()
+                    .unwrap();
+                labels[1..]
+                    .iter()
+                    .filter(|l| l.as_i64() != Some(-100))
+                    .count() as u64
+            })
+            .sum();
+        assert_eq!(
+            o["n_target_tokens"].as_u64(),
+            Some(targets),
+            "step {step}: rows"
+        );
+        let (lr, want) = (value(o, "lr"), value(r, "lr"));
+        assert!((lr - want).abs() <= 1e-15, "step {step}: lr {lr} vs {want}");
+        let (norm, want) = (value(o, "grad_norm"), value(r, "grad_norm"));
+        assert!(
+            (norm - want).abs() <= 1e-12 * want,
+            "step {step}: grad_norm {norm} vs {want}"
+        );
+        // transformers logs the loss rounded through float32.
+        let (loss, want) = (value(o, "loss"), value(r, "loss"));
+        assert!(
+            (loss - want).abs() <= 1e-6 * want,
+            "step {step}: loss {loss} vs {want}"
+        );
+    }
+    let reference =
+        candle_core::safetensors::load(fixture().join("final.safetensors"), &Device::Cpu).unwrap();
+    let checkpoints = out.join("checkpoints");
+    let latest = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
+    let master: HashMap<String, Tensor> =
+        limo_train::checkpoint::load_params(&checkpoints.join(latest.trim()), "master")
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(master.len(), reference.len());
+    for (name, want) in &reference {
+        let err = rel_l2(&master[name], want);
+        assert!(err <= 1e-12, "final {name}: rel L2 error {err:e}");
+    }
+}
