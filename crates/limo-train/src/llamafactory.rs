@@ -212,8 +212,19 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     let scheduler = args
         .str("lr_scheduler_type")?
         .unwrap_or_else(|| "linear".into());
-    let warmup = args.uint("warmup_steps")?.unwrap_or(0);
-    let warmup_ratio = args.float("warmup_ratio")?.unwrap_or(0.0);
+    // transformers 5 dropped warmup_ratio: a warmup_steps under 1 is the share of the steps.
+    let warmup_steps = args.float("warmup_steps")?.unwrap_or(0.0);
+    if !(warmup_steps >= 0.0 && warmup_steps.is_finite()) {
+        bail!("{origin}: warmup_steps: {warmup_steps} (expected steps, or a share below 1)");
+    }
+    let (warmup, share) = match warmup_steps < 1.0 {
+        true => (0, warmup_steps),
+        false => (warmup_steps as u64, 0.0),
+    };
+    let warmup_ratio = match share > 0.0 {
+        true => share,
+        false => args.float("warmup_ratio")?.unwrap_or(0.0),
+    };
     if !(0.0..=1.0).contains(&warmup_ratio) {
         bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
     }

@@ -101,6 +101,24 @@ fn warmup_ratio_counts_rows_and_overrides_apply() {
     .unwrap();
     assert_eq!((c.train.warmup_steps, c.train.lr), (7, 1e-5));
     assert_eq!(c.train.warmup_ratio, None);
+    // transformers 5 writes the share as warmup_steps below 1; 1 and above are steps (cut to
+    // a whole number, as transformers' int()).
+    for (warmup, want) in [
+        ("0.1", (Some(0.1), 0)),
+        ("3", (None, 3)),
+        ("2.7", (None, 2)),
+    ] {
+        let yaml = LIMO_YAML.replace("warmup_ratio: 0.0", &format!("warmup_steps: {warmup}"));
+        let c = convert(&yaml, INFO).unwrap();
+        assert_eq!(
+            (c.train.warmup_ratio, c.train.warmup_steps),
+            want,
+            "{warmup}"
+        );
+    }
+    let yaml = LIMO_YAML.replace("warmup_ratio: 0.0", "warmup_steps: -1");
+    let err = convert(&yaml, INFO).unwrap_err().to_string();
+    assert!(err.contains("warmup_steps: -1"), "{err}");
 }
 
 #[test]
