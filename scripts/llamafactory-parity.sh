@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The reference of tests/llamafactory_parity_cli.rs: LLaMA-Factory itself trains limo's tiny
+# random model (`limo init-model --shape tiny --dtype f32`) on CPU with
+# tests/fixtures/llamafactory-parity/train.yaml, and this writes what it did beside the YAML:
+#   tokenized.jsonl  LLaMA-Factory's tokenized rows (input_ids, labels), from its tokenized_path
+#   log.jsonl        per step: step, loss, grad_norm, learning_rate (its trainer_state.json)
+#   meta.json        the versions and the command
+#
+#   bash scripts/llamafactory-parity.sh [PYTHON]   # PYTHON has llamafactory (pip install llamafactory)
+#
+# Needs a release build of limo (cargo build --release -p limo-cli); takes ~30 s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-python3}
+FIX=tests/fixtures/llamafactory-parity
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+target/release/limo init-model --shape tiny --dtype f32 --out "$W/model" >/dev/null
+mkdir -p "$W/data"
+cp "$FIX/limo.json" "$FIX/dataset_info.json" "$W/data/"
+fill() { sed "s#MODEL#$W/model#; s#DATA#$W/data#; s#OUT#$W/$1#" "$FIX/train.yaml"; }
+fill tok-out >"$W/tok.yaml"
+echo "tokenized_path: $W/tokenized" >>"$W/tok.yaml"
+fill out >"$W/train.yaml"
+"$PY" -m llamafactory.cli train "$W/tok.yaml" >"$W/tok.log" 2>&1 || { tail -20 "$W/tok.log"; exit 1; }
+"$PY" -m llamafactory.cli train "$W/train.yaml" >"$W/train.log" 2>&1 || { tail -20 "$W/train.log"; exit 1; }
+"$PY" - "$W" "$FIX" <<'PY'
+import json, sys
+import datasets, llamafactory, torch, transformers
+work, fix = sys.argv[1], sys.argv[2]
+rows = datasets.load_from_disk(f"{work}/tokenized")["train"]
+with open(f"{fix}/tokenized.jsonl", "w") as f:
+    for r in rows:
+        f.write(json.dumps({"input_ids": r["input_ids"], "labels": r["labels"]}) + "\n")
+state = json.load(open(f"{work}/out/trainer_state.json"))
+keep = ("step", "loss", "grad_norm", "learning_rate")
+with open(f"{fix}/log.jsonl", "w") as f:
+    for h in state["log_history"]:
+        if "loss" in h:
+            f.write(json.dumps({k: h[k] for k in keep}) + "\n")
+meta = {"llamafactory": llamafactory.__version__, "transformers": transformers.__version__,
+        "torch": torch.__version__, "datasets": datasets.__version__,
+        "command": "bash scripts/llamafactory-parity.sh", "device": "cpu, float32"}
+json.dump(meta, open(f"{fix}/meta.json", "w"), indent=1)
+PY
+echo "wrote $FIX/tokenized.jsonl, log.jsonl, meta.json"
