@@ -4,6 +4,9 @@
 # tests/fixtures/llamafactory-parity/train.yaml, and this writes what it did beside the YAML:
 #   tokenized.jsonl  LLaMA-Factory's tokenized rows (input_ids, labels), from its tokenized_path
 #   log.jsonl        per step: step, loss, grad_norm, learning_rate (its trainer_state.json)
+#   log-2ranks.jsonl the same with per_device_train_batch_size 1 on 2 processes (torchrun, gloo)
+#   log-2ranks-sequences.jsonl  LIMO's split on 2 processes: one row per process and step, no
+#                    accumulation, average_tokens_across_devices: false (every row weighs the same)
 #   meta.json        the versions and the command
 #
 #   bash scripts/llamafactory-parity.sh [PYTHON]   # PYTHON has llamafactory (pip install llamafactory)
@@ -22,8 +25,16 @@ fill() { sed "s#MODEL#$W/model#; s#DATA#$W/data#; s#OUT#$W/$1#" "$FIX/train.yaml
 fill tok-out >"$W/tok.yaml"
 echo "tokenized_path: $W/tokenized" >>"$W/tok.yaml"
 fill out >"$W/train.yaml"
-"$PY" -m llamafactory.cli train "$W/tok.yaml" >"$W/tok.log" 2>&1 || { tail -20 "$W/tok.log"; exit 1; }
-"$PY" -m llamafactory.cli train "$W/train.yaml" >"$W/train.log" 2>&1 || { tail -20 "$W/train.log"; exit 1; }
+fill out2 | sed 's/per_device_train_batch_size: 2/per_device_train_batch_size: 1/' >"$W/train2.yaml"
+sed 's/gradient_accumulation_steps: 2/gradient_accumulation_steps: 1/; s#out2$#out3#' \
+    "$W/train2.yaml" >"$W/train3.yaml"
+echo "average_tokens_across_devices: false" >>"$W/train3.yaml"
+lf() { "$PY" -m llamafactory.cli train "$W/$1.yaml" >"$W/$1.log" 2>&1 || { tail -20 "$W/$1.log"; exit 1; }; }
+lf tok
+lf train
+# LLaMA-Factory starts torchrun from PATH: the one beside this python.
+PATH="$(dirname "$(command -v "$PY")"):$PATH" FORCE_TORCHRUN=1 NPROC_PER_NODE=2 lf train2
+PATH="$(dirname "$(command -v "$PY")"):$PATH" FORCE_TORCHRUN=1 NPROC_PER_NODE=2 lf train3
 "$PY" - "$W" "$FIX" <<'PY'
 import json, sys
 import datasets, llamafactory, torch, transformers
@@ -32,15 +43,16 @@ rows = datasets.load_from_disk(f"{work}/tokenized")["train"]
 with open(f"{fix}/tokenized.jsonl", "w") as f:
     for r in rows:
         f.write(json.dumps({"input_ids": r["input_ids"], "labels": r["labels"]}) + "\n")
-state = json.load(open(f"{work}/out/trainer_state.json"))
 keep = ("step", "loss", "grad_norm", "learning_rate")
-with open(f"{fix}/log.jsonl", "w") as f:
-    for h in state["log_history"]:
-        if "loss" in h:
-            f.write(json.dumps({k: h[k] for k in keep}) + "\n")
+for run, log in (("out", "log"), ("out2", "log-2ranks"), ("out3", "log-2ranks-sequences")):
+    state = json.load(open(f"{work}/{run}/trainer_state.json"))
+    with open(f"{fix}/{log}.jsonl", "w") as f:
+        for h in state["log_history"]:
+            if "loss" in h:
+                f.write(json.dumps({k: h[k] for k in keep}) + "\n")
 meta = {"llamafactory": llamafactory.__version__, "transformers": transformers.__version__,
         "torch": torch.__version__, "datasets": datasets.__version__,
         "command": "bash scripts/llamafactory-parity.sh", "device": "cpu, float32"}
 json.dump(meta, open(f"{fix}/meta.json", "w"), indent=1)
 PY
-echo "wrote $FIX/tokenized.jsonl, log.jsonl, meta.json"
+echo "wrote $FIX/tokenized.jsonl, log*.jsonl, meta.json"
