@@ -45,6 +45,7 @@ const MAPPED: &[&str] = &[
     "adam_epsilon",
     "max_grad_norm",
     "seed",
+    "data_seed",
     "bf16",
     "fp16",
     "disable_gradient_checkpointing",
@@ -263,7 +264,8 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
             train.insert(field.into(), v.into());
         }
     }
-    if let Some(seed) = args.uint("seed")? {
+    // limo's seed only orders the data, which data_seed does alone in transformers.
+    if let Some(seed) = args.uint("data_seed")?.or(args.uint("seed")?) {
         train.insert("seed".into(), to_int(seed));
     }
     // transformers never mixes epochs in a step: accelerate fills an epoch's last round of

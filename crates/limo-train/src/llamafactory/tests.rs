@@ -116,6 +116,11 @@ fn warmup_ratio_counts_rows_and_overrides_apply() {
             "{warmup}"
         );
     }
+    // transformers' data_seed orders the data in place of seed (accelerate's sampler).
+    let seeds = LIMO_YAML.to_string() + "seed: 7\ndata_seed: 9\n";
+    assert_eq!(convert(&seeds, INFO).unwrap().train.seed, 9);
+    let seed = LIMO_YAML.to_string() + "seed: 7\n";
+    assert_eq!(convert(&seed, INFO).unwrap().train.seed, 7);
     let yaml = LIMO_YAML.replace("warmup_ratio: 0.0", "warmup_steps: -1");
     let err = convert(&yaml, INFO).unwrap_err().to_string();
     assert!(err.contains("warmup_steps: -1"), "{err}");
