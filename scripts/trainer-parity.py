@@ -11,7 +11,7 @@ logs it, rows of the step) and final.safetensors (the float64 weights after the 
 meta.json (versions and arguments). The settings exercise what a LLaMA-Factory run relies on:
 torch's shuffle (seed 42 + epoch), an epoch's short last step (13 rows, 2 per micro-batch, 2
 micro-batches per step: the 4th step of each epoch has one micro-batch of one row), the loss
-averaged over all target tokens of a step (num_items_in_batch), cosine with warmup_ratio,
+averaged over all target tokens of a step (num_items_in_batch), cosine with a warmup share,
 AdamW, clipping at 1.0. Weight decay is 0: transformers leaves biases and norms undecayed,
 limo decays every parameter.
 """

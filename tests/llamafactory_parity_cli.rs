@@ -86,34 +86,37 @@ fn runs_a_llamafactory_yaml_as_llamafactory_did() {
     // one row per micro-batch, on two (whose epochs end on a round filled with a first row).
     run_ok(&["train", "--config", &path(&config)]);
     compare(&out, "log.jsonl");
-    let out2 = tmp.path().join("out2");
-    let launch = ["launch", "--nproc-per-node", "2", "--", "train", "--config"];
-    let out2_set = format!("output.dir={:?}", path(&out2));
-    let set = ["--set", "train.batch_size=1", "--set", &out2_set];
-    run_ok(&[&launch[..], &[&path(&config)], &set].concat());
-    compare(&out2, "log-2ranks.jsonl");
+    // The YAMLs scripts/llamafactory-parity.sh gave LLaMA-Factory on two processes.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let one_row = yaml
+        .replace(
+            "per_device_train_batch_size: 2",
+            "per_device_train_batch_size: 1",
+        )
+        .replace(&path(&out), &path(&tmp.path().join("out2")));
     // LIMO's own split: one row per process and step, no accumulation, and
     // average_tokens_across_devices: false, which limo imports as loss_average = "sequences"
     // (with "tokens" instead, the loss is 2.5e-3 off and the grad norm 19%).
-    let yaml = std::fs::read_to_string(&config).unwrap();
-    let limo_split = yaml
+    let limo_split = one_row
         .replace(
             "gradient_accumulation_steps: 2",
             "gradient_accumulation_steps: 1",
         )
-        .replace(&path(&out), &path(&tmp.path().join("out3")))
+        .replace(
+            &path(&tmp.path().join("out2")),
+            &path(&tmp.path().join("out3")),
+        )
         + "average_tokens_across_devices: false\n";
-    let config3 = tmp.path().join("limo-split.yaml");
-    std::fs::write(&config3, limo_split).unwrap();
-    run_ok(
-        &[
-            &launch[..],
-            &[&path(&config3)],
-            &["--set", "train.batch_size=1"],
-        ]
-        .concat(),
-    );
-    compare(&tmp.path().join("out3"), "log-2ranks-sequences.jsonl");
+    for (name, text, log) in [
+        ("out2", one_row, "log-2ranks.jsonl"),
+        ("out3", limo_split, "log-2ranks-sequences.jsonl"),
+    ] {
+        let config = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(&config, text).unwrap();
+        let launch = ["launch", "--nproc-per-node", "2", "--", "train", "--config"];
+        run_ok(&[&launch[..], &[&path(&config)]].concat());
+        compare(&tmp.path().join(name), log);
+    }
 }
 
 /// limo's metrics in `out` against LLaMA-Factory's `log`.
@@ -130,11 +133,12 @@ fn compare(out: &Path, log: &str) {
             (loss - want).abs() <= 1e-6 * want,
             "step {step}: loss {loss} vs {want}"
         );
-        // The Trainer sums the 10M squares of its norm in float32 and reports it ~1e-4 low
-        // (its clipped gradient then has norm 1.00003, not 1); limo sums them in float64.
+        // torch's CPU norm kernel sums the 10M float32 squares in float32 and comes out low
+        // (the clipped gradient then has norm 1.00003, not 1); limo sums them in float64.
         let (norm, want) = (value(o, "grad_norm"), value(r, "grad_norm"));
+        let above = (norm - want) / want;
         assert!(
-            (norm - want).abs() <= 5e-4 * want,
+            (0.0..=3e-4).contains(&above),
             "step {step}: grad_norm {norm} vs {want}"
         );
     }

@@ -46,6 +46,7 @@ const MAPPED: &[&str] = &[
     "max_grad_norm",
     "seed",
     "data_seed",
+    "disable_shuffling",
     "bf16",
     "fp16",
     "disable_gradient_checkpointing",
@@ -213,18 +214,24 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     let scheduler = args
         .str("lr_scheduler_type")?
         .unwrap_or_else(|| "linear".into());
-    // transformers 5 dropped warmup_ratio: a warmup_steps under 1 is the share of the steps.
+    // transformers 5 reads a warmup_steps below 1 as the share of the steps and lets a given
+    // warmup_ratio (deprecated) replace warmup_steps; transformers 4 lets warmup_steps > 0 win.
+    // Both given, with warmup_steps > 0, the two disagree: refused.
     let warmup_steps = args.float("warmup_steps")?.unwrap_or(0.0);
     if !(warmup_steps >= 0.0 && warmup_steps.is_finite()) {
         bail!("{origin}: warmup_steps: {warmup_steps} (expected steps, or a share below 1)");
     }
-    let (warmup, share) = match warmup_steps < 1.0 {
-        true => (0, warmup_steps),
+    let given_ratio = args.float("warmup_ratio")?;
+    if warmup_steps > 0.0 && given_ratio.is_some() {
+        bail!(
+            "{origin}: warmup_steps and warmup_ratio are both given: transformers 4 uses \
+             warmup_steps, transformers 5 warmup_ratio; keep the one your run used"
+        );
+    }
+    let (warmup, warmup_ratio) = match warmup_steps < 1.0 {
+        true if warmup_steps > 0.0 => (0, warmup_steps),
+        true => (0, given_ratio.unwrap_or(0.0)),
         false => (warmup_steps as u64, 0.0),
-    };
-    let warmup_ratio = match share > 0.0 {
-        true => share,
-        false => args.float("warmup_ratio")?.unwrap_or(0.0),
     };
     if !(0.0..=1.0).contains(&warmup_ratio) {
         bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
@@ -245,7 +252,6 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
             notes.push("lr_scheduler_type: constant has no warmup in transformers, so limo's warmup is 0 (constant_with_warmup warms up)".into());
         }
     } else if warmup > 0 {
-        // transformers: warmup_steps > 0 wins over warmup_ratio.
         train.insert("warmup_steps".into(), to_int(warmup));
     } else if warmup_ratio > 0.0 {
         train.insert("warmup_ratio".into(), warmup_ratio.into());
@@ -263,6 +269,10 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
             }
             train.insert(field.into(), v.into());
         }
+    }
+    // LLaMA-Factory's disable_shuffling reads the rows in order (a SequentialSampler).
+    if args.bool("disable_shuffling")?.unwrap_or(false) {
+        train.insert("shuffle".into(), false.into());
     }
     // limo's seed only orders the data, which data_seed does alone in transformers.
     if let Some(seed) = args.uint("data_seed")?.or(args.uint("seed")?) {

@@ -121,6 +121,21 @@ fn warmup_ratio_counts_rows_and_overrides_apply() {
     assert_eq!(convert(&seeds, INFO).unwrap().train.seed, 9);
     let seed = LIMO_YAML.to_string() + "seed: 7\n";
     assert_eq!(convert(&seed, INFO).unwrap().train.seed, 7);
+    // Both keys with warmup_steps > 0: transformers 4 and 5 disagree, so neither is guessed.
+    for both in [
+        "warmup_steps: 3\nwarmup_ratio: 0.0",
+        "warmup_steps: 0.05\nwarmup_ratio: 0.1",
+    ] {
+        let err = convert(&LIMO_YAML.replace("warmup_ratio: 0.0", both), INFO).unwrap_err();
+        assert!(err.to_string().contains("both given"), "{err}");
+    }
+    let zero_steps = LIMO_YAML.replace("warmup_ratio: 0.0", "warmup_steps: 0\nwarmup_ratio: 0.1");
+    assert_eq!(
+        convert(&zero_steps, INFO).unwrap().train.warmup_ratio,
+        Some(0.1)
+    );
+    let unshuffled = LIMO_YAML.to_string() + "disable_shuffling: true\n";
+    assert!(!convert(&unshuffled, INFO).unwrap().train.shuffle);
     let yaml = LIMO_YAML.replace("warmup_ratio: 0.0", "warmup_steps: -1");
     let err = convert(&yaml, INFO).unwrap_err().to_string();
     assert!(err.contains("warmup_steps: -1"), "{err}");
