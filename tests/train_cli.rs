@@ -4,32 +4,18 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::{
-    export_args, golden, golden_config, limo, long_rows, loss_grad_summary, read_jsonl, rel_l2,
-    run_err, run_ok, train_args,
+    export_args, golden, golden_config, latest_checkpoint, limo, long_rows, loss_grad_summary,
+    master_weights, read_jsonl, rel_l2, run_err, run_ok, train_args,
 };
 
 /// [`golden_config`] on the golden's own training data, with all of its settings.
 fn golden_data_config(dir: &Path, out: &Path, dtype: &str) -> PathBuf {
     golden_config(dir, &golden().join("train/data.jsonl"), out, dtype, &[])
-}
-
-fn latest_checkpoint(out: &Path) -> PathBuf {
-    let name = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
-    out.join("checkpoints").join(name.trim())
-}
-
-/// The final master weights of a checkpoint, merged from its ranks' slices.
-fn master_weights(checkpoint: &Path) -> HashMap<String, Tensor> {
-    limo_train::checkpoint::load_params(checkpoint, "master")
-        .unwrap()
-        .into_iter()
-        .collect()
 }
 
 #[test]

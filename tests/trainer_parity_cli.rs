@@ -7,11 +7,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use common::{golden_config, read_jsonl, rel_l2, run_ok, train_args};
+use candle_core::Device;
+use common::{
+    golden_config, latest_checkpoint, master_weights, read_jsonl, rel_l2, run_ok, train_args,
+};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/trainer-parity")
@@ -89,13 +90,7 @@ fn reproduces_a_transformers_trainer_run() {
     }
     let reference =
         candle_core::safetensors::load(fixture().join("final.safetensors"), &Device::Cpu).unwrap();
-    let checkpoints = out.join("checkpoints");
-    let latest = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
-    let master: HashMap<String, Tensor> =
-        limo_train::checkpoint::load_params(&checkpoints.join(latest.trim()), "master")
-            .unwrap()
-            .into_iter()
-            .collect();
+    let master = master_weights(&latest_checkpoint(&out));
     assert_eq!(master.len(), reference.len());
     for (name, want) in &reference {
         let err = rel_l2(&master[name], want);

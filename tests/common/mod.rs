@@ -72,6 +72,20 @@ pub fn golden_config(dir: &Path, data: &Path, out: &Path, dtype: &str, set: &[&s
     path
 }
 
+/// The checkpoint `<out>/checkpoints/latest` names.
+pub fn latest_checkpoint(out: &Path) -> PathBuf {
+    let name = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    out.join("checkpoints").join(name.trim())
+}
+
+/// The final master weights of a checkpoint, merged from its ranks' slices.
+pub fn master_weights(checkpoint: &Path) -> std::collections::HashMap<String, Tensor> {
+    limo_train::checkpoint::load_params(checkpoint, "master")
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 /// Runs limo and returns stdout; panics with stderr when it fails.
 pub fn run_ok<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
     let out = limo().args(args).output().unwrap();

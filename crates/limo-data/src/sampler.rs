@@ -89,9 +89,10 @@ impl Sampler {
                 state.cursor
             )));
         }
+        // The epoch's order is drawn at the first item, with the permutation chosen by then.
         Ok(Sampler {
             state,
-            order: epoch_order(state.seed, state.epoch, len),
+            order: Vec::new(),
             permutation: Permutation::Limo,
         })
     }
@@ -105,7 +106,7 @@ impl Sampler {
             )));
         }
         self.permutation = permutation;
-        self.order = permutation.order(self.state.seed, self.state.epoch, self.state.len);
+        self.order.clear();
         Ok(self)
     }
 
@@ -122,6 +123,9 @@ impl Sampler {
         if self.state.cursor == self.state.len {
             self.state.epoch += 1;
             self.state.cursor = 0;
+            self.order.clear();
+        }
+        if self.order.is_empty() {
             self.order = self
                 .permutation
                 .order(self.state.seed, self.state.epoch, self.state.len);
