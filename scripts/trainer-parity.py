@@ -3,7 +3,8 @@
 data loader) fine-tunes the golden tiny Qwen2 in float64 on CPU, and the run is written out for
 limo to reproduce step by step.
 
-    python3 scripts/trainer-parity.py OUT_DIR   # needs torch, transformers, accelerate, numpy
+    python3 scripts/trainer-parity.py OUT_DIR [WEIGHT_DECAY]
+    # needs torch, transformers, accelerate, numpy
 
 OUT_DIR gets data.jsonl (13 tokenized rows of different lengths and target counts), log.jsonl
 (per optimizer step: step, lr of the update, grad_norm before clipping, loss as the Trainer
@@ -12,8 +13,9 @@ meta.json (versions and arguments). The settings exercise what a LLaMA-Factory r
 torch's shuffle (seed 42 + epoch), an epoch's short last step (13 rows, 2 per micro-batch, 2
 micro-batches per step: the 4th step of each epoch has one micro-batch of one row), the loss
 averaged over all target tokens of a step (num_items_in_batch), cosine with a warmup share,
-AdamW, clipping at 1.0. Weight decay is 0: transformers leaves biases and norms undecayed,
-limo decays every parameter.
+AdamW, clipping at 1.0. Weight decay is 0 unless WEIGHT_DECAY is given
+(tests/fixtures/trainer-parity-decay: 0.1, where transformers 4.53 on leaves the biases and
+norm weights undecayed, limo's train.no_decay = "biases_and_norms").
 """
 import json
 import os
@@ -146,6 +148,8 @@ class RowTrainer(Trainer):
 
 def main():
     out = sys.argv[1]
+    if len(sys.argv) > 2:
+        ARGS["weight_decay"] = float(sys.argv[2])
     os.makedirs(out, exist_ok=True)
     data = rows()
     with open(os.path.join(out, "data.jsonl"), "w") as f:
@@ -182,7 +186,7 @@ def main():
         "transformers": transformers.__version__,
         "accelerate": __import__("accelerate").__version__,
         "args": ARGS,
-        "command": "python3 scripts/trainer-parity.py " + out,
+        "command": "python3 scripts/trainer-parity.py " + " ".join(sys.argv[1:]),
     }
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)

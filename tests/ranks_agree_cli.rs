@@ -123,3 +123,39 @@ fn ranks_that_read_different_rows_stop_before_training() {
     );
     assert!(!out.join("metrics.jsonl").exists(), "no step ran");
 }
+
+/// A model copied to every node but one (a relative model.path, one node without the copy):
+/// the rank without it reports what it lacks and every rank stops at once, rather than the
+/// others waiting out the rendezvous timeout for a rank that never joins.
+#[test]
+fn a_rank_without_the_model_stops_every_rank_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let config = golden_config(
+        tmp.path(),
+        &golden().join("train/data.jsonl"),
+        &out,
+        "f32",
+        &["model.path=\"model\""],
+    );
+    let [node0, node1] = ["node0", "node1"].map(|n| tmp.path().join(n));
+    for node in [&node0, &node1] {
+        std::fs::create_dir(node).unwrap();
+    }
+    std::os::unix::fs::symlink(golden().join("model"), node0.join("model")).unwrap();
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let [(code0, err0), (code1, err1)] = both([
+        rank(0, port, &node0, &config, &[]),
+        rank(1, port, &node1, &config, &[]),
+    ]);
+    assert_eq!((code0, code1), (Some(1), Some(1)), "{err0}\n{err1}");
+    assert!(
+        err0.contains("finding the model failed on rank(s) [1]"),
+        "{err0}"
+    );
+    assert!(err1.contains("model.path"), "{err1}");
+    // LIMO_DIST_TIMEOUT is 60 s: the ranks stopped without waiting for it.
+    assert!(started.elapsed().as_secs() < 45, "{:?}", started.elapsed());
+    assert!(!out.join("metrics.jsonl").exists(), "no step ran");
+}

@@ -56,11 +56,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .map_or("configs/tiny.toml (embedded)".into(), |p| {
             p.display().to_string()
         });
-    config
-        .preflight()
-        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     // Under `limo launch`, torchrun or Slurm: this process is one rank of the job.
     let env = DistEnv::from_env()?;
+    // Alone, everything is checked before the device opens. A rank of many checks only what
+    // every rank answers alike; what is local to a node (the model's copy) is checked once the
+    // ranks are connected, so that a rank lacking it stops them all instead of never joining.
+    let alone = env.as_ref().is_none_or(|e| e.world_size == 1);
+    let preflight = if alone {
+        config.preflight()
+    } else {
+        config.preflight_build()
+    };
+    preflight.map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let gpu = match (&env, config.model.device) {
         (Some(env), DeviceKind::Cuda) => env.gpu()?,
         _ => 0,

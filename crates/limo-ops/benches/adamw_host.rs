@@ -28,7 +28,7 @@ fn main() {
             grad_scale: 0.5,
         };
         let started = Instant::now();
-        adamw_update_host(&state, &grad, &step, Some(&mut bf16)).expect("update");
+        adamw_update_host(&state, &grad, &step, &[], Some(&mut bf16)).expect("update");
         seconds.push(started.elapsed().as_secs_f64());
     }
     // The first call pays the page faults of the fresh buffers.

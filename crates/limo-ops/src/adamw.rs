@@ -8,6 +8,8 @@
 //! `p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;`
 //! `p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
 
+use std::ops::Range;
+
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -95,17 +97,61 @@ pub fn sum_of_squares<F: Float>(x: &[F]) -> f64 {
         .sum()
 }
 
+/// The stretches of a flat buffer of `n` elements in order, each with the step that updates it:
+/// `s`, or inside `skip_decay` (sorted, disjoint ranges: the parameters transformers leaves
+/// undecayed) `s` without weight decay, which is what torch does for a parameter group whose
+/// weight decay is 0. With no decay or nothing skipped, one stretch.
+pub fn decay_segments(
+    n: usize,
+    skip_decay: &[Range<usize>],
+    s: &AdamWStep,
+) -> Result<Vec<(Range<usize>, AdamWStep)>> {
+    let mut at = 0;
+    for r in skip_decay {
+        if r.start < at || r.end < r.start || r.end > n {
+            bail!(
+                "adamw: the ranges without weight decay must be sorted, disjoint and within \
+                 the {n} elements; {r:?} is not"
+            );
+        }
+        at = r.end;
+    }
+    if s.weight_decay == 0.0 || skip_decay.is_empty() {
+        return Ok(vec![(0..n, *s)]);
+    }
+    let undecayed = AdamWStep {
+        weight_decay: 0.0,
+        ..*s
+    };
+    let mut segments = Vec::with_capacity(2 * skip_decay.len() + 1);
+    let mut at = 0;
+    for r in skip_decay {
+        if r.start > at {
+            segments.push((at..r.start, *s));
+        }
+        if r.end > r.start {
+            segments.push((r.clone(), undecayed));
+        }
+        at = r.end;
+    }
+    if at < n {
+        segments.push((at..n, *s));
+    }
+    Ok(segments)
+}
+
 /// AdamW over one ZeRO-3 group's optimizer state held on its device as one flat tensor
 /// `[master | exp_avg | exp_avg_sq]` (3 x n elements, f32 or f64, contiguous), updated in place
 /// from `grad` (n elements, same dtype). The same call runs [`adamw_update`] on the CPU and the
 /// fused kernel on CUDA (f32), which also writes the updated weights as bf16 into `bf16_out`
 /// (the compute shard the next all-gathers send) in the same pass. With `clip`, the gradient
 /// scale comes from the squared norm on the device (`s.grad_scale` is ignored): no host read
-/// between the backward and the update.
+/// between the backward and the update. `skip_decay`: see [`decay_segments`].
 pub fn adamw_update_state(
     state: &Tensor,
     grad: &Tensor,
     s: &AdamWStep,
+    skip_decay: &[Range<usize>],
     clip: Option<Clip>,
     bf16_out: Option<&Tensor>,
 ) -> Result<()> {
@@ -118,36 +164,48 @@ pub fn adamw_update_state(
             state.dtype()
         );
     }
+    let segments = decay_segments(n, skip_decay, s)?;
     #[cfg(feature = "cuda")]
     if state.device().is_cuda() {
-        let part = |k: usize| state.flatten_all()?.narrow(0, k * n, n);
-        return crate::cuda::adamw::adamw_update_clipped(
-            &part(0)?,
-            &grad.flatten_all()?,
-            &part(1)?,
-            &part(2)?,
-            s,
-            clip,
-            bf16_out,
-        );
+        // One launch per stretch: a layer's slice has a few undecayed biases and norms.
+        let (state, grad) = (state.flatten_all()?, grad.flatten_all()?);
+        for (r, s) in &segments {
+            let part = |k: usize| state.narrow(0, k * n + r.start, r.len());
+            let out = bf16_out
+                .map(|o| o.flatten_all()?.narrow(0, r.start, r.len()))
+                .transpose()?;
+            crate::cuda::adamw::adamw_update_clipped(
+                &part(0)?,
+                &grad.narrow(0, r.start, r.len())?,
+                &part(1)?,
+                &part(2)?,
+                s,
+                clip,
+                out.as_ref(),
+            )?;
+        }
+        return Ok(());
     }
     if bf16_out.is_some() {
         bail!("adamw: only the CUDA kernel writes a bf16 copy");
     }
-    let mut s = *s;
+    let mut segments = segments;
     if let Some(clip) = clip {
         // On the host this read costs nothing (a CPU tensor) or is the copy offloading needs.
         let norm = clip.norm_sq.flatten_all()?.to_vec1::<f64>()?[0].sqrt();
         if !norm.is_finite() {
             return Ok(());
         }
-        s.grad_scale = clip_coefficient(norm, clip.max_norm);
+        for (_, s) in &mut segments {
+            s.grad_scale = clip_coefficient(norm, clip.max_norm);
+        }
     }
-    state.inplace_op2(grad, &AdamWOp(s))
+    state.inplace_op2(grad, &AdamWOp(segments))
 }
 
-/// [`adamw_update`] as an in-place candle op on CPU storage.
-struct AdamWOp(AdamWStep);
+/// [`adamw_update`] as an in-place candle op on CPU storage, stretch by stretch
+/// ([`decay_segments`]).
+struct AdamWOp(Vec<(Range<usize>, AdamWStep)>);
 
 impl InplaceOp2 for AdamWOp {
     fn name(&self) -> &'static str {
@@ -165,17 +223,24 @@ impl InplaceOp2 for AdamWOp {
         else {
             bail!("adamw: state and gradient must be contiguous");
         };
-        fn split<F: Float + Send + Sync>(state: &mut [F], grad: &[F], s: &AdamWStep) {
+        fn split<F: Float + Send + Sync>(
+            state: &mut [F],
+            grad: &[F],
+            segments: &[(Range<usize>, AdamWStep)],
+        ) {
             let n = grad.len();
             let (p, rest) = state.split_at_mut(n);
             let (m, v) = rest.split_at_mut(n);
             // Element-wise, so chunks on all cores give the sequential loop's bits.
             const CHUNK: usize = 1 << 16;
-            p.par_chunks_mut(CHUNK)
-                .zip(m.par_chunks_mut(CHUNK))
-                .zip(v.par_chunks_mut(CHUNK))
-                .zip(grad.par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| adamw_update(p, g, m, v, s));
+            for (r, s) in segments {
+                p[r.clone()]
+                    .par_chunks_mut(CHUNK)
+                    .zip(m[r.clone()].par_chunks_mut(CHUNK))
+                    .zip(v[r.clone()].par_chunks_mut(CHUNK))
+                    .zip(grad[r.clone()].par_chunks(CHUNK))
+                    .for_each(|(((p, m), v), g)| adamw_update(p, g, m, v, s));
+            }
         }
         match (state, grad) {
             (CpuStorage::F32(st), CpuStorage::F32(g)) => {
@@ -199,6 +264,7 @@ pub fn adamw_update_host(
     state: &Tensor,
     grad: &[f32],
     s: &AdamWStep,
+    skip_decay: &[Range<usize>],
     bf16_out: Option<&mut [half::bf16]>,
 ) -> Result<()> {
     let n = grad.len();
@@ -209,7 +275,7 @@ pub fn adamw_update_host(
         bail!("adamw (host): the bf16 copy must hold {n} values");
     }
     let op = AdamWHostOp {
-        step: *s,
+        segments: decay_segments(n, skip_decay, s)?,
         grad,
         out: std::sync::Mutex::new(bf16_out),
     };
@@ -219,7 +285,7 @@ pub fn adamw_update_host(
 /// [`adamw_update_host`] as an in-place candle op (the output slice is written once, by the
 /// one call of `cpu_fwd`; the mutex only makes it reachable through `&self`).
 struct AdamWHostOp<'a> {
-    step: AdamWStep,
+    segments: Vec<(Range<usize>, AdamWStep)>,
     grad: &'a [f32],
     out: std::sync::Mutex<Option<&'a mut [half::bf16]>>,
 }
@@ -238,21 +304,23 @@ impl candle_core::InplaceOp1 for AdamWHostOp<'_> {
         let (m, v) = rest.split_at_mut(n);
         let mut out = self.out.lock().expect("not poisoned");
         const CHUNK: usize = 1 << 16;
-        let chunks = p
-            .par_chunks_mut(CHUNK)
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(self.grad.par_chunks(CHUNK));
-        match out.as_deref_mut() {
-            Some(out) => chunks
-                .zip(out.par_chunks_mut(CHUNK))
-                .for_each(|((((p, m), v), g), o)| {
-                    adamw_update(p, g, m, v, &self.step);
-                    for (o, p) in o.iter_mut().zip(p.iter()) {
-                        *o = half::bf16::from_f32(*p);
-                    }
-                }),
-            None => chunks.for_each(|(((p, m), v), g)| adamw_update(p, g, m, v, &self.step)),
+        for (r, s) in &self.segments {
+            let chunks = p[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(m[r.clone()].par_chunks_mut(CHUNK))
+                .zip(v[r.clone()].par_chunks_mut(CHUNK))
+                .zip(self.grad[r.clone()].par_chunks(CHUNK));
+            match out.as_deref_mut() {
+                Some(out) => chunks.zip(out[r.clone()].par_chunks_mut(CHUNK)).for_each(
+                    |((((p, m), v), g), o)| {
+                        adamw_update(p, g, m, v, s);
+                        for (o, p) in o.iter_mut().zip(p.iter()) {
+                            *o = half::bf16::from_f32(*p);
+                        }
+                    },
+                ),
+                None => chunks.for_each(|(((p, m), v), g)| adamw_update(p, g, m, v, s)),
+            }
         }
         Ok(())
     }
@@ -405,12 +473,12 @@ mod tests {
                 norm_sq: &Tensor::new(&[norm_sq], &dev)?,
                 max_norm,
             };
-            adamw_update_state(&clipped, &g, &s, Some(clip), None)?;
+            adamw_update_state(&clipped, &g, &s, &[], Some(clip), None)?;
             let scaled = AdamWStep {
                 grad_scale: clip_coefficient(norm_sq.sqrt(), max_norm),
                 ..s
             };
-            adamw_update_state(&host, &g, &scaled, None, None)?;
+            adamw_update_state(&host, &g, &scaled, &[], None, None)?;
             let (a, b) = (clipped.to_vec1::<f64>()?, host.to_vec1::<f64>()?);
             assert_eq!(a, b, "max_norm {max_norm}");
             assert_ne!(a, state()?.to_vec1::<f64>()?);
@@ -420,11 +488,12 @@ mod tests {
         let (host, reference) = (st32.copy()?, st32.copy()?);
         let g32: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
         let mut out = vec![half::bf16::ZERO; 3];
-        adamw_update_host(&host, &g32, &s, Some(&mut out))?;
+        adamw_update_host(&host, &g32, &s, &[], Some(&mut out))?;
         adamw_update_state(
             &reference,
             &Tensor::new(g32.as_slice(), &dev)?,
             &s,
+            &[],
             None,
             None,
         )?;
@@ -438,8 +507,92 @@ mod tests {
                 norm_sq: &Tensor::new(&[bad], &dev)?,
                 max_norm: 1.0,
             };
-            adamw_update_state(&st, &g, &s, Some(clip), None)?;
+            adamw_update_state(&st, &g, &s, &[], Some(clip), None)?;
             assert_eq!(st.to_vec1::<f64>()?, state()?.to_vec1::<f64>()?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn skipped_ranges_update_as_a_parameter_group_without_decay() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let n = 37;
+        let s = AdamWStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: 2,
+            grad_scale: 0.5,
+        };
+        let p0: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+        let g: Vec<f64> = (0..n).map(|i| (i as f64 * 1.3).cos() * 0.1).collect();
+        let mv: Vec<f64> = (0..2 * n)
+            .map(|i| 1e-3 * (1.0 + (i as f64).cos()))
+            .collect();
+        let state = || Tensor::new([p0.clone(), mv.clone()].concat().as_slice(), &dev);
+        // Adjacent, empty and trailing ranges.
+        let skip = [3..5, 5..9, 12..12, 20..37];
+        let skipped = |i: usize| skip.iter().any(|r| r.contains(&i));
+        // Element by element: torch's two parameter groups (weight decay 0.1 and 0).
+        let mut want = state()?.to_vec1::<f64>()?;
+        for i in 0..n {
+            let step = AdamWStep {
+                weight_decay: if skipped(i) { 0.0 } else { 0.1 },
+                ..s
+            };
+            let (p, mv) = want.split_at_mut(n);
+            let (m, v) = mv.split_at_mut(n);
+            adamw_update(
+                &mut p[i..=i],
+                &g[i..=i],
+                &mut m[i..=i],
+                &mut v[i..=i],
+                &step,
+            );
+        }
+        let got = state()?;
+        adamw_update_state(
+            &got,
+            &Tensor::new(g.as_slice(), &dev)?,
+            &s,
+            &skip,
+            None,
+            None,
+        )?;
+        assert_eq!(got.to_vec1::<f64>()?, want);
+        let decayed_everywhere = state()?;
+        let grad = Tensor::new(g.as_slice(), &dev)?;
+        adamw_update_state(&decayed_everywhere, &grad, &s, &[], None, None)?;
+        let everywhere = decayed_everywhere.to_vec1::<f64>()?;
+        for i in 0..n {
+            assert_eq!(everywhere[i] == want[i], !skipped(i), "element {i}");
+        }
+        // The host form takes the same stretches.
+        let st32 = state()?.to_dtype(DType::F32)?;
+        let (host, reference) = (st32.copy()?, st32.copy()?);
+        let g32: Vec<f32> = g.iter().map(|&g| g as f32).collect();
+        let mut out = vec![half::bf16::ZERO; n];
+        adamw_update_host(&host, &g32, &s, &skip, Some(&mut out))?;
+        let grad32 = Tensor::new(g32.as_slice(), &dev)?;
+        adamw_update_state(&reference, &grad32, &s, &skip, None, None)?;
+        assert_eq!(host.to_vec1::<f32>()?, reference.to_vec1::<f32>()?);
+        let master = reference.narrow(0, 0, n)?.to_dtype(DType::BF16)?;
+        assert_eq!(out, master.to_vec1::<half::bf16>()?);
+        // Ranges out of order, overlapping or past the end are refused, with decay or without.
+        let bad: [(&[Range<usize>], f64); 3] = [
+            (&[5..9, 3..4], 0.1),
+            (&[3..6, 5..9], 0.0),
+            (&[0..2, 30..38], 0.1),
+        ];
+        for (bad, wd) in bad {
+            let s = AdamWStep {
+                weight_decay: wd,
+                ..s
+            };
+            let err = adamw_update_state(&state()?, &grad, &s, bad, None, None).unwrap_err();
+            assert!(err.to_string().contains("sorted, disjoint"), "{err}");
         }
         Ok(())
     }

@@ -666,6 +666,31 @@ fn adamw(c: &mut Checks, Run(reference, test, opts): Run) -> Result<()> {
             c.push("adamw", what, DType::F32, 0.0, outputs)?;
         }
     }
+    // A group's state as training holds it, with stretches weight decay skips
+    // (`train.no_decay`: one launch per stretch on CUDA), clipped on the device.
+    let n = 1_000_003;
+    let [p, g, m, v] = [1, 2, 3, 4].map(|k| random(&[n], s + 10 + k, 0.05));
+    let (p, g, m, v) = (p?, g?, m?, v?.abs()?);
+    let state = Tensor::cat(&[&p, &m, &v], 0)?;
+    let skip = [0..17, 1000..5000, 5000..5003, 999_000..n];
+    let outputs = both(&["state", "bf16 copy"], reference, test, |d| {
+        let (st, grad) = (state.to_device(d)?.copy()?, g.to_device(d)?);
+        let norm_sq = Tensor::new(&[4.2f64], d)?;
+        let clip = crate::Clip {
+            norm_sq: &norm_sq,
+            max_norm: 1.0,
+        };
+        if d.is_cpu() {
+            crate::adamw_update_state(&st, &grad, &step, &skip, Some(clip), None)?;
+            let bf = st.narrow(0, 0, n)?.to_dtype(DType::BF16)?;
+            return Ok(vec![st, bf]);
+        }
+        let bf = Tensor::full(f32::NAN, n, d)?.to_dtype(DType::BF16)?;
+        crate::adamw_update_state(&st, &grad, &step, &skip, Some(clip), Some(&bf))?;
+        Ok(vec![st, bf])
+    })?;
+    let what = format!("{n} params in [master | m | v], 4 stretches without decay, clipped");
+    c.push("adamw", what, DType::F32, 0.0, outputs)?;
     Ok(())
 }
 

@@ -168,9 +168,14 @@ pub struct TrainSection {
     /// then trains the same trajectory on 8 GPUs as on 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_batch_size: Option<usize>,
-    /// Decoupled weight decay (AdamW), applied to every parameter.
+    /// Decoupled weight decay (AdamW), applied to every parameter but those of `no_decay`.
     #[serde(default)]
     pub weight_decay: f64,
+    /// The parameters weight decay skips: "none" (the default: every one), "biases",
+    /// "biases_and_layer_norms" or "biases_and_norms", as transformers' Trainer up to 4.48,
+    /// 4.49 to 4.52, and from 4.53 on leaves them out.
+    #[serde(default, skip_serializing_if = "NoDecay::is_none")]
+    pub no_decay: NoDecay,
     #[serde(default = "default_beta1")]
     pub adam_beta1: f64,
     #[serde(default = "default_beta2")]
@@ -559,10 +564,17 @@ impl TrainConfig {
         (self.model.path.as_ref()).map(|path| limo_data::hub::resolve_model(path, &hub))
     }
 
-    /// What must hold on this machine before a run starts: the model directory exists and the
-    /// dtype runs on this build. Separate from `validate` so recipes for GPU clusters still
+    /// What must hold on this machine before a run starts: [`Self::preflight_build`] and
+    /// [`Self::preflight_model`]. Separate from `validate` so recipes for GPU clusters still
     /// parse (and are tested) anywhere.
     pub fn preflight(&self) -> anyhow::Result<()> {
+        self.preflight_build()?;
+        self.preflight_model()
+    }
+
+    /// The model directory exists here (a node may lack a copy the others have, or resolve a
+    /// Hub id in another cache: ranks agree on this one after they connect).
+    pub fn preflight_model(&self) -> anyhow::Result<()> {
         if let Some((dir, note)) = self.model_dir() {
             let config_json = dir.join("config.json");
             // exists() says false for a file it may not look at: say why.
@@ -581,6 +593,11 @@ impl TrainConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The device and dtype run on this build: the same answer on every rank of a run.
+    pub fn preflight_build(&self) -> anyhow::Result<()> {
         // The GPU's optimizer kernel and state are f32; f64 is the CPU's parity dtype.
         if self.model.dtype == ModelDtype::F64 && self.model.device == DeviceKind::Cuda {
             bail!("model.dtype: f64 runs on model.device = \"cpu\"; use bf16 or f32 on cuda");
@@ -710,7 +727,9 @@ pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> anyhow::Result<T
 mod size;
 pub use size::{parse_size, ByteSize};
 mod train_enums;
-pub use train_enums::{EpochTail, LossAverage, OptimizerOffload, ReduceDtype, SamplerKind};
+pub use train_enums::{
+    EpochTail, LossAverage, NoDecay, OptimizerOffload, ReduceDtype, SamplerKind,
+};
 
 #[cfg(test)]
 mod tests;

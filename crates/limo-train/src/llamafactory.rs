@@ -265,7 +265,9 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     ] {
         if let Some(v) = args.float(key)? {
             if key == "weight_decay" && v > 0.0 {
-                notes.push(format!("weight_decay: {v}: limo decays every parameter; transformers' Trainer leaves out the biases (and, in recent versions, the norm weights)"));
+                // transformers' Trainer puts biases and norm weights in a group without decay.
+                train.insert("no_decay".into(), "biases_and_norms".into());
+                notes.push(format!("weight_decay: {v}: no_decay = \"biases_and_norms\" as transformers 4.53 on; with an older transformers set train.no_decay = \"biases\" (up to 4.48) or \"biases_and_layer_norms\" (4.49 to 4.52)"));
             }
             train.insert(field.into(), v.into());
         }

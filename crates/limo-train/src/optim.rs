@@ -3,6 +3,8 @@
 //! itself is limo-ops' fused `adamw_update` (CPU) or its CUDA kernel, which follow
 //! `torch.optim.AdamW` exactly. `Flat` is the host form of a slice, for checkpoint files.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Result, Tensor};
 pub use limo_ops::clip_coefficient;
 use limo_ops::{adamw_update_state, sum_of_squares, AdamWStep, Clip};
@@ -117,6 +119,8 @@ pub struct AdamW {
     /// Where `state` lives: the compute device, or the CPU when offloaded.
     home: Device,
     lens: Vec<usize>,
+    /// Per group, the ranges of its slice that weight decay skips (`train.no_decay`).
+    skip_decay: Vec<Vec<Range<usize>>>,
     /// Updates applied so far.
     pub updates: u64,
 }
@@ -140,8 +144,27 @@ impl AdamW {
             state,
             home: home.clone(),
             lens: master.iter().map(Flat::len).collect(),
+            skip_decay: vec![Vec::new(); master.len()],
             updates: 0,
         })
+    }
+
+    /// Per group, the ranges of its slice that weight decay skips (sorted, disjoint).
+    pub fn set_skip_decay(&mut self, ranges: Vec<Vec<Range<usize>>>) -> Result<()> {
+        if ranges.len() != self.lens.len() {
+            candle_core::bail!(
+                "weight decay ranges for {} groups, expected {}",
+                ranges.len(),
+                self.lens.len()
+            );
+        }
+        self.skip_decay = ranges;
+        Ok(())
+    }
+
+    /// See [`Self::set_skip_decay`].
+    pub fn skip_decay(&self) -> &[Vec<Range<usize>>] {
+        &self.skip_decay
     }
 
     /// Replaces the state (a checkpoint's slices); the slice lengths must not change.
@@ -217,7 +240,15 @@ impl AdamW {
         let hyper = self.next_update(lr, 1.0);
         for (g, grad) in grads.iter().enumerate() {
             let grad = grad.to_device(&self.home)?;
-            adamw_update_state(&self.state[g], &grad, &hyper, clip, bf16_out.map(|o| &o[g]))?;
+            let out = bf16_out.map(|o| &o[g]);
+            adamw_update_state(
+                &self.state[g],
+                &grad,
+                &hyper,
+                &self.skip_decay[g],
+                clip,
+                out,
+            )?;
         }
         Ok(())
     }

@@ -188,10 +188,12 @@ fn load_model(
 /// Trains the run `config` describes, as one rank of `options.comm`: load, resume, then for
 /// every step `Run::train_step`, log, checkpoint; at the end plot, export and evaluate.
 pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSummary> {
-    config.preflight()?;
+    config.preflight_build()?;
     let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
     let device = options.device.unwrap_or(Device::Cpu);
     agreement::same_config(config, options.resume.as_deref(), comm.as_ref(), &device)?;
+    let model_here = config.preflight_model();
+    agree(comm.as_ref(), &device, model_here, "finding the model")?;
     // A global batch size this world size cannot split fails here (on every rank, as the
     // configs agree), before any data is read.
     config.rows_per_step(comm.world_size())?;

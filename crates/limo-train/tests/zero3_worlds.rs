@@ -380,6 +380,66 @@ fn what_the_forward_keeps_changes_no_number() {
     }
 }
 
+#[test]
+fn no_decay_leaves_its_parameters_undecayed_at_every_split() {
+    use limo_train::config::{NoDecay, OptimizerOffload};
+    let tmp = tempfile::tempdir().unwrap();
+    let decayed = |out: &Path, dtype: &str, world: usize, no_decay: NoDecay| {
+        let mut c = config(out, dtype, world, 0);
+        c.train.weight_decay = 0.5;
+        c.train.no_decay = no_decay;
+        c
+    };
+    // One update from the same weights (no warmup, so its lr is not 0): the gradients are the
+    // same, so with "biases_and_norms" exactly the biases and norm weights end elsewhere than
+    // when everything decays, each rank cutting its slice at world 3 as at world 1.
+    for world in [1, 3] {
+        let mut finals = Vec::new();
+        for no_decay in [NoDecay::None, NoDecay::BiasesAndNorms] {
+            let out = tmp.path().join(format!("one-step-w{world}-{no_decay}"));
+            let mut c = decayed(&out, "f64", world, no_decay);
+            (c.train.max_steps, c.train.warmup_steps) = (Some(1), 0);
+            run(c, world, None);
+            finals.push(final_master(&out));
+        }
+        for (name, all) in &finals[0] {
+            let (d, _) = squares(&finals[1][name], all);
+            let undecayed = !NoDecay::BiasesAndNorms.decays(name);
+            assert_eq!(d > 0.0, undecayed, "world {world}: {name}");
+        }
+    }
+    // The whole run: the same trajectory at every split (f64), and with optimizer offload the
+    // same bits (f32).
+    let reference = tmp.path().join("f64-w1");
+    run(
+        decayed(&reference, "f64", 1, NoDecay::BiasesAndNorms),
+        1,
+        None,
+    );
+    for world in [2, 3] {
+        let out = tmp.path().join(format!("f64-w{world}"));
+        run(
+            decayed(&out, "f64", world, NoDecay::BiasesAndNorms),
+            world,
+            None,
+        );
+        assert_same_steps("no_decay", &metrics(&out), &metrics(&reference), 1e-12);
+        let (worst, _) = weight_errors(&final_master(&out), &final_master(&reference));
+        assert!(
+            worst <= 1e-10,
+            "world {world}: worst parameter rel L2 {worst:e}"
+        );
+    }
+    let (plain, off) = (tmp.path().join("f32-w3"), tmp.path().join("f32-w3-off"));
+    run(decayed(&plain, "f32", 3, NoDecay::BiasesAndNorms), 3, None);
+    let mut c = decayed(&off, "f32", 3, NoDecay::BiasesAndNorms);
+    c.train.optimizer_offload = OptimizerOffload::Cpu;
+    run(c, 3, None);
+    assert_eq!(metrics(&off), metrics(&plain));
+    let (w, m) = weight_errors(&final_master(&off), &final_master(&plain));
+    assert_eq!((w, m), (0.0, 0.0), "offload: final weights");
+}
+
 /// A document: input ids and labels (positions from 0).
 type Doc = (Vec<u32>, Vec<i64>);
 

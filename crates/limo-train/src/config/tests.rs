@@ -73,7 +73,7 @@ fn every_shipped_config_parses() {
 #[test]
 fn hash_and_written_toml_are_pinned() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let tiny: [(&[&str], [&str; 3]); 7] = [
+    let tiny: [(&[&str], [&str; 3]); 8] = [
         (
             &[],
             ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
@@ -115,6 +115,10 @@ fn hash_and_written_toml_are_pinned() {
         (
             &["train.epoch_tail=repeat"],
             ["ba3035b4457b9792", "6867f9faa2dd64e7", "1ab299fb215aada9"],
+        ),
+        (
+            &["train.no_decay=biases_and_norms"],
+            ["d0a39b0f029eaf0d", "d2451bd0951a1390", "6a34642c3e081f83"],
         ),
     ];
     // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)

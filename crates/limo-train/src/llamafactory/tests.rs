@@ -248,9 +248,15 @@ fn average_tokens_across_devices_picks_the_loss_average() {
     let (_dir, path) = setup(&(LIMO_YAML.to_string() + "weight_decay: 0.1\n"), INFO);
     let notes = translate(&path).unwrap().notes;
     assert!(
-        notes.iter().any(|n| n.contains("leaves out the biases")),
+        notes.iter().any(|n| n.contains("biases_and_layer_norms")),
         "{notes:#?}"
     );
+    let c = from_yaml(&path, &[]).unwrap();
+    assert_eq!(c.train.no_decay, crate::config::NoDecay::BiasesAndNorms);
+    assert_eq!(c.train.weight_decay, 0.1);
+    // Without decay nothing is set (LIMO's own YAML).
+    let (_dir, path) = setup(LIMO_YAML, INFO);
+    assert!(from_yaml(&path, &[]).unwrap().train.no_decay.is_none());
     let (_dir, path) = setup(
         &(LIMO_YAML.to_string() + "average_tokens_across_devices: 1\n"),
         INFO,

@@ -48,6 +48,26 @@ impl Group {
         let len = self.shard_len(world);
         rank * len..(rank + 1) * len
     }
+
+    /// Where the parameters whose name `pick` chooses lie in `rank`'s slice (slice offsets, in
+    /// order): a parameter may fall partly on this rank.
+    pub fn ranges_in_shard(
+        &self,
+        world: usize,
+        rank: usize,
+        pick: impl Fn(&str) -> bool,
+    ) -> Vec<Range<usize>> {
+        let shard = self.shard_range(world, rank);
+        self.params
+            .iter()
+            .zip(self.offsets())
+            .filter(|(p, _)| pick(&p.name))
+            .filter_map(|(_, r)| {
+                let (start, end) = (r.start.max(shard.start), r.end.min(shard.end));
+                (start < end).then(|| start - shard.start..end - shard.start)
+            })
+            .collect()
+    }
 }
 
 /// The groups of a model, in checkpoint order. A tied head shares the embedding's group, so
@@ -172,6 +192,32 @@ mod tests {
                     expected,
                     "{from} -> {to}, rank {rank}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_in_a_shard_are_the_picked_parameters_cut_to_the_slice() {
+        let cfg = tiny(false);
+        for g in groups(&cfg) {
+            let picked = |name: &str| name.ends_with("bias") || name.contains("norm");
+            for world in 1..=5 {
+                let mut seen = vec![false; g.shard_len(world) * world];
+                for rank in 0..world {
+                    let start = g.shard_range(world, rank).start;
+                    let ranges = g.ranges_in_shard(world, rank, picked);
+                    assert!(ranges.windows(2).all(|w| w[0].end <= w[1].start));
+                    for r in ranges {
+                        assert!(r.start < r.end && r.end <= g.shard_len(world));
+                        seen[start + r.start..start + r.end].fill(true);
+                    }
+                }
+                // Exactly the picked parameters' elements, over all ranks.
+                let mut want = vec![false; seen.len()];
+                for (p, r) in g.params.iter().zip(g.offsets()) {
+                    want[r].fill(picked(&p.name));
+                }
+                assert_eq!(seen, want, "{} at {world}", g.name);
             }
         }
     }

@@ -102,20 +102,28 @@ impl ShardedModel {
         } else {
             CommThread::spawn(comm)
         };
+        let groups = groups(&cfg);
+        let (world, rank) = (comm.world_size(), comm.rank());
+        let skip_decay = groups
+            .iter()
+            .map(|g| g.ranges_in_shard(world, rank, |name| !train.no_decay.decays(name)))
+            .collect();
+        let mut optimizer = AdamW::new(
+            settings,
+            &shards,
+            match offload {
+                OptimizerOffload::None => device,
+                OptimizerOffload::Cpu => &Device::Cpu,
+            },
+        )?;
+        optimizer.set_skip_decay(skip_decay)?;
         let mut model = Self {
             rope: RopeCache::new(cfg.head_dim, cfg.rope_theta, dtype, device),
-            groups: groups(&cfg),
+            groups,
             cfg,
             dtype,
             device: device.clone(),
-            optimizer: AdamW::new(
-                settings,
-                &shards,
-                match offload {
-                    OptimizerOffload::None => device,
-                    OptimizerOffload::Cpu => &Device::Cpu,
-                },
-            )?,
+            optimizer,
             offload,
             compute: Mutex::new(Vec::new()),
             in_flight: Mutex::new(None),
@@ -589,7 +597,8 @@ impl ShardedModel {
         let hyper = self
             .optimizer
             .next_update(lr, limo_ops::clip_coefficient(norm, max_grad_norm));
-        let update = offload::start(self.optimizer.shared_state(), hyper, work);
+        let skip_decay = self.optimizer.skip_decay().to_vec();
+        let update = offload::start(self.optimizer.shared_state(), hyper, skip_decay, work);
         *self.in_flight.lock().expect("not poisoned") = Some(update);
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! same order and the same arithmetic run with the gradients already in host memory, so every
 //! CPU test of offload (bit-identical to no offload, resume) exercises this code.
 
+use std::ops::Range;
 use std::sync::mpsc::{channel, Receiver};
 use std::thread::JoinHandle;
 
@@ -95,16 +96,21 @@ impl Drop for InFlight {
 }
 
 /// Starts the update `hyper` of every group's `state` (`[master | m | v]` in host memory) on a
-/// new thread.
-pub(super) fn start(state: Vec<Tensor>, hyper: AdamWStep, work: Work) -> InFlight {
+/// new thread; `skip_decay`: per group, the ranges weight decay skips.
+pub(super) fn start(
+    state: Vec<Tensor>,
+    hyper: AdamWStep,
+    skip_decay: Vec<Vec<Range<usize>>>,
+    work: Work,
+) -> InFlight {
     let (tx, arrivals) = channel();
     let worker = std::thread::Builder::new()
         .name("limo-offload".into())
         .spawn(move || {
             match work {
                 Work::Host { grads, dtype } => {
-                    for (st, grad) in state.iter().zip(&grads) {
-                        let arrival = host_group(st, grad, &hyper, dtype);
+                    for ((st, grad), skip) in state.iter().zip(&grads).zip(&skip_decay) {
+                        let arrival = host_group(st, grad, &hyper, skip, dtype);
                         let failed = arrival.is_err();
                         if tx.send(arrival).is_err() || failed {
                             break;
@@ -128,8 +134,9 @@ pub(super) fn start(state: Vec<Tensor>, hyper: AdamWStep, work: Work) -> InFligh
                                 *grad = None;
                             }
                         }
+                        let (st, slice, skip) = (&state[g], &slices[g], &skip_decay[g]);
                         let arrival =
-                            pinned_group(&mut link, g, &events[g], &state[g], &slices[g], &hyper);
+                            pinned_group(&mut link, g, &events[g], st, slice, &hyper, skip);
                         let failed = arrival.is_err();
                         if tx.send(arrival).is_err() || failed {
                             break;
@@ -158,9 +165,10 @@ fn host_group(
     state: &Tensor,
     grad: &Tensor,
     hyper: &AdamWStep,
+    skip_decay: &[Range<usize>],
     dtype: DType,
 ) -> anyhow::Result<Arrival> {
-    adamw_update_state(state, grad, hyper, None, None)?;
+    adamw_update_state(state, grad, hyper, skip_decay, None, None)?;
     let master = state.narrow(0, 0, grad.elem_count())?;
     let slice = if master.dtype() == dtype {
         // The view's elements only: `copy` would clone the whole state.
@@ -181,9 +189,10 @@ fn pinned_group(
     state: &Tensor,
     slice: &Tensor,
     hyper: &AdamWStep,
+    skip_decay: &[Range<usize>],
 ) -> anyhow::Result<Arrival> {
     let (grad, out) = link.staged(g, downloaded)?;
-    limo_ops::adamw_update_host(state, grad, hyper, Some(out))?;
+    limo_ops::adamw_update_host(state, grad, hyper, skip_decay, Some(out))?;
     Ok(Arrival::Uploaded(link.upload(g, slice)?))
 }
 
@@ -232,7 +241,8 @@ mod tests {
             grad_scale: 1.0,
         };
         let dtype = DType::F32;
-        let mut update = start(state.clone(), hyper, Work::Host { grads, dtype });
+        let skip = vec![Vec::new(); lens.len()];
+        let mut update = start(state.clone(), hyper, skip, Work::Host { grads, dtype });
         update.next()?;
         // The thread is at work on group 1 (threads it starts inherit its name: count the change).
         let working = offload_threads();
