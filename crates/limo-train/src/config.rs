@@ -142,6 +142,10 @@ pub struct TrainSection {
     /// cosine, linear or constant (after warmup).
     #[serde(default)]
     pub schedule: Schedule,
+    /// Where the cosine ends, as a share of `lr` (transformers' `cosine_with_min_lr` with
+    /// `min_lr_rate`): 0 (the default) decays to 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_lr_rate: f64,
     /// Linear warmup steps: update k < warmup uses lr * k / warmup (update 0 uses lr 0).
     #[serde(default)]
     pub warmup_steps: usize,
@@ -373,6 +377,9 @@ fn yes() -> bool {
 fn is_false(b: &bool) -> bool {
     !b
 }
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
 fn default_beta1() -> f64 {
     0.9
 }
@@ -530,6 +537,18 @@ impl TrainConfig {
             bail!(
                 "train.max_grad_norm: {} must be a non-negative number (0: no clipping)",
                 t.max_grad_norm
+            );
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_rate) {
+            bail!(
+                "train.min_lr_rate: {} (a share of lr, 0 to 1)",
+                t.min_lr_rate
+            );
+        }
+        if t.min_lr_rate != 0.0 && t.schedule != Schedule::Cosine {
+            bail!(
+                "train.min_lr_rate: the floor of the cosine; schedule \"{}\" has none",
+                t.schedule
             );
         }
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {

@@ -37,6 +37,7 @@ const MAPPED: &[&str] = &[
     "num_train_epochs",
     "max_steps",
     "lr_scheduler_type",
+    "lr_scheduler_kwargs",
     "warmup_ratio",
     "warmup_steps",
     "weight_decay",
@@ -236,14 +237,51 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     if !(0.0..=1.0).contains(&warmup_ratio) {
         bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
     }
+    let kwargs = scheduler_kwargs(&args)?;
+    let known: &[&str] = match scheduler.as_str() {
+        "cosine_with_min_lr" => &["min_lr", "min_lr_rate"],
+        _ => &[],
+    };
+    if let Some(key) = kwargs.keys().find(|k| !known.contains(&k.as_str())) {
+        bail!(
+            "{origin}: lr_scheduler_kwargs: {key}: limo takes min_lr or min_lr_rate, with \
+             lr_scheduler_type cosine_with_min_lr"
+        );
+    }
+    if scheduler == "cosine_with_min_lr" {
+        // As transformers' get_cosine_with_min_lr_schedule_with_warmup: one of the two, the
+        // rate of min_lr being min_lr / learning_rate.
+        let kwarg = |key: &str| -> anyhow::Result<Option<f64>> {
+            kwargs
+                .get(key)
+                .map(|v| {
+                    v.as_f64().ok_or_else(|| {
+                        anyhow!("{origin}: lr_scheduler_kwargs: {key}: expected a number, got {v}")
+                    })
+                })
+                .transpose()
+        };
+        let rate = match (kwarg("min_lr")?, kwarg("min_lr_rate")?) {
+            (Some(_), Some(_)) => {
+                bail!("{origin}: lr_scheduler_kwargs: give min_lr or min_lr_rate, not both")
+            }
+            (Some(min_lr), None) => min_lr / lr,
+            (None, Some(rate)) => rate,
+            (None, None) => bail!(
+                "{origin}: lr_scheduler_type: cosine_with_min_lr needs lr_scheduler_kwargs with \
+                 min_lr or min_lr_rate"
+            ),
+        };
+        train.insert("min_lr_rate".into(), rate.into());
+    }
     let (schedule, warms_up) = match scheduler.as_str() {
-        "cosine" => (Schedule::Cosine, true),
+        "cosine" | "cosine_with_min_lr" => (Schedule::Cosine, true),
         "linear" => (Schedule::Linear, true),
         "constant_with_warmup" => (Schedule::Constant, true),
         // transformers' constant schedule has no warmup, whatever warmup_* says.
         "constant" => (Schedule::Constant, false),
         other => bail!(
-            "{origin}: lr_scheduler_type: {other}: limo schedules cosine, linear, constant and constant_with_warmup"
+            "{origin}: lr_scheduler_type: {other}: limo schedules cosine, cosine_with_min_lr, linear, constant and constant_with_warmup"
         ),
     };
     train.insert("schedule".into(), schedule.as_str().into());
@@ -405,6 +443,27 @@ fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
             "not a LLaMA-Factory argument limo knows (docs/CONFIG.md, \"LLaMA-Factory YAML\")"
                 .into(),
         ),
+    }
+}
+
+/// `lr_scheduler_kwargs`: a mapping, or JSON text as transformers also takes it (empty when
+/// absent).
+fn scheduler_kwargs(args: &Args) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let key = "lr_scheduler_kwargs";
+    let value = match args.get(key) {
+        None => return Ok(Default::default()),
+        Some(Value::String(text)) => serde_json::from_str(text)
+            .map_err(|e| anyhow!("{}: {key}: not a JSON object: {e}", args.origin))?,
+        Some(v) => serde_json::to_value(v)
+            .map_err(|e| anyhow!("{}: {key}: not a mapping: {e}", args.origin))?,
+    };
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(args.wrong(
+            key,
+            "a mapping such as {min_lr_rate: 0.1}",
+            &serde_yaml::to_value(other)?,
+        )),
     }
 }
 

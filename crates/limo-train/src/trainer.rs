@@ -488,9 +488,13 @@ impl<'a> Run<'a> {
             .model
             .sum_over_ranks([local.targets, local.examples, local_tokens].map(|n| n as f64))?
             .map(|n| n as usize);
-        let lr = t
-            .schedule
-            .lr(t.lr, self.step, self.warmup_steps, self.total_steps);
+        let lr = t.schedule.lr(
+            t.lr,
+            self.step,
+            self.warmup_steps,
+            self.total_steps,
+            t.min_lr_rate,
+        );
         let (loss, grad_norm, clip_coef) = if n_targets == 0 {
             tracing::warn!(
                 step = self.step + 1,

@@ -176,6 +176,36 @@ fn schedules_and_save_strategies() {
 }
 
 #[test]
+fn cosine_with_min_lr_takes_its_floor_from_the_kwargs() {
+    let with = |kwargs: &str| {
+        let yaml = LIMO_YAML.replace(
+            "lr_scheduler_type: cosine",
+            &format!("lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs: {kwargs}"),
+        );
+        let c = convert(&yaml, INFO).unwrap();
+        assert_eq!(c.train.schedule, Schedule::Cosine, "{kwargs}");
+        c.train.min_lr_rate
+    };
+    assert_eq!(with("{min_lr_rate: 0.1}"), 0.1);
+    // transformers' rate: min_lr / learning_rate (5e-6 in LIMO's YAML).
+    assert_eq!(with("{min_lr: 5.0e-7}"), 5e-7 / 5e-6);
+    // transformers also takes the kwargs as JSON text.
+    assert_eq!(with("'{\"min_lr_rate\": 0.25}'"), 0.25);
+    assert_eq!(convert(LIMO_YAML, INFO).unwrap().train.min_lr_rate, 0.0);
+    // The floor is the cosine's; on limo's side too.
+    let (_dir, path) = setup(LIMO_YAML, INFO);
+    let set = [
+        "train.schedule=linear".into(),
+        "train.min_lr_rate=0.1".into(),
+    ];
+    let err = format!("{:#}", from_yaml(&path, &set).unwrap_err());
+    assert!(
+        err.contains("train.min_lr_rate: the floor of the cosine"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unsupported_values_and_unknown_keys_are_named() {
     // The cases of tests/llamafactory_cli.rs, which checks the same errors from the CLI.
     let edits: Vec<(String, String, String)> = serde_json::from_str(include_str!(
