@@ -164,6 +164,9 @@ pub fn adamw_update_state(
             state.dtype()
         );
     }
+    if bf16_out.is_some_and(|o| o.elem_count() != n) {
+        bail!("adamw: the bf16 copy must hold {n} values");
+    }
     let segments = decay_segments(n, skip_decay, s)?;
     #[cfg(feature = "cuda")]
     if state.device().is_cuda() {

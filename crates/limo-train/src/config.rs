@@ -675,6 +675,10 @@ impl TrainConfig {
             "rows_per_step".into(),
             self.rows_per_step(world_size).unwrap_or(usize::MAX).into(),
         );
+        if self.train.weight_decay == 0.0 {
+            // Which parameters skip a decay of 0 changes nothing.
+            map.remove("no_decay");
+        }
         if self.train.epoch_tail == EpochTail::Repeat {
             // What an epoch's last step is filled up to depends on the split.
             let rows = self.train.epoch_tail_rows(world_size);

@@ -237,16 +237,30 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     if !(0.0..=1.0).contains(&warmup_ratio) {
         bail!("{origin}: warmup_ratio: {warmup_ratio} (expected 0 to 1)");
     }
-    let kwargs = scheduler_kwargs(&args)?;
-    let known: &[&str] = match scheduler.as_str() {
-        "cosine_with_min_lr" => &["min_lr", "min_lr_rate"],
-        _ => &[],
+    let (schedule, warms_up) = match scheduler.as_str() {
+        "cosine" | "cosine_with_min_lr" => (Schedule::Cosine, true),
+        "linear" => (Schedule::Linear, true),
+        "constant_with_warmup" => (Schedule::Constant, true),
+        // transformers' constant schedule has no warmup, whatever warmup_* says.
+        "constant" => (Schedule::Constant, false),
+        other => bail!(
+            "{origin}: lr_scheduler_type: {other}: limo schedules cosine, cosine_with_min_lr, linear, constant and constant_with_warmup"
+        ),
     };
-    if let Some(key) = kwargs.keys().find(|k| !known.contains(&k.as_str())) {
-        bail!(
-            "{origin}: lr_scheduler_kwargs: {key}: limo takes min_lr or min_lr_rate, with \
-             lr_scheduler_type cosine_with_min_lr"
-        );
+    let kwargs = scheduler_kwargs(&args)?;
+    for (key, value) in &kwargs {
+        let known = match (scheduler.as_str(), key.as_str()) {
+            ("cosine_with_min_lr", "min_lr" | "min_lr_rate") => true,
+            // transformers' default half cosine: the same schedule.
+            ("cosine" | "cosine_with_min_lr", "num_cycles") => value.as_f64() == Some(0.5),
+            _ => false,
+        };
+        if !known {
+            bail!(
+                "{origin}: lr_scheduler_kwargs: {key}: {value}: limo takes min_lr or \
+                 min_lr_rate with lr_scheduler_type cosine_with_min_lr (and num_cycles 0.5)"
+            );
+        }
     }
     if scheduler == "cosine_with_min_lr" {
         // As transformers' get_cosine_with_min_lr_schedule_with_warmup: one of the two, the
@@ -274,16 +288,6 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         };
         train.insert("min_lr_rate".into(), rate.into());
     }
-    let (schedule, warms_up) = match scheduler.as_str() {
-        "cosine" | "cosine_with_min_lr" => (Schedule::Cosine, true),
-        "linear" => (Schedule::Linear, true),
-        "constant_with_warmup" => (Schedule::Constant, true),
-        // transformers' constant schedule has no warmup, whatever warmup_* says.
-        "constant" => (Schedule::Constant, false),
-        other => bail!(
-            "{origin}: lr_scheduler_type: {other}: limo schedules cosine, cosine_with_min_lr, linear, constant and constant_with_warmup"
-        ),
-    };
     train.insert("schedule".into(), schedule.as_str().into());
     if !warms_up {
         if warmup > 0 || warmup_ratio > 0.0 {

@@ -73,7 +73,7 @@ fn every_shipped_config_parses() {
 #[test]
 fn hash_and_written_toml_are_pinned() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let tiny: [(&[&str], [&str; 3]); 8] = [
+    let tiny: [(&[&str], [&str; 3]); 9] = [
         (
             &[],
             ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
@@ -118,7 +118,11 @@ fn hash_and_written_toml_are_pinned() {
         ),
         (
             &["train.no_decay=biases_and_norms"],
-            ["d0a39b0f029eaf0d", "d2451bd0951a1390", "6a34642c3e081f83"],
+            ["d566da1576ff7070", "e3d657c1027c8a67", "6a34642c3e081f83"],
+        ),
+        (
+            &["train.min_lr_rate=0.1"],
+            ["7e158c01f98d0179", "c754dc0218082874", "a36397d10343a0dd"],
         ),
     ];
     // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
@@ -182,6 +186,20 @@ fn hash_and_written_toml_are_pinned() {
 /// 8 rows per step as 4 micro-batches on 2 ranks or 2 on 4: the same trajectory, except that
 /// with epoch_tail = "repeat" an epoch's last step is filled to a round of micro-batches (2
 /// rows or 4), so a resume across those world sizes is refused.
+#[test]
+fn no_decay_is_in_the_hash_only_with_a_weight_decay() {
+    let hash = |set: &[&str]| {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        TrainConfig::parse(TINY_TOML, "tiny.toml", &set)
+            .unwrap()
+            .trajectory_hash(1)
+    };
+    let skip = "train.no_decay=biases_and_norms";
+    assert_eq!(hash(&[skip]), hash(&[]), "weight decay 0");
+    let decay = "train.weight_decay=0.1";
+    assert_ne!(hash(&[decay, skip]), hash(&[decay]));
+}
+
 #[test]
 fn repeat_hashes_what_the_epochs_last_step_is_filled_to() {
     let hashes = |tail: &str| {

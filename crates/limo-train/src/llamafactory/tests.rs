@@ -191,6 +191,7 @@ fn cosine_with_min_lr_takes_its_floor_from_the_kwargs() {
     assert_eq!(with("{min_lr: 5.0e-7}"), 5e-7 / 5e-6);
     // transformers also takes the kwargs as JSON text.
     assert_eq!(with("'{\"min_lr_rate\": 0.25}'"), 0.25);
+    assert_eq!(with("{min_lr_rate: 0.1, num_cycles: 0.5}"), 0.1);
     assert_eq!(convert(LIMO_YAML, INFO).unwrap().train.min_lr_rate, 0.0);
     // The floor is the cosine's; on limo's side too.
     let (_dir, path) = setup(LIMO_YAML, INFO);
