@@ -3,8 +3,8 @@
 data loader) fine-tunes the golden tiny Qwen2 in float64 on CPU, and the run is written out for
 limo to reproduce step by step.
 
-    python3 scripts/trainer-parity.py OUT_DIR [WEIGHT_DECAY]
-    # needs torch, transformers, accelerate, numpy
+    python3 scripts/trainer-parity.py OUT_DIR [WEIGHT_DECAY [VAL_SIZE EVAL_STEPS]]
+    # needs torch, transformers, accelerate, numpy (and datasets with VAL_SIZE)
 
 OUT_DIR gets data.jsonl (13 tokenized rows of different lengths and target counts), log.jsonl
 (per optimizer step: step, lr of the update, grad_norm before clipping, loss as the Trainer
@@ -15,7 +15,10 @@ micro-batches per step: the 4th step of each epoch has one micro-batch of one ro
 averaged over all target tokens of a step (num_items_in_batch), cosine with a warmup share,
 AdamW, clipping at 1.0. Weight decay is 0 unless WEIGHT_DECAY is given
 (tests/fixtures/trainer-parity-decay: 0.1, where transformers 4.53 on leaves the biases and
-norm weights undecayed, limo's train.no_decay = "biases_and_norms").
+norm weights undecayed, limo's train.no_decay = "biases_and_norms"). With VAL_SIZE the rows
+are split as LLaMA-Factory splits them (datasets' train_test_split(VAL_SIZE, seed 42)), the
+Trainer trains on the train split and logs eval_loss every EVAL_STEPS steps over the test split
+with one row per eval batch (tests/fixtures/trainer-parity-eval: 0.2 and 2).
 """
 import json
 import os
@@ -98,14 +101,17 @@ def rows():
 
 
 class Rows(Dataset):
-    def __init__(self, rows):
+    """The rows of data.jsonl at `indices` (all of them by default), in that order."""
+
+    def __init__(self, rows, indices=None):
         self.rows = rows
+        self.indices = list(range(len(rows))) if indices is None else list(indices)
 
     def __len__(self):
-        return len(self.rows)
+        return len(self.indices)
 
     def __getitem__(self, i):
-        return dict(self.rows[i], index=i)
+        return dict(self.rows[self.indices[i]], index=self.indices[i])
 
 
 def collate(batch):
@@ -134,6 +140,8 @@ class Log(TrainerCallback):
             step = self.steps[state.global_step - 1]
             step["grad_norm"] = float(logs["grad_norm"])
             step["loss"] = float(logs["loss"])
+        if logs and "eval_loss" in logs:
+            self.steps[state.global_step - 1]["eval_loss"] = float(logs["eval_loss"])
 
 
 class RowTrainer(Trainer):
@@ -142,7 +150,9 @@ class RowTrainer(Trainer):
         self.parity_log = parity_log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.parity_log.rows.append((self.state.global_step + 1, inputs.pop("rows")))
+        rows = inputs.pop("rows")
+        if model.training:
+            self.parity_log.rows.append((self.state.global_step + 1, rows))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -150,6 +160,16 @@ def main():
     out = sys.argv[1]
     if len(sys.argv) > 2:
         ARGS["weight_decay"] = float(sys.argv[2])
+    train_rows, eval_rows = None, None
+    if len(sys.argv) > 3:
+        import datasets
+
+        val_size, eval_steps = float(sys.argv[3]), int(sys.argv[4])
+        split = datasets.Dataset.from_dict({"i": list(range(13))}).train_test_split(
+            test_size=val_size, seed=ARGS["seed"]
+        )
+        train_rows, eval_rows = list(split["train"]["i"]), list(split["test"]["i"])
+        ARGS.update(eval_strategy="steps", eval_steps=eval_steps, per_device_eval_batch_size=1)
     os.makedirs(out, exist_ok=True)
     data = rows()
     with open(os.path.join(out, "data.jsonl"), "w") as f:
@@ -169,7 +189,8 @@ def main():
         **ARGS,
     )
     trainer = RowTrainer(
-        model=model, args=args, train_dataset=Rows(data), data_collator=collate,
+        model=model, args=args, train_dataset=Rows(data, train_rows), data_collator=collate,
+        eval_dataset=None if eval_rows is None else Rows(data, eval_rows),
         callbacks=[log], parity_log=log,
     )
     trainer.train()
@@ -186,6 +207,7 @@ def main():
         "transformers": transformers.__version__,
         "accelerate": __import__("accelerate").__version__,
         "args": ARGS,
+        "datasets": __import__("datasets").__version__ if eval_rows is not None else None,
         "command": "python3 scripts/trainer-parity.py " + " ".join(sys.argv[1:]),
     }
     with open(os.path.join(out, "meta.json"), "w") as f:

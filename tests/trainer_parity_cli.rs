@@ -44,6 +44,20 @@ fn reproduces_its_weight_decay_which_skips_biases_and_norms() {
     assert!(worst > 1e-6, "decaying everything: worst rel L2 {worst:e}");
 }
 
+#[test]
+fn holds_out_the_rows_llamafactory_holds_out_and_reports_their_loss() {
+    // 3 of the 13 rows held out as datasets' train_test_split(0.2, seed 42) holds them out;
+    // the 10 others trained in the split's order, and eval_loss every 2 steps and at the end.
+    let fixture = fixtures("trainer-parity-eval");
+    let eval = [
+        "train.weight_decay=0.0",
+        "data.val_size=0.2",
+        "train.eval_steps=2",
+    ];
+    let worst = reproduce(&fixture, &eval, 1e-12);
+    eprintln!("worst final parameter rel L2 {worst:e}");
+}
+
 /// Trains the fixture's run with `extra` settings and checks every step (its rows, the lr
 /// exactly, the grad norm within 1e-12, the loss transformers logs in float32 within 1e-6) and
 /// the final weights within `weights_tol`. Returns the final weights' worst relative L2 error.
@@ -115,6 +129,18 @@ fn reproduce(fixture: &Path, extra: &[&str], weights_tol: f64) -> f64 {
             (norm - want).abs() <= tol * want,
             "step {step}: grad_norm {norm} vs {want}"
         );
+        // Validation on the same steps, to the same value (f64 on both sides).
+        match (o.get("eval_loss"), r.get("eval_loss")) {
+            (None, None) => {}
+            (Some(ours), Some(theirs)) => {
+                let (ours, theirs) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
+                assert!(
+                    (ours - theirs).abs() <= 1e-12 * theirs,
+                    "step {step}: eval_loss {ours} vs {theirs}"
+                );
+            }
+            (ours, theirs) => panic!("step {step}: eval_loss {ours:?} vs {theirs:?}"),
+        }
         // transformers logs the loss rounded through float32.
         let (loss, want) = (value(o, "loss"), value(r, "loss"));
         assert!(

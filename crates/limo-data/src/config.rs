@@ -134,7 +134,7 @@ fn default_cutoff_len() -> usize {
 }
 
 /// How to turn a dataset into training examples.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// A local file or folder, or a Hub dataset id such as `GAIR/LIMO`.
@@ -157,6 +157,16 @@ pub struct DataConfig {
     /// Read at most this many examples (useful for quick checks).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Rows held out for validation, as LLaMA-Factory's `val_size`: a share below 1 (rounded
+    /// up), else a count; 0 (the default) holds none out. The rows read are split as Hugging
+    /// Face datasets' `train_test_split(seed)` splits them ([`crate::split`]), the training rows
+    /// then in that split's order.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub val_size: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl DataConfig {
@@ -171,6 +181,7 @@ impl DataConfig {
             packing: false,
             on_bad_row: OnBadRow::default(),
             limit: None,
+            val_size: 0.0,
         }
     }
 
@@ -183,6 +194,12 @@ impl DataConfig {
         }
         if self.path.is_empty() {
             return Err(DataError::Config("data path is empty".into()));
+        }
+        if !(self.val_size >= 0.0 && self.val_size.is_finite()) {
+            return Err(DataError::Config(format!(
+                "val_size {} must be a share below 1 or a count of rows",
+                self.val_size
+            )));
         }
         if self.format == Format::Tokenized && self.overlong == Overlong::TruncatePairs {
             return Err(DataError::Config(

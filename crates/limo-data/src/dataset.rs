@@ -48,7 +48,70 @@ impl Dataset {
 
 /// Resolves, reads and tokenizes, with the cutoff applied. The trainer's entry point.
 pub fn load_dataset(config: &DataConfig, tokenizer: &ChatTokenizer) -> Result<Dataset> {
-    let (examples, mut report) = tokenize_untruncated(config, tokenizer, &HubSettings::from_env())?;
+    let (examples, report) = tokenize_untruncated(config, tokenizer, &HubSettings::from_env())?;
+    with_cutoff(examples, report, config)
+}
+
+/// [`load_dataset`] with `config.val_size` rows of the records read held out
+/// ([`crate::split::train_test_split`] with `seed`): the training examples in the split's
+/// order, and the validation ones (`None` without `val_size`). A record that does not encode
+/// (`on_bad_row = "skip"`) still counts for the split, as LLaMA-Factory splits before it
+/// tokenizes.
+pub fn load_dataset_split(
+    config: &DataConfig,
+    tokenizer: &ChatTokenizer,
+    seed: u64,
+) -> Result<(Dataset, Option<Dataset>)> {
+    let hub = HubSettings::from_env();
+    if config.val_size == 0.0 {
+        return Ok((load_dataset(config, tokenizer)?, None));
+    }
+    let (indexed, report) = tokenize_records(config, tokenizer, &hub)?;
+    let [train, val] = split_records(indexed, report.rows, config.val_size, seed)?;
+    let val_report = LoadReport {
+        files: report.files.clone(),
+        ..LoadReport::default()
+    };
+    Ok((
+        with_cutoff(train, report, config)?,
+        Some(with_cutoff(val, val_report, config)?),
+    ))
+}
+
+/// Items tagged with their record's index, as the training and validation lists of a split of
+/// `records` records, each in the split's order.
+pub fn split_records<T>(
+    indexed: Vec<(usize, T)>,
+    records: usize,
+    val_size: f64,
+    seed: u64,
+) -> Result<[Vec<T>; 2]> {
+    let split = crate::split::train_test_split(records, val_size, seed)
+        .map_err(|e| DataError::Config(format!("data.val_size: {e}")))?;
+    // Where each record goes: (0 = train, 1 = validation, its place there).
+    let mut place = vec![(0, 0); records];
+    for (list, order) in [&split.train, &split.test].into_iter().enumerate() {
+        for (at, &record) in order.iter().enumerate() {
+            place[record] = (list, at);
+        }
+    }
+    let mut placed: Vec<((usize, usize), T)> = indexed
+        .into_iter()
+        .map(|(record, item)| (place[record], item))
+        .collect();
+    placed.sort_by_key(|(p, _)| *p);
+    let mut lists = [Vec::new(), Vec::new()];
+    for ((list, _), item) in placed {
+        lists[list].push(item);
+    }
+    Ok(lists)
+}
+
+fn with_cutoff(
+    examples: Vec<Example>,
+    mut report: LoadReport,
+    config: &DataConfig,
+) -> Result<Dataset> {
     let (examples, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
     report.cutoff = cutoff;
     if examples.is_empty() {
@@ -66,6 +129,16 @@ pub fn tokenize_untruncated(
     tokenizer: &ChatTokenizer,
     hub: &HubSettings,
 ) -> Result<(Vec<Example>, LoadReport)> {
+    let (indexed, report) = tokenize_records(config, tokenizer, hub)?;
+    Ok((indexed.into_iter().map(|(_, e)| e).collect(), report))
+}
+
+/// [`tokenize_untruncated`], each example with the index of its record among those read.
+fn tokenize_records(
+    config: &DataConfig,
+    tokenizer: &ChatTokenizer,
+    hub: &HubSettings,
+) -> Result<(Vec<(usize, Example)>, LoadReport)> {
     config.validate()?;
     let files = resolve_data_files(&config.path, hub)?;
     let mut report = LoadReport {
@@ -84,7 +157,7 @@ pub fn tokenize_untruncated(
                 .value
                 .and_then(|value| encode_record(&value, config, tokenizer))
             {
-                Ok(example) => examples.push(example),
+                Ok(example) => examples.push((report.rows - 1, example)),
                 Err(problem) => {
                     let error = problem.at(record.location);
                     match config.on_bad_row {

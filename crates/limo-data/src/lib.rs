@@ -14,6 +14,7 @@ pub mod hub;
 pub mod packing;
 pub mod reader;
 pub mod sampler;
+pub mod split;
 pub mod stats;
 pub mod template;
 pub mod tokenize;

@@ -186,6 +186,14 @@ pub struct TrainSection {
     pub adam_beta2: f64,
     #[serde(default = "default_eps")]
     pub adam_eps: f64,
+    /// Validation (with `data.val_size`): the loss on the held-out rows every this many steps
+    /// and after the last one (0: never), logged as `eval_loss`. Changes no number of the
+    /// training.
+    #[serde(default, skip_serializing_if = "is_zero_steps")]
+    pub eval_steps: usize,
+    /// Validation at the end of every epoch too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub eval_every_epoch: bool,
     /// Clip the global gradient norm to this (0 = no clipping).
     #[serde(default = "default_clip")]
     pub max_grad_norm: f64,
@@ -380,6 +388,9 @@ fn is_false(b: &bool) -> bool {
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
+fn is_zero_steps(n: &usize) -> bool {
+    *n == 0
+}
 fn default_beta1() -> f64 {
     0.9
 }
@@ -545,6 +556,12 @@ impl TrainConfig {
                 t.min_lr_rate
             );
         }
+        if (t.eval_steps > 0 || t.eval_every_epoch) && self.data.val_size == 0.0 {
+            bail!(
+                "train.eval_steps / eval_every_epoch: nothing to validate on; set data.val_size \
+                 (a share of the rows, or a count) to hold rows out"
+            );
+        }
         if t.min_lr_rate != 0.0 && t.schedule != Schedule::Cosine {
             bail!(
                 "train.min_lr_rate: the floor of the cosine; schedule \"{}\" has none",
@@ -668,6 +685,8 @@ impl TrainConfig {
             "activation_checkpointing",
             "recompute_attention",
             "optimizer_offload",
+            "eval_steps",
+            "eval_every_epoch",
         ] {
             map.remove(key);
         }

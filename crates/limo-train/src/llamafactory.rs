@@ -24,6 +24,10 @@ const MAPPED: &[&str] = &[
     "dataset_dir",
     "cutoff_len",
     "max_samples",
+    "val_size",
+    "eval_strategy",
+    "eval_steps",
+    "per_device_eval_batch_size",
     "packing",
     "neat_packing",
     "default_system",
@@ -174,6 +178,7 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
     if let Some(limit) = args.uint("max_samples")? {
         data.insert("limit".into(), to_int(limit));
     }
+    validation(&args, &mut data, &mut train, &mut notes)?;
     let packing = args.bool("packing")?.unwrap_or(false);
     let neat = args.bool("neat_packing")?.unwrap_or(false);
     if packing || neat {
@@ -412,6 +417,7 @@ fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
         "stage" if text == "sft" => note("limo trains supervised fine-tuning (sft)"),
         "stage" => Err(format!("{text}: limo trains stage sft only")),
         "do_train" if is_true => note("limo train always trains"),
+        "do_eval" => note("limo validates when eval_strategy and val_size say so"),
         "do_train" => Err("false: limo train trains (remove the key or set it to true)".into()),
         "finetuning_type" if text == "full" => note("limo fine-tunes every parameter (full)"),
         "finetuning_type" => Err(format!(
@@ -448,6 +454,60 @@ fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
                 .into(),
         ),
     }
+}
+
+/// `val_size` and transformers' evaluation arguments: the rows held out as LLaMA-Factory holds
+/// them out (`data.val_size`), evaluated every `eval_steps` (and at the end) or every epoch.
+fn validation(
+    args: &Args,
+    data: &mut toml::Table,
+    train: &mut toml::Table,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let origin = &args.origin;
+    let val_size = args.float("val_size")?.unwrap_or(0.0);
+    if !(val_size >= 0.0 && val_size.is_finite()) {
+        bail!("{origin}: val_size: {val_size} (a share below 1, or a count of rows)");
+    }
+    // LLaMA-Factory ignores a val_size below 1e-6.
+    if val_size > 1e-6 {
+        data.insert("val_size".into(), val_size.into());
+    }
+    let strategy = args.str("eval_strategy")?.unwrap_or_else(|| "no".into());
+    match strategy.as_str() {
+        "no" => {
+            if val_size > 1e-6 {
+                notes.push("val_size without eval_strategy: the rows are held out and never evaluated (as transformers)".into());
+            }
+            return Ok(());
+        }
+        "steps" | "epoch" if val_size <= 1e-6 => {
+            bail!("{origin}: eval_strategy: {strategy}: limo validates on rows held out by val_size (eval_dataset is not read)")
+        }
+        "steps" => {
+            // transformers: eval_steps defaults to logging_steps (500 by default).
+            let steps = match args.float("eval_steps")? {
+                Some(s) if s >= 1.0 && s.fract() == 0.0 => s as u64,
+                Some(s) => bail!(
+                    "{origin}: eval_steps: {s}: limo takes whole steps (a share of the run is \
+                     transformers' reading of a value below 1)"
+                ),
+                None => args.uint("logging_steps")?.unwrap_or(500),
+            };
+            train.insert("eval_steps".into(), to_int(steps));
+        }
+        "epoch" => {
+            train.insert("eval_every_epoch".into(), true.into());
+        }
+        other => bail!("{origin}: eval_strategy: {other} (expected no, steps or epoch)"),
+    }
+    if args
+        .uint("per_device_eval_batch_size")?
+        .is_some_and(|b| b != 1)
+    {
+        notes.push("per_device_eval_batch_size: limo evaluates one row at a time; its eval_loss is transformers' with per_device_eval_batch_size 1 (the mean of each row's mean loss)".into());
+    }
+    Ok(())
 }
 
 /// `lr_scheduler_kwargs`: a mapping, or JSON text as transformers also takes it (empty when

@@ -20,6 +20,9 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_second: f64,
+    /// The validation loss after this step, on steps that evaluate (`train.eval_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
 }
 
 /// Appends one line and flushes it, so a killed run keeps every step it finished.
@@ -184,6 +187,7 @@ mod tests {
                 tokens: 20,
                 seconds: 0.1,
                 tokens_per_second: 200.0,
+                eval_loss: None,
             })
             .collect();
         let jsonl = dir.path().join("metrics.jsonl");

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::DType;
-use limo_data::{load_dataset, ChatTokenizer, DataConfig, Format, OnBadRow, Overlong};
+use limo_data::dataset::load_dataset_split;
+use limo_data::{ChatTokenizer, DataConfig, Format, OnBadRow, Overlong};
 
 use crate::config::TrainConfig;
 use crate::synthetic;
@@ -121,13 +122,14 @@ pub fn prepare_model(
     Ok(PreparedModel { dir, tokenizer })
 }
 
-/// Reads (or generates, when `write`) the dataset and turns it into training rows.
+/// Reads (or generates, when `write`) the dataset and turns it into training rows and, with
+/// `data.val_size`, validation rows (one example each, never packed).
 pub fn prepare_rows(
     config: &TrainConfig,
     tokenizer: Option<&ChatTokenizer>,
     out: &Path,
     write: bool,
-) -> anyhow::Result<Vec<TrainingRow>> {
+) -> anyhow::Result<(Vec<TrainingRow>, Vec<TrainingRow>)> {
     let mut data = config.data.clone();
     if data.path == BUILTIN_ARITHMETIC {
         let path = out.join("data").join("arithmetic-train.jsonl");
@@ -140,15 +142,27 @@ pub fn prepare_rows(
         data.path = path.display().to_string();
     }
     if data.format == Format::Tokenized {
-        return read_tokenized(&data);
+        return read_tokenized_split(&data, config.train.seed);
     }
     let tokenizer = tokenizer.context("data: this format needs a tokenizer (model.tokenizer or tokenizer.json in the model directory)")?;
-    let dataset = load_dataset(&data, tokenizer)?;
+    let (dataset, validation) = load_dataset_split(&data, tokenizer, config.train.seed)?;
     let r = &dataset.report;
     tracing::info!(report = ?r, "data loaded");
+    let unpacked = |examples: Vec<limo_data::Example>| -> Vec<TrainingRow> {
+        examples
+            .into_iter()
+            .map(|e| TrainingRow {
+                input_ids: e.input_ids,
+                labels: e.labels,
+                position_ids: None,
+                origins: Vec::new(),
+            })
+            .collect()
+    };
+    let validation = validation.map_or_else(Vec::new, |v| unpacked(v.examples));
     if data.packing {
         let packed = dataset.packed(data.cutoff_len)?;
-        return Ok(packed
+        let rows = packed
             .into_iter()
             .map(|p| TrainingRow {
                 input_ids: p.input_ids,
@@ -156,18 +170,10 @@ pub fn prepare_rows(
                 position_ids: Some(p.position_ids),
                 origins: Vec::new(),
             })
-            .collect());
+            .collect();
+        return Ok((rows, validation));
     }
-    Ok(dataset
-        .examples
-        .into_iter()
-        .map(|e| TrainingRow {
-            input_ids: e.input_ids,
-            labels: e.labels,
-            position_ids: None,
-            origins: Vec::new(),
-        })
-        .collect())
+    Ok((unpacked(dataset.examples), validation))
 }
 
 /// Rows of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
@@ -177,17 +183,27 @@ pub fn prepare_rows(
 /// `attention_mask` (HF tokenized datasets carry one) is accepted when it masks nothing: limo
 /// never pads.
 pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
+    Ok(read_tokenized_split(data, 0)?.0)
+}
+
+/// [`read_tokenized`] with `data.val_size` rows of the records read held out, split with
+/// `seed` as [`limo_data::dataset::load_dataset_split`] splits text rows.
+pub fn read_tokenized_split(
+    data: &DataConfig,
+    seed: u64,
+) -> anyhow::Result<(Vec<TrainingRow>, Vec<TrainingRow>)> {
     data.validate()?;
     let hub = limo_data::HubSettings::from_env();
     let limit = data.limit.unwrap_or(usize::MAX);
-    let (mut rows, mut skipped) = (Vec::new(), Vec::new());
+    let (mut rows, mut skipped, mut records) = (Vec::new(), Vec::new(), 0);
     'files: for file in limo_data::resolve_data_files(&data.path, &hub)? {
         for record in limo_data::reader::read_records(&file)? {
             if rows.len() >= limit {
                 break 'files;
             }
+            records += 1;
             match tokenized_row(record) {
-                Ok(row) => rows.push(row),
+                Ok(row) => rows.push((records - 1, row)),
                 Err(e) if data.on_bad_row == OnBadRow::Skip => skipped.push(format!("{e:#}")),
                 Err(e) => return Err(e),
             }
@@ -199,6 +215,25 @@ pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
             skipped.len()
         );
     }
+    if data.val_size == 0.0 {
+        let rows = rows.into_iter().map(|(_, r)| r).collect();
+        return Ok((cut_tokenized(rows, data, skipped.len(), true)?, Vec::new()));
+    }
+    let [train, validation] =
+        limo_data::dataset::split_records(rows, records, data.val_size, seed)?;
+    Ok((
+        cut_tokenized(train, data, skipped.len(), true)?,
+        cut_tokenized(validation, data, 0, false)?,
+    ))
+}
+
+/// The cutoff of `data` applied to tokenized rows, then (training rows) its packing.
+fn cut_tokenized(
+    mut rows: Vec<TrainingRow>,
+    data: &DataConfig,
+    skipped: usize,
+    training: bool,
+) -> anyhow::Result<Vec<TrainingRow>> {
     let (read, cutoff) = (rows.len(), data.cutoff_len);
     let mut over = 0;
     rows.retain_mut(|row| {
@@ -231,15 +266,15 @@ pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
         );
     }
     if rows.is_empty() {
+        let which = if training { "" } else { " to validate on" };
         bail!(
-            "data: {}: no usable rows ({read} read, {} skipped as malformed, {} left out by \
-             the cutoff of {cutoff} tokens)",
+            "data: {}: no usable rows{which} ({read} read, {skipped} skipped as malformed, {} \
+             left out by the cutoff of {cutoff} tokens)",
             data.path,
-            skipped.len(),
             read
         );
     }
-    match data.packing {
+    match data.packing && training {
         true => pack_tokenized(rows, cutoff),
         false => Ok(rows),
     }

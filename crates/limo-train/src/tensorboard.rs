@@ -108,7 +108,10 @@ impl EventWriter {
             m.tokens_per_second,
             m.epoch,
         ];
-        let pairs: Vec<(&str, f64)> = TAGS.iter().copied().zip(values).collect();
+        let mut pairs: Vec<(&str, f64)> = TAGS.iter().copied().zip(values).collect();
+        if let Some(loss) = m.eval_loss {
+            pairs.push(("eval/loss", loss));
+        }
         self.scalars(m.step as u64, now(), &pairs)
     }
 

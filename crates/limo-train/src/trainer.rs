@@ -115,6 +115,8 @@ struct Inputs {
     model: PreparedModel,
     tokenizer: Option<ChatTokenizer>,
     rows: Vec<TrainingRow>,
+    /// Held out by `data.val_size` (empty without it).
+    validation: Vec<TrainingRow>,
 }
 
 fn prepare_inputs(config: &TrainConfig, write: bool) -> anyhow::Result<Inputs> {
@@ -139,11 +141,12 @@ fn prepare_inputs(config: &TrainConfig, write: bool) -> anyhow::Result<Inputs> {
         .as_deref()
         .map(ChatTokenizer::from_path)
         .transpose()?;
-    let rows = prepare_rows(config, tokenizer.as_ref(), out, write)?;
+    let (rows, validation) = prepare_rows(config, tokenizer.as_ref(), out, write)?;
     Ok(Inputs {
         model,
         tokenizer,
         rows,
+        validation,
     })
 }
 
@@ -218,7 +221,14 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         model: prepared,
         tokenizer,
         rows,
+        validation,
     } = inputs;
+    if lead && !validation.is_empty() {
+        tracing::info!(
+            rows = validation.len(),
+            "validation rows held out (data.val_size)"
+        );
+    }
     let mut run = Run::new(config, &prepared, rows, cfg, shards, device, comm)?;
     match &resume {
         Some(which) => run.resume(which)?,
@@ -241,7 +251,14 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         .transpose()
         .context("installing the stop-signal handlers")?;
     while run.step < run.total_steps {
-        let m = run.train_step()?;
+        let mut m = run.train_step()?;
+        if !validation.is_empty() && run.eval_due() {
+            let loss = run.validation_loss(&validation)?;
+            if lead {
+                tracing::info!(step = m.step, eval_loss = loss, "validation");
+            }
+            m.eval_loss = Some(loss);
+        }
         run.log(&m)?;
         if first_loss.is_nan() {
             first_loss = m.loss;
@@ -524,7 +541,39 @@ impl<'a> Run<'a> {
             tokens,
             seconds,
             tokens_per_second: tokens as f64 / seconds.max(1e-9),
+            eval_loss: None,
         })
+    }
+
+    /// Whether the step just done validates: every `eval_steps` and after the last step, and at
+    /// epoch ends with `eval_every_epoch` (as transformers 5's eval_strategy "steps" and
+    /// "epoch").
+    fn eval_due(&self) -> bool {
+        let (t, step) = (&self.config.train, self.step);
+        let steps = t.eval_steps > 0;
+        (steps && (step.is_multiple_of(t.eval_steps) || step == self.total_steps))
+            || (t.eval_every_epoch && step.is_multiple_of(self.steps_per_epoch))
+    }
+
+    /// The loss on the validation rows: the mean over rows of each row's mean target loss, as
+    /// transformers' `Trainer.evaluate` reports eval_loss with one row per device batch. Rank r
+    /// runs rows r, r + world, ...; a rank without a row in a round runs one again (the forward
+    /// is made of collectives) and does not count it.
+    fn validation_loss(&self, rows: &[TrainingRow]) -> anyhow::Result<f64> {
+        let (world, rank) = (self.model.world_size(), self.model.rank());
+        let (mut sum_of_means, mut counted) = (0.0, 0.0);
+        for round in 0..rows.len().div_ceil(world) {
+            let i = round * world + rank;
+            let batch = to_batch(rows, &[if i < rows.len() { i } else { rank % rows.len() }])?;
+            let targets = StepTotals::of(std::slice::from_ref(&batch)).targets;
+            let loss_sum = self.model.loss_sum(&batch, self.config.train.loss_chunk)?;
+            if i < rows.len() && targets > 0 {
+                sum_of_means += loss_sum.to_vec1::<f64>()?[0] / targets as f64;
+                counted += 1.0;
+            }
+        }
+        let [sum, n] = self.model.sum_over_ranks([sum_of_means, counted])?;
+        Ok(sum / n)
     }
 
     /// The step's line in metrics.jsonl and TensorBoard (rank 0), and the progress bar.

@@ -440,6 +440,57 @@ fn no_decay_leaves_its_parameters_undecayed_at_every_split() {
     assert_eq!((w, m), (0.0, 0.0), "offload: final weights");
 }
 
+#[test]
+fn validation_changes_no_training_number_and_agrees_at_every_split() {
+    // The golden rows: 2 of 6 held out (datasets' split), the 4 others trained on; the
+    // validation loss every 3 steps and after the last.
+    let tmp = tempfile::tempdir().unwrap();
+    let held_out = |out: &Path, world: usize, eval_steps: usize| {
+        let mut c = config(out, "f64", world, 0);
+        c.data.val_size = 2.0;
+        c.train.batch_size = 4 / world;
+        c.train.global_batch_size = Some(4);
+        c.train.eval_steps = eval_steps;
+        c
+    };
+    let quiet = tmp.path().join("w1-no-eval");
+    run(held_out(&quiet, 1, 0), 1, None);
+    let eval_losses = |out: &Path| -> Vec<(usize, f64)> {
+        limo_train::metrics::read(&out.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .filter_map(|m| m.eval_loss.map(|l| (m.step, l)))
+            .collect()
+    };
+    assert!(eval_losses(&quiet).is_empty());
+    let reference = tmp.path().join("w1");
+    run(held_out(&reference, 1, 3), 1, None);
+    assert_eq!(
+        metrics(&reference),
+        metrics(&quiet),
+        "validation changed a step"
+    );
+    let (w, m) = weight_errors(&final_master(&reference), &final_master(&quiet));
+    assert_eq!((w, m), (0.0, 0.0));
+    let want = eval_losses(&reference);
+    let steps: Vec<usize> = want.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [3, 6, 9, 10]);
+    // Falling from the first to the last (the rows are the golden run's kind of text).
+    assert!(want[3].1 < want[0].1, "{want:?}");
+    // At world 4, ranks 2 and 3 have no row of their own and only take part.
+    for world in [2, 4] {
+        let out = tmp.path().join(format!("w{world}"));
+        run(held_out(&out, world, 3), world, None);
+        for ((step, ours), (_, theirs)) in eval_losses(&out).iter().zip(&want) {
+            assert!(
+                (ours - theirs).abs() <= 1e-12 * theirs,
+                "world {world} step {step}: eval_loss {ours} vs {theirs}"
+            );
+        }
+        assert_eq!(eval_losses(&out).len(), want.len());
+    }
+}
+
 /// A document: input ids and labels (positions from 0).
 type Doc = (Vec<u32>, Vec<i64>);
 

@@ -284,6 +284,14 @@ fn unknown_names_are_errors_that_name_the_key_and_the_choices() {
 fn out_of_range_counts_are_errors_that_name_the_key() {
     for (set, expected) in [
         ("train.max_steps=0", "train.max_steps must be at least 1"),
+        (
+            "train.eval_steps=5",
+            "train.eval_steps / eval_every_epoch: nothing to validate on",
+        ),
+        (
+            "data.val_size=-1",
+            "val_size -1 must be a share below 1 or a count of rows",
+        ),
         // Once accepted and taken as 1.
         ("output.keep_last=0", "output.keep_last must be at least 1"),
         (

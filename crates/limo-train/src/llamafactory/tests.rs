@@ -207,6 +207,43 @@ fn cosine_with_min_lr_takes_its_floor_from_the_kwargs() {
 }
 
 #[test]
+fn val_size_and_eval_strategy_hold_out_and_validate() {
+    let with = |lines: &str| {
+        convert(&(LIMO_YAML.to_string() + lines), INFO).map(|c| {
+            (
+                c.data.val_size,
+                c.train.eval_steps,
+                c.train.eval_every_epoch,
+            )
+        })
+    };
+    let steps = "val_size: 0.1\neval_strategy: steps\neval_steps: 50\n";
+    assert_eq!(with(steps).unwrap(), (0.1, 50, false));
+    // eval_steps defaults to logging_steps (1 in LIMO's YAML), as transformers'.
+    let default = "val_size: 2\neval_strategy: steps\n";
+    assert_eq!(with(default).unwrap(), (2.0, 1, false));
+    let epoch = "val_size: 0.25\neval_strategy: epoch\nper_device_eval_batch_size: 1\n";
+    assert_eq!(with(epoch).unwrap(), (0.25, 0, true));
+    // Held out, never evaluated (transformers' eval_strategy "no").
+    assert_eq!(with("val_size: 0.1\n").unwrap(), (0.1, 0, false));
+    for (lines, needle) in [
+        ("eval_strategy: steps\n", "rows held out by val_size"),
+        (
+            "val_size: 0.1\neval_strategy: steps\neval_steps: 0.1\n",
+            "eval_steps: 0.1",
+        ),
+        (
+            "val_size: 0.1\neval_strategy: best\n",
+            "eval_strategy: best",
+        ),
+        ("val_size: -1\n", "val_size: -1"),
+    ] {
+        let err = format!("{:#}", with(lines).unwrap_err());
+        assert!(err.contains(needle) && err.contains("train.yaml"), "{err}");
+    }
+}
+
+#[test]
 fn unsupported_values_and_unknown_keys_are_named() {
     // The cases of tests/llamafactory_cli.rs, which checks the same errors from the CLI.
     let edits: Vec<(String, String, String)> = serde_json::from_str(include_str!(
