@@ -120,6 +120,28 @@ fn tokenized_ids_outside_the_vocabulary_name_the_row() {
 /// Rows appended to the data file between a run and its resume: the checkpoint's data order
 /// no longer fits, and the one error line names the manifest (it once named nothing).
 #[test]
+fn a_held_out_row_outside_the_vocabulary_is_named_before_the_first_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    // The record datasets' train_test_split(1 row, seed 42) holds out of 4 is the bad one.
+    let held = limo_data::split::numpy_permutation(4, 42)[0];
+    let rows: Vec<&str> = (0..4)
+        .map(|r| match r == held {
+            true => r#"{"input_ids": [1, 2, 512], "labels": [1, 2, 3]}"#,
+            false => r#"{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}"#,
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("run");
+    let set = ["train.seed=42", "data.val_size=1", "train.eval_steps=1"];
+    let config = golden_config(tmp.path(), &data, &out, "f32", &set);
+    let err = run_err(&train_args(&config, &[]));
+    let expected = format!("rows.jsonl: row {}: token id 512", held + 1);
+    assert!(err.contains(&expected), "{err}");
+    assert!(!out.join("metrics.jsonl").exists(), "no step ran");
+}
+
+#[test]
 fn resume_after_the_data_changed_names_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let data = long_rows(tmp.path(), 6, 16);

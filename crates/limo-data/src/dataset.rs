@@ -72,10 +72,13 @@ pub fn load_dataset_split(
         files: report.files.clone(),
         ..LoadReport::default()
     };
-    Ok((
-        with_cutoff(train, report, config)?,
-        Some(with_cutoff(val, val_report, config)?),
-    ))
+    let held_out = val.len();
+    let validation = with_cutoff(val, val_report, config).map_err(|e| {
+        DataError::Config(format!(
+            "data.val_size: none of the {held_out} usable held-out rows is left: {e}"
+        ))
+    })?;
+    Ok((with_cutoff(train, report, config)?, Some(validation)))
 }
 
 /// Items tagged with their record's index, as the training and validation lists of a split of

@@ -477,7 +477,7 @@ fn validation(
     match strategy.as_str() {
         "no" => {
             if val_size > 1e-6 {
-                notes.push("val_size without eval_strategy: the rows are held out and never evaluated (as transformers)".into());
+                notes.push("val_size without eval_strategy: the rows are held out and evaluated only with train.eval_steps or train.eval_every_epoch (LLaMA-Factory evaluates them once after training with do_eval)".into());
             }
             return Ok(());
         }
@@ -494,6 +494,9 @@ fn validation(
                 ),
                 None => args.uint("logging_steps")?.unwrap_or(500),
             };
+            if steps == 0 {
+                bail!("{origin}: eval_steps: 0 (from logging_steps): give eval_steps of 1 or more");
+            }
             train.insert("eval_steps".into(), to_int(steps));
         }
         "epoch" => {
@@ -503,7 +506,8 @@ fn validation(
     }
     if args
         .uint("per_device_eval_batch_size")?
-        .is_some_and(|b| b != 1)
+        .unwrap_or(8) // transformers' default
+        != 1
     {
         notes.push("per_device_eval_batch_size: limo evaluates one row at a time; its eval_loss is transformers' with per_device_eval_batch_size 1 (the mean of each row's mean loss)".into());
     }

@@ -182,8 +182,13 @@ pub fn prepare_rows(
 /// cutoff (`cutoff_len`, `overlong`) and `packing` (of rows not packed already). An
 /// `attention_mask` (HF tokenized datasets carry one) is accepted when it masks nothing: limo
 /// never pads.
+/// Every row: `data.val_size` holds none out here (see [`read_tokenized_split`]).
 pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
-    Ok(read_tokenized_split(data, 0)?.0)
+    let all = DataConfig {
+        val_size: 0.0,
+        ..data.clone()
+    };
+    Ok(read_tokenized_split(&all, 0)?.0)
 }
 
 /// [`read_tokenized`] with `data.val_size` rows of the records read held out, split with

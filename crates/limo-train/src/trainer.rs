@@ -150,16 +150,28 @@ fn prepare_inputs(config: &TrainConfig, write: bool) -> anyhow::Result<Inputs> {
     })
 }
 
-/// Reads the model's config and this rank's slices of its weights.
+/// Reads the model's config and this rank's slices of its weights, once every training and
+/// validation row is known to fit its vocabulary.
 fn load_model(
     dir: &Path,
-    rows: &[TrainingRow],
+    rows: [&[TrainingRow]; 2],
     dtype: DType,
     world: usize,
     rank: usize,
 ) -> anyhow::Result<(Qwen2Config, Vec<Flat>)> {
     let cfg = Qwen2Config::from_file(&dir.join(CONFIG_FILE))?;
-    let vocab = cfg.vocab_size as u64;
+    for (rows, what) in rows.into_iter().zip(["training", "validation"]) {
+        check_vocabulary(rows, cfg.vocab_size as u64, what)?;
+    }
+    let files = SafetensorFiles::open(dir)?;
+    files.check_names(&cfg)?;
+    let shards = load_shards(&cfg, &files, dtype, world, rank)?;
+    Ok((cfg, shards))
+}
+
+/// Every token id and label of `rows` (`what` rows) inside a vocabulary of `vocab`: an id
+/// outside it would fail one rank in the middle of a collective.
+fn check_vocabulary(rows: &[TrainingRow], vocab: u64, what: &str) -> anyhow::Result<()> {
     // Labels too: pre-tokenized rows carry their own, which need not be among the inputs.
     // (token index, id) of the first id outside the vocabulary.
     let outside = |r: &TrainingRow| {
@@ -177,15 +189,12 @@ fn load_model(
                 bail!("data: {at}: token id {bad} is outside the model's vocabulary of {vocab}")
             }
             None => bail!(
-                "data: training row {n}: the tokenizer gave token id {bad}, outside the model's \
+                "data: {what} row {n}: the tokenizer gave token id {bad}, outside the model's \
                  vocabulary of {vocab}: model.tokenizer does not belong to this model"
             ),
         }
     }
-    let files = SafetensorFiles::open(dir)?;
-    files.check_names(&cfg)?;
-    let shards = load_shards(&cfg, &files, dtype, world, rank)?;
-    Ok((cfg, shards))
+    Ok(())
 }
 
 /// Trains the run `config` describes, as one rank of `options.comm`: load, resume, then for
@@ -253,11 +262,12 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     while run.step < run.total_steps {
         let mut m = run.train_step()?;
         if !validation.is_empty() && run.eval_due() {
-            let loss = run.validation_loss(&validation)?;
-            if lead {
-                tracing::info!(step = m.step, eval_loss = loss, "validation");
+            m.eval_loss = run.validation_loss(&validation)?;
+            match m.eval_loss {
+                Some(loss) if lead => tracing::info!(step = m.step, eval_loss = loss, "validation"),
+                None if lead => tracing::warn!(step = m.step, "no validation row has a target"),
+                _ => {}
             }
-            m.eval_loss = Some(loss);
         }
         run.log(&m)?;
         if first_loss.is_nan() {
@@ -320,7 +330,8 @@ fn read_inputs(
     let inputs = agree(comm, device, inputs, "reading the model and data")?;
     let dtype = config.model.dtype.dtype();
     let (world, rank) = (comm.world_size(), comm.rank());
-    let loaded = load_model(&inputs.model.dir, &inputs.rows, dtype, world, rank);
+    let rows = [inputs.rows.as_slice(), inputs.validation.as_slice()];
+    let loaded = load_model(&inputs.model.dir, rows, dtype, world, rank);
     let (cfg, shards) = agree(comm, device, loaded, "loading the model")?;
     Ok((inputs, cfg, shards))
 }
@@ -545,21 +556,23 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Whether the step just done validates: every `eval_steps` and after the last step, and at
-    /// epoch ends with `eval_every_epoch` (as transformers 5's eval_strategy "steps" and
-    /// "epoch").
+    /// Whether the step just done validates: every `eval_steps`, at epoch ends with
+    /// `eval_every_epoch`, and either way after the last step (as transformers 5's
+    /// eval_strategy "steps" and "epoch": a run cut by max_steps ends its epoch there).
     fn eval_due(&self) -> bool {
         let (t, step) = (&self.config.train, self.step);
-        let steps = t.eval_steps > 0;
-        (steps && (step.is_multiple_of(t.eval_steps) || step == self.total_steps))
+        let at_end = step == self.total_steps && (t.eval_steps > 0 || t.eval_every_epoch);
+        (t.eval_steps > 0 && step.is_multiple_of(t.eval_steps))
             || (t.eval_every_epoch && step.is_multiple_of(self.steps_per_epoch))
+            || at_end
     }
 
     /// The loss on the validation rows: the mean over rows of each row's mean target loss, as
     /// transformers' `Trainer.evaluate` reports eval_loss with one row per device batch. Rank r
     /// runs rows r, r + world, ...; a rank without a row in a round runs one again (the forward
     /// is made of collectives) and does not count it.
-    fn validation_loss(&self, rows: &[TrainingRow]) -> anyhow::Result<f64> {
+    /// `None` when no validation row has a target (tokenized rows may have none).
+    fn validation_loss(&self, rows: &[TrainingRow]) -> anyhow::Result<Option<f64>> {
         let (world, rank) = (self.model.world_size(), self.model.rank());
         let (mut sum_of_means, mut counted) = (0.0, 0.0);
         for round in 0..rows.len().div_ceil(world) {
@@ -573,7 +586,7 @@ impl<'a> Run<'a> {
             }
         }
         let [sum, n] = self.model.sum_over_ranks([sum_of_means, counted])?;
-        Ok(sum / n)
+        Ok((n > 0.0).then(|| sum / n))
     }
 
     /// The step's line in metrics.jsonl and TensorBoard (rank 0), and the progress bar.

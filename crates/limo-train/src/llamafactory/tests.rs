@@ -241,6 +241,11 @@ fn val_size_and_eval_strategy_hold_out_and_validate() {
         let err = format!("{:#}", with(lines).unwrap_err());
         assert!(err.contains(needle) && err.contains("train.yaml"), "{err}");
     }
+    // logging_steps 0 would never evaluate; transformers refuses it.
+    let yaml = LIMO_YAML.replace("logging_steps: 1", "logging_steps: 0")
+        + "val_size: 0.1\neval_strategy: steps\n";
+    let err = format!("{:#}", convert(&yaml, INFO).unwrap_err());
+    assert!(err.contains("eval_steps: 0 (from logging_steps)"), "{err}");
 }
 
 #[test]
