@@ -7,6 +7,8 @@
 #   log-2ranks.jsonl the same with per_device_train_batch_size 1 on 2 processes (torchrun, gloo)
 #   log-2ranks-sequences.jsonl  LIMO's split on 2 processes: one row per process and step, no
 #                    accumulation, average_tokens_across_devices: false (every row weighs the same)
+#   log-eval.jsonl   one process with val_size 0.2 (3 of the 11 rows held out), eval_strategy
+#                    steps, eval_steps 2: the training steps, then {step, eval_loss} lines
 #   meta.json        the versions and the command
 #
 #   bash scripts/llamafactory-parity.sh [PYTHON]   # PYTHON has llamafactory (pip install llamafactory)
@@ -29,9 +31,13 @@ fill out2 | sed 's/per_device_train_batch_size: 2/per_device_train_batch_size: 1
 sed 's/gradient_accumulation_steps: 2/gradient_accumulation_steps: 1/; s#out2$#out3#' \
     "$W/train2.yaml" >"$W/train3.yaml"
 echo "average_tokens_across_devices: false" >>"$W/train3.yaml"
+fill out4 >"$W/train4.yaml"
+printf 'val_size: 0.2\neval_strategy: steps\neval_steps: 2\nper_device_eval_batch_size: 1\n' \
+    >>"$W/train4.yaml"
 lf() { "$PY" -m llamafactory.cli train "$W/$1.yaml" >"$W/$1.log" 2>&1 || { tail -20 "$W/$1.log"; exit 1; }; }
 lf tok
 lf train
+lf train4
 # LLaMA-Factory starts torchrun from PATH: the one beside this python.
 PATH="$(dirname "$(command -v "$PY")"):$PATH" FORCE_TORCHRUN=1 NPROC_PER_NODE=2 lf train2
 PATH="$(dirname "$(command -v "$PY")"):$PATH" FORCE_TORCHRUN=1 NPROC_PER_NODE=2 lf train3
@@ -44,12 +50,17 @@ with open(f"{fix}/tokenized.jsonl", "w") as f:
     for r in rows:
         f.write(json.dumps({"input_ids": r["input_ids"], "labels": r["labels"]}) + "\n")
 keep = ("step", "loss", "grad_norm", "learning_rate")
-for run, log in (("out", "log"), ("out2", "log-2ranks"), ("out3", "log-2ranks-sequences")):
+runs = (("out", "log"), ("out2", "log-2ranks"), ("out3", "log-2ranks-sequences"),
+        ("out4", "log-eval"))
+for run, log in runs:
     state = json.load(open(f"{work}/{run}/trainer_state.json"))
     with open(f"{fix}/{log}.jsonl", "w") as f:
         for h in state["log_history"]:
             if "loss" in h:
                 f.write(json.dumps({k: h[k] for k in keep}) + "\n")
+        for h in state["log_history"]:
+            if "eval_loss" in h:
+                f.write(json.dumps({"step": h["step"], "eval_loss": h["eval_loss"]}) + "\n")
 meta = {"llamafactory": llamafactory.__version__, "transformers": transformers.__version__,
         "torch": torch.__version__, "datasets": datasets.__version__,
         "command": "bash scripts/llamafactory-parity.sh", "device": "cpu, float32"}

@@ -4,7 +4,8 @@
 //! tokenized rows and its per-step log. LIMO's columns through `dataset_info.json`, the qwen
 //! template with its default system prompt, a 160-token cutoff that cuts 10 of 11 rows pair by
 //! pair (one with a long problem and a short answer), torch's shuffle, 2 x 2 micro-batches per
-//! step with each epoch's short last step, cosine with a warmup share.
+//! step with each epoch's short last step, cosine with a warmup share; and with `val_size`,
+//! the rows held out and each eval_loss.
 
 mod common;
 
@@ -117,12 +118,52 @@ fn runs_a_llamafactory_yaml_as_llamafactory_did() {
         run_ok(&[&launch[..], &[&path(&config)]].concat());
         compare(&tmp.path().join(name), log);
     }
+    // val_size 0.2: LLaMA-Factory held 3 of the 11 records out before tokenizing (datasets'
+    // train_test_split, seed 42), trained on the others in the split's order and reported
+    // eval_loss at steps 2 and 4 (one row per eval batch).
+    let eval_out = tmp.path().join("out4");
+    let held_out = yaml.replace(&path(&out), &path(&eval_out))
+        + "val_size: 0.2\neval_strategy: steps\neval_steps: 2\nper_device_eval_batch_size: 1\n";
+    let config = tmp.path().join("out4.yaml");
+    std::fs::write(&config, held_out).unwrap();
+    run_ok(&["train", "--config", &path(&config)]);
+    compare(&eval_out, "log-eval.jsonl");
+    let ours: Vec<(u64, f64)> = read_jsonl(&eval_out.join("metrics.jsonl"))
+        .iter()
+        .filter(|m| m.get("eval_loss").is_some())
+        .map(|m| {
+            (
+                m["step"].as_u64().unwrap(),
+                m["eval_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let theirs: Vec<(u64, f64)> = read_jsonl(&fixture().join("log-eval.jsonl"))
+        .iter()
+        .filter(|m| m.get("eval_loss").is_some())
+        .map(|m| {
+            (
+                m["step"].as_u64().unwrap(),
+                m["eval_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ours.len(), 2);
+    for ((step, ours), (their_step, theirs)) in ours.iter().zip(&theirs) {
+        assert_eq!(step, their_step);
+        eprintln!("step {step}: eval_loss {ours} vs LLaMA-Factory's {theirs}");
+        assert!(
+            (ours - theirs).abs() <= 1e-6 * theirs,
+            "step {step}: eval_loss {ours} vs {theirs}"
+        );
+    }
 }
 
-/// limo's metrics in `out` against LLaMA-Factory's `log`.
+/// limo's metrics in `out` against LLaMA-Factory's `log` (its training steps).
 fn compare(out: &Path, log: &str) {
     let ours = read_jsonl(&out.join("metrics.jsonl"));
-    let theirs = read_jsonl(&fixture().join(log));
+    let mut theirs = read_jsonl(&fixture().join(log));
+    theirs.retain(|m| m.get("loss").is_some());
     assert_eq!(ours.len(), theirs.len());
     for (o, r) in ours.iter().zip(&theirs) {
         let step = format!("{log} step {}", r["step"]);
