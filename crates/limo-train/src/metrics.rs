@@ -95,7 +95,7 @@ fn register_font() -> anyhow::Result<()> {
 }
 
 /// Draws loss per step (thin) and its moving average (thick), with labelled axes, as
-/// LLaMA-Factory's `plot_loss` does. Drawn aside and renamed: a failure (a full disk) leaves
+/// LLaMA-Factory's `plot_loss` does, and the validation loss where a step has one. Drawn aside and renamed: a failure (a full disk) leaves
 /// the old plot or none, never a cut-off PNG.
 pub fn plot_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
     if metrics.is_empty() {
@@ -120,11 +120,19 @@ fn draw_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
         metrics[0].step as f64,
         metrics[metrics.len() - 1].step as f64,
     );
-    let lo = metrics.iter().map(|m| m.loss).fold(f64::INFINITY, f64::min);
-    let hi = metrics
+    let eval: Vec<(f64, f64)> = metrics
         .iter()
-        .map(|m| m.loss)
-        .fold(f64::NEG_INFINITY, f64::max);
+        .filter_map(|m| m.eval_loss.map(|l| (m.step as f64, l)))
+        .filter(|(_, l)| l.is_finite())
+        .collect();
+    let losses = || {
+        metrics
+            .iter()
+            .map(|m| m.loss)
+            .chain(eval.iter().map(|e| e.1))
+    };
+    let lo = losses().fold(f64::INFINITY, f64::min);
+    let hi = losses().fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.05).max(1e-6);
     let mut chart = ChartBuilder::on(&root)
         .caption("training loss", ("sans-serif", 24))
@@ -157,6 +165,16 @@ fn draw_loss(metrics: &[StepMetrics], path: &Path) -> anyhow::Result<()> {
         .map_err(|e| err(&e))?
         .label(format!("moving average ({window} steps)"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(3)));
+    if !eval.is_empty() {
+        let orange = RGBColor(230, 120, 20);
+        chart
+            .draw_series(LineSeries::new(eval.clone(), orange.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label("validation loss")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
+        let dots = eval.iter().map(|&p| Circle::new(p, 4, orange.filled()));
+        chart.draw_series(dots).map_err(|e| err(&e))?;
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -187,7 +205,7 @@ mod tests {
                 tokens: 20,
                 seconds: 0.1,
                 tokens_per_second: 200.0,
-                eval_loss: None,
+                eval_loss: (step % 10 == 0).then(|| 6.0 / step as f64),
             })
             .collect();
         let jsonl = dir.path().join("metrics.jsonl");
