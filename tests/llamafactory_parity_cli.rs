@@ -128,26 +128,15 @@ fn runs_a_llamafactory_yaml_as_llamafactory_did() {
     std::fs::write(&config, held_out).unwrap();
     run_ok(&["train", "--config", &path(&config)]);
     compare(&eval_out, "log-eval.jsonl");
-    let ours: Vec<(u64, f64)> = read_jsonl(&eval_out.join("metrics.jsonl"))
-        .iter()
-        .filter(|m| m.get("eval_loss").is_some())
-        .map(|m| {
-            (
-                m["step"].as_u64().unwrap(),
-                m["eval_loss"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    let theirs: Vec<(u64, f64)> = read_jsonl(&fixture().join("log-eval.jsonl"))
-        .iter()
-        .filter(|m| m.get("eval_loss").is_some())
-        .map(|m| {
-            (
-                m["step"].as_u64().unwrap(),
-                m["eval_loss"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    // (step, eval_loss) of each line that has one.
+    let eval_losses = |file: &Path| -> Vec<(u64, f64)> {
+        read_jsonl(file)
+            .iter()
+            .filter_map(|m| Some((m["step"].as_u64()?, m.get("eval_loss")?.as_f64()?)))
+            .collect()
+    };
+    let ours = eval_losses(&eval_out.join("metrics.jsonl"));
+    let theirs = eval_losses(&fixture().join("log-eval.jsonl"));
     assert_eq!(ours.len(), 2);
     for ((step, ours), (their_step, theirs)) in ours.iter().zip(&theirs) {
         assert_eq!(step, their_step);
