@@ -86,6 +86,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         comm,
         device: Some(device),
         stop_on_signals: true,
+        origin: Some(origin),
     };
     let summary = train(&config, options)?;
     if summary.rank != 0 {

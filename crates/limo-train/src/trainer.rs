@@ -45,6 +45,9 @@ pub struct RunOptions {
     /// SIGTERM, SIGINT or SIGUSR1 during the steps ends the run after the current step, with a
     /// checkpoint, as [`Stopped`] (the `limo` binary; a library caller keeps its own handlers).
     pub stop_on_signals: bool,
+    /// Where the config came from (its file), to name in front of this rank's own finding
+    /// that the model is missing.
+    pub origin: Option<String>,
 }
 
 /// The run stopped early, on a signal (a scheduler's preemption warning, Ctrl-C), after
@@ -204,7 +207,10 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let comm = options.comm.unwrap_or_else(|| Box::new(SoloComm));
     let device = options.device.unwrap_or(Device::Cpu);
     agreement::same_config(config, options.resume.as_deref(), comm.as_ref(), &device)?;
-    let model_here = config.preflight_model();
+    let model_here = config.preflight_model().map_err(|e| match &options.origin {
+        Some(origin) => anyhow::anyhow!("{origin}: {e}"),
+        None => e,
+    });
     agree(comm.as_ref(), &device, model_here, "finding the model")?;
     // A global batch size this world size cannot split fails here (on every rank, as the
     // configs agree), before any data is read.
