@@ -142,6 +142,27 @@ fn a_held_out_row_outside_the_vocabulary_is_named_before_the_first_step() {
 }
 
 #[test]
+fn validation_loss_is_logged_and_summed_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let data = common::golden().join("train/data.jsonl");
+    let set = ["data.val_size=2", "train.eval_steps=4", "train.max_steps=6"];
+    let config = golden_config(tmp.path(), &data, &out, "f32", &set);
+    let stdout = run_ok(&train_args(&config, &[]));
+    let evals: Vec<(u64, f64)> = read_jsonl(&out.join("metrics.jsonl"))
+        .iter()
+        .filter_map(|m| Some((m["step"].as_u64()?, m.get("eval_loss")?.as_f64()?)))
+        .collect();
+    // Every 4 steps and after the last.
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [4, 6]);
+    let line = format!(
+        "validation loss {:.4} -> {:.4}; output in",
+        evals[0].1, evals[1].1
+    );
+    assert!(stdout.contains(&line), "{stdout}");
+}
+
+#[test]
 fn resume_after_the_data_changed_names_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let data = long_rows(tmp.path(), 6, 16);

@@ -109,8 +109,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             100.0 * after.accuracy()
         )?;
     }
+    let validation = summary
+        .eval_loss
+        .map(|(first, last)| format!(", validation loss {first:.4} -> {last:.4}"))
+        .unwrap_or_default();
     outln!(
-        "trained {} steps on {} rank(s): loss {:.4} -> {:.4}; output in {}",
+        "trained {} steps on {} rank(s): loss {:.4} -> {:.4}{validation}; output in {}",
         summary.steps,
         summary.world_size,
         summary.first_loss,

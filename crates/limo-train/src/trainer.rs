@@ -86,6 +86,9 @@ pub struct RunSummary {
     pub steps: usize,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// The run's first and last validation loss (`data.val_size` with `train.eval_steps` or
+    /// `eval_every_epoch`; rank 0).
+    pub eval_loss: Option<(f64, f64)>,
     pub output: PathBuf,
     /// Held-out greedy evaluation before and after training (generated data only; rank 0).
     pub evaluation: Option<(Evaluation, Evaluation)>,
@@ -301,8 +304,16 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     drop(stop);
     run.bar.finish_and_clear();
 
+    let mut eval_loss = None;
     if lead {
-        (first_loss, last_loss) = run.plot_and_export()?.unwrap_or((first_loss, last_loss));
+        let history = run.plot_and_export()?;
+        if let Some((first, last)) = history.first().zip(history.last()) {
+            (first_loss, last_loss) = (first.loss, last.loss);
+        }
+        let mut evals = history.iter().filter_map(|m| m.eval_loss);
+        eval_loss = evals
+            .next()
+            .map(|first| (first, evals.last().unwrap_or(first)));
     }
     let evaluation = match (eval_before, &tokenizer) {
         (Some(before), Some(tok)) => evaluate_after(config, &run.model, tok, &held_out, before)?,
@@ -317,6 +328,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         steps: run.total_steps,
         first_loss,
         last_loss,
+        eval_loss,
         output: config.output.dir.clone(),
     })
 }
@@ -651,8 +663,8 @@ impl<'a> Run<'a> {
     }
 
     /// Rank 0 after the last step: loss.png and, if asked, the exported model. Returns the
-    /// run's first and last losses over all its invocations (None before any step).
-    fn plot_and_export(&self) -> anyhow::Result<Option<(f64, f64)>> {
+    /// run's metrics over all its invocations (from before a resume too).
+    fn plot_and_export(&self) -> anyhow::Result<Vec<StepMetrics>> {
         let history = metrics::read(&self.metrics_path())?;
         // The plot is a convenience: a failure to draw it must not cost the export.
         if let Err(e) = metrics::plot_loss(&history, &self.config.output.dir.join("loss.png")) {
@@ -662,10 +674,7 @@ impl<'a> Run<'a> {
             let last = checkpoint::step_dir_name(self.total_steps);
             export_final(self.config, dtype, &self.checkpoints_dir().join(last))?;
         }
-        Ok(history
-            .first()
-            .zip(history.last())
-            .map(|(f, l)| (f.loss, l.loss)))
+        Ok(history)
     }
 }
 
