@@ -313,7 +313,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         let mut evals = history.iter().filter_map(|m| m.eval_loss);
         eval_loss = evals
             .next()
-            .map(|first| (first, evals.last().unwrap_or(first)));
+            .map(|first| (first, evals.next_back().unwrap_or(first)));
     }
     let evaluation = match (eval_before, &tokenizer) {
         (Some(before), Some(tok)) => evaluate_after(config, &run.model, tok, &held_out, before)?,
