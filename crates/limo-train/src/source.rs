@@ -176,6 +176,34 @@ pub fn prepare_rows(
     Ok((unpacked(dataset.examples), validation))
 }
 
+/// Every token id and label of `rows` (`what` rows) inside a vocabulary of `vocab`: an id
+/// outside it would fail one rank in the middle of a collective.
+pub fn check_vocabulary(rows: &[TrainingRow], vocab: u64, what: &str) -> anyhow::Result<()> {
+    // Labels too: pre-tokenized rows carry their own, which need not be among the inputs.
+    // (token index, id) of the first id outside the vocabulary.
+    let outside = |r: &TrainingRow| {
+        let ids = r.input_ids.iter().map(|&i| i as u64).enumerate();
+        let labels = r.labels.iter().map(|&l| l.max(0) as u64).enumerate();
+        ids.chain(labels).find(|&(_, id)| id >= vocab)
+    };
+    if let Some((n, row, t, bad)) = rows
+        .iter()
+        .enumerate()
+        .find_map(|(n, r)| outside(r).map(|(t, id)| (n + 1, r, t, id)))
+    {
+        match row.origin_of(t) {
+            Some(at) => {
+                bail!("data: {at}: token id {bad} is outside the model's vocabulary of {vocab}")
+            }
+            None => bail!(
+                "data: {what} row {n}: the tokenizer gave token id {bad}, outside the model's \
+                 vocabulary of {vocab}: model.tokenizer does not belong to this model"
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Rows of `{"input_ids": [...], "labels": [...], "position_ids"?: [...]}` (what `limo data
 /// dump` writes), from a file or a folder of them (JSONL, JSON or Parquet, as the other
 /// formats), with the `[data]` settings that apply to token ids: `limit`, `on_bad_row`, the

@@ -27,7 +27,7 @@ use crate::eval::{evaluate_after, evaluate_on_lead, held_out_problems, Evaluatio
 use crate::metrics::{self, StepMetrics};
 use crate::optim::{clip_coefficient, Flat};
 use crate::order::DataOrder;
-use crate::source::{prepare_model, prepare_rows, PreparedModel, TrainingRow};
+use crate::source::{check_vocabulary, prepare_model, prepare_rows, PreparedModel, TrainingRow};
 use crate::tensorboard::EventWriter;
 use crate::zero3::{agree, load_shards, ShardedModel};
 
@@ -173,34 +173,6 @@ fn load_model(
     files.check_names(&cfg)?;
     let shards = load_shards(&cfg, &files, dtype, world, rank)?;
     Ok((cfg, shards))
-}
-
-/// Every token id and label of `rows` (`what` rows) inside a vocabulary of `vocab`: an id
-/// outside it would fail one rank in the middle of a collective.
-fn check_vocabulary(rows: &[TrainingRow], vocab: u64, what: &str) -> anyhow::Result<()> {
-    // Labels too: pre-tokenized rows carry their own, which need not be among the inputs.
-    // (token index, id) of the first id outside the vocabulary.
-    let outside = |r: &TrainingRow| {
-        let ids = r.input_ids.iter().map(|&i| i as u64).enumerate();
-        let labels = r.labels.iter().map(|&l| l.max(0) as u64).enumerate();
-        ids.chain(labels).find(|&(_, id)| id >= vocab)
-    };
-    if let Some((n, row, t, bad)) = rows
-        .iter()
-        .enumerate()
-        .find_map(|(n, r)| outside(r).map(|(t, id)| (n + 1, r, t, id)))
-    {
-        match row.origin_of(t) {
-            Some(at) => {
-                bail!("data: {at}: token id {bad} is outside the model's vocabulary of {vocab}")
-            }
-            None => bail!(
-                "data: {what} row {n}: the tokenizer gave token id {bad}, outside the model's \
-                 vocabulary of {vocab}: model.tokenizer does not belong to this model"
-            ),
-        }
-    }
-    Ok(())
 }
 
 /// Trains the run `config` describes, as one rank of `options.comm`: load, resume, then for
