@@ -210,6 +210,7 @@ pub fn check_vocabulary(rows: &[TrainingRow], vocab: u64, what: &str) -> anyhow:
 /// cutoff (`cutoff_len`, `overlong`) and `packing` (of rows not packed already). An
 /// `attention_mask` (HF tokenized datasets carry one) is accepted when it masks nothing: limo
 /// never pads.
+///
 /// Every row: `data.val_size` holds none out here (see [`read_tokenized_split`]).
 pub fn read_tokenized(data: &DataConfig) -> anyhow::Result<Vec<TrainingRow>> {
     let all = DataConfig {
