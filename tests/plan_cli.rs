@@ -185,7 +185,11 @@ fn bad_arguments_are_one_line_errors() {
 fn a_model_of_unknown_size_is_an_error_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(recipe()).unwrap();
-    let config = tmp.path().join("recipe.toml");
+    // A folder that names a size is not the model's: only the file's own name counts (the
+    // temporary directory's random name once held "7b" and planned a 7B model).
+    let folder = tmp.path().join("run-7b");
+    std::fs::create_dir(&folder).unwrap();
+    let config = folder.join("recipe.toml");
     std::fs::write(&config, text.replace("Qwen2.5-32B-Instruct", "my-model")).unwrap();
     let out = limo(&["plan", "--config", config.to_str().unwrap(), "--gpus", "8"]);
     let err = String::from_utf8_lossy(&out.stderr);

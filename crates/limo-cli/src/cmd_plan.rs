@@ -151,8 +151,11 @@ fn model_config(config: &TrainConfig, file: &Path) -> anyhow::Result<(Qwen2Confi
         }
         (Some(dir), _) => {
             let name = dir.display().to_string();
+            // The file's own name: the folders above it (a temporary directory's random name,
+            // an experiment folder) say nothing of this model.
+            let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned());
             let shape = infer_shape(&name)
-                .or_else(|| infer_shape(&file.display().to_string()))
+                .or_else(|| file_name.as_deref().and_then(infer_shape))
                 .with_context(|| {
                     format!(
                         "{}: model.path {name:?} has no config.json and names no Qwen2.5 size \
