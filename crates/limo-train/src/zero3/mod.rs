@@ -19,10 +19,10 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use limo_dist::comm::{Communicator, Started};
+mod forward;
 pub mod groups;
 mod offload;
 pub mod plan;
-mod validation;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -365,34 +365,21 @@ impl ShardedModel {
             cu_seqlens: &batch.cu_seqlens,
         };
 
-        // Group g + 1's all-gather is always in flight while group g computes.
         let forward = prof.phase(Phase::Forward);
-        let mut next = self.start_gather(1)?;
-        let embed = self.gather(EMBED_GROUP)?.remove(0);
-        let mut x = embed.index_select(&ids, 0)?;
-        // A tied head is the embedding: keep it for the loss instead of gathering it twice.
-        let tied_head = cfg.tie_word_embeddings.then_some(embed);
         let mut saved: Vec<Saved> = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let w = self.layer_weights(i, self.wait(next))?;
-            next = self.start_gather(i + 2)?;
-            let (y, activations) = layer_forward(&w, &x, &ctx)?;
-            saved.push(match (self.checkpointing, self.recompute_attention) {
-                (true, true) => Saved::Input(x),
-                (true, false) => Saved::InputAttention(x, activations.attention()),
+        let (checkpointing, recompute_attention) = (self.checkpointing, self.recompute_attention);
+        let trunk = self.forward_layers(&ids, &ctx, |input, activations| {
+            saved.push(match (checkpointing, recompute_attention) {
+                (true, true) => Saved::Input(input),
+                (true, false) => Saved::InputAttention(input, activations.attention()),
                 (false, _) => Saved::Activations(activations),
-            });
-            x = y;
-        }
-
+            })
+        })?;
+        let x = trunk.x;
         drop(forward);
+
         let head_loss = prof.phase(Phase::HeadLoss);
-        let mut head_params = self.unflatten(head_group, self.wait(next))?;
-        let final_norm = head_params.remove(0);
-        let head_weight = match &tied_head {
-            Some(embed) => embed.clone(),
-            None => head_params.remove(0),
-        };
+        let (final_norm, head_weight) = self.head_weights(trunk.head_gather, trunk.tied_head)?;
         let (normed, rstd) = rms_norm_forward(&x, &final_norm, cfg.rms_norm_eps)?;
         let head = linear_cross_entropy_scaled_on_device(
             &normed,
@@ -401,7 +388,7 @@ impl ShardedModel {
             Some(grad_scale),
             loss_chunk,
         )?;
-        drop((tied_head, head_weight));
+        drop(head_weight);
         let d_normed = head.d_hidden.context("the loss returns d_hidden")?;
         let d_head = head.d_weight.context("the loss returns d_weight")?;
         // Vocabulary-sized gradients add up in the master dtype: in bf16 a frequent token's
