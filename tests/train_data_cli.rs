@@ -162,6 +162,25 @@ fn validation_loss_is_logged_and_summed_up() {
     assert!(stdout.contains(&line), "{stdout}");
 }
 
+/// Rows held out without eval_steps are evaluated once, after the last step (LLaMA-Factory's
+/// `do_eval`); the summary line gives that one loss.
+#[test]
+fn held_out_rows_are_evaluated_after_the_last_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let data = common::golden().join("train/data.jsonl");
+    let set = ["data.val_size=2", "train.max_steps=3"];
+    let config = golden_config(tmp.path(), &data, &out, "f32", &set);
+    let stdout = run_ok(&train_args(&config, &[]));
+    let evals: Vec<(u64, f64)> = read_jsonl(&out.join("metrics.jsonl"))
+        .iter()
+        .filter_map(|m| Some((m["step"].as_u64()?, m.get("eval_loss")?.as_f64()?)))
+        .collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [3]);
+    let line = format!("validation loss {:.4}; output in", evals[0].1);
+    assert!(stdout.contains(&line), "{stdout}");
+}
+
 #[test]
 fn resume_after_the_data_changed_names_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();

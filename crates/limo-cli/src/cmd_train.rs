@@ -111,7 +111,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let validation = summary
         .eval_loss
-        .map(|(first, last)| format!(", validation loss {first:.4} -> {last:.4}"))
+        .map(|(first, last)| match first == last {
+            true => format!(", validation loss {last:.4}"),
+            false => format!(", validation loss {first:.4} -> {last:.4}"),
+        })
         .unwrap_or_default();
     outln!(
         "trained {} steps on {} rank(s): loss {:.4} -> {:.4}{validation}; output in {}",

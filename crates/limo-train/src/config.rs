@@ -187,8 +187,8 @@ pub struct TrainSection {
     #[serde(default = "default_eps")]
     pub adam_eps: f64,
     /// Validation (with `data.val_size`): the loss on the held-out rows every this many steps
-    /// and after the last one (0: never), logged as `eval_loss`. Changes no number of the
-    /// training.
+    /// (0: only after the last step, as always with `data.val_size`), logged as `eval_loss`.
+    /// Changes no number of the training.
     #[serde(default, skip_serializing_if = "is_zero_steps")]
     pub eval_steps: usize,
     /// Validation at the end of every epoch too.

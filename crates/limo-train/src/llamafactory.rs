@@ -417,7 +417,7 @@ fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
         "stage" if text == "sft" => note("limo trains supervised fine-tuning (sft)"),
         "stage" => Err(format!("{text}: limo trains stage sft only")),
         "do_train" if is_true => note("limo train always trains"),
-        "do_eval" => note("limo validates when eval_strategy and val_size say so"),
+        "do_eval" => note("limo evaluates rows held out by val_size after the last step, and as eval_strategy says"),
         "do_train" => Err("false: limo train trains (remove the key or set it to true)".into()),
         "finetuning_type" if text == "full" => note("limo fine-tunes every parameter (full)"),
         "finetuning_type" => Err(format!(
@@ -477,7 +477,7 @@ fn validation(
     match strategy.as_str() {
         "no" => {
             if val_size > 1e-6 {
-                notes.push("val_size without eval_strategy: the rows are held out and evaluated only with train.eval_steps or train.eval_every_epoch (LLaMA-Factory evaluates them once after training with do_eval)".into());
+                notes.push("val_size without eval_strategy: the rows are held out and evaluated once, after the last step (LLaMA-Factory does so with do_eval)".into());
             }
             return Ok(());
         }

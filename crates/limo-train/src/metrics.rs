@@ -20,7 +20,8 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_second: f64,
-    /// The validation loss after this step, on steps that evaluate (`train.eval_steps`).
+    /// The validation loss after this step, on steps that evaluate (`train.eval_steps`,
+    /// `eval_every_epoch`, the last step with `data.val_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
 }

@@ -86,8 +86,7 @@ pub struct RunSummary {
     pub steps: usize,
     pub first_loss: f64,
     pub last_loss: f64,
-    /// The run's first and last validation loss (`data.val_size` with `train.eval_steps` or
-    /// `eval_every_epoch`; rank 0).
+    /// The run's first and last validation loss (`data.val_size`; rank 0).
     pub eval_loss: Option<(f64, f64)>,
     pub output: PathBuf,
     /// Held-out greedy evaluation before and after training (generated data only; rank 0).
@@ -547,11 +546,12 @@ impl<'a> Run<'a> {
     }
 
     /// Whether the step just done validates: every `eval_steps`, at epoch ends with
-    /// `eval_every_epoch`, and either way after the last step (as transformers 5's
-    /// eval_strategy "steps" and "epoch": a run cut by max_steps ends its epoch there).
+    /// `eval_every_epoch`, and after the last step whenever rows are held out (as transformers
+    /// 5's eval_strategy "steps" and "epoch", where a run cut by max_steps ends its epoch
+    /// there; without either, as LLaMA-Factory's `do_eval`: rows held out are worth one look).
     fn eval_due(&self) -> bool {
         let (t, step) = (&self.config.train, self.step);
-        let at_end = step == self.total_steps && (t.eval_steps > 0 || t.eval_every_epoch);
+        let at_end = step == self.total_steps && self.config.data.val_size > 0.0;
         (t.eval_steps > 0 && step.is_multiple_of(t.eval_steps))
             || (t.eval_every_epoch && step.is_multiple_of(self.steps_per_epoch))
             || at_end
