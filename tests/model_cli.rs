@@ -221,6 +221,12 @@ fn doctor_says_what_is_missing_without_a_gpu() {
 }
 
 #[test]
+fn warm_jit_says_what_is_missing_without_a_gpu() {
+    assert_no_gpu_error(&run_err(&["debug", "warm-jit"]));
+    assert_no_gpu_error(&run_err(&["debug", "warm-jit", "--gpu", "1"]));
+}
+
+#[test]
 fn loss_grad_on_cuda_needs_the_feature_and_a_gpu() {
     let tmp = tempfile::tempdir().unwrap();
     let model = golden().join("model");

@@ -45,11 +45,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
+
+from streamrun import run_streamed
 
 try:
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -162,15 +163,14 @@ def run_limo(template, tokens, q_heads, kv_heads, head_dim, docs):
                           docs=docs)
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = ":".join(torch_lib_path() + [env.get("LD_LIBRARY_PATH", "")])
-    proc = subprocess.run(shlex.split(cmd), capture_output=True, text=True, env=env)
-    text = (proc.stdout + proc.stderr).strip()
+    returncode, text = run_streamed(shlex.split(cmd), env)
     rows = []
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         m = LIMO_ROW.search(line)
         if line.startswith("flash_attention") and m:
             rows.append({"kernel": line[:26].strip(), "ms": float(m.group(1)),
                          "tflops": float(m.group(2))})
-    return f"$ {cmd}\n{text}\n(exit {proc.returncode})", proc.returncode, rows
+    return f"$ {cmd}\n{text.strip()}\n(exit {returncode})", returncode, rows
 
 
 def parse_shapes(spec):

@@ -64,6 +64,10 @@ case ":${LD_LIBRARY_PATH:-}:" in
     *":$libs:"*) ;;
     *) export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
 esac
-# The driver JIT-compiles candle's own kernels (PTX) on first use and caches the result in
-# ~/.nv/ComputeCache; a generous cache keeps every module compiled once per machine.
+# The driver JIT-compiles candle's own kernels (PTX) on first use and caches the result
+# (`limo debug warm-jit` compiles them all at once); a generous cache in a folder surely
+# writable (not ~/.nv, which a sandbox may refuse: every process would compile them again)
+# keeps every module compiled once per machine.
 export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-4294967296}
+export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-${TMPDIR:-/tmp}/limo-cuda-cache}
+mkdir -p "$CUDA_CACHE_PATH" 2>/dev/null || true

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ import torch
 
 # The sibling script's search for the CUDA libraries of this torch (it needs torch >= 2.3).
 from attention_vs_torch import torch_lib_path
+from streamrun import run_streamed
 
 # Qwen2.5-Instruct configurations (hidden, intermediate, layers, heads, kv heads, vocab, tied),
 # as crates/limo-model/src/init.rs builds them for `limo bench generate --shape`.
@@ -121,15 +121,15 @@ def run_limo(binary, shape, batch, prompt_tokens, new_tokens, seed, verify=False
             cmd.append("--verify")
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = ":".join(torch_lib_path() + [env.get("LD_LIBRARY_PATH", "")])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        text = f"$ {shlex.join(cmd)}\n{(proc.stdout + proc.stderr).strip()}\n(exit {proc.returncode})"
+        returncode, output = run_streamed(cmd, env)
+        text = f"$ {shlex.join(cmd)}\n{output.strip()}\n(exit {returncode})"
         if not os.path.exists(out):
             return None, text
         with open(out) as fh:
             report = json.load(fh)
         # A failed --verify still writes its report (speed and the check's numbers): keep it.
-        if proc.returncode != 0:
-            report["exit_code"] = proc.returncode
+        if returncode != 0:
+            report["exit_code"] = returncode
         return report, text
 
 

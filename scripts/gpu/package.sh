@@ -99,8 +99,9 @@ if [ "$total" -gt $((limit_mib * 1048576)) ]; then
 fi
 cat <<EOF
 
-The device call (the whole visit, one call; scripts/gpu/README.md):
-  run(carry: ["target/gpu"], command: "bash scripts/gpu/check.sh", timeout_s: 590)
-One stage again, e.g.:
-  run(carry: ["target/gpu"], command: "bash scripts/gpu/check.sh --only step-1.5b", timeout_s: 300)
+The visit's first device call (scripts/gpu/README.md), then give_back:
+  run(carry: ["target/gpu"], command: "bash scripts/gpu/check.sh --budget 330", timeout_s: 370)
+The second: the summary's last line ("next: ..."), its --budget cut to what status leaves
+(budget_left_s - 150 for a fresh machine), e.g.:
+  run(carry: ["target/gpu"], command: "bash scripts/gpu/check.sh --only step-32b-w8,step-32b-off --budget 250", timeout_s: 290)
 EOF

@@ -68,6 +68,10 @@ case "$1 ${2:-}" in
                "peak_mem": {"allocator_high_gib": 60.5, "plan_estimate_gib": 62.1}}' >"$json"
         ;;
     "init-model --shape") mkdir -p "$(arg --out "$@")" ;;
+    "debug warm-jit")
+        echo "jit binary          1234 KiB of PTX     3.10 s"
+        echo "jit: 11 candle modules loaded in 3.20 s (wall, in parallel)"
+        ;;
     "debug loss-grad")
         [ "$(arg --dtype "$@")" = bf16 ] && echo '{"loss": 11.95}' || echo '{"loss": 11.93}'
         ;;
@@ -78,6 +82,7 @@ case "$1 ${2:-}" in
         dir=$(printf '%s\n' "$@" | sed -n 's/^output.dir="\(.*\)"$/\1/p')
         mkdir -p "$dir/checkpoints/step-00000020" "$dir/checkpoints/step-00000030" "$dir/model"
         echo '{}' >"$dir/checkpoints/step-00000020/manifest.json"
+        echo '{}' >"$dir/model/config.json"
         : >"$dir/metrics.jsonl"
         for s in $(seq 1 30); do
             echo "{\"step\": $s, \"loss\": $((40 - s)).5, \"grad_norm\": 1.0}" >>"$dir/metrics.jsonl"
@@ -164,12 +169,12 @@ EOF
 chmod +x "$T/bin/"*
 
 FAILS=0
-# visit NAME EXPECTED_EXIT [--only=STAGES] [VAR=VALUE ...]: check.sh under the fakes; its
-# summary in $T/NAME.txt
+# visit NAME EXPECTED_EXIT [--only=STAGES] [--budget=S] [VAR=VALUE ...]: check.sh under the
+# fakes; its summary in $T/NAME.txt
 visit() {
     local name=$1 want=$2 rc only=()
     shift 2
-    [[ "${1:-}" == --only=* ]] && { only=("$1"); shift; }
+    while [[ "${1:-}" == --only=* || "${1:-}" == --budget=* ]]; do only+=("$1"); shift; done
     rm -rf "$T/out" "$T/work"
     env "$@" PATH="$T/bin:$PATH" PYTHONPATH="$T/site" LIMO_BIN="$T/bin/limo" \
         LIMO_PEER_DIR="$T/peer" OUT="$T/out" LIMO_CHECK_WORK="$T/work" FAKE_CALLS="$T/$name.calls" \
@@ -215,6 +220,9 @@ grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass
 expect pass sanitize skipped
 expect pass recompute ok "kept/recomputed 1.000"
 expect pass eval ok "4 responses, 812.5 tok/s over the batch"
+expect pass machine ok "11 candle modules loaded in 3.20 s"
+grep -q '^next: nothing' "$T/pass.txt" ||
+    { echo "selftest pass: the summary's next line is not 'nothing'" >&2; FAILS=$((FAILS + 1)); }
 # The sm90 kernels passed: nothing after the doctor's first run held the flash path at sm80.
 if grep -v ' doctor --quick --dump' "$T/pass.calls" | grep '^LIMO_FLASH_PATH=sm80' >/dev/null; then
     echo "selftest pass: a stage ran with LIMO_FLASH_PATH=sm80 though sm90 passed" >&2
@@ -230,9 +238,11 @@ expect fail train ok
 expect fail generate-1k skipped "not run: an earlier stage failed"
 expect fail profile skipped "not run: an earlier stage failed"
 expect fail recompute skipped "not run: an earlier stage failed"
-expect fail eval skipped "not run: an earlier stage failed"
+expect fail eval ok
+grep -q '^next: bash scripts/gpu/check.sh --only doctor --budget 100 (timeout_s 140)$' "$T/fail.txt" ||
+    { echo "selftest fail: the next line does not name the doctor alone" >&2; FAILS=$((FAILS + 1)); }
 # After the failed sm90 row every later limo call holds the sm80 kernels.
-if grep -v -e ' doctor --quick' "$T/fail.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
+if grep -v -e ' doctor --quick' -e ' debug warm-jit' "$T/fail.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest fail: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
     FAILS=$((FAILS + 1))
 fi
@@ -240,7 +250,7 @@ fi
 # sm90 agreeing at 384 tokens but not with sm80 on one 16k-token document: sm80 from then on.
 visit long 1 FAKE_SM90=long
 expect long doctor FAIL "attention bf16: 1 of 4 checks failed"
-if grep -v -e ' doctor --quick' "$T/long.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
+if grep -v -e ' doctor --quick' -e ' debug warm-jit' "$T/long.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest long: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
     FAILS=$((FAILS + 1))
 fi
@@ -248,10 +258,29 @@ fi
 # ... or hanging there: no sm90 either.
 visit hang 1 FAKE_SM90=hang
 expect hang doctor timeout
-if grep -v -e ' doctor --quick' "$T/hang.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
+if grep -v -e ' doctor --quick' -e ' debug warm-jit' "$T/hang.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
     echo "selftest hang: a stage after the doctor ran without LIMO_FLASH_PATH=sm80" >&2
     FAILS=$((FAILS + 1))
 fi
+
+# A first call's budget: the stages whose timeout no longer fits are left to the next call, in
+# order (the fakes take no time, so 80 s hold the doctor, loss-parity, train ... but not
+# step-1.5b's 85 s, nor generate-1k's 120 s minimum); nothing fails.
+visit budget 0 --budget=80
+expect budget doctor ok
+expect budget eval ok
+expect budget step-1.5b skipped "its timeout is 85"
+expect budget step-32b-off skipped "its timeout is 95"
+expect budget generate ok
+expect budget generate-1k skipped "it needs 120"
+grep -q '^next: bash scripts/gpu/check.sh --only step-1.5b,step-32b-w8,step-32b-off --budget 335 (timeout_s 375)$' "$T/budget.txt" ||
+    { echo "selftest budget: wrong next line: $(grep '^next' "$T/budget.txt")" >&2; FAILS=$((FAILS + 1)); }
+# ... and resume and eval without train's run name train for the next call too.
+visit notrain 0 --only=resume,eval --budget=100
+expect notrain resume skipped "no checkpoint of the train stage"
+expect notrain eval skipped "no model exported by the train stage"
+grep -q '^next: bash scripts/gpu/check.sh --only train,resume,eval --budget 145 (timeout_s 185)$' "$T/notrain.txt" ||
+    { echo "selftest notrain: wrong next line: $(grep '^next' "$T/notrain.txt")" >&2; FAILS=$((FAILS + 1)); }
 
 # A machine whose counters ncu cannot read (gVisor): a skip that says why, not a failure.
 visit nocounters 0 --only=profile FAKE_NCU=nocounters
@@ -259,7 +288,8 @@ expect nocounters profile skipped "no report (ncu exit 1): ==ERROR== Failed to i
 
 if [ "$FAILS" != 0 ]; then
     echo "selftest: $FAILS problems; the summaries:" >&2
-    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" "$T/hang.txt" "$T/nocounters.txt" >&2 2>/dev/null
+    cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" "$T/hang.txt" "$T/budget.txt" "$T/notrain.txt" \
+        "$T/nocounters.txt" >&2 2>/dev/null
     exit 1
 fi
-echo "selftest: check.sh's real run under fakes: five visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled; ncu without counters skipped)"
+echo "selftest: check.sh's real run under fakes: seven visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled; a short budget leaving stages to the next call; ncu without counters skipped)"

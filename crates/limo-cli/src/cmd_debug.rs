@@ -20,6 +20,16 @@ use serde::Deserialize;
 pub enum DebugCommand {
     /// Loss, per-token loss and gradients of one batch (HF label convention).
     LossGrad(LossGradArgs),
+    /// Compile candle's PTX kernels on the GPU now, all modules in parallel, filling the
+    /// driver's JIT cache (`CUDA_CACHE_PATH`) so later commands load them compiled.
+    WarmJit(WarmJitArgs),
+}
+
+#[derive(Args)]
+pub struct WarmJitArgs {
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
 }
 
 #[derive(Args)]
@@ -50,6 +60,7 @@ pub struct LossGradArgs {
 pub fn run(cmd: DebugCommand) -> anyhow::Result<()> {
     match cmd {
         DebugCommand::LossGrad(args) => loss_grad(args),
+        DebugCommand::WarmJit(args) => warm_jit(args),
     }
 }
 
@@ -144,6 +155,40 @@ fn loss_grad(args: LossGradArgs) -> anyhow::Result<()> {
     .with_context(|| format!("{}", args.out.display()))?;
     outln!("{summary}")?;
     Ok(())
+}
+
+/// One line per candle kernel module (PTX size, seconds to load) and the wall time of all.
+fn warm_jit(args: WarmJitArgs) -> anyhow::Result<()> {
+    let gpu = crate::cmd_doctor::open_gpu(args.gpu)?;
+    warm_jit_on(&gpu)
+}
+
+#[cfg(feature = "cuda")]
+fn warm_jit_on(gpu: &Device) -> anyhow::Result<()> {
+    let Device::Cuda(dev) = gpu else {
+        bail!("warm-jit needs a CUDA device")
+    };
+    let started = std::time::Instant::now();
+    let compiled = limo_ops::cuda::jit::warm_candle_jit(dev)?;
+    for c in &compiled {
+        outln!(
+            "jit {:<10} {:>8} KiB of PTX  {:>7.2} s",
+            c.module,
+            c.ptx_bytes >> 10,
+            c.seconds
+        )?;
+    }
+    outln!(
+        "jit: {} candle modules loaded in {:.2} s (wall, in parallel)",
+        compiled.len(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn warm_jit_on(_gpu: &Device) -> anyhow::Result<()> {
+    bail!("no GPU support in this build: build with --features cuda (docs/CUDA.md)")
 }
 
 /// `[rows, T]` when every row has the same length (the goldens' layout), else the flat `[N]`.

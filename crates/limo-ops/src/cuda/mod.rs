@@ -38,6 +38,7 @@ pub mod adamw;
 pub mod cross_entropy;
 pub mod decode_attention;
 pub mod embedding;
+pub mod jit;
 mod launch;
 pub mod offload;
 pub mod rms_norm;
