@@ -105,10 +105,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-if ! [[ "$LIMIT_S" =~ ^[0-9]+$ ]] || [ "$LIMIT_S" -lt 1 ]; then
+if ! [[ "$LIMIT_S" =~ ^[0-9]{1,6}$ ]] || [ $((10#$LIMIT_S)) -lt 1 ]; then
     echo "check.sh: --budget $LIMIT_S: a whole number of seconds, at least 1" >&2
     exit 2
 fi
+LIMIT_S=$((10#$LIMIT_S)) # "0330" is 330 s, not octal
 
 SELECTED=()
 if [ -n "$ONLY" ]; then
@@ -277,7 +278,9 @@ mkdir -p "$OUT" "$LOGS" || exit 1
 ROWS=()  # "stage|status|seconds|key"
 FAILED=0 # a stage failed or a fixed one timed out: exit 1
 BROKEN=0 # a stage failed (not a timeout): the elastic stages stand down
-NEXT=()  # what a next call should run: fixed stages the budget left out, failed or timed out
+NEXT=()  # fixed stages the budget left out, that failed or timed out (next_line adds more)
+declare -A REACHED=() # stages with a row in the summary
+MACHINE_TOOK=0 # the machine section's seconds
 
 pack() { # the tool returns files of up to 16 MiB: the doctor's tensors go first if over
     if command -v tar >/dev/null; then
@@ -304,17 +307,31 @@ summary() {
     } >"$OUT/summary.txt"
 }
 
-# The summary's last line: the stages a next call should run, and the budget their timeouts
-# and the machine section need.
+# The summary's last line, the command of a next call: the fixed stages that failed, timed out
+# or did not fit, those not reached yet (a call cut short keeps this line as it was after its
+# last stage), and train where resume or eval is named (they need its run, made in the same
+# call). Its budget: their timeouts, the machine section (this call's, or the estimate) and 30 s.
 next_line() {
-    if [ "${#NEXT[@]}" = 0 ]; then
+    local -A want=()
+    local s n need list=()
+    for s in "${NEXT[@]+"${NEXT[@]}"}"; do want[$s]=1; done
+    for s in "${SELECTED[@]}"; do
+        [ -z "${ELASTIC_MIN[$s]+x}" ] && [ -z "${REACHED[$s]+x}" ] && want[$s]=1
+    done
+    [ -n "${want[resume]+x}${want[eval]+x}" ] && want[train]=1
+    need=$((MACHINE_TOOK > MACHINE_S ? MACHINE_TOOK : MACHINE_S))
+    need=$((need + 30))
+    for s in "${STAGES[@]}"; do
+        [ -n "${want[$s]+x}" ] || continue
+        list+=("$s")
+        need=$((need + TIMEOUT[$s]))
+    done
+    if [ "${#list[@]}" = 0 ]; then
         echo "next: nothing (every stage selected ran)"
         return
     fi
-    local need=$MACHINE_S n
-    for n in "${NEXT[@]}"; do need=$((need + TIMEOUT[$n])); done
-    echo "next: bash scripts/gpu/check.sh --only $(IFS=,; echo "${NEXT[*]}") --budget $need" \
-        "(timeout_s $((need + 40)))"
+    n=$(IFS=,; echo "${list[*]}")
+    echo "next: bash scripts/gpu/check.sh --only $n --budget $need (timeout_s $((need + 40)))"
 }
 
 # -- the machine
@@ -382,6 +399,7 @@ if [ "$machine_status" = FAIL ]; then
     FAILED=1
     BROKEN=1
 fi
+MACHINE_TOOK=$(((($(now_ms) - t0) + 999) / 1000))
 ROWS+=("machine|$machine_status|$(secs $(($(now_ms) - t0)))|${machine_problem:-$GPU_LINE; $CEILINGS${JIT_LINE:+; ${JIT_LINE#jit: }}}")
 summary
 pack
@@ -416,6 +434,7 @@ for s in "${SELECTED[@]}"; do
         echo "== $s: skipped ($key)"
         echo "# $key" >"$STAGE_LOG"
         ROWS+=("$s|skipped|0.0|$key")
+        REACHED[$s]=1
         [ -z "${ELASTIC_MIN[$s]+x}" ] && NEXT+=("$s") # the elastic ones are extras: --only them
         summary
         pack
@@ -436,10 +455,7 @@ for s in "${SELECTED[@]}"; do
     sec=$(secs $(($(now_ms) - t0)))
     if [ "$STAGE_SKIPPED" = 1 ]; then
         status=skipped
-        if [ "$STAGE_WAITS" = 1 ]; then # with train, whose run it needs
-            [[ " ${NEXT[*]} " == *" train "* ]] || NEXT+=(train)
-            NEXT+=("$s")
-        fi
+        [ "$STAGE_WAITS" = 1 ] && NEXT+=("$s") # next_line adds train, whose run it needs
     elif [ "$STAGE_TIMEDOUT" = 1 ]; then
         status=timeout
     elif [ "$STAGE_OOM" = 1 ]; then
@@ -469,13 +485,14 @@ for s in "${SELECTED[@]}"; do
         *)
             FAILED=1
             BROKEN=1
-            NEXT+=("$s")
+            [ -z "${ELASTIC_MIN[$s]+x}" ] && NEXT+=("$s")
             echo "   last lines of logs/$s.log:"
             tail -n 6 "$STAGE_LOG" | cut -c1-160 | sed 's/^/   | /'
             ;;
     esac
     echo "   $status in $sec s: $key"
     ROWS+=("$s|$status|$sec|$key")
+    REACHED[$s]=1
     summary
     pack
 done

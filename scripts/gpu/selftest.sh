@@ -60,6 +60,7 @@ case "$1 ${2:-}" in
         ;;
     "bench step")
         json=$(arg --json "$@")
+        [ "${FAKE_STEP:-}" = hang ] && exec sleep 20 # the device tool's kill comes first
         if [ "${FAKE_OOM:-}" = yes ] && [[ "$*" == *optimizer_offload* ]]; then
             echo "error: out of device memory (plan: 51.1 GiB)" >&2
             exit 3
@@ -169,16 +170,23 @@ EOF
 chmod +x "$T/bin/"*
 
 FAILS=0
-# visit NAME EXPECTED_EXIT [--only=STAGES] [--budget=S] [VAR=VALUE ...]: check.sh under the
-# fakes; its summary in $T/NAME.txt
+# visit NAME EXPECTED_EXIT [--only=STAGES] [--budget=S] [--kill-after=S] [VAR=VALUE ...]:
+# check.sh under the fakes (killed after S seconds, as the device tool kills a call at its
+# limit); its summary in $T/NAME.txt
 visit() {
-    local name=$1 want=$2 rc only=()
+    local name=$1 want=$2 rc only=() killer=()
     shift 2
-    while [[ "${1:-}" == --only=* || "${1:-}" == --budget=* ]]; do only+=("$1"); shift; done
+    while [[ "${1:-}" == --only=* || "${1:-}" == --budget=* || "${1:-}" == --kill-after=* ]]; do
+        case $1 in
+            --kill-after=*) killer=(timeout "${1#--kill-after=}") ;;
+            *) only+=("$1") ;;
+        esac
+        shift
+    done
     rm -rf "$T/out" "$T/work"
     env "$@" PATH="$T/bin:$PATH" PYTHONPATH="$T/site" LIMO_BIN="$T/bin/limo" \
         LIMO_PEER_DIR="$T/peer" OUT="$T/out" LIMO_CHECK_WORK="$T/work" FAKE_CALLS="$T/$name.calls" \
-        bash scripts/gpu/check.sh "${only[@]}" >"$T/$name.log" 2>&1
+        "${killer[@]}" bash scripts/gpu/check.sh "${only[@]}" >"$T/$name.log" 2>&1
     rc=$?
     cp "$T/out/summary.txt" "$T/$name.txt" 2>/dev/null
     if [ "$rc" != "$want" ]; then
@@ -239,7 +247,7 @@ expect fail generate-1k skipped "not run: an earlier stage failed"
 expect fail profile skipped "not run: an earlier stage failed"
 expect fail recompute skipped "not run: an earlier stage failed"
 expect fail eval ok
-grep -q '^next: bash scripts/gpu/check.sh --only doctor --budget 100 (timeout_s 140)$' "$T/fail.txt" ||
+grep -q '^next: bash scripts/gpu/check.sh --only doctor --budget 130 (timeout_s 170)$' "$T/fail.txt" ||
     { echo "selftest fail: the next line does not name the doctor alone" >&2; FAILS=$((FAILS + 1)); }
 # After the failed sm90 row every later limo call holds the sm80 kernels.
 if grep -v -e ' doctor --quick' -e ' debug warm-jit' "$T/fail.calls" | grep -v '^LIMO_FLASH_PATH=sm80 ' >/dev/null; then
@@ -273,14 +281,21 @@ expect budget step-1.5b skipped "its timeout is 85"
 expect budget step-32b-off skipped "its timeout is 95"
 expect budget generate ok
 expect budget generate-1k skipped "it needs 120"
-grep -q '^next: bash scripts/gpu/check.sh --only step-1.5b,step-32b-w8,step-32b-off --budget 335 (timeout_s 375)$' "$T/budget.txt" ||
+grep -q '^next: bash scripts/gpu/check.sh --only step-1.5b,step-32b-w8,step-32b-off --budget 365 (timeout_s 405)$' "$T/budget.txt" ||
     { echo "selftest budget: wrong next line: $(grep '^next' "$T/budget.txt")" >&2; FAILS=$((FAILS + 1)); }
 # ... and resume and eval without train's run name train for the next call too.
 visit notrain 0 --only=resume,eval --budget=100
 expect notrain resume skipped "no checkpoint of the train stage"
 expect notrain eval skipped "no model exported by the train stage"
-grep -q '^next: bash scripts/gpu/check.sh --only train,resume,eval --budget 145 (timeout_s 185)$' "$T/notrain.txt" ||
+grep -q '^next: bash scripts/gpu/check.sh --only train,resume,eval --budget 175 (timeout_s 215)$' "$T/notrain.txt" ||
     { echo "selftest notrain: wrong next line: $(grep '^next' "$T/notrain.txt")" >&2; FAILS=$((FAILS + 1)); }
+
+# A call killed in step-1.5b (the device tool's limit): the summary written after eval names
+# step-1.5b and every fixed stage after it for the next call.
+visit killed 124 --kill-after=6 FAKE_STEP=hang
+expect killed eval ok
+grep -q '^next: bash scripts/gpu/check.sh --only step-1.5b,attention,kernels,generate,step-32b-w8,step-32b-off,nccl --budget 485 (timeout_s 525)$' "$T/killed.txt" ||
+    { echo "selftest killed: wrong next line: $(grep '^next' "$T/killed.txt")" >&2; FAILS=$((FAILS + 1)); }
 
 # A machine whose counters ncu cannot read (gVisor): a skip that says why, not a failure.
 visit nocounters 0 --only=profile FAKE_NCU=nocounters
@@ -289,7 +304,7 @@ expect nocounters profile skipped "no report (ncu exit 1): ==ERROR== Failed to i
 if [ "$FAILS" != 0 ]; then
     echo "selftest: $FAILS problems; the summaries:" >&2
     cat "$T/pass.txt" "$T/fail.txt" "$T/long.txt" "$T/hang.txt" "$T/budget.txt" "$T/notrain.txt" \
-        "$T/nocounters.txt" >&2 2>/dev/null
+        "$T/killed.txt" "$T/nocounters.txt" >&2 2>/dev/null
     exit 1
 fi
-echo "selftest: check.sh's real run under fakes: seven visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled; a short budget leaving stages to the next call; ncu without counters skipped)"
+echo "selftest: check.sh's real run under fakes: eight visits as expected (all stages ok; sm90 failing at 384 and 16k tokens or hanging, and an OOM, handled; a short budget leaving stages to the next call; a call killed mid-stage; ncu without counters skipped)"

@@ -443,7 +443,7 @@ fn no_decay_leaves_its_parameters_undecayed_at_every_split() {
 #[test]
 fn validation_changes_no_training_number_and_agrees_at_every_split() {
     // The golden rows: 2 of 6 held out (datasets' split), the 4 others trained on; the
-    // validation loss every 3 steps and after the last.
+    // validation loss after the last step, and with eval_steps every 3 steps too.
     let tmp = tempfile::tempdir().unwrap();
     let held_out = |out: &Path, world: usize, eval_steps: usize| {
         let mut c = config(out, "f64", world, 0);
@@ -462,7 +462,6 @@ fn validation_changes_no_training_number_and_agrees_at_every_split() {
             .filter_map(|m| m.eval_loss.map(|l| (m.step, l)))
             .collect()
     };
-    assert!(eval_losses(&quiet).is_empty());
     let reference = tmp.path().join("w1");
     run(held_out(&reference, 1, 3), 1, None);
     assert_eq!(
@@ -475,6 +474,8 @@ fn validation_changes_no_training_number_and_agrees_at_every_split() {
     let want = eval_losses(&reference);
     let steps: Vec<usize> = want.iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, [3, 6, 9, 10]);
+    // Without eval_steps: the last step's alone, the same number.
+    assert_eq!(eval_losses(&quiet), want[3..]);
     // Falling from the first to the last (the rows are the golden run's kind of text).
     assert!(want[3].1 < want[0].1, "{want:?}");
     // At world 4, ranks 2 and 3 have no row of their own and only take part.

@@ -5,8 +5,8 @@
 //! compute capability 9.x: H100/H200), `$OUT_DIR/<stem>.sm90.ptx` and `$OUT_DIR/<stem>.sm80.ptx`.
 //! [`ptx!`](crate::cuda::ptx) embeds all three and [`load`] picks one for the device: the cubin
 //! on compute capability 9.x (no JIT at all; if the driver refuses it, the sm90 PTX, with a
-//! warning), the sm90 PTX from 10.0 up (the driver JIT-compiles it, once, into its cache
-//! `~/.nv/ComputeCache`), the sm80 PTX on 8.x, an error below 8.0. Modules are loaded through
+//! warning), the sm90 PTX from 10.0 up (the driver JIT-compiles it, once, into its cache:
+//! `CUDA_CACHE_PATH`, by default `~/.nv/ComputeCache`), the sm80 PTX on 8.x, an error below 8.0. Modules are loaded through
 //! the device's cudarc context, once per device and kernel file, and kept in a cache of our
 //! own (candle's `get_or_load_custom_func` takes PTX text only, no binary image); kernels run
 //! on candle's stream, in order with its own kernels and cuBLAS calls.

@@ -122,7 +122,7 @@ impl HostLink {
     /// GPU, written in place); the returned event marks it done.
     pub fn upload(&self, g: usize, slice: &Tensor) -> Result<CudaEvent> {
         // The optimizer thread calls this: the context must be current on it.
-        self.copy.context().bind_to_thread().map_err(wrap)?;
+        self.bind()?;
         let src = &self.up[g];
         let what = format_args!("compute slice of group {g}");
         with_device_ptr::<bf16>(slice, src.len(), what, &self.copy, |ptr| {
@@ -134,6 +134,19 @@ impl HostLink {
             }
         })?;
         self.copy.record_event(None).map_err(wrap)
+    }
+
+    /// Makes the context current on the calling thread (the optimizer thread, before it frees
+    /// any GPU memory).
+    pub fn bind(&self) -> Result<()> {
+        self.copy.context().bind_to_thread().map_err(wrap)
+    }
+
+    /// Waits for every copy queued on the copy stream: uploads nobody waited for (an update
+    /// dropped mid-flight) must end before the slices they write can be freed.
+    pub fn drain(&self) -> Result<()> {
+        self.bind()?;
+        self.copy.synchronize().map_err(wrap)
     }
 
     /// Makes the compute stream wait (on the GPU) for an upload's event.

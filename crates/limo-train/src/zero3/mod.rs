@@ -396,7 +396,9 @@ impl ShardedModel {
         let master = self.optimizer.master_dtype();
         let d_head = d_head.to_dtype(master)?;
         let (mut dx, d_final_norm) = rms_norm_backward(&d_normed, &x, &final_norm, &rstd)?;
-        drop(x);
+        // A view into the head group's gathered buffer: with an untied head, the whole head
+        // weight would stay alive through the layers' backward.
+        drop((x, final_norm));
         let d_head = if cfg.tie_word_embeddings {
             self.scatter_grads(head_group, &[d_final_norm], grads)?;
             Some(d_head)

@@ -90,7 +90,13 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
             self.arrivals = channel().1;
-            let _ = worker.join();
+            let returned = worker.join();
+            // Uploads it queued that nobody received may still be writing the compute slices.
+            #[cfg(feature = "cuda")]
+            if let Ok(Returned { link: Some(link) }) = &returned {
+                let _ = link.drain();
+            }
+            drop(returned);
         }
     }
 }
@@ -125,6 +131,14 @@ pub(super) fn start(
                     grads,
                     slices,
                 } => {
+                    // Freeing the gradients below needs the context current on this thread.
+                    if let Err(e) = link.bind() {
+                        let _ = tx.send(Err(e.into()));
+                        for e in &events {
+                            let _ = e.synchronize();
+                        }
+                        return Returned { link: Some(link) };
+                    }
                     let mut grads: Vec<Option<Tensor>> = grads.into_iter().map(Some).collect();
                     for g in 0..events.len() {
                         // The next step allocates its gradients while this thread works: free
