@@ -163,6 +163,22 @@ pub struct DataConfig {
     /// then in that split's order.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub val_size: f64,
+    /// More datasets, read after `path` in this order, their records appended to its records
+    /// (LLaMA-Factory's `dataset: a,b`, concatenated); the rest of this section applies to each,
+    /// `limit` too (per dataset, as `max_samples`). `val_size` splits the records of all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Source>,
+}
+
+/// One more dataset of [`DataConfig::also`]: where it is and how its records read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A local file or folder, or a Hub dataset id.
+    pub path: String,
+    pub format: Format,
+    #[serde(default)]
+    pub columns: Columns,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -182,7 +198,24 @@ impl DataConfig {
             on_bad_row: OnBadRow::default(),
             limit: None,
             val_size: 0.0,
+            also: Vec::new(),
         }
+    }
+
+    /// Every dataset to read, in order: `path` first, then each of `also`, each as a whole
+    /// section of its own (the others' `also` empty).
+    pub fn sources(&self) -> Vec<DataConfig> {
+        let first = DataConfig {
+            also: Vec::new(),
+            ..self.clone()
+        };
+        let more = self.also.iter().map(|s| DataConfig {
+            path: s.path.clone(),
+            format: s.format,
+            columns: s.columns.clone(),
+            ..first.clone()
+        });
+        std::iter::once(first.clone()).chain(more).collect()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -200,6 +233,17 @@ impl DataConfig {
                 "val_size {} must be a share below 1 or a count of rows",
                 self.val_size
             )));
+        }
+        for (i, source) in self.also.iter().enumerate() {
+            if source.path.is_empty() {
+                return Err(DataError::Config(format!("also[{i}].path is empty")));
+            }
+            if self.format == Format::Tokenized || source.format == Format::Tokenized {
+                return Err(DataError::Config(format!(
+                    "also[{i}]: tokenized rows are read from one dataset alone (they bypass \
+                     the chat template the others go through); merge the files instead"
+                )));
+            }
         }
         if self.format == Format::Tokenized && self.overlong == Overlong::TruncatePairs {
             return Err(DataError::Config(

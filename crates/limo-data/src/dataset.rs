@@ -136,23 +136,38 @@ pub fn tokenize_untruncated(
     Ok((indexed.into_iter().map(|(_, e)| e).collect(), report))
 }
 
-/// [`tokenize_untruncated`], each example with the index of its record among those read.
+/// [`tokenize_untruncated`], each example with the index of its record among those read (the
+/// datasets of `data.also` after the first, their records numbered on).
 fn tokenize_records(
     config: &DataConfig,
     tokenizer: &ChatTokenizer,
     hub: &HubSettings,
 ) -> Result<(Vec<(usize, Example)>, LoadReport)> {
     config.validate()?;
-    let files = resolve_data_files(&config.path, hub)?;
-    let mut report = LoadReport {
-        files: files.clone(),
-        ..LoadReport::default()
-    };
+    let mut report = LoadReport::default();
     let mut examples = Vec::new();
+    for source in config.sources() {
+        tokenize_source(&source, tokenizer, hub, &mut report, &mut examples)?;
+    }
+    Ok((examples, report))
+}
+
+/// One dataset's records appended to `examples` (at most `limit` of them), counted in `report`.
+fn tokenize_source(
+    config: &DataConfig,
+    tokenizer: &ChatTokenizer,
+    hub: &HubSettings,
+    report: &mut LoadReport,
+    examples: &mut Vec<(usize, Example)>,
+) -> Result<()> {
+    let files = resolve_data_files(&config.path, hub)?;
+    report.files.extend(files.iter().cloned());
+    let (rows_before, skipped_before, examples_before) =
+        (report.rows, report.skipped, examples.len());
     let limit = config.limit.unwrap_or(usize::MAX);
     'files: for file in &files {
         for record in read_records(file)? {
-            if examples.len() >= limit {
+            if examples.len() - examples_before >= limit {
                 break 'files;
             }
             report.rows += 1;
@@ -176,18 +191,20 @@ fn tokenize_records(
             }
         }
     }
-    if examples.is_empty() {
+    if examples.len() == examples_before {
         let why = report
             .skipped_examples
-            .first()
+            .get(skipped_before)
             .map(|e| format!("; first problem: {e}"))
             .unwrap_or_default();
         return Err(DataError::Config(format!(
             "no usable examples in {} ({} rows read, {} skipped{why})",
-            config.path, report.rows, report.skipped
+            config.path,
+            report.rows - rows_before,
+            report.skipped - skipped_before
         )));
     }
-    Ok((examples, report))
+    Ok(())
 }
 
 /// One record to one example; problems are per-record so a bad row can be skipped.

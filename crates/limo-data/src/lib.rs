@@ -20,7 +20,7 @@ pub mod template;
 pub mod tokenize;
 
 pub use config::{
-    Columns, DataConfig, Format, OnBadRow, Overlong, DEFAULT_CUTOFF_LEN, LIMO_SYSTEM_PROMPT,
+    Columns, DataConfig, Format, OnBadRow, Overlong, Source, DEFAULT_CUTOFF_LEN, LIMO_SYSTEM_PROMPT,
 };
 pub use cutoff::{apply_cutoff, CutoffCounts};
 pub use dataset::{encode_record, load_dataset, tokenize_untruncated, Dataset, LoadReport};

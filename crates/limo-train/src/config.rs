@@ -590,6 +590,12 @@ impl TrainConfig {
             bail!("model.init_overrides: only with model.init (a model.path has its config.json)");
         }
         self.data.validate().context("data")?;
+        let builtin = crate::source::BUILTIN_ARITHMETIC;
+        if !self.data.also.is_empty()
+            && (self.data.path == builtin || self.data.also.iter().any(|s| s.path == builtin))
+        {
+            bail!("data.also: {builtin} is generated alone; it mixes with no other dataset");
+        }
         Ok(())
     }
 

@@ -22,6 +22,7 @@ const MAPPED: &[&str] = &[
     "model_name_or_path",
     "dataset",
     "dataset_dir",
+    "mix_strategy",
     "cutoff_len",
     "max_samples",
     "val_size",
@@ -162,13 +163,28 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
         .str("dataset")?
         .ok_or_else(|| anyhow!("{origin}: dataset: required (a name in dataset_info.json)"))?;
     let dataset_dir = args.str("dataset_dir")?.unwrap_or_else(|| "data".into());
-    dataset_entry(
-        &dataset,
-        &dataset_dir_path(&dataset_dir, path),
-        &mut data,
-        &mut notes,
-    )
-    .map_err(|e| anyhow!("{origin}: dataset: {e:#}"))?;
+    let dir = dataset_dir_path(&dataset_dir, path);
+    // Several datasets are concatenated in order (mix_strategy concat): the first is data's
+    // own, the others data.also.
+    let mut also = Vec::new();
+    for (i, name) in dataset.split(',').map(str::trim).enumerate() {
+        let mut entry = toml::Table::new();
+        dataset_entry(name, &dir, &mut entry, &mut notes)
+            .map_err(|e| anyhow!("{origin}: dataset: {e:#}"))?;
+        match i {
+            0 => data.extend(entry),
+            _ => also.push(toml::Value::Table(entry)),
+        }
+    }
+    if !also.is_empty() {
+        data.insert("also".into(), also.into());
+    }
+    match args.str("mix_strategy")?.as_deref() {
+        None | Some("concat") => {}
+        Some(other) => bail!(
+            "{origin}: mix_strategy: {other}: limo concatenates the datasets in order (concat)"
+        ),
+    }
     data.insert(
         "cutoff_len".into(),
         to_int(args.uint("cutoff_len")?.unwrap_or(2048)),
@@ -555,9 +571,8 @@ fn dataset_entry(
     data: &mut toml::Table,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let names: Vec<&str> = dataset.split(',').map(str::trim).collect();
-    if names.len() != 1 {
-        bail!("{dataset}: limo trains on one dataset (merge the files, or name a folder in dataset_info.json)");
+    if dataset.is_empty() {
+        bail!("an empty name (a stray comma?)");
     }
     let info_path = dir.join("dataset_info.json");
     let text = std::fs::read_to_string(&info_path)

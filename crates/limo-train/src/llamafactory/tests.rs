@@ -284,6 +284,25 @@ fn sharegpt_needs_openai_roles() {
     assert_eq!(convert(LIMO_YAML, info).unwrap().data.path, "GAIR/LIMO");
 }
 
+/// `dataset: a,b`: the first is data's own, the others data.also, each with its own format and
+/// columns from dataset_info.json (LLaMA-Factory concatenates them in order).
+#[test]
+fn several_datasets_are_read_in_order() {
+    let info = r#"{"limo": {"file_name": "limo.json", "columns": {"prompt": "question", "response": "solution"}},
+        "chat": {"file_name": "chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}"#;
+    let yaml = LIMO_YAML.replace("dataset: limo", "dataset: limo, chat\nmix_strategy: concat");
+    let c = convert(&yaml, info).unwrap();
+    assert!(c.data.path.ends_with("limo.json"), "{}", c.data.path);
+    assert_eq!(c.data.format, limo_data::Format::Alpaca);
+    assert_eq!(c.data.also.len(), 1);
+    let chat = &c.data.also[0];
+    assert!(chat.path.ends_with("chat.jsonl"), "{}", chat.path);
+    assert_eq!(chat.format, limo_data::Format::Messages);
+    assert_eq!(chat.columns.role, "role");
+    // One dataset: no also, and the config's hash stays as before.
+    assert!(convert(LIMO_YAML, INFO).unwrap().data.also.is_empty());
+}
+
 #[test]
 fn average_tokens_across_devices_picks_the_loss_average() {
     use crate::config::LossAverage;
