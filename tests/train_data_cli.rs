@@ -141,18 +141,24 @@ fn a_held_out_row_outside_the_vocabulary_is_named_before_the_first_step() {
     assert!(!out.join("metrics.jsonl").exists(), "no step ran");
 }
 
-#[test]
-fn validation_loss_is_logged_and_summed_up() {
+/// `limo train` on the golden rows with `set`: its stdout and each (step, eval_loss) logged.
+fn train_held_out(set: &[&str]) -> (String, Vec<(u64, f64)>) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let data = common::golden().join("train/data.jsonl");
-    let set = ["data.val_size=2", "train.eval_steps=4", "train.max_steps=6"];
-    let config = golden_config(tmp.path(), &data, &out, "f32", &set);
+    let config = golden_config(tmp.path(), &data, &out, "f32", set);
     let stdout = run_ok(&train_args(&config, &[]));
-    let evals: Vec<(u64, f64)> = read_jsonl(&out.join("metrics.jsonl"))
+    let evals = read_jsonl(&out.join("metrics.jsonl"))
         .iter()
         .filter_map(|m| Some((m["step"].as_u64()?, m.get("eval_loss")?.as_f64()?)))
         .collect();
+    (stdout, evals)
+}
+
+#[test]
+fn validation_loss_is_logged_and_summed_up() {
+    let set = ["data.val_size=2", "train.eval_steps=4", "train.max_steps=6"];
+    let (stdout, evals) = train_held_out(&set);
     // Every 4 steps and after the last.
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [4, 6]);
     let line = format!(
@@ -166,16 +172,7 @@ fn validation_loss_is_logged_and_summed_up() {
 /// `do_eval`); the summary line gives that one loss.
 #[test]
 fn held_out_rows_are_evaluated_after_the_last_step() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
-    let data = common::golden().join("train/data.jsonl");
-    let set = ["data.val_size=2", "train.max_steps=3"];
-    let config = golden_config(tmp.path(), &data, &out, "f32", &set);
-    let stdout = run_ok(&train_args(&config, &[]));
-    let evals: Vec<(u64, f64)> = read_jsonl(&out.join("metrics.jsonl"))
-        .iter()
-        .filter_map(|m| Some((m["step"].as_u64()?, m.get("eval_loss")?.as_f64()?)))
-        .collect();
+    let (stdout, evals) = train_held_out(&["data.val_size=2", "train.max_steps=3"]);
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [3]);
     let line = format!("validation loss {:.4}; output in", evals[0].1);
     assert!(stdout.contains(&line), "{stdout}");
