@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # check.sh's real run (not --dry-run) on this machine, without a GPU: a fake `limo`, fake GPU
 # python scripts (torch's side), a fake nvidia-smi and a fake ncu stand in for the GPU machine,
-# so that a shell mistake in a stage, a key or the elastic logic shows here and not in a GPU
-# visit's one call. Five visits: one where everything passes, one where the sm90 kernels fail the
+# so that a shell mistake in a stage, a key or the budget logic shows here and not in a GPU
+# visit's call. Eight visits: one where everything passes, one where the sm90 kernels fail the
 # doctor and the 32B rank with offload runs out of memory, one where they disagree with sm80 only
-# on a 16k document, one where that check hangs, one (profile only) where ncu has no counters.
-# Each run's summary is checked; CI runs this.
-#   bash scripts/gpu/selftest.sh        # exit 0 when all five visits end as expected
+# on a 16k document, one where that check hangs, one whose budget leaves stages to the next call,
+# one with resume and eval but no train, one killed mid-stage (the device tool's limit), one
+# (profile only) where ncu has no counters. Each run's summary is checked; CI runs this.
+#   bash scripts/gpu/selftest.sh        # exit 0 when all eight visits end as expected
 set -uo pipefail
 # No `| grep -q` below: grep -q exits at the first match, the writer then dies of SIGPIPE and
 # pipefail fails the pipeline (1 CI run in 3 reported logs.tar.gz without logs/doctor.log).
