@@ -388,17 +388,18 @@ impl ShardedModel {
             Some(grad_scale),
             loss_chunk,
         )?;
-        drop(head_weight);
+        drop((head_weight, normed));
         let d_normed = head.d_hidden.context("the loss returns d_hidden")?;
-        let d_head = head.d_weight.context("the loss returns d_weight")?;
         // Vocabulary-sized gradients add up in the master dtype: in bf16 a frequent token's
-        // row would lose most of its many contributions.
+        // row would lose most of its many contributions. (One expression: a shadowed binding
+        // would keep the compute-dtype copy alive to the end of the backward.)
         let master = self.optimizer.master_dtype();
-        let d_head = d_head.to_dtype(master)?;
+        let d_head = (head.d_weight.context("the loss returns d_weight")?).to_dtype(master)?;
         let (mut dx, d_final_norm) = rms_norm_backward(&d_normed, &x, &final_norm, &rstd)?;
-        // A view into the head group's gathered buffer: with an untied head, the whole head
-        // weight would stay alive through the layers' backward.
-        drop((x, final_norm));
+        // Nothing of the head's forward outlives it: `final_norm` is a view into the head
+        // group's gathered buffer, so with an untied head it would keep the whole head weight
+        // alive through the layers' backward.
+        drop((x, final_norm, d_normed));
         let d_head = if cfg.tie_word_embeddings {
             self.scatter_grads(head_group, &[d_final_norm], grads)?;
             Some(d_head)
