@@ -131,14 +131,11 @@ fn a_global_batch_size_makes_each_step_several_micro_batches() {
     assert!(
         (f(&four["tokens_per_s"]) - 4.0 * 96.0 / median).abs() < 1e-9 * f(&four["tokens_per_s"])
     );
-    // The accumulators are full while the later micro-batches run: the plan counts more.
+    // The accumulators are full while the later micro-batches run, but this model's step
+    // peaks at the embedding's gradient (a 152k vocabulary, 96 tokens), when they are full
+    // either way: the plan is the same (tests/plan_cli.rs: where accumulation costs more).
     let plan = |r: &Value| f(&r["peak_mem"]["plan_estimate_gib"]);
-    assert!(
-        plan(&four) > plan(&one),
-        "{} vs {}",
-        plan(&four),
-        plan(&one)
-    );
+    assert_eq!(plan(&four), plan(&one));
     let err = bench_err(&[
         "--simulate-world",
         "3",

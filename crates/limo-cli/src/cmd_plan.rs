@@ -237,6 +237,16 @@ fn host(p: &Plan) -> String {
     out + "\n"
 }
 
+/// A phase's name in a 14-column cell.
+fn short_phase(phase: &str) -> &str {
+    match phase {
+        "head and loss" => "head + loss",
+        "layers' backward" => "layers' bwd",
+        "embedding gradient" => "embedding",
+        other => other,
+    }
+}
+
 fn render(p: &Plan, file: &Path, source: &str) -> String {
     let (hw, work) = (&p.hardware, &p.workload);
     let (a, b) = (&p.with_checkpointing, &p.without_checkpointing);
@@ -282,17 +292,27 @@ fn render(p: &Plan, file: &Path, source: &str) -> String {
     };
     out += &row(&master, &|e| e.memory.master);
     out += &row(&adam, &|e| e.memory.adam);
-    out += &row("gathered layers + vocab group", &|e| e.memory.gathered);
+    out += &row("gathered layers + reduce-scatter staging", &|e| {
+        e.memory.gathered
+    });
+    out += &row("head: weight, fp32 gradient, chunk product", &|e| {
+        e.memory.head
+    });
     out += &row("activations", &|e| e.memory.activations);
     out += &row("loss chunk + final hidden", &|e| e.memory.loss);
-    if a.memory.grad_overlap + b.memory.grad_overlap > 0 {
-        out += &format!(
-            "{:<44}{:>14}{:>14}\n",
-            "less: gradients fill as saved inputs free",
-            format!("-{}", gib(a.memory.grad_overlap)),
-            format!("-{}", gib(b.memory.grad_overlap))
-        );
-    }
+    out += &row("embedding gradient + its staging", &|e| e.memory.embedding);
+    out += &format!(
+        "{:<44}{:>14}{:>14}\n",
+        "less: not held at once",
+        format!("-{}", gib(a.memory.not_at_once)),
+        format!("-{}", gib(b.memory.not_at_once))
+    );
+    out += &format!(
+        "{:<44}{:>14}{:>14}\n",
+        "peak memory phase",
+        short_phase(a.memory.peak_phase),
+        short_phase(b.memory.peak_phase)
+    );
     out += &row("workspace (1 GiB + 10%)", &|e| e.memory.workspace);
     out += &row("total", &|e| e.memory.total);
     let fits = |e: &Estimate| if e.memory.fits { "yes" } else { "NO" };

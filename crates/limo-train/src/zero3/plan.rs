@@ -126,29 +126,43 @@ pub struct HostMemory {
     pub pcie_bytes_per_step: u64,
 }
 
-/// Bytes per GPU, one field per term of the estimate.
+/// Bytes per GPU, one field per term of the estimate. The terms are not all held at once:
+/// the step's memory peaks in one of its phases (`peak_phase`), and `not_at_once` is what the
+/// sum of the terms counts beyond that peak.
 #[derive(Debug, Clone, Serialize)]
 pub struct Memory {
     /// bf16 compute weights, 2 B per parameter / N.
     pub weight_shard: u64,
     /// fp32 gradient accumulator, 4 B per parameter / N.
     pub grad_shard: u64,
-    /// Subtracted from the total: with grad_accum 1 the accumulators fill during the backward
-    /// as the saved activations (layer inputs with checkpointing) are freed, so the smaller of
-    /// the two is never held at the same time; 0 with accumulation over micro-batches.
-    pub grad_overlap: u64,
     /// fp32 master weights, 4 B per parameter / N; 0 with optimizer offload (on the host).
     pub master: u64,
     /// Adam m and v in fp32, 8 B per parameter / N; 0 with optimizer offload (on the host).
     pub adam: u64,
-    /// Gathered full tensors: two layers' bf16 weights (double buffer), one layer's bf16
-    /// gradient before its reduce-scatter, and the vocab-sized group (head, or the embedding
-    /// when tied) with its fp32 gradient accumulated over the loss chunks.
+    /// Layers' backward: two layers' bf16 weights (the one computing, the next one's
+    /// all-gather) and one layer's reduce-scatter staging.
     pub gathered: u64,
+    /// Head and loss: the vocab-sized group's bf16 weight (the head, or the tied embedding),
+    /// its fp32 gradient accumulated over the loss chunks, and one chunk's bf16 gradient
+    /// product added into it.
+    pub head: u64,
+    /// Saved for the backward (layer inputs with checkpointing), plus the working set of the
+    /// layer in its backward.
     pub activations: u64,
-    /// One chunk of fp32 logits and their gradient, plus the final hidden states and their
-    /// gradient (bf16) that the chunked loss reads and writes.
+    /// Head and loss: one chunk's bf16 logits (the loss kernel writes their gradient over
+    /// them), the final hidden states, their norm and their gradient (bf16).
     pub loss: u64,
+    /// End of the backward: the embedding's fp32 gradient, its reduce-scatter buffer and the
+    /// first layer's input gradient; with a tied head, also the head's fp32 gradient, kept
+    /// from the loss through the layers' backward.
+    pub embedding: u64,
+    /// Subtracted from the sum of the terms above: what is never held at the same time. The
+    /// step peaks in `peak_phase`; with grad_accum 1 the gradient accumulators also fill
+    /// during the backward as the saved activations free.
+    pub not_at_once: u64,
+    /// Where the step's memory peaks: "forward", "head and loss", "layers' backward" or
+    /// "embedding gradient".
+    pub peak_phase: &'static str,
     /// WORKSPACE_FIXED + WORKSPACE_FRACTION of all the above.
     pub workspace: u64,
     pub total: u64,
@@ -279,39 +293,71 @@ pub fn plan_with_offload(
     // converted, in place (limo_ops::flatten_into). The previous layer's buffer is released
     // just before.
     let staging = layer_group * (BF16 + work.reduce_bytes);
-    let gathered = 2 * layer_group * BF16 + staging + vocab_group * (BF16 + FP32);
-    let loss = 2 * chunk * v * FP32 + 2 * tokens * h * BF16;
+    let two_layers = 2 * layer_group * BF16;
+    let gathered = two_layers + staging;
+    // The loss's peak is its last chunk: the head weight, the fp32 gradient accumulator and
+    // the chunk's bf16 product beside it (the head's reduce-scatter after it holds as much:
+    // the fp32 gradient and its fp32 flat buffer).
+    let head = vocab_group * (BF16 + FP32 + BF16);
+    let loss = chunk * v * BF16 + 3 * tokens * h * BF16;
+    let tied_head_grad = if cfg.tie_word_embeddings {
+        vocab_group * FP32
+    } else {
+        0
+    };
+    let embedding =
+        padded(groups[0], n) * (FP32 + work.reduce_bytes) + tokens * h * BF16 + tied_head_grad;
     let per_layer = tokens * layer_activation_bytes_per_token(cfg);
     // With offload the fp32 master and the moments (12 B per shard parameter) leave the GPU;
     // the gradient accumulator stays (the gradient slice is copied down from it).
     let on_gpu = |bytes: u64| if offload.optimizer_offload { 0 } else { bytes };
     let (master, adam) = (on_gpu(shard * FP32), on_gpu(shard * 2 * FP32));
-    // With one micro-batch per step the gradient accumulators start empty and fill during the
-    // backward, as it frees the saved activations layer by layer (both are linear in the
-    // layers done, so the peak is at one end): the smaller of the two is never held at once.
-    // The head group's slice arrives before the backward starts, beside all the saved
-    // activations: max(saved + head slice, all slices) is the peak.
     let grad_shard = shard * FP32;
     let head_slice = padded(groups[groups.len() - 1], n) / n * FP32;
-    let memory = |activations: u64, saved: u64| {
-        let overlap = if work.grad_accum == 1 {
-            grad_shard.saturating_sub(head_slice).min(saved)
+    // `saved`: what the forward keeps for the backward; `working`: the layer in its backward.
+    let memory = |saved: u64, working: u64| {
+        let accumulating = work.grad_accum > 1;
+        // With one micro-batch per step the accumulators start empty: the head group's slice
+        // arrives after the loss, the layers' slices fill during the backward as it frees the
+        // saved activations layer by layer (both linear in the layers done, so the larger end
+        // is the peak). With several, they are full from the first micro-batch on.
+        let (grads_forward, grads_head, grads_layers) = if accumulating {
+            (grad_shard, grad_shard, saved + grad_shard)
         } else {
-            0
+            (0, head_slice, (saved + head_slice).max(grad_shard))
         };
-        let sum =
-            shard * BF16 + grad_shard + master + adam + gathered + activations + loss - overlap;
+        let phases = [
+            (
+                "forward",
+                saved + grads_forward + two_layers + per_layer + vocab_group * BF16,
+            ),
+            ("head and loss", saved + grads_head + head + loss),
+            (
+                "layers' backward",
+                grads_layers + working + gathered + tied_head_grad,
+            ),
+            ("embedding gradient", grad_shard + embedding),
+        ];
+        let (peak_phase, peak) = phases
+            .into_iter()
+            .fold(("", 0), |a, b| if b.1 > a.1 { b } else { a });
+        let state = shard * BF16 + master + adam;
+        let terms = grad_shard + gathered + head + saved + working + loss + embedding;
+        let sum = state + peak;
         let workspace = WORKSPACE_FIXED + (sum as f64 * WORKSPACE_FRACTION) as u64;
         let total = sum + workspace;
         Memory {
             weight_shard: shard * BF16,
             grad_shard,
-            grad_overlap: overlap,
             master,
             adam,
             gathered,
-            activations,
+            head,
+            activations: saved + working,
             loss,
+            embedding,
+            not_at_once: terms - peak,
+            peak_phase,
             workspace,
             total,
             fits: total <= hw.gpu_mem,
@@ -352,10 +398,8 @@ pub fn plan_with_offload(
             } else {
                 attention_out
             });
-    let ckpt_act = ckpt_saved + 2 * per_layer;
     // Without it every layer keeps its saved activations, plus one layer's gradients.
     let full_saved = layers * per_layer;
-    let full_act = full_saved + per_layer;
 
     // FLOPs of one micro-batch on one GPU. Dense: 2 per weight per token forward (the head
     // counts once even when tied; the embedding lookup is free). Causal attention forward:
@@ -374,11 +418,11 @@ pub fn plan_with_offload(
         layers_fwd - attn_fwd
     } * micro_steps;
     let flops_per_s = n as f64 * hw.peak_tflops * 1e12 * hw.mfu;
-    let estimate = |ckpt: bool, activations: u64, saved: u64| {
+    let estimate = |ckpt: bool, saved: u64, working: u64| {
         let step_flops = train_flops + if ckpt { recompute_flops } else { 0.0 };
         Estimate {
             activation_checkpointing: ckpt,
-            memory: memory(activations, saved),
+            memory: memory(saved, working),
             step_flops,
             step_seconds: step_flops / flops_per_s,
         }
@@ -395,8 +439,8 @@ pub fn plan_with_offload(
         hardware: hw,
         tokens_per_micro_batch: tokens,
         tokens_per_step: tokens * n * work.grad_accum,
-        with_checkpointing: estimate(true, ckpt_act, ckpt_saved),
-        without_checkpointing: estimate(false, full_act, full_saved),
+        with_checkpointing: estimate(true, ckpt_saved, 2 * per_layer),
+        without_checkpointing: estimate(false, full_saved, per_layer),
         optimizer_offload: offload.optimizer_offload,
         host,
     })
