@@ -364,6 +364,32 @@ fn dump_refuses_to_write_over_its_data() {
     }
 }
 
+/// A cutoff that drops every example writes no (empty) dump: an error, as `limo train` gives.
+#[test]
+fn a_dump_with_no_example_left_is_an_error() {
+    let dir = scratch("dump-empty");
+    let out = dir.join("out.jsonl");
+    let extra = [
+        "--out",
+        out.to_str().unwrap(),
+        "--column",
+        "question=problem",
+        "--limit",
+        "3",
+        "--cutoff-len",
+        "8",
+        "--drop-overlong",
+    ];
+    let output = limo_data("dump", &data("math.jsonl"), "limo", &extra, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no examples left after the cutoff of 8 tokens (3 over it"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
 /// A path limo may not look at (here a symbolic link loop; permissions behave alike for users
 /// other than root) is reported with its cause, once: it was once "no such file", and a file
 /// in a folder repeated its cause twice.

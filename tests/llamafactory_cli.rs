@@ -147,6 +147,8 @@ fn limo_recipe_maps_to_limo_config() {
         ("f32", "cpu")
     );
     assert!(c.data.packing);
+    // overwrite_output_dir: true (LIMO's YAML) starts afresh over an earlier run's checkpoints.
+    assert!(c.output.overwrite);
 
     // warmup_ratio stays a ratio (6 rows, 2 per step, 15 epochs = 45 steps: ceil(0.1 x 45) = 5
     // once the run counts them).

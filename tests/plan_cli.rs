@@ -390,6 +390,13 @@ fn a_plan_that_does_not_fit_says_what_would() {
         stderr.contains("planned with 3 micro-batches per step"),
         "{stderr}"
     );
+    // --json says it too, for scripts; null where train would run it.
+    let refuses = plan_json("12")["train_refuses"].clone();
+    assert!(
+        refuses.as_str().unwrap().contains("global_batch_size 32"),
+        "{refuses}"
+    );
+    assert!(plan_json("8")["train_refuses"].is_null());
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use common::{
-    export_args, golden, golden_config, latest_checkpoint, limo, long_rows, loss_grad_summary,
-    master_weights, read_jsonl, rel_l2, run_err, run_ok, train_args,
+    assert_mentions, export_args, golden, golden_config, latest_checkpoint, limo, long_rows,
+    loss_grad_summary, master_weights, read_jsonl, rel_l2, run_err, run_ok, train_args,
 };
 
 /// [`golden_config`] on the golden's own training data, with all of its settings.
@@ -393,6 +393,30 @@ fn export_round_trips_through_loss_grad() {
         serde_json::from_str(&std::fs::read_to_string(bf16_dir.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
+    // Into the run directory (not a model's files) or over a model: refused, nothing written.
+    let err = run_err(&export_args(&checkpoint, &out, &[]));
+    assert_mentions(
+        &err,
+        &[
+            "holds .lock, checkpoints, config.toml",
+            "not a model's files",
+        ],
+    );
+    assert!(!out.join("model.safetensors").exists());
+    let err = run_err(&export_args(&checkpoint, &f32_dir, &[]));
+    assert_mentions(&err, &["already holds a model"]);
+    // An export cut short before its config.json (shards moved, no config) is redone.
+    std::fs::remove_file(bf16_dir.join("config.json")).unwrap();
+    run_ok(&export_args(&checkpoint, &bf16_dir, &["--dtype", "f32"]));
+    assert_eq!(loss_of(&bf16_dir), reference);
+    // ... with none of the earlier attempt's shards or index beside the new single file.
+    let mut left: Vec<String> = std::fs::read_dir(&bf16_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("safetensors"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["model.safetensors"]);
 }
 
 #[test]
@@ -457,6 +481,15 @@ fn bad_configs_fail_before_any_work() {
     let err = run_err(&train_args(&config, &["train.epochs=0"]));
     assert!(err.contains("train.epochs"), "{err}");
     assert!(!out.exists(), "nothing was written");
+    // A relative data path is read from the current directory, and the error says so.
+    let err = run_err(&train_args(&config, &["data.path=\"no-such-rows.jsonl\""]));
+    assert_mentions(
+        &err,
+        &[
+            "data.path (relative to the current directory ",
+            "no-such-rows.jsonl",
+        ],
+    );
 }
 
 /// A second run into a directory a live run holds is refused (it once interleaved its
@@ -478,6 +511,79 @@ fn a_run_directory_in_use_is_refused() {
     assert!(!out.join("config.toml").exists(), "nothing was written");
     drop(holder);
     run_ok(&train_args(&config, &["train.max_steps=1"]));
+}
+
+/// A run started without `--resume` into a directory holding an earlier run's checkpoints is
+/// refused (it once mixed its checkpoints with them, pointed `latest` at its own, and let
+/// `keep_last` delete the earlier run's); `output.overwrite = true` deletes them first.
+#[test]
+fn a_new_run_over_an_earlier_runs_checkpoints_needs_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let config = golden_data_config(tmp.path(), &out, "f32");
+    let steps = || {
+        let mut names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let lines = || {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let every_step = ["output.save_steps=1", "output.keep_last=3"];
+    run_ok(&train_args(
+        &config,
+        &[&every_step[..], &["train.max_steps=3"]].concat(),
+    ));
+    let first = ["step-00000001", "step-00000002", "step-00000003"];
+    assert_eq!(steps(), first);
+    let second = [&every_step[..], &["train.max_steps=2", "train.lr=2e-3"]].concat();
+    let err = run_err(&train_args(&config, &second));
+    assert_mentions(
+        &err,
+        &[
+            "holds an earlier run's checkpoints (steps 1, 2, 3)",
+            "--resume continues",
+            "output.overwrite = true",
+        ],
+    );
+    // Nothing of the earlier run was touched.
+    assert_eq!(steps(), first);
+    assert!(latest_checkpoint(&out).ends_with("step-00000003"));
+    assert_eq!(lines(), 3);
+    let afresh = limo()
+        .args(train_args(
+            &config,
+            &[&second[..], &["output.overwrite=true"]].concat(),
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&afresh.stderr);
+    assert!(afresh.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("deleting an earlier run's checkpoints"),
+        "{stderr}"
+    );
+    // The golden config's 2 warmup steps are the whole of this 2-step run: said.
+    assert!(
+        stderr.contains("the warmup (2 steps) covers the whole run (2 steps)"),
+        "{stderr}"
+    );
+    assert_eq!(steps(), ["step-00000001", "step-00000002"]);
+    assert!(latest_checkpoint(&out).ends_with("step-00000002"));
+    assert_eq!(lines(), 2);
+    // --resume auto, with checkpoints there, continues the run instead (here: already done).
+    let mut resume = train_args(&config, &second);
+    resume.extend(["--resume".to_string(), "auto".to_string()]);
+    run_ok(&resume);
+    assert_eq!(steps(), ["step-00000001", "step-00000002"]);
+    assert_eq!(lines(), 2);
 }
 
 #[test]

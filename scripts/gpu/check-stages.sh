@@ -316,7 +316,7 @@ TRAIN_SHAPE='hidden_size=128,intermediate_size=384,num_attention_heads=2,num_key
 TRAIN_SET=(--set 'model.device="cuda"' --set 'model.dtype="bf16"'
     --set "model.init_overrides={$TRAIN_SHAPE,num_hidden_layers=2}" --set train.max_steps=30
     --set output.save_steps=20 --set output.keep_last=2 --set output.eval_examples=0
-    --set "output.dir=\"$W/train\"")
+    --set "output.dir=\"$W/train\"" --set output.overwrite=true)
 stage_train() {
     x env LIMO_FLASH_DETERMINISTIC=1 "$LIMO_BIN" train "${TRAIN_SET[@]}" || return
     [ "$DRY" = 1 ] || cp "$W/train/metrics.jsonl" "$LOGS/train-metrics.jsonl"

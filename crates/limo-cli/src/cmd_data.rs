@@ -165,6 +165,17 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
         );
     }
     let (examples, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
+    // An empty dump is a dataset `limo train` refuses: say so now, as it would.
+    if examples.is_empty() {
+        bail!(
+            "no examples left after the cutoff of {} tokens ({} over it, {} without a target \
+             token); nothing written to {}",
+            config.cutoff_len,
+            cutoff.over_cutoff,
+            cutoff.dropped_no_target,
+            args.out.display()
+        );
+    }
     let mut out = create(&args.out)?;
     let write_error = || format!("cannot write {}", args.out.display());
     let written = if args.packing {

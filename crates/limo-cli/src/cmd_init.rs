@@ -18,7 +18,7 @@ pub struct InitModelArgs {
     /// Decoder layers (default: the shape's; fewer for quick tests of large shapes, more to grow it).
     #[arg(long)]
     layers: Option<usize>,
-    /// Weight dtype: bf16 or f32.
+    /// Weight dtype: bf16, f32, f16 or f64.
     #[arg(long, default_value = "bf16")]
     dtype: String,
     /// Seed of the random weights.

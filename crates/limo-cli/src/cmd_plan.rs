@@ -78,7 +78,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let plan = plan_with_offload(&model, work, hw, offload)?;
     let fixes = fixes(&model, work, hw, offload)?;
     let world = usize::try_from(args.gpus).unwrap_or(usize::MAX);
-    if let Err(e) = config.rows_per_step(world) {
+    let refused = config.rows_per_step(world).err();
+    if let Some(e) = &refused {
         tracing::warn!(
             "limo train refuses this run on {} GPUs ({e:#}); planned with {} micro-batches per step",
             args.gpus,
@@ -92,6 +93,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         value["model_source"] = source.into();
         value["fixes"] = serde_json::to_value(&fixes)?;
         value["disk"] = serde_json::to_value(disk)?;
+        // Why `limo train` would refuse this run at this world size (null: it would not).
+        value["train_refuses"] = refused.map(|e| format!("{e:#}")).into();
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         out::print(&render(&plan, &args.config, &source))?;

@@ -215,12 +215,13 @@ fn optional_string(object: &Map<String, Value>, field: &str) -> Result<Option<St
 /// "missing" plus the fields that are there: the usual cause is a column name to map.
 fn missing(field: &str, object: &Map<String, Value>) -> FieldError {
     let present: Vec<&str> = object.keys().map(String::as_str).collect();
+    let has = match present.is_empty() {
+        true => "record has no fields".to_string(),
+        false => format!("record has: {}", present.join(", ")),
+    };
     FieldError::field(
         field,
-        format!(
-            "missing (record has: {}; map columns with --column/`columns`)",
-            present.join(", ")
-        ),
+        format!("missing ({has}; map columns with --column/`columns`)"),
     )
 }
 

@@ -99,7 +99,7 @@ impl RowsAs<'_> {
                 let q = question_text(obj, question, origin, line_no)?;
                 let a = obj.get(*answer).map(value_text);
                 match a {
-                    None => bail!("{at}: no field {answer:?}"),
+                    None => bail!("{at}: {}", missing(obj, answer, "answer")),
                     Some(a) if a.is_empty() => {
                         bail!("{at}: no reference answer ({answer:?} is empty)")
                     }
@@ -422,8 +422,21 @@ fn question_text(
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         Some(Value::String(_)) => bail!("{origin}: line {line_no}: empty question ({field:?})"),
         Some(_) => bail!("{origin}: line {line_no}: the question field {field:?} is not a string"),
-        None => bail!("{origin}: line {line_no}: no field {field:?}"),
+        None => bail!(
+            "{origin}: line {line_no}: {}",
+            missing(obj, field, "question")
+        ),
     }
+}
+
+/// `no field "answer" (the row has: problem, solution; --field answer=NAME names another)`.
+fn missing(obj: &Map<String, Value>, field: &str, role: &str) -> String {
+    let has: Vec<&str> = obj.keys().map(String::as_str).collect();
+    let has = match has.is_empty() {
+        true => "no fields".to_string(),
+        false => format!("the row has: {}", has.join(", ")),
+    };
+    format!("no field {field:?} ({has}; --field {role}=NAME names another)")
 }
 
 fn id_text(obj: &Map<String, Value>, field: &str, origin: &str, line_no: usize) -> Result<String> {
@@ -485,5 +498,36 @@ mod conversation_tests {
             ]})))
             .unwrap_err();
         assert!(err.contains("no user turn"), "{err}");
+    }
+
+    /// LIMO's own training rows (question, solution, answer) lack nothing; rows named
+    /// otherwise are told what they have and how to map it.
+    #[test]
+    fn a_missing_field_names_the_row_s_fields_and_the_flag() {
+        let fields = RowsAs::Fields {
+            question: "question",
+            answer: "answer",
+        };
+        let at = |v: Value| {
+            fields
+                .question_answer(&obj(v), "f.jsonl", 2, "f.jsonl: line 2")
+                .unwrap_err()
+                .to_string()
+        };
+        let err = at(serde_json::json!({"question": "q", "solution": "s"}));
+        assert_eq!(
+            err,
+            "f.jsonl: line 2: no field \"answer\" (the row has: question, solution; \
+             --field answer=NAME names another)"
+        );
+        let err = at(serde_json::json!({"problem": "q", "answer": "1"}));
+        assert!(
+            err.contains(
+                "no field \"question\" (the row has: answer, problem; --field question=NAME"
+            ),
+            "{err}"
+        );
+        let err = at(serde_json::json!({}));
+        assert!(err.contains("(no fields; --field question=NAME"), "{err}");
     }
 }

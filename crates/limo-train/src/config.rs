@@ -340,6 +340,10 @@ pub struct OutputSection {
     /// read it) and "tensorboard" (event files under `<dir>/tensorboard/`).
     #[serde(default = "default_report_to")]
     pub report_to: Vec<ReportTo>,
+    /// A run started without `--resume` into a directory whose `checkpoints/` holds an
+    /// earlier run's checkpoints: refused (false), or those checkpoints are deleted (true).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub overwrite: bool,
 }
 
 config_enum! {
@@ -486,6 +490,7 @@ impl TrainConfig {
             ("train.batch_size", t.batch_size),
             ("train.grad_accum", t.grad_accum),
             ("train.epochs", t.epochs),
+            ("train.loss_chunk", t.loss_chunk),
         ] {
             if v == 0 {
                 bail!("{name} must be at least 1");
@@ -493,6 +498,18 @@ impl TrainConfig {
         }
         if t.max_steps == Some(0) {
             bail!("train.max_steps must be at least 1 (leave it out to train for train.epochs)");
+        }
+        if self
+            .model
+            .tokenizer
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            bail!("model.tokenizer is empty: a tokenizer.json, its folder or builtin:qwen2.5 (or leave it out: the model's own)");
+        }
+        // Once the current directory: a run's files among whatever else is there.
+        if self.output.dir.as_os_str().is_empty() {
+            bail!("output.dir is empty: name the run directory (e.g. \"runs/limo-32b\")");
         }
         if self.output.keep_last == 0 {
             bail!("output.keep_last must be at least 1 (the newest checkpoint is what --resume continues)");
@@ -751,6 +768,13 @@ fn apply_override(table: &mut toml::Table, item: &str) -> anyhow::Result<()> {
     };
     let keys: Vec<&str> = path.trim().split('.').collect();
     let (last, parents) = keys.split_last().expect("split gives one item");
+    // Every field is in a section: a bare key would be blamed on the config file.
+    if parents.is_empty() {
+        bail!(
+            "--set {item}: expected section.key=value, e.g. train.{}=...",
+            path.trim()
+        );
+    }
     let mut node = table;
     for key in parents {
         node = node

@@ -40,7 +40,20 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
             out.display()
         );
     }
-    // After an earlier attempt's leftovers are gone: their space counts as free.
+    // A run directory, say, would get a model's files among its own. An interrupted export's
+    // files (no config.json yet) are what a rerun replaces.
+    let foreign = foreign_entries(out);
+    if !foreign.is_empty() {
+        bail!(
+            "{}: holds {} (not a model's files); export into an empty or new directory",
+            out.display(),
+            foreign.join(", ")
+        );
+    }
+    // After an earlier attempt's leftovers are gone (shards it moved in before its config.json:
+    // other names, or an index, than this export's would be left beside it): their space
+    // counts as free.
+    remove_leftovers(out)?;
     let staging = staging_dir(out)?;
     // Fail now rather than after writing most of it.
     let elements: usize = reader
@@ -80,6 +93,40 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
 
 /// Where the files are written first: inside `out`, so the moves stay on one filesystem (`out`
 /// may be a mount point); emptied of an earlier export that was cut short.
+/// What `out` holds besides what an export writes (its staging folder, safetensors, their
+/// index, the carried side files), sorted; empty when `out` does not exist.
+fn foreign_entries(out: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
+    let ours = |name: &str| {
+        name == ".export.partial"
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json"
+            || CARRIED.contains(&name)
+    };
+    let mut foreign: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !ours(name))
+        .collect();
+    foreign.sort();
+    foreign
+}
+
+/// Deletes an interrupted export's files from `out` (which holds nothing else).
+fn remove_leftovers(out: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.is_file() {
+            std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
     let staging = out.join(".export.partial");
     if staging.exists() {

@@ -404,6 +404,9 @@ pub fn translate(path: &Path) -> anyhow::Result<Translation> {
             output.insert("keep_last".into(), to_int(limit));
         }
     }
+    if args.bool("overwrite_output_dir")? == Some(true) {
+        output.insert("overwrite".into(), true.into());
+    }
 
     let mut table = toml::Table::new();
     table.insert("model".into(), model.into());
@@ -452,7 +455,8 @@ fn not_applicable(key: &str, value: &Value) -> Result<Option<String>, String> {
             note("limo tokenizes on all cores")
         }
         "ddp_timeout" => note("limo's collective timeout is LIMO_DIST_TIMEOUT (default 900 s)"),
-        "overwrite_output_dir" => note("limo writes into output.dir; pass --resume to continue a run there"),
+        "overwrite_output_dir" if is_true => note("output.overwrite = true: an earlier run's checkpoints in output.dir are deleted; --resume auto continues that run instead"),
+        "overwrite_output_dir" => note("limo refuses an output.dir holding an earlier run's checkpoints; --resume auto continues that run (as LLaMA-Factory resumes from its last checkpoint)"),
         "plot_loss" => note("limo always writes loss.png"),
         "logging_steps" => note("limo logs every step to metrics.jsonl"),
         "report_to" => note("limo writes metrics.jsonl (see output.report_to)"),

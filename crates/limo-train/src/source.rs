@@ -124,6 +124,19 @@ pub fn prepare_model(
 
 /// Reads (or generates, when `write`) the dataset and turns it into training rows and, with
 /// `data.val_size`, validation rows (one example each, never packed).
+/// `e`, for a relative `data.path` that is not there, said to be read from the current
+/// directory: a config's paths are not read beside the config.
+fn relative_to_here(e: anyhow::Error, path: &str) -> anyhow::Error {
+    let relative = Path::new(path);
+    match std::env::current_dir() {
+        Ok(cwd) if relative.is_relative() && !relative.exists() => e.context(format!(
+            "data.path (relative to the current directory {})",
+            cwd.display()
+        )),
+        _ => e,
+    }
+}
+
 pub fn prepare_rows(
     config: &TrainConfig,
     tokenizer: Option<&ChatTokenizer>,
@@ -142,10 +155,12 @@ pub fn prepare_rows(
         data.path = path.display().to_string();
     }
     if data.format == Format::Tokenized {
-        return read_tokenized_split(&data, config.train.seed);
+        return read_tokenized_split(&data, config.train.seed)
+            .map_err(|e| relative_to_here(e, &data.path));
     }
     let tokenizer = tokenizer.context("data: this format needs a tokenizer (model.tokenizer or tokenizer.json in the model directory)")?;
-    let (dataset, validation) = load_dataset_split(&data, tokenizer, config.train.seed)?;
+    let (dataset, validation) = load_dataset_split(&data, tokenizer, config.train.seed)
+        .map_err(|e| relative_to_here(e.into(), &data.path))?;
     let r = &dataset.report;
     tracing::info!(report = ?r, "data loaded");
     let unpacked = |examples: Vec<limo_data::Example>| -> Vec<TrainingRow> {

@@ -200,6 +200,11 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     limo_dist::shared_dir::check(out, "output.dir", comm.as_ref(), &device)?;
     let resume =
         agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
+    let afresh = match (&resume, lead) {
+        (None, true) => checkpoint::start_afresh(&out.join("checkpoints"), config.output.overwrite),
+        _ => Ok(()),
+    };
+    agree(comm.as_ref(), &device, afresh, "checking the run directory")?;
     let (inputs, cfg, shards) = read_inputs(config, comm.as_ref(), &device)?;
     if lead {
         warn_if_the_disk_is_short(config, &cfg, comm.world_size());
@@ -484,6 +489,17 @@ impl<'a> Run<'a> {
             loss_average = self.config.train.loss_average.as_str(),
             "training"
         );
+        // A short trial run of a real config (--set train.max_steps=2) keeps the config's
+        // warmup: its learning rate never reaches train.lr, which looks like a broken run.
+        if self.warmup_steps >= self.total_steps && self.warmup_steps > 0 {
+            tracing::warn!(
+                "the warmup ({} steps) covers the whole run ({} steps): the learning rate stays \
+                 below train.lr {} throughout",
+                self.warmup_steps,
+                self.total_steps,
+                self.config.train.lr
+            );
+        }
     }
 
     /// One optimizer step over this rank's rows of the next `rows_per_step`; what it logs.

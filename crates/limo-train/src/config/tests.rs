@@ -21,6 +21,12 @@ fn overrides_apply_and_unknown_keys_are_named() {
     let err =
         TrainConfig::parse(TINY_TOML, "tiny.toml", &["train.lr=\"fast\"".into()]).unwrap_err();
     assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+    // A key without its section was blamed on the config file ("tiny.toml: lr: unknown").
+    let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &["lr=1".into()]).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "--set lr=1: expected section.key=value, e.g. train.lr=..."
+    );
 }
 
 #[test]
@@ -76,7 +82,7 @@ fn hash_and_written_toml_are_pinned() {
     let tiny: [(&[&str], [&str; 3]); 9] = [
         (
             &[],
-            ["d566da1576ff7070", "e3d657c1027c8a67", "c2ea943cf232bf0b"],
+            ["d566da1576ff7070", "e3d657c1027c8a67", "b8305d54b022789d"],
         ),
         (
             &[
@@ -85,7 +91,7 @@ fn hash_and_written_toml_are_pinned() {
                 "output.export_dtype=none",
                 "data.overlong=drop",
             ],
-            ["5c6bf4b52524e0b0", "6068c7160487e8cb", "0678527e6529faee"],
+            ["5c6bf4b52524e0b0", "6068c7160487e8cb", "c85bd2012c73a70a"],
         ),
         (
             &[
@@ -94,7 +100,7 @@ fn hash_and_written_toml_are_pinned() {
                 "train.schedule=constant",
                 "output.export_dtype=f32",
             ],
-            ["ca68c6b1a97a8353", "39c9d3a561c59060", "5a0f430fdf2c4b4d"],
+            ["ca68c6b1a97a8353", "39c9d3a561c59060", "1954cb5f95b86697"],
         ),
         (
             &[
@@ -102,27 +108,27 @@ fn hash_and_written_toml_are_pinned() {
                 "train.reduce_dtype=bf16",
                 "train.optimizer_offload=cpu",
             ],
-            ["83589e345d3b10c4", "72eae4d379f6ebf3", "5adc499fd3e21cdc"],
+            ["83589e345d3b10c4", "72eae4d379f6ebf3", "5029aa1e56fbf480"],
         ),
         (
             &["train.loss_average=sequences"],
-            ["858e15739b6940a5", "42b22edaa27f7bb8", "db4d04213a526bed"],
+            ["858e15739b6940a5", "42b22edaa27f7bb8", "456e035f52bcc977"],
         ),
         (
             &["train.sampler=torch"],
-            ["aeb408f2387ea068", "2a5ece096174336f", "f005009d08d67cfe"],
+            ["aeb408f2387ea068", "2a5ece096174336f", "669e45238a0db4da"],
         ),
         (
             &["train.epoch_tail=repeat"],
-            ["ba3035b4457b9792", "6867f9faa2dd64e7", "1ab299fb215aada9"],
+            ["ba3035b4457b9792", "6867f9faa2dd64e7", "cc5820376ca9c82b"],
         ),
         (
             &["train.no_decay=biases_and_norms"],
-            ["d566da1576ff7070", "e3d657c1027c8a67", "6a34642c3e081f83"],
+            ["d566da1576ff7070", "e3d657c1027c8a67", "c576fd3df7fc3305"],
         ),
         (
             &["train.min_lr_rate=0.1"],
-            ["7e158c01f98d0179", "c754dc0218082874", "a36397d10343a0dd"],
+            ["7e158c01f98d0179", "c754dc0218082874", "1b553a108c5fd1e7"],
         ),
     ];
     // (trajectory hash at world 1, at world `world`, FNV-1a of the written TOML)
@@ -294,6 +300,10 @@ fn out_of_range_counts_are_errors_that_name_the_key() {
         ),
         // Once accepted and taken as 1.
         ("output.keep_last=0", "output.keep_last must be at least 1"),
+        ("train.loss_chunk=0", "train.loss_chunk must be at least 1"),
+        // Once wrote the run into the current directory.
+        ("output.dir=\"\"", "output.dir is empty"),
+        ("model.tokenizer=\"\"", "model.tokenizer is empty"),
         (
             "train.batch_size=4294967296",
             "train.batch_size 4294967296 x data.cutoff_len 512",
