@@ -121,6 +121,72 @@ fn dump_math500_equals_the_library_examples() {
     }
 }
 
+/// `--config`: the rows `limo train` itself trains on (limo_train::source::prepare_rows), with
+/// data.also read after data.path and the val_size rows held out, apart.
+#[test]
+fn dump_and_stats_of_a_run_config_are_the_trainer_s_rows() {
+    let dir = scratch("config");
+    let config_path = dir.join("run.toml");
+    let text = format!(
+        "[model]\ninit = \"tiny\"\ntokenizer = {tok:?}\n\
+         [data]\npath = {math:?}\nformat = \"limo\"\ncolumns = {{ question = \"problem\" }}\n\
+         limit = 30\nval_size = 0.25\ncutoff_len = 300\noverlong = \"drop\"\n\
+         [[data.also]]\npath = {alpaca:?}\nformat = \"alpaca\"\n\
+         [train]\nlr = 1e-3\n[output]\ndir = {out:?}\n",
+        tok = tokenizer_dir().display().to_string(),
+        math = data("math.jsonl"),
+        alpaca = data("alpaca.json"),
+        out = dir.join("run").display().to_string(),
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let config = limo_train::TrainConfig::from_file(&config_path, &[]).unwrap();
+    let tokenizer = ChatTokenizer::from_path(&tokenizer_dir()).unwrap();
+    let (train, held_out) =
+        limo_train::source::prepare_rows(&config, Some(&tokenizer), &dir, false).unwrap();
+    assert!(!held_out.is_empty() && train.len() > held_out.len());
+
+    let out = dir.join("rows.jsonl");
+    let run = ["--config", config_path.to_str().unwrap()];
+    let output = ok(limo(
+        &[&["dump", "--out", out.to_str().unwrap()][..], &run[..]].concat(),
+        &[],
+    ));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{} held out by data.val_size", held_out.len())),
+        "{stderr}"
+    );
+    let rows = read_jsonl(&out);
+    assert_eq!(rows.len(), train.len());
+    for (row, expected) in rows.iter().zip(&train) {
+        let want: Vec<i64> = expected.input_ids.iter().map(|&i| i64::from(i)).collect();
+        assert_eq!(ids(&row["input_ids"]), want);
+        assert_eq!(ids(&row["labels"]), expected.labels);
+    }
+    let stats = ok(limo(&[&["stats", "--json"][..], &run[..]].concat(), &[]));
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["held_out"], held_out.len());
+    assert_eq!(stats["examples_after_cutoff"], train.len());
+    // 30 math rows, then the 2 alpaca rows.
+    assert_eq!(stats["rows"], 32);
+    // --set applies to the config; data flags do not mix with it.
+    let stats = ok(limo(
+        &[
+            &["stats", "--json", "--set", "data.val_size=0"][..],
+            &run[..],
+        ]
+        .concat(),
+        &[],
+    ));
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["held_out"], 0);
+    let mixed = limo(
+        &[&["stats", "--format", "limo"][..], &run[..]].concat(),
+        &[],
+    );
+    assert_eq!(mixed.status.code(), Some(2));
+}
+
 #[test]
 fn stats_math500_counts_lengths_and_cutoff() {
     let math = data("math.jsonl");

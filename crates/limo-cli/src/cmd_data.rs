@@ -8,10 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use limo_data::{
-    apply_cutoff, length_stats, pack, tokenize_untruncated, ChatTokenizer, DataConfig, Example,
-    HubSettings, LengthStats, LoadReport, Overlong, DEFAULT_CUTOFF_LEN,
+    apply_cutoff, length_stats, pack, tokenize_split_untruncated, ChatTokenizer, DataConfig,
+    Example, Format, HubSettings, LengthStats, LoadReport, Overlong, DEFAULT_CUTOFF_LEN,
 };
 use limo_eval::AtomicFile;
+use limo_train::source::BUILTIN_ARITHMETIC;
+use limo_train::{synthetic, TrainConfig};
 use serde::Serialize;
 
 #[derive(Subcommand)]
@@ -24,17 +26,29 @@ pub enum DataCommand {
 
 #[derive(Args)]
 pub struct DataArgs {
-    /// A .json/.jsonl/.parquet file, a folder of them, or a Hub dataset id such as GAIR/LIMO
-    /// (HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE are respected).
-    #[arg(long)]
-    data: String,
+    /// A run config (as `limo train --config` reads it): its [data] section (data.also,
+    /// val_size, cutoff, columns, packing...) and its tokenizer, instead of the flags below.
+    /// The rows data.val_size holds out are counted apart, not dumped.
+    #[arg(long, conflicts_with_all = [
+        "data", "format", "tokenizer", "system", "qwen_default_system", "cutoff_len",
+        "drop_overlong", "truncate_pairs", "limit", "columns", "on_bad_row",
+    ])]
+    config: Option<PathBuf>,
+    /// With --config: override a field, e.g. --set data.cutoff_len=4096 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    overrides: Vec<String>,
+    /// A .json/.jsonl/.parquet file, a folder of them, a Hub dataset id such as GAIR/LIMO
+    /// (HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE are respected), or builtin:arithmetic (the
+    /// embedded default's generated problems, seed 42).
+    #[arg(long, required_unless_present = "config")]
+    data: Option<String>,
     /// Record format: limo (question, solution[, answer]), messages (role/content list) or
     /// alpaca (instruction, input, output).
-    #[arg(long, value_parser = ["limo", "messages", "alpaca"])]
-    format: String,
+    #[arg(long, value_parser = ["limo", "messages", "alpaca"], required_unless_present = "config")]
+    format: Option<String>,
     /// tokenizer.json, a folder holding one, or builtin:qwen2.5 (compiled into limo).
-    #[arg(long)]
-    tokenizer: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    tokenizer: Option<PathBuf>,
     /// System prompt for examples without one (default: LIMO's "Please reason step by step, ...").
     #[arg(long, conflicts_with = "qwen_default_system")]
     system: Option<String>,
@@ -91,9 +105,60 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What `limo data` reads: the data settings, the tokenizer, the split's seed, and the folder
+/// holding generated problems (builtin:arithmetic) while they are read.
+struct Inputs {
+    data: DataConfig,
+    tokenizer: PathBuf,
+    seed: u64,
+    /// Kept for its lifetime: the folder is deleted when it drops.
+    generated: Option<tempfile::TempDir>,
+}
+
 impl DataArgs {
+    fn inputs(&self) -> anyhow::Result<Inputs> {
+        let (mut data, tokenizer, seed) = match &self.config {
+            Some(file) => {
+                let config = TrainConfig::from_file(file, &self.overrides)?;
+                let tokenizer = config_tokenizer(&config, file)?;
+                (config.data, tokenizer, config.train.seed)
+            }
+            None => (
+                self.config()?,
+                self.tokenizer.clone().expect("clap requires it"),
+                42,
+            ),
+        };
+        if data.format == Format::Tokenized {
+            bail!(
+                "data.format = \"tokenized\": those rows are token ids already; limo data reads \
+                 the text formats (limo, messages, alpaca)"
+            );
+        }
+        let generated = if data.path == BUILTIN_ARITHMETIC {
+            let dir = tempfile::tempdir().context("a temporary folder for builtin:arithmetic")?;
+            let path = dir.path().join("arithmetic-train.jsonl");
+            let problems = synthetic::problems(seed, synthetic::TRAIN_PROBLEMS);
+            synthetic::write_jsonl(&path, &problems)?;
+            data.path = path.display().to_string();
+            Some(dir)
+        } else {
+            None
+        };
+        Ok(Inputs {
+            data,
+            tokenizer,
+            seed,
+            generated,
+        })
+    }
+
     fn config(&self) -> anyhow::Result<DataConfig> {
-        let mut config = DataConfig::new(self.data.clone(), self.format.parse()?);
+        let (data, format) = (self.data.clone(), self.format.as_deref());
+        let mut config = DataConfig::new(
+            data.expect("clap requires it"),
+            format.expect("clap requires it").parse()?,
+        );
         for mapping in &self.columns {
             let Some((key, name)) = mapping.split_once('=') else {
                 bail!("--column expects KEY=NAME, got `{mapping}`");
@@ -117,14 +182,34 @@ impl DataArgs {
         config.validate()?;
         Ok(config)
     }
+}
 
-    /// Full-length examples, with the tokenization time logged (the number the issue asks for).
-    fn tokenize(&self, config: &DataConfig) -> anyhow::Result<(Vec<Example>, LoadReport)> {
+/// The tokenizer `limo train` would use for `config`: model.tokenizer, else the model
+/// directory's tokenizer.json.
+fn config_tokenizer(config: &TrainConfig, file: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(tokenizer) = &config.model.tokenizer {
+        return Ok(PathBuf::from(tokenizer));
+    }
+    match config.model_dir() {
+        Some((dir, _)) if dir.join("tokenizer.json").exists() => Ok(dir.join("tokenizer.json")),
+        _ => bail!(
+            "{}: no tokenizer: set model.tokenizer (a tokenizer.json, or builtin:qwen2.5), or \
+             give a model.path holding tokenizer.json",
+            file.display()
+        ),
+    }
+}
+
+impl Inputs {
+    /// Full-length training examples, how many held-out ones validation keeps (after the
+    /// cutoff, as `limo train` counts them), and the read report; the time logged.
+    fn tokenize(&self) -> anyhow::Result<(Vec<Example>, usize, LoadReport)> {
+        let config = &self.data;
         let started = Instant::now();
         let tokenizer = ChatTokenizer::from_path(&self.tokenizer)?;
         let loaded = Instant::now();
-        let (examples, report) =
-            tokenize_untruncated(config, &tokenizer, &HubSettings::from_env())?;
+        let (examples, held_out, report) =
+            tokenize_split_untruncated(config, &tokenizer, &HubSettings::from_env(), self.seed)?;
         let tokens: usize = examples.iter().map(Example::len).sum();
         tracing::info!(
             "tokenizer loaded in {:.3} s; read and tokenized {} examples ({} tokens) in {:.3} s",
@@ -140,7 +225,8 @@ impl DataArgs {
                 report.skipped_examples[0]
             );
         }
-        Ok((examples, report))
+        let (held_out, _) = apply_cutoff(held_out, config.cutoff_len, config.overlong);
+        Ok((examples, held_out.len(), report))
     }
 }
 
@@ -153,8 +239,9 @@ struct DumpRow<'a> {
 }
 
 fn dump(args: DumpArgs) -> anyhow::Result<()> {
-    let config = args.data.config()?;
-    let (examples, report) = args.data.tokenize(&config)?;
+    let inputs = args.data.inputs()?;
+    let config = &inputs.data;
+    let (examples, held_out, report) = inputs.tokenize()?;
     // Writing over a data file would replace the dataset with its dump.
     let out_file = args.out.canonicalize().ok();
     if let Some(file) = (report.files.iter()).find(|f| f.canonicalize().ok() == out_file) {
@@ -178,7 +265,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     }
     let mut out = create(&args.out)?;
     let write_error = || format!("cannot write {}", args.out.display());
-    let written = if args.packing {
+    let written = if args.packing || config.packing {
         let rows = pack(&examples, config.cutoff_len)?;
         for row in &rows {
             let line = DumpRow {
@@ -203,9 +290,13 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
         examples.len()
     };
     out.commit().with_context(write_error)?;
+    let held_out = match held_out {
+        0 => String::new(),
+        n => format!("; {n} held out by data.val_size, not written"),
+    };
     eprintln!(
-        "wrote {written} {} to {} ({} examples; {} over the cutoff of {}: {} truncated, {} dropped)",
-        if args.packing { "packed rows" } else { "examples" },
+        "wrote {written} {} to {} ({} examples; {} over the cutoff of {}: {} truncated, {} dropped{held_out})",
+        if args.packing || config.packing { "packed rows" } else { "examples" },
         args.out.display(),
         examples.len(),
         cutoff.over_cutoff,
@@ -232,11 +323,18 @@ struct StatsOutput {
     truncated: usize,
     dropped: usize,
     examples_after_cutoff: usize,
+    /// Examples data.val_size holds out (with --config), counted apart from everything above.
+    held_out: usize,
 }
 
 fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let config = args.data.config()?;
-    let (examples, report) = args.data.tokenize(&config)?;
+    let inputs = args.data.inputs()?;
+    let config = &inputs.data;
+    let (examples, held_out, mut report) = inputs.tokenize()?;
+    if inputs.generated.is_some() {
+        let name = format!("{BUILTIN_ARITHMETIC} (generated, seed {})", inputs.seed);
+        report.files = vec![PathBuf::from(name)];
+    }
     let lengths = length_stats(&examples, config.cutoff_len);
     let (kept, cutoff) = apply_cutoff(examples, config.cutoff_len, config.overlong);
     let output = StatsOutput {
@@ -247,6 +345,7 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         truncated: cutoff.truncated,
         dropped: cutoff.dropped_overlong + cutoff.dropped_no_target,
         examples_after_cutoff: kept.len(),
+        held_out,
     };
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&output)?)?;
@@ -266,6 +365,12 @@ fn render_stats(s: &StatsOutput) -> String {
         s.rows, s.skipped
     );
     text += &format!("examples: {}\n", l.examples);
+    if s.held_out > 0 {
+        text += &format!(
+            "held out by data.val_size: {} examples (not counted below)\n",
+            s.held_out
+        );
+    }
     text += &format!(
         "tokens: {} (min {}, mean {:.1}, max {})\n",
         l.total_tokens, l.min, l.mean, l.max

@@ -136,6 +136,26 @@ pub fn tokenize_untruncated(
     Ok((indexed.into_iter().map(|(_, e)| e).collect(), report))
 }
 
+/// [`tokenize_untruncated`] split as [`load_dataset_split`] splits: the training examples and
+/// the `val_size` held out (empty without it), full length, and the read report.
+pub fn tokenize_split_untruncated(
+    config: &DataConfig,
+    tokenizer: &ChatTokenizer,
+    hub: &HubSettings,
+    seed: u64,
+) -> Result<(Vec<Example>, Vec<Example>, LoadReport)> {
+    let (indexed, report) = tokenize_records(config, tokenizer, hub)?;
+    if config.val_size == 0.0 {
+        return Ok((
+            indexed.into_iter().map(|(_, e)| e).collect(),
+            Vec::new(),
+            report,
+        ));
+    }
+    let [train, val] = split_records(indexed, report.rows, config.val_size, seed)?;
+    Ok((train, val, report))
+}
+
 /// [`tokenize_untruncated`], each example with the index of its record among those read (the
 /// datasets of `data.also` after the first, their records numbered on).
 fn tokenize_records(

@@ -23,7 +23,10 @@ pub use config::{
     Columns, DataConfig, Format, OnBadRow, Overlong, Source, DEFAULT_CUTOFF_LEN, LIMO_SYSTEM_PROMPT,
 };
 pub use cutoff::{apply_cutoff, CutoffCounts};
-pub use dataset::{encode_record, load_dataset, tokenize_untruncated, Dataset, LoadReport};
+pub use dataset::{
+    encode_record, load_dataset, tokenize_split_untruncated, tokenize_untruncated, Dataset,
+    LoadReport,
+};
 pub use error::{DataError, Result};
 pub use example::{Example, IGNORE_INDEX};
 pub use hub::{resolve_data_files, HubSettings};
