@@ -72,8 +72,10 @@ train ref >"$work/ref.log" 2>&1 || fail "the uninterrupted run failed: $(tail -3
 ckpts=$work/fuzz/checkpoints
 kills=0
 for round in $(seq "$rounds"); do
-    resume=() start=0
-    [ -f "$ckpts/latest" ] && resume=(--resume latest) start=$((10#$(sed 's/step-//' "$ckpts/latest")))
+    # --resume auto, as a requeued job would: also when a kill left the first checkpoint
+    # without `latest` (a start without --resume is refused over a run's checkpoints).
+    resume=(--resume auto) start=0
+    [ -f "$ckpts/latest" ] && start=$((10#$(sed 's/step-//' "$ckpts/latest")))
     # limo itself in the background (not through the shell function): $! is the launcher. A
     # script's background job starts with SIGINT ignored, and limo keeps an ignored signal
     # ignored (as nohup's SIGHUP must be): env restores it, so SIGINT is tested too.
@@ -118,9 +120,7 @@ for round in $(seq "$rounds"); do
     echo "round $round: SIG$sig to the $what${stopped:+, stopped after step $stopped}; $(ls -A "$ckpts" 2>/dev/null | tr '\n' ' ')"
     grep -q "trained $steps steps" "$work/round-$round.log" && break
 done
-resume=()
-[ -f "$ckpts/latest" ] && resume=(--resume latest)
-train fuzz "${resume[@]}" >"$work/final.log" 2>&1 || fail "the final resume failed: $(tail -3 "$work/final.log")"
+train fuzz --resume auto >"$work/final.log" 2>&1 || fail "the final resume failed: $(tail -3 "$work/final.log")"
 
 losses() { grep -o '"loss":[^,}]*' "$1"; }
 [ "$(losses "$work/ref/metrics.jsonl" | wc -l)" = "$steps" ] || fail "the uninterrupted run logged $(losses "$work/ref/metrics.jsonl" | wc -l) losses"

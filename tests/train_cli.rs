@@ -578,12 +578,21 @@ fn a_new_run_over_an_earlier_runs_checkpoints_needs_overwrite() {
     assert_eq!(steps(), ["step-00000001", "step-00000002"]);
     assert!(latest_checkpoint(&out).ends_with("step-00000002"));
     assert_eq!(lines(), 2);
-    // --resume auto, with checkpoints there, continues the run instead (here: already done).
+    // --resume auto, with checkpoints there, continues the run instead (here: already done),
+    // also when `latest` was never written (a kill right after the first checkpoint).
     let mut resume = train_args(&config, &second);
     resume.extend(["--resume".to_string(), "auto".to_string()]);
     run_ok(&resume);
     assert_eq!(steps(), ["step-00000001", "step-00000002"]);
     assert_eq!(lines(), 2);
+    std::fs::remove_file(out.join("checkpoints/latest")).unwrap();
+    let again = limo().args(&resume).output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resumed step=2") && stderr.contains("step-00000002"),
+        "{stderr}"
+    );
 }
 
 #[test]

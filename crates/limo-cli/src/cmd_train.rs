@@ -32,7 +32,8 @@ pub struct TrainArgs {
     /// Resume from `latest` (the default when given without a value), one of the run's
     /// checkpoints by step (`20`) or name (`step-00000020`), or a checkpoint directory;
     /// `auto`: from the latest checkpoint if the run has one, else start fresh (one command line
-    /// for a job a scheduler restarts).
+    /// for a job a scheduler restarts). Without --resume, a run directory holding checkpoints
+    /// is refused unless output.overwrite = true.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<String>,
     /// Print the resolved configuration (TOML, after a LLaMA-Factory YAML's mapping, --set and

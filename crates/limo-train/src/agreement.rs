@@ -109,16 +109,25 @@ pub fn resume_choice(
     if resume != Some(AUTO) {
         return Ok(resume.map(str::to_string));
     }
-    let latest = config
-        .output
-        .dir
-        .join("checkpoints")
-        .join(checkpoint::LATEST);
-    let found = f64::from(u8::from(comm.rank() == 0 && latest.is_file()));
+    let checkpoints = config.output.dir.join("checkpoints");
+    // Rank 0's finding: -1 nothing, 0 `latest`, else the newest complete checkpoint's step
+    // (a kill between publishing the first checkpoint and writing `latest` leaves one).
+    let found = match comm.rank() {
+        0 if checkpoints.join(checkpoint::LATEST).is_file() => 0.0,
+        0 => checkpoint::list(&checkpoints)?
+            .last()
+            .and_then(|d| d.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok())
+            .map_or(-1.0, |step: u64| step as f64),
+        _ => -1.0,
+    };
     let found = comm
         .broadcast(&Tensor::new(&[found], device)?, 0)?
-        .to_vec1::<f64>()?;
-    Ok((found[0] != 0.0).then(|| checkpoint::LATEST.to_string()))
+        .to_vec1::<f64>()?[0];
+    Ok(match found {
+        f if f < 0.0 => None,
+        0.0 => Some(checkpoint::LATEST.to_string()),
+        step => Some((step as u64).to_string()),
+    })
 }
 
 /// The config as TOML, with `--resume` as one more field.
