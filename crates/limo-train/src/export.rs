@@ -93,15 +93,17 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
 
 /// Where the files are written first: inside `out`, so the moves stay on one filesystem (`out`
 /// may be a mount point); emptied of an earlier export that was cut short.
-/// What `out` holds besides what an export writes (its staging folder, safetensors, their
-/// index, the carried side files), sorted; empty when `out` does not exist.
+/// What `out` holds besides what an export writes (its staging folder, `model.safetensors` or
+/// `model-*.safetensors` shards, their index, the carried side files), sorted; empty when
+/// `out` does not exist. Only such files are ever deleted from `out`.
 fn foreign_entries(out: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(out) else {
         return Vec::new();
     };
     let ours = |name: &str| {
         name == ".export.partial"
-            || name.ends_with(".safetensors")
+            || name == "model.safetensors"
+            || (name.starts_with("model-") && name.ends_with(".safetensors"))
             || name == "model.safetensors.index.json"
             || CARRIED.contains(&name)
     };
