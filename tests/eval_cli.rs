@@ -223,6 +223,8 @@ fn bad_inputs_are_one_line_errors() {
             "max_new_tokens must be at least 1",
         ),
         (["--limit", "0"], "limit must be at least 1"),
+        (["--samples", "0"], "--samples must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--save-every", "nan"], "--save-every NaN: give seconds"),
         (
             ["--save-every", "1e300"],

@@ -301,8 +301,11 @@ const MAX_SAMPLES: usize = 1 << 16;
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn check_options(opts: &EvalOptions) -> anyhow::Result<()> {
-    if opts.samples == 0 || opts.batch_size == 0 {
-        bail!("samples and batch_size must be at least 1");
+    if opts.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    if opts.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
     }
     // Either would finish at once having evaluated nothing, yet print a table.
     if opts.max_new_tokens == 0 {

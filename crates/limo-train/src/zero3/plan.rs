@@ -573,8 +573,8 @@ pub fn infer_shape(name: &str) -> Option<&'static str> {
         })
 }
 
-/// A memory size: "80GiB", "80 GB", "81920MiB", "1.5TiB"; a bare number is GiB. GB/MB/TB
-/// are decimal, as vendors print them; GiB/MiB/TiB binary.
+/// A memory size: "80GiB", "80 GB", "81920MiB", "1.5TiB"; a bare number is GiB. GB/MB/KB/TB
+/// are decimal, as vendors print them; GiB/MiB/KiB/TiB binary (as output.max_shard_size).
 pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
     let s = text.trim();
     let split = s
@@ -588,10 +588,14 @@ pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
         "" | "gib" | "g" => GIB as f64,
         "mib" | "m" => (1u64 << 20) as f64,
         "tib" | "t" => (1u64 << 40) as f64,
+        "kib" | "k" => 1024.0,
+        "kb" => 1e3,
         "gb" => 1e9,
         "mb" => 1e6,
         "tb" => 1e12,
-        _ => bail!("{text:?}: unknown unit {unit:?} (expected GiB, MiB, TiB, GB, MB or TB)"),
+        _ => {
+            bail!("{text:?}: unknown unit {unit:?} (expected GiB, MiB, KiB, TiB, GB, MB, KB or TB)")
+        }
     };
     if !(value > 0.0 && value * scale < u64::MAX as f64) {
         bail!("{text:?}: a memory size must be positive and below 16 EiB");

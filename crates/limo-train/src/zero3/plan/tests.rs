@@ -331,6 +331,8 @@ fn memory_sizes_parse() {
     assert_eq!(parse_bytes("80").unwrap(), 80 * GIB);
     assert_eq!(parse_bytes("80 GB").unwrap(), 80_000_000_000);
     assert_eq!(parse_bytes("1.5TiB").unwrap(), 1536 * GIB);
+    assert_eq!(parse_bytes("83886080KiB").unwrap(), 80 * GIB);
+    assert_eq!(parse_bytes("2KB").unwrap(), 2000);
     assert!(parse_bytes("80XB").is_err());
     assert!(parse_bytes("GiB").is_err());
     assert!(parse_bytes("0").is_err());
