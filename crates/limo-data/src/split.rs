@@ -24,7 +24,7 @@ pub fn test_rows(n: usize, val_size: f64) -> Result<usize, String> {
     };
     if !(val_size > 0.0 && val_size.is_finite()) || count < 1.0 || count >= n as f64 {
         return Err(format!(
-            "val_size {val_size} of {n} rows leaves no rows to train or none to validate"
+            "{val_size} of {n} rows leaves no rows to train or none to validate"
         ));
     }
     Ok(count as usize)
