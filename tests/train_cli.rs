@@ -77,14 +77,13 @@ fn resume_args(config: &Path) -> Vec<String> {
     args
 }
 
-/// Starts a run and SIGKILLs it once `metrics.jsonl` shows `kill_after` steps. Returns false
-/// if the run finished first.
+/// Starts a run (with `resume`, `--resume auto`, as a restarted job) and SIGKILLs it once
+/// `metrics.jsonl` shows `kill_after` steps. Returns false if the run finished first.
 fn run_and_kill(config: &Path, out: &Path, kill_after: usize, resume: bool) -> bool {
-    let args = if resume {
-        resume_args(config)
-    } else {
-        train_args(config, &[])
-    };
+    let mut args = train_args(config, &[]);
+    if resume {
+        args.extend(["--resume".into(), "auto".into()]);
+    }
     let mut child = limo()
         .args(&args)
         .stdout(std::process::Stdio::null())
@@ -310,7 +309,9 @@ fn kills_during_checkpoint_writes_never_break_latest() {
             .map(|t| t.lines().count())
             .unwrap_or(0);
         let kill_after = (done + 1 + clock_random(3)).min(steps);
-        let resume = round > 0 && out.join("checkpoints/latest").exists();
+        // A kill between the first checkpoint and its `latest` leaves no `latest`: auto still
+        // continues from the checkpoint (a start without --resume would be refused).
+        let resume = round > 0;
         if !run_and_kill(&config, &out, kill_after, resume) {
             break;
         }
@@ -399,14 +400,18 @@ fn export_round_trips_through_loss_grad() {
         &err,
         &[
             "holds .lock, checkpoints, config.toml",
-            "not a model's files",
+            "export into an empty or new directory",
         ],
     );
     assert!(!out.join("model.safetensors").exists());
     let err = run_err(&export_args(&checkpoint, &f32_dir, &[]));
     assert_mentions(&err, &["already holds a model"]);
-    // An export cut short before its config.json (shards moved, no config) is redone.
+    // An export cut short before its config.json (shards moved, no config, its staging
+    // folder still there) is redone; shards without that folder are not an export's to replace.
     std::fs::remove_file(bf16_dir.join("config.json")).unwrap();
+    let err = run_err(&export_args(&checkpoint, &bf16_dir, &[]));
+    assert_mentions(&err, &["holds generation_config.json, model-00001-of-"]);
+    std::fs::create_dir(bf16_dir.join(".export.partial")).unwrap();
     run_ok(&export_args(&checkpoint, &bf16_dir, &["--dtype", "f32"]));
     assert_eq!(loss_of(&bf16_dir), reference);
     // ... with none of the earlier attempt's shards or index beside the new single file.
@@ -592,6 +597,44 @@ fn a_new_run_over_an_earlier_runs_checkpoints_needs_overwrite() {
     assert!(
         stderr.contains("resumed step=2") && stderr.contains("step-00000002"),
         "{stderr}"
+    );
+}
+
+/// The demo starts afresh each time (`output.overwrite` in the embedded config), its random
+/// initialization made again for the `model.init` settings of this run, not the last one's.
+#[test]
+fn a_fresh_start_makes_its_own_initialization() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let run = |layers: usize| {
+        let overrides = format!(
+            "model.init_overrides={{ hidden_size = 64, intermediate_size = 128, \
+             num_attention_heads = 2, num_key_value_heads = 1, num_hidden_layers = {layers} }}"
+        );
+        run_ok(&[
+            "train",
+            "--set",
+            &overrides,
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "output.eval_examples=0",
+            "--set",
+            "output.export_dtype=\"none\"",
+            "--set",
+            &format!("output.dir={:?}", out.display().to_string()),
+        ]);
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join("init-model/config.json")).unwrap(),
+        )
+        .unwrap();
+        config["num_hidden_layers"].as_u64().unwrap()
+    };
+    assert_eq!(run(1), 1);
+    assert_eq!(
+        run(3),
+        3,
+        "the earlier run's 1-layer initialization was reused"
     );
 }
 

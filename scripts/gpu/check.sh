@@ -37,7 +37,7 @@
 #                   64-token prompts, 128 new tokens, tokens/s; limo's --verify against the
 #                   full forward
 #   step-32b-w8 95  limo bench step 32b as rank 0 of a simulated world of 8, 2 micro-batches
-#                   per step, optimizer on the GPU, uncapped (limo plan: ~118 GiB)
+#                   per step, optimizer on the GPU, uncapped (limo plan: ~111.5 GiB)
 #   step-32b-off 95 the same rank with train.optimizer_offload = "cpu" under an 80 GiB cap
 #                   (exit 3 = out of device memory: status OOM)
 #   nccl 15         limo launch --nproc-per-node 1 -- comm-check --nccl

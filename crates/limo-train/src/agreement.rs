@@ -115,8 +115,9 @@ pub fn resume_choice(
     let found = match comm.rank() {
         0 if checkpoints.join(checkpoint::LATEST).is_file() => 0.0,
         0 => checkpoint::list(&checkpoints)?
-            .last()
-            .and_then(|d| d.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok())
+            .iter()
+            .filter_map(|d| d.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok())
+            .max()
             .map_or(-1.0, |step: u64| step as f64),
         _ => -1.0,
     };

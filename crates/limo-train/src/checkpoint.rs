@@ -301,13 +301,13 @@ pub fn start_afresh(checkpoints_dir: &Path, overwrite: bool) -> anyhow::Result<(
     }
     let steps: Vec<String> = found
         .iter()
-        .filter_map(|d| d.file_name()?.to_str()?.strip_prefix("step-"))
-        .map(|n| {
-            n.trim_start_matches('0')
-                .parse::<usize>()
-                .unwrap_or(0)
-                .to_string()
-        })
+        .filter_map(|d| d.file_name()?.to_str())
+        .map(
+            |name| match name.strip_prefix("step-").map(str::parse::<usize>) {
+                Some(Ok(step)) => step.to_string(),
+                _ => name.to_string(),
+            },
+        )
         .collect();
     let (shown, more) = match steps.len() {
         n if n > 6 => (

@@ -40,20 +40,29 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
             out.display()
         );
     }
-    // A run directory, say, would get a model's files among its own. An interrupted export's
-    // files (no config.json yet) are what a rerun replaces.
-    let foreign = foreign_entries(out);
+    // A run directory, say, would get a model's files among its own; so would a folder of
+    // someone else's shards. Only an interrupted export (its staging folder still there: it
+    // goes last, after config.json) is redone in place.
+    let interrupted = out.join(STAGING).is_dir();
+    let foreign = foreign_entries(out, interrupted);
     if !foreign.is_empty() {
         bail!(
-            "{}: holds {} (not a model's files); export into an empty or new directory",
+            "{}: holds {}{}; export into an empty or new directory",
             out.display(),
-            foreign.join(", ")
+            foreign.join(", "),
+            if interrupted {
+                " (not a model's files)"
+            } else {
+                ""
+            }
         );
     }
-    // After an earlier attempt's leftovers are gone (shards it moved in before its config.json:
+    // After an earlier attempt's files are gone (shards it moved in before its config.json:
     // other names, or an index, than this export's would be left beside it): their space
     // counts as free.
-    remove_leftovers(out)?;
+    if interrupted {
+        remove_leftovers(out)?;
+    }
     let staging = staging_dir(out)?;
     // Fail now rather than after writing most of it.
     let elements: usize = reader
@@ -91,17 +100,19 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
     move_into_place(&staging, out)
 }
 
-/// Where the files are written first: inside `out`, so the moves stay on one filesystem (`out`
-/// may be a mount point); emptied of an earlier export that was cut short.
-/// What `out` holds besides what an export writes (its staging folder, `model.safetensors` or
-/// `model-*.safetensors` shards, their index, the carried side files), sorted; empty when
-/// `out` does not exist. Only such files are ever deleted from `out`.
-fn foreign_entries(out: &Path) -> Vec<String> {
+/// The staging folder inside `out`.
+const STAGING: &str = ".export.partial";
+
+/// What `out` holds, sorted: everything, or after an interrupted export what it would not
+/// have written (its staging folder, `model.safetensors` or `model-*.safetensors` shards,
+/// their index, the carried side files); empty when `out` does not exist. Only an interrupted
+/// export's files are ever deleted from `out`.
+fn foreign_entries(out: &Path, interrupted: bool) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(out) else {
         return Vec::new();
     };
     let ours = |name: &str| {
-        name == ".export.partial"
+        name == STAGING
             || name == "model.safetensors"
             || (name.starts_with("model-") && name.ends_with(".safetensors"))
             || name == "model.safetensors.index.json"
@@ -110,7 +121,7 @@ fn foreign_entries(out: &Path) -> Vec<String> {
     let mut foreign: Vec<String> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !ours(name))
+        .filter(|name| !(interrupted && ours(name)))
         .collect();
     foreign.sort();
     foreign
@@ -129,8 +140,10 @@ fn remove_leftovers(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the files are written first: inside `out`, so the moves stay on one filesystem (`out`
+/// may be a mount point); emptied of an earlier export that was cut short.
 fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
-    let staging = out.join(".export.partial");
+    let staging = out.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("{}", staging.display()))?;
     }

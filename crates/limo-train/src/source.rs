@@ -122,14 +122,15 @@ pub fn prepare_model(
     Ok(PreparedModel { dir, tokenizer })
 }
 
-/// Reads (or generates, when `write`) the dataset and turns it into training rows and, with
-/// `data.val_size`, validation rows (one example each, never packed).
-/// `e`, for a relative `data.path` that is not there, said to be read from the current
-/// directory: a config's paths are not read beside the config.
+/// `e`, for a relative `data.path` that is not there (nor a Hub dataset id), said to be read
+/// from the current directory: a config's paths are not read beside the config.
 fn relative_to_here(e: anyhow::Error, path: &str) -> anyhow::Error {
     let relative = Path::new(path);
+    let missing = relative.is_relative()
+        && !relative.exists()
+        && limo_data::hub::hub_dataset_id(path).is_none();
     match std::env::current_dir() {
-        Ok(cwd) if relative.is_relative() && !relative.exists() => e.context(format!(
+        Ok(cwd) if missing => e.context(format!(
             "data.path (relative to the current directory {})",
             cwd.display()
         )),
@@ -137,6 +138,8 @@ fn relative_to_here(e: anyhow::Error, path: &str) -> anyhow::Error {
     }
 }
 
+/// Reads (or generates, when `write`) the dataset and turns it into training rows and, with
+/// `data.val_size`, validation rows (one example each, never packed).
 pub fn prepare_rows(
     config: &TrainConfig,
     tokenizer: Option<&ChatTokenizer>,

@@ -456,5 +456,11 @@ mod tests {
             .collect();
         assert_eq!(steps.len(), 4 * 6, "{steps:?}");
         assert!(steps[18..].iter().all(|&s| s == Some(3)), "{steps:?}");
+
+        // A new run from step 0 (the tiny config overwrites) starts the event files afresh,
+        // as metrics.jsonl.
+        crate::train(&config, crate::RunOptions::default()).unwrap();
+        let files = event_files(&out.join("tensorboard"));
+        assert_eq!(files.len(), 1, "{files:?}");
     }
 }

@@ -201,7 +201,8 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let resume =
         agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
     let afresh = match (&resume, lead) {
-        (None, true) => checkpoint::start_afresh(&out.join("checkpoints"), config.output.overwrite),
+        (None, true) => checkpoint::start_afresh(&out.join("checkpoints"), config.output.overwrite)
+            .and_then(|()| clear_an_earlier_start(config)),
         _ => Ok(()),
     };
     agree(comm.as_ref(), &device, afresh, "checking the run directory")?;
@@ -691,6 +692,21 @@ fn stop_agreed(model: &ShardedModel, stop: &StopOnSignals) -> anyhow::Result<boo
 }
 
 /// Writes `<output>/model` from the final checkpoint.
+/// Before a run starts from step 0: what an earlier start in its directory left that this one
+/// would otherwise mix with or reuse: TensorBoard event files (as metrics.jsonl is rewritten)
+/// and a random initialization, made for `model.init` settings that may since have changed.
+fn clear_an_earlier_start(config: &TrainConfig) -> anyhow::Result<()> {
+    let out = &config.output.dir;
+    let mut stale = vec![out.join("tensorboard")];
+    if config.model.init.is_some() {
+        stale.push(out.join("init-model"));
+    }
+    for dir in stale.into_iter().filter(|d| d.is_dir()) {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    Ok(())
+}
+
 fn export_final(config: &TrainConfig, dtype: DType, final_checkpoint: &Path) -> anyhow::Result<()> {
     let export_dir = config.output.dir.join("model");
     if export_dir.exists() {
