@@ -113,6 +113,23 @@ fn nine_benchmarks_run_and_resume() {
         std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
         results
     );
+    // Another model at the same path (limo train exports to the same runs/NAME/model each
+    // time): its results are not the old model's, so the rerun is refused, not resumed.
+    std::fs::remove_dir_all(&model).unwrap();
+    let again = limo(&[
+        "init-model",
+        "--shape",
+        "tiny",
+        "--seed",
+        "7",
+        "--out",
+        s(&model),
+    ]);
+    assert!(again.status.success());
+    one_line_error(
+        &limo(&args),
+        "model_files: the model's weights, config or tokenizer differ",
+    );
 }
 
 #[test]
@@ -202,6 +219,40 @@ fn bad_inputs_are_one_line_errors() {
         ]),
         "unknown benchmark \"gpqa\"",
     );
+    one_line_error(
+        &limo(&[
+            "eval",
+            "--model",
+            s(&model),
+            "--benchmarks",
+            " ,",
+            "--out",
+            s(&out),
+        ]),
+        "--benchmarks: no benchmark named",
+    );
+    // Names as a person types them: spaces after commas, capitals.
+    let typed = limo(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--benchmarks",
+        "AIME, amc23",
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        s(&tmp.path().join("typed")),
+    ]);
+    let table = String::from_utf8_lossy(&typed.stdout);
+    assert!(
+        typed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&typed.stderr)
+    );
+    assert!(table.contains("aime") && table.contains("amc23"), "{table}");
+    assert!(!table.contains("math500"), "{table}");
     let data = tmp.path().join("mine.jsonl");
     std::fs::write(
         &data,

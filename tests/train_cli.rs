@@ -406,6 +406,12 @@ fn export_round_trips_through_loss_grad() {
     assert!(!out.join("model.safetensors").exists());
     let err = run_err(&export_args(&checkpoint, &f32_dir, &[]));
     assert_mentions(&err, &["already holds a model"]);
+    let err = run_err(&export_args(
+        &checkpoint,
+        &tmp.path().join("x"),
+        &["--dtype", "fp32"],
+    ));
+    assert_mentions(&err, &["--dtype fp32: export writes bf16 or f32"]);
     // An export cut short before its config.json (shards moved, no config, its staging
     // folder still there) is redone; shards without that folder are not an export's to replace.
     std::fs::remove_file(bf16_dir.join("config.json")).unwrap();
@@ -591,6 +597,16 @@ fn a_new_run_over_an_earlier_runs_checkpoints_needs_overwrite() {
     assert_eq!(steps(), ["step-00000001", "step-00000002"]);
     assert_eq!(lines(), 2);
     std::fs::remove_file(out.join("checkpoints/latest")).unwrap();
+    let mut latest = train_args(&config, &second);
+    latest.push("--resume".into());
+    assert_mentions(
+        &run_err(&latest),
+        &[
+            "latest: missing",
+            "step-00000001, step-00000002",
+            "--resume auto",
+        ],
+    );
     let again = limo().args(&resume).output().unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
@@ -782,4 +798,17 @@ fn a_refused_resume_names_the_fields_that_differ() {
         "{err}"
     );
     assert!(!err.contains("activation_checkpointing"), "{err}");
+    // Every checkpoint of the run is refused alike: no hint to resume from another one.
+    assert!(!err.contains("newest other checkpoint"), "{err}");
+    // Rows per step is not a key of the config: the message says what sets it.
+    let mut args = train_args(&config, &["train.max_steps=2", "train.batch_size=2"]);
+    args.push("--resume".into());
+    let err = run_err(&args);
+    assert_mentions(
+        &err,
+        &[
+            "train.rows_per_step: here 2, the checkpoint's run 1",
+            "train.batch_size x grad_accum x ranks",
+        ],
+    );
 }

@@ -45,8 +45,8 @@ struct RunArgs {
     /// Hub model id found in the Hub cache (HF_HOME, HF_HUB_CACHE; limo downloads no models).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Benchmarks, comma-separated (default: all nine): aime, math500, amc23, cn_math_2024,
-    /// gaokao, grade_school_math, kaoyan, minerva, olympiadbench.
+    /// Benchmarks, comma-separated, any case (default, or `all`: all nine): aime, math500,
+    /// amc23, cn_math_2024, gaokao, grade_school_math, kaoyan, minerva, olympiadbench.
     #[arg(long, value_delimiter = ',')]
     benchmarks: Vec<String>,
     /// Your own benchmark (instead of --benchmarks): a .jsonl, .json or .parquet file, a folder
@@ -151,7 +151,19 @@ fn evaluate(a: RunArgs) -> anyhow::Result<()> {
             opts.files
                 .push(user_benchmark(path, a.format.as_deref(), &a.fields)?);
         }
-        (None, false) => opts.benchmarks = a.benchmarks,
+        (None, false) => {
+            // "aime, math500" and "AIME" as the names; `all` as no flag.
+            let names: Vec<String> = (a.benchmarks.iter())
+                .map(|b| b.trim().to_lowercase())
+                .filter(|b| !b.is_empty())
+                .collect();
+            if names.is_empty() {
+                bail!("--benchmarks: no benchmark named (leave it out, or `all`, for all nine)");
+            }
+            if !names.iter().any(|b| b == "all") {
+                opts.benchmarks = names;
+            }
+        }
         (None, true) => {}
     }
     if a.data.is_none() && !a.fields.is_empty() {

@@ -25,10 +25,10 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
-    let dtype = parse_dtype(&args.dtype)?;
     if !matches!(args.dtype.as_str(), "bf16" | "f32") {
         anyhow::bail!("--dtype {}: export writes bf16 or f32", args.dtype);
     }
+    let dtype = parse_dtype(&args.dtype)?;
     let shard = parse_size(&args.max_shard_size)?;
     let checkpoint = limo_train::checkpoint::find(&args.checkpoint)?;
     limo_train::export::export(&checkpoint, &args.out, dtype, shard)?;

@@ -26,12 +26,66 @@ struct RunSettings {
     top_p: f64,
     seed: u64,
     system_prompt: Option<String>,
+    /// [`model_files`] of the model and tokenizer: the same path may hold another model by
+    /// the next run (`limo train` exports to the same `runs/NAME/model` each time). Empty in
+    /// a run.json written before it was recorded: not compared then.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    model_files: String,
+}
+
+/// Bytes of each sample [`model_files`] reads.
+const SAMPLE: u64 = 64 << 10;
+
+/// A fingerprint of a model directory and its tokenizer, cheap at any size: config.json and
+/// tokenizer.json whole, and of every safetensors file its name, size and three samples
+/// (start, middle, end). Training changes every weight, so every sample; hashing 60 GB of
+/// weights whole at every rerun would take minutes.
+pub(crate) fn model_files(model_dir: &Path, tokenizer: &Path) -> anyhow::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut add = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let tokenizer = match tokenizer.is_dir() {
+        true => tokenizer.join("tokenizer.json"),
+        false => tokenizer.to_path_buf(),
+    };
+    for path in [model_dir.join("config.json"), tokenizer] {
+        // A missing tokenizer fails later, with its own message.
+        add(&std::fs::read(&path).unwrap_or_default());
+    }
+    let mut weights: Vec<_> = std::fs::read_dir(model_dir)
+        .with_context(|| format!("{}", model_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    weights.sort();
+    for path in weights {
+        let at = || format!("{}", path.display());
+        let mut file = std::fs::File::open(&path).with_context(at)?;
+        let size = file.metadata().with_context(at)?.len();
+        add(path.file_name().unwrap_or_default().as_encoded_bytes());
+        add(&size.to_le_bytes());
+        for start in [0, size / 2, size.saturating_sub(SAMPLE)] {
+            let mut sample = Vec::new();
+            file.seek(SeekFrom::Start(start)).with_context(at)?;
+            (&mut file)
+                .take(SAMPLE)
+                .read_to_end(&mut sample)
+                .with_context(at)?;
+            add(&sample);
+        }
+    }
+    Ok(format!("{hash:016x}"))
 }
 
 /// Writes `run.json` on the first run of `out_dir`; later runs must match it.
-pub(crate) fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
+pub(crate) fn check_same_run(opts: &EvalOptions, tokenizer: &Path) -> anyhow::Result<()> {
     let model = std::fs::canonicalize(&opts.model_dir).unwrap_or_else(|_| opts.model_dir.clone());
     let settings = RunSettings {
+        model_files: model_files(&opts.model_dir, tokenizer)?,
         model: model.display().to_string(),
         dtype: format!("{:?}", opts.dtype).to_lowercase(),
         max_new_tokens: opts.max_new_tokens,
@@ -52,13 +106,16 @@ pub(crate) fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&settings)? + "\n";
         return crate::write_atomic(&path, &text);
     }
-    let before: RunSettings = serde_json::from_str(&text).with_context(|| {
+    let mut before: RunSettings = serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: malformed (delete it: it records the settings of the run, and the next run \
              writes it again with its own)",
             path.display()
         )
     })?;
+    if before.model_files.is_empty() {
+        before.model_files.clone_from(&settings.model_files);
+    }
     if before != settings {
         let (a, b) = (
             serde_json::to_value(&before)?,
@@ -71,8 +128,12 @@ pub(crate) fn check_same_run(opts: &EvalOptions) -> anyhow::Result<()> {
             .filter(|(k, v)| b.get(k.as_str()) != Some(v))
             .map(|(k, v)| format!("{k} {v} -> {}", b[k.as_str()]))
             .collect();
+        let files = match before.model_files != settings.model_files {
+            true => " (model_files: the model's weights, config or tokenizer differ)",
+            false => "",
+        };
         bail!(
-            "{} holds results of a run with other settings ({}); use another output \
+            "{} holds results of a run with other settings ({}){files}; use another output \
              directory",
             opts.out_dir.display(),
             changed.join(", ")

@@ -405,7 +405,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     // left) before any rank reads it, and every rank has read it before any writes.
     if rank == 0 {
         crate::atomic::remove_leftover_temps(dir)?;
-        checks::check_same_run(opts)?;
+        checks::check_same_run(opts, &tokenizer_path)?;
         ranks::clear_marks(dir)?;
         ranks::fold_parts(dir)?;
         in_flight::carry_over(dir)?;
@@ -415,7 +415,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         limo_dist::shared_dir::check(dir, "--out", comm, &candle_core::Device::Cpu)?;
     }
     if rank != 0 {
-        checks::check_same_run(opts)?;
+        checks::check_same_run(opts, &tokenizer_path)?;
     }
     let previous = read_results(&dir.join(RESULTS_FILE))?;
     let mut saved = in_flight::read_all(dir)?;

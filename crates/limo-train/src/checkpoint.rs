@@ -702,6 +702,11 @@ fn config_differences(
     ))
 }
 
+/// What a checkpoint of another run's configuration is refused as (every other checkpoint of
+/// the run would be too: no hint to resume from one of them).
+pub const DIFFERENT_RUN: &str =
+    "written by a run with a different model, data or train configuration";
+
 /// Loads this rank's slices from a checkpoint written at any world size with the same rows
 /// per step.
 pub fn restore_run(
@@ -716,11 +721,18 @@ pub fn restore_run(
     let world = model.world_size();
     if manifest.config_hash != config.trajectory_hash(world) {
         let fields = match config_differences(dir, config, world, manifest.world_size) {
-            Some(fields) if !fields.is_empty() => format!(": {}", fields.join("; ")),
+            Some(fields) if !fields.is_empty() => {
+                // Not a key of the config: what sets it.
+                let fields = fields.iter().map(|f| match f.starts_with("train.rows_per_step") {
+                    true => format!("{f} (rows per step: train.batch_size x grad_accum x ranks, or train.global_batch_size)"),
+                    false => f.clone(),
+                });
+                format!(": {}", fields.collect::<Vec<_>>().join("; "))
+            }
             _ => " (or a different number of rows per step: batch_size x grad_accum x world size, or global_batch_size)".into(),
         };
         bail!(
-            "{}: written by a run with a different model, data or train configuration{fields}; resume with the same config",
+            "{}: {DIFFERENT_RUN}{fields}; resume with the same config",
             dir.display()
         );
     }

@@ -442,11 +442,17 @@ impl<'a> Run<'a> {
         let restored = checkpoint::resolve(&checkpoints, which).and_then(|dir| {
             let (rows, hash) = (self.rows.len(), self.rows_hash);
             checkpoint::restore_run(&mut self.model, &dir, self.config, rows, hash)
-                .map_err(|e| match which {
-                    checkpoint::LATEST => {
-                        anyhow::anyhow!("{e:#}; {}", checkpoint::others_hint(&checkpoints, &dir))
+                .map_err(|e| {
+                    // A damaged `latest`: an older checkpoint may do; another configuration's
+                    // run: none will.
+                    let damaged = !format!("{e:#}").contains(checkpoint::DIFFERENT_RUN);
+                    match which {
+                        checkpoint::LATEST if damaged => anyhow::anyhow!(
+                            "{e:#}; {}",
+                            checkpoint::others_hint(&checkpoints, &dir)
+                        ),
+                        _ => e,
                     }
-                    _ => e,
                 })
                 .map(|r| (dir, r))
         });

@@ -13,8 +13,18 @@ use super::{list, replaced_dir, step_dir_name, LATEST, MANIFEST};
 pub fn resolve(checkpoints_dir: &Path, which: &str) -> anyhow::Result<PathBuf> {
     if which == LATEST {
         let pointer = checkpoints_dir.join(LATEST);
-        let name = std::fs::read_to_string(&pointer)
-            .with_context(|| format!("{}: no checkpoint to resume from", pointer.display()))?;
+        let name = match std::fs::read_to_string(&pointer) {
+            Ok(name) => name,
+            // A kill right after the first checkpoint leaves it without `latest`.
+            Err(_) if !list(checkpoints_dir)?.is_empty() => bail!(
+                "{}: missing; {}: --resume auto continues from the newest, --resume STEP from \
+                 another",
+                pointer.display(),
+                saved_list(checkpoints_dir)?
+            ),
+            Err(e) => Err(e)
+                .with_context(|| format!("{}: no checkpoint to resume from", pointer.display()))?,
+        };
         let (dir, aside) = (
             checkpoints_dir.join(name.trim()),
             replaced_dir(checkpoints_dir, name.trim()),
