@@ -134,6 +134,32 @@ pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Once every response a run asked for is in results.jsonl: the saved sequences of responses
+/// it did not ask for (an earlier run's, under a larger --limit or other benchmarks) stay in
+/// [`CARRIED_FILE`] for the run that asks for them; the rest go.
+pub fn keep_unasked(
+    dir: &Path,
+    asked: impl Fn(&(String, String, usize)) -> bool,
+) -> anyhow::Result<()> {
+    let mut left: Vec<Saved> = read_all(dir)?
+        .into_iter()
+        .filter(|(key, _)| !asked(key))
+        .map(|(_, s)| s)
+        .collect();
+    if left.is_empty() {
+        return remove_all(dir);
+    }
+    left.sort_by(|a, b| (&a.benchmark, &a.id, a.sample).cmp(&(&b.benchmark, &b.id, b.sample)));
+    let carried = dir.join(CARRIED_FILE);
+    write(&carried, left)?;
+    for path in crate::ranks::files_like(dir, "in-flight", ".json")? {
+        if path != carried {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Where a starting run gathers what earlier runs saved. No rank writes it during the run, so
 /// a saved sequence this run has not taken up yet (a smaller batch, or another rank's share)
 /// survives a rank's save of its own file, which holds only what that rank generates.
@@ -239,7 +265,11 @@ mod tests {
         // And the run after that starts from all three again.
         carry_over(dir).unwrap();
         assert_eq!(lengths(dir), want);
-        remove_all(dir).unwrap();
+        // A run that asked for "a" alone (a smaller --limit) finishes: "b" and "c" stay.
+        keep_unasked(dir, |key| key.1 == "a").unwrap();
+        let want = [("b", 9), ("c", 2)].map(|(id, n)| (id.to_string(), n));
+        assert_eq!(lengths(dir), want);
+        keep_unasked(dir, |_| true).unwrap();
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     }
 }

@@ -494,8 +494,8 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     let tallies = ranks::wait_for_ranks(dir, world)?;
     let seconds = started.elapsed().as_secs_f64();
     ranks::fold_parts(dir)?;
-    // Every response is in results.jsonl: nothing is left to continue.
-    in_flight::remove_all(dir)?;
+    // Every response asked for is in results.jsonl: only other selections' saved ones stay.
+    in_flight::keep_unasked(dir, |key| wanted.contains(key))?;
     ranks::clear_marks(dir)?;
     let total = tallies.iter().fold(tally, |a, b| ranks::Tally {
         generated: a.generated + b.generated,
