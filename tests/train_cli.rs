@@ -273,6 +273,8 @@ fn stop_mid_run_and_resume(signal: libc::c_int, stderr_gone: bool) {
     assert!(step < 40, "{stderr}");
     let checkpoint = latest_checkpoint(&stopped);
     assert!(checkpoint.ends_with(limo_train::checkpoint::step_dir_name(step)));
+    // The loss curve so far is drawn when the run stops, not only at its end.
+    assert!(stopped.join("loss.png").is_file());
     if !stderr_gone {
         let last = stderr.lines().last().unwrap();
         let name = limo_dist::launch::signal_name(signal);

@@ -273,6 +273,10 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         }
         if stopping {
             run.bar.abandon();
+            if lead {
+                // The curve so far, beside the checkpoint the run continues from.
+                run.plot(&metrics::read(&run.metrics_path())?);
+            }
             let signal = stop.as_ref().and_then(StopOnSignals::requested);
             return Err(run.stopped(signal).into());
         }
@@ -657,14 +661,18 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// loss.png of `history`. A convenience: a failure to draw it costs nothing else.
+    fn plot(&self, history: &[StepMetrics]) {
+        if let Err(e) = metrics::plot_loss(history, &self.config.output.dir.join("loss.png")) {
+            tracing::warn!("no loss plot: {e:#}");
+        }
+    }
+
     /// Rank 0 after the last step: loss.png and, if asked, the exported model. Returns the
     /// run's metrics over all its invocations (from before a resume too).
     fn plot_and_export(&self) -> anyhow::Result<Vec<StepMetrics>> {
         let history = metrics::read(&self.metrics_path())?;
-        // The plot is a convenience: a failure to draw it must not cost the export.
-        if let Err(e) = metrics::plot_loss(&history, &self.config.output.dir.join("loss.png")) {
-            tracing::warn!("no loss plot: {e:#}");
-        }
+        self.plot(&history);
         if let Some(dtype) = self.config.output.export_dtype.dtype() {
             let last = checkpoint::step_dir_name(self.total_steps);
             export_final(self.config, dtype, &self.checkpoints_dir().join(last))?;
