@@ -207,30 +207,13 @@ fn bad_inputs_are_one_line_errors() {
         &limo(&["eval", "--model", s(&looped), "--out", s(&out)]),
         "config.json: Too many levels of symbolic links",
     );
-    one_line_error(
-        &limo(&[
-            "eval",
-            "--model",
-            s(&model),
-            "--benchmarks",
-            "aime,gpqa",
-            "--out",
-            s(&out),
-        ]),
-        "unknown benchmark \"gpqa\"",
-    );
-    one_line_error(
-        &limo(&[
-            "eval",
-            "--model",
-            s(&model),
-            "--benchmarks",
-            " ,",
-            "--out",
-            s(&out),
-        ]),
-        "--benchmarks: no benchmark named",
-    );
+    for (names, expected) in [
+        ("aime,gpqa", "unknown benchmark \"gpqa\""),
+        (" ,", "--benchmarks: no benchmark named"),
+    ] {
+        let args = ["eval", "--model", s(&model), "--benchmarks", names];
+        one_line_error(&limo(&[&args[..], &["--out", s(&out)]].concat()), expected);
+    }
     // Names as a person types them: spaces after commas, capitals.
     let typed = limo(&[
         "eval",

@@ -291,56 +291,6 @@ pub fn list(checkpoints_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// Before a run starts from step 0 in `checkpoints_dir`: an earlier run's complete checkpoints
-/// there are an error (the new run's would mix with them, `latest` would point at either, and
-/// `keep_last` would delete the old run's), unless `overwrite`, which deletes them first.
-pub fn start_afresh(checkpoints_dir: &Path, overwrite: bool) -> anyhow::Result<()> {
-    let found = list(checkpoints_dir)?;
-    if found.is_empty() {
-        return Ok(());
-    }
-    let steps: Vec<String> = found
-        .iter()
-        .filter_map(|d| d.file_name()?.to_str())
-        .map(
-            |name| match name.strip_prefix("step-").map(str::parse::<usize>) {
-                Some(Ok(step)) => step.to_string(),
-                _ => name.to_string(),
-            },
-        )
-        .collect();
-    let (shown, more) = match steps.len() {
-        n if n > 6 => (
-            steps[n - 6..].join(", "),
-            format!("{} checkpoints, the newest ", n),
-        ),
-        _ => (steps.join(", "), String::new()),
-    };
-    if !overwrite {
-        bail!(
-            "{} holds an earlier run's checkpoints ({more}steps {shown}): --resume continues \
-             that run (--resume auto: whenever a checkpoint exists), output.overwrite = true \
-             deletes them and starts afresh; or choose another output.dir",
-            checkpoints_dir.display()
-        );
-    }
-    tracing::warn!(
-        checkpoints = %checkpoints_dir.display(),
-        steps = %steps.join(", "),
-        "output.overwrite: deleting an earlier run's checkpoints to start afresh"
-    );
-    match std::fs::remove_file(checkpoints_dir.join(LATEST)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("{}", checkpoints_dir.join(LATEST).display()))?
-        }
-        _ => {}
-    }
-    for dir in &found {
-        discard(checkpoints_dir, dir)?;
-    }
-    Ok(())
-}
-
 /// Deletes all but the newest `keep_last` complete checkpoints (never `latest`'s), and what a
 /// kill during an earlier delete left behind.
 fn prune(checkpoints_dir: &Path, keep_last: usize) -> anyhow::Result<()> {
@@ -813,8 +763,10 @@ pub fn side_files(model_dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<
     Ok(files)
 }
 
+mod afresh;
 pub mod disk;
 mod find;
+pub use afresh::{clear_an_earlier_start, start_afresh};
 pub use find::{find, others_hint, resolve};
 #[cfg(test)]
 mod tests;

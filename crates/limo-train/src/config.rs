@@ -435,7 +435,7 @@ impl TrainConfig {
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Self> {
         let mut table: toml::Table = toml::from_str(text).with_context(|| origin.to_string())?;
         for item in overrides {
-            apply_override(&mut table, item)?;
+            overrides::apply_override(&mut table, item)?;
         }
         // The two ways to give the warmup exclude each other: `--set` of one replaces the other
         // (`--set train.warmup_ratio=0.1` on a config with warmup_steps).
@@ -757,36 +757,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// `section.key=value` (value in TOML syntax; bare words are strings).
-fn apply_override(table: &mut toml::Table, item: &str) -> anyhow::Result<()> {
-    let (path, raw) = item
-        .split_once('=')
-        .with_context(|| format!("--set {item}: expected section.key=value"))?;
-    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").expect("parsed"),
-        Err(_) => toml::Value::String(raw.to_string()),
-    };
-    let keys: Vec<&str> = path.trim().split('.').collect();
-    let (last, parents) = keys.split_last().expect("split gives one item");
-    // Every field is in a section: a bare key would be blamed on the config file.
-    if parents.is_empty() {
-        bail!(
-            "--set {item}: expected section.key=value, e.g. train.{}=...",
-            path.trim()
-        );
-    }
-    let mut node = table;
-    for key in parents {
-        node = node
-            .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .with_context(|| format!("--set {item}: {key} is not a section"))?;
-    }
-    node.insert(last.to_string(), value);
-    Ok(())
-}
-
 /// A config enum from its name as a command-line flag gives it: the serde names stay the one
 /// list, and a bad name reads "unknown variant `x`, expected ...".
 pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> anyhow::Result<T> {
@@ -796,6 +766,7 @@ pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> anyhow::Result<T
     )?)
 }
 
+mod overrides;
 mod size;
 pub use size::{parse_size, ByteSize};
 mod train_enums;

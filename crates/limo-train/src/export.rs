@@ -100,6 +100,20 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
     move_into_place(&staging, out)
 }
 
+/// Writes `<output>/model` from the final checkpoint.
+pub fn export_final(
+    config: &crate::TrainConfig,
+    dtype: DType,
+    final_checkpoint: &Path,
+) -> anyhow::Result<()> {
+    let export_dir = config.output.dir.join("model");
+    if export_dir.exists() {
+        std::fs::remove_dir_all(&export_dir)?;
+    }
+    let shard = config.output.max_shard_size.bytes();
+    export(final_checkpoint, &export_dir, dtype, shard)
+}
+
 /// The staging folder inside `out`.
 const STAGING: &str = ".export.partial";
 

@@ -202,7 +202,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
     let afresh = match (&resume, lead) {
         (None, true) => checkpoint::start_afresh(&out.join("checkpoints"), config.output.overwrite)
-            .and_then(|()| clear_an_earlier_start(config)),
+            .and_then(|()| checkpoint::clear_an_earlier_start(config)),
         _ => Ok(()),
     };
     agree(comm.as_ref(), &device, afresh, "checking the run directory")?;
@@ -675,7 +675,7 @@ impl<'a> Run<'a> {
         self.plot(&history);
         if let Some(dtype) = self.config.output.export_dtype.dtype() {
             let last = checkpoint::step_dir_name(self.total_steps);
-            export_final(self.config, dtype, &self.checkpoints_dir().join(last))?;
+            crate::export::export_final(self.config, dtype, &self.checkpoints_dir().join(last))?;
         }
         Ok(history)
     }
@@ -703,31 +703,6 @@ fn rank_micro_batches(
 fn stop_agreed(model: &ShardedModel, stop: &StopOnSignals) -> anyhow::Result<bool> {
     let [ranks] = model.sum_over_ranks([f64::from(u8::from(stop.requested().is_some()))])?;
     Ok(ranks > 0.0)
-}
-
-/// Writes `<output>/model` from the final checkpoint.
-/// Before a run starts from step 0: what an earlier start in its directory left that this one
-/// would otherwise mix with or reuse: TensorBoard event files (as metrics.jsonl is rewritten)
-/// and a random initialization, made for `model.init` settings that may since have changed.
-fn clear_an_earlier_start(config: &TrainConfig) -> anyhow::Result<()> {
-    let out = &config.output.dir;
-    let mut stale = vec![out.join("tensorboard")];
-    if config.model.init.is_some() {
-        stale.push(out.join("init-model"));
-    }
-    for dir in stale.into_iter().filter(|d| d.is_dir()) {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-    }
-    Ok(())
-}
-
-fn export_final(config: &TrainConfig, dtype: DType, final_checkpoint: &Path) -> anyhow::Result<()> {
-    let export_dir = config.output.dir.join("model");
-    if export_dir.exists() {
-        std::fs::remove_dir_all(&export_dir)?;
-    }
-    let shard = config.output.max_shard_size.bytes();
-    crate::export::export(final_checkpoint, &export_dir, dtype, shard)
 }
 
 /// What a step's loss divides by: its target tokens and its examples (documents with

@@ -1,0 +1,74 @@
+//! A run that starts from step 0 in a directory an earlier run used: refused over that run's
+//! checkpoints unless `output.overwrite`, and cleared of what it would otherwise reuse.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use super::{discard, list, LATEST};
+use crate::config::TrainConfig;
+
+/// Before a run starts from step 0 in `checkpoints_dir`: an earlier run's complete checkpoints
+/// there are an error (the new run's would mix with them, `latest` would point at either, and
+/// `keep_last` would delete the old run's), unless `overwrite`, which deletes them first.
+pub fn start_afresh(checkpoints_dir: &Path, overwrite: bool) -> anyhow::Result<()> {
+    let found = list(checkpoints_dir)?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let steps: Vec<String> = found
+        .iter()
+        .filter_map(|d| d.file_name()?.to_str())
+        .map(
+            |name| match name.strip_prefix("step-").map(str::parse::<usize>) {
+                Some(Ok(step)) => step.to_string(),
+                _ => name.to_string(),
+            },
+        )
+        .collect();
+    let (shown, more) = match steps.len() {
+        n if n > 6 => (
+            steps[n - 6..].join(", "),
+            format!("{} checkpoints, the newest ", n),
+        ),
+        _ => (steps.join(", "), String::new()),
+    };
+    if !overwrite {
+        bail!(
+            "{} holds an earlier run's checkpoints ({more}steps {shown}): --resume continues \
+             that run (--resume auto: whenever a checkpoint exists), output.overwrite = true \
+             deletes them and starts afresh; or choose another output.dir",
+            checkpoints_dir.display()
+        );
+    }
+    tracing::warn!(
+        checkpoints = %checkpoints_dir.display(),
+        steps = %steps.join(", "),
+        "output.overwrite: deleting an earlier run's checkpoints to start afresh"
+    );
+    match std::fs::remove_file(checkpoints_dir.join(LATEST)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("{}", checkpoints_dir.join(LATEST).display()))?
+        }
+        _ => {}
+    }
+    for dir in &found {
+        discard(checkpoints_dir, dir)?;
+    }
+    Ok(())
+}
+
+/// Before a run starts from step 0: what an earlier start in its directory left that this one
+/// would otherwise mix with or reuse: TensorBoard event files (as metrics.jsonl is rewritten)
+/// and a random initialization, made for `model.init` settings that may since have changed.
+pub fn clear_an_earlier_start(config: &TrainConfig) -> anyhow::Result<()> {
+    let out = &config.output.dir;
+    let mut stale = vec![out.join("tensorboard")];
+    if config.model.init.is_some() {
+        stale.push(out.join("init-model"));
+    }
+    for dir in stale.into_iter().filter(|d| d.is_dir()) {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    Ok(())
+}
