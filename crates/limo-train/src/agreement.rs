@@ -116,9 +116,9 @@ pub fn resume_choice(
         0 if checkpoints.join(checkpoint::LATEST).is_file() => 0.0,
         0 => checkpoint::list(&checkpoints)?
             .iter()
-            .filter_map(|d| d.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok())
+            .filter_map(|d| checkpoint::step_of(d))
             .max()
-            .map_or(-1.0, |step: u64| step as f64),
+            .map_or(-1.0, |step| step as f64),
         _ => -1.0,
     };
     let found = comm

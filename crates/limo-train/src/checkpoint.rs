@@ -99,6 +99,15 @@ pub fn step_dir_name(step: usize) -> String {
     format!("step-{step:08}")
 }
 
+/// The step of a checkpoint directory named by [`step_dir_name`]; `None` for another name.
+pub fn step_of(dir: &Path) -> Option<usize> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
+}
+
 /// One rank's slices, one flat tensor per group for each of the three lists.
 pub struct RankState {
     pub master: Vec<Tensor>,

@@ -18,13 +18,14 @@ pub fn start_afresh(checkpoints_dir: &Path, overwrite: bool) -> anyhow::Result<(
     }
     let steps: Vec<String> = found
         .iter()
-        .filter_map(|d| d.file_name()?.to_str())
-        .map(
-            |name| match name.strip_prefix("step-").map(str::parse::<usize>) {
-                Some(Ok(step)) => step.to_string(),
-                _ => name.to_string(),
-            },
-        )
+        .map(|d| match super::step_of(d) {
+            Some(step) => step.to_string(),
+            None => d
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        })
         .collect();
     let (shown, more) = match steps.len() {
         n if n > 6 => (

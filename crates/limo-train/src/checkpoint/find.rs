@@ -72,13 +72,7 @@ pub fn others_hint(checkpoints_dir: &Path, failed: &Path) -> String {
         .unwrap_or_default()
         .iter()
         .filter(|d| d.file_name() != failed.file_name())
-        .filter_map(|d| {
-            d.file_name()?
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|d| super::step_of(d))
         .map(|step| step.to_string())
         .collect();
     match steps.last() {
