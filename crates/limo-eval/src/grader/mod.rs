@@ -54,9 +54,12 @@ pub fn extract_answer(text: &str) -> Option<String> {
 }
 
 /// [`extract_answer`], or the whole text (trimmed) when it has no box and no answer phrase: a
-/// prediction may be a full response or a bare answer.
+/// prediction may be a full response or a bare answer. Only empty boxes extract nothing: `""`.
 pub fn extract_or_raw(text: &str) -> String {
-    extract_answer(text).unwrap_or_else(|| text.trim().to_string())
+    extract_answer(text).unwrap_or_else(|| {
+        let boxed = text.contains("\\boxed") || text.contains("\\fbox");
+        if boxed { "" } else { text.trim() }.to_string()
+    })
 }
 
 fn last_boxed(text: &str) -> Option<String> {

@@ -27,6 +27,7 @@ pub(super) fn normalize_parts(answer: &str) -> (String, Option<String>) {
         .replace("°F", "")
         .replace("^{\\circ}C", "");
     s = map_unicode(&s);
+    s = remove_trailing_text(&s);
     s = unwrap_macros(&s);
     s = s.replace(",\\!", "{,}");
     s = simplify_escapes(&s);

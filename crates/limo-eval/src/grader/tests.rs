@@ -148,3 +148,32 @@ fn symbolic() {
     assert!(!is_equivalent("\\text{odd}", "\\text{even}"));
     assert!(!is_equivalent("east", "seat"));
 }
+
+#[test]
+fn words_after_a_number() {
+    // LIMO drops a trailing `\text{}` and MathQA's unit words (apples, coins, men, ...).
+    assert!(is_equivalent("12 \\text{ red balls}", "12"));
+    assert!(is_equivalent("10\\text{ boxes}", "10"));
+    assert!(is_equivalent("\\frac{3}{4}\\text{ of the cake}", "0.75"));
+    assert!(is_equivalent("(2, 3) \\text{ only}", "(2,3)"));
+    assert!(is_equivalent("\\text{12 apples}", "12"));
+    assert!(is_equivalent("6 men", "6"));
+    assert!(is_equivalent("5\\text{th}", "5"));
+    // what LIMO keeps: a whole answer in \text{}, a choice, words not after a number
+    assert!(!is_equivalent("\\text{7 cookies}", "7"));
+    assert!(is_equivalent("3 \\text{ (B)}", "3 (B)"));
+    assert!(!is_equivalent("3 \\text{ (B)}", "3"));
+    assert!(!is_equivalent("x \\text{ is odd}", "x"));
+    assert!(is_equivalent("\\text{odd}", "odd"));
+    assert!(!is_equivalent("12 \\text{ or } 13", "12"));
+    assert!(!is_equivalent("2\\text{ and }3\\text{ only}", "2"));
+}
+
+#[test]
+fn an_empty_box_extracts_nothing() {
+    assert_eq!(extract_or_raw("so \\boxed{}."), "");
+    assert_eq!(extract_or_raw("\\boxed{ }"), "");
+    assert!(!is_equivalent(&extract_or_raw("\\boxed{}"), "3"));
+    assert_eq!(extract_or_raw(" 42 "), "42");
+    assert_eq!(extract_or_raw("\\boxed{} then \\boxed{4}"), "4");
+}

@@ -20,7 +20,12 @@ pub(super) const UNITS: &[&str] = &[
     "立方厘米",
     "平方千米",
     "千米/时",
+    "hectares",
+    "soldiers",
     "students",
+    "hectare",
+    "monkeys",
+    "soldier",
     "degrees",
     "dollars",
     "minutes",
@@ -34,6 +39,38 @@ pub(super) const UNITS: &[&str] = &[
     "liters",
     "litres",
     "people",
+    "apples",
+    "rupees",
+    "monkey",
+    "rounds",
+    "apple",
+    "rupee",
+    "coins",
+    "tiles",
+    "cubes",
+    "marks",
+    "acres",
+    "women",
+    "woman",
+    "coin",
+    "tile",
+    "cube",
+    "mark",
+    "acre",
+    "toys",
+    "pies",
+    "ohms",
+    "kmph",
+    "toy",
+    "pie",
+    "ohm",
+    "men",
+    "man",
+    "yrs",
+    "gal",
+    "yr",
+    "am",
+    "pm",
     "points",
     "square",
     "cubic",
@@ -135,6 +172,40 @@ pub(super) const UNITS: &[&str] = &[
 ];
 /// Single-letter units: only after a number and a space, at the very end.
 pub(super) const SHORT_UNITS: &[&str] = &["m", "g", "s", "h", "K", "L"];
+
+/// A `\text{...}` (or `\mbox`, `\textrm`, `\textnormal`) of words ending the answer after a
+/// number, a `}` or a `)`: a unit or a description (`12 \text{ red balls}`, `10\text{ boxes}`),
+/// dropped as LIMO drops a trailing `\text{}`. Only words go: `\text{ (B)}`, a number inside, or
+/// a whole answer in `\text{}` stays.
+pub(super) fn remove_trailing_text(s: &str) -> String {
+    let t = s.trim_end();
+    let Some(open) = t.rfind('\\') else {
+        return s.to_string();
+    };
+    let (name, end) = command_at(t, open);
+    if !["text", "mbox", "textrm", "textnormal"].contains(&name) {
+        return s.to_string();
+    }
+    let at = end + (t[end..].len() - t[end..].trim_start_matches(' ').len());
+    let Some((inner, len)) = brace_group(&t[at..]) else {
+        return s.to_string();
+    };
+    let words = inner.trim();
+    let only_words = words.chars().any(|c| c.is_ascii_alphabetic())
+        && words
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || matches!(c, ' ' | '-' | '\'' | '.'));
+    let before = t[..open].trim_end();
+    let after_number = before
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_ascii_digit() || c == '}' || c == ')');
+    if at + len == t.len() && only_words && after_number {
+        before.to_string()
+    } else {
+        s.to_string()
+    }
+}
 
 pub(super) fn remove_units(s: &str) -> String {
     let mut cur = s.to_string();
