@@ -25,6 +25,17 @@ pub fn results_part(dir: &Path, rank: usize, world: usize) -> PathBuf {
     }
 }
 
+/// The most jobs one rank of `world` holds in its batch at once: its fair share of `jobs` when
+/// that is below `batch`. The first rank to load its model would otherwise take a whole small
+/// benchmark (AIME's 30 problems into a batch of 32) while the other GPUs idle; a rank takes
+/// more as its responses finish.
+pub fn rank_batch(batch: usize, jobs: usize, world: usize) -> usize {
+    match world {
+        0 | 1 => batch,
+        _ => batch.min(jobs.div_ceil(world)).max(1),
+    }
+}
+
 /// Files in `dir` named `{prefix}<anything>{suffix}`, sorted.
 pub(crate) fn files_like(dir: &Path, prefix: &str, suffix: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
@@ -183,6 +194,15 @@ pub fn clear_marks(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rank_holds_at_most_its_share_of_a_small_benchmark() {
+        assert_eq!(rank_batch(32, 30, 8), 4, "AIME on 8 GPUs");
+        assert_eq!(rank_batch(32, 240, 8), 30, "8 samples each");
+        assert_eq!(rank_batch(32, 1000, 8), 32, "the batch caps a large one");
+        assert_eq!(rank_batch(32, 30, 1), 32, "one process takes its batch");
+        assert_eq!(rank_batch(32, 3, 8), 1, "fewer jobs than ranks");
+    }
 
     #[test]
     fn rank_zero_collects_the_tallies_and_stops_at_a_failed_rank() {

@@ -477,7 +477,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
     };
     let tally = match jobs.is_empty() {
         true => Ok(ranks::Tally::default()),
-        false => generate_jobs(opts, &tokenizer, &jobs, &files, progress),
+        false => generate_jobs(opts, &tokenizer, &jobs, (&files, world), progress),
     };
     let tally = match tally {
         Err(e) if rank != 0 => {
@@ -555,7 +555,7 @@ fn generate_jobs(
     opts: &EvalOptions,
     tokenizer: &ChatTokenizer,
     jobs: &[Job],
-    files: &RankFiles,
+    (files, world): (&RankFiles, usize),
     progress: Progress,
 ) -> anyhow::Result<ranks::Tally> {
     let in_model = || format!("model {}", opts.model_dir.display());
@@ -582,6 +582,7 @@ fn generate_jobs(
         ),
         limo_ops::available_memory(&opts.device),
     )?;
+    let batch_size = ranks::rank_batch(batch_size, jobs.len(), world);
     let results_path = &files.results;
     let mut out = OpenOptions::new()
         .create(true)
