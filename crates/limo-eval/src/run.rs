@@ -505,7 +505,9 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
 
     let mut records = read_results(&dir.join(RESULTS_FILE))?;
     let mut seen = HashSet::new();
-    records.retain(|r| wanted.contains(&r.key()) && seen.insert(r.key()));
+    records.retain(|r| seen.insert(r.key()));
+    let all = records.len();
+    records.retain(|r| wanted.contains(&r.key()));
     let order: Vec<String> = problems
         .iter()
         .filter_map(|p| p.first().map(|p| p.benchmark.clone()))
@@ -522,6 +524,7 @@ pub fn run_on(opts: &EvalOptions, comm: &dyn Communicator) -> anyhow::Result<Opt
         generated: total.generated,
         resumed,
         continued: total.continued,
+        other_results: all - records.len(),
         seconds,
         throughput_tokens_per_s: if seconds > 0.0 {
             total.tokens as f64 / seconds

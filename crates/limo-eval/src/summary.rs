@@ -47,6 +47,10 @@ pub struct Summary {
     /// Of `generated`, those that went on from where a stopped run left them (in-flight.json).
     #[serde(default)]
     pub continued: usize,
+    /// Responses in results.jsonl that this invocation did not ask for (an earlier run's wider
+    /// selection: more problems, benchmarks or samples), kept there and left out of `benchmarks`.
+    #[serde(default)]
+    pub other_results: usize,
     /// Wall time of this invocation's generation, and its tokens per second over all
     /// sequences.
     pub seconds: f64,
@@ -207,6 +211,13 @@ pub fn format_table(summary: &Summary) -> String {
         summary.seconds,
         summary.throughput_tokens_per_s
     ));
+    if summary.other_results > 0 {
+        out.push_str(&format!(
+            "results.jsonl also keeps {} responses this run did not ask for (an earlier, wider \
+             selection); the table counts only this one\n",
+            summary.other_results
+        ));
+    }
     out
 }
 

@@ -77,6 +77,19 @@ fn all_benchmarks_run_end_to_end_and_resume() {
     assert_eq!((again.generated, again.resumed), (0, 27));
     assert_eq!(std::fs::read(out.join(RESULTS_FILE)).unwrap(), before);
     assert_eq!(again.benchmarks.len(), 9);
+    assert_eq!(again.other_results, 0);
+
+    // A narrower rerun reports its selection and counts the responses it leaves in the file.
+    let narrow = EvalOptions {
+        benchmarks: vec!["aime".into()],
+        limit: Some(2),
+        ..opts.clone()
+    };
+    let few = run(&narrow).unwrap();
+    assert_eq!((few.resumed, few.other_results), (2, 25));
+    assert_eq!(few.benchmarks.len(), 1);
+    assert!(limo_eval::summary::format_table(&few).contains("also keeps 25 responses"));
+    assert_eq!(std::fs::read(out.join(RESULTS_FILE)).unwrap(), before);
 
     // A run killed mid-line: the torn line is dropped and generated again, identically.
     let cut = before.len() - 10;
