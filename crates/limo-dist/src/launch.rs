@@ -140,6 +140,15 @@ pub fn launch(spec: &LaunchSpec) -> anyhow::Result<()> {
                 crate::MAX_WORLD_SIZE
             )
         })?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if spec.nproc_per_node > cores {
+        // Fine for a test of many ranks; slow for training (ranks take turns on the cores).
+        tracing::warn!(
+            "{} ranks on {cores} cores of this machine: each rank's CPU work \
+             shares the cores; for speed, run at most one rank per core (one per GPU)",
+            spec.nproc_per_node
+        );
+    }
     install_handlers();
 
     let mut ranks: Vec<Rank> = Vec::new();
