@@ -9,6 +9,8 @@ pub(super) fn apply_override(table: &mut toml::Table, item: &str) -> anyhow::Res
         .with_context(|| format!("--set {item}: expected section.key=value"))?;
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").expect("parsed"),
+        // TOML integers are i64: a longer number is not a word.
+        Err(_) if is_integer(raw) => bail!("--set {item}: {} is out of range", raw.trim()),
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let keys: Vec<&str> = path.trim().split('.').collect();
@@ -30,4 +32,9 @@ pub(super) fn apply_override(table: &mut toml::Table, item: &str) -> anyhow::Res
     }
     node.insert(last.to_string(), value);
     Ok(())
+}
+
+fn is_integer(raw: &str) -> bool {
+    let digits = raw.trim().trim_start_matches(['+', '-']);
+    !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '_')
 }

@@ -27,6 +27,15 @@ fn overrides_apply_and_unknown_keys_are_named() {
         format!("{err:#}"),
         "--set lr=1: expected section.key=value, e.g. train.lr=..."
     );
+    // Past TOML's i64 a number read as a word: "invalid type: string".
+    let big = "train.max_steps=99999999999999999999".to_string();
+    let err = TrainConfig::parse(TINY_TOML, "tiny.toml", &[big]).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "--set train.max_steps=99999999999999999999: 99999999999999999999 is out of range"
+    );
+    let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &["output.dir=2024_01x".into()]);
+    assert_eq!(c.unwrap().output.dir, std::path::PathBuf::from("2024_01x"));
 }
 
 #[test]
