@@ -145,10 +145,12 @@ fn answer_phrase(text: &str) -> Option<String> {
     let rest =
         rest.trim_start_matches(|c: char| c == ':' || c == '：' || c == '*' || c.is_whitespace());
     let line = rest.split('\n').next().unwrap_or("");
+    let joined: String;
     let mut ans: &str = if let Some(inner) = line.strip_prefix("$$") {
         inner.split("$$").next().unwrap_or("")
-    } else if let Some(inner) = line.strip_prefix('$') {
-        inner.split('$').next().unwrap_or("")
+    } else if line.starts_with('$') {
+        joined = inline_math_run(line);
+        &joined
     } else if let Some(inner) = line.strip_prefix("\\(") {
         inner.split("\\)").next().unwrap_or("")
     } else if let Some(inner) = line.strip_prefix("\\[") {
@@ -162,6 +164,39 @@ fn answer_phrase(text: &str) -> Option<String> {
     };
     ans = ans.trim().trim_end_matches(['.', '*', '。']).trim();
     (!ans.is_empty()).then(|| ans.to_string())
+}
+
+/// The contents of `$a$, $b$ and $c$` at the start of `line`, joined by commas (an escaped `\$`
+/// is a dollar sign inside).
+fn inline_math_run(line: &str) -> String {
+    let mut parts = Vec::new();
+    let mut rest = line;
+    while let Some(inner) = rest.strip_prefix('$').filter(|r| !r.starts_with('$')) {
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '$' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                '\\' => escaped = !escaped,
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else {
+            parts.push(inner);
+            break;
+        };
+        parts.push(&inner[..end]);
+        let after = inner[end + 1..].trim_start_matches([' ', ',', ';']);
+        rest = ["and ", "or "]
+            .iter()
+            .find_map(|w| after.strip_prefix(w))
+            .unwrap_or(after)
+            .trim_start();
+    }
+    parts.join(", ")
 }
 
 /// The content of the brace group `s` starts with, and the byte length of the whole group.
@@ -422,7 +457,13 @@ fn equiv(p_raw: &str, r_raw: &str, depth: usize) -> bool {
     if let Some(result) = compare_structured(&p, &r, depth) {
         return result;
     }
-    if let Some(result) = compare_equations(&p, &r) {
+    // `y = 2x+1`, its `y =` stripped, against an equation `2x - y + 1 = 0`
+    let as_equation = |s: &str, var: &Option<String>, other: &str| match var {
+        Some(v) if other.contains('=') && !s.contains('=') => format!("{v}={s}"),
+        _ => s.to_string(),
+    };
+    let (pe, re) = (as_equation(&p, &p_var, &r), as_equation(&r, &r_var, &p));
+    if let Some(result) = compare_equations(&pe, &re) {
         return result;
     }
     if let Some(result) = compare_values(&p, &r) {

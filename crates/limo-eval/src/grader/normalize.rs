@@ -530,13 +530,17 @@ pub(super) fn infinities(s: &str) -> String {
     t
 }
 
-/// `x=5` -> (`5`, `x`); `x\in[1,2]` -> `[1,2]`. Only a single-letter (or subscripted / Greek)
-/// variable on the left of the only `=`.
+/// `x=5` and `5=x` -> (`5`, `x`); `x\in[1,2]` -> `[1,2]`. Only a single-letter (or subscripted /
+/// Greek) variable on one side of the only `=` (the left one when both are).
 pub(super) fn strip_leading_variable(s: &str) -> (String, Option<String>) {
     if s.matches('=').count() == 1 {
         let (lhs, rhs) = s.split_once('=').unwrap_or((s, ""));
         if !rhs.is_empty() && is_simple_variable(lhs) && !rhs.starts_with(['=', '<', '>']) {
             return (rhs.to_string(), Some(lhs.to_string()));
+        }
+        // `5 = x`, `k+4 = n`: the variable written last
+        if !lhs.is_empty() && is_simple_variable(rhs) && !lhs.ends_with(['!', '<', '>']) {
+            return (lhs.to_string(), Some(rhs.to_string()));
         }
     }
     if let Some(pos) = s.find("\\in") {

@@ -147,6 +147,27 @@ fn symbolic() {
     assert!(is_equivalent("\\sin^2 x + \\cos^2 x", "1"));
     assert!(!is_equivalent("\\text{odd}", "\\text{even}"));
     assert!(!is_equivalent("east", "seat"));
+    // the variable on the right, and an equation against a solved form
+    assert!(is_equivalent("5 = x", "x=5"));
+    assert!(is_equivalent("k+4 = n", "n=k+4"));
+    assert!(!is_equivalent("k+4 = m", "n=k+4"));
+    assert!(is_equivalent("2x - y + 1 = 0", "y = 2x + 1"));
+    assert!(is_equivalent("y = 1 - x", "x + y = 1"));
+    assert!(!is_equivalent("y = 1 + x", "x + y = 1"));
+    assert!(!is_equivalent("x \\le 3", "3"));
+}
+
+#[test]
+fn answer_phrases() {
+    let got = |t: &str| extract_answer(t).unwrap_or_default();
+    assert_eq!(got("So the answer is $\\$36 $."), "\\$36");
+    assert_eq!(got("So the answer is $-1$,$2$, and $-2$."), "-1, 2, -2");
+    assert_eq!(got("The answer is $5$ apples, $3$ left."), "5");
+    assert_eq!(got("The answer is $7"), "7");
+    assert!(is_equivalent(
+        &got("So the answer is $90 degrees$, $60 degrees$."),
+        "90,60"
+    ));
 }
 
 #[test]
