@@ -34,6 +34,14 @@ fn a_run_directory_in_use_is_refused() {
     assert!(!out.join("config.toml").exists(), "nothing was written");
     drop(holder);
     run_ok(&train_args(&config, &["train.max_steps=1"]));
+    // Its checkpoints deleted, its export is still an earlier run's model: not silently kept.
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    let err = run_err(&train_args(&config, &["train.max_steps=1"]));
+    assert_mentions(
+        &err,
+        &["holds an earlier run's exported model", "output.overwrite"],
+    );
+    assert!(out.join("model/config.json").exists(), "kept");
 }
 
 /// A run started without `--resume` into a directory holding an earlier run's checkpoints is
@@ -80,11 +88,10 @@ fn a_new_run_over_an_earlier_runs_checkpoints_needs_overwrite() {
     assert_eq!(steps(), first);
     assert!(latest_checkpoint(&out).ends_with("step-00000003"));
     assert_eq!(lines(), 3);
+    assert!(out.join("model/config.json").exists() && out.join("loss.png").exists());
+    let no_export = ["output.overwrite=true", "output.export_dtype=none"];
     let afresh = limo()
-        .args(train_args(
-            &config,
-            &[&second[..], &["output.overwrite=true"]].concat(),
-        ))
+        .args(train_args(&config, &[&second[..], &no_export].concat()))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&afresh.stderr);
@@ -101,6 +108,9 @@ fn a_new_run_over_an_earlier_runs_checkpoints_needs_overwrite() {
     assert_eq!(steps(), ["step-00000001", "step-00000002"]);
     assert!(latest_checkpoint(&out).ends_with("step-00000002"));
     assert_eq!(lines(), 2);
+    // The earlier run's export went with its checkpoints (this run exports none).
+    assert!(!out.join("model").exists());
+    assert!(out.join("loss.png").exists(), "this run's plot");
     // --resume auto, with checkpoints there, continues the run instead (here: already done),
     // also when `latest` was never written (a kill right after the first checkpoint).
     let mut resume = train_args(&config, &second);

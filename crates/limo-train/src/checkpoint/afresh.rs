@@ -60,16 +60,35 @@ pub fn start_afresh(checkpoints_dir: &Path, overwrite: bool) -> anyhow::Result<(
 }
 
 /// Before a run starts from step 0: what an earlier start in its directory left that this one
-/// would otherwise mix with or reuse: TensorBoard event files (as metrics.jsonl is rewritten)
-/// and a random initialization, made for `model.init` settings that may since have changed.
+/// would otherwise mix with or reuse: TensorBoard event files (as metrics.jsonl is rewritten),
+/// a random initialization made for `model.init` settings that may since have changed, the
+/// evaluation and the plot. An earlier run's exported `model/` (whose checkpoints are gone) is
+/// an error unless `output.overwrite`, which deletes it: it would pass for this run's model
+/// until this run's export replaced it, or forever with `export_dtype = "none"`.
 pub fn clear_an_earlier_start(config: &TrainConfig) -> anyhow::Result<()> {
     let out = &config.output.dir;
-    let mut stale = vec![out.join("tensorboard")];
+    let model = out.join("model");
+    if model.is_dir() && !config.output.overwrite {
+        bail!(
+            "{} holds an earlier run's exported model: output.overwrite = true deletes it and \
+             starts afresh; or choose another output.dir",
+            model.display()
+        );
+    }
+    let mut stale = vec![out.join("tensorboard"), model];
     if config.model.init.is_some() {
         stale.push(out.join("init-model"));
     }
     for dir in stale.into_iter().filter(|d| d.is_dir()) {
         std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    for file in ["eval.json", "loss.png"].map(|f| out.join(f)) {
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("{}", file.display()))?
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
