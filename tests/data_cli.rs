@@ -185,6 +185,15 @@ fn dump_and_stats_of_a_run_config_are_the_trainer_s_rows() {
         &[],
     );
     assert_eq!(mixed.status.code(), Some(2));
+    // --set without --config had nothing to override and was ignored.
+    let math = data("math.jsonl");
+    let alone = limo_data("stats", &math, "limo", &["--set", "data.limit=1"], &[]);
+    assert_eq!(alone.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&alone.stderr);
+    assert!(
+        err.contains("--set data.limit=1: --set overrides a field of --config FILE"),
+        "{err}"
+    );
 }
 
 #[test]

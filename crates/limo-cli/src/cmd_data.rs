@@ -117,6 +117,10 @@ struct Inputs {
 
 impl DataArgs {
     fn inputs(&self) -> anyhow::Result<Inputs> {
+        // clap's `requires` does not hold here (an arg other args are required unless).
+        if let (None, Some(first)) = (&self.config, self.overrides.first()) {
+            bail!("--set {first}: --set overrides a field of --config FILE; without one, use the flags (--limit, --cutoff-len, ...)");
+        }
         let (mut data, tokenizer, seed) = match &self.config {
             Some(file) => {
                 let config = TrainConfig::from_file(file, &self.overrides)?;
