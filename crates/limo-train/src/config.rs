@@ -246,6 +246,9 @@ pub struct TrainSection {
     pub optimizer_offload: OptimizerOffload,
 }
 
+/// The most rows one optimizer step takes over all ranks (LIMO's recipe takes 32).
+pub const MAX_ROWS_PER_STEP: usize = 1 << 24;
+
 impl TrainSection {
     /// Rows one optimizer step consumes over all ranks: `global_batch_size`, or else
     /// batch_size x grad_accum x world.
@@ -260,16 +263,23 @@ impl TrainSection {
                     t.batch_size
                 );
             }
-            return Ok(global);
         }
-        per_micro_batch
-            .and_then(|n| n.checked_mul(t.grad_accum))
-            .with_context(|| {
-                format!(
-                    "train.batch_size {} x grad_accum {} x {world_size} ranks overflows",
-                    t.batch_size, t.grad_accum
-                )
-            })
+        let rows = match t.global_batch_size {
+            Some(global) => global,
+            None => per_micro_batch
+                .and_then(|n| n.checked_mul(t.grad_accum))
+                .unwrap_or(usize::MAX),
+        };
+        // A step's rows are listed (8 bytes each) before its first micro-batch.
+        if rows > MAX_ROWS_PER_STEP {
+            bail!(
+                "train: {rows} rows per optimizer step (global_batch_size, or batch_size {} x \
+                 grad_accum {} x {world_size} ranks) is more than limo handles ({MAX_ROWS_PER_STEP})",
+                t.batch_size,
+                t.grad_accum
+            );
+        }
+        Ok(rows)
     }
 
     /// With `epoch_tail = "repeat"`, an epoch's last step is filled up to a multiple of this

@@ -36,7 +36,7 @@ pub fn disk_use(cfg: &Qwen2Config, config: &TrainConfig, world: u64) -> DiskUse 
     let shard: u64 = sizes.iter().map(|&n| padded(n, world) / world).sum();
     let rank_file = 3 * master * shard;
     let checkpoint = rank_file * world;
-    let checkpoints_at_once = config.output.keep_last.max(1) as u64 + 1;
+    let checkpoints_at_once = (config.output.keep_last.max(1) as u64).saturating_add(1);
     let params: u64 = sizes.iter().sum();
     let export = config
         .output
@@ -48,7 +48,10 @@ pub fn disk_use(cfg: &Qwen2Config, config: &TrainConfig, world: u64) -> DiskUse 
         checkpoint,
         checkpoints_at_once,
         export,
-        peak: checkpoints_at_once * checkpoint + export,
+        // keep_last may be "all of them" written large
+        peak: checkpoints_at_once
+            .saturating_mul(checkpoint)
+            .saturating_add(export),
     }
 }
 

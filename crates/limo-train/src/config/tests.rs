@@ -340,7 +340,18 @@ fn out_of_range_counts_are_errors_that_name_the_key() {
     let c = c.unwrap();
     assert_eq!(c.rows_per_step(5).unwrap(), 4 * 3 * 5);
     let err = c.rows_per_step(usize::MAX).unwrap_err().to_string();
-    assert!(err.contains("overflows"), "{err}");
+    assert!(
+        err.contains("is more than limo handles (16777216)"),
+        "{err}"
+    );
+    // A global batch too large to list (it panicked allocating the step's rows).
+    let huge = ["train.global_batch_size=4398046511104".into()];
+    let c = TrainConfig::parse(TINY_TOML, "tiny.toml", &huge).unwrap();
+    let err = c.rows_per_step(1).unwrap_err().to_string();
+    assert!(
+        err.contains("4398046511104 rows per optimizer step"),
+        "{err}"
+    );
 }
 
 /// `--set` of one warmup replaces the other; both in one file is an error.
