@@ -102,9 +102,11 @@ fn limo_recipe_maps_to_limo_config() {
     );
     assert_eq!(c.data.cutoff_len, 16384);
     assert!(
-        stdout.contains("# data.system: none"),
+        stdout.contains("system = false"),
         "the qwen template's default system prompt, as LLaMA-Factory:\n{stdout}"
     );
+    // Read back, the printed config is the same run (an absent key was LIMO's prompt).
+    assert_eq!(c.data.system, None);
     let t = &c.train;
     assert_eq!(
         (t.lr, t.epochs, t.batch_size, t.grad_accum),

@@ -129,6 +129,51 @@ fn default_system() -> Option<String> {
     Some(LIMO_SYSTEM_PROMPT.to_string())
 }
 
+/// `data.system`: a prompt's text, or `false` / `null` for none.
+mod system_prompt {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_bool(false),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(Prompt)
+    }
+
+    struct Prompt;
+
+    impl<'de> Visitor<'de> for Prompt {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a system prompt's text, or false for the Qwen2.5 template's default")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_bool<E: Error>(self, v: bool) -> Result<Self::Value, E> {
+            match v {
+                false => Ok(None),
+                true => Err(E::invalid_value(serde::de::Unexpected::Bool(true), &self)),
+            }
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Prompt)
+        }
+    }
+}
+
 fn default_cutoff_len() -> usize {
     DEFAULT_CUTOFF_LEN
 }
@@ -142,9 +187,10 @@ pub struct DataConfig {
     pub format: Format,
     #[serde(default)]
     pub columns: Columns,
-    /// System prompt for examples that carry none. `null` falls back to the Qwen2.5 template's
-    /// own default ("You are Qwen, created by Alibaba Cloud. ...").
-    #[serde(default = "default_system")]
+    /// System prompt for examples that carry none. `false` (JSON `null`) falls back to the
+    /// Qwen2.5 template's own default ("You are Qwen, created by Alibaba Cloud. ..."); it is
+    /// written as `false` because TOML has no null and an absent key means LIMO's prompt.
+    #[serde(default = "default_system", with = "system_prompt")]
     pub system: Option<String>,
     #[serde(default = "default_cutoff_len")]
     pub cutoff_len: usize,
@@ -291,6 +337,19 @@ mod tests {
         let null_system: DataConfig =
             serde_json::from_str(r#"{"path": "x", "format": "alpaca", "system": null}"#).unwrap();
         assert_eq!(null_system.system, None);
+        // TOML has no null: `false` is none, and is how none is written.
+        let no_system: DataConfig =
+            toml::from_str("path = \"x\"\nformat = \"alpaca\"\nsystem = false\n").unwrap();
+        assert_eq!(no_system.system, None);
+        let written = toml::to_string(&no_system).unwrap();
+        assert!(written.contains("system = false"), "{written}");
+        assert_eq!(toml::from_str::<DataConfig>(&written).unwrap(), no_system);
+        let err = toml::from_str::<DataConfig>("path = \"x\"\nformat = \"alpaca\"\nsystem = 3\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("or false for the Qwen2.5"),
+            "{err}"
+        );
 
         let err =
             serde_json::from_str::<DataConfig>(r#"{"path": "x", "format": "limo", "cutof": 1}"#)

@@ -92,15 +92,11 @@ pub fn from_yaml(path: &Path, overrides: &[String]) -> anyhow::Result<TrainConfi
     Ok(config)
 }
 
-/// `config` as the TOML `limo train --print-config` prints. TOML has no null: a `data.system`
-/// of none (the Qwen2.5 template's own default system prompt, as LLaMA-Factory's qwen template
-/// uses it) is written as a comment.
+/// `config` as the TOML `limo train --print-config` prints (a `data.system` of none, the
+/// Qwen2.5 template's own default system prompt as LLaMA-Factory's qwen template uses it, is
+/// `system = false`).
 pub fn resolved_toml(config: &TrainConfig) -> anyhow::Result<String> {
-    let mut text = toml::to_string(config)?;
-    if config.data.system.is_none() {
-        text.push_str("# data.system: none (the Qwen2.5 template's default system prompt)\n");
-    }
-    Ok(text)
+    Ok(toml::to_string(config)?)
 }
 
 /// The YAML's arguments as limo's config table, without `--set` or validation.
