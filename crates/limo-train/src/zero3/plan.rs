@@ -438,7 +438,7 @@ pub fn plan_with_offload(
         workload: work,
         hardware: hw,
         tokens_per_micro_batch: tokens,
-        tokens_per_step: tokens * n * work.grad_accum,
+        tokens_per_step: tokens.saturating_mul(n).saturating_mul(work.grad_accum),
         with_checkpointing: estimate(true, ckpt_saved, 2 * per_layer),
         without_checkpointing: estimate(false, full_saved, per_layer),
         optimizer_offload: offload.optimizer_offload,
