@@ -443,7 +443,8 @@ impl TrainConfig {
     /// Parses TOML text, applies `section.key=value` overrides, and validates. `origin` names
     /// the file in errors.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> anyhow::Result<Self> {
-        let mut table: toml::Table = toml::from_str(text).with_context(|| origin.to_string())?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| errors::syntax_error(text, origin, &e))?;
         for item in overrides {
             overrides::apply_override(&mut table, item)?;
         }
@@ -464,9 +465,14 @@ impl TrainConfig {
         // Round-trip through text so that serde errors carry the key and its position.
         let merged = toml::to_string(&table)?;
         let config: TrainConfig = toml::from_str(&merged).map_err(|e| {
+            // A missing section spans the whole text, whose first line is a section's header.
+            let section = ["model", "data", "train", "output"]
+                .iter()
+                .any(|s| e.message() == format!("missing field `{s}`"));
             let key = e
                 .span()
-                .map(|span| key_at(&merged, span.start))
+                .filter(|_| !section)
+                .map(|span| errors::key_at(&merged, span.start))
                 .unwrap_or_default();
             anyhow::anyhow!("{origin}: {key}{}", e.message())
         })?;
@@ -743,24 +749,6 @@ impl TrainConfig {
     }
 }
 
-/// `section.key: ` of the TOML line holding byte `offset` (empty when there is none), so that
-/// a type error names the field like an unknown-key error does.
-fn key_at(text: &str, offset: usize) -> String {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let Some((key, _)) = line.split_once('=') else {
-        return String::new();
-    };
-    let section = before[..line_start]
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
-        .map(|s| format!("{s}."))
-        .unwrap_or_default();
-    format!("{section}{}: ", key.trim())
-}
-
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
@@ -776,6 +764,7 @@ pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> anyhow::Result<T
     )?)
 }
 
+mod errors;
 mod overrides;
 mod size;
 pub use size::{parse_size, ByteSize};

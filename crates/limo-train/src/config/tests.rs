@@ -499,3 +499,30 @@ fn init_overrides_are_checked_when_the_config_is_read() {
         "{err:#}"
     );
 }
+
+/// Syntax errors on one line with their position; a missing field named with its section.
+#[test]
+fn errors_name_the_line_or_the_section() {
+    let err = TrainConfig::parse("[model\ninit = \"tiny\"\n", "c.toml", &[]).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "c.toml: line 1, column 7: unclosed table, expected `]`"
+    );
+    let err = TrainConfig::parse("[train]\nlr = = 3\n", "c.toml", &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").starts_with("c.toml: line 2, column 6: "),
+        "{err:#}"
+    );
+    let no_format = TINY_TOML.replace("format = ", "# format = ");
+    let err = TrainConfig::parse(&no_format, "c.toml", &[]).unwrap_err();
+    assert_eq!(format!("{err:#}"), "c.toml: data: missing field `format`");
+    let also = ["data.also=[{ path = \"y.jsonl\" }]".to_string()];
+    let err = TrainConfig::parse(TINY_TOML, "c.toml", &also).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "c.toml: data.also: missing field `format`"
+    );
+    let no_output = &TINY_TOML[..TINY_TOML.find("[output]").unwrap()];
+    let err = TrainConfig::parse(no_output, "c.toml", &[]).unwrap_err();
+    assert_eq!(format!("{err:#}"), "c.toml: missing field `output`");
+}
