@@ -629,6 +629,9 @@ impl TrainConfig {
         {
             bail!("data.also: {builtin} is generated alone; it mixes with no other dataset");
         }
+        if self.data.path == builtin && self.data.format != limo_data::Format::Limo {
+            bail!("data.format: {builtin} is generated as format = \"limo\" rows");
+        }
         Ok(())
     }
 

@@ -525,4 +525,13 @@ fn errors_name_the_line_or_the_section() {
     let no_output = &TINY_TOML[..TINY_TOML.find("[output]").unwrap()];
     let err = TrainConfig::parse(no_output, "c.toml", &[]).unwrap_err();
     assert_eq!(format!("{err:#}"), "c.toml: missing field `output`");
+    let alpaca = [
+        "data.path=\"builtin:arithmetic\"".into(),
+        "data.format=alpaca".into(),
+    ];
+    let err = TrainConfig::parse(TINY_TOML, "c.toml", &alpaca).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "c.toml: data.format: builtin:arithmetic is generated as format = \"limo\" rows"
+    );
 }
