@@ -337,7 +337,10 @@ pub fn load_data(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<
     Ok(problems)
 }
 
-/// Turns a user's rows into problems of the benchmark named after the file (its stem).
+/// Turns a user's rows into problems of the benchmark named after the file (its stem), or after
+/// its folder when the file is named for a split (LIMO's `eval/data/gpqa/test.jsonl` is gpqa).
+const SPLITS: [&str; 5] = ["test", "train", "validation", "val", "dev"];
+
 struct RowReader<'a> {
     rows_as: RowsAs<'a>,
     id_field: Option<&'a str>,
@@ -346,10 +349,13 @@ struct RowReader<'a> {
 
 impl<'a> RowReader<'a> {
     fn new(path: &Path, rows_as: RowsAs<'a>, id_field: Option<&'a str>) -> Self {
-        let benchmark = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = |p: Option<&std::ffi::OsStr>| p.map(|s| s.to_string_lossy().into_owned());
+        let stem = name(path.file_stem()).unwrap_or_default();
+        let folder = name(path.parent().and_then(Path::file_name));
+        let benchmark = match folder {
+            Some(f) if SPLITS.contains(&stem.as_str()) && !f.is_empty() => f,
+            _ => stem,
+        };
         Self {
             rows_as,
             id_field,

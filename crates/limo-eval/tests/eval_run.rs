@@ -241,6 +241,23 @@ fn user_files_are_benchmarks() {
         .collect();
     assert_eq!(ids, [("one", "2"), ("two", "4")]);
 
+    // LIMO's layout, eval/data/<benchmark>/test.jsonl (its GPQA set, which limo does not embed).
+    let gpqa = tmp.path().join("data/gpqa/test.jsonl");
+    std::fs::create_dir_all(gpqa.parent().unwrap()).unwrap();
+    let row = "{\"id\": 1, \"question\": \"Which?\\n\\nA. 1\\nB. 2\", \"answer\": \"A\"}\n";
+    std::fs::write(&gpqa, row).unwrap();
+    let limo_file = UserBenchmark {
+        path: gpqa,
+        question_field: "question".into(),
+        answer_field: "answer".into(),
+        id_field: Some("id".into()),
+        conversation: None,
+    };
+    let mut limo_layout = options_with(&opts, tmp.path().join("eval-gpqa"));
+    limo_layout.files = vec![limo_file];
+    let summary = run(&limo_layout).unwrap();
+    assert_eq!(summary.benchmarks[0].benchmark, "gpqa");
+
     std::fs::write(&file, "{\"q\": \"What is 1+1?\"}\n").unwrap();
     let err = one_line_error(&options_with(&opts, tmp.path().join("eval2")));
     assert!(
