@@ -52,7 +52,8 @@ struct RunArgs {
     /// Your own benchmark (instead of --benchmarks): a .jsonl, .json or .parquet file, a folder
     /// of them, or a Hub dataset id like GAIR/LIMO, resolved as `limo train` resolves data. A
     /// benchmark is named after its file, or its folder for a split's file: LIMO's
-    /// eval/data/gpqa/test.jsonl (GPQA, not embedded) is gpqa.
+    /// eval/data/gpqa/test.jsonl (GPQA, not embedded) is gpqa; LIMO's eval/data folder gives
+    /// its ten sets, one benchmark per subfolder.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Format of --data's rows, named as `limo train`'s data.format: limo (a question and an

@@ -96,6 +96,15 @@ impl RowsAs<'_> {
     ) -> Result<(String, String)> {
         match self {
             RowsAs::Fields { question, answer } => {
+                // LIMO reads the first of these its rows have (its AIME and MATH files say
+                // "problem"), so a folder of its sets needs no --field.
+                let question = match *question {
+                    "question" if !obj.contains_key("question") => ["problem", "Question", "input"]
+                        .into_iter()
+                        .find(|k| obj.contains_key(*k))
+                        .unwrap_or(question),
+                    _ => question,
+                };
                 let q = question_text(obj, question, origin, line_no)?;
                 let a = obj.get(*answer).map(value_text);
                 match a {
@@ -306,19 +315,40 @@ pub fn load_file(path: &Path, rows_as: RowsAs, id_field: Option<&str>) -> Result
     Ok(problems)
 }
 
-/// A user's benchmark from anything `limo train` reads as data: a JSONL file (read by
+/// A user's benchmarks from anything `limo train` reads as data: a JSONL file (read by
 /// [`load_file`], errors by line), a .json or .parquet file, a folder of them, or a Hub dataset
 /// id like `GAIR/LIMO` (from the Hugging Face cache, or downloaded, as in training); errors name
-/// the file and row. Rows are read as `rows_as` says (`limo eval --format`).
-pub fn load_data(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Problem>> {
+/// the file and row. Rows are read as `rows_as` says (`limo eval --format`). One benchmark,
+/// but for a folder of folders: one per subfolder (LIMO's eval/data/aime, .../gpqa, ...).
+pub fn load_data(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<Vec<Vec<Problem>>> {
     let path = Path::new(spec);
     if path.is_file() && FileKind::from_path(path) == Some(FileKind::Jsonl) {
-        return load_file(path, rows_as, id_field);
+        return Ok(vec![load_file(path, rows_as, id_field)?]);
     }
     let files = resolve_data_files(spec, &HubSettings::from_env()).map_err(|e| anyhow!("{e}"))?;
-    let reader = RowReader::new(path, rows_as, id_field);
-    let mut problems = Vec::new();
+    let mut groups: Vec<(RowReader, Vec<Problem>)> = Vec::new();
     for file in files {
+        // A file in a subfolder of a folder given: the subfolder's benchmark.
+        let subfolder = file.strip_prefix(path).ok().and_then(|r| {
+            let mut parts = r.components();
+            let first = parts.next()?;
+            parts.next().map(|_| os_name(Some(first.as_os_str())))
+        });
+        let reader = match subfolder.filter(|_| path.is_dir()) {
+            Some(name) => RowReader::named(name, rows_as, id_field),
+            None => RowReader::new(path, rows_as, id_field),
+        };
+        let at_group = groups
+            .iter()
+            .position(|(r, _)| r.benchmark == reader.benchmark);
+        let group = match at_group {
+            Some(i) => i,
+            None => {
+                groups.push((reader, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        let (reader, problems) = &mut groups[group];
         let origin = file.display().to_string();
         for record in read_records(&file).map_err(|e| anyhow!("{e}"))? {
             let row = record.location.row;
@@ -331,16 +361,26 @@ pub fn load_data(spec: &str, rows_as: RowsAs, id_field: Option<&str>) -> Result<
             problems.push(reader.problem(&obj, &origin, row, &at, problems.len())?);
         }
     }
-    if problems.is_empty() {
+    if groups.iter().all(|(_, problems)| problems.is_empty()) {
         bail!("{spec}: no rows");
     }
-    Ok(problems)
+    Ok(groups
+        .into_iter()
+        .map(|(_, problems)| problems)
+        .filter(|problems| !problems.is_empty())
+        .collect())
 }
+
+fn os_name(name: Option<&std::ffi::OsStr>) -> String {
+    name.map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// File names that name a split, not a benchmark.
+const SPLITS: [&str; 5] = ["test", "train", "validation", "val", "dev"];
 
 /// Turns a user's rows into problems of the benchmark named after the file (its stem), or after
 /// its folder when the file is named for a split (LIMO's `eval/data/gpqa/test.jsonl` is gpqa).
-const SPLITS: [&str; 5] = ["test", "train", "validation", "val", "dev"];
-
 struct RowReader<'a> {
     rows_as: RowsAs<'a>,
     id_field: Option<&'a str>,
@@ -349,13 +389,16 @@ struct RowReader<'a> {
 
 impl<'a> RowReader<'a> {
     fn new(path: &Path, rows_as: RowsAs<'a>, id_field: Option<&'a str>) -> Self {
-        let name = |p: Option<&std::ffi::OsStr>| p.map(|s| s.to_string_lossy().into_owned());
-        let stem = name(path.file_stem()).unwrap_or_default();
-        let folder = name(path.parent().and_then(Path::file_name));
-        let benchmark = match folder {
-            Some(f) if SPLITS.contains(&stem.as_str()) && !f.is_empty() => f,
-            _ => stem,
+        let stem = os_name(path.file_stem());
+        let folder = os_name(path.parent().and_then(Path::file_name));
+        let benchmark = match SPLITS.contains(&stem.as_str()) && !folder.is_empty() {
+            true => folder,
+            false => stem,
         };
+        Self::named(benchmark, rows_as, id_field)
+    }
+
+    fn named(benchmark: String, rows_as: RowsAs<'a>, id_field: Option<&'a str>) -> Self {
         Self {
             rows_as,
             id_field,
@@ -526,13 +569,17 @@ mod conversation_tests {
             "f.jsonl: line 2: no field \"answer\" (the row has: question, solution; \
              --field answer=NAME names another)"
         );
-        let err = at(serde_json::json!({"problem": "q", "answer": "1"}));
+        let err = at(serde_json::json!({"prompt": "q", "answer": "1"}));
         assert!(
             err.contains(
-                "no field \"question\" (the row has: answer, problem; --field question=NAME"
+                "no field \"question\" (the row has: answer, prompt; --field question=NAME"
             ),
             "{err}"
         );
+        // LIMO reads a "problem" (its AIME and MATH files) when there is no "question".
+        let problem = obj(serde_json::json!({"problem": "q", "answer": "1"}));
+        let read = fields.question_answer(&problem, "f.jsonl", 2, "f.jsonl: line 2");
+        assert_eq!(read.unwrap(), ("q".to_string(), "1".to_string()));
         let err = at(serde_json::json!({}));
         assert!(err.contains("(no fields; --field question=NAME"), "{err}");
     }

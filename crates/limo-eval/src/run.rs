@@ -247,7 +247,7 @@ fn load_problems(opts: &EvalOptions) -> anyhow::Result<Vec<Vec<Problem>>> {
                 answer: &f.answer_field,
             },
         };
-        all.push(benchmarks::load_data(
+        all.extend(benchmarks::load_data(
             &f.path.to_string_lossy(),
             rows_as,
             f.id_field.as_deref(),

@@ -257,6 +257,26 @@ fn user_files_are_benchmarks() {
     limo_layout.files = vec![limo_file];
     let summary = run(&limo_layout).unwrap();
     assert_eq!(summary.benchmarks[0].benchmark, "gpqa");
+    // The folder of LIMO's sets: one benchmark each, a "problem" read as LIMO reads it.
+    let aime = tmp.path().join("data/aime/test.jsonl");
+    std::fs::create_dir_all(aime.parent().unwrap()).unwrap();
+    std::fs::write(
+        &aime,
+        "{\"id\": 7, \"problem\": \"1+1?\", \"answer\": \"2\"}\n",
+    )
+    .unwrap();
+    limo_layout.files[0].path = tmp.path().join("data");
+    limo_layout.out_dir = tmp.path().join("eval-limo-sets");
+    let summary = run(&limo_layout).unwrap();
+    let names: Vec<&str> = summary
+        .benchmarks
+        .iter()
+        .map(|b| b.benchmark.as_str())
+        .collect();
+    assert_eq!(names, ["aime", "gpqa"]);
+    let records = read_records(&limo_layout.out_dir);
+    let aime = records.iter().find(|r| r.benchmark == "aime").unwrap();
+    assert_eq!((aime.id.as_str(), aime.question.as_str()), ("7", "1+1?"));
 
     std::fs::write(&file, "{\"q\": \"What is 1+1?\"}\n").unwrap();
     let err = one_line_error(&options_with(&opts, tmp.path().join("eval2")));
