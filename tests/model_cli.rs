@@ -60,6 +60,17 @@ fn init_model_then_loss_grad_gives_uniform_loss() {
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["vocab_size"], 151936);
     assert_eq!(config["torch_dtype"], "bfloat16");
+    // Its config gone, its weights still there: a second model is not written beside them
+    // (they would load in place of its own).
+    let config_json = std::fs::read(model.join("config.json")).unwrap();
+    std::fs::remove_file(model.join("config.json")).unwrap();
+    let out = model.to_str().unwrap();
+    let err = run_err(&["init-model", "--shape", "tiny", "--seed", "1", "--out", out]);
+    assert_mentions(
+        &err,
+        &["already holds a checkpoint's files (model.safetensors)"],
+    );
+    std::fs::write(model.join("config.json"), config_json).unwrap();
     let batch = tmp.path().join("batch.json");
     let ids: Vec<u32> = (0..40).map(|i| 1000 + 37 * i).collect();
     let labels: Vec<i64> = ids

@@ -396,6 +396,8 @@ fn export_round_trips_through_loss_grad() {
         serde_json::from_str(&std::fs::read_to_string(bf16_dir.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
+    // The golden's transformers 5 config says "dtype" too, which transformers reads first.
+    assert_eq!(config["dtype"], "bfloat16");
     // Into the run directory (not a model's files) or over a model: refused, nothing written.
     let err = run_err(&export_args(&checkpoint, &out, &[]));
     assert_mentions(

@@ -42,10 +42,23 @@ pub fn run(args: InitModelArgs) -> anyhow::Result<()> {
         config["max_window_layers"] = layers.into();
     }
     let dtype = parse_dtype(&args.dtype)?;
-    if args.out.join("config.json").exists() {
+    // Weights left beside a new model would be loaded with it or instead of it.
+    let model_file = |name: &str| {
+        name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".index.json")
+    };
+    let held: Vec<String> = std::fs::read_dir(&args.out)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| model_file(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !held.is_empty() {
         bail!(
-            "{}: already holds a checkpoint; choose an empty directory",
-            args.out.display()
+            "{}: already holds a checkpoint's files ({}); choose an empty directory",
+            args.out.display(),
+            held.join(", ")
         );
     }
     // Written aside, then moved in with config.json last: a failure (a full disk) never leaves

@@ -48,7 +48,10 @@ impl SafetensorFiles {
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join(INDEX_FILE);
         let single = dir.join(SINGLE_FILE);
-        let (paths, index) = if index_path.exists() {
+        // transformers' order: a whole model.safetensors before an index beside it.
+        let (paths, index) = if single.exists() {
+            (vec![single], None)
+        } else if index_path.exists() {
             let text = std::fs::read_to_string(&index_path)
                 .map_err(|e| Error::file(&index_path, e.to_string()))?;
             let index: Index = serde_json::from_str(&text)
@@ -69,8 +72,6 @@ impl SafetensorFiles {
                 names.into_iter().map(|n| dir.join(n)).collect::<Vec<_>>(),
                 Some((index_path, index)),
             )
-        } else if single.exists() {
-            (vec![single], None)
         } else {
             return Err(Error::file(
                 dir,

@@ -107,6 +107,15 @@ pub fn generation_config() -> Value {
 /// Writes `config` and weights drawn as transformers initializes Qwen2 (matrices and
 /// embedding N(0, initializer_range), biases 0, norms 1) into `dir`, in `dtype`, sharded at
 /// `max_shard_bytes`. The same seed gives the same weights.
+/// The weights' dtype in a config.json: `torch_dtype`, and `dtype` where the config has it
+/// (transformers 5 writes `dtype` and reads it before `torch_dtype`).
+pub fn set_dtype(config: &mut Value, dtype: DType) {
+    config["torch_dtype"] = json!(dtype_name(dtype));
+    if config.get("dtype").is_some() {
+        config["dtype"] = json!(dtype_name(dtype));
+    }
+}
+
 pub fn write_random_checkpoint(
     dir: &Path,
     config: &Value,
@@ -117,7 +126,7 @@ pub fn write_random_checkpoint(
     let cfg = Qwen2Config::from_json(&config.to_string())?;
     let std = config["initializer_range"].as_f64().unwrap_or(0.02);
     let mut config = config.clone();
-    config["torch_dtype"] = json!(dtype_name(dtype));
+    set_dtype(&mut config, dtype);
     let mut writer = ShardedWriter::new(dir, max_shard_bytes)?;
     for (k, spec) in ModelWeights::specs(&cfg).iter().enumerate() {
         let n: usize = spec.shape.iter().product();

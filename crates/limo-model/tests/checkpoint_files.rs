@@ -72,6 +72,15 @@ fn sharded_checkpoint_round_trips() {
     let (cfg, original) = load_checkpoint(&golden_model(), DType::F32, &Device::Cpu).unwrap();
     let (_, reread) = load_checkpoint(dir.path(), DType::F32, &Device::Cpu).unwrap();
     assert_same_weights(&original, &reread, &cfg);
+    // A whole model.safetensors beside the shards is what transformers loads, so limo too:
+    // here the golden's weights in bf16 (rounded, so unlike the f32 shards).
+    let whole = tempfile::tempdir().unwrap();
+    rewrite_golden(whole.path(), usize::MAX, DType::BF16);
+    let single = whole.path().join("model.safetensors");
+    std::fs::copy(&single, dir.path().join("model.safetensors")).unwrap();
+    let (_, bf16) = load_checkpoint(whole.path(), DType::F32, &Device::Cpu).unwrap();
+    let (_, both) = load_checkpoint(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    assert_same_weights(&bf16, &both, &cfg);
 }
 
 #[test]

@@ -95,7 +95,7 @@ pub fn export(dir: &Path, out: &Path, dtype: DType, max_shard_bytes: usize) -> a
         &std::fs::read_to_string(&config_path)
             .with_context(|| format!("{}", config_path.display()))?,
     )?;
-    config["torch_dtype"] = limo_model::init::dtype_name(dtype).into();
+    limo_model::init::set_dtype(&mut config, dtype);
     write_json(&staging.join("config.json"), &config)?;
     move_into_place(&staging, out)
 }

@@ -114,10 +114,11 @@ fn hash_and_written_toml_are_pinned() {
         (
             &[
                 "data.format=tokenized",
+                "data.path=rows.jsonl",
                 "train.reduce_dtype=bf16",
                 "train.optimizer_offload=cpu",
             ],
-            ["83589e345d3b10c4", "72eae4d379f6ebf3", "5029aa1e56fbf480"],
+            ["2c4a3d55729ac442", "bd0e14e14b56b049", "beb9faa89b9a5f4e"],
         ),
         (
             &["train.loss_average=sequences"],
