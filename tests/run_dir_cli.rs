@@ -42,6 +42,13 @@ fn a_run_directory_in_use_is_refused() {
         &["holds an earlier run's exported model", "output.overwrite"],
     );
     assert!(out.join("model/config.json").exists(), "kept");
+    // Training again from that model into the same directory with overwrite: refused before
+    // anything is deleted (it deleted the model it was about to read).
+    let model = format!("model.path={:?}", out.join("model").display().to_string());
+    let again = ["train.max_steps=1", "output.overwrite=true", &model];
+    let err = run_err(&train_args(&config, &again));
+    assert_mentions(&err, &["model.path", "which output.overwrite deletes"]);
+    assert!(out.join("model/config.json").exists(), "kept");
 }
 
 /// A run started without `--resume` into a directory holding an earlier run's checkpoints is

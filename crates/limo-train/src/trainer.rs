@@ -201,7 +201,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     let resume =
         agreement::resume_choice(options.resume.as_deref(), config, comm.as_ref(), &device)?;
     let afresh = match (&resume, lead) {
-        (None, true) => checkpoint::start_afresh(&out.join("checkpoints"), config.output.overwrite)
+        (None, true) => checkpoint::start_afresh(config)
             .and_then(|()| checkpoint::clear_an_earlier_start(config)),
         _ => Ok(()),
     };

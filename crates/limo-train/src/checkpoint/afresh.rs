@@ -1,7 +1,7 @@
 //! A run that starts from step 0 in a directory an earlier run used: refused over that run's
 //! checkpoints unless `output.overwrite`, and cleared of what it would otherwise reuse.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
@@ -11,7 +11,14 @@ use crate::config::TrainConfig;
 /// Before a run starts from step 0 in `checkpoints_dir`: an earlier run's complete checkpoints
 /// there are an error (the new run's would mix with them, `latest` would point at either, and
 /// `keep_last` would delete the old run's), unless `overwrite`, which deletes them first.
-pub fn start_afresh(checkpoints_dir: &Path, overwrite: bool) -> anyhow::Result<()> {
+pub fn start_afresh(config: &TrainConfig) -> anyhow::Result<()> {
+    let (checkpoints_dir, overwrite) = (
+        &config.output.dir.join("checkpoints"),
+        config.output.overwrite,
+    );
+    if overwrite {
+        keep_the_inputs(config)?;
+    }
     let found = list(checkpoints_dir)?;
     if found.is_empty() {
         return Ok(());
@@ -88,6 +95,46 @@ pub fn clear_an_earlier_start(config: &TrainConfig) -> anyhow::Result<()> {
                 Err(e).with_context(|| format!("{}", file.display()))?
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses before anything is deleted when a run reads its model, tokenizer or data from what
+/// `output.overwrite` deletes (its checkpoints, its export): training again from a run's own
+/// `model/` into the same output.dir deleted the model before reading it.
+fn keep_the_inputs(config: &TrainConfig) -> anyhow::Result<()> {
+    let out = &config.output.dir;
+    let deleted: Vec<_> = ["checkpoints", "model"]
+        .iter()
+        .filter_map(|d| out.join(d).canonicalize().ok())
+        .collect();
+    let mut inputs: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some((dir, _)) = config.model_dir() {
+        inputs.push(("model.path", dir));
+    }
+    if let Some(tokenizer) = &config.model.tokenizer {
+        inputs.push(("model.tokenizer", tokenizer.into()));
+    }
+    inputs.push(("data.path", config.data.path.clone().into()));
+    inputs.extend(
+        config
+            .data
+            .also
+            .iter()
+            .map(|a| ("data.also", a.path.clone().into())),
+    );
+    for (key, input) in inputs {
+        let Ok(real) = input.canonicalize() else {
+            continue;
+        };
+        if let Some(dir) = deleted.iter().find(|d| real.starts_with(d)) {
+            bail!(
+                "{key} {} is inside {}, which output.overwrite deletes to start afresh: copy it \
+                 out first, or train into another output.dir",
+                input.display(),
+                dir.display()
+            );
         }
     }
     Ok(())
