@@ -505,6 +505,20 @@ fn bad_configs_fail_before_any_work() {
             "no-such-rows.jsonl",
         ],
     );
+    // A malformed generation_config.json was carried into the checkpoints and the export,
+    // where `limo eval` then refused it: refused here.
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(golden().join("model")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let generation = model.join("generation_config.json");
+    std::fs::write(&generation, "{\"eos_token_id\": [1, 2],}").unwrap();
+    let path = format!("model.path={:?}", model.display().to_string());
+    let err = run_err(&train_args(&config, &[&path]));
+    assert_mentions(&err, &["generation_config.json: malformed"]);
+    assert!(!out.join("checkpoints").exists(), "no step was taken");
 }
 
 #[test]

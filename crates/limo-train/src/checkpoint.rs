@@ -739,9 +739,17 @@ pub fn side_files(model_dir: &Path, tokenizer: Option<&Path>) -> anyhow::Result<
     for name in ["config.json", "generation_config.json"] {
         let path = model_dir.join(name);
         if path.exists() {
+            let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            // Carried into every checkpoint and the export, where `limo eval` reads it.
+            let json = serde_json::from_slice::<serde_json::Value>(&bytes);
+            match json {
+                Ok(v) if v.is_object() => {}
+                Ok(_) => bail!("{}: not a JSON object", path.display()),
+                Err(e) => bail!("{}: malformed: {e}", path.display()),
+            }
             files.push(SideFile {
                 name: name.into(),
-                bytes: std::fs::read(&path)?,
+                bytes,
             });
         }
     }
