@@ -44,10 +44,9 @@ struct RawConfig {
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_parameters: Option<RopeParameters>,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    use_sliding_window: bool,
+    // null is transformers' None: false, as its default
+    tie_word_embeddings: Option<bool>,
+    use_sliding_window: Option<bool>,
     rope_scaling: Option<Value>,
     hidden_act: Option<String>,
 }
@@ -96,13 +95,21 @@ impl Qwen2Config {
                 )));
             }
         }
-        if c.use_sliding_window {
+        if c.use_sliding_window == Some(true) {
             return Err(Error::Config(
                 "use_sliding_window = true is not supported".into(),
             ));
         }
-        if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(Error::Config("rope_scaling is not supported".into()));
+        // `{"rope_type": "default"}` (or `"type"`) is plain RoPE, as transformers reads it.
+        let scaling_kind = |v: &Value| v.get("rope_type").or(v.get("type")).cloned();
+        match &c.rope_scaling {
+            None | Some(Value::Null) => {}
+            Some(v) if scaling_kind(v) == Some(Value::from("default")) => {}
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "rope_scaling {v} is not supported (plain RoPE only)"
+                )))
+            }
         }
         if let Some(kind) = c
             .rope_parameters
@@ -115,9 +122,9 @@ impl Qwen2Config {
                 )));
             }
         }
-        let rope_theta = c
-            .rope_theta
-            .or(c.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+        // transformers 5 reads rope_parameters, a top-level rope_theta only without them.
+        let rope_theta = (c.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .or(c.rope_theta)
             .ok_or_else(|| {
                 Error::Config("rope_theta is missing (top level or rope_parameters)".into())
             })?;
@@ -134,7 +141,7 @@ impl Qwen2Config {
             vocab_size: c.vocab_size,
             rms_norm_eps: c.rms_norm_eps,
             rope_theta,
-            tie_word_embeddings: c.tie_word_embeddings,
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             raw,
         };
         config.validate()?;
@@ -238,6 +245,31 @@ mod tests {
         assert_eq!(Qwen2Config::from_json(&nested).unwrap().rope_theta, 5.0);
         assert_eq!(top.head_dim, 16);
         assert!(top.tie_word_embeddings);
+        // Both: rope_parameters, as transformers 5 reads them.
+        let both =
+            format!("{BASE}, \"rope_theta\": 1.0, \"rope_parameters\": {{\"rope_theta\": 5.0}}}}");
+        assert_eq!(Qwen2Config::from_json(&both).unwrap().rope_theta, 5.0);
+    }
+
+    /// What transformers reads as its defaults: null flags, plain RoPE spelled out.
+    #[test]
+    fn nulls_and_default_rope_scaling_are_accepted() {
+        let untied = BASE.replace(
+            "\"tie_word_embeddings\": true",
+            "\"tie_word_embeddings\": null",
+        );
+        let text = format!(
+            "{untied}, \"rope_theta\": 1.0, \"use_sliding_window\": null, \
+             \"rope_scaling\": {{\"rope_type\": \"default\"}}}}"
+        );
+        let c = Qwen2Config::from_json(&text).unwrap();
+        assert!(!c.tie_word_embeddings);
+        let yarn = text.replace("\"default\"", "\"yarn\"");
+        let err = Qwen2Config::from_json(&yarn).unwrap_err().to_string();
+        assert!(
+            err.contains("rope_scaling {\"rope_type\":\"yarn\"} is not supported"),
+            "{err}"
+        );
     }
 
     #[test]
