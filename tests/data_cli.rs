@@ -398,6 +398,21 @@ fn hub_dataset_id_resolves_from_hf_home_offline() {
     dump(&data("limo_sample.jsonl"), "limo", &local, &[], &[]);
     assert_eq!(hub_rows, read_jsonl(&local));
     assert_eq!(hub_rows.len(), 4);
+    // huggingface_hub's other places: the old HUGGINGFACE_HUB_CACHE, and XDG_CACHE_HOME's
+    // huggingface/hub when HF_HOME is not set.
+    let xdg = dir.join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    std::os::unix::fs::symlink(&home, xdg.join("huggingface")).unwrap();
+    let hub = home.join("hub");
+    for place in [
+        ("HUGGINGFACE_HUB_CACHE", hub.to_str().unwrap()),
+        ("XDG_CACHE_HOME", xdg.to_str().unwrap()),
+    ] {
+        let elsewhere = dir.join(format!("{}.jsonl", place.0));
+        let env = [place, ("HF_HOME", ""), ("HF_HUB_OFFLINE", "1")];
+        dump("GAIR/LIMO", "limo", &elsewhere, &[], &env);
+        assert_eq!(read_jsonl(&elsewhere), hub_rows, "{}", place.0);
+    }
 
     let empty = dir.join("empty-home");
     let env = [

@@ -23,10 +23,20 @@ pub struct HubSettings {
 }
 
 impl HubSettings {
-    /// Reads HF_HUB_CACHE, HF_HOME, HF_HUB_OFFLINE and HF_ENDPOINT.
+    /// Reads HF_HUB_CACHE (or HUGGINGFACE_HUB_CACHE), HF_HOME, XDG_CACHE_HOME, HF_HUB_OFFLINE and
+    /// HF_ENDPOINT.
     pub fn from_env() -> Self {
-        let cache_dir = match std::env::var_os("HF_HUB_CACHE") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        // huggingface_hub's order: HF_HUB_CACHE, its older name, HF_HOME/hub,
+        // XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub.
+        let var = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
+        let cache_dir = match (
+            var("HF_HUB_CACHE").or(var("HUGGINGFACE_HUB_CACHE")),
+            var("HF_HOME"),
+        ) {
+            (Some(dir), _) => PathBuf::from(dir),
+            (None, None) if var("XDG_CACHE_HOME").is_some() => {
+                PathBuf::from(var("XDG_CACHE_HOME").unwrap_or_default()).join("huggingface/hub")
+            }
             _ => hf_hub::Cache::from_env().path().clone(),
         };
         let offline = std::env::var("HF_HUB_OFFLINE")
