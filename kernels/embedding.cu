@@ -4,39 +4,89 @@
 //   out[r, :] = base[r, :] + (0 + dx[p1, :] + dx[p2, :] + ...)   (out = the sum alone: no base)
 // over the positions p1 < p2 < ... whose token is r, added in that order: the CPU's operations,
 // so the result is the same to the bit. The host sorts the positions by token (a counting sort):
-// row_start [vocab + 1] and positions [tokens] (CSR), so block r reads exactly its own rows.
-// One block per vocabulary row (grid-stride), threads over the hidden columns: rows of no token
-// cost a read of base and a write: the whole table's bandwidth once (by estimate ~0.45 ms for
-// Qwen2.5-1.5B's 0.93 GB f32 table on an H200). candle's index_add, which this replaces on the
-// GPU, gives each column one thread that walks all tokens in sequence: 16k dependent
-// read-modify-writes per thread at 16k tokens, on only `hidden` threads.
+// row_start [vocab + 1] and positions [tokens] (CSR), so a thread reads exactly its row's tokens.
+//
+// One thread per V consecutive columns of one row (V = 4: one 16-byte load of base, one store;
+// V = 1 when the hidden size or an offset does not allow it), grid-stride. Why not a block per
+// row (session 7's design): its threads walked their columns one at a time, each access after the
+// last (out may alias the inputs without __restrict__), and a frequent token's row ran on one SM:
+// 16.6 ms on an H200 for 16k tokens into Qwen2.5-32B's table, no faster than candle's index_add.
+// Here every column group of a frequent row is its own thread, and each thread issues the loads
+// of 8 tokens before adding them in order, so the table streams at the copy rate (the floor is
+// 2 x 3.1 GB of base read + table written: ~1.5 ms at 4.25 TB/s).
 #include "common.cuh"
 
 using limo::to_f32;
 
-template <typename T>
-__device__ void embedding_bwd(const T* dx, const uint32_t* row_start, const uint32_t* positions,
-                              const float* base, float* out, int vocab, int hidden) {
-  for (int r = blockIdx.x; r < vocab; r += gridDim.x) {
+// V consecutive elements as one aligned access (8 or 16 bytes for V = 4).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ void load_f32(const T* __restrict__ p, float (&x)[V]) {
+  const Vec<T, V> a = *reinterpret_cast<const Vec<T, V>*>(p);
+#pragma unroll
+  for (int j = 0; j < V; ++j) x[j] = to_f32(a.v[j]);
+}
+
+// Tokens whose loads one thread has in flight before it adds them.
+constexpr int BATCH = 8;
+
+template <typename T, int V>
+__device__ void embedding_bwd(const T* __restrict__ dx, const uint32_t* __restrict__ row_start,
+                              const uint32_t* __restrict__ positions,
+                              const float* __restrict__ base, float* __restrict__ out, int vocab,
+                              int hidden) {
+  const size_t groups = hidden / V, total = (size_t)vocab * groups;
+  const size_t stride = (size_t)gridDim.x * blockDim.x;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const size_t r = i / groups, c = (i - r * groups) * V;
     const uint32_t first = row_start[r], last = row_start[r + 1];
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
-      float acc = 0.0f;
-      // Unrolled so that a frequent token's loads are in flight together (the adds stay in order).
-#pragma unroll 8
-      for (uint32_t k = first; k < last; ++k)
-        acc = __fadd_rn(acc, to_f32(dx[(size_t)positions[k] * hidden + c]));
-      const size_t at = (size_t)r * hidden + c;
-      out[at] = base != nullptr ? __fadd_rn(acc, base[at]) : acc;
+    float acc[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+    uint32_t k = first;
+    for (; k + BATCH <= last; k += BATCH) {
+      float x[BATCH][V];
+#pragma unroll
+      for (int b = 0; b < BATCH; ++b)
+        load_f32<T, V>(dx + (size_t)positions[k + b] * hidden + c, x[b]);
+#pragma unroll
+      for (int b = 0; b < BATCH; ++b)
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] = __fadd_rn(acc[j], x[b][j]);
     }
+    for (; k < last; ++k) {
+      float x[V];
+      load_f32<T, V>(dx + (size_t)positions[k] * hidden + c, x);
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[j] = __fadd_rn(acc[j], x[j]);
+    }
+    const size_t at = r * hidden + c;
+    Vec<float, V> o;
+    if (base != nullptr) {
+      float b[V];
+      load_f32<float, V>(base + at, b);
+#pragma unroll
+      for (int j = 0; j < V; ++j) o.v[j] = __fadd_rn(acc[j], b[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) o.v[j] = acc[j];
+    }
+    *reinterpret_cast<Vec<float, V>*>(out + at) = o;
   }
 }
 
-#define LIMO_EMBEDDING(T, S)                                                                    \
-  extern "C" __global__ void embedding_bwd_##S(const T* dx, const uint32_t* row_start,         \
-                                               const uint32_t* positions, const float* base,   \
-                                               float* out, int vocab, int hidden) {            \
-    embedding_bwd<T>(dx, row_start, positions, base, out, vocab, hidden);                       \
+#define LIMO_EMBEDDING(T, S, V, NAME)                                                           \
+  extern "C" __global__ void NAME##_##S(const T* dx, const uint32_t* row_start,                 \
+                                        const uint32_t* positions, const float* base,           \
+                                        float* out, int vocab, int hidden) {                    \
+    embedding_bwd<T, V>(dx, row_start, positions, base, out, vocab, hidden);                    \
   }
 
-LIMO_EMBEDDING(__nv_bfloat16, bf16)
-LIMO_EMBEDDING(float, f32)
+LIMO_EMBEDDING(__nv_bfloat16, bf16, 1, embedding_bwd)
+LIMO_EMBEDDING(float, f32, 1, embedding_bwd)
+LIMO_EMBEDDING(__nv_bfloat16, bf16, 4, embedding_bwd4)
+LIMO_EMBEDDING(float, f32, 4, embedding_bwd4)

@@ -277,9 +277,13 @@ key_step_32b() {
     fi
     py '
 p = sys.argv[1]
-print("%s tok/s, step %s s, mfu %s, peak %s GiB (plan %s)" % (
+# The plan estimates what the run holds on the device (context, workspaces and the pool
+# reserve included), so that is the figure it is judged against; the allocator peak is tensors.
+run, plan = num(j(p, "peak_mem.process_gib")), num(j(p, "peak_mem.plan_estimate_gib"))
+off = "%+.1f%%" % (100 * (plan / run - 1)) if run and plan else "?"
+print("%s tok/s, step %s s, mfu %s, peak %s GiB, device %s GiB (plan %s: %s)" % (
     f(j(p, "tokens_per_s")), f(j(p, "step_s.median"), "{:.2f}"), f(j(p, "mfu"), "{:.3f}"),
-    f(j(p, "peak_mem.allocator_high_gib"), "{:.1f}"), f(j(p, "peak_mem.plan_estimate_gib"), "{:.1f}")))
+    f(j(p, "peak_mem.allocator_high_gib"), "{:.1f}"), f(run, "{:.1f}"), f(plan, "{:.1f}"), off))
 ' "$1"
 }
 

@@ -67,7 +67,7 @@ case "$1 ${2:-}" in
             exit 3
         fi
         echo '{"tokens_per_s": 30000, "mfu": 0.45, "step_s": {"median": 0.55},
-               "peak_mem": {"allocator_high_gib": 60.5, "plan_estimate_gib": 62.1}}' >"$json"
+               "peak_mem": {"allocator_high_gib": 60.5, "process_gib": 58.0, "plan_estimate_gib": 62.1}}' >"$json"
         ;;
     "init-model --shape") mkdir -p "$(arg --out "$@")" ;;
     "debug warm-jit")
@@ -214,7 +214,7 @@ expect pass attention ok "40/8 fwd limo 458 torch 400 TF/s"
 expect pass step-1.5b ok "limo 30000 tok/s (mfu 0.450), peer 20000 (fp32 master) / 22000 (bf16) tok/s, limo/peer 1.50"
 expect pass generate ok "limo 5000 tok/s (6.4 ms/step), transformers 1500 tok/s, limo/transformers 3.33"
 expect pass loss-parity ok "cpu 11.93000 gpu 11.95000 rel 1.7e-03"
-expect pass step-32b-w8 ok "30000 tok/s, step 0.55 s, mfu 0.450, peak 60.5 GiB (plan 62.1)"
+expect pass step-32b-w8 ok "30000 tok/s, step 0.55 s, mfu 0.450, peak 60.5 GiB, device 58.0 GiB (plan 62.1: +7.1%)"
 expect pass step-32b-off ok
 expect pass nccl ok "checksum 00000000deadbeef ok"
 expect pass train ok "loss 39.500 -> 10.500 over 30 steps"

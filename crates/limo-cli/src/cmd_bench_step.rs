@@ -204,11 +204,14 @@ mod gpu {
         let device = crate::cmd_doctor::open_gpu(ordinal)?;
         let stream = device.as_cuda_device()?.cuda_stream();
         let name = stream.context().name().unwrap_or_else(|_| "cuda".into());
-        let _held = match cap {
+        let held = match cap {
             Some(cap) => Some(Held::leaving(&device, cap)?),
             None => None,
         };
-        let probe = Probe(device.clone());
+        let probe = Probe {
+            device: device.clone(),
+            held: held.as_ref().map_or(0, |h| h.bytes),
+        };
         bench::run(bench, &device, &name, Some(&probe)).map_err(|e| oom_or(bench, e, cap))
     }
 
@@ -221,7 +224,10 @@ mod gpu {
     }
 
     /// Device memory taken outside the allocator's pool for the whole run.
-    struct Held(sys::CUdeviceptr);
+    struct Held {
+        ptr: sys::CUdeviceptr,
+        bytes: u64,
+    }
 
     impl Held {
         /// Takes all but `cap` bytes of the device's total memory.
@@ -238,38 +244,47 @@ mod gpu {
                 total as f64 / GIB
             );
             if take == 0 {
-                return Ok(Held(0));
+                return Ok(Held { ptr: 0, bytes: 0 });
             }
             // SAFETY: a plain allocation, freed once in Drop, never read or written.
             let ptr = unsafe { result::malloc_sync(take) }?;
             tracing::info!(taken_gib = take as f64 / GIB, "memory cap in place");
-            Ok(Held(ptr))
+            Ok(Held {
+                ptr,
+                bytes: take as u64,
+            })
         }
     }
 
     impl Drop for Held {
         fn drop(&mut self) {
-            if self.0 != 0 {
+            if self.ptr != 0 {
                 // SAFETY: allocated by malloc_sync above and not freed elsewhere.
-                let _ = unsafe { result::free_sync(self.0) };
+                let _ = unsafe { result::free_sync(self.ptr) };
             }
         }
     }
 
-    struct Probe(Device);
+    /// The device's statistics; `held` is the `--mem-cap` block, not the run's own memory.
+    struct Probe {
+        device: Device,
+        held: u64,
+    }
 
     impl MemoryProbe for Probe {
         fn reset_peak(&self) -> anyhow::Result<()> {
-            Ok(limo_ops::cuda::pool::reset_peak(&self.0)?)
+            Ok(limo_ops::cuda::pool::reset_peak(&self.device)?)
         }
 
         fn read(&self) -> anyhow::Result<DeviceMemory> {
-            let s = limo_ops::cuda::pool::memory_stats(&self.0)?;
+            let s = limo_ops::cuda::pool::memory_stats(&self.device)?;
+            let used = s.total - s.free;
             Ok(DeviceMemory {
                 allocator_high_gib: s.used_high as f64 / GIB,
                 reserved_high_gib: s.reserved_high as f64 / GIB,
-                driver_used_gib: (s.total - s.free) as f64 / GIB,
+                driver_used_gib: used as f64 / GIB,
                 driver_total_gib: s.total as f64 / GIB,
+                process_gib: used.saturating_sub(self.held) as f64 / GIB,
             })
         }
     }

@@ -65,6 +65,11 @@ pub struct DeviceMemory {
     /// Memory in use on the device (cuMemGetInfo: total - free), at the end of the run.
     pub driver_used_gib: f64,
     pub driver_total_gib: f64,
+    /// What the run itself holds on the device: `driver_used_gib` less the block `--mem-cap`
+    /// takes. The CUDA context, cuBLAS's and NCCL's buffers and the pool's reserve (which keeps
+    /// freed memory, so at the end it is at its high mark): what must fit in a GPU, and what
+    /// `limo plan`'s total (its workspace line included) estimates.
+    pub process_gib: f64,
 }
 
 /// Reads and resets the device's memory statistics: how `limo bench step` learns peak memory.
@@ -541,8 +546,13 @@ impl StepReport {
         let m = &self.peak_mem;
         let device = match &m.device {
             Some(d) => format!(
-                "device: allocator high {:.2} GiB, reserved high {:.2} GiB, driver {:.2} / {:.2} GiB used; ",
-                d.allocator_high_gib, d.reserved_high_gib, d.driver_used_gib, d.driver_total_gib
+                "device: allocator high {:.2} GiB, reserved high {:.2} GiB, driver {:.2} / {:.2} GiB used, {:.2} GiB by this run ({:+.1}% against the plan); ",
+                d.allocator_high_gib,
+                d.reserved_high_gib,
+                d.driver_used_gib,
+                d.driver_total_gib,
+                d.process_gib,
+                100.0 * (m.plan_estimate_gib / d.process_gib - 1.0)
             ),
             None => String::new(),
         };

@@ -5,13 +5,15 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{DType, Result, Tensor};
 
 use super::launch::{by_dtype, inputs, Input};
-use super::{alloc, as_i32, cuda_device, grid_rows, kernel_name, load, ptx, to_tensor, wrap};
+use super::{alloc, as_i32, cuda_device, grid_1d, kernel_name, load, ptx, to_tensor, wrap};
 use super::{KernelType, Ptx};
 use crate::embedding::by_token;
 
 static PTX: Ptx = ptx!("embedding");
-/// Threads per vocabulary row: hidden sizes are 896 to 8192.
+/// Threads per block; each thread writes `V` consecutive columns of one row.
 const BLOCK: u32 = 256;
+/// Columns per thread of the vectorized kernel (a 16-byte f32 store).
+const V: usize = 4;
 
 /// Rows of bf16 or f32 summed into an f32 table (the master dtype on a GPU).
 pub(crate) fn supported(dx: &Tensor, dtype: DType) -> bool {
@@ -65,7 +67,15 @@ fn backward<T: KernelType>(
     let mut out = unsafe { alloc::<f32>(&dev, vocab * hidden) }?;
     let (vocab_i, hidden_i) = (as_i32(vocab, "vocab")?, as_i32(hidden, "hidden")?);
     let null: u64 = 0;
-    let f = load(&dev, &PTX, &kernel_name::<T>("embedding_bwd"))?;
+    // The vectorized kernel needs whole groups of V columns and aligned rows: every start offset
+    // a multiple of V elements (candle's buffers themselves are 256-byte aligned).
+    let aligned = |t: &Tensor| t.layout().start_offset().is_multiple_of(V);
+    let vector = hidden.is_multiple_of(V) && aligned(&dx) && base.as_ref().is_none_or(aligned);
+    let (name, per_thread) = match vector {
+        true => ("embedding_bwd4", V),
+        false => ("embedding_bwd", 1),
+    };
+    let f = load(&dev, &PTX, &kernel_name::<T>(name))?;
     let mut b = f.builder();
     b.arg(&dxv).arg(&sv).arg(&pv);
     match &bv {
@@ -74,7 +84,8 @@ fn backward<T: KernelType>(
     };
     b.arg(&mut out).arg(&vocab_i).arg(&hidden_i);
     // SAFETY: argument types and order match embedding_bwd in kernels/embedding.cu (a null base
-    // when there is none, which the kernel tests); one block per vocabulary row.
-    unsafe { b.launch(grid_rows(vocab, BLOCK)) }.map_err(wrap)?;
+    // when there is none, which the kernel tests); one thread per `per_thread` columns of a row,
+    // grid-stride past the grid's limit; `vector` checked the alignment the V = 4 kernel needs.
+    unsafe { b.launch(grid_1d(vocab * hidden / per_thread, BLOCK)) }.map_err(wrap)?;
     to_tensor(out, &dev, (vocab, hidden))
 }
