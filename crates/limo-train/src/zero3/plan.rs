@@ -68,7 +68,8 @@ pub struct Hardware {
     pub gpu_mem: u64,
     /// Peak dense bf16 TFLOP/s of one GPU (989 for an H100 SXM).
     pub peak_tflops: f64,
-    /// Model FLOP utilization assumed for the step time, in (0, 1].
+    /// Fraction of the peak the executed FLOPs (recompute included) run at, for the step
+    /// time, in (0, 1] (`--mfu`: a hardware FLOP utilization once recompute counts).
     pub mfu: f64,
 }
 
@@ -517,7 +518,7 @@ pub fn fit_warning(
         gpus,
         gpu_mem,
         peak_tflops: 989.0,
-        mfu: 0.4,
+        mfu: 0.5,
     };
     let offload = Offload {
         optimizer_offload: config.train.optimizer_offload == crate::config::OptimizerOffload::Cpu,
