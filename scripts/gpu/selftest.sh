@@ -227,6 +227,7 @@ grep -q '^bwd_sm90_bf16_hd128  (128, 40, 1)  (384, 1, 1)  21.500  *62  *31 .* 18
 grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass.calls" ||
     { echo "selftest pass: ncu did not run limo bench kernels --op attention" >&2; FAILS=$((FAILS + 1)); }
 expect pass sanitize skipped
+expect pass no-ckpt ok "checkpointing 30000 tok/s (step-1.5b), none 30000 tok/s (mfu 0.450, peak 60.5 GiB): none/checkpointing 1.000"
 expect pass recompute ok "kept/recomputed 1.000"
 expect pass eval ok "4 responses, 812.5 tok/s over the batch"
 expect pass machine ok "11 candle modules loaded in 3.20 s"
@@ -246,6 +247,7 @@ expect fail step-32b-off OOM "out of device memory"
 expect fail train ok
 expect fail generate-1k skipped "not run: an earlier stage failed"
 expect fail profile skipped "not run: an earlier stage failed"
+expect fail no-ckpt skipped "not run: an earlier stage failed"
 expect fail recompute skipped "not run: an earlier stage failed"
 expect fail eval ok
 grep -q '^next: bash scripts/gpu/check.sh --only doctor --budget 130 (timeout_s 170)$' "$T/fail.txt" ||
