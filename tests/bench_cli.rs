@@ -148,6 +148,26 @@ fn a_global_batch_size_makes_each_step_several_micro_batches() {
     );
 }
 
+/// `train.activation_checkpointing` as a number of layers, and "auto" (every layer on the
+/// CPU): the report says how many layers were checkpointed; an impossible count is an error.
+#[test]
+fn the_report_counts_the_checkpointed_layers() {
+    for (setting, layers, words) in [
+        ("true", 2, "on (attention kept)"),
+        ("1", 1, "on for 1 of 2 layers (attention kept)"),
+        ("auto", 2, "on (attention kept)"),
+        ("false", 0, "activation checkpointing off"),
+    ] {
+        let set = format!("train.activation_checkpointing={setting}");
+        let (r, table) = bench(&["--set", &set]);
+        assert_eq!(r["checkpointed_layers"], layers, "{setting}");
+        assert_eq!(r["activation_checkpointing"], layers > 0, "{setting}");
+        assert!(table.contains(words), "{setting}: {table}");
+    }
+    let err = bench_err(&["--set", "train.activation_checkpointing=3"]);
+    assert!(err.contains("= 3: the model has 2 layers"), "{err}");
+}
+
 /// Runs `bench step --shape tiny --tokens 16 EXTRA...`, which must fail with exit code 1;
 /// returns stderr.
 fn bench_err(extra: &[&str]) -> String {

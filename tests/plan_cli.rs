@@ -435,3 +435,24 @@ fn the_disk_estimate_is_what_a_run_writes() {
         close(out.join("model/model.safetensors"), &disk["export"]);
     }
 }
+
+/// `train.activation_checkpointing = "auto"`: the plan names the fewest layers checkpointed
+/// that fit, in the table and in JSON, and says when nothing does.
+#[test]
+fn the_plan_says_what_auto_checkpointing_keeps() {
+    let p = plan_json("32");
+    let auto = &p["auto_checkpointing"];
+    let k = auto["checkpointed_layers"].as_u64().unwrap();
+    assert!(0 < k && k < 64, "{k}");
+    assert_eq!(auto["memory"]["fits"], true);
+    let (total, all) = (
+        auto["memory"]["total"].as_u64().unwrap(),
+        p["with_checkpointing"]["memory"]["total"].as_u64().unwrap(),
+    );
+    assert!(total > all && total <= 80 << 30, "{total} {all}");
+    let text = plan(&recipe(), "32", &[]);
+    let line = format!("\"auto\": {k} of 64 layers checkpointed");
+    assert!(text.contains(&line), "{text}");
+    assert!(plan(&recipe(), "2", &[]).contains("\"auto\": nothing fits"));
+    assert_eq!(plan_json("2")["auto_checkpointing"], Value::Null);
+}

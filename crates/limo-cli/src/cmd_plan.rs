@@ -327,10 +327,24 @@ fn render(p: &Plan, file: &Path, source: &str) -> String {
         fits(b)
     );
     out += &format!(
-        "{:<44}{:>14}{:>14}\n\n",
+        "{:<44}{:>14}{:>14}\n",
         "margin (spare, or - missing)",
         signed_gib(a.memory.margin),
         signed_gib(b.memory.margin)
+    );
+    out += &format!(
+        "train.activation_checkpointing = \"auto\": {}\n\n",
+        match &p.auto_checkpointing {
+            Some(e) => format!(
+                "{} of {} layers checkpointed, {} ({} spare), {:.1} s per step",
+                e.checkpointed_layers,
+                p.layers,
+                gib(e.memory.total),
+                gib(e.memory.margin.max(0) as u64),
+                e.step_seconds
+            ),
+            None => "nothing fits; it checkpoints every layer".to_string(),
+        }
     );
     out += &host(p);
     out += &format!(

@@ -20,12 +20,12 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::config::{OptimizerOffload, TrainSection};
+use crate::config::{Checkpointing, OptimizerOffload, TrainSection};
 use crate::optim::{master_dtype, Flat};
 use crate::profile::{PhaseTimes, PHASES};
 use crate::trainer::{optimizer_step, StepTotals};
 use crate::zero3::groups::groups;
-use crate::zero3::plan::{plan_with_offload, Hardware, Offload, Workload};
+use crate::zero3::plan::{plan_with_offload, Estimate, Hardware, Offload, Workload};
 use crate::zero3::{ShardedModel, StateBytes};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -137,6 +137,8 @@ pub struct StepReport {
     pub rank: usize,
     pub simulated: bool,
     pub activation_checkpointing: bool,
+    /// The first this many of the `layers` are checkpointed (all of them by default).
+    pub checkpointed_layers: usize,
     /// With checkpointing, the attention recomputed too (else its output is kept).
     pub recompute_attention: bool,
     /// Master weights and Adam moments in host memory (`train.optimizer_offload = "cpu"`).
@@ -312,6 +314,12 @@ pub fn host_peak_rss() -> u64 {
 /// `limo plan`'s per-GPU memory estimate (GiB) for this run: its world size, tokens, loss
 /// chunk, checkpointing and optimizer offload.
 pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
+    Ok(planned(bench, bench.mem_cap)?.memory.total as f64 / GIB)
+}
+
+/// `limo plan`'s estimate of this run on GPUs of `gpu_mem` bytes (`None`: unknown, the CPU;
+/// `activation_checkpointing = "auto"` then checkpoints every layer, as `limo train` does).
+fn planned(bench: &StepBench, gpu_mem: Option<u64>) -> anyhow::Result<Estimate> {
     let cfg = shape_config(&bench.shape, bench.layers)?;
     let t = &bench.train;
     let estimate = plan_with_offload(
@@ -326,7 +334,7 @@ pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
         },
         Hardware {
             gpus: bench.simulate.map_or(1, |(w, _)| w) as u64,
-            gpu_mem: bench.mem_cap.unwrap_or(u64::MAX),
+            gpu_mem: gpu_mem.unwrap_or(u64::MAX),
             peak_tflops: 989.0,
             mfu: 0.5,
         },
@@ -335,12 +343,11 @@ pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
             ..Offload::default()
         },
     )?;
-    let chosen = if t.activation_checkpointing {
-        &estimate.with_checkpointing
-    } else {
-        &estimate.without_checkpointing
+    let setting = match (t.activation_checkpointing, gpu_mem) {
+        (Checkpointing::Auto, None) => Checkpointing::All,
+        (setting, _) => setting,
     };
-    Ok(chosen.memory.total as f64 / GIB)
+    Ok(estimate.chosen(setting)?.clone())
 }
 
 /// Runs the benchmark on `device` (`device_name` labels it; `probe` reads GPU memory).
@@ -363,12 +370,20 @@ pub fn run(
     let t = &bench.train;
     let grad_accum = t.grad_accum_at(world)?;
     let micro = vec![batch.clone(); grad_accum];
-    let plan_estimate_gib = plan_estimate(bench)?;
+    // "auto" plans for the cap, else for the GPU's whole memory.
+    let gpu_mem = match (bench.mem_cap, probe) {
+        (Some(cap), _) => Some(cap),
+        (None, Some(p)) => Some((p.read()?.driver_total_gib * GIB) as u64),
+        (None, None) => None,
+    };
+    let planned = planned(bench, gpu_mem)?;
+    let plan_estimate_gib = planned.memory.total as f64 / GIB;
 
     let started = Instant::now();
     let shards = random_shards(&cfg, master_dtype(bench.dtype), world, rank, bench.seed);
     let mut model = ShardedModel::new(cfg.clone(), shards, bench.dtype, device, t, comm)
         .context("placing the model's slices on the device")?;
+    model.checkpointed_layers = planned.checkpointed_layers as usize;
     device.synchronize()?;
     let setup_s = started.elapsed().as_secs_f64();
     tracing::info!(setup_s, plan_estimate_gib, "slices generated and placed");
@@ -450,7 +465,8 @@ pub fn run(
         world,
         rank,
         simulated: bench.simulate.is_some(),
-        activation_checkpointing: t.activation_checkpointing,
+        activation_checkpointing: model.checkpointed_layers > 0,
+        checkpointed_layers: model.checkpointed_layers,
         recompute_attention: t.recompute_attention,
         optimizer_offload: t.optimizer_offload == OptimizerOffload::Cpu,
         loss_chunk: t.loss_chunk,
@@ -509,10 +525,16 @@ impl StepReport {
         ));
         line(format!(
             "activation checkpointing {}, optimizer {}, loss chunk {}, {} warm-up + {} timed steps, set-up {:.1} s",
-            match (self.activation_checkpointing, self.recompute_attention) {
-                (false, _) => "off",
-                (true, false) => "on (attention kept)",
-                (true, true) => "on (attention recomputed)",
+            match (self.checkpointed_layers, self.recompute_attention) {
+                (0, _) => "off".to_string(),
+                (k, recompute) => format!(
+                    "on{} (attention {})",
+                    match k == self.layers {
+                        true => String::new(),
+                        false => format!(" for {k} of {} layers", self.layers),
+                    },
+                    if recompute { "recomputed" } else { "kept" }
+                ),
             },
             if self.optimizer_offload { "offloaded to the host" } else { "on the device" },
             self.loss_chunk,

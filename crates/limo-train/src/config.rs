@@ -224,9 +224,10 @@ pub struct TrainSection {
     pub loss_average: LossAverage,
     /// Keep only each layer's input (and its attention's output: `recompute_attention`) in the
     /// forward and recompute the layer in the backward (less activation memory, one more
-    /// forward). Does not change the numbers.
-    #[serde(default = "yes")]
-    pub activation_checkpointing: bool,
+    /// forward): `true` (every layer), `false`, a number of layers (the first ones), or
+    /// `"auto"` (the fewest with which `limo plan` fits the GPU). Does not change the numbers.
+    #[serde(default)]
+    pub activation_checkpointing: Checkpointing,
     /// With activation checkpointing, recompute each layer's attention in the backward too.
     /// false (the default): the forward also keeps the attention's output and log-sum-exp
     /// (2 B x q_dim + 4 B x heads per token per layer) and the recompute skips the attention
@@ -771,6 +772,8 @@ mod errors;
 mod overrides;
 mod size;
 pub use size::{parse_size, ByteSize};
+mod checkpointing;
+pub use checkpointing::Checkpointing;
 mod train_enums;
 pub use train_enums::{
     EpochTail, LossAverage, NoDecay, OptimizerOffload, ReduceDtype, SamplerKind,

@@ -11,7 +11,7 @@ use limo_model::checkpoint::{SafetensorFiles, CONFIG_FILE};
 use limo_model::{Batch, Qwen2Config};
 use limo_ops::GradScale;
 
-use crate::config::TrainSection;
+use crate::config::{Checkpointing, TrainSection};
 use crate::zero3::{load_shards, ShardedModel};
 
 /// One batch's loss and gradients.
@@ -64,7 +64,7 @@ pub fn batch_loss_and_grads(
     // Defaults of every other field; no checkpointing: the backward uses the saved activations.
     let mut train: TrainSection = toml::from_str("lr = 0.0").context("default train section")?;
     train.loss_chunk = loss_chunk;
-    train.activation_checkpointing = false;
+    train.activation_checkpointing = Checkpointing::None;
     let model = ShardedModel::new(
         cfg.clone(),
         shards,

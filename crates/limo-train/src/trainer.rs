@@ -211,7 +211,9 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
         warn_if_the_disk_is_short(config, &cfg, comm.world_size());
     }
     #[cfg(feature = "cuda")]
-    warn_if_it_will_not_fit(config, &cfg, comm.as_ref(), &device);
+    let checkpointed = plan_for_the_gpu(config, &cfg, comm.as_ref(), &device);
+    #[cfg(not(feature = "cuda"))]
+    let checkpointed = None;
     let Inputs {
         model: prepared,
         tokenizer,
@@ -224,7 +226,14 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
             "validation rows held out (data.val_size)"
         );
     }
-    let mut run = Run::new(config, &prepared, rows, cfg, shards, device, comm)?;
+    let mut run = Run::new(
+        config,
+        &prepared,
+        rows,
+        (cfg, shards, checkpointed),
+        device,
+        comm,
+    )?;
     match &resume {
         Some(which) => run.resume(which)?,
         None if lead => {
@@ -350,28 +359,29 @@ fn warn_if_the_disk_is_short(config: &TrainConfig, cfg: &Qwen2Config, world: usi
     }
 }
 
-/// Before the state goes onto the GPU: `limo plan`'s verdict for this GPU, and what would fit,
-/// says more than an out-of-memory error a layer into the first step.
+/// Before the state goes onto the GPU, `limo plan` for this GPU: its verdict, and what would
+/// fit, says more than an out-of-memory error a layer into the first step (rank 0 warns); and
+/// with `activation_checkpointing = "auto"`, the layers to checkpoint (each rank for its GPU).
 #[cfg(feature = "cuda")]
-fn warn_if_it_will_not_fit(
+fn plan_for_the_gpu(
     config: &TrainConfig,
     cfg: &Qwen2Config,
     comm: &dyn Communicator,
     device: &Device,
-) {
-    if comm.rank() != 0 || !device.is_cuda() {
-        return;
-    }
-    let total = limo_ops::cuda::pool::memory_stats(device).map(|m| m.total);
+) -> Option<usize> {
+    use crate::zero3::plan::{auto_checkpointed_layers, fit_warning};
+    let mem = limo_ops::cuda::pool::memory_stats(device).ok()?.total;
     let world = comm.world_size() as u64;
-    let warning = total.ok().and_then(|mem| {
-        crate::zero3::plan::fit_warning(cfg, config, world, mem)
-            .ok()
-            .flatten()
-    });
-    if let Some(w) = warning {
+    if let (0, Ok(Some(w))) = (comm.rank(), fit_warning(cfg, config, world, mem)) {
         tracing::warn!("{w}");
     }
+    let layers = auto_checkpointed_layers(cfg, config, world, mem).ok()??;
+    tracing::info!(
+        layers,
+        of = cfg.num_hidden_layers,
+        "activation checkpointing \"auto\""
+    );
+    Some(layers)
 }
 
 impl<'a> Run<'a> {
@@ -379,8 +389,7 @@ impl<'a> Run<'a> {
         config: &'a TrainConfig,
         prepared: &PreparedModel,
         rows: Vec<TrainingRow>,
-        cfg: Qwen2Config,
-        shards: Vec<Flat>,
+        (cfg, shards, checkpointed): (Qwen2Config, Vec<Flat>, Option<usize>),
         device: Device,
         comm: Box<dyn Communicator>,
     ) -> anyhow::Result<Self> {
@@ -402,7 +411,8 @@ impl<'a> Run<'a> {
             })?,
         };
         let dtype = config.model.dtype.dtype();
-        let model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
+        let mut model = ShardedModel::new(cfg, shards, dtype, &device, t, comm)?;
+        model.checkpointed_layers = checkpointed.unwrap_or(model.checkpointed_layers);
         let order = DataOrder::new(rows.len(), t.shuffle, t.seed, t.sampler.permutation())?;
         let tb = (lead && config.output.report_to.contains(&ReportTo::Tensorboard))
             .then(|| EventWriter::create(&config.output.dir.join("tensorboard")))

@@ -350,15 +350,19 @@ fn optimizer_offload_changes_no_bit_and_resumes_either_way() {
 #[test]
 fn what_the_forward_keeps_changes_no_number() {
     // Activation checkpointing that keeps the attention's output (the default), that
-    // recomputes the attention too, and no checkpointing at all: the same operations on the
-    // same values, so the same bits, in f32, at world sizes 1 and 2.
+    // recomputes the attention too, of the first layer only, "auto" (every layer on the CPU)
+    // and none at all: the same operations on the same values, so the same bits, in f32, at
+    // world sizes 1 and 2.
+    use limo_train::config::Checkpointing;
     let tmp = tempfile::tempdir().unwrap();
     for world in [1, 2] {
         let mut runs = Vec::new();
         for (name, checkpointing, recompute_attention) in [
-            ("keep attention", true, false),
-            ("recompute attention", true, true),
-            ("no checkpointing", false, false),
+            ("keep attention", Checkpointing::All, false),
+            ("recompute attention", Checkpointing::All, true),
+            ("the first layer", Checkpointing::Layers(1), false),
+            ("auto", Checkpointing::Auto, false),
+            ("no checkpointing", Checkpointing::None, false),
         ] {
             let out = tmp.path().join(format!("w{world}-{name}"));
             let mut cfg = config(&out, "f32", world, 0);

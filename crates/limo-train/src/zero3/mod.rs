@@ -10,7 +10,7 @@
 //! its attention's output and log-sum-exp, and the backward runs the layer's forward again but
 //! for the attention, gathered a second time (`train.recompute_attention` recomputes the
 //! attention too, keeping only the input); without it the forward keeps every layer's
-//! activations.
+//! activations. Between the two, the first n layers are checkpointed and the rest keep theirs.
 //!
 //! The arithmetic is the single-process trainer's: at world size 1 the gathers and scatters are
 //! copies and a run reproduces the transformers trajectory as before. At other world sizes the
@@ -60,8 +60,10 @@ pub struct ShardedModel {
     /// Offload's pinned staging buffers and copy stream, between steps.
     #[cfg(feature = "cuda")]
     link: Mutex<Option<limo_ops::cuda::offload::HostLink>>,
-    /// Keep only layer inputs in the forward and recompute the layer in the backward.
-    pub checkpointing: bool,
+    /// The first this many layers keep only their inputs in the forward and run again in the
+    /// backward; the others keep every activation (`train.activation_checkpointing`; "auto"
+    /// is every layer until the trainer sets the plan's choice).
+    pub checkpointed_layers: usize,
     /// With checkpointing, recompute the attention too (else its output is kept).
     pub recompute_attention: bool,
     comm: CommThread,
@@ -118,6 +120,11 @@ impl ShardedModel {
             },
         )?;
         optimizer.set_skip_decay(skip_decay)?;
+        let layers = cfg.num_hidden_layers;
+        let checkpointed_layers = train
+            .activation_checkpointing
+            .fixed(layers)?
+            .unwrap_or(layers);
         let mut model = Self {
             rope: RopeCache::new(cfg.head_dim, cfg.rope_theta, dtype, device),
             groups,
@@ -130,7 +137,7 @@ impl ShardedModel {
             in_flight: Mutex::new(None),
             #[cfg(feature = "cuda")]
             link: Mutex::new(None),
-            checkpointing: train.activation_checkpointing,
+            checkpointed_layers,
             recompute_attention: train.recompute_attention,
             comm,
             profiler: Profiler::default(),
@@ -367,9 +374,10 @@ impl ShardedModel {
 
         let forward = prof.phase(Phase::Forward);
         let mut saved: Vec<Saved> = Vec::with_capacity(layers);
-        let (checkpointing, recompute_attention) = (self.checkpointing, self.recompute_attention);
+        let (checkpointed, recompute_attention) =
+            (self.checkpointed_layers, self.recompute_attention);
         let trunk = self.forward_layers(&ids, &ctx, |input, activations| {
-            saved.push(match (checkpointing, recompute_attention) {
+            saved.push(match (saved.len() < checkpointed, recompute_attention) {
                 (true, true) => Saved::Input(input),
                 (true, false) => Saved::InputAttention(input, activations.attention()),
                 (false, _) => Saved::Activations(activations),

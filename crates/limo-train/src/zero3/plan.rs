@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use limo_model::Qwen2Config;
 use serde::Serialize;
 
+use crate::config::Checkpointing;
+
 pub const GIB: u64 = 1 << 30;
 
 /// Fixed part of the workspace allowance: CUDA context, cuBLAS workspace, NCCL buffers.
@@ -175,7 +177,10 @@ pub struct Memory {
 /// Memory and time of one way of running the step.
 #[derive(Debug, Clone, Serialize)]
 pub struct Estimate {
+    /// Whether any layer is checkpointed.
     pub activation_checkpointing: bool,
+    /// How many: the first `checkpointed_layers` of the decoder layers.
+    pub checkpointed_layers: u64,
     pub memory: Memory,
     /// FLOPs of one optimizer step over all GPUs, recomputation included.
     pub step_flops: f64,
@@ -200,10 +205,30 @@ pub struct Plan {
     pub tokens_per_step: u64,
     pub with_checkpointing: Estimate,
     pub without_checkpointing: Estimate,
+    /// `train.activation_checkpointing = "auto"`: the fewest layers checkpointed with which
+    /// the run fits `gpu_mem` (`None`: not even with every layer).
+    pub auto_checkpointing: Option<Estimate>,
+    /// Every choice, indexed by the number of layers checkpointed (0 to `layers`).
+    #[serde(skip)]
+    pub by_layers: Vec<Estimate>,
     /// `train.optimizer_offload = "cpu"` was planned: master and Adam moments on the host.
     pub optimizer_offload: bool,
     /// Host memory of the offload (zeros without it); the same with or without checkpointing.
     pub host: HostMemory,
+}
+
+impl Plan {
+    /// The estimate of the run as `train.activation_checkpointing` sets it ("auto": the fewest
+    /// layers that fit, or every layer when none does).
+    pub fn chosen(&self, setting: Checkpointing) -> anyhow::Result<&Estimate> {
+        Ok(match setting.fixed(self.layers as usize)? {
+            Some(k) => &self.by_layers[k],
+            None => self
+                .auto_checkpointing
+                .as_ref()
+                .unwrap_or(&self.with_checkpointing),
+        })
+    }
 }
 
 /// Parameter counts of the flat groups, in order: embedding, one per decoder layer, final
@@ -392,15 +417,12 @@ pub fn plan_with_offload(
     // ... and, unless the attention is recomputed, its output and log-sum-exp.
     let attention_out =
         tokens * (cfg.q_dim() as u64 * BF16 + cfg.num_attention_heads as u64 * FP32);
-    let ckpt_saved = layers
-        * (tokens * h * BF16
-            + if work.recompute_attention {
-                0
-            } else {
-                attention_out
-            });
-    // Without it every layer keeps its saved activations, plus one layer's gradients.
-    let full_saved = layers * per_layer;
+    let ckpt_layer = tokens * h * BF16
+        + if work.recompute_attention {
+            0
+        } else {
+            attention_out
+        };
 
     // FLOPs of one micro-batch on one GPU. Dense: 2 per weight per token forward (the head
     // counts once even when tied; the embedding lookup is free). Causal attention forward:
@@ -419,15 +441,29 @@ pub fn plan_with_offload(
         layers_fwd - attn_fwd
     } * micro_steps;
     let flops_per_s = n as f64 * hw.peak_tflops * 1e12 * hw.mfu;
-    let estimate = |ckpt: bool, saved: u64, working: u64| {
-        let step_flops = train_flops + if ckpt { recompute_flops } else { 0.0 };
+    // The first `k` layers checkpointed, the others keeping every activation. The backward
+    // peaks at its first layer: one layer's gradients beside everything saved; and with every
+    // layer checkpointed, that layer's recomputed activations too (a checkpointed layer's
+    // backward comes after the kept layers' activations are freed, so it peaks lower).
+    let estimate = |k: u64| {
+        let saved = k * ckpt_layer + (layers - k) * per_layer;
+        let working = if k == layers && k > 0 {
+            2 * per_layer
+        } else {
+            per_layer
+        };
+        let step_flops = train_flops + recompute_flops * k as f64 / layers.max(1) as f64;
         Estimate {
-            activation_checkpointing: ckpt,
+            activation_checkpointing: k > 0,
+            checkpointed_layers: k,
             memory: memory(saved, working),
             step_flops,
             step_seconds: step_flops / flops_per_s,
         }
     };
+    let by_layers: Vec<Estimate> = (0..=layers).map(estimate).collect();
+    // "auto": the fewest layers checkpointed that fit (memory falls as k rises).
+    let auto_checkpointing = by_layers.iter().find(|e| e.memory.fits).cloned();
     Ok(Plan {
         params,
         padded_params,
@@ -440,8 +476,10 @@ pub fn plan_with_offload(
         hardware: hw,
         tokens_per_micro_batch: tokens,
         tokens_per_step: tokens.saturating_mul(n).saturating_mul(work.grad_accum),
-        with_checkpointing: estimate(true, ckpt_saved, 2 * per_layer),
-        without_checkpointing: estimate(false, full_saved, per_layer),
+        with_checkpointing: by_layers[layers as usize].clone(),
+        without_checkpointing: by_layers[0].clone(),
+        auto_checkpointing,
+        by_layers,
         optimizer_offload: offload.optimizer_offload,
         host,
     })
@@ -505,14 +543,13 @@ pub fn fixes(
     Ok(found)
 }
 
-/// A run of `config` on `gpus` GPUs of `gpu_mem` bytes: when `limo plan` says it does not fit,
-/// the warning `limo train` prints before it starts, with what would fit; `None` when it fits.
-pub fn fit_warning(
+/// `limo plan` of a run of `config` on `gpus` GPUs of `gpu_mem` bytes.
+fn plan_run(
     cfg: &Qwen2Config,
     config: &crate::TrainConfig,
     gpus: u64,
     gpu_mem: u64,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<(Plan, Workload, Hardware, Offload)> {
     let work = Workload::of(config, gpus);
     let hw = Hardware {
         gpus,
@@ -524,19 +561,47 @@ pub fn fit_warning(
         optimizer_offload: config.train.optimizer_offload == crate::config::OptimizerOffload::Cpu,
         ..Offload::default()
     };
-    let planned = plan_with_offload(cfg, work, hw, offload)?;
-    let checkpointing = config.train.activation_checkpointing;
-    let chosen = if checkpointing {
-        &planned.with_checkpointing
-    } else {
-        &planned.without_checkpointing
-    };
+    Ok((
+        plan_with_offload(cfg, work, hw, offload)?,
+        work,
+        hw,
+        offload,
+    ))
+}
+
+/// With `train.activation_checkpointing = "auto"`: how many layers a run of `config` on
+/// `gpus` GPUs of `gpu_mem` bytes checkpoints (the fewest that fit; every layer when none
+/// does). `None` for the other settings.
+pub fn auto_checkpointed_layers(
+    cfg: &Qwen2Config,
+    config: &crate::TrainConfig,
+    gpus: u64,
+    gpu_mem: u64,
+) -> anyhow::Result<Option<usize>> {
+    if config.train.activation_checkpointing != Checkpointing::Auto {
+        return Ok(None);
+    }
+    let (planned, ..) = plan_run(cfg, config, gpus, gpu_mem)?;
+    let chosen = planned.chosen(Checkpointing::Auto)?;
+    Ok(Some(chosen.checkpointed_layers as usize))
+}
+
+/// A run of `config` on `gpus` GPUs of `gpu_mem` bytes: when `limo plan` says it does not fit,
+/// the warning `limo train` prints before it starts, with what would fit; `None` when it fits.
+pub fn fit_warning(
+    cfg: &Qwen2Config,
+    config: &crate::TrainConfig,
+    gpus: u64,
+    gpu_mem: u64,
+) -> anyhow::Result<Option<String>> {
+    let (planned, work, hw, offload) = plan_run(cfg, config, gpus, gpu_mem)?;
+    let chosen = planned.chosen(config.train.activation_checkpointing)?;
     if chosen.memory.fits {
         return Ok(None);
     }
     let gib = |b: u64| format!("{:.1} GiB", b as f64 / GIB as f64);
     let mut would: Vec<String> = Vec::new();
-    if !checkpointing && planned.with_checkpointing.memory.fits {
+    if chosen.checkpointed_layers < planned.layers && planned.with_checkpointing.memory.fits {
         would.push(format!(
             "--set train.activation_checkpointing=true ({})",
             gib(planned.with_checkpointing.memory.total)

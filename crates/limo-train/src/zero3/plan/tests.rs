@@ -19,7 +19,7 @@ fn train_warns_before_a_run_that_will_not_fit() {
     let two = fit_warning(&cfg, &config, 2, 80 * GIB).unwrap().unwrap();
     assert!(two.contains("nothing limo plans fits it"), "{two}");
     let mut off = config.clone();
-    off.train.activation_checkpointing = false;
+    off.train.activation_checkpointing = crate::config::Checkpointing::None;
     let off = fit_warning(&cfg, &off, 32, 80 * GIB).unwrap().unwrap();
     assert!(
         off.contains("--set train.activation_checkpointing=true (50.7 GiB)"),
@@ -142,6 +142,47 @@ fn checkpointing_trades_memory_for_a_recomputed_forward() {
 }
 
 /// `limo(shape, gpus)` with another loss chunk.
+#[test]
+fn auto_checkpoints_the_fewest_layers_that_fit() {
+    use crate::config::Checkpointing;
+    // 32B on 32 GPUs of 80 GiB, one 16k row each: every layer checkpointed fits with room,
+    // none does not.
+    let p = limo("32b", 32);
+    let by = &p.by_layers;
+    assert_eq!(by.len(), 65);
+    let total = |e: &Estimate| e.memory.total;
+    assert_eq!(total(&by[64]), total(&p.with_checkpointing));
+    assert_eq!(total(&by[0]), total(&p.without_checkpointing));
+    // Each layer checkpointed costs FLOPs and saves memory, but the last: its backward
+    // follows its forward, so its recompute holds as much as keeping it would, and more.
+    for k in 1..=64 {
+        assert!(by[k].step_flops > by[k - 1].step_flops, "{k}");
+        assert_eq!(total(&by[k]) < total(&by[k - 1]), k < 64, "{k}");
+    }
+    let auto = p.auto_checkpointing.as_ref().expect("fits");
+    let k = auto.checkpointed_layers as usize;
+    assert!(0 < k && k < 64, "{k}");
+    assert!(by[k].memory.fits && !by[k - 1].memory.fits, "{k}");
+    assert_eq!(
+        p.chosen(Checkpointing::Auto).unwrap().checkpointed_layers,
+        k as u64
+    );
+    assert_eq!(
+        p.chosen(Checkpointing::Layers(5))
+            .unwrap()
+            .checkpointed_layers,
+        5
+    );
+    assert!(p.chosen(Checkpointing::Layers(65)).is_err());
+    // On 2 GPUs nothing fits: "auto" then checkpoints every layer.
+    let two = limo("32b", 2);
+    assert!(two.auto_checkpointing.is_none());
+    assert_eq!(
+        two.chosen(Checkpointing::Auto).unwrap().checkpointed_layers,
+        64
+    );
+}
+
 fn with_chunk(shape: &str, gpus: u64, loss_chunk: u64) -> Plan {
     let base = limo(shape, gpus);
     let work = Workload {
