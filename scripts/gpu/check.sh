@@ -47,8 +47,8 @@
 #                   kernel at 16k tokens, 40/8 heads (scripts/gpu/profile.sh); never a failure
 #   sanitize *      (at most 90 s, if 60 are left) compute-sanitizer memcheck over `limo doctor
 #                   --quick`; `skipped` where the sanitizer is missing or cannot run (gVisor)
-#   no-ckpt *       (at most 45 s, if 30 are left) step-1.5b's limo run again without
-#                   activation checkpointing (1.5B at 16k fits an H200 without it)
+#   no-ckpt *       (at most 45 s, if 30 are left) step-1.5b's limo run again with
+#                   activation_checkpointing = "auto" (1.5B at 16k fits an H200 without it)
 #   recompute *     (at most 45 s, if 30 are left) step-1.5b's limo run again with
 #                   train.recompute_attention = true
 # Elastic stages (*) run on what is left of the budget when they start, and stand down when an

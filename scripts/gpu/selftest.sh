@@ -66,7 +66,7 @@ case "$1 ${2:-}" in
             echo "error: out of device memory (plan: 51.1 GiB)" >&2
             exit 3
         fi
-        echo '{"tokens_per_s": 30000, "mfu": 0.45, "step_s": {"median": 0.55},
+        echo '{"tokens_per_s": 30000, "mfu": 0.45, "step_s": {"median": 0.55}, "checkpointed_layers": 0,
                "peak_mem": {"allocator_high_gib": 60.5, "process_gib": 58.0, "plan_estimate_gib": 62.1}}' >"$json"
         ;;
     "init-model --shape") mkdir -p "$(arg --out "$@")" ;;
@@ -227,7 +227,7 @@ grep -q '^bwd_sm90_bf16_hd128  (128, 40, 1)  (384, 1, 1)  21.500  *62  *31 .* 18
 grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass.calls" ||
     { echo "selftest pass: ncu did not run limo bench kernels --op attention" >&2; FAILS=$((FAILS + 1)); }
 expect pass sanitize skipped
-expect pass no-ckpt ok "checkpointing 30000 tok/s (step-1.5b), none 30000 tok/s (mfu 0.450, peak 60.5 GiB): none/checkpointing 1.000"
+expect pass no-ckpt ok "checkpointing 30000 tok/s (step-1.5b), auto (0 layers) 30000 tok/s (mfu 0.450, peak 60.5 GiB): auto/checkpointing 1.000"
 expect pass recompute ok "kept/recomputed 1.000"
 expect pass eval ok "4 responses, 812.5 tok/s over the batch"
 expect pass machine ok "11 candle modules loaded in 3.20 s"
