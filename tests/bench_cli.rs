@@ -185,7 +185,7 @@ fn bench_err(extra: &[&str]) -> String {
 
 #[test]
 fn bad_flags_are_one_line_errors() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--rank", "1"], "--rank needs --simulate-world"),
         // Once a capacity-overflow panic on the communication thread.
         (
@@ -203,6 +203,10 @@ fn bad_flags_are_one_line_errors() {
             "--mem-cap applies to --device cuda",
         ),
         (&["--docs", "0"], "--docs must be between 1 and --tokens"),
+        (
+            &["--profile-range"],
+            "--profile-range applies to --device cuda",
+        ),
     ];
     for (extra, expect) in cases {
         let err = bench_err(&[&["--steps", "1"][..], extra].concat());

@@ -166,6 +166,14 @@ stage_profile() {
 }
 key_profile() { grep -h -e '^profile: ' -e '^no ' "$STAGE_LOG" | tail -1 | cut -c1-200; }
 
+stage_step_kernels() {
+    local secs=LEFT-10 # 10 s of the stage for the import and the tables
+    [ "$DRY" = 1 ] || secs=$(((STAGE_DEADLINE - $(now_ms)) / 1000 - 10))
+    x bash scripts/gpu/step_kernels.sh "$LIMO_BIN" "$W" "$LOGS" "$secs" ||
+        [ "$STAGE_TIMEDOUT" = 1 ] || STAGE_SKIPPED=1
+}
+key_step_kernels() { grep -h -e '^step-kernels: ' -e '^no ' "$STAGE_LOG" | tail -1 | cut -c1-200; }
+
 # memcheck reports each bad access as it happens (a run cut short still counts); exit 99: found.
 stage_sanitize() {
     local sanitizer

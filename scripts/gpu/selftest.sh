@@ -227,6 +227,9 @@ grep -q '^bwd_sm90_bf16_hd128  (128, 40, 1)  (384, 1, 1)  21.500  *62  *31 .* 18
 grep -q -- '--op attention --docs 1 --warmup 0 --repeats 1 --rotate 1$' "$T/pass.calls" ||
     { echo "selftest pass: ncu did not run limo bench kernels --op attention" >&2; FAILS=$((FAILS + 1)); }
 expect pass sanitize skipped
+expect pass step-kernels ok "step-kernels: 3 launches, 29.9 ms; attention 100%; top: flash_bwd_sm90_bf16_hd128 73.6%; flash_fwd_sm90_bf16_hd128 26.4%"
+grep -q -- 'bench step --device cuda --shape 1.5b --layers 4 .* --profile-range$' "$T/pass.calls" ||
+    { echo "selftest pass: step-kernels did not run limo bench step --profile-range" >&2; FAILS=$((FAILS + 1)); }
 expect pass no-ckpt ok "checkpointing 30000 tok/s (step-1.5b), auto (0 layers) 30000 tok/s (mfu 0.450, peak 60.5 GiB): auto/checkpointing 1.000"
 expect pass recompute ok "kept/recomputed 1.000"
 expect pass eval ok "4 responses, 812.5 tok/s over the batch"
@@ -301,8 +304,21 @@ grep -q '^next: bash scripts/gpu/check.sh --only step-1.5b,attention,kernels,gen
     { echo "selftest killed: wrong next line: $(grep '^next' "$T/killed.txt")" >&2; FAILS=$((FAILS + 1)); }
 
 # A machine whose counters ncu cannot read (gVisor): a skip that says why, not a failure.
-visit nocounters 0 --only=profile FAKE_NCU=nocounters
+visit nocounters 0 --only=profile,step-kernels FAKE_NCU=nocounters
 expect nocounters profile skipped "no report (ncu exit 1): ==ERROR== Failed to initialize the profiler: LibraryNotLoaded"
+expect nocounters step-kernels skipped "no report (ncu exit 1): ==ERROR== Failed to initialize the profiler: LibraryNotLoaded"
+
+# step_kernels.py on ncu's raw page (a metric column, a units row), which the fake does not print.
+{
+    echo '"ID","Kernel Name","Grid Size","gpu__time_duration.sum"'
+    echo '"","","","usecond"'
+    echo '"0","nvjet_tst_256x128_64x4_NTT","(8, 66, 1)","1,200"'
+    echo '"1","ucopy_bf16","(96, 1, 1)","300"'
+    echo '"2","rms_norm_fwd_bf16","(16384, 1, 1)","500"'
+} >"$T/raw.csv"
+python3 scripts/gpu/step_kernels.py "$T/raw.csv" | tail -1 |
+    grep -qx 'step-kernels: 3 launches, 2.0 ms; matmul 60%, limo 25%, candle 15%; top: nvjet_tst_256x128_64x4_NTT 60.0%; rms_norm_fwd_bf16 25.0%; ucopy_bf16 15.0%' ||
+    { echo "selftest: step_kernels.py misread a raw page" >&2; FAILS=$((FAILS + 1)); }
 
 if [ "$FAILS" != 0 ]; then
     echo "selftest: $FAILS problems; the summaries:" >&2

@@ -64,6 +64,10 @@ pub struct StepArgs {
     /// Seed of the weights and tokens.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Start the CUDA profiler's range before the first timed step and stop it after the last
+    /// (cuProfilerStart/Stop), so that `ncu --profile-from-start off` sees the timed steps only.
+    #[arg(long)]
+    profile_range: bool,
 }
 
 /// The device ran out of memory: `limo` exits 3 so scripts can tell it from a failure.
@@ -109,6 +113,9 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if mem_cap.is_some() && !cuda {
         bail!("--mem-cap applies to --device cuda");
     }
+    if args.profile_range && !cuda {
+        bail!("--profile-range applies to --device cuda");
+    }
     let bench = StepBench {
         shape: args.shape.clone(),
         layers: args.layers,
@@ -124,7 +131,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         mem_cap,
     };
     let report = if cuda {
-        gpu::run(&bench, args.device.gpu, mem_cap)?
+        gpu::run(&bench, args.device.gpu, mem_cap, args.profile_range)?
     } else {
         bench::run(&bench, &Device::Cpu, &cpu_name(), None)?
     };
@@ -186,6 +193,7 @@ mod gpu {
         _bench: &StepBench,
         ordinal: usize,
         _cap: Option<u64>,
+        _profile_range: bool,
     ) -> anyhow::Result<StepReport> {
         crate::cmd_doctor::open_gpu(ordinal)?;
         unreachable!("open_gpu fails without the cuda feature")
@@ -200,7 +208,12 @@ mod gpu {
 
     const GIB: f64 = (1u64 << 30) as f64;
 
-    pub fn run(bench: &StepBench, ordinal: usize, cap: Option<u64>) -> anyhow::Result<StepReport> {
+    pub fn run(
+        bench: &StepBench,
+        ordinal: usize,
+        cap: Option<u64>,
+        profile_range: bool,
+    ) -> anyhow::Result<StepReport> {
         let device = crate::cmd_doctor::open_gpu(ordinal)?;
         let stream = device.as_cuda_device()?.cuda_stream();
         let name = stream.context().name().unwrap_or_else(|_| "cuda".into());
@@ -211,6 +224,7 @@ mod gpu {
         let probe = Probe {
             device: device.clone(),
             held: held.as_ref().map_or(0, |h| h.bytes),
+            profile_range,
         };
         bench::run(bench, &device, &name, Some(&probe)).map_err(|e| oom_or(bench, e, cap))
     }
@@ -269,11 +283,36 @@ mod gpu {
     struct Probe {
         device: Device,
         held: u64,
+        /// `--profile-range`: the timed steps inside cuProfilerStart/Stop.
+        profile_range: bool,
     }
 
     impl MemoryProbe for Probe {
         fn reset_peak(&self) -> anyhow::Result<()> {
             Ok(limo_ops::cuda::pool::reset_peak(&self.device)?)
+        }
+
+        fn timed_steps(&self, started: bool) -> anyhow::Result<()> {
+            if !self.profile_range {
+                return Ok(());
+            }
+            self.device.synchronize()?;
+            let ctx = self
+                .device
+                .as_cuda_device()?
+                .cuda_stream()
+                .context()
+                .clone();
+            ctx.bind_to_thread()?;
+            // SAFETY: plain driver calls on the bound context, no arguments.
+            let status = unsafe {
+                match started {
+                    true => sys::cuProfilerStart(),
+                    false => sys::cuProfilerStop(),
+                }
+            };
+            status.result()?;
+            Ok(())
         }
 
         fn read(&self) -> anyhow::Result<DeviceMemory> {

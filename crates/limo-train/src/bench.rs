@@ -76,6 +76,11 @@ pub struct DeviceMemory {
 pub trait MemoryProbe {
     /// Forget the high-water marks (after set-up, before the steps).
     fn reset_peak(&self) -> anyhow::Result<()>;
+    /// Called with `true` before the first timed step and `false` after the last: where a
+    /// profiler's range may start and stop (`limo bench step --profile-range`).
+    fn timed_steps(&self, _started: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn read(&self) -> anyhow::Result<DeviceMemory>;
 }
 
@@ -397,6 +402,7 @@ pub fn run(
         if step == bench.warmup + 1 {
             if let Some(p) = probe {
                 p.reset_peak()?;
+                p.timed_steps(true)?;
             }
         }
         device.synchronize()?;
@@ -427,6 +433,9 @@ pub fn run(
     // in no step's time) before the model and the process go.
     model.optimizer()?;
     device.synchronize()?;
+    if let Some(p) = probe {
+        p.timed_steps(false)?;
+    }
 
     let step_s = Stats::of(&times);
     let (n_matmul_params, flops_per_micro_batch) = model_flops(&cfg, &batch);
