@@ -115,6 +115,28 @@ print("checkpointing %s tok/s (step-1.5b), auto (%s layers) %s tok/s (mfu %s, pe
 ' "$OUT/step-1.5b.json" "$LOGS/step-1.5b-no-ckpt.json"
 }
 
+stage_loss_chunk() {
+    note "the head's loss chunk: 1024 tokens by default; each chunk adds its fp32 head gradient"
+    local c
+    for c in 4096 16384; do
+        x "$LIMO_BIN" bench step --device cuda --shape 1.5b --tokens 16384 --docs 1 --dtype bf16 \
+            --set train.activation_checkpointing=auto --set train.loss_chunk=$c --warmup 1 \
+            --steps 2 --json "$LOGS/step-1.5b-chunk-$c.json" || return
+    done
+}
+key_loss_chunk() {
+    py '
+base = num(j(sys.argv[1], "tokens_per_s"))
+parts = ["chunk 1024 (no-ckpt) %s tok/s" % f(base)]
+for c, path in (("4096", sys.argv[2]), ("16384", sys.argv[3])):
+    t = num(j(path, "tokens_per_s"))
+    r = t / base if t is not None and base else None
+    parts.append("%s %s tok/s (%s, peak %s GiB)" % (c, f(t), f(r, "{:.3f}"),
+                 f(j(path, "peak_mem.allocator_high_gib"), "{:.1f}")))
+print("; ".join(parts))
+' "$LOGS/step-1.5b-no-ckpt.json" "$LOGS/step-1.5b-chunk-4096.json" "$LOGS/step-1.5b-chunk-16384.json"
+}
+
 stage_recompute() {
     note "the default keeps each layer's attention output; this run recomputes it (docs/PLAN.md)"
     x "$LIMO_BIN" bench step --device cuda --shape 1.5b --tokens 16384 --docs 1 --dtype bf16 \

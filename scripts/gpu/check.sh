@@ -51,6 +51,8 @@
 #                   of one step-1.5b step (4 layers), by kernel and by kind
 #   no-ckpt *       (at most 45 s, if 30 are left) step-1.5b's limo run again with
 #                   activation_checkpointing = "auto" (1.5B at 16k fits an H200 without it)
+#   loss-chunk *    (at most 75 s, if 40 are left) no-ckpt's run with train.loss_chunk 4096
+#                   and 16384 (the default 1024)
 #   recompute *     (at most 45 s, if 30 are left) step-1.5b's limo run again with
 #                   train.recompute_attention = true
 # Elastic stages (*) run on what is left of the budget when they start, and stand down when an
@@ -69,18 +71,19 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 
 STAGES=(doctor loss-parity train resume eval step-1.5b attention kernels generate step-32b-w8
-    step-32b-off nccl generate-1k profile sanitize step-kernels no-ckpt recompute)
+    step-32b-off nccl generate-1k profile sanitize step-kernels no-ckpt loss-chunk recompute)
 declare -A TIMEOUT=(
     [doctor]=40 [loss-parity]=50 [train]=25 [resume]=30 [eval]=30 [step-1.5b]=85 [attention]=45
     [kernels]=35 [generate]=25 [step-32b-w8]=95 [step-32b-off]=95 [nccl]=15 [generate-1k]=0
-    [profile]=0 [sanitize]=0 [step-kernels]=0 [no-ckpt]=0 [recompute]=0
+    [profile]=0 [sanitize]=0 [step-kernels]=0 [no-ckpt]=0 [loss-chunk]=0 [recompute]=0
 )
 # Elastic stages have no timeout of their own (0 above): each runs until the budget's end, and
 # only if at least this many seconds are left when it starts ...
 declare -A ELASTIC_MIN=([generate-1k]=120 [profile]=60 [sanitize]=60 [step-kernels]=60 [no-ckpt]=30
-    [recompute]=30)
+    [loss-chunk]=40 [recompute]=30)
 # ... and at most this many (the rest stays for the stages after it).
-declare -A ELASTIC_MAX=([profile]=90 [sanitize]=90 [step-kernels]=120 [no-ckpt]=45 [recompute]=45)
+declare -A ELASTIC_MAX=([profile]=90 [sanitize]=90 [step-kernels]=120 [no-ckpt]=45 [loss-chunk]=75
+    [recompute]=45)
 MACHINE_S=60  # the machine section's estimate (--dry-run's plan): unpacking, nvidia-smi, torch,
               # ldd, the ceilings, candle's PTX JIT
 LIMIT_S=540
