@@ -14,11 +14,8 @@ set -uo pipefail
 limo=$1 work=$2 logs=$3 secs=$4
 here=$(dirname "$0")
 
-ncu=$(command -v ncu)
-for c in /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu; do
-    [ -z "$ncu" ] && [ -x "$c" ] && ncu=$c
-done
-[ -n "$ncu" ] || { echo "no ncu on PATH or in /opt/nvidia/nsight-compute"; exit 3; }
+# shellcheck source=scripts/gpu/ncu.sh
+. "$here/ncu.sh"
 echo "ncu: $ncu, $("$ncu" --version 2>&1 | tail -1)"
 
 # The sections wanted that this ncu lists (an unknown one would end the run before it starts);

@@ -13,11 +13,8 @@ set -uo pipefail
 limo=$1 work=$2 logs=$3 secs=$4
 here=$(dirname "$0")
 
-ncu=$(command -v ncu)
-for c in /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu; do
-    [ -z "$ncu" ] && [ -x "$c" ] && ncu=$c
-done
-[ -n "$ncu" ] || { echo "no ncu on PATH or in /opt/nvidia/nsight-compute"; exit 3; }
+# shellcheck source=scripts/gpu/ncu.sh
+. "$here/ncu.sh"
 
 # One metric, one pass per launch; the warm-up step runs outside the range at full speed.
 rm -f "$work/step-kernels.ncu-rep"
