@@ -462,7 +462,8 @@ pub fn plan_with_offload(
         }
     };
     let by_layers: Vec<Estimate> = (0..=layers).map(estimate).collect();
-    // "auto": the fewest layers checkpointed that fit (memory falls as k rises).
+    // "auto": the fewest layers checkpointed that fit (memory falls as k rises, up to
+    // layers - 1: checkpointing the last one too only adds its input).
     let auto_checkpointing = by_layers.iter().find(|e| e.memory.fits).cloned();
     Ok(Plan {
         params,
