@@ -98,7 +98,7 @@ print("limo %s tok/s (mfu %s), peer %s (fp32 master) / %s (bf16) tok/s, limo/pee
 }
 
 stage_no_ckpt() {
-    note "activation_checkpointing = auto: the plan for this GPU keeps every layer (docs/PLAN.md)"
+    note "activation_checkpointing = auto: on an H200 the plan checkpoints no layer (docs/PLAN.md)"
     x "$LIMO_BIN" bench step --device cuda --shape 1.5b --tokens 16384 --docs 1 --dtype bf16 \
         --set train.activation_checkpointing=auto --warmup 1 --steps 3 \
         --json "$LOGS/step-1.5b-no-ckpt.json"
