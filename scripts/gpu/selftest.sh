@@ -231,7 +231,7 @@ expect pass step-kernels ok "step-kernels: 3 launches, 29.9 ms; attention 100%; 
 grep -q -- 'bench step --device cuda --shape 1.5b --layers 4 .* --profile-range$' "$T/pass.calls" ||
     { echo "selftest pass: step-kernels did not run limo bench step --profile-range" >&2; FAILS=$((FAILS + 1)); }
 expect pass no-ckpt ok "checkpointing 30000 tok/s (step-1.5b), auto (0 layers) 30000 tok/s (mfu 0.450, peak 60.5 GiB): auto/checkpointing 1.000"
-expect pass loss-chunk ok "chunk 1024 (no-ckpt) 30000 tok/s; 4096 30000 tok/s (1.000, peak 60.5 GiB); 16384 30000 tok/s (1.000, peak 60.5 GiB)"
+expect pass loss-chunk ok "chunk 1024 30000 tok/s; 4096 30000 tok/s (1.000, peak 60.5 GiB); 16384 30000 tok/s (1.000, peak 60.5 GiB)"
 expect pass recompute ok "kept/recomputed 1.000"
 expect pass eval ok "4 responses, 812.5 tok/s over the batch"
 expect pass machine ok "11 candle modules loaded in 3.20 s"

@@ -55,15 +55,19 @@ def launches(path):
     out = []
     if METRIC in head:
         col, name = head.index(METRIC), head.index("Kernel Name")
-        unit = None
+        launch = head.index("ID") if "ID" in head else None
+        unit = "nsecond"
         for row in rows[1:]:
             if len(row) <= max(col, name):
                 continue
-            value = number(row[col])
-            if value is None:  # the units row
+            # The units row: no launch id (or, without an ID column, no number).
+            no_id = not row[launch].strip() if launch is not None else number(row[col]) is None
+            if no_id:
                 unit = row[col].strip() or unit
                 continue
-            out.append((row[name], value * TO_MS.get(unit or "nsecond", 1e-6)))
+            value = number(row[col])
+            if value is not None:
+                out.append((row[name], value * TO_MS.get(unit, 1e-6)))
         return out
     if "Metric Name" in head:
         at = {h: i for i, h in enumerate(head)}

@@ -16,9 +16,11 @@ here=$(dirname "$0")
 # shellcheck source=scripts/gpu/ncu.sh
 . "$here/ncu.sh"
 
-# One metric, one pass per launch; the warm-up step runs outside the range at full speed.
+# One metric, one pass per launch; the warm-up step runs outside the range at full speed. The
+# caches are left as the step leaves them (ncu flushes them before each launch by default, which
+# would time every small kernel cold).
 rm -f "$work/step-kernels.ncu-rep"
-timeout -k 5 "$secs" "$ncu" --target-processes all --clock-control none \
+timeout -k 5 "$secs" "$ncu" --target-processes all --clock-control none --cache-control none \
     --profile-from-start off --metrics gpu__time_duration.sum \
     --export "$work/step-kernels" --force-overwrite \
     "$limo" bench step --device cuda --shape 1.5b --layers 4 --tokens 16384 --docs 1 \

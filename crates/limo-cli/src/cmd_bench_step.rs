@@ -169,9 +169,15 @@ fn is_out_of_memory(err: &anyhow::Error) -> bool {
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-/// One line for a run that ran out of device memory, with the plan's estimate beside it.
-fn out_of_memory(bench: &StepBench, err: &anyhow::Error, cap: Option<u64>) -> anyhow::Error {
-    let estimate = bench::plan_estimate(bench)
+/// One line for a run that ran out of device memory, with the plan's estimate beside it (for
+/// `gpu_mem`, the cap or the whole device, as the run planned).
+fn out_of_memory(
+    bench: &StepBench,
+    err: &anyhow::Error,
+    cap: Option<u64>,
+    gpu_mem: Option<u64>,
+) -> anyhow::Error {
+    let estimate = bench::plan_estimate(bench, gpu_mem)
         .map(|gib| format!("{gib:.1} GiB"))
         .unwrap_or_else(|e| format!("unavailable ({e})"));
     let cap = cap.map_or("the whole device".into(), |c| {
@@ -226,12 +232,20 @@ mod gpu {
             held: held.as_ref().map_or(0, |h| h.bytes),
             profile_range,
         };
-        bench::run(bench, &device, &name, Some(&probe)).map_err(|e| oom_or(bench, e, cap))
+        let gpu_mem = cap.or(limo_ops::cuda::pool::memory_stats(&device)
+            .ok()
+            .map(|m| m.total));
+        bench::run(bench, &device, &name, Some(&probe)).map_err(|e| oom_or(bench, e, cap, gpu_mem))
     }
 
-    fn oom_or(bench: &StepBench, e: anyhow::Error, cap: Option<u64>) -> anyhow::Error {
+    fn oom_or(
+        bench: &StepBench,
+        e: anyhow::Error,
+        cap: Option<u64>,
+        gpu_mem: Option<u64>,
+    ) -> anyhow::Error {
         if super::is_out_of_memory(&e) {
-            super::out_of_memory(bench, &e, cap)
+            super::out_of_memory(bench, &e, cap, gpu_mem)
         } else {
             e
         }

@@ -555,20 +555,29 @@ fn losses(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Resu
 /// gradient as base: the kernel adds in the CPU's order, so the bits must agree.
 fn embedding(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> Result<()> {
     let s = opts.seed * 1000 + 400;
-    // (tokens, vocab, hidden, offset of dx in its buffer): the GPU's 4-column kernel, and its
-    // 1-column one for a hidden size (30) or an offset (2) that 4 does not divide.
+    // (tokens, vocab, hidden, where dx and base start in their buffers): the GPU's 4-column
+    // kernel, and its 1-column one for a hidden size (30) or an offset (2) that 4 does not
+    // divide, of dx or of base.
     let mut shapes = vec![
-        (512, 1000, 64, 0),
-        (300, 32000, 896, 0),
-        (97, 300, 30, 0),
-        (200, 500, 64, 2),
+        (512, 1000, 64, 0, 0),
+        (300, 32000, 896, 0, 0),
+        (97, 300, 30, 0, 0),
+        (200, 500, 64, 2, 0),
+        (200, 500, 64, 0, 2),
     ];
     if opts.large {
-        shapes.push((16384, 151936, 1536, 0));
+        shapes.push((16384, 151936, 1536, 0, 0));
     }
-    for (tokens, vocab, hidden, offset) in shapes {
-        let flat = random(&[tokens * hidden + offset], s + 1, 1.0)?.to_dtype(dtype)?;
-        let base = random(&[vocab, hidden], s + 2, 1e-2)?;
+    // `[rows, cols]` from element `at` of `flat`, a view on the device itself (a copy would
+    // start at 0).
+    let view = |flat: &Tensor, d: &Device, at: usize, rows: usize, cols: usize| {
+        flat.to_device(d)?
+            .narrow(0, at, rows * cols)?
+            .reshape((rows, cols))
+    };
+    for (tokens, vocab, hidden, dx_at, base_at) in shapes {
+        let dx = random(&[tokens * hidden + dx_at], s + 1, 1.0)?.to_dtype(dtype)?;
+        let base = random(&[vocab * hidden + base_at], s + 2, 1e-2)?;
         // Tokens from the first half of the vocabulary, frequent ones repeated, the last id too.
         let ids: Vec<u32> = (0..tokens)
             .map(|i| match i % 9 {
@@ -578,19 +587,16 @@ fn embedding(c: &mut Checks, Run(reference, test, opts): Run, dtype: DType) -> R
             })
             .collect();
         let outputs = both(&["d_embed", "d_embed + base"], reference, test, |d| {
-            // The view's offset on the device itself (a copy would start at 0).
-            let dx = flat
-                .to_device(d)?
-                .narrow(0, offset, tokens * hidden)?
-                .reshape((tokens, hidden))?;
+            let dx = view(&dx, d, dx_at, tokens, hidden)?;
+            let base = view(&base, d, base_at, vocab, hidden)?;
             Ok(vec![
                 embedding_backward(&dx, &ids, vocab, None, DType::F32)?,
-                embedding_backward(&dx, &ids, vocab, Some(&base.to_device(d)?), DType::F32)?,
+                embedding_backward(&dx, &ids, vocab, Some(&base), DType::F32)?,
             ])
         })?;
-        let at = match offset {
-            0 => String::new(),
-            o => format!(", rows from element {o}"),
+        let at = match (dx_at, base_at) {
+            (0, 0) => String::new(),
+            (x, b) => format!(", dx from element {x}, base from {b}"),
         };
         let shape = format!("{tokens} tokens into {vocab}x{hidden}{at}");
         c.push("embedding_backward", shape, dtype, 0.0, outputs)?;

@@ -316,10 +316,11 @@ pub fn host_peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// `limo plan`'s per-GPU memory estimate (GiB) for this run: its world size, tokens, loss
-/// chunk, checkpointing and optimizer offload.
-pub fn plan_estimate(bench: &StepBench) -> anyhow::Result<f64> {
-    Ok(planned(bench, bench.mem_cap)?.memory.total as f64 / GIB)
+/// `limo plan`'s per-GPU memory estimate (GiB) for this run on GPUs of `gpu_mem` bytes (what
+/// "auto" checkpointing plans for): its world size, tokens, loss chunk, checkpointing and
+/// optimizer offload.
+pub fn plan_estimate(bench: &StepBench, gpu_mem: Option<u64>) -> anyhow::Result<f64> {
+    Ok(planned(bench, gpu_mem)?.memory.total as f64 / GIB)
 }
 
 /// `limo plan`'s estimate of this run on GPUs of `gpu_mem` bytes (`None`: unknown, the CPU;
@@ -577,13 +578,19 @@ impl StepReport {
         let m = &self.peak_mem;
         let device = match &m.device {
             Some(d) => format!(
-                "device: allocator high {:.2} GiB, reserved high {:.2} GiB, driver {:.2} / {:.2} GiB used, {:.2} GiB by this run ({:+.1}% against the plan); ",
+                "device: allocator high {:.2} GiB, reserved high {:.2} GiB, driver {:.2} / {:.2} GiB used, {:.2} GiB by this run{}; ",
                 d.allocator_high_gib,
                 d.reserved_high_gib,
                 d.driver_used_gib,
                 d.driver_total_gib,
                 d.process_gib,
-                100.0 * (m.plan_estimate_gib / d.process_gib - 1.0)
+                match d.process_gib > 0.0 {
+                    true => format!(
+                        " (the plan {:+.1}%)",
+                        100.0 * (m.plan_estimate_gib / d.process_gib - 1.0)
+                    ),
+                    false => String::new(),
+                }
             ),
             None => String::new(),
         };

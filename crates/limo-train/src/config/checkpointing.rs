@@ -68,11 +68,13 @@ impl<'de> Deserialize<'de> for Checkpointing {
         enum Given {
             On(bool),
             Layers(i64),
+            Fraction(f64),
             Text(String),
         }
         let expected = "expected true, false, a number of layers or \"auto\"";
         match Given::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
             Given::On(on) => Ok(on.into()),
+            Given::Fraction(x) => Err(serde::de::Error::custom(format!("{x}: {expected}"))),
             Given::Layers(n) => usize::try_from(n)
                 .map(Checkpointing::Layers)
                 .map_err(|_| serde::de::Error::custom(format!("{n}: {expected}"))),
@@ -104,8 +106,13 @@ mod tests {
             assert_eq!(t.c, want, "{text}");
             assert_eq!(toml::to_string(&t).unwrap().trim(), text);
         }
-        for bad in ["c = -1", "c = \"sometimes\"", "c = 1.5"] {
+        for (bad, named) in [
+            ("c = -1", "-1: "),
+            ("c = \"sometimes\"", "\"sometimes\": "),
+            ("c = 1.5", "1.5: "),
+        ] {
             let err = toml::from_str::<T>(bad).unwrap_err().to_string();
+            assert!(err.contains(named), "{bad}: {err}");
             assert!(
                 err.contains("a number of layers or \"auto\""),
                 "{bad}: {err}"

@@ -463,7 +463,9 @@ pub fn plan_with_offload(
     };
     let by_layers: Vec<Estimate> = (0..=layers).map(estimate).collect();
     // "auto": the fewest layers checkpointed that fit (memory falls as k rises, up to
-    // layers - 1: checkpointing the last one too only adds its input).
+    // layers - 1; with every layer the estimate counts the last layer's input twice, in `saved`
+    // and in its recompute's working set, where the recompute shares it: conservative by that
+    // input, and it saves nothing, its backward following its forward).
     let auto_checkpointing = by_layers.iter().find(|e| e.memory.fits).cloned();
     Ok(Plan {
         params,
@@ -602,6 +604,18 @@ pub fn fit_warning(
     }
     let gib = |b: u64| format!("{:.1} GiB", b as f64 / GIB as f64);
     let mut would: Vec<String> = Vec::new();
+    if let Some(auto) = planned
+        .auto_checkpointing
+        .as_ref()
+        .filter(|a| a.checkpointed_layers != chosen.checkpointed_layers)
+    {
+        would.push(format!(
+            "--set train.activation_checkpointing=auto ({} of {} layers, {})",
+            auto.checkpointed_layers,
+            planned.layers,
+            gib(auto.memory.total)
+        ));
+    }
     if chosen.checkpointed_layers < planned.layers && planned.with_checkpointing.memory.fits {
         would.push(format!(
             "--set train.activation_checkpointing=true ({})",
