@@ -210,10 +210,7 @@ pub fn train(config: &TrainConfig, options: RunOptions) -> anyhow::Result<RunSum
     if lead {
         warn_if_the_disk_is_short(config, &cfg, comm.world_size());
     }
-    #[cfg(feature = "cuda")]
-    let checkpointed = plan_for_the_gpu(config, &cfg, comm.as_ref(), &device);
-    #[cfg(not(feature = "cuda"))]
-    let checkpointed = None;
+    let checkpointed = crate::zero3::plan::for_this_gpu(config, &cfg, comm.as_ref(), &device);
     let Inputs {
         model: prepared,
         tokenizer,
@@ -357,31 +354,6 @@ fn warn_if_the_disk_is_short(config: &TrainConfig, cfg: &Qwen2Config, world: usi
     {
         tracing::warn!("{w}");
     }
-}
-
-/// Before the state goes onto the GPU, `limo plan` for this GPU: its verdict, and what would
-/// fit, says more than an out-of-memory error a layer into the first step (rank 0 warns); and
-/// with `activation_checkpointing = "auto"`, the layers to checkpoint (each rank for its GPU).
-#[cfg(feature = "cuda")]
-fn plan_for_the_gpu(
-    config: &TrainConfig,
-    cfg: &Qwen2Config,
-    comm: &dyn Communicator,
-    device: &Device,
-) -> Option<usize> {
-    use crate::zero3::plan::{auto_checkpointed_layers, fit_warning};
-    let mem = limo_ops::cuda::pool::memory_stats(device).ok()?.total;
-    let world = comm.world_size() as u64;
-    if let (0, Ok(Some(w))) = (comm.rank(), fit_warning(cfg, config, world, mem)) {
-        tracing::warn!("{w}");
-    }
-    let layers = auto_checkpointed_layers(cfg, config, world, mem).ok()??;
-    tracing::info!(
-        layers,
-        of = cfg.num_hidden_layers,
-        "activation checkpointing \"auto\""
-    );
-    Some(layers)
 }
 
 impl<'a> Run<'a> {

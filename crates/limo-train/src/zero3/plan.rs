@@ -589,6 +589,38 @@ pub fn auto_checkpointed_layers(
     Ok(Some(chosen.checkpointed_layers as usize))
 }
 
+/// Before `limo train` puts the state on a GPU, `limo plan` for that GPU: its verdict, and what
+/// would fit, says more than an out-of-memory error a layer into the first step (rank 0 warns);
+/// with `activation_checkpointing = "auto"`, the layers to checkpoint (each rank for its GPU).
+/// `None` on the CPU.
+pub fn for_this_gpu(
+    config: &crate::TrainConfig,
+    cfg: &Qwen2Config,
+    comm: &dyn limo_dist::comm::Communicator,
+    device: &candle_core::Device,
+) -> Option<usize> {
+    #[cfg(not(feature = "cuda"))]
+    let mem: Option<u64> = {
+        let _ = device;
+        None
+    };
+    #[cfg(feature = "cuda")]
+    let mem = limo_ops::cuda::pool::memory_stats(device)
+        .ok()
+        .map(|m| m.total);
+    let (mem, world) = (mem?, comm.world_size() as u64);
+    if let (0, Ok(Some(w))) = (comm.rank(), fit_warning(cfg, config, world, mem)) {
+        tracing::warn!("{w}");
+    }
+    let layers = auto_checkpointed_layers(cfg, config, world, mem).ok()??;
+    tracing::info!(
+        layers,
+        of = cfg.num_hidden_layers,
+        "activation checkpointing \"auto\""
+    );
+    Some(layers)
+}
+
 /// A run of `config` on `gpus` GPUs of `gpu_mem` bytes: when `limo plan` says it does not fit,
 /// the warning `limo train` prints before it starts, with what would fit; `None` when it fits.
 pub fn fit_warning(
